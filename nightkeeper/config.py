@@ -1,0 +1,284 @@
+"""The project config: one YAML file holding the data contract, model, decision, fallback and storage settings.
+
+Everything dataset-specific lives here, so the framework never names a column. ``load_config`` validates the
+whole file at load and fails with a message naming the field, the value found and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+CONFIG_ENV_VAR = "NIGHTKEEPER_CONFIG"
+DEFAULT_CONFIG_NAME = "nightkeeper.yaml"
+
+FeatureDtype = Literal["float", "int", "bool", "category"]
+
+
+class ConfigError(ValueError):
+    """The config file is missing, unreadable or invalid; the message names the field and the bad value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    """One model input column and the row rules it must satisfy."""
+
+    dtype: FeatureDtype
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+    unknown_category: Literal["quarantine", "missing"] = Field(
+        "quarantine", description="What to do with a category level not in `categories`."
+    )
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureSpec:
+        if self.dtype == "category":
+            if not self.categories:
+                raise ValueError("a category feature needs a non-empty `categories` list")
+            if len(set(self.categories)) != len(self.categories):
+                raise ValueError(f"`categories` has duplicates: {self.categories}")
+            if self.min is not None or self.max is not None:
+                raise ValueError("`min`/`max` apply to numeric features only, not to dtype 'category'")
+        elif self.categories is not None:
+            raise ValueError(f"`categories` applies to dtype 'category' only, not to dtype {self.dtype!r}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"`min` ({self.min}) is greater than `max` ({self.max})")
+        return self
+
+
+class CrossFieldRule(_Strict):
+    """A row rule over several columns: a SQL expression that must hold for the row to be valid."""
+
+    name: str
+    expression: str = Field(description="SQL boolean expression over feature names, e.g. 'loan_amount <= 20 * income'.")
+    description: str = ""
+
+    @field_validator("expression")
+    @classmethod
+    def _parses(cls, expression: str) -> str:
+        try:
+            pl.sql_expr(expression)
+        except Exception as exc:  # polars raises several error types for bad SQL
+            raise ValueError(f"not a valid SQL expression ({exc})") from exc
+        return expression
+
+    def columns(self) -> list[str]:
+        return pl.sql_expr(self.expression).meta.root_names()
+
+
+class Contract(_Strict):
+    """What one input row looks like: identity, time, label and the features with their rules."""
+
+    entity_id: str
+    event_time: str | None = None
+    target: str
+    features: dict[str, FeatureSpec]
+    rules: list[CrossFieldRule] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Contract:
+        if not self.features:
+            raise ValueError("`features` must name at least one feature")
+        special = {"entity_id": self.entity_id, "event_time": self.event_time, "target": self.target}
+        for role, column in special.items():
+            if column is not None and column in self.features:
+                raise ValueError(f"{role} column {column!r} must not also be listed as a feature")
+        for rule in self.rules:
+            unknown = [c for c in rule.columns() if c not in self.features]
+            if unknown:
+                raise ValueError(
+                    f"rule {rule.name!r} uses {unknown}, which are not features; features are {list(self.features)}"
+                )
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.features)
+
+
+class DecisionConfig(_Strict):
+    """How a score becomes a decision. Scores are the probability of the positive class (target == 1)."""
+
+    threshold: float = Field(0.5, gt=0, lt=1)
+    at_or_above_threshold: str = "positive"
+    below_threshold: str = "negative"
+    undecided: str = Field("refer", description="Decision for rows nobody could answer (quarantined, no fallback).")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> DecisionConfig:
+        labels = [self.at_or_above_threshold, self.below_threshold, self.undecided]
+        if len(set(labels)) != 3:
+            raise ValueError(f"decision labels must be distinct, got {labels}")
+        return self
+
+
+class ModelConfig(_Strict):
+    """LightGBM training parameters and the scoring budget."""
+
+    params: dict[str, Any] = Field(default_factory=lambda: {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31})
+    num_boost_round: int = Field(200, ge=1)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    decision: DecisionConfig = DecisionConfig()
+    chunk_rows: int = Field(50_000, ge=1, description="Rows scored per chunk; bounds scoring memory.")
+    time_budget_seconds: float = Field(
+        300.0, gt=0, description="Wall time the model may take for a whole night before the fallback answers instead."
+    )
+
+    @field_validator("params")
+    @classmethod
+    def _binary(cls, params: dict[str, Any]) -> dict[str, Any]:
+        objective = params.get("objective", "binary")
+        if objective not in ("binary", "cross_entropy", "xentropy"):
+            raise ValueError(f"objective {objective!r} is not supported; expected 'binary' (binary classification)")
+        return params
+
+
+class FallbackConfig(_Strict):
+    """The simple rule that answers when the model cannot: a positive rate per segment, fitted with each model."""
+
+    segment_by: list[str] = []
+    min_segment_rows: int = Field(50, ge=1)
+    answer_quarantined: bool = Field(
+        True, description="Answer quarantined rows whose segment columns are valid, instead of leaving them undecided."
+    )
+
+
+class SourceConfig(_Strict):
+    """Where nightly input files land and where late labels arrive."""
+
+    landing: Path = Path("data/landing")
+    pattern: str = Field("{date}/*.parquet", description="Glob under `landing`; {date} is the night as YYYY-MM-DD.")
+    labels: Path = Path("data/labels")
+
+    @field_validator("pattern")
+    @classmethod
+    def _has_date(cls, pattern: str) -> str:
+        if "{date}" not in pattern:
+            raise ValueError("must contain the placeholder {date}")
+        if not pattern.endswith((".parquet", ".csv", "*")):
+            raise ValueError("must match .parquet or .csv files")
+        return pattern
+
+
+class StorageConfig(_Strict):
+    """The warehouse file, the model artifact folder and the Dagster home of the laptop set-up."""
+
+    warehouse: Path = Path("data/warehouse.duckdb")
+    models: Path = Path("data/models")
+    dagster_home: Path = Path("data/dagster")
+
+
+class BatchCheckConfig(_Strict):
+    """Thresholds of the batch-level asset checks."""
+
+    volume_history_nights: int = Field(14, ge=1)
+    volume_min_history_nights: int = Field(3, ge=1)
+    volume_tolerance: float = Field(0.5, gt=0, description="Allowed relative deviation from the median of recent nights.")
+    null_rate_spike: float = Field(0.05, gt=0, le=1, description="Allowed absolute rise of a feature's null rate.")
+    max_fallback_rate: float = Field(0.05, ge=0, le=1)
+
+
+class ProjectConfig(_Strict):
+    """The whole project config. Relative paths resolve against the config file's folder."""
+
+    name: str
+    contract: Contract
+    model: ModelConfig = ModelConfig()
+    fallback: FallbackConfig = FallbackConfig()
+    source: SourceConfig = SourceConfig()
+    storage: StorageConfig = StorageConfig()
+    checks: BatchCheckConfig = BatchCheckConfig()
+    _root: Path = PrivateAttr(default=Path("."))
+
+    @model_validator(mode="after")
+    def _fallback_segments_are_categories(self) -> ProjectConfig:
+        for column in self.fallback.segment_by:
+            spec = self.contract.features.get(column)
+            if spec is None or spec.dtype not in ("category", "bool"):
+                raise ValueError(
+                    f"fallback.segment_by: {column!r} must be a category or bool feature of the contract; "
+                    f"those are {[n for n, s in self.contract.features.items() if s.dtype in ('category', 'bool')]}"
+                )
+        return self
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def path(self, relative: Path) -> Path:
+        """Resolve a configured path against the config file's folder."""
+        return relative if relative.is_absolute() else (self._root / relative).resolve()
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.path(self.storage.warehouse)
+
+    @property
+    def models_path(self) -> Path:
+        return self.path(self.storage.models)
+
+    @property
+    def landing_path(self) -> Path:
+        return self.path(self.source.landing)
+
+    @property
+    def labels_path(self) -> Path:
+        return self.path(self.source.labels)
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.path(self.storage.dagster_home)
+
+
+def default_config_path() -> Path:
+    """The config path: $NIGHTKEEPER_CONFIG if set, else ./nightkeeper.yaml."""
+    return Path(os.environ.get(CONFIG_ENV_VAR, DEFAULT_CONFIG_NAME)).resolve()
+
+
+def load_config(path: str | Path | None = None) -> ProjectConfig:
+    """Read and validate a project config. Raises ConfigError naming the field, the value found and what is allowed."""
+    config_path = Path(path).resolve() if path is not None else default_config_path()
+    try:
+        raw = yaml.safe_load(config_path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {config_path} does not exist (set {CONFIG_ENV_VAR} or pass its path)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: expected a mapping at the top level, found {type(raw).__name__}")
+    return parse_config(raw, root=config_path.parent, source=str(config_path))
+
+
+def parse_config(raw: dict[str, Any], root: Path, source: str = "config") -> ProjectConfig:
+    """Validate a config given as a mapping; relative paths resolve against ``root``."""
+    try:
+        config = ProjectConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    config._root = Path(root).resolve()
+    return config
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} invalid field(s)"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            lines.append(f"  {field}: missing; this field is required")
+        elif item["type"] == "extra_forbidden":
+            lines.append(f"  {field}: found {item['input']!r}; this field is not allowed here (check its spelling)")
+        else:
+            lines.append(f"  {field}: found {item['input']!r}; {message}")
+    return "\n".join(lines)
