@@ -6,6 +6,7 @@ whole file at load and fails with a message naming the field, the value found an
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -179,6 +180,14 @@ class StorageConfig(_Strict):
     dagster_home: Path = Path("data/dagster")
 
 
+class ScheduleConfig(_Strict):
+    """The nightly calendar: the first night there is data for, and when each night's batch runs."""
+
+    start_date: dt.date = dt.date(2026, 1, 1)
+    run_at: dt.time = Field(dt.time(2, 0), description="Time of day (in `timezone`) the batch for the previous night runs.")
+    timezone: str = "UTC"
+
+
 class BatchCheckConfig(_Strict):
     """Thresholds of the batch-level asset checks."""
 
@@ -198,6 +207,7 @@ class ProjectConfig(_Strict):
     fallback: FallbackConfig = FallbackConfig()
     source: SourceConfig = SourceConfig()
     storage: StorageConfig = StorageConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     checks: BatchCheckConfig = BatchCheckConfig()
     _root: Path = PrivateAttr(default=Path("."))
 

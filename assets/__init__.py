@@ -1,0 +1,1 @@
+"""Nightkeeper's Dagster assets and asset checks: thin wrappers over nightkeeper/."""

@@ -1,0 +1,256 @@
+"""The nightly assets: raw_batch -> validated_batch + quarantine -> scored_batch -> outcomes, one daily partition each.
+
+Each asset is a thin call into nightkeeper/; every one touching the warehouse runs in the ``warehouse`` pool.
+"""
+
+
+import datetime as dt
+
+import polars as pl
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetOut,
+    AssetsDefinition,
+    DailyPartitionsDefinition,
+    MetadataValue,
+    Output,
+    asset,
+    asset_check,
+    multi_asset,
+)
+
+from assets.checks import check_result, markdown_table
+from jobs.resources import NIGHTLY_SCHEMA, WAREHOUSE_POOL, ProjectResource, WarehouseResource
+from nightkeeper import batch_checks, registry
+from nightkeeper.artifacts import ModelUnavailable, load_verified
+from nightkeeper.ingest import landed_files, read_raw_batch
+from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
+from nightkeeper.scoring import latency_percentiles, score_batch, unscored
+from nightkeeper.validation import quarantine_summary, validate
+
+PARTITION_METADATA = {"partition_expr": "partition_date"}
+
+
+def night_of(context: AssetExecutionContext) -> dt.date:
+    return dt.date.fromisoformat(context.partition_key)
+
+
+def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
+    """The nightly assets and checks over ``partitions``."""
+
+    @asset(
+        name="raw_batch",
+        partitions_def=partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="nightly",
+        metadata=PARTITION_METADATA,
+        description="Every row of the night's landed files, kept as text (JSON record) with its file and row number, "
+        "whatever the file's schema.",
+        check_specs=[
+            AssetCheckSpec("schema_matches_contract", asset="raw_batch", description="Columns and types match the contract."),
+            AssetCheckSpec("volume_within_history", asset="raw_batch", description="Row count near recent nights."),
+            AssetCheckSpec("entity_ids_unique", asset="raw_batch", description="No id appears twice in the night."),
+        ],
+    )
+    def raw_batch(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
+        config = project.load()
+        night = night_of(context)
+        paths = landed_files(config.landing_path, config.source.pattern, night)
+        batch = read_raw_batch(paths, night, config.contract.entity_id)
+        history = _recent_row_counts(warehouse, night, config.checks.volume_history_nights)
+        yield Output(
+            batch.frame,
+            metadata={
+                "rows": batch.frame.height,
+                "files": MetadataValue.json([{"path": f.path, "rows": f.rows} for f in batch.files]),
+                "preview": markdown_table(batch.frame.drop("record")),
+            },
+        )
+        yield check_result("schema_matches_contract", batch_checks.schema_matches_contract(batch.files, config.contract, night.isoformat()))
+        yield check_result(
+            "volume_within_history",
+            batch_checks.volume_within_history(
+                batch.frame.height, history, config.checks.volume_tolerance, config.checks.volume_min_history_nights
+            ),
+        )
+        yield check_result("entity_ids_unique", batch_checks.entity_ids_unique(batch.frame))
+
+    @multi_asset(
+        name="validate_batch",
+        partitions_def=partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="nightly",
+        outs={
+            "validated_batch": AssetOut(
+                metadata=PARTITION_METADATA,
+                description="Rows that passed every row rule, typed per the contract: the model's input.",
+            ),
+            "quarantine": AssetOut(
+                metadata=PARTITION_METADATA,
+                description="One row per (input row, broken rule): column, rule, offending value, what was expected.",
+            ),
+        },
+        check_specs=[
+            AssetCheckSpec("null_rates_stable", asset="validated_batch", description="No feature's empty share spiked."),
+        ],
+    )
+    def validate_batch(context: AssetExecutionContext, raw_batch: pl.DataFrame, project: ProjectResource, warehouse: WarehouseResource):
+        config = project.load()
+        result = validate(raw_batch, config.contract)
+        rows = raw_batch.height
+        quarantined = result.quarantined_rows
+        yield Output(
+            result.valid,
+            output_name="validated_batch",
+            metadata={"rows": result.valid.height, "rows_in": rows, "preview": markdown_table(result.valid)},
+        )
+        by_rule = quarantine_summary(result.quarantine)
+        yield Output(
+            result.quarantine,
+            output_name="quarantine",
+            metadata={
+                "quarantined_rows": quarantined,
+                "quarantine_rate": quarantined / rows if rows else 0.0,
+                "broken_rules": result.quarantine.height,
+                "by_rule": markdown_table(by_rule, rows=50),
+                "preview": markdown_table(result.quarantine),
+            },
+        )
+        champion = _champion(warehouse, night_of(context))
+        reference = champion.card.missing_rates if champion else {}
+        yield check_result(
+            "null_rates_stable",
+            batch_checks.null_rates_stable(result.null_rates, reference, config.checks.null_rate_spike),
+            asset_key="validated_batch",
+        )
+
+    @asset(
+        name="scored_batch",
+        partitions_def=partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="nightly",
+        metadata=PARTITION_METADATA,
+        description="The champion's score, confidence and decision for every validated row, in chunks within a time "
+        "budget; rows it could not score carry the reason instead.",
+        check_specs=[AssetCheckSpec("champion_answered", asset="scored_batch", description="The champion scored every validated row.")],
+    )
+    def scored_batch(context: AssetExecutionContext, validated_batch: pl.DataFrame, project: ProjectResource, warehouse: WarehouseResource):
+        config = project.load()
+        champion = _champion(warehouse, night_of(context))
+        if champion is None:
+            error, version = "no champion model is registered for this night", None
+            frame = unscored(validated_batch, None, error)
+        else:
+            version = champion.version
+            try:
+                booster = load_verified(champion)
+                result = score_batch(validated_batch, booster, champion.card, config.model.chunk_rows, config.model.time_budget_seconds)
+                frame, error = result.frame, result.error
+            except ModelUnavailable as exc:
+                frame, error = unscored(validated_batch, version, str(exc)), str(exc)
+        if error:
+            context.log.error(f"degraded night: {error}; the fallback answers every validated row")
+        latency = latency_percentiles(frame)
+        yield Output(
+            frame,
+            metadata={
+                "rows": frame.height,
+                "model_version": version or "none",
+                "degraded": error is not None,
+                "model_error": error or "",
+                "latency_p50_ms": latency["p50_ms"],
+                "latency_p95_ms": latency["p95_ms"],
+                "decisions": MetadataValue.json(dict(frame.group_by("decision").len().iter_rows()) if frame.height else {}),
+                "preview": markdown_table(frame),
+            },
+        )
+        yield check_result("champion_answered", batch_checks.model_answered(error, version))
+
+    @asset(
+        name="outcomes",
+        partitions_def=partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="nightly",
+        metadata=PARTITION_METADATA,
+        description="Exactly one answer per raw row: source (model / fallback / quarantine), decision, score, "
+        "confidence, model version, latency and the reason when the model did not answer.",
+        check_specs=[AssetCheckSpec("fallback_rate_within_limit", asset="outcomes", description="Few rows left to the fallback.")],
+    )
+    def outcomes(
+        context: AssetExecutionContext,
+        raw_batch: pl.DataFrame,
+        quarantine: pl.DataFrame,
+        scored_batch: pl.DataFrame,
+        project: ProjectResource,
+        warehouse: WarehouseResource,
+    ):
+        config = project.load()
+        champion = _champion(warehouse, night_of(context))
+        fallback = Fallback(champion.card.fallback, champion.version) if champion else Fallback(None, None)
+        frame = assemble_outcomes(
+            raw_batch, quarantine, scored_batch, fallback, config.contract, config.model.decision, config.fallback.answer_quarantined
+        )
+        counts = outcome_summary(frame)
+        total = frame.height
+        not_model = frame.filter(pl.col("source") != "model")
+        reasons = (
+            not_model.with_columns(pl.col("reason").str.split(";").list.first().str.replace(r":.*$", ""))
+            .group_by("source", "reason").len().sort("len", descending=True)
+        )
+        yield Output(
+            frame,
+            metadata={
+                "rows": total,
+                **{f"{source}_rows": count for source, count in counts.items()},
+                "fallback_rate": counts["fallback"] / total if total else 0.0,
+                "quarantine_rate": counts["quarantine"] / total if total else 0.0,
+                "not_model_by_reason": markdown_table(reasons, rows=50),
+                "decisions": MetadataValue.json(dict(frame.group_by("decision").len().iter_rows()) if total else {}),
+                "model_version": champion.version if champion else "none",
+                "preview": markdown_table(frame),
+            },
+        )
+        yield check_result("fallback_rate_within_limit", batch_checks.fallback_rate_within_limit(counts, config.checks.max_fallback_rate))
+
+    @asset_check(
+        asset="outcomes",
+        name="outcomes_conserve_rows",
+        pool=WAREHOUSE_POOL,
+        description="Across all stored nights, every raw row has exactly one outcome row (none missing, none extra).",
+    )
+    def outcomes_conserve_rows(warehouse: WarehouseResource):
+        with warehouse.connect() as connection:
+            nights = connection.execute(
+                f"""with raw as (select partition_date, count(*) as rows_in from {NIGHTLY_SCHEMA}.raw_batch group by all),
+                         answered as (select partition_date, count(*) as rows_out,
+                                             count(distinct (source_file, row_number)) as distinct_out
+                                      from {NIGHTLY_SCHEMA}.outcomes group by all)
+                    select coalesce(raw.partition_date, answered.partition_date) as night,
+                           coalesce(rows_in, 0), coalesce(rows_out, 0), coalesce(distinct_out, 0)
+                    from raw full join answered using (partition_date) order by night"""
+            ).fetchall()
+        return check_result("outcomes_conserve_rows", batch_checks.rows_conserved(nights))
+
+    return [raw_batch, validate_batch, scored_batch, outcomes, outcomes_conserve_rows]
+
+
+def _champion(warehouse: WarehouseResource, night: dt.date) -> registry.ModelRecord | None:
+    with warehouse.connect() as connection:
+        return registry.alias_record(connection, registry.CHAMPION, night)
+
+
+def _recent_row_counts(warehouse: WarehouseResource, night: dt.date, nights: int) -> list[int]:
+    with warehouse.connect() as connection:
+        exists = connection.execute(
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = 'raw_batch'", [NIGHTLY_SCHEMA]
+        ).fetchone()[0]
+        if not exists:
+            return []
+        rows = connection.execute(
+            f"""select count(*) from {NIGHTLY_SCHEMA}.raw_batch
+                where partition_date < $night and partition_date >= $night - to_days($nights)
+                group by partition_date""",
+            {"night": night, "nights": nights},
+        ).fetchall()
+    return [count for (count,) in rows]

@@ -1,0 +1,1 @@
+"""Nightkeeper's Dagster jobs, schedules, sensors, resources and the Definitions object."""

@@ -1,0 +1,71 @@
+"""The Definitions object: ``dagster dev`` (workspace.yaml) loads ``defs`` from here.
+
+Everything is built from the project config ($NIGHTKEEPER_CONFIG, else ./nightkeeper.yaml), so the same code serves
+any dataset the config describes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import (
+    AssetSelection,
+    DailyPartitionsDefinition,
+    Definitions,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+    in_process_executor,
+)
+
+from assets.nightly import build_nightly_assets
+from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
+from nightkeeper.config import default_config_path, load_config
+
+NIGHTLY_JOB = "nightly_batch"
+NIGHTLY_SCHEDULE = "nightly_batch_schedule"
+
+
+def build_definitions(config_path: Path) -> Definitions:
+    """All jobs, schedules, sensors, assets and resources for the project config at ``config_path``."""
+    config = load_config(config_path)
+    partitions = DailyPartitionsDefinition(
+        start_date=config.schedule.start_date.isoformat(), timezone=config.schedule.timezone
+    )
+    nightly = build_nightly_assets(partitions)
+    nightly_batch = define_asset_job(
+        NIGHTLY_JOB,
+        selection=AssetSelection.groups("nightly"),
+        partitions_def=partitions,
+        description="One night: ingest, validate, score with the champion, fall back where it cannot, record outcomes.",
+    )
+    nightly_schedule = build_schedule_from_partitioned_job(
+        nightly_batch,
+        name=NIGHTLY_SCHEDULE,
+        hour_of_day=config.schedule.run_at.hour,
+        minute_of_hour=config.schedule.run_at.minute,
+        description="Runs the batch of night D once D is over.",
+    )
+    warehouse_path = str(config.warehouse_path)
+    return Definitions(
+        assets=[a for a in nightly if not _is_check(a)],
+        asset_checks=[a for a in nightly if _is_check(a)],
+        jobs=[nightly_batch],
+        schedules=[nightly_schedule],
+        resources={
+            "project": ProjectResource(config_path=str(Path(config_path).resolve())),
+            "warehouse": WarehouseResource(database=warehouse_path),
+            "io_manager": WarehouseIOManager(database=warehouse_path, schema=NIGHTLY_SCHEMA),
+        },
+        # One laptop: steps run in the run's own process, so a night costs one process start, and the warehouse
+        # pool serialises them. A deployment sets its executor (k8s, celery) in its own run config.
+        executor=in_process_executor,
+    )
+
+
+def _is_check(definition) -> bool:
+    from dagster import AssetChecksDefinition
+
+    return isinstance(definition, AssetChecksDefinition)
+
+
+defs = build_definitions(default_config_path())

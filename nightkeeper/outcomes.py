@@ -1,0 +1,121 @@
+"""Assemble the night's outcomes: exactly one answer per raw row, from the model, the fallback or quarantine.
+
+``source`` says who answered: ``model`` (the champion scored it), ``fallback`` (the fitted fallback rule answered
+because the model could not, or because the row was quarantined but its segment is known), ``quarantine`` (nobody
+could decide; the decision is the configured ``undecided`` label). ``reason`` says why a row is not a model answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from nightkeeper.frames import conform
+
+from nightkeeper.config import Contract, DecisionConfig
+from nightkeeper.fallback import FallbackRule, decide
+from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, decode_records, parse_feature
+
+OUTCOME_SCHEMA: dict[str, pl.DataType] = {
+    "partition_date": pl.Date(),
+    "source_file": pl.String(),
+    "row_number": pl.Int64(),
+    "entity_id": pl.String(),
+    "source": pl.String(),
+    "decision": pl.String(),
+    "score": pl.Float64(),
+    "confidence": pl.Float64(),
+    "model_version": pl.String(),
+    "latency_ms": pl.Float64(),
+    "reason": pl.String(),
+}
+
+
+class RowConservationError(AssertionError):
+    """Outcomes do not hold exactly one row per raw row: a bug, never a data problem."""
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The fitted rule that answers for the model, and the model version it was fitted with (None: no rule)."""
+
+    rule: FallbackRule | None
+    version: str | None
+
+
+def segment_values(raw: pl.DataFrame, contract: Contract, segment_by: list[str]) -> pl.DataFrame:
+    """The row keys and the typed segment columns of every raw row (null where empty or invalid)."""
+    texts = decode_records(raw, segment_by)
+    return texts.select(*KEY_COLUMNS, *(parse_feature(name, contract.features[name]).alias(name) for name in segment_by))
+
+
+def assemble_outcomes(
+    raw: pl.DataFrame,
+    quarantine: pl.DataFrame,
+    scored: pl.DataFrame,
+    fallback: Fallback,
+    contract: Contract,
+    decision: DecisionConfig,
+    answer_quarantined: bool,
+) -> pl.DataFrame:
+    """One outcome per raw row; raises RowConservationError if that cannot be shown."""
+    segment_by = fallback.rule.segment_by if fallback.rule else []
+    segments = segment_values(raw, contract, segment_by)
+
+    model_rows = scored.filter(pl.col("model_error").is_null()).with_columns(
+        pl.lit("model").alias("source"), pl.lit(None, dtype=pl.String).alias("reason")
+    )
+    unscored = scored.filter(pl.col("model_error").is_not_null()).select(*ROW_KEY, pl.col("model_error").alias("reason"))
+
+    reasons = quarantine.group_by(ROW_KEY).agg(
+        pl.format("quarantined: {}", pl.concat_str("column", pl.lit(" "), "rule").sort().str.join("; ")).alias("reason"),
+        pl.col("column").is_in(segment_by).any().alias("segment_broken"),
+    )
+    decidable = answer_quarantined & ~pl.col("segment_broken")
+    to_fallback = pl.concat([unscored, reasons.filter(decidable).select(*ROW_KEY, "reason")])
+    undecided = reasons.filter(~decidable).select(*ROW_KEY, "reason")
+
+    fallback_rows = _fallback_answers(segments.join(to_fallback, on=ROW_KEY), fallback, decision)
+    quarantine_rows = segments.select(KEY_COLUMNS).join(undecided, on=ROW_KEY).with_columns(
+        pl.lit("quarantine").alias("source"), pl.lit(decision.undecided).alias("decision")
+    )
+    outcomes = pl.concat(
+        [frame.select(c for c in OUTCOME_SCHEMA if c in frame.columns) for frame in (model_rows, fallback_rows, quarantine_rows)],
+        how="diagonal_relaxed",
+    ).pipe(conform, OUTCOME_SCHEMA).sort(ROW_KEY)
+    assert_conserved(raw, outcomes)
+    return outcomes
+
+
+def _fallback_answers(rows: pl.DataFrame, fallback: Fallback, decision: DecisionConfig) -> pl.DataFrame:
+    if fallback.rule is None:
+        return rows.with_columns(
+            pl.lit("fallback").alias("source"),
+            pl.lit(decision.undecided).alias("decision"),
+            pl.format("{}; no fitted fallback rule", "reason").alias("reason"),
+        )
+    score = fallback.rule.scores(rows)
+    return rows.with_columns(
+        score.alias("score"),
+        pl.lit("fallback").alias("source"),
+        pl.lit(fallback.version).alias("model_version"),
+    ).with_columns(decide(pl.col("score"), decision).alias("decision"))
+
+
+def assert_conserved(raw: pl.DataFrame, outcomes: pl.DataFrame) -> None:
+    """Raise RowConservationError unless every raw row has exactly one outcome and no outcome lacks a raw row."""
+    duplicated = outcomes.select(ROW_KEY).filter(pl.struct(ROW_KEY).is_duplicated()).height
+    missing = raw.select(ROW_KEY).join(outcomes.select(ROW_KEY), on=ROW_KEY, how="anti").height
+    extra = outcomes.select(ROW_KEY).join(raw.select(ROW_KEY), on=ROW_KEY, how="anti").height
+    if duplicated or missing or extra or raw.height != outcomes.height:
+        raise RowConservationError(
+            f"row conservation broken: {raw.height} raw rows, {outcomes.height} outcomes; "
+            f"{missing} raw rows without an outcome, {duplicated} duplicated outcomes, {extra} outcomes without a raw row"
+        )
+
+
+def outcome_summary(outcomes: pl.DataFrame) -> dict[str, int]:
+    """Row counts by source (model, fallback, quarantine)."""
+    counts = dict(outcomes.group_by("source").len().iter_rows())
+    return {source: int(counts.get(source, 0)) for source in ("model", "fallback", "quarantine")}

@@ -1,0 +1,112 @@
+"""The model registry in the warehouse: registered versions and an append-only alias log.
+
+``registry.model_versions`` holds one row per version (artifact path, its sha256, the card as JSON).
+``registry.model_aliases`` is append-only: each row points an alias (``champion``, ``challenger``) at a version
+from a night on, with who and why. The alias in force on night D is the latest row with ``effective_from <= D``,
+so re-running a past night uses the model that served it, and rollback is one more row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from nightkeeper.card import ModelCard
+
+SCHEMA = "registry"
+CHAMPION = "champion"
+
+_DDL = f"""
+create schema if not exists {SCHEMA};
+create table if not exists {SCHEMA}.model_versions (
+    version varchar primary key,
+    project varchar not null,
+    created_at timestamptz not null,
+    registered_at timestamptz not null,
+    model_path varchar not null,
+    model_sha256 varchar not null,
+    card_json varchar not null
+);
+create table if not exists {SCHEMA}.model_aliases (
+    seq bigint primary key,
+    alias varchar not null,
+    version varchar,
+    effective_from date not null,
+    set_at timestamptz not null,
+    actor varchar not null,
+    reason varchar not null
+);
+"""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A registered version: where its artifact is, the checksum it must match, and its card."""
+
+    version: str
+    model_path: Path
+    model_sha256: str
+    card: ModelCard
+
+
+def ensure_registry(connection: duckdb.DuckDBPyConnection) -> None:
+    connection.execute(_DDL)
+
+
+def register(connection: duckdb.DuckDBPyConnection, card: ModelCard, model_path: Path) -> ModelRecord:
+    """Record a version; registering the same version again is a no-op (versions are content addresses)."""
+    ensure_registry(connection)
+    connection.execute(
+        f"insert into {SCHEMA}.model_versions values (?, ?, ?, now(), ?, ?, ?) on conflict (version) do nothing",
+        [card.version, card.project, card.created_at, str(model_path), card.model_sha256, card.model_dump_json()],
+    )
+    return get_version(connection, card.version)
+
+
+def get_version(connection: duckdb.DuckDBPyConnection, version: str) -> ModelRecord:
+    """The registered version; raises KeyError naming it when unknown."""
+    ensure_registry(connection)
+    row = connection.execute(
+        f"select version, model_path, model_sha256, card_json from {SCHEMA}.model_versions where version = ?", [version]
+    ).fetchone()
+    if row is None:
+        raise KeyError(f"model version {version!r} is not registered")
+    return ModelRecord(row[0], Path(row[1]), row[2], ModelCard.model_validate_json(row[3]))
+
+
+def set_alias(
+    connection: duckdb.DuckDBPyConnection,
+    alias: str,
+    version: str | None,
+    effective_from: dt.date,
+    actor: str,
+    reason: str,
+) -> None:
+    """Append an alias row (``version=None`` clears the alias). The version must be registered."""
+    ensure_registry(connection)
+    if version is not None:
+        get_version(connection, version)
+    connection.execute(
+        f"""insert into {SCHEMA}.model_aliases
+            select coalesce(max(seq), 0) + 1, ?, ?, ?, now(), ?, ? from {SCHEMA}.model_aliases""",
+        [alias, version, effective_from, actor, reason],
+    )
+
+
+def alias_version(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.date) -> str | None:
+    """The version an alias pointed at on ``night`` (None if it pointed nowhere)."""
+    ensure_registry(connection)
+    row = connection.execute(
+        f"""select version from {SCHEMA}.model_aliases where alias = ? and effective_from <= ?
+            order by effective_from desc, seq desc limit 1""",
+        [alias, night],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def alias_record(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.date) -> ModelRecord | None:
+    version = alias_version(connection, alias, night)
+    return get_version(connection, version) if version else None

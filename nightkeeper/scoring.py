@@ -1,0 +1,121 @@
+"""Score validated rows with a model in chunks, within a time budget; every row gets a score or the reason it has none.
+
+A model that raises or overruns its budget answers no row of the night: the whole batch is marked with the error
+and left to the fallback (a half-scored night would mix two regimes without saying so).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from nightkeeper.frames import conform
+
+from nightkeeper.card import ModelCard
+from nightkeeper.config import DecisionConfig
+from nightkeeper.encoding import feature_matrix
+from nightkeeper.fallback import decide
+from nightkeeper.validation import KEY_COLUMNS
+
+SCORED_SCHEMA: dict[str, pl.DataType] = {
+    "partition_date": pl.Date(),
+    "source_file": pl.String(),
+    "row_number": pl.Int64(),
+    "entity_id": pl.String(),
+    "score": pl.Float64(),
+    "confidence": pl.Float64(),
+    "decision": pl.String(),
+    "model_version": pl.String(),
+    "latency_ms": pl.Float64(),
+    "model_error": pl.String(),
+}
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    """One row per input row. ``error`` is None when the model answered every row, else why it answered none."""
+
+    frame: pl.DataFrame
+    error: str | None
+    seconds: float
+
+
+def confidence(score: pl.Expr, threshold: float) -> pl.Expr:
+    """How far a score sits from the decision threshold, scaled to [0, 1]: 0 on the threshold, 1 at 0 or 1."""
+    return pl.when(score >= threshold).then((score - threshold) / (1 - threshold)).otherwise((threshold - score) / threshold)
+
+
+def score_batch(
+    valid: pl.DataFrame, booster: lgb.Booster, card: ModelCard, chunk_rows: int, time_budget_seconds: float
+) -> ScoringResult:
+    """Score ``valid`` with ``booster`` ``chunk_rows`` at a time; give up on the whole batch past the time budget."""
+    started = time.perf_counter()
+    cancelled = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightkeeper-score")
+    future = pool.submit(_predict_chunks, valid, booster, card, chunk_rows, cancelled)
+    try:
+        scores, latencies = future.result(timeout=time_budget_seconds)
+        error = None
+    except FutureTimeout:
+        cancelled.set()
+        error = f"model {card.version} exceeded its time budget of {time_budget_seconds:g} s"
+    except Exception as exc:  # any failure of the model is an outcome to record, not a crash of the night
+        error = f"model {card.version} raised {type(exc).__name__}: {exc}"
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    seconds = time.perf_counter() - started
+    if error is not None:
+        return ScoringResult(unscored(valid, card.version, error), error, seconds)
+    threshold = card.decision.threshold
+    frame = valid.select(KEY_COLUMNS).with_columns(
+        pl.Series("score", scores, dtype=pl.Float64),
+        pl.Series("latency_ms", latencies, dtype=pl.Float64),
+    ).with_columns(
+        confidence(pl.col("score"), threshold).alias("confidence"),
+        decide(pl.col("score"), card.decision).alias("decision"),
+        pl.lit(card.version).alias("model_version"),
+        pl.lit(None, dtype=pl.String).alias("model_error"),
+    )
+    return ScoringResult(conform(frame, SCORED_SCHEMA), None, seconds)
+
+
+def unscored(valid: pl.DataFrame, version: str | None, error: str) -> pl.DataFrame:
+    """Every row of ``valid`` marked as not scored, with ``error`` as the reason."""
+    return valid.select(KEY_COLUMNS).with_columns(
+        pl.lit(None, dtype=pl.Float64).alias("score"),
+        pl.lit(None, dtype=pl.Float64).alias("confidence"),
+        pl.lit(None, dtype=pl.String).alias("decision"),
+        pl.lit(version, dtype=pl.String).alias("model_version"),
+        pl.lit(None, dtype=pl.Float64).alias("latency_ms"),
+        pl.lit(error).alias("model_error"),
+    ).pipe(conform, SCORED_SCHEMA)
+
+
+def _predict_chunks(
+    valid: pl.DataFrame, booster: lgb.Booster, card: ModelCard, chunk_rows: int, cancelled: threading.Event
+) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.empty(valid.height, dtype=np.float64)
+    latencies = np.empty(valid.height, dtype=np.float64)
+    for start in range(0, valid.height, chunk_rows):
+        if cancelled.is_set():
+            raise TimeoutError("cancelled")
+        chunk = valid.slice(start, chunk_rows)
+        began = time.perf_counter()
+        scores[start : start + chunk.height] = booster.predict(feature_matrix(chunk, card.features))
+        latencies[start : start + chunk.height] = (time.perf_counter() - began) * 1000 / chunk.height
+    return scores, latencies
+
+
+def latency_percentiles(frame: pl.DataFrame) -> dict[str, float | None]:
+    """p50 and p95 of the per-row latency (ms, amortised over each chunk) of scored rows."""
+    latency = frame["latency_ms"].drop_nulls()
+    if latency.is_empty():
+        return {"p50_ms": None, "p95_ms": None}
+    return {"p50_ms": float(latency.quantile(0.5)), "p95_ms": float(latency.quantile(0.95))}
