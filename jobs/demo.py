@@ -1,0 +1,138 @@
+"""The demo: simulated nights driven through the real Dagster definitions on a persistent instance.
+
+The clock is simulated, the machinery is not: for each night the real schedule is evaluated with the night's
+run time as "now", and exactly the runs it requests are executed, in order, on the instance ``dagster dev`` opens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from dagster import DagsterInstance, Definitions, build_schedule_context
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from jobs.definitions import NIGHTLY_JOB, NIGHTLY_SCHEDULE, build_definitions
+from jobs.instance import persistent_instance
+from jobs.resources import NIGHTLY_SCHEMA
+from nightkeeper import simulator, warehouse
+from nightkeeper.config import ProjectConfig, load_config
+from nightkeeper.models import bootstrap_champion
+
+
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass(frozen=True)
+class NightRun:
+    run_id: str
+    success: bool
+    failed_checks: list[str]
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    nights: int = 30
+    rows_per_night: int = 5000
+    seed: int = 7
+    bad_data_night: int = 9
+    history_days: int = 60
+    history_rows_per_day: int = 2000
+    label_delay_days: int = 7
+
+
+def reset_demo_storage(config: ProjectConfig) -> list[Path]:
+    """Delete the warehouse, landing, labels, models and Dagster home the config points at."""
+    removed = []
+    for path in (config.warehouse_path, config.landing_path, config.labels_path, config.models_path, config.dagster_home):
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed.append(path)
+        elif path.exists():
+            path.unlink()
+            removed.append(path)
+    for sidecar in config.warehouse_path.parent.glob(config.warehouse_path.name + ".wal"):
+        sidecar.unlink()
+    return removed
+
+
+def run_demo(config_path: Path, plan: DemoPlan, console) -> pl.DataFrame:
+    """Simulate, bootstrap and run ``plan.nights`` nights through Dagster; returns the per-night summary."""
+    config = load_config(config_path)
+    reset_demo_storage(config)
+    start = config.schedule.start_date
+    nights = [start + dt.timedelta(days=i) for i in range(plan.nights)]
+
+    console.print(f"[bold]Simulating[/] {plan.nights} nights × {plan.rows_per_night:,} applications "
+                  f"(bad-data night: {nights[plan.bad_data_night] if plan.bad_data_night < plan.nights else 'none'})")
+    simulator.simulate_to_folders(
+        start, plan.nights, plan.rows_per_night, plan.seed,
+        simulator.ScenarioPlan.bad_data_at(plan.bad_data_night),
+        config.landing_path, config.labels_path, label_delay_days=plan.label_delay_days,
+    )
+    history = simulator.simulate_history(start - dt.timedelta(days=1), plan.history_days, plan.history_rows_per_day, plan.seed)
+    champion = bootstrap_champion(config, history, start)
+    console.print(f"[bold]Bootstrapped[/] champion {champion.version}: holdout AUC {champion.card.holdout_metrics['auc']:.3f} "
+                  f"on {champion.card.training_window.holdout_rows:,} rows")
+
+    instance = persistent_instance(config.dagster_home)
+    defs = build_definitions(config_path)
+    runs = run_nights(defs, instance, nights, config, console)
+    failed_runs = [f"{night} ({run.run_id})" for night, run in runs.items() if not run.success]
+    if failed_runs:
+        console.print(f"[red]{len(failed_runs)} run(s) failed:[/] {failed_runs}")
+    checks = pl.DataFrame(
+        {"night": [dt.date.fromisoformat(n) for n in runs], "failed_checks": [", ".join(r.failed_checks) for r in runs.values()]},
+        schema={"night": pl.Date, "failed_checks": pl.String},
+    )
+    return night_summary(config, nights).join(checks, on="night", how="left")
+
+
+def run_nights(
+    defs: Definitions, instance: DagsterInstance, nights: list[dt.date], config: ProjectConfig, console
+) -> dict[str, NightRun]:
+    """For each night, evaluate the nightly schedule at its run time and execute the runs it requests."""
+    schedule = next(s for s in defs.schedules if s.name == NIGHTLY_SCHEDULE)
+    job = defs.resolve_job_def(NIGHTLY_JOB)
+    run_at = config.schedule.run_at
+    runs: dict[str, NightRun] = {}
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    with progress:
+        task = progress.add_task("nights", total=len(nights))
+        for night in nights:
+            tick_time = dt.datetime.combine(night + dt.timedelta(days=1), run_at, tzinfo=dt.timezone.utc)
+            with build_schedule_context(instance=instance, scheduled_execution_time=tick_time) as context:
+                requests = schedule.evaluate_tick(context).run_requests or []
+            for request in requests:
+                result = job.execute_in_process(
+                    partition_key=request.partition_key,
+                    instance=instance,
+                    tags={**request.tags, "dagster/schedule_name": schedule.name},
+                    run_config=QUIET_LOGS,
+                    raise_on_error=False,
+                )
+                failed_checks = sorted(e.check_name for e in result.get_asset_check_evaluations() if not e.passed)
+                runs[request.partition_key] = NightRun(result.run_id, result.success, failed_checks)
+            progress.update(task, advance=1, description=f"night {night}")
+    return runs
+
+
+def night_summary(config: ProjectConfig, nights: list[dt.date]) -> pl.DataFrame:
+    """Rows, quarantined, fallback and undecided counts and the serving model version per night, from the warehouse."""
+    with warehouse.connect(config.warehouse_path) as connection:
+        return connection.execute(
+            f"""select partition_date as night,
+                       count(*) as rows,
+                       count(*) filter (where source = 'model') as model,
+                       count(*) filter (where reason like 'quarantined:%') as quarantined,
+                       count(*) filter (where source = 'fallback') as fallback,
+                       count(*) filter (where source = 'quarantine') as undecided,
+                       string_agg(distinct model_version, ',') filter (where source = 'model') as model_version
+                from {NIGHTLY_SCHEMA}.outcomes
+                where partition_date between $first and $last
+                group by partition_date order by partition_date""",
+            {"first": nights[0], "last": nights[-1]},
+        ).pl()

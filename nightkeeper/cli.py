@@ -1,0 +1,127 @@
+"""The ``nightkeeper`` command line: simulate, bootstrap, run the demo, check a config, open the UI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nightkeeper.config import ConfigError, default_config_path, load_config
+
+app = typer.Typer(help="Keep a tabular ML model trustworthy in nightly batch production.", no_args_is_help=True)
+console = Console()
+
+ConfigOption = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="Project config (default: $NIGHTKEEPER_CONFIG or ./nightkeeper.yaml).")
+]
+
+
+def _config_path(config: Path | None) -> Path:
+    return (config or default_config_path()).resolve()
+
+
+def _load(config: Path | None):
+    try:
+        return load_config(_config_path(config))
+    except ConfigError as exc:
+        console.print(f"[red]invalid config[/]\n{exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate the project config and print what it describes."""
+    project = _load(config)
+    console.print(f"[green]ok[/] {_config_path(config)}: project {project.name!r}, {len(project.contract.features)} features, "
+                  f"{len(project.contract.rules)} cross-field rule(s), threshold {project.model.decision.threshold}")
+
+
+@app.command()
+def simulate(
+    config: ConfigOption = None,
+    nights: Annotated[int, typer.Option(help="Nights to simulate.")] = 30,
+    start: Annotated[Optional[str], typer.Option(help="First night (YYYY-MM-DD); default: the config's schedule.start_date.")] = None,
+    rows: Annotated[int, typer.Option(help="Applications per night.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 7,
+    bad_night: Annotated[Optional[int], typer.Option(help="Index (0-based) of a bad-data night, if any.")] = None,
+    label_delay: Annotated[int, typer.Option(help="Days until a night's labels land.")] = 7,
+) -> None:
+    """Write simulated credit applications (one Parquet file per night) and their late labels to the config's folders."""
+    from nightkeeper import simulator
+
+    project = _load(config)
+    first = dt.date.fromisoformat(start) if start else project.schedule.start_date
+    plan = simulator.ScenarioPlan.bad_data_at(bad_night) if bad_night is not None else simulator.ScenarioPlan.clean()
+    written = simulator.simulate_to_folders(
+        first, nights, rows, seed, plan, project.landing_path, project.labels_path, label_delay_days=label_delay
+    )
+    console.print(f"wrote {len(written)} nights ({written[0]} … {written[-1]}) to {project.landing_path}, labels to {project.labels_path}")
+
+
+@app.command()
+def bootstrap(
+    config: ConfigOption = None,
+    history_days: Annotated[int, typer.Option(help="Days of simulated labeled history to train on.")] = 60,
+    rows_per_day: Annotated[int, typer.Option(help="Applications per history day.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+) -> None:
+    """Train the first champion on simulated history, register it, and make it champion from the first night on."""
+    from nightkeeper import simulator
+    from nightkeeper.models import bootstrap_champion
+
+    project = _load(config)
+    start = project.schedule.start_date
+    history = simulator.simulate_history(start - dt.timedelta(days=1), history_days, rows_per_day, seed)
+    record = bootstrap_champion(project, history, start)
+    console.print(f"champion {record.version} registered (holdout AUC {record.card.holdout_metrics['auc']:.3f}), serving from {start}")
+
+
+@app.command()
+def demo(
+    config: ConfigOption = None,
+    nights: Annotated[int, typer.Option(help="Nights to simulate and run.")] = 30,
+    rows: Annotated[int, typer.Option(help="Applications per night.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    bad_night: Annotated[int, typer.Option(help="Index (0-based) of the bad-data night.")] = 9,
+) -> None:
+    """Reset the config's storage, simulate nights and drive them through the real Dagster schedule and job."""
+    from jobs.demo import DemoPlan, run_demo
+
+    path = _config_path(config)
+    project = _load(config)
+    summary = run_demo(path, DemoPlan(nights=nights, rows_per_night=rows, seed=seed, bad_data_night=bad_night), console)
+    table = Table(title="Nights")
+    for column in ("night", "rows", "model", "quarantined", "fallback", "undecided", "version", "failed checks"):
+        table.add_column(column, justify="left" if column in ("night", "version") else "right")
+    for row in summary.iter_rows(named=True):
+        failed = [name for name in (row["failed_checks"] or "").split(", ") if name]
+        table.add_row(
+            str(row["night"]), f"{row['rows']:,}", f"{row['model']:,}", f"{row['quarantined']:,}", f"{row['fallback']:,}",
+            f"{row['undecided']:,}", (row["model_version"] or "-")[:8], str(len(failed)) if failed else "",
+        )
+    console.print(table)
+    for row in summary.filter(summary["failed_checks"].str.len_chars() > 0).iter_rows(named=True):
+        console.print(f"  {row['night']}: failed checks: {row['failed_checks']}")
+    console.print(
+        f"Warehouse: {project.warehouse_path}\n"
+        f"See every run, asset, check and its metadata in the Dagster UI:\n"
+        f"  [bold]DAGSTER_HOME={project.dagster_home} {Path(sys.executable).parent / 'dagster'} dev[/]   (or: nightkeeper ui)"
+    )
+
+
+@app.command()
+def ui(config: ConfigOption = None) -> None:
+    """Open the Dagster UI (``dagster dev``) on the config's Dagster home, from the repository root."""
+    project = _load(config)
+    from jobs.instance import prepare_dagster_home
+
+    home = prepare_dagster_home(project.dagster_home)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "NIGHTKEEPER_CONFIG": str(_config_path(config))}
+    dagster = str(Path(sys.executable).parent / "dagster")
+    os.execvpe(dagster, [dagster, "dev", "-w", str(project.root / "workspace.yaml")], env)
