@@ -35,7 +35,6 @@ def build_definitions(config_path: Path) -> Definitions:
     nightly_batch = define_asset_job(
         NIGHTLY_JOB,
         selection=AssetSelection.groups("nightly"),
-        partitions_def=partitions,
         description="One night: ingest, validate, score with the champion, fall back where it cannot, record outcomes.",
     )
     nightly_schedule = build_schedule_from_partitioned_job(

@@ -98,7 +98,7 @@ def demo(
     summary = run_demo(path, DemoPlan(nights=nights, rows_per_night=rows, seed=seed, bad_data_night=bad_night), console)
     table = Table(title="Nights")
     for column in ("night", "rows", "model", "quarantined", "fallback", "undecided", "version", "failed checks"):
-        table.add_column(column, justify="left" if column in ("night", "version") else "right")
+        table.add_column(column, justify="left" if column in ("night", "version") else "right", no_wrap=column == "night")
     for row in summary.iter_rows(named=True):
         failed = [name for name in (row["failed_checks"] or "").split(", ") if name]
         table.add_row(

@@ -462,7 +462,7 @@ def _break(
     slots = len(row_kinds) + ("null_required" in row_kinds)  # null_required breaks age and credit_score rows
     if per_defect * slots > rows // 2:
         raise ValueError(f"a bad-data night needs at least {2 * per_defect * slots} rows, got {rows}")
-    chosen = iter(np.split(rng.permutation(rows)[: per_defect * slots], slots))
+    chosen = iter(np.split(rng.permutation(rows)[: per_defect * slots], slots) if slots else [])
     picked: dict[str, np.ndarray] = {}
     for kind in row_kinds:
         picked[kind] = next(chosen)

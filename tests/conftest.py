@@ -1,0 +1,80 @@
+"""Shared pytest fixtures. Each block below belongs to one group of test files; keep blocks self-contained."""
+
+from __future__ import annotations
+
+# =====================================================================================================================
+# Core unit-test fixtures (core_*), used by test_config, test_validation, test_fallback, test_scoring, test_outcomes,
+# test_training_and_registry and test_batch_checks. Real simulator data and a real (small) LightGBM model; no mocks.
+# =====================================================================================================================
+
+import copy as _core_copy
+from collections.abc import Callable as _CoreCallable
+from datetime import date as _core_date
+from pathlib import Path as _CorePath
+from typing import Any as _CoreAny
+
+import polars as _core_pl
+import pytest as _core_pytest
+import yaml as _core_yaml
+
+CORE_CONFIG_PATH = _CorePath(__file__).resolve().parents[1] / "nightkeeper.yaml"
+CORE_SEED = 7
+CORE_HISTORY_END = _core_date(2024, 4, 30)
+CORE_NUM_BOOST_ROUND = 20
+
+
+def _core_shipped_dict() -> dict[str, _CoreAny]:
+    return _core_yaml.safe_load(CORE_CONFIG_PATH.read_text())
+
+
+@_core_pytest.fixture
+def core_config_dict() -> dict[str, _CoreAny]:
+    """A fresh, mutable copy of the shipped nightkeeper.yaml with a small num_boost_round (fast training)."""
+    raw = _core_copy.deepcopy(_core_shipped_dict())
+    raw["model"]["num_boost_round"] = CORE_NUM_BOOST_ROUND
+    return raw
+
+
+@_core_pytest.fixture
+def core_make_config() -> _CoreCallable[..., _CoreAny]:
+    """Build a ProjectConfig rooted at ``root`` from the shipped YAML (small num_boost_round); ``edit`` mutates the
+    raw dict first."""
+    from nightkeeper.config import parse_config
+
+    def make(root: _CorePath, edit: _CoreCallable[[dict[str, _CoreAny]], None] | None = None) -> _CoreAny:
+        raw = _core_copy.deepcopy(_core_shipped_dict())
+        raw["model"]["num_boost_round"] = CORE_NUM_BOOST_ROUND
+        if edit is not None:
+            edit(raw)
+        return parse_config(raw, root=root)
+
+    return make
+
+
+@_core_pytest.fixture(scope="session")
+def core_config(tmp_path_factory: _core_pytest.TempPathFactory) -> _CoreAny:
+    """The shipped config with num_boost_round=20, rooted in a session temp folder."""
+    from nightkeeper.config import parse_config
+
+    raw = _core_copy.deepcopy(_core_shipped_dict())
+    raw["model"]["num_boost_round"] = CORE_NUM_BOOST_ROUND
+    return parse_config(raw, root=tmp_path_factory.mktemp("core_config"))
+
+
+@_core_pytest.fixture(scope="session")
+def core_history() -> _core_pl.DataFrame:
+    """Clean labeled simulator history: 20 nights x 500 rows ending 2024-04-30."""
+    from nightkeeper.simulator import simulate_history
+
+    return simulate_history(CORE_HISTORY_END, days=20, rows_per_day=500, seed=CORE_SEED)
+
+
+@_core_pytest.fixture(scope="session")
+def core_trained(core_history: _core_pl.DataFrame, core_config: _CoreAny) -> _CoreAny:
+    """A real LightGBM model (TrainedModel) trained on ``core_history`` with ``core_config``."""
+    from nightkeeper.training import train_model
+
+    return train_model(core_history, core_config)
+
+
+# ============================================================ end of core unit-test fixtures =========================

@@ -1,0 +1,290 @@
+"""The nightly job through real Dagster, a real DuckDB warehouse and a real LightGBM champion.
+
+Every scenario ends with the core invariant: each raw row has exactly one outcome, traceable by file and row number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import pytest
+
+from nightkeeper import registry, simulator, warehouse
+from nightkeeper.synthetic import synthesize
+from pipeline_harness import (
+    FIRST_NIGHT,
+    Project,
+    bootstrap_example_champion,
+    check_results,
+    example_config,
+    make_project,
+    row_keys,
+)
+
+NIGHT = FIRST_NIGHT + dt.timedelta(days=2)
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    project = make_project(tmp_path / "project")
+    bootstrap_example_champion(project)
+    return project
+
+
+def assert_every_row_answered_once(project: Project, night: dt.date) -> pl.DataFrame:
+    raw = project.table("raw_batch", night)
+    outcomes = project.table("outcomes", night)
+    assert outcomes.height == raw.height
+    assert row_keys(outcomes) == row_keys(raw)
+    assert outcomes.select("source_file", "row_number").is_unique().all()
+    assert outcomes["source"].is_in(["model", "fallback", "quarantine"]).all()
+    assert outcomes["decision"].null_count() == 0
+    return outcomes
+
+
+def test_clean_night_is_answered_by_the_champion_for_every_row(project):
+    landed = project.land_night(NIGHT)
+    champion = bootstrap_example_champion(project)
+
+    result = project.run_night(NIGHT)
+
+    assert result.success
+    outcomes = assert_every_row_answered_once(project, NIGHT)
+    assert outcomes.height == landed.applications.height
+    assert (outcomes["source"] == "model").all()
+    assert (outcomes["model_version"] == champion.version).all()
+    assert outcomes["score"].is_between(0, 1).all() and outcomes["confidence"].is_between(0, 1).all()
+    assert set(outcomes["entity_id"]) == set(landed.applications["application_id"])
+    assert all(check.passed for check in check_results(result).values())
+
+
+def test_bad_data_night_quarantines_each_defect_and_still_answers_every_row(project):
+    landed = project.land_night(NIGHT, scenario=simulator.Scenario(bad_data=True))
+
+    result = project.run_night(NIGHT)
+
+    assert result.success
+    outcomes = assert_every_row_answered_once(project, NIGHT)
+    assert outcomes.height == landed.applications.height  # duplicates included
+    quarantine = project.table("quarantine", NIGHT)
+    rules_by_id = quarantine.group_by("entity_id").agg(pl.col("rule"), pl.col("column"))
+    expected_rule = {
+        "negative_income": ("income", "range"),
+        "unknown_category": ("purpose", "category"),
+        "unparseable_number": ("loan_amount", "type"),
+        "duplicate_row": ("application_id", "duplicate_id"),
+        "duplicate_id_changed": ("application_id", "duplicate_id"),
+    }
+    for defect, (column, rule) in expected_rule.items():
+        ids = landed.defects.filter(pl.col("defect") == defect)["application_id"].to_list()
+        assert ids, defect
+        found = rules_by_id.filter(pl.col("entity_id").is_in(ids))
+        assert found.height == len(set(ids)), defect
+        assert all((column, rule) in zip(cols, rules) for rules, cols in zip(found["rule"], found["column"])), defect
+    null_ids = landed.defects.filter(pl.col("defect") == "null_required")["application_id"].to_list()
+    assert quarantine.filter(pl.col("entity_id").is_in(null_ids) & (pl.col("rule") == "required"))["column"].is_in(["age", "credit_score"]).all()
+    # both copies of a duplicated id are answered, each traceable to its own row
+    duplicated = landed.defects.filter(pl.col("defect") == "duplicate_row")["application_id"][0]
+    copies = outcomes.filter(pl.col("entity_id") == duplicated)
+    assert copies.height == 2 and copies["row_number"].n_unique() == 2
+    assert set(copies["source"]) == {"model", "fallback"}
+
+    checks = check_results(result)
+    assert not checks["schema_matches_contract"].passed
+    assert "loan_amount" in checks["schema_matches_contract"].description
+    assert "utm_campaign" in checks["schema_matches_contract"].description
+    assert not checks["entity_ids_unique"].passed
+    assert not checks["null_rates_stable"].passed  # the optional 'dependents' column is missing tonight
+    assert checks["champion_answered"].passed
+
+
+def test_quarantined_rows_keep_their_reason_in_outcomes(project):
+    project.land_night(NIGHT, scenario=simulator.Scenario(bad_data=True, defects=frozenset({"negative_income"})))
+
+    project.run_night(NIGHT)
+
+    outcomes = project.table("outcomes", NIGHT)
+    flagged = outcomes.filter(pl.col("reason").is_not_null())
+    assert flagged.height > 0
+    assert flagged["reason"].str.contains("income range").all()
+    assert (flagged["source"] == "fallback").all()
+    assert flagged["score"].is_not_null().all()
+
+
+def test_empty_night_conserves_zero_rows(project):
+    empty = simulator.simulate_night(NIGHT, 200, seed=1)
+    project.land(simulator.NightData(NIGHT, empty.applications.head(0), empty.labels.head(0), empty.defects))
+
+    result = project.run_night(NIGHT)
+
+    assert result.success
+    assert project.table("raw_batch", NIGHT).height == 0
+    assert project.table("outcomes", NIGHT).height == 0
+    assert check_results(result)["outcomes_conserve_rows"].passed
+
+
+def test_night_without_any_file_succeeds_and_fails_the_schema_check(project):
+    result = project.run_night(NIGHT)
+
+    assert result.success
+    assert project.table("outcomes", NIGHT).height == 0
+    schema = check_results(result)["schema_matches_contract"]
+    assert not schema.passed and "no input files" in schema.description
+
+
+def test_rerunning_a_night_replaces_its_partition_without_duplicates(project):
+    project.land_night(NIGHT, rows=1500)
+    project.land_night(NIGHT + dt.timedelta(days=1), rows=800)
+    project.run_night(NIGHT)
+    project.run_night(NIGHT + dt.timedelta(days=1))
+
+    project.run_night(NIGHT)
+    assert project.table("outcomes", NIGHT).height == 1500
+    project.land_night(NIGHT, rows=1200)  # the night's file was re-delivered, shorter
+    project.run_night(NIGHT)
+
+    for table in ("raw_batch", "validated_batch", "scored_batch", "outcomes"):
+        assert project.table(table, NIGHT).height == 1200, table
+    assert project.table("outcomes", NIGHT + dt.timedelta(days=1)).height == 800
+    assert_every_row_answered_once(project, NIGHT)
+
+
+def _assert_degraded_to_fallback(project: Project, night: dt.date, result, message: str) -> None:
+    assert result.success, "a model failure must degrade the night, not crash the run"
+    outcomes = assert_every_row_answered_once(project, night)
+    assert (outcomes["source"] == "fallback").all()
+    assert outcomes["score"].is_not_null().all()
+    assert outcomes["reason"].str.contains(message, literal=True).all()
+    check = check_results(result)["champion_answered"]
+    assert not check.passed and message in check.description
+    assert not check_results(result)["fallback_rate_within_limit"].passed
+
+
+def test_missing_model_artifact_degrades_every_row_to_the_fallback(project):
+    project.land_night(NIGHT)
+    champion = bootstrap_example_champion(project)
+    champion.model_path.unlink()
+
+    _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "is missing")
+
+
+def test_tampered_model_artifact_fails_its_checksum_and_degrades_to_the_fallback(project):
+    project.land_night(NIGHT)
+    champion = bootstrap_example_champion(project)
+    text = champion.model_path.read_text()
+    champion.model_path.write_text(text.replace("learning_rate: 0.05", "learning_rate: 0.06", 1) + "\n")
+
+    _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "checksum mismatch")
+
+
+def test_corrupt_model_artifact_that_matches_its_checksum_degrades_to_the_fallback(project):
+    project.land_night(NIGHT)
+    champion = bootstrap_example_champion(project)
+    garbage = b"tree\nthis is not a LightGBM model\n"
+    champion.model_path.write_bytes(garbage)
+    corrupt_card = champion.card.model_copy(update={"version": "corrupt00001", "model_sha256": hashlib.sha256(garbage).hexdigest()})
+    _register_as_champion(project, corrupt_card, champion.model_path)
+
+    _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "does not load")
+
+
+def test_model_that_raises_while_predicting_degrades_to_the_fallback(project, tmp_path):
+    project.land_night(NIGHT)
+    champion = bootstrap_example_champion(project)
+    # a real booster trained on 3 features, registered with a card listing all of them: LightGBM raises on predict
+    rng = np.random.default_rng(0)
+    narrow = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(rng.normal(size=(300, 3)), label=rng.integers(0, 2, 300)), 5)
+    path = tmp_path / "narrow.txt"
+    path.write_text(narrow.model_to_string())
+    card = champion.card.model_copy(update={"version": "narrow000001", "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    _register_as_champion(project, card, path)
+
+    _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "raised")
+
+
+def test_model_over_its_time_budget_degrades_to_the_fallback(tmp_path):
+    project = make_project(tmp_path / "slow", example_config(model={**example_config()["model"], "time_budget_seconds": 1e-6}))
+    bootstrap_example_champion(project)
+    project.land_night(NIGHT, rows=3000)
+
+    _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "exceeded its time budget")
+
+
+def test_night_without_a_champion_is_answered_undecided_by_the_fallback(tmp_path):
+    project = make_project(tmp_path / "nochampion")
+    project.land_night(NIGHT, rows=300)
+
+    result = project.run_night(NIGHT)
+
+    assert result.success
+    outcomes = assert_every_row_answered_once(project, NIGHT)
+    assert (outcomes["decision"] == "refer").all()
+    assert not check_results(result)["champion_answered"].passed
+
+
+def test_missing_required_column_sends_the_whole_batch_to_the_fallback(project):
+    project.land_night(NIGHT, scenario=simulator.Scenario(bad_data=True, defects=frozenset({"missing_column"}), missing_column="credit_score"))
+
+    result = project.run_night(NIGHT)
+
+    assert result.success
+    outcomes = assert_every_row_answered_once(project, NIGHT)
+    assert (outcomes["source"] == "fallback").all()
+    assert outcomes["reason"].str.contains("credit_score required").all()
+    quarantine = project.table("quarantine", NIGHT)
+    assert (quarantine.filter(pl.col("column") == "credit_score")["value"] == "<column missing from file>").all()
+    schema = check_results(result)["schema_matches_contract"]
+    assert not schema.passed and "required column 'credit_score' is missing" in schema.description
+
+
+def test_a_second_config_with_other_columns_and_types_runs_a_whole_night(tmp_path):
+    churn = {
+        "name": "subscription-churn",
+        "contract": {
+            "entity_id": "customer_key",
+            "target": "churned",
+            "features": {
+                "tenure_months": {"dtype": "int", "min": 0, "max": 240},
+                "monthly_fee": {"dtype": "float", "min": 0, "max": 500},
+                "support_calls": {"dtype": "int", "min": 0, "max": 100, "required": False},
+                "plan": {"dtype": "category", "categories": ["basic", "plus", "family", "business"]},
+                "autopay": {"dtype": "bool"},
+                "satisfaction": {"dtype": "float", "min": 0, "max": 10},
+            },
+            "rules": [{"name": "business_plans_pay", "expression": "plan <> 'business' OR monthly_fee >= 20"}],
+        },
+        "model": {"num_boost_round": 30, "params": {"objective": "binary", "verbose": -1, "num_threads": 2},
+                  "decision": {"threshold": 0.4, "at_or_above_threshold": "retain_offer", "below_threshold": "no_action"}},
+        "fallback": {"segment_by": ["plan", "autopay"]},
+        "schedule": {"start_date": "2026-01-01"},
+    }
+    project = make_project(tmp_path / "churn", churn)
+    history = synthesize(project.config.contract, rows=4000, seed=5, id_prefix="H")
+    from nightkeeper.models import bootstrap_champion
+
+    bootstrap_champion(project.config, history, FIRST_NIGHT)
+    tonight = synthesize(project.config.contract, rows=900, seed=6, id_prefix="N").drop("churned")
+    broken = tonight.head(3).with_columns(pl.lit(-1, dtype=pl.Int64).alias("tenure_months"), pl.format("X{}", "customer_key").alias("customer_key"))
+    landing = project.config.landing_path / NIGHT.isoformat()
+    landing.mkdir(parents=True)
+    pl.concat([tonight, broken]).write_parquet(landing / "customers.parquet")
+
+    result = project.run_night(NIGHT)
+
+    assert result.success
+    outcomes = assert_every_row_answered_once(project, NIGHT)
+    assert outcomes.height == 903
+    assert (outcomes.filter(pl.col("source") == "model").height) == 900
+    assert set(outcomes["decision"]) <= {"retain_offer", "no_action", "refer"}
+    quarantine = project.table("quarantine", NIGHT)
+    assert set(quarantine["column"]) == {"tenure_months"} and set(quarantine["rule"]) == {"range"}
+
+
+def _register_as_champion(project: Project, card, model_path) -> None:
+    with warehouse.connect(project.config.warehouse_path) as connection:
+        registry.register(connection, card, model_path)
+        registry.set_alias(connection, registry.CHAMPION, card.version, FIRST_NIGHT, "test", "inject a broken champion")
