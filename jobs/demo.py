@@ -95,7 +95,7 @@ def run_nights(
     defs: Definitions, instance: DagsterInstance, nights: list[dt.date], config: ProjectConfig, console
 ) -> dict[str, NightRun]:
     """For each night, evaluate the nightly schedule at its run time and execute the runs it requests."""
-    schedule = next(s for s in defs.schedules if s.name == NIGHTLY_SCHEDULE)
+    schedule = defs.resolve_schedule_def(NIGHTLY_SCHEDULE)
     job = defs.resolve_job_def(NIGHTLY_JOB)
     run_at = config.schedule.run_at
     runs: dict[str, NightRun] = {}

@@ -107,11 +107,12 @@ def demo(
         )
     console.print(table)
     for row in summary.filter(summary["failed_checks"].str.len_chars() > 0).iter_rows(named=True):
-        console.print(f"  {row['night']}: failed checks: {row['failed_checks']}")
+        console.print(f"  {row['night']}: failed checks: {row['failed_checks']}", soft_wrap=True)
     console.print(
         f"Warehouse: {project.warehouse_path}\n"
         f"See every run, asset, check and its metadata in the Dagster UI:\n"
-        f"  [bold]DAGSTER_HOME={project.dagster_home} {Path(sys.executable).parent / 'dagster'} dev[/]   (or: nightkeeper ui)"
+        f"  [bold]DAGSTER_HOME={project.dagster_home} {Path(sys.executable).parent / 'dagster'} dev[/]   (or: nightkeeper ui)",
+        soft_wrap=True,
     )
 
 
