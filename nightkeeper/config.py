@@ -198,6 +198,74 @@ class BatchCheckConfig(_Strict):
     max_fallback_rate: float = Field(0.05, ge=0, le=1)
 
 
+class DriftConfig(_Strict):
+    """How drift is measured against the champion's reference profile."""
+
+    bins: int = Field(10, ge=2, le=100, description="Quantile bins of a numeric feature's reference distribution.")
+    reference_chunks: int = Field(
+        20, ge=4, description="Chunks the reference data is cut into to learn each statistic's ordinary variation."
+    )
+    threshold_sigmas: float = Field(4.0, gt=0, description="A feature drifts when its statistic exceeds mean + k·σ over reference chunks.")
+    psi_floor: float = Field(0.05, ge=0, description="Smallest PSI threshold a fitted one may take (avoids hair triggers).")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="PSI threshold per feature, overriding the fitted one.")
+    report_sample_rows: int = Field(5000, ge=100, description="Rows per side in the human-facing evidently report.")
+    domain_classifier_rows: int = Field(10000, ge=200, description="Rows per side for the multivariate domain classifier.")
+
+
+class BusinessValue(_Strict):
+    """Money per decision outcome; positive = gain. 'positive' is the at-or-above-threshold decision."""
+
+    true_positive: float = 0.0
+    false_positive: float = 0.0
+    true_negative: float = 0.0
+    false_negative: float = 0.0
+
+
+class PerformanceConfig(_Strict):
+    """Realized performance once labels land, estimated performance before."""
+
+    min_labeled_rows: int = Field(200, ge=1, description="Fewest labeled rows a night needs for realized metrics.")
+    max_calibration_error: float = Field(
+        0.05, gt=0, le=1, description="Expected calibration error above which estimated performance is flagged untrustworthy."
+    )
+    business_value: BusinessValue = BusinessValue()
+
+
+class AlertRule(_Strict):
+    """An alert: open when ``metric <comparison> threshold`` held for ``sustained_nights`` nights in a row."""
+
+    name: str
+    metric: str = Field(description="A nightly metric name, e.g. 'drift.drifted_share' or 'performance.estimated_auc'.")
+    comparison: Literal[">", ">=", "<", "<="]
+    threshold: float
+    sustained_nights: int = Field(1, ge=1)
+    severity: Literal["info", "warning", "critical"] = "warning"
+    category: Literal["performance", "drift", "data_quality", "operations"]
+    runbook: str = Field("", description="Anchor of this alert's section in docs/runbook.md.")
+
+
+class AlertingConfig(_Strict):
+    """Where alerts go besides the log and the warehouse, and which rules raise them."""
+
+    webhook_url_env: str = Field("NIGHTKEEPER_WEBHOOK_URL", description="Environment variable holding the webhook URL (never logged).")
+    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    rules: list[AlertRule] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AlertingConfig:
+        names = [rule.name for rule in self.rules]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"alert rule names must be unique; repeated: {duplicated}")
+        return self
+
+
+class MonitoringConfig(_Strict):
+    drift: DriftConfig = DriftConfig()
+    performance: PerformanceConfig = PerformanceConfig()
+    alerts: AlertingConfig = AlertingConfig()
+
+
 class ProjectConfig(_Strict):
     """The whole project config. Relative paths resolve against the config file's folder."""
 
@@ -209,6 +277,7 @@ class ProjectConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     checks: BatchCheckConfig = BatchCheckConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     _root: Path = PrivateAttr(default=Path("."))
 
     @model_validator(mode="after")
