@@ -266,6 +266,66 @@ class MonitoringConfig(_Strict):
     alerts: AlertingConfig = AlertingConfig()
 
 
+class TrainingDataGateConfig(_Strict):
+    """Sanity of a retraining window before any model is fitted on it."""
+
+    min_rows: int = Field(2000, ge=100, description="Fewest labeled rows a retrain may use.")
+    max_volume_ratio: float = Field(1.5, gt=1, description="A night with more than this × the window's median volume is suspect.")
+    max_label_rate_shift: float = Field(
+        0.15, gt=0, le=1, description="A night whose label rate differs from the window's median by more than this is suspect."
+    )
+    max_duplicate_share: float = Field(
+        0.05, gt=0, le=1, description="A night where more than this share of rows repeat a near-identical feature vector is suspect."
+    )
+    max_excluded_share: float = Field(0.3, gt=0, le=1, description="Refuse the retrain if suspect nights hold more than this share of rows.")
+
+
+class PromotionGateConfig(_Strict):
+    """The never-worse gate: a candidate must not lose to the champion on the same labeled holdout."""
+
+    holdout_days: int = Field(14, ge=1, description="Most recent labeled nights both models are evaluated on.")
+    auc_tolerance: float = Field(0.005, ge=0, description="The bootstrap CI's lower bound of (candidate − champion) AUC must exceed −this.")
+    bootstrap_samples: int = Field(200, ge=20)
+    segments: list[str] = Field(default_factory=list, description="Category features whose levels are checked one by one.")
+    segment_auc_tolerance: float = Field(0.03, ge=0)
+    min_segment_rows: int = Field(300, ge=10)
+    brier_tolerance: float = Field(0.002, ge=0)
+    business_value_tolerance: float = Field(0.02, ge=0, description="Allowed relative loss of business value.")
+    max_latency_ratio: float = Field(2.0, gt=0)
+
+
+class RolloutConfig(_Strict):
+    """Shadow, canary steps and the health a challenger must keep to advance."""
+
+    shadow_nights: int = Field(3, ge=1)
+    canary_percents: list[int] = Field(default_factory=lambda: [1, 5, 20, 100])
+    nights_per_step: int = Field(2, ge=1)
+    max_error_rate: float = Field(0.0, ge=0, le=1, description="Share of rows the challenger may fail to score.")
+    max_fallback_rate_increase: float = Field(0.01, ge=0)
+    max_estimated_auc_drop: float = Field(0.02, ge=0)
+    min_agreement: float = Field(0.8, ge=0, le=1, description="Shadow: least share of rows with the champion's decision.")
+
+    @field_validator("canary_percents")
+    @classmethod
+    def _increasing_to_100(cls, percents: list[int]) -> list[int]:
+        if not percents or percents[-1] != 100 or any(b <= a for a, b in zip(percents, percents[1:])) or percents[0] <= 0:
+            raise ValueError("must be strictly increasing percentages ending at 100, e.g. [1, 5, 20, 100]")
+        return percents
+
+
+class LifecycleConfig(_Strict):
+    """Retraining, its gates and the rollout of a new model."""
+
+    training_window_days: int = Field(90, ge=7)
+    include_review_labels: bool = True
+    data_gate: TrainingDataGateConfig = TrainingDataGateConfig()
+    promotion_gate: PromotionGateConfig = PromotionGateConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    retrain_on_alert_categories: list[Literal["performance", "drift", "data_quality", "operations"]] = Field(
+        default_factory=lambda: ["performance", "drift"], description="Alert categories whose opening triggers a retrain."
+    )
+
+
 class ProjectConfig(_Strict):
     """The whole project config. Relative paths resolve against the config file's folder."""
 
@@ -278,6 +338,7 @@ class ProjectConfig(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     checks: BatchCheckConfig = BatchCheckConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
     _root: Path = PrivateAttr(default=Path("."))
 
     @model_validator(mode="after")
@@ -289,6 +350,14 @@ class ProjectConfig(_Strict):
                     f"fallback.segment_by: {column!r} must be a category or bool feature of the contract; "
                     f"those are {[n for n, s in self.contract.features.items() if s.dtype in ('category', 'bool')]}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _gate_segments_are_categories(self) -> ProjectConfig:
+        for column in self.lifecycle.promotion_gate.segments:
+            spec = self.contract.features.get(column)
+            if spec is None or spec.dtype not in ("category", "bool"):
+                raise ValueError(f"lifecycle.promotion_gate.segments: {column!r} must be a category or bool feature of the contract")
         return self
 
     @property
