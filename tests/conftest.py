@@ -27,23 +27,21 @@ def _core_shipped_dict() -> dict[str, _CoreAny]:
     return _core_yaml.safe_load(CORE_CONFIG_PATH.read_text())
 
 
-@_core_pytest.fixture
-def core_config_dict() -> dict[str, _CoreAny]:
-    """A fresh, mutable copy of the shipped nightkeeper.yaml with a small num_boost_round (fast training)."""
-    raw = _core_copy.deepcopy(_core_shipped_dict())
+def _core_small(raw: dict[str, _CoreAny]) -> dict[str, _CoreAny]:
+    """Few boosting rounds and one LightGBM thread: fast, and immune to OpenMP spin-waits on a busy machine."""
     raw["model"]["num_boost_round"] = CORE_NUM_BOOST_ROUND
+    raw["model"]["params"]["num_threads"] = 1
     return raw
 
 
 @_core_pytest.fixture
 def core_make_config() -> _CoreCallable[..., _CoreAny]:
-    """Build a ProjectConfig rooted at ``root`` from the shipped YAML (small num_boost_round); ``edit`` mutates the
-    raw dict first."""
+    """Build a ProjectConfig rooted at ``root`` from the shipped YAML (small num_boost_round, one thread); ``edit``
+    mutates the raw dict first."""
     from nightkeeper.config import parse_config
 
     def make(root: _CorePath, edit: _CoreCallable[[dict[str, _CoreAny]], None] | None = None) -> _CoreAny:
-        raw = _core_copy.deepcopy(_core_shipped_dict())
-        raw["model"]["num_boost_round"] = CORE_NUM_BOOST_ROUND
+        raw = _core_small(_core_copy.deepcopy(_core_shipped_dict()))
         if edit is not None:
             edit(raw)
         return parse_config(raw, root=root)
@@ -53,11 +51,10 @@ def core_make_config() -> _CoreCallable[..., _CoreAny]:
 
 @_core_pytest.fixture(scope="session")
 def core_config(tmp_path_factory: _core_pytest.TempPathFactory) -> _CoreAny:
-    """The shipped config with num_boost_round=20, rooted in a session temp folder."""
+    """The shipped config with num_boost_round=20 and num_threads=1, rooted in a session temp folder."""
     from nightkeeper.config import parse_config
 
-    raw = _core_copy.deepcopy(_core_shipped_dict())
-    raw["model"]["num_boost_round"] = CORE_NUM_BOOST_ROUND
+    raw = _core_small(_core_copy.deepcopy(_core_shipped_dict()))
     return parse_config(raw, root=tmp_path_factory.mktemp("core_config"))
 
 

@@ -4,7 +4,6 @@ model raises or overruns) every row carries the reason it has none."""
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
