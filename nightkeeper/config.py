@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Any, Literal
+from difflib import get_close_matches
+from typing import Any, Literal, get_args, get_origin
 
 import polars as pl
 import yaml
@@ -19,6 +20,8 @@ CONFIG_ENV_VAR = "NIGHTKEEPER_CONFIG"
 DEFAULT_CONFIG_NAME = "nightkeeper.yaml"
 
 FeatureDtype = Literal["float", "int", "bool", "category"]
+# Columns every nightly table carries; a feature with one of these names would overwrite a row key.
+RESERVED_COLUMNS = frozenset({"partition_date", "source_file", "row_number", "entity_id", "event_time", "record"})
 
 
 class ConfigError(ValueError):
@@ -91,6 +94,9 @@ class Contract(_Strict):
     def _consistent(self) -> Contract:
         if not self.features:
             raise ValueError("`features` must name at least one feature")
+        clashing = sorted(set(self.features) & RESERVED_COLUMNS)
+        if clashing:
+            raise ValueError(f"feature name(s) {clashing} are reserved for Nightkeeper's own columns {sorted(RESERVED_COLUMNS)}; rename them")
         special = {"entity_id": self.entity_id, "event_time": self.event_time, "target": self.target}
         for role, column in special.items():
             if column is not None and column in self.features:
@@ -423,10 +429,53 @@ def _describe(error: ValidationError, source: str) -> str:
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
+        found = _shown(item["input"])
         if item["type"] == "missing":
             lines.append(f"  {field}: missing; this field is required")
         elif item["type"] == "extra_forbidden":
-            lines.append(f"  {field}: found {item['input']!r}; this field is not allowed here (check its spelling)")
+            allowed = _allowed_fields(item["loc"][:-1])
+            hint = get_close_matches(str(item["loc"][-1]), allowed, n=1)
+            lines.append(
+                f"  {field}: found {found}; this field is not allowed here"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
+            )
         else:
-            lines.append(f"  {field}: found {item['input']!r}; {message}")
+            lines.append(f"  {field}: found {found}; {message}")
     return "\n".join(lines)
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _allowed_fields(location: tuple[Any, ...]) -> list[str]:
+    """The field names of the config model found at ``location`` (keys of dicts and list indexes are stepped over)."""
+    annotation: Any = ProjectConfig
+    for part in location:
+        annotation = _step(annotation, part)
+        if annotation is None:
+            return []
+    model = _model_of(annotation)
+    return list(model.model_fields) if model else []
+
+
+def _step(annotation: Any, part: Any) -> Any:
+    model = _model_of(annotation)
+    if model is not None:
+        field = model.model_fields.get(str(part))
+        return field.annotation if field else None
+    args = get_args(annotation)
+    if get_origin(annotation) in (dict, list) and args:
+        return args[-1]
+    return None
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):  # Optional[Model] and the like
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None

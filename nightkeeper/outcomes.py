@@ -2,7 +2,8 @@
 
 ``source`` says who answered: ``model`` (the champion scored it), ``fallback`` (the fitted fallback rule answered
 because the model could not, or because the row was quarantined but its segment is known), ``quarantine`` (nobody
-could decide; the decision is the configured ``undecided`` label). ``reason`` says why a row is not a model answer.
+could decide — quarantined and undecidable, or not scored and no fallback rule exists; the decision is the
+configured ``undecided`` label). ``reason`` says why a row is not a model answer.
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ def assemble_outcomes(
 
 
 def _fallback_answers(rows: pl.DataFrame, fallback: Fallback, decision: DecisionConfig) -> pl.DataFrame:
-    if fallback.rule is None:
+    if fallback.rule is None:  # nobody can decide these rows
         return rows.with_columns(
-            pl.lit("fallback").alias("source"),
+            pl.lit("quarantine").alias("source"),
             pl.lit(decision.undecided).alias("decision"),
             pl.format("{}; no fitted fallback rule", "reason").alias("reason"),
         )

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import polars as pl
 
 from nightkeeper.card import ModelCard
 
 SCHEMA = "registry"
 CHAMPION = "champion"
+CHALLENGER = "challenger"
 
 _DDL = f"""
 create schema if not exists {SCHEMA};
@@ -37,7 +39,8 @@ create table if not exists {SCHEMA}.model_aliases (
     effective_from date not null,
     set_at timestamptz not null,
     actor varchar not null,
-    reason varchar not null
+    reason varchar not null,
+    stage varchar
 );
 """
 
@@ -84,15 +87,19 @@ def set_alias(
     effective_from: dt.date,
     actor: str,
     reason: str,
+    stage: str | None = None,
 ) -> None:
-    """Append an alias row (``version=None`` clears the alias). The version must be registered."""
+    """Append an alias row (``version=None`` clears the alias). The version must be registered.
+
+    ``stage`` qualifies a challenger: ``shadow`` or ``canary:<percent>``.
+    """
     ensure_registry(connection)
     if version is not None:
         get_version(connection, version)
     connection.execute(
-        f"""insert into {SCHEMA}.model_aliases
-            select coalesce(max(seq), 0) + 1, ?, ?, ?, now(), ?, ? from {SCHEMA}.model_aliases""",
-        [alias, version, effective_from, actor, reason],
+        f"""insert into {SCHEMA}.model_aliases (seq, alias, version, effective_from, set_at, actor, reason, stage)
+            select coalesce(max(seq), 0) + 1, ?, ?, ?, now(), ?, ?, ? from {SCHEMA}.model_aliases""",
+        [alias, version, effective_from, actor, reason, stage],
     )
 
 
@@ -110,3 +117,39 @@ def alias_version(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.d
 def alias_record(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.date) -> ModelRecord | None:
     version = alias_version(connection, alias, night)
     return get_version(connection, version) if version else None
+
+
+def alias_stage(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.date) -> tuple[str | None, str | None]:
+    """(version, stage) of an alias on ``night``; (None, None) when it points nowhere."""
+    ensure_registry(connection)
+    row = connection.execute(
+        f"""select version, stage from {SCHEMA}.model_aliases where alias = ? and effective_from <= ?
+            order by effective_from desc, seq desc limit 1""",
+        [alias, night],
+    ).fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
+def alias_log(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """The whole alias log, oldest first."""
+    ensure_registry(connection)
+    return connection.execute(f"select * from {SCHEMA}.model_aliases order by seq").pl()
+
+
+def versions(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Registered versions, newest first, with their headline holdout metrics and training window."""
+    ensure_registry(connection)
+    return connection.execute(
+        f"""select version, created_at, registered_at,
+                   cast(json_extract(card_json, '$.holdout_metrics.auc') as double) as holdout_auc,
+                   json_extract_string(card_json, '$.training_window.start') as window_start,
+                   json_extract_string(card_json, '$.training_window.end') as window_end,
+                   cast(json_extract(card_json, '$.training_window.rows') as bigint) as training_rows,
+                   model_path
+            from {SCHEMA}.model_versions order by registered_at desc"""
+    ).pl()
+
+
+def served_versions(connection: duckdb.DuckDBPyConnection, nights: list[dt.date]) -> dict[dt.date, str | None]:
+    """Which version was champion on each night (from the alias log)."""
+    return {night: alias_version(connection, CHAMPION, night) for night in nights}

@@ -35,9 +35,11 @@ def training_frame(frame: pl.DataFrame, config: ProjectConfig) -> pl.DataFrame:
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise ValueError(f"training data lacks column(s) {missing}; it has {frame.columns}")
-    targets = set(frame[contract.target].drop_nulls().cast(pl.Int64).unique().to_list())
-    if not targets <= {0, 1}:
-        raise ValueError(f"target column {contract.target!r} holds {sorted(targets)}; expected only 0 and 1")
+    values = frame[contract.target].drop_nulls()
+    as_numbers = values.cast(pl.Float64, strict=False)
+    if as_numbers.null_count() or not set(as_numbers.unique().to_list()) <= {0.0, 1.0}:
+        found = sorted(map(str, values.unique().head(10).to_list()))
+        raise ValueError(f"target column {contract.target!r} holds {found}; expected only 0 and 1")
     casts = {name: polars_dtype(spec) for name, spec in contract.features.items()}
     typed = frame.filter(pl.col(contract.target).is_not_null()).with_columns(
         pl.col(name).cast(dtype) for name, dtype in casts.items()

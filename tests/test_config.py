@@ -77,12 +77,6 @@ def test_unknown_field_typo_names_field_and_value() -> None:
     assert "not allowed" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: config._describe reports an unknown (extra) field without naming the fields that are allowed "
-    "there, so a typo like `chunk_row` gives no hint of `chunk_rows`",
-)
 def test_unknown_field_typo_lists_the_allowed_fields() -> None:
     message = config_error(lambda raw: raw["model"].update(chunk_row=5))
     assert "model.chunk_row" in message
@@ -139,12 +133,6 @@ def test_target_listed_as_a_feature_is_rejected() -> None:
     assert "target column 'age' must not also be listed as a feature" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG: config.Contract accepts a feature named like a framework row-key column (row_number, source_file, "
-    "partition_date, entity_id, event_time); validation then overwrites the row key with the feature's value",
-)
 def test_feature_named_like_a_framework_column_is_rejected() -> None:
     def rename(raw: dict[str, Any]) -> None:
         raw["contract"]["features"]["row_number"] = raw["contract"]["features"].pop("open_accounts")

@@ -147,23 +147,11 @@ def test_training_rejects_a_target_other_than_0_and_1_naming_the_column(
         train_model(with_target(core_history, 5, bad), core_config)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG: training.training_frame checks the target after .cast(pl.Int64), which truncates 0.5 to 0, so a "
-    "fractional target passes and is then silently trained as 0",
-)
 def test_training_rejects_a_fractional_target(core_history: pl.DataFrame, core_config: ProjectConfig) -> None:
     with pytest.raises(ValueError, match="defaulted"):
         training_frame(with_target(core_history, 5, 0.5), core_config)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pl.exceptions.InvalidOperationError,
-    reason="BUG: training.training_frame casts a text target with a strict polars cast, so 'yes'/'no' labels raise "
-    "polars InvalidOperationError instead of the documented ValueError",
-)
 def test_training_rejects_a_text_target_with_a_value_error(core_history: pl.DataFrame, core_config: ProjectConfig) -> None:
     text_target = core_history.with_columns(pl.col("defaulted").cast(pl.String).replace({"1": "yes", "0": "no"}))
     with pytest.raises(ValueError, match="defaulted"):
