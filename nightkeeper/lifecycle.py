@@ -1,0 +1,128 @@
+"""The model lifecycle as data: challenger stages, the rollout decision of each night, promotion and rollback.
+
+Stages of a challenger, in order: ``shadow`` (scores every row, serves none), then ``canary:<p>`` for each configured
+percentage (serves the entities whose stable bucket is below p), and at 100 % it becomes champion. Every change is
+one appended row of the dated alias log (nightkeeper.registry), so "which version served on night D" always has an
+answer and a rollback is one more row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+import duckdb
+import polars as pl
+
+from nightkeeper import registry
+from nightkeeper.config import RolloutConfig
+
+SHADOW = "shadow"
+Action = Literal["hold", "advance", "promote", "rollback"]
+
+
+def canary_stage(percent: int) -> str:
+    return f"canary:{percent}"
+
+
+def canary_percent(stage: str | None) -> int:
+    """The share of entities the challenger serves in ``stage`` (0 in shadow or with no challenger)."""
+    if stage and stage.startswith("canary:"):
+        return int(stage.split(":", 1)[1])
+    return 0
+
+
+def next_stage(stage: str, rollout: RolloutConfig) -> str | None:
+    """The stage after ``stage``; None when the next step is promotion to champion."""
+    order = [SHADOW, *(canary_stage(p) for p in rollout.canary_percents if p < 100)]
+    position = order.index(stage)
+    return order[position + 1] if position + 1 < len(order) else None
+
+
+@dataclass(frozen=True)
+class NightHealth:
+    """How the challenger did on one night, compared with the champion on the same rows."""
+
+    night: dt.date
+    error_rate: float
+    agreement: float
+    fallback_rate_increase: float
+    estimated_auc_drop: float | None
+
+    def failures(self, rollout: RolloutConfig) -> list[str]:
+        """Each health rule this night broke, as a sentence."""
+        broken = []
+        if self.error_rate > rollout.max_error_rate:
+            broken.append(f"{self.error_rate:.1%} of rows failed to score (limit {rollout.max_error_rate:.1%})")
+        if self.agreement < rollout.min_agreement:
+            broken.append(f"agreement with the champion {self.agreement:.1%} (minimum {rollout.min_agreement:.0%})")
+        if self.fallback_rate_increase > rollout.max_fallback_rate_increase:
+            broken.append(f"fallback rate up {self.fallback_rate_increase:.1%} (limit {rollout.max_fallback_rate_increase:.1%})")
+        if self.estimated_auc_drop is not None and self.estimated_auc_drop > rollout.max_estimated_auc_drop:
+            broken.append(f"estimated AUC down {self.estimated_auc_drop:.3f} (limit {rollout.max_estimated_auc_drop})")
+        return broken
+
+
+@dataclass(frozen=True)
+class RolloutDecision:
+    action: Action
+    reason: str
+    next_stage: str | None = None
+
+
+def decide_rollout(stage: str, healthy_nights_in_stage: int, tonight: NightHealth, rollout: RolloutConfig) -> RolloutDecision:
+    """What to do after tonight: roll back on any broken health rule, advance after enough healthy nights, else hold.
+
+    ``healthy_nights_in_stage`` counts tonight if it was healthy. Shadow needs ``shadow_nights``; each canary step
+    needs ``nights_per_step``.
+    """
+    broken = tonight.failures(rollout)
+    if broken:
+        return RolloutDecision("rollback", f"{stage} failed its health check on {tonight.night}: " + "; ".join(broken))
+    needed = rollout.shadow_nights if stage == SHADOW else rollout.nights_per_step
+    if healthy_nights_in_stage < needed:
+        return RolloutDecision("hold", f"{stage}: {healthy_nights_in_stage} of {needed} healthy nights")
+    following = next_stage(stage, rollout)
+    if following is None:
+        return RolloutDecision("promote", f"{stage} held {needed} healthy nights; promoting to champion")
+    return RolloutDecision("advance", f"{stage} held {needed} healthy nights; advancing to {following}", following)
+
+
+def start_shadow(connection: duckdb.DuckDBPyConnection, version: str, effective_from: dt.date, actor: str, reason: str) -> None:
+    """Make ``version`` the challenger in shadow from ``effective_from`` on."""
+    registry.set_alias(connection, registry.CHALLENGER, version, effective_from, actor, reason, stage=SHADOW)
+
+
+def advance(connection: duckdb.DuckDBPyConnection, version: str, stage: str, effective_from: dt.date, actor: str, reason: str) -> None:
+    """Move the challenger ``version`` to ``stage`` from ``effective_from`` on."""
+    registry.set_alias(connection, registry.CHALLENGER, version, effective_from, actor, reason, stage=stage)
+
+
+def promote(connection: duckdb.DuckDBPyConnection, version: str, effective_from: dt.date, actor: str, reason: str) -> None:
+    """Make ``version`` champion from ``effective_from`` on and clear the challenger."""
+    registry.set_alias(connection, registry.CHAMPION, version, effective_from, actor, reason)
+    registry.set_alias(connection, registry.CHALLENGER, None, effective_from, actor, f"promoted {version}")
+
+
+def reject_challenger(connection: duckdb.DuckDBPyConnection, effective_from: dt.date, actor: str, reason: str) -> str | None:
+    """Clear the challenger (a failed rollout); returns the version that was removed."""
+    version, _ = registry.alias_stage(connection, registry.CHALLENGER, effective_from)
+    if version is not None:
+        registry.set_alias(connection, registry.CHALLENGER, None, effective_from, actor, reason)
+    return version
+
+
+def rollback_champion(connection: duckdb.DuckDBPyConnection, effective_from: dt.date, actor: str, reason: str) -> tuple[str, str]:
+    """Point champion back at the version it held before the current one; returns (from, to).
+
+    Raises ValueError when there is no earlier champion to return to.
+    """
+    current = registry.alias_version(connection, registry.CHAMPION, effective_from)
+    log = registry.alias_log(connection).filter(pl.col("alias") == registry.CHAMPION)["version"].to_list()
+    champions = [version for i, version in enumerate(log) if version and (i == 0 or version != log[i - 1])]
+    if current is None or len(champions) < 2:
+        raise ValueError(f"no earlier champion to roll back to (current champion: {current})")
+    previous = champions[-2] if champions[-1] == current else champions[-1]
+    registry.set_alias(connection, registry.CHAMPION, previous, effective_from, actor, reason)
+    return current, previous
