@@ -1,0 +1,392 @@
+"""Model performance: realized once labels land, estimated from the scores before they do.
+
+* **Realized** (``realized_performance``): per scoring night, source and model version, the metrics of the model's
+  answers that have a label: AUC, precision, recall, Brier, the label positive rate and a business value in money.
+  A pure function of the outcomes, the stored labels and the config, so it is recomputed from scratch whenever
+  more labels arrive.
+* **Estimated** (``estimate_performance``, ``estimated_performance``): confidence-based performance estimation
+  (CBPE, as NannyML does it). If the scores are calibrated probabilities, each row is a positive with probability
+  ``p``, so the confusion matrix, precision, recall, accuracy, the business value and the ROC AUC have expected
+  values computable from the scores alone, on the night itself, without labels.
+  **Assumptions**: the scores are calibrated (checked with ``calibration_check`` on the latest labeled window) and
+  there is no concept drift (``P(label | features)`` is what it was when the model was fitted). CBPE follows
+  covariate shift, but it cannot see concept drift: when the relationship between features and label changes, the
+  scores still look as confident as before and the estimate stays put, while the realized metrics drop once the
+  labels land. That is why both exist.
+* ``performance_metrics`` flattens both into ``performance.*`` metrics for the alert rules.
+
+A row's decision is 'positive' (the config's ``at_or_above_threshold`` decision) when ``score >= threshold``;
+business value = sum over rows of the money of its confusion cell (``BusinessValue``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from nightkeeper.config import BusinessValue, DecisionConfig
+from nightkeeper.frames import conform
+
+DEFAULT_SOURCES: tuple[str, ...] = ("model", "canary")
+GROUP_KEY = ["partition_date", "source", "model_version"]
+
+# Outcome rows of the given sources with their label (null while it has not arrived).
+SCORED_LABELS_SCHEMA: dict[str, pl.DataType] = {
+    "partition_date": pl.Date(),
+    "source": pl.String(),
+    "model_version": pl.String(),
+    "entity_id": pl.String(),
+    "score": pl.Float64(),
+    "label": pl.Int8(),
+}
+_METRICS: dict[str, pl.DataType] = {
+    "auc": pl.Float64(),
+    "precision": pl.Float64(),
+    "recall": pl.Float64(),
+    "brier": pl.Float64(),
+    "positive_rate": pl.Float64(),
+    "business_value": pl.Float64(),
+    "business_value_per_row": pl.Float64(),
+}
+REALIZED_SCHEMA: dict[str, pl.DataType] = {
+    "partition_date": pl.Date(),
+    "source": pl.String(),
+    "model_version": pl.String(),
+    "rows": pl.Int64(),
+    "labeled_rows": pl.Int64(),
+    "label_coverage": pl.Float64(),
+    "true_positives": pl.Int64(),
+    "false_positives": pl.Int64(),
+    "true_negatives": pl.Int64(),
+    "false_negatives": pl.Int64(),
+    **_METRICS,
+}
+ESTIMATED_SCHEMA: dict[str, pl.DataType] = {
+    "partition_date": pl.Date(),
+    "source": pl.String(),
+    "model_version": pl.String(),
+    "rows": pl.Int64(),
+    "auc": pl.Float64(),
+    "precision": pl.Float64(),
+    "recall": pl.Float64(),
+    "accuracy": pl.Float64(),
+    "brier": pl.Float64(),
+    "positive_rate": pl.Float64(),
+    "business_value": pl.Float64(),
+    "business_value_per_row": pl.Float64(),
+}
+CALIBRATION_BINS_SCHEMA: dict[str, pl.DataType] = {
+    "bin": pl.Int64(),
+    "rows": pl.Int64(),
+    "min_score": pl.Float64(),
+    "max_score": pl.Float64(),
+    "mean_score": pl.Float64(),
+    "positive_rate": pl.Float64(),
+    "gap": pl.Float64(),
+}
+
+
+# ----------------------------------------------------------------------------------------------------- realized
+
+
+def scored_with_labels(outcomes: pl.DataFrame, labels: pl.DataFrame, sources: Sequence[str] = DEFAULT_SOURCES) -> pl.DataFrame:
+    """The scored outcome rows of ``sources`` with their label (SCORED_LABELS_SCHEMA; label null if not arrived).
+
+    ``outcomes`` has OUTCOME_SCHEMA's columns (at least partition_date, source_file, row_number, entity_id, source,
+    score, model_version); ``labels`` at least (entity_id, partition_date, label), as stored by nightkeeper.labels.
+    A label joins the outcome of its id on its scoring night. Rows without a score are left out; an id answered
+    twice on one night by the same model version (impossible after validation, which quarantines repeated ids)
+    counts once, its first row in file order.
+    """
+    rows = (
+        outcomes.filter(pl.col("source").is_in(list(sources)) & pl.col("score").is_not_null())
+        .sort("partition_date", "source_file", "row_number")
+        .unique(["partition_date", "model_version", "entity_id"], keep="first", maintain_order=True)
+    )
+    known = labels.select("entity_id", pl.col("partition_date").cast(pl.Date), pl.col("label").cast(pl.Int8))
+    return conform(rows.join(known, on=["entity_id", "partition_date"], how="left", maintain_order="left"), SCORED_LABELS_SCHEMA)
+
+
+def realized_performance(
+    outcomes: pl.DataFrame,
+    labels: pl.DataFrame,
+    decision: DecisionConfig,
+    value: BusinessValue,
+    min_labeled_rows: int,
+    sources: Sequence[str] = DEFAULT_SOURCES,
+) -> pl.DataFrame:
+    """Realized metrics per (partition_date, source, model_version) of the scored rows of ``sources`` (REALIZED_SCHEMA).
+
+    ``rows``: scored rows; ``labeled_rows``: those with a label; ``label_coverage`` = labeled_rows / rows. The
+    confusion counts and every metric are over the labeled rows; decision positive = ``score >= decision.threshold``.
+    The metrics (auc, precision, recall, brier, positive_rate = share of label 1, business_value,
+    business_value_per_row = business_value / labeled_rows) are null below ``min_labeled_rows`` labeled rows; auc is
+    null too when the labels hold one class only, precision when no row was decided positive, recall when no label
+    is 1. AUC counts ties as half (equal to sklearn's roc_auc_score). Pure: recomputable at any time.
+    """
+    scored = scored_with_labels(outcomes, labels, sources)
+    counts = scored.group_by(GROUP_KEY).agg(pl.len().cast(pl.Int64).alias("rows"))
+    predicted = pl.col("score") >= decision.threshold
+    actual = pl.col("label") == 1
+    labeled = scored.filter(pl.col("label").is_not_null()).with_columns(
+        pl.col("score").rank("average").over(GROUP_KEY).alias("_rank")
+    )
+    stats = labeled.group_by(GROUP_KEY).agg(
+        pl.len().cast(pl.Int64).alias("labeled_rows"),
+        (predicted & actual).sum().cast(pl.Int64).alias("true_positives"),
+        (predicted & ~actual).sum().cast(pl.Int64).alias("false_positives"),
+        (~predicted & ~actual).sum().cast(pl.Int64).alias("true_negatives"),
+        (~predicted & actual).sum().cast(pl.Int64).alias("false_negatives"),
+        pl.col("_rank").filter(actual).sum().alias("_positive_rank_sum"),
+        ((pl.col("score") - pl.col("label")) ** 2).mean().alias("_brier"),
+    )
+    tp, fp, tn, fn = (pl.col(c).cast(pl.Float64) for c in ("true_positives", "false_positives", "true_negatives", "false_negatives"))
+    positives, negatives, n = tp + fn, fp + tn, pl.col("labeled_rows").cast(pl.Float64)
+    enough = pl.col("labeled_rows") >= min_labeled_rows
+    money = tp * value.true_positive + fp * value.false_positive + tn * value.true_negative + fn * value.false_negative
+
+    def when_enough(expression: pl.Expr, defined: pl.Expr = pl.lit(True)) -> pl.Expr:
+        return pl.when(enough & defined).then(expression).otherwise(None)
+
+    table = (
+        counts.join(stats, on=GROUP_KEY, how="left")
+        .with_columns(
+            pl.col(c).fill_null(0)
+            for c in ("labeled_rows", "true_positives", "false_positives", "true_negatives", "false_negatives")
+        )
+        .with_columns(
+            (pl.col("labeled_rows") / pl.col("rows")).alias("label_coverage"),
+            when_enough(
+                (pl.col("_positive_rank_sum") - positives * (positives + 1) / 2) / (positives * negatives),
+                (positives > 0) & (negatives > 0),
+            ).alias("auc"),
+            when_enough(tp / (tp + fp), (tp + fp) > 0).alias("precision"),
+            when_enough(tp / positives, positives > 0).alias("recall"),
+            when_enough(pl.col("_brier")).alias("brier"),
+            when_enough(positives / n).alias("positive_rate"),
+            when_enough(money).alias("business_value"),
+            when_enough(money / n).alias("business_value_per_row"),
+        )
+        .sort(GROUP_KEY)
+    )
+    return conform(table, REALIZED_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------------- estimated
+
+
+def estimate_performance(scores: np.ndarray, threshold: float, value: BusinessValue) -> dict[str, float | None]:
+    """CBPE: the expected performance of calibrated probabilities ``scores`` at decision ``threshold``.
+
+    Each row is taken to be a positive with probability p: expected TP = Σ p·1[p≥t], FP = Σ (1−p)·1[p≥t],
+    FN = Σ p·1[p<t], TN = Σ (1−p)·1[p<t]. Returns ``rows``, those four expectations (``true_positives`` ...),
+    ``precision``, ``recall``, ``accuracy``, ``brier`` (expected: mean p(1−p)), ``positive_rate`` (mean p),
+    ``business_value`` (expected money), ``business_value_per_row`` and ``auc``: NannyML's estimate, the area under
+    the curve of expected TPR = cumulative Σp / Σp against expected FPR = cumulative Σ(1−p) / Σ(1−p), thresholds
+    at every distinct score from the highest down. A metric is None where its denominator is zero (no rows, no
+    positive decision, all p = 0 or all p = 1).
+    Valid only if the scores are calibrated and there is no concept drift (see the module docstring).
+    """
+    p = np.asarray(scores, dtype=np.float64)
+    p = p[~np.isnan(p)]
+    n = p.size
+    positive = p >= threshold
+    tp, fp = float(p[positive].sum()), float((1 - p[positive]).sum())
+    fn, tn = float(p[~positive].sum()), float((1 - p[~positive]).sum())
+    money = tp * value.true_positive + fp * value.false_positive + tn * value.true_negative + fn * value.false_negative
+    return {
+        "rows": float(n),
+        "true_positives": tp,
+        "false_positives": fp,
+        "true_negatives": tn,
+        "false_negatives": fn,
+        "precision": tp / (tp + fp) if tp + fp > 0 else None,
+        "recall": tp / (tp + fn) if tp + fn > 0 else None,
+        "accuracy": (tp + tn) / n if n else None,
+        "brier": float(np.mean(p * (1 - p))) if n else None,
+        "positive_rate": float(p.mean()) if n else None,
+        "business_value": money if n else None,
+        "business_value_per_row": money / n if n else None,
+        "auc": _expected_auc(p),
+    }
+
+
+def _expected_auc(p: np.ndarray) -> float | None:
+    """NannyML's CBPE ROC AUC: integrate expected TPR over expected FPR, one threshold per distinct score."""
+    if p.size == 0:
+        return None
+    ordered = np.sort(p)[::-1]
+    true_positives = np.cumsum(ordered)
+    false_positives = np.cumsum(1 - ordered)
+    if true_positives[-1] <= 0 or false_positives[-1] <= 0:
+        return None
+    last_of_score = np.r_[ordered[1:] != ordered[:-1], True]  # ties move together: one point per distinct score
+    tpr = np.r_[0.0, true_positives[last_of_score]] / true_positives[-1]
+    fpr = np.r_[0.0, false_positives[last_of_score]] / false_positives[-1]
+    return float(np.trapezoid(tpr, fpr))
+
+
+def estimated_performance(
+    outcomes: pl.DataFrame, decision: DecisionConfig, value: BusinessValue, sources: Sequence[str] = DEFAULT_SOURCES
+) -> pl.DataFrame:
+    """``estimate_performance`` per (partition_date, source, model_version) over every scored row of ``sources``,
+    labeled or not (ESTIMATED_SCHEMA). Needs only outcome columns partition_date, source, model_version, score."""
+    scored = outcomes.filter(pl.col("source").is_in(list(sources)) & pl.col("score").is_not_null())
+    rows = []
+    for key, group in scored.group_by(GROUP_KEY):
+        estimate = estimate_performance(group["score"].to_numpy(), decision.threshold, value)
+        metrics = {name: estimate[name] for name in ESTIMATED_SCHEMA if name not in (*GROUP_KEY, "rows")}
+        rows.append({**dict(zip(GROUP_KEY, key)), "rows": group.height, **metrics})
+    frame = pl.DataFrame(rows, schema=ESTIMATED_SCHEMA) if rows else pl.DataFrame(schema=ESTIMATED_SCHEMA)
+    return frame.sort(GROUP_KEY)
+
+
+# -------------------------------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """How well scores match label frequencies on a labeled window.
+
+    ``ece``: expected calibration error, Σ_bins (rows_b / rows) · |mean score_b − positive rate_b|, over
+    equal-count score bins. ``max_gap``: the largest |gap| of a bin. ``bins``: CALIBRATION_BINS_SCHEMA (gap = mean
+    score − positive rate). ``trustworthy``: ``ece <= max_calibration_error``, i.e. CBPE's estimates can be used.
+    """
+
+    ece: float
+    max_gap: float
+    rows: int
+    bins: pl.DataFrame
+    max_calibration_error: float
+    trustworthy: bool
+
+
+def calibration_check(
+    scores: np.ndarray, labels: np.ndarray, bins: int = 10, max_calibration_error: float = 0.05
+) -> CalibrationResult:
+    """Compare scores with label frequencies in ``bins`` equal-count bins of the sorted scores.
+
+    Use it on the most recent labeled window (enough rows that a bin's positive rate is not noise: with n rows per
+    bin the noise of a gap is about sqrt(p(1−p)/n)). Raises ValueError on no rows, on a length mismatch, or on
+    labels other than 0/1.
+    """
+    p = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if p.shape != y.shape or p.ndim != 1:
+        raise ValueError(f"scores and labels must be 1-d and of equal length, got shapes {p.shape} and {y.shape}")
+    if p.size == 0:
+        raise ValueError("calibration_check needs at least one labeled row")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError(f"labels must be 0 or 1, found {sorted(set(np.unique(y).tolist()) - {0.0, 1.0})[:5]}")
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    order = np.argsort(p, kind="stable")
+    bin_of = np.empty(p.size, dtype=np.int64)
+    bin_of[order] = np.arange(p.size) * bins // p.size
+    table = (
+        pl.DataFrame({"bin": bin_of, "score": p, "label": y})
+        .group_by("bin")
+        .agg(
+            pl.len().cast(pl.Int64).alias("rows"),
+            pl.col("score").min().alias("min_score"),
+            pl.col("score").max().alias("max_score"),
+            pl.col("score").mean().alias("mean_score"),
+            pl.col("label").mean().alias("positive_rate"),
+        )
+        .with_columns((pl.col("mean_score") - pl.col("positive_rate")).alias("gap"))
+        .sort("bin")
+    )
+    gaps = table["gap"].abs().to_numpy()
+    ece = float((table["rows"].to_numpy() / p.size * gaps).sum())
+    return CalibrationResult(
+        ece=ece,
+        max_gap=float(gaps.max()),
+        rows=int(p.size),
+        bins=conform(table, CALIBRATION_BINS_SCHEMA),
+        max_calibration_error=max_calibration_error,
+        trustworthy=ece <= max_calibration_error,
+    )
+
+
+# ------------------------------------------------------------------------------------------- metrics and plots
+
+
+def performance_metrics(
+    realized: Mapping[str, object] | None,
+    estimated: Mapping[str, object] | None,
+    calibration: CalibrationResult | None,
+) -> dict[str, float]:
+    """Flat ``performance.*`` metrics for the alert rules; a metric that is None (or whose input is None) is left out,
+    so a rule never fires on a number that does not exist.
+
+    ``realized``: one row of ``realized_performance`` (as a dict); ``estimated``: ``estimate_performance``'s dict or
+    one row of ``estimated_performance``; ``calibration``: ``calibration_check`` on the latest labeled window.
+    Names: performance.realized_{auc,precision,recall,brier,positive_rate,business_value,business_value_per_row},
+    performance.labeled_rows, performance.label_coverage,
+    performance.estimated_{auc,precision,recall,accuracy,positive_rate,business_value,business_value_per_row},
+    performance.calibration_error, performance.calibration_max_gap, performance.estimate_trustworthy (1.0 / 0.0).
+    """
+    metrics: dict[str, object] = {}
+    if realized is not None:
+        metrics |= {f"performance.realized_{name}": realized.get(name) for name in _METRICS}
+        metrics |= {f"performance.{name}": realized.get(name) for name in ("labeled_rows", "label_coverage")}
+    if estimated is not None:
+        names = ("auc", "precision", "recall", "accuracy", "positive_rate", "business_value", "business_value_per_row")
+        metrics |= {f"performance.estimated_{name}": estimated.get(name) for name in names}
+    if calibration is not None:
+        metrics |= {
+            "performance.calibration_error": calibration.ece,
+            "performance.calibration_max_gap": calibration.max_gap,
+            "performance.estimate_trustworthy": 1.0 if calibration.trustworthy else 0.0,
+        }
+    return {name: float(number) for name, number in metrics.items() if number is not None}  # type: ignore[arg-type]
+
+
+def performance_table(realized: pl.DataFrame, estimated: pl.DataFrame) -> pl.DataFrame:
+    """Realized and estimated metrics side by side per (partition_date, source, model_version): ``rows``,
+    ``labeled_rows``, ``label_coverage``, ``realized_<metric>`` and ``estimated_<metric>`` (outer join: a night
+    without labels yet has null realized metrics and zero labeled rows)."""
+    left = conform(realized, REALIZED_SCHEMA).rename({name: f"realized_{name}" for name in _METRICS})
+    right = conform(estimated, ESTIMATED_SCHEMA).rename(
+        {name: f"estimated_{name}" for name in ESTIMATED_SCHEMA if name not in (*GROUP_KEY, "rows")}
+    ).rename({"rows": "estimated_rows"})
+    table = left.join(right, on=GROUP_KEY, how="full", coalesce=True)
+    return table.with_columns(
+        pl.coalesce("rows", "estimated_rows").alias("rows"),
+        pl.col("labeled_rows").fill_null(0),
+        pl.col("label_coverage").fill_null(0.0),
+    ).drop("estimated_rows").sort(GROUP_KEY)
+
+
+def plot_performance(table: pl.DataFrame, path: Path) -> Path:
+    """Write a PNG of realized (solid) vs estimated (dashed) AUC over scoring nights, one colour per
+    (source, model_version), and return ``path``. ``table`` is ``performance_table``'s output (at least
+    partition_date, source, model_version, realized_auc, estimated_auc). Uses matplotlib's Agg canvas directly
+    (no pyplot, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    groups = table.sort("partition_date").partition_by(["source", "model_version"], as_dict=True, maintain_order=True)
+    for index, ((source, version), group) in enumerate(sorted(groups.items(), key=lambda item: tuple(map(str, item[0])))):
+        colour = f"C{index % 10}"
+        nights = group["partition_date"].to_list()
+        axes.plot(nights, group["estimated_auc"].to_list(), linestyle="--", color=colour, label=f"estimated {source} {version}")
+        axes.plot(nights, group["realized_auc"].to_list(), linestyle="-", marker="o", markersize=3, color=colour, label=f"realized {source} {version}")
+    axes.set_xlabel("scoring night")
+    axes.set_ylabel("ROC AUC")
+    axes.set_title("Realized (labels) vs estimated (CBPE) AUC")
+    axes.grid(alpha=0.3)
+    if groups:
+        axes.legend(loc="lower left", fontsize=8)
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
