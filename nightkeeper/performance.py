@@ -315,13 +315,23 @@ def calibration_check(
 # ------------------------------------------------------------------------------------------- metrics and plots
 
 
+def latest_realized(realized: pl.DataFrame, source: str = "model") -> dict[str, object] | None:
+    """The row (as a dict) of ``realized_performance`` for ``source`` with the latest scoring night whose metrics
+    exist (``labeled_rows >= min_labeled_rows``); None when no night has enough labels yet. Labels arrive days after
+    a night, so on run night D this is typically night D - delay; its ``label_coverage`` may still be below 1."""
+    rows = realized.filter((pl.col("source") == source) & pl.col("brier").is_not_null()).sort(GROUP_KEY)
+    return rows.row(-1, named=True) if rows.height else None
+
+
 def performance_metrics(
     realized: Mapping[str, object] | None,
     estimated: Mapping[str, object] | None,
     calibration: CalibrationResult | None,
-) -> dict[str, float]:
-    """Flat ``performance.*`` metrics for the alert rules; a metric that is None (or whose input is None) is left out,
-    so a rule never fires on a number that does not exist.
+    include_missing: bool = False,
+) -> dict[str, float | None]:
+    """Flat ``performance.*`` metrics for the alert rules. A metric that is None (or whose input is None) is left
+    out, so a rule never fires on a number that does not exist; with ``include_missing`` it is kept as None instead
+    (``metrics_store.record_metrics`` stores it as NULL, replacing an earlier value of a re-run night).
 
     ``realized``: one row of ``realized_performance`` (as a dict); ``estimated``: ``estimate_performance``'s dict or
     one row of ``estimated_performance``; ``calibration``: ``calibration_check`` on the latest labeled window.
@@ -330,20 +340,21 @@ def performance_metrics(
     performance.estimated_{auc,precision,recall,accuracy,positive_rate,business_value,business_value_per_row},
     performance.calibration_error, performance.calibration_max_gap, performance.estimate_trustworthy (1.0 / 0.0).
     """
-    metrics: dict[str, object] = {}
-    if realized is not None:
-        metrics |= {f"performance.realized_{name}": realized.get(name) for name in _METRICS}
-        metrics |= {f"performance.{name}": realized.get(name) for name in ("labeled_rows", "label_coverage")}
-    if estimated is not None:
-        names = ("auc", "precision", "recall", "accuracy", "positive_rate", "business_value", "business_value_per_row")
-        metrics |= {f"performance.estimated_{name}": estimated.get(name) for name in names}
-    if calibration is not None:
-        metrics |= {
-            "performance.calibration_error": calibration.ece,
-            "performance.calibration_max_gap": calibration.max_gap,
-            "performance.estimate_trustworthy": 1.0 if calibration.trustworthy else 0.0,
-        }
-    return {name: float(number) for name, number in metrics.items() if number is not None}  # type: ignore[arg-type]
+    realized = realized or {}
+    estimated = estimated or {}
+    metrics: dict[str, object] = {f"performance.realized_{name}": realized.get(name) for name in _METRICS}
+    metrics |= {f"performance.{name}": realized.get(name) for name in ("labeled_rows", "label_coverage")}
+    metrics |= {f"performance.estimated_{name}": estimated.get(name) for name in _ESTIMATED_METRICS}
+    metrics |= {
+        "performance.calibration_error": calibration.ece if calibration else None,
+        "performance.calibration_max_gap": calibration.max_gap if calibration else None,
+        "performance.estimate_trustworthy": (1.0 if calibration.trustworthy else 0.0) if calibration else None,
+    }
+    flat = {name: None if number is None else float(number) for name, number in metrics.items()}  # type: ignore[arg-type]
+    return flat if include_missing else {name: number for name, number in flat.items() if number is not None}
+
+
+_ESTIMATED_METRICS = ("auc", "precision", "recall", "accuracy", "positive_rate", "business_value", "business_value_per_row")
 
 
 def performance_table(realized: pl.DataFrame, estimated: pl.DataFrame) -> pl.DataFrame:

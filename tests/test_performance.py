@@ -21,6 +21,7 @@ from nightkeeper.performance import (
     calibration_check,
     estimate_performance,
     estimated_performance,
+    latest_realized,
     performance_metrics,
     performance_table,
     plot_performance,
@@ -255,6 +256,25 @@ def test_performance_metrics_are_flat_named_and_leave_out_missing_numbers() -> N
     assert metrics["performance.estimate_trustworthy"] == 0.0
     assert all(name.startswith("performance.") and isinstance(v, float) for name, v in metrics.items())
     assert performance_metrics(None, None, None) == {}
+
+
+def test_performance_metrics_can_keep_missing_numbers_as_none() -> None:
+    metrics = performance_metrics(None, None, None, include_missing=True)
+
+    assert metrics["performance.realized_auc"] is None and metrics["performance.estimate_trustworthy"] is None
+    assert set(metrics) >= {"performance.estimated_auc", "performance.realized_business_value", "performance.calibration_error"}
+
+
+def test_latest_realized_is_the_latest_night_with_enough_labels() -> None:
+    frames = [synthetic_night(NIGHTS[0] + timedelta(days=i), *calibrated(500, seed=50 + i)) for i in range(3)]
+    outcomes = pl.concat([f[0] for f in frames])
+    labels = pl.concat([frames[0][1], frames[1][1], frames[2][1][:100]])  # the last night's labels are still arriving
+    realized = realized_performance(outcomes, labels, HALF, NO_VALUE, min_labeled_rows=200)
+
+    latest = latest_realized(realized)
+
+    assert latest is not None and latest["partition_date"] == NIGHTS[0] + timedelta(days=1)
+    assert latest_realized(realized.clear()) is None
 
 
 def test_plot_performance_writes_a_png_of_realized_and_estimated_auc(tmp_path: Path) -> None:
