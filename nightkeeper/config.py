@@ -272,6 +272,46 @@ class MonitoringConfig(_Strict):
     alerts: AlertingConfig = AlertingConfig()
 
 
+class ReviewConfig(_Strict):
+    """The human review queue.
+
+    ``band``: a model answer enters the queue when ``|score - threshold| <= band``. ``capacity``: most rows queued
+    per night (0 switches the queue off). ``include_quarantined``: also queue quarantined rows a person could decide.
+    ``labels``: the label values a reviewer may write, as text; each must be a whole number in [-128, 127]
+    (labels are stored as Int8, like the target).
+    """
+
+    band: float = Field(0.1, ge=0, le=1)
+    capacity: int = Field(200, ge=0)
+    include_quarantined: bool = True
+    labels: list[str] = Field(default_factory=lambda: ["0", "1"])
+    inbox: Path = Field(Path("data/review/inbox"), description="Folder a sensor watches for filled-in review CSVs.")
+
+    @field_validator("labels")
+    @classmethod
+    def _integer_labels(cls, labels: list[str]) -> list[str]:
+        if not labels:
+            raise ValueError("must name at least one label")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"has duplicates: {labels}")
+        label_values(labels)
+        return labels
+
+
+def label_values(labels: list[str]) -> dict[str, int]:
+    """Each allowed label text and its Int8 value; raises ValueError for a label that is not a small whole number."""
+    values: dict[str, int] = {}
+    for text in labels:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise ValueError(f"label {text!r} is not a whole number; labels are stored as Int8") from None
+        if not -128 <= value <= 127:
+            raise ValueError(f"label {text!r} is outside the Int8 range [-128, 127]")
+        values[str(text).strip()] = value
+    return values
+
+
 class TrainingDataGateConfig(_Strict):
     """Sanity of a retraining window before any model is fitted on it."""
 
@@ -345,6 +385,7 @@ class ProjectConfig(_Strict):
     checks: BatchCheckConfig = BatchCheckConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
+    review: ReviewConfig = ReviewConfig()
     _root: Path = PrivateAttr(default=Path("."))
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ The flow, one night at a time:
    importing the same file twice adds nothing. ``training_labels`` turns them into (entity_id, label, provenance).
 
 Every function is a plain function of its arguments (the warehouse connection included); nothing here imports
-Dagster. ``ReviewConfig`` is the config section this module needs; it will move into ``nightkeeper.config``.
+Dagster. Its settings are ``ProjectConfig.review`` (``nightkeeper.config.ReviewConfig``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import duckdb
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nightkeeper.config import ReviewConfig, label_values as _label_values
 from nightkeeper.frames import conform
 
 SCHEMA = "review"
@@ -84,47 +85,6 @@ TRAINING_LABEL_SCHEMA: dict[str, pl.DataType] = {
     "label": pl.Int8(),
     "provenance": pl.String(),
 }
-
-
-class ReviewConfig(BaseModel):
-    """The review queue's settings (to become ``ProjectConfig.review``).
-
-    ``band``: a model answer enters the queue when ``|score - threshold| <= band``. ``capacity``: most rows queued
-    per night (0 switches the queue off). ``include_quarantined``: also queue quarantined rows a person could decide.
-    ``labels``: the label values a reviewer may write, as text; each must be a whole number in [-128, 127]
-    (labels are stored as Int8, like the target).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    band: float = Field(0.1, ge=0, le=1)
-    capacity: int = Field(200, ge=0)
-    include_quarantined: bool = True
-    labels: list[str] = Field(default_factory=lambda: ["0", "1"])
-
-    @field_validator("labels")
-    @classmethod
-    def _integer_labels(cls, labels: list[str]) -> list[str]:
-        if not labels:
-            raise ValueError("must name at least one label")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"has duplicates: {labels}")
-        _label_values(labels)
-        return labels
-
-
-def _label_values(labels: Sequence[str]) -> dict[str, int]:
-    """Each allowed label text and its Int8 value; raises ValueError for a label that is not a small whole number."""
-    values: dict[str, int] = {}
-    for text in labels:
-        try:
-            value = int(str(text).strip())
-        except ValueError:
-            raise ValueError(f"label {text!r} is not a whole number; labels are stored as Int8") from None
-        if not -128 <= value <= 127:
-            raise ValueError(f"label {text!r} is outside the Int8 range [-128, 127]")
-        values[str(text).strip()] = value
-    return values
 
 
 # ----------------------------------------------------------------------------------------------------------- queue
