@@ -1,0 +1,418 @@
+"""The alert engine: config rules over nightly metrics -> alerts that open once, stay quiet while open, then resolve.
+
+A rule (``config.AlertRule``) *holds* on a night when that night's metric value satisfies ``value <comparison>
+threshold``. It is *sustained* on night D when it held on D and on each of the ``sustained_nights - 1`` calendar nights
+before D. A night without a value (no row, or a NULL value) breaks the streak: an alert only opens on evidence.
+
+Lifecycle of one rule, evaluated night after night:
+
+- not open and sustained          -> ``opened`` (one alert, id ``<rule>@<opening night>``)
+- open and the rule holds         -> nothing (no repeat: steady bad nights stay silent after the first message)
+- open and the rule does not hold -> ``resolved`` on the first such night; a later sustained streak opens a new alert
+- open and no value tonight       -> nothing (no evidence either way; the alert stays open)
+
+Re-evaluating a night is idempotent: ``transitions`` yields nothing for a night already applied, and
+``apply_transitions`` refuses an opening on a night an alert of that rule already covers (opened on or before it, not
+closed by then), so re-runs and back-fills never duplicate alerts, events or webhook messages. Re-running a night
+older than an open alert never touches that alert.
+
+"Alert on performance first, with drift attached as the probable cause": an opening performance alert carries
+``probable_causes`` (the drift rules that hold that night, with value and threshold, most exceeded first) and
+``drift_metrics`` (every ``drift.*`` metric of the night), and transitions are ordered performance, drift,
+data_quality, operations, so the performance message is sent before the drift one.
+
+Storage (schema ``monitoring``): ``alerts`` (one row per alert, its status), ``alert_events`` (append-only opened /
+resolved log) and the webhook outbox (``nightkeeper.webhook``), all written in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import duckdb
+import polars as pl
+
+from nightkeeper.config import AlertRule
+from nightkeeper.metrics_store import metric_history, metrics_on
+from nightkeeper.webhook import enqueue, ensure_outbox, webhook_body
+
+SCHEMA = "monitoring"
+ALERTS = f"{SCHEMA}.alerts"
+EVENTS = f"{SCHEMA}.alert_events"
+RUNBOOK = "docs/runbook.md"
+CATEGORY_ORDER: tuple[str, ...] = ("performance", "drift", "data_quality", "operations")
+SEVERITY_ORDER: tuple[str, ...] = ("critical", "warning", "info")
+
+Event = Literal["opened", "resolved"]
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+
+_DDL = f"""
+create schema if not exists {SCHEMA};
+create table if not exists {ALERTS} (
+    alert_id varchar primary key,
+    rule varchar not null,
+    category varchar not null,
+    severity varchar not null,
+    metric varchar not null,
+    opened_night date not null,
+    closed_night date,
+    status varchar not null,
+    value double,
+    threshold double not null,
+    comparison varchar not null,
+    message varchar not null,
+    runbook varchar not null,
+    payload json not null
+);
+create table if not exists {EVENTS} (
+    alert_id varchar not null,
+    night date not null,
+    event varchar not null,
+    recorded_at timestamptz not null,
+    message varchar not null,
+    primary key (alert_id, event)
+);
+"""
+
+ALERTS_SCHEMA: dict[str, pl.DataType] = {
+    "alert_id": pl.String(),
+    "rule": pl.String(),
+    "category": pl.String(),
+    "severity": pl.String(),
+    "metric": pl.String(),
+    "opened_night": pl.Date(),
+    "closed_night": pl.Date(),
+    "status": pl.String(),
+    "value": pl.Float64(),
+    "threshold": pl.Float64(),
+    "comparison": pl.String(),
+    "message": pl.String(),
+    "runbook": pl.String(),
+    "payload": pl.String(),
+}
+
+
+@dataclass(frozen=True)
+class RuleState:
+    """One rule judged on one night.
+
+    ``value``: the metric that night (None: no value). ``held``: the condition held that night (None: no value).
+    ``nights`` / ``values``: the run of consecutive calendar nights ending that night on which the condition held,
+    oldest first, at most ``sustained_nights`` long (empty when it did not hold that night).
+    """
+
+    rule: AlertRule
+    night: dt.date
+    value: float | None
+    held: bool | None
+    nights: tuple[dt.date, ...] = ()
+    values: tuple[float, ...] = ()
+
+    @property
+    def sustained(self) -> bool:
+        """The condition held on ``sustained_nights`` consecutive nights ending on ``night``."""
+        return bool(self.held) and len(self.nights) >= self.rule.sustained_nights
+
+
+@dataclass(frozen=True)
+class AlertTransition:
+    """An alert opening or resolving on ``night``; ``payload`` is the structured event (JSON-ready) that is stored,
+    logged and sent as the webhook's ``nightkeeper`` object."""
+
+    event: Event
+    alert_id: str
+    rule: AlertRule
+    night: dt.date
+    opened_night: dt.date
+    value: float | None
+    nights: tuple[dt.date, ...]
+    message: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def holds(rule: AlertRule, value: float) -> bool:
+    """Whether ``value <comparison> threshold`` for this rule."""
+    return _COMPARE[rule.comparison](value, rule.threshold)
+
+
+def history_nights(rules: list[AlertRule]) -> int:
+    """How many nights of history ``evaluate_rules`` needs to judge every rule: the longest ``sustained_nights``."""
+    return max((rule.sustained_nights for rule in rules), default=1)
+
+
+def evaluate_rules(rules: list[AlertRule], history: pl.DataFrame, night: dt.date) -> list[RuleState]:
+    """Judge every rule on ``night`` from a long metrics frame (columns ``night``, ``metric``, ``value``).
+
+    Rows after ``night`` are ignored; NULL and NaN values count as missing; a missing night breaks the streak.
+    The history must cover ``history_nights(rules)`` nights ending on ``night`` (``metrics_store.metric_history``).
+    Raises ValueError if a (night, metric) appears twice. States come back in the order of ``rules``.
+    """
+    missing = {"night", "metric", "value"} - set(history.columns)
+    if missing:
+        raise ValueError(f"history lacks column(s) {sorted(missing)}; it needs night, metric, value")
+    rows = history.select("night", "metric", pl.col("value").cast(pl.Float64)).filter(pl.col("night") <= night)
+    if rows.select(pl.struct("night", "metric").is_duplicated().any()).item():
+        raise ValueError("history holds more than one value for some (night, metric)")
+    by_metric: dict[str, dict[dt.date, float]] = {}
+    for row_night, metric, value in rows.drop_nulls("value").filter(pl.col("value").is_not_nan()).iter_rows():
+        by_metric.setdefault(metric, {})[row_night] = value
+
+    states: list[RuleState] = []
+    for rule in rules:
+        values = by_metric.get(rule.metric, {})
+        value = values.get(night)
+        streak: list[tuple[dt.date, float]] = []
+        day = night
+        while len(streak) < rule.sustained_nights and day in values and holds(rule, values[day]):
+            streak.append((day, values[day]))
+            day -= dt.timedelta(days=1)
+        streak.reverse()
+        states.append(
+            RuleState(
+                rule=rule,
+                night=night,
+                value=value,
+                held=None if value is None else holds(rule, value),
+                nights=tuple(d for d, _ in streak),
+                values=tuple(v for _, v in streak),
+            )
+        )
+    return states
+
+
+def transitions(
+    states: list[RuleState],
+    open_alerts: pl.DataFrame,
+    night: dt.date,
+    context: dict[str, float] | None = None,
+) -> list[AlertTransition]:
+    """The alerts to open and resolve on ``night``, given the currently open alerts (``open_alerts(conn)``).
+
+    Opens a rule's alert when it is sustained and the rule has no open alert; resolves each open alert of a rule
+    whose condition does not hold on ``night`` (and that opened on or before ``night``). ``context`` is that night's
+    metrics (``metrics_store.metrics_on``); its ``drift.*`` values become a performance alert's ``drift_metrics`` and,
+    where a drift rule holds on them, its ``probable_causes`` (without context, the drift rules' own values are used).
+    Order: openings before resolutions, then by category (performance first), severity (critical first), rule order.
+    """
+    context = dict(context or {})
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    if open_alerts.height:
+        for alert in open_alerts.filter(pl.col("status") == "open").iter_rows(named=True):
+            by_rule.setdefault(alert["rule"], []).append(alert)
+    causes = _probable_causes(states, context)
+    drift_metrics = {name: value for name, value in sorted(context.items()) if name.startswith("drift.")}
+
+    found: list[tuple[tuple[int, int, int, int], AlertTransition]] = []
+    for index, state in enumerate(states):
+        rule = state.rule
+        rank = (CATEGORY_ORDER.index(rule.category), SEVERITY_ORDER.index(rule.severity), index)
+        current = by_rule.get(rule.name, [])
+        if not current and state.sustained:
+            extra = {"probable_causes": causes, "drift_metrics": drift_metrics} if rule.category == "performance" else {}
+            found.append(((0, *rank), _opening(state, extra)))
+        elif state.held is False:
+            for alert in current:
+                if alert["opened_night"] <= night:
+                    found.append(((1, *rank), _resolution(state, alert)))
+    return [transition for _, transition in sorted(found, key=lambda item: item[0])]
+
+
+def ensure_alert_tables(connection: duckdb.DuckDBPyConnection) -> None:
+    """Create ``monitoring.alerts``, ``monitoring.alert_events`` and the webhook outbox if they do not exist."""
+    connection.execute(_DDL)
+    ensure_outbox(connection)
+
+
+def apply_transitions(connection: duckdb.DuckDBPyConnection, transitions: list[AlertTransition]) -> list[dict[str, Any]]:
+    """Write the transitions (alert rows, events, outbox rows) in one transaction; returns the events written.
+
+    Each returned dict is the structured event (``payload``; its ``message`` is the human line to log), in the order
+    given. Skipped, so that re-runs add nothing: an opening whose rule already has an alert covering that night, an
+    event already recorded, a resolution of an alert that is not open.
+    """
+    ensure_alert_tables(connection)
+    written: list[dict[str, Any]] = []
+    connection.begin()
+    try:
+        for transition in transitions:
+            if transition.event == "opened" and _open(connection, transition):
+                written.append(transition.payload)
+            elif transition.event == "resolved" and _resolve(connection, transition):
+                written.append(transition.payload)
+        for payload in written:
+            enqueue(connection, f"{payload['alert_id']}:{payload['event']}", webhook_body(payload))
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    return written
+
+
+def open_alerts(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Every alert with status 'open' (columns as in ALERTS_SCHEMA; payload as JSON text), oldest first."""
+    ensure_alert_tables(connection)
+    frame = connection.execute(
+        f"select * exclude (payload), payload::varchar as payload from {ALERTS} where status = 'open' order by opened_night, alert_id"
+    ).pl()
+    return frame.select(list(ALERTS_SCHEMA)).cast(ALERTS_SCHEMA) if frame.height else pl.DataFrame(schema=ALERTS_SCHEMA)
+
+
+def run_alerts(connection: duckdb.DuckDBPyConnection, rules: list[AlertRule], night: dt.date) -> list[dict[str, Any]]:
+    """Evaluate ``rules`` on ``night`` from ``monitoring.night_metrics`` and apply the transitions; returns the events
+    written (see ``apply_transitions``). The whole alert step of a night; idempotent."""
+    if not rules:
+        return []
+    history = metric_history(connection, sorted({rule.metric for rule in rules}), night, history_nights(rules))
+    states = evaluate_rules(rules, history, night)
+    found = transitions(states, open_alerts(connection), night, metrics_on(connection, night))
+    return apply_transitions(connection, found)
+
+
+def runbook_link(anchor: str) -> str:
+    """Where a rule's runbook section is: ``docs/runbook.md#<anchor>``; a path or URL is kept as given; '' stays ''."""
+    anchor = anchor.strip()
+    if not anchor or "/" in anchor or ".md" in anchor:
+        return anchor
+    return f"{RUNBOOK}#{anchor.lstrip('#')}"
+
+
+# --------------------------------------------------------------------------------------------------------- helpers
+
+
+def _probable_causes(states: list[RuleState], context: dict[str, float]) -> list[dict[str, Any]]:
+    causes = []
+    for state in states:
+        rule = state.rule
+        if rule.category != "drift":
+            continue
+        value = context.get(rule.metric, state.value)
+        if value is None or value != value or not holds(rule, value):
+            continue
+        excess = abs(value - rule.threshold) / max(abs(rule.threshold), 1e-12)
+        causes.append(
+            {"rule": rule.name, "metric": rule.metric, "value": value, "comparison": rule.comparison,
+             "threshold": rule.threshold, "excess": excess}
+        )
+    causes.sort(key=lambda cause: -cause["excess"])
+    return [{key: value for key, value in cause.items() if key != "excess"} for cause in causes]
+
+
+def _opening(state: RuleState, extra: dict[str, Any]) -> AlertTransition:
+    rule, nights = state.rule, state.nights
+    alert_id = f"{rule.name}@{state.night.isoformat()}"
+    span = nights[0].isoformat() if len(nights) == 1 else f"{nights[0].isoformat()}..{nights[-1].isoformat()}"
+    message = (
+        f"[{rule.severity}] {rule.metric} = {_fmt(state.value)} {rule.comparison} {_fmt(rule.threshold)} "
+        f"for {len(nights)} night{'s' if len(nights) != 1 else ''} ({span})"
+    )
+    causes = extra.get("probable_causes") or []
+    if causes:
+        message += "; probable cause: " + ", ".join(
+            f"{c['metric']} = {_fmt(c['value'])} {c['comparison']} {_fmt(c['threshold'])}" for c in causes
+        )
+    message += _runbook_suffix(rule)
+    payload = _payload("opened", alert_id, state, state.night, None, message) | {
+        "nights": [night.isoformat() for night in nights],
+        "values": list(state.values),
+    } | extra
+    return AlertTransition("opened", alert_id, rule, state.night, state.night, state.value, nights, message, payload)
+
+
+def _resolution(state: RuleState, alert: dict[str, Any]) -> AlertTransition:
+    rule = state.rule
+    opened: dt.date = alert["opened_night"]
+    message = (
+        f"[resolved] {rule.metric} = {_fmt(state.value)}, no longer {rule.comparison} {_fmt(rule.threshold)} "
+        f"on {state.night.isoformat()} (alert open since {opened.isoformat()})" + _runbook_suffix(rule)
+    )
+    payload = _payload("resolved", alert["alert_id"], state, opened, state.night, message) | {
+        "nights": [state.night.isoformat()],
+        "values": [state.value],
+    }
+    return AlertTransition("resolved", alert["alert_id"], rule, state.night, opened, state.value, (state.night,), message, payload)
+
+
+def _payload(
+    event: Event, alert_id: str, state: RuleState, opened: dt.date, closed: dt.date | None, message: str
+) -> dict[str, Any]:
+    rule = state.rule
+    return {
+        "alert_id": alert_id,
+        "event": event,
+        "night": state.night.isoformat(),
+        "rule": rule.name,
+        "category": rule.category,
+        "severity": rule.severity,
+        "metric": rule.metric,
+        "value": state.value,
+        "comparison": rule.comparison,
+        "threshold": rule.threshold,
+        "sustained_nights": rule.sustained_nights,
+        "opened_night": opened.isoformat(),
+        "closed_night": closed.isoformat() if closed else None,
+        "message": message,
+        "runbook": runbook_link(rule.runbook),
+    }
+
+
+def _open(connection: duckdb.DuckDBPyConnection, transition: AlertTransition) -> bool:
+    rule, night = transition.rule, transition.night
+    covered = connection.execute(
+        f"""select 1 from {ALERTS} where alert_id = ? or (rule = ? and opened_night <= ?
+            and (closed_night is null or closed_night > ?))""",
+        [transition.alert_id, rule.name, night, night],
+    ).fetchone()
+    if covered:
+        return False
+    connection.execute(
+        f"insert into {ALERTS} values (?, ?, ?, ?, ?, ?, null, 'open', ?, ?, ?, ?, ?, ?)",
+        [transition.alert_id, rule.name, rule.category, rule.severity, rule.metric, night, transition.value,
+         rule.threshold, rule.comparison, transition.message, runbook_link(rule.runbook), json.dumps(transition.payload)],
+    )
+    return _event(connection, transition)
+
+
+def _resolve(connection: duckdb.DuckDBPyConnection, transition: AlertTransition) -> bool:
+    row = connection.execute(f"select status from {ALERTS} where alert_id = ?", [transition.alert_id]).fetchone()
+    if row is None or row[0] != "open":
+        return False
+    connection.execute(
+        f"update {ALERTS} set status = 'resolved', closed_night = ? where alert_id = ?", [transition.night, transition.alert_id]
+    )
+    return _event(connection, transition)
+
+
+def _event(connection: duckdb.DuckDBPyConnection, transition: AlertTransition) -> bool:
+    if connection.execute(
+        f"select 1 from {EVENTS} where alert_id = ? and event = ?", [transition.alert_id, transition.event]
+    ).fetchone():
+        return False
+    connection.execute(
+        f"insert into {EVENTS} values (?, ?, ?, now(), ?)",
+        [transition.alert_id, transition.night, transition.event, transition.message],
+    )
+    return True
+
+
+def _runbook_suffix(rule: AlertRule) -> str:
+    link = runbook_link(rule.runbook)
+    return f"; runbook: {link}" if link else ""
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
