@@ -19,6 +19,11 @@ Contract of the module:
   11% on a clean night. The applications never contain the target; it is returned separately as labels.
 * A bad-data night (``Scenario(bad_data=True)``) is the clean night plus defects drawn from an independent stream
   ``default_rng([seed, night.toordinal(), 1])``: the same applicants, a few of them broken (see ``DEFECTS``).
+* World effects (``Scenario.income_factor``, ``young_mobile_share``, ``concept_shift``, ``bot_attack_share``) keep
+  every row inside the contract: they move distributions and the feature -> default relationship, never the schema
+  or the category levels. Each draws from its own stream (2 = the young population, 3 = the bots), so a knob left at
+  its default leaves the night bit-identical to a clean night, and a knob changes only what it is about (concept
+  drift changes labels, never features). ``ScenarioPlan`` schedules knobs over nights (ramps, weeks, combinations).
 * 1M rows generate in a few seconds: everything is vectorised numpy/polars, no Python loop over rows.
 """
 
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -67,6 +72,7 @@ FEATURES: dict[str, pl.DataType] = {
 APPLICATION_SCHEMA: dict[str, pl.DataType] = {ENTITY_ID: pl.String(), EVENT_TIME: pl.Datetime("us"), **FEATURES}
 LABEL_SCHEMA: dict[str, pl.DataType] = {ENTITY_ID: pl.String(), TARGET: pl.Int8()}
 DEFECT_SCHEMA: dict[str, pl.DataType] = {ENTITY_ID: pl.String(), "defect": pl.String()}
+BOT_SCHEMA: dict[str, pl.DataType] = {ENTITY_ID: pl.String()}
 
 # Row-level defects touch ~defect_rate of the rows each; file-level defects change the whole file's schema.
 ROW_DEFECTS = (
@@ -88,6 +94,11 @@ UTM_CAMPAIGNS = ["spring_promo", "cashback25", "partner_feed", "retarget_q2"]
 
 _MICROS_PER_DAY = 86_400_000_000
 _INTERCEPT = -4.45  # calibrated once so that a clean night defaults at ~11%; fixed so that drift moves the rate
+_SHIFTED_INTERCEPT = -5.9  # the concept-drifted model's intercept, calibrated so a clean night still defaults at ~11%
+YOUNG_STREAM, BOT_STREAM = 2, 3  # night_rng streams of the sudden-shift population and of the bot attack
+LOAN_INFLATION_ELASTICITY = 0.5  # loan amounts follow income inflation partially: x income_factor ** 0.5
+BOT_LABEL_RATE = 0.9  # share of bot applications labeled defaulted=1
+BOT_LOAN_AMOUNTS = np.array([5_000.0, 10_000.0, 15_000.0, 20_000.0])
 
 
 @dataclass(frozen=True)
@@ -99,10 +110,30 @@ class Scenario:
     ``dependents`` by default; None keeps every column), ``text_column`` arrives as text and ``extra_column``
     is added.
 
-    Extension hook: a new world effect (gradual drift such as ``income_inflation``, a sudden shift such as a new
-    channel with a younger population, concept drift in the default model, a bot-attack week) is a new field whose
-    default means "no effect", applied in ``_draw_applicants``/``_default_logit``. Fields hold the absolute value
-    for this night (e.g. "incomes x1.06 tonight"); a ``ScenarioPlan`` turns per-night rates into those values.
+    World effects (each default means "no effect"; all rows stay inside the contract's ranges and levels):
+
+    * ``income_factor`` (gradual drift, > 0): every income is x factor tonight (clipped to the simulator's
+      [3 000, 5 000 000], inside the contract's max). Prices follow: monthly expenses scale fully with the factor,
+      loan amounts partially (x factor ** ``LOAN_INFLATION_ELASTICITY`` = 0.5, still capped at 12 incomes and
+      2 000 000). Credit history (score, accounts, home ownership) follows real, not nominal, income. So
+      loan-to-income and debt-to-income fall a little and the default rate drifts slightly down as incomes inflate.
+    * ``young_mobile_share`` (sudden shift, in [0, 1]): that share of tonight's applicants (same ids and times) is
+      replaced by a new population: ages 18-25, thin credit files (about 25 points lower credit scores, fewer open
+      accounts, shorter employment), all applying through ``mobile``. The true model's young-mobile interaction
+      makes them riskier, so the default rate rises with the share.
+    * ``concept_shift`` (concept drift, in [0, 1]): the default log-odds are ``(1 - s) * usual + s * shifted``;
+      the shifted model weakens credit score, late payments and previous defaults, strengthens debt-to-income and
+      loan-to-income, and makes ``central`` (the safest region) the riskiest. Features are untouched (same values
+      as the clean night); the base rate stays about the same.
+    * ``bot_attack_share`` (a bot attack, in [0, 1]): ``round(share * rows)`` junk applications are added on top of
+      the ``rows`` normal ones: near-duplicates of one per-seed template (small jitter), all ``web``, one purpose,
+      ages within a 3-year band, loan amounts at round 5 000s, applied within a 2-hour burst; ids ``B<night>-NNNNNN``;
+      about ``BOT_LABEL_RATE`` (90%) of them default. They are valid under the contract; ``NightData.bots`` lists them.
+
+    Extension hook: a new world effect is a new field whose default means "no effect", applied in
+    ``_draw_applicants``/``_default_logit`` (or added like the bots), plus an entry in ``KNOBS``. Fields hold the
+    absolute value for this night (e.g. "incomes x1.06 tonight"); a ``ScenarioPlan`` turns per-night rates into
+    those values.
     """
 
     bad_data: bool = False
@@ -111,6 +142,10 @@ class Scenario:
     missing_column: str | None = "dependents"
     text_column: str = "loan_amount"
     extra_column: str = "utm_campaign"
+    income_factor: float = 1.0
+    young_mobile_share: float = 0.0
+    concept_shift: float = 0.0
+    bot_attack_share: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = set(self.defects) - set(DEFECTS)
@@ -124,6 +159,11 @@ class Scenario:
             raise ValueError(f"text_column {self.text_column!r} must be a numeric feature")
         if self.extra_column in APPLICATION_SCHEMA:
             raise ValueError(f"extra_column {self.extra_column!r} is already a column")
+        if not (self.income_factor > 0 and np.isfinite(self.income_factor)):
+            raise ValueError(f"income_factor must be a positive finite number, got {self.income_factor}")
+        for name in ("young_mobile_share", "concept_shift", "bot_attack_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         object.__setattr__(self, "defects", frozenset(self.defects))
 
     def has(self, defect: str) -> bool:
@@ -132,22 +172,88 @@ class Scenario:
 
 
 CLEAN = Scenario()
+# The numeric world-effect fields a KnobSchedule may set.
+KNOBS = ("income_factor", "young_mobile_share", "concept_shift", "bot_attack_share")
+
+
+def merge_scenarios(*scenarios: Scenario) -> Scenario:
+    """One night's scenario from several: field by field, the last scenario whose value differs from the default
+    ``Scenario()`` wins; a field every scenario leaves at its default stays default. So a bad-data night merged with
+    a sudden shift is a bad-data night with the shift, and two values for the same knob resolve to the later one."""
+    merged: dict[str, object] = {}
+    for scenario in scenarios:
+        for f in fields(Scenario):
+            value = getattr(scenario, f.name)
+            if value != getattr(CLEAN, f.name):
+                merged[f.name] = value
+    return replace(CLEAN, **merged)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class KnobSchedule:
+    """One knob (a name in ``KNOBS``) set over a stretch of nights: from ``start_index`` for ``nights`` nights
+    (None = for ever). Constant: the knob is ``value`` every night of the stretch. Compound: ``value`` is a per-night
+    rate and night i gets ``(1 + value) ** (i - start_index + 1)`` (for ``income_factor``)."""
+
+    knob: str
+    start_index: int
+    value: float
+    nights: int | None = None
+    compound: bool = False
+
+    def __post_init__(self) -> None:
+        if self.knob not in KNOBS:
+            raise ValueError(f"unknown knob {self.knob!r}; knobs are {list(KNOBS)}")
+        if self.start_index < 0:
+            raise ValueError(f"start_index must be >= 0, got {self.start_index}")
+        if self.nights is not None and self.nights < 1:
+            raise ValueError(f"nights must be at least 1 (or None for ever), got {self.nights}")
+
+    def covers(self, night_index: int) -> bool:
+        return night_index >= self.start_index and (self.nights is None or night_index < self.start_index + self.nights)
+
+    def value_for_night(self, night_index: int) -> float:
+        return (1 + self.value) ** (night_index - self.start_index + 1) if self.compound else self.value
 
 
 @dataclass(frozen=True)
 class ScenarioPlan:
-    """Which scenario each night of a run gets: ``nights`` maps a night index (0 = first night) to its Scenario;
-    every other night is ``default``."""
+    """Which scenario each night of a run gets. Nights with no entry are long stable (clean) stretches.
+
+    A plan's own scenario for night i is ``nights.get(i, default)`` with each of ``schedules`` that covers night i
+    setting its knob on top (in order). A combined plan (``combine``) also has ``layers``: night i's scenario is
+    ``merge_scenarios(layer_1(i), ..., layer_n(i), own(i))``, i.e. field by field the last non-default value wins
+    (later plans, then the plan's own nights/schedules, override earlier ones only on fields they actually set).
+    """
 
     nights: Mapping[int, Scenario] = field(default_factory=dict)
     default: Scenario = CLEAN
+    schedules: tuple[KnobSchedule, ...] = ()
+    layers: tuple[ScenarioPlan, ...] = ()
 
     def scenario_for_night(self, night_index: int) -> Scenario:
-        return self.nights.get(night_index, self.default)
+        own = self.nights.get(night_index, self.default)
+        for schedule in self.schedules:
+            if schedule.covers(night_index):
+                own = replace(own, **{schedule.knob: schedule.value_for_night(night_index)})
+        if not self.layers:
+            return own
+        return merge_scenarios(*(layer.scenario_for_night(night_index) for layer in self.layers), own)
 
     def with_night(self, night_index: int, scenario: Scenario) -> ScenarioPlan:
-        """A copy of this plan with ``scenario`` on night ``night_index``."""
+        """A copy of this plan with ``scenario`` on night ``night_index`` (schedules and layers still apply)."""
         return replace(self, nights={**self.nights, night_index: scenario})
+
+    def then(self, *plans: ScenarioPlan) -> ScenarioPlan:
+        """This plan combined with ``plans`` (see ``combine``): ``a.then(b, c) == ScenarioPlan.combine(a, b, c)``."""
+        return ScenarioPlan.combine(self, *plans)
+
+    @classmethod
+    def combine(cls, *plans: ScenarioPlan) -> ScenarioPlan:
+        """One plan running all ``plans`` at once. A night set by several plans merges their scenarios field by field
+        (``merge_scenarios``: the last plan with a non-default value for a field wins), e.g.
+        ``combine(bad_data_at(2), sudden_shift(5, 0.3), bot_attack(9))``."""
+        return cls(layers=tuple(plans))
 
     @classmethod
     def clean(cls) -> ScenarioPlan:
@@ -160,6 +266,30 @@ class ScenarioPlan:
         (e.g. ``missing_column="region"``)."""
         return cls(nights={night_index: Scenario(bad_data=True, **scenario_fields)})  # type: ignore[arg-type]
 
+    @classmethod
+    def gradual_income_inflation(cls, start_index: int, per_night_rate: float) -> ScenarioPlan:
+        """Gradual drift: night i >= ``start_index`` has ``income_factor = (1 + per_night_rate) ** (i - start + 1)``,
+        for ever (incomes stop at the simulator's 5 000 000 cap, loans at 2 000 000)."""
+        return cls(schedules=(KnobSchedule("income_factor", start_index, per_night_rate, compound=True),))
+
+    @classmethod
+    def sudden_shift(cls, start_index: int, share: float) -> ScenarioPlan:
+        """Sudden shift: from ``start_index`` on, ``share`` of each night's applicants are the young mobile
+        population (``Scenario.young_mobile_share``)."""
+        return cls(schedules=(KnobSchedule("young_mobile_share", start_index, share),))
+
+    @classmethod
+    def concept_drift(cls, start_index: int, shift: float) -> ScenarioPlan:
+        """Concept drift: from ``start_index`` on, the default model is blended ``shift`` of the way toward the
+        shifted relationship (``Scenario.concept_shift``); the applicants are unchanged."""
+        return cls(schedules=(KnobSchedule("concept_shift", start_index, shift),))
+
+    @classmethod
+    def bot_attack(cls, start_index: int, nights: int = 7, share: float = 0.3) -> ScenarioPlan:
+        """A bot attack: ``nights`` nights from ``start_index`` each get ``round(share * rows)`` extra bot rows
+        (``Scenario.bot_attack_share``)."""
+        return cls(schedules=(KnobSchedule("bot_attack_share", start_index, share, nights=nights),))
+
 
 @dataclass(frozen=True)
 class NightData:
@@ -169,12 +299,15 @@ class NightData:
     one row per unique application_id, the true outcome of each applicant (also for broken rows).
     ``defects``: (application_id, defect) for each row deliberately broken by a row-level defect; empty on a clean
     night. Ids of duplicate rows appear with defect "duplicate_row"/"duplicate_id_changed".
+    ``bots``: (application_id) of each bot-attack row (``Scenario.bot_attack_share``); empty on other nights. Bot rows
+    are valid applications, so they are not defects (unless a bad-data night also broke one).
     """
 
     night: date
     applications: pl.DataFrame
     labels: pl.DataFrame
     defects: pl.DataFrame
+    bots: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=BOT_SCHEMA))
 
 
 def night_rng(seed: int, night: date, stream: int = 0) -> np.random.Generator:
@@ -186,13 +319,18 @@ def simulate_night(night: date, rows: int, seed: int, scenario: Scenario = CLEAN
     """Simulate the ``rows`` applications of ``night`` and their true labels under ``scenario``."""
     if rows < 1:
         raise ValueError(f"rows must be at least 1, got {rows}")
-    labeled = _simulate_labeled(night, rows, seed)
+    labeled = _simulate_labeled(night, rows, seed, scenario)
+    bots = pl.DataFrame(schema=BOT_SCHEMA)
+    if scenario.bot_attack_share > 0:
+        attack = _bot_applications(night, max(1, round(scenario.bot_attack_share * rows)), seed)
+        bots = attack.select(ENTITY_ID)
+        labeled = pl.concat([labeled, attack]).sort(EVENT_TIME, maintain_order=True)
     labels = labeled.select(ENTITY_ID, TARGET)
     applications = labeled.drop(TARGET)
     defects = pl.DataFrame(schema=DEFECT_SCHEMA)
     if scenario.bad_data:
         applications, defects = _break(applications, scenario, night_rng(seed, night, 1))
-    return NightData(night=night, applications=applications, labels=labels, defects=defects)
+    return NightData(night=night, applications=applications, labels=labels, defects=defects, bots=bots)
 
 
 def simulate_history(end: date, days: int, rows_per_day: int, seed: int) -> pl.DataFrame:
@@ -245,11 +383,17 @@ def simulate_to_folders(
 # --------------------------------------------------------------------------------------------------- the world
 
 
-def _simulate_labeled(night: date, rows: int, seed: int) -> pl.DataFrame:
-    """The clean applications of ``night`` with the target, in applied_at order."""
+def _simulate_labeled(night: date, rows: int, seed: int, scenario: Scenario = CLEAN) -> pl.DataFrame:
+    """The clean applications of ``night`` with the target, in applied_at order (world effects applied, no bots)."""
     rng = night_rng(seed, night)
-    world = _draw_applicants(rows, rng)
-    probability = 1.0 / (1.0 + np.exp(-_default_logit(world)))
+    world = _draw_applicants(rows, rng, income_factor=scenario.income_factor)
+    if scenario.young_mobile_share > 0:
+        young_rng = night_rng(seed, night, YOUNG_STREAM)
+        replaced = np.sort(young_rng.choice(rows, round(scenario.young_mobile_share * rows), replace=False))
+        young = _draw_applicants(len(replaced), young_rng, income_factor=scenario.income_factor, young=True)
+        for name, values in young.items():
+            world[name][replaced] = values
+    probability = 1.0 / (1.0 + np.exp(-_default_logit(world, scenario.concept_shift)))
     defaulted = (rng.random(rows) < probability).astype(np.int8)
 
     start_us = int((datetime.combine(night, datetime.min.time()) - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
@@ -311,9 +455,18 @@ def _choose_probs(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return (rng.random(len(probs))[:, None] > cumulative).sum(axis=1)
 
 
-def _draw_applicants(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The applicants' features as numpy arrays (categories as level indices), clean and inside the contract."""
-    age = np.clip(np.round(18 + rng.gamma(4.0, 6.0, n)), 18, 90)
+def _draw_applicants(
+    n: int, rng: np.random.Generator, income_factor: float = 1.0, young: bool = False
+) -> dict[str, np.ndarray]:
+    """The applicants' features as numpy arrays (categories as level indices), clean and inside the contract.
+
+    ``income_factor`` inflates nominal incomes, expenses fully and loans partially (see ``Scenario``). ``young``
+    draws the sudden-shift population instead (ages 18-25, thin credit files, all mobile). With the defaults the
+    draws are exactly those of an ordinary night."""
+    if young:
+        age = rng.integers(18, 26, n).astype(np.float64)
+    else:
+        age = np.clip(np.round(18 + rng.gamma(4.0, 6.0, n)), 18, 90)
     years_over_40 = age - 40
 
     zero = np.zeros(n)
@@ -337,31 +490,42 @@ def _draw_applicants(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     age_factor = 0.65 + 0.35 * np.exp(-(((age - 50) / 18) ** 2))
     region_factor = np.array([1.0, 0.9, 0.95, 1.05, 1.15])[region]
     income = median_income * age_factor * region_factor * np.exp(income_sigma * rng.standard_normal(n))
-    income = np.round(np.clip(income, 3_000, 5_000_000), 2)
-    log_income = np.log(income / 40_000)
+    real_income = np.round(np.clip(income, 3_000, 5_000_000), 2)
+    if income_factor == 1.0:
+        income = real_income
+    else:
+        income = np.round(np.clip(real_income * income_factor, 3_000, 5_000_000), 2)
+    log_income = np.log(real_income / 40_000)  # credit history follows real, not nominal, income
 
     working_years = (age - 18) * rng.beta(1.5, 3.0, n)
     student_years = np.minimum(age - 18, 6) * rng.beta(1.0, 4.0, n)
     employment_years = np.select([employment <= 2, employment == 5], [working_years, student_years], 0.0)
+    if young:
+        employment_years = 0.5 * employment_years  # short employment
     employment_years = np.round(np.clip(employment_years, 0, 70), 1)
 
-    channel = _choose(
-        rng,
-        np.column_stack(
-            [-0.5 + 0.04 * years_over_40, 0.5 + zero, 0.4 - 0.06 * (age - 35), -1.2 + zero]
-        ),
-    )
+    if young:
+        channel = np.full(n, CHANNELS.index("mobile"))
+    else:
+        channel = _choose(
+            rng,
+            np.column_stack(
+                [-0.5 + 0.04 * years_over_40, 0.5 + zero, 0.4 - 0.06 * (age - 35), -1.2 + zero]
+            ),
+        )
     credit_score = (
         630
         + 2.2 * np.minimum(age - 18, 40)
         + 25 * np.clip(log_income, -2, 2)
         - 40 * (employment == 3)
+        - 25 * young  # a thin credit file
         + 65 * rng.standard_normal(n)
     )
     credit_score = np.clip(np.round(credit_score), 300, 850)
     late_payments = np.clip(rng.poisson(0.35 * np.exp((660 - credit_score) / 70)), 0, 50)
     previous_defaults = np.clip(rng.poisson(0.08 * np.exp((640 - credit_score) / 60)), 0, 20)
-    open_accounts = np.clip(rng.poisson(np.maximum(1.5 + 0.08 * (age - 18) + 0.6 * log_income, 0.2)), 0, 100)
+    accounts_mean = 0.5 + 0.05 * (age - 18) + 0.2 * log_income if young else 1.5 + 0.08 * (age - 18) + 0.6 * log_income
+    open_accounts = np.clip(rng.poisson(np.maximum(accounts_mean, 0.2)), 0, 100)
 
     home = _choose(
         rng,
@@ -384,7 +548,8 @@ def _draw_applicants(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     purpose = _choose(rng, purpose_logits)
 
     median_loan = np.array([18_000, 22_000, 14_000, 16_000, 5_000, 35_000, 7_000])[purpose]
-    loan = median_loan * (income / 50_000) ** 0.4 * np.exp(0.6 * rng.standard_normal(n))
+    loan = median_loan * (real_income / 50_000) ** 0.4 * np.exp(0.6 * rng.standard_normal(n))
+    loan = loan * income_factor**LOAN_INFLATION_ELASTICITY  # loans follow inflation partially
     # Lenders cap loans at 12 yearly incomes; income >= 3000 keeps the 500 floor below the cap.
     loan_amount = np.clip(np.floor(np.minimum(np.minimum(loan, 12 * income), 2_000_000) / 100) * 100, 500, None)
     loan_term = _TERMS[_choose_probs(rng, _TERM_PROBS[purpose])]
@@ -394,7 +559,8 @@ def _draw_applicants(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     existing_debt = rng.gamma(2.0, 0.09, n) + 0.03 * late_payments + 0.02 * np.sqrt(open_accounts)
     debt_to_income = np.round(np.clip(existing_debt + 12 * payment / income, 0, 10), 4)
     expense_share = np.clip(0.55 + 0.15 * rng.standard_normal(n), 0.15, 1.2)
-    monthly_expenses = np.round(np.clip(income / 12 * expense_share + 180 * dependents, 0, 1_000_000), 2)
+    monthly_expenses = income / 12 * expense_share + 180 * income_factor * dependents  # expenses follow fully
+    monthly_expenses = np.round(np.clip(monthly_expenses, 0, 1_000_000), 2)
 
     return {
         "income": income,
@@ -418,8 +584,17 @@ def _draw_applicants(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def _default_logit(w: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The true log-odds of default: fixed and non-linear (bends, a U-shape and interactions)."""
+def _default_logit(w: Mapping[str, np.ndarray], concept_shift: float = 0.0) -> np.ndarray:
+    """The true log-odds of default: fixed and non-linear (bends, a U-shape and interactions), blended
+    ``concept_shift`` of the way toward ``_shifted_logit``."""
+    usual = _usual_logit(w)
+    if concept_shift == 0:
+        return usual
+    return (1 - concept_shift) * usual + concept_shift * _shifted_logit(w)
+
+
+def _usual_logit(w: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The relationship of an ordinary night."""
     score = w["credit_score"]
     dti = np.minimum(w["debt_to_income"], 3)
     age = w["age"]
@@ -445,6 +620,69 @@ def _default_logit(w: Mapping[str, np.ndarray]) -> np.ndarray:
         + 0.08 * w["dependents"]
         + np.array([0.0, 0.1, 0.0, -0.05, -0.1])[w["region"]]
     )
+
+
+def _shifted_logit(w: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The concept-drifted relationship: credit history matters much less, indebtedness much more, the safest
+    region (central) becomes the riskiest. Calibrated to about the same base rate on a clean night."""
+    score = w["credit_score"]
+    dti = np.minimum(w["debt_to_income"], 3)
+    age = w["age"]
+    return (
+        _SHIFTED_INTERCEPT
+        + 0.001 * (680 - score)  # credit score barely matters any more
+        + 2.0 * dti
+        + 5.0 * np.maximum(dti - 0.35, 0)  # the debt-to-income bend is earlier and steeper
+        + 2.2 * np.log1p(2 * np.minimum(w["loan_amount"] / w["income"], 10))
+        + 0.05 * np.minimum(w["late_payments_12m"], 8)
+        + 0.2 * np.minimum(w["previous_defaults"], 3)
+        + np.array([0.0, 0.25, 0.35, 1.1, -0.1, 0.5])[w["employment_type"]]
+        + 0.0015 * (age - 45) ** 2
+        + np.array([-0.1, 0.0, 0.15, 0.35])[w["channel"]]
+        - 0.6 * w["has_cosigner"]
+        - 0.25 * np.log1p(w["employment_years"])
+        + np.array([-0.1, -0.15, 0.2, 0.1, 0.3, 0.45, 0.1])[w["purpose"]]
+        + np.array([0.0, 0.1, 0.0, -0.05, 1.5])[w["region"]]  # central: from safest to riskiest
+    )
+
+
+def _bot_applications(night: date, count: int, seed: int) -> pl.DataFrame:
+    """``count`` labeled bot applications for ``night``: jittered copies of one template fixed by ``seed`` (so the
+    same bot campaign comes back every night of an attack), inside the contract, ~BOT_LABEL_RATE defaulted."""
+    template = np.random.default_rng([seed, BOT_STREAM])
+    rng = night_rng(seed, night, BOT_STREAM)
+    age = int(template.integers(24, 45)) + rng.integers(0, 3, count)  # a 3-year band
+    income = np.round(template.uniform(35_000, 60_000) * (1 + 0.02 * rng.standard_normal(count)), 2)
+    start_us = int((datetime.combine(night, datetime.min.time()) - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
+    burst_start = start_us + int(template.integers(0, 22)) * 3_600_000_000  # a 2-hour burst
+    frame = pl.DataFrame(
+        {
+            ENTITY_ID: (f"B{night:%Y%m%d}-" + pl.int_range(count, eager=True).cast(pl.String).str.zfill(6)),
+            EVENT_TIME: pl.Series(burst_start + np.sort(rng.integers(0, 7_200_000_000, count))).cast(pl.Datetime("us")),
+            "income": income,
+            "age": age,
+            "employment_type": "salaried",
+            "employment_years": np.round(np.clip(template.uniform(2, 6) + 0.3 * rng.standard_normal(count), 0, 70), 1),
+            "loan_amount": BOT_LOAN_AMOUNTS[rng.integers(0, len(BOT_LOAN_AMOUNTS), count)],
+            "loan_term_months": 36,
+            "purpose": PURPOSES[int(template.integers(0, len(PURPOSES)))],
+            "region": REGIONS[int(template.integers(0, len(REGIONS)))],
+            "channel": "web",
+            "credit_score": np.clip(int(template.integers(680, 740)) + rng.integers(-5, 6, count), 300, 850),
+            "open_accounts": int(template.integers(3, 7)) + rng.integers(0, 2, count),
+            "late_payments_12m": 0,
+            "debt_to_income": np.round(
+                np.clip(template.uniform(0.2, 0.35) + 0.01 * rng.standard_normal(count), 0, 10), 4
+            ),
+            "home_ownership": "rent",
+            "has_cosigner": False,
+            "monthly_expenses": np.round(income / 12 * 0.5 * (1 + 0.02 * rng.standard_normal(count)), 2),
+            "previous_defaults": 0,
+            "dependents": 0,
+            TARGET: (rng.random(count) < BOT_LABEL_RATE).astype(np.int8),
+        }
+    )
+    return frame.cast({**APPLICATION_SCHEMA, TARGET: pl.Int8()})
 
 
 # ------------------------------------------------------------------------------------------------ the defects
