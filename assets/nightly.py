@@ -22,7 +22,7 @@ from dagster import (
 
 from assets.checks import check_result, markdown_table
 from jobs.resources import NIGHTLY_SCHEMA, WAREHOUSE_POOL, ProjectResource, WarehouseResource
-from nightkeeper import batch_checks, registry
+from nightkeeper import batch_checks, metrics_store, registry
 from nightkeeper.artifacts import ModelUnavailable, load_verified
 from nightkeeper.ingest import landed_files, read_raw_batch
 from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
@@ -67,14 +67,20 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
                 "preview": markdown_table(batch.frame.drop("record")),
             },
         )
-        yield check_result("schema_matches_contract", batch_checks.schema_matches_contract(batch.files, config.contract, night.isoformat()))
-        yield check_result(
-            "volume_within_history",
-            batch_checks.volume_within_history(
-                batch.frame.height, history, config.checks.volume_tolerance, config.checks.volume_min_history_nights
-            ),
+        schema = batch_checks.schema_matches_contract(batch.files, config.contract, night.isoformat())
+        volume = batch_checks.volume_within_history(
+            batch.frame.height, history, config.checks.volume_tolerance, config.checks.volume_min_history_nights
         )
-        yield check_result("entity_ids_unique", batch_checks.entity_ids_unique(batch.frame))
+        unique = batch_checks.entity_ids_unique(batch.frame)
+        record_night_metrics(warehouse, night, {
+            "validation.rows": batch.frame.height,
+            "validation.schema_problems": schema.metadata.get("problems", 1),
+            "validation.volume_deviation": volume.metadata.get("deviation"),
+            "validation.duplicate_ids": unique.metadata["duplicated_ids"],
+        })
+        yield check_result("schema_matches_contract", schema)
+        yield check_result("volume_within_history", volume)
+        yield check_result("entity_ids_unique", unique)
 
     @multi_asset(
         name="validate_batch",
@@ -117,13 +123,15 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
                 "preview": markdown_table(result.quarantine),
             },
         )
-        champion = _champion(warehouse, night_of(context))
+        night = night_of(context)
+        champion = _champion(warehouse, night)
         reference = champion.card.missing_rates if champion else {}
-        yield check_result(
-            "null_rates_stable",
-            batch_checks.null_rates_stable(result.null_rates, reference, config.checks.null_rate_spike),
-            asset_key="validated_batch",
-        )
+        nulls = batch_checks.null_rates_stable(result.null_rates, reference, config.checks.null_rate_spike)
+        record_night_metrics(warehouse, night, {
+            "validation.quarantine_rate": quarantined / rows if rows else 0.0,
+            "validation.null_rate_spikes": nulls.metadata["spiking_features"],
+        })
+        yield check_result("null_rates_stable", nulls, asset_key="validated_batch")
 
     @asset(
         name="scored_batch",
@@ -165,6 +173,10 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
                 "preview": markdown_table(frame),
             },
         )
+        record_night_metrics(warehouse, night_of(context), {
+            "scoring.model_failed": 1.0 if error else 0.0,
+            "scoring.latency_p95_ms": latency["p95_ms"],
+        }, version)
         yield check_result("champion_answered", batch_checks.model_answered(error, version))
 
     @asset(
@@ -211,6 +223,11 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
                 "preview": markdown_table(frame),
             },
         )
+        record_night_metrics(warehouse, night_of(context), {
+            "outcomes.rows": total,
+            "outcomes.fallback_rate": counts["fallback"] / total if total else 0.0,
+            "outcomes.undecided_rate": counts["quarantine"] / total if total else 0.0,
+        }, champion.version if champion else None)
         yield check_result("fallback_rate_within_limit", batch_checks.fallback_rate_within_limit(counts, config.checks.max_fallback_rate))
 
     @asset_check(
@@ -233,6 +250,14 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
         return check_result("outcomes_conserve_rows", batch_checks.rows_conserved(nights))
 
     return [raw_batch, validate_batch, scored_batch, outcomes, outcomes_conserve_rows]
+
+
+def record_night_metrics(
+    warehouse: WarehouseResource, night: dt.date, metrics: dict[str, float | int | None], version: str | None = None
+) -> None:
+    """Store the night's figures in monitoring.night_metrics, where the alert rules read them."""
+    with warehouse.connect() as connection:
+        metrics_store.record_metrics(connection, night, {k: None if v is None else float(v) for k, v in metrics.items()}, version)
 
 
 def _champion(warehouse: WarehouseResource, night: dt.date) -> registry.ModelRecord | None:

@@ -9,9 +9,12 @@ import hashlib
 from pathlib import Path
 
 import lightgbm as lgb
+import polars as pl
 
 from nightkeeper.registry import ModelRecord
-from nightkeeper.training import TrainedModel
+from nightkeeper.training import TrainedModel, frame_sha256
+
+REFERENCE_SAMPLE = "reference_sample.parquet"
 
 
 class ModelUnavailable(RuntimeError):
@@ -25,7 +28,23 @@ def save_artifact(trained: TrainedModel, models_dir: Path) -> Path:
     model_path = folder / "model.txt"
     model_path.write_text(trained.model_text)
     (folder / "card.json").write_text(trained.card.model_dump_json(indent=2))
+    trained.reference_sample.write_parquet(folder / REFERENCE_SAMPLE)
     return model_path
+
+
+def load_reference_sample(record: ModelRecord) -> pl.DataFrame:
+    """The reference rows stored beside ``record``'s model, after checking them against the card's sha256.
+
+    Raises ModelUnavailable when the file is missing or altered (drift's multivariate check then goes without).
+    """
+    path = record.model_path.parent / REFERENCE_SAMPLE
+    try:
+        sample = pl.read_parquet(path)
+    except (FileNotFoundError, OSError, pl.exceptions.ComputeError) as exc:
+        raise ModelUnavailable(f"model {record.version}: reference sample {path} cannot be read: {exc}") from None
+    if frame_sha256(sample) != record.card.reference_sample_sha256:
+        raise ModelUnavailable(f"model {record.version}: reference sample {path} does not match its checksum")
+    return sample
 
 
 def load_verified(record: ModelRecord) -> lgb.Booster:

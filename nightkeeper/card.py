@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from nightkeeper.config import DecisionConfig
 from nightkeeper.encoding import FeatureCard
 from nightkeeper.fallback import FallbackRule
+from nightkeeper.profile import ReferenceProfile
 
 
 class TrainingWindow(BaseModel):
@@ -42,6 +43,8 @@ class ModelCard(BaseModel):
     feature_importance_gain: dict[str, float]
     missing_rates: dict[str, float]
     fallback: FallbackRule
+    profile: ReferenceProfile
+    reference_sample_sha256: str
 
     @property
     def feature_names(self) -> list[str]:

@@ -16,16 +16,21 @@ from nightkeeper.card import ModelCard, TrainingWindow
 from nightkeeper.config import ProjectConfig
 from nightkeeper.encoding import categorical_indices, feature_cards, feature_matrix
 from nightkeeper.fallback import fit_fallback
+from nightkeeper.profile import fit_profile, reference_sample
 from nightkeeper.validation import polars_dtype
 
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A trained booster with its card. ``card.version`` is derived from the model text, so equal models share it."""
+    """A trained booster with its card and the reference rows kept for drift's multivariate check.
+
+    ``card.version`` is derived from the model text, so equal models share it.
+    """
 
     booster: lgb.Booster
     model_text: str
     card: ModelCard
+    reference_sample: pl.DataFrame
 
 
 def training_frame(frame: pl.DataFrame, config: ProjectConfig) -> pl.DataFrame:
@@ -78,6 +83,9 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
     labels = holdout[contract.target].to_numpy()
 
     model_sha = hashlib.sha256(model_text.encode()).hexdigest()
+    drift = config.monitoring.drift
+    profile = fit_profile(data, features, booster.predict(feature_matrix(data, features)), model_config.decision.threshold, drift)
+    sample = reference_sample(data, features, drift.domain_classifier_rows, seed=0)
     times = data[contract.event_time] if contract.event_time and contract.event_time in data.columns else None
     card = ModelCard(
         version=model_sha[:12],
@@ -101,8 +109,10 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
         feature_importance_gain=dict(zip(names, map(float, booster.feature_importance("gain")))),
         missing_rates={name: float(data[name].null_count() / data.height) for name in names},
         fallback=fit_fallback(train, contract.target, config.fallback.segment_by, config.fallback.min_segment_rows),
+        profile=profile,
+        reference_sample_sha256=frame_sha256(sample),
     )
-    return TrainedModel(booster=booster, model_text=model_text, card=card)
+    return TrainedModel(booster=booster, model_text=model_text, card=card, reference_sample=sample)
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -123,6 +133,11 @@ def data_fingerprint(frame: pl.DataFrame, columns: list[str]) -> str:
     """sha256 of the exact training rows (the given columns, sorted, as CSV): equal data, equal fingerprint."""
     canonical = frame.select(columns).sort(columns, nulls_last=True).write_csv()
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def frame_sha256(frame: pl.DataFrame) -> str:
+    """sha256 of a frame's CSV text: how a stored reference sample is checked before use."""
+    return hashlib.sha256(frame.write_csv().encode()).hexdigest()
 
 
 def library_versions() -> dict[str, str]:

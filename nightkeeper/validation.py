@@ -70,6 +70,7 @@ def polars_dtype(spec: FeatureSpec) -> pl.DataType:
 
 def validate(raw: pl.DataFrame, contract: Contract) -> ValidationResult:
     """Validate a raw batch (see nightkeeper.ingest.RAW_SCHEMA) against ``contract``."""
+    raw = raw.sort(ROW_KEY)  # storage does not keep row order; "first" of a duplicated id means earliest in its file
     texts = decode_records(raw, [*contract.features, *([contract.event_time] if contract.event_time else [])])
     parsed = texts.with_columns(
         parse_feature(name, spec).alias(name) for name, spec in contract.features.items()

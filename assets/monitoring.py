@@ -1,0 +1,225 @@
+"""Monitoring assets of a night: late labels, realized and estimated performance, and the alerts they raise.
+
+State that accumulates across nights (labels, metrics, alerts) lives in the warehouse's ``monitoring`` schema and is
+written by nightkeeper/ functions; these assets report on it through metadata and asset checks.
+"""
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    DailyPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from assets.checks import check_result, markdown_table
+from jobs.resources import NIGHTLY_SCHEMA, WAREHOUSE_POOL, ProjectResource, WarehouseResource
+from nightkeeper import alerts, labels, metrics_store, performance, registry, webhook
+from nightkeeper.batch_checks import CheckOutcome
+
+REPORTS_FOLDER = "reports"
+
+
+def night_of(context: AssetExecutionContext) -> dt.date:
+    return dt.date.fromisoformat(context.partition_key)
+
+
+def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
+    """The late-label, performance and alert assets over ``partitions``."""
+
+    @asset(
+        name="labels",
+        partitions_def=partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="monitoring",
+        deps=[AssetKey("outcomes")],
+        description="Label files that arrived by this night, reconciled with the answers they label: accepted once, "
+        "re-deliveries ignored, unknown ids, bad values and conflicts rejected with reasons (monitoring.labels).",
+    )
+    def labels_asset(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+        config = project.load()
+        night = night_of(context)
+        totals: dict[str, int] = {}
+        files = labels.label_files(config.labels_path, night)
+        with warehouse.connect() as connection:
+            for path in files:
+                incoming = labels.read_label_file(path, config.contract)
+                answered = connection.execute(
+                    f"select distinct entity_id, partition_date from {NIGHTLY_SCHEMA}.outcomes "
+                    "where entity_id in (select unnest($ids))",
+                    {"ids": incoming["entity_id"].drop_nulls().unique().to_list()},
+                ).pl()
+                batch = labels.reconcile_labels(incoming, answered, labels.stored_labels(connection), labels.arrival_date(path))
+                labels.store_label_batch(connection, batch)
+                for name, count in batch.summary().items():
+                    totals[name] = totals.get(name, 0) + count
+            stored = labels.stored_labels(connection)
+            rejected = labels.stored_rejections(connection)
+        return MaterializeResult(
+            metadata={
+                "files_read": len(files),
+                **{name.replace("labels.", ""): count for name, count in totals.items()},
+                "labels_stored": stored.height,
+                "rejections_stored": rejected.height,
+                "recent_rejections": markdown_table(rejected.sort("arrived_on", descending=True), rows=10),
+            }
+        )
+
+    @asset(
+        name="performance",
+        partitions_def=partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="monitoring",
+        deps=[AssetKey("labels"), AssetKey("outcomes")],
+        description="Realized AUC, precision, recall, Brier and business value per scoring night and model version "
+        "(recomputed as labels land), and tonight's estimate from the scores (CBPE) with a calibration check.",
+        check_specs=[
+            AssetCheckSpec("estimate_trustworthy", asset="performance", description="Scores are calibrated on recent labels."),
+            AssetCheckSpec("performance_holds", asset="performance", description="Estimated and realized AUC near the champion's holdout AUC."),
+        ],
+    )
+    def performance_asset(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
+        config = project.load()
+        night = night_of(context)
+        settings = config.monitoring.performance
+        decision = config.model.decision
+        with warehouse.connect() as connection:
+            outcomes = connection.execute(
+                f"select * from {NIGHTLY_SCHEMA}.outcomes where partition_date <= ?", [night]
+            ).pl()
+            stored = labels.stored_labels(connection)
+            champion = registry.alias_record(connection, registry.CHAMPION, night)
+        realized = performance.realized_performance(outcomes, stored, decision, settings.business_value, settings.min_labeled_rows)
+        tonight = outcomes.filter(pl.col("partition_date") == night)
+        estimated = performance.estimated_performance(tonight, decision, settings.business_value)
+        calibration = _calibration(outcomes, stored, settings.max_calibration_error)
+        estimate_row = estimated.filter(pl.col("source") == "model").row(0, named=True) if estimated.filter(pl.col("source") == "model").height else None
+        latest = performance.latest_realized(realized)
+        metrics = performance.performance_metrics(latest, estimate_row, calibration, include_missing=True)
+        reference_auc = champion.card.holdout_metrics["auc"] if champion else None
+        metrics["performance.estimated_auc_drop"] = _drop(reference_auc, metrics.get("performance.estimated_auc"))
+        metrics["performance.realized_auc_drop"] = _drop(reference_auc, metrics.get("performance.realized_auc"))
+        with warehouse.connect() as connection:
+            _replace_table(connection, "monitoring.performance_realized", realized)
+            metrics_store.record_metrics(connection, night, metrics, champion.version if champion else None)
+        plot = _plot(config.path(Path(REPORTS_FOLDER)), night, realized, outcomes, settings, decision)
+        yield MaterializeResult(
+            metadata={
+                "estimated_auc": metrics.get("performance.estimated_auc"),
+                "realized_auc_latest": metrics.get("performance.realized_auc"),
+                "realized_night_latest": str(latest["partition_date"]) if latest else "none yet",
+                "calibration_error": metrics.get("performance.calibration_error"),
+                "reference_auc": reference_auc,
+                "realized_by_night": markdown_table(realized.sort("partition_date", descending=True), rows=14),
+                "plot": MetadataValue.path(str(plot)) if plot else "no nights yet",
+            }
+        )
+        yield check_result("estimate_trustworthy", _trustworthy(calibration))
+        yield check_result("performance_holds", _holds(metrics, config.lifecycle.promotion_gate.auc_tolerance, reference_auc))
+
+    @asset(
+        name="alerts",
+        partitions_def=partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="monitoring",
+        deps=[AssetKey("performance"), AssetKey("drift_metrics"), AssetKey("outcomes")],
+        description="Alert rules from the config evaluated on the night's metrics: an alert opens once when its "
+        "condition held for its sustained nights, stays open silently, resolves when it clears; each transition goes "
+        "to the log, monitoring.alerts and the webhook (retried until delivered).",
+    )
+    def alerts_asset(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+        config = project.load()
+        night = night_of(context)
+        settings = config.monitoring.alerts
+        with warehouse.connect() as connection:
+            events = alerts.run_alerts(connection, settings.rules, night)
+            still_open = alerts.open_alerts(connection)
+        for event in events:
+            log = context.log.info if event["event"] == "resolved" or event["severity"] == "info" else (
+                context.log.error if event["severity"] == "critical" else context.log.warning
+            )
+            log(event["message"])
+        with warehouse.connect() as connection:
+            delivery = webhook.deliver_pending(
+                connection, webhook.webhook_url(settings.webhook_url_env), settings.webhook_timeout_seconds,
+                dt.datetime.now(dt.timezone.utc), max_batch=20,
+            )
+        opened = [e for e in events if e["event"] == "opened"]
+        return MaterializeResult(
+            metadata={
+                "opened": len(opened),
+                "resolved": sum(e["event"] == "resolved" for e in events),
+                "open_now": still_open.height,
+                "opened_alerts": MetadataValue.json([
+                    {"alert_id": e["alert_id"], "rule": e["rule"], "category": e["category"], "severity": e["severity"]}
+                    for e in opened
+                ]),
+                "open_alerts": markdown_table(still_open.select("alert_id", "category", "severity", "opened_night", "message"), rows=20),
+                "webhook_delivered": delivery.delivered,
+                "webhook_pending": delivery.pending,
+                "webhook_configured": delivery.webhook_configured,
+            }
+        )
+
+    return [labels_asset, performance_asset, alerts_asset]
+
+
+def _calibration(outcomes: pl.DataFrame, stored: pl.DataFrame, max_error: float, nights: int = 14) -> performance.CalibrationResult | None:
+    joined = performance.scored_with_labels(outcomes, stored).filter(pl.col("source") == "model")
+    if joined.height == 0:
+        return None
+    recent = joined.filter(pl.col("partition_date") > joined["partition_date"].max() - dt.timedelta(days=nights))
+    return performance.calibration_check(recent["score"].to_numpy(), recent["label"].to_numpy(), max_calibration_error=max_error)
+
+
+def _drop(reference: float | None, value: float | None) -> float | None:
+    return None if reference is None or value is None else reference - value
+
+
+def _trustworthy(calibration: performance.CalibrationResult | None) -> CheckOutcome:
+    if calibration is None:
+        return CheckOutcome(True, "no labels yet: calibration cannot be judged", "WARN")
+    return CheckOutcome(
+        calibration.trustworthy,
+        f"expected calibration error {calibration.ece:.3f} on {calibration.rows} recent labeled rows "
+        f"(limit {calibration.max_calibration_error}); estimated performance is "
+        + ("trustworthy" if calibration.trustworthy else "NOT trustworthy — trust realized figures"),
+        "WARN",
+        {"ece": calibration.ece},
+    )
+
+
+def _holds(metrics: dict[str, float | None], tolerance: float, reference: float | None) -> CheckOutcome:
+    drops = {name: metrics.get(f"performance.{name}_auc_drop") for name in ("estimated", "realized")}
+    known = {name: drop for name, drop in drops.items() if drop is not None}
+    if reference is None or not known:
+        return CheckOutcome(True, "no champion reference or no performance figures yet", "WARN")
+    worst = max(known.values())
+    limit = max(tolerance, 0.03)
+    return CheckOutcome(
+        worst <= limit,
+        "; ".join(f"{name} AUC {reference - drop:.3f} vs holdout {reference:.3f}" for name, drop in known.items()),
+        "ERROR",
+        {name + "_auc_drop": drop for name, drop in known.items()},
+    )
+
+
+def _replace_table(connection, table: str, frame: pl.DataFrame) -> None:
+    schema = table.split(".")[0]
+    frame_arrow = frame.to_arrow()  # noqa: F841  (DuckDB reads the local variable by name)
+    connection.execute(f"create schema if not exists {schema}")
+    connection.execute(f"create or replace table {table} as select * from frame_arrow")
+
+
+def _plot(folder: Path, night: dt.date, realized: pl.DataFrame, outcomes: pl.DataFrame, settings, decision) -> Path | None:
+    if outcomes.height == 0:
+        return None
+    estimated = performance.estimated_performance(outcomes, decision, settings.business_value)
+    folder.mkdir(parents=True, exist_ok=True)
+    return performance.plot_performance(performance.performance_table(realized, estimated), folder / f"performance-{night}.png")
