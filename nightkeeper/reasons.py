@@ -1,0 +1,174 @@
+"""Reason codes: why the model scored a row as it did, as exact TreeSHAP contributions from LightGBM itself.
+
+Contributions come from ``booster.predict(X, pred_contrib=True)`` (LightGBM's own exact, path-dependent TreeSHAP)
+and are in the model's raw-score units, i.e. log-odds of the positive class for a binary model: for every row,
+``shap_base_value + sum(contributions over all features) == booster.predict(X, raw_score=True)``.
+
+Exact TreeSHAP costs a few hundred predictions per row (see ``benchmarks/reason_codes.py``), so callers pass only the
+rows that need reasons (declined, referred and reviewed answers), never a whole night by default.
+
+Values shown to people are those the model saw, decoded: a category's level name (not its integer code), numbers
+formatted for reading, and ``missing`` where the model saw NaN (a null, or a category level it does not know).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from nightkeeper.encoding import FeatureCard, feature_matrix
+
+REASON_STRUCT = pl.Struct({"feature": pl.String(), "value": pl.String(), "contribution": pl.Float64()})
+REASON_SCHEMA: dict[str, pl.DataType] = {
+    "reason_codes": pl.List(REASON_STRUCT),
+    "shap_base_value": pl.Float64(),
+    "reason_text": pl.String(),
+}
+MISSING = "missing"
+
+
+def reason_codes(
+    frame: pl.DataFrame,
+    booster: lgb.Booster,
+    features: list[FeatureCard],
+    top_k: int = 3,
+    chunk_rows: int = 10_000,
+    *,
+    num_threads: int = 0,
+) -> pl.DataFrame:
+    """The ``top_k`` strongest reasons behind each row's score, one output row per input row, in input order.
+
+    Columns (``REASON_SCHEMA``):
+
+    * ``reason_codes``: list of ``{feature, value, contribution}`` structs, the ``min(top_k, len(features))``
+      features with the largest ``|contribution|``, largest first (ties keep card order). ``contribution`` is
+      signed, in raw-score (log-odds) units: positive raises the score (risk of the positive class).
+      ``value`` is the value the model saw, decoded for a person (see ``format_value``).
+    * ``shap_base_value``: the model's expected raw score; base + all contributions = the row's raw score.
+    * ``reason_text``: the reasons as one sentence, e.g.
+      ``"income 18,000 raised risk by 0.21; credit_score 540 raised risk by 0.17; age 44 lowered risk by 0.05"``.
+
+    Rows are encoded with ``feature_matrix`` exactly as at scoring time and explained ``chunk_rows`` at a time, so
+    memory stays bounded; results do not depend on ``chunk_rows``. ``num_threads`` is passed to LightGBM's predict
+    (0 = LightGBM's default, as in scoring). Raises ValueError when ``features`` do not match the booster's
+    features, or when ``top_k``/``chunk_rows`` are below 1. An empty ``frame`` gives an empty frame with the schema.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    _check_features(booster, features)
+    names = np.array([feature.name for feature in features], dtype=object)
+    k = min(top_k, len(features))
+    parts: list[pl.DataFrame] = []
+    for matrix, contributions in _explained_chunks(frame, booster, features, chunk_rows, num_threads):
+        per_feature = contributions[:, :-1]
+        order = np.argsort(-np.abs(per_feature), axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(per_feature, order, axis=1)
+        seen = np.take_along_axis(matrix, order, axis=1)
+        values = [
+            format_value(features[column], value)
+            for column, value in zip(order.ravel().tolist(), seen.ravel().tolist(), strict=True)
+        ]
+        flat = pl.DataFrame(
+            {"feature": names[order.ravel()].tolist(), "value": values, "contribution": top.ravel()},
+            schema=REASON_STRUCT.to_schema(),
+        )
+        rows = len(per_feature)
+        codes = flat.to_struct("reason_codes").reshape((rows, k)).cast(pl.List(REASON_STRUCT))
+        triples = flat.rows()
+        texts = ["; ".join(_phrase(*triple) for triple in triples[row * k : (row + 1) * k]) for row in range(rows)]
+        parts.append(
+            pl.DataFrame(
+                {
+                    "reason_codes": codes,
+                    "shap_base_value": pl.Series(contributions[:, -1], dtype=pl.Float64),
+                    "reason_text": pl.Series(texts, dtype=pl.String),
+                }
+            )
+        )
+    if not parts:
+        return pl.DataFrame(schema=REASON_SCHEMA)
+    return pl.concat(parts).cast(REASON_SCHEMA)  # type: ignore[arg-type]
+
+
+def global_importance(
+    booster: lgb.Booster,
+    frame_sample: pl.DataFrame,
+    features: list[FeatureCard],
+    chunk_rows: int = 10_000,
+    *,
+    num_threads: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Per feature, in card order: ``{"gain": total split gain, "mean_abs_shap": mean |contribution| on the sample}``.
+
+    ``gain`` is LightGBM's gain importance of the whole model; ``mean_abs_shap`` is the mean absolute TreeSHAP
+    contribution (log-odds units) over the rows of ``frame_sample``, explained ``chunk_rows`` at a time. Every
+    feature appears, with 0.0 where the model never uses it. Raises ValueError when ``frame_sample`` is empty or
+    ``features`` do not match the booster.
+    """
+    _check_features(booster, features)
+    if frame_sample.height == 0:
+        raise ValueError("global_importance needs at least one sample row to average |SHAP| over; got none")
+    absolute_sum = np.zeros(len(features), dtype=np.float64)
+    for _, contributions in _explained_chunks(frame_sample, booster, features, chunk_rows, num_threads):
+        absolute_sum += np.abs(contributions[:, :-1]).sum(axis=0)
+    gain = booster.feature_importance(importance_type="gain")
+    return {
+        feature.name: {"gain": float(gain[i]), "mean_abs_shap": float(absolute_sum[i] / frame_sample.height)}
+        for i, feature in enumerate(features)
+    }
+
+
+def format_value(feature: FeatureCard, value: float) -> str:
+    """A model input value as a person reads it: NaN -> ``missing``; a category code -> its level name; a bool ->
+    ``true``/``false``; an int -> digits with thousands separators; a float -> thousands separators and no decimals
+    from 100 up, else three significant digits (``0.452``, ``3.7``)."""
+    if math.isnan(value):
+        return MISSING
+    if feature.dtype == "category":
+        levels = feature.categories or []
+        code = int(value)
+        return levels[code] if code == value and 0 <= code < len(levels) else MISSING
+    if feature.dtype == "bool":
+        return "true" if value else "false"
+    if feature.dtype == "int" or (value.is_integer() and abs(value) < 1e15) or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def _phrase(feature: str, value: str, contribution: float) -> str:
+    if contribution > 0:
+        effect = "raised"
+    elif contribution < 0:
+        effect = "lowered"
+    else:
+        return f"{feature} {value} did not change risk"
+    size = abs(contribution)
+    amount = f"{size:.2f}" if size >= 0.01 else f"{size:.1g}"
+    return f"{feature} {value} {effect} risk by {amount}"
+
+
+def _check_features(booster: lgb.Booster, features: list[FeatureCard]) -> None:
+    names = [feature.name for feature in features]
+    if booster.feature_name() != names:
+        raise ValueError(f"the feature cards {names} do not match the booster's features {booster.feature_name()}")
+
+
+def _explained_chunks(
+    frame: pl.DataFrame, booster: lgb.Booster, features: list[FeatureCard], chunk_rows: int, num_threads: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(encoded matrix, contributions with the base value as last column) per chunk of ``chunk_rows`` rows."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    width = len(features) + 1
+    for start in range(0, frame.height, chunk_rows):
+        matrix = feature_matrix(frame.slice(start, chunk_rows), features)
+        contributions = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=num_threads))
+        if contributions.shape != (len(matrix), width):
+            raise ValueError(
+                f"expected contributions of shape {(len(matrix), width)} from a binary model, got {contributions.shape}"
+            )
+        yield matrix, contributions
