@@ -15,13 +15,17 @@ from dagster import (
     DailyPartitionsDefinition,
     MaterializeResult,
     MetadataValue,
+    Output,
     asset,
 )
 
 from assets.checks import check_result, markdown_table
 from jobs.resources import NIGHTLY_SCHEMA, WAREHOUSE_POOL, ProjectResource, WarehouseResource
-from nightkeeper import alerts, labels, metrics_store, performance, registry, webhook
+from nightkeeper import alerts, drift, labels, metrics_store, performance, registry, webhook
+from nightkeeper.artifacts import ModelUnavailable, load_reference_sample
 from nightkeeper.batch_checks import CheckOutcome
+from nightkeeper.drift_report import write_evidently_report
+from nightkeeper.validation import ROW_KEY
 
 REPORTS_FOLDER = "reports"
 
@@ -167,11 +171,91 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
             }
         )
 
-    return [labels_asset, performance_asset, alerts_asset]
+    @asset(
+        name="drift_metrics",
+        partitions_def=partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="monitoring",
+        metadata={"partition_expr": "partition_date"},
+        description="Per-feature drift of tonight's validated rows against the serving champion's reference profile "
+        "(PSI, Jensen-Shannon, normalised Wasserstein / KS, chi-square, missing-rate change, new-category share), "
+        "prediction and confidence drift, and a domain classifier's AUC; evidently's HTML report for people.",
+        check_specs=[
+            AssetCheckSpec("features_stable", asset="drift_metrics", description="No feature beyond its fitted drift threshold."),
+            AssetCheckSpec("predictions_stable", asset="drift_metrics", description="Score distribution within its threshold."),
+            AssetCheckSpec("population_indistinct", asset="drift_metrics", description="A classifier cannot tell tonight from the reference."),
+        ],
+    )
+    def drift_metrics(
+        context: AssetExecutionContext,
+        validated_batch: pl.DataFrame,
+        scored_batch: pl.DataFrame,
+        project: ProjectResource,
+        warehouse: WarehouseResource,
+    ):
+        config = project.load()
+        night = night_of(context)
+        settings = config.monitoring.drift
+        with warehouse.connect() as connection:
+            champion = registry.alias_record(connection, registry.CHAMPION, night)
+        if champion is None:
+            context.log.warning("no champion: drift has no reference to compare with")
+            yield Output(pl.DataFrame(schema={"partition_date": pl.Date, **drift.FEATURE_SCHEMA}), metadata={"reference": "none"})
+            for name in ("features_stable", "predictions_stable", "population_indistinct"):
+                yield check_result(name, CheckOutcome(True, "no champion, no reference profile", "WARN"))
+            return
+        card = champion.card
+        rows = validated_batch.sort(ROW_KEY).join(scored_batch.select(*ROW_KEY, "score"), on=ROW_KEY, how="left")
+        scores = rows["score"].fill_null(float("nan")).to_numpy()
+        try:
+            sample = load_reference_sample(champion)
+        except ModelUnavailable as exc:
+            context.log.warning(f"multivariate drift skipped: {exc}")
+            sample = None
+        result = drift.measure_drift(card.profile, rows, scores, card.features, sample, settings.domain_classifier_rows)
+        folder = config.path(Path(REPORTS_FOLDER))
+        plot = result.plot(folder / f"drift-{night}.png")
+        report = None
+        if settings.evidently_report and sample is not None and rows.height:
+            report = write_evidently_report(sample, rows, card.features, folder / f"drift-{night}.html", settings.report_sample_rows, seed=0)
+        with warehouse.connect() as connection:
+            metrics_store.record_metrics(connection, night, result.metrics(), champion.version)
+        drifted = result.drifted_features()
+        yield Output(
+            result.features.with_columns(pl.lit(night, dtype=pl.Date).alias("partition_date")).select("partition_date", *drift.FEATURE_SCHEMA),
+            metadata={
+                "reference_version": champion.version,
+                "rows": result.rows,
+                "drifted_share": result.drifted_share,
+                "drifted_features": ", ".join(drifted) or "none",
+                "multivariate_auc": result.multivariate_auc,
+                "prediction_psi": result.prediction.get("score_psi"),
+                "by_feature": markdown_table(result.features.select("feature", "psi", "threshold", "drifted", "missing_rate_change"), rows=50),
+                "plot": MetadataValue.path(str(plot)),
+                "evidently_report": MetadataValue.path(str(report)) if report else "not rendered",
+            },
+        )
+        yield check_result("features_stable", CheckOutcome(
+            not drifted, f"drifted: {', '.join(drifted)}" if drifted else "every feature within its fitted threshold", "WARN",
+            {"drifted_share": result.drifted_share},
+        ))
+        score_psi = result.prediction.get("score_psi", float("nan"))
+        yield check_result("predictions_stable", CheckOutcome(
+            not result.prediction.get("score_drifted"),
+            f"score PSI {score_psi:.3f} vs threshold {result.prediction.get('score_threshold', float('nan')):.3f}", "WARN",
+        ))
+        auc = result.multivariate_auc
+        yield check_result("population_indistinct", CheckOutcome(
+            auc is None or auc <= settings.max_domain_auc,
+            "no reference sample or too few rows" if auc is None else f"domain classifier AUC {auc:.3f} (limit {settings.max_domain_auc})",
+            "WARN",
+        ))
+
+    return [labels_asset, performance_asset, drift_metrics, alerts_asset]
 
 
 def _calibration(outcomes: pl.DataFrame, stored: pl.DataFrame, max_error: float, nights: int = 14) -> performance.CalibrationResult | None:
-    joined = performance.scored_with_labels(outcomes, stored).filter(pl.col("source") == "model")
+    joined = performance.scored_with_labels(outcomes, stored).filter((pl.col("source") == "model") & pl.col("label").is_not_null())
     if joined.height == 0:
         return None
     recent = joined.filter(pl.col("partition_date") > joined["partition_date"].max() - dt.timedelta(days=nights))

@@ -17,6 +17,7 @@ from dagster import (
     in_process_executor,
 )
 
+from assets.monitoring import build_monitoring_assets
 from assets.nightly import build_nightly_assets
 from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
 from nightkeeper.config import default_config_path, load_config
@@ -31,11 +32,12 @@ def build_definitions(config_path: Path) -> Definitions:
     partitions = DailyPartitionsDefinition(
         start_date=config.schedule.start_date.isoformat(), timezone=config.schedule.timezone
     )
-    nightly = build_nightly_assets(partitions)
+    nightly = [*build_nightly_assets(partitions), *build_monitoring_assets(partitions)]
     nightly_batch = define_asset_job(
         NIGHTLY_JOB,
-        selection=AssetSelection.groups("nightly"),
-        description="One night: ingest, validate, score with the champion, fall back where it cannot, record outcomes.",
+        selection=AssetSelection.groups("nightly", "monitoring"),
+        description="One night: ingest, validate, score with the champion, fall back where it cannot, record outcomes; "
+        "then late labels, performance, drift and alerts.",
     )
     nightly_schedule = build_schedule_from_partitioned_job(
         nightly_batch,

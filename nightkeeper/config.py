@@ -216,6 +216,10 @@ class DriftConfig(_Strict):
     thresholds: dict[str, float] = Field(default_factory=dict, description="PSI threshold per feature, overriding the fitted one.")
     report_sample_rows: int = Field(5000, ge=100, description="Rows per side in the human-facing evidently report.")
     domain_classifier_rows: int = Field(10000, ge=200, description="Rows per side for the multivariate domain classifier.")
+    max_domain_auc: float = Field(
+        0.6, gt=0.5, le=1, description="Domain-classifier AUC above which tonight is told apart from the reference."
+    )
+    evidently_report: bool = Field(True, description="Render evidently's HTML drift report each night (a few seconds).")
 
 
 class BusinessValue(_Strict):
