@@ -1,0 +1,401 @@
+"""Nightly drift: compare tonight's validated rows and scores with the champion's reference profile.
+
+``measure_drift(profile, current, current_scores, features, reference_sample=None)`` returns a ``DriftResult``: a
+table with one row per feature, the prediction (score and confidence) drift, the share of drifted features and,
+when a reference sample is given, a multivariate score (the AUC of a classifier telling reference rows from
+tonight's). It reads nothing but its arguments and never raises on an empty night.
+
+Per feature (missing values are never binned; see ``nightkeeper.profile`` for the bins, PSI and JS definitions):
+
+* ``psi``: population stability index on the reference bins, each share floored at 1e-4 (``PSI_EPSILON``).
+* ``js_distance``: Jensen-Shannon distance, base 2, on the same bins (numbers) or levels (categories).
+* numbers only: ``wasserstein_norm`` = W1 between the reference quantile function (the profile's sketch; exact for
+  features with at most 101 distinct values) and tonight's empirical one, divided by max(reference std, 0.001) as
+  evidently does; ``ks`` = sup |F_ref - F_tonight| between the sketched reference CDF and tonight's ECDF.
+* categories only: ``chi2``/``chi2_p_value`` = ``scipy.stats.chisquare`` of tonight's counts against the reference
+  shares, over the levels seen on either side, with reference shares floored at 1e-4 and renormalised (so a level
+  the reference never saw gives a large but finite statistic). ``new_category_share`` = share of tonight's rows
+  (all rows in the denominator) holding a non-null value that is not a reference level: a value outside the
+  contract's levels, or a contract level with no reference row. Validation usually quarantines unknown values; with ``unknown_category: missing``
+  they arrive as null and count in the missing rate instead.
+* ``missing_rate_reference``/``missing_rate_current``/``missing_rate_change`` (current - reference).
+* ``threshold`` (the profile's PSI threshold) and ``drifted`` = psi > threshold.
+
+Columns that do not apply to a feature's kind are null; statistics that cannot be computed tonight (no rows, or no
+non-missing value of the feature) are NaN and such a feature is not drifted. An empty night gives rows=0, NaN
+statistics and shares, ``multivariate_auc`` None and no drift flagged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from nightkeeper.encoding import FeatureCard, categorical_indices, feature_matrix
+from nightkeeper.profile import (
+    PSI_EPSILON,
+    CategoryProfile,
+    DriftThreshold,
+    NumericProfile,
+    ReferenceProfile,
+    bin_counts,
+    category_counts,
+    confidence_of,
+    jensen_shannon_distance,
+    population_stability_index,
+    reference_quantile,
+    sorted_numeric_values,
+)
+
+FEATURE_SCHEMA: dict[str, pl.DataType] = {
+    "feature": pl.String(),
+    "kind": pl.String(),
+    "psi": pl.Float64(),
+    "js_distance": pl.Float64(),
+    "wasserstein_norm": pl.Float64(),
+    "ks": pl.Float64(),
+    "chi2": pl.Float64(),
+    "chi2_p_value": pl.Float64(),
+    "missing_rate_reference": pl.Float64(),
+    "missing_rate_current": pl.Float64(),
+    "missing_rate_change": pl.Float64(),
+    "new_category_share": pl.Float64(),
+    "threshold": pl.Float64(),
+    "drifted": pl.Boolean(),
+}
+DOMAIN_MIN_ROWS = 50
+DOMAIN_TREES = 50
+DOMAIN_PARAMS: dict[str, Any] = {
+    "objective": "binary",
+    "learning_rate": 0.1,
+    "num_leaves": 15,
+    "max_bin": 63,
+    "min_data_in_leaf": 20,
+    "num_threads": 1,  # 2 OpenMP threads stalled for 5-40 s on a busy 2-core host; 1 takes ~0.3 s for 2 x 10k rows
+    "verbose": -1,
+    "deterministic": True,
+    "force_col_wise": True,
+}
+WASSERSTEIN_MIN_STD = 0.001
+_NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """One night's drift against a reference profile.
+
+    ``features``: one row per feature in card order, columns ``FEATURE_SCHEMA``. ``prediction``: score and
+    confidence drift as floats (``score_psi``, ``score_js_distance``, ``score_threshold``, ``score_drifted`` (0/1),
+    the same four for ``confidence_``, plus ``rows_scored``, ``score_mean_reference``/``_current`` and
+    ``positive_rate_reference``/``_current`` at the decision threshold); tonight's figures are NaN (and the flags
+    0) when no score was given.
+    ``drifted_share``: drifted features / features (NaN on an empty night). ``multivariate_auc``: out-of-fold AUC
+    of the domain classifier (about 0.5 = indistinguishable), None without a reference sample or with fewer than
+    ``DOMAIN_MIN_ROWS`` rows on a side. ``rows``: tonight's rows.
+    """
+
+    features: pl.DataFrame
+    prediction: dict[str, float]
+    drifted_share: float
+    multivariate_auc: float | None
+    rows: int
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric names for alert rules and the warehouse: ``drift.rows``, ``drift.drifted_share``,
+        ``drift.drifted_features``, ``drift.multivariate_auc`` (NaN when not computed), ``drift.prediction_psi``,
+        ``drift.prediction_js_distance``, ``drift.prediction_drifted``, ``drift.confidence_psi``,
+        ``drift.confidence_js_distance``, ``drift.confidence_drifted``, and per feature
+        ``drift.feature.<name>.<statistic>`` for psi, js_distance, missing_rate_change, drifted (0/1) and, for numbers,
+        wasserstein_norm and ks, for categories chi2_p_value and new_category_share. Undefined values are NaN
+        (every comparison with NaN is false, so an alert rule stays silent)."""
+        p = self.prediction
+        metrics = {
+            "drift.rows": float(self.rows),
+            "drift.drifted_share": float(self.drifted_share),
+            "drift.drifted_features": float(self.features["drifted"].sum()),
+            "drift.multivariate_auc": _NAN if self.multivariate_auc is None else float(self.multivariate_auc),
+            "drift.prediction_psi": float(p.get("score_psi", _NAN)),
+            "drift.prediction_js_distance": float(p.get("score_js_distance", _NAN)),
+            "drift.prediction_drifted": float(p.get("score_drifted", 0.0)),
+            "drift.confidence_psi": float(p.get("confidence_psi", _NAN)),
+            "drift.confidence_js_distance": float(p.get("confidence_js_distance", _NAN)),
+            "drift.confidence_drifted": float(p.get("confidence_drifted", 0.0)),
+        }
+        for row in self.features.iter_rows(named=True):
+            extra = ["wasserstein_norm", "ks"] if row["kind"] == "numeric" else ["chi2_p_value", "new_category_share"]
+            for statistic in ["psi", "js_distance", "missing_rate_change", *extra]:
+                metrics[f"drift.feature.{row['feature']}.{statistic}"] = _float(row[statistic])
+            metrics[f"drift.feature.{row['feature']}.drifted"] = float(row["drifted"])
+        return metrics
+
+    def drifted_features(self) -> list[str]:
+        """Names of the drifted features, most drifted (largest psi / threshold) first."""
+        drifted = self.features.filter(pl.col("drifted"))
+        return drifted.sort(pl.col("psi") / pl.col("threshold"), descending=True, maintain_order=True)["feature"].to_list()
+
+    def plot(self, path: str | Path) -> Path:
+        """Write a PNG bar chart of each feature's PSI (and the score's and confidence's) against its threshold;
+        drifted bars are red. Uses matplotlib's Agg canvas directly (no pyplot, no global backend change)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        labels = self.features["feature"].to_list() + ["[score]", "[confidence]"]
+        p = self.prediction
+        psi = np.array(self.features["psi"].to_list() + [p.get("score_psi", _NAN), p.get("confidence_psi", _NAN)], dtype=float)
+        thresholds = np.array(
+            self.features["threshold"].to_list() + [p.get("score_threshold", _NAN), p.get("confidence_threshold", _NAN)],
+            dtype=float,
+        )
+        drifted = self.features["drifted"].to_list() + [bool(p.get("score_drifted")), bool(p.get("confidence_drifted"))]
+        floor = PSI_EPSILON
+        shown = np.where(np.isfinite(psi), np.maximum(psi, floor), floor)
+        y = np.arange(len(labels))[::-1]
+        figure = Figure(figsize=(8, 0.32 * len(labels) + 1.6), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        axes.barh(y, shown, color=["#d62728" if d else "#7f7f7f" for d in drifted], height=0.7, label="PSI")
+        axes.scatter(thresholds, y, marker="|", s=200, color="black", zorder=3, label="threshold")
+        for value, position in zip(psi, y):
+            if not np.isfinite(value):
+                axes.text(floor, position, " n/a", va="center", fontsize=8)
+        axes.set_xscale("log")
+        axes.set_yticks(y, labels, fontsize=8)
+        axes.set_xlabel("PSI (log scale)")
+        auc = "n/a" if self.multivariate_auc is None else f"{self.multivariate_auc:.3f}"
+        axes.set_title(f"Drift vs reference: {self.rows} rows, drifted share {self.drifted_share:.2f}, domain AUC {auc}", fontsize=10)
+        axes.legend(loc="lower right", fontsize=8)
+        figure.savefig(path, dpi=100)
+        return path
+
+
+def measure_drift(
+    profile: ReferenceProfile,
+    current: pl.DataFrame,
+    current_scores: np.ndarray | None,
+    features: list[FeatureCard],
+    reference_sample: pl.DataFrame | None = None,
+    domain_rows: int = 10_000,
+    seed: int = 0,
+) -> DriftResult:
+    """Compare tonight's rows (``current``, typed as the validated frame) and their scores (one per row, NaN =
+    unscored; None = not scored tonight) with ``profile``. See the module docstring for every statistic.
+
+    The multivariate check trains ``DOMAIN_TREES`` LightGBM trees (one thread) to tell up to ``domain_rows`` random
+    rows of ``reference_sample`` from as many of ``current`` (equal counts per side), with a seeded 2-fold split,
+    and reports the out-of-fold AUC. Raises ValueError when a feature is absent from the profile or from
+    ``current``, its kind or levels differ from the profile's, or the scores are not one per row.
+    """
+    _check(profile, current, current_scores, features)
+    rows = current.height
+    numeric = [f for f in features if f.dtype != "category"]
+    categories = [f for f in features if f.dtype == "category"]
+    sorted_values = sorted_numeric_values(current, [f.name for f in numeric])
+    counts = category_counts(current, categories)
+
+    records: dict[str, dict[str, Any]] = {}
+    for feature in numeric:
+        reference = profile.features[feature.name]
+        assert isinstance(reference, NumericProfile)
+        records[feature.name] = _numeric_drift(reference, sorted_values[feature.name], rows)
+    for feature in categories:
+        reference = profile.features[feature.name]
+        assert isinstance(reference, CategoryProfile)
+        records[feature.name] = _category_drift(reference, counts[feature.name], rows)
+
+    table_rows = []
+    for feature in features:
+        record = records[feature.name]
+        threshold = profile.thresholds[feature.name].psi
+        psi = record["psi"]
+        table_rows.append(
+            {
+                "feature": feature.name,
+                "kind": "category" if feature.dtype == "category" else "numeric",
+                **record,
+                "threshold": threshold,
+                "drifted": bool(math.isfinite(psi) and psi > threshold),
+            }
+        )
+    table = pl.DataFrame(table_rows, schema=FEATURE_SCHEMA) if table_rows else pl.DataFrame(schema=FEATURE_SCHEMA)
+    drifted_share = float(table["drifted"].mean()) if rows and table.height else _NAN
+    auc = (
+        _domain_auc(reference_sample, current, features, domain_rows, seed) if reference_sample is not None else None
+    )
+    return DriftResult(
+        features=table,
+        prediction=_prediction_drift(profile, current_scores),
+        drifted_share=drifted_share,
+        multivariate_auc=auc,
+        rows=rows,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- statistics
+
+
+def numeric_statistics(reference: NumericProfile, values: np.ndarray) -> dict[str, float]:
+    """PSI, JS distance, normalised Wasserstein and KS of the sorted non-missing ``values`` against ``reference``
+    (all NaN when either side has no value)."""
+    n = len(values)
+    if n == 0 or not reference.frequencies:
+        return {"psi": _NAN, "js_distance": _NAN, "wasserstein_norm": _NAN, "ks": _NAN}
+    shares = bin_counts(values, np.asarray(reference.edges)) / n
+    expected = np.asarray(reference.frequencies)
+    wasserstein = _wasserstein(reference, values) / max(reference.std or 0.0, WASSERSTEIN_MIN_STD)
+    # KS at the reference's quantiles, comparing right-continuous CDFs and their left limits: exact when the
+    # profile is exact (every jump of both CDFs is then bracketed by these points), otherwise a lower bound that
+    # misses at most the reference mass strictly between two neighbouring quantiles (<= 0.016)
+    knots = np.asarray(reference.quantiles)
+    right = np.abs(np.asarray(reference.cdf) - np.searchsorted(values, knots, side="right") / n)
+    left = np.abs(np.asarray(reference.cdf_below) - np.searchsorted(values, knots, side="left") / n)
+    ks = float(max(right.max(), left.max()))
+    return {
+        "psi": float(population_stability_index(expected, shares)),
+        "js_distance": float(jensen_shannon_distance(expected, shares)),
+        "wasserstein_norm": wasserstein,
+        "ks": ks,
+    }
+
+
+def _wasserstein(reference: NumericProfile, values: np.ndarray) -> float:
+    """W1 = integral over u in [0, 1] of |Q_ref(u) - Q_now(u)|, on the merged grid of the reference's quantile
+    levels and tonight's quantile cells (i/n): both functions are constant on each piece for an exact profile, so
+    the midpoint rule is then exact; for a sketched profile the pieces are at most 1/n wide."""
+    n = len(values)
+    cells = np.arange(n + 1) / n
+    levels = np.asarray(reference.quantile_levels)
+    breaks = np.insert(cells, np.searchsorted(cells, levels), levels)  # sorted merge; repeats give empty pieces
+    middles = (breaks[1:] + breaks[:-1]) / 2
+    tonight = values[np.minimum((middles * n).astype(np.int64), n - 1)]
+    return float(np.sum(np.diff(breaks) * np.abs(reference_quantile(reference, middles) - tonight)))
+
+
+def _numeric_drift(reference: NumericProfile, values: np.ndarray, rows: int) -> dict[str, Any]:
+    current_missing = (rows - len(values)) / rows if rows else _NAN
+    return {
+        **numeric_statistics(reference, values),
+        "chi2": None,
+        "chi2_p_value": None,
+        **_missing(reference.missing_rate, current_missing),
+        "new_category_share": None,
+    }
+
+
+def _category_drift(reference: CategoryProfile, counts: np.ndarray, rows: int) -> dict[str, Any]:
+    present = float(counts.sum())
+    current_missing = (rows - present) / rows if rows else _NAN
+    expected = np.asarray(reference.bin_frequencies)
+    new = np.r_[expected[:-1] == 0, True]  # contract levels the reference never had, and the "other" bin
+    record: dict[str, Any] = {
+        "wasserstein_norm": None,
+        "ks": None,
+        **_missing(reference.missing_rate, current_missing),
+        "new_category_share": float(counts[new].sum() / rows) if rows else _NAN,
+    }
+    if present == 0 or expected.sum() == 0:
+        return {**record, "psi": _NAN, "js_distance": _NAN, "chi2": _NAN, "chi2_p_value": _NAN}
+    shares = counts / present
+    seen = (expected > 0) | (counts > 0)
+    smoothed = np.maximum(expected[seen], PSI_EPSILON)
+    if seen.sum() > 1:
+        chi2, p_value = stats.chisquare(counts[seen], smoothed / smoothed.sum() * present)
+    else:
+        chi2, p_value = 0.0, 1.0
+    return {
+        **record,
+        "psi": float(population_stability_index(expected, shares)),
+        "js_distance": float(jensen_shannon_distance(expected, shares)),
+        "chi2": float(chi2),
+        "chi2_p_value": float(p_value),
+    }
+
+
+def _missing(reference: float, current: float) -> dict[str, float]:
+    return {
+        "missing_rate_reference": reference,
+        "missing_rate_current": current,
+        "missing_rate_change": current - reference,
+    }
+
+
+def _prediction_drift(profile: ReferenceProfile, scores: np.ndarray | None) -> dict[str, float]:
+    out: dict[str, float] = {
+        "score_threshold": profile.score_threshold.psi,
+        "confidence_threshold": profile.confidence_threshold.psi,
+        "score_mean_reference": _float(profile.score.mean),
+        "positive_rate_reference": _float(profile.positive_rate),
+    }
+    scores = np.asarray(scores if scores is not None else [], dtype=np.float64)
+    scored = np.sort(scores[np.isfinite(scores)])
+    confidences = np.sort(confidence_of(scored, profile.decision_threshold))
+    for name, values, reference, threshold in (
+        ("score", scored, profile.score, profile.score_threshold),
+        ("confidence", confidences, profile.confidence, profile.confidence_threshold),
+    ):
+        statistics = numeric_statistics(reference, values)
+        out[f"{name}_psi"] = statistics["psi"]
+        out[f"{name}_js_distance"] = statistics["js_distance"]
+        out[f"{name}_drifted"] = _drifted(statistics["psi"], threshold)
+    out["rows_scored"] = float(len(scored))
+    out["score_mean_current"] = float(scored.mean()) if len(scored) else _NAN
+    out["positive_rate_current"] = float(np.mean(scored >= profile.decision_threshold)) if len(scored) else _NAN
+    return out
+
+
+def _drifted(psi: float, threshold: DriftThreshold) -> float:
+    return float(math.isfinite(psi) and psi > threshold.psi)
+
+
+def _domain_auc(
+    reference_sample: pl.DataFrame, current: pl.DataFrame, features: list[FeatureCard], rows: int, seed: int
+) -> float | None:
+    """Out-of-fold AUC of a small LightGBM classifier separating reference rows (0) from tonight's rows (1)."""
+    n = min(rows, reference_sample.height, current.height)
+    if n < DOMAIN_MIN_ROWS:
+        return None
+    reference = reference_sample.sample(n=n, seed=seed) if reference_sample.height > n else reference_sample
+    tonight = current.sample(n=n, seed=seed + 1) if current.height > n else current
+    matrix = np.vstack([feature_matrix(reference, features), feature_matrix(tonight, features)])
+    labels = np.r_[np.zeros(n), np.ones(n)]
+    fold = np.random.default_rng(seed).permutation(2 * n) % 2
+    predictions = np.empty(2 * n)
+    params = {**DOMAIN_PARAMS, "seed": seed}
+    for k in (0, 1):
+        train, test = fold != k, fold == k
+        dataset = lgb.Dataset(
+            matrix[train], label=labels[train], categorical_feature=categorical_indices(features), free_raw_data=True
+        )
+        booster = lgb.train(params, dataset, num_boost_round=DOMAIN_TREES)
+        predictions[test] = booster.predict(matrix[test])
+    return float(roc_auc_score(labels, predictions))
+
+
+def _check(profile: ReferenceProfile, current: pl.DataFrame, scores: np.ndarray | None, features: list[FeatureCard]) -> None:
+    for feature in features:
+        reference = profile.features.get(feature.name)
+        if reference is None:
+            raise ValueError(f"feature {feature.name!r} is not in the reference profile; it has {profile.feature_names}")
+        if feature.name not in current.columns:
+            raise ValueError(f"tonight's frame lacks feature column {feature.name!r}; it has {current.columns}")
+        if (feature.dtype == "category") != isinstance(reference, CategoryProfile):
+            raise ValueError(f"feature {feature.name!r} is {feature.dtype} but the profile holds a {reference.kind} profile")
+        if isinstance(reference, CategoryProfile) and reference.levels != list(feature.categories or []):
+            raise ValueError(
+                f"feature {feature.name!r} has levels {feature.categories} but the profile was fitted on {reference.levels}"
+            )
+    if scores is not None and np.shape(scores) != (current.height,):
+        raise ValueError(f"current_scores must be one per row ({current.height}), got shape {np.shape(scores)}")
+
+
+def _float(value: float | None) -> float:
+    return _NAN if value is None else float(value)

@@ -1,0 +1,465 @@
+"""The reference profile: a compact summary of a model's training data that each night's drift is measured against.
+
+``fit_profile`` runs once, at training time, on the typed training frame and the model's scores on it. It keeps no
+raw rows: per numeric feature (float, int, bool as 0/1) quantile bins with their frequencies, moments and a sketch
+of the quantile function; per category feature the level frequencies; the same numeric summary for the score and
+its confidence; and, per feature, drift thresholds fitted to the reference's own chunk-to-chunk variation.
+The profile is a frozen pydantic model that round-trips through JSON (``model_dump_json`` /
+``ReferenceProfile.model_validate_json``); store it beside the model artifact.
+
+``reference_sample`` draws the few raw rows the multivariate (domain classifier) check needs; the caller stores
+them as Parquet beside the model artifact.
+
+Definitions shared with :mod:`nightkeeper.drift` (the thresholds are fitted on exactly these statistics):
+
+* Missing values (null, and NaN or infinity in float columns) are never binned: frequencies are shares of the non-missing
+  values and the missing rate is reported separately.
+* Numeric bins are right-closed: ``(-inf, e0], (e0, e1], ..., (e_last, +inf)`` where the interior edges are the
+  reference quantiles at levels ``1/bins, ..., (bins-1)/bins`` (actual data values, so a discrete value sits
+  wholly inside one bin), deduplicated; a discrete feature therefore gets fewer bins than ``DriftConfig.bins``.
+* Category bins are the contract's levels plus one last "other" bin for values outside them.
+* PSI = sum over bins of (c - r) * ln(c / r), after flooring each bin share at ``PSI_EPSILON`` = 1e-4 (no
+  renormalisation), so an empty bin on either side contributes a finite amount.
+* Jensen-Shannon distance (base 2, in [0, 1]) on the unsmoothed bin shares, as ``scipy.spatial.distance.jensenshannon``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.interpolate import PchipInterpolator
+
+from nightkeeper.config import DriftConfig
+from nightkeeper.encoding import FeatureCard
+
+PROFILE_FORMAT = 1
+PSI_EPSILON = 1e-4
+MAX_ATOMS = 101
+# 101 quantile levels, dense in both tails (cosine spacing: 0.00025 at the ends, 0.016 in the middle), so that the
+# piecewise-linear quantile function between them follows long tails closely (see NumericProfile).
+QUANTILE_LEVELS: tuple[float, ...] = tuple(float(v) for v in 0.5 - 0.5 * np.cos(np.pi * np.linspace(0.0, 1.0, 101)))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NumericProfile(_Frozen):
+    """The reference distribution of one number (a numeric or bool feature, the score or the confidence).
+
+    ``edges``/``frequencies``: the PSI bins (see the module docstring), ``len(frequencies) == len(edges) + 1``,
+    shares of the non-missing values. Moments use the non-missing values; ``std`` is the population std (ddof=0).
+    They are None, and the lists empty, when the reference has no non-missing value.
+
+    The quantile function passes through the points ``(quantile_levels[k], quantiles[k])``. When the reference takes
+    at most ``MAX_ATOMS`` distinct values, ``exact`` is True and the points describe it exactly: each value ``v``
+    appears twice, at the cumulative share below it and at the cumulative share up to and including it, and the
+    quantile function is the step function through them. Otherwise ``exact`` is False, the points are the reference
+    quantiles (numpy "linear" method) at ``QUANTILE_LEVELS`` (repeated quantiles mark a mass point) and the quantile
+    function is the monotone cubic (PCHIP) interpolation through them.
+    ``resolution``: when every value lies on a grid ``min + k * resolution`` (integers, amounts rounded to 100,
+    years to 0.1, ...) the sketched quantile function is rounded to that grid, which keeps the steps of such
+    "lattice" data instead of smoothing them; None otherwise.
+    ``cdf``/``cdf_below``: the exact reference shares P(X <= q) and P(X < q) at each of ``quantiles``, for the KS
+    statistic.
+    """
+
+    kind: Literal["numeric"] = "numeric"
+    rows: int
+    missing_rate: float
+    edges: list[float]
+    frequencies: list[float]
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    exact: bool
+    resolution: float | None
+    quantile_levels: list[float]
+    quantiles: list[float]
+    cdf: list[float]
+    cdf_below: list[float]
+
+
+class CategoryProfile(_Frozen):
+    """The reference distribution of one category feature: shares of the non-missing values per contract level
+    (in ``levels`` order) and of values outside the levels (``other_frequency``, 0 for a validated frame)."""
+
+    kind: Literal["category"] = "category"
+    rows: int
+    missing_rate: float
+    levels: list[str]
+    frequencies: list[float]
+    other_frequency: float
+
+    @property
+    def bin_frequencies(self) -> list[float]:
+        """The category bins: the levels then the "other" bin."""
+        return [*self.frequencies, self.other_frequency]
+
+
+FeatureProfile = Annotated[NumericProfile | CategoryProfile, Field(discriminator="kind")]
+
+
+class DriftThreshold(_Frozen):
+    """When a statistic counts as drift. ``psi`` decides the drifted flag; ``js_distance`` is informational.
+
+    ``fitted_psi`` = max(psi_floor, mean + threshold_sigmas * std) of the PSI of the reference chunks against the whole
+    reference; ``psi`` equals it unless the config overrides it (``source == "config"``). ``js_distance`` is
+    mean + threshold_sigmas * std of the chunks' Jensen-Shannon distances (no floor).
+    """
+
+    psi: float
+    fitted_psi: float
+    js_distance: float
+    source: Literal["fitted", "config"]
+
+
+class ProfileSettings(_Frozen):
+    """The ``DriftConfig`` fields a profile was fitted with, copied so that a stored profile does not depend on the
+    config schema of the day."""
+
+    bins: int
+    reference_chunks: int
+    threshold_sigmas: float
+    psi_floor: float
+    thresholds: dict[str, float]
+
+    @classmethod
+    def of(cls, config: DriftConfig) -> ProfileSettings:
+        return cls(
+            bins=config.bins,
+            reference_chunks=config.reference_chunks,
+            threshold_sigmas=config.threshold_sigmas,
+            psi_floor=config.psi_floor,
+            thresholds=dict(config.thresholds),
+        )
+
+
+class ReferenceProfile(_Frozen):
+    """Everything nightly drift measurement needs to know about the reference (training) data, without its rows.
+
+    ``chunk_rows`` is the size of the reference chunks the thresholds were fitted on: the thresholds describe the
+    ordinary variation of batches of about that many rows (smaller nights vary more; ``psi_floor`` guards them).
+    """
+
+    format: int = PROFILE_FORMAT
+    rows: int
+    seed: int
+    chunk_rows: int
+    settings: ProfileSettings
+    decision_threshold: float
+    features: dict[str, FeatureProfile]
+    score: NumericProfile
+    confidence: NumericProfile
+    positive_rate: float | None = Field(description="Share of non-missing reference scores at or above the decision threshold.")
+    thresholds: dict[str, DriftThreshold]
+    score_threshold: DriftThreshold
+    confidence_threshold: DriftThreshold
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.features)
+
+
+# --------------------------------------------------------------------------------------------- distance functions
+
+
+def population_stability_index(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """PSI between bin shares along the last axis (shapes broadcast): sum (c - r) ln(c / r) after flooring each
+    share at ``PSI_EPSILON``. NaN where ``current`` holds NaN (no rows to compare)."""
+    r = np.maximum(np.asarray(reference, dtype=np.float64), PSI_EPSILON)
+    c = np.maximum(np.asarray(current, dtype=np.float64), PSI_EPSILON)
+    return np.sum((c - r) * np.log(c / r), axis=-1)
+
+
+def jensen_shannon_distance(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between bin shares along the last axis (shapes broadcast);
+    each side is normalised to sum 1 first, zero shares contribute nothing. Equals scipy's ``jensenshannon(.., base=2)``."""
+    p = np.asarray(reference, dtype=np.float64)
+    q = np.asarray(current, dtype=np.float64)
+    p = p / p.sum(axis=-1, keepdims=True)
+    q = q / q.sum(axis=-1, keepdims=True)
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        left = np.where(p > 0, p * np.log2(p / m), 0.0)
+        right = np.where(q > 0, q * np.log2(q / m), 0.0)
+    divergence = np.maximum(0.5 * (left.sum(axis=-1) + right.sum(axis=-1)), 0.0)
+    return np.sqrt(divergence)
+
+
+def bin_counts(sorted_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts of sorted non-missing values in the right-closed bins (-inf, e0], (e0, e1], ..., (e_last, inf)."""
+    cumulative = np.searchsorted(sorted_values, edges, side="right")
+    return np.diff(np.concatenate(([0], cumulative, [len(sorted_values)])))
+
+
+def numeric_values(name: str) -> pl.Expr:
+    """Column ``name`` as Float64 (bools become 0/1) with NaN and infinities turned into null (missing)."""
+    number = pl.col(name).cast(pl.Float64)
+    return pl.when(number.is_finite()).then(number).alias(name)
+
+
+def sorted_numeric_values(frame: pl.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+    """The non-missing values of each numeric column, sorted ascending, as float64 arrays (columns in parallel)."""
+    lazy = frame.lazy()
+    queries = [lazy.select(numeric_values(name).drop_nulls().sort()) for name in names]
+    return {name: result.to_series().to_numpy() for name, result in zip(names, pl.collect_all(queries))}
+
+
+def category_codes(name: str, levels: list[str]) -> pl.Expr:
+    """Level index (0..len(levels)-1) of each value, ``len(levels)`` for a value outside them, -1 for null."""
+    column = pl.col(name).cast(pl.String)
+    coded = column.replace_strict(levels, list(range(len(levels))), default=len(levels), return_dtype=pl.Int32)
+    return pl.when(column.is_null()).then(pl.lit(-1, dtype=pl.Int32)).otherwise(coded).alias(name)
+
+
+def category_counts(frame: pl.DataFrame, features: list[FeatureCard]) -> dict[str, np.ndarray]:
+    """Per category feature, counts of non-missing values per level plus a last "other" count (columns in parallel)."""
+    lazy = frame.lazy()
+    queries = [
+        lazy.select(category_codes(f.name, f.categories or []).alias("code")).filter(pl.col("code") >= 0).group_by("code").len()
+        for f in features
+    ]
+    counts = {}
+    for feature, result in zip(features, pl.collect_all(queries)):
+        size = len(feature.categories or []) + 1
+        counts[feature.name] = np.bincount(result["code"].to_numpy(), weights=result["len"].to_numpy(), minlength=size)
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------- the profile
+
+
+def fit_profile(
+    frame: pl.DataFrame,
+    features: list[FeatureCard],
+    scores: np.ndarray,
+    decision_threshold: float,
+    config: DriftConfig,
+    seed: int = 0,
+) -> ReferenceProfile:
+    """Profile the reference ``frame`` (typed per the contract: Float64/Int64/Boolean/String feature columns) and
+    the model's ``scores`` on its rows (same order). A NaN score counts as unscored and shapes neither the score
+    nor the confidence profile: pass NaN for the training rows to profile only out-of-sample (holdout) scores.
+
+    Thresholds: the rows are dealt at random (``seed``) into ``config.reference_chunks`` equal chunks; PSI and JS
+    distance of each chunk against the whole reference give mean and std per feature (and for the score and the
+    confidence), from which the thresholds follow (see ``DriftThreshold``); ``config.thresholds`` overrides a
+    feature's PSI threshold. The chunks hold ``rows // reference_chunks`` rows (``ReferenceProfile.chunk_rows``):
+    the thresholds are calibrated for nights of about that size. Raises ValueError when a feature column is absent, ``scores`` has the wrong length,
+    the frame has fewer rows than chunks, or an override names no feature.
+    """
+    names = [f.name for f in features]
+    absent = [n for n in names if n not in frame.columns]
+    if absent:
+        raise ValueError(f"reference frame lacks feature column(s) {absent}; it has {frame.columns}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (frame.height,):
+        raise ValueError(f"scores must be one per reference row ({frame.height}), got shape {scores.shape}")
+    scores = np.where(np.isfinite(scores), scores, np.nan)
+    unknown = sorted(set(config.thresholds) - set(names))
+    if unknown:
+        raise ValueError(f"monitoring.drift.thresholds names {unknown}, which are not features; features are {names}")
+    chunks = config.reference_chunks
+    if frame.height < chunks:
+        raise ValueError(f"the reference needs at least reference_chunks={chunks} rows, got {frame.height}")
+
+    rng = np.random.default_rng(seed)
+    chunk_of_row = rng.permutation(frame.height) % chunks
+    numeric = [f for f in features if f.dtype != "category"]
+    categories = [f for f in features if f.dtype == "category"]
+
+    profiles: dict[str, NumericProfile | CategoryProfile] = {}
+    fitted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    sorted_values = sorted_numeric_values(frame, [f.name for f in numeric])
+    for feature in numeric:
+        profile = _numeric_profile(sorted_values[feature.name], frame.height, config.bins)
+        codes = _bin_codes(frame.select(numeric_values(feature.name)).to_series().to_numpy(), profile.edges)
+        profiles[feature.name] = profile
+        fitted[feature.name] = _chunk_statistics(codes, chunk_of_row, chunks, len(profile.frequencies))
+    codes_frame = frame.select(category_codes(f.name, f.categories or []) for f in categories)
+    for feature in categories:
+        codes = codes_frame[feature.name].to_numpy()
+        profile = _category_profile(codes, feature.categories or [])
+        profiles[feature.name] = profile
+        fitted[feature.name] = _chunk_statistics(codes, chunk_of_row, chunks, len(profile.bin_frequencies))
+
+    confidences = confidence_of(scores, decision_threshold)
+    score_profile = _numeric_profile(np.sort(scores[np.isfinite(scores)]), len(scores), config.bins)
+    confidence_profile = _numeric_profile(np.sort(confidences[np.isfinite(confidences)]), len(scores), config.bins)
+    score_stats = _chunk_statistics(_bin_codes(scores, score_profile.edges), chunk_of_row, chunks, len(score_profile.frequencies))
+    confidence_stats = _chunk_statistics(
+        _bin_codes(confidences, confidence_profile.edges), chunk_of_row, chunks, len(confidence_profile.frequencies)
+    )
+    scored = scores[np.isfinite(scores)]
+
+    thresholds = {name: _threshold(statistics, config.thresholds.get(name), config) for name, statistics in fitted.items()}
+    return ReferenceProfile(
+        rows=frame.height,
+        seed=seed,
+        chunk_rows=frame.height // chunks,
+        settings=ProfileSettings.of(config),
+        decision_threshold=decision_threshold,
+        features={name: profiles[name] for name in names},
+        score=score_profile,
+        confidence=confidence_profile,
+        positive_rate=float(np.mean(scored >= decision_threshold)) if len(scored) else None,
+        thresholds={name: thresholds[name] for name in names},
+        score_threshold=_threshold(score_stats, None, config),
+        confidence_threshold=_threshold(confidence_stats, None, config),
+    )
+
+
+def reference_sample(frame: pl.DataFrame, features: list[FeatureCard], rows: int, seed: int) -> pl.DataFrame:
+    """A uniform random sample (without replacement, seeded) of at most ``rows`` rows of the feature columns, in
+    card order: the reference side of the multivariate drift check and of the evidently report."""
+    if rows < 1:
+        raise ValueError(f"rows must be at least 1, got {rows}")
+    selected = frame.select(f.name for f in features)
+    return selected.sample(n=min(rows, selected.height), seed=seed, shuffle=True)
+
+
+def confidence_of(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """How far each score sits from the decision threshold, scaled to [0, 1] (as ``nightkeeper.scoring.confidence``)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.where(scores >= threshold, (scores - threshold) / (1 - threshold), (threshold - scores) / threshold)
+
+
+def reference_quantile(profile: NumericProfile, levels: np.ndarray) -> np.ndarray:
+    """The reference quantile function at ``levels`` in [0, 1], as described in ``NumericProfile`` (a sketched one
+    rounded to its ``resolution`` grid when it has one)."""
+    p = np.asarray(profile.quantile_levels)
+    x = np.asarray(profile.quantiles)
+    levels = np.clip(np.asarray(levels, dtype=np.float64), 0.0, 1.0)
+    if not profile.exact:
+        quantiles = PchipInterpolator(p, x)(levels)
+        if profile.resolution is not None and profile.min is not None:
+            quantiles = profile.min + np.round((quantiles - profile.min) / profile.resolution) * profile.resolution
+        return np.clip(quantiles, x[0], x[-1])
+    k = np.clip(np.searchsorted(p, levels, side="left"), 1, len(p) - 1)
+    p0, p1, x0, x1 = p[k - 1], p[k], x[k - 1], x[k]
+    width = p1 - p0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.where(width > 0, (levels - p0) / width, 1.0)
+    return x0 + np.clip(fraction, 0.0, 1.0) * (x1 - x0)
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+
+
+def _numeric_profile(values: np.ndarray, rows: int, bins: int) -> NumericProfile:
+    """Profile of the sorted non-missing ``values`` out of ``rows`` rows."""
+    n = len(values)
+    missing_rate = (rows - n) / rows if rows else 0.0
+    if n == 0:
+        return NumericProfile(
+            rows=rows, missing_rate=missing_rate, edges=[], frequencies=[], mean=None, std=None, min=None, max=None,
+            exact=True, resolution=None, quantile_levels=[], quantiles=[], cdf=[], cdf_below=[],
+        )
+    # inverted-CDF quantiles: the smallest value whose cumulative share reaches the level (an actual data value)
+    positions = np.ceil(np.arange(1, bins) / bins * n).astype(np.int64) - 1
+    edges = np.unique(values[np.clip(positions, 0, n - 1)])
+    frequencies = bin_counts(values, edges) / n
+    distinct = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    if len(distinct) <= MAX_ATOMS:
+        atoms = values[distinct]
+        upper = np.r_[distinct[1:], n] / n
+        lower = distinct / n
+        levels = np.column_stack([lower, upper]).ravel()
+        quantiles = np.repeat(atoms, 2)
+        levels[-1] = 1.0
+        exact = True
+    else:
+        levels = np.asarray(QUANTILE_LEVELS)
+        quantiles = np.quantile(values, levels, method="linear")
+        exact = False
+    resolution = None if exact else _lattice_step(values[distinct])
+    return NumericProfile(
+        rows=rows,
+        missing_rate=missing_rate,
+        edges=edges.tolist(),
+        frequencies=frequencies.tolist(),
+        mean=float(values.mean()),
+        std=float(values.std()),
+        min=float(values[0]),
+        max=float(values[-1]),
+        exact=exact,
+        resolution=resolution,
+        quantile_levels=levels.tolist(),
+        quantiles=np.asarray(quantiles, dtype=np.float64).tolist(),
+        cdf=(np.searchsorted(values, quantiles, side="right") / n).tolist(),
+        cdf_below=(np.searchsorted(values, quantiles, side="left") / n).tolist(),
+    )
+
+
+def _lattice_step(distinct: np.ndarray) -> float | None:
+    """The grid step of sorted distinct values when all lie on ``distinct[0] + k * step`` (step = smallest gap)."""
+    if len(distinct) < 2:
+        return None
+    step = float(np.diff(distinct).min())
+    ratio = (distinct - distinct[0]) / step
+    scale = max(float(np.abs(distinct).max()), 1.0)
+    if step <= 0 or not np.all(np.abs(ratio - np.round(ratio)) * step <= 1e-9 * scale):
+        return None
+    return step
+
+
+def _category_profile(codes: np.ndarray, levels: list[str]) -> CategoryProfile:
+    rows = len(codes)
+    present = codes[codes >= 0]
+    counts = np.bincount(present, minlength=len(levels) + 1)
+    shares = counts / len(present) if len(present) else np.zeros(len(levels) + 1)
+    return CategoryProfile(
+        rows=rows,
+        missing_rate=(rows - len(present)) / rows if rows else 0.0,
+        levels=list(levels),
+        frequencies=shares[:-1].tolist(),
+        other_frequency=float(shares[-1]),
+    )
+
+
+def _bin_codes(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Bin index of each value in the right-closed bins of ``edges``; -1 for a missing (NaN) value."""
+    codes = np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="left")
+    return np.where(np.isnan(values), -1, codes)
+
+
+def _chunk_statistics(
+    codes: np.ndarray, chunk_of_row: np.ndarray, chunks: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """PSI and JS distance of every chunk's bin shares against the whole reference's."""
+    if size == 0:
+        return np.zeros(chunks), np.zeros(chunks)
+    present = codes >= 0
+    counts = np.bincount(chunk_of_row[present] * size + codes[present], minlength=chunks * size).reshape(chunks, size)
+    total = counts.sum(axis=0)
+    if total.sum() == 0:
+        return np.zeros(chunks), np.zeros(chunks)
+    whole = total / total.sum()
+    sizes = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, sizes, out=np.zeros(counts.shape), where=sizes > 0)
+    usable = sizes[:, 0] > 0
+    return population_stability_index(whole, shares[usable]), jensen_shannon_distance(whole, shares[usable])
+
+
+def _threshold(statistics: tuple[np.ndarray, np.ndarray], override: float | None, config: DriftConfig) -> DriftThreshold:
+    psi, js = statistics
+    fitted_psi = max(config.psi_floor, _upper(psi, config.threshold_sigmas))
+    return DriftThreshold(
+        psi=float(override) if override is not None else fitted_psi,
+        fitted_psi=fitted_psi,
+        js_distance=_upper(js, config.threshold_sigmas),
+        source="config" if override is not None else "fitted",
+    )
+
+
+def _upper(values: np.ndarray, sigmas: float) -> float:
+    if len(values) < 2:
+        return 0.0
+    value = float(np.mean(values) + sigmas * np.std(values, ddof=1))
+    return value if math.isfinite(value) else 0.0
