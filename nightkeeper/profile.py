@@ -315,6 +315,25 @@ def fit_profile(
     )
 
 
+def with_threshold_overrides(profile: ReferenceProfile, thresholds: dict[str, float]) -> ReferenceProfile:
+    """A copy of ``profile`` whose PSI thresholds follow ``thresholds`` (e.g. today's ``monitoring.drift.thresholds``)
+    instead of those it was fitted with: a named feature takes the given value, every other one its fitted value.
+    Lets a config change apply to the serving champion without refitting. Raises ValueError for an unknown name."""
+    unknown = sorted(set(thresholds) - set(profile.features))
+    if unknown:
+        raise ValueError(f"thresholds name {unknown}, which are not features; features are {profile.feature_names}")
+    updated = {
+        name: threshold.model_copy(
+            update={"psi": float(thresholds[name]), "source": "config"}
+            if name in thresholds
+            else {"psi": threshold.fitted_psi, "source": "fitted"}
+        )
+        for name, threshold in profile.thresholds.items()
+    }
+    settings = profile.settings.model_copy(update={"thresholds": dict(thresholds)})
+    return profile.model_copy(update={"thresholds": updated, "settings": settings})
+
+
 def reference_sample(frame: pl.DataFrame, features: list[FeatureCard], rows: int, seed: int) -> pl.DataFrame:
     """A uniform random sample (without replacement, seeded) of at most ``rows`` rows of the feature columns, in
     card order: the reference side of the multivariate drift check and of the evidently report."""

@@ -27,6 +27,7 @@ from nightkeeper.profile import (
     jensen_shannon_distance,
     population_stability_index,
     reference_sample,
+    with_threshold_overrides,
 )
 from nightkeeper.simulator import simulate_history, simulate_night
 from nightkeeper.training import train_model, training_frame
@@ -213,6 +214,17 @@ def test_fitted_thresholds_follow_the_reference_chunks_without_a_floor(
     strict = fit_profile(reference, features, scores, 0.3, DriftConfig(psi_floor=0.0, threshold_sigmas=6.0), seed=SEED)
     for name in loose.thresholds:
         assert 0 < loose.thresholds[name].psi < strict.thresholds[name].psi < 0.05  # 1000-row chunks vary little
+
+
+def test_overrides_can_be_applied_to_a_stored_profile_without_refitting(profile: ReferenceProfile) -> None:
+    overridden = with_threshold_overrides(profile, {"age": 0.3})
+    assert overridden.thresholds["age"].psi == 0.3 and overridden.thresholds["age"].source == "config"
+    assert overridden.thresholds["income"] == profile.thresholds["income"]
+    restored = with_threshold_overrides(overridden, {})
+    assert restored.thresholds == profile.thresholds
+    assert ReferenceProfile.model_validate_json(overridden.model_dump_json()) == overridden
+    with pytest.raises(ValueError, match="agee"):
+        with_threshold_overrides(profile, {"agee": 0.3})
 
 
 def test_an_override_for_an_unknown_feature_is_refused(
