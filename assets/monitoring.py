@@ -25,9 +25,11 @@ from nightkeeper import alerts, drift, labels, metrics_store, performance, regis
 from nightkeeper.artifacts import ModelUnavailable, load_reference_sample
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.drift_report import write_evidently_report
+from nightkeeper.profile import with_threshold_overrides
 from nightkeeper.validation import ROW_KEY
 
 REPORTS_FOLDER = "reports"
+REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
 
 
 def night_of(context: AssetExecutionContext) -> dt.date:
@@ -107,8 +109,13 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         latest = performance.latest_realized(realized)
         metrics = performance.performance_metrics(latest, estimate_row, calibration, include_missing=True)
         reference_auc = champion.card.holdout_metrics["auc"] if champion else None
-        metrics["performance.estimated_auc_drop"] = _drop(reference_auc, metrics.get("performance.estimated_auc"))
-        metrics["performance.realized_auc_drop"] = _drop(reference_auc, metrics.get("performance.realized_auc"))
+        expected_auc = champion.card.holdout_metrics.get("estimated_auc") if champion else None
+        pooled = performance.pooled_realized_auc(
+            performance.scored_with_labels(outcomes, stored), REALIZED_WINDOW_NIGHTS, settings.min_labeled_rows
+        )
+        metrics["performance.realized_auc_window"] = pooled["auc"] if pooled else None
+        metrics["performance.estimated_auc_drop"] = _drop(expected_auc, metrics.get("performance.estimated_auc"))
+        metrics["performance.realized_auc_drop"] = _drop(reference_auc, pooled["auc"] if pooled else None)
         with warehouse.connect() as connection:
             _replace_table(connection, "monitoring.performance_realized", realized)
             metrics_store.record_metrics(connection, night, metrics, champion.version if champion else None)
@@ -212,7 +219,8 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         except ModelUnavailable as exc:
             context.log.warning(f"multivariate drift skipped: {exc}")
             sample = None
-        result = drift.measure_drift(card.profile, rows, scores, card.features, sample, settings.domain_classifier_rows)
+        profile = with_threshold_overrides(card.profile, settings.thresholds)
+        result = drift.measure_drift(profile, rows, scores, card.features, sample, settings.domain_classifier_rows)
         folder = config.path(Path(REPORTS_FOLDER))
         plot = result.plot(folder / f"drift-{night}.png")
         report = None
@@ -284,11 +292,10 @@ def _holds(metrics: dict[str, float | None], tolerance: float, reference: float 
     known = {name: drop for name, drop in drops.items() if drop is not None}
     if reference is None or not known:
         return CheckOutcome(True, "no champion reference or no performance figures yet", "WARN")
-    worst = max(known.values())
     limit = max(tolerance, 0.03)
     return CheckOutcome(
-        worst <= limit,
-        "; ".join(f"{name} AUC {reference - drop:.3f} vs holdout {reference:.3f}" for name, drop in known.items()),
+        max(known.values()) <= limit,
+        "; ".join(f"{name} AUC {-drop:+.3f} against the champion's holdout (limit −{limit})" for name, drop in known.items()),
         "ERROR",
         {name + "_auc_drop": drop for name, drop in known.items()},
     )

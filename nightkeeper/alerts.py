@@ -203,6 +203,9 @@ def transitions(
     whose condition does not hold on ``night`` (and that opened on or before ``night``). ``context`` is that night's
     metrics (``metrics_store.metrics_on``); its ``drift.*`` values become a performance alert's ``drift_metrics`` and,
     where a drift rule holds on them, its ``probable_causes`` (without context, the drift rules' own values are used).
+    While a data-quality rule holds on ``night``, drift rules do not open: bad data moves distributions as a
+    consequence, so the drift that would have opened is listed in the data-quality opening's
+    ``drift_attributed_to_this`` instead (one root cause, one page).
     Order: openings before resolutions, then by category (performance first), severity (critical first), rule order.
     """
     context = dict(context or {})
@@ -212,6 +215,13 @@ def transitions(
             by_rule.setdefault(alert["rule"], []).append(alert)
     causes = _probable_causes(states, context)
     drift_metrics = {name: value for name, value in sorted(context.items()) if name.startswith("drift.")}
+    # Bad data shifts distributions too: while a data-quality rule holds, drift is its consequence, not news.
+    data_quality_holds = any(state.held and state.rule.category == "data_quality" for state in states)
+    suppressed = [
+        {"rule": state.rule.name, "metric": state.rule.metric, "value": state.value}
+        for state in states
+        if data_quality_holds and state.rule.category == "drift" and state.sustained and not by_rule.get(state.rule.name)
+    ]
 
     found: list[tuple[tuple[int, int, int, int], AlertTransition]] = []
     for index, state in enumerate(states):
@@ -219,7 +229,11 @@ def transitions(
         rank = (CATEGORY_ORDER.index(rule.category), SEVERITY_ORDER.index(rule.severity), index)
         current = by_rule.get(rule.name, [])
         if not current and state.sustained:
+            if rule.category == "drift" and data_quality_holds:
+                continue
             extra = {"probable_causes": causes, "drift_metrics": drift_metrics} if rule.category == "performance" else {}
+            if rule.category == "data_quality" and suppressed:
+                extra = {"drift_attributed_to_this": suppressed}
             found.append(((0, *rank), _opening(state, extra)))
         elif state.held is False:
             for alert in current:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 import polars as pl
 
 from nightkeeper.config import BusinessValue, DecisionConfig
@@ -313,6 +314,25 @@ def calibration_check(
 
 
 # ------------------------------------------------------------------------------------------- metrics and plots
+
+
+def pooled_realized_auc(scored_labels: pl.DataFrame, nights: int, min_labeled_rows: int, source: str = "model") -> dict[str, float] | None:
+    """Realized AUC over the labeled rows of the latest ``nights`` scoring nights that have any label, pooled.
+
+    One night's AUC on a few thousand rows wanders by ±0.02 by chance alone; pooling a week of nights is what an
+    alert rule can rely on without crying wolf. ``scored_labels`` is ``scored_with_labels``'s output. Returns
+    ``auc``, ``labeled_rows`` and ``nights``, or None with fewer than ``min_labeled_rows`` labeled rows or one class.
+    """
+    labeled = scored_labels.filter((pl.col("source") == source) & pl.col("label").is_not_null())
+    recent_nights = labeled["partition_date"].unique().sort(descending=True).head(nights)
+    window = labeled.filter(pl.col("partition_date").is_in(recent_nights.implode()))
+    if window.height < min_labeled_rows or window["label"].n_unique() < 2:
+        return None
+    return {
+        "auc": float(roc_auc_score(window["label"].to_numpy(), window["score"].to_numpy())),
+        "labeled_rows": float(window.height),
+        "nights": float(recent_nights.len()),
+    }
 
 
 def latest_realized(realized: pl.DataFrame, source: str = "model") -> dict[str, object] | None:

@@ -13,9 +13,10 @@ import polars as pl
 from sklearn.metrics import brier_score_loss, log_loss, precision_score, recall_score, roc_auc_score
 
 from nightkeeper.card import ModelCard, TrainingWindow
-from nightkeeper.config import ProjectConfig
+from nightkeeper.config import BusinessValue, ProjectConfig
 from nightkeeper.encoding import categorical_indices, feature_cards, feature_matrix
 from nightkeeper.fallback import fit_fallback
+from nightkeeper.performance import estimate_performance
 from nightkeeper.profile import fit_profile, reference_sample
 from nightkeeper.validation import polars_dtype
 
@@ -105,7 +106,11 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
         ),
         data_fingerprint=data_fingerprint(data, [contract.entity_id, contract.target, *names]),
         library_versions=library_versions(),
-        holdout_metrics=binary_metrics(labels, scores, model_config.decision.threshold),
+        holdout_metrics={
+            **binary_metrics(labels, scores, model_config.decision.threshold),
+            # what CBPE would estimate on the holdout: tonight's estimate is compared with this, not with the AUC
+            "estimated_auc": float(estimate_performance(scores, model_config.decision.threshold, BusinessValue())["auc"] or 0.0),
+        },
         feature_importance_gain=dict(zip(names, map(float, booster.feature_importance("gain")))),
         missing_rates={name: float(data[name].null_count() / data.height) for name in names},
         fallback=fit_fallback(train, contract.target, config.fallback.segment_by, config.fallback.min_segment_rows),

@@ -98,3 +98,16 @@ def check_results(result: ExecuteInProcessResult) -> dict[str, Any]:
 
 def row_keys(frame: pl.DataFrame) -> set[tuple[str, int]]:
     return set(frame.select("source_file", "row_number").iter_rows())
+
+
+def run_plan(project: Project, plan: simulator.ScenarioPlan, nights: int, rows: int, label_delay_days: int = 3) -> list:
+    """Simulate ``nights`` nights of ``plan`` into the project's folders and run each through the nightly job."""
+    config = project.config
+    dates = simulator.simulate_to_folders(
+        FIRST_NIGHT, nights, rows, 11, plan, config.landing_path, config.labels_path, label_delay_days=label_delay_days
+    )
+    return [project.run_night(night) for night in dates]
+
+
+def alerts_table(project: Project) -> pl.DataFrame:
+    return project.query("select * from monitoring.alerts order by opened_night, alert_id")

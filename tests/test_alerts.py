@@ -239,3 +239,16 @@ def test_opening_message_names_severity_value_threshold_nights_and_runbook(conn:
     assert stored[0] == opened["message"]
     assert stored[1] == "docs/runbook.md#drift-share"
     assert json.loads(stored[2])["alert_id"] == "drift_share@2026-02-04"
+
+
+def test_drift_while_a_data_quality_rule_holds_is_attributed_to_it_instead_of_paging(conn: duckdb.DuckDBPyConnection) -> None:
+    schema = QUARANTINE.model_copy(update={"name": "schema_break", "sustained_nights": 1})
+    drift_now = DRIFT_SHARE.model_copy(update={"sustained_nights": 1})
+    rules = [drift_now, schema]
+
+    events = run_night(conn, 0, {"drift.drifted_share": 0.5, "validation.quarantine_rate": 0.2}, rules)
+
+    assert [event["rule"] for event in events] == ["schema_break"]
+    assert [cause["rule"] for cause in events[0]["drift_attributed_to_this"]] == ["drift_share"]
+    later = run_night(conn, 1, {"drift.drifted_share": 0.5, "validation.quarantine_rate": 0.0}, rules)
+    assert {(event["rule"], event["event"]) for event in later} == {("drift_share", "opened"), ("schema_break", "resolved")}
