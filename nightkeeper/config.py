@@ -363,6 +363,21 @@ class RolloutConfig(_Strict):
         return percents
 
 
+class BehaviourConfig(_Strict):
+    """Model-specific tests run on every candidate: expectations a person can state about the model's behaviour."""
+
+    directions: dict[str, Literal["increasing", "decreasing"]] = Field(
+        default_factory=dict,
+        description="Per numeric feature: how the score may move as the feature grows (e.g. income: decreasing).",
+    )
+    enforce_directions: bool = Field(True, description="Also pass the directions to LightGBM as monotone constraints.")
+    invariant: dict[str, float] = Field(
+        default_factory=dict, description="Per feature: the largest mean |score change| allowed when its values are shuffled."
+    )
+    max_violation_share: float = Field(0.01, ge=0, le=1, description="Share of rows that may break a direction.")
+    sample_rows: int = Field(2000, ge=50)
+
+
 class LifecycleConfig(_Strict):
     """Retraining, its gates and the rollout of a new model."""
 
@@ -371,6 +386,7 @@ class LifecycleConfig(_Strict):
     data_gate: TrainingDataGateConfig = TrainingDataGateConfig()
     promotion_gate: PromotionGateConfig = PromotionGateConfig()
     rollout: RolloutConfig = RolloutConfig()
+    behaviour: BehaviourConfig = BehaviourConfig()
     retrain_on_alert_categories: list[Literal["performance", "drift", "data_quality", "operations"]] = Field(
         default_factory=lambda: ["performance", "drift"], description="Alert categories whose opening triggers a retrain."
     )
@@ -401,6 +417,17 @@ class ProjectConfig(_Strict):
                     f"fallback.segment_by: {column!r} must be a category or bool feature of the contract; "
                     f"those are {[n for n, s in self.contract.features.items() if s.dtype in ('category', 'bool')]}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _behaviour_names_features(self) -> ProjectConfig:
+        behaviour = self.lifecycle.behaviour
+        for name in [*behaviour.directions, *behaviour.invariant]:
+            if name not in self.contract.features:
+                raise ValueError(f"lifecycle.behaviour: {name!r} is not a feature; features are {self.contract.feature_names}")
+        for name in behaviour.directions:
+            if self.contract.features[name].dtype not in ("float", "int", "bool"):
+                raise ValueError(f"lifecycle.behaviour.directions: {name!r} must be numeric or bool to have a direction")
         return self
 
     @model_validator(mode="after")

@@ -78,7 +78,7 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
         categorical_feature=categorical_indices(features),
         free_raw_data=True,
     )
-    booster = lgb.train(dict(model_config.params), dataset, num_boost_round=model_config.num_boost_round)
+    booster = lgb.train(training_params(config), dataset, num_boost_round=model_config.num_boost_round)
     model_text = booster.model_to_string()
     scores = booster.predict(feature_matrix(holdout, features))
     labels = holdout[contract.target].to_numpy()
@@ -94,7 +94,7 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
         created_at=dt.datetime.now(dt.timezone.utc),
         model_sha256=model_sha,
         features=features,
-        params=dict(model_config.params),
+        params=training_params(config),
         num_boost_round=model_config.num_boost_round,
         decision=model_config.decision,
         training_window=TrainingWindow(
@@ -118,6 +118,16 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
         reference_sample_sha256=frame_sha256(sample),
     )
     return TrainedModel(booster=booster, model_text=model_text, card=card, reference_sample=sample)
+
+
+def training_params(config: ProjectConfig) -> dict:
+    """LightGBM parameters: the configured ones, plus monotone constraints from the behaviour directions if enforced."""
+    params = dict(config.model.params)
+    behaviour = config.lifecycle.behaviour
+    if behaviour.enforce_directions and behaviour.directions:
+        sign = {"increasing": 1, "decreasing": -1}
+        params["monotone_constraints"] = [sign.get(behaviour.directions.get(name, ""), 0) for name in config.contract.features]
+    return params
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
