@@ -22,12 +22,15 @@ from dagster import (
 
 from assets.checks import check_result, markdown_table
 from jobs.resources import NIGHTLY_SCHEMA, WAREHOUSE_POOL, ProjectResource, WarehouseResource
-from nightkeeper import batch_checks, metrics_store, registry
+from nightkeeper import batch_checks, lifecycle, metrics_store, registry
+from nightkeeper.config import BusinessValue
+from nightkeeper.performance import estimate_performance
+from nightkeeper.routing import in_canary
 from nightkeeper.artifacts import ModelUnavailable, load_verified
 from nightkeeper.ingest import landed_files, read_raw_batch
 from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
-from nightkeeper.scoring import latency_percentiles, score_batch, unscored
-from nightkeeper.validation import quarantine_summary, validate
+from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, score_batch, unscored
+from nightkeeper.validation import ROW_KEY, quarantine_summary, validate
 
 PARTITION_METADATA = {"partition_expr": "partition_date"}
 
@@ -180,12 +183,84 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
         yield check_result("champion_answered", batch_checks.model_answered(error, version))
 
     @asset(
+        name="shadow_scores",
+        partitions_def=partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="nightly",
+        metadata=PARTITION_METADATA,
+        description="The challenger's score for every validated row (logged, served only to its canary share), and "
+        "its health against the champion tonight: errors, agreement, estimated AUC, latency. Its metadata carries "
+        "the rollout decision (hold / advance / promote / rollback) the rollout sensor acts on.",
+        check_specs=[AssetCheckSpec("challenger_healthy", asset="shadow_scores", description="The challenger kept its health rules tonight.")],
+    )
+    def shadow_scores(
+        context: AssetExecutionContext,
+        validated_batch: pl.DataFrame,
+        scored_batch: pl.DataFrame,
+        project: ProjectResource,
+        warehouse: WarehouseResource,
+    ):
+        config = project.load()
+        night = night_of(context)
+        with warehouse.connect() as connection:
+            state = registry.alias_state(connection, registry.CHALLENGER, night)
+            challenger = registry.get_version(connection, state.version) if state.version else None
+            history = metrics_store.metric_history(connection, ["rollout.healthy"], night - dt.timedelta(days=1), 400)
+        if challenger is None:
+            yield Output(pl.DataFrame(schema=SHADOW_SCHEMA), metadata={"challenger_version": "none", "rollout_action": "none"})
+            yield check_result("challenger_healthy", batch_checks.CheckOutcome(True, "no challenger tonight", "WARN"))
+            return
+        try:
+            booster = load_verified(challenger)
+            result = score_batch(validated_batch, booster, challenger.card, config.model.chunk_rows, config.model.time_budget_seconds)
+            frame = result.frame
+        except ModelUnavailable as exc:
+            frame = unscored(validated_batch, challenger.version, str(exc))
+        percent = lifecycle.canary_percent(state.stage)
+        frame = frame.with_columns(in_canary(frame["entity_id"], percent))
+        health = rollout_health(night, frame, scored_batch, config.model.decision.threshold)
+        earlier_healthy = history.filter(
+            (pl.col("night") >= state.effective_from) & (pl.col("value") == 1.0)
+        ).height
+        rollout = config.lifecycle.rollout
+        healthy = not health.failures(rollout)
+        decision = lifecycle.decide_rollout(state.stage, earlier_healthy + healthy, health, rollout)
+        record_night_metrics(warehouse, night, {
+            "rollout.healthy": float(healthy),
+            "rollout.error_rate": health.error_rate,
+            "rollout.agreement": health.agreement,
+            "rollout.estimated_auc_drop": health.estimated_auc_drop,
+            "rollout.canary_percent": percent,
+        }, challenger.version)
+        context.log.info(f"rollout of {challenger.version} ({state.stage}): {decision.action} — {decision.reason}")
+        yield Output(
+            frame,
+            metadata={
+                "night": night.isoformat(),
+                "challenger_version": challenger.version,
+                "stage": state.stage or "",
+                "canary_percent": percent,
+                "canary_rows": int(frame["in_canary"].sum()),
+                "error_rate": health.error_rate,
+                "agreement": health.agreement,
+                "estimated_auc_drop": health.estimated_auc_drop,
+                "healthy_nights_in_stage": earlier_healthy + healthy,
+                "rollout_action": decision.action,
+                "rollout_next_stage": decision.next_stage or "",
+                "rollout_reason": decision.reason,
+            },
+        )
+        yield check_result("challenger_healthy", batch_checks.CheckOutcome(
+            healthy, "; ".join(health.failures(rollout)) or f"{state.stage}: healthy ({decision.reason})", "ERROR",
+        ))
+
+    @asset(
         name="outcomes",
         partitions_def=partitions,
         pool=WAREHOUSE_POOL,
         group_name="nightly",
         metadata=PARTITION_METADATA,
-        description="Exactly one answer per raw row: source (model / fallback / quarantine), decision, score, "
+        description="Exactly one answer per raw row: source (model / canary / fallback / quarantine), decision, score, "
         "confidence, model version, latency and the reason when the model did not answer.",
         check_specs=[AssetCheckSpec("fallback_rate_within_limit", asset="outcomes", description="Few rows left to the fallback.")],
     )
@@ -194,18 +269,21 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
         raw_batch: pl.DataFrame,
         quarantine: pl.DataFrame,
         scored_batch: pl.DataFrame,
+        shadow_scores: pl.DataFrame,
         project: ProjectResource,
         warehouse: WarehouseResource,
     ):
         config = project.load()
         champion = _champion(warehouse, night_of(context))
         fallback = Fallback(champion.card.fallback, champion.version) if champion else Fallback(None, None)
+        canary = shadow_scores.filter(pl.col("in_canary")).drop("in_canary") if shadow_scores.height else None
         frame = assemble_outcomes(
-            raw_batch, quarantine, scored_batch, fallback, config.contract, config.model.decision, config.fallback.answer_quarantined
+            raw_batch, quarantine, scored_batch, fallback, config.contract, config.model.decision,
+            config.fallback.answer_quarantined, canary,
         )
         counts = outcome_summary(frame)
         total = frame.height
-        not_model = frame.filter(pl.col("source") != "model")
+        not_model = frame.filter(~pl.col("source").is_in(["model", "canary"]))
         reasons = (
             not_model.with_columns(pl.col("reason").str.split(";").list.first().str.replace(r":.*$", ""))
             .group_by("source", "reason").len().sort("len", descending=True)
@@ -249,7 +327,31 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
             ).fetchall()
         return check_result("outcomes_conserve_rows", batch_checks.rows_conserved(nights))
 
-    return [raw_batch, validate_batch, scored_batch, outcomes, outcomes_conserve_rows]
+    return [raw_batch, validate_batch, scored_batch, shadow_scores, outcomes, outcomes_conserve_rows]
+
+
+SHADOW_SCHEMA = {**SCORED_SCHEMA, "in_canary": pl.Boolean()}
+
+
+def rollout_health(night: dt.date, challenger: pl.DataFrame, champion: pl.DataFrame, threshold: float) -> lifecycle.NightHealth:
+    """The challenger's health tonight, judged against the champion on the same rows."""
+    rows = challenger.height
+    errors = challenger["model_error"].is_not_null().sum() if rows else 0
+    both = challenger.join(champion, on=ROW_KEY, suffix="_champion").filter(
+        pl.col("model_error").is_null() & pl.col("model_error_champion").is_null()
+    )
+    agreement = float((both["decision"] == both["decision_champion"]).mean()) if both.height else (1.0 if not rows else 0.0)
+    estimated = {
+        side: estimate_performance(both[column].to_numpy(), threshold, BusinessValue())["auc"]
+        for side, column in (("challenger", "score"), ("champion", "score_champion"))
+    } if both.height else {}
+    drop = (
+        estimated["champion"] - estimated["challenger"]
+        if estimated.get("champion") is not None and estimated.get("challenger") is not None
+        else None
+    )
+    error_rate = errors / rows if rows else 0.0
+    return lifecycle.NightHealth(night, error_rate, agreement, error_rate, drop)
 
 
 def record_night_metrics(

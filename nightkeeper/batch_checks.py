@@ -118,7 +118,7 @@ def model_answered(error: str | None, version: str | None) -> CheckOutcome:
 def fallback_rate_within_limit(counts: dict[str, int], max_rate: float) -> CheckOutcome:
     """The share of rows not answered by the model stays under ``max_rate``."""
     total = sum(counts.values())
-    not_model = total - counts.get("model", 0)
+    not_model = total - counts.get("model", 0) - counts.get("canary", 0)
     rate = not_model / total if total else 0.0
     return CheckOutcome(
         rate <= max_rate,

@@ -58,15 +58,19 @@ def write_evidently_report(
 
     evidently's own method choice applies (for samples over 1000 rows: normed Wasserstein for numbers with more than
     5 distinct values, Jensen-Shannon otherwise), so its verdicts can differ from our fitted thresholds; the report
-    is for reading, the nightly figures and flags are ours. Raises ValueError when either side has no rows.
+    is for reading, the nightly figures and flags are ours. Features without any value on a side are left out (evidently
+    cannot compare them; the missing-rate change is in our figures). Raises ValueError when either side has no rows.
     """
     if reference_sample.height == 0 or current.height == 0:
         raise ValueError(
             f"the evidently report needs rows on both sides; reference has {reference_sample.height}, current {current.height}"
         )
-    reference = _dataset(_bounded(reference_sample, rows, seed), features)
-    tonight = _dataset(_bounded(current, rows, seed + 1), features)
-    snapshot = Report([DataDriftPreset(columns=[f.name for f in features])]).run(tonight, reference)
+    reference_rows, current_rows = _bounded(reference_sample, rows, seed), _bounded(current, rows, seed + 1)
+    # evidently refuses a column with no value on a side; such a column is a data-quality finding reported elsewhere
+    shown = [f for f in features if reference_rows[f.name].null_count() < reference_rows.height and current_rows[f.name].null_count() < current_rows.height]
+    reference = _dataset(reference_rows, shown)
+    tonight = _dataset(current_rows, shown)
+    snapshot = Report([DataDriftPreset(columns=[f.name for f in shown])]).run(tonight, reference)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -107,7 +107,7 @@ def promote(connection: duckdb.DuckDBPyConnection, version: str, effective_from:
 
 def reject_challenger(connection: duckdb.DuckDBPyConnection, effective_from: dt.date, actor: str, reason: str) -> str | None:
     """Clear the challenger (a failed rollout); returns the version that was removed."""
-    version, _ = registry.alias_stage(connection, registry.CHALLENGER, effective_from)
+    version = registry.alias_state(connection, registry.CHALLENGER, effective_from).version
     if version is not None:
         registry.set_alias(connection, registry.CHALLENGER, None, effective_from, actor, reason)
     return version

@@ -1,6 +1,7 @@
 """Assemble the night's outcomes: exactly one answer per raw row, from the model, the fallback or quarantine.
 
-``source`` says who answered: ``model`` (the champion scored it), ``fallback`` (the fitted fallback rule answered
+``source`` says who answered: ``model`` (the champion scored it), ``canary`` (the challenger, for the stable share
+of entities routed to it), ``fallback`` (the fitted fallback rule answered
 because the model could not, or because the row was quarantined but its segment is known), ``quarantine`` (nobody
 could decide — quarantined and undecidable, or not scored and no fallback rule exists; the decision is the
 configured ``undecided`` label). ``reason`` says why a row is not a model answer.
@@ -59,14 +60,27 @@ def assemble_outcomes(
     contract: Contract,
     decision: DecisionConfig,
     answer_quarantined: bool,
+    canary: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """One outcome per raw row; raises RowConservationError if that cannot be shown."""
+    """One outcome per raw row; raises RowConservationError if that cannot be shown.
+
+    ``canary``: the challenger's answers (SCORED_SCHEMA) for the rows routed to it; each replaces the champion's
+    answer for its row with ``source = canary``. Rows the challenger failed to score are not in it and stay with
+    the champion.
+    """
     segment_by = fallback.rule.segment_by if fallback.rule else []
     segments = segment_values(raw, contract, segment_by)
 
     model_rows = scored.filter(pl.col("model_error").is_null()).with_columns(
         pl.lit("model").alias("source"), pl.lit(None, dtype=pl.String).alias("reason")
     )
+    if canary is not None and canary.height:
+        routed = canary.filter(pl.col("model_error").is_null()).join(model_rows.select(ROW_KEY), on=ROW_KEY).with_columns(
+            pl.lit("canary").alias("source"), pl.lit(None, dtype=pl.String).alias("reason")
+        )
+        model_rows = pl.concat(
+            [model_rows.join(routed.select(ROW_KEY), on=ROW_KEY, how="anti"), routed.select(model_rows.columns)]
+        )
     unscored = scored.filter(pl.col("model_error").is_not_null()).select(*ROW_KEY, pl.col("model_error").alias("reason"))
 
     reasons = quarantine.group_by(ROW_KEY).agg(
@@ -117,6 +131,6 @@ def assert_conserved(raw: pl.DataFrame, outcomes: pl.DataFrame) -> None:
 
 
 def outcome_summary(outcomes: pl.DataFrame) -> dict[str, int]:
-    """Row counts by source (model, fallback, quarantine)."""
+    """Row counts by source (model, canary, fallback, quarantine)."""
     counts = dict(outcomes.group_by("source").len().iter_rows())
-    return {source: int(counts.get(source, 0)) for source in ("model", "fallback", "quarantine")}
+    return {source: int(counts.get(source, 0)) for source in ("model", "canary", "fallback", "quarantine")}

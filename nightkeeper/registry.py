@@ -119,15 +119,24 @@ def alias_record(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.da
     return get_version(connection, version) if version else None
 
 
-def alias_stage(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.date) -> tuple[str | None, str | None]:
-    """(version, stage) of an alias on ``night``; (None, None) when it points nowhere."""
+@dataclass(frozen=True)
+class AliasState:
+    """Where an alias pointed on a night, in which stage, and since which night."""
+
+    version: str | None
+    stage: str | None
+    effective_from: dt.date | None
+
+
+def alias_state(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.date) -> AliasState:
+    """The alias log row in force on ``night`` (all None when the alias never pointed anywhere by then)."""
     ensure_registry(connection)
     row = connection.execute(
-        f"""select version, stage from {SCHEMA}.model_aliases where alias = ? and effective_from <= ?
+        f"""select version, stage, effective_from from {SCHEMA}.model_aliases where alias = ? and effective_from <= ?
             order by effective_from desc, seq desc limit 1""",
         [alias, night],
     ).fetchone()
-    return (row[0], row[1]) if row else (None, None)
+    return AliasState(*row) if row else AliasState(None, None, None)
 
 
 def alias_log(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:

@@ -33,6 +33,7 @@ def example_config(**overrides: Any) -> dict[str, Any]:
     """The shipped nightkeeper.yaml as a dict, with a small model and any top-level section overrides merged in."""
     raw = yaml.safe_load((REPO / "nightkeeper.yaml").read_text())
     raw["model"]["num_boost_round"] = 40
+    raw["monitoring"]["drift"]["evidently_report"] = False  # a few seconds a night; its own tests turn it on
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(raw.get(section), dict):
             raw[section] = {**raw[section], **values}
