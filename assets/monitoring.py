@@ -29,6 +29,7 @@ from nightkeeper.profile import with_threshold_overrides
 from nightkeeper.validation import ROW_KEY
 
 REPORTS_FOLDER = "reports"
+LIFECYCLE_EVENT_METRICS = ("lifecycle.rollbacks", "lifecycle.candidate_rejected", "lifecycle.retrain_refused")
 REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
 
 
@@ -149,6 +150,9 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         night = night_of(context)
         settings = config.monitoring.alerts
         with warehouse.connect() as connection:
+            # lifecycle events are counted when they happen; a night without one counts 0, which resolves its alert
+            recorded = metrics_store.metrics_on(connection, night)
+            metrics_store.record_metrics(connection, night, {m: 0.0 for m in LIFECYCLE_EVENT_METRICS if m not in recorded}, None)
             events = alerts.run_alerts(connection, settings.rules, night)
             still_open = alerts.open_alerts(connection)
         for event in events:

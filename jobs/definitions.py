@@ -17,8 +17,10 @@ from dagster import (
     in_process_executor,
 )
 
+from assets.lifecycle import candidate_evaluation, candidate_model, model_registry
 from assets.monitoring import build_monitoring_assets
 from assets.nightly import build_nightly_assets
+from jobs.lifecycle import build_lifecycle_automation, promote_job, retrain_job, rollback_job
 from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
 from nightkeeper.config import default_config_path, load_config
 
@@ -46,12 +48,14 @@ def build_definitions(config_path: Path) -> Definitions:
         minute_of_hour=config.schedule.run_at.minute,
         description="Runs the batch of night D once D is over.",
     )
+    sensors, lifecycle_schedules = build_lifecycle_automation(config)
     warehouse_path = str(config.warehouse_path)
     return Definitions(
-        assets=[a for a in nightly if not _is_check(a)],
+        assets=[*(a for a in nightly if not _is_check(a)), candidate_model, candidate_evaluation, model_registry],
         asset_checks=[a for a in nightly if _is_check(a)],
-        jobs=[nightly_batch],
-        schedules=[nightly_schedule],
+        jobs=[nightly_batch, retrain_job, promote_job, rollback_job],
+        schedules=[nightly_schedule, *lifecycle_schedules],
+        sensors=sensors,
         resources={
             "project": ProjectResource(config_path=str(Path(config_path).resolve())),
             "warehouse": WarehouseResource(database=warehouse_path),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from dagster import DagsterInstance, Definitions, build_schedule_context
+from dagster import DagsterInstance, Definitions, build_schedule_context, build_sensor_context
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from jobs.definitions import NIGHTLY_JOB, NIGHTLY_SCHEDULE, build_definitions
@@ -38,10 +38,18 @@ class DemoPlan:
     nights: int = 30
     rows_per_night: int = 5000
     seed: int = 7
-    bad_data_night: int = 9
+    bad_data_night: int = 3
+    concept_drift_night: int = 6
     history_days: int = 60
     history_rows_per_day: int = 2000
-    label_delay_days: int = 7
+    label_delay_days: int = 2
+
+    def scenarios(self) -> simulator.ScenarioPlan:
+        """A bad-data night, then from ``concept_drift_night`` on the world changes how defaults happen."""
+        return simulator.ScenarioPlan.combine(
+            simulator.ScenarioPlan.bad_data_at(self.bad_data_night),
+            simulator.ScenarioPlan.concept_drift(self.concept_drift_night, shift=1.0),
+        )
 
 
 def reset_demo_storage(config: ProjectConfig) -> list[Path]:
@@ -66,11 +74,13 @@ def run_demo(config_path: Path, plan: DemoPlan, console) -> pl.DataFrame:
     start = config.schedule.start_date
     nights = [start + dt.timedelta(days=i) for i in range(plan.nights)]
 
-    console.print(f"[bold]Simulating[/] {plan.nights} nights × {plan.rows_per_night:,} applications "
-                  f"(bad-data night: {nights[plan.bad_data_night] if plan.bad_data_night < plan.nights else 'none'})")
+    console.print(
+        f"[bold]Simulating[/] {plan.nights} nights × {plan.rows_per_night:,} applications: bad data on "
+        f"{start + dt.timedelta(days=plan.bad_data_night)}, concept drift from {start + dt.timedelta(days=plan.concept_drift_night)}, "
+        f"labels {plan.label_delay_days} days late"
+    )
     simulator.simulate_to_folders(
-        start, plan.nights, plan.rows_per_night, plan.seed,
-        simulator.ScenarioPlan.bad_data_at(plan.bad_data_night),
+        start, plan.nights, plan.rows_per_night, plan.seed, plan.scenarios(),
         config.landing_path, config.labels_path, label_delay_days=plan.label_delay_days,
     )
     history = simulator.simulate_history(start - dt.timedelta(days=1), plan.history_days, plan.history_rows_per_day, plan.seed)
@@ -94,11 +104,13 @@ def run_demo(config_path: Path, plan: DemoPlan, console) -> pl.DataFrame:
 def run_nights(
     defs: Definitions, instance: DagsterInstance, nights: list[dt.date], config: ProjectConfig, console
 ) -> dict[str, NightRun]:
-    """For each night, evaluate the nightly schedule at its run time and execute the runs it requests."""
+    """For each night, evaluate the nightly schedule at its run time and execute the runs it requests, then evaluate
+    every sensor and execute the runs they request (retrain, shadow, canary steps, promotion, rollback), in order."""
     schedule = defs.resolve_schedule_def(NIGHTLY_SCHEDULE)
     job = defs.resolve_job_def(NIGHTLY_JOB)
     run_at = config.schedule.run_at
     runs: dict[str, NightRun] = {}
+    sensors = SensorDriver(defs, instance)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     with progress:
         task = progress.add_task("nights", total=len(nights))
@@ -116,8 +128,45 @@ def run_nights(
                 )
                 failed_checks = sorted(e.check_name for e in result.get_asset_check_evaluations() if not e.passed)
                 runs[request.partition_key] = NightRun(result.run_id, result.success, failed_checks)
+            for line in sensors.tick():
+                progress.console.print(f"  {night}: {line}")
             progress.update(task, advance=1, description=f"night {night}")
     return runs
+
+
+class SensorDriver:
+    """Evaluates the definitions' sensors against the instance, keeping their cursors, and executes what they request
+    (each run key once, as the daemon would)."""
+
+    def __init__(self, defs: Definitions, instance: DagsterInstance) -> None:
+        self.defs, self.instance = defs, instance
+        self.cursors: dict[str, str | None] = {}
+        self.done: set[str] = set()
+
+    def tick(self) -> list[str]:
+        """One round over every sensor, repeated while any of them requested a run; returns what was run."""
+        ran: list[str] = []
+        while True:
+            requested = False
+            for sensor in self.defs.sensors or []:
+                with build_sensor_context(instance=self.instance, cursor=self.cursors.get(sensor.name), definitions=self.defs) as context:
+                    data = sensor.evaluate_tick(context)
+                self.cursors[sensor.name] = data.cursor
+                for request in data.run_requests or []:
+                    if request.run_key in self.done:
+                        continue
+                    self.done.add(request.run_key)
+                    requested = True
+                    job_name = request.job_name or sensor.job_name
+                    result = self.defs.resolve_job_def(job_name).execute_in_process(
+                        run_config={**request.run_config, **QUIET_LOGS},
+                        instance=self.instance,
+                        tags={**request.tags, "dagster/sensor_name": sensor.name},
+                        raise_on_error=False,
+                    )
+                    ran.append(f"{sensor.name} → {job_name} ({request.run_key}){'' if result.success else ' FAILED'}")
+            if not requested:
+                return ran
 
 
 def night_summary(config: ProjectConfig, nights: list[dt.date]) -> pl.DataFrame:
@@ -127,6 +176,7 @@ def night_summary(config: ProjectConfig, nights: list[dt.date]) -> pl.DataFrame:
             f"""select partition_date as night,
                        count(*) as rows,
                        count(*) filter (where source = 'model') as model,
+                       count(*) filter (where source = 'canary') as canary,
                        count(*) filter (where reason like 'quarantined:%') as quarantined,
                        count(*) filter (where source = 'fallback') as fallback,
                        count(*) filter (where source = 'quarantine') as undecided,

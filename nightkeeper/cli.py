@@ -88,21 +88,22 @@ def demo(
     nights: Annotated[int, typer.Option(help="Nights to simulate and run.")] = 30,
     rows: Annotated[int, typer.Option(help="Applications per night.")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
-    bad_night: Annotated[int, typer.Option(help="Index (0-based) of the bad-data night.")] = 9,
+    bad_night: Annotated[int, typer.Option(help="Index (0-based) of the bad-data night.")] = 3,
+    drift_night: Annotated[int, typer.Option(help="Index (0-based) of the first night of concept drift.")] = 6,
 ) -> None:
     """Reset the config's storage, simulate nights and drive them through the real Dagster schedule and job."""
     from jobs.demo import DemoPlan, run_demo
 
     path = _config_path(config)
     project = _load(config)
-    summary = run_demo(path, DemoPlan(nights=nights, rows_per_night=rows, seed=seed, bad_data_night=bad_night), console)
+    summary = run_demo(path, DemoPlan(nights=nights, rows_per_night=rows, seed=seed, bad_data_night=bad_night, concept_drift_night=drift_night), console)
     table = Table(title="Nights")
-    for column in ("night", "rows", "model", "quarantined", "fallback", "undecided", "version", "failed checks"):
+    for column in ("night", "rows", "model", "canary", "quarantined", "fallback", "undecided", "version", "failed checks"):
         table.add_column(column, justify="left" if column in ("night", "version") else "right", no_wrap=column == "night")
     for row in summary.iter_rows(named=True):
         failed = [name for name in (row["failed_checks"] or "").split(", ") if name]
         table.add_row(
-            str(row["night"]), f"{row['rows']:,}", f"{row['model']:,}", f"{row['quarantined']:,}", f"{row['fallback']:,}",
+            str(row["night"]), f"{row['rows']:,}", f"{row['model']:,}", f"{row['canary']:,}", f"{row['quarantined']:,}", f"{row['fallback']:,}",
             f"{row['undecided']:,}", (row["model_version"] or "-")[:8], str(len(failed)) if failed else "",
         )
     console.print(table)
