@@ -2,21 +2,22 @@
 
     .venv/bin/python benchmarks/night_throughput.py                      # 100k and 1M rows, 3 repeats
     .venv/bin/python benchmarks/night_throughput.py --rows 200000 --repeats 5
-    .venv/bin/python benchmarks/night_throughput.py --quick              # 10k rows, 1 repeat (smoke test)
+    .venv/bin/python benchmarks/night_throughput.py --quick              # 10k rows, 1 repeat, 5 nights of history (smoke)
     .venv/bin/python benchmarks/night_throughput.py --json results.json  # also write the raw measurements
 
 Two measurements per size and repeat:
 
 (a) ``dagster``: the whole night through the real ``nightly_batch`` job (``execute_in_process`` with an ephemeral
     Dagster instance on a real DuckDB warehouse file in a temp dir): wall time of the run and peak RSS of the process.
-    Per-step durations are read from the run's event log.
+    The job is whatever ``nightly_batch`` selects (the four core steps and, today, the monitoring steps too). Per-step
+    durations come from the run's event log; per-step peak RSS from a 20 ms RSS sampler thread.
 (b) ``stages``: the core functions called directly, no Dagster and no warehouse writes: ingest (landed_files +
     read_raw_batch), validate, score (load_verified + score_batch) and outcomes (assemble_outcomes).
 
 Each measurement runs in a fresh process (this script re-executed with a hidden ``--_worker`` flag) on a fresh copy
 of the warehouse as it was right after the champion was bootstrapped, so neither its peak memory nor its warehouse
 state is polluted by earlier measurements. Data generation (simulate_night on the clean scenario + write_landing)
-and the champion bootstrap (simulate_history, 30 nights x 2000 rows) happen once per size, in a separate "prepare"
+and the champion bootstrap (simulate_history, 30 nights x 2000 rows, ``--history-days``) happen once per size, in a separate "prepare"
 process, outside every timed region.
 
 Peak memory is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux) of the measuring process. Linux carries
@@ -48,6 +49,9 @@ SEED = 7
 HISTORY_DAYS = 30
 HISTORY_ROWS_PER_DAY = 2000
 STAGES = ("ingest", "validate", "score", "outcomes")
+# The Dagster steps that wrap the four stages (plus the row-conservation check on outcomes); any other step of
+# nightly_batch (late labels, performance, drift, alerts, ...) is reported as "rest of the job".
+CORE_STEPS = ("raw_batch", "validate_batch", "scored_batch", "outcomes", "outcomes_outcomes_conserve_rows")
 WORKER_TIMEOUT_SECONDS = 3600
 
 
@@ -68,6 +72,67 @@ def vm_hwm_mib() -> float | None:
     except OSError:
         pass
     return None
+
+
+class RssSampler:
+    """Samples this process's current RSS every ``interval`` seconds on a daemon thread, so a Dagster run's peak can
+    be attributed to the step running at that moment (ru_maxrss only gives the peak of the whole process)."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._page_mib = os.sysconf("SC_PAGE_SIZE") / 2**20
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True, name="rss-sampler")
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                pages = int(Path("/proc/self/statm").read_text().split()[1])
+            except (OSError, ValueError, IndexError):
+                return
+            self.samples.append((time.time(), pages * self._page_mib))
+            self._stop.wait(interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_between(self, start: float, end: float) -> float | None:
+        inside = [rss for at, rss in self.samples if start <= at <= end]
+        return max(inside) if inside else None
+
+
+class CpuMeter:
+    """How busy OTHER processes kept the machine during a timed region: (all CPU time the kernel counted in
+    /proc/stat - this process's own user+sys time) / (wall x nproc). 0 means the measurement had the CPUs to itself;
+    other engineers' test runs on a shared box show up here and make the times pessimistic."""
+
+    def __init__(self) -> None:
+        self.nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal: all but idle+iowait
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return time.perf_counter(), busy / self.tick, usage.ru_utime + usage.ru_stime
+
+    def others_share(self) -> float | None:
+        end = self._sample()
+        if self.start is None or end is None or end[0] <= self.start[0]:
+            return None
+        wall, machine, own = (e - s for e, s in zip(end, self.start))
+        return max(0.0, (machine - own) / (wall * self.nproc))
 
 
 # ------------------------------------------------------------------------------------------------------ workers
@@ -94,7 +159,7 @@ def _worker_prepare(spec: dict) -> dict:
     generated = time.perf_counter() - started
 
     started = time.perf_counter()
-    history = simulator.simulate_history(night - dt.timedelta(days=1), HISTORY_DAYS, HISTORY_ROWS_PER_DAY, SEED)
+    history = simulator.simulate_history(night - dt.timedelta(days=1), spec["history_days"], HISTORY_ROWS_PER_DAY, SEED)
     record = bootstrap_champion(config, history, night)
     bootstrapped = time.perf_counter() - started
 
@@ -137,6 +202,7 @@ def _worker_stages(spec: dict) -> dict:
     seconds: dict[str, float] = {}
     peak_after: dict[str, float] = {}
     baseline = ru_maxrss_mib()
+    meter = CpuMeter()
 
     started = time.perf_counter()
     paths = landed_files(config.landing_path, config.source.pattern, night)
@@ -158,6 +224,7 @@ def _worker_stages(spec: dict) -> dict:
         config.fallback.answer_quarantined,
     )
     seconds["outcomes"], peak_after["outcomes"] = time.perf_counter() - started, ru_maxrss_mib()
+    others_cpu = meter.others_share()
 
     return {
         "rows": batch.frame.height,
@@ -168,6 +235,7 @@ def _worker_stages(spec: dict) -> dict:
         "seconds": seconds,
         "total_seconds": sum(seconds.values()),
         "baseline_rss_mib": baseline,
+        "others_cpu": others_cpu,
         "peak_rss_after_mib": peak_after,
         "peak_rss_mib": ru_maxrss_mib(),
         "vm_hwm_mib": vm_hwm_mib(),
@@ -193,14 +261,18 @@ def _worker_dagster(spec: dict) -> dict:
     instance = DagsterInstance.ephemeral()
     gc.collect()
     baseline = ru_maxrss_mib()
+    meter = CpuMeter()
 
-    started = time.perf_counter()
-    result = job.execute_in_process(partition_key=spec["night"], instance=instance, raise_on_error=False)
-    wall = time.perf_counter() - started
+    with RssSampler() as sampler:
+        started = time.perf_counter()
+        result = job.execute_in_process(partition_key=spec["night"], instance=instance, raise_on_error=False)
+        wall = time.perf_counter() - started
+    others_cpu = meter.others_share()
     peak = ru_maxrss_mib()
     hwm = vm_hwm_mib()
 
     steps: dict[str, float] = {}
+    step_peaks: dict[str, float | None] = {}
     began: dict[str, float] = {}
     failures: list[str] = []
     for entry in instance.all_logs(result.run_id):
@@ -208,9 +280,10 @@ def _worker_dagster(spec: dict) -> dict:
         if event is None or event.step_key is None:
             continue
         if event.event_type_value == "STEP_START":
-            began[event.step_key] = entry.timestamp
+            began[event.step_key] = entry.timestamp  # dicts keep insertion order: the order the steps started
         elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in began:
             steps[event.step_key] = entry.timestamp - began[event.step_key]
+            step_peaks[event.step_key] = sampler.peak_between(began[event.step_key], entry.timestamp)
         if event.event_type_value == "STEP_FAILURE":
             failures.append(f"{event.step_key}: {event.event_specific_data.error.to_string()[:2000]}")
 
@@ -231,7 +304,10 @@ def _worker_dagster(spec: dict) -> dict:
         "stored_rows": stored,
         "seconds": wall,
         "step_seconds": steps,
+        "step_peak_rss_mib": step_peaks,
+        "step_order": list(began),
         "baseline_rss_mib": baseline,
+        "others_cpu": others_cpu,
         "peak_rss_mib": peak,
         "vm_hwm_mib": hwm,
         "warehouse_mib": config.warehouse_path.stat().st_size / 2**20,
@@ -285,11 +361,13 @@ def run_worker(mode: str, scratch: Path, label: str, **spec) -> dict:
     return json.loads(out.read_text())
 
 
-def prepare_size(rows: int, config: Path, scratch: Path) -> tuple[Path, dict]:
+def prepare_size(rows: int, config: Path, scratch: Path, history_days: int) -> tuple[Path, dict]:
     workdir = scratch / f"rows-{rows}"
     workdir.mkdir(parents=True)
     shutil.copyfile(config, workdir / "nightkeeper.yaml")
-    info = run_worker("prepare", scratch, f"prepare-{rows}", workdir=str(workdir), rows=rows, night=NIGHT)
+    info = run_worker(
+        "prepare", scratch, f"prepare-{rows}", workdir=str(workdir), rows=rows, night=NIGHT, history_days=history_days
+    )
     return workdir, info
 
 
@@ -387,7 +465,7 @@ def render(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(140, shutil.get_terminal_size((140, 40)).columns))
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # a file or pipe gets unwrapped rows
     info = results["machine"]
     console.print(
         f"[bold]Machine[/bold]: nproc={info['nproc']}  cpu={info['cpu']}  memory={info['memory']}  "
@@ -395,13 +473,13 @@ def render(results: dict) -> None:
         f"lightgbm {info['lightgbm']}  duckdb {info['duckdb']}  dagster {info['dagster']}  numpy {info['numpy']}"
     )
     console.print(
-        f"One clean night ({NIGHT}), seed {SEED}; champion bootstrapped on {HISTORY_DAYS} nights x "
+        f"One clean night ({NIGHT}), seed {SEED}; champion bootstrapped on {results['history_days']} nights x "
         f"{HISTORY_ROWS_PER_DAY} rows; {results['repeats']} repeat(s), each in a fresh process. "
         "Cells: median \\[min–max]."
     )
 
     table = Table(title="(a) Whole night through Dagster: nightly_batch.execute_in_process, DuckDB warehouse file")
-    for column in ("rows", "wall s", "rows/s", "peak RSS MiB", "RSS before run MiB", "VmHWM MiB", "warehouse MiB", "ok"):
+    for column in ("rows", "wall s", "rows/s", "peak RSS MiB", "RSS before run MiB", "VmHWM MiB", "warehouse MiB", "other CPU %", "ok"):
         table.add_column(column, justify="right")
     for rows, by_mode in results["sizes"].items():
         runs = by_mode.get("dagster", [])
@@ -415,29 +493,51 @@ def render(results: dict) -> None:
             fmt_range([m["baseline_rss_mib"] for m in runs], 0),
             fmt_range([m["vm_hwm_mib"] or 0.0 for m in runs], 0),
             fmt_range([m["warehouse_mib"] for m in runs], 0),
+            fmt_range([(m["others_cpu"] or 0.0) * 100 for m in runs], 0),
             "yes" if all(m["success"] and m["stored_rows"]["outcomes"] == int(rows) for m in runs) else "[red]NO[/red]",
         )
     console.print(table)
 
-    steps = Table(title="Dagster step durations (STEP_START→STEP_SUCCESS, incl. IO-manager load/store), median s")
-    step_keys = sorted({k for by_mode in results["sizes"].values() for m in by_mode.get("dagster", []) for k in m["step_seconds"]})
-    steps.add_column("rows", justify="right")
-    for key in step_keys:
-        steps.add_column(key, justify="right")
-    steps.add_column("sum of steps", justify="right")
-    steps.add_column("wall − steps", justify="right")
-    for rows, by_mode in results["sizes"].items():
-        runs = by_mode.get("dagster", [])
-        if not runs:
-            continue
-        medians = [statistics.median(m["step_seconds"].get(k, 0.0) for m in runs) for k in step_keys]
-        wall = statistics.median(m["seconds"] for m in runs)
-        steps.add_row(f"{int(rows):,}", *(f"{v:.2f}" for v in medians), f"{sum(medians):.2f}", f"{wall - sum(medians):.2f}")
+    dagster_sizes = [(rows, by_mode["dagster"]) for rows, by_mode in results["sizes"].items() if by_mode.get("dagster")]
+    found = {k for _, runs in dagster_sizes for m in runs for k in m["step_seconds"]}
+    started_order = [k for _, runs in dagster_sizes for m in runs for k in m.get("step_order", [])]
+    rest = sorted(found - set(CORE_STEPS), key=lambda k: started_order.index(k) if k in started_order else len(started_order))
+    step_keys = [k for k in CORE_STEPS if k in found] + rest
     if step_keys:
+        steps = Table(title="Dagster steps: duration STEP_START→STEP_SUCCESS (incl. the IO manager's DuckDB loads/stores) and "
+            "highest RSS sampled during the step (every 20 ms), medians")
+        steps.add_column("step")
+        steps.add_column("group")
+        for rows, _ in dagster_sizes:
+            steps.add_column(f"{int(rows):,} rows: s", justify="right")
+            steps.add_column(f"{int(rows):,} rows: peak RSS MiB", justify="right")
+        peaks = {
+            rows: {k: statistics.median(m.get("step_peak_rss_mib", {}).get(k) or 0.0 for m in runs) for k in step_keys}
+            for rows, runs in dagster_sizes
+        }
+        medians = {
+            rows: {k: statistics.median(m["step_seconds"].get(k, 0.0) for m in runs) for k in step_keys}
+            for rows, runs in dagster_sizes
+        }
+        for key in step_keys:
+            group = "core (stages)" if key in CORE_STEPS else "rest of the job"
+            steps.add_row(key, group, *(v for rows, _ in dagster_sizes for v in (f"{medians[rows][key]:.2f}", f"{peaks[rows][key]:,.0f}")))
+        steps.add_section()
+        def per_run_median(runs: list[dict], part) -> float:  # sums per run, then the median (medians do not add)
+            return statistics.median(part(m) for m in runs)
+
+        core = {rows: per_run_median(runs, lambda m: sum(v for k, v in m["step_seconds"].items() if k in CORE_STEPS)) for rows, runs in dagster_sizes}
+        other = {rows: per_run_median(runs, lambda m: sum(v for k, v in m["step_seconds"].items() if k not in CORE_STEPS)) for rows, runs in dagster_sizes}
+        outside = {rows: per_run_median(runs, lambda m: m["seconds"] - sum(m["step_seconds"].values())) for rows, runs in dagster_sizes}
+        steps.add_row("[bold]core steps[/bold]", "", *(v for rows, _ in dagster_sizes for v in (f"{core[rows]:.2f}", "")))
+        steps.add_row("[bold]rest of the job[/bold]", "", *(v for rows, _ in dagster_sizes for v in (f"{other[rows]:.2f}", "")))
+        steps.add_row(
+            "wall − all steps", "", *(v for rows, _ in dagster_sizes for v in (f"{outside[rows]:.2f}", ""))
+        )
         console.print(steps)
 
     stages = Table(title="(b) Per stage, core functions called directly (no Dagster, no warehouse writes)")
-    for column in ("rows", "stage", "seconds", "rows/s", "peak RSS after stage MiB", "share"):
+    for column in ("rows", "stage", "seconds", "rows/s", "peak RSS after stage MiB", "share", "other CPU %"):
         stages.add_column(column, justify="right")
     for rows, by_mode in results["sizes"].items():
         runs = by_mode.get("stages", [])
@@ -450,11 +550,13 @@ def render(results: dict) -> None:
                 f"{int(rows):,}", stage, fmt_range(values, 3), fmt_rate(int(rows), values),
                 f"{statistics.median(m['peak_rss_after_mib'][stage] for m in runs):,.0f}",
                 f"{statistics.median(values) / total:.0%}" if total else "",
+                "",
             )
         values = [m["total_seconds"] for m in runs]
         stages.add_row(
             f"{int(rows):,}", "[bold]total[/bold]", fmt_range(values, 3), fmt_rate(int(rows), values),
-            fmt_range([m["peak_rss_mib"] for m in runs], 0), "100%", end_section=True,
+            fmt_range([m["peak_rss_mib"] for m in runs], 0), "100%", fmt_range([(m["others_cpu"] or 0.0) * 100 for m in runs], 0),
+            end_section=True,
         )
     console.print(stages)
     baselines = [m["baseline_rss_mib"] for by_mode in results["sizes"].values() for m in by_mode.get("stages", [])]
@@ -463,6 +565,10 @@ def render(results: dict) -> None:
             f"RSS of a stages worker after imports, before the first stage: {statistics.median(baselines):,.0f} MiB "
             "(peak columns include it)."
         )
+    console.print(
+        "other CPU %: share of the machine's CPU time used by OTHER processes during the timed region "
+        f"(nproc={info['nproc']}); well above 0 means the CPUs were shared and the times are pessimistic."
+    )
     for note in results.get("notes", []):
         console.print(f"[yellow]note[/yellow]: {note}")
 
@@ -471,7 +577,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="night sizes (default 100000 1000000)")
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process repeats per size and measurement (default 3)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 10k rows, 1 repeat")
+    parser.add_argument(
+        "--history-days", type=int, default=HISTORY_DAYS,
+        help=f"nights of {HISTORY_ROWS_PER_DAY} labeled rows the champion is bootstrapped on (default {HISTORY_DAYS})",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 10k rows, 1 repeat, champion on 5 nights of history")
     parser.add_argument("--only", choices=["dagster", "stages"], help="run one of the two measurements only")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="project config to copy (default: the repo's)")
     parser.add_argument("--json", type=Path, help="also write all measurements and medians to this file")
@@ -483,19 +593,19 @@ def main(argv: list[str] | None = None) -> int:
         worker_main(args._worker)
         return 0
     if args.quick:
-        args.rows, args.repeats = [10_000], 1
-    if args.repeats < 1 or any(r < 1 for r in args.rows):
-        parser.error("--rows and --repeats must be positive")
+        args.rows, args.repeats, args.history_days = [10_000], 1, 5
+    if args.repeats < 1 or args.history_days < 1 or any(r < 1 for r in args.rows):
+        parser.error("--rows, --repeats and --history-days must be positive")
     modes = [args.only] if args.only else ["dagster", "stages"]
 
     scratch = Path(tempfile.mkdtemp(prefix="nk-bench-"))
     started = time.perf_counter()
-    results: dict = {"repeats": args.repeats, "night": NIGHT, "sizes": {}, "prepare": {}, "notes": []}
+    results: dict = {"repeats": args.repeats, "history_days": args.history_days, "night": NIGHT, "sizes": {}, "prepare": {}, "notes": []}
     try:
         results["machine"] = machine(run_worker("versions", scratch, "versions"))
         for rows in args.rows:
             print(f"[{time.perf_counter() - started:6.1f}s] {rows:,} rows: generating the night and bootstrapping the champion", flush=True)
-            workdir, info = prepare_size(rows, args.config, scratch)
+            workdir, info = prepare_size(rows, args.config, scratch, args.history_days)
             results["prepare"][str(rows)] = info
             by_mode: dict[str, list] = {mode: [] for mode in modes}
             results["sizes"][str(rows)] = by_mode
