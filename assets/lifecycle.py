@@ -22,7 +22,7 @@ from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.encoding import feature_cards, feature_matrix
 from nightkeeper.models import publish
 from nightkeeper.training import train_model, training_frame
-from nightkeeper.training_data import labeled_history
+from nightkeeper.training_data import labeled_history, split_holdout
 
 BEHAVIOUR_CHECKS = ["directions_hold", "invariant_features_do_not_matter", "scores_and_confidence_in_range", "edge_rows_are_scored"]
 CANDIDATES = "lifecycle.candidates"
@@ -54,10 +54,11 @@ def candidate_model(context: AssetExecutionContext, config: RetrainRequest, proj
     settings = project.load()
     as_of = dt.date.fromisoformat(config.as_of)
     life = settings.lifecycle
-    last_training_night = as_of - dt.timedelta(days=life.promotion_gate.holdout_days)
     first_night = as_of - dt.timedelta(days=life.training_window_days)
     with warehouse.connect() as connection:
-        window = labeled_history(connection, settings.contract, first_night, last_training_night, life.include_review_labels)
+        labeled = labeled_history(connection, settings.contract, first_night, as_of, life.include_review_labels)
+    window, _ = split_holdout(labeled, life.promotion_gate.holdout_days)
+    last_training_night = window["partition_date"].max() if window.height else None
     verdict = gates.training_window_gate(window, settings.contract.target, feature_cards(settings.contract), life.data_gate)
     if not verdict.gate.passed:
         reason = "; ".join(verdict.gate.reasons)
@@ -67,7 +68,7 @@ def candidate_model(context: AssetExecutionContext, config: RetrainRequest, proj
         yield MaterializeResult(metadata={"status": "refused", "reasons": reason, "trigger": config.trigger,
                                           "per_night": markdown_table(verdict.per_night, rows=100)})
         for name in BEHAVIOUR_CHECKS:
-            yield check_result(name, CheckOutcome(False, f"no candidate: the retrain was refused ({reason})"))
+            yield check_result(name, CheckOutcome(False, f"no candidate: the retrain was refused ({reason})", "WARN"))
         return
     kept = window.filter(~pl.col("partition_date").cast(pl.String).is_in(list(verdict.excluded_nights)))
     trained = train_model(kept.drop("partition_date", "label_source"), settings)
@@ -118,9 +119,10 @@ def candidate_evaluation(context: AssetExecutionContext, config: RetrainRequest,
             return MaterializeResult(metadata={"decision": "nothing to evaluate", "as_of": config.as_of})
         candidate = registry.get_version(connection, candidate_version)
         champion = registry.alias_record(connection, registry.CHAMPION, as_of)
-        holdout = labeled_history(
-            connection, settings.contract, as_of - dt.timedelta(days=gate_config.holdout_days - 1), as_of, include_review=False
+        labeled = labeled_history(
+            connection, settings.contract, as_of - dt.timedelta(days=settings.lifecycle.training_window_days), as_of, include_review=False
         )
+    _, holdout = split_holdout(labeled, gate_config.holdout_days)
     if champion is None:
         return MaterializeResult(metadata={"decision": "approved", "version": candidate.version, "reasons": "no champion to beat"})
     champion_scores, champion_seconds = _timed_scores(champion, holdout)
@@ -144,6 +146,7 @@ def candidate_evaluation(context: AssetExecutionContext, config: RetrainRequest,
             "as_of": config.as_of,
             "reasons": reasons,
             "holdout_rows": holdout.height,
+            "holdout_nights": ", ".join(map(str, holdout["partition_date"].unique().sort().to_list())),
             **{name: float(value) for name, value in result.metrics.items()},
         }
     )
@@ -200,12 +203,16 @@ def apply_change(connection, change: RegistryChange, effective: dt.date) -> str:
     raise ValueError(f"unknown registry action {change.action!r}")
 
 
-def _timed_scores(record: registry.ModelRecord, holdout: pl.DataFrame) -> tuple[np.ndarray, float]:
+def _timed_scores(record: registry.ModelRecord, holdout: pl.DataFrame, repeats: int = 5) -> tuple[np.ndarray, float]:
+    """Scores of ``record`` on the holdout and the best of ``repeats`` timings (the first call pays for warm-up)."""
     booster = load_verified(record)
     matrix = feature_matrix(holdout, record.card.features)
-    started = time.perf_counter()
-    scores = booster.predict(matrix)
-    return scores, time.perf_counter() - started
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        scores = booster.predict(matrix)
+        timings.append(time.perf_counter() - started)
+    return scores, min(timings)
 
 
 def _record_candidate(warehouse: WarehouseResource, version: str | None, as_of: dt.date, trigger: str, status: str, reasons: str) -> None:

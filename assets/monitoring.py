@@ -176,6 +176,9 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
                     for e in opened
                 ]),
                 "open_alerts": markdown_table(still_open.select("alert_id", "category", "severity", "opened_night", "message"), rows=20),
+                "open_alert_categories": MetadataValue.json(
+                    [{"alert_id": a, "category": c} for a, c in still_open.select("alert_id", "category").iter_rows()]
+                ),
                 "webhook_delivered": delivery.delivered,
                 "webhook_pending": delivery.pending,
                 "webhook_configured": delivery.webhook_configured,

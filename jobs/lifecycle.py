@@ -65,19 +65,23 @@ def build_lifecycle_automation(config: ProjectConfig) -> tuple[list, list]:
 
     @asset_sensor(
         asset_key=AssetKey("alerts"), name="retrain_on_alerts", jobs=[retrain_job],
-        description=f"Requests a retrain when an alert of category {sorted(retrain_categories)} opens and no rollout is under way.",
+        description=f"Requests a retrain each night an alert of category {sorted(retrain_categories)} is open and no "
+        "rollout is under way; a refused or rejected retrain is tried again on a later night, with more labels.",
     )
     def retrain_on_alerts(context: SensorEvaluationContext, asset_event: EventLogEntry):
         metadata = _metadata(asset_event)
         night = asset_event.dagster_event.partition if asset_event.dagster_event else None
-        triggering = [a for a in metadata.get("opened_alerts") or [] if a.get("category") in retrain_categories]
+        triggering = [a for a in metadata.get("open_alert_categories") or [] if a.get("category") in retrain_categories]
         if not triggering or night is None:
-            return SkipReason("no retrain-triggering alert opened")
+            return SkipReason("no retrain-triggering alert is open")
         shadow = context.instance.get_latest_materialization_event(AssetKey("shadow_scores"))
         if shadow and _metadata(shadow).get("challenger_version", "none") != "none":
             return SkipReason(f"a rollout of {_metadata(shadow)['challenger_version']} is under way")
+        evaluation = context.instance.get_latest_materialization_event(AssetKey("candidate_evaluation"))
+        if evaluation and _metadata(evaluation).get("decision") == "approved":
+            return SkipReason(f"candidate {_metadata(evaluation).get('version')} was approved and is about to shadow")
         trigger = ",".join(sorted(a["alert_id"] for a in triggering))
-        return RunRequest(run_key=f"retrain:{trigger}", run_config=retrain_run_config(night, trigger), tags={"nightkeeper/trigger": trigger})
+        return RunRequest(run_key=f"retrain:{night}", run_config=retrain_run_config(night, trigger), tags={"nightkeeper/trigger": trigger})
 
     @asset_sensor(
         asset_key=AssetKey("candidate_evaluation"), name="shadow_approved_candidates", jobs=[promote_job],

@@ -127,3 +127,102 @@ def ui(config: ConfigOption = None) -> None:
     env = {**os.environ, "DAGSTER_HOME": str(home), "NIGHTKEEPER_CONFIG": str(_config_path(config))}
     dagster = str(Path(sys.executable).parent / "dagster")
     os.execvpe(dagster, [dagster, "dev", "-w", str(project.root / "workspace.yaml")], env)
+
+
+models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(config: ConfigOption = None) -> None:
+    """Registered versions, newest first, and which one serves as champion / challenger today."""
+    from nightkeeper import registry, warehouse
+
+    project = _load(config)
+    today = dt.date.today()
+    with warehouse.connect(project.warehouse_path) as connection:
+        versions = registry.versions(connection)
+        champion = registry.alias_state(connection, registry.CHAMPION, today)
+        challenger = registry.alias_state(connection, registry.CHALLENGER, today)
+    table = Table(title="Model versions")
+    for column in ("version", "role", "registered", "holdout AUC", "training rows", "window"):
+        table.add_column(column)
+    for row in versions.iter_rows(named=True):
+        role = "champion" if row["version"] == champion.version else (
+            f"challenger ({challenger.stage})" if row["version"] == challenger.version else "")
+        table.add_row(row["version"], role, str(row["registered_at"])[:19], f"{row['holdout_auc']:.4f}",
+                      f"{row['training_rows']:,}", f"{(row['window_start'] or '')[:10]} … {(row['window_end'] or '')[:10]}")
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(version: str, config: ConfigOption = None) -> None:
+    """A version's card (lineage, metrics, fallback) and its lines in the alias log."""
+    import polars as pl
+
+    from nightkeeper import registry, warehouse
+
+    project = _load(config)
+    with warehouse.connect(project.warehouse_path) as connection:
+        try:
+            record = registry.get_version(connection, version)
+        except KeyError as exc:
+            console.print(f"[red]{exc.args[0]}[/]")
+            raise typer.Exit(2) from None
+        log = registry.alias_log(connection).filter(pl.col("version") == version)
+    card = record.card
+    console.print(f"[bold]{card.version}[/] ({card.project}) created {card.created_at:%Y-%m-%d %H:%M} — {record.model_path}")
+    console.print(f"training window {card.training_window.start} … {card.training_window.end}, {card.training_window.rows:,} rows, "
+                  f"fingerprint {card.data_fingerprint[:16]}…")
+    console.print("holdout: " + ", ".join(f"{k} {v:.4f}" for k, v in card.holdout_metrics.items()))
+    console.print("libraries: " + ", ".join(f"{k} {v}" for k, v in card.library_versions.items()))
+    for row in log.iter_rows(named=True):
+        console.print(f"  {row['effective_from']}: {row['alias']} {row['stage'] or ''} by {row['actor']}: {row['reason']}", soft_wrap=True)
+
+
+def _run_registry_job(config: Path | None, job_name: str, action: str, version: str, effective: str, reason: str, actor: str) -> None:
+    from jobs.definitions import build_definitions
+    from jobs.instance import persistent_instance
+    from jobs.lifecycle import registry_run_config
+
+    path = _config_path(config)
+    project = _load(config)
+    defs = build_definitions(path)
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        run_config={**registry_run_config(action, version, effective, reason, actor=actor),
+                    "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        instance=persistent_instance(project.dagster_home),
+        tags={"nightkeeper/actor": actor},
+        raise_on_error=False,
+    )
+    if not result.success:
+        failure = next((e for e in result.all_events if e.is_failure), None)
+        console.print(f"[red]{job_name} failed[/]: {failure.message if failure else 'see the run in the UI'}")
+        raise typer.Exit(1)
+    change = result.asset_materializations_for_node("model_registry")[0].metadata["change"].value
+    console.print(f"[green]{change}[/] (run {result.run_id})", soft_wrap=True)
+
+
+@models_app.command("promote")
+def models_promote(
+    version: str,
+    config: ConfigOption = None,
+    effective: Annotated[Optional[str], typer.Option(help="First night it serves (YYYY-MM-DD); default tomorrow.")] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the log.")] = "promoted by hand",
+    actor: Annotated[str, typer.Option(help="Who, for the log.")] = os.environ.get("USER", "operator"),
+) -> None:
+    """Make VERSION champion (a run of the `promote` job, visible in the Dagster UI)."""
+    when = effective or (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    _run_registry_job(config, "promote", "promote", version, when, reason, actor)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    config: ConfigOption = None,
+    effective: Annotated[Optional[str], typer.Option(help="First night the previous champion serves again; default tomorrow.")] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the log.")] = "rolled back by hand",
+    actor: Annotated[str, typer.Option(help="Who, for the log.")] = os.environ.get("USER", "operator"),
+) -> None:
+    """Restore the previous champion in one command (a run of the `rollback` job, logged with who and why; it alerts)."""
+    when = effective or (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    _run_registry_job(config, "rollback", "rollback_champion", "", when, reason, actor)

@@ -333,7 +333,7 @@ class TrainingDataGateConfig(_Strict):
 class PromotionGateConfig(_Strict):
     """The never-worse gate: a candidate must not lose to the champion on the same labeled holdout."""
 
-    holdout_days: int = Field(14, ge=1, description="Most recent labeled nights both models are evaluated on.")
+    holdout_days: int = Field(3, ge=1, description="Most recent labeled nights both models are evaluated on (the candidate trains on the nights before).")
     auc_tolerance: float = Field(0.005, ge=0, description="The bootstrap CI's lower bound of (candidate − champion) AUC must exceed −this.")
     bootstrap_samples: int = Field(200, ge=20)
     segments: list[str] = Field(default_factory=list, description="Category features whose levels are checked one by one.")

@@ -69,7 +69,6 @@ def assemble_outcomes(
     the champion.
     """
     segment_by = fallback.rule.segment_by if fallback.rule else []
-    segments = segment_values(raw, contract, segment_by)
 
     model_rows = scored.filter(pl.col("model_error").is_null()).with_columns(
         pl.lit("model").alias("source"), pl.lit(None, dtype=pl.String).alias("reason")
@@ -90,6 +89,9 @@ def assemble_outcomes(
     decidable = answer_quarantined & ~pl.col("segment_broken")
     to_fallback = pl.concat([unscored, reasons.filter(decidable).select(*ROW_KEY, "reason")])
     undecided = reasons.filter(~decidable).select(*ROW_KEY, "reason")
+    # only rows the model did not answer need their segment parsed (none on a clean night)
+    needing = pl.concat([to_fallback.select(ROW_KEY), undecided.select(ROW_KEY)])
+    segments = segment_values(raw.join(needing, on=ROW_KEY, how="semi"), contract, segment_by)
 
     fallback_rows = _fallback_answers(segments.join(to_fallback, on=ROW_KEY), fallback, decision)
     quarantine_rows = segments.select(KEY_COLUMNS).join(undecided, on=ROW_KEY).with_columns(

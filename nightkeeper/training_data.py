@@ -56,3 +56,13 @@ def _exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> b
             "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
         ).fetchone()[0]
     )
+
+
+def split_holdout(labeled: pl.DataFrame, holdout_nights: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(training, holdout): the holdout is the latest ``holdout_nights`` nights that carry labels, training is every
+    labeled night before them — so a candidate is never judged on rows it learned from."""
+    nights = labeled["partition_date"].unique().sort()
+    if nights.len() <= holdout_nights:
+        return labeled.head(0), labeled
+    first_holdout = nights[-holdout_nights]
+    return labeled.filter(pl.col("partition_date") < first_holdout), labeled.filter(pl.col("partition_date") >= first_holdout)

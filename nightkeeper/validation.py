@@ -30,6 +30,7 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 MISSING_COLUMN_VALUE = "<column missing from file>"
+DECODE_SLICE_ROWS = 50_000
 _TRUE = ["true", "t", "yes", "y", "1", "1.0"]
 _FALSE = ["false", "f", "no", "n", "0", "0.0"]
 
@@ -99,14 +100,15 @@ def validate(raw: pl.DataFrame, contract: Contract) -> ValidationResult:
 def decode_records(raw: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     """The raw keys plus each of ``columns`` as stripped text in ``__text_<column>`` (empty text becomes null)."""
     struct = pl.Struct({name: pl.String for name in columns})
-    decoded = raw.select(*KEY_COLUMNS, pl.col("record").str.json_decode(struct).alias("__record"))
-    return decoded.select(
-        *KEY_COLUMNS,
-        *(
-            pl.col("__record").struct.field(name).str.strip_chars().replace("", None).alias(f"__text_{name}")
-            for name in columns
-        ),
-    )
+    fields = [
+        pl.col("__record").struct.field(name).str.strip_chars().replace("", None).alias(f"__text_{name}") for name in columns
+    ]
+    # decoded a slice at a time: one decode of a whole 1M-row night holds ~3 GB of intermediate structs at once
+    slices = [
+        part.select(*KEY_COLUMNS, pl.col("record").str.json_decode(struct).alias("__record")).select(*KEY_COLUMNS, *fields)
+        for part in raw.iter_slices(DECODE_SLICE_ROWS)
+    ]
+    return pl.concat(slices) if slices else raw.select(*KEY_COLUMNS, *(pl.lit(None, dtype=pl.String).alias(f"__text_{c}") for c in columns))
 
 
 def parse_feature(name: str, spec: FeatureSpec) -> pl.Expr:

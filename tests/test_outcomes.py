@@ -175,7 +175,7 @@ def test_model_error_sends_every_valid_row_to_the_fallback_with_the_reason(
     assert answered.sort(ROW_KEY)["score"].to_list() == expected.to_list()
     threshold = core_config.model.decision.threshold
     assert answered["decision"].to_list() == ["decline" if s >= threshold else "approve" for s in answered["score"]]
-    assert outcome_summary(outcomes) == {"model": 0, "fallback": ROWS - 2, "quarantine": 2}
+    assert outcome_summary(outcomes) == {"model": 0, "canary": 0, "fallback": ROWS - 2, "quarantine": 2}
 
 
 def test_without_a_fallback_rule_unanswered_rows_are_undecided(
@@ -194,7 +194,7 @@ def test_without_a_fallback_rule_unanswered_rows_are_undecided(
 
 def test_outcome_summary_counts_rows_by_source(night: Night, core_config: ProjectConfig, core_trained: TrainedModel) -> None:
     outcomes = assemble(night, core_config, core_trained)
-    assert outcome_summary(outcomes) == {"model": ROWS - 4, "fallback": 2, "quarantine": 2}
+    assert outcome_summary(outcomes) == {"model": ROWS - 4, "canary": 0, "fallback": 2, "quarantine": 2}
 
 
 def test_bad_data_night_conserves_rows(tmp_path: Path, core_config: ProjectConfig, core_trained: TrainedModel) -> None:

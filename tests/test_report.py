@@ -1,0 +1,228 @@
+"""The monthly review and the model card, end to end: nights run through the real Dagster job into a DuckDB warehouse,
+a snapshot is exported, papermill executes the notebooks on it, nbconvert renders HTML without code.
+
+One small project serves every test (module fixture): 4 nights of 800 rows with a bad-data night, labels 2 nights
+late. After 2 nights no label has landed (the "no labels yet" snapshot); after 4 nights the month has realized
+performance, alerts, and — stored with the core review functions — a review queue with some reviewed rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from nightkeeper import lifecycle, registry, report, review, simulator, warehouse
+from nightkeeper.config import ReviewConfig
+from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, example_config, make_project
+
+MONTH = f"{FIRST_NIGHT:%Y-%m}"
+NIGHTS = 4
+ROWS = 800
+LABEL_DELAY = 2
+BAD_NIGHT = 2
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _store_review(project, nights: list[dt.date]) -> None:
+    """A review queue for each night (as the review step stores it) and labels for the first half of it."""
+    config = project.config
+    with warehouse.connect(config.warehouse_path) as connection:
+        outcomes = connection.execute("select * from nightly.outcomes").pl()
+        quarantine = connection.execute("select * from nightly.quarantine").pl()
+        queue = review.build_review_queue(outcomes, quarantine, config.model.decision.threshold, ReviewConfig(capacity=60))
+        for night in nights:
+            review.store_queue(connection, night, queue.filter(pl.col("partition_date") == night))
+        answered = queue.filter(pl.col("score").is_not_null()).head(queue.height // 2)
+        labels = answered.select(
+            "entity_id", "partition_date",
+            (pl.col("score") >= config.model.decision.threshold).cast(pl.Int8).alias("label"),
+            pl.lit("ana").alias("reviewer"), pl.lit(None, dtype=pl.String).alias("note"),
+            (pl.col("partition_date").cast(pl.Datetime("us")).dt.replace_time_zone("UTC") + pl.duration(days=1, hours=9)).alias("reviewed_at"),
+            pl.lit("review-2026-01.csv").alias("source_file"), pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("row_number"),
+        )
+        review.store_review_labels(connection, labels)
+
+
+def _alias_history(project, version: str) -> None:
+    """A challenger that went to shadow and was rejected, so the timeline has lifecycle events to draw."""
+    with warehouse.connect(project.config.warehouse_path) as connection:
+        lifecycle.start_shadow(connection, version, FIRST_NIGHT + dt.timedelta(days=1), "retrain", "candidate passed the gates")
+        lifecycle.reject_challenger(connection, FIRST_NIGHT + dt.timedelta(days=3), "rollout", "shadow failed its health check")
+
+
+@pytest.fixture(scope="module")
+def month(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    raw = example_config()
+    raw["monitoring"]["drift"] = {**raw["monitoring"]["drift"], "evidently_report": False}
+    project = make_project(root / "project", raw)
+    champion = bootstrap_example_champion(project)
+    config = project.config
+    nights = simulator.simulate_to_folders(
+        FIRST_NIGHT, NIGHTS, ROWS, 11, simulator.ScenarioPlan.bad_data_at(BAD_NIGHT),
+        config.landing_path, config.labels_path, label_delay_days=LABEL_DELAY,
+    )
+    for night in nights[:LABEL_DELAY]:
+        assert project.run_night(night).success
+    early = report.export_month_snapshot(config.warehouse_path, MONTH, root / "early", config=config)
+    for night in nights[LABEL_DELAY:]:
+        assert project.run_night(night).success
+    _store_review(project, nights)
+    _alias_history(project, champion.version)
+    full = report.export_month_snapshot(config.warehouse_path, MONTH, root / "full", config=config)
+    return {"root": root, "project": project, "champion": champion, "early": early, "full": full}
+
+
+@pytest.fixture(scope="module")
+def full_report(month):
+    return report.run_monthly_review(month["full"], MONTH, month["root"] / "full")
+
+
+def _problems(executed: Path) -> list[str]:
+    """Error outputs and stderr text of an executed notebook (a report must not show either)."""
+    notebook = json.loads(executed.read_text())
+    found = []
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            if output["output_type"] == "error":
+                found.append(f"{output['ename']}: {output['evalue']}")
+            elif output["output_type"] == "stream" and output.get("name") == "stderr":
+                found.append("".join(output["text"]))
+    return found
+
+
+def _text(html: str) -> str:
+    """The visible text of an HTML page, roughly (tags and images dropped, whitespace folded)."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<img[^>]*>", "", html)))
+
+
+def test_snapshot_holds_the_month_and_the_warehouse_is_closed(month):
+    snapshot = month["full"]
+    manifest = json.loads((snapshot / report.MANIFEST).read_text())
+    assert manifest["month"] == MONTH
+    assert manifest["nights_with_data"] == [(FIRST_NIGHT + dt.timedelta(days=i)).isoformat() for i in range(NIGHTS)]
+    volume = pl.read_parquet(snapshot / "volume.parquet")
+    assert volume["raw_rows"].to_list() == volume["outcome_rows"].to_list()  # row conservation, seen from the report
+    assert volume.height == NIGHTS
+    assert pl.read_parquet(snapshot / "performance_realized.parquet")["labeled_rows"].sum() > 0
+    assert pl.read_parquet(snapshot / "review_queue.parquet").height > 0
+    assert {"registry.model_aliases", "monitoring.alerts"}.isdisjoint(manifest["missing_tables"])
+    # the export let go of the file: another connection opens it at once
+    with duckdb.connect(str(month["project"].config.warehouse_path)) as connection:
+        assert connection.execute("select count(*) from nightly.outcomes").fetchone()[0] == volume["raw_rows"].sum()
+
+
+def test_full_month_renders_every_section_with_plots_and_no_code(month, full_report):
+    html = full_report.html.read_text()
+    text = _text(html)
+    for heading in report.MONTHLY_SECTIONS:
+        assert re.search(rf"<h2[^>]*>\s*{re.escape(heading)}", html), f"missing section {heading!r}"
+    assert full_report.images >= 6
+    assert full_report.images == html.count("<img")
+    assert "data:image/png;base64," in html  # images embedded, not linked
+    assert "import polars" not in html and "report.load_snapshot" not in html  # no code cells
+    assert _problems(full_report.executed_notebook) == []
+    assert "Traceback" not in html
+    assert 'src="http' not in html  # self-contained: no script or image fetched from the network
+    assert full_report.executed_notebook.exists()
+    # what needs attention is computed from the data: the bad night quarantined rows and opened alerts
+    assert "quarantine" in text.lower()
+    assert "runbook.md#quarantine-spike" in html
+    assert "no labels yet" not in text.lower()
+    assert "Reviewers agreed with the model" in text
+
+
+def test_attention_list_is_computed_from_the_snapshot(month):
+    items = report.attention_items(report.load_snapshot(month["full"]))
+    texts = " | ".join(item.text for item in items)
+    bad = (FIRST_NIGHT + dt.timedelta(days=BAD_NIGHT)).isoformat()
+    assert any("Quarantine rate above" in item.text and bad in item.text for item in items), texts
+    assert [item.level for item in items] == sorted((item.level for item in items), key=["critical", "warning", "info"].index)
+
+    early = report.attention_items(report.load_snapshot(month["early"]))
+    assert any("No labels yet" in item.text for item in early)
+
+
+def test_month_without_labels_says_so(month):
+    result = report.run_monthly_review(month["early"], MONTH, month["root"] / "early")
+    text = _text(result.html.read_text()).lower()
+    assert "no labels yet" in text
+    assert _problems(result.executed_notebook) == []
+    assert result.images >= 4
+
+
+def test_empty_month_says_no_data_and_still_renders(month):
+    root = month["root"] / "empty"
+    snapshot = report.export_month_snapshot(month["project"].config.warehouse_path, "2025-12", root)
+    result = report.run_monthly_review(snapshot, "2025-12", root)
+    html = result.html.read_text()
+    text = _text(html)
+    assert "No data for 2025-12" in text
+    assert _problems(result.executed_notebook) == []
+    for heading in report.MONTHLY_SECTIONS:
+        assert heading in text
+
+
+def test_export_tolerates_a_warehouse_without_tables(tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    duckdb.connect(str(path)).close()
+    snapshot = report.export_month_snapshot(path, "2026-02", tmp_path / "out")
+    manifest = json.loads((snapshot / report.MANIFEST).read_text())
+    assert "nightly.outcomes" in manifest["missing_tables"] and "review.queue" in manifest["missing_tables"]
+    assert manifest["nights_with_data"] == []
+    loaded = report.load_snapshot(snapshot)
+    assert not loaded.has_data
+    assert all(frame.height == 0 for frame in loaded.sections.values())
+    assert set(loaded.sections) == set(report.SECTION_SCHEMAS)
+    assert report.attention_items(loaded)[0].text.startswith("No data for 2026-02")
+    with pytest.raises(ValueError, match="YYYY-MM"):
+        report.export_month_snapshot(path, "2026-13", tmp_path / "out")
+    with pytest.raises(FileNotFoundError):
+        report.export_month_snapshot(tmp_path / "absent.duckdb", "2026-02", tmp_path / "out")
+
+
+def test_model_card_shows_metrics_lineage_importance_and_calibration(month):
+    champion = month["champion"]
+    config = month["project"].config
+    out = month["root"] / "card"
+    snapshot = report.export_model_snapshot(config.warehouse_path, champion.version, out)
+    result = report.run_model_card(champion.version, snapshot, champion.model_path.parent, out)
+    html = result.html.read_text()
+    text = _text(html)
+    for heading in report.MODEL_CARD_SECTIONS:
+        assert re.search(rf"<h2[^>]*>\s*{re.escape(heading)}", html), f"missing section {heading!r}"
+    assert champion.card.data_fingerprint[:16] in text
+    assert champion.version in text
+    assert result.images >= 2  # feature importance, calibration + ROC on labeled production rows
+    assert _problems(result.executed_notebook) == [] and "import polars" not in html
+
+
+def test_kernel_runs_this_interpreter():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = report.kernel_name()
+    spec = KernelSpecManager().get_kernel_spec(name)
+    assert spec.argv[0] in {"python", "python3", sys.executable} or Path(spec.argv[0]).resolve() == Path(sys.executable).resolve()
+
+
+@pytest.mark.slow
+def test_report_screenshot_in_headless_chromium(full_report, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("headless Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")
+    png = tmp_path / "monthly.png"
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "screenshot_report.py"), str(full_report.html), str(png)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 50_000  # a rendered page of charts, not a blank canvas
