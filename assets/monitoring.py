@@ -30,7 +30,8 @@ from nightkeeper.validation import ROW_KEY
 
 REPORTS_FOLDER = "reports"
 LIFECYCLE_EVENT_METRICS = ("lifecycle.rollbacks", "lifecycle.candidate_rejected", "lifecycle.retrain_refused")
-REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
+REALIZED_WINDOW_NIGHTS = 7
+LABEL_LOOKBACK_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
 
 
 def night_of(context: AssetExecutionContext) -> dt.date:
@@ -46,14 +47,19 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         pool=WAREHOUSE_POOL,
         group_name="monitoring",
         deps=[AssetKey("outcomes")],
-        description="Label files that arrived by this night, reconciled with the answers they label: accepted once, "
+        description="Label files that arrived in the week up to this night, reconciled with the answers they label: accepted once, "
         "re-deliveries ignored, unknown ids, bad values and conflicts rejected with reasons (monitoring.labels).",
     )
     def labels_asset(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
         config = project.load()
         night = night_of(context)
         totals: dict[str, int] = {}
-        files = labels.label_files(config.labels_path, night)
+        # files that arrived within the last week: re-reading them is harmless (nothing counts twice) and picks up
+        # labels whose answer was stored after the file arrived; older files were settled on earlier nights
+        files = [
+            path for path in labels.label_files(config.labels_path, night)
+            if labels.arrival_date(path) > night - dt.timedelta(days=LABEL_LOOKBACK_NIGHTS)
+        ]
         with warehouse.connect() as connection:
             for path in files:
                 incoming = labels.read_label_file(path, config.contract)
