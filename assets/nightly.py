@@ -29,7 +29,7 @@ from nightkeeper.routing import in_canary
 from nightkeeper.artifacts import ModelUnavailable, load_verified
 from nightkeeper.ingest import landed_files, read_raw_batch
 from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
-from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, score_batch, unscored
+from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored, with_reason_codes
 from nightkeeper.validation import ROW_KEY, quarantine_summary, validate
 
 PARTITION_METADATA = {"partition_expr": "partition_date"}
@@ -158,6 +158,9 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
                 booster = load_verified(champion)
                 result = score_batch(validated_batch, booster, champion.card, config.model.chunk_rows, config.model.time_budget_seconds)
                 frame, error = result.frame, result.error
+                if error is None:
+                    needs = needs_reasons(frame, champion.card.decision, config.model.reason_codes, config.review.band)
+                    frame = with_reason_codes(frame, validated_batch, booster, champion.card, needs, config.model.reason_code_count)
             except ModelUnavailable as exc:
                 frame, error = unscored(validated_batch, version, str(exc)), str(exc)
         if error:
@@ -173,7 +176,8 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
                 "latency_p50_ms": latency["p50_ms"],
                 "latency_p95_ms": latency["p95_ms"],
                 "decisions": MetadataValue.json(dict(frame.group_by("decision").len().iter_rows()) if frame.height else {}),
-                "preview": markdown_table(frame),
+                "rows_with_reason_codes": int(frame["reason_text"].is_not_null().sum()),
+                "preview": markdown_table(frame.drop("reason_codes")),
             },
         )
         record_night_metrics(warehouse, night_of(context), {
@@ -298,7 +302,7 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
                 "not_model_by_reason": markdown_table(reasons, rows=50),
                 "decisions": MetadataValue.json(dict(frame.group_by("decision").len().iter_rows()) if total else {}),
                 "model_version": champion.version if champion else "none",
-                "preview": markdown_table(frame),
+                "preview": markdown_table(frame.drop("reason_codes")),
             },
         )
         record_night_metrics(warehouse, night_of(context), {

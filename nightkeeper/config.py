@@ -141,6 +141,12 @@ class ModelConfig(_Strict):
     time_budget_seconds: float = Field(
         300.0, gt=0, description="Wall time the model may take for a whole night before the fallback answers instead."
     )
+    reason_codes: Literal["scoped", "all", "none"] = Field(
+        "scoped",
+        description="Which answers get reason codes (exact TreeSHAP, ~100× a prediction): 'scoped' = declined and "
+        "near-threshold (review band) answers, 'all' = every answer, 'none'.",
+    )
+    reason_code_count: int = Field(3, ge=1, le=20)
 
     @field_validator("params")
     @classmethod

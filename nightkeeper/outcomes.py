@@ -17,6 +17,7 @@ from nightkeeper.frames import conform
 
 from nightkeeper.config import Contract, DecisionConfig
 from nightkeeper.fallback import FallbackRule, decide
+from nightkeeper.reasons import REASON_STRUCT
 from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, decode_records, parse_feature
 
 OUTCOME_SCHEMA: dict[str, pl.DataType] = {
@@ -31,6 +32,8 @@ OUTCOME_SCHEMA: dict[str, pl.DataType] = {
     "model_version": pl.String(),
     "latency_ms": pl.Float64(),
     "reason": pl.String(),
+    "reason_codes": pl.List(REASON_STRUCT),
+    "reason_text": pl.String(),
 }
 
 

@@ -22,6 +22,7 @@ from nightkeeper.card import ModelCard
 from nightkeeper.config import DecisionConfig
 from nightkeeper.encoding import feature_matrix
 from nightkeeper.fallback import decide
+from nightkeeper.reasons import REASON_STRUCT, reason_codes
 from nightkeeper.validation import KEY_COLUMNS
 
 SCORED_SCHEMA: dict[str, pl.DataType] = {
@@ -35,6 +36,8 @@ SCORED_SCHEMA: dict[str, pl.DataType] = {
     "model_version": pl.String(),
     "latency_ms": pl.Float64(),
     "model_error": pl.String(),
+    "reason_codes": pl.List(REASON_STRUCT),
+    "reason_text": pl.String(),
 }
 
 
@@ -82,6 +85,8 @@ def score_batch(
         decide(pl.col("score"), card.decision).alias("decision"),
         pl.lit(card.version).alias("model_version"),
         pl.lit(None, dtype=pl.String).alias("model_error"),
+        pl.lit(None, dtype=pl.List(REASON_STRUCT)).alias("reason_codes"),
+        pl.lit(None, dtype=pl.String).alias("reason_text"),
     )
     return ScoringResult(conform(frame, SCORED_SCHEMA), None, seconds)
 
@@ -95,6 +100,8 @@ def unscored(valid: pl.DataFrame, version: str | None, error: str) -> pl.DataFra
         pl.lit(version, dtype=pl.String).alias("model_version"),
         pl.lit(None, dtype=pl.Float64).alias("latency_ms"),
         pl.lit(error).alias("model_error"),
+        pl.lit(None, dtype=pl.List(REASON_STRUCT)).alias("reason_codes"),
+        pl.lit(None, dtype=pl.String).alias("reason_text"),
     ).pipe(conform, SCORED_SCHEMA)
 
 
@@ -111,6 +118,33 @@ def _predict_chunks(
         scores[start : start + chunk.height] = booster.predict(feature_matrix(chunk, card.features))
         latencies[start : start + chunk.height] = (time.perf_counter() - began) * 1000 / chunk.height
     return scores, latencies
+
+
+def needs_reasons(scored: pl.DataFrame, decision: DecisionConfig, scope: str, band: float) -> pl.Expr:
+    """Which scored rows get reason codes: every one ('all'), none ('none'), or ('scoped') the declined answers and
+    those close enough to the threshold to be reviewed."""
+    scored_ok = pl.col("model_error").is_null()
+    if scope == "all":
+        return scored_ok
+    if scope == "none":
+        return pl.lit(False)
+    near = (pl.col("score") - decision.threshold).abs() <= band
+    return scored_ok & ((pl.col("decision") == decision.at_or_above_threshold) | near)
+
+
+def with_reason_codes(
+    scored: pl.DataFrame, valid: pl.DataFrame, booster: lgb.Booster, card: ModelCard, needs: pl.Expr, top_k: int
+) -> pl.DataFrame:
+    """``scored`` with reason codes filled in for the rows selected by ``needs`` (TreeSHAP only on those rows)."""
+    keys = scored.filter(needs).select(KEY_COLUMNS[1:3])
+    if keys.height == 0:
+        return scored
+    rows = keys.join(valid, on=KEY_COLUMNS[1:3], how="left", maintain_order="left")
+    reasons = reason_codes(rows, booster, card.features, top_k=top_k)
+    explained = pl.concat([keys, reasons.select("reason_codes", "reason_text")], how="horizontal")
+    return scored.drop("reason_codes", "reason_text").join(explained, on=KEY_COLUMNS[1:3], how="left", maintain_order="left").pipe(
+        conform, SCORED_SCHEMA
+    )
 
 
 def latency_percentiles(frame: pl.DataFrame) -> dict[str, float | None]:

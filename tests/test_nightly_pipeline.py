@@ -288,3 +288,21 @@ def _register_as_champion(project: Project, card, model_path) -> None:
     with warehouse.connect(project.config.warehouse_path) as connection:
         registry.register(connection, card, model_path)
         registry.set_alias(connection, registry.CHAMPION, card.version, FIRST_NIGHT, "test", "inject a broken champion")
+
+
+def test_declined_and_near_threshold_answers_carry_reason_codes_and_others_do_not(project):
+    project.land_night(NIGHT)
+
+    project.run_night(NIGHT)
+
+    outcomes = project.table("outcomes", NIGHT)
+    config = project.config
+    threshold, band = config.model.decision.threshold, config.review.band
+    declined = outcomes.filter(pl.col("decision") == "decline")
+    near = outcomes.filter((pl.col("score") - threshold).abs() <= band)
+    far_approved = outcomes.filter((pl.col("decision") == "approve") & ((pl.col("score") - threshold).abs() > band))
+    assert declined.height > 0 and far_approved.height > 0
+    assert declined["reason_text"].is_not_null().all() and near["reason_text"].is_not_null().all()
+    assert far_approved["reason_text"].is_null().all()
+    assert (declined["reason_codes"].list.len() == config.model.reason_code_count).all()
+    assert declined["reason_text"].str.contains("risk by").all()
