@@ -59,7 +59,9 @@ def candidate_model(context: AssetExecutionContext, config: RetrainRequest, proj
         labeled = labeled_history(connection, settings.contract, first_night, as_of, life.include_review_labels)
     window, _ = split_holdout(labeled, life.promotion_gate.holdout_days)
     last_training_night = window["partition_date"].max() if window.height else None
-    verdict = gates.training_window_gate(window, settings.contract.target, feature_cards(settings.contract), life.data_gate)
+    # nights are judged on delivered labels: reviewers label a chosen, near-threshold few, whose rate says nothing
+    delivered = window.filter(pl.col("label_source") == "delivered")
+    verdict = gates.training_window_gate(delivered, settings.contract.target, feature_cards(settings.contract), life.data_gate)
     if not verdict.gate.passed:
         reason = "; ".join(verdict.gate.reasons)
         context.log.error(f"retrain refused: {reason}")

@@ -19,8 +19,10 @@ from dagster import (
 
 from assets.lifecycle import candidate_evaluation, candidate_model, model_registry
 from assets.monitoring import build_monitoring_assets
+from assets.review import build_review_assets, review_labels
 from assets.nightly import build_nightly_assets
 from jobs.lifecycle import build_lifecycle_automation, promote_job, retrain_job, rollback_job
+from jobs.review import build_review_inbox_sensor, review_import_job
 from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
 from nightkeeper.config import default_config_path, load_config
 
@@ -34,10 +36,10 @@ def build_definitions(config_path: Path) -> Definitions:
     partitions = DailyPartitionsDefinition(
         start_date=config.schedule.start_date.isoformat(), timezone=config.schedule.timezone
     )
-    nightly = [*build_nightly_assets(partitions), *build_monitoring_assets(partitions)]
+    nightly = [*build_nightly_assets(partitions), *build_monitoring_assets(partitions), *build_review_assets(partitions)]
     nightly_batch = define_asset_job(
         NIGHTLY_JOB,
-        selection=AssetSelection.groups("nightly", "monitoring"),
+        selection=AssetSelection.groups("nightly", "monitoring") | AssetSelection.assets("review_queue"),
         description="One night: ingest, validate, score with the champion, fall back where it cannot, record outcomes; "
         "then late labels, performance, drift and alerts.",
     )
@@ -51,11 +53,11 @@ def build_definitions(config_path: Path) -> Definitions:
     sensors, lifecycle_schedules = build_lifecycle_automation(config)
     warehouse_path = str(config.warehouse_path)
     return Definitions(
-        assets=[*(a for a in nightly if not _is_check(a)), candidate_model, candidate_evaluation, model_registry],
+        assets=[*(a for a in nightly if not _is_check(a)), candidate_model, candidate_evaluation, model_registry, review_labels],
         asset_checks=[a for a in nightly if _is_check(a)],
-        jobs=[nightly_batch, retrain_job, promote_job, rollback_job],
+        jobs=[nightly_batch, retrain_job, promote_job, rollback_job, review_import_job],
         schedules=[nightly_schedule, *lifecycle_schedules],
-        sensors=sensors,
+        sensors=[*sensors, build_review_inbox_sensor(config)],
         resources={
             "project": ProjectResource(config_path=str(Path(config_path).resolve())),
             "warehouse": WarehouseResource(database=warehouse_path),

@@ -226,3 +226,49 @@ def models_rollback(
     """Restore the previous champion in one command (a run of the `rollback` job, logged with who and why; it alerts)."""
     when = effective or (dt.date.today() + dt.timedelta(days=1)).isoformat()
     _run_registry_job(config, "rollback", "rollback_champion", "", when, reason, actor)
+
+
+review_app = typer.Typer(help="The human review queue: export it for reviewers, import their labels.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("export")
+def review_export(
+    date: Annotated[str, typer.Option("--date", help="The night (YYYY-MM-DD) whose queue to export.")],
+    config: ConfigOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="CSV to write; default review-<date>.csv in the current folder.")] = None,
+) -> None:
+    """Write the night's review queue as a CSV with empty label / reviewer / note columns to fill in."""
+    from nightkeeper import review, warehouse
+
+    project = _load(config)
+    night = dt.date.fromisoformat(date)
+    with warehouse.connect(project.warehouse_path) as connection:
+        queue = review.queue_for(connection, night)
+    path = review.export_review_csv(queue, out or Path(f"review-{night}.csv"))
+    console.print(f"{queue.height} row(s) to review written to {path}; fill in 'label' and 'reviewer', then "
+                  f"`nightkeeper review import {path}` or drop it into {project.path(project.review.inbox)}", soft_wrap=True)
+
+
+@review_app.command("import")
+def review_import(file: Path, config: ConfigOption = None) -> None:
+    """Import a filled-in review CSV (a run of the `review_import` job): good rows recorded, bad rows to a rejects file."""
+    from jobs.definitions import build_definitions
+    from jobs.instance import persistent_instance
+    from jobs.review import REVIEW_IMPORT_JOB, review_import_run_config
+
+    path = _config_path(config)
+    project = _load(config)
+    result = build_definitions(path).resolve_job_def(REVIEW_IMPORT_JOB).execute_in_process(
+        run_config={**review_import_run_config(file.resolve()), "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        instance=persistent_instance(project.dagster_home),
+        raise_on_error=False,
+    )
+    if not result.success:
+        console.print(f"[red]import failed[/] (run {result.run_id})")
+        raise typer.Exit(1)
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("review_labels")[0].metadata.items()}
+    console.print(f"accepted {metadata['accepted']} ({metadata['new_labels']} new), rejected {metadata['rejected']} "
+                  f"(see {metadata['rejects_file']}), skipped {metadata['skipped_unlabeled']} without a label", soft_wrap=True)
+    if metadata["file_problem"]:
+        console.print(f"[red]{metadata['file_problem']}[/]")

@@ -334,6 +334,7 @@ class TrainingDataGateConfig(_Strict):
         0.05, gt=0, le=1, description="A night where more than this share of rows repeat a near-identical feature vector is suspect."
     )
     max_excluded_share: float = Field(0.3, gt=0, le=1, description="Refuse the retrain if suspect nights hold more than this share of rows.")
+    min_nights_to_judge: int = Field(5, ge=2, description="Fewer labeled nights than this give no median to judge a night by.")
 
 
 class PromotionGateConfig(_Strict):

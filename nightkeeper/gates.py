@@ -39,7 +39,8 @@ def training_window_gate(
     ``max_label_rate_shift`` from the median, or more than ``max_duplicate_share`` of its rows repeat a near-identical
     feature vector (numbers rounded to 2 significant digits) — the marks of a bot burst with skewed labels. Suspect
     nights are excluded; the retrain is refused when they hold more than ``max_excluded_share`` of the rows or fewer
-    than ``min_rows`` labeled rows remain.
+    than ``min_rows`` labeled rows remain. With fewer than ``min_nights_to_judge`` nights there is no median worth
+    the name, and only ``min_rows`` is checked.
     """
     if window.height == 0:
         return WindowVerdict(GateResult(False, ["the training window holds no labeled rows"]), {}, pl.DataFrame())
@@ -57,7 +58,8 @@ def training_window_gate(
     median_rows = float(per_night["rows"].median())
     median_rate = float(per_night["label_rate"].median())
     excluded: dict[str, str] = {}
-    for row in per_night.iter_rows(named=True):
+    judged = per_night if per_night.height >= config.min_nights_to_judge else per_night.head(0)
+    for row in judged.iter_rows(named=True):
         why = []
         if row["rows"] > config.max_volume_ratio * median_rows:
             why.append(f"{row['rows']} rows is {row['rows'] / median_rows:.1f}× the median {median_rows:g}")

@@ -1,0 +1,83 @@
+"""Humans in the loop: the nightly review queue and the import of reviewers' labels."""
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, AssetKey, Config, DailyPartitionsDefinition, MaterializeResult, asset
+from pydantic import Field
+
+from assets.checks import markdown_table
+from jobs.resources import WAREHOUSE_POOL, ProjectResource, WarehouseResource
+from nightkeeper import review
+
+
+class ReviewImportRequest(Config):
+    path: str = Field(description="The filled-in review CSV to import.")
+
+
+def build_review_assets(partitions: DailyPartitionsDefinition) -> list:
+    @asset(
+        name="review_queue",
+        partitions_def=partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="review",
+        deps=[AssetKey("outcomes")],
+        description="Tonight's answers a person should look at: model answers within the review band of the threshold "
+        "(most uncertain first), then quarantined rows a person could decide, capped at the nightly capacity.",
+    )
+    def review_queue(context: AssetExecutionContext, outcomes: pl.DataFrame, quarantine: pl.DataFrame, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+        config = project.load()
+        night = dt.date.fromisoformat(context.partition_key)
+        queue = review.build_review_queue(outcomes, quarantine, config.model.decision.threshold, config.review)
+        with warehouse.connect() as connection:
+            review.store_queue(connection, night, queue)
+        by_reason = queue.with_columns(pl.col("queue_reason").str.split(":").list.first()).group_by("queue_reason").len()
+        return MaterializeResult(
+            metadata={
+                "queued": queue.height,
+                "capacity": config.review.capacity,
+                "by_reason": markdown_table(by_reason, rows=10),
+                "export": f"nightkeeper review export --date {night}",
+                "preview": markdown_table(queue, rows=10),
+            }
+        )
+
+    return [review_queue]
+
+
+@asset(
+    name="review_labels",
+    group_name="review",
+    pool=WAREHOUSE_POOL,
+    description="Labels reviewers returned: valid rows recorded with reviewer and time (they feed the next retrain, "
+    "with provenance); unknown ids, labels outside the allowed set, duplicates, conflicts and malformed files are "
+    "rejected row by row into a rejects file beside the input.",
+)
+def review_labels(context: AssetExecutionContext, config: ReviewImportRequest, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+    settings = project.load()
+    path = Path(config.path)
+    with warehouse.connect() as connection:
+        queue = review.stored_queue(connection)
+        already = review.stored_review_labels(connection)
+    result = review.import_review_file(path, queue, already, settings.review.labels, dt.datetime.now(dt.timezone.utc))
+    rejects = review.write_rejects(result.rejected, path)
+    with warehouse.connect() as connection:
+        added = review.store_review_labels(connection, result.accepted)
+        review.store_rejects(connection, result.rejected)
+    if result.file_problem:
+        context.log.error(f"{path.name}: {result.file_problem}")
+    reasons = result.rejected.group_by("reason").len().sort("len", descending=True) if result.rejected.height else pl.DataFrame()
+    return MaterializeResult(
+        metadata={
+            "file": str(path),
+            "accepted": result.accepted.height,
+            "new_labels": added,
+            "rejected": result.rejected.height,
+            "skipped_unlabeled": result.skipped,
+            "unchanged": result.unchanged,
+            "file_problem": result.file_problem or "",
+            "rejects_file": str(rejects),
+            "rejections": markdown_table(reasons, rows=20),
+        }
+    )
