@@ -119,10 +119,15 @@ def rollback_champion(connection: duckdb.DuckDBPyConnection, effective_from: dt.
     Raises ValueError when there is no earlier champion to return to.
     """
     current = registry.alias_version(connection, registry.CHAMPION, effective_from)
-    log = registry.alias_log(connection).filter(pl.col("alias") == registry.CHAMPION)["version"].to_list()
+    log = (
+        registry.alias_log(connection)
+        .filter((pl.col("alias") == registry.CHAMPION) & (pl.col("effective_from") <= effective_from))
+        .sort("effective_from", "seq")["version"]
+        .to_list()
+    )  # only what had taken effect by then: a promotion scheduled for later is not a past champion
     champions = [version for i, version in enumerate(log) if version and (i == 0 or version != log[i - 1])]
     if current is None or len(champions) < 2:
         raise ValueError(f"no earlier champion to roll back to (current champion: {current})")
-    previous = champions[-2] if champions[-1] == current else champions[-1]
+    previous = champions[-2]
     registry.set_alias(connection, registry.CHAMPION, previous, effective_from, actor, reason)
     return current, previous

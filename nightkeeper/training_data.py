@@ -33,7 +33,8 @@ def labeled_history(
         sources.append("select entity_id, partition_date, label, 'delivered' as label_source, 1 as rank from monitoring.labels")
     if include_review and _exists(connection, "review", "labels"):
         sources.append(
-            "select entity_id, partition_date, label, 'review:' || reviewer || '@' || strftime(reviewed_at, '%Y-%m-%dT%H:%M:%SZ'),"
+            "select entity_id, partition_date, label,"
+            " 'review:' || reviewer || '@' || strftime(timezone('UTC', reviewed_at), '%Y-%m-%dT%H:%M:%SZ') as label_source,"
             " 2 as rank from review.labels"
         )
     if not sources:

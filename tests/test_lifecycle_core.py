@@ -270,12 +270,6 @@ def test_rollback_champion_with_no_champion_at_all_raises(connection, versions):
         lifecycle.rollback_champion(connection, JAN_10, "bob", "complaints")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: lifecycle.rollback_champion (nightkeeper/lifecycle.py:122-126) builds the champion history from the whole alias log in seq order, "
-    "including rows dated after effective_from; with a promotion scheduled for a later night, rolling back before "
-    "it 'restores' the future champion instead of raising (there is no earlier one)",
-)
 def test_rollback_before_a_scheduled_promotion_does_not_jump_to_the_future_champion(connection, versions):
     a, b = versions
     registry.set_alias(connection, registry.CHAMPION, a, JAN_1, "bootstrap", "first model")

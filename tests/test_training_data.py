@@ -175,12 +175,6 @@ def test_review_label_source_names_the_reviewer_and_the_utc_time(connection, cor
     assert set(frame["label_source"]) == {"review:alice@2024-05-09T08:30:00Z"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: training_data.labeled_history (nightkeeper/training_data.py:36) formats review.labels.reviewed_at (timestamptz) with strftime in the "
-    "DuckDB session time zone, which defaults to the machine's local zone, yet appends 'Z'; on a non-UTC machine the "
-    "provenance claims a wrong UTC time. Fix: strftime(timezone('UTC', reviewed_at), ...)",
-)
 def test_review_label_source_is_utc_whatever_the_session_time_zone(history, core_config):
     with warehouse.connect(history.path) as connection:
         connection.execute("set TimeZone = 'Europe/Berlin'")  # what DuckDB picks on a laptop in Berlin (TZ=Europe/Berlin)
@@ -230,13 +224,6 @@ def test_empty_with_contract_columns_when_no_label_table_exists(tmp_path, histor
     assert frame.columns == expected_columns(core_config)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=duckdb.BinderException,
-    reason="BUG: training_data.labeled_history (nightkeeper/training_data.py:33-36) leaves the review select's provenance "
-    "column unnamed; the union takes its column names from the first select, so without monitoring.labels the review "
-    "select comes first and 'best.label_source' does not exist (BinderException). Fix: add 'as label_source'.",
-)
 def test_review_labels_alone_are_used_when_no_delivered_label_table_exists(tmp_path, history, core_config):
     valid = history.valid  # noqa: F841 - read by DuckDB below
     with warehouse.connect(tmp_path / "reviewed_only.duckdb") as connection:
