@@ -202,6 +202,14 @@ SECTION_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "runbook": pl.String(),
     },
     "alert_events": {"alert_id": pl.String(), "night": pl.Date(), "event": pl.String(), "message": pl.String()},
+    "candidates": {
+        "version": pl.String(),
+        "as_of": pl.Date(),
+        "trigger": pl.String(),
+        "status": pl.String(),
+        "reasons": pl.String(),
+        "recorded_at": pl.Datetime("us", "UTC"),
+    },
     "review_queue": {
         "partition_date": pl.Date(),
         "entity_id": pl.String(),
@@ -235,6 +243,7 @@ MODEL_SECTION_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "model_aliases": SECTION_SCHEMAS["model_aliases"],
     "performance_realized": SECTION_SCHEMAS["performance_realized"],
     "labeled_scores": {"partition_date": pl.Date(), "source": pl.String(), "score": pl.Float64(), "label": pl.Int8()},
+    "candidates": SECTION_SCHEMAS["candidates"],
 }
 
 
@@ -301,8 +310,9 @@ def export_month_snapshot(warehouse_path: Path, month: str, out_dir: Path, confi
 
 def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> Path:
     """Write what the model card of ``version`` needs into ``out_dir/snapshot/``: every registered version (the card
-    JSON of ``version`` included), the alias log, the version's realized performance per night and its labeled
-    production scores (at most LABELED_SCORES_LIMIT rows, a stable sample by entity hash). Returns the folder."""
+    JSON of ``version`` included), the alias log, the version's realized performance per night, its labeled production
+    scores (at most LABELED_SCORES_LIMIT rows, a stable sample by entity hash) and its retrain record with the gates'
+    verdicts (``lifecycle.candidates``). Returns the folder."""
     warehouse_path = Path(warehouse_path)
     if not warehouse_path.exists():
         raise FileNotFoundError(f"warehouse {warehouse_path} does not exist")
@@ -330,6 +340,11 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
                 from nightly.outcomes o join monitoring.labels l using (entity_id, partition_date)
                 where o.model_version = $version and o.source in ('model', 'canary') and o.score is not null
                 order by hash(o.entity_id) limit {LABELED_SCORES_LIMIT}""",
+            {"version": version},
+        )
+        frames["candidates"] = _query(
+            connection, tables, missing, ["lifecycle.candidates"], MODEL_SECTION_SCHEMAS["candidates"],
+            "select version, as_of, trigger, status, reasons, recorded_at from lifecycle.candidates where version = $version order by recorded_at",
             {"version": version},
         )
     manifest = {
@@ -457,6 +472,9 @@ def _read_month(connection: duckdb.DuckDBPyConnection, first: dt.date, last: dt.
     q("alert_events", ["monitoring.alert_events"],
       "select alert_id, night, event, message from monitoring.alert_events where night <= $last order by night, alert_id, event",
       until)
+    q("candidates", ["lifecycle.candidates"],
+      """select version, as_of, trigger, status, reasons, recorded_at from lifecycle.candidates
+         where as_of between $first and $last order by as_of, recorded_at""", span)
     q("review_queue", ["review.queue"],
       f"select * from review.queue where {in_month} order by partition_date, priority", span)
     q("review_labels", ["review.labels"],
@@ -681,33 +699,37 @@ def alias_timeline(snapshot: Snapshot, first: dt.date, last: dt.date) -> pl.Data
 
 
 def lifecycle_events(snapshot: Snapshot, first: dt.date, last: dt.date) -> pl.DataFrame:
-    """The alias log rows effective within the month, each classified: bootstrap, promotion, rollback, shadow,
-    canary, challenger cleared (rejected or promoted), champion set."""
-    log = snapshot["model_aliases"].filter(pl.col("effective_from").is_between(first, last)).sort("seq")
-    previous: dict[str, str | None] = {}
-    before = snapshot["model_aliases"].filter(pl.col("effective_from") < first).sort("effective_from", "seq")
-    champions_seen: list[str] = [v for v in before.filter(pl.col("alias") == "champion")["version"].to_list() if v]
-    for row in before.iter_rows(named=True):
-        previous[row["alias"]] = row["version"]
+    """The alias log rows effective within the month, each named: bootstrap (first champion), promotion (a new
+    champion), rollback (back to an earlier champion, or a reason that says so), shadow / canary (challenger stages),
+    challenger promoted / challenger rolled back (the challenger cleared: promoted, or removed by a failed health
+    check)."""
+    champions: list[str] = []
+    current: str | None = None
     events = []
-    for row in log.iter_rows(named=True):
-        alias, version, reason = row["alias"], row["version"], row["reason"] or ""
+    for row in snapshot["model_aliases"].sort("seq").iter_rows(named=True):
+        alias, version, stage = row["alias"], row["version"], row["stage"]
+        reason, actor = row["reason"] or "", row["actor"] or ""
         if alias == "champion":
-            if "rollback" in reason.lower() or "roll back" in reason.lower() or (version in champions_seen and version != previous.get("champion")):
+            if version is None:
+                kind = "champion cleared"
+            elif not champions:
+                kind = "bootstrap" if "bootstrap" in f"{actor} {reason}".lower() else "champion set"
+            elif version == current:
+                kind = "champion confirmed"
+            elif version in champions or "rollback" in reason.lower() or "roll back" in reason.lower():
                 kind = "rollback"
-            elif not champions_seen:
-                kind = "bootstrap" if "bootstrap" in (row["actor"] or "") + reason else "champion set"
             else:
                 kind = "promotion"
-            if version:
-                champions_seen.append(version)
+            if version and version not in champions:
+                champions.append(version)
+            current = version
         elif version is None:
-            kind = "challenger promoted" if reason.startswith("promoted") else "challenger rejected"
+            kind = "challenger promoted" if reason.lower().startswith("promoted") else "challenger rolled back"
         else:
-            kind = "canary" if (row["stage"] or "").startswith("canary") else (row["stage"] or "challenger")
-        previous[alias] = version
-        events.append({"night": row["effective_from"], "alias": alias, "version": version, "stage": row["stage"], "event": kind,
-                       "actor": row["actor"], "reason": reason})
+            kind = "canary" if (stage or "").startswith("canary") else (stage or "challenger")
+        if first <= row["effective_from"] <= last:
+            events.append({"night": row["effective_from"], "alias": alias, "version": version, "stage": stage, "event": kind,
+                           "actor": actor, "reason": reason})
     schema = {"night": pl.Date(), "alias": pl.String(), "version": pl.String(), "stage": pl.String(), "event": pl.String(),
               "actor": pl.String(), "reason": pl.String()}
     return pl.DataFrame(events, schema=schema)
@@ -721,7 +743,7 @@ def review_summary(snapshot: Snapshot) -> dict[str, Any] | None:
     from nightkeeper.review import review_stats
 
     queue, labels, outcomes = snapshot["review_queue"], snapshot["review_labels"], snapshot["review_outcomes"]
-    stats = review_stats(queue, labels, outcomes, snapshot.config.get("positive_decision") or "decline")
+    stats = review_stats(queue, labels, outcomes, snapshot.config.get("positive_decision") or _positive_decision(snapshot))
     reviewed = queue.join(labels.select("entity_id", "partition_date").unique(), on=["entity_id", "partition_date"], how="semi")
     per_night = queue.group_by("partition_date").agg(pl.len().alias("queued")).join(
         reviewed.group_by("partition_date").agg(pl.len().alias("reviewed")), on="partition_date", how="left"
@@ -730,6 +752,15 @@ def review_summary(snapshot: Snapshot) -> dict[str, Any] | None:
         pl.when(pl.col("queue_reason").str.starts_with("quarantined")).then(pl.lit("quarantined")).otherwise(pl.col("queue_reason")).alias("why")
     ).group_by("why").agg(pl.len().alias("rows")).sort("rows", descending=True)
     return {**stats, "per_night": per_night, "by_reason": by_reason}
+
+
+def _positive_decision(snapshot: Snapshot) -> str:
+    """Without a config: the model decision whose answers score highest on average (the 'at or above' side)."""
+    decisions = snapshot["decisions"].filter((pl.col("source") == "model") & pl.col("decision").is_not_null())
+    if decisions.height == 0:
+        return ""
+    weighted = decisions.group_by("decision").agg(((pl.col("mean_score") * pl.col("rows")).sum() / pl.col("rows").sum()).alias("s"))
+    return str(weighted.sort("s", descending=True)["decision"][0])
 
 
 @dataclass(frozen=True)
@@ -754,6 +785,7 @@ def attention_items(snapshot: Snapshot) -> list[Attention]:
     items += _attention_drift(snapshot)
     items += _attention_performance(snapshot)
     items += _attention_review(snapshot)
+    items += _attention_lifecycle(snapshot)
     items += _attention_gaps(snapshot)
     items += _attention_incomplete(snapshot)
     order = {"critical": 0, "warning": 1, "info": 2}
@@ -888,6 +920,30 @@ def _attention_review(snapshot: Snapshot) -> list[Attention]:
     return items
 
 
+def _attention_lifecycle(snapshot: Snapshot) -> list[Attention]:
+    month = snapshot.manifest.get("month")
+    if not month:
+        return []
+    events = lifecycle_events(snapshot, *month_bounds(month))
+    items = []
+    for row in events.filter(pl.col("event") == "rollback").iter_rows(named=True):
+        items.append(Attention("warning", f"Champion rolled back to {row['version']} on {row['night']} by {row['actor']}: {row['reason']}",
+                               _runbook("rollback")))
+    removed = events.filter(pl.col("event") == "challenger rolled back")
+    if removed.height:
+        listed = "; ".join(f"{n}: {r}" for n, r in removed.select("night", "reason").iter_rows())
+        items.append(Attention("warning", f"{removed.height} challenger(s) rolled back during shadow or canary ({listed}).",
+                               _runbook("rollback")))
+    candidates = snapshot["candidates"]
+    for status, anchor, what in [("rejected", "candidate-rejected", "retrained candidate(s) rejected by a gate"),
+                                 ("refused", "retrain-refused", "retrain(s) refused by the training-data gate")]:
+        rows = candidates.filter(pl.col("status") == status)
+        if rows.height:
+            listed = "; ".join(f"{night}: {short_reason(reason, 140)}" for night, reason in rows.select("as_of", "reasons").iter_rows())
+            items.append(Attention("warning" if status == "refused" else "info", f"{rows.height} {what} ({listed}).", _runbook(anchor)))
+    return items
+
+
 def _attention_gaps(snapshot: Snapshot) -> list[Attention]:
     nights = sorted(dt.date.fromisoformat(n) for n in snapshot.manifest.get("nights_with_data") or [])
     if len(nights) < 2:
@@ -958,12 +1014,15 @@ def attention_html(items: list[Attention]) -> str:
 
 
 def html_table(frame: pl.DataFrame, max_rows: int = 30, formats: Mapping[str, str] | None = None) -> str:
-    """A plain, escaped HTML table of ``frame`` (first ``max_rows`` rows); ``formats``: column -> format spec."""
+    """A plain, escaped HTML table of ``frame`` (first ``max_rows`` rows); ``formats``: column -> format spec.
+    Numeric columns are right-aligned (class ``num``); missing values show as a dash."""
     formats = dict(formats or {})
-    head = "".join(
-        f"<th class='num'>{html.escape(str(c))}</th>" if dtype.is_numeric() else f"<th>{html.escape(str(c))}</th>"
-        for c, dtype in frame.schema.items()
-    )
+    numeric = {name for name, dtype in frame.schema.items() if dtype.is_numeric()}
+
+    def cell(tag: str, name: str, text: str) -> str:
+        return f"<{tag} class='num'>{html.escape(text)}</{tag}>" if name in numeric else f"<{tag}>{html.escape(text)}</{tag}>"
+
+    head = "".join(cell("th", name, str(name)) for name in frame.columns)
     body = []
     for row in frame.head(max_rows).iter_rows():
         cells = []
@@ -973,11 +1032,10 @@ def html_table(frame: pl.DataFrame, max_rows: int = 30, formats: Mapping[str, st
             elif name in formats:
                 text = format(value, formats[name])
             elif isinstance(value, float):
-                text = f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+                text = f"{value:,.0f}" if abs(value) >= 1000 or value.is_integer() else f"{value:.4g}"
             else:
                 text = str(value)
-            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            cells.append(f"<td class='num'>{html.escape(text)}</td>" if numeric else f"<td>{html.escape(text)}</td>")
+            cells.append(cell("td", name, text))
         body.append("<tr>" + "".join(cells) + "</tr>")
     more = f"<p class='nk-more'>… {frame.height - max_rows} more row(s)</p>" if frame.height > max_rows else ""
     return f"<table class='nk-table'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
@@ -1029,6 +1087,15 @@ def run_model_card(
         "output_dir": str(output_dir.resolve()),
     }
     return _execute(_notebook_path(notebook), output_dir, f"model_card-{version}", parameters, f"Model card {version}")
+
+
+def monthly_review(config: Any, month: str, out_dir: Path | None = None) -> ReportResult:
+    """Both steps for a ``ProjectConfig``: export the month's snapshot from its warehouse into ``out_dir`` (default
+    ``<project>/reports/monthly/<month>/``), then render the review there. For a command line or the demo; a Dagster
+    deployment runs the two steps as two assets so only the export holds the warehouse pool."""
+    target = Path(out_dir) if out_dir is not None else config.path(Path("reports") / "monthly" / month)
+    snapshot = export_month_snapshot(config.warehouse_path, month, target, config=config)
+    return run_monthly_review(snapshot, month, target)
 
 
 def kernel_name() -> str:

@@ -205,6 +205,76 @@ def test_model_card_shows_metrics_lineage_importance_and_calibration(month):
     assert _problems(result.executed_notebook) == [] and "import polars" not in html
 
 
+def _aliases(rows: list[tuple]) -> pl.DataFrame:
+    stamp = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    return pl.DataFrame(
+        [(seq, alias, version, dt.date.fromisoformat(night), stamp, actor, reason, stage)
+         for seq, (alias, version, night, actor, reason, stage) in enumerate(rows, start=1)],
+        schema=report.SECTION_SCHEMAS["model_aliases"], orient="row",
+    )
+
+
+def test_alias_log_reads_as_promotions_rollbacks_and_stretches():
+    log = _aliases([
+        ("champion", "aaa", "2026-01-01", "bootstrap", "bootstrap champion", None),
+        ("challenger", "bbb", "2026-02-03", "retrain", "passed the gates", "shadow"),
+        ("challenger", "bbb", "2026-02-06", "rollout", "shadow held 3 healthy nights", "canary:5"),
+        ("champion", "bbb", "2026-02-10", "rollout", "canary held; promoting", None),
+        ("challenger", None, "2026-02-10", "rollout", "promoted bbb", None),
+        ("champion", "aaa", "2026-02-20", "rollout", "canary health check failed", None),
+    ])
+    snapshot = report.Snapshot(Path("."), {"month": "2026-02"}, {"model_aliases": log})
+    first, last = report.month_bounds("2026-02")
+
+    events = report.lifecycle_events(snapshot, first, last)
+    assert events["event"].to_list() == ["shadow", "canary", "promotion", "challenger promoted", "rollback"]
+
+    stretches = report.alias_timeline(snapshot, first, last)
+    champion = stretches.filter(pl.col("alias") == "champion").select("version", "start", "end").rows()
+    assert champion == [
+        ("aaa", dt.date(2026, 2, 1), dt.date(2026, 2, 9)),  # carried into the month
+        ("bbb", dt.date(2026, 2, 10), dt.date(2026, 2, 19)),
+        ("aaa", dt.date(2026, 2, 20), dt.date(2026, 2, 28)),
+    ]
+    challenger = stretches.filter(pl.col("alias") == "challenger").select("stage", "start", "end").rows()
+    assert challenger == [("shadow", dt.date(2026, 2, 3), dt.date(2026, 2, 5)), ("canary:5", dt.date(2026, 2, 6), dt.date(2026, 2, 9))]
+
+
+def test_drift_on_a_bad_data_night_is_attributed_to_the_bad_data():
+    nights = [dt.date(2026, 3, d) for d in (1, 2, 3)]
+    metrics = pl.DataFrame(
+        {
+            "night": nights * 2,
+            "metric": ["validation.quarantine_rate"] * 3 + ["drift.prediction_psi"] * 3,
+            "value": [0.001, 0.30, 0.001, 0.01, 0.50, 0.01],
+            "model_version": ["v"] * 6,
+        },
+        schema=report.SECTION_SCHEMAS["night_metrics"],
+    )
+    snapshot = report.Snapshot(Path("."), {"month": "2026-03", "nights_with_data": [n.isoformat() for n in nights]},
+                               {"night_metrics": metrics})
+    texts = [item.text for item in report.attention_items(snapshot)]
+    assert any(text.startswith("Quarantine rate above") for text in texts), texts
+    assert not any("Score distribution shifted" in text for text in texts), texts
+
+
+def _github_slug(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_runbook_has_a_section_for_every_alert_rule():
+    from nightkeeper.config import load_config
+
+    text = (REPO / "docs" / "runbook.md").read_text()
+    anchors = {_github_slug(line[3:]) for line in text.splitlines() if line.startswith("## ")}
+    rules = load_config(REPO / "nightkeeper.yaml").monitoring.alerts.rules
+    assert rules
+    for rule in rules:
+        assert rule.runbook in anchors, f"rule {rule.name}: no '## {rule.runbook}' section in docs/runbook.md"
+    for anchor in ("rollback", "candidate-rejected", "retrain-refused"):
+        assert anchor in anchors
+
+
 def test_kernel_runs_this_interpreter():
     from jupyter_client.kernelspec import KernelSpecManager
 
