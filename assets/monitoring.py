@@ -103,11 +103,14 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         settings = config.monitoring.performance
         decision = config.model.decision
         with warehouse.connect() as connection:
-            outcomes = connection.execute(
-                f"select * from {NIGHTLY_SCHEMA}.outcomes where partition_date <= ?", [night]
-            ).pl()
+            every_night = connection.execute(f"select * from {NIGHTLY_SCHEMA}.outcomes").pl()
             stored = labels.stored_labels(connection)
             champion = registry.alias_record(connection, registry.CHAMPION, night)
+        # the stored table covers every night (re-running an old night must not drop later ones); tonight's metrics
+        # see only what was known by tonight
+        realized_all = performance.realized_performance(every_night, stored, decision, settings.business_value, settings.min_labeled_rows)
+        outcomes = every_night.filter(pl.col("partition_date") <= night)
+        stored = stored.filter(pl.col("arrived_on") <= night)
         realized = performance.realized_performance(outcomes, stored, decision, settings.business_value, settings.min_labeled_rows)
         tonight = outcomes.filter(pl.col("partition_date") == night)
         estimated = performance.estimated_performance(tonight, decision, settings.business_value)
@@ -124,7 +127,7 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         metrics["performance.estimated_auc_drop"] = _drop(expected_auc, metrics.get("performance.estimated_auc"))
         metrics["performance.realized_auc_drop"] = _drop(reference_auc, pooled["auc"] if pooled else None)
         with warehouse.connect() as connection:
-            _replace_table(connection, "monitoring.performance_realized", realized)
+            _replace_table(connection, "monitoring.performance_realized", realized_all)
             metrics_store.record_metrics(connection, night, metrics, champion.version if champion else None)
         plot = _plot(config.path(Path(REPORTS_FOLDER)), night, realized, outcomes, settings, decision)
         yield MaterializeResult(

@@ -11,6 +11,7 @@ from pathlib import Path
 from dagster import (
     AssetSelection,
     DailyPartitionsDefinition,
+    MonthlyPartitionsDefinition,
     Definitions,
     build_schedule_from_partitioned_job,
     define_asset_job,
@@ -19,6 +20,7 @@ from dagster import (
 
 from assets.lifecycle import candidate_evaluation, candidate_model, model_registry
 from assets.monitoring import build_monitoring_assets
+from assets.reports import build_report_assets
 from assets.review import build_review_assets, review_labels
 from assets.nightly import build_nightly_assets
 from jobs.lifecycle import build_lifecycle_automation, promote_job, retrain_job, rollback_job
@@ -28,6 +30,7 @@ from nightkeeper.config import default_config_path, load_config
 
 NIGHTLY_JOB = "nightly_batch"
 NIGHTLY_SCHEDULE = "nightly_batch_schedule"
+MONTHLY_REVIEW_JOB = "monthly_review"
 
 
 def build_definitions(config_path: Path) -> Definitions:
@@ -50,13 +53,24 @@ def build_definitions(config_path: Path) -> Definitions:
         minute_of_hour=config.schedule.run_at.minute,
         description="Runs the batch of night D once D is over.",
     )
+    monthly = MonthlyPartitionsDefinition(
+        start_date=config.schedule.start_date.replace(day=1).isoformat(), timezone=config.schedule.timezone
+    )
+    reports = build_report_assets(monthly)
+    monthly_review_job = define_asset_job(
+        MONTHLY_REVIEW_JOB, selection=AssetSelection.groups("reports"), description="Export the month and render its review report."
+    )
+    # on the 8th: the month's last nights have had a week for their labels to land
+    monthly_review_schedule = build_schedule_from_partitioned_job(
+        monthly_review_job, name="monthly_review_schedule", day_of_month=8, hour_of_day=6
+    )
     sensors, lifecycle_schedules = build_lifecycle_automation(config)
     warehouse_path = str(config.warehouse_path)
     return Definitions(
-        assets=[*(a for a in nightly if not _is_check(a)), candidate_model, candidate_evaluation, model_registry, review_labels],
+        assets=[*(a for a in nightly if not _is_check(a)), candidate_model, candidate_evaluation, model_registry, review_labels, *reports],
         asset_checks=[a for a in nightly if _is_check(a)],
-        jobs=[nightly_batch, retrain_job, promote_job, rollback_job, review_import_job],
-        schedules=[nightly_schedule, *lifecycle_schedules],
+        jobs=[nightly_batch, retrain_job, promote_job, rollback_job, review_import_job, monthly_review_job],
+        schedules=[nightly_schedule, monthly_review_schedule, *lifecycle_schedules],
         sensors=[*sensors, build_review_inbox_sensor(config)],
         resources={
             "project": ProjectResource(config_path=str(Path(config_path).resolve())),

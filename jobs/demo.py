@@ -15,7 +15,7 @@ import polars as pl
 from dagster import DagsterInstance, Definitions, build_schedule_context, build_sensor_context
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from jobs.definitions import NIGHTLY_JOB, NIGHTLY_SCHEDULE, build_definitions
+from jobs.definitions import MONTHLY_REVIEW_JOB, NIGHTLY_JOB, NIGHTLY_SCHEDULE, build_definitions
 from jobs.instance import persistent_instance
 from jobs.resources import NIGHTLY_SCHEMA
 from nightkeeper import simulator, warehouse
@@ -91,6 +91,8 @@ def run_demo(config_path: Path, plan: DemoPlan, console) -> pl.DataFrame:
     instance = persistent_instance(config.dagster_home)
     defs = build_definitions(config_path)
     runs = run_nights(defs, instance, nights, config, console)
+    for line in run_monthly_reports(defs, instance, nights):
+        console.print(line, soft_wrap=True)
     failed_runs = [f"{night} ({run.run_id})" for night, run in runs.items() if not run.success]
     if failed_runs:
         console.print(f"[red]{len(failed_runs)} run(s) failed:[/] {failed_runs}")
@@ -132,6 +134,24 @@ def run_nights(
                 progress.console.print(f"  {night}: {line}")
             progress.update(task, advance=1, description=f"night {night}")
     return runs
+
+
+def run_monthly_reports(defs: Definitions, instance: DagsterInstance, nights: list[dt.date]) -> list[str]:
+    """Evaluate the monthly review schedule at its tick after each simulated month and execute what it requests."""
+    schedule = defs.resolve_schedule_def("monthly_review_schedule")
+    job = defs.resolve_job_def(MONTHLY_REVIEW_JOB)
+    lines = []
+    for month_start in sorted({night.replace(day=1) for night in nights}):
+        next_month = (month_start + dt.timedelta(days=32)).replace(day=8)
+        tick = dt.datetime.combine(next_month, dt.time(6, 0), tzinfo=dt.timezone.utc)
+        with build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
+            requests = schedule.evaluate_tick(context).run_requests or []
+        for request in requests:
+            result = job.execute_in_process(partition_key=request.partition_key, instance=instance, run_config=QUIET_LOGS,
+                                            tags={**request.tags, "dagster/schedule_name": schedule.name}, raise_on_error=False)
+            html = next((m.metadata["html"].value for m in result.asset_materializations_for_node("monthly_review")), None) if result.success else None
+            lines.append(f"[bold]Monthly review[/] {request.partition_key[:7]}: {html or 'FAILED (see the run in the UI)'}")
+    return lines
 
 
 class SensorDriver:

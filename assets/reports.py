@@ -1,0 +1,55 @@
+"""Monthly review reports: a snapshot of the month exported from the warehouse, then a papermill notebook rendered
+to HTML from that snapshot (the notebook never opens the warehouse)."""
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, MonthlyPartitionsDefinition, asset
+
+from jobs.resources import WAREHOUSE_POOL, ProjectResource
+from nightkeeper import report
+
+MONTHLY_FOLDER = Path("reports/monthly")
+
+
+def build_report_assets(monthly: MonthlyPartitionsDefinition) -> list:
+    @asset(
+        name="month_snapshot",
+        partitions_def=monthly,
+        pool=WAREHOUSE_POOL,
+        group_name="reports",
+        description="The month's figures exported from the warehouse as Parquet (per-night aggregates, alerts, alias "
+        "log, review stats): what the monthly notebook reads, so it never holds the warehouse open.",
+    )
+    def month_snapshot(context: AssetExecutionContext, project: ProjectResource) -> MaterializeResult:
+        config = project.load()
+        month = context.partition_key[:7]
+        folder = config.path(MONTHLY_FOLDER / month)
+        snapshot = report.export_month_snapshot(config.warehouse_path, month, folder, config=config)
+        return MaterializeResult(metadata={"month": month, "snapshot": MetadataValue.path(str(snapshot))})
+
+    @asset(
+        name="monthly_review",
+        partitions_def=monthly,
+        deps=[AssetKey("month_snapshot")],
+        group_name="reports",
+        description="notebooks/monthly_review.ipynb run by papermill for the month and rendered to self-contained HTML "
+        "(no code): volume, quarantine and fallback, latency, drift heatmap, scores, performance, business value, "
+        "model timeline, alerts, review load, and what needs attention.",
+    )
+    def monthly_review(context: AssetExecutionContext, project: ProjectResource) -> MaterializeResult:
+        config = project.load()
+        month = context.partition_key[:7]
+        folder = config.path(MONTHLY_FOLDER / month)
+        snapshot = folder / "snapshot"
+        result = report.run_monthly_review(snapshot, month, folder)
+        attention = report.attention_markdown(report.attention_items(report.load_snapshot(snapshot)))
+        return MaterializeResult(
+            metadata={
+                "html": MetadataValue.path(str(result.html)),
+                "notebook": MetadataValue.path(str(result.executed_notebook)),
+                "images": result.images,
+                "what_needs_attention": MetadataValue.md(attention),
+            }
+        )
+
+    return [month_snapshot, monthly_review]
