@@ -20,7 +20,7 @@ from nightkeeper.config import ProjectConfig
 from nightkeeper.encoding import feature_cards, feature_matrix
 from nightkeeper.models import bootstrap_champion, publish
 from nightkeeper.simulator import simulate_history, simulate_night
-from nightkeeper.training import TrainedModel, data_fingerprint, train_model, training_frame
+from nightkeeper.training import training_params, TrainedModel, data_fingerprint, train_model, training_frame
 
 HISTORY_END = date(2024, 4, 30)
 JAN_1, JAN_10, JAN_20 = date(2026, 1, 1), date(2026, 1, 10), date(2026, 1, 20)
@@ -71,7 +71,8 @@ def test_card_describes_project_features_and_settings(core_trained: TrainedModel
     assert card.feature_names == core_config.contract.feature_names
     assert [f.categories for f in card.features if f.name == "channel"] == [["branch", "web", "mobile", "broker"]]
     assert card.num_boost_round == 20
-    assert card.params == core_config.model.params
+    assert card.params == training_params(core_config)
+    assert card.params["monotone_constraints"][core_config.contract.feature_names.index("income")] == -1
     assert card.decision == core_config.model.decision
     assert set(card.feature_importance_gain) == set(core_config.contract.feature_names)
     assert card.feature_importance_gain["credit_score"] > 0
