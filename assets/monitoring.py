@@ -20,6 +20,7 @@ from dagster import (
 )
 
 from assets.checks import check_result, markdown_table
+from assets.nightly import night_of
 from jobs.resources import NIGHTLY_SCHEMA, WAREHOUSE_POOL, ProjectResource, WarehouseResource
 from nightkeeper import alerts, drift, labels, metrics_store, performance, registry, webhook
 from nightkeeper.artifacts import ModelUnavailable, load_reference_sample
@@ -30,12 +31,8 @@ from nightkeeper.validation import ROW_KEY
 
 REPORTS_FOLDER = "reports"
 LIFECYCLE_EVENT_METRICS = ("lifecycle.rollbacks", "lifecycle.candidate_rejected", "lifecycle.retrain_refused")
-REALIZED_WINDOW_NIGHTS = 7
-LABEL_LOOKBACK_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
-
-
-def night_of(context: AssetExecutionContext) -> dt.date:
-    return dt.date.fromisoformat(context.partition_key)
+REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
+LABEL_LOOKBACK_NIGHTS = 7
 
 
 def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:

@@ -8,6 +8,7 @@ from dagster import AssetExecutionContext, AssetKey, Config, DailyPartitionsDefi
 from pydantic import Field
 
 from assets.checks import markdown_table
+from assets.nightly import night_of
 from jobs.resources import WAREHOUSE_POOL, ProjectResource, WarehouseResource
 from nightkeeper import review
 
@@ -28,7 +29,7 @@ def build_review_assets(partitions: DailyPartitionsDefinition) -> list:
     )
     def review_queue(context: AssetExecutionContext, outcomes: pl.DataFrame, quarantine: pl.DataFrame, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
         config = project.load()
-        night = dt.date.fromisoformat(context.partition_key)
+        night = night_of(context)
         queue = review.build_review_queue(outcomes, quarantine, config.model.decision.threshold, config.review)
         with warehouse.connect() as connection:
             review.store_queue(connection, night, queue)

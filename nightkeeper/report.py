@@ -32,6 +32,9 @@ import duckdb
 import polars as pl
 
 from nightkeeper import warehouse
+from nightkeeper.drift import FEATURE_SCHEMA
+from nightkeeper.performance import REALIZED_SCHEMA
+from nightkeeper.review import QUEUE_SCHEMA
 
 SNAPSHOT_FOLDER = "snapshot"
 MANIFEST = "manifest.json"
@@ -117,43 +120,9 @@ SECTION_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "q75": pl.Float64(),
         "q95": pl.Float64(),
     },
-    "drift": {
-        "partition_date": pl.Date(),
-        "feature": pl.String(),
-        "kind": pl.String(),
-        "psi": pl.Float64(),
-        "js_distance": pl.Float64(),
-        "wasserstein_norm": pl.Float64(),
-        "ks": pl.Float64(),
-        "chi2": pl.Float64(),
-        "chi2_p_value": pl.Float64(),
-        "missing_rate_reference": pl.Float64(),
-        "missing_rate_current": pl.Float64(),
-        "missing_rate_change": pl.Float64(),
-        "new_category_share": pl.Float64(),
-        "threshold": pl.Float64(),
-        "drifted": pl.Boolean(),
-    },
+    "drift": {"partition_date": pl.Date(), **FEATURE_SCHEMA},
     "night_metrics": {"night": pl.Date(), "metric": pl.String(), "value": pl.Float64(), "model_version": pl.String()},
-    "performance_realized": {
-        "partition_date": pl.Date(),
-        "source": pl.String(),
-        "model_version": pl.String(),
-        "rows": pl.Int64(),
-        "labeled_rows": pl.Int64(),
-        "label_coverage": pl.Float64(),
-        "true_positives": pl.Int64(),
-        "false_positives": pl.Int64(),
-        "true_negatives": pl.Int64(),
-        "false_negatives": pl.Int64(),
-        "auc": pl.Float64(),
-        "precision": pl.Float64(),
-        "recall": pl.Float64(),
-        "brier": pl.Float64(),
-        "positive_rate": pl.Float64(),
-        "business_value": pl.Float64(),
-        "business_value_per_row": pl.Float64(),
-    },
+    "performance_realized": REALIZED_SCHEMA,
     "labels": {
         "night": pl.Date(),
         "labeled_rows": pl.Int64(),
@@ -210,17 +179,7 @@ SECTION_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "reasons": pl.String(),
         "recorded_at": pl.Datetime("us", "UTC"),
     },
-    "review_queue": {
-        "partition_date": pl.Date(),
-        "entity_id": pl.String(),
-        "source_file": pl.String(),
-        "row_number": pl.Int64(),
-        "score": pl.Float64(),
-        "decision": pl.String(),
-        "distance": pl.Float64(),
-        "queue_reason": pl.String(),
-        "priority": pl.Int64(),
-    },
+    "review_queue": QUEUE_SCHEMA,
     "review_labels": {
         "entity_id": pl.String(),
         "partition_date": pl.Date(),
