@@ -6,6 +6,7 @@ so the Dagster UI's history of that asset is the history of who served, when and
 
 import datetime as dt
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -14,7 +15,7 @@ from pydantic import Field
 
 from assets.checks import check_result, markdown_table
 from jobs.resources import ProjectResource, WarehouseResource
-from nightkeeper import alerts, gates, lifecycle, metrics_store, registry, webhook
+from nightkeeper import alerts, gates, lifecycle, metrics_store, registry, report, webhook
 from nightkeeper.artifacts import load_verified
 from nightkeeper.behaviour import behaviour_tests
 from nightkeeper.config import ProjectConfig
@@ -155,6 +156,26 @@ def candidate_evaluation(context: AssetExecutionContext, config: RetrainRequest,
 
 
 @asset(
+    name="candidate_model_card",
+    group_name="lifecycle",
+    deps=[AssetKey("candidate_evaluation")],
+    description="notebooks/model_card.ipynb for the latest candidate, run by papermill and rendered to HTML: metrics, "
+    "lineage, feature importance, calibration and the gates' verdicts.",
+)
+def candidate_model_card(context: AssetExecutionContext, config: RetrainRequest, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+    settings = project.load()
+    with warehouse.connect() as connection:
+        version = _latest_candidate(connection, dt.date.fromisoformat(config.as_of), statuses=("trained", "approved", "rejected"))
+        record = registry.get_version(connection, version) if version else None
+    if record is None:
+        return MaterializeResult(metadata={"card": "no candidate was trained"})
+    folder = settings.path(Path("reports/models") / record.version)
+    snapshot = report.export_model_snapshot(settings.warehouse_path, record.version, folder)
+    result = report.run_model_card(record.version, snapshot, record.model_path.parent, folder)
+    return MaterializeResult(metadata={"version": record.version, "html": MetadataValue.path(str(result.html)), "images": result.images})
+
+
+@asset(
     name="model_registry",
     group_name="lifecycle",
     pool="warehouse",
@@ -227,14 +248,16 @@ def _record_candidate(warehouse: WarehouseResource, version: str | None, as_of: 
         connection.execute(f"insert into {CANDIDATES} values (?, ?, ?, ?, ?, now())", [version, as_of, trigger, status, reasons])
 
 
-def _latest_candidate(connection, as_of: dt.date) -> str | None:
+def _latest_candidate(connection, as_of: dt.date, statuses: tuple[str, ...] = ("trained",)) -> str | None:
     exists = connection.execute(
         "select count(*) from information_schema.tables where table_schema = 'lifecycle' and table_name = 'candidates'"
     ).fetchone()[0]
     if not exists:
         return None
     row = connection.execute(
-        f"select version from {CANDIDATES} where as_of = ? and status = 'trained' order by recorded_at desc limit 1", [as_of]
+        f"select version from {CANDIDATES} where as_of = $as_of and status in (select unnest($statuses)) and version is not null "
+        "order by recorded_at desc limit 1",
+        {"as_of": as_of, "statuses": list(statuses)},
     ).fetchone()
     return row[0] if row else None
 

@@ -18,7 +18,7 @@ from dagster import (
     in_process_executor,
 )
 
-from assets.lifecycle import candidate_evaluation, candidate_model, model_registry
+from assets.lifecycle import candidate_evaluation, candidate_model, candidate_model_card, model_registry
 from assets.monitoring import build_monitoring_assets
 from assets.reports import build_report_assets
 from assets.review import build_review_assets, review_labels
@@ -67,7 +67,7 @@ def build_definitions(config_path: Path) -> Definitions:
     sensors, lifecycle_schedules = build_lifecycle_automation(config)
     warehouse_path = str(config.warehouse_path)
     return Definitions(
-        assets=[*(a for a in nightly if not _is_check(a)), candidate_model, candidate_evaluation, model_registry, review_labels, *reports],
+        assets=[*(a for a in nightly if not _is_check(a)), candidate_model, candidate_evaluation, candidate_model_card, model_registry, review_labels, *reports],
         asset_checks=[a for a in nightly if _is_check(a)],
         jobs=[nightly_batch, retrain_job, promote_job, rollback_job, review_import_job, monthly_review_job],
         schedules=[nightly_schedule, monthly_review_schedule, *lifecycle_schedules],

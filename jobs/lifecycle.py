@@ -28,7 +28,7 @@ ROLLBACK_JOB = "rollback"
 
 retrain_job = define_asset_job(
     RETRAIN_JOB,
-    selection=AssetSelection.assets("candidate_model", "candidate_evaluation"),
+    selection=AssetSelection.assets("candidate_model", "candidate_evaluation", "candidate_model_card"),
     description="Train a candidate on the labeled window (after the training-data gate) and judge it against the champion.",
 )
 promote_job = define_asset_job(
@@ -41,7 +41,7 @@ rollback_job = define_asset_job(
 
 def retrain_run_config(as_of: str, trigger: str) -> dict:
     request = {"config": {"as_of": as_of, "trigger": trigger}}
-    return {"ops": {"candidate_model": request, "candidate_evaluation": request}}
+    return {"ops": {"candidate_model": request, "candidate_evaluation": request, "candidate_model_card": request}}
 
 
 def registry_run_config(action: str, version: str, effective_from: str, reason: str, stage: str = "", actor: str = "dagster") -> dict:

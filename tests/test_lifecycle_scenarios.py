@@ -110,10 +110,12 @@ def test_deliberately_worse_candidate_is_rejected_at_the_gate_and_never_shadows(
     raw["model"]["params"] = {**raw["model"]["params"], "num_leaves": 2}
     project.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    project.defs.resolve_job_def("retrain").execute_in_process(
+    retrain = project.defs.resolve_job_def("retrain").execute_in_process(
         run_config={**retrain_run_config(dates[-1].isoformat(), "test"), **QUIET_LOGS}, instance=project.instance
     )
     driver_runs = SensorDriver(project.defs, project.instance).tick()
+    card = retrain.asset_materializations_for_node("candidate_model_card")[0].metadata
+    assert Path(card["html"].value).exists() and card["images"].value >= 1  # the card says why it was rejected too
 
     evaluation = project.query("select * from lifecycle.candidates")
     assert evaluation["status"].to_list() == ["rejected"]
