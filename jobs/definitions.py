@@ -30,7 +30,7 @@ from nightkeeper.config import default_config_path, load_config
 
 NIGHTLY_JOB = "nightly_batch"
 NIGHTLY_SCHEDULE = "nightly_batch_schedule"
-MONTHLY_REVIEW_JOB = "monthly_review"
+MONTHLY_REVIEW_JOB = "monthly_review_report"
 
 
 def build_definitions(config_path: Path) -> Definitions:
