@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -97,9 +98,10 @@ def demo(
     path = _config_path(config)
     project = _load(config)
     summary = run_demo(path, DemoPlan(nights=nights, rows_per_night=rows, seed=seed, bad_data_night=bad_night, concept_drift_night=drift_night), console)
-    table = Table(title="Nights")
-    for column in ("night", "rows", "model", "canary", "quarantined", "fallback", "undecided", "version", "failed checks"):
-        table.add_column(column, justify="left" if column in ("night", "version") else "right", no_wrap=column == "night")
+    table = Table(title="Nights (rows answered by model, canary, fallback; quarantined; undecided; serving version)",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("night", "rows", "model", "canary", "quar.", "fallb.", "undec.", "version", "✗chk"):
+        table.add_column(column, justify="left" if column in ("night", "version") else "right", no_wrap=True, min_width=len(column))
     for row in summary.iter_rows(named=True):
         failed = [name for name in (row["failed_checks"] or "").split(", ") if name]
         table.add_row(
