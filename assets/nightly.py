@@ -214,13 +214,19 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
             yield Output(pl.DataFrame(schema=SHADOW_SCHEMA), metadata={"challenger_version": "none", "rollout_action": "none"})
             yield check_result("challenger_healthy", batch_checks.CheckOutcome(True, "no challenger tonight", "WARN"))
             return
+        percent = lifecycle.canary_percent(state.stage)
         try:
             booster = load_verified(challenger)
             result = score_batch(validated_batch, booster, challenger.card, config.model.chunk_rows, config.model.time_budget_seconds)
             frame = result.frame
+            if result.error is None and percent:  # the answers the challenger serves get their reasons, like the champion's
+                needs = needs_reasons(frame, challenger.card.decision, config.model.reason_codes, config.review.band)
+                served = frame.with_columns(in_canary(frame["entity_id"], percent))
+                frame = with_reason_codes(
+                    served, validated_batch, booster, challenger.card, needs & pl.col("in_canary"), config.model.reason_code_count
+                )
         except ModelUnavailable as exc:
             frame = unscored(validated_batch, challenger.version, str(exc))
-        percent = lifecycle.canary_percent(state.stage)
         frame = frame.with_columns(in_canary(frame["entity_id"], percent))
         health = rollout_health(night, frame, scored_batch, config.model.decision.threshold)
         earlier_healthy = history.filter(
