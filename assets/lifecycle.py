@@ -14,8 +14,9 @@ from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, Config, Mat
 from pydantic import Field
 
 from assets.checks import check_result, markdown_table
+from assets.monitoring import raise_alerts
 from jobs.resources import ProjectResource, WarehouseResource
-from nightkeeper import alerts, gates, lifecycle, metrics_store, registry, report, webhook
+from nightkeeper import gates, lifecycle, metrics_store, registry, report
 from nightkeeper.artifacts import load_verified
 from nightkeeper.behaviour import behaviour_tests
 from nightkeeper.config import ProjectConfig
@@ -267,10 +268,4 @@ def _record_event(warehouse: WarehouseResource, settings: ProjectConfig, night: 
     with warehouse.connect() as connection:
         current = metrics_store.metrics_on(connection, night).get(metric, 0.0)
         metrics_store.record_metrics(connection, night, {metric: current + 1}, None)
-        events = alerts.run_alerts(connection, settings.monitoring.alerts.rules, night)
-        webhook.deliver_pending(
-            connection, webhook.webhook_url(settings.monitoring.alerts.webhook_url_env),
-            settings.monitoring.alerts.webhook_timeout_seconds, dt.datetime.now(dt.timezone.utc), max_batch=20,
-        )
-    for event in events:
-        context.log.warning(event["message"])
+    raise_alerts(warehouse, settings.monitoring.alerts, night, context.log)

@@ -25,6 +25,7 @@ from jobs.resources import NIGHTLY_SCHEMA, WAREHOUSE_POOL, ProjectResource, Ware
 from nightkeeper import alerts, drift, labels, metrics_store, performance, registry, webhook
 from nightkeeper.artifacts import ModelUnavailable, load_reference_sample
 from nightkeeper.batch_checks import CheckOutcome
+from nightkeeper.config import AlertingConfig
 from nightkeeper.drift_report import write_evidently_report
 from nightkeeper.profile import with_threshold_overrides
 from nightkeeper.validation import ROW_KEY
@@ -33,6 +34,7 @@ REPORTS_FOLDER = "reports"
 LIFECYCLE_EVENT_METRICS = ("lifecycle.rollbacks", "lifecycle.candidate_rejected", "lifecycle.retrain_refused")
 REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
 LABEL_LOOKBACK_NIGHTS = 7
+PERFORMANCE_HOLD_TOLERANCE = 0.03  # AUC below the champion's holdout by more than this fails `performance_holds`
 
 
 def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
@@ -109,10 +111,10 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         outcomes = every_night.filter(pl.col("partition_date") <= night)
         stored = stored.filter(pl.col("arrived_on") <= night)
         realized = performance.realized_performance(outcomes, stored, decision, settings.business_value, settings.min_labeled_rows)
-        tonight = outcomes.filter(pl.col("partition_date") == night)
-        estimated = performance.estimated_performance(tonight, decision, settings.business_value)
+        estimated = performance.estimated_performance(outcomes, decision, settings.business_value)  # every night, for the plot
         calibration = _calibration(outcomes, stored, settings.max_calibration_error)
-        estimate_row = estimated.filter(pl.col("source") == "model").row(0, named=True) if estimated.filter(pl.col("source") == "model").height else None
+        tonight = estimated.filter((pl.col("partition_date") == night) & (pl.col("source") == "model"))
+        estimate_row = tonight.row(0, named=True) if tonight.height else None
         latest = performance.latest_realized(realized)
         metrics = performance.performance_metrics(latest, estimate_row, calibration, include_missing=True)
         reference_auc = champion.card.holdout_metrics["auc"] if champion else None
@@ -126,7 +128,7 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         with warehouse.connect() as connection:
             _replace_table(connection, "monitoring.performance_realized", realized_all)
             metrics_store.record_metrics(connection, night, metrics, champion.version if champion else None)
-        plot = _plot(config.path(Path(REPORTS_FOLDER)), night, realized, outcomes, settings, decision)
+        plot = _plot(config.path(Path(REPORTS_FOLDER)), night, realized, estimated)
         yield MaterializeResult(
             metadata={
                 "estimated_auc": metrics.get("performance.estimated_auc"),
@@ -139,7 +141,7 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
             }
         )
         yield check_result("estimate_trustworthy", _trustworthy(calibration))
-        yield check_result("performance_holds", _holds(metrics, config.lifecycle.promotion_gate.auc_tolerance, reference_auc))
+        yield check_result("performance_holds", _holds(metrics, reference_auc))
 
     @asset(
         name="alerts",
@@ -159,18 +161,9 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
             # lifecycle events are counted when they happen; a night without one counts 0, which resolves its alert
             recorded = metrics_store.metrics_on(connection, night)
             metrics_store.record_metrics(connection, night, {m: 0.0 for m in LIFECYCLE_EVENT_METRICS if m not in recorded}, None)
-            events = alerts.run_alerts(connection, settings.rules, night)
-            still_open = alerts.open_alerts(connection)
-        for event in events:
-            log = context.log.info if event["event"] == "resolved" or event["severity"] == "info" else (
-                context.log.error if event["severity"] == "critical" else context.log.warning
-            )
-            log(event["message"])
+        events, delivery = raise_alerts(warehouse, settings, night, context.log)
         with warehouse.connect() as connection:
-            delivery = webhook.deliver_pending(
-                connection, webhook.webhook_url(settings.webhook_url_env), settings.webhook_timeout_seconds,
-                dt.datetime.now(dt.timezone.utc), max_batch=20,
-            )
+            still_open = alerts.open_alerts(connection)
         opened = [e for e in events if e["event"] == "opened"]
         return MaterializeResult(
             metadata={
@@ -275,6 +268,27 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
     return [labels_asset, performance_asset, drift_metrics, alerts_asset]
 
 
+def raise_alerts(warehouse: WarehouseResource, settings: AlertingConfig, night: dt.date, log) -> tuple[list[dict], webhook.DeliveryReport]:
+    """Evaluate the alert rules on ``night``, log each transition at its severity and deliver the webhook outbox.
+
+    The one way a night's alerts go out, whether from the nightly ``alerts`` asset or from a lifecycle event
+    (a rollback, a rejected or refused retrain) that must not wait for the next night.
+    """
+    with warehouse.connect() as connection:
+        events = alerts.run_alerts(connection, settings.rules, night)
+    for event in events:
+        level = log.info if event["event"] == "resolved" or event["severity"] == "info" else (
+            log.error if event["severity"] == "critical" else log.warning
+        )
+        level(event["message"])
+    with warehouse.connect() as connection:
+        delivery = webhook.deliver_pending(
+            connection, webhook.webhook_url(settings.webhook_url_env), settings.webhook_timeout_seconds,
+            dt.datetime.now(dt.timezone.utc), max_batch=20,
+        )
+    return events, delivery
+
+
 def _calibration(outcomes: pl.DataFrame, stored: pl.DataFrame, max_error: float, nights: int = 14) -> performance.CalibrationResult | None:
     joined = performance.scored_with_labels(outcomes, stored).filter((pl.col("source") == "model") & pl.col("label").is_not_null())
     if joined.height == 0:
@@ -300,12 +314,12 @@ def _trustworthy(calibration: performance.CalibrationResult | None) -> CheckOutc
     )
 
 
-def _holds(metrics: dict[str, float | None], tolerance: float, reference: float | None) -> CheckOutcome:
+def _holds(metrics: dict[str, float | None], reference: float | None) -> CheckOutcome:
     drops = {name: metrics.get(f"performance.{name}_auc_drop") for name in ("estimated", "realized")}
     known = {name: drop for name, drop in drops.items() if drop is not None}
     if reference is None or not known:
         return CheckOutcome(True, "no champion reference or no performance figures yet", "WARN")
-    limit = max(tolerance, 0.03)
+    limit = PERFORMANCE_HOLD_TOLERANCE
     return CheckOutcome(
         max(known.values()) <= limit,
         "; ".join(f"{name} AUC {-drop:+.3f} against the champion's holdout (limit −{limit})" for name, drop in known.items()),
@@ -321,9 +335,8 @@ def _replace_table(connection, table: str, frame: pl.DataFrame) -> None:
     connection.execute(f"create or replace table {table} as select * from frame_arrow")
 
 
-def _plot(folder: Path, night: dt.date, realized: pl.DataFrame, outcomes: pl.DataFrame, settings, decision) -> Path | None:
-    if outcomes.height == 0:
+def _plot(folder: Path, night: dt.date, realized: pl.DataFrame, estimated: pl.DataFrame) -> Path | None:
+    if estimated.height == 0:
         return None
-    estimated = performance.estimated_performance(outcomes, decision, settings.business_value)
     folder.mkdir(parents=True, exist_ok=True)
     return performance.plot_performance(performance.performance_table(realized, estimated), folder / f"performance-{night}.png")

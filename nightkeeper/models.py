@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import polars as pl
 
@@ -30,7 +29,3 @@ def bootstrap_champion(config: ProjectConfig, history: pl.DataFrame, effective_f
             f"bootstrap champion trained on {record.card.training_window.rows} rows",
         )
     return record
-
-
-def model_folder(record: ModelRecord) -> Path:
-    return record.model_path.parent

@@ -227,10 +227,6 @@ def month_bounds(month: str) -> tuple[dt.date, dt.date]:
     return dt.date(year, number, 1), dt.date(year, number, calendar.monthrange(year, number)[1])
 
 
-def month_of(night: dt.date) -> str:
-    return f"{night.year:04d}-{night.month:02d}"
-
-
 # ------------------------------------------------------------------------------------------------------- export
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -166,13 +167,13 @@ def test_models_rollback_command_restores_the_previous_champion_for_the_next_nig
     env_home = {"DAGSTER_HOME": str(config.dagster_home)}
     project.run_night(dates[0])
     done = subprocess.run(cli + ["models", "promote", second, "--config", str(project.config_path), "--effective", dates[1].isoformat()],
-                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ, **env_home})
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **env_home})
     assert done.returncode == 0, done.stdout + done.stderr
     project.run_night(dates[1])
 
     done = subprocess.run(cli + ["models", "rollback", "--config", str(project.config_path), "--effective", dates[2].isoformat(),
                                  "--reason", "test rollback", "--actor", "tester"],
-                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ, **env_home})
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **env_home})
     assert done.returncode == 0, done.stdout + done.stderr
     project.run_night(dates[2])
 

@@ -87,7 +87,7 @@ def test_gradual_income_inflation_alerts_before_realized_auc_falls_by_three_poin
     realized = project.query(
         "select partition_date, auc from monitoring.performance_realized where source = 'model' and auc is not null order by 1"
     )
-    reference = project.config and project.query(
+    reference = project.query(
         "select cast(json_extract(card_json, '$.holdout_metrics.auc') as double) as auc from registry.model_versions"
     )["auc"][0]
     before = realized.filter(pl.col("partition_date") <= first_alert)
