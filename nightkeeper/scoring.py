@@ -23,7 +23,7 @@ from nightkeeper.config import DecisionConfig
 from nightkeeper.encoding import feature_matrix
 from nightkeeper.fallback import decide
 from nightkeeper.reasons import REASON_STRUCT, reason_codes
-from nightkeeper.validation import KEY_COLUMNS
+from nightkeeper.validation import KEY_COLUMNS, ROW_KEY
 
 SCORED_SCHEMA: dict[str, pl.DataType] = {
     "partition_date": pl.Date(),
@@ -136,13 +136,13 @@ def with_reason_codes(
     scored: pl.DataFrame, valid: pl.DataFrame, booster: lgb.Booster, card: ModelCard, needs: pl.Expr, top_k: int
 ) -> pl.DataFrame:
     """``scored`` with reason codes filled in for the rows selected by ``needs`` (TreeSHAP only on those rows)."""
-    keys = scored.filter(needs).select(KEY_COLUMNS[1:3])
+    keys = scored.filter(needs).select(ROW_KEY)
     if keys.height == 0:
         return scored
-    rows = keys.join(valid, on=KEY_COLUMNS[1:3], how="left", maintain_order="left")
+    rows = keys.join(valid, on=ROW_KEY, how="left", maintain_order="left")
     reasons = reason_codes(rows, booster, card.features, top_k=top_k)
     explained = pl.concat([keys, reasons.select("reason_codes", "reason_text")], how="horizontal")
-    return scored.drop("reason_codes", "reason_text").join(explained, on=KEY_COLUMNS[1:3], how="left", maintain_order="left").pipe(
+    return scored.drop("reason_codes", "reason_text").join(explained, on=ROW_KEY, how="left", maintain_order="left").pipe(
         conform, SCORED_SCHEMA
     )
 
