@@ -246,7 +246,6 @@ def _worker_dagster(spec: dict) -> dict:
     """The night through the real nightly_batch job, timed around execute_in_process only."""
     sys.path.insert(0, str(REPO))
     config_path = Path(spec["workdir"]) / "nightkeeper.yaml"
-    os.environ["NIGHTKEEPER_CONFIG"] = str(config_path)  # jobs.definitions builds `defs` from it at import
     import gc
 
     import duckdb

@@ -1,7 +1,8 @@
-"""The Definitions object: ``dagster dev`` (workspace.yaml) loads ``defs`` from here.
+"""The Definitions of one project: ``build_definitions(config_path)``.
 
-Everything is built from the project config ($NIGHTKEEPER_CONFIG, else ./nightkeeper.yaml), so the same code serves
-any dataset the config describes.
+Everything is built from the project config it is given, so the same code serves any dataset a config describes.
+Nothing here reads a default config at import: a code location names its config explicitly (``jobs/repository.py``
+for this repository's own nightkeeper.yaml, ``jobs.instance.write_workspace`` for any other).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from assets.nightly import build_nightly_assets
 from jobs.lifecycle import build_lifecycle_automation, promote_job, retrain_job, rollback_job
 from jobs.review import build_review_inbox_sensor, review_import_job
 from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
-from nightkeeper.config import default_config_path, load_config
+from nightkeeper.config import load_config
 
 NIGHTLY_JOB = "nightly_batch"
 NIGHTLY_SCHEDULE = "nightly_batch_schedule"
@@ -88,5 +89,3 @@ def _is_check(definition) -> bool:
 
     return isinstance(definition, AssetChecksDefinition)
 
-
-defs = build_definitions(default_config_path())

@@ -1,9 +1,12 @@
-"""The laptop's Dagster instance: a DAGSTER_HOME folder whose dagster.yaml serialises warehouse steps."""
+"""The laptop's Dagster instance: a DAGSTER_HOME folder whose dagster.yaml serialises warehouse steps, and the
+workspace that opens one project's code location in ``dagster dev``."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import yaml
 
 from dagster import DagsterInstance
 
@@ -33,3 +36,29 @@ def persistent_instance(home: Path) -> DagsterInstance:
     prepare_dagster_home(home)
     os.environ["DAGSTER_HOME"] = str(home.resolve())
     return DagsterInstance.get()
+
+
+LOCATION_MODULE = "nightkeeper_location.py"
+WORKSPACE_FILE = "workspace.yaml"
+
+
+def write_workspace(config_path: Path, home: Path) -> Path:
+    """Write into ``home`` a code location that builds the definitions of ``config_path`` (named explicitly, so no
+    environment variable or current folder decides which project opens) and the workspace.yaml that loads it.
+
+    The location imports ``jobs`` from the same code tree as the caller. Returns the workspace.yaml's path.
+    """
+    prepare_dagster_home(home)
+    config = Path(config_path).resolve()
+    code_root = Path(__file__).resolve().parents[1]
+    (home / LOCATION_MODULE).write_text(
+        "# Written by nightkeeper: the code location of the project config named below.\n"
+        "from pathlib import Path\n\n"
+        "from jobs.definitions import build_definitions\n\n"
+        f"defs = build_definitions(Path({str(config)!r}))\n"
+    )
+    workspace = home / WORKSPACE_FILE
+    location = {"relative_path": LOCATION_MODULE, "attribute": "defs", "working_directory": str(code_root),
+                "location_name": f"nightkeeper:{config.parent.name}"}
+    workspace.write_text(f"# Written by nightkeeper for {config}.\n" + yaml.safe_dump({"load_from": [{"python_file": location}]}, sort_keys=False))
+    return workspace

@@ -121,14 +121,14 @@ def demo(
 
 @app.command()
 def ui(config: ConfigOption = None) -> None:
-    """Open the Dagster UI (``dagster dev``) on the config's Dagster home, from the repository root."""
+    """Open the Dagster UI (``dagster dev``) on the config's Dagster home, with a workspace naming that config."""
     project = _load(config)
-    from jobs.instance import prepare_dagster_home
+    from jobs.instance import write_workspace
 
-    home = prepare_dagster_home(project.dagster_home)
-    env = {**os.environ, "DAGSTER_HOME": str(home), "NIGHTKEEPER_CONFIG": str(_config_path(config))}
+    workspace = write_workspace(_config_path(config), project.dagster_home)
+    env = {**os.environ, "DAGSTER_HOME": str(project.dagster_home)}
     dagster = str(Path(sys.executable).parent / "dagster")
-    os.execvpe(dagster, [dagster, "dev", "-w", str(project.root / "workspace.yaml")], env)
+    os.execvpe(dagster, [dagster, "dev", "-w", str(workspace)], env)
 
 
 models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import socket
 import subprocess
@@ -33,6 +34,44 @@ def test_definitions_validate_passes_without_warnings_from_our_code(tmp_path):
     ours = [line for line in output.splitlines() if "Warning" in line and any(part in line for part in OUR_CODE)]
     assert not ours, ours
     assert "All code locations passed validation" in output
+
+
+def test_job_modules_import_without_a_config_in_the_current_folder(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "NIGHTKEEPER_CONFIG"}
+    env["PYTHONPATH"] = str(REPO)
+
+    done = subprocess.run([sys.executable, "-c", "import jobs.definitions, jobs.demo"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+
+
+def test_repository_workspace_loads_its_own_config_whatever_nightkeeper_config_says(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "NIGHTKEEPER_CONFIG": str(tmp_path / "elsewhere.yaml")}
+
+    done = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ui_workspace_names_the_given_config_and_validates_from_any_folder(tmp_path):
+    from jobs.instance import write_workspace
+    from nightkeeper.config import load_config
+
+    config_path = tmp_path / "project" / "nightkeeper.yaml"
+    config_path.parent.mkdir()
+    config_path.write_text(yaml.safe_dump(example_config(storage={"warehouse": "store/w.duckdb"}), sort_keys=False))
+    home = load_config(config_path).dagster_home
+
+    workspace = write_workspace(config_path, home)
+    done = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", str(workspace)], cwd=tmp_path,
+                          env={**os.environ, "DAGSTER_HOME": str(home), "NIGHTKEEPER_CONFIG": str(tmp_path / "other.yaml")},
+                          capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    defs = runpy.run_path(str(workspace.parent / "nightkeeper_location.py"))["defs"]
+    assert defs.resources["warehouse"].database == str(config_path.parent / "store" / "w.duckdb")
 
 
 def _free_port() -> int:
