@@ -7,6 +7,7 @@ whole file at load and fails with a message naming the field, the value found an
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from pathlib import Path
 from difflib import get_close_matches
@@ -14,7 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 CONFIG_ENV_VAR = "NIGHTKEEPER_CONFIG"
 DEFAULT_CONFIG_NAME = "nightkeeper.yaml"
@@ -61,8 +62,112 @@ class FeatureSpec(_Strict):
         return self
 
 
+# Scalar functions a cross-field rule may call (DuckDB's parse names; operators are functions too). Everything here
+# is a pure function of its arguments: nothing reads files, the environment or other tables.
+RULE_FUNCTIONS = frozenset({
+    "+", "-", "*", "/", "//", "%", "||", "~~", "!~~", "~~*", "!~~*",
+    "abs", "ceil", "ceiling", "floor", "round", "sqrt", "cbrt", "ln", "log", "log2", "log10", "exp", "power", "pow",
+    "sign", "mod", "greatest", "least", "nullif", "length", "char_length", "lower", "upper", "trim", "ltrim", "rtrim",
+    "starts_with", "ends_with", "strpos", "substr", "substring", "left", "right", "concat", "reverse",
+})
+_RULE_OPERATORS = frozenset({
+    "OPERATOR_NOT", "OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL", "COMPARE_IN", "COMPARE_NOT_IN", "OPERATOR_COALESCE",
+})
+_RULE_CLASSES = frozenset({"COLUMN_REF", "CONSTANT", "COMPARISON", "CONJUNCTION", "BETWEEN", "CASE", "CAST"})
+
+
+def _parsed_select(sql: str) -> dict[str, Any]:
+    import duckdb  # the parser only; nothing is executed
+
+    tree = json.loads(duckdb.execute("select json_serialize_sql(?)", [sql]).fetchone()[0])
+    if tree.get("error"):
+        raise ValueError(tree.get("error_message", "unparseable"))
+    return tree
+
+
+def rule_sql_problems(expression: str) -> list[str]:
+    """What makes ``expression`` more than an expression over one row's columns; empty when it is only that.
+
+    Parsed with DuckDB's parser as ``SELECT (<expression>)``: the statement must be that one SELECT with nothing but
+    its single select item, and every node of the item must be a column name, a constant, an operator or one of
+    RULE_FUNCTIONS.
+    """
+    try:
+        tree = _parsed_select(f"select ({expression})")
+    except Exception as exc:  # a parse error: refuse rather than guess what the expression would do
+        return [f"text that is not a valid SQL expression ({exc})"]
+    statements = tree.get("statements", [])
+    if len(statements) != 1:
+        return [f"{len(statements)} statements"]
+    node = dict(statements[0]["node"])
+    items = node.pop("select_list", [])
+    baseline = dict(_parsed_select("select 1")["statements"][0]["node"])
+    baseline.pop("select_list")
+    if node != baseline or len(items) != 1:
+        return ["SQL beyond one expression (FROM, WHERE, GROUP BY, a second item or similar)"]
+    problems: list[str] = []
+    _rule_nodes(items[0], problems)
+    return list(dict.fromkeys(problems))
+
+
+def _table_sources(node: Any) -> list[str]:
+    """The tables and table functions (``read_csv('/some/file')``) a parsed subquery reads from."""
+    found: list[str] = []
+    if isinstance(node, list):
+        for item in node:
+            found += _table_sources(item)
+    elif isinstance(node, dict):
+        if node.get("type") == "TABLE_FUNCTION":
+            function = node.get("function", {})
+            arguments = [str(c.get("value", {}).get("value")) for c in function.get("children", []) if c.get("class") == "CONSTANT"]
+            found.append(f"{function.get('function_name')}({', '.join(repr(a) for a in arguments)})")
+        elif node.get("type") == "BASE_TABLE":
+            found.append(f"table {node.get('table_name')!r}")
+        for value in node.values():
+            found += _table_sources(value)
+    return found
+
+
+def _rule_nodes(node: Any, problems: list[str]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _rule_nodes(item, problems)
+        return
+    if not isinstance(node, dict):
+        return
+    kind = node.get("class")
+    if kind == "SUBQUERY":
+        sources = sorted(set(_table_sources(node)))
+        problems.append("a subquery" + (f" reading {', '.join(sources)}" if sources else ""))
+        return
+    if kind == "FUNCTION":
+        name = str(node.get("function_name", "")).lower()
+        if node.get("schema") or node.get("catalog") or name not in RULE_FUNCTIONS:
+            qualified = ".".join(part for part in (node.get("catalog"), node.get("schema"), node.get("function_name")) if part)
+            allowed = ", ".join(sorted(f for f in RULE_FUNCTIONS if f.isidentifier()))
+            problems.append(f"function {qualified!r} (allowed functions: {allowed})")
+            return
+    elif kind == "OPERATOR" and node.get("type") not in _RULE_OPERATORS:
+        problems.append(f"operator {node.get('type')}")
+        return
+    elif kind == "COLUMN_REF" and len(node.get("column_names", [])) != 1:
+        problems.append(f"qualified name {'.'.join(node['column_names'])!r}")
+        return
+    elif kind is not None and kind not in _RULE_CLASSES and kind != "OPERATOR":
+        problems.append(f"{kind.lower().replace('_', ' ')} {node.get('type', '')}".strip())
+        return
+    for value in node.values():
+        _rule_nodes(value, problems)
+
+
 class CrossFieldRule(_Strict):
-    """A row rule over several columns: a SQL expression that must hold for the row to be valid."""
+    """A row rule over several columns: a SQL expression that must hold for the row to be valid.
+
+    The expression sees the row's own columns only: column names, constants, comparisons, AND/OR/NOT, IN, BETWEEN,
+    LIKE, IS [NOT] NULL, CASE, CAST, arithmetic and the scalar functions in RULE_FUNCTIONS. Subqueries, table
+    functions (``read_csv``...), any other function (``getenv``...) and qualified names are refused at load, so a
+    config cannot make the nightly run read files or query the warehouse.
+    """
 
     name: str
     expression: str = Field(description="SQL boolean expression over feature names, e.g. 'loan_amount <= 20 * income'.")
@@ -70,7 +175,14 @@ class CrossFieldRule(_Strict):
 
     @field_validator("expression")
     @classmethod
-    def _parses(cls, expression: str) -> str:
+    def _parses(cls, expression: str, info: ValidationInfo) -> str:
+        # checked before polars sees it: polars' SQL parser already executes table functions such as read_csv
+        refused = rule_sql_problems(expression)
+        if refused:
+            raise ValueError(
+                f"rule {info.data.get('name', '?')!r} must be an expression over the row's columns only; "
+                f"found {'; '.join(refused)}"
+            )
         try:
             pl.sql_expr(expression)
         except Exception as exc:  # polars raises several error types for bad SQL

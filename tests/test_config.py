@@ -128,6 +128,46 @@ def test_cross_field_rule_that_is_not_sql_names_the_expression() -> None:
     assert "not a valid SQL expression" in message
 
 
+def rule_error(expression: str) -> str:
+    return config_error(lambda raw: raw["contract"]["rules"][0].update(expression=expression))
+
+
+def test_cross_field_rule_with_a_subquery_reading_a_file_is_refused_at_load() -> None:
+    message = rule_error("income > (select count(*) from read_csv('/some/file')) * 100000")
+    assert "contract.rules.0.expression" in message
+    assert "rule 'loan_within_income_multiple' must be an expression over the row's columns only" in message
+    assert "a subquery reading read_csv('/some/file')" in message
+
+
+def test_cross_field_rule_calling_a_function_outside_the_allowed_set_is_refused() -> None:
+    message = rule_error("getenv('HOME') = income")
+    assert "rule 'loan_within_income_multiple'" in message
+    assert "function 'getenv'" in message
+    assert "allowed functions: abs" in message
+
+
+def test_cross_field_rule_smuggling_a_from_clause_is_refused() -> None:
+    message = rule_error("income > 0) from read_csv('/etc/passwd') --")
+    assert "rule 'loan_within_income_multiple'" in message
+    assert "SQL beyond one expression" in message
+
+
+def test_cross_field_rule_with_a_qualified_column_is_refused() -> None:
+    assert "qualified name 'applications.income'" in rule_error("loan_amount <= 40 * applications.income")
+
+
+def test_cross_field_rules_over_the_rows_columns_load() -> None:
+    raw = copy.deepcopy(SHIPPED)
+    expressions = [
+        "loan_amount <= 40 * abs(income) and coalesce(dependents, 0) between 0 and 20",
+        "case when employment_type in ('unemployed', 'student') then loan_amount < 50000 else true end",
+        "purpose not like 'x%' and monthly_expenses is not null and cast(age as double) >= 18",
+    ]
+    raw["contract"]["rules"] = [{"name": f"rule_{i}", "expression": e} for i, e in enumerate(expressions)]
+    config = parse_config(raw, root=CONFIG_PATH.parent)
+    assert [rule.expression for rule in config.contract.rules] == expressions
+
+
 def test_target_listed_as_a_feature_is_rejected() -> None:
     message = config_error(lambda raw: raw["contract"].update(target="age"))
     assert "target column 'age' must not also be listed as a feature" in message
