@@ -17,6 +17,8 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
+from nightkeeper.metric_names import check_alert_metric
+
 CONFIG_ENV_VAR = "NIGHTKEEPER_CONFIG"
 DEFAULT_CONFIG_NAME = "nightkeeper.yaml"
 
@@ -371,6 +373,12 @@ class AlertRule(_Strict):
     category: Literal["performance", "drift", "data_quality", "operations"]
     runbook: str = Field("", description="Anchor of this alert's section in docs/runbook.md.")
 
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        check_alert_metric(metric)  # a misspelt metric would load and never fire
+        return metric
+
 
 class AlertingConfig(_Strict):
     """Where alerts go besides the log and the warehouse, and which rules raise them."""
@@ -547,6 +555,15 @@ class ProjectConfig(_Strict):
         for name in behaviour.directions:
             if self.contract.features[name].dtype not in ("float", "int", "bool"):
                 raise ValueError(f"lifecycle.behaviour.directions: {name!r} must be numeric or bool to have a direction")
+        return self
+
+    @model_validator(mode="after")
+    def _alert_metrics_name_features(self) -> ProjectConfig:
+        for index, rule in enumerate(self.monitoring.alerts.rules):
+            try:
+                check_alert_metric(rule.metric, self.contract.feature_names)
+            except ValueError as exc:
+                raise ValueError(f"monitoring.alerts.rules.{index}.metric: {exc}") from None
         return self
 
     @model_validator(mode="after")

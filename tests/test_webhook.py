@@ -92,10 +92,10 @@ def conn(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 def open_alerts_tonight(conn: duckdb.DuckDBPyConnection, count: int = 1) -> None:
     """Drive ``count`` real alerts through the engine so the outbox holds ``count`` opened events."""
+    metrics = ["outcomes.fallback_rate", "outcomes.undecided_rate", "validation.quarantine_rate"][:count]
     rules = [
-        AlertRule(name=f"fallback_rate_{i}", metric=f"outcomes.fallback_rate_{i}", comparison=">", threshold=0.05,
-                  category="operations", runbook="fallback")
-        for i in range(count)
+        AlertRule(name=f"rate_{i}", metric=metric, comparison=">", threshold=0.05, category="operations", runbook="fallback")
+        for i, metric in enumerate(metrics)
     ]
     record_metrics(conn, NIGHT, {rule.metric: 0.2 for rule in rules}, "v1")
     assert len(run_alerts(conn, rules, NIGHT)) == count
@@ -117,8 +117,8 @@ def test_webhook_delivers_alert_json_with_text_to_the_server(conn: duckdb.DuckDB
     [request] = server.requests
     assert request["content_type"].startswith("application/json")
     body = request["json"]
-    assert body["text"].startswith("[warning] outcomes.fallback_rate_0 = 0.2 > 0.05 for 1 night (2026-02-04)")
-    assert body["nightkeeper"]["alert_id"] == "fallback_rate_0@2026-02-04"
+    assert body["text"].startswith("[warning] outcomes.fallback_rate = 0.2 > 0.05 for 1 night (2026-02-04)")
+    assert body["nightkeeper"]["alert_id"] == "rate_0@2026-02-04"
     assert body["nightkeeper"]["event"] == "opened"
     [row] = outbox(conn)
     assert row["delivered_at"] == NOW and row["attempts"] == 1
@@ -168,7 +168,7 @@ def test_server_down_is_night_safe_and_the_event_is_delivered_exactly_once_when_
     assert (back.delivered, back.pending) == (2, 0)
     assert (again.delivered, again.failed, again.pending) == (0, 0, 0)
     delivered_ids = [request["json"]["nightkeeper"]["alert_id"] for request in server.requests]
-    assert delivered_ids == ["fallback_rate_0@2026-02-04", "fallback_rate_1@2026-02-04"]
+    assert delivered_ids == ["rate_0@2026-02-04", "rate_1@2026-02-04"]
 
 
 def test_slow_server_times_out_without_raising_and_stays_pending(
