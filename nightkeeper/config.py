@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 from pathlib import Path
 from difflib import get_close_matches
@@ -18,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from nightkeeper.metric_names import check_alert_metric
+
+logger = logging.getLogger(__name__)
 
 CONFIG_ENV_VAR = "NIGHTKEEPER_CONFIG"
 DEFAULT_CONFIG_NAME = "nightkeeper.yaml"
@@ -534,6 +537,7 @@ class ProjectConfig(_Strict):
     lifecycle: LifecycleConfig = LifecycleConfig()
     review: ReviewConfig = ReviewConfig()
     _root: Path = PrivateAttr(default=Path("."))
+    _defaulted: tuple[str, ...] = PrivateAttr(default=())
 
     @model_validator(mode="after")
     def _fallback_segments_are_categories(self) -> ProjectConfig:
@@ -578,6 +582,22 @@ class ProjectConfig(_Strict):
     def root(self) -> Path:
         return self._root
 
+    @property
+    def defaults_applied(self) -> list[str]:
+        """One line per config section the file left out, naming it and the default values now in force.
+
+        Empty when the file spells out every section; ``load_config`` logs these as a warning and ``check-config``
+        prints them, so e.g. a config without ``model:`` does not silently decide at threshold 0.5.
+        """
+        lines = []
+        for path in self._defaulted:
+            section: Any = self
+            for part in path.split("."):
+                section = getattr(section, part)
+            values = ", ".join(f"{key}={_plain(value)}" for key, value in _flattened(section))
+            lines.append(f"{path}: not in the file; defaults apply: {values}")
+        return lines
+
     def path(self, relative: Path) -> Path:
         """Resolve a configured path against the config file's folder."""
         return relative if relative.is_absolute() else (self._root / relative).resolve()
@@ -619,7 +639,10 @@ def load_config(path: str | Path | None = None) -> ProjectConfig:
         raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{config_path}: expected a mapping at the top level, found {type(raw).__name__}")
-    return parse_config(raw, root=config_path.parent, source=str(config_path))
+    config = parse_config(raw, root=config_path.parent, source=str(config_path))
+    for line in config.defaults_applied:
+        logger.warning("%s: %s", config_path.name, line)
+    return config
 
 
 def parse_config(raw: dict[str, Any], root: Path, source: str = "config") -> ProjectConfig:
@@ -629,7 +652,34 @@ def parse_config(raw: dict[str, Any], root: Path, source: str = "config") -> Pro
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
     config._root = Path(root).resolve()
+    config._defaulted = tuple(_missing_sections(ProjectConfig, raw))
     return config
+
+
+def _missing_sections(model: type[BaseModel], raw: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the sub-sections (nested config models) ``raw`` leaves out, outermost only."""
+    missing: list[str] = []
+    for name, field in model.model_fields.items():
+        section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        if section is None:
+            continue
+        if not isinstance(raw, dict) or name not in raw:
+            missing.append(f"{prefix}{name}")
+        else:
+            missing += _missing_sections(section, raw[name], f"{prefix}{name}.")
+    return missing
+
+
+def _flattened(section: BaseModel, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted field, value) of every setting of ``section``, nested sections spelled out."""
+    pairs: list[tuple[str, Any]] = []
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            pairs += _flattened(value, f"{prefix}{name}.")
+        else:
+            pairs.append((f"{prefix}{name}", value))
+    return pairs
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -651,6 +701,13 @@ def _describe(error: ValidationError, source: str) -> str:
         else:
             lines.append(f"  {field}: found {found}; {message}")
     return "\n".join(lines)
+
+
+def _plain(value: Any) -> str:
+    """A default value as the YAML a person would write for it."""
+    if isinstance(value, (dt.date, dt.time, Path)):
+        return str(value)
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def _shown(value: Any, limit: int = 120) -> str:

@@ -289,3 +289,42 @@ def test_yaml_that_is_not_a_mapping_is_rejected(tmp_path: Path) -> None:
     path.write_text("- name\n- contract\n")
     with pytest.raises(ConfigError, match="expected a mapping at the top level, found list"):
         load_config(path)
+
+
+# ------------------------------------------------------------------------------------------------ defaults applied
+
+
+def test_config_without_a_model_section_says_which_defaults_applied() -> None:
+    raw = copy.deepcopy(SHIPPED)
+    del raw["model"]
+    config = parse_config(raw, root=CONFIG_PATH.parent)
+    [line] = config.defaults_applied
+    assert line.startswith("model: not in the file; defaults apply:")
+    assert "decision.threshold=0.5" in line and "decision.at_or_above_threshold=positive" in line
+
+
+def test_a_left_out_nested_section_is_named_by_its_dotted_path() -> None:
+    raw = copy.deepcopy(SHIPPED)
+    del raw["model"]["decision"]
+    del raw["review"]
+    lines = parse_config(raw, root=CONFIG_PATH.parent).defaults_applied
+    assert [line.split(":")[0] for line in lines] == ["model.decision", "review"]
+
+
+def test_the_shipped_config_spells_out_every_section() -> None:
+    assert load_config(CONFIG_PATH).defaults_applied == []
+
+
+def test_check_config_prints_a_warning_for_each_defaulted_section(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nightkeeper.cli import app
+
+    raw = copy.deepcopy(SHIPPED)
+    del raw["model"]
+    config = tmp_path / "nightkeeper.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    done = CliRunner().invoke(app, ["check-config", "--config", str(config)], terminal_width=400)
+    assert done.exit_code == 0, done.output
+    assert "warning model: not in the file; defaults apply:" in done.output
+    assert "decision.threshold=0.5" in done.output
