@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,9 @@ def export_review_csv(queue: pl.DataFrame, path: Path) -> Path:
 
     Columns: EXPORT_COLUMNS — entity_id, partition_date (YYYY-MM-DD), score, decision, queue_reason, then the empty
     ``label``, ``reviewer`` and ``note`` for the reviewer to fill. Rows are in (partition_date, priority) order.
-    The parent folder is created if needed; an existing file is overwritten.
+    The parent folder is created if needed; an existing file is overwritten. Text cells a spreadsheet would run as a
+    formula (starting with = + - @, tab or CR) are written with a leading ``'`` (``neutralise_formulas``); import
+    takes it off the ids again, so a round trip matches the queue.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet = queue.sort("partition_date", "priority").select(
@@ -181,8 +184,31 @@ def export_review_csv(queue: pl.DataFrame, path: Path) -> Path:
         "queue_reason",
         *(pl.lit(None, dtype=pl.String).alias(name) for name in ("label", "reviewer", "note")),
     )
-    sheet.write_csv(path)
+    neutralise_formulas(sheet).write_csv(path)
     return path
+
+
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection). Such a cell is written with a
+# leading apostrophe, which spreadsheets show as text; a cell that already starts with apostrophes before one of
+# these gets one more, so import can take exactly one off and every text comes back as it was.
+_FORMULA_START = r"^'*[=+\-@\t\r]"
+_NEUTRALISED = r"^'+[=+\-@\t\r]"
+
+
+def neutralise_formulas(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with every text cell a spreadsheet would run as a formula prefixed with ``'`` (see ``restore_formula``)."""
+    texts = [name for name, dtype in frame.schema.items() if dtype == pl.String]
+    return frame.with_columns(
+        pl.when(pl.col(name).str.contains(_FORMULA_START)).then(pl.lit("'") + pl.col(name)).otherwise(pl.col(name)).alias(name)
+        for name in texts
+    )
+
+
+def restore_formula(text: str | None) -> str | None:
+    """Undo ``neutralise_formulas`` on one cell: drop the apostrophe it added, leave any other text as it is."""
+    if text is not None and re.match(_NEUTRALISED, text):
+        return text[1:]
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------------- import
@@ -383,7 +409,9 @@ def _rows_frame(header: list[str], records: list[tuple[int, list[str]]]) -> pl.D
         index = position.get(name)
         if index is None or index >= len(record):
             return None
-        return record[index].strip() or None
+        text = record[index].strip() or None
+        # ids went out neutralised (export, rejects file): take the apostrophe off so they match the queue again
+        return restore_formula(text) if name == "entity_id" else text
 
     columns: dict[str, list[Any]] = {"row_number": [n for n, _ in records], "__fields": [len(r) for _, r in records]}
     for name, alias in wanted.items():
@@ -414,10 +442,12 @@ def write_rejects(rejected: pl.DataFrame, path: Path) -> Path:
     """Write ``rejected`` (REJECT_SCHEMA) to ``rejects_path(path)`` next to the review file ``path``; return it.
 
     Always writes (a header-only file when nothing was rejected), so a stale rejects file from an earlier import
-    of the same file never survives. Columns: row_number, entity_id, label, reviewer, note, reason.
+    of the same file never survives. Columns: row_number, entity_id, label, reviewer, note, reason; text cells that
+    would run as a spreadsheet formula (a reviewer's ``=HYPERLINK(...)``) are neutralised with a leading ``'``.
     """
     target = rejects_path(path)
-    rejected.sort("row_number", nulls_last=False).select("row_number", "entity_id", "label", "reviewer", "note", "reason").write_csv(target)
+    sheet = rejected.sort("row_number", nulls_last=False).select("row_number", "entity_id", "label", "reviewer", "note", "reason")
+    neutralise_formulas(sheet).write_csv(target)
     return target
 
 

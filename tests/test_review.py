@@ -460,6 +460,45 @@ def test_rejects_file_is_written_next_to_the_input(tmp_path: Path) -> None:
     assert rejects.select("row_number", "entity_id", "reason").rows() == [("1", "ghost", "entity_id 'ghost' is not in the review queue")]
 
 
+FORMULA_IDS = ['=HYPERLINK("http://x.example","click")', "+41-1", "-7", "@SUM(A1)", "'=already-quoted", "plain-id"]
+
+
+def test_export_neutralises_cells_a_spreadsheet_would_run_as_formulas(tmp_path: Path) -> None:
+    queue = small_queue(FORMULA_IDS)
+    sheet = pl.read_csv(export_review_csv(queue, tmp_path / "review.csv"), infer_schema=False)
+    by_original = dict(zip(queue["entity_id"], sheet["entity_id"]))
+    assert by_original == {
+        '=HYPERLINK("http://x.example","click")': '\'=HYPERLINK("http://x.example","click")',
+        "+41-1": "'+41-1",
+        "-7": "'-7",
+        "@SUM(A1)": "'@SUM(A1)",
+        "'=already-quoted": "''=already-quoted",
+        "plain-id": "plain-id",
+    }
+
+
+def test_neutralised_ids_round_trip_through_import(tmp_path: Path) -> None:
+    queue = small_queue(FORMULA_IDS)
+    path = export_review_csv(queue, tmp_path / "review.csv")
+    sheet = pl.read_csv(path, infer_schema=False).with_columns(pl.lit("1").alias("label"), pl.lit("alice").alias("reviewer"))
+    sheet.write_csv(path)
+    result = import_file(path, queue)
+    assert result.rejected.height == 0
+    assert sorted(result.accepted["entity_id"]) == sorted(FORMULA_IDS)
+
+
+def test_rejects_file_neutralises_a_reviewers_formula(tmp_path: Path) -> None:
+    queue = small_queue()
+    path = write_review(tmp_path / "review.csv", [
+        {"entity_id": "=cmd|' /C calc'!A0", "label": "1", "reviewer": "@mallory", "note": '=HYPERLINK("http://evil.example")'},
+    ])
+    rejects = pl.read_csv(write_rejects(import_file(path, queue).rejected, path), infer_schema=False)
+    assert rejects.select("entity_id", "reviewer", "note").row(0) == (
+        "'=cmd|' /C calc'!A0", "'@mallory", '\'=HYPERLINK("http://evil.example")'
+    )
+    assert not any(str(cell).startswith(("=", "+", "-", "@")) for cell in rejects.row(0))
+
+
 def test_review_config_rejects_labels_that_are_not_whole_numbers() -> None:
     with pytest.raises(ValueError, match="'no' is not a whole number"):
         ReviewConfig(labels=["no", "yes"])
