@@ -62,10 +62,8 @@ def review_labels(context: AssetExecutionContext, config: ReviewImportRequest, p
         queue = review.stored_queue(connection)
         already = review.stored_review_labels(connection)
     result = review.import_review_file(path, queue, already, settings.review.labels, dt.datetime.now(dt.timezone.utc))
-    rejects = review.write_rejects(result.rejected, path)
     with warehouse.connect() as connection:
-        added = review.store_review_labels(connection, result.accepted)
-        review.store_rejects(connection, result.rejected)
+        added, rejects = review.commit_import(connection, result, path)
     if result.file_problem:
         context.log.error(f"{path.name}: {result.file_problem}")
     reasons = result.rejected.group_by("reason").len().sort("len", descending=True) if result.rejected.height else pl.DataFrame()

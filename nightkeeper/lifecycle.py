@@ -100,9 +100,19 @@ def advance(connection: duckdb.DuckDBPyConnection, version: str, stage: str, eff
 
 
 def promote(connection: duckdb.DuckDBPyConnection, version: str, effective_from: dt.date, actor: str, reason: str) -> None:
-    """Make ``version`` champion from ``effective_from`` on and clear the challenger."""
-    registry.set_alias(connection, registry.CHAMPION, version, effective_from, actor, reason)
-    registry.set_alias(connection, registry.CHALLENGER, None, effective_from, actor, f"promoted {version}")
+    """Make ``version`` champion from ``effective_from`` on and clear the challenger, in one transaction.
+
+    Both rows or neither: a failure between them must not leave the version serving as champion and as challenger.
+    The caller must not hold an open transaction.
+    """
+    connection.begin()
+    try:
+        registry.set_alias(connection, registry.CHAMPION, version, effective_from, actor, reason)
+        registry.set_alias(connection, registry.CHALLENGER, None, effective_from, actor, f"promoted {version}")
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
 
 
 def reject_challenger(connection: duckdb.DuckDBPyConnection, effective_from: dt.date, actor: str, reason: str) -> str | None:

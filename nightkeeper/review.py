@@ -10,9 +10,10 @@ The flow, one night at a time:
 3. Reviewers fill it in; ``import_review_file`` reads it back **without ever raising on the file's content**:
    each good row is accepted, each bad row is rejected with the reason, rows with an empty label are skipped (not
    reviewed yet), and a malformed file (not a CSV, required columns missing) is rejected as a whole with the reason.
-   ``write_rejects`` writes the rejections next to the input file for the reviewer to fix and send again.
-4. ``store_review_labels`` appends accepted labels to ``review.labels``, idempotently by (entity_id, label), so
-   importing the same file twice adds nothing. ``training_labels`` turns them into (entity_id, label, provenance).
+4. ``commit_import`` stores, in one transaction, the accepted labels in ``review.labels`` (idempotently by
+   (entity_id, label), so importing the same file twice adds nothing) and the rejections in ``review.rejects``; only
+   after the commit does it write the rejections next to the input file (``write_rejects``) for the reviewer to fix
+   and send again. ``training_labels`` turns the labels into (entity_id, label, provenance).
 
 Every function is a plain function of its arguments (the warehouse connection included); nothing here imports
 Dagster. Its settings are ``ProjectConfig.review`` (``nightkeeper.config.ReviewConfig``).
@@ -568,6 +569,25 @@ def store_rejects(connection: duckdb.DuckDBPyConnection, rejected: pl.DataFrame)
     new = frame.unique(key, keep="first", maintain_order=True).join(stored, on=key, how="anti", nulls_equal=True)
     _insert(connection, f"{SCHEMA}.rejects", new)
     return new.height
+
+
+def commit_import(connection: duckdb.DuckDBPyConnection, result: ReviewImport, path: Path) -> tuple[int, Path]:
+    """Store an import's accepted labels and its rejections in one transaction, then write its rejects file.
+
+    Returns (new labels stored, the rejects file). All or nothing: if storing fails (a conflict, a warehouse error,
+    a killed process) neither labels nor rejections are kept and no rejects file is written, so the reviewer never
+    holds a rejects file for an import the warehouse does not know. The rejects file is written only after the
+    commit; a crash between the two leaves the warehouse complete and the file to be written by a re-import.
+    """
+    connection.begin()
+    try:
+        added = store_review_labels(connection, result.accepted)
+        store_rejects(connection, result.rejected)
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    return added, write_rejects(result.rejected, path)
 
 
 def stored_rejects(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:

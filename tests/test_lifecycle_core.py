@@ -228,6 +228,26 @@ def test_promote_makes_the_version_champion_and_clears_the_challenger(connection
     assert registry.alias_version(connection, registry.CHAMPION, JAN_10) == a  # history is kept
 
 
+def test_promote_is_all_or_nothing_when_clearing_the_challenger_fails(connection, versions):
+    a, b = versions
+    # the same alias log, but one that refuses a row clearing an alias: the second write of promote fails
+    connection.execute("drop table registry.model_aliases")
+    connection.execute(
+        """create table registry.model_aliases (seq bigint primary key, alias varchar not null,
+           version varchar check (version is not null), effective_from date not null, set_at timestamptz not null,
+           actor varchar not null, reason varchar not null, stage varchar)"""
+    )
+    registry.set_alias(connection, registry.CHAMPION, a, JAN_1, "bootstrap", "first model")
+    lifecycle.start_shadow(connection, b, JAN_5, "dagster", "passed the gate")
+
+    with pytest.raises(Exception, match="CHECK constraint"):
+        lifecycle.promote(connection, b, JAN_15, "dagster", "canary:20 held")
+
+    assert registry.alias_version(connection, registry.CHAMPION, JAN_15) == a
+    assert registry.alias_state(connection, registry.CHALLENGER, JAN_15) == AliasState(b, "shadow", JAN_5)
+    assert len(rows_of(connection)) == 2
+
+
 def test_reject_challenger_clears_it_and_returns_the_removed_version(connection, versions):
     lifecycle.start_shadow(connection, versions[1], JAN_5, "dagster", "passed the gate")
 

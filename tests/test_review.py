@@ -24,6 +24,7 @@ from nightkeeper.review import (
     ReviewConfig,
     ReviewImport,
     build_review_queue,
+    commit_import,
     export_review_csv,
     import_review_file,
     is_rejects_file,
@@ -548,6 +549,42 @@ def test_storing_a_conflicting_label_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="two different review labels"):
             store_review_labels(connection, accepted.with_columns(pl.lit(0, dtype=pl.Int8).alias("label")))
         assert stored_review_labels(connection)["label"].to_list() == [1]
+
+
+def test_committing_an_import_stores_labels_and_rejects_and_then_writes_the_rejects_file(tmp_path: Path) -> None:
+    queue = small_queue()
+    ids = queue["entity_id"].to_list()
+    path = write_review(tmp_path / "review.csv", [
+        {"entity_id": ids[0], "label": "1", "reviewer": "alice"},
+        {"entity_id": "ghost", "label": "1", "reviewer": "alice"},
+    ])
+    with warehouse.connect(tmp_path / "w.duckdb") as connection:
+        added, rejects = commit_import(connection, import_file(path, queue), path)
+        assert added == 1
+        assert stored_review_labels(connection)["entity_id"].to_list() == [ids[0]]
+        assert stored_rejects(connection)["entity_id"].to_list() == ["ghost"]
+    assert pl.read_csv(rejects, infer_schema=False)["entity_id"].to_list() == ["ghost"]
+
+
+def test_an_import_whose_rejects_cannot_be_stored_keeps_no_labels_and_writes_no_rejects_file(tmp_path: Path) -> None:
+    queue = small_queue()
+    ids = queue["entity_id"].to_list()
+    path = write_review(tmp_path / "review.csv", [
+        {"entity_id": ids[0], "label": "1", "reviewer": "alice"},
+        {"entity_id": "ghost", "label": "1", "reviewer": "alice"},
+    ])
+    with warehouse.connect(tmp_path / "w.duckdb") as connection:
+        # a rejects table that refuses this rejection: the second write of the import fails
+        connection.execute("create schema review")
+        connection.execute(
+            """create table review.rejects (source_file varchar not null, row_number bigint, entity_id varchar
+               check (entity_id <> 'ghost'), label varchar, reviewer varchar, note varchar, reason varchar not null,
+               rejected_at timestamptz not null)"""
+        )
+        with pytest.raises(Exception, match="CHECK constraint"):
+            commit_import(connection, import_file(path, queue), path)
+        assert stored_review_labels(connection).height == 0
+    assert not (tmp_path / "review.rejects.csv").exists()
 
 
 def test_stored_rejects_are_logged_once_per_rejection(tmp_path: Path) -> None:
