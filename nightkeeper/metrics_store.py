@@ -64,21 +64,22 @@ def record_metrics(
             raise ValueError(f"metric names must be non-empty strings, got {name!r}")
     if not metrics:
         return 0
-    rows = [[night, name, _stored(name, value), model_version] for name, value in metrics.items()]
+    values = [_stored(name, value) for name, value in metrics.items()]
     ensure_metrics_table(connection)
     connection.begin()
     try:
-        connection.executemany(
-            f"""insert into {TABLE} values (?, ?, ?, ?, now())
+        # one statement for all rows: DuckDB's executemany costs ~5 ms a row, a night records ~60 metrics
+        connection.execute(
+            f"""insert into {TABLE} select ?, unnest(?::varchar[]), unnest(?::double[]), ?, now()
                 on conflict (night, metric) do update set
                     value = excluded.value, model_version = excluded.model_version, recorded_at = excluded.recorded_at""",
-            rows,
+            [night, list(metrics), values, model_version],
         )
         connection.commit()
     except BaseException:
         connection.rollback()
         raise
-    return len(rows)
+    return len(values)
 
 
 def metric_history(
