@@ -4,11 +4,18 @@
 ``registry.model_aliases`` is append-only: each row points an alias (``champion``, ``challenger``) at a version
 from a night on, with who and why. The alias in force on night D is the latest row with ``effective_from <= D``,
 so re-running a past night uses the model that served it, and rollback is one more row.
+
+``model_path`` is stored relative to the warehouse file's folder (``models/<version>/model.txt`` in the default
+layout, where both live under the project's ``data/``) and resolved against that folder when read, so a project
+folder that is copied or moved serves its own artifacts, never the original folder's. The registry is reached
+through a connection only, and the warehouse file is the one thing every reader holds that moves with the models.
+Rows written as absolute paths (before this rule, or from an in-memory warehouse) are read as they are.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,9 +71,31 @@ def register(connection: duckdb.DuckDBPyConnection, card: ModelCard, model_path:
     ensure_registry(connection)
     connection.execute(
         f"insert into {SCHEMA}.model_versions values (?, ?, ?, now(), ?, ?, ?) on conflict (version) do nothing",
-        [card.version, card.project, card.created_at, str(model_path), card.model_sha256, card.model_dump_json()],
+        [card.version, card.project, card.created_at, _stored_path(connection, model_path), card.model_sha256, card.model_dump_json()],
     )
     return get_version(connection, card.version)
+
+
+def _warehouse_folder(connection: duckdb.DuckDBPyConnection) -> Path | None:
+    """The folder of the warehouse file behind ``connection``; None for an in-memory database."""
+    row = connection.execute("select path from duckdb_databases() where database_name = current_database()").fetchone()
+    return Path(row[0]).resolve().parent if row and row[0] else None
+
+
+def _stored_path(connection: duckdb.DuckDBPyConnection, model_path: Path) -> str:
+    """``model_path`` as stored: relative to the warehouse's folder (posix separators), absolute without a file."""
+    folder = _warehouse_folder(connection)
+    absolute = Path(model_path).resolve()
+    return Path(os.path.relpath(absolute, folder)).as_posix() if folder is not None else str(absolute)
+
+
+def _resolved_path(connection: duckdb.DuckDBPyConnection, stored: str) -> Path:
+    """A stored ``model_path`` as an absolute path: relative ones against the warehouse's folder, absolute as they are."""
+    path = Path(stored)
+    folder = _warehouse_folder(connection)
+    if path.is_absolute() or folder is None:
+        return path
+    return Path(os.path.normpath(folder / path))
 
 
 def get_version(connection: duckdb.DuckDBPyConnection, version: str) -> ModelRecord:
@@ -77,7 +106,7 @@ def get_version(connection: duckdb.DuckDBPyConnection, version: str) -> ModelRec
     ).fetchone()
     if row is None:
         raise KeyError(f"model version {version!r} is not registered")
-    return ModelRecord(row[0], Path(row[1]), row[2], ModelCard.model_validate_json(row[3]))
+    return ModelRecord(row[0], _resolved_path(connection, row[1]), row[2], ModelCard.model_validate_json(row[3]))
 
 
 def set_alias(
@@ -146,7 +175,10 @@ def alias_log(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
 
 def versions(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """Registered versions, newest first, with their headline holdout metrics and training window."""
+    """Registered versions, newest first, with their headline holdout metrics and training window.
+
+    ``model_path`` is as stored: relative to the warehouse file's folder (or absolute for old rows).
+    """
     ensure_registry(connection)
     return connection.execute(
         f"""select version, created_at, registered_at,

@@ -330,3 +330,36 @@ def test_publishing_the_same_model_twice_keeps_one_version(
     assert first == second
     with warehouse.connect(config.warehouse_path) as opened:
         assert opened.execute("select count(*) from registry.model_versions").fetchone() == (1,)
+
+
+def test_a_copied_project_serves_its_own_model_not_the_originals(
+    tmp_path: Path, core_make_config: Any, core_history: pl.DataFrame, tonight: np.ndarray
+) -> None:
+    import shutil
+
+    original = core_make_config(tmp_path / "original")
+    record = bootstrap_champion(original, core_history, JAN_10)
+    expected = load_verified(record).predict(tonight)
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    shutil.rmtree(original.models_path)  # the original folder's model is gone: the copy must not need it
+
+    copy = core_make_config(tmp_path / "copy")
+    with warehouse.connect(copy.warehouse_path) as opened:
+        champion = registry.alias_record(opened, registry.CHAMPION, JAN_20)
+        stored = opened.execute("select model_path from registry.model_versions").fetchone()[0]
+    assert champion is not None and champion.model_path == copy.models_path / record.version / "model.txt"
+    assert not Path(stored).is_absolute()
+    assert np.array_equal(load_verified(champion).predict(tonight), expected)
+
+
+def test_a_registry_row_with_an_absolute_path_still_loads(tmp_path: Path, connection: Any, core_trained: TrainedModel) -> None:
+    model_path = save_artifact(core_trained, tmp_path / "elsewhere" / "models")
+    card = core_trained.card
+    registry.ensure_registry(connection)
+    connection.execute(  # a row as written before paths were stored relative
+        "insert into registry.model_versions values (?, ?, ?, now(), ?, ?, ?)",
+        [card.version, card.project, card.created_at, str(model_path), card.model_sha256, card.model_dump_json()],
+    )
+    record = registry.get_version(connection, card.version)
+    assert record.model_path == model_path
+    load_verified(record)
