@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 
@@ -27,3 +31,18 @@ def markdown_table(frame: pl.DataFrame, rows: int = 10) -> MetadataValue:
     lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
     lines += ["| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |" for row in head.iter_rows()]
     return MetadataValue.md("\n".join(lines))
+
+
+def dagster_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A core step's plain metadata as Dagster metadata: frames as markdown tables (all their rows: the step cut them),
+    paths as path links, lists and dicts as JSON; numbers and strings as they are."""
+    def wrap(value: Any) -> Any:
+        if isinstance(value, pl.DataFrame):
+            return markdown_table(value, rows=value.height)
+        if isinstance(value, Path):
+            return MetadataValue.path(str(value))
+        if isinstance(value, (list, dict)):
+            return MetadataValue.json(value)
+        return value
+
+    return {name: wrap(value) for name, value in values.items()}

@@ -7,10 +7,11 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetKey, Config, DailyPartitionsDefinition, MaterializeResult, asset
 from pydantic import Field
 
-from assets.checks import markdown_table
+from assets.checks import dagster_metadata, markdown_table
 from assets.nightly import night_of
 from jobs.resources import WAREHOUSE_POOL, ProjectResource, WarehouseResource
 from nightkeeper import review
+from nightkeeper.pipeline import monitoring
 
 
 class ReviewImportRequest(Config):
@@ -28,21 +29,9 @@ def build_review_assets(partitions: DailyPartitionsDefinition) -> list:
         "(most uncertain first), then quarantined rows a person could decide, capped at the nightly capacity.",
     )
     def review_queue(context: AssetExecutionContext, outcomes: pl.DataFrame, quarantine: pl.DataFrame, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
-        config = project.load()
-        night = night_of(context)
-        queue = review.build_review_queue(outcomes, quarantine, config.model.decision.threshold, config.review)
         with warehouse.connect() as connection:
-            review.store_queue(connection, night, queue)
-        by_reason = queue.with_columns(pl.col("queue_reason").str.split(":").list.first()).group_by("queue_reason").len()
-        return MaterializeResult(
-            metadata={
-                "queued": queue.height,
-                "capacity": config.review.capacity,
-                "by_reason": markdown_table(by_reason, rows=10),
-                "export": f"nightkeeper review export --date {night}",
-                "preview": markdown_table(queue, rows=10),
-            }
-        )
+            result = monitoring.review_queue_night(project.load(), connection, night_of(context), outcomes, quarantine)
+        return MaterializeResult(metadata=dagster_metadata(result.metadata))
 
     return [review_queue]
 

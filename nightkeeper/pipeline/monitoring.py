@@ -1,0 +1,344 @@
+"""The monitoring steps of a night: late labels, realized and estimated performance, drift, alerts, the review queue.
+
+Each step is ``(config, connection, night, *inputs) -> StepResult`` (nightkeeper.pipeline.step): Dagster's assets
+call them in production and the backtest calls them with a simulated clock, so both write the same tables. State
+that accumulates across nights (labels, metrics, alerts, the review queue) lives in the warehouse's ``monitoring``
+schema and is written here through the connection; the only partition table a step returns is ``drift_metrics``.
+
+Metadata values are plain Python: numbers, strings, ``pl.DataFrame`` previews (already cut to the rows worth
+showing), ``Path`` for files people open (plots, reports) and lists of dicts read by sensors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from nightkeeper import alerts, drift, labels, metrics_store, performance, registry, review, webhook
+from nightkeeper.artifacts import ModelUnavailable, load_reference_sample
+from nightkeeper.batch_checks import CheckOutcome
+from nightkeeper.config import AlertingConfig, ProjectConfig
+from nightkeeper.drift_report import write_evidently_report
+from nightkeeper.pipeline.step import StepResult
+from nightkeeper.profile import with_threshold_overrides
+from nightkeeper.validation import ROW_KEY
+
+NIGHTLY_SCHEMA = "nightly"  # the partitioned tables of a night (outcomes, ...); the IO manager's schema
+REPORTS_FOLDER = "reports"  # under the project root: plots and HTML reports people open
+LIFECYCLE_EVENT_METRICS = ("lifecycle.rollbacks", "lifecycle.candidate_rejected", "lifecycle.retrain_refused")
+REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
+LABEL_LOOKBACK_NIGHTS = 7  # label files that arrived within this many nights are read again (see labels_night)
+CALIBRATION_WINDOW_NIGHTS = 14  # calibration is judged on the labeled rows of this many latest scoring nights
+PERFORMANCE_HOLD_TOLERANCE = 0.03  # AUC below the champion's holdout by more than this fails `performance_holds`
+
+DRIFT_CHECKS = ("features_stable", "predictions_stable", "population_indistinct")
+PERFORMANCE_CHECKS = ("estimate_trustworthy", "performance_holds")
+
+_LOG = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------- labels
+
+
+def labels_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date) -> StepResult:
+    """Read the label files that arrived in the week up to ``night`` and store them reconciled with the answers.
+
+    Files that arrived within the last LABEL_LOOKBACK_NIGHTS nights are read again: re-reading is harmless (nothing
+    counts twice) and picks up labels whose answer was stored after the file arrived; older files were settled on
+    earlier nights. Writes ``monitoring.labels`` and ``monitoring.labels_rejected``; no partition table.
+    """
+    totals: dict[str, int] = {}
+    files = [
+        path for path in labels.label_files(config.labels_path, night)
+        if labels.arrival_date(path) > night - dt.timedelta(days=LABEL_LOOKBACK_NIGHTS)
+    ]
+    for path in files:
+        incoming = labels.read_label_file(path, config.contract)
+        answered = connection.execute(
+            f"select distinct entity_id, partition_date from {NIGHTLY_SCHEMA}.outcomes where entity_id in (select unnest($ids))",
+            {"ids": incoming["entity_id"].drop_nulls().unique().to_list()},
+        ).pl()
+        batch = labels.reconcile_labels(incoming, answered, labels.stored_labels(connection), labels.arrival_date(path))
+        labels.store_label_batch(connection, batch)
+        for name, count in batch.summary().items():
+            totals[name] = totals.get(name, 0) + count
+    stored = labels.stored_labels(connection)
+    rejected = labels.stored_rejections(connection)
+    return StepResult(
+        metadata={
+            "files_read": len(files),
+            **{name.replace("labels.", ""): count for name, count in totals.items()},
+            "labels_stored": stored.height,
+            "rejections_stored": rejected.height,
+            "recent_rejections": rejected.sort("arrived_on", descending=True).head(10),
+        }
+    )
+
+
+# -------------------------------------------------------------------------------------------------- performance
+
+
+def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date) -> StepResult:
+    """Realized metrics per scoring night and model version, tonight's CBPE estimate, and the `performance.*` metrics.
+
+    ``monitoring.performance_realized`` covers every night (re-running an old night must not drop later ones);
+    tonight's metrics see only what was known by tonight: outcomes up to ``night`` and labels arrived by it.
+    Checks: ``estimate_trustworthy`` (calibration on the latest labeled nights), ``performance_holds`` (estimated and
+    realized AUC within PERFORMANCE_HOLD_TOLERANCE of the champion's holdout).
+    """
+    settings = config.monitoring.performance
+    decision = config.model.decision
+    every_night = connection.execute(f"select * from {NIGHTLY_SCHEMA}.outcomes").pl()
+    stored = labels.stored_labels(connection)
+    champion = registry.alias_record(connection, registry.CHAMPION, night)
+    realized_all = performance.realized_performance(every_night, stored, decision, settings.business_value, settings.min_labeled_rows)
+    outcomes = every_night.filter(pl.col("partition_date") <= night)
+    stored = stored.filter(pl.col("arrived_on") <= night)
+    realized = performance.realized_performance(outcomes, stored, decision, settings.business_value, settings.min_labeled_rows)
+    estimated = performance.estimated_performance(outcomes, decision, settings.business_value)  # every night, for the plot
+    calibration = _calibration(outcomes, stored, settings.max_calibration_error)
+    tonight = estimated.filter((pl.col("partition_date") == night) & (pl.col("source") == "model"))
+    estimate_row = tonight.row(0, named=True) if tonight.height else None
+    latest = performance.latest_realized(realized)
+    metrics = performance.performance_metrics(latest, estimate_row, calibration, include_missing=True)
+    reference_auc = champion.card.holdout_metrics["auc"] if champion else None
+    expected_auc = champion.card.holdout_metrics.get("estimated_auc") if champion else None
+    pooled = performance.pooled_realized_auc(
+        performance.scored_with_labels(outcomes, stored), REALIZED_WINDOW_NIGHTS, settings.min_labeled_rows
+    )
+    metrics["performance.realized_auc_window"] = pooled["auc"] if pooled else None
+    metrics["performance.estimated_auc_drop"] = _drop(expected_auc, metrics.get("performance.estimated_auc"))
+    metrics["performance.realized_auc_drop"] = _drop(reference_auc, pooled["auc"] if pooled else None)
+    _replace_table(connection, "monitoring.performance_realized", realized_all)
+    metrics_store.record_metrics(connection, night, metrics, champion.version if champion else None)
+    plot = _plot(config.path(Path(REPORTS_FOLDER)), night, realized, estimated)
+    return StepResult(
+        metadata={
+            "estimated_auc": metrics.get("performance.estimated_auc"),
+            "realized_auc_latest": metrics.get("performance.realized_auc"),
+            "realized_night_latest": str(latest["partition_date"]) if latest else "none yet",
+            "calibration_error": metrics.get("performance.calibration_error"),
+            "reference_auc": reference_auc,
+            "realized_by_night": realized.sort("partition_date", descending=True).head(14),
+            "plot": plot if plot else "no nights yet",
+        },
+        checks={
+            "estimate_trustworthy": _trustworthy(calibration),
+            "performance_holds": _holds(metrics, reference_auc),
+        },
+    )
+
+
+def _calibration(outcomes: pl.DataFrame, stored: pl.DataFrame, max_error: float) -> performance.CalibrationResult | None:
+    joined = performance.scored_with_labels(outcomes, stored).filter((pl.col("source") == "model") & pl.col("label").is_not_null())
+    if joined.height == 0:
+        return None
+    recent = joined.filter(pl.col("partition_date") > joined["partition_date"].max() - dt.timedelta(days=CALIBRATION_WINDOW_NIGHTS))
+    return performance.calibration_check(recent["score"].to_numpy(), recent["label"].to_numpy(), max_calibration_error=max_error)
+
+
+def _drop(reference: float | None, value: float | None) -> float | None:
+    return None if reference is None or value is None else reference - value
+
+
+def _trustworthy(calibration: performance.CalibrationResult | None) -> CheckOutcome:
+    if calibration is None:
+        return CheckOutcome(True, "no labels yet: calibration cannot be judged", "WARN")
+    return CheckOutcome(
+        calibration.trustworthy,
+        f"expected calibration error {calibration.ece:.3f} on {calibration.rows} recent labeled rows "
+        f"(limit {calibration.max_calibration_error}); estimated performance is "
+        + ("trustworthy" if calibration.trustworthy else "NOT trustworthy — trust realized figures"),
+        "WARN",
+        {"ece": calibration.ece},
+    )
+
+
+def _holds(metrics: dict[str, float | None], reference: float | None) -> CheckOutcome:
+    drops = {name: metrics.get(f"performance.{name}_auc_drop") for name in ("estimated", "realized")}
+    known = {name: drop for name, drop in drops.items() if drop is not None}
+    if reference is None or not known:
+        return CheckOutcome(True, "no champion reference or no performance figures yet", "WARN")
+    limit = PERFORMANCE_HOLD_TOLERANCE
+    return CheckOutcome(
+        max(known.values()) <= limit,
+        "; ".join(f"{name} AUC {-drop:+.3f} against the champion's holdout (limit −{limit})" for name, drop in known.items()),
+        "ERROR",
+        {name + "_auc_drop": drop for name, drop in known.items()},
+    )
+
+
+def _replace_table(connection: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
+    schema = table.split(".")[0]
+    frame_arrow = frame.to_arrow()  # noqa: F841  (DuckDB reads the local variable by name)
+    connection.execute(f"create schema if not exists {schema}")
+    connection.execute(f"create or replace table {table} as select * from frame_arrow")
+
+
+def _plot(folder: Path, night: dt.date, realized: pl.DataFrame, estimated: pl.DataFrame) -> Path | None:
+    if estimated.height == 0:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    return performance.plot_performance(performance.performance_table(realized, estimated), folder / f"performance-{night}.png")
+
+
+# -------------------------------------------------------------------------------------------------------- drift
+
+
+def drift_night(
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    validated_batch: pl.DataFrame,
+    scored_batch: pl.DataFrame,
+) -> StepResult:
+    """Drift of tonight's validated rows against the serving champion's reference profile.
+
+    Returns the ``drift_metrics`` partition (one row per feature, ``drift.FEATURE_SCHEMA`` with ``partition_date``),
+    records the ``drift.*`` metrics, writes the drift plot (and evidently's HTML report when configured) under the
+    reports folder. Without a champion there is no reference: an empty partition and passing WARN checks.
+    """
+    settings = config.monitoring.drift
+    champion = registry.alias_record(connection, registry.CHAMPION, night)
+    if champion is None:
+        _LOG.warning("no champion: drift has no reference to compare with")
+        return StepResult(
+            tables={"drift_metrics": pl.DataFrame(schema={"partition_date": pl.Date, **drift.FEATURE_SCHEMA})},
+            metadata={"reference": "none"},
+            checks={name: CheckOutcome(True, "no champion, no reference profile", "WARN") for name in DRIFT_CHECKS},
+        )
+    card = champion.card
+    rows = validated_batch.sort(ROW_KEY).join(scored_batch.select(*ROW_KEY, "score"), on=ROW_KEY, how="left")
+    scores = rows["score"].fill_null(float("nan")).to_numpy()
+    try:
+        sample = load_reference_sample(champion)
+    except ModelUnavailable as exc:
+        _LOG.warning(f"multivariate drift skipped: {exc}")
+        sample = None
+    profile = with_threshold_overrides(card.profile, settings.thresholds)
+    result = drift.measure_drift(profile, rows, scores, card.features, sample, settings.domain_classifier_rows)
+    folder = config.path(Path(REPORTS_FOLDER))
+    plot = result.plot(folder / f"drift-{night}.png")
+    report = None
+    if settings.evidently_report and sample is not None and rows.height:
+        report = write_evidently_report(sample, rows, card.features, folder / f"drift-{night}.html", settings.report_sample_rows, seed=0)
+    metrics_store.record_metrics(connection, night, result.metrics(), champion.version)
+    drifted = result.drifted_features()
+    score_psi = result.prediction.get("score_psi", float("nan"))
+    auc = result.multivariate_auc
+    return StepResult(
+        tables={
+            "drift_metrics": result.features.with_columns(pl.lit(night, dtype=pl.Date).alias("partition_date")).select(
+                "partition_date", *drift.FEATURE_SCHEMA
+            )
+        },
+        metadata={
+            "reference_version": champion.version,
+            "rows": result.rows,
+            "drifted_share": result.drifted_share,
+            "drifted_features": ", ".join(drifted) or "none",
+            "multivariate_auc": result.multivariate_auc,
+            "prediction_psi": result.prediction.get("score_psi"),
+            "by_feature": result.features.select("feature", "psi", "threshold", "drifted", "missing_rate_change").head(50),
+            "plot": plot,
+            "evidently_report": report if report else "not rendered",
+        },
+        checks={
+            "features_stable": CheckOutcome(
+                not drifted, f"drifted: {', '.join(drifted)}" if drifted else "every feature within its fitted threshold", "WARN",
+                {"drifted_share": result.drifted_share},
+            ),
+            "predictions_stable": CheckOutcome(
+                not result.prediction.get("score_drifted"),
+                f"score PSI {score_psi:.3f} vs threshold {result.prediction.get('score_threshold', float('nan')):.3f}", "WARN",
+            ),
+            "population_indistinct": CheckOutcome(
+                auc is None or auc <= settings.max_domain_auc,
+                "no reference sample or too few rows" if auc is None else f"domain classifier AUC {auc:.3f} (limit {settings.max_domain_auc})",
+                "WARN",
+            ),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- alerts
+
+
+def alerts_night(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, log: logging.Logger = _LOG
+) -> StepResult:
+    """Evaluate the config's alert rules on ``night`` (see ``raise_alerts``); lifecycle event counts missing tonight
+    are recorded as 0 first, which resolves their alerts. Metadata ``open_alert_categories`` (alert_id, category of
+    every open alert) is what the retrain sensor reads."""
+    recorded = metrics_store.metrics_on(connection, night)
+    metrics_store.record_metrics(connection, night, {m: 0.0 for m in LIFECYCLE_EVENT_METRICS if m not in recorded}, None)
+    events, delivery = raise_alerts(connection, config.monitoring.alerts, night, log)
+    still_open = alerts.open_alerts(connection)
+    opened = [e for e in events if e["event"] == "opened"]
+    return StepResult(
+        metadata={
+            "opened": len(opened),
+            "resolved": sum(e["event"] == "resolved" for e in events),
+            "open_now": still_open.height,
+            "opened_alerts": [
+                {"alert_id": e["alert_id"], "rule": e["rule"], "category": e["category"], "severity": e["severity"]} for e in opened
+            ],
+            "open_alerts": still_open.select("alert_id", "category", "severity", "opened_night", "message").head(20),
+            "open_alert_categories": [{"alert_id": a, "category": c} for a, c in still_open.select("alert_id", "category").iter_rows()],
+            "webhook_delivered": delivery.delivered,
+            "webhook_pending": delivery.pending,
+            "webhook_configured": delivery.webhook_configured,
+        }
+    )
+
+
+def raise_alerts(
+    connection: duckdb.DuckDBPyConnection, settings: AlertingConfig, night: dt.date, log: logging.Logger = _LOG
+) -> tuple[list[dict[str, Any]], webhook.DeliveryReport]:
+    """Evaluate the alert rules on ``night``, log each transition at its severity and deliver the webhook outbox.
+
+    The one way a night's alerts go out, whether from the nightly alerts step or from a lifecycle event (a rollback,
+    a rejected or refused retrain) that must not wait for the next night. ``log`` is any ``logging.Logger`` (Dagster's
+    run logger is one).
+    """
+    events = alerts.run_alerts(connection, settings.rules, night)
+    for event in events:
+        level = log.info if event["event"] == "resolved" or event["severity"] == "info" else (
+            log.error if event["severity"] == "critical" else log.warning
+        )
+        level(event["message"])
+    delivery = webhook.deliver_pending(
+        connection, webhook.webhook_url(settings.webhook_url_env), settings.webhook_timeout_seconds,
+        dt.datetime.now(dt.timezone.utc), max_batch=20,
+    )
+    return events, delivery
+
+
+# ------------------------------------------------------------------------------------------------- review queue
+
+
+def review_queue_night(
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    outcomes: pl.DataFrame,
+    quarantine: pl.DataFrame,
+) -> StepResult:
+    """Tonight's answers a person should look at (``review.build_review_queue``), stored in the review queue table."""
+    queue = review.build_review_queue(outcomes, quarantine, config.model.decision.threshold, config.review)
+    review.store_queue(connection, night, queue)
+    by_reason = queue.with_columns(pl.col("queue_reason").str.split(":").list.first()).group_by("queue_reason").len()
+    return StepResult(
+        metadata={
+            "queued": queue.height,
+            "capacity": config.review.capacity,
+            "by_reason": by_reason.head(10),
+            "export": f"nightkeeper review export --date {night}",
+            "preview": queue.head(10),
+        }
+    )
