@@ -29,6 +29,9 @@ from jobs.review import build_review_inbox_sensor, review_import_job
 from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
 from nightkeeper.config import load_config
 
+REPOSITORY_CONFIG = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
+"""This repository's own project config: the credit example, which the demo copies into its folder."""
+
 NIGHTLY_JOB = "nightly_batch"
 NIGHTLY_SCHEDULE = "nightly_batch_schedule"
 MONTHLY_REVIEW_JOB = "monthly_review_report"

@@ -2,12 +2,18 @@
 
 The clock is simulated, the machinery is not: for each night the real schedule is evaluated with the night's
 run time as "now", and exactly the runs it requests are executed, in order, on the instance ``dagster dev`` opens.
+
+The demo lives in its own folder (its config is ``<folder>/nightkeeper.yaml``, a copy of the credit example unless one
+is there already) and never reads $NIGHTKEEPER_CONFIG. It resets only storage it created itself — recorded in
+``<folder>/.nightkeeper-demo-storage`` before it creates it — or storage the caller names explicitly for reset, so it
+cannot wipe a real project.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +21,7 @@ import polars as pl
 from dagster import DagsterInstance, Definitions, build_schedule_context, build_sensor_context
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from jobs.definitions import MONTHLY_REVIEW_JOB, NIGHTLY_JOB, NIGHTLY_SCHEDULE, build_definitions
+from jobs.definitions import MONTHLY_REVIEW_JOB, NIGHTLY_JOB, NIGHTLY_SCHEDULE, REPOSITORY_CONFIG, build_definitions
 from jobs.instance import persistent_instance
 from jobs.resources import NIGHTLY_SCHEMA
 from nightkeeper import simulator, warehouse
@@ -52,10 +58,51 @@ class DemoPlan:
         )
 
 
-def reset_demo_storage(config: ProjectConfig) -> list[Path]:
-    """Delete the warehouse, landing, labels, models and Dagster home the config points at."""
+DEMO_CONFIG_NAME = "nightkeeper.yaml"
+OWNED_STORAGE_FILE = ".nightkeeper-demo-storage"
+
+
+class StorageNotOwned(Exception):
+    """The demo's config points at existing storage the demo did not create; the message names each path."""
+
+
+def prepare_demo_folder(folder: Path) -> Path:
+    """Create ``folder`` and its config (a copy of the credit example, kept if already there); returns the config path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / DEMO_CONFIG_NAME
+    if not config_path.exists():
+        shutil.copyfile(REPOSITORY_CONFIG, config_path)
+    return config_path.resolve()
+
+
+def demo_storage(config: ProjectConfig) -> list[Path]:
+    """Everything the demo writes and resets: the warehouse, landing, labels, models and Dagster home."""
+    return [config.warehouse_path, config.landing_path, config.labels_path, config.models_path, config.dagster_home]
+
+
+def reset_demo_storage(config: ProjectConfig, folder: Path, reset: Sequence[Path] = ()) -> list[Path]:
+    """Delete the demo's storage and record it as the demo's own; returns what was deleted.
+
+    A storage path that exists is deleted only if the demo created it (listed in ``folder``'s owned-storage file) or
+    it is, or lies inside, one of ``reset``. Otherwise nothing at all is deleted and StorageNotOwned names the paths.
+    """
+    record = folder / OWNED_STORAGE_FILE
+    owned = {Path(line) for line in record.read_text().splitlines() if line} if record.exists() else set()
+    allowed = [Path(path).resolve() for path in reset]
+    storage = demo_storage(config)
+    foreign = [path for path in storage
+               if path.exists() and path not in owned and not any(path == a or a in path.parents for a in allowed)]
+    if foreign:
+        raise StorageNotOwned(
+            "the demo resets its storage, and these paths exist but were not created by the demo: "
+            + ", ".join(str(path) for path in foreign)
+            + ". Nothing was deleted. Run the demo in another folder (--dir), or, to delete them, pass "
+            + " ".join(f"--reset {path}" for path in foreign)
+        )
+    # recorded before anything is created, so storage of a demo that crashed half-way is still known as its own
+    record.write_text("".join(f"{path}\n" for path in storage))
     removed = []
-    for path in (config.warehouse_path, config.landing_path, config.labels_path, config.models_path, config.dagster_home):
+    for path in storage:
         if path.is_dir():
             shutil.rmtree(path)
             removed.append(path)
@@ -67,10 +114,12 @@ def reset_demo_storage(config: ProjectConfig) -> list[Path]:
     return removed
 
 
-def run_demo(config_path: Path, plan: DemoPlan, console) -> pl.DataFrame:
-    """Simulate, bootstrap and run ``plan.nights`` nights through Dagster; returns the per-night summary."""
+def run_demo(folder: Path, plan: DemoPlan, console, reset: Sequence[Path] = ()) -> tuple[Path, pl.DataFrame]:
+    """Simulate, bootstrap and run ``plan.nights`` nights through Dagster in ``folder``; returns the demo's config path
+    and the per-night summary. Raises StorageNotOwned, before writing any storage, if its storage is not its own."""
+    config_path = prepare_demo_folder(folder)
     config = load_config(config_path)
-    reset_demo_storage(config)
+    reset_demo_storage(config, folder.resolve(), reset)
     start = config.schedule.start_date
     nights = [start + dt.timedelta(days=i) for i in range(plan.nights)]
 
@@ -100,7 +149,7 @@ def run_demo(config_path: Path, plan: DemoPlan, console) -> pl.DataFrame:
         {"night": [dt.date.fromisoformat(n) for n in runs], "failed_checks": [", ".join(r.failed_checks) for r in runs.values()]},
         schema={"night": pl.Date, "failed_checks": pl.String},
     )
-    return night_summary(config, nights).join(checks, on="night", how="left")
+    return config_path, night_summary(config, nights).join(checks, on="night", how="left")
 
 
 def run_nights(

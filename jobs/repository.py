@@ -6,10 +6,6 @@ $NIGHTKEEPER_CONFIG or the current folder. Another project's code location is wr
 
 from __future__ import annotations
 
-from pathlib import Path
+from jobs.definitions import REPOSITORY_CONFIG, build_definitions
 
-from jobs.definitions import build_definitions
-
-CONFIG_PATH = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
-
-defs = build_definitions(CONFIG_PATH)
+defs = build_definitions(REPOSITORY_CONFIG)

@@ -87,19 +87,27 @@ def bootstrap(
 
 @app.command()
 def demo(
-    config: ConfigOption = None,
+    folder: Annotated[Path, typer.Option("--dir", help="The demo's own folder: its config (a copy of the credit example "
+                                         "unless one is there) and all its storage. $NIGHTKEEPER_CONFIG is never read.")] = Path("demo"),
+    reset: Annotated[Optional[list[Path]], typer.Option("--reset", help="Storage path the demo may delete although it did "
+                                                        "not create it (repeatable); without it such storage is refused.")] = None,
     nights: Annotated[int, typer.Option(help="Nights to simulate and run.")] = 30,
     rows: Annotated[int, typer.Option(help="Applications per night.")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     bad_night: Annotated[int, typer.Option(help="Index (0-based) of the bad-data night.")] = 3,
     drift_night: Annotated[int, typer.Option(help="Index (0-based) of the first night of concept drift.")] = 6,
 ) -> None:
-    """Reset the config's storage, simulate nights and drive them through the real Dagster schedule and job."""
-    from jobs.demo import DemoPlan, run_demo
+    """In its own folder: reset the demo's storage, simulate nights and drive them through the real Dagster schedule,
+    job and sensors."""
+    from jobs.demo import DemoPlan, StorageNotOwned, run_demo
 
-    path = _config_path(config)
-    project = _load(config)
-    summary = run_demo(path, DemoPlan(nights=nights, rows_per_night=rows, seed=seed, bad_data_night=bad_night, concept_drift_night=drift_night), console)
+    plan = DemoPlan(nights=nights, rows_per_night=rows, seed=seed, bad_data_night=bad_night, concept_drift_night=drift_night)
+    try:
+        path, summary = run_demo(folder, plan, console, reset or ())
+    except StorageNotOwned as exc:
+        console.print(f"[red]refused:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    project = _load(path)
     table = Table(title="Nights (rows answered by model, canary, fallback; quarantined; undecided; serving version)",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("night", "rows", "model", "canary", "quar.", "fallb.", "undec.", "version", "✗chk"):
@@ -115,8 +123,8 @@ def demo(
         console.print(f"  {row['night']}: failed checks: {row['failed_checks']}", soft_wrap=True)
     console.print(
         f"Warehouse: {project.warehouse_path}\n"
-        f"See every run, asset, check and its metadata in the Dagster UI:\n"
-        f"  [bold]DAGSTER_HOME={project.dagster_home} {Path(sys.executable).parent / 'dagster'} dev[/]   (or: nightkeeper ui)",
+        f"See every run, asset, check and its metadata in the Dagster UI (dagster dev):\n"
+        f"  [bold]{Path(sys.executable).parent / 'nightkeeper'} ui --config {path}[/]",
         soft_wrap=True,
     )
 
@@ -276,3 +284,7 @@ def review_import(file: Path, config: ConfigOption = None) -> None:
                   f"(see {metadata['rejects_file']}), skipped {metadata['skipped_unlabeled']} without a label", soft_wrap=True)
     if metadata["file_problem"]:
         console.print(f"[red]{metadata['file_problem']}[/]")
+
+
+if __name__ == "__main__":
+    app()

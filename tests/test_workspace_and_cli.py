@@ -23,6 +23,11 @@ BIN = Path(sys.executable).parent
 OUR_CODE = ("/assets/", "/jobs/", "/nightkeeper/")
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: this checkout's code first, whatever the venv's editable install names."""
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
 def test_definitions_validate_passes_without_warnings_from_our_code(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     done = subprocess.run(
@@ -121,26 +126,82 @@ def test_dagster_dev_serves_the_code_location_with_the_nightly_job(tmp_path):
         server.wait(timeout=30)
 
 
-def test_demo_command_runs_nights_through_dagster_and_prints_the_summary(tmp_path):
-    config = tmp_path / "nightkeeper.yaml"
+def _other_project(root: Path) -> Path:
+    """A real-looking project elsewhere: config, warehouse, landing, labels, models and Dagster home with content."""
+    config = root / "nightkeeper.yaml"
+    (root / "data").mkdir(parents=True)
     config.write_text(yaml.safe_dump(example_config(), sort_keys=False))
+    with duckdb.connect(str(root / "data" / "warehouse.duckdb")) as connection:
+        connection.execute("create table precious as select 42 as answer")
+    for folder, name in (("landing/2026-01-01", "batch.csv"), ("labels", "labels.csv"), ("models/v1", "model.txt"), ("dagster", "dagster.yaml")):
+        (root / "data" / folder).mkdir(parents=True)
+        (root / "data" / folder / name).write_text(f"{folder} content\n")
+    return config
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`nightkeeper demo` (4 small nights, a small model in its folder's config) from a folder of its own, while
+    $NIGHTKEEPER_CONFIG names another project; returns the finished process, the work folder and that project."""
+    tmp_path = tmp_path_factory.mktemp("demo_run")
+    project = tmp_path / "project"
+    project_config = _other_project(project)
+    before = _snapshot(project)
+    work = tmp_path / "work"
+    (work / "demo").mkdir(parents=True)
+    (work / "demo" / "nightkeeper.yaml").write_text(yaml.safe_dump(example_config(), sort_keys=False))
 
     done = subprocess.run(
-        [str(BIN / "nightkeeper"), "demo", "--config", str(config), "--nights", "4", "--rows", "600", "--bad-night", "2"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "120"},
+        [str(BIN / "nightkeeper"), "demo", "--nights", "4", "--rows", "600", "--bad-night", "2"],
+        cwd=work, capture_output=True, text=True, timeout=600,
+        env=_env(COLUMNS="120", NIGHTKEEPER_CONFIG=str(project_config)),
     )
+    return done, work, project, before
+
+
+def test_demo_command_runs_nights_through_dagster_in_its_folder_and_prints_the_summary(demo_run):
+    done, work, _, _ = demo_run
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2026-01-03: failed checks:" in done.stdout
-    assert "dagster dev" in done.stdout
-    with duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb"), read_only=True) as connection:
+    assert "dagster dev" in done.stdout and f"ui --config {work / 'demo' / 'nightkeeper.yaml'}" in done.stdout
+    with duckdb.connect(str(work / "demo" / "data" / "warehouse.duckdb"), read_only=True) as connection:
         per_night = connection.execute(
             "select partition_date, count(*) from nightly.outcomes group by 1 order by 1"
         ).fetchall()
         raw = connection.execute("select count(*) from nightly.raw_batch").fetchone()[0]
     assert len(per_night) == 4 and sum(count for _, count in per_night) == raw
-    runs = list((tmp_path / "data" / "dagster").rglob("runs.db")) + list((tmp_path / "data" / "dagster").rglob("runs"))
+    runs = list((work / "demo" / "data" / "dagster").rglob("runs.db")) + list((work / "demo" / "data" / "dagster").rglob("runs"))
     assert runs, "the demo's runs must be stored in the persistent Dagster instance"
+
+
+def test_demo_leaves_the_project_named_by_nightkeeper_config_untouched(demo_run):
+    done, _, project, before = demo_run
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _snapshot(project) == before
+
+
+def test_demo_refuses_to_reset_storage_it_did_not_create(tmp_path):
+    project = tmp_path / "project"
+    _other_project(project)
+    before = _snapshot(project)
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "nightkeeper.yaml").write_text(
+        yaml.safe_dump(example_config(storage={"warehouse": str(project / "data" / "warehouse.duckdb")}), sort_keys=False)
+    )
+
+    done = subprocess.run([str(BIN / "nightkeeper"), "demo", "--dir", str(demo)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=_env(COLUMNS="200"))
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"--reset {project / 'data' / 'warehouse.duckdb'}" in done.stdout
+    assert _snapshot(project) == before
 
 
 def test_check_config_names_the_bad_field(tmp_path):
@@ -149,7 +210,8 @@ def test_check_config_names_the_bad_field(tmp_path):
     config = tmp_path / "nightkeeper.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    done = subprocess.run([str(BIN / "nightkeeper"), "check-config", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([str(BIN / "nightkeeper"), "check-config", "--config", str(config)], capture_output=True, text=True,
+                          timeout=60, env=_env())
 
     assert done.returncode == 2
     assert "contract.features.age.dtype" in done.stdout and "'integer'" in done.stdout
@@ -157,18 +219,15 @@ def test_check_config_names_the_bad_field(tmp_path):
 
 @pytest.mark.slow
 def test_full_demo_completes_thirty_nights_including_the_bad_data_night(tmp_path):
-    config = tmp_path / "nightkeeper.yaml"
-    raw = yaml.safe_load((REPO / "nightkeeper.yaml").read_text())  # the shipped config, model size included
-    config.write_text(yaml.safe_dump(raw, sort_keys=False))
-
+    # the README's command as written: the demo copies the shipped config, model size included, into ./demo/
     done = subprocess.run(
-        [str(BIN / "nightkeeper"), "demo", "--config", str(config)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "120"},
+        [str(BIN / "nightkeeper"), "demo"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env(COLUMNS="120"),
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "run(s) failed" not in done.stdout
-    with duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb"), read_only=True) as connection:
+    with duckdb.connect(str(tmp_path / "demo" / "data" / "warehouse.duckdb"), read_only=True) as connection:
         nights = connection.execute(
             """select r.partition_date, r.rows_in, o.rows_out from
                (select partition_date, count(*) rows_in from nightly.raw_batch group by 1) r
