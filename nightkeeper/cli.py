@@ -37,12 +37,27 @@ def _load(config: Path | None):
 
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
-    """Validate the project config and print what it describes."""
+    """Validate the project config, and that its decision agrees with the serving champion's card; print what it
+    describes."""
     project = _load(config)
+    champion_note = "no warehouse yet"
+    if project.warehouse_path.exists():
+        from nightkeeper import warehouse
+        from nightkeeper.config_check import decision_conflicts, serving_champion
+
+        with warehouse.connect(project.warehouse_path) as connection:
+            champion = serving_champion(connection)
+        if champion is not None:
+            problems = decision_conflicts(project, champion.card)
+            if problems:
+                console.print(f"[red]config disagrees with the serving champion[/] ({_config_path(config)})", soft_wrap=True)
+                for problem in problems:
+                    console.print(f"  {problem}", soft_wrap=True)
+                raise typer.Exit(2)
+        champion_note = f"decision agrees with champion {champion.version}" if champion else "no champion registered yet"
     console.print(f"[green]ok[/] {_config_path(config)}: project {project.name!r}, {len(project.contract.features)} features, "
-                  f"{len(project.contract.rules)} cross-field rule(s), threshold {project.model.decision.threshold}")
-    for line in project.defaults_applied:
-        console.print(f"[yellow]warning[/] {line}", soft_wrap=True)
+                  f"{len(project.contract.rules)} cross-field rule(s), threshold {project.model.decision.threshold}; "
+                  f"{champion_note}", soft_wrap=True)
 
 
 @app.command()

@@ -237,3 +237,48 @@ def test_full_demo_completes_thirty_nights_including_the_bad_data_night(tmp_path
     assert len(nights) == 30
     assert all(rows_in == rows_out for _, rows_in, rows_out in nights)
     assert quarantined == 1
+
+
+def _project_with_champion(root: Path, raw: dict) -> Path:
+    from pipeline_harness import bootstrap_example_champion, make_project
+
+    project = make_project(root, raw)
+    bootstrap_example_champion(project)
+    return project.config_path
+
+
+def test_check_config_refuses_a_threshold_that_disagrees_with_the_serving_champion(tmp_path):
+    raw = example_config()
+    config = _project_with_champion(tmp_path, raw)
+    raw["model"]["decision"]["threshold"] = 0.42
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    done = subprocess.run([str(BIN / "nightkeeper"), "check-config", "--config", str(config)], capture_output=True,
+                          text=True, timeout=120, env=_env(COLUMNS="200"))
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "model.decision.threshold: the config says 0.42" in done.stdout and "card says 0.3" in done.stdout
+    assert "new model version" in done.stdout and "nightkeeper models promote" in done.stdout
+
+
+def test_check_config_refuses_decision_labels_that_disagree_with_the_serving_champion(tmp_path):
+    raw = example_config()
+    config = _project_with_champion(tmp_path, raw)
+    raw["model"]["decision"]["at_or_above_threshold"] = "reject"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    done = subprocess.run([str(BIN / "nightkeeper"), "check-config", "--config", str(config)], capture_output=True,
+                          text=True, timeout=120, env=_env(COLUMNS="200"))
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "model.decision.at_or_above_threshold: the config says 'reject'" in done.stdout and "'decline'" in done.stdout
+
+
+def test_check_config_passes_when_the_decision_agrees_with_the_serving_champion(tmp_path):
+    config = _project_with_champion(tmp_path, example_config())
+
+    done = subprocess.run([str(BIN / "nightkeeper"), "check-config", "--config", str(config)], capture_output=True,
+                          text=True, timeout=120, env=_env(COLUMNS="200"))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "decision agrees with champion" in done.stdout
