@@ -58,6 +58,8 @@ def check_config(config: ConfigOption = None) -> None:
     console.print(f"[green]ok[/] {_config_path(config)}: project {project.name!r}, {len(project.contract.features)} features, "
                   f"{len(project.contract.rules)} cross-field rule(s), threshold {project.model.decision.threshold}; "
                   f"{champion_note}", soft_wrap=True)
+    for line in project.defaults_applied:
+        console.print(f"[yellow]warning[/] {line}", soft_wrap=True)
 
 
 @app.command()
