@@ -51,6 +51,14 @@ class FeatureSpec(_Strict):
     )
     description: str = ""
 
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _integer_codes_as_text(cls, categories: Any) -> Any:
+        # numeric category codes may be written unquoted ([1, 2, 3]); rows carry them as text ("1"), so compare as text
+        if isinstance(categories, list):
+            return [str(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in categories]
+        return categories
+
     @model_validator(mode="after")
     def _consistent(self) -> FeatureSpec:
         if self.dtype == "category":

@@ -328,3 +328,12 @@ def test_check_config_prints_a_warning_for_each_defaulted_section(tmp_path: Path
     assert done.exit_code == 0, done.output
     assert "warning model: not in the file; defaults apply:" in done.output
     assert "decision.threshold=0.5" in done.output
+
+
+def test_integer_category_codes_are_accepted_unquoted_and_compared_as_text() -> None:
+    raw = yaml.safe_load(CONFIG_PATH.read_text())
+    raw["contract"]["features"]["grade"] = {"dtype": "category", "categories": [1, 2, 3]}
+
+    config = parse_config(raw, root=CONFIG_PATH.parent)
+
+    assert config.contract.features["grade"].categories == ["1", "2", "3"]
