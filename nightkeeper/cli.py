@@ -63,6 +63,30 @@ def check_config(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def init(
+    sample: Annotated[Path, typer.Option("--sample", help="A Parquet or CSV sample of your data, labeled.")],
+    target: Annotated[str, typer.Option("--target", help="The label column (0/1 or true/false).")],
+    id_column: Annotated[Optional[str], typer.Option("--id", help="The row id column; default: a unique column named like an id.")] = None,
+    time_column: Annotated[Optional[str], typer.Option("--time", help="The event time column: gives the nights, and so the "
+                                                       "rows per night every size setting is derived from.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write; default nightkeeper.yaml next to the sample.")] = None,
+) -> None:
+    """Draft a project config from a sample of your data: dtypes, categories, ranges, nulls and sizes, with comments
+    on every placeholder. `check-config` accepts it unchanged; read it before going live."""
+    from nightkeeper.draft import DraftError, write_draft
+
+    try:
+        written = write_draft(sample, target, id_column, time_column, out)
+    except DraftError as exc:
+        console.print(f"[red]cannot draft a config:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    project = _load(written)
+    console.print(f"[green]wrote[/] {written}: {len(project.contract.features)} features, entity id "
+                  f"{project.contract.entity_id!r}; read its comments, then `nightkeeper check-config --config {written}`",
+                  soft_wrap=True)
+
+
+@app.command()
 def simulate(
     config: ConfigOption = None,
     nights: Annotated[int, typer.Option(help="Nights to simulate.")] = 30,
