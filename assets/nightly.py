@@ -27,7 +27,7 @@ from nightkeeper.config import BusinessValue
 from nightkeeper.performance import estimate_performance
 from nightkeeper.routing import in_canary
 from nightkeeper.artifacts import ModelUnavailable, load_verified
-from nightkeeper.ingest import landed_files, read_raw_batch
+from nightkeeper.ingest import read_night
 from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
 from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored, with_reason_codes
 from nightkeeper.validation import ROW_KEY, quarantine_summary, validate
@@ -59,14 +59,17 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
     def raw_batch(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
         config = project.load()
         night = night_of(context)
-        paths = landed_files(config.landing_path, config.source.pattern, night)
-        batch = read_raw_batch(paths, night, config.contract.entity_id)
+        batch = read_night(config.landing_path, config.source.pattern, night, config.contract.entity_id, config.root)
+        for warning in batch.warnings:
+            context.log.warning(warning)
         history = _recent_row_counts(warehouse, night, config.checks.volume_history_nights)
         yield Output(
             batch.frame,
             metadata={
                 "rows": batch.frame.height,
-                "files": MetadataValue.json([{"path": f.path, "rows": f.rows} for f in batch.files]),
+                "files": MetadataValue.json([{"path": f.path, "rows": f.rows, "error": f.error} for f in batch.files]),
+                "files_not_read": MetadataValue.json([{"path": s.path, "reason": s.reason} for s in batch.skipped]),
+                "file_warnings": len(batch.warnings),
                 "preview": markdown_table(batch.frame.drop("record")),
             },
         )

@@ -35,7 +35,8 @@ class CheckOutcome:
 def schema_matches_contract(files: list[LandedFile], contract: Contract, night: str) -> CheckOutcome:
     """Every landed file has the contract's columns with compatible types and nothing else.
 
-    A missing required column or a retyped column fails with ERROR; a missing optional or an extra column with WARN.
+    A missing required column, a retyped column or an unreadable file fails with ERROR; a missing optional or an
+    extra column with WARN.
     CSV files carry no types, so only their column names are checked.
     """
     if not files:
@@ -45,6 +46,9 @@ def schema_matches_contract(files: list[LandedFile], contract: Contract, night: 
     warnings: list[str] = []
     for landed in files:
         name = landed.path.rsplit("/", 1)[-1]
+        if landed.error is not None:
+            errors.append(f"{name}: unreadable ({landed.error}); its content is quarantined")
+            continue
         if contract.entity_id not in landed.columns:
             errors.append(f"{name}: id column {contract.entity_id!r} is missing")
         for feature, spec in contract.features.items():
@@ -53,7 +57,7 @@ def schema_matches_contract(files: list[LandedFile], contract: Contract, night: 
                 (errors if spec.required else warnings).append(
                     f"{name}: {'required' if spec.required else 'optional'} column {feature!r} is missing"
                 )
-            elif not landed.path.endswith(".csv") and not found.startswith(_COMPATIBLE[spec.dtype]):
+            elif not landed.path.lower().endswith(".csv") and not found.startswith(_COMPATIBLE[spec.dtype]):
                 errors.append(f"{name}: column {feature!r} arrived as {found}; the contract expects {spec.dtype}")
         extra = sorted(set(landed.columns) - known)
         if extra:

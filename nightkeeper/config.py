@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from difflib import get_close_matches
 from typing import Any, Literal, get_args, get_origin
 
@@ -304,6 +304,9 @@ class SourceConfig(_Strict):
     def _has_date(cls, pattern: str) -> str:
         if "{date}" not in pattern:
             raise ValueError("must contain the placeholder {date}")
+        parts = PurePosixPath(pattern.replace("\\", "/")).parts
+        if pattern.startswith(("/", "\\", "~")) or (parts and ":" in parts[0]) or ".." in parts:
+            raise ValueError("must stay inside the landing folder: a relative glob without '..', e.g. '{date}/*.parquet'")
         if not pattern.endswith((".parquet", ".csv", "*")):
             raise ValueError("must match .parquet or .csv files")
         return pattern

@@ -3,14 +3,35 @@
 A raw row is ``(partition_date, source_file, row_number, entity_id, record)`` where ``record`` is a JSON object of
 the file's columns with every value as text (or null). This fixed shape lets a night whose columns are retyped,
 extra or missing land in the same table as every other night; interpreting the text is validation's job.
+
+``source_file`` is the file's path relative to the project root (posix separators) when a root is given, so a
+copied or moved project's tables name its own files.
+
+Hostile or broken input never fails the night:
+
+* Which files: those under the landing folder that match ``source.pattern`` (``{date}`` = YYYY-MM-DD), compared
+  case-insensitively (``x.PARQUET`` matches ``*.parquet``), with a ``.parquet`` or ``.csv`` suffix. A file that
+  resolves outside the landing folder (a symlink to ``/etc/passwd``) is refused, never opened. Files of the night
+  that look like data but are not read (a ``.csv`` beside ``*.parquet``, ``.csv.gz``) are reported, not silently
+  skipped: ``RawBatch.skipped`` lists every refused or unread file with the reason.
+* An unreadable file (truncated, zero-byte, not UTF-8, ragged CSV rows, a repeated CSV header) is one raw row:
+  ``row_number = FILE_ROW`` (0; data rows count from 1), no entity id, and ``record = {"error": <why>}``.
+  Validation quarantines that row with rule ``unreadable_file`` and the reason, so the night's other files are
+  answered and row conservation (every raw row, one outcome) still holds.
+* A nested (list or struct) column is kept as its JSON text, so the contract's type rule quarantines those values
+  naming the column, and the file's column type (e.g. ``List(Int64)``) shows in the schema check.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import fnmatch
+import io
 import json
-from dataclasses import dataclass
-from pathlib import Path
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import polars as pl
 
@@ -22,66 +43,255 @@ RAW_SCHEMA: dict[str, pl.DataType] = {
     "record": pl.String(),
 }
 
+FILE_ROW = 0
+"""``row_number`` of the one raw row that stands for an unreadable file (data rows count from 1)."""
+FILE_ERROR_KEY = "error"
+"""The key of an unreadable file's raw ``record`` holding why it could not be read."""
+READ_SUFFIXES = (".parquet", ".csv")
+# Names that look like a data drop; such a file of the night that is not read is reported, not skipped silently.
+DATA_LIKE_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".parquet.gz", ".pq", ".tsv", ".tsv.gz", ".json", ".jsonl", ".gz", ".zip", ".xlsx", ".xls")
+
 
 @dataclass(frozen=True)
 class LandedFile:
-    """One file read for a night: where it was, how many rows it had and its column types as found."""
+    """One file read for a night: its ``source_file``, how many rows it had and its column types as found.
+
+    ``error``: why the file could not be read (then ``rows`` is 0, ``columns`` is empty and the file stands in the
+    raw batch as one ``FILE_ROW`` row); None for a file that was read.
+    """
 
     path: str
     rows: int
     columns: dict[str, str]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file of the night that was not read, and why (refused link, not matching the pattern, unread format)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Landing:
+    """What the landing folder holds for a night: the files to read, sorted, and the data-like files not read."""
+
+    files: list[Path]
+    skipped: list[SkippedFile] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class RawBatch:
     frame: pl.DataFrame
     files: list[LandedFile]
+    skipped: list[SkippedFile] = field(default_factory=list)
+    nested: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One sentence per file problem of the night: unreadable files, nested columns, files not read."""
+        return [
+            *(f"{f.path}: unreadable, its content is quarantined: {f.error}" for f in self.files if f.error),
+            *self.nested,
+            *(f"{s.path}: not read: {s.reason}" for s in self.skipped),
+        ]
+
+
+def scan_landing(landing: Path, pattern: str, night: dt.date) -> Landing:
+    """The files for ``night`` under ``landing`` matching ``pattern`` (``{date}`` as YYYY-MM-DD), and those not read.
+
+    Matching is case-insensitive, part by part (``*`` stays within a folder, ``**`` spans folders). A matching file
+    is read when its suffix is .parquet or .csv (any case) and it resolves inside ``landing``. Reported in
+    ``skipped``: matching files that resolve outside ``landing`` (links), matching files of another format, and
+    data-like files (DATA_LIKE_SUFFIXES) whose path names the night but that the pattern does not match.
+    """
+    glob = pattern.format(date=night.isoformat())
+    wanted = [part.lower() for part in PurePosixPath(glob).parts]
+    if not landing.is_dir() or PurePosixPath(glob).is_absolute() or ".." in wanted:
+        return Landing([])
+    fixed = 0
+    while fixed < len(wanted) - 1 and not any(c in wanted[fixed] for c in "*?["):
+        fixed += 1
+    base = landing.joinpath(*PurePosixPath(glob).parts[:fixed])
+    depth = None if "**" in wanted else len(wanted) - fixed
+    inside = landing.resolve()
+    files: list[Path] = []
+    skipped: list[SkippedFile] = []
+    for path in _walk(base, depth):
+        relative = path.relative_to(landing).as_posix()
+        name = path.name.lower()
+        if _matches([part.lower() for part in PurePosixPath(relative).parts], wanted):
+            if not path.resolve().is_relative_to(inside):
+                skipped.append(SkippedFile(relative, f"resolves outside the landing folder {landing}; refused"))
+            elif name.endswith(READ_SUFFIXES):
+                files.append(path)
+            elif name.endswith(DATA_LIKE_SUFFIXES):
+                skipped.append(SkippedFile(relative, f"matches {pattern!r} but only {', '.join(READ_SUFFIXES)} files are read"))
+        elif name.endswith(DATA_LIKE_SUFFIXES) and night.isoformat() in relative:
+            skipped.append(SkippedFile(relative, f"looks like data for {night} but does not match source.pattern {pattern!r}"))
+    return Landing(sorted(files), sorted(skipped, key=lambda s: s.path))
 
 
 def landed_files(landing: Path, pattern: str, night: dt.date) -> list[Path]:
-    """The files for ``night`` under ``landing`` matching ``pattern`` (with ``{date}`` as YYYY-MM-DD), sorted."""
-    glob = pattern.format(date=night.isoformat())
-    return sorted(path for path in landing.glob(glob) if path.is_file() and path.suffix in (".parquet", ".csv"))
+    """The files read for ``night`` (see ``scan_landing``), sorted."""
+    return scan_landing(landing, pattern, night).files
 
 
-def read_raw_batch(paths: list[Path], night: dt.date, entity_id: str) -> RawBatch:
+def read_night(landing: Path, pattern: str, night: dt.date, entity_id: str, root: Path | None = None) -> RawBatch:
+    """Scan the landing folder for ``night`` and read what it holds; ``skipped`` carries the files not read.
+
+    Every path (``source_file``, ``files``, ``skipped``) is relative to ``root`` when given.
+    """
+    found = scan_landing(landing, pattern, night)
+    batch = read_raw_batch(found.files, night, entity_id, root)
+    skipped = [SkippedFile(_source_name(landing / s.path, root), s.reason) for s in found.skipped]
+    return RawBatch(batch.frame, batch.files, skipped, batch.nested)
+
+
+def read_raw_batch(paths: list[Path], night: dt.date, entity_id: str, root: Path | None = None) -> RawBatch:
     """Read ``paths`` into one raw frame of RAW_SCHEMA; row_number counts from 1 within each file.
 
-    Raises ValueError naming the file when a file cannot be read at all (a corrupt file is an operator's
-    problem, not a row-level one).
+    ``source_file`` is each path relative to ``root`` when given (and the file is under it), else the path as
+    given. Never raises for a file's content: an unreadable file becomes one ``FILE_ROW`` row (see the module
+    docstring) and its LandedFile carries the error.
     """
     frames: list[pl.DataFrame] = []
     files: list[LandedFile] = []
+    nested: list[str] = []
     for path in paths:
-        table = _read_file(path)
-        files.append(LandedFile(str(path), table.height, {name: str(dtype) for name, dtype in table.schema.items()}))
+        source = _source_name(path, root)
+        try:
+            table = _read_file(path)
+        except ValueError as exc:
+            files.append(LandedFile(source, 0, {}, str(exc)))
+            frames.append(_unreadable_row(night, source, str(exc)))
+            continue
+        files.append(LandedFile(source, table.height, {name: str(dtype) for name, dtype in table.schema.items()}))
+        nested += [
+            f"{source}: column {name!r} holds nested values ({dtype}); kept as JSON text, so the contract's rules quarantine them"
+            for name, dtype in table.schema.items() if dtype.is_nested()
+        ]
         if table.height == 0:
             continue
-        as_text = table.select(pl.col(name).cast(pl.String) for name in table.columns)
+        as_text = table.select(_as_text(name, dtype) for name, dtype in table.schema.items())
         id_column = pl.col(entity_id) if entity_id in as_text.columns else pl.lit(None, dtype=pl.String)
         frames.append(
             as_text.select(
                 pl.lit(night, dtype=pl.Date).alias("partition_date"),
-                pl.lit(str(path)).alias("source_file"),
+                pl.lit(source).alias("source_file"),
                 pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("row_number"),
                 id_column.alias("entity_id"),
                 pl.struct(as_text.columns).struct.json_encode().alias("record"),
             )
         )
-    frame = pl.concat(frames) if frames else pl.DataFrame(schema=RAW_SCHEMA)
-    return RawBatch(frame.cast(RAW_SCHEMA), files)
+    frame = pl.concat([f.cast(RAW_SCHEMA) for f in frames]) if frames else pl.DataFrame(schema=RAW_SCHEMA)
+    return RawBatch(frame.cast(RAW_SCHEMA), files, nested=nested)
 
 
-def _read_file(path: Path) -> pl.DataFrame:
-    try:
-        if path.suffix == ".csv":
-            return pl.read_csv(path, infer_schema=False)
-        return pl.read_parquet(path)
-    except Exception as exc:  # polars raises format-specific errors; the operator needs the file name
-        raise ValueError(f"cannot read landed file {path}: {exc}") from exc
+def file_errors(raw: pl.DataFrame) -> pl.DataFrame:
+    """The ``FILE_ROW`` rows of a raw batch with their ``error`` text (why the file could not be read)."""
+    return raw.filter(pl.col("row_number") == FILE_ROW).with_columns(
+        pl.col("record").str.json_path_match(f"$.{FILE_ERROR_KEY}").alias(FILE_ERROR_KEY)
+    )
 
 
 def record_columns(raw: pl.DataFrame) -> dict[str, set[str]]:
-    """The column names present in each source file's records (every record of a file has the same keys)."""
-    firsts = raw.group_by("source_file").agg(pl.col("record").first())
+    """The column names present in each read file's records (every record of a file has the same keys).
+
+    Unreadable files (their ``FILE_ROW`` row) have no columns and are left out.
+    """
+    firsts = raw.filter(pl.col("row_number") != FILE_ROW).group_by("source_file").agg(pl.col("record").first())
     return {row["source_file"]: set(json.loads(row["record"])) for row in firsts.iter_rows(named=True)}
+
+
+def _source_name(path: Path, root: Path | None) -> str:
+    if root is not None:
+        absolute, anchor = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+        if absolute.is_relative_to(anchor):
+            return absolute.relative_to(anchor).as_posix()
+    return str(path)
+
+
+def _unreadable_row(night: dt.date, source: str, error: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        [{"partition_date": night, "source_file": source, "row_number": FILE_ROW, "entity_id": None,
+          "record": json.dumps({FILE_ERROR_KEY: error})}],
+        schema=RAW_SCHEMA,
+    )
+
+
+def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
+    """Column ``name`` as text; a nested value (list, struct, array) as its JSON text."""
+    if not dtype.is_nested():
+        return pl.col(name).cast(pl.String)
+    wrapped = pl.struct(pl.col(name).alias("v")).struct.json_encode().str.strip_prefix('{"v":').str.strip_suffix("}")
+    return pl.when(pl.col(name).is_not_null()).then(wrapped).alias(name)
+
+
+def _read_file(path: Path) -> pl.DataFrame:
+    """The file's table; ValueError saying why it cannot be read (the message never repeats the file's content)."""
+    try:
+        if path.stat().st_size == 0:
+            raise ValueError("the file is empty (0 bytes)")
+        if path.name.lower().endswith(".csv"):
+            _check_csv_header(path)
+            return pl.read_csv(path, infer_schema=False)
+        return pl.read_parquet(path)
+    except ValueError:
+        raise
+    except Exception as exc:  # polars/OS raise format-specific errors; the operator needs the reason in one line
+        raise ValueError(f"cannot be read as {path.suffix.lower().lstrip('.') or 'data'}: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _check_csv_header(path: Path) -> None:
+    """ValueError when the CSV's first line is not UTF-8 or names a column twice (polars would rename it silently)."""
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 20)
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"is not UTF-8 text ({exc.reason} at byte {exc.start} of the header)") from None
+    header = next(csv.reader(io.StringIO(text)), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"its CSV header repeats column(s) {repeated}; each column must be named once")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _matches(parts: list[str], wanted: list[str]) -> bool:
+    """Whether path ``parts`` match glob ``wanted`` part by part (``**``: any number of folders)."""
+    if not wanted:
+        return not parts
+    if wanted[0] == "**":
+        return any(_matches(parts[i:], wanted[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], wanted[0]) and _matches(parts[1:], wanted[1:])
+
+
+def _walk(folder: Path, depth: int | None) -> list[Path]:
+    """Files under ``folder`` down to ``depth`` levels (None: all), links included as found, each real folder once."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+    stack = [(folder, 1)]
+    while stack:
+        current, level = stack.pop()
+        try:
+            real = current.resolve()
+            if real in seen or not current.is_dir():
+                continue
+            seen.add(real)
+            entries = list(current.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir():
+                if depth is None or level < depth:
+                    stack.append((entry, level + 1))
+            elif entry.is_file() or entry.is_symlink():
+                found.append(entry)
+    return found

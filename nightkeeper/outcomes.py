@@ -18,7 +18,7 @@ from nightkeeper.frames import conform
 from nightkeeper.config import Contract, DecisionConfig
 from nightkeeper.fallback import FallbackRule, decide
 from nightkeeper.reasons import REASON_STRUCT
-from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, decode_records, parse_feature
+from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, UNREADABLE_FILE, decode_records, parse_feature
 
 OUTCOME_SCHEMA: dict[str, pl.DataType] = {
     "partition_date": pl.Date(),
@@ -87,7 +87,8 @@ def assemble_outcomes(
 
     reasons = quarantine.group_by(ROW_KEY).agg(
         pl.format("quarantined: {}", pl.concat_str("column", pl.lit(" "), "rule").sort().str.join("; ")).alias("reason"),
-        pl.col("column").is_in(segment_by).any().alias("segment_broken"),
+        # an unreadable file's row has no values at all: nobody can decide it
+        (pl.col("column").is_in(segment_by) | (pl.col("rule") == UNREADABLE_FILE)).any().alias("segment_broken"),
     )
     decidable = answer_quarantined & ~pl.col("segment_broken")
     to_fallback = pl.concat([unscored, reasons.filter(decidable).select(*ROW_KEY, "reason")])

@@ -13,7 +13,7 @@ import polars as pl
 from nightkeeper.frames import conform
 
 from nightkeeper.config import Contract, FeatureSpec
-from nightkeeper.ingest import record_columns
+from nightkeeper.ingest import FILE_ERROR_KEY, FILE_ROW, file_errors, record_columns
 
 ROW_KEY = ["source_file", "row_number"]
 KEY_COLUMNS = ["partition_date", "source_file", "row_number", "entity_id"]
@@ -30,6 +30,13 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 MISSING_COLUMN_VALUE = "<column missing from file>"
+UNREADABLE_FILE = "unreadable_file"
+"""The rule of the one quarantine row an unreadable file gets (its ``column`` is FILE_COLUMN, ``value`` the reason)."""
+FILE_COLUMN = "(file)"
+EVENT_TIME_EXPECTED = "a date-time such as 2026-01-01T09:30:00 (ISO 8601; a date alone, a Z or a ±hh:mm offset also do)"
+# the formats an event time may come in; an offset is converted to UTC and then dropped, like every stored time
+_NAIVE_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M")
+_ZONED_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%:z")
 DECODE_SLICE_ROWS = 50_000
 _TRUE = ["true", "t", "yes", "y", "1", "1.0"]
 _FALSE = ["false", "f", "no", "n", "0", "0.0"]
@@ -70,24 +77,33 @@ def polars_dtype(spec: FeatureSpec) -> pl.DataType:
 
 
 def validate(raw: pl.DataFrame, contract: Contract) -> ValidationResult:
-    """Validate a raw batch (see nightkeeper.ingest.RAW_SCHEMA) against ``contract``."""
+    """Validate a raw batch (see nightkeeper.ingest.RAW_SCHEMA) against ``contract``.
+
+    An unreadable file's one raw row (``row_number`` FILE_ROW) is quarantined once, with rule UNREADABLE_FILE,
+    column FILE_COLUMN and the reason as the value; no other rule is applied to it. An ``event_time`` that is
+    present but not a date-time quarantines its row (rule ``type``); an empty one is allowed.
+    """
     raw = raw.sort(ROW_KEY)  # storage does not keep row order; "first" of a duplicated id means earliest in its file
+    unreadable = file_errors(raw)
+    raw = raw.filter(pl.col("row_number") != FILE_ROW)
     texts = decode_records(raw, [*contract.features, *([contract.event_time] if contract.event_time else [])])
     parsed = texts.with_columns(
         parse_feature(name, spec).alias(name) for name, spec in contract.features.items()
     )
+    if contract.event_time:
+        parsed = parsed.with_columns(parse_event_time(contract.event_time).alias("event_time"))
     files_by_column = _files_missing_each_column(raw, list(contract.features))
     violations = [
+        _file_violations(unreadable),
         *_entity_id_violations(parsed, contract.entity_id),
         *(v for name, spec in contract.features.items() for v in _feature_violations(parsed, name, spec, files_by_column[name])),
         *(_cross_field_violations(parsed, rule.name, rule.expression, rule.columns()) for rule in contract.rules),
+        *([_event_time_violations(parsed, contract.event_time)] if contract.event_time else []),
     ]
     quarantine = pl.concat([v.cast(QUARANTINE_SCHEMA) for v in violations]) if violations else pl.DataFrame(schema=QUARANTINE_SCHEMA)
     quarantine = quarantine.sort([*ROW_KEY, "column", "rule"])
 
     valid = parsed.join(quarantine.select(ROW_KEY).unique(), on=ROW_KEY, how="anti")
-    if contract.event_time:
-        valid = valid.with_columns(pl.col(f"__text_{contract.event_time}").str.to_datetime(strict=False, time_unit="us").alias("event_time"))
     valid = conform(valid, valid_schema(contract))
 
     null_rates = {
@@ -124,6 +140,31 @@ def parse_feature(name: str, spec: FeatureSpec) -> pl.Expr:
         lowered = text.str.to_lowercase()
         return pl.when(lowered.is_in(_TRUE)).then(True).when(lowered.is_in(_FALSE)).then(False).otherwise(None)
     return pl.when(text.is_in(spec.categories or [])).then(text)
+
+
+def parse_event_time(name: str) -> pl.Expr:
+    """The event time ``name`` from its text as a naive UTC datetime; null when empty or not a date-time."""
+    text = pl.col(f"__text_{name}").str.replace(r"[Zz]$", "+00:00")
+    return pl.coalesce(
+        *(text.str.to_datetime(f, strict=False, time_unit="us") for f in _NAIVE_TIME_FORMATS),
+        text.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")),
+        *(text.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC").dt.replace_time_zone(None) for f in _ZONED_TIME_FORMATS),
+    )
+
+
+def _event_time_violations(parsed: pl.DataFrame, name: str) -> pl.DataFrame:
+    text = pl.col(f"__text_{name}")
+    return _violation(parsed, text.is_not_null() & pl.col("event_time").is_null(), name, "type", text, EVENT_TIME_EXPECTED)
+
+
+def _file_violations(unreadable: pl.DataFrame) -> pl.DataFrame:
+    return unreadable.select(
+        *KEY_COLUMNS,
+        pl.lit(FILE_COLUMN).alias("column"),
+        pl.lit(UNREADABLE_FILE).alias("rule"),
+        pl.col(FILE_ERROR_KEY).alias("value"),
+        pl.lit("a readable Parquet or CSV file").alias("expected"),
+    )
 
 
 def _files_missing_each_column(raw: pl.DataFrame, columns: list[str]) -> dict[str, list[str]]:

@@ -337,3 +337,10 @@ def test_integer_category_codes_are_accepted_unquoted_and_compared_as_text() -> 
     config = parse_config(raw, root=CONFIG_PATH.parent)
 
     assert config.contract.features["grade"].categories == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("pattern", ["../../etc/{date}*", "/etc/{date}/*.parquet", "{date}/../../../*.csv", "~/{date}/*.parquet"])
+def test_source_pattern_escaping_the_landing_folder_is_refused(pattern: str) -> None:
+    message = config_error(lambda raw: raw["source"].update(pattern=pattern))
+    assert "source.pattern" in message
+    assert "must stay inside the landing folder" in message

@@ -1,20 +1,29 @@
 """Row conservation under fuzzed input: whatever a landed file holds — junk text, nulls, unknown levels, repeated ids,
-missing or extra columns, CSV or Parquet — every raw row ends in exactly one outcome."""
+missing or extra columns, CSV or Parquet — every raw row ends in exactly one outcome. And whatever a landing folder
+holds — good files, unreadable ones (zero-byte, truncated, latin-1, ragged, repeated header), nested columns, files
+the pattern does not read, links out of the folder — the night is answered: one outcome per raw row, one raw row per
+unreadable file, every file not read reported.
+
+Examples are derandomized (the same every run, as in CI); set NIGHTKEEPER_FUZZ_SEARCH=1 to search at random.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+from pathlib import Path
 
 import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nightkeeper.ingest import read_raw_batch
+from nightkeeper.ingest import FILE_ROW, read_night, read_raw_batch
 from nightkeeper.outcomes import Fallback, assemble_outcomes
 from nightkeeper.scoring import score_batch
 from nightkeeper.validation import validate
 
 NIGHT = dt.date(2024, 5, 1)
+DERANDOMIZE = os.environ.get("NIGHTKEEPER_FUZZ_SEARCH") is None
 JUNK = ["", " ", "n/a", "NaN", "inf", "-1", "0", "1e400", "12k", "true", "🙂", "null", "3.5", "-0.0", "999999999999"]
 
 
@@ -38,7 +47,7 @@ def test_every_fuzzed_row_gets_exactly_one_outcome(core_config, core_trained, tm
     decision = core_config.model.decision
     fallback = Fallback(core_trained.card.fallback, core_trained.card.version)
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(max_examples=40, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(landed_files(contract))
     def check(drawn):
         frame, as_csv = drawn
@@ -54,5 +63,75 @@ def test_every_fuzzed_row_gets_exactly_one_outcome(core_config, core_trained, tm
         assert outcomes.height == raw.height == frame.height
         assert outcomes.select("source_file", "row_number").is_unique().all()
         assert outcomes["decision"].null_count() == 0
+
+    check()
+
+
+# file kind -> (is read, is unreadable): how the landing folder should treat it
+FILE_KINDS = {
+    "parquet": (True, False), "csv": (True, False), "upper_parquet": (True, False), "nested_parquet": (True, False),
+    "zero_byte": (True, True), "truncated_parquet": (True, True), "latin1_csv": (True, True), "ragged_csv": (True, True),
+    "repeated_header_csv": (True, True), "csv_gz": (False, False), "link_outside": (False, False),
+}
+
+
+def write_kind(kind: str, folder: Path, index: int, frame: pl.DataFrame, outside: Path) -> int:
+    """Write one file of ``kind`` into ``folder``; returns the data rows it holds when read (0 for the others)."""
+    name = f"f{index:02d}"
+    if kind == "parquet":
+        frame.write_parquet(folder / f"{name}.parquet")
+    elif kind == "csv":
+        frame.write_csv(folder / f"{name}.csv")
+    elif kind == "upper_parquet":
+        frame.write_parquet(folder / f"{name}.PARQUET")
+    elif kind == "nested_parquet":
+        frame.with_columns(pl.concat_list(pl.col(frame.columns[0]), pl.col(frame.columns[0])).alias(frame.columns[0])).write_parquet(folder / f"{name}.parquet")
+    elif kind == "zero_byte":
+        (folder / f"{name}.parquet").write_bytes(b"")
+    elif kind == "truncated_parquet":
+        frame.write_parquet(folder / f"{name}.parquet")
+        data = (folder / f"{name}.parquet").read_bytes()
+        (folder / f"{name}.parquet").write_bytes(data[: len(data) // 2])
+    elif kind == "latin1_csv":
+        (folder / f"{name}.csv").write_bytes("application_id,income\nA1,caf\xe9\n".encode("latin-1"))
+    elif kind == "ragged_csv":
+        (folder / f"{name}.csv").write_bytes(b"application_id,income\nA1,1\nA2,2,3,4\n")
+    elif kind == "repeated_header_csv":
+        (folder / f"{name}.csv").write_bytes(b"application_id,age,age\nA1,30,31\n")
+    elif kind == "csv_gz":
+        (folder / f"{name}.csv.gz").write_bytes(b"\x1f\x8b not really gzip")
+    elif kind == "link_outside":
+        target = outside / f"{name}.parquet"
+        frame.write_parquet(target)
+        os.symlink(target, folder / f"{name}.parquet")
+    return frame.height if FILE_KINDS[kind] == (True, False) else 0
+
+
+def test_every_row_of_a_fuzzed_landing_folder_gets_exactly_one_outcome(core_config, core_trained, tmp_path_factory):
+    contract = core_config.contract
+    fallback = Fallback(core_trained.card.fallback, core_trained.card.version)
+
+    @settings(max_examples=25, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.lists(st.tuples(st.sampled_from(sorted(FILE_KINDS)), landed_files(contract)), min_size=0, max_size=5))
+    def check(drawn):
+        root = tmp_path_factory.mktemp("landing_fuzz")
+        folder, outside = root / "landing" / NIGHT.isoformat(), root / "outside"
+        folder.mkdir(parents=True)
+        outside.mkdir()
+        data_rows = sum(write_kind(kind, folder, i, frame, outside) for i, (kind, (frame, _)) in enumerate(drawn))
+
+        batch = read_night(root / "landing", "{date}/*", NIGHT, contract.entity_id, root)
+        result = validate(batch.frame, contract)
+        scored = score_batch(result.valid, core_trained.booster, core_trained.card, chunk_rows=7, time_budget_seconds=60).frame
+        outcomes = assemble_outcomes(batch.frame, result.quarantine, scored, fallback, contract, core_config.model.decision, True)
+
+        unreadable = sum(FILE_KINDS[kind][1] for kind, _ in drawn)
+        assert batch.frame.height == data_rows + unreadable
+        assert batch.frame.filter(pl.col("row_number") == FILE_ROW).height == unreadable
+        assert len(batch.skipped) == sum(not FILE_KINDS[kind][0] for kind, _ in drawn)
+        assert outcomes.height == batch.frame.height
+        assert outcomes.select("source_file", "row_number").is_unique().all()
+        assert outcomes["decision"].null_count() == 0
+        assert outcomes.filter(pl.col("row_number") == FILE_ROW)["source"].eq("quarantine").all()
 
     check()

@@ -102,11 +102,13 @@ def test_landed_files_are_the_nights_matching_files_sorted(tmp_path: Path, clean
     assert landed_files(tmp_path, "{date}/*.parquet", NIGHT) == [a, b]
 
 
-def test_unreadable_file_raises_naming_the_file(tmp_path: Path) -> None:
+def test_unreadable_file_is_one_raw_row_carrying_the_reason(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"this is not parquet")
-    with pytest.raises(ValueError, match="corrupt.parquet"):
-        read_raw_batch([corrupt], NIGHT, "application_id")
+    batch = read_raw_batch([corrupt], NIGHT, "application_id")
+    assert batch.frame.select("source_file", "row_number", "entity_id").rows() == [(str(corrupt), 0, None)]
+    [landed] = batch.files
+    assert landed.rows == 0 and landed.error is not None and "cannot be read as parquet" in landed.error
 
 
 # ------------------------------------------------------------------------------------------------ valid rows
