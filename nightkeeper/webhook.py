@@ -6,16 +6,26 @@ a 2xx answer. Any other outcome (connection refused, timeout, non-2xx, redirect,
 (``attempts``, ``last_error``) and retried on a later call after an exponential backoff (60 s, 2 min, 4 min, ...
 capped at 1 h). Delivery failures are never raised: alerts are kept in the warehouse whatever the webhook does.
 
-Delivery is at-least-once: a row is marked delivered right after its 2xx answer, so only a crash between the answer
-and that write could send it twice. Within normal operation each event is sent exactly once.
+Delivery is at-least-once: an endpoint that answers after the client timeout, or a crash between the answer and
+marking the row, gets the event again. Every POST therefore carries an ``Idempotency-Key`` header, derived from the
+event id and the same on every retry, so a receiver can drop repeats.
+
+``deliver`` never holds the warehouse while posting: it reads the due events, closes the connection, posts, then
+reopens it to record the results in one transaction, so a slow endpoint never blocks the nightly run or a CLI
+command (DuckDB lets one process hold the file). ``outbox_report`` says what is pending without posting, for steps
+that run inside a caller's connection; the ``alert_outbox`` sensor (jobs/webhook.py) drains the outbox every few
+minutes, so backoff retries happen within the hour, not at the next night.
 
 The URL often carries a secret (Slack/Teams tokens live in its path), so it is read from an environment variable
-only, never stored, never logged, and redacted from every error text before that is stored or logged.
+only, never stored, never logged, and redacted from every error text before that is stored or logged. Credentials
+in it (``https://user:pass@host/...``) are sent as a Basic ``Authorization`` header, never as part of the address.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import http.client
 import json
 import logging
@@ -25,6 +35,8 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,8 +163,8 @@ def retry_delay(attempts: int, base: dt.timedelta = BACKOFF_BASE, cap: dt.timede
     return min(base * (2 ** min(attempts - 1, 30)), cap)
 
 
-def deliver_pending(
-    connection: duckdb.DuckDBPyConnection,
+def deliver(
+    connect: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]],
     url: str | None,
     timeout: float,
     now: dt.datetime,
@@ -160,54 +172,94 @@ def deliver_pending(
 ) -> DeliveryReport:
     """POST every due outbox event (oldest first, at most ``max_batch``) to ``url``; never raises for delivery failures.
 
+    ``connect()`` opens the warehouse (e.g. ``lambda: warehouse.connect(path)``); it is called twice and never held
+    while posting: once to read the due events, once after posting to record every result in one transaction.
+
     An event is due when undelivered and its ``next_attempt_at`` is unset or ``<= now``. A 2xx answer marks it
     delivered (``delivered_at = now``). Any failure increments ``attempts``, stores a redacted ``last_error`` and sets
     ``next_attempt_at = now + retry_delay(attempts)``. After a failure where the endpoint itself is unhealthy (no
     connection, timeout, 5xx, redirect) the remaining events of the batch are not tried in this call (they stay due),
-    so a dead endpoint costs at most one timeout per call; after a 4xx answer the batch continues.
+    so a dead endpoint costs at most one timeout per call; after a 4xx answer the batch continues. Each POST carries
+    ``Idempotency-Key: idempotency_key(event_id)``.
     ``url=None``: nothing is sent, every row stays pending and the report says ``webhook_configured=False``.
-    ``now`` should be timezone-aware; a naive value is taken as UTC. The connection is held while posting, at most
-    about ``max_batch * timeout`` seconds; warehouse errors (not delivery failures) do propagate.
+    ``now`` should be timezone-aware; a naive value is taken as UTC. Warehouse errors (not delivery failures) propagate.
     """
-    ensure_outbox(connection)
     now = now if now.tzinfo is not None else now.replace(tzinfo=dt.timezone.utc)
-    if url is None:
-        pending = _pending(connection)
-        if pending:
-            logger.info("no webhook URL configured: %d alert event(s) stay pending in %s", pending, OUTBOX)
-        return DeliveryReport(delivered=0, failed=0, pending=pending, webhook_configured=False)
-
-    due = connection.execute(
-        f"""select event_id, payload, attempts from {OUTBOX}
-            where delivered_at is null and (next_attempt_at is null or next_attempt_at <= ?)
-            order by seq limit ?""",
-        [now, max_batch],
-    ).fetchall()
-    delivered = failed = 0
-    for event_id, payload, attempts in due:
-        attempt = _post(url, json.loads(payload), timeout)
-        if attempt.error is None:
-            connection.execute(
-                f"update {OUTBOX} set attempts = attempts + 1, delivered_at = ?, next_attempt_at = null where event_id = ?",
-                [now, event_id],
-            )
-            delivered += 1
-            logger.info("delivered alert event %s to the webhook", event_id)
-            continue
-        tries = attempts + 1
-        retry_at = now + retry_delay(tries)
-        connection.execute(
-            f"update {OUTBOX} set attempts = ?, last_error = ?, next_attempt_at = ? where event_id = ?",
-            [tries, attempt.error, retry_at, event_id],
-        )
-        failed += 1
-        logger.warning(
-            "webhook delivery of alert event %s failed (attempt %d): %s; next attempt at %s",
-            event_id, tries, attempt.error, retry_at.isoformat(),
-        )
-        if attempt.endpoint_down:
+    with connect() as connection:
+        if url is None:
+            return outbox_report(connection, None)
+        ensure_outbox(connection)
+        due = connection.execute(
+            f"""select event_id, payload, attempts from {OUTBOX}
+                where delivered_at is null and (next_attempt_at is null or next_attempt_at <= ?)
+                order by seq limit ?""",
+            [now, max_batch],
+        ).fetchall()
+    tried: list[tuple[str, int, _Attempt]] = []
+    for event_id, payload, attempts in due:  # the warehouse is closed meanwhile: a slow endpoint blocks nobody
+        attempt = _post(url, json.loads(payload), timeout, idempotency_key(event_id))
+        tried.append((event_id, attempts, attempt))
+        if attempt.error is not None and attempt.endpoint_down:
             break
-    return DeliveryReport(delivered=delivered, failed=failed, pending=_pending(connection), webhook_configured=True)
+    with connect() as connection:
+        connection.begin()
+        try:
+            for event_id, attempts, attempt in tried:
+                _record(connection, event_id, attempts, attempt, now)
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        pending = _pending(connection)
+    delivered = sum(attempt.error is None for _, _, attempt in tried)
+    return DeliveryReport(delivered=delivered, failed=len(tried) - delivered, pending=pending, webhook_configured=True)
+
+
+def deliver_pending(
+    connection: duckdb.DuckDBPyConnection,
+    url: str | None,
+    timeout: float,
+    now: dt.datetime,
+    max_batch: int = 50,
+) -> DeliveryReport:
+    """``deliver`` on a connection the caller already holds (and keeps holding while posting, up to about
+    ``max_batch * timeout`` seconds). Prefer ``deliver`` with a way to open the warehouse, or ``outbox_report`` and
+    leave the posting to the ``alert_outbox`` sensor. The caller must not hold an open transaction."""
+    return deliver(lambda: nullcontext(connection), url, timeout, now, max_batch)
+
+
+def outbox_report(connection: duckdb.DuckDBPyConnection, url: str | None) -> DeliveryReport:
+    """What is pending in the outbox, without posting anything (``url`` only says whether a webhook is configured)."""
+    ensure_outbox(connection)
+    pending = _pending(connection)
+    if url is None and pending:
+        logger.info("no webhook URL configured: %d alert event(s) stay pending in %s", pending, OUTBOX)
+    return DeliveryReport(delivered=0, failed=0, pending=pending, webhook_configured=url is not None)
+
+
+def idempotency_key(event_id: str) -> str:
+    """The ``Idempotency-Key`` header of an event: the same on every retry, distinct per event, plain ASCII."""
+    return "nightkeeper-" + hashlib.sha256(event_id.encode("utf-8")).hexdigest()[:32]
+
+
+def _record(connection: duckdb.DuckDBPyConnection, event_id: str, attempts: int, attempt: _Attempt, now: dt.datetime) -> None:
+    if attempt.error is None:
+        connection.execute(
+            f"update {OUTBOX} set attempts = attempts + 1, delivered_at = ?, next_attempt_at = null where event_id = ?",
+            [now, event_id],
+        )
+        logger.info("delivered alert event %s to the webhook", event_id)
+        return
+    tries = attempts + 1
+    retry_at = now + retry_delay(tries)
+    connection.execute(
+        f"update {OUTBOX} set attempts = ?, last_error = ?, next_attempt_at = ? where event_id = ?",
+        [tries, attempt.error, retry_at, event_id],
+    )
+    logger.warning(
+        "webhook delivery of alert event %s failed (attempt %d): %s; next attempt at %s",
+        event_id, tries, attempt.error, retry_at.isoformat(),
+    )
 
 
 def redact(text: str, url: str) -> str:
@@ -218,13 +270,15 @@ def redact(text: str, url: str) -> str:
     return text
 
 
-def _post(url: str, body: dict[str, Any], timeout: float) -> _Attempt:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode("utf-8"),
-        headers={"Content-Type": "application/json; charset=utf-8", "User-Agent": "nightkeeper-alerts"},
-        method="POST",
-    )
+def _post(url: str, body: dict[str, Any], timeout: float, key: str) -> _Attempt:
+    headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "nightkeeper-alerts", "Idempotency-Key": key}
+    try:
+        address, credentials = _without_userinfo(url)
+        if credentials is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
+        request = urllib.request.Request(address, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+    except Exception as exc:  # e.g. ValueError for a malformed URL: never let delivery fail the night
+        return _Attempt(_clean(f"{type(exc).__name__}: {exc}", url), True)
     opener = urllib.request.build_opener(_NoRedirect())
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -250,6 +304,16 @@ def _post(url: str, body: dict[str, Any], timeout: float) -> _Attempt:
         return _Attempt(_clean(f"connection failed: {type(exc).__name__}: {exc}", url), True)
     except Exception as exc:  # e.g. ValueError for a malformed URL: never let delivery fail the night
         return _Attempt(_clean(f"{type(exc).__name__}: {exc}", url), True)
+
+
+def _without_userinfo(url: str) -> tuple[str, str | None]:
+    """``url`` without ``user:pass@`` and the decoded ``user:pass`` (None when the URL has no credentials)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.netloc.rsplit("@", 1)[1]
+    credentials = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), credentials
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

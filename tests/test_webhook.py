@@ -3,9 +3,12 @@ night safety when the endpoint is down or failing, no duplicates, and the URL (a
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ from nightkeeper.alerts import run_alerts
 from nightkeeper.config import AlertRule
 from nightkeeper.metrics_store import record_metrics
 from nightkeeper.warehouse import connect
-from nightkeeper.webhook import deliver_pending, retry_delay, webhook_url
+from nightkeeper.webhook import deliver, deliver_pending, retry_delay, webhook_url
 
 NIGHT = dt.date(2026, 2, 4)
 NOW = dt.datetime(2026, 2, 5, 2, 30, tzinfo=dt.timezone.utc)
@@ -36,6 +39,7 @@ class RecordingServer:
         self.statuses: list[int] = []
         self.delay = 0.0
         self.port = 0
+        self.received = threading.Event()
         self._server: ThreadingHTTPServer | None = None
 
     def start(self, port: int = 0) -> None:
@@ -44,9 +48,11 @@ class RecordingServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                recorder.requests.append(
-                    {"path": self.path, "content_type": self.headers.get("Content-Type"), "json": json.loads(body)}
-                )
+                recorder.requests.append({
+                    "path": self.path, "content_type": self.headers.get("Content-Type"), "json": json.loads(body),
+                    "authorization": self.headers.get("Authorization"), "idempotency_key": self.headers.get("Idempotency-Key"),
+                })
+                recorder.received.set()
                 time.sleep(recorder.delay)
                 status = recorder.statuses.pop(0) if recorder.statuses else 200
                 answer = b"ok" if status < 300 else f"failed for {self.path}".encode()
@@ -251,3 +257,55 @@ def test_retry_delay_doubles_per_attempt_and_is_capped_at_an_hour() -> None:
     delays = [retry_delay(attempts) for attempts in (1, 2, 3, 7, 50)]
     assert delays == [dt.timedelta(minutes=1), dt.timedelta(minutes=2), dt.timedelta(minutes=4),
                       dt.timedelta(hours=1), dt.timedelta(hours=1)]
+
+
+# ------------------------------------------------------------------------------ credentials, keys, the warehouse
+
+
+def test_credentials_in_the_url_are_sent_as_an_authorization_header(conn: duckdb.DuckDBPyConnection, server: RecordingServer) -> None:
+    open_alerts_tonight(conn)
+    url = f"http://hook%40user:p%3Ass@127.0.0.1:{server.port}/hooks/T000"
+
+    report = deliver_pending(conn, url, timeout=5, now=NOW)
+
+    assert report.delivered == 1
+    [request] = server.requests
+    assert request["path"] == "/hooks/T000"
+    assert request["authorization"] == "Basic " + base64.b64encode(b"hook@user:p:ss").decode()
+
+
+def test_every_attempt_at_an_event_carries_the_same_idempotency_key(conn: duckdb.DuckDBPyConnection, server: RecordingServer) -> None:
+    open_alerts_tonight(conn, count=2)
+    server.statuses = [500]
+    deliver_pending(conn, server.url(), timeout=5, now=NOW)
+    deliver_pending(conn, server.url(), timeout=5, now=NOW + retry_delay(1))
+
+    keys = [request["idempotency_key"] for request in server.requests]
+    events = [request["json"]["nightkeeper"]["alert_id"] for request in server.requests]
+    assert events == ["rate_0@2026-02-04", "rate_0@2026-02-04", "rate_1@2026-02-04"]
+    assert keys[0] == keys[1] and keys[0] != keys[2]
+    assert all(key and key.startswith("nightkeeper-") for key in keys)
+
+
+def test_delivery_does_not_hold_the_warehouse_while_posting(tmp_path: Path, server: RecordingServer) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    with connect(path) as connection:
+        open_alerts_tonight(connection)
+    server.delay = 6.0
+    posting = threading.Thread(target=lambda: deliver(lambda: connect(path), server.url(), timeout=10, now=NOW))
+    posting.start()
+    assert server.received.wait(10)
+
+    # another process (DuckDB locks the file per process) opens the warehouse while the POST is in flight
+    other = subprocess.run(
+        [sys.executable, "-c", f"import duckdb; print(duckdb.connect({str(path)!r}).execute('select 1').fetchone()[0])"],
+        capture_output=True, text=True, timeout=60,
+    )
+    still_posting = posting.is_alive()
+    posting.join(30)
+
+    assert still_posting, "the other process ran after the POST: the test proves nothing on a machine this slow"
+    assert other.returncode == 0, other.stderr
+    with connect(path) as connection:
+        [row] = outbox(connection)
+    assert row["delivered_at"] == NOW
