@@ -21,8 +21,19 @@ older than an open alert never touches that alert.
 ``drift_metrics`` (every ``drift.*`` metric of the night), and transitions are ordered performance, drift,
 data_quality, operations, so the performance message is sent before the drift one.
 
+What moved: a metric recorded with details (``metrics_store``; drift records the features and levels behind each
+aggregate drift metric) gets the details' ``summary`` appended to the opening message ("... for 1 night
+(2026-02-04); drifted: employment_type: student 7.0% → 0.0% (vanished), retired 10.1% → 17.3%") and the whole
+detail in the payload's ``details``.
+
+Acknowledgement (``acknowledge``): a person who has judged an open alert (say, a persistent drift without
+performance impact) acknowledges it with a reason. Its status becomes ``acknowledged``: it no longer counts as open
+(``open_alerts``, which retraining reads), it stays quiet while its condition persists (no re-open, no message),
+and it resolves as usual when the condition clears; a later sustained streak opens a new alert, which pages again.
+Who, when and why are stored on the alert and as an ``acknowledged`` event in the alert log.
+
 Storage (schema ``monitoring``): ``alerts`` (one row per alert, its status), ``alert_events`` (append-only opened /
-resolved log) and the webhook outbox (``nightkeeper.webhook``), all written in one transaction.
+acknowledged / resolved log) and the webhook outbox (``nightkeeper.webhook``), all written in one transaction.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ import duckdb
 import polars as pl
 
 from nightkeeper.config import AlertRule
-from nightkeeper.metrics_store import metric_history, metrics_on
+from nightkeeper.metrics_store import details_on, metric_history, metrics_on
 from nightkeeper.webhook import enqueue, ensure_outbox, webhook_body
 
 SCHEMA = "monitoring"
@@ -49,6 +60,8 @@ CATEGORY_ORDER: tuple[str, ...] = ("performance", "drift", "data_quality", "oper
 SEVERITY_ORDER: tuple[str, ...] = ("critical", "warning", "info")
 
 Event = Literal["opened", "resolved"]
+OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
+UNRESOLVED = (OPEN, ACKNOWLEDGED)
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -83,6 +96,9 @@ create table if not exists {EVENTS} (
     message varchar not null,
     primary key (alert_id, event)
 );
+alter table {ALERTS} add column if not exists acknowledged_at timestamptz;
+alter table {ALERTS} add column if not exists acknowledged_by varchar;
+alter table {ALERTS} add column if not exists ack_reason varchar;
 """
 
 ALERTS_SCHEMA: dict[str, pl.DataType] = {
@@ -100,6 +116,9 @@ ALERTS_SCHEMA: dict[str, pl.DataType] = {
     "message": pl.String(),
     "runbook": pl.String(),
     "payload": pl.String(),
+    "acknowledged_at": pl.Datetime("us", "UTC"),
+    "acknowledged_by": pl.String(),
+    "ack_reason": pl.String(),
 }
 
 
@@ -196,8 +215,10 @@ def transitions(
     open_alerts: pl.DataFrame,
     night: dt.date,
     context: dict[str, float] | None = None,
+    details: dict[str, dict[str, Any]] | None = None,
 ) -> list[AlertTransition]:
-    """The alerts to open and resolve on ``night``, given the currently open alerts (``open_alerts(conn)``).
+    """The alerts to open and resolve on ``night``, given the unresolved alerts
+    (``open_alerts(conn, include_acknowledged=True)``: an acknowledged alert blocks re-opening and resolves as usual).
 
     Opens a rule's alert when it is sustained and the rule has no open alert; resolves each open alert of a rule
     whose condition does not hold on ``night`` (and that opened on or before ``night``). ``context`` is that night's
@@ -206,12 +227,15 @@ def transitions(
     While a data-quality rule holds on ``night``, drift rules do not open: bad data moves distributions as a
     consequence, so the drift that would have opened is listed in the data-quality opening's
     ``drift_attributed_to_this`` instead (one root cause, one page).
+    ``details``: that night's metric details (``metrics_store.details_on``); an opening whose metric has some
+    carries them (summary in the message, all in the payload).
     Order: openings before resolutions, then by category (performance first), severity (critical first), rule order.
     """
     context = dict(context or {})
+    details = details or {}
     by_rule: dict[str, list[dict[str, Any]]] = {}
     if open_alerts.height:
-        for alert in open_alerts.filter(pl.col("status") == "open").iter_rows(named=True):
+        for alert in open_alerts.filter(pl.col("status").is_in(UNRESOLVED)).iter_rows(named=True):
             by_rule.setdefault(alert["rule"], []).append(alert)
     causes = _probable_causes(states, context)
     drift_metrics = {name: value for name, value in sorted(context.items()) if name.startswith("drift.")}
@@ -234,6 +258,8 @@ def transitions(
             extra = {"probable_causes": causes, "drift_metrics": drift_metrics} if rule.category == "performance" else {}
             if rule.category == "data_quality" and suppressed:
                 extra = {"drift_attributed_to_this": suppressed}
+            if rule.metric in details:
+                extra = {**extra, "details": details[rule.metric]}
             found.append(((0, *rank), _opening(state, extra)))
         elif state.held is False:
             for alert in current:
@@ -273,13 +299,68 @@ def apply_transitions(connection: duckdb.DuckDBPyConnection, transitions: list[A
     return written
 
 
-def open_alerts(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """Every alert with status 'open' (columns as in ALERTS_SCHEMA; payload as JSON text), oldest first."""
+def open_alerts(connection: duckdb.DuckDBPyConnection, include_acknowledged: bool = False) -> pl.DataFrame:
+    """Every alert with status 'open' — and 'acknowledged' ones too if asked — (columns as in ALERTS_SCHEMA; payload
+    as JSON text), oldest first."""
+    return list_alerts(connection, UNRESOLVED if include_acknowledged else (OPEN,))
+
+
+def list_alerts(connection: duckdb.DuckDBPyConnection, statuses: tuple[str, ...] | None = None) -> pl.DataFrame:
+    """The alerts whose status is one of ``statuses`` (every alert when None), oldest first, columns as in
+    ALERTS_SCHEMA (payload as JSON text)."""
     ensure_alert_tables(connection)
     frame = connection.execute(
-        f"select * exclude (payload), payload::varchar as payload from {ALERTS} where status = 'open' order by opened_night, alert_id"
+        f"""select * exclude (payload), payload::varchar as payload from {ALERTS}
+            where $statuses is null or status in (select unnest($statuses)) order by opened_night, alert_id""",
+        {"statuses": None if statuses is None else list(statuses)},
     ).pl()
-    return frame.select(list(ALERTS_SCHEMA)).cast(ALERTS_SCHEMA) if frame.height else pl.DataFrame(schema=ALERTS_SCHEMA)
+    if not frame.height:
+        return pl.DataFrame(schema=ALERTS_SCHEMA)
+    return frame.with_columns(pl.col("acknowledged_at").dt.convert_time_zone("UTC")).select(list(ALERTS_SCHEMA)).cast(ALERTS_SCHEMA)
+
+
+def acknowledge(
+    connection: duckdb.DuckDBPyConnection, alert_id: str, by: str, reason: str, at: dt.datetime
+) -> dict[str, Any]:
+    """Acknowledge the open alert ``alert_id``: it stops paging while its condition persists (see the module
+    docstring). Stores who (``by``), when (``at``, timezone-aware) and why (``reason``) on the alert and as an
+    ``acknowledged`` event (night = ``at``'s date) in one transaction; returns the alert row. Raises ValueError,
+    changing nothing, for an empty reason or name, an unknown alert (naming the open ones), or an alert that is
+    resolved or already acknowledged (naming who acknowledged it and why)."""
+    if not reason.strip():
+        raise ValueError("an acknowledgement needs a reason (--reason): the alert log must say why paging stopped")
+    if not by.strip():
+        raise ValueError("an acknowledgement needs the name of who acknowledges it")
+    if at.tzinfo is None:
+        raise ValueError("the acknowledgement time must be timezone-aware")
+    ensure_alert_tables(connection)
+    row = connection.execute(
+        f"select status, acknowledged_by, ack_reason, closed_night from {ALERTS} where alert_id = ?", [alert_id]
+    ).fetchone()
+    if row is None:
+        open_now = open_alerts(connection)["alert_id"].to_list()
+        raise ValueError(f"no alert {alert_id!r}; open alerts: {', '.join(open_now) or 'none'}")
+    status, who, why, closed = row
+    if status == ACKNOWLEDGED:
+        raise ValueError(f"alert {alert_id!r} is already acknowledged by {who}: {why}")
+    if status != OPEN:
+        raise ValueError(f"alert {alert_id!r} is {status} (closed {closed}); only an open alert can be acknowledged")
+    message = f"[acknowledged] {alert_id} by {by.strip()}: {reason.strip()}"
+    connection.begin()
+    try:
+        connection.execute(
+            f"""update {ALERTS} set status = ?, acknowledged_at = ?, acknowledged_by = ?, ack_reason = ?
+                where alert_id = ?""",
+            [ACKNOWLEDGED, at, by.strip(), reason.strip(), alert_id],
+        )
+        connection.execute(
+            f"insert into {EVENTS} values (?, ?, 'acknowledged', ?, ?)", [alert_id, at.date(), at, message]
+        )
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    return list_alerts(connection).filter(pl.col("alert_id") == alert_id).row(0, named=True)
 
 
 def run_alerts(connection: duckdb.DuckDBPyConnection, rules: list[AlertRule], night: dt.date) -> list[dict[str, Any]]:
@@ -289,7 +370,10 @@ def run_alerts(connection: duckdb.DuckDBPyConnection, rules: list[AlertRule], ni
         return []
     history = metric_history(connection, sorted({rule.metric for rule in rules}), night, history_nights(rules))
     states = evaluate_rules(rules, history, night)
-    found = transitions(states, open_alerts(connection), night, metrics_on(connection, night))
+    found = transitions(
+        states, open_alerts(connection, include_acknowledged=True), night, metrics_on(connection, night),
+        details_on(connection, night),
+    )
     return apply_transitions(connection, found)
 
 
@@ -335,6 +419,9 @@ def _opening(state: RuleState, extra: dict[str, Any]) -> AlertTransition:
         message += "; probable cause: " + ", ".join(
             f"{c['metric']} = {_fmt(c['value'])} {c['comparison']} {_fmt(c['threshold'])}" for c in causes
         )
+    summary = (extra.get("details") or {}).get("summary")
+    if summary:
+        message += f"; {summary}"
     message += _runbook_suffix(rule)
     payload = _payload("opened", alert_id, state, state.night, None, message) | {
         "nights": [night.isoformat() for night in nights],
@@ -390,7 +477,9 @@ def _open(connection: duckdb.DuckDBPyConnection, transition: AlertTransition) ->
     if covered:
         return False
     connection.execute(
-        f"insert into {ALERTS} values (?, ?, ?, ?, ?, ?, null, 'open', ?, ?, ?, ?, ?, ?)",
+        f"""insert into {ALERTS} (alert_id, rule, category, severity, metric, opened_night, closed_night, status, value,
+                threshold, comparison, message, runbook, payload)
+            values (?, ?, ?, ?, ?, ?, null, 'open', ?, ?, ?, ?, ?, ?)""",
         [transition.alert_id, rule.name, rule.category, rule.severity, rule.metric, night, transition.value,
          rule.threshold, rule.comparison, transition.message, runbook_link(rule.runbook), json.dumps(transition.payload)],
     )
@@ -399,10 +488,10 @@ def _open(connection: duckdb.DuckDBPyConnection, transition: AlertTransition) ->
 
 def _resolve(connection: duckdb.DuckDBPyConnection, transition: AlertTransition) -> bool:
     row = connection.execute(f"select status from {ALERTS} where alert_id = ?", [transition.alert_id]).fetchone()
-    if row is None or row[0] != "open":
+    if row is None or row[0] not in UNRESOLVED:
         return False
     connection.execute(
-        f"update {ALERTS} set status = 'resolved', closed_night = ? where alert_id = ?", [transition.night, transition.alert_id]
+        f"update {ALERTS} set status = ?, closed_night = ? where alert_id = ?", [RESOLVED, transition.night, transition.alert_id]
     )
     return _event(connection, transition)
 

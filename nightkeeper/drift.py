@@ -19,7 +19,16 @@ Per feature (missing values are never binned; see ``nightkeeper.profile`` for th
   contract's levels, or a contract level with no reference row. Validation usually quarantines unknown values; with ``unknown_category: missing``
   they arrive as null and count in the missing rate instead.
 * ``missing_rate_reference``/``missing_rate_current``/``missing_rate_change`` (current - reference).
-* ``threshold`` (the profile's PSI threshold) and ``drifted`` = psi > threshold.
+* ``threshold``: the profile's PSI threshold for a night with tonight's number of non-missing values of the feature
+  (``DriftThreshold.psi_for``: fitted on night-sized draws of the reference, so a small night gets a wider one) and
+  ``drifted`` = psi > threshold. Alerting reads these effect sizes, never the chi-square p-value, which falls to 0
+  on any large night whatever the size of the change (it is kept as information).
+
+Per category level (``DriftResult.levels``, ``LEVEL_SCHEMA``): the reference and tonight's share of the
+non-missing values, and a status: ``vanished`` when a reference level is absent tonight although a night this size
+would show it at least ``VANISHED_MIN_EXPECTED`` times (so absence by chance has probability under e^-10), ``new``
+when tonight holds a level the reference never saw. ``DriftResult.details`` words the top movers for a person:
+``employment_type: student 7.0% → 0.0% (vanished), retired 10.1% → 17.3%``.
 
 Columns that do not apply to a feature's kind are null; statistics that cannot be computed tonight (no rows, or no
 non-missing value of the feature) are NaN and such a feature is not drifted. An empty night gives rows=0, NaN
@@ -29,7 +38,7 @@ statistics and shares, ``multivariate_auc`` None and no drift flagged.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +48,11 @@ import polars as pl
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+from nightkeeper import metric_names as names
 from nightkeeper.encoding import FeatureCard, categorical_indices, feature_matrix
 from nightkeeper.profile import (
     PSI_EPSILON,
     CategoryProfile,
-    DriftThreshold,
     NumericProfile,
     ReferenceProfile,
     bin_counts,
@@ -71,6 +80,17 @@ FEATURE_SCHEMA: dict[str, pl.DataType] = {
     "threshold": pl.Float64(),
     "drifted": pl.Boolean(),
 }
+LEVEL_SCHEMA: dict[str, pl.DataType] = {
+    "feature": pl.String(),
+    "level": pl.String(),
+    "reference_share": pl.Float64(),
+    "current_share": pl.Float64(),
+    "status": pl.String(),  # "vanished", "new" or "" (present on both sides, or absent on both)
+}
+VANISHED_MIN_EXPECTED = 10.0  # a level expected this many times tonight is absent by chance with p < e^-10
+TOP_FEATURES = 3  # features named in an alert message
+TOP_LEVELS = 3  # levels named per category feature
+MIN_LEVEL_CHANGE = 0.005  # a level whose share moved less than half a point is not worth naming
 DOMAIN_MIN_ROWS = 50
 DOMAIN_TREES = 50
 DOMAIN_PARAMS: dict[str, Any] = {
@@ -107,6 +127,8 @@ class DriftResult:
     drifted_share: float
     multivariate_auc: float | None
     rows: int
+    levels: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LEVEL_SCHEMA))
+    means: dict[str, tuple[float, float]] = field(default_factory=dict)  # numeric feature -> (reference, tonight)
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names for alert rules and the warehouse: ``drift.rows``, ``drift.drifted_share``,
@@ -114,27 +136,107 @@ class DriftResult:
         ``drift.prediction_js_distance``, ``drift.prediction_drifted``, ``drift.confidence_psi``,
         ``drift.confidence_js_distance``, ``drift.confidence_drifted``, and per feature
         ``drift.feature.<name>.<statistic>`` for psi, js_distance, missing_rate_change, drifted (0/1) and, for numbers,
-        wasserstein_norm and ks, for categories chi2_p_value and new_category_share. Undefined values are NaN
-        (every comparison with NaN is false, so an alert rule stays silent)."""
+        wasserstein_norm and ks, for categories chi2_p_value, new_category_share and vanished_levels; and the level
+        signals ``drift.vanished_levels`` (count), ``drift.vanished_share`` (their summed reference shares) and
+        ``drift.new_level_share`` (largest per-feature share of rows at a level the reference never saw). Names are
+        those of ``nightkeeper.metric_names``. Undefined values are NaN (every comparison with NaN is false, so an
+        alert rule stays silent)."""
         p = self.prediction
+        vanished = self.levels.filter(pl.col("status") == "vanished")
+        new_share = self.features["new_category_share"].drop_nulls().drop_nans()
         metrics = {
-            "drift.rows": float(self.rows),
-            "drift.drifted_share": float(self.drifted_share),
-            "drift.drifted_features": float(self.features["drifted"].sum()),
-            "drift.multivariate_auc": _NAN if self.multivariate_auc is None else float(self.multivariate_auc),
-            "drift.prediction_psi": float(p.get("score_psi", _NAN)),
-            "drift.prediction_js_distance": float(p.get("score_js_distance", _NAN)),
-            "drift.prediction_drifted": float(p.get("score_drifted", 0.0)),
-            "drift.confidence_psi": float(p.get("confidence_psi", _NAN)),
-            "drift.confidence_js_distance": float(p.get("confidence_js_distance", _NAN)),
-            "drift.confidence_drifted": float(p.get("confidence_drifted", 0.0)),
+            names.DRIFT_ROWS: float(self.rows),
+            names.DRIFTED_SHARE: float(self.drifted_share),
+            names.DRIFTED_FEATURES: float(self.features["drifted"].sum()),
+            names.MULTIVARIATE_AUC: _NAN if self.multivariate_auc is None else float(self.multivariate_auc),
+            names.PREDICTION_PSI: float(p.get("score_psi", _NAN)),
+            names.PREDICTION_JS: float(p.get("score_js_distance", _NAN)),
+            names.PREDICTION_DRIFTED: float(p.get("score_drifted", 0.0)),
+            names.CONFIDENCE_PSI: float(p.get("confidence_psi", _NAN)),
+            names.CONFIDENCE_JS: float(p.get("confidence_js_distance", _NAN)),
+            names.CONFIDENCE_DRIFTED: float(p.get("confidence_drifted", 0.0)),
+            names.VANISHED_LEVELS: float(vanished.height) if self.rows else _NAN,
+            names.VANISHED_SHARE: float(vanished["reference_share"].sum()) if self.rows else _NAN,
+            names.NEW_LEVEL_SHARE: float(new_share.max()) if len(new_share) else _NAN,
         }
         for row in self.features.iter_rows(named=True):
+            feature = row["feature"]
             extra = ["wasserstein_norm", "ks"] if row["kind"] == "numeric" else ["chi2_p_value", "new_category_share"]
             for statistic in ["psi", "js_distance", "missing_rate_change", *extra]:
-                metrics[f"drift.feature.{row['feature']}.{statistic}"] = _float(row[statistic])
-            metrics[f"drift.feature.{row['feature']}.drifted"] = float(row["drifted"])
+                metrics[names.feature_metric(feature, statistic)] = _float(row[statistic])
+            metrics[names.feature_metric(feature, "drifted")] = float(row["drifted"])
+            if row["kind"] == "category":
+                metrics[names.feature_metric(feature, "vanished_levels")] = (
+                    float(vanished.filter(pl.col("feature") == feature).height) if self.rows else _NAN
+                )
         return metrics
+
+    def details(self) -> dict[str, dict[str, Any]]:
+        """What moved, for the people an alert pages: per aggregate drift metric, a JSON-ready dict with a one-line
+        ``summary`` (the alert engine appends it to the message), the ``features`` it names (feature, kind, psi,
+        threshold, and for categories the moved ``levels`` with shares before and after, for numbers the means)
+        and, for the level signals, the ``levels`` concerned. Features are named most drifted first (psi /
+        threshold): the drifted ones, or the three largest movers when none drifted."""
+        if not self.rows or not self.features.height:
+            return {}
+        ranked = self.features.filter(pl.col("psi").is_finite()).with_columns(
+            (pl.col("psi") / pl.col("threshold")).alias("ratio")
+        ).sort("ratio", descending=True, maintain_order=True)
+        drifted = ranked.filter(pl.col("drifted"))
+        named = (drifted if drifted.height else ranked).head(TOP_FEATURES)
+        movers = [self._feature_detail(row) for row in named.iter_rows(named=True)]
+        lead = "drifted: " if drifted.height else "largest movers (none beyond its threshold): "
+        features_summary = lead + "; ".join(m["text"] for m in movers) if movers else "no feature measurable tonight"
+        if drifted.height > TOP_FEATURES:
+            features_summary += f"; and {drifted.height - TOP_FEATURES} more"
+        about_features = {"summary": features_summary, "features": [_without_text(m) for m in movers]}
+
+        out = {
+            metric: about_features
+            for metric in (names.DRIFTED_FEATURES, names.DRIFTED_SHARE, names.MULTIVARIATE_AUC,
+                           names.PREDICTION_PSI, names.CONFIDENCE_PSI)
+        }
+        for metric, status in ((names.VANISHED_LEVELS, "vanished"), (names.VANISHED_SHARE, "vanished"),
+                               (names.NEW_LEVEL_SHARE, "new")):
+            concerned = self.levels.filter(pl.col("status") == status)
+            features = list(dict.fromkeys(concerned["feature"].to_list()))
+            rows = {row["feature"]: row for row in self.features.iter_rows(named=True)}
+            texts = [self._feature_detail(rows[f], must_show=status)["text"] for f in features]
+            out[metric] = {
+                "summary": "; ".join(texts) if texts else f"no {status} level tonight",
+                "levels": concerned.to_dicts(),
+            }
+        return out
+
+    def _feature_detail(self, row: dict[str, Any], must_show: str = "") -> dict[str, Any]:
+        """One feature's movement as data and as text (``income: PSI 0.31 > threshold 0.08, mean 52,000 → 61,000``;
+        ``employment_type: student 7.0% → 0.0% (vanished), retired 10.1% → 17.3%``)."""
+        feature = row["feature"]
+        detail: dict[str, Any] = {"feature": feature, "kind": row["kind"], "psi": row["psi"], "threshold": row["threshold"]}
+        if row["kind"] == "category":
+            levels = self.levels.filter(pl.col("feature") == feature).with_columns(
+                (pl.col("current_share") - pl.col("reference_share")).abs().alias("change")
+            )
+            required = levels.filter(pl.col("status") == must_show) if must_show else levels.clear()
+            shown = pl.concat([
+                required,
+                levels.filter(pl.col("change") >= MIN_LEVEL_CHANGE).sort("change", descending=True, maintain_order=True),
+            ]).unique("level", keep="first", maintain_order=True).head(max(TOP_LEVELS, required.height))
+            detail["levels"] = shown.drop("change").to_dicts()
+            parts = [
+                f"{lv['level']} {_pct(lv['reference_share'])} → {_pct(lv['current_share'])}"
+                + (f" ({lv['status']})" if lv["status"] else "")
+                for lv in detail["levels"]
+            ]
+            text = f"{feature}: " + (", ".join(parts) if parts else _psi_text(row))
+        else:
+            before, after = self.means.get(feature, (_NAN, _NAN))
+            detail["mean_reference"], detail["mean_current"] = before, after
+            text = f"{feature}: {_psi_text(row)}, mean {_num(before)} → {_num(after)}"
+        if row["missing_rate_change"] is not None and abs(row["missing_rate_change"]) >= 0.01:
+            text += f", missing {_pct(row['missing_rate_reference'])} → {_pct(row['missing_rate_current'])}"
+        detail["text"] = text
+        return detail
 
     def drifted_features(self) -> list[str]:
         """Names of the drifted features, most drifted (largest psi / threshold) first."""
@@ -203,19 +305,25 @@ def measure_drift(
     counts = category_counts(current, categories)
 
     records: dict[str, dict[str, Any]] = {}
+    means: dict[str, tuple[float, float]] = {}
     for feature in numeric:
         reference = profile.features[feature.name]
         assert isinstance(reference, NumericProfile)
-        records[feature.name] = _numeric_drift(reference, sorted_values[feature.name], rows)
+        values = sorted_values[feature.name]
+        records[feature.name] = _numeric_drift(reference, values, rows)
+        means[feature.name] = (_float(reference.mean), float(values.mean()) if len(values) else _NAN)
+    level_frames = [pl.DataFrame(schema=LEVEL_SCHEMA)]
     for feature in categories:
         reference = profile.features[feature.name]
         assert isinstance(reference, CategoryProfile)
         records[feature.name] = _category_drift(reference, counts[feature.name], rows)
+        level_frames.append(_level_shares(feature.name, reference, counts[feature.name]))
 
     table_rows = []
     for feature in features:
         record = records[feature.name]
-        threshold = profile.thresholds[feature.name].psi
+        present = round(rows * (1 - record["missing_rate_current"])) if rows else 0
+        threshold = profile.thresholds[feature.name].psi_for(present)
         psi = record["psi"]
         table_rows.append(
             {
@@ -237,6 +345,8 @@ def measure_drift(
         drifted_share=drifted_share,
         multivariate_auc=auc,
         rows=rows,
+        levels=pl.concat(level_frames),
+        means=means,
     )
 
 
@@ -320,6 +430,27 @@ def _category_drift(reference: CategoryProfile, counts: np.ndarray, rows: int) -
     }
 
 
+def _level_shares(feature: str, reference: CategoryProfile, counts: np.ndarray) -> pl.DataFrame:
+    """Reference and tonight's share of each level (and of values outside the levels, as level "(other)") among the
+    non-missing values, with the vanished / new status (see the module docstring)."""
+    expected = np.asarray(reference.bin_frequencies)
+    present = float(counts.sum())
+    shares = counts / present if present else np.zeros(len(counts))
+    vanished = (expected > 0) & (counts == 0) & (expected * present >= VANISHED_MIN_EXPECTED)
+    new = (expected == 0) & (counts > 0)
+    status = np.where(vanished, "vanished", np.where(new, "new", ""))
+    return pl.DataFrame(
+        {
+            "feature": [feature] * len(expected),
+            "level": [*reference.levels, "(other)"],
+            "reference_share": expected.astype(np.float64),
+            "current_share": shares.astype(np.float64),
+            "status": status.tolist(),
+        },
+        schema=LEVEL_SCHEMA,
+    )
+
+
 def _missing(reference: float, current: float) -> dict[str, float]:
     return {
         "missing_rate_reference": reference,
@@ -345,15 +476,16 @@ def _prediction_drift(profile: ReferenceProfile, scores: np.ndarray | None) -> d
         statistics = numeric_statistics(reference, values)
         out[f"{name}_psi"] = statistics["psi"]
         out[f"{name}_js_distance"] = statistics["js_distance"]
-        out[f"{name}_drifted"] = _drifted(statistics["psi"], threshold)
+        out[f"{name}_threshold"] = threshold.psi_for(len(values))
+        out[f"{name}_drifted"] = _drifted(statistics["psi"], out[f"{name}_threshold"])
     out["rows_scored"] = float(len(scored))
     out["score_mean_current"] = float(scored.mean()) if len(scored) else _NAN
     out["positive_rate_current"] = float(np.mean(scored >= profile.decision_threshold)) if len(scored) else _NAN
     return out
 
 
-def _drifted(psi: float, threshold: DriftThreshold) -> float:
-    return float(math.isfinite(psi) and psi > threshold.psi)
+def _drifted(psi: float, threshold: float) -> float:
+    return float(math.isfinite(psi) and psi > threshold)
 
 
 def _domain_auc(
@@ -399,3 +531,21 @@ def _check(profile: ReferenceProfile, current: pl.DataFrame, scores: np.ndarray 
 
 def _float(value: float | None) -> float:
     return _NAN if value is None else float(value)
+
+
+def _without_text(detail: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in detail.items() if key != "text"}
+
+
+def _psi_text(row: dict[str, Any]) -> str:
+    return f"PSI {_num(row['psi'])} {'>' if row['drifted'] else '<='} threshold {_num(row['threshold'])}"
+
+
+def _pct(share: float | None) -> str:
+    return "n/a" if share is None or not math.isfinite(share) else f"{100 * share:.1f}%"
+
+
+def _num(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"

@@ -5,6 +5,12 @@ scores, estimated and realized performance) and what alert rules read. Metric na
 part is the family: ``validation.quarantine_rate``, ``outcomes.fallback_rate``, ``drift.drifted_share``,
 ``drift.multivariate_auc``, ``performance.estimated_auc``, ``performance.realized_auc``...
 
+A metric may carry ``details`` (JSON): what lies behind the number, for the people an alert pages. Drift records,
+per aggregate metric, the features and category levels that moved (``DriftResult.details``); the alert engine
+appends a detail's ``summary`` to the alert message and stores the whole detail in the alert's payload.
+
+Metric names are owned by ``nightkeeper.metric_names``.
+
 Recording a night again replaces that night's values for the metric names given and leaves its other metrics alone,
 so re-running a night is idempotent. A value of None (or NaN) is stored as NULL: "measured, but no value tonight"
 (e.g. realized AUC before labels land); readers treat it like a missing night.
@@ -13,7 +19,9 @@ so re-running a night is idempotent. A value of None (or NaN) is stored as NULL:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -39,6 +47,7 @@ create table if not exists {TABLE} (
     recorded_at timestamptz not null,
     primary key (night, metric)
 );
+alter table {TABLE} add column if not exists details json;
 """
 
 
@@ -52,28 +61,37 @@ def record_metrics(
     night: dt.date,
     metrics: dict[str, float | None],
     model_version: str | None,
+    details: dict[str, dict[str, Any]] | None = None,
 ) -> int:
     """Store ``metrics`` for ``night``, replacing earlier values of the same names that night; returns rows written.
 
-    Metrics of ``night`` not named in ``metrics`` are kept. None and NaN are stored as NULL (no value). Raises
-    ValueError for an empty or non-string metric name or an infinite value (nothing is written then). All rows are
-    written in one transaction.
+    Metrics of ``night`` not named in ``metrics`` are kept. None and NaN are stored as NULL (no value).
+    ``details``: per metric name (each one of ``metrics``), a JSON-ready dict stored with it (replaced too; a metric
+    without details gets NULL). Raises ValueError for an empty or non-string metric name, an infinite value, or
+    details for a metric not being recorded (nothing is written then). All rows are written in one transaction.
     """
     for name in metrics:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"metric names must be non-empty strings, got {name!r}")
+    details = details or {}
+    stray = sorted(set(details) - set(metrics))
+    if stray:
+        raise ValueError(f"details given for metric(s) {stray} that are not recorded with them")
     if not metrics:
         return 0
     values = [_stored(name, value) for name, value in metrics.items()]
+    texts = [json.dumps(_plain(details[name]), allow_nan=False) if name in details else None for name in metrics]
     ensure_metrics_table(connection)
     connection.begin()
     try:
         # one statement for all rows: DuckDB's executemany costs ~5 ms a row, a night records ~60 metrics
         connection.execute(
-            f"""insert into {TABLE} select ?, unnest(?::varchar[]), unnest(?::double[]), ?, now()
+            f"""insert into {TABLE} (night, metric, value, model_version, recorded_at, details)
+                select ?, unnest(?::varchar[]), unnest(?::double[]), ?, now(), unnest(?::json[])
                 on conflict (night, metric) do update set
-                    value = excluded.value, model_version = excluded.model_version, recorded_at = excluded.recorded_at""",
-            [night, list(metrics), values, model_version],
+                    value = excluded.value, model_version = excluded.model_version, recorded_at = excluded.recorded_at,
+                    details = excluded.details""",
+            [night, list(metrics), values, model_version, texts],
         )
         connection.commit()
     except BaseException:
@@ -113,6 +131,30 @@ def metrics_on(connection: duckdb.DuckDBPyConnection, night: dt.date, prefix: st
         [night, prefix],
     ).fetchall()
     return {metric: float(value) for metric, value in rows}
+
+
+def details_on(connection: duckdb.DuckDBPyConnection, night: dt.date) -> dict[str, dict[str, Any]]:
+    """The details recorded with ``night``'s metrics, by metric name (metrics without details left out)."""
+    ensure_metrics_table(connection)
+    rows = connection.execute(
+        f"select metric, details::varchar from {TABLE} where night = ? and details is not null order by metric", [night]
+    ).fetchall()
+    return {metric: json.loads(text) for metric, text in rows}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON data: NaN and infinities become None, dates ISO text, numpy scalars Python ones."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _stored(name: str, value: float | None) -> float | None:

@@ -26,11 +26,13 @@ Definitions shared with :mod:`nightkeeper.drift` (the thresholds are fitted on e
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
 from scipy.interpolate import PchipInterpolator
 
 from nightkeeper.config import DriftConfig
@@ -38,6 +40,8 @@ from nightkeeper.encoding import FeatureCard
 
 PROFILE_FORMAT = 1
 PSI_EPSILON = 1e-4
+LADDER_FIRST_ROWS = 25  # smallest night size a threshold is fitted for (smaller nights scale it by 1/rows)
+LADDER_DRAWS = 100  # random draws of the reference per night size
 MAX_ATOMS = 101
 # 101 quantile levels, dense in both tails (cosine spacing: 0.00025 at the ends, 0.016 in the middle), so that the
 # piecewise-linear quantile function between them follows long tails closely (see NumericProfile).
@@ -106,17 +110,38 @@ FeatureProfile = Annotated[NumericProfile | CategoryProfile, Field(discriminator
 
 
 class DriftThreshold(_Frozen):
-    """When a statistic counts as drift. ``psi`` decides the drifted flag; ``js_distance`` is informational.
+    """When a statistic counts as drift. PSI (an effect size) decides the drifted flag; ``js_distance`` is
+    informational.
 
-    ``fitted_psi`` = max(psi_floor, mean + threshold_sigmas * std) of the PSI of the reference chunks against the whole
-    reference; ``psi`` equals it unless the config overrides it (``source == "config"``). ``js_distance`` is
-    mean + threshold_sigmas * std of the chunks' Jensen-Shannon distances (no floor).
+    The PSI of a night against the reference varies by chance, and more so the fewer rows the night has, so the
+    threshold depends on the night's size: ``psi_by_rows[k]`` is the threshold for a night of ``rows[k]`` rows (the
+    feature's non-missing rows), fitted on random night-sized draws of the reference (see ``fit_profile``), never
+    below ``psi_floor``. ``psi_for(n)`` interpolates it. ``fitted_psi`` = the fitted threshold for a night of
+    ``chunk_rows`` rows; ``psi`` equals it unless the config overrides it (``source == "config"``), and a config
+    threshold applies to nights of any size. ``js_distance`` is mean + threshold_sigmas * std of the draws'
+    Jensen-Shannon distances at ``chunk_rows`` (no floor).
     """
 
     psi: float
     fitted_psi: float
     js_distance: float
     source: Literal["fitted", "config"]
+    rows: list[int] = Field(default_factory=list)
+    psi_by_rows: list[float] = Field(default_factory=list)
+
+    def psi_for(self, rows: int) -> float:
+        """The PSI threshold for a night with ``rows`` non-missing values: log-log interpolation between the fitted
+        sizes; below the smallest, the smallest size's threshold scaled by 1/rows (chance PSI shrinks as 1/rows);
+        above the largest, the largest's. A config override (or a profile without sizes) gives ``psi``."""
+        if self.source == "config" or not self.rows or rows <= 0:
+            return self.psi
+        sizes = np.log(np.asarray(self.rows, dtype=np.float64))
+        values = np.log(np.asarray(self.psi_by_rows, dtype=np.float64))
+        if rows < self.rows[0]:
+            return float(self.psi_by_rows[0] * self.rows[0] / rows)
+        if rows >= self.rows[-1]:
+            return float(self.psi_by_rows[-1])
+        return float(np.exp(np.interp(math.log(rows), sizes, values)))
 
 
 class ProfileSettings(_Frozen):
@@ -247,11 +272,15 @@ def fit_profile(
     the model's ``scores`` on its rows (same order). A NaN score counts as unscored and shapes neither the score
     nor the confidence profile: pass NaN for the training rows to profile only out-of-sample (holdout) scores.
 
-    Thresholds: the rows are dealt at random (``seed``) into ``config.reference_chunks`` equal chunks; PSI and JS
-    distance of each chunk against the whole reference give mean and std per feature (and for the score and the
-    confidence), from which the thresholds follow (see ``DriftThreshold``); ``config.thresholds`` overrides a
-    feature's PSI threshold. The chunks hold ``rows // reference_chunks`` rows (``ReferenceProfile.chunk_rows``):
-    the thresholds are calibrated for nights of about that size. Raises ValueError when a feature column is absent, ``scores`` has the wrong length,
+    Thresholds are fitted per night size (see ``DriftThreshold``): for each size of a ladder (``LADDER_FIRST_ROWS``
+    doubling up to ``chunk_rows = rows // config.reference_chunks``), ``LADDER_DRAWS`` random draws (``seed``) of
+    that many reference rows are compared with the whole reference. Chance PSI behaves like a scaled chi-square
+    variable (n * PSI ~ chi2(bins - 1) for a multinomial sample), so a scaled chi-square is fitted to the draws'
+    PSI by its mean and variance and the threshold is its upper quantile at the normal tail of
+    ``config.threshold_sigmas`` (4 sigma: about 3 in 100 000 ordinary nights per feature exceed it), floored at
+    ``config.psi_floor``. A skewed statistic (a binary feature, rare levels) thus gets a wider threshold than
+    mean + k*std would give, and a small night a wider one than a large night. ``config.thresholds`` overrides a
+    feature's PSI threshold. Raises ValueError when a feature column is absent, ``scores`` has the wrong length,
     the frame has fewer rows than chunks, or an override names no feature.
     """
     names = [f.name for f in features]
@@ -270,7 +299,7 @@ def fit_profile(
         raise ValueError(f"the reference needs at least reference_chunks={chunks} rows, got {frame.height}")
 
     rng = np.random.default_rng(seed)
-    chunk_of_row = rng.permutation(frame.height) % chunks
+    ladder = _Ladder.draw(rng, frame.height, frame.height // chunks)
     numeric = [f for f in features if f.dtype != "category"]
     categories = [f for f in features if f.dtype == "category"]
 
@@ -281,21 +310,19 @@ def fit_profile(
         profile = _numeric_profile(sorted_values[feature.name], frame.height, config.bins)
         codes = _bin_codes(frame.select(numeric_values(feature.name)).to_series().to_numpy(), profile.edges)
         profiles[feature.name] = profile
-        fitted[feature.name] = _chunk_statistics(codes, chunk_of_row, chunks, len(profile.frequencies))
+        fitted[feature.name] = ladder.statistics(codes, len(profile.frequencies))
     codes_frame = frame.select(category_codes(f.name, f.categories or []) for f in categories)
     for feature in categories:
         codes = codes_frame[feature.name].to_numpy()
         profile = _category_profile(codes, feature.categories or [])
         profiles[feature.name] = profile
-        fitted[feature.name] = _chunk_statistics(codes, chunk_of_row, chunks, len(profile.bin_frequencies))
+        fitted[feature.name] = ladder.statistics(codes, len(profile.bin_frequencies))
 
     confidences = confidence_of(scores, decision_threshold)
     score_profile = _numeric_profile(np.sort(scores[np.isfinite(scores)]), len(scores), config.bins)
     confidence_profile = _numeric_profile(np.sort(confidences[np.isfinite(confidences)]), len(scores), config.bins)
-    score_stats = _chunk_statistics(_bin_codes(scores, score_profile.edges), chunk_of_row, chunks, len(score_profile.frequencies))
-    confidence_stats = _chunk_statistics(
-        _bin_codes(confidences, confidence_profile.edges), chunk_of_row, chunks, len(confidence_profile.frequencies)
-    )
+    score_stats = ladder.statistics(_bin_codes(scores, score_profile.edges), len(score_profile.frequencies))
+    confidence_stats = ladder.statistics(_bin_codes(confidences, confidence_profile.edges), len(confidence_profile.frequencies))
     scored = scores[np.isfinite(scores)]
 
     thresholds = {name: _threshold(statistics, config.thresholds.get(name), config) for name, statistics in fitted.items()}
@@ -448,36 +475,80 @@ def _bin_codes(values: np.ndarray, edges: list[float]) -> np.ndarray:
     return np.where(np.isnan(values), -1, codes)
 
 
-def _chunk_statistics(
-    codes: np.ndarray, chunk_of_row: np.ndarray, chunks: int, size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """PSI and JS distance of every chunk's bin shares against the whole reference's."""
-    if size == 0:
-        return np.zeros(chunks), np.zeros(chunks)
-    present = codes >= 0
-    counts = np.bincount(chunk_of_row[present] * size + codes[present], minlength=chunks * size).reshape(chunks, size)
-    total = counts.sum(axis=0)
-    if total.sum() == 0:
-        return np.zeros(chunks), np.zeros(chunks)
-    whole = total / total.sum()
-    sizes = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, sizes, out=np.zeros(counts.shape), where=sizes > 0)
-    usable = sizes[:, 0] > 0
-    return population_stability_index(whole, shares[usable]), jensen_shannon_distance(whole, shares[usable])
+@dataclass(frozen=True)
+class _Ladder:
+    """Random night-sized draws of the reference rows: ``draws[k]`` is a permutation of the row indexes, and a draw
+    of ``size`` rows is its first ``size`` entries (nested draws: one permutation serves every size)."""
+
+    sizes: tuple[int, ...]
+    draws: np.ndarray
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, rows: int, largest: int) -> _Ladder:
+        sizes = []
+        size = LADDER_FIRST_ROWS
+        while size < largest:
+            sizes.append(size)
+            size *= 2
+        sizes.append(max(largest, 1))
+        permutations = np.stack([rng.permutation(rows)[: sizes[-1]] for _ in range(LADDER_DRAWS)])
+        return cls(tuple(sizes), permutations)
+
+    def statistics(self, codes: np.ndarray, size: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per ladder size, the PSI and JS distance of every draw's bin shares (non-missing rows: code >= 0)
+        against the whole reference's; sizes count rows drawn, so a feature's non-missing rows per draw vary."""
+        zeros = np.zeros(len(self.draws))
+        if size == 0:
+            return {n: (zeros, zeros) for n in self.sizes}
+        present = codes >= 0
+        whole_counts = np.bincount(codes[present], minlength=size)
+        if whole_counts.sum() == 0:
+            return {n: (zeros, zeros) for n in self.sizes}
+        whole = whole_counts / whole_counts.sum()
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        drawn = codes[self.draws]  # draws x largest size
+        for n in self.sizes:
+            part = drawn[:, :n]
+            offsets = np.arange(len(part))[:, None] * size
+            counts = np.bincount((part + offsets)[part >= 0], minlength=len(part) * size).reshape(len(part), size)
+            totals = counts.sum(axis=1, keepdims=True)
+            usable = totals[:, 0] > 0
+            shares = counts[usable] / totals[usable]
+            out[n] = (population_stability_index(whole, shares), jensen_shannon_distance(whole, shares))
+        return out
 
 
-def _threshold(statistics: tuple[np.ndarray, np.ndarray], override: float | None, config: DriftConfig) -> DriftThreshold:
-    psi, js = statistics
-    fitted_psi = max(config.psi_floor, _upper(psi, config.threshold_sigmas))
+def _threshold(
+    statistics: dict[int, tuple[np.ndarray, np.ndarray]], override: float | None, config: DriftConfig
+) -> DriftThreshold:
+    sizes = sorted(statistics)
+    by_rows = [max(config.psi_floor, _chance_upper(statistics[n][0], config.threshold_sigmas)) for n in sizes]
+    fitted_psi = by_rows[-1]
     return DriftThreshold(
         psi=float(override) if override is not None else fitted_psi,
         fitted_psi=fitted_psi,
-        js_distance=_upper(js, config.threshold_sigmas),
+        js_distance=_upper(statistics[sizes[-1]][1], config.threshold_sigmas),
         source="config" if override is not None else "fitted",
+        rows=sizes,
+        psi_by_rows=by_rows,
     )
 
 
+def _chance_upper(values: np.ndarray, sigmas: float) -> float:
+    """The upper quantile, at the normal tail of ``sigmas``, of a scaled chi-square a * chi2(d) fitted to ``values``
+    by mean (a * d) and variance (2 * a^2 * d); 0 when the values do not vary."""
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return 0.0
+    mean, variance = float(np.mean(values)), float(np.var(values, ddof=1))
+    if mean <= 0 or variance <= 0:
+        return max(mean, 0.0)
+    scale, degrees = variance / (2 * mean), 2 * mean * mean / variance
+    return float(scale * stats.chi2.isf(stats.norm.sf(sigmas), degrees))
+
+
 def _upper(values: np.ndarray, sigmas: float) -> float:
+    values = values[np.isfinite(values)]
     if len(values) < 2:
         return 0.0
     value = float(np.mean(values) + sigmas * np.std(values, ddof=1))

@@ -213,7 +213,16 @@ def test_fitted_thresholds_follow_the_reference_chunks_without_a_floor(
     loose = fit_profile(reference, features, scores, 0.3, DriftConfig(psi_floor=0.0, threshold_sigmas=1.0), seed=SEED)
     strict = fit_profile(reference, features, scores, 0.3, DriftConfig(psi_floor=0.0, threshold_sigmas=6.0), seed=SEED)
     for name in loose.thresholds:
-        assert 0 < loose.thresholds[name].psi < strict.thresholds[name].psi < 0.05  # 1000-row chunks vary little
+        assert 0 < loose.thresholds[name].psi < strict.thresholds[name].psi < 0.1  # 1000-row chunks vary little
+
+
+def test_a_smaller_night_gets_a_wider_fitted_threshold(profile: ReferenceProfile) -> None:
+    for name, threshold in profile.thresholds.items():
+        assert threshold.rows[-1] == profile.chunk_rows
+        widths = [threshold.psi_for(rows) for rows in (10, 50, 150, 1_000, 100_000)]
+        assert widths == sorted(widths, reverse=True), name
+        assert widths[1] > widths[3], name  # 50 rows vary far more by chance than 1000
+        assert threshold.psi_for(profile.chunk_rows) == threshold.psi
 
 
 def test_overrides_can_be_applied_to_a_stored_profile_without_refitting(profile: ReferenceProfile) -> None:
