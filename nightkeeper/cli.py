@@ -327,5 +327,57 @@ def review_import(file: Path, config: ConfigOption = None) -> None:
         console.print(f"[red]{metadata['file_problem']}[/]")
 
 
+alerts_app = typer.Typer(help="Alerts: list them, acknowledge one so that it stops paging.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("list")
+def alerts_list(
+    config: ConfigOption = None,
+    all_alerts: Annotated[bool, typer.Option("--all", help="Also resolved alerts (default: open and acknowledged).")] = False,
+) -> None:
+    """Alerts that are open or acknowledged (all with --all), oldest first, with what moved and any acknowledgement."""
+    from nightkeeper import alerts, warehouse
+
+    project = _load(config)
+    with warehouse.connect(project.warehouse_path) as connection:
+        found = alerts.list_alerts(connection, None if all_alerts else alerts.UNRESOLVED)
+    if not found.height:
+        console.print("no alerts" if all_alerts else "no open or acknowledged alerts")
+        return
+    table = Table(title="Alerts", box=box.SIMPLE_HEAD)
+    for column in ("alert_id", "status", "severity", "opened", "closed", "message"):
+        table.add_column(column, overflow="fold")
+    for row in found.iter_rows(named=True):
+        status = row["status"]
+        if row["acknowledged_by"]:
+            status += f" by {row['acknowledged_by']} {row['acknowledged_at']:%Y-%m-%d %H:%M}: {row['ack_reason']}"
+        table.add_row(row["alert_id"], status, row["severity"], str(row["opened_night"]), str(row["closed_night"] or ""), row["message"])
+    console.print(table)
+
+
+@alerts_app.command("ack")
+def alerts_ack(
+    alert_id: Annotated[str, typer.Argument(help="The alert's id, as `nightkeeper alerts list` shows it (rule@night).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why it may stop paging (kept in the alert log).")],
+    by: Annotated[Optional[str], typer.Option("--by", help="Who acknowledges (default: the login name).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Acknowledge an open alert: it stops paging while its condition persists, resolves as usual when it clears, and
+    a later re-opening pages again. Who, when and why go to the alert log."""
+    import getpass
+
+    from nightkeeper import alerts, warehouse
+
+    project = _load(config)
+    with warehouse.connect(project.warehouse_path) as connection:
+        try:
+            row = alerts.acknowledge(connection, alert_id, by or getpass.getuser(), reason, dt.datetime.now(dt.timezone.utc))
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/]", soft_wrap=True)
+            raise typer.Exit(2) from None
+    console.print(f"acknowledged {row['alert_id']} by {row['acknowledged_by']}: {row['ack_reason']}", soft_wrap=True)
+
+
 if __name__ == "__main__":
     app()

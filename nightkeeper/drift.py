@@ -37,11 +37,13 @@ statistics and shares, ``multivariate_auc`` None and no drift flagged.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import lightgbm as lgb
 import numpy as np
 import polars as pl
@@ -49,6 +51,8 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from nightkeeper import metric_names as names
+from nightkeeper import registry
+from nightkeeper.artifacts import ModelUnavailable, load_reference_sample
 from nightkeeper.encoding import FeatureCard, categorical_indices, feature_matrix
 from nightkeeper.profile import (
     PSI_EPSILON,
@@ -62,6 +66,7 @@ from nightkeeper.profile import (
     population_stability_index,
     reference_quantile,
     sorted_numeric_values,
+    with_threshold_overrides,
 )
 
 FEATURE_SCHEMA: dict[str, pl.DataType] = {
@@ -88,10 +93,13 @@ LEVEL_SCHEMA: dict[str, pl.DataType] = {
     "status": pl.String(),  # "vanished", "new" or "" (present on both sides, or absent on both)
 }
 VANISHED_MIN_EXPECTED = 10.0  # a level expected this many times tonight is absent by chance with p < e^-10
-TOP_FEATURES = 3  # features named in an alert message
+TOP_FEATURES = 5  # features named in an alert message
 TOP_LEVELS = 3  # levels named per category feature
 MIN_LEVEL_CHANGE = 0.005  # a level whose share moved less than half a point is not worth naming
-DOMAIN_MIN_ROWS = 50
+# Fewer rows per side and the out-of-fold AUC of two identical populations wanders too far to judge against a fixed
+# limit (its chance std is ~0.018 at 500 rows per side, ~0.033 at 150: 0.6 would then be a 3-sigma event, a false
+# alarm every few weeks of small nights); small nights rely on the per-feature drift, whose thresholds widen instead.
+DOMAIN_MIN_ROWS = 500
 DOMAIN_TREES = 50
 DOMAIN_PARAMS: dict[str, Any] = {
     "objective": "binary",
@@ -176,7 +184,7 @@ class DriftResult:
         ``summary`` (the alert engine appends it to the message), the ``features`` it names (feature, kind, psi,
         threshold, and for categories the moved ``levels`` with shares before and after, for numbers the means)
         and, for the level signals, the ``levels`` concerned. Features are named most drifted first (psi /
-        threshold): the drifted ones, or the three largest movers when none drifted."""
+        threshold): the drifted ones, or the largest movers when none drifted."""
         if not self.rows or not self.features.height:
             return {}
         ranked = self.features.filter(pl.col("psi").is_finite()).with_columns(
@@ -278,6 +286,38 @@ class DriftResult:
         axes.legend(loc="lower right", fontsize=8)
         figure.savefig(path, dpi=100)
         return path
+
+
+@dataclass(frozen=True)
+class ServingReference:
+    """What a night's drift is measured against: the serving champion's reference profile (with today's
+    ``monitoring.drift.thresholds`` applied), its features and, when it can be read, its reference sample."""
+
+    version: str
+    profile: ReferenceProfile
+    features: list[FeatureCard]
+    sample: pl.DataFrame | None
+    sample_problem: str | None = None
+
+
+def serving_reference(
+    connection: duckdb.DuckDBPyConnection, night: dt.date, thresholds: dict[str, float]
+) -> ServingReference | None:
+    """The reference for ``night``: the card of the champion serving that night (``registry.alias_record``), so the
+    reference moves with each promotion and a rollback moves it back. None when no champion serves. A reference
+    sample that is missing or fails its checksum leaves ``sample`` None with the reason in ``sample_problem`` (the
+    multivariate check then goes without); the profile itself lives in the card."""
+    champion = registry.alias_record(connection, registry.CHAMPION, night)
+    if champion is None:
+        return None
+    card = champion.card
+    try:
+        sample, problem = load_reference_sample(champion), None
+    except ModelUnavailable as exc:
+        sample, problem = None, str(exc)
+    return ServingReference(
+        champion.version, with_threshold_overrides(card.profile, thresholds), list(card.features), sample, problem
+    )
 
 
 def measure_drift(

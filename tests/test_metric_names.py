@@ -35,7 +35,7 @@ def test_a_rule_on_a_misspelt_metric_is_refused_with_the_closest_name() -> None:
         load_with_rule(metric="drift.drifted_feature")
 
     message = str(caught.value)
-    assert "monitoring.alerts.rules.12.metric" in message
+    assert f"monitoring.alerts.rules.{len(SHIPPED['monitoring']['alerts']['rules'])}.metric" in message
     assert "unknown metric 'drift.drifted_feature'" in message
     assert "did you mean 'drift.drifted_features'" in message
 

@@ -20,12 +20,10 @@ import duckdb
 import polars as pl
 
 from nightkeeper import alerts, drift, labels, metrics_store, performance, registry, review, webhook
-from nightkeeper.artifacts import ModelUnavailable, load_reference_sample
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import AlertingConfig, ProjectConfig
 from nightkeeper.drift_report import write_evidently_report
 from nightkeeper.pipeline.step import StepResult
-from nightkeeper.profile import with_threshold_overrides
 from nightkeeper.validation import ROW_KEY
 
 NIGHTLY_SCHEMA = "nightly"  # the partitioned tables of a night (outcomes, ...); the IO manager's schema
@@ -204,30 +202,28 @@ def drift_night(
     reports folder. Without a champion there is no reference: an empty partition and passing WARN checks.
     """
     settings = config.monitoring.drift
-    champion = registry.alias_record(connection, registry.CHAMPION, night)
-    if champion is None:
+    # the serving champion's reference: it moves with each promotion (and back with a rollback)
+    reference = drift.serving_reference(connection, night, settings.thresholds)
+    if reference is None:
         _LOG.warning("no champion: drift has no reference to compare with")
         return StepResult(
             tables={"drift_metrics": pl.DataFrame(schema={"partition_date": pl.Date, **drift.FEATURE_SCHEMA})},
             metadata={"reference": "none"},
             checks={name: CheckOutcome(True, "no champion, no reference profile", "WARN") for name in DRIFT_CHECKS},
         )
-    card = champion.card
     rows = validated_batch.sort(ROW_KEY).join(scored_batch.select(*ROW_KEY, "score"), on=ROW_KEY, how="left")
     scores = rows["score"].fill_null(float("nan")).to_numpy()
-    try:
-        sample = load_reference_sample(champion)
-    except ModelUnavailable as exc:
-        _LOG.warning(f"multivariate drift skipped: {exc}")
-        sample = None
-    profile = with_threshold_overrides(card.profile, settings.thresholds)
-    result = drift.measure_drift(profile, rows, scores, card.features, sample, settings.domain_classifier_rows)
+    if reference.sample_problem:
+        _LOG.warning(f"multivariate drift skipped: {reference.sample_problem}")
+    sample = reference.sample
+    result = drift.measure_drift(reference.profile, rows, scores, reference.features, sample, settings.domain_classifier_rows)
     folder = config.path(Path(REPORTS_FOLDER))
     plot = result.plot(folder / f"drift-{night}.png")
     report = None
     if settings.evidently_report and sample is not None and rows.height:
-        report = write_evidently_report(sample, rows, card.features, folder / f"drift-{night}.html", settings.report_sample_rows, seed=0)
-    metrics_store.record_metrics(connection, night, result.metrics(), champion.version)
+        report = write_evidently_report(sample, rows, reference.features, folder / f"drift-{night}.html", settings.report_sample_rows, seed=0)
+    # the details (which features and levels moved) travel with the metrics into the alert messages
+    metrics_store.record_metrics(connection, night, result.metrics(), reference.version, details=result.details())
     drifted = result.drifted_features()
     score_psi = result.prediction.get("score_psi", float("nan"))
     auc = result.multivariate_auc
@@ -238,7 +234,7 @@ def drift_night(
             )
         },
         metadata={
-            "reference_version": champion.version,
+            "reference_version": reference.version,
             "rows": result.rows,
             "drifted_share": result.drifted_share,
             "drifted_features": ", ".join(drifted) or "none",

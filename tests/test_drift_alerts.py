@@ -1,0 +1,328 @@
+"""Drift alerts a person can act on (issue #9, item 5): on simulated nights measured against a real model's reference
+profile, with the shipped drift rules, the alert opens on the first night of a change, says which features and
+levels moved (shares before → after), stays silent over long stable runs — also of small nights of low-cardinality
+integer codes — and stops paging once acknowledged; the reference is the serving champion's, so it moves with
+each promotion."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from nightkeeper import alerts, metric_names, registry
+from nightkeeper.artifacts import save_artifact
+from nightkeeper.config import AlertRule, ProjectConfig, parse_config
+from nightkeeper.drift import measure_drift, serving_reference
+from nightkeeper.encoding import FeatureCard, feature_cards, feature_matrix
+from nightkeeper.metrics_store import record_metrics
+from nightkeeper.profile import CategoryProfile, ReferenceProfile
+from nightkeeper.simulator import Scenario, simulate_history, simulate_night
+from nightkeeper.training import TrainedModel, train_model, training_frame
+from nightkeeper.warehouse import connect
+
+CONFIG_PATH = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
+SEED = 7
+FIRST = dt.date(2026, 3, 1)
+ROWS = 2_000
+
+
+def night(offset: int) -> dt.date:
+    return FIRST + dt.timedelta(days=offset)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> ProjectConfig:
+    raw = copy.deepcopy(yaml.safe_load(CONFIG_PATH.read_text()))
+    raw["model"]["num_boost_round"] = 20
+    raw["model"]["params"]["num_threads"] = 1
+    return parse_config(raw, root=tmp_path_factory.mktemp("drift_alerts"))
+
+
+@pytest.fixture(scope="module")
+def trained(config: ProjectConfig) -> TrainedModel:
+    """The champion: trained on 20 clean simulated nights of 1000 rows; its card holds the reference profile."""
+    history = simulate_history(FIRST - dt.timedelta(days=1), days=20, rows_per_day=1_000, seed=SEED)
+    return train_model(training_frame(history, config), config)
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    with connect(tmp_path / "warehouse.duckdb") as connection:
+        yield connection
+
+
+def drift_rules(config: ProjectConfig) -> list[AlertRule]:
+    return [rule for rule in config.monitoring.alerts.rules if rule.category == "drift"]
+
+
+def run_drift_night(
+    conn: duckdb.DuckDBPyConnection,
+    rules: list[AlertRule],
+    model: lgb.Booster,
+    profile: ReferenceProfile,
+    features: list[FeatureCard],
+    when: dt.date,
+    frame: pl.DataFrame,
+    sample: pl.DataFrame | None = None,
+) -> list[dict[str, Any]]:
+    """One night's drift step and alert step, as the pipeline runs them: measure, record with details, alert."""
+    result = measure_drift(profile, frame, model.predict(feature_matrix(frame, features)), features, sample)
+    record_metrics(conn, when, result.metrics(), "v1", details=result.details())
+    return alerts.run_alerts(conn, rules, when)
+
+
+def clean(offset: int, rows: int = ROWS) -> pl.DataFrame:
+    return simulate_night(night(offset), rows, SEED + offset).applications
+
+
+def shifted(offset: int, rows: int = ROWS) -> pl.DataFrame:
+    return simulate_night(night(offset), rows, SEED + offset, Scenario(young_mobile_share=0.3)).applications
+
+
+def level_near(profile: ReferenceProfile, feature: str, share: float) -> tuple[str, str]:
+    """The level of ``feature`` whose reference share is closest to ``share``, and the most common other level."""
+    reference = profile.features[feature]
+    assert isinstance(reference, CategoryProfile)
+    shares = dict(zip(reference.levels, reference.frequencies))
+    chosen = min(shares, key=lambda level: abs(shares[level] - share))
+    absorber = max((level for level in shares if level != chosen), key=shares.__getitem__)
+    return chosen, absorber
+
+
+def absorbed(frame: pl.DataFrame, feature: str, gone: str, into: str) -> pl.DataFrame:
+    """``frame`` where every row at level ``gone`` of ``feature`` holds level ``into`` instead."""
+    return frame.with_columns(pl.col(feature).replace(gone, into))
+
+
+def test_a_sudden_shift_alerts_on_its_first_night_naming_the_features_and_levels(
+    conn: duckdb.DuckDBPyConnection, config: ProjectConfig, trained: TrainedModel
+) -> None:
+    card, rules = trained.card, drift_rules(config)
+    for offset in range(3):
+        assert run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(offset), clean(offset)) == []
+
+    events = run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(3), shifted(3))
+
+    [feature_drift] = [e for e in events if e["rule"] == "feature-drift"]
+    assert feature_drift["event"] == "opened"
+    message = feature_drift["message"]
+    assert "drifted: age: PSI" in message  # the young population: the most drifted feature, named first
+    assert "channel: mobile" in message and "% → " in message  # a category names its moved level with shares
+    stored = json.loads(conn.execute("select payload from monitoring.alerts where rule = 'feature-drift'").fetchone()[0])
+    named = [feature["feature"] for feature in stored["details"]["features"]]
+    assert named[0] == "age" and "channel" in named
+
+
+def test_a_vanished_category_is_named_with_its_shares_the_first_night_it_is_gone(
+    conn: duckdb.DuckDBPyConnection, config: ProjectConfig, trained: TrainedModel
+) -> None:
+    card, rules = trained.card, drift_rules(config)
+    gone, into = level_near(card.profile, "employment_type", 0.07)
+    run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(0), clean(0))
+
+    events = run_drift_night(
+        conn, rules, trained.booster, card.profile, card.features, night(1), absorbed(clean(1), "employment_type", gone, into)
+    )
+
+    [vanished] = [e for e in events if e["rule"] == "vanished-level"]
+    assert vanished["event"] == "opened" and vanished["night"] == night(1).isoformat()
+    assert f"employment_type: {gone} " in vanished["message"]
+    assert " → 0.0% (vanished)" in vanished["message"]
+    assert f", {into} " in vanished["message"]  # where its rows went, with that level's shares
+    [level] = vanished["details"]["levels"]
+    assert (level["feature"], level["level"], level["current_share"]) == ("employment_type", gone, 0.0)
+    reference = card.profile.features["employment_type"]
+    assert isinstance(reference, CategoryProfile)
+    assert level["reference_share"] == reference.frequencies[reference.levels.index(gone)] > 0.02
+
+
+def test_a_rare_level_absent_from_a_small_night_is_not_called_vanished(config: ProjectConfig, trained: TrainedModel) -> None:
+    card = trained.card
+    rare, _ = level_near(card.profile, "employment_type", 0.0)  # ~0.5 %: often absent from 150 rows by chance
+    frame = clean(0, rows=150).filter(pl.col("employment_type") != rare)
+
+    result = measure_drift(card.profile, frame, None, card.features)
+
+    assert result.metrics()["drift.vanished_levels"] == 0
+
+
+def test_an_acknowledged_drift_stops_paging_while_it_lasts_and_pages_again_after_it_resolves(
+    conn: duckdb.DuckDBPyConnection, config: ProjectConfig, trained: TrainedModel
+) -> None:
+    card, rules = trained.card, drift_rules(config)
+    nightly = lambda offset, frame: run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(offset), frame)  # noqa: E731
+    opened = [e for e in nightly(0, shifted(0)) if e["event"] == "opened"]
+    assert {e["rule"] for e in opened} >= {"feature-drift"}
+    outbox_before = conn.execute("select count(*) from monitoring.alert_outbox").fetchone()[0]
+    for event in opened:
+        alerts.acknowledge(conn, event["alert_id"], "oncall", "young mobile campaign; performance holds",
+                           dt.datetime(2026, 3, 1, 9, tzinfo=dt.timezone.utc))
+
+    quiet = [nightly(offset, shifted(offset)) for offset in range(1, 6)]
+
+    assert quiet == [[]] * 5  # the drift persists: no re-open, no message
+    assert conn.execute("select count(*) from monitoring.alert_outbox").fetchone()[0] == outbox_before
+    assert alerts.open_alerts(conn).height == 0  # acknowledged alerts no longer count as open (e.g. for retraining)
+    log = conn.execute(
+        "select event, message from monitoring.alert_events where alert_id = ? order by event", [opened[0]["alert_id"]]
+    ).fetchall()
+    assert [event for event, _ in log] == ["acknowledged", "opened"]
+    assert log[0][1] == f"[acknowledged] {opened[0]['alert_id']} by oncall: young mobile campaign; performance holds"
+
+    resolved = nightly(6, clean(6))
+    again = nightly(7, shifted(7))
+
+    assert {e["event"] for e in resolved} == {"resolved"}
+    assert "feature-drift" in {e["rule"] for e in again if e["event"] == "opened"}  # a new drift pages again
+
+
+def test_only_an_open_alert_can_be_acknowledged_and_only_with_a_reason(
+    conn: duckdb.DuckDBPyConnection, config: ProjectConfig, trained: TrainedModel
+) -> None:
+    card, rules = trained.card, drift_rules(config)
+    [event] = [e for e in run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(0), shifted(0))
+               if e["rule"] == "feature-drift"]
+    at = dt.datetime(2026, 3, 1, 9, tzinfo=dt.timezone.utc)
+
+    with pytest.raises(ValueError, match="needs a reason"):
+        alerts.acknowledge(conn, event["alert_id"], "oncall", "  ", at)
+    with pytest.raises(ValueError, match=f"no alert 'feature-drift@2026-01-01'; open alerts: .*{event['alert_id']}"):
+        alerts.acknowledge(conn, "feature-drift@2026-01-01", "oncall", "seen", at)
+    alerts.acknowledge(conn, event["alert_id"], "oncall", "seen", at)
+    with pytest.raises(ValueError, match="already acknowledged by oncall: seen"):
+        alerts.acknowledge(conn, event["alert_id"], "someone", "again", at)
+    run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(1), clean(1))
+    with pytest.raises(ValueError, match="is resolved"):
+        alerts.acknowledge(conn, event["alert_id"], "oncall", "late", at)
+
+
+# --------------------------------------------------------------------------- a world of low-cardinality integer codes
+
+
+CODE_FEATURES = {f"code_{i}": cardinality for i, cardinality in enumerate([2, 2, 3, 3, 4, 5, 6, 8, 10, 12])}
+
+
+def code_config(root: Path) -> ProjectConfig:
+    raw = copy.deepcopy(yaml.safe_load(CONFIG_PATH.read_text()))
+    raw["contract"] = {
+        "entity_id": "id",
+        "target": "label",
+        "features": {
+            **{name: {"dtype": "int", "min": 0, "max": cardinality - 1} for name, cardinality in CODE_FEATURES.items()},
+            "segment": {"dtype": "category", "categories": ["a", "b", "c", "d"]},
+        },
+    }
+    raw["fallback"]["segment_by"] = []
+    raw["lifecycle"]["behaviour"] = {}
+    raw["lifecycle"]["promotion_gate"]["segments"] = []
+    raw["model"]["num_boost_round"] = 20
+    raw["model"]["params"]["num_threads"] = 1
+    return parse_config(raw, root=root)
+
+
+def code_night(rows: int, seed: int) -> pl.DataFrame:
+    """Rows of skewed integer codes (many exact duplicates) and a 4-level segment; label from a few of them."""
+    rng = np.random.default_rng(seed)
+    columns: dict[str, Any] = {"id": [f"{seed}-{i}" for i in range(rows)]}
+    for i, (name, cardinality) in enumerate(CODE_FEATURES.items()):
+        weights = np.exp(-0.5 * np.arange(cardinality) * (1 + i % 3))
+        columns[name] = rng.choice(cardinality, size=rows, p=weights / weights.sum())
+    columns["segment"] = rng.choice(["a", "b", "c", "d"], size=rows, p=[0.5, 0.3, 0.15, 0.05])
+    logit = -1.0 + 0.8 * columns["code_0"] + 0.4 * columns["code_4"] - 0.3 * columns["code_8"]
+    columns["label"] = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    return pl.DataFrame(columns)
+
+
+@pytest.mark.slow
+def test_forty_stable_nights_of_low_cardinality_codes_small_and_large_raise_no_drift_alert(
+    tmp_path: Path, conn: duckdb.DuckDBPyConnection
+) -> None:
+    config = code_config(tmp_path)
+    model = train_model(training_frame(code_night(30 * 500, seed=1), config), config)
+    card, rules = model.card, drift_rules(config)
+    sizes = [150, 400, 2_000, 150, 900]  # small nights among ordinary ones
+
+    events = [
+        run_drift_night(conn, rules, model.booster, card.profile, card.features, night(offset),
+                        training_frame(code_night(sizes[offset % len(sizes)], seed=100 + offset), config), model.reference_sample)
+        for offset in range(40)
+    ]
+
+    assert [e for night_events in events for e in night_events] == []
+
+
+# ------------------------------------------------------------------------------------------ the reference moves
+
+
+def test_drift_is_measured_against_the_serving_champion_so_the_reference_moves_with_each_promotion(
+    tmp_path: Path, conn: duckdb.DuckDBPyConnection, config: ProjectConfig, trained: TrainedModel
+) -> None:
+    inflated_history = simulate_history(night(9), days=10, rows_per_day=1_000, seed=SEED + 1).with_columns(pl.col("income") * 1.5)
+    successor = train_model(training_frame(inflated_history, config), config)
+    first = registry.register(conn, trained.card, save_artifact(trained, tmp_path / "models"))
+    second = registry.register(conn, successor.card, save_artifact(successor, tmp_path / "models"))
+    registry.set_alias(conn, registry.CHAMPION, first.version, night(0), "test", "bootstrap")
+    registry.set_alias(conn, registry.CHAMPION, second.version, night(10), "test", "promotion")
+    tonight = clean(12).with_columns(pl.col("income") * 1.5)
+
+    before, after = serving_reference(conn, night(9), {}), serving_reference(conn, night(12), {})
+
+    assert before is not None and after is not None
+    assert (before.version, after.version) == (first.version, second.version)
+    assert after.profile == successor.card.profile and after.sample is not None
+    drifted = lambda reference: measure_drift(reference.profile, tonight, None, reference.features).drifted_features()  # noqa: E731
+    assert "income" in drifted(before)  # against the old champion, inflated incomes are drift
+    assert "income" not in drifted(after)  # the promoted model was trained on them: its reference moved
+
+
+def test_no_champion_means_no_reference(conn: duckdb.DuckDBPyConnection) -> None:
+    assert serving_reference(conn, night(0), {}) is None
+
+
+def test_every_drift_metric_and_detail_is_a_registered_metric(config: ProjectConfig, trained: TrainedModel) -> None:
+    card = trained.card
+    result = measure_drift(card.profile, clean(0), trained.booster.predict(feature_matrix(clean(0), card.features)), card.features)
+
+    assert [name for name in result.metrics() if metric_names.lookup(name) is None] == []
+    assert set(result.details()) <= set(result.metrics())
+
+
+def test_alerts_cli_lists_an_open_drift_and_acknowledges_it_with_who_and_why(
+    tmp_path: Path, config: ProjectConfig, trained: TrainedModel
+) -> None:
+    from typer.testing import CliRunner
+
+    from nightkeeper.cli import app
+
+    config_file = tmp_path / "nightkeeper.yaml"
+    config_file.write_text(CONFIG_PATH.read_text())
+    project = parse_config(yaml.safe_load(config_file.read_text()), root=tmp_path)
+    card = trained.card
+    with connect(project.warehouse_path) as connection:
+        events = run_drift_night(connection, drift_rules(config), trained.booster, card.profile, card.features, night(0), shifted(0))
+    alert_id = next(e["alert_id"] for e in events if e["rule"] == "feature-drift")
+    runner = CliRunner()
+
+    listed = runner.invoke(app, ["alerts", "list", "--config", str(config_file)], env={"COLUMNS": "250"})
+    acked = runner.invoke(app, ["alerts", "ack", alert_id, "--reason", "campaign; AUC holds", "--by", "ana", "--config", str(config_file)])
+    refused = runner.invoke(app, ["alerts", "ack", "nope@2026-01-01", "--reason", "x", "--config", str(config_file)])
+    after = runner.invoke(app, ["alerts", "list", "--config", str(config_file)], env={"COLUMNS": "250"})
+
+    assert listed.exit_code == 0 and alert_id in listed.output and "drifted: age" in listed.output
+    assert acked.exit_code == 0 and f"acknowledged {alert_id} by ana: campaign; AUC holds" in acked.output
+    assert refused.exit_code == 2 and "no alert 'nope@2026-01-01'" in refused.output
+    assert "acknowledged by ana" in after.output
+    with connect(project.warehouse_path) as connection:
+        logged = connection.execute("select message from monitoring.alert_events where event = 'acknowledged'").fetchall()
+    assert logged == [(f"[acknowledged] {alert_id} by ana: campaign; AUC holds",)]
