@@ -204,11 +204,11 @@ class DriftResult:
             for metric in (names.DRIFTED_FEATURES, names.DRIFTED_SHARE, names.MULTIVARIATE_AUC,
                            names.PREDICTION_PSI, names.CONFIDENCE_PSI)
         }
+        rows = {row["feature"]: row for row in self.features.iter_rows(named=True)}
         for metric, status in ((names.VANISHED_LEVELS, "vanished"), (names.VANISHED_SHARE, "vanished"),
                                (names.NEW_LEVEL_SHARE, "new")):
             concerned = self.levels.filter(pl.col("status") == status)
             features = list(dict.fromkeys(concerned["feature"].to_list()))
-            rows = {row["feature"]: row for row in self.features.iter_rows(named=True)}
             texts = [self._feature_detail(rows[f], must_show=status)["text"] for f in features]
             out[metric] = {
                 "summary": "; ".join(texts) if texts else f"no {status} level tonight",
