@@ -13,6 +13,8 @@ from dagster import (
     AssetSelection,
     DailyPartitionsDefinition,
     MonthlyPartitionsDefinition,
+    TimeWindowPartitionsDefinition,
+    WeeklyPartitionsDefinition,
     Definitions,
     build_schedule_from_partitioned_job,
     define_asset_job,
@@ -27,7 +29,7 @@ from assets.nightly import build_nightly_assets
 from jobs.lifecycle import build_lifecycle_automation, promote_job, retrain_job, rollback_job
 from jobs.review import build_review_inbox_sensor, review_import_job
 from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
-from nightkeeper.config import load_config
+from nightkeeper.config import ProjectConfig, load_config
 
 REPOSITORY_CONFIG = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
 """This repository's own project config: the credit example, which the demo copies into its folder."""
@@ -40,9 +42,7 @@ MONTHLY_REVIEW_JOB = "monthly_review_report"
 def build_definitions(config_path: Path) -> Definitions:
     """All jobs, schedules, sensors, assets and resources for the project config at ``config_path``."""
     config = load_config(config_path)
-    partitions = DailyPartitionsDefinition(
-        start_date=config.schedule.start_date.isoformat(), timezone=config.schedule.timezone
-    )
+    partitions = night_partitions(config)
     nightly = [*build_nightly_assets(partitions), *build_monitoring_assets(partitions), *build_review_assets(partitions)]
     nightly_batch = define_asset_job(
         NIGHTLY_JOB,
@@ -50,12 +50,15 @@ def build_definitions(config_path: Path) -> Definitions:
         description="One night: ingest, validate, score with the champion, fall back where it cannot, record outcomes; "
         "then late labels, performance, drift and alerts.",
     )
+    weekly = config.schedule.cadence == "weekly"
     nightly_schedule = build_schedule_from_partitioned_job(
         nightly_batch,
         name=NIGHTLY_SCHEDULE,
         hour_of_day=config.schedule.run_at.hour,
         minute_of_hour=config.schedule.run_at.minute,
-        description="Runs the batch of night D once D is over.",
+        # a week's batch runs on the day after its last day, which is the weekday its partitions start on
+        day_of_week=_dagster_weekday(config.schedule.start_date) if weekly else None,
+        description="Runs the batch of the week starting D once that week is over." if weekly else "Runs the batch of night D once D is over.",
     )
     monthly = MonthlyPartitionsDefinition(
         start_date=config.schedule.start_date.replace(day=1).isoformat(), timezone=config.schedule.timezone
@@ -85,6 +88,22 @@ def build_definitions(config_path: Path) -> Definitions:
         # pool serialises them. A deployment sets its executor (k8s, celery) in its own run config.
         executor=in_process_executor,
     )
+
+
+def night_partitions(config: ProjectConfig) -> TimeWindowPartitionsDefinition:
+    """The nightly partitions for the config's cadence: one per day, or one per week keyed by the date its week starts
+    (weeks start on ``schedule.start_date``'s weekday, so start_date is the first key)."""
+    schedule = config.schedule
+    if schedule.cadence == "weekly":
+        return WeeklyPartitionsDefinition(
+            start_date=schedule.start_date.isoformat(), timezone=schedule.timezone, day_offset=_dagster_weekday(schedule.start_date)
+        )
+    return DailyPartitionsDefinition(start_date=schedule.start_date.isoformat(), timezone=schedule.timezone)
+
+
+def _dagster_weekday(day) -> int:
+    """Dagster counts weekdays from Sunday = 0."""
+    return day.isoweekday() % 7
 
 
 def _is_check(definition) -> bool:

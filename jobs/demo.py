@@ -21,22 +21,13 @@ import polars as pl
 from dagster import DagsterInstance, Definitions, build_schedule_context, build_sensor_context
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from jobs.definitions import MONTHLY_REVIEW_JOB, NIGHTLY_JOB, NIGHTLY_SCHEDULE, REPOSITORY_CONFIG, build_definitions
+from jobs.definitions import MONTHLY_REVIEW_JOB, NIGHTLY_SCHEDULE, REPOSITORY_CONFIG, build_definitions
 from jobs.instance import persistent_instance
+from jobs.nights import QUIET_LOGS, NightRun, execute_night
 from jobs.resources import NIGHTLY_SCHEMA
 from nightkeeper import simulator, warehouse
 from nightkeeper.config import ProjectConfig, load_config
 from nightkeeper.models import bootstrap_champion
-
-
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-@dataclass(frozen=True)
-class NightRun:
-    run_id: str
-    success: bool
-    failed_checks: list[str]
 
 
 @dataclass(frozen=True)
@@ -158,7 +149,6 @@ def run_nights(
     """For each night, evaluate the nightly schedule at its run time and execute the runs it requests, then evaluate
     every sensor and execute the runs they request (retrain, shadow, canary steps, promotion, rollback), in order."""
     schedule = defs.resolve_schedule_def(NIGHTLY_SCHEDULE)
-    job = defs.resolve_job_def(NIGHTLY_JOB)
     run_at = config.schedule.run_at
     runs: dict[str, NightRun] = {}
     sensors = SensorDriver(defs, instance)
@@ -170,15 +160,9 @@ def run_nights(
             with build_schedule_context(instance=instance, scheduled_execution_time=tick_time) as context:
                 requests = schedule.evaluate_tick(context).run_requests or []
             for request in requests:
-                result = job.execute_in_process(
-                    partition_key=request.partition_key,
-                    instance=instance,
-                    tags={**request.tags, "dagster/schedule_name": schedule.name},
-                    run_config=QUIET_LOGS,
-                    raise_on_error=False,
+                runs[request.partition_key] = execute_night(
+                    defs, instance, request.partition_key, {**request.tags, "dagster/schedule_name": schedule.name}
                 )
-                failed_checks = sorted(e.check_name for e in result.get_asset_check_evaluations() if not e.passed)
-                runs[request.partition_key] = NightRun(result.run_id, result.success, failed_checks)
             for line in sensors.tick():
                 progress.console.print(f"  {night}: {line}")
             progress.update(task, advance=1, description=f"night {night}")

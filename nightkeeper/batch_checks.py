@@ -39,8 +39,10 @@ def schema_matches_contract(files: list[LandedFile], contract: Contract, night: 
     extra column with WARN.
     CSV files carry no types, so only their column names are checked.
     """
-    if not files:
-        return CheckOutcome(False, f"no input files landed for night {night}", "ERROR", {"files": 0})
+    if not files or all(landed.rows == 0 for landed in files):
+        # an empty night (nothing landed, or only empty files) has nothing to answer: one warning, not a schema break
+        found = "no input file landed" if not files else f"{len(files)} file(s) landed, all empty"
+        return CheckOutcome(False, f"empty night {night}: {found}; nothing to answer", "WARN", {"files": len(files), "problems": 0})
     known = {contract.entity_id, contract.target, *contract.features, *([contract.event_time] if contract.event_time else [])}
     errors: list[str] = []
     warnings: list[str] = []
@@ -68,7 +70,10 @@ def schema_matches_contract(files: list[LandedFile], contract: Contract, night: 
 
 
 def volume_within_history(rows: int, history: list[int], tolerance: float, min_history: int) -> CheckOutcome:
-    """Tonight's row count is within ``tolerance`` (relative) of the median of recent nights."""
+    """Tonight's row count is within ``tolerance`` (relative) of the median of recent nights. An empty night passes:
+    ``schema_matches_contract`` already warns about it once."""
+    if rows == 0:
+        return CheckOutcome(True, "empty night: no rows (schema_matches_contract warns about it)", metadata={"rows": 0, "history_nights": len(history)})
     if len(history) < min_history:
         return CheckOutcome(True, f"{rows} rows; only {len(history)} earlier night(s), need {min_history} to judge volume",
                             metadata={"rows": rows, "history_nights": len(history)})

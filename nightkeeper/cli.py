@@ -170,6 +170,64 @@ def demo(
     )
 
 
+def _night(text: str, option: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        console.print(f"[red]{option}: found {text!r}; expected a date YYYY-MM-DD[/]")
+        raise typer.Exit(2) from None
+
+
+def _print_night_runs(runs, home: Path) -> None:
+    for run in runs:
+        status = "[green]ok[/]" if run.success else "[red]FAILED[/]"
+        checks = f"; failed checks: {', '.join(run.failed_checks)}" if run.failed_checks else ""
+        console.print(f"  {run.partition}: {status} run {run.run_id}{checks}", soft_wrap=True)
+    console.print(f"Runs are in the Dagster instance at {home} (`nightkeeper ui` shows them).", soft_wrap=True)
+
+
+@app.command()
+def run(
+    night: Annotated[str, typer.Option("--night", help="The night (YYYY-MM-DD); with a weekly cadence, any day of the week.")],
+    config: ConfigOption = None,
+) -> None:
+    """Run one night through the nightly job now: a real Dagster run on the config's instance, shown in the UI."""
+    from jobs.nights import run_night
+
+    project = _load(config)
+    try:
+        result = run_night(_config_path(config), _night(night, "--night"))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]", soft_wrap=True)
+        raise typer.Exit(2) from None
+    _print_night_runs([result], project.dagster_home)
+    if not result.success:
+        raise typer.Exit(1)
+
+
+@app.command()
+def backfill(
+    first: Annotated[str, typer.Option("--from", help="First night (YYYY-MM-DD).")],
+    last: Annotated[str, typer.Option("--to", help="Last night (YYYY-MM-DD), inclusive.")],
+    config: ConfigOption = None,
+) -> None:
+    """Run every night from --from to --to in order, as one Dagster backfill on the config's instance (the UI's
+    Backfills page lists it with its runs)."""
+    from jobs.nights import backfill_nights
+
+    project = _load(config)
+    try:
+        done = backfill_nights(_config_path(config), _night(first, "--from"), _night(last, "--to"))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]", soft_wrap=True)
+        raise typer.Exit(2) from None
+    failed = sum(not run.success for run in done.runs)
+    console.print(f"backfill {done.backfill_id}: {len(done.runs)} run(s), {failed} failed")
+    _print_night_runs(done.runs, project.dagster_home)
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def ui(config: ConfigOption = None) -> None:
     """Open the Dagster UI (``dagster dev``) on the config's Dagster home, with a workspace naming that config."""

@@ -326,6 +326,11 @@ class ScheduleConfig(_Strict):
     start_date: dt.date = dt.date(2026, 1, 1)
     run_at: dt.time = Field(dt.time(2, 0), description="Time of day (in `timezone`) the batch for the previous night runs.")
     timezone: str = "UTC"
+    cadence: Literal["daily", "weekly"] = Field(
+        "daily",
+        description="How often a batch lands: 'daily' = one partition per night; 'weekly' = one partition per week, keyed "
+        "by the date its week starts (start_date's weekday), run once the week is over.",
+    )
 
 
 class BatchCheckConfig(_Strict):

@@ -1,0 +1,101 @@
+"""`nightkeeper run` and `backfill`: real runs of the nightly job on the config's persistent Dagster instance; weekly
+cadence; a night with no landed file is an empty night with one warning."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+
+import yaml
+from dagster import DagsterInstance, RunsFilter
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
+
+from jobs.definitions import NIGHTLY_SCHEDULE, build_definitions
+from jobs.nights import partition_for, partitions_between, run_night
+from nightkeeper.config import load_config
+from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, example_config, make_project
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _instance(project) -> DagsterInstance:
+    return DagsterInstance.from_config(str(project.config.dagster_home))
+
+
+def test_run_night_is_a_run_of_the_nightly_job_stored_in_the_persistent_instance(tmp_path):
+    project = make_project(tmp_path)
+    bootstrap_example_champion(project)
+    project.land_night(FIRST_NIGHT, rows=300)
+
+    result = run_night(project.config_path, FIRST_NIGHT)
+
+    assert result.success and result.partition == FIRST_NIGHT.isoformat()
+    with _instance(project) as instance:
+        [stored] = instance.get_run_records(RunsFilter(run_ids=[result.run_id]))
+    assert stored.dagster_run.job_name == "nightly_batch"
+    assert stored.dagster_run.tags[PARTITION_NAME_TAG] == FIRST_NIGHT.isoformat()
+    assert project.table("outcomes", FIRST_NIGHT).height == 300
+
+
+def test_backfill_runs_each_night_in_order_as_one_dagster_backfill(tmp_path):
+    project = make_project(tmp_path)
+    bootstrap_example_champion(project)
+    nights = [FIRST_NIGHT + dt.timedelta(days=i) for i in range(2)]
+    for night in nights:
+        project.land_night(night, rows=300)
+
+    done = subprocess.run(
+        [os.path.join(BIN, "nightkeeper"), "backfill", "--from", nights[0].isoformat(), "--to", nights[-1].isoformat(),
+         "--config", str(project.config_path)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    backfill_id = done.stdout.split("backfill ", 1)[1].split(":", 1)[0]
+    with _instance(project) as instance:
+        backfill = instance.get_backfill(backfill_id)
+        runs = instance.get_run_records(RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}), ascending=True)
+    assert backfill is not None and backfill.status == BulkActionStatus.COMPLETED_SUCCESS
+    assert [r.dagster_run.tags[PARTITION_NAME_TAG] for r in runs] == [n.isoformat() for n in nights]
+    assert all(project.table("outcomes", night).height == 300 for night in nights)
+
+
+def test_a_night_with_no_landed_file_is_an_empty_night_with_one_warning_not_a_schema_break(tmp_path):
+    project = make_project(tmp_path)
+    bootstrap_example_champion(project)
+
+    result = project.run_night(FIRST_NIGHT)
+
+    assert result.success
+    failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
+    assert list(failed) == ["schema_matches_contract"]
+    assert failed["schema_matches_contract"].severity.value == "WARN"
+    assert "empty night" in failed["schema_matches_contract"].description
+    alerts = project.query("select rule from monitoring.alerts")
+    assert "schema-break" not in alerts["rule"].to_list()
+    assert project.table("outcomes", FIRST_NIGHT).height == 0
+
+
+def test_weekly_cadence_has_one_partition_per_week_keyed_by_its_first_day(tmp_path):
+    project = make_project(tmp_path, example_config(schedule={"start_date": FIRST_NIGHT.isoformat(), "cadence": "weekly"}))
+    config = project.config
+
+    assert partitions_between(config, FIRST_NIGHT, FIRST_NIGHT + dt.timedelta(days=13)) == [
+        FIRST_NIGHT.isoformat(), (FIRST_NIGHT + dt.timedelta(days=7)).isoformat()]
+    assert partition_for(config, FIRST_NIGHT + dt.timedelta(days=3)) == FIRST_NIGHT.isoformat()
+    schedule = build_definitions(project.config_path).resolve_schedule_def(NIGHTLY_SCHEDULE)
+    assert schedule.cron_schedule == f"0 2 * * {FIRST_NIGHT.isoweekday() % 7}"
+
+
+def test_a_weekly_run_answers_the_rows_landed_under_its_first_day(tmp_path):
+    project = make_project(tmp_path, example_config(schedule={"start_date": FIRST_NIGHT.isoformat(), "cadence": "weekly"}))
+    bootstrap_example_champion(project)
+    project.land_night(FIRST_NIGHT, rows=300)
+
+    result = run_night(project.config_path, FIRST_NIGHT + dt.timedelta(days=4))
+
+    assert result.success and result.partition == FIRST_NIGHT.isoformat()
+    assert project.table("outcomes", FIRST_NIGHT).height == 300
