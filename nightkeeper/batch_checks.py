@@ -39,8 +39,9 @@ def schema_matches_contract(files: list[LandedFile], contract: Contract, night: 
     extra column with WARN.
     CSV files carry no types, so only their column names are checked.
     """
-    if not files or all(landed.rows == 0 for landed in files):
-        # an empty night (nothing landed, or only empty files) has nothing to answer: one warning, not a schema break
+    if all(landed.rows == 0 and landed.error is None for landed in files):
+        # an empty night (nothing landed, or only readable empty files) has nothing to answer: one warning, not a
+        # schema break; an unreadable file is a problem below
         found = "no input file landed" if not files else f"{len(files)} file(s) landed, all empty"
         return CheckOutcome(False, f"empty night {night}: {found}; nothing to answer", "WARN", {"files": len(files), "problems": 0})
     known = {contract.entity_id, contract.target, *contract.features, *([contract.event_time] if contract.event_time else [])}

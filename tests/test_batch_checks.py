@@ -122,6 +122,13 @@ def test_no_files_is_an_empty_night_warning_not_a_schema_break(contract: Contrac
     assert outcome.description == "empty night 2024-05-01: no input file landed; nothing to answer"
 
 
+def test_a_night_of_only_an_unreadable_file_is_not_an_empty_night(contract: Contract) -> None:
+    outcome = schema_matches_contract([LandedFile("landing/x.csv", 0, {}, "zero-byte file")], contract, "2024-05-01")
+    assert not outcome.passed
+    assert outcome.severity == "ERROR"
+    assert "unreadable" in outcome.description
+
+
 def test_schema_problems_of_several_files_are_all_reported(contract: Contract) -> None:
     good = {"application_id": "String", **{n: {"float": "Float64", "int": "Int64", "bool": "Boolean", "category": "String"}[s.dtype] for n, s in contract.features.items()}}
     files = [
