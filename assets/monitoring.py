@@ -66,9 +66,12 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         "to the log, monitoring.alerts and the webhook (retried until delivered).",
     )
     def alerts_asset(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+        config = project.load()
         with warehouse.connect() as connection:
-            result = monitoring.alerts_night(project.load(), connection, night_of(context), context.log)
-        return MaterializeResult(metadata=dagster_metadata(result.metadata))
+            result = monitoring.alerts_night(config, connection, night_of(context), context.log)
+        delivery = deliver_outbox(warehouse, config.monitoring.alerts)  # after the connection is closed
+        metadata = {**result.metadata, "webhook_delivered": delivery.delivered, "webhook_pending": delivery.pending}
+        return MaterializeResult(metadata=dagster_metadata(metadata))
 
     @asset(
         name="drift_metrics",
@@ -105,4 +108,13 @@ def raise_alerts(warehouse: WarehouseResource, settings: AlertingConfig, night: 
     """``monitoring.raise_alerts`` on a connection of ``warehouse``, logging to the run's ``log``: kept for the
     lifecycle assets until they call the core step directly."""
     with warehouse.connect() as connection:
-        return monitoring.raise_alerts(connection, settings, night, log)
+        events, _ = monitoring.raise_alerts(connection, settings, night, log)
+    return events, deliver_outbox(warehouse, settings)
+
+
+def deliver_outbox(warehouse: WarehouseResource, settings: AlertingConfig) -> webhook.DeliveryReport:
+    """Post the due webhook events without holding the warehouse while posting (``webhook.deliver``)."""
+    return webhook.deliver(
+        warehouse.connect, webhook.webhook_url(settings.webhook_url_env), settings.webhook_timeout_seconds,
+        dt.datetime.now(dt.timezone.utc), max_batch=20,
+    )

@@ -28,6 +28,7 @@ from assets.review import build_review_assets, review_labels
 from assets.nightly import build_nightly_assets
 from jobs.lifecycle import build_lifecycle_automation, promote_job, retrain_job, rollback_job
 from jobs.review import build_review_inbox_sensor, review_import_job
+from jobs.webhook import alert_outbox_job, build_alert_outbox_sensor
 from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
 from nightkeeper.config import ProjectConfig, load_config
 
@@ -76,9 +77,9 @@ def build_definitions(config_path: Path) -> Definitions:
     return Definitions(
         assets=[*(a for a in nightly if not _is_check(a)), candidate_model, candidate_evaluation, candidate_model_card, model_registry, review_labels, *reports],
         asset_checks=[a for a in nightly if _is_check(a)],
-        jobs=[nightly_batch, retrain_job, promote_job, rollback_job, review_import_job, monthly_review_job],
+        jobs=[nightly_batch, retrain_job, promote_job, rollback_job, review_import_job, monthly_review_job, alert_outbox_job],
         schedules=[nightly_schedule, monthly_review_schedule, *lifecycle_schedules],
-        sensors=[*sensors, build_review_inbox_sensor(config)],
+        sensors=[*sensors, build_review_inbox_sensor(config), build_alert_outbox_sensor(config)],
         resources={
             "project": ProjectResource(config_path=str(Path(config_path).resolve())),
             "warehouse": WarehouseResource(database=warehouse_path),

@@ -296,7 +296,10 @@ def alerts_night(
 def raise_alerts(
     connection: duckdb.DuckDBPyConnection, settings: AlertingConfig, night: dt.date, log: logging.Logger = _LOG
 ) -> tuple[list[dict[str, Any]], webhook.DeliveryReport]:
-    """Evaluate the alert rules on ``night``, log each transition at its severity and deliver the webhook outbox.
+    """Evaluate the alert rules on ``night``, log each transition at its severity and enqueue them for the webhook.
+
+    Nothing is posted here (this runs inside the caller's connection): the report says what is pending; the asset
+    posts with ``webhook.deliver`` once its connection is closed, and the ``alert_outbox`` sensor retries.
 
     The one way a night's alerts go out, whether from the nightly alerts step or from a lifecycle event (a rollback,
     a rejected or refused retrain) that must not wait for the next night. ``log`` is any ``logging.Logger`` (Dagster's
@@ -308,11 +311,8 @@ def raise_alerts(
             log.error if event["severity"] == "critical" else log.warning
         )
         level(event["message"])
-    delivery = webhook.deliver_pending(
-        connection, webhook.webhook_url(settings.webhook_url_env), settings.webhook_timeout_seconds,
-        dt.datetime.now(dt.timezone.utc), max_batch=20,
-    )
-    return events, delivery
+    # posting waits until the caller has released the warehouse (webhook.deliver) or for the alert_outbox sensor
+    return events, webhook.outbox_report(connection, webhook.webhook_url(settings.webhook_url_env))
 
 
 # ------------------------------------------------------------------------------------------------- review queue

@@ -1,0 +1,89 @@
+"""Draining the alert outbox: a tiny job that posts the due webhook events, and the sensor that runs it every few
+minutes while events are pending, so a failed delivery is retried on its backoff, not at the next night.
+
+The sensor never opens the warehouse (DESIGN: sensors decide from the event log): it reads how many events were
+pending from the latest report, the ``alerts`` asset's materialization or this job's observation of the outbox,
+whichever is newer. The job opens the warehouse only to read the due events and to record the results
+(``webhook.deliver``), never while posting, so it needs no slot of the ``warehouse`` pool: the connection's own
+lock retry covers its few milliseconds.
+"""
+
+
+import datetime as dt
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    OpExecutionContext,
+    RunRequest,
+    SensorEvaluationContext,
+    SkipReason,
+    job,
+    op,
+    sensor,
+)
+
+from jobs.resources import ProjectResource, WarehouseResource
+from nightkeeper import webhook
+from nightkeeper.config import ProjectConfig
+
+ALERT_OUTBOX_JOB = "deliver_alert_outbox"
+ALERT_OUTBOX_SENSOR = "alert_outbox"
+OUTBOX_KEY = AssetKey("alert_outbox")
+"""The key this job's observations of the outbox are logged under (``pending`` events after each drain)."""
+ALERTS_KEY = AssetKey("alerts")
+DRAIN_INTERVAL_SECONDS = 180
+
+
+@op(description="POST the due alert events of the outbox to the webhook; record what was delivered.")
+def drain_alert_outbox(context: OpExecutionContext, project: ProjectResource, warehouse: WarehouseResource) -> None:
+    settings = project.load().monitoring.alerts
+    report = webhook.deliver(
+        warehouse.connect, webhook.webhook_url(settings.webhook_url_env), settings.webhook_timeout_seconds,
+        dt.datetime.now(dt.timezone.utc),
+    )
+    context.log_event(AssetObservation(
+        asset_key=OUTBOX_KEY,
+        metadata={"delivered": report.delivered, "failed": report.failed, "pending": report.pending,
+                  "webhook_configured": report.webhook_configured},
+    ))
+    context.log.info(f"alert outbox: {report.delivered} delivered, {report.failed} failed, {report.pending} pending")
+
+
+@job(name=ALERT_OUTBOX_JOB, description="Deliver the pending alert events to the webhook (retries with backoff).")
+def alert_outbox_job() -> None:
+    drain_alert_outbox()
+
+
+def pending_in_event_log(context: SensorEvaluationContext) -> int:
+    """Events pending after the newest report: the ``alerts`` materialization's ``webhook_pending`` or this job's
+    observation's ``pending``, whichever was logged last (0 when neither exists)."""
+    latest: list[tuple[int, int]] = []
+    materialized = context.instance.fetch_materializations(ALERTS_KEY, limit=1, ascending=False).records
+    observed = context.instance.fetch_observations(OUTBOX_KEY, limit=1, ascending=False).records
+    for records, field in ((materialized, "webhook_pending"), (observed, "pending")):
+        if not records:
+            continue
+        event = records[0].asset_materialization or records[0].asset_observation
+        value = event.metadata.get(field) if event is not None else None
+        if value is not None:
+            latest.append((records[0].storage_id, int(value.value)))
+    return max(latest)[1] if latest else 0
+
+
+def build_alert_outbox_sensor(config: ProjectConfig):
+    env_var = config.monitoring.alerts.webhook_url_env
+
+    @sensor(
+        name=ALERT_OUTBOX_SENSOR, job=alert_outbox_job, minimum_interval_seconds=DRAIN_INTERVAL_SECONDS,
+        description=f"Every {DRAIN_INTERVAL_SECONDS // 60} minutes while alert events are pending: deliver them to the webhook.",
+    )
+    def alert_outbox(context: SensorEvaluationContext):
+        if webhook.webhook_url(env_var) is None:
+            return SkipReason(f"no webhook URL configured (${env_var} is unset)")
+        pending = pending_in_event_log(context)
+        if pending == 0:
+            return SkipReason("no alert event pending")
+        return RunRequest(tags={"pending_alert_events": str(pending)})
+
+    return alert_outbox
