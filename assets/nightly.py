@@ -69,7 +69,7 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
                 "rows": batch.frame.height,
                 "files": MetadataValue.json([{"path": f.path, "rows": f.rows, "error": f.error} for f in batch.files]),
                 "files_not_read": MetadataValue.json([{"path": s.path, "reason": s.reason} for s in batch.skipped]),
-                "file_warnings": len(batch.warnings),
+                "file_warnings": MetadataValue.json(batch.warnings),
                 "preview": markdown_table(batch.frame.drop("record")),
             },
         )

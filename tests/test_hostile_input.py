@@ -194,3 +194,31 @@ def test_an_unparseable_event_time_quarantines_the_row(
     assert "ISO 8601" in row["expected"]
     assert result.valid.filter(pl.col("row_number") == 2)["event_time"].item() == datetime(2024, 5, 1, 10, 0)
     assert result.valid.filter(pl.col("row_number") == 3)["event_time"].item() is None
+
+
+# ------------------------------------------------------------------------------------------ through the nightly job
+
+
+@pytest.mark.slow
+def test_a_night_with_an_unreadable_file_a_stray_csv_and_a_link_out_completes_through_dagster(tmp_path: Path) -> None:
+    from pipeline_harness import FIRST_NIGHT, bootstrap_example_champion, make_project
+
+    project = make_project(tmp_path / "project")
+    bootstrap_example_champion(project)
+    data = project.land_night(FIRST_NIGHT, rows=800)
+    folder = project.config.landing_path / FIRST_NIGHT.isoformat()
+    (folder / "truncated.parquet").write_bytes(b"PAR1\x00\x00")
+    data.applications.head(5).write_csv(folder / "late.csv")
+    (tmp_path / "secret.parquet").write_bytes((folder / next(p.name for p in folder.glob("*.parquet") if p.name != "truncated.parquet")).read_bytes())
+    os.symlink(tmp_path / "secret.parquet", folder / "link.parquet")
+
+    result = project.run_night(FIRST_NIGHT)
+
+    assert result.success
+    raw, outcomes = project.table("raw_batch", FIRST_NIGHT), project.table("outcomes", FIRST_NIGHT)
+    assert raw.height == 800 + 1 and outcomes.height == raw.height
+    assert not raw["source_file"].str.starts_with("/").any()
+    bad = outcomes.filter(pl.col("source_file").str.ends_with("truncated.parquet"))
+    assert bad.select("row_number", "source").rows() == [(FILE_ROW, "quarantine")]
+    metadata = result.asset_materializations_for_node("raw_batch")[0].metadata
+    assert {entry["path"].rsplit("/", 1)[-1] for entry in metadata["files_not_read"].value} == {"late.csv", "link.parquet"}
