@@ -307,7 +307,7 @@ class SourceConfig(_Strict):
         parts = PurePosixPath(pattern.replace("\\", "/")).parts
         if pattern.startswith(("/", "\\", "~")) or (parts and ":" in parts[0]) or ".." in parts:
             raise ValueError("must stay inside the landing folder: a relative glob without '..', e.g. '{date}/*.parquet'")
-        if not pattern.endswith((".parquet", ".csv", "*")):
+        if not pattern.lower().endswith((".parquet", ".csv", "*")):
             raise ValueError("must match .parquet or .csv files")
         return pattern
 

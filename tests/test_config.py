@@ -344,3 +344,9 @@ def test_source_pattern_escaping_the_landing_folder_is_refused(pattern: str) -> 
     message = config_error(lambda raw: raw["source"].update(pattern=pattern))
     assert "source.pattern" in message
     assert "must stay inside the landing folder" in message
+
+
+def test_source_pattern_suffix_is_case_insensitive() -> None:
+    raw = copy.deepcopy(SHIPPED)
+    raw["source"]["pattern"] = "{date}/*.PARQUET"
+    assert parse_config(raw, root=CONFIG_PATH.parent).source.pattern == "{date}/*.PARQUET"
