@@ -34,21 +34,17 @@ TARGET_TRAINING_ROWS = 20_000
 """Rows the training window should hold; the window is this many rows' worth of nights (28 to 365)."""
 TARGET_HOLDOUT_ROWS = 2_000
 """Rows the promotion gate's holdout should hold for a stable AUC comparison."""
+MIN_CANARY_ROWS = 50
+"""Rows a canary step should hold a night; steps smaller than this are left out of the drafted rollout."""
 
-# Generic alert rules on Nightkeeper's own metrics (no dataset column is named): the same set the shipped example uses.
-DEFAULT_ALERT_RULES: list[dict[str, Any]] = [
-    {"name": "realized-auc-drop", "metric": "performance.realized_auc_drop", "comparison": ">", "threshold": 0.03, "sustained_nights": 1, "severity": "critical", "category": "performance", "runbook": "realized-auc-drop"},
-    {"name": "estimated-auc-drop", "metric": "performance.estimated_auc_drop", "comparison": ">", "threshold": 0.03, "sustained_nights": 2, "severity": "warning", "category": "performance", "runbook": "estimated-auc-drop"},
-    {"name": "population-shift", "metric": "drift.multivariate_auc", "comparison": ">", "threshold": 0.6, "sustained_nights": 1, "severity": "warning", "category": "drift", "runbook": "population-shift"},
-    {"name": "prediction-drift", "metric": "drift.prediction_psi", "comparison": ">", "threshold": 0.1, "sustained_nights": 1, "severity": "warning", "category": "drift", "runbook": "prediction-drift"},
-    {"name": "schema-break", "metric": "validation.schema_problems", "comparison": ">", "threshold": 0, "sustained_nights": 1, "severity": "critical", "category": "data_quality", "runbook": "schema-break"},
-    {"name": "quarantine-spike", "metric": "validation.quarantine_rate", "comparison": ">", "threshold": 0.02, "sustained_nights": 1, "severity": "warning", "category": "data_quality", "runbook": "quarantine-spike"},
-    {"name": "fallback-spike", "metric": "outcomes.fallback_rate", "comparison": ">", "threshold": 0.05, "sustained_nights": 1, "severity": "critical", "category": "operations", "runbook": "fallback-spike"},
-    {"name": "champion-down", "metric": "scoring.model_failed", "comparison": ">", "threshold": 0, "sustained_nights": 1, "severity": "critical", "category": "operations", "runbook": "champion-down"},
-    {"name": "rollback", "metric": "lifecycle.rollbacks", "comparison": ">", "threshold": 0, "sustained_nights": 1, "severity": "critical", "category": "operations", "runbook": "rollback"},
-    {"name": "candidate-rejected", "metric": "lifecycle.candidate_rejected", "comparison": ">", "threshold": 0, "sustained_nights": 1, "severity": "warning", "category": "operations", "runbook": "candidate-rejected"},
-    {"name": "retrain-refused", "metric": "lifecycle.retrain_refused", "comparison": ">", "threshold": 0, "sustained_nights": 1, "severity": "warning", "category": "operations", "runbook": "retrain-refused"},
-]
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
+"""The shipped example config; the draft copies its alert rules on Nightkeeper's own (not per-feature) metrics."""
+
+
+def generic_alert_rules() -> list[dict[str, Any]]:
+    """The shipped example's alert rules that name no feature, so they hold for any dataset."""
+    rules = yaml.safe_load(SHIPPED_CONFIG.read_text())["monitoring"]["alerts"]["rules"]
+    return [rule for rule in rules if not str(rule["metric"]).startswith("drift.feature.")]
 
 
 class DraftError(ValueError):
@@ -88,6 +84,8 @@ class Sizes:
     fallback_min_segment_rows: int
     gate_min_segment_rows: int
     min_data_in_leaf: int
+    drift_sample_rows: int
+    canary_percents: list[int]
     notes: list[str] = field(default_factory=list)
 
 
@@ -141,6 +139,9 @@ def derive_sizes(shape: SampleShape) -> Sizes:
         fallback_min_segment_rows=_clamp(per_night * window // 200, 10, 50),
         gate_min_segment_rows=_clamp(per_night * holdout // 10, 10, 300),
         min_data_in_leaf=_clamp(per_night * window // 1000, 5, 50),
+        drift_sample_rows=_clamp(per_night, 200, 10_000),
+        # each canary step should hold some MIN_CANARY_ROWS rows a night to judge it by
+        canary_percents=[p for p in (1, 5, 20, 50) if p * per_night / 100 >= MIN_CANARY_ROWS] + [100],
         notes=notes,
     )
 
@@ -267,6 +268,9 @@ def draft_config_text(
         "  max_fallback_rate: 0.05",
         "",
         "monitoring:",
+        "  drift:",
+        f"    report_sample_rows: {min(sizes.drift_sample_rows, 5000)}       # rows per side in the nightly drift report: about a night",
+        f"    domain_classifier_rows: {sizes.drift_sample_rows}   # rows per side for the multivariate drift score: about a night",
         "  performance:",
         f"    min_labeled_rows: {sizes.min_labeled_rows}   # a quarter of a night's rows (30 to 200)",
         "    max_calibration_error: 0.05",
@@ -278,7 +282,7 @@ def draft_config_text(
         "  alerts:",
         "    webhook_url_env: NIGHTKEEPER_WEBHOOK_URL",
         "    rules:",
-        *(f"      - {_flow(rule)}" for rule in DEFAULT_ALERT_RULES),
+        *(f"      - {_flow(rule)}" for rule in generic_alert_rules()),
         "",
         "lifecycle:",
         f"  training_window_days: {sizes.training_window_days}   # about {TARGET_TRAINING_ROWS:,} rows' worth of nights (28 to 365)",
@@ -288,6 +292,10 @@ def draft_config_text(
         f"    holdout_days: {sizes.holdout_days}   # about {TARGET_HOLDOUT_ROWS:,} rows' worth of nights",
         f"    min_segment_rows: {sizes.gate_min_segment_rows}",
         "    segments: []          # category features whose levels must each stay as good as the champion's",
+        f"  rollout: {_flow({'canary_percents': sizes.canary_percents})}   # steps of at least {MIN_CANARY_ROWS} rows a night",
+        "  behaviour:             # expectations you can state, tested on every candidate; none drafted",
+        "    directions: {}       # e.g. {some_number: increasing}: the score may only rise as it grows",
+        "    invariant: {}        # e.g. {some_feature: 0.05}: the score must barely move when it is shuffled",
         "  retrain_on_alert_categories: [performance]",
         "",
         "review:",

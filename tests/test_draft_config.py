@@ -74,6 +74,12 @@ def test_init_writes_a_config_next_to_the_sample_that_check_config_accepts_uncha
     assert "ok" in check.stdout
 
 
+def test_the_draft_spells_out_every_section(tmp_path):
+    _draft(tmp_path, _sample())
+
+    assert load_config(tmp_path / "nightkeeper.yaml").defaults_applied == []
+
+
 def test_integer_codes_with_few_levels_are_offered_as_a_category_written_unquoted(tmp_path):
     draft = _draft(tmp_path, _sample())
 
@@ -104,7 +110,7 @@ def test_drafted_ranges_do_not_quarantine_the_samples_own_rows_and_say_why(tmp_p
     night = sample.filter(pl.col("visited_at").dt.date() == dt.date(2025, 3, 1))
     raw = night.select(
         pl.lit(dt.date(2025, 3, 1)).alias("partition_date"), pl.lit("visits.parquet").alias("source_file"),
-        pl.int_range(night.height).cast(pl.Int64).alias("row_number"), pl.col("visit_ref").alias("entity_id"),
+        pl.int_range(1, night.height + 1).cast(pl.Int64).alias("row_number"), pl.col("visit_ref").alias("entity_id"),
         pl.struct(pl.all().exclude("churned").cast(pl.String)).struct.json_encode().alias("record"),
     ).cast(RAW_SCHEMA)
 
@@ -132,6 +138,7 @@ def test_size_settings_follow_the_rows_per_night():
     assert small.min_labeled_rows < large.min_labeled_rows
     assert small.review_capacity < large.review_capacity
     assert small.data_gate_min_rows <= 150 * small.training_window_days
+    assert small.canary_percents == [50, 100] and large.canary_percents == [1, 5, 20, 50, 100]
 
 
 def test_rows_per_night_come_from_the_time_column(tmp_path):
@@ -154,3 +161,11 @@ def test_a_target_that_is_not_binary_is_refused_naming_the_column(tmp_path):
 
     with pytest.raises(DraftError, match="--target column 'churned': expected labels 0 and 1"):
         draft_config_text(sample, target="churned", entity_id="visit_ref", event_time="visited_at", name="visits")
+
+
+def test_the_draft_alerts_with_the_shipped_rules_on_nightkeepers_own_metrics(tmp_path):
+    shipped = yaml.safe_load((REPO / "nightkeeper.yaml").read_text())["monitoring"]["alerts"]["rules"]
+
+    draft = _draft(tmp_path, _sample())
+
+    assert draft["monitoring"]["alerts"]["rules"] == [r for r in shipped if not r["metric"].startswith("drift.feature.")]
