@@ -28,6 +28,8 @@ from nightkeeper.config import RESERVED_COLUMNS
 
 MAX_CODE_LEVELS = 12
 """An integer column with at most this many distinct values is offered as a category (codes, grades, flags)."""
+COUNT_TAIL_SHARE = 0.01
+"""An integer column 0 … k whose top value holds less than this share of rows is a count, not codes."""
 MAX_TEXT_LEVELS = 100
 """A text column with more distinct values than this is no feature (an id, free text) and is left out."""
 TARGET_TRAINING_ROWS = 20_000
@@ -163,7 +165,7 @@ def draft_feature(name: str, column: pl.Series) -> FeatureDraft:
         values, dtype = values.cast(pl.Int64), pl.Int64  # whole numbers stored as floats (a column with nulls, often)
     if dtype.is_integer():
         levels = sorted(values.unique().to_list())
-        if len(levels) <= MAX_CODE_LEVELS:
+        if len(levels) <= MAX_CODE_LEVELS and not _looks_like_a_count(values, levels):
             return FeatureDraft(name, {"dtype": "category", "categories": levels, **required},
                                 f"integer codes, {len(levels)} levels: offered as a category; make it "
                                 f"{{dtype: int, min, max}} if the order of the codes means something{null_note}")
@@ -341,6 +343,12 @@ def _entity_id(sample: pl.DataFrame, entity_id: str | None, target: str, event_t
         if column not in (target, event_time) and "id" in column.lower() and sample[column].n_unique() == sample.height:
             return column, "guessed: unique in the sample and named like an id; pass --id to choose"
     raise DraftError("no --id given and no column named like an id is unique in the sample; pass --id COL")
+
+
+def _looks_like_a_count(values: pl.Series, levels: list[int]) -> bool:
+    """Values 0, 1, 2, … k whose top value is rare are a count with a thinning tail (a later night may well bring
+    k + 1), not codes: drafted as an int with a range rather than a category that would quarantine a new top."""
+    return levels == list(range(len(levels))) and len(levels) > 2 and (values == levels[-1]).mean() < COUNT_TAIL_SHARE
 
 
 def _widened(low: float, high: float) -> tuple[float, float]:

@@ -88,6 +88,14 @@ def test_integer_codes_with_few_levels_are_offered_as_a_category_written_unquote
     assert "plan_tier: {dtype: category, categories: [1, 2, 3, 4]}" in (tmp_path / "nightkeeper.yaml").read_text()
 
 
+def test_a_small_count_with_a_thinning_tail_is_an_int_with_a_range_not_a_category(tmp_path):
+    sample = _sample()
+    counts = pl.Series("attachments", [0] * 2400 + [1] * 1000 + [2] * 400 + [3] * 150 + [4] * 40 + [5] * 10)
+    draft = _draft(tmp_path, sample.with_columns(counts))
+
+    assert draft["contract"]["features"]["attachments"] == {"dtype": "int", "min": 0, "max": 10}
+
+
 def test_dtypes_are_inferred_and_the_roles_are_not_features(tmp_path):
     features = _draft(tmp_path, _sample())["contract"]["features"]
 
@@ -169,3 +177,19 @@ def test_the_draft_alerts_with_the_shipped_rules_on_nightkeepers_own_metrics(tmp
     draft = _draft(tmp_path, _sample())
 
     assert draft["monitoring"]["alerts"]["rules"] == [r for r in shipped if not r["metric"].startswith("drift.feature.")]
+
+
+def test_a_draft_from_the_history_quarantines_no_row_of_later_nights(tmp_path):
+    from nightkeeper.ingest import read_raw_batch
+    from nightkeeper.worlds import support_tickets_world, write_world
+    from nightkeeper.draft import write_draft
+
+    files = write_world(support_tickets_world(nights=30, rows_per_night=400), tmp_path / "tickets")
+    config = load_config(write_draft(files.history, "escalated", "ticket_id", "created_at", out=tmp_path / "draft.yaml"))
+
+    quarantined = 0
+    for night in files.nights:
+        raw = read_raw_batch(sorted((files.batches / night.isoformat()).glob("*.parquet")), night, config.contract.entity_id).frame
+        quarantined += validate(raw, config.contract).quarantined_rows
+
+    assert quarantined == 0
