@@ -13,10 +13,11 @@ import pytest
 import yaml
 
 from nightkeeper.config import load_config, parse_config
-from nightkeeper.draft import DraftError, SampleShape, derive_sizes, draft_config_text
+from nightkeeper.ingest import RAW_SCHEMA, read_raw_batch
+from nightkeeper.draft import DraftError, SampleShape, derive_sizes, draft_config_text, write_draft
 from nightkeeper.synthetic import synthesize
 from nightkeeper.validation import validate
-from nightkeeper.ingest import RAW_SCHEMA
+from nightkeeper.worlds import support_tickets_world, write_world
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -180,10 +181,6 @@ def test_the_draft_alerts_with_the_shipped_rules_on_nightkeepers_own_metrics(tmp
 
 
 def test_a_draft_from_the_history_quarantines_no_row_of_later_nights(tmp_path):
-    from nightkeeper.ingest import read_raw_batch
-    from nightkeeper.worlds import support_tickets_world, write_world
-    from nightkeeper.draft import write_draft
-
     files = write_world(support_tickets_world(nights=30, rows_per_night=400), tmp_path / "tickets")
     config = load_config(write_draft(files.history, "escalated", "ticket_id", "created_at", out=tmp_path / "draft.yaml"))
 

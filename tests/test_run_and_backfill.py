@@ -8,14 +8,13 @@ import os
 import subprocess
 import sys
 
-import yaml
+import pytest
 from dagster import DagsterInstance, RunsFilter
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
 
 from jobs.definitions import NIGHTLY_SCHEDULE, build_definitions
 from jobs.nights import partition_for, partitions_between, run_night
-from nightkeeper.config import load_config
 from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, example_config, make_project
 
 BIN = os.path.dirname(sys.executable)
@@ -99,3 +98,10 @@ def test_a_weekly_run_answers_the_rows_landed_under_its_first_day(tmp_path):
 
     assert result.success and result.partition == FIRST_NIGHT.isoformat()
     assert project.table("outcomes", FIRST_NIGHT).height == 300
+
+
+def test_a_night_before_the_first_partition_is_refused_naming_the_start_date(tmp_path):
+    project = make_project(tmp_path)
+
+    with pytest.raises(ValueError, match=f"schedule.start_date {FIRST_NIGHT}"):
+        partition_for(project.config, FIRST_NIGHT - dt.timedelta(days=1))
