@@ -11,8 +11,11 @@ import datetime as dt
 from dagster import (
     AssetKey,
     AssetSelection,
+    DagsterInstance,
     EventLogEntry,
     RunRequest,
+    RunsFilter,
+    ScheduleEvaluationContext,
     SensorEvaluationContext,
     SkipReason,
     asset_sensor,
@@ -21,10 +24,21 @@ from dagster import (
 )
 
 from nightkeeper.config import ProjectConfig
+from nightkeeper.pipeline.lifecycle import (
+    Evaluation,
+    LifecycleState,
+    OpenAlert,
+    RegistryRequest,
+    decide_retrain,
+    decide_shadow_start,
+    rollout_request,
+)
 
 RETRAIN_JOB = "retrain"
 PROMOTE_JOB = "promote"
 ROLLBACK_JOB = "rollback"
+AS_OF_TAG = "nightkeeper/as_of"  # every retrain run carries the night it looks back from: the policy counts attempts by it
+RECENT_RETRAIN_RUNS = 50
 
 retrain_job = define_asset_job(
     RETRAIN_JOB,
@@ -50,13 +64,47 @@ def registry_run_config(action: str, version: str, effective_from: str, reason: 
     }}}}
 
 
+def retrain_request(as_of: str, trigger: str) -> RunRequest:
+    """The run of the retrain job looking back from ``as_of``; its run key is shared by every trigger of that night."""
+    return RunRequest(
+        job_name=RETRAIN_JOB, run_key=f"retrain:{as_of}", run_config=retrain_run_config(as_of, trigger),
+        tags={AS_OF_TAG: as_of, "nightkeeper/trigger": trigger[:200]},
+    )
+
+
+def registry_request(request: RegistryRequest, job_name: str) -> RunRequest:
+    change = request.change
+    return RunRequest(job_name=job_name, run_key=request.key, run_config=registry_run_config(
+        change.action, change.version, request.effective.isoformat(), change.reason, stage=change.stage, actor=change.actor))
+
+
+def lifecycle_state(instance: DagsterInstance, open_alerts: tuple[OpenAlert, ...] = ()) -> LifecycleState:
+    """What the retrain policy needs, read from the event log: the latest retrain attempt (its runs' tags and the
+    latest ``candidate_model``), the latest ``candidate_evaluation``, and the challenger on the latest ``shadow_scores``."""
+    attempts = [run.tags[AS_OF_TAG] for run in instance.get_runs(RunsFilter(job_name=RETRAIN_JOB), limit=RECENT_RETRAIN_RUNS) if AS_OF_TAG in run.tags]
+    candidate = instance.get_latest_materialization_event(AssetKey("candidate_model"))
+    if candidate and _metadata(candidate).get("as_of"):
+        attempts.append(_metadata(candidate)["as_of"])
+    evaluation = instance.get_latest_materialization_event(AssetKey("candidate_evaluation"))
+    shadow = instance.get_latest_materialization_event(AssetKey("shadow_scores"))
+    challenger = _metadata(shadow).get("challenger_version", "none") if shadow else "none"
+    scored = _partition(shadow) if shadow else None
+    return LifecycleState(
+        open_alerts=open_alerts,
+        last_retrain_night=max(map(dt.date.fromisoformat, attempts)) if attempts else None,
+        latest_evaluation=Evaluation.from_metadata(_metadata(evaluation)) if evaluation else None,
+        challenger=None if challenger in ("none", None) else challenger,
+        latest_scored_night=dt.date.fromisoformat(scored) if scored else None,
+    )
+
+
+def _partition(event: EventLogEntry) -> str | None:
+    return event.dagster_event.partition if event.dagster_event else None
+
+
 def _metadata(event: EventLogEntry) -> dict:
     materialization = event.asset_materialization
     return {key: value.value for key, value in materialization.metadata.items()} if materialization else {}
-
-
-def _next_night(night: str) -> str:
-    return (dt.date.fromisoformat(night) + dt.timedelta(days=1)).isoformat()
 
 
 def build_lifecycle_automation(config: ProjectConfig) -> tuple[list, list]:
@@ -65,60 +113,42 @@ def build_lifecycle_automation(config: ProjectConfig) -> tuple[list, list]:
 
     @asset_sensor(
         asset_key=AssetKey("alerts"), name="retrain_on_alerts", jobs=[retrain_job],
-        description=f"Requests a retrain each night an alert of category {sorted(retrain_categories)} is open and no "
-        "rollout is under way; a refused or rejected retrain is tried again on a later night, with more labels.",
+        description=f"After each night's alerts, asks the retrain policy: alerts of category {sorted(config.lifecycle.retrain_on_alert_categories)} "
+        "(and persistent drift if configured) trigger; one candidate per night, a cooldown after each attempt, none while a "
+        "rollout is under way; it resumes after a rejection or rollback while the alert stays open. Skips say why.",
     )
     def retrain_on_alerts(context: SensorEvaluationContext, asset_event: EventLogEntry):
-        metadata = _metadata(asset_event)
-        night = asset_event.dagster_event.partition if asset_event.dagster_event else None
-        triggering = [a for a in metadata.get("open_alert_categories") or [] if a.get("category") in retrain_categories]
-        if not triggering or night is None:
-            return SkipReason("no retrain-triggering alert is open")
-        shadow = context.instance.get_latest_materialization_event(AssetKey("shadow_scores"))
-        if shadow and _metadata(shadow).get("challenger_version", "none") != "none":
-            return SkipReason(f"a rollout of {_metadata(shadow)['challenger_version']} is under way")
-        evaluation = context.instance.get_latest_materialization_event(AssetKey("candidate_evaluation"))
-        if evaluation and _metadata(evaluation).get("decision") == "approved":
-            return SkipReason(f"candidate {_metadata(evaluation).get('version')} was approved and is about to shadow")
-        trigger = ",".join(sorted(a["alert_id"] for a in triggering))
-        return RunRequest(run_key=f"retrain:{night}", run_config=retrain_run_config(night, trigger), tags={"nightkeeper/trigger": trigger})
+        night = _partition(asset_event)
+        if night is None:
+            return SkipReason("the alerts materialization has no night")
+        open_alerts = tuple(OpenAlert.from_metadata(entry) for entry in _metadata(asset_event).get("open_alert_categories") or [])
+        decision = decide_retrain(lifecycle_state(context.instance, open_alerts), dt.date.fromisoformat(night), config.lifecycle)
+        return retrain_request(night, decision.trigger) if decision.retrain else SkipReason(decision.reason)
 
     @asset_sensor(
         asset_key=AssetKey("candidate_evaluation"), name="shadow_approved_candidates", jobs=[promote_job],
         description="Starts the shadow of a candidate the never-worse gate approved, from the next night on.",
     )
     def shadow_approved_candidates(context: SensorEvaluationContext, asset_event: EventLogEntry):
-        metadata = _metadata(asset_event)
-        if metadata.get("decision") != "approved":
-            return SkipReason(f"latest evaluation: {metadata.get('decision', 'none')}")
-        version, as_of = metadata["version"], metadata["as_of"]
-        return RunRequest(
-            run_key=f"shadow:{version}",
-            run_config=registry_run_config("start_shadow", version, _next_night(as_of), f"approved by the never-worse gate on {as_of}", actor="sensor"),
-        )
+        request = decide_shadow_start(Evaluation.from_metadata(_metadata(asset_event)))
+        return SkipReason(request) if isinstance(request, str) else registry_request(request, PROMOTE_JOB)
 
     @asset_sensor(
         asset_key=AssetKey("shadow_scores"), name="rollout", jobs=[promote_job, rollback_job],
         description="Acts on each night's rollout decision: advance the canary, promote to champion, or roll back.",
     )
     def rollout(context: SensorEvaluationContext, asset_event: EventLogEntry):
-        metadata = _metadata(asset_event)
-        action, version, night = metadata.get("rollout_action", "none"), metadata.get("challenger_version"), metadata.get("night")
-        if action in ("none", "hold") or not version or not night:
-            return SkipReason(f"rollout: {action}")
-        effective, reason = _next_night(night), metadata.get("rollout_reason", "")
-        run_key = f"{action}:{version}:{night}"
-        if action == "advance":
-            return RunRequest(job_name=PROMOTE_JOB, run_key=run_key, run_config=registry_run_config(
-                "advance", version, effective, reason, stage=metadata["rollout_next_stage"], actor="sensor"))
-        if action == "promote":
-            return RunRequest(job_name=PROMOTE_JOB, run_key=run_key, run_config=registry_run_config("promote", version, effective, reason, actor="sensor"))
-        return RunRequest(job_name=ROLLBACK_JOB, run_key=run_key, run_config=registry_run_config("reject_challenger", version, effective, reason, actor="sensor"))
+        request = rollout_request(_metadata(asset_event))
+        if isinstance(request, str):
+            return SkipReason(request)
+        return registry_request(request, ROLLBACK_JOB if request.change.action == "reject_challenger" else PROMOTE_JOB)
 
     @schedule(cron_schedule="0 4 1 * *", job=retrain_job, name="monthly_retrain", execution_timezone=config.schedule.timezone,
-              description="Maintenance retrain on the first of each month, looking back from the month's last night.")
-    def monthly_retrain(context):
-        as_of = (context.scheduled_execution_time.date() - dt.timedelta(days=1)).isoformat()
-        return RunRequest(run_key=f"monthly:{as_of}", run_config=retrain_run_config(as_of, "monthly schedule"))
+              description="Maintenance retrain on the first of each month, looking back from the month's last night, "
+              "unless the retrain policy says wait (a retrain of that night already ran, a rollout, a cooldown).")
+    def monthly_retrain(context: ScheduleEvaluationContext):
+        as_of = context.scheduled_execution_time.date() - dt.timedelta(days=1)
+        decision = decide_retrain(lifecycle_state(context.instance), as_of, config.lifecycle, schedule="monthly schedule")
+        return retrain_request(as_of.isoformat(), decision.trigger) if decision.retrain else SkipReason(decision.reason)
 
     return [retrain_on_alerts, shadow_approved_candidates, rollout], [monthly_retrain]

@@ -524,6 +524,16 @@ class BehaviourConfig(_Strict):
     sample_rows: int = Field(2000, ge=50)
 
 
+class RetrainPolicyConfig(_Strict):
+    """When a retrain is requested besides the monthly schedule, and how often at most."""
+
+    cooldown_nights: int = Field(
+        7, ge=1, description="After a retrain attempt (any trigger, any outcome) the next may look back from this many nights later."
+    )
+    on_persistent_drift: bool = Field(False, description="Also retrain when a drift alert has stayed open for drift_persistence_nights.")
+    drift_persistence_nights: int = Field(7, ge=1, description="Nights a drift alert must have been open to count as persistent.")
+
+
 class LifecycleConfig(_Strict):
     """Retraining, its gates and the rollout of a new model."""
 
@@ -534,8 +544,9 @@ class LifecycleConfig(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     behaviour: BehaviourConfig = BehaviourConfig()
     retrain_on_alert_categories: list[Literal["performance", "drift", "data_quality", "operations"]] = Field(
-        default_factory=lambda: ["performance", "drift"], description="Alert categories whose opening triggers a retrain."
+        default_factory=lambda: ["performance"], description="Alert categories whose open alerts trigger a retrain."
     )
+    retrain: RetrainPolicyConfig = RetrainPolicyConfig()
 
 
 class ProjectConfig(_Strict):

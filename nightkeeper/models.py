@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import duckdb
 import polars as pl
 
 from nightkeeper import registry, warehouse
@@ -15,9 +16,13 @@ from nightkeeper.training import TrainedModel, train_model
 
 def publish(trained: TrainedModel, config: ProjectConfig) -> ModelRecord:
     """Save ``trained`` under the models folder and register it (idempotent: same model, same version)."""
-    model_path = save_artifact(trained, config.models_path)
     with warehouse.connect(config.warehouse_path) as connection:
-        return registry.register(connection, trained.card, model_path)
+        return register_trained(connection, trained, config)
+
+
+def register_trained(connection: duckdb.DuckDBPyConnection, trained: TrainedModel, config: ProjectConfig) -> ModelRecord:
+    """``publish`` through an open warehouse connection (a pipeline step holds one already)."""
+    return registry.register(connection, trained.card, save_artifact(trained, config.models_path))
 
 
 def bootstrap_champion(config: ProjectConfig, history: pl.DataFrame, effective_from: dt.date, actor: str = "bootstrap") -> ModelRecord:

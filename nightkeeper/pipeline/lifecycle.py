@@ -1,0 +1,405 @@
+"""The lifecycle steps of the pipeline core, and the decisions the lifecycle sensors and schedule make.
+
+Steps (called by the Dagster assets in assets/lifecycle.py and by ``nightkeeper backtest`` alike):
+
+* ``train_candidate`` — the training-data gate on the labeled window, then a LightGBM candidate, registered with
+  lineage and put through the behaviour tests; every attempt is a row of ``lifecycle.candidates``.
+* ``evaluate_candidate`` — the never-worse gate: candidate and champion on the same recent labeled holdout.
+* ``apply_registry_change`` — one change of role (shadow, canary step, promotion, rejection, rollback).
+
+Decisions (pure functions of small state objects, so the sensors, which read the Dagster event log, and the backtest,
+which keeps its own books, decide alike):
+
+* ``decide_retrain`` — the retrain policy: which open alerts trigger, one candidate per night, a cooldown after an
+  attempt, no retrain while a rollout is under way, and resuming after a rollback or rejection.
+* ``decide_shadow_start`` — an approved candidate starts its shadow the next night.
+* ``rollout_request`` — the registry change a night's rollout decision asks for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from nightkeeper import alerts, gates, lifecycle, metrics_store, registry, webhook
+from nightkeeper.artifacts import load_verified
+from nightkeeper.batch_checks import CheckOutcome
+from nightkeeper.behaviour import behaviour_tests
+from nightkeeper.config import LifecycleConfig, ProjectConfig
+from nightkeeper.encoding import feature_cards, feature_matrix
+from nightkeeper.models import register_trained
+from nightkeeper.pipeline.step import StepResult
+from nightkeeper.training import train_model, training_frame
+from nightkeeper.training_data import labeled_history, split_holdout
+
+CANDIDATES = "lifecycle.candidates"
+BEHAVIOUR_CHECKS = ("directions_hold", "invariant_features_do_not_matter", "scores_and_confidence_in_range", "edge_rows_are_scored")
+# lifecycle events are counted as metrics of the night they happen on; the alert rules watch these names
+ROLLBACKS, CANDIDATE_REJECTED, RETRAIN_REFUSED = "lifecycle.rollbacks", "lifecycle.candidate_rejected", "lifecycle.retrain_refused"
+APPROVED, REJECTED, REFUSED, TRAINED = "approved", "rejected", "refused", "trained"
+RegistryAction = Literal["start_shadow", "advance", "promote", "reject_challenger", "rollback_champion", "refresh"]
+
+
+# --------------------------------------------------------------------------------------------------- the steps
+
+
+def train_candidate(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, as_of: dt.date, trigger: str) -> StepResult:
+    """Train a candidate on the labeled window that ends on ``as_of`` (its latest holdout nights left out for the
+    never-worse gate), after the training-data gate excluded suspect nights or refused the window.
+
+    Metadata ``status`` is 'refused' (the gate said no; a retrain-refused event is recorded), 'trained' (every
+    behaviour test passed) or 'rejected' (one failed; a candidate-rejected event is recorded). Checks: one per
+    behaviour test. The attempt is a row of ``lifecycle.candidates`` whatever its outcome.
+    """
+    life = config.lifecycle
+    first_night = as_of - dt.timedelta(days=life.training_window_days)
+    labeled = labeled_history(connection, config.contract, first_night, as_of, life.include_review_labels)
+    window, _ = split_holdout(labeled, life.promotion_gate.holdout_days)
+    # nights are judged on delivered labels: reviewers label a chosen, near-threshold few, whose rate says nothing
+    delivered = window.filter(pl.col("label_source") == "delivered")
+    verdict = gates.training_window_gate(delivered, config.contract.target, feature_cards(config.contract), life.data_gate)
+    if not verdict.gate.passed:
+        reason = "; ".join(verdict.gate.reasons)
+        _record_candidate(connection, None, as_of, trigger, REFUSED, reason)
+        events = record_lifecycle_event(config, connection, as_of, RETRAIN_REFUSED)
+        refused = CheckOutcome(False, f"no candidate: the retrain was refused ({reason})", "WARN")
+        return StepResult(
+            metadata={"status": REFUSED, "as_of": as_of.isoformat(), "trigger": trigger, "reasons": reason,
+                      "per_night": verdict.per_night, "alert_events": events},
+            checks={name: refused for name in BEHAVIOUR_CHECKS},
+        )
+    kept = window.filter(~pl.col("partition_date").cast(pl.String).is_in(list(verdict.excluded_nights)))
+    trained = train_model(kept.drop("partition_date", "label_source"), config)
+    record = register_trained(connection, trained, config)
+    results = behaviour_tests(trained.booster, record.card, training_frame(kept, config), config.contract, life.behaviour)
+    failed = {name: outcome for name, outcome in results.items() if not outcome.passed}
+    status = REJECTED if failed else TRAINED
+    _record_candidate(connection, record.version, as_of, trigger, status, "; ".join(f"{n}: {o.description}" for n, o in failed.items()))
+    events = record_lifecycle_event(config, connection, as_of, CANDIDATE_REJECTED) if failed else []
+    return StepResult(
+        metadata={
+            "status": status,
+            "version": record.version,
+            "as_of": as_of.isoformat(),
+            "trigger": trigger,
+            "training_nights": f"{first_night} .. {window['partition_date'].max()}",
+            "training_rows": record.card.training_window.rows,
+            "review_labeled_rows": kept.filter(pl.col("label_source").str.starts_with("review:")).height,
+            "excluded_nights": verdict.excluded_nights,
+            "data_fingerprint": record.card.data_fingerprint,
+            "holdout_auc": record.card.holdout_metrics["auc"],
+            "library_versions": record.card.library_versions,
+            "model_path": record.model_path,
+            "alert_events": events,
+        },
+        checks=results,
+    )
+
+
+def evaluate_candidate(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, as_of: dt.date) -> StepResult:
+    """Judge the candidate trained for ``as_of`` against the champion serving on ``as_of`` with the never-worse gate,
+    on the latest ``holdout_days`` labeled nights (which the candidate did not learn from).
+
+    Metadata ``decision`` is 'approved', 'rejected' (a candidate-rejected event is recorded) or 'nothing to
+    evaluate'; ``version`` and ``as_of`` say which candidate. The verdict is written to ``lifecycle.candidates``.
+    """
+    gate_config = config.lifecycle.promotion_gate
+    candidate_version = latest_candidate(connection, as_of)
+    if candidate_version is None:
+        return StepResult(metadata={"decision": "nothing to evaluate", "as_of": as_of.isoformat()})
+    candidate = registry.get_version(connection, candidate_version)
+    champion = registry.alias_record(connection, registry.CHAMPION, as_of)
+    verdict = {"version": candidate.version, "as_of": as_of.isoformat()}
+    if champion is None:
+        _set_candidate_status(connection, candidate.version, APPROVED, "no champion to beat")
+        return StepResult(metadata={"decision": APPROVED, **verdict, "reasons": "no champion to beat"})
+    first = as_of - dt.timedelta(days=config.lifecycle.training_window_days)
+    _, holdout = split_holdout(labeled_history(connection, config.contract, first, as_of, include_review=False), gate_config.holdout_days)
+    champion_scores, champion_seconds = _timed_scores(champion, holdout)
+    candidate_scores, candidate_seconds = _timed_scores(candidate, holdout)
+    result = gates.never_worse_gate(
+        holdout, config.contract.target, champion_scores, candidate_scores, config.model.decision.threshold,
+        config.monitoring.performance.business_value, candidate_seconds / max(champion_seconds, 1e-9), gate_config,
+    )
+    decision = APPROVED if result.passed else REJECTED
+    reasons = "; ".join(result.reasons) or "never worse than the champion on every rule"
+    _set_candidate_status(connection, candidate.version, decision, reasons)
+    events = [] if result.passed else record_lifecycle_event(config, connection, as_of, CANDIDATE_REJECTED)
+    return StepResult(
+        metadata={
+            "decision": decision,
+            **verdict,
+            "champion": champion.version,
+            "reasons": reasons,
+            "holdout_rows": holdout.height,
+            "holdout_nights": ", ".join(map(str, holdout["partition_date"].unique().sort().to_list())),
+            **{name: float(value) for name, value in result.metrics.items()},
+            "alert_events": events,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class RegistryChange:
+    """One change of a model's role, as a person or a sensor asks for it."""
+
+    action: RegistryAction = "refresh"
+    version: str = ""
+    stage: str = ""
+    reason: str = ""
+    actor: str = "dagster"
+
+
+def apply_registry_change(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, change: RegistryChange, effective: dt.date
+) -> StepResult:
+    """Carry out ``change`` on the alias log from night ``effective`` on.
+
+    Metadata ``change`` is a sentence saying what changed. A rejected challenger or a rolled-back champion counts a
+    rollback event on the night before ``effective`` (the night whose evidence caused it) and raises its alert at
+    once. Raises ValueError for an unknown action or a rollback with no earlier champion.
+    """
+    actor, reason = change.actor, change.reason or change.action
+    if change.action == "start_shadow":
+        lifecycle.start_shadow(connection, change.version, effective, actor, reason)
+        summary = f"{change.version} is challenger in shadow from {effective}"
+    elif change.action == "advance":
+        lifecycle.advance(connection, change.version, change.stage, effective, actor, reason)
+        summary = f"{change.version} advances to {change.stage} from {effective}"
+    elif change.action == "promote":
+        lifecycle.promote(connection, change.version, effective, actor, reason)
+        summary = f"{change.version} is champion from {effective}"
+    elif change.action == "reject_challenger":
+        removed = lifecycle.reject_challenger(connection, effective, actor, reason)
+        summary = f"challenger {removed} rolled back from {effective}: {reason}"
+    elif change.action == "rollback_champion":
+        previous, restored = lifecycle.rollback_champion(connection, effective, actor, reason)
+        summary = f"champion rolled back from {previous} to {restored} from {effective}: {reason}"
+    elif change.action == "refresh":
+        summary = "registry listed"
+    else:
+        raise ValueError(f"unknown registry action {change.action!r}")
+    rolled_back = change.action in ("reject_challenger", "rollback_champion")
+    events = record_lifecycle_event(config, connection, effective - dt.timedelta(days=1), ROLLBACKS) if rolled_back else []
+    return StepResult(
+        metadata={"action": change.action, "version": change.version, "change": summary, "actor": actor,
+                  "effective_from": effective.isoformat(), "alert_events": events}
+    )
+
+
+def record_lifecycle_event(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, metric: str) -> list[dict[str, Any]]:
+    """Count one lifecycle event (``metric``) on ``night``, evaluate that night's alert rules at once (a rollback must
+    not wait for the next night) and deliver the webhook outbox; returns the alert events written."""
+    current = metrics_store.metrics_on(connection, night).get(metric, 0.0)
+    metrics_store.record_metrics(connection, night, {metric: current + 1}, None)
+    settings = config.monitoring.alerts
+    events = alerts.run_alerts(connection, settings.rules, night)
+    webhook.deliver_pending(
+        connection, webhook.webhook_url(settings.webhook_url_env), settings.webhook_timeout_seconds,
+        dt.datetime.now(dt.timezone.utc), max_batch=20,
+    )
+    return events
+
+
+def latest_candidate(connection: duckdb.DuckDBPyConnection, as_of: dt.date, statuses: tuple[str, ...] = (TRAINED,)) -> str | None:
+    """The version of the latest candidate trained for ``as_of`` whose status is one of ``statuses``; None if none."""
+    _ensure_candidates(connection)
+    row = connection.execute(
+        f"select version from {CANDIDATES} where as_of = $as_of and status in (select unnest($statuses)) and version is not null "
+        "order by recorded_at desc limit 1",
+        {"as_of": as_of, "statuses": list(statuses)},
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _ensure_candidates(connection: duckdb.DuckDBPyConnection) -> None:
+    connection.execute("create schema if not exists lifecycle")
+    connection.execute(
+        f"""create table if not exists {CANDIDATES} (version varchar, as_of date, trigger varchar, status varchar,
+            reasons varchar, recorded_at timestamptz)"""
+    )
+
+
+def _record_candidate(connection: duckdb.DuckDBPyConnection, version: str | None, as_of: dt.date, trigger: str, status: str, reasons: str) -> None:
+    _ensure_candidates(connection)
+    connection.execute(f"insert into {CANDIDATES} values (?, ?, ?, ?, ?, now())", [version, as_of, trigger, status, reasons])
+
+
+def _set_candidate_status(connection: duckdb.DuckDBPyConnection, version: str, status: str, reasons: str) -> None:
+    connection.execute(f"update {CANDIDATES} set status = ?, reasons = ? where version = ?", [status, reasons, version])
+
+
+def _timed_scores(record: registry.ModelRecord, holdout: pl.DataFrame, repeats: int = 5) -> tuple[np.ndarray, float]:
+    """Scores of ``record`` on the holdout and the best of ``repeats`` timings (the first call pays for warm-up)."""
+    booster = load_verified(record)
+    matrix = feature_matrix(holdout, record.card.features)
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        scores = booster.predict(matrix)
+        timings.append(time.perf_counter() - started)
+    return scores, min(timings)
+
+
+# ----------------------------------------------------------------------------------------------- the decisions
+
+
+@dataclass(frozen=True)
+class OpenAlert:
+    """An alert open after a night's alert step: its id, its rule's category and the night it opened."""
+
+    alert_id: str
+    category: str
+    opened_night: dt.date | None = None
+
+    @classmethod
+    def from_metadata(cls, entry: dict[str, Any]) -> OpenAlert:
+        """From one entry of the ``alerts`` asset's ``open_alert_categories`` metadata."""
+        opened = entry.get("opened_night")
+        return cls(str(entry["alert_id"]), str(entry["category"]), dt.date.fromisoformat(opened) if opened else None)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The never-worse gate's verdict on a candidate, as ``evaluate_candidate`` reports it in its metadata."""
+
+    decision: str
+    version: str | None = None
+    as_of: dt.date | None = None
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> Evaluation:
+        as_of = metadata.get("as_of")
+        return cls(str(metadata.get("decision", "none")), metadata.get("version"), dt.date.fromisoformat(as_of) if as_of else None)
+
+
+@dataclass(frozen=True)
+class LifecycleState:
+    """What the retrain policy knows when it decides on a night.
+
+    The sensors fill it from the Dagster event log (the ``alerts``, ``candidate_model``, ``candidate_evaluation``
+    and ``shadow_scores`` materializations and the retrain runs); the backtest from its own record of the nights.
+    """
+
+    open_alerts: tuple[OpenAlert, ...] = ()
+    last_retrain_night: dt.date | None = None  # the ``as_of`` of the latest retrain attempt, whatever came of it
+    latest_evaluation: Evaluation | None = None
+    challenger: str | None = None  # the challenger in shadow or canary on the latest night scored
+    latest_scored_night: dt.date | None = None  # that night
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    """Whether to train a candidate looking back from a night, why (a sentence for the sensor's skip reason or the
+    run's tags) and what triggered it."""
+
+    retrain: bool
+    reason: str
+    trigger: str = ""
+
+
+def decide_retrain(state: LifecycleState, night: dt.date, policy: LifecycleConfig, schedule: str | None = None) -> RetrainDecision:
+    """The retrain policy for ``night``; ``schedule`` names a scheduled retrain (e.g. the monthly one) as a trigger.
+
+    Triggers: an open alert of a ``retrain_on_alert_categories`` category, a drift alert open for at least
+    ``retrain.drift_persistence_nights`` nights when ``retrain.on_persistent_drift``, or the schedule. Then, in this
+    order, a triggered retrain waits: when a retrain already looked back from this night or a later one (one
+    candidate per night, whatever triggered it), while a challenger is in shadow or canary, while an approved
+    candidate has not started its shadow yet, and for ``retrain.cooldown_nights`` after the last attempt. A candidate
+    that was rejected or rolled back blocks nothing: the policy resumes while the alert stays open.
+    """
+    triggers = _triggers(state.open_alerts, night, policy)
+    if schedule:
+        triggers.append(schedule)
+    if not triggers:
+        return RetrainDecision(False, "no retrain-triggering alert is open" + _drift_progress(state.open_alerts, night, policy))
+    trigger = ", ".join(triggers)
+    last = state.last_retrain_night
+    if last is not None and last >= night:
+        return RetrainDecision(False, f"a retrain already looked back from {last} (one candidate per night); triggered by {trigger}", trigger)
+    if state.challenger is not None:
+        return RetrainDecision(False, f"a rollout of {state.challenger} is under way; triggered by {trigger}", trigger)
+    evaluation = state.latest_evaluation
+    if evaluation is not None and evaluation.decision == APPROVED and evaluation.as_of is not None and (
+        state.latest_scored_night is None or state.latest_scored_night <= evaluation.as_of
+    ):
+        return RetrainDecision(False, f"candidate {evaluation.version} was approved on {evaluation.as_of} and is about to shadow", trigger)
+    cooldown = policy.retrain.cooldown_nights
+    if last is not None and (night - last).days < cooldown:
+        resume = last + dt.timedelta(days=cooldown)
+        return RetrainDecision(
+            False, f"cooldown: the last retrain looked back from {last}; the next may from {resume} ({cooldown} nights); triggered by {trigger}",
+            trigger,
+        )
+    return RetrainDecision(True, f"retrain looking back from {night}: {trigger}", trigger)
+
+
+def _triggers(open_alerts: tuple[OpenAlert, ...], night: dt.date, policy: LifecycleConfig) -> list[str]:
+    categories = set(policy.retrain_on_alert_categories)
+    found = [f"{a.category} alert {a.alert_id}" for a in open_alerts if a.category in categories]
+    if policy.retrain.on_persistent_drift:
+        found += [
+            f"drift alert {a.alert_id} open for {_open_nights(a, night)} nights"
+            for a in open_alerts
+            if a.category == "drift" and "drift" not in categories and _open_nights(a, night) >= policy.retrain.drift_persistence_nights
+        ]
+    return found
+
+
+def _open_nights(alert: OpenAlert, night: dt.date) -> int:
+    """Nights ``alert`` has been open on ``night``, counting both ends (1 on the night it opened)."""
+    return (night - alert.opened_night).days + 1 if alert.opened_night else 1
+
+
+def _drift_progress(open_alerts: tuple[OpenAlert, ...], night: dt.date, policy: LifecycleConfig) -> str:
+    if not policy.retrain.on_persistent_drift:
+        return ""
+    drifting = [a for a in open_alerts if a.category == "drift"]
+    if not drifting:
+        return ""
+    longest = max(drifting, key=lambda a: _open_nights(a, night))
+    return f" (drift alert {longest.alert_id} open {_open_nights(longest, night)} of {policy.retrain.drift_persistence_nights} nights)"
+
+
+@dataclass(frozen=True)
+class RegistryRequest:
+    """A registry change a decision asks for, the first night it applies to, and a key that makes it happen once."""
+
+    change: RegistryChange
+    effective: dt.date
+
+    @property
+    def key(self) -> str:
+        return f"{self.change.action}:{self.change.version}:{self.effective}"
+
+
+def decide_shadow_start(evaluation: Evaluation) -> RegistryRequest | str:
+    """An approved candidate becomes challenger in shadow from the night after its evaluation; otherwise the reason
+    nothing starts (a sentence)."""
+    if evaluation.decision != APPROVED or not evaluation.version or evaluation.as_of is None:
+        return f"latest evaluation: {evaluation.decision}"
+    change = RegistryChange("start_shadow", evaluation.version, reason=f"approved by the never-worse gate on {evaluation.as_of}", actor="sensor")
+    return RegistryRequest(change, evaluation.as_of + dt.timedelta(days=1))
+
+
+def rollout_request(shadow: dict[str, Any]) -> RegistryRequest | str:
+    """The registry change a night's rollout decision asks for (from the ``shadow_scores`` metadata: ``night``,
+    ``challenger_version``, ``rollout_action``, ``rollout_next_stage``, ``rollout_reason``), effective the next
+    night; otherwise why nothing changes (a sentence)."""
+    action, version, night = shadow.get("rollout_action", "none"), shadow.get("challenger_version"), shadow.get("night")
+    if action in ("none", "hold") or not version or version == "none" or not night:
+        return f"rollout: {action}" + (f" ({shadow['rollout_reason']})" if shadow.get("rollout_reason") else "")
+    effective, reason = dt.date.fromisoformat(str(night)) + dt.timedelta(days=1), str(shadow.get("rollout_reason", ""))
+    if action == "advance":
+        return RegistryRequest(RegistryChange("advance", version, str(shadow["rollout_next_stage"]), reason, "sensor"), effective)
+    if action == "promote":
+        return RegistryRequest(RegistryChange("promote", version, reason=reason, actor="sensor"), effective)
+    if action == "rollback":
+        return RegistryRequest(RegistryChange("reject_challenger", version, reason=reason, actor="sensor"), effective)
+    raise ValueError(f"unknown rollout action {action!r} in the shadow_scores metadata")
