@@ -25,6 +25,7 @@ from dagster import (
 
 from nightkeeper.config import ProjectConfig
 from nightkeeper.pipeline.lifecycle import (
+    REFUSED,
     Evaluation,
     LifecycleState,
     OpenAlert,
@@ -79,12 +80,16 @@ def registry_request(request: RegistryRequest, job_name: str) -> RunRequest:
 
 
 def lifecycle_state(instance: DagsterInstance, open_alerts: tuple[OpenAlert, ...] = ()) -> LifecycleState:
-    """What the retrain policy needs, read from the event log: the latest retrain attempt (its runs' tags and the
-    latest ``candidate_model``), the latest ``candidate_evaluation``, and the challenger on the latest ``shadow_scores``."""
+    """What the retrain policy needs, read from the event log: the latest retrain attempt (retrain runs' tags, launched
+    or finished, and ``candidate_model`` materializations), the latest one that trained a candidate, the latest
+    ``candidate_evaluation``, and the challenger on the latest ``shadow_scores``."""
     attempts = [run.tags[AS_OF_TAG] for run in instance.get_runs(RunsFilter(job_name=RETRAIN_JOB), limit=RECENT_RETRAIN_RUNS) if AS_OF_TAG in run.tags]
-    candidate = instance.get_latest_materialization_event(AssetKey("candidate_model"))
-    if candidate and _metadata(candidate).get("as_of"):
-        attempts.append(_metadata(candidate)["as_of"])
+    candidates = [
+        _metadata(record.event_log_entry)
+        for record in instance.fetch_materializations(AssetKey("candidate_model"), limit=RECENT_RETRAIN_RUNS).records
+    ]
+    attempts += [metadata["as_of"] for metadata in candidates if metadata.get("as_of")]
+    trained = [metadata["as_of"] for metadata in candidates if metadata.get("as_of") and metadata.get("status") != REFUSED]
     evaluation = instance.get_latest_materialization_event(AssetKey("candidate_evaluation"))
     shadow = instance.get_latest_materialization_event(AssetKey("shadow_scores"))
     challenger = _metadata(shadow).get("challenger_version", "none") if shadow else "none"
@@ -92,6 +97,7 @@ def lifecycle_state(instance: DagsterInstance, open_alerts: tuple[OpenAlert, ...
     return LifecycleState(
         open_alerts=open_alerts,
         last_retrain_night=max(map(dt.date.fromisoformat, attempts)) if attempts else None,
+        last_candidate_night=max(map(dt.date.fromisoformat, trained)) if trained else None,
         latest_evaluation=Evaluation.from_metadata(_metadata(evaluation)) if evaluation else None,
         challenger=None if challenger in ("none", None) else challenger,
         latest_scored_night=dt.date.fromisoformat(scored) if scored else None,
@@ -109,7 +115,6 @@ def _metadata(event: EventLogEntry) -> dict:
 
 def build_lifecycle_automation(config: ProjectConfig) -> tuple[list, list]:
     """The sensors and schedules of the model lifecycle for ``config``."""
-    retrain_categories = set(config.lifecycle.retrain_on_alert_categories)
 
     @asset_sensor(
         asset_key=AssetKey("alerts"), name="retrain_on_alerts", jobs=[retrain_job],

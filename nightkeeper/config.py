@@ -528,7 +528,8 @@ class RetrainPolicyConfig(_Strict):
     """When a retrain is requested besides the monthly schedule, and how often at most."""
 
     cooldown_nights: int = Field(
-        7, ge=1, description="After a retrain attempt (any trigger, any outcome) the next may look back from this many nights later."
+        7, ge=1, description="After a retrain that trained a candidate (any trigger, any verdict) the next may look back from "
+        "this many nights later. A window the training-data gate refused is tried again the next night."
     )
     on_persistent_drift: bool = Field(False, description="Also retrain when a drift alert has stayed open for drift_persistence_nights.")
     drift_persistence_nights: int = Field(7, ge=1, description="Nights a drift alert must have been open to count as persistent.")

@@ -289,6 +289,7 @@ class LifecycleState:
 
     open_alerts: tuple[OpenAlert, ...] = ()
     last_retrain_night: dt.date | None = None  # the ``as_of`` of the latest retrain attempt, whatever came of it
+    last_candidate_night: dt.date | None = None  # the ``as_of`` of the latest attempt that trained a candidate
     latest_evaluation: Evaluation | None = None
     challenger: str | None = None  # the challenger in shadow or canary on the latest night scored
     latest_scored_night: dt.date | None = None  # that night
@@ -311,8 +312,10 @@ def decide_retrain(state: LifecycleState, night: dt.date, policy: LifecycleConfi
     ``retrain.drift_persistence_nights`` nights when ``retrain.on_persistent_drift``, or the schedule. Then, in this
     order, a triggered retrain waits: when a retrain already looked back from this night or a later one (one
     candidate per night, whatever triggered it), while a challenger is in shadow or canary, while an approved
-    candidate has not started its shadow yet, and for ``retrain.cooldown_nights`` after the last attempt. A candidate
-    that was rejected or rolled back blocks nothing: the policy resumes while the alert stays open.
+    candidate has not started its shadow yet, and for ``retrain.cooldown_nights`` after the last attempt that trained
+    a candidate. A window the training-data gate refused trained nothing and is tried again the next night, with
+    more labels. A candidate that was rejected or rolled back blocks nothing beyond the cooldown: the policy resumes
+    while the alert stays open.
     """
     triggers = _triggers(state.open_alerts, night, policy)
     if schedule:
@@ -330,11 +333,12 @@ def decide_retrain(state: LifecycleState, night: dt.date, policy: LifecycleConfi
         state.latest_scored_night is None or state.latest_scored_night <= evaluation.as_of
     ):
         return RetrainDecision(False, f"candidate {evaluation.version} was approved on {evaluation.as_of} and is about to shadow", trigger)
-    cooldown = policy.retrain.cooldown_nights
-    if last is not None and (night - last).days < cooldown:
-        resume = last + dt.timedelta(days=cooldown)
+    cooldown, trained = policy.retrain.cooldown_nights, state.last_candidate_night
+    if trained is not None and (night - trained).days < cooldown:
+        resume = trained + dt.timedelta(days=cooldown)
         return RetrainDecision(
-            False, f"cooldown: the last retrain looked back from {last}; the next may from {resume} ({cooldown} nights); triggered by {trigger}",
+            False, f"cooldown: the last candidate was trained looking back from {trained}; the next may from {resume} "
+            f"({cooldown} nights); triggered by {trigger}",
             trigger,
         )
     return RetrainDecision(True, f"retrain looking back from {night}: {trigger}", trigger)
