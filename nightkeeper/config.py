@@ -470,7 +470,13 @@ class TrainingDataGateConfig(_Strict):
         0.15, gt=0, le=1, description="A night whose label rate differs from the window's median by more than this is suspect."
     )
     max_duplicate_share: float = Field(
-        0.05, gt=0, le=1, description="A night where more than this share of rows repeat a near-identical feature vector is suspect."
+        0.05, gt=0, le=1,
+        description="A night whose share of rows repeating a near-identical feature vector exceeds the window's median share "
+        "by more than this (and by more than outlier_mads spreads) is suspect.",
+    )
+    outlier_mads: float = Field(
+        5.0, gt=0, description="How many robust spreads (scaled median absolute deviations over the window's nights) a night's "
+        "volume or duplicate share must lie above the median to be suspect: the dataset's own nights set the standard.",
     )
     max_excluded_share: float = Field(0.3, gt=0, le=1, description="Refuse the retrain if suspect nights hold more than this share of rows.")
     min_nights_to_judge: int = Field(5, ge=2, description="Fewer labeled nights than this give no median to judge a night by.")

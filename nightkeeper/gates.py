@@ -33,14 +33,17 @@ class WindowVerdict:
 def training_window_gate(
     window: pl.DataFrame, target: str, features: list[FeatureCard], config: TrainingDataGateConfig
 ) -> WindowVerdict:
-    """Judge a labeled training window night by night (``partition_date`` column) against the window's own medians.
+    """Judge a labeled training window night by night (``partition_date`` column) against the window's own baseline.
 
-    A night is suspect when its volume exceeds ``max_volume_ratio`` × the median, its label rate is more than
-    ``max_label_rate_shift`` from the median, or more than ``max_duplicate_share`` of its rows repeat a near-identical
-    feature vector (numbers rounded to 2 significant digits) — the marks of a bot burst with skewed labels. Suspect
-    nights are excluded; the retrain is refused when they hold more than ``max_excluded_share`` of the rows or fewer
-    than ``min_rows`` labeled rows remain. With fewer than ``min_nights_to_judge`` nights there is no median worth
-    the name, and only ``min_rows`` is checked.
+    Each night is compared with what is usual for this dataset: the median over the window's nights and a robust
+    spread (``outlier_mads`` × the scaled median absolute deviation), so a dataset whose ordinary nights are large,
+    or full of natural duplicates (low-cardinality codes), is judged by its own standard. A night is suspect when
+    its volume exceeds ``max_volume_ratio`` × the median and the spread; its label rate is more than
+    ``max_label_rate_shift`` from the median; or its share of rows repeating a near-identical feature vector (numbers
+    rounded to 2 significant digits) exceeds the window's median share by more than ``max_duplicate_share`` and the
+    spread — the marks of a bot burst with skewed labels. Suspect nights are excluded; the retrain is refused when
+    they hold more than ``max_excluded_share`` of the rows or fewer than ``min_rows`` labeled rows remain. With
+    fewer than ``min_nights_to_judge`` nights there is no median worth the name, and only ``min_rows`` is checked.
     """
     if window.height == 0:
         return WindowVerdict(GateResult(False, ["the training window holds no labeled rows"]), {}, pl.DataFrame())
@@ -55,18 +58,24 @@ def training_window_gate(
         )
         .sort("partition_date")
     )
-    median_rows = float(per_night["rows"].median())
+    median_rows, rows_spread = _median_and_spread(per_night["rows"], config.outlier_mads)
     median_rate = float(per_night["label_rate"].median())
+    median_duplicates, duplicates_spread = _median_and_spread(per_night["duplicate_share"], config.outlier_mads)
+    volume_limit = max(config.max_volume_ratio * median_rows, median_rows + rows_spread)
+    duplicate_limit = median_duplicates + max(config.max_duplicate_share, duplicates_spread)
     excluded: dict[str, str] = {}
     judged = per_night if per_night.height >= config.min_nights_to_judge else per_night.head(0)
     for row in judged.iter_rows(named=True):
         why = []
-        if row["rows"] > config.max_volume_ratio * median_rows:
+        if row["rows"] > volume_limit:
             why.append(f"{row['rows']} rows is {row['rows'] / median_rows:.1f}× the median {median_rows:g}")
         if abs(row["label_rate"] - median_rate) > config.max_label_rate_shift:
             why.append(f"label rate {row['label_rate']:.1%} vs median {median_rate:.1%}")
-        if row["duplicate_share"] > config.max_duplicate_share:
-            why.append(f"{row['duplicate_share']:.1%} of rows repeat a near-identical feature vector")
+        if row["duplicate_share"] > duplicate_limit:
+            why.append(
+                f"{row['duplicate_share']:.1%} of rows repeat a near-identical feature vector "
+                f"(the window's nights: median {median_duplicates:.1%}, suspect above {duplicate_limit:.1%})"
+            )
         if why:
             excluded[str(row["partition_date"])] = "; ".join(why)
     excluded_rows = int(per_night.filter(pl.col("partition_date").cast(pl.String).is_in(list(excluded)))["rows"].sum())
@@ -81,6 +90,13 @@ def training_window_gate(
         reasons.append(f"only {kept_rows} labeled rows remain after exclusions; at least {config.min_rows} are needed")
     metrics = {"rows": float(window.height), "excluded_rows": float(excluded_rows), "excluded_nights": float(len(excluded))}
     return WindowVerdict(GateResult(not reasons, reasons, metrics), excluded, per_night)
+
+
+def _median_and_spread(values: pl.Series, mads: float) -> tuple[float, float]:
+    """The median of ``values`` and ``mads`` × their median absolute deviation scaled to a normal's σ (× 1.4826):
+    a centre and a spread that a minority of odd nights cannot move."""
+    median = float(values.median())
+    return median, mads * 1.4826 * float((values.cast(pl.Float64) - median).abs().median())
 
 
 def _rounded(feature: FeatureCard) -> pl.Expr:

@@ -11,10 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from nightkeeper.config import BusinessValue, PromotionGateConfig, TrainingDataGateConfig
+from nightkeeper.config import BusinessValue, Contract, FeatureSpec, PromotionGateConfig, TrainingDataGateConfig
 from nightkeeper.encoding import feature_cards, feature_matrix
 from nightkeeper.gates import business_value, never_worse_gate, training_window_gate
 from nightkeeper.simulator import ScenarioPlan, simulate_history, simulate_night
+from nightkeeper.synthetic import synthesize
 from nightkeeper.training import TrainedModel, train_model
 
 TARGET = "defaulted"
@@ -141,6 +142,42 @@ def test_empty_window_is_refused(features):
 
     assert not verdict.gate.passed
     assert verdict.gate.reasons == ["the training window holds no labeled rows"]
+
+
+CODES = Contract(entity_id="id", target="y", features={f"code_{i}": FeatureSpec(dtype="int", min=0, max=12) for i in range(4)})
+
+
+def codes_window(nights: int = 10, rows: int = 500) -> pl.DataFrame:
+    """Nights of four low-cardinality integer codes (synthesized from a contract): ~7% of each night's rows repeat
+    another row's feature vector, naturally, every night."""
+    return pl.concat([
+        synthesize(CODES, rows, seed=index, id_prefix=f"N{index}-").with_columns(pl.lit(date.fromisoformat(night(index))).alias("partition_date"))
+        for index in range(nights)
+    ])
+
+
+def test_natural_duplicates_of_low_cardinality_codes_exclude_no_night_and_do_not_refuse_the_retrain():
+    window = codes_window()
+
+    verdict = training_window_gate(window, "y", feature_cards(CODES), TrainingDataGateConfig(min_rows=2000))
+
+    assert verdict.per_night["duplicate_share"].min() > 0.05  # above the old fixed 5 % every night
+    assert verdict.excluded_nights == {}
+    assert verdict.gate.passed, verdict.gate.reasons
+
+
+def test_a_bot_burst_of_exact_copies_is_still_excluded_against_the_datasets_own_duplicate_rate():
+    window = codes_window()
+    burst_night = date.fromisoformat(night(4))
+    copies = pl.concat([window.filter(pl.col("partition_date") == burst_night).head(1)] * 60).with_columns(
+        pl.format("bot-{}", pl.int_range(pl.len())).alias("id")
+    )
+
+    verdict = training_window_gate(pl.concat([window, copies]), "y", feature_cards(CODES), TrainingDataGateConfig(min_rows=2000))
+
+    assert list(verdict.excluded_nights) == [night(4)]
+    assert "repeat a near-identical feature vector (the window's nights: median" in verdict.excluded_nights[night(4)]
+    assert verdict.gate.passed, verdict.gate.reasons
 
 
 # ----------------------------------------------------------------------------------------------- never-worse gate
