@@ -6,17 +6,13 @@ so the Dagster UI's history of that asset is the history of who served, when and
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
-
-import polars as pl
 from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from assets.checks import check_result, markdown_table
+from assets.checks import check_result, dagster_metadata, markdown_table
 from jobs.resources import ProjectResource, WarehouseResource
 from nightkeeper import registry, report
 from nightkeeper.pipeline import lifecycle as core
-from nightkeeper.pipeline.step import StepResult
 
 
 class RetrainRequest(Config):
@@ -43,10 +39,8 @@ class RegistryChange(Config):
 )
 def candidate_model(context: AssetExecutionContext, config: RetrainRequest, project: ProjectResource, warehouse: WarehouseResource):
     with warehouse.connect() as connection:
-        result = core.train_candidate(project.load(), connection, dt.date.fromisoformat(config.as_of), config.trigger)
-    if result.metadata["status"] == core.REFUSED:
-        context.log.error(f"retrain refused: {result.metadata['reasons']}")
-    yield MaterializeResult(metadata=dagster_metadata(result, context))
+        result = core.train_candidate(project.load(), connection, dt.date.fromisoformat(config.as_of), config.trigger, context.log)
+    yield MaterializeResult(metadata=dagster_metadata(result.metadata))
     for name, outcome in result.checks.items():
         yield check_result(name, outcome)
 
@@ -62,10 +56,8 @@ def candidate_model(context: AssetExecutionContext, config: RetrainRequest, proj
 )
 def candidate_evaluation(context: AssetExecutionContext, config: RetrainRequest, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
     with warehouse.connect() as connection:
-        result = core.evaluate_candidate(project.load(), connection, dt.date.fromisoformat(config.as_of))
-    if result.metadata["decision"] == core.REJECTED:
-        context.log.error(f"candidate {result.metadata['version']} rejected: {result.metadata['reasons']}")
-    return MaterializeResult(metadata=dagster_metadata(result, context))
+        result = core.evaluate_candidate(project.load(), connection, dt.date.fromisoformat(config.as_of), context.log)
+    return MaterializeResult(metadata=dagster_metadata(result.metadata))
 
 
 @asset(
@@ -99,36 +91,13 @@ def model_registry(context: AssetExecutionContext, config: RegistryChange, proje
     effective = dt.date.fromisoformat(config.effective_from) if config.effective_from else dt.date.today()
     change = core.RegistryChange(config.action, config.version, config.stage, config.reason, config.actor)  # type: ignore[arg-type]
     with warehouse.connect() as connection:
-        result = core.apply_registry_change(project.load(), connection, change, effective)
+        result = core.apply_registry_change(project.load(), connection, change, effective, context.log)
         versions = registry.versions(connection)
         log = registry.alias_log(connection)
-    context.log.info(result.metadata["change"])
     return MaterializeResult(
         metadata={
-            **dagster_metadata(result, context),
+            **dagster_metadata(result.metadata),
             "versions": markdown_table(versions.select("version", "registered_at", "holdout_auc", "training_rows"), rows=20),
             "alias_log": markdown_table(log.sort("seq", descending=True).select("effective_from", "alias", "version", "stage", "actor", "reason"), rows=20),
         }
     )
-
-
-def dagster_metadata(result: StepResult, context: AssetExecutionContext) -> dict[str, Any]:
-    """A lifecycle step's metadata for Dagster (frames as tables, collections as JSON, paths as paths); the alert
-    events it raised go to the run's log at their severity."""
-    wrapped: dict[str, Any] = {}
-    for key, value in result.metadata.items():
-        if key == "alert_events":
-            for event in value:
-                level = context.log.info if event["event"] == "resolved" or event["severity"] == "info" else (
-                    context.log.error if event["severity"] == "critical" else context.log.warning
-                )
-                level(event["message"])
-        elif isinstance(value, pl.DataFrame):
-            wrapped[key] = markdown_table(value, rows=100)
-        elif isinstance(value, (dict, list)):
-            wrapped[key] = MetadataValue.json(value)
-        elif isinstance(value, Path):
-            wrapped[key] = MetadataValue.path(str(value))
-        else:
-            wrapped[key] = value
-    return wrapped

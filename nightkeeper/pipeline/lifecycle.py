@@ -19,6 +19,7 @@ which keeps its own books, decide alike):
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,13 +28,14 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from nightkeeper import alerts, gates, lifecycle, metrics_store, registry, webhook
+from nightkeeper import gates, lifecycle, metrics_store, registry
 from nightkeeper.artifacts import load_verified
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.behaviour import behaviour_tests
 from nightkeeper.config import LifecycleConfig, ProjectConfig
 from nightkeeper.encoding import feature_cards, feature_matrix
 from nightkeeper.models import register_trained
+from nightkeeper.pipeline.monitoring import LIFECYCLE_EVENT_METRICS, raise_alerts
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.training import train_model, training_frame
 from nightkeeper.training_data import labeled_history, split_holdout
@@ -41,15 +43,18 @@ from nightkeeper.training_data import labeled_history, split_holdout
 CANDIDATES = "lifecycle.candidates"
 BEHAVIOUR_CHECKS = ("directions_hold", "invariant_features_do_not_matter", "scores_and_confidence_in_range", "edge_rows_are_scored")
 # lifecycle events are counted as metrics of the night they happen on; the alert rules watch these names
-ROLLBACKS, CANDIDATE_REJECTED, RETRAIN_REFUSED = "lifecycle.rollbacks", "lifecycle.candidate_rejected", "lifecycle.retrain_refused"
+ROLLBACKS, CANDIDATE_REJECTED, RETRAIN_REFUSED = LIFECYCLE_EVENT_METRICS
 APPROVED, REJECTED, REFUSED, TRAINED = "approved", "rejected", "refused", "trained"
+_LOG = logging.getLogger(__name__)
 RegistryAction = Literal["start_shadow", "advance", "promote", "reject_challenger", "rollback_champion", "refresh"]
 
 
 # --------------------------------------------------------------------------------------------------- the steps
 
 
-def train_candidate(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, as_of: dt.date, trigger: str) -> StepResult:
+def train_candidate(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, as_of: dt.date, trigger: str, log: logging.Logger = _LOG
+) -> StepResult:
     """Train a candidate on the labeled window that ends on ``as_of`` (its latest holdout nights left out for the
     never-worse gate), after the training-data gate excluded suspect nights or refused the window.
 
@@ -67,11 +72,12 @@ def train_candidate(config: ProjectConfig, connection: duckdb.DuckDBPyConnection
     if not verdict.gate.passed:
         reason = "; ".join(verdict.gate.reasons)
         _record_candidate(connection, None, as_of, trigger, REFUSED, reason)
-        events = record_lifecycle_event(config, connection, as_of, RETRAIN_REFUSED)
+        log.error(f"retrain refused: {reason}")
+        record_lifecycle_event(config, connection, as_of, RETRAIN_REFUSED, log)
         refused = CheckOutcome(False, f"no candidate: the retrain was refused ({reason})", "WARN")
         return StepResult(
             metadata={"status": REFUSED, "as_of": as_of.isoformat(), "trigger": trigger, "reasons": reason,
-                      "per_night": verdict.per_night, "alert_events": events},
+                      "per_night": verdict.per_night},
             checks={name: refused for name in BEHAVIOUR_CHECKS},
         )
     kept = window.filter(~pl.col("partition_date").cast(pl.String).is_in(list(verdict.excluded_nights)))
@@ -81,7 +87,8 @@ def train_candidate(config: ProjectConfig, connection: duckdb.DuckDBPyConnection
     failed = {name: outcome for name, outcome in results.items() if not outcome.passed}
     status = REJECTED if failed else TRAINED
     _record_candidate(connection, record.version, as_of, trigger, status, "; ".join(f"{n}: {o.description}" for n, o in failed.items()))
-    events = record_lifecycle_event(config, connection, as_of, CANDIDATE_REJECTED) if failed else []
+    if failed:
+        record_lifecycle_event(config, connection, as_of, CANDIDATE_REJECTED, log)
     return StepResult(
         metadata={
             "status": status,
@@ -96,13 +103,14 @@ def train_candidate(config: ProjectConfig, connection: duckdb.DuckDBPyConnection
             "holdout_auc": record.card.holdout_metrics["auc"],
             "library_versions": record.card.library_versions,
             "model_path": record.model_path,
-            "alert_events": events,
         },
         checks=results,
     )
 
 
-def evaluate_candidate(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, as_of: dt.date) -> StepResult:
+def evaluate_candidate(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, as_of: dt.date, log: logging.Logger = _LOG
+) -> StepResult:
     """Judge the candidate trained for ``as_of`` against the champion serving on ``as_of`` with the never-worse gate,
     on the latest ``holdout_days`` labeled nights (which the candidate did not learn from).
 
@@ -130,7 +138,9 @@ def evaluate_candidate(config: ProjectConfig, connection: duckdb.DuckDBPyConnect
     decision = APPROVED if result.passed else REJECTED
     reasons = "; ".join(result.reasons) or "never worse than the champion on every rule"
     _set_candidate_status(connection, candidate.version, decision, reasons)
-    events = [] if result.passed else record_lifecycle_event(config, connection, as_of, CANDIDATE_REJECTED)
+    if not result.passed:
+        log.error(f"candidate {candidate.version} rejected: {reasons}")
+        record_lifecycle_event(config, connection, as_of, CANDIDATE_REJECTED, log)
     return StepResult(
         metadata={
             "decision": decision,
@@ -140,7 +150,6 @@ def evaluate_candidate(config: ProjectConfig, connection: duckdb.DuckDBPyConnect
             "holdout_rows": holdout.height,
             "holdout_nights": ", ".join(map(str, holdout["partition_date"].unique().sort().to_list())),
             **{name: float(value) for name, value in result.metrics.items()},
-            "alert_events": events,
         }
     )
 
@@ -157,7 +166,8 @@ class RegistryChange:
 
 
 def apply_registry_change(
-    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, change: RegistryChange, effective: dt.date
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, change: RegistryChange, effective: dt.date,
+    log: logging.Logger = _LOG,
 ) -> StepResult:
     """Carry out ``change`` on the alias log from night ``effective`` on.
 
@@ -185,26 +195,22 @@ def apply_registry_change(
         summary = "registry listed"
     else:
         raise ValueError(f"unknown registry action {change.action!r}")
-    rolled_back = change.action in ("reject_challenger", "rollback_champion")
-    events = record_lifecycle_event(config, connection, effective - dt.timedelta(days=1), ROLLBACKS) if rolled_back else []
+    log.info(summary)
+    if change.action in ("reject_challenger", "rollback_champion"):
+        record_lifecycle_event(config, connection, effective - dt.timedelta(days=1), ROLLBACKS, log)
     return StepResult(
-        metadata={"action": change.action, "version": change.version, "change": summary, "actor": actor,
-                  "effective_from": effective.isoformat(), "alert_events": events}
+        metadata={"action": change.action, "version": change.version, "change": summary, "actor": actor, "effective_from": effective.isoformat()}
     )
 
 
-def record_lifecycle_event(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, metric: str) -> list[dict[str, Any]]:
-    """Count one lifecycle event (``metric``) on ``night``, evaluate that night's alert rules at once (a rollback must
-    not wait for the next night) and deliver the webhook outbox; returns the alert events written."""
+def record_lifecycle_event(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, metric: str, log: logging.Logger = _LOG
+) -> None:
+    """Count one lifecycle event (``metric``) on ``night`` and send that night's alerts at once (a rollback must not
+    wait for the next night's alert step)."""
     current = metrics_store.metrics_on(connection, night).get(metric, 0.0)
     metrics_store.record_metrics(connection, night, {metric: current + 1}, None)
-    settings = config.monitoring.alerts
-    events = alerts.run_alerts(connection, settings.rules, night)
-    webhook.deliver_pending(
-        connection, webhook.webhook_url(settings.webhook_url_env), settings.webhook_timeout_seconds,
-        dt.datetime.now(dt.timezone.utc), max_batch=20,
-    )
-    return events
+    raise_alerts(connection, config.monitoring.alerts, night, log)
 
 
 def latest_candidate(connection: duckdb.DuckDBPyConnection, as_of: dt.date, statuses: tuple[str, ...] = (TRAINED,)) -> str | None:

@@ -269,8 +269,8 @@ def alerts_night(
     config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, log: logging.Logger = _LOG
 ) -> StepResult:
     """Evaluate the config's alert rules on ``night`` (see ``raise_alerts``); lifecycle event counts missing tonight
-    are recorded as 0 first, which resolves their alerts. Metadata ``open_alert_categories`` (alert_id, category of
-    every open alert) is what the retrain sensor reads."""
+    are recorded as 0 first, which resolves their alerts. Metadata ``open_alert_categories`` (alert_id, category and
+    opened_night of every open alert) is what the retrain sensor reads."""
     recorded = metrics_store.metrics_on(connection, night)
     metrics_store.record_metrics(connection, night, {m: 0.0 for m in LIFECYCLE_EVENT_METRICS if m not in recorded}, None)
     events, delivery = raise_alerts(connection, config.monitoring.alerts, night, log)
@@ -285,7 +285,10 @@ def alerts_night(
                 {"alert_id": e["alert_id"], "rule": e["rule"], "category": e["category"], "severity": e["severity"]} for e in opened
             ],
             "open_alerts": still_open.select("alert_id", "category", "severity", "opened_night", "message").head(20),
-            "open_alert_categories": [{"alert_id": a, "category": c} for a, c in still_open.select("alert_id", "category").iter_rows()],
+            "open_alert_categories": [
+                {"alert_id": a, "category": c, "opened_night": str(o)}
+                for a, c, o in still_open.select("alert_id", "category", "opened_night").iter_rows()
+            ],
             "webhook_delivered": delivery.delivered,
             "webhook_pending": delivery.pending,
             "webhook_configured": delivery.webhook_configured,
