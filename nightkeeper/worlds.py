@@ -47,6 +47,8 @@ import numpy as np
 import polars as pl
 import yaml
 
+from nightkeeper.draft import DEFAULT_ALERT_RULES, SampleShape, derive_sizes
+
 Cadence = Literal["daily", "weekly"]
 FileFormat = Literal["parquet", "csv"]
 CADENCE_DAYS: dict[str, int] = {"daily": 1, "weekly": 7}
@@ -63,26 +65,6 @@ _CALIBRATION_STREAM = 99
 # A night's features and P(target = 1) per row, drawn from ``rng`` for ``rows`` rows at ``t`` days since start.
 Draw = Callable[[np.random.Generator, int, float], tuple[dict[str, pl.Series], np.ndarray]]
 
-# The alert rules every world's config carries: those of the shipped example (they name no column), each with the
-# runbook section of its own name.
-_ALERT_RULE_ROWS = (
-    ("realized-auc-drop", "performance.realized_auc_drop", ">", 0.03, 1, "critical", "performance"),
-    ("estimated-auc-drop", "performance.estimated_auc_drop", ">", 0.03, 2, "warning", "performance"),
-    ("population-shift", "drift.multivariate_auc", ">", 0.6, 1, "warning", "drift"),
-    ("feature-drift", "drift.drifted_features", ">=", 1, 2, "warning", "drift"),
-    ("prediction-drift", "drift.prediction_psi", ">", 0.1, 1, "warning", "drift"),
-    ("schema-break", "validation.schema_problems", ">", 0, 1, "critical", "data_quality"),
-    ("quarantine-spike", "validation.quarantine_rate", ">", 0.02, 1, "warning", "data_quality"),
-    ("fallback-spike", "outcomes.fallback_rate", ">", 0.05, 1, "critical", "operations"),
-    ("champion-down", "scoring.model_failed", ">", 0, 1, "critical", "operations"),
-    ("rollback", "lifecycle.rollbacks", ">", 0, 1, "critical", "operations"),
-    ("candidate-rejected", "lifecycle.candidate_rejected", ">", 0, 1, "warning", "operations"),
-    ("retrain-refused", "lifecycle.retrain_refused", ">", 0, 1, "warning", "operations"),
-)
-_ALERT_RULE_FIELDS = ("name", "metric", "comparison", "threshold", "sustained_nights", "severity", "category")
-ALERT_RULES: list[dict[str, Any]] = [
-    {**dict(zip(_ALERT_RULE_FIELDS, row)), "runbook": row[0]} for row in _ALERT_RULE_ROWS
-]
 
 
 @dataclass(frozen=True)
@@ -167,10 +149,12 @@ class World:
         return pl.concat(frames) if frames else self.labeled_night(self.start).head(0)
 
     def config(self) -> dict[str, Any]:
-        """The project config for this world as a mapping (paths relative to the folder ``write_world`` fills):
-        the contract, the decision threshold, the segments, the shipped alert rules, and size settings derived from
-        the rows per night and the cadence."""
-        rows, step = self.rows_per_night, CADENCE_DAYS[self.cadence]
+        """The project config for this world as a mapping (paths relative to the folder ``write_world`` fills): the
+        contract, the decision threshold, the segments, the alert rules ``nightkeeper init`` drafts, and the size
+        settings ``init`` derives from the rows per night (nights of the weekly cadence count as 7 days)."""
+        volume_cv = 1 / np.sqrt(self.rows_per_night) if self.rows_jitter else 0.0
+        sizes = derive_sizes(SampleShape(self.rows_per_night, max(self.history_nights, 1), volume_cv, None))
+        step = CADENCE_DAYS[self.cadence]
         return {
             "name": self.name,
             "contract": {
@@ -181,8 +165,8 @@ class World:
             },
             "model": {
                 "params": {
-                    "objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 50,
-                    "verbose": -1, "num_threads": 2, "seed": 7,
+                    "objective": "binary", "learning_rate": 0.05, "num_leaves": 31,
+                    "min_data_in_leaf": sizes.min_data_in_leaf, "verbose": -1, "num_threads": 2, "seed": 7,
                 },
                 "num_boost_round": 200,
                 "decision": {
@@ -190,23 +174,26 @@ class World:
                     "undecided": "refer",
                 },
             },
-            "fallback": {"segment_by": self.segments[:1], "min_segment_rows": min(50, rows)},
+            "fallback": {"segment_by": self.segments[:1], "min_segment_rows": sizes.fallback_min_segment_rows},
             "source": {"landing": BATCHES_DIR, "pattern": "{date}/*.parquet", "labels": LABELS_DIR},
             "storage": {"warehouse": "warehouse.duckdb", "models": "models", "dagster_home": "dagster"},
             "schedule": {"start_date": self.start},
+            "checks": {"volume_tolerance": sizes.volume_tolerance},
             "monitoring": {
-                "performance": {"min_labeled_rows": min(200, max(50, int(0.8 * rows)))},
-                "alerts": {"rules": [dict(rule) for rule in ALERT_RULES]},
+                "performance": {"min_labeled_rows": sizes.min_labeled_rows},
+                "alerts": {"rules": [dict(rule) for rule in DEFAULT_ALERT_RULES]},
             },
             "lifecycle": {
-                "training_window_days": max(90, 26 * step),
-                "data_gate": {"min_rows": max(100, min(2000, 10 * rows))},
+                "training_window_days": sizes.training_window_days * step,
+                "data_gate": {"min_rows": sizes.data_gate_min_rows, "max_volume_ratio": sizes.max_volume_ratio},
                 "promotion_gate": {
-                    "holdout_days": 3 * step, "segments": self.segments, "min_segment_rows": min(300, rows),
+                    "holdout_days": sizes.holdout_days * step,
+                    "segments": self.segments,
+                    "min_segment_rows": sizes.gate_min_segment_rows,
                 },
                 "retrain_on_alert_categories": ["performance"],
             },
-            "review": {"capacity": max(10, rows // 10)},
+            "review": {"capacity": sizes.review_capacity},
         }
 
 
