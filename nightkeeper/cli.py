@@ -109,6 +109,44 @@ def simulate(
 
 
 @app.command()
+def world(
+    name: Annotated[str, typer.Argument(help="The scenario world: base-rate-drift, duplicate-codes, vanishing-category, "
+                                        "seasonal-shares, weak-model, small-nights or support-tickets (the docs' example).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the config, history, batches/ and labels/ into.")],
+    nights: Annotated[Optional[int], typer.Option(help="Batch nights; default: the world's own.")] = None,
+    rows: Annotated[Optional[int], typer.Option(help="Rows per night; default: the world's own.")] = None,
+    start: Annotated[Optional[str], typer.Option(help="First batch night (YYYY-MM-DD); default 2026-01-01.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    cadence: Annotated[str, typer.Option(help="daily or weekly batches.")] = "daily",
+    label_delay: Annotated[int, typer.Option(help="Batch nights until a night's labels land.")] = 5,
+    file_format: Annotated[str, typer.Option("--format", help="parquet or csv files.")] = "parquet",
+) -> None:
+    """Write a synthetic non-credit dataset: a labeled history, nightly batch files, late label files and a project
+    config listing its columns (see nightkeeper/worlds.py for what each world exercises)."""
+    from nightkeeper.worlds import WORLDS, write_world
+
+    if name not in WORLDS:
+        console.print(f"[red]unknown world {name!r}[/]; worlds are {', '.join(WORLDS)}")
+        raise typer.Exit(2)
+    overrides: dict[str, object] = {"seed": seed, "cadence": cadence}
+    if nights is not None:
+        overrides["nights"] = nights
+    if rows is not None:
+        overrides["rows_per_night"] = rows
+    if start is not None:
+        overrides["start"] = dt.date.fromisoformat(start)
+    try:
+        built = WORLDS[name](**overrides)
+        files = write_world(built, out, label_delay=label_delay, file_format=file_format)  # type: ignore[arg-type]
+    except ValueError as exc:
+        console.print(f"[red]cannot write world {name!r}:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"wrote {name}: config {files.config}, history {files.history}, {len(files.nights)} nights "
+                  f"({files.nights[0]} … {files.nights[-1]}) in {files.batches}, labels {label_delay} nights late in "
+                  f"{files.labels}", soft_wrap=True)
+
+
+@app.command()
 def bootstrap(
     config: ConfigOption = None,
     history_days: Annotated[int, typer.Option(help="Days of simulated labeled history to train on.")] = 60,

@@ -13,7 +13,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
 
+from nightkeeper.cli import app
 from nightkeeper.config import load_config, parse_config
 from nightkeeper.ingest import landed_files, read_raw_batch
 from nightkeeper.labels import label_files
@@ -392,3 +394,29 @@ def test_docs_dataset_launch_grows_the_integrations_share() -> None:
     nights = world.batch_nights()
     before, after = nights_frame(world, nights[:25]), nights_frame(world, nights[65:])
     assert share(after, "product_area", "integrations") > 1.6 * share(before, "product_area", "integrations")
+
+
+# ------------------------------------------------------------------------------------------------------ the CLI
+
+
+def test_world_command_writes_a_world_the_written_config_describes(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["world", "support-tickets", "--out", str(tmp_path), "--nights", "3", "--rows", "200", "--label-delay", "1",
+              "--format", "csv"]
+    )
+    assert result.exit_code == 0, result.output
+    config = load_config(tmp_path / "nightkeeper.yaml")
+    assert config.contract.entity_id == "ticket_id"
+    assert sorted(p.name for p in (tmp_path / "batches").iterdir()) == ["2026-01-01", "2026-01-02", "2026-01-03"]
+    assert (tmp_path / "history.csv").is_file()
+    assert_frame_equal(
+        pl.read_csv(tmp_path / "labels" / "2026-01-02" / "labels.csv"),
+        support_tickets_world(nights=3, rows_per_night=200).labeled_night(START).select("ticket_id", "escalated"),
+        check_dtypes=False,
+    )
+
+
+def test_world_command_refuses_an_unknown_world(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["world", "credit", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown world 'credit'" in result.output
