@@ -42,6 +42,7 @@ PROFILE_FORMAT = 1
 PSI_EPSILON = 1e-4
 LADDER_FIRST_ROWS = 25  # smallest night size a threshold is fitted for (smaller nights scale it by 1/rows)
 LADDER_DRAWS = 100  # random draws of the reference per night size
+MIN_REFERENCE_NIGHTS = 7  # real nights a reference needs before their night-to-night variation is fitted
 MAX_ATOMS = 101
 # 101 quantile levels, dense in both tails (cosine spacing: 0.00025 at the ends, 0.016 in the middle), so that the
 # piecewise-linear quantile function between them follows long tails closely (see NumericProfile).
@@ -128,6 +129,7 @@ class DriftThreshold(_Frozen):
     source: Literal["fitted", "config"]
     rows: list[int] = Field(default_factory=list)
     psi_by_rows: list[float] = Field(default_factory=list)
+    nightly_psi: float | None = Field(None, description="Night-to-night PSI of the reference's real nights (fitted upper tail), when known.")
 
     def psi_for(self, rows: int) -> float:
         """The PSI threshold for a night with ``rows`` non-missing values: log-log interpolation between the fitted
@@ -267,6 +269,7 @@ def fit_profile(
     decision_threshold: float,
     config: DriftConfig,
     seed: int = 0,
+    nights: np.ndarray | None = None,
 ) -> ReferenceProfile:
     """Profile the reference ``frame`` (typed per the contract: Float64/Int64/Boolean/String feature columns) and
     the model's ``scores`` on its rows (same order). A NaN score counts as unscored and shapes neither the score
@@ -280,8 +283,14 @@ def fit_profile(
     ``config.threshold_sigmas`` (4 sigma: about 3 in 100 000 ordinary nights per feature exceed it), floored at
     ``config.psi_floor``. A skewed statistic (a binary feature, rare levels) thus gets a wider threshold than
     mean + k*std would give, and a small night a wider one than a large night. ``config.thresholds`` overrides a
-    feature's PSI threshold. Raises ValueError when a feature column is absent, ``scores`` has the wrong length,
-    the frame has fewer rows than chunks, or an override names no feature.
+    feature's PSI threshold.
+
+    ``nights`` (one key per row, e.g. the date of its event time): random draws know only chance, not the ordinary
+    differences between real nights (weekends, pay days, seasons). When the reference spans at least
+    ``MIN_REFERENCE_NIGHTS`` nights, each real night's PSI against the whole reference is fitted the same way, and
+    no threshold is below that night-to-night one (``DriftThreshold.nightly_psi``): a share the reference shows
+    every weekend is not drift on the next weekend. Raises ValueError when a feature column is absent, ``scores``
+    or ``nights`` has the wrong length, the frame has fewer rows than chunks, or an override names no feature.
     """
     names = [f.name for f in features]
     absent = [n for n in names if n not in frame.columns]
@@ -299,7 +308,7 @@ def fit_profile(
         raise ValueError(f"the reference needs at least reference_chunks={chunks} rows, got {frame.height}")
 
     rng = np.random.default_rng(seed)
-    ladder = _Ladder.draw(rng, frame.height, frame.height // chunks)
+    ladder = _Ladder.draw(rng, frame.height, frame.height // chunks, _night_index(nights, frame.height))
     numeric = [f for f in features if f.dtype != "category"]
     categories = [f for f in features if f.dtype == "category"]
 
@@ -482,9 +491,10 @@ class _Ladder:
 
     sizes: tuple[int, ...]
     draws: np.ndarray
+    night_of_row: np.ndarray | None  # index of each row's real night, when the reference has enough nights
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, rows: int, largest: int) -> _Ladder:
+    def draw(cls, rng: np.random.Generator, rows: int, largest: int, night_of_row: np.ndarray | None) -> _Ladder:
         sizes = []
         size = LADDER_FIRST_ROWS
         while size < largest:
@@ -492,19 +502,28 @@ class _Ladder:
             size *= 2
         sizes.append(max(largest, 1))
         permutations = np.stack([rng.permutation(rows)[: sizes[-1]] for _ in range(LADDER_DRAWS)])
-        return cls(tuple(sizes), permutations)
+        return cls(tuple(sizes), permutations, night_of_row)
 
-    def statistics(self, codes: np.ndarray, size: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    def statistics(self, codes: np.ndarray, size: int) -> _Statistics:
         """Per ladder size, the PSI and JS distance of every draw's bin shares (non-missing rows: code >= 0)
-        against the whole reference's; sizes count rows drawn, so a feature's non-missing rows per draw vary."""
+        against the whole reference's (sizes count rows drawn, so a feature's non-missing rows per draw vary);
+        and the PSI of each real night, when known."""
         zeros = np.zeros(len(self.draws))
         if size == 0:
-            return {n: (zeros, zeros) for n in self.sizes}
+            return _Statistics({n: (zeros, zeros) for n in self.sizes}, None)
         present = codes >= 0
         whole_counts = np.bincount(codes[present], minlength=size)
         if whole_counts.sum() == 0:
-            return {n: (zeros, zeros) for n in self.sizes}
+            return _Statistics({n: (zeros, zeros) for n in self.sizes}, None)
         whole = whole_counts / whole_counts.sum()
+        nightly = None
+        if self.night_of_row is not None:
+            groups = int(self.night_of_row.max()) + 1
+            keys = self.night_of_row[present] * size + codes[present]
+            counts = np.bincount(keys, minlength=groups * size).reshape(groups, size)
+            totals = counts.sum(axis=1, keepdims=True)
+            usable = totals[:, 0] > 0
+            nightly = population_stability_index(whole, counts[usable] / totals[usable])
         out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         drawn = codes[self.draws]  # draws x largest size
         for n in self.sizes:
@@ -515,22 +534,42 @@ class _Ladder:
             usable = totals[:, 0] > 0
             shares = counts[usable] / totals[usable]
             out[n] = (population_stability_index(whole, shares), jensen_shannon_distance(whole, shares))
-        return out
+        return _Statistics(out, nightly)
 
 
-def _threshold(
-    statistics: dict[int, tuple[np.ndarray, np.ndarray]], override: float | None, config: DriftConfig
-) -> DriftThreshold:
-    sizes = sorted(statistics)
-    by_rows = [max(config.psi_floor, _chance_upper(statistics[n][0], config.threshold_sigmas)) for n in sizes]
+@dataclass(frozen=True)
+class _Statistics:
+    by_size: dict[int, tuple[np.ndarray, np.ndarray]]  # ladder size -> (PSI, JS distance) per draw
+    nightly: np.ndarray | None  # PSI of each real night of the reference, when known
+
+
+def _night_index(nights: np.ndarray | None, rows: int) -> np.ndarray | None:
+    """Each row's real night as 0..k-1, or None without nights or with fewer than ``MIN_REFERENCE_NIGHTS``."""
+    if nights is None:
+        return None
+    nights = np.asarray(nights)
+    if nights.shape != (rows,):
+        raise ValueError(f"nights must be one per reference row ({rows}), got shape {nights.shape}")
+    _, index = np.unique(nights, return_inverse=True)
+    return index if index.max(initial=-1) + 1 >= MIN_REFERENCE_NIGHTS else None
+
+
+def _threshold(statistics: _Statistics, override: float | None, config: DriftConfig) -> DriftThreshold:
+    sizes = sorted(statistics.by_size)
+    nightly = None if statistics.nightly is None else _chance_upper(statistics.nightly, config.threshold_sigmas)
+    by_rows = [
+        max(config.psi_floor, _chance_upper(statistics.by_size[n][0], config.threshold_sigmas), nightly or 0.0)
+        for n in sizes
+    ]
     fitted_psi = by_rows[-1]
     return DriftThreshold(
         psi=float(override) if override is not None else fitted_psi,
         fitted_psi=fitted_psi,
-        js_distance=_upper(statistics[sizes[-1]][1], config.threshold_sigmas),
+        js_distance=_upper(statistics.by_size[sizes[-1]][1], config.threshold_sigmas),
         source="config" if override is not None else "fitted",
         rows=sizes,
         psi_by_rows=by_rows,
+        nightly_psi=nightly,
     )
 
 

@@ -85,7 +85,15 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
 
     model_sha = hashlib.sha256(model_text.encode()).hexdigest()
     drift = config.monitoring.drift
-    profile = fit_profile(data, features, booster.predict(feature_matrix(data, features)), model_config.decision.threshold, drift)
+    # the reference's real nights teach the drift thresholds its ordinary night-to-night variation (weekends, pay days)
+    nights = (
+        data[contract.event_time].cast(pl.Date).to_numpy()
+        if contract.event_time and contract.event_time in data.columns and data[contract.event_time].dtype.is_temporal()
+        else None
+    )
+    profile = fit_profile(
+        data, features, booster.predict(feature_matrix(data, features)), model_config.decision.threshold, drift, nights=nights
+    )
     sample = reference_sample(data, features, drift.domain_classifier_rows, seed=0)
     times = data[contract.event_time] if contract.event_time and contract.event_time in data.columns else None
     card = ModelCard(

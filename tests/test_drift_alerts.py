@@ -9,18 +9,18 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import lightgbm as lgb
-import numpy as np
 import polars as pl
 import pytest
 import yaml
 
-from nightkeeper import alerts, metric_names, registry
+from nightkeeper import alerts, metric_names, registry, worlds
 from nightkeeper.artifacts import save_artifact
 from nightkeeper.config import AlertRule, ProjectConfig, parse_config
 from nightkeeper.drift import measure_drift, serving_reference
@@ -35,6 +35,7 @@ CONFIG_PATH = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
 SEED = 7
 FIRST = dt.date(2026, 3, 1)
 ROWS = 2_000
+SHIPPED_RULES: list[dict[str, Any]] = yaml.safe_load(CONFIG_PATH.read_text())["monitoring"]["alerts"]["rules"]
 
 
 def night(offset: int) -> dt.date:
@@ -90,19 +91,10 @@ def shifted(offset: int, rows: int = ROWS) -> pl.DataFrame:
     return simulate_night(night(offset), rows, SEED + offset, Scenario(young_mobile_share=0.3)).applications
 
 
-def level_near(profile: ReferenceProfile, feature: str, share: float) -> tuple[str, str]:
-    """The level of ``feature`` whose reference share is closest to ``share``, and the most common other level."""
+def rarest_level(profile: ReferenceProfile, feature: str) -> str:
     reference = profile.features[feature]
     assert isinstance(reference, CategoryProfile)
-    shares = dict(zip(reference.levels, reference.frequencies))
-    chosen = min(shares, key=lambda level: abs(shares[level] - share))
-    absorber = max((level for level in shares if level != chosen), key=shares.__getitem__)
-    return chosen, absorber
-
-
-def absorbed(frame: pl.DataFrame, feature: str, gone: str, into: str) -> pl.DataFrame:
-    """``frame`` where every row at level ``gone`` of ``feature`` holds level ``into`` instead."""
-    return frame.with_columns(pl.col(feature).replace(gone, into))
+    return min(zip(reference.frequencies, reference.levels))[1]
 
 
 def test_a_sudden_shift_alerts_on_its_first_night_naming_the_features_and_levels(
@@ -124,32 +116,9 @@ def test_a_sudden_shift_alerts_on_its_first_night_naming_the_features_and_levels
     assert named[0] == "age" and "channel" in named
 
 
-def test_a_vanished_category_is_named_with_its_shares_the_first_night_it_is_gone(
-    conn: duckdb.DuckDBPyConnection, config: ProjectConfig, trained: TrainedModel
-) -> None:
-    card, rules = trained.card, drift_rules(config)
-    gone, into = level_near(card.profile, "employment_type", 0.07)
-    run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(0), clean(0))
-
-    events = run_drift_night(
-        conn, rules, trained.booster, card.profile, card.features, night(1), absorbed(clean(1), "employment_type", gone, into)
-    )
-
-    [vanished] = [e for e in events if e["rule"] == "vanished-level"]
-    assert vanished["event"] == "opened" and vanished["night"] == night(1).isoformat()
-    assert f"employment_type: {gone} " in vanished["message"]
-    assert " → 0.0% (vanished)" in vanished["message"]
-    assert f", {into} " in vanished["message"]  # where its rows went, with that level's shares
-    [level] = vanished["details"]["levels"]
-    assert (level["feature"], level["level"], level["current_share"]) == ("employment_type", gone, 0.0)
-    reference = card.profile.features["employment_type"]
-    assert isinstance(reference, CategoryProfile)
-    assert level["reference_share"] == reference.frequencies[reference.levels.index(gone)] > 0.02
-
-
 def test_a_rare_level_absent_from_a_small_night_is_not_called_vanished(config: ProjectConfig, trained: TrainedModel) -> None:
     card = trained.card
-    rare, _ = level_near(card.profile, "employment_type", 0.0)  # ~0.5 %: often absent from 150 rows by chance
+    rare = rarest_level(card.profile, "employment_type")  # ~0.5 %: often absent from 150 rows by chance
     frame = clean(0, rows=150).filter(pl.col("employment_type") != rare)
 
     result = measure_drift(card.profile, frame, None, card.features)
@@ -207,59 +176,75 @@ def test_only_an_open_alert_can_be_acknowledged_and_only_with_a_reason(
         alerts.acknowledge(conn, event["alert_id"], "oncall", "late", at)
 
 
-# --------------------------------------------------------------------------- a world of low-cardinality integer codes
+# ------------------------------------------------------------------------------ the simulator's scenario worlds
 
 
-CODE_FEATURES = {f"code_{i}": cardinality for i, cardinality in enumerate([2, 2, 3, 3, 4, 5, 6, 8, 10, 12])}
-
-
-def code_config(root: Path) -> ProjectConfig:
-    raw = copy.deepcopy(yaml.safe_load(CONFIG_PATH.read_text()))
-    raw["contract"] = {
-        "entity_id": "id",
-        "target": "label",
-        "features": {
-            **{name: {"dtype": "int", "min": 0, "max": cardinality - 1} for name, cardinality in CODE_FEATURES.items()},
-            "segment": {"dtype": "category", "categories": ["a", "b", "c", "d"]},
-        },
-    }
-    raw["fallback"]["segment_by"] = []
-    raw["lifecycle"]["behaviour"] = {}
-    raw["lifecycle"]["promotion_gate"]["segments"] = []
+def world_champion(world: worlds.World, root: Path) -> tuple[ProjectConfig, TrainedModel]:
+    """The world's own config (its shipped-example alert rules replaced by this repo's drift rules) and a model
+    trained on its labeled history."""
+    raw = world.config()
+    raw["monitoring"]["alerts"]["rules"] = [r for r in SHIPPED_RULES if r["category"] == "drift"]
     raw["model"]["num_boost_round"] = 20
     raw["model"]["params"]["num_threads"] = 1
-    return parse_config(raw, root=root)
+    config = parse_config(raw, root=root)
+    return config, train_model(training_frame(world.history(), config), config)
 
 
-def code_night(rows: int, seed: int) -> pl.DataFrame:
-    """Rows of skewed integer codes (many exact duplicates) and a 4-level segment; label from a few of them."""
-    rng = np.random.default_rng(seed)
-    columns: dict[str, Any] = {"id": [f"{seed}-{i}" for i in range(rows)]}
-    for i, (name, cardinality) in enumerate(CODE_FEATURES.items()):
-        weights = np.exp(-0.5 * np.arange(cardinality) * (1 + i % 3))
-        columns[name] = rng.choice(cardinality, size=rows, p=weights / weights.sum())
-    columns["segment"] = rng.choice(["a", "b", "c", "d"], size=rows, p=[0.5, 0.3, 0.15, 0.05])
-    logit = -1.0 + 0.8 * columns["code_0"] + 0.4 * columns["code_4"] - 0.3 * columns["code_8"]
-    columns["label"] = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    return pl.DataFrame(columns)
+def world_alerts(conn: duckdb.DuckDBPyConnection, world: worlds.World, root: Path, nights: list[int]) -> list[dict[str, Any]]:
+    """The drift alert events over the given batch nights of ``world``, measured against its champion."""
+    config, model = world_champion(world, root)
+    card, dates = model.card, world.batch_nights()
+    return [
+        event
+        for index in nights
+        for event in run_drift_night(conn, drift_rules(config), model.booster, card.profile, card.features, dates[index],
+                                     training_frame(world.labeled_night(dates[index]), config), model.reference_sample)
+    ]
+
+
+def test_a_vanished_category_is_named_with_its_shares_the_first_night_it_is_gone(
+    tmp_path: Path, conn: duckdb.DuckDBPyConnection
+) -> None:
+    world = worlds.vanishing_category_world(nights=60, vanish_at=45)
+    facts = world.facts
+
+    before = world_alerts(conn, world, tmp_path, [43, 44])
+    gone = world_alerts(conn, world, tmp_path, [45])
+
+    assert before == []
+    [vanished] = [e for e in gone if e["rule"] == "vanished-level"]
+    assert vanished["event"] == "opened" and vanished["night"] == facts["vanishes_on"].isoformat()
+    assert re.search(r"payment_method: cash_on_delivery [67]\.\d% → 0\.0% \(vanished\), invoice 1[45]\.\d% → 2[123]\.\d%", vanished["message"])
+    [level] = vanished["details"]["levels"]
+    assert (level["feature"], level["level"], level["current_share"]) == ("payment_method", "cash_on_delivery", 0.0)
+    assert level["reference_share"] == pytest.approx(facts["share_before"]["cash_on_delivery"], abs=0.01)
 
 
 @pytest.mark.slow
-def test_forty_stable_nights_of_low_cardinality_codes_small_and_large_raise_no_drift_alert(
+def test_ninety_stable_nights_of_low_cardinality_codes_raise_no_drift_alert(tmp_path: Path, conn: duckdb.DuckDBPyConnection) -> None:
+    world = worlds.duplicate_codes_world(nights=90)
+
+    assert world_alerts(conn, world, tmp_path, list(range(90))) == []
+
+
+@pytest.mark.slow
+def test_forty_small_nights_of_about_150_rows_raise_no_drift_alert(tmp_path: Path, conn: duckdb.DuckDBPyConnection) -> None:
+    world = worlds.small_nights_world(nights=40)
+
+    assert world_alerts(conn, world, tmp_path, list(range(40))) == []
+
+
+@pytest.mark.slow
+def test_weekend_and_payday_shares_the_reference_has_seen_raise_no_feature_drift_alert(
     tmp_path: Path, conn: duckdb.DuckDBPyConnection
 ) -> None:
-    config = code_config(tmp_path)
-    model = train_model(training_frame(code_night(30 * 500, seed=1), config), config)
-    card, rules = model.card, drift_rules(config)
-    sizes = [150, 400, 2_000, 150, 900]  # small nights among ordinary ones
+    world = worlds.seasonal_shares_world(nights=45)  # thresholds learn the reference's real nights, weekends included
 
-    events = [
-        run_drift_night(conn, rules, model.booster, card.profile, card.features, night(offset),
-                        training_frame(code_night(sizes[offset % len(sizes)], seed=100 + offset), config), model.reference_sample)
-        for offset in range(40)
-    ]
+    events = world_alerts(conn, world, tmp_path, list(range(45)))
 
-    assert [e for night_events in events for e in night_events] == []
+    # the domain classifier's limit (population-shift, AUC > 0.6) is fixed, not fitted on real nights: it still
+    # tells a payday night from the whole reference; the per-feature, per-level and score rules stay silent
+    assert [e for e in events if e["rule"] != "population-shift"] == []
 
 
 # ------------------------------------------------------------------------------------------ the reference moves
