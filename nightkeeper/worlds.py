@@ -47,7 +47,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from nightkeeper.draft import DEFAULT_ALERT_RULES, SampleShape, derive_sizes
+from nightkeeper.draft import SampleShape, derive_sizes, generic_alert_rules
 
 Cadence = Literal["daily", "weekly"]
 FileFormat = Literal["parquet", "csv"]
@@ -181,7 +181,7 @@ class World:
             "checks": {"volume_tolerance": sizes.volume_tolerance},
             "monitoring": {
                 "performance": {"min_labeled_rows": sizes.min_labeled_rows},
-                "alerts": {"rules": [dict(rule) for rule in DEFAULT_ALERT_RULES]},
+                "alerts": {"rules": generic_alert_rules()},
             },
             "lifecycle": {
                 "training_window_days": sizes.training_window_days * step,
