@@ -21,16 +21,20 @@ business value = sum over rows of the money of its confusion cell (``BusinessVal
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
 from sklearn.metrics import roc_auc_score
 import polars as pl
 
-from nightkeeper.config import BusinessValue, DecisionConfig
+from nightkeeper.config import BusinessValue, DecisionConfig, PerformanceConfig
 from nightkeeper.frames import conform
+from nightkeeper.labels import LABELS_TABLE, ensure_labels_table
+from nightkeeper.warehouse import NIGHTLY_SCHEMA
 
 DEFAULT_SOURCES: tuple[str, ...] = ("model", "canary")
 GROUP_KEY = ["partition_date", "source", "model_version"]
@@ -421,3 +425,126 @@ def plot_performance(table: pl.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path
+
+
+# ------------------------------------------------------------------------------------------ incremental storage
+
+REALIZED_TABLE = "monitoring.performance_realized"  # realized_performance over every outcome and label, kept current
+ESTIMATED_TABLE = "monitoring.performance_estimated"  # estimated_performance of every night
+LABEL_STATE_TABLE = "monitoring.performance_label_state"  # per scoring night: the labels REALIZED_TABLE has seen
+OUTCOMES_TABLE = f"{NIGHTLY_SCHEMA}.outcomes"
+_OUTCOME_COLUMNS = ("partition_date", "source_file", "row_number", "entity_id", "source", "score", "model_version")
+_LABEL_STATE_DDL = f"""
+create schema if not exists monitoring;
+create table if not exists {LABEL_STATE_TABLE} (partition_date date primary key, label_rows bigint not null, positives bigint not null);
+"""
+
+
+def refresh_performance(
+    connection: duckdb.DuckDBPyConnection, night: dt.date, decision: DecisionConfig, settings: PerformanceConfig
+) -> list[dt.date]:
+    """Bring REALIZED_TABLE and ESTIMATED_TABLE up to date after ``night``'s outcomes were stored and its labels
+    read; returns the nights recomputed, in order.
+
+    Recomputed: ``night`` itself (its partition was just written: a re-run replaces its rows), and every scoring
+    night whose stored labels differ from those its rows were computed with (labels landed; labels are only ever
+    added, so their count and positives per night tell). The first call on a warehouse computes every night. So a
+    night costs the rows of the nights that changed plus one count of labels per night, not a pass over every
+    outcome so far, and the tables equal ``realized_performance`` / ``estimated_performance`` over all stored
+    outcomes and labels as long as each night's performance step runs after its outcomes are (re)written, which
+    the pipeline's dependencies guarantee. Written in one transaction.
+    """
+    first_time = _ensure_tables(connection)
+    counts = connection.execute(
+        f"select partition_date, count(*) as label_rows, sum(label)::bigint as positives from {LABELS_TABLE} group by all"
+    ).pl()
+    seen = connection.execute(f"select * from {LABEL_STATE_TABLE}").pl()
+    landed = counts.join(seen, on=["partition_date", "label_rows", "positives"], how="anti")["partition_date"].to_list()
+    if first_time:
+        estimate_nights = connection.execute(f"select distinct partition_date from {OUTCOMES_TABLE} order by 1").pl()["partition_date"].to_list()
+    else:
+        estimate_nights = [night]
+    nights = sorted({*estimate_nights, *landed})
+    rows = _scored_rows(connection, nights)
+    realized = realized_performance(  # noqa: F841  (DuckDB reads these local variables by name)
+        rows, _labels_of(connection, nights, arrived_by=None), decision, settings.business_value, settings.min_labeled_rows
+    ).to_arrow()
+    estimated = estimated_performance(rows.filter(pl.col("partition_date").is_in(estimate_nights)), decision, settings.business_value).to_arrow()  # noqa: F841
+    state = counts.to_arrow()  # noqa: F841
+    connection.begin()
+    try:
+        for table, recomputed, frame in ((REALIZED_TABLE, nights, "realized"), (ESTIMATED_TABLE, estimate_nights, "estimated")):
+            connection.execute(f"delete from {table} where partition_date in (select unnest($nights))", {"nights": recomputed})
+            connection.execute(f"insert into {table} by name select * from {frame}")
+        connection.execute(f"delete from {LABEL_STATE_TABLE}")
+        connection.execute(f"insert into {LABEL_STATE_TABLE} by name select * from state")
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    return nights
+
+
+def realized_as_of(connection: duckdb.DuckDBPyConnection, night: dt.date, decision: DecisionConfig, settings: PerformanceConfig) -> pl.DataFrame:
+    """``realized_performance`` of the nights up to ``night`` with the labels that had arrived by ``night``
+    (REALIZED_SCHEMA, sorted by GROUP_KEY), from REALIZED_TABLE (call ``refresh_performance`` first).
+
+    Stored rows serve every night none of whose labels arrived after ``night``; the others (only when an old night
+    is re-run) are recomputed from their rows and the labels known by then.
+    """
+    late = connection.execute(
+        f"select distinct partition_date from {LABELS_TABLE} where arrived_on > $night and partition_date <= $night order by 1",
+        {"night": night},
+    ).pl()["partition_date"].to_list()
+    stored = connection.execute(
+        f"select * from {REALIZED_TABLE} where partition_date <= $night and partition_date not in (select unnest($late))",
+        {"night": night, "late": late},
+    ).pl()
+    recomputed = realized_performance(
+        _scored_rows(connection, late), _labels_of(connection, late, arrived_by=night), decision, settings.business_value, settings.min_labeled_rows
+    )
+    return pl.concat([conform(stored, REALIZED_SCHEMA), recomputed]).sort(GROUP_KEY)
+
+
+def estimated_as_of(connection: duckdb.DuckDBPyConnection, night: dt.date) -> pl.DataFrame:
+    """``estimated_performance`` of every night up to ``night`` (ESTIMATED_SCHEMA, sorted by GROUP_KEY), from
+    ESTIMATED_TABLE (call ``refresh_performance`` first)."""
+    stored = connection.execute(f"select * from {ESTIMATED_TABLE} where partition_date <= $night", {"night": night}).pl()
+    return conform(stored, ESTIMATED_SCHEMA).sort(GROUP_KEY)
+
+
+def scored_with_labels_of(connection: duckdb.DuckDBPyConnection, nights: Sequence[dt.date], arrived_by: dt.date) -> pl.DataFrame:
+    """``scored_with_labels`` of the stored outcomes of ``nights`` with the labels arrived by ``arrived_by``."""
+    return scored_with_labels(_scored_rows(connection, nights), _labels_of(connection, nights, arrived_by))
+
+
+def _scored_rows(connection: duckdb.DuckDBPyConnection, nights: Sequence[dt.date]) -> pl.DataFrame:
+    """The scored outcome rows of ``nights`` (the columns ``scored_with_labels`` reads), in stored order."""
+    return connection.execute(
+        f"select {', '.join(_OUTCOME_COLUMNS)} from {OUTCOMES_TABLE} where partition_date in (select unnest($nights)) "
+        "and source in (select unnest($sources)) and score is not null",
+        {"nights": list(nights), "sources": list(DEFAULT_SOURCES)},
+    ).pl()
+
+
+def _labels_of(connection: duckdb.DuckDBPyConnection, nights: Sequence[dt.date], arrived_by: dt.date | None) -> pl.DataFrame:
+    """The stored labels of ``nights`` (those arrived by ``arrived_by``; all with None)."""
+    arrived = "" if arrived_by is None else "and arrived_on <= $arrived_by"
+    return connection.execute(
+        f"select entity_id, partition_date, label from {LABELS_TABLE} where partition_date in (select unnest($nights)) {arrived}",
+        {"nights": list(nights)} | ({} if arrived_by is None else {"arrived_by": arrived_by}),
+    ).pl()
+
+
+def _ensure_tables(connection: duckdb.DuckDBPyConnection) -> bool:
+    """Create the performance tables that are missing; True when the estimates table is new (nothing computed yet)."""
+    ensure_labels_table(connection)
+    first_time = not connection.execute(
+        "select count(*) from information_schema.tables where table_schema = 'monitoring' and table_name = $name",
+        {"name": ESTIMATED_TABLE.split(".")[1]},
+    ).fetchone()[0]
+    connection.execute(_LABEL_STATE_DDL)
+    for table, schema in ((REALIZED_TABLE, REALIZED_SCHEMA), (ESTIMATED_TABLE, ESTIMATED_SCHEMA)):
+        empty = pl.DataFrame(schema=schema).to_arrow()  # noqa: F841  (DuckDB reads the local variable by name)
+        connection.execute(f"create table if not exists {table} as select * from empty")
+    return first_time

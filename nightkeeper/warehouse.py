@@ -13,6 +13,8 @@ from pathlib import Path
 
 import duckdb
 
+NIGHTLY_SCHEMA = "nightly"  # schema of the partitioned tables of a night (raw_batch ... outcomes), as the IO manager stores them
+
 
 @contextmanager
 def connect(path: Path, wait_seconds: float = 100.0) -> Iterator[duckdb.DuckDBPyConnection]:

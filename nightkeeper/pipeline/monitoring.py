@@ -22,11 +22,10 @@ import polars as pl
 from nightkeeper import alerts, drift, labels, metrics_store, performance, registry, review, webhook
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import AlertingConfig, ProjectConfig
-from nightkeeper.drift_report import write_evidently_report
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.validation import ROW_KEY
+from nightkeeper.warehouse import NIGHTLY_SCHEMA
 
-NIGHTLY_SCHEMA = "nightly"  # the partitioned tables of a night (outcomes, ...); the IO manager's schema
 REPORTS_FOLDER = "reports"  # under the project root: plots and HTML reports people open
 LIFECYCLE_EVENT_METRICS = ("lifecycle.rollbacks", "lifecycle.candidate_rejected", "lifecycle.retrain_refused")
 REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
@@ -81,40 +80,37 @@ def labels_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, n
 # -------------------------------------------------------------------------------------------------- performance
 
 
-def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date) -> StepResult:
+def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, *, plots: bool = True) -> StepResult:
     """Realized metrics per scoring night and model version, tonight's CBPE estimate, and the `performance.*` metrics.
 
-    ``monitoring.performance_realized`` covers every night (re-running an old night must not drop later ones);
-    tonight's metrics see only what was known by tonight: outcomes up to ``night`` and labels arrived by it.
+    ``monitoring.performance_realized`` covers every night (re-running an old night must not drop later ones) and
+    is kept current incrementally (``performance.refresh_performance``: only nights whose outcomes or labels changed
+    are recomputed); tonight's metrics see only what was known by tonight: outcomes up to ``night`` and labels
+    arrived by it. ``plots``: render the realized-vs-estimated PNG (its cost grows with the nights shown; a
+    backtest that draws its own report turns it off).
     Checks: ``estimate_trustworthy`` (calibration on the latest labeled nights), ``performance_holds`` (estimated and
     realized AUC within PERFORMANCE_HOLD_TOLERANCE of the champion's holdout).
     """
     settings = config.monitoring.performance
     decision = config.model.decision
-    every_night = connection.execute(f"select * from {NIGHTLY_SCHEMA}.outcomes").pl()
-    stored = labels.stored_labels(connection)
     champion = registry.alias_record(connection, registry.CHAMPION, night)
-    realized_all = performance.realized_performance(every_night, stored, decision, settings.business_value, settings.min_labeled_rows)
-    outcomes = every_night.filter(pl.col("partition_date") <= night)
-    stored = stored.filter(pl.col("arrived_on") <= night)
-    realized = performance.realized_performance(outcomes, stored, decision, settings.business_value, settings.min_labeled_rows)
-    estimated = performance.estimated_performance(outcomes, decision, settings.business_value)  # every night, for the plot
-    calibration = _calibration(outcomes, stored, settings.max_calibration_error)
+    performance.refresh_performance(connection, night, decision, settings)
+    realized = performance.realized_as_of(connection, night, decision, settings)
+    estimated = performance.estimated_as_of(connection, night)  # every night, for the plot
+    window = _labeled_window(connection, night, realized)
+    calibration = _calibration(window, settings.max_calibration_error)
     tonight = estimated.filter((pl.col("partition_date") == night) & (pl.col("source") == "model"))
     estimate_row = tonight.row(0, named=True) if tonight.height else None
     latest = performance.latest_realized(realized)
     metrics = performance.performance_metrics(latest, estimate_row, calibration, include_missing=True)
     reference_auc = champion.card.holdout_metrics["auc"] if champion else None
     expected_auc = champion.card.holdout_metrics.get("estimated_auc") if champion else None
-    pooled = performance.pooled_realized_auc(
-        performance.scored_with_labels(outcomes, stored), REALIZED_WINDOW_NIGHTS, settings.min_labeled_rows
-    )
+    pooled = performance.pooled_realized_auc(window, REALIZED_WINDOW_NIGHTS, settings.min_labeled_rows)
     metrics["performance.realized_auc_window"] = pooled["auc"] if pooled else None
     metrics["performance.estimated_auc_drop"] = _drop(expected_auc, metrics.get("performance.estimated_auc"))
     metrics["performance.realized_auc_drop"] = _drop(reference_auc, pooled["auc"] if pooled else None)
-    _replace_table(connection, "monitoring.performance_realized", realized_all)
     metrics_store.record_metrics(connection, night, metrics, champion.version if champion else None)
-    plot = _plot(config.path(Path(REPORTS_FOLDER)), night, realized, estimated)
+    plot = _plot(config.path(Path(REPORTS_FOLDER)), night, realized, estimated) if plots else None
     return StepResult(
         metadata={
             "estimated_auc": metrics.get("performance.estimated_auc"),
@@ -123,7 +119,7 @@ def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnecti
             "calibration_error": metrics.get("performance.calibration_error"),
             "reference_auc": reference_auc,
             "realized_by_night": realized.sort("partition_date", descending=True).head(14),
-            "plot": plot if plot else "no nights yet",
+            "plot": plot if plot else "not rendered" if not plots else "no nights yet",
         },
         checks={
             "estimate_trustworthy": _trustworthy(calibration),
@@ -132,8 +128,20 @@ def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnecti
     )
 
 
-def _calibration(outcomes: pl.DataFrame, stored: pl.DataFrame, max_error: float) -> performance.CalibrationResult | None:
-    joined = performance.scored_with_labels(outcomes, stored).filter((pl.col("source") == "model") & pl.col("label").is_not_null())
+def _labeled_window(connection: duckdb.DuckDBPyConnection, night: dt.date, realized: pl.DataFrame) -> pl.DataFrame:
+    """``scored_with_labels`` (labels arrived by ``night``) of the scoring nights the calibration check and the
+    pooled realized AUC read: the model's labeled nights within CALIBRATION_WINDOW_NIGHTS of the latest one, and its
+    latest REALIZED_WINDOW_NIGHTS labeled nights."""
+    labeled = realized.filter((pl.col("source") == "model") & (pl.col("labeled_rows") > 0))["partition_date"].unique().sort()
+    if labeled.is_empty():
+        return performance.scored_with_labels_of(connection, [], night)
+    recent = labeled.filter(labeled > labeled.max() - dt.timedelta(days=CALIBRATION_WINDOW_NIGHTS))
+    return performance.scored_with_labels_of(connection, sorted({*recent, *labeled.tail(REALIZED_WINDOW_NIGHTS)}), night)
+
+
+def _calibration(window: pl.DataFrame, max_error: float) -> performance.CalibrationResult | None:
+    """``calibration_check`` on the model's labeled rows of the latest CALIBRATION_WINDOW_NIGHTS calendar nights."""
+    joined = window.filter((pl.col("source") == "model") & pl.col("label").is_not_null())
     if joined.height == 0:
         return None
     recent = joined.filter(pl.col("partition_date") > joined["partition_date"].max() - dt.timedelta(days=CALIBRATION_WINDOW_NIGHTS))
@@ -169,13 +177,6 @@ def _holds(metrics: dict[str, float | None], reference: float | None) -> CheckOu
         "ERROR",
         {name + "_auc_drop": drop for name, drop in known.items()},
     )
-
-
-def _replace_table(connection: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
-    schema = table.split(".")[0]
-    frame_arrow = frame.to_arrow()  # noqa: F841  (DuckDB reads the local variable by name)
-    connection.execute(f"create schema if not exists {schema}")
-    connection.execute(f"create or replace table {table} as select * from frame_arrow")
 
 
 def _plot(folder: Path, night: dt.date, realized: pl.DataFrame, estimated: pl.DataFrame) -> Path | None:
@@ -221,6 +222,8 @@ def drift_night(
     plot = result.plot(folder / f"drift-{night}.png")
     report = None
     if settings.evidently_report and sample is not None and rows.height:
+        from nightkeeper.drift_report import write_evidently_report  # evidently takes seconds to import: only when asked
+
         report = write_evidently_report(sample, rows, reference.features, folder / f"drift-{night}.html", settings.report_sample_rows, seed=0)
     # the details (which features and levels moved) travel with the metrics into the alert messages
     metrics_store.record_metrics(connection, night, result.metrics(), reference.version, details=result.details())
