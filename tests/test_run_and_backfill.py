@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from dagster import DagsterInstance, RunsFilter
+from dagster import AssetKey, DagsterInstance, RunsFilter
+from dagster._core.execution.asset_backfill import AssetBackfillStatus
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
 
@@ -60,6 +61,11 @@ def test_backfill_runs_each_night_in_order_as_one_dagster_backfill(tmp_path):
     assert backfill is not None and backfill.status == BulkActionStatus.COMPLETED_SUCCESS
     assert [r.dagster_run.tags[PARTITION_NAME_TAG] for r in runs] == [n.isoformat() for n in nights]
     assert all(project.table("outcomes", night).height == 300 for night in nights)
+    graph = build_definitions(project.config_path).resolve_asset_graph()
+    statuses = backfill.get_asset_backfill_data(graph).get_backfill_status_per_asset_key(graph)  # what the UI shows
+    outcomes = next(s for s in statuses if s.asset_key == AssetKey("outcomes"))
+    assert outcomes.num_targeted_partitions == 2
+    assert outcomes.partitions_counts_by_status[AssetBackfillStatus.MATERIALIZED] == 2
 
 
 def test_a_night_with_no_landed_file_is_an_empty_night_with_one_warning_not_a_schema_break(tmp_path):
