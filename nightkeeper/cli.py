@@ -165,6 +165,50 @@ def bootstrap(
 
 
 @app.command()
+def train(
+    history: Annotated[Path, typer.Option("--history", help="Your labeled history (Parquet or CSV): the contract's id, target, "
+                                           "features and a date per row.")],
+    config: ConfigOption = None,
+    date_column: Annotated[Optional[str], typer.Option("--date-column", help="The column giving each row's date; default: "
+                                                       "the contract's event_time.")] = None,
+) -> None:
+    """Train the first champion on your labeled history: rows checked against the contract (bad rows reported and left
+    out), the behaviour tests as a gate, then registered and champion from schedule.start_date. The history is kept in
+    the warehouse and is part of every later retrain window."""
+    from nightkeeper import warehouse
+    from nightkeeper.models import train_first_champion
+    from nightkeeper.training_data import HistoryFileError, read_history_file
+
+    project = _load(config)
+    try:
+        checked = read_history_file(history.resolve(), project.contract, date_column, project.root)
+    except HistoryFileError as exc:
+        console.print(f"[red]cannot use the history:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    left_out = checked.file_rows - checked.rows.height
+    console.print(f"{history}: {checked.file_rows:,} rows, {checked.rows.height:,} usable, {left_out:,} left out", soft_wrap=True)
+    if left_out:
+        table = Table("column", "rule", "rows", "example", "expected", title="Rows left out (fix them and run again to use them)", box=box.SIMPLE)
+        for row in checked.rejected_summary().head(20).iter_rows(named=True):
+            table.add_row(row["column"], row["rule"], f"{row['rows']:,}", str(row["example"]), row["expected"])
+        console.print(table)
+    try:
+        with warehouse.connect(project.warehouse_path) as connection:
+            result = train_first_champion(project, connection, checked)
+    except ValueError as exc:
+        console.print(f"[red]cannot train:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    for name, outcome in result.checks.items():
+        console.print(f"  {'[green]pass[/]' if outcome.passed else '[red]FAIL[/]'} {name}: {outcome.description}", soft_wrap=True)
+    if result.record is None:
+        console.print("[red]no champion:[/] a behaviour test failed; nothing was registered", soft_wrap=True)
+        raise typer.Exit(1)
+    card = result.record.card
+    console.print(f"[green]champion {card.version}[/] (holdout AUC {card.holdout_metrics['auc']:.3f}, {card.training_window.rows:,} "
+                  f"training rows), serving from {project.schedule.start_date}", soft_wrap=True)
+
+
+@app.command()
 def demo(
     folder: Annotated[Path, typer.Option("--dir", help="The demo's own folder: its config (a copy of the credit example "
                                          "unless one is there) and all its storage. $NIGHTKEEPER_CONFIG is never read.")] = Path("demo"),

@@ -31,7 +31,7 @@ class WindowVerdict:
 
 
 def training_window_gate(
-    window: pl.DataFrame, target: str, features: list[FeatureCard], config: TrainingDataGateConfig
+    window: pl.DataFrame, target: str, features: list[FeatureCard], config: TrainingDataGateConfig, trusted_rows: int = 0
 ) -> WindowVerdict:
     """Judge a labeled training window night by night (``partition_date`` column) against the window's own baseline.
 
@@ -44,9 +44,13 @@ def training_window_gate(
     spread — the marks of a bot burst with skewed labels. Suspect nights are excluded; the retrain is refused when
     they hold more than ``max_excluded_share`` of the rows or fewer than ``min_rows`` labeled rows remain. With
     fewer than ``min_nights_to_judge`` nights there is no median worth the name, and only ``min_rows`` is checked.
+    ``trusted_rows`` (the project's own labeled history) are not judged night by night but count toward ``min_rows``.
     """
     if window.height == 0:
-        return WindowVerdict(GateResult(False, ["the training window holds no labeled rows"]), {}, pl.DataFrame())
+        if trusted_rows >= config.min_rows:
+            return WindowVerdict(GateResult(True, [], {"rows": 0.0, "excluded_rows": 0.0, "excluded_nights": 0.0}), {}, pl.DataFrame())
+        return WindowVerdict(GateResult(False, [f"the training window holds no labeled rows besides {trusted_rows} of the history"
+                                                if trusted_rows else "the training window holds no labeled rows"]), {}, pl.DataFrame())
     fingerprint = pl.concat_str([_rounded(f) for f in features], separator="|")
     per_night = (
         window.with_columns(fingerprint.alias("__fingerprint"))
@@ -79,7 +83,7 @@ def training_window_gate(
         if why:
             excluded[str(row["partition_date"])] = "; ".join(why)
     excluded_rows = int(per_night.filter(pl.col("partition_date").cast(pl.String).is_in(list(excluded)))["rows"].sum())
-    kept_rows = window.height - excluded_rows
+    kept_rows = window.height - excluded_rows + trusted_rows
     reasons = []
     if excluded_rows > config.max_excluded_share * window.height:
         reasons.append(

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import duckdb
 import polars as pl
 
 from nightkeeper import registry, warehouse
 from nightkeeper.artifacts import save_artifact
+from nightkeeper.batch_checks import CheckOutcome
+from nightkeeper.behaviour import behaviour_tests
 from nightkeeper.config import ProjectConfig
 from nightkeeper.registry import ModelRecord
-from nightkeeper.training import TrainedModel, train_model
+from nightkeeper.training import TrainedModel, train_model, training_frame
+from nightkeeper.training_data import LabeledHistoryFile, store_history
 
 
 def publish(trained: TrainedModel, config: ProjectConfig) -> ModelRecord:
@@ -34,3 +38,37 @@ def bootstrap_champion(config: ProjectConfig, history: pl.DataFrame, effective_f
             f"bootstrap champion trained on {record.card.training_window.rows} rows",
         )
     return record
+
+
+@dataclass(frozen=True)
+class FirstChampion:
+    """What ``train_first_champion`` did: the registered champion (None when a behaviour test failed) and every
+    behaviour test's outcome."""
+
+    record: ModelRecord | None
+    checks: dict[str, CheckOutcome]
+
+
+def train_first_champion(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, history: LabeledHistoryFile, actor: str = "train"
+) -> FirstChampion:
+    """Train the first champion on the user's labeled ``history`` and gate it with the behaviour tests.
+
+    When every test passes: the model is registered, is champion from ``schedule.start_date`` on, and the history is
+    stored in the warehouse, where every later retrain window includes it. When one fails nothing is registered or
+    stored. Raises ValueError (from training) when the history cannot train a model (too few rows, one class).
+    """
+    frame = history.rows.rename({"label": config.contract.target, "entity_id": config.contract.entity_id,
+                                 **({"event_time": config.contract.event_time} if config.contract.event_time else {})})
+    trained = train_model(frame, config)
+    checks = behaviour_tests(trained.booster, trained.card, training_frame(frame, config), config.contract, config.lifecycle.behaviour)
+    if not all(outcome.passed for outcome in checks.values()):
+        return FirstChampion(None, checks)
+    record = register_trained(connection, trained, config)
+    store_history(connection, history.rows)
+    rows, dates = history.rows.height, history.rows["partition_date"]
+    registry.set_alias(
+        connection, registry.CHAMPION, record.version, config.schedule.start_date, actor,
+        f"first champion trained on the labeled history ({rows} rows, {dates.min()} .. {dates.max()})",
+    )
+    return FirstChampion(record, checks)

@@ -38,7 +38,7 @@ from nightkeeper.models import register_trained
 from nightkeeper.pipeline.monitoring import LIFECYCLE_EVENT_METRICS, raise_alerts
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.training import train_model, training_frame
-from nightkeeper.training_data import labeled_history, split_holdout
+from nightkeeper.training_data import HISTORY_SOURCE, labeled_history, split_holdout
 
 CANDIDATES = "lifecycle.candidates"
 BEHAVIOUR_CHECKS = ("directions_hold", "invariant_features_do_not_matter", "scores_and_confidence_in_range", "edge_rows_are_scored")
@@ -68,7 +68,8 @@ def train_candidate(
     window, _ = split_holdout(labeled, life.promotion_gate.holdout_days)
     # nights are judged on delivered labels: reviewers label a chosen, near-threshold few, whose rate says nothing
     delivered = window.filter(pl.col("label_source") == "delivered")
-    verdict = gates.training_window_gate(delivered, config.contract.target, feature_cards(config.contract), life.data_gate)
+    history_rows = window.filter(pl.col("label_source") == HISTORY_SOURCE).height  # the user's own history: counted, not judged
+    verdict = gates.training_window_gate(delivered, config.contract.target, feature_cards(config.contract), life.data_gate, history_rows)
     if not verdict.gate.passed:
         reason = "; ".join(verdict.gate.reasons)
         _record_candidate(connection, None, as_of, trigger, REFUSED, reason)
@@ -98,6 +99,7 @@ def train_candidate(
             "training_nights": f"{first_night} .. {window['partition_date'].max()}",
             "training_rows": record.card.training_window.rows,
             "review_labeled_rows": kept.filter(pl.col("label_source").str.starts_with("review:")).height,
+            "history_rows": history_rows,
             "excluded_nights": verdict.excluded_nights,
             "data_fingerprint": record.card.data_fingerprint,
             "holdout_auc": record.card.holdout_metrics["auc"],
