@@ -3,7 +3,7 @@ minutes while events are pending, so a failed delivery is retried on its backoff
 
 The sensor never opens the warehouse (DESIGN: sensors decide from the event log): it reads how many events were
 pending from the latest report, the ``alerts`` asset's materialization or this job's observation of the outbox,
-whichever is newer. The job opens the warehouse only to read the due events and to record the results
+whichever is newer, and drains once after any lifecycle run that may have raised an alert. The job opens the warehouse only to read the due events and to record the results
 (``webhook.deliver``), never while posting, so it needs no slot of the ``warehouse`` pool: the connection's own
 lock retry covers its few milliseconds.
 """
@@ -32,6 +32,8 @@ ALERT_OUTBOX_SENSOR = "alert_outbox"
 OUTBOX_KEY = AssetKey("alert_outbox")
 """The key this job's observations of the outbox are logged under (``pending`` events after each drain)."""
 ALERTS_KEY = AssetKey("alerts")
+LIFECYCLE_KEYS = [AssetKey("candidate_model"), AssetKey("candidate_evaluation"), AssetKey("model_registry")]
+"""Lifecycle assets whose runs may raise an alert (rollback, rejected or refused retrain) without posting it."""
 DRAIN_INTERVAL_SECONDS = 180
 
 
@@ -55,20 +57,28 @@ def alert_outbox_job() -> None:
     drain_alert_outbox()
 
 
-def pending_in_event_log(context: SensorEvaluationContext) -> int:
-    """Events pending after the newest report: the ``alerts`` materialization's ``webhook_pending`` or this job's
-    observation's ``pending``, whichever was logged last (0 when neither exists)."""
-    latest: list[tuple[int, int]] = []
+def may_be_pending(context: SensorEvaluationContext) -> bool:
+    """Whether the event log says alert events may wait in the outbox.
+
+    The newest report decides: the ``alerts`` materialization's ``webhook_pending`` or this job's observation's
+    ``pending``, whichever was logged last. A lifecycle asset materialized after both may have raised an alert (a
+    rollback, a rejected or refused retrain) that nobody posted yet, so it counts as pending too.
+    """
+    reports: list[tuple[int, int]] = []
     materialized = context.instance.fetch_materializations(ALERTS_KEY, limit=1, ascending=False).records
     observed = context.instance.fetch_observations(OUTBOX_KEY, limit=1, ascending=False).records
     for records, field in ((materialized, "webhook_pending"), (observed, "pending")):
-        if not records:
-            continue
-        event = records[0].asset_materialization or records[0].asset_observation
+        event = (records[0].asset_materialization or records[0].asset_observation) if records else None
         value = event.metadata.get(field) if event is not None else None
         if value is not None:
-            latest.append((records[0].storage_id, int(value.value)))
-    return max(latest)[1] if latest else 0
+            reports.append((records[0].storage_id, int(value.value)))
+    newest_report, pending = max(reports) if reports else (0, 0)
+    lifecycle = [
+        record.storage_id
+        for key in LIFECYCLE_KEYS
+        for record in context.instance.fetch_materializations(key, limit=1, ascending=False).records
+    ]
+    return pending > 0 or any(storage_id > newest_report for storage_id in lifecycle)
 
 
 def build_alert_outbox_sensor(config: ProjectConfig):
@@ -81,9 +91,8 @@ def build_alert_outbox_sensor(config: ProjectConfig):
     def alert_outbox(context: SensorEvaluationContext):
         if webhook.webhook_url(env_var) is None:
             return SkipReason(f"no webhook URL configured (${env_var} is unset)")
-        pending = pending_in_event_log(context)
-        if pending == 0:
+        if not may_be_pending(context):
             return SkipReason("no alert event pending")
-        return RunRequest(tags={"pending_alert_events": str(pending)})
+        return RunRequest()
 
     return alert_outbox

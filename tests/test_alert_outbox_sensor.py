@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from dagster import RunRequest, SkipReason, build_sensor_context
+from dagster import AssetMaterialization, RunRequest, SkipReason, build_sensor_context
 
 from jobs.webhook import ALERT_OUTBOX_JOB, ALERT_OUTBOX_SENSOR
 from nightkeeper import warehouse, webhook
@@ -87,3 +87,17 @@ def test_the_sensor_skips_without_a_webhook_url(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv(ENV, raising=False)
     skipped = evaluate(project)
     assert isinstance(skipped, SkipReason) and "no webhook URL configured" in skipped.skip_message
+
+
+def test_a_lifecycle_run_after_the_last_drain_makes_the_sensor_drain(tmp_path, monkeypatch, free_port) -> None:
+    project = make_project(tmp_path / "project")
+    monkeypatch.setenv(ENV, f"http://127.0.0.1:{free_port}/hooks/T0KEN")
+    with warehouse.connect(project.config.warehouse_path) as connection:
+        webhook.ensure_outbox(connection)
+    assert drain(project).success  # the outbox is empty: the observation says 0 pending
+    assert isinstance(evaluate(project), SkipReason)
+
+    # a rollback run materializes the registry; its alert went to the outbox inside the run, unposted
+    project.instance.report_runless_asset_event(AssetMaterialization(asset_key="model_registry"))
+
+    assert isinstance(evaluate(project), RunRequest)
