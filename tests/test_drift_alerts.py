@@ -311,3 +311,28 @@ def test_alerts_cli_lists_an_open_drift_and_acknowledges_it_with_who_and_why(
     with connect(project.warehouse_path) as connection:
         logged = connection.execute("select message from monitoring.alert_events where event = 'acknowledged'").fetchall()
     assert logged == [(f"[acknowledged] {alert_id} by ana: campaign; AUC holds",)]
+
+
+def test_the_pipeline_drift_and_alert_steps_name_the_moved_features_against_the_serving_champion(
+    tmp_path: Path, trained: TrainedModel
+) -> None:
+    from nightkeeper.pipeline.monitoring import alerts_night, drift_night
+
+    raw = copy.deepcopy(yaml.safe_load(CONFIG_PATH.read_text()))
+    raw["monitoring"]["drift"]["evidently_report"] = False
+    config = parse_config(raw, root=tmp_path)
+    tonight = shifted(3).with_columns(  # the simulator's columns are typed as the contract says
+        pl.lit("night.parquet").alias("source_file"), pl.int_range(pl.len()).alias("row_number")
+    )
+    scored = tonight.with_columns(pl.Series("score", trained.booster.predict(feature_matrix(tonight, trained.card.features))))
+    with connect(config.warehouse_path) as connection:
+        champion = registry.register(connection, trained.card, save_artifact(trained, tmp_path / "models"))
+        registry.set_alias(connection, registry.CHAMPION, champion.version, night(0), "test", "bootstrap")
+
+        measured = drift_night(config, connection, night(3), tonight, scored)
+        alerted = alerts_night(config, connection, night(3))
+        message = connection.execute("select message from monitoring.alerts where rule = 'feature-drift'").fetchone()[0]
+
+    assert measured.metadata["reference_version"] == champion.version
+    assert "feature-drift" in {alert["rule"] for alert in alerted.metadata["opened_alerts"]}
+    assert "drifted: age: PSI" in message and "channel: mobile" in message
