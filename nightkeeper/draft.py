@@ -24,7 +24,9 @@ from typing import Any
 import polars as pl
 import yaml
 
-from nightkeeper.config import RESERVED_COLUMNS
+from pydantic import BaseModel
+
+from nightkeeper.config import RESERVED_COLUMNS, ProjectConfig
 
 MAX_CODE_LEVELS = 12
 """An integer column with at most this many distinct values is offered as a category (codes, grades, flags)."""
@@ -307,7 +309,7 @@ def draft_config_text(
         "  inbox: data/review/inbox",
         "",
     ]
-    return "\n".join(out)
+    return "\n".join(_with_defaulted_sections(out))
 
 
 def write_draft(
@@ -323,6 +325,43 @@ def write_draft(
     destination.parent.mkdir(parents=True, exist_ok=True)
     destination.write_text(text)
     return destination
+
+
+def _with_defaulted_sections(lines: list[str]) -> list[str]:
+    """``lines`` with every config section they leave out spelled out at its defaults, each under its parent, so the
+    draft names every setting in force (and check-config reports no defaults) as sections are added to the config."""
+    raw = yaml.safe_load("\n".join(lines))
+    lines = list(lines)
+    for path in _missing_sections(ProjectConfig, raw):
+        section: Any = ProjectConfig.model_fields[path[0]].get_default(call_default_factory=True)
+        for part in path[1:]:
+            section = getattr(section, part)
+        depth = len(path) - 1
+        line = f"{'  ' * depth}{path[-1]}: {_flow(section.model_dump(mode='json'))}   # defaults: nothing in the sample bears on them"
+        lines.insert(_line_after_parent(lines, path[:-1]), line)
+    return lines
+
+
+def _missing_sections(model: type[BaseModel], raw: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Paths of the sub-sections (nested config models) ``raw`` leaves out, outermost only."""
+    missing = []
+    for name, field_info in model.model_fields.items():
+        section = field_info.annotation
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            continue
+        if not isinstance(raw, dict) or name not in raw:
+            missing.append((*prefix, name))
+        else:
+            missing.extend(_missing_sections(section, raw[name], (*prefix, name)))
+    return missing
+
+
+def _line_after_parent(lines: list[str], parent: tuple[str, ...]) -> int:
+    """Index just after the line opening section ``parent`` (the end of the file for the top level)."""
+    index = -1
+    for depth, name in enumerate(parent):
+        index = next(i for i in range(index + 1, len(lines)) if lines[i].startswith(f"{'  ' * depth}{name}:"))
+    return index + 1 if parent else len(lines)
 
 
 def _positive_rate(sample: pl.DataFrame, target: str) -> float:
