@@ -114,7 +114,8 @@ def evaluate_candidate(
     config: ProjectConfig, connection: duckdb.DuckDBPyConnection, as_of: dt.date, log: logging.Logger = _LOG
 ) -> StepResult:
     """Judge the candidate trained for ``as_of`` against the champion serving on ``as_of`` with the never-worse gate,
-    on the latest ``holdout_days`` labeled nights (which the candidate did not learn from).
+    on the latest ``holdout_days`` labeled nights (which the candidate did not learn from). Business value is counted
+    at the champion card's decision threshold: the decisions that were served.
 
     Metadata ``decision`` is 'approved', 'rejected' (a candidate-rejected event is recorded) or 'nothing to
     evaluate'; ``version`` and ``as_of`` say which candidate. The verdict is written to ``lifecycle.candidates``.
@@ -133,8 +134,9 @@ def evaluate_candidate(
     _, holdout = split_holdout(labeled_history(connection, config.contract, first, as_of, include_review=False), gate_config.holdout_days)
     champion_scores, champion_seconds = _timed_scores(champion, holdout)
     candidate_scores, candidate_seconds = _timed_scores(candidate, holdout)
+    threshold = champion.card.decision.threshold  # the decisions actually served, not the config's (issue #9.7)
     result = gates.never_worse_gate(
-        holdout, config.contract.target, champion_scores, candidate_scores, config.model.decision.threshold,
+        holdout, config.contract.target, champion_scores, candidate_scores, threshold,
         config.monitoring.performance.business_value, candidate_seconds / max(champion_seconds, 1e-9), gate_config,
     )
     decision = APPROVED if result.passed else REJECTED
@@ -148,6 +150,7 @@ def evaluate_candidate(
             "decision": decision,
             **verdict,
             "champion": champion.version,
+            "decision_threshold": threshold,
             "reasons": reasons,
             "holdout_rows": holdout.height,
             "holdout_nights": ", ".join(map(str, holdout["partition_date"].unique().sort().to_list())),
