@@ -25,8 +25,8 @@ Contract of every world:
 * Deterministic: batch night D is drawn from ``default_rng([seed, world tag, D.toordinal()])``, so it is the same
   whether generated alone or in a run, and worlds with the same seed still differ from each other.
 * Calendar time drives change: ``t`` = days since ``start`` (negative in the history). A shift "over a year" spans
-  365 days whatever the cadence; ``weekly`` cadence draws one batch every 7 days, its events spread over the 7 days
-  ending on the batch date.
+  365 days whatever the cadence. A batch keyed D holds the events of night D (``daily``) or of the week D ... D + 6
+  (``weekly``: one batch every 7 days, keyed by the day its week starts, as ``schedule.cadence: weekly`` expects).
 * Rows are valid under the world's own config: declared dtypes (int-coded categories arrive as Int64 columns and are
   listed as text levels in the config), values inside ranges and levels, required features never null, unique ids.
 * The target is Int8 0/1 drawn from a known probability per row (``World.labeled_night`` returns it with the rows).
@@ -124,10 +124,10 @@ class World:
         rng = np.random.default_rng([self.seed, self.tag, night.toordinal()])
         rows = max(1, int(rng.poisson(self.rows_per_night))) if self.rows_jitter else self.rows_per_night
         columns, probability = self.draw(rng, rows, float((night - self.start).days))
-        period_days = CADENCE_DAYS[self.cadence]
-        first_day = datetime.combine(night - timedelta(days=period_days - 1), datetime.min.time())
-        start_us = int((first_day - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
-        offsets = np.sort(rng.integers(0, period_days * _MICROS_PER_DAY, rows))
+        # A batch keyed D holds the events of its period starting on D: the night D, or the week D ... D + 6.
+        midnight = datetime.combine(night, datetime.min.time())
+        start_us = int((midnight - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
+        offsets = np.sort(rng.integers(0, CADENCE_DAYS[self.cadence] * _MICROS_PER_DAY, rows))
         prefix = f"{self.tag_prefix}{night:%Y%m%d}-"
         return pl.DataFrame(
             [
@@ -177,7 +177,7 @@ class World:
             "fallback": {"segment_by": self.segments[:1], "min_segment_rows": sizes.fallback_min_segment_rows},
             "source": {"landing": BATCHES_DIR, "pattern": "{date}/*.parquet", "labels": LABELS_DIR},
             "storage": {"warehouse": "warehouse.duckdb", "models": "models", "dagster_home": "dagster"},
-            "schedule": {"start_date": self.start},
+            "schedule": {"start_date": self.start, "cadence": self.cadence},
             "checks": {"volume_tolerance": sizes.volume_tolerance},
             "monitoring": {
                 "performance": {"min_labeled_rows": sizes.min_labeled_rows},

@@ -152,12 +152,13 @@ def test_history_covers_the_nights_before_start_and_batches_follow() -> None:
     assert sorted(world.history()[world.event_time].dt.date().unique()) == world.history_dates()
 
 
-def test_weekly_cadence_draws_a_batch_every_seven_days_with_the_week_s_events() -> None:
+def test_weekly_cadence_draws_a_batch_every_seven_days_keyed_by_the_day_its_week_starts(tmp_path: Path) -> None:
     world = small("seasonal-shares", cadence="weekly", nights=3)
     assert world.batch_nights() == [START, START + timedelta(days=7), START + timedelta(days=14)]
     days = world.labeled_night(START + timedelta(days=7))[world.event_time].dt.date()
-    assert days.min() >= START + timedelta(days=1) and days.max() <= START + timedelta(days=7)
+    assert days.min() >= START + timedelta(days=7) and days.max() <= START + timedelta(days=13)
     assert days.n_unique() == 7
+    assert parse_config(world.config(), root=tmp_path).schedule.cadence == "weekly"
 
 
 # ----------------------------------------------------------------------------------------------- the layout
