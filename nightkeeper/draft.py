@@ -301,7 +301,6 @@ def draft_config_text(
         "    directions: {}       # e.g. {some_number: increasing}: the score may only rise as it grows",
         "    invariant: {}        # e.g. {some_feature: 0.05}: the score must barely move when it is shuffled",
         "  retrain_on_alert_categories: [performance]",
-        "  retrain: {cooldown_nights: 7, on_persistent_drift: false, drift_persistence_nights: 7}   # one candidate per 7 nights at most",
         "",
         "review:",
         "  band: 0.05",
