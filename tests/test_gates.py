@@ -11,11 +11,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from nightkeeper.config import BusinessValue, Contract, FeatureSpec, PromotionGateConfig, TrainingDataGateConfig
+from nightkeeper.config import BusinessValue, Contract, FeatureSpec, ProjectConfig, PromotionGateConfig, TrainingDataGateConfig
 from nightkeeper.encoding import feature_cards, feature_matrix
 from nightkeeper.gates import business_value, never_worse_gate, training_window_gate
 from nightkeeper.simulator import ScenarioPlan, simulate_history, simulate_night
 from nightkeeper.synthetic import synthesize
+from nightkeeper.worlds import duplicate_codes_world
 from nightkeeper.training import TrainedModel, train_model
 
 TARGET = "defaulted"
@@ -177,6 +178,18 @@ def test_a_bot_burst_of_exact_copies_is_still_excluded_against_the_datasets_own_
 
     assert list(verdict.excluded_nights) == [night(4)]
     assert "repeat a near-identical feature vector (the window's nights: median" in verdict.excluded_nights[night(4)]
+    assert verdict.gate.passed, verdict.gate.reasons
+
+
+def test_thirty_nights_of_the_duplicate_codes_world_pass_the_gate_with_its_own_config():
+    world = duplicate_codes_world(nights=30)
+    config = ProjectConfig.model_validate(world.config())
+    window = pl.concat([world.labeled_night(n).with_columns(pl.lit(n).alias("partition_date")) for n in world.batch_nights()])
+
+    verdict = training_window_gate(window, world.target, feature_cards(config.contract), config.lifecycle.data_gate)
+
+    assert verdict.per_night["duplicate_share"].median() > 0.05  # the world's natural repeats, above the old fixed limit
+    assert verdict.excluded_nights == {}
     assert verdict.gate.passed, verdict.gate.reasons
 
 
