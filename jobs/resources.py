@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +18,10 @@ from pydantic import Field
 
 from nightkeeper import warehouse
 from nightkeeper.config import ProjectConfig, load_config
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, store_partition
 
 WAREHOUSE_POOL = "warehouse"
-NIGHTLY_SCHEMA = "nightly"
+__all__ = ["NIGHTLY_SCHEMA", "WAREHOUSE_POOL", "ProjectResource", "WarehouseResource", "WarehouseIOManager"]
 
 
 class ProjectResource(ConfigurableResource):
@@ -42,34 +44,23 @@ class WarehouseResource(ConfigurableResource):
             yield connection
 
 
-class _TransactionalDuckDbClient(DuckDbClient):
-    """Writes a partition as one transaction: the old rows are deleted and the new ones inserted, or neither."""
+class _PartitionDuckDbClient(DuckDbClient):
+    """dagster-duckdb's client, except that the partition is not deleted here: ``store_partition`` deletes and inserts
+    in one transaction, so a failed write leaves the old partition in place."""
 
     @staticmethod
-    @contextmanager
-    def connect(context, table_slice: TableSlice) -> Iterator[duckdb.DuckDBPyConnection]:
-        with DuckDbClient.connect(context, table_slice) as connection:
-            connection.begin()
-            try:
-                yield connection
-            except BaseException:
-                connection.rollback()
-                connection.close()
-                raise
-            connection.commit()
+    def delete_table_slice(context: OutputContext, table_slice: TableSlice, connection: duckdb.DuckDBPyConnection) -> None:
+        return None
 
 
-class _PolarsByNameTypeHandler(DuckDBPolarsTypeHandler):
-    """Like dagster-duckdb-polars' handler, but also stores empty frames (so an empty night is a real, empty
-    partition whose table exists) and inserts columns by name rather than by position."""
+class _PolarsPartitionTypeHandler(DuckDBPolarsTypeHandler):
+    """Stores a daily partition through ``nightkeeper.warehouse.store_partition`` (the function the backtest uses), so
+    empty nights are real, empty partitions and columns are inserted by name."""
 
     def handle_output(self, context: OutputContext, table_slice: TableSlice, obj: pl.DataFrame, connection) -> None:
-        frame_arrow = obj.to_arrow()  # noqa: F841  (DuckDB reads the local variable by name)
-        table = f"{table_slice.schema}.{table_slice.table}"
-        connection.execute(f"create schema if not exists {table_slice.schema}")
-        connection.execute(f"create table if not exists {table} as select * from frame_arrow limit 0")
-        connection.execute(f"insert into {table} by name select * from frame_arrow")
-        context.add_output_metadata({"stored_rows": obj.height, "table": table})
+        night = dt.date.fromisoformat(context.asset_partition_key)
+        store_partition(connection, table_slice.schema, table_slice.table, night, obj)
+        context.add_output_metadata({"stored_rows": obj.height, "table": f"{table_slice.schema}.{table_slice.table}"})
 
 
 class WarehouseIOManager(DuckDBIOManager):
@@ -77,7 +68,7 @@ class WarehouseIOManager(DuckDBIOManager):
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
-        return [_PolarsByNameTypeHandler()]
+        return [_PolarsPartitionTypeHandler()]
 
     @staticmethod
     def default_load_type() -> type | None:
@@ -85,7 +76,7 @@ class WarehouseIOManager(DuckDBIOManager):
 
     def create_io_manager(self, context) -> DbIOManager:
         return DbIOManager(
-            db_client=_TransactionalDuckDbClient(),
+            db_client=_PartitionDuckDbClient(),
             database=self.database,
             schema=self.schema_,
             type_handlers=self.type_handlers(),

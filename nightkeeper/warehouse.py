@@ -6,12 +6,17 @@ statements it needs and waits (bounded) for another process's lock to go.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import polars as pl
+
+NIGHTLY_SCHEMA = "nightly"
+PARTITION_COLUMN = "partition_date"
 
 NIGHTLY_SCHEMA = "nightly"  # schema of the partitioned tables of a night (raw_batch ... outcomes), as the IO manager stores them
 
@@ -35,3 +40,35 @@ def connect(path: Path, wait_seconds: float = 100.0) -> Iterator[duckdb.DuckDBPy
         yield connection
     finally:
         connection.close()
+
+
+def store_partition(connection: duckdb.DuckDBPyConnection, schema: str, table: str, night: dt.date, frame: pl.DataFrame) -> None:
+    """Replace ``night``'s partition of ``schema.table`` with ``frame``, in one transaction (all of it or nothing).
+
+    Idempotent: storing a night again leaves exactly ``frame``'s rows for that night; other nights are untouched.
+    The table (and schema) is created from ``frame``'s columns when missing, even when ``frame`` is empty, so an empty
+    night is a real, empty partition. Columns are inserted by name. ``frame`` must have a ``partition_date`` column
+    whose every value is ``night`` (ValueError otherwise). The caller must not hold an open transaction. Both the
+    Dagster IO manager and the backtest store through this function, so both produce identical tables.
+    """
+    if PARTITION_COLUMN not in frame.columns:
+        raise ValueError(f"{schema}.{table}: the frame has no {PARTITION_COLUMN!r} column; found {frame.columns}")
+    others = frame.filter(pl.col(PARTITION_COLUMN).ne_missing(night))[PARTITION_COLUMN].unique().to_list()
+    if others:
+        raise ValueError(f"{schema}.{table}: rows for night(s) {others} in the partition of {night}; expected only {night}")
+    name = f'"{schema}"."{table}"'
+    view = "__nightkeeper_partition"
+    connection.register(view, frame.to_arrow())
+    try:
+        connection.begin()
+        try:
+            connection.execute(f'create schema if not exists "{schema}"')
+            connection.execute(f"create table if not exists {name} as select * from {view} limit 0")
+            connection.execute(f"delete from {name} where {PARTITION_COLUMN} = ?", [night])
+            connection.execute(f"insert into {name} by name select * from {view}")
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+    finally:
+        connection.unregister(view)

@@ -1,0 +1,331 @@
+"""The nightly steps: ingest -> validate -> score (champion) -> shadow (challenger) -> answer (outcomes).
+
+Each step takes ``(config, connection, night, *input frames)`` and returns a StepResult: the partition tables of
+the night (stored by the caller), plain metadata (frames in it are previews, already cut to the rows to show) and
+check outcomes by check name. Side tables (the night's metrics
+in ``monitoring.night_metrics``) are written through ``connection`` by the step itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import polars as pl
+
+from nightkeeper import batch_checks, lifecycle, metrics_store, registry
+from nightkeeper.artifacts import ModelUnavailable, load_verified
+from nightkeeper.batch_checks import CheckOutcome
+from nightkeeper.config import BusinessValue, ProjectConfig
+from nightkeeper.ingest import read_night
+from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
+from nightkeeper.performance import estimate_performance
+from nightkeeper.pipeline.step import StepResult
+from nightkeeper.routing import in_canary
+from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored, with_reason_codes
+from nightkeeper.validation import ROW_KEY, quarantine_summary, validate
+from nightkeeper.warehouse import NIGHTLY_SCHEMA
+
+SHADOW_SCHEMA = {**SCORED_SCHEMA, "in_canary": pl.Boolean()}
+# rows of a table shown in metadata: a preview of the night, a summary (by rule, by reason) in full up to a limit
+PREVIEW_ROWS = 10
+SUMMARY_ROWS = 50
+
+
+def ingest_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date) -> StepResult:
+    """``raw_batch``: every row of the night's landed files; checks of schema, volume and id uniqueness.
+
+    Metadata ``file_warnings`` lists what a person should know about the files (unreadable, not read, nested).
+    """
+    batch = read_night(config.landing_path, config.source.pattern, night, config.contract.entity_id, config.root)
+    history = recent_row_counts(connection, night, config.checks.volume_history_nights)
+    schema = batch_checks.schema_matches_contract(batch.files, config.contract, night.isoformat())
+    volume = batch_checks.volume_within_history(
+        batch.frame.height, history, config.checks.volume_tolerance, config.checks.volume_min_history_nights
+    )
+    unique = batch_checks.entity_ids_unique(batch.frame)
+    record_night_metrics(connection, night, {
+        "validation.rows": batch.frame.height,
+        "validation.schema_problems": schema.metadata.get("problems", 1),
+        "validation.volume_deviation": volume.metadata.get("deviation"),
+        "validation.duplicate_ids": unique.metadata["duplicated_ids"],
+    })
+    return StepResult(
+        tables={"raw_batch": batch.frame},
+        metadata={
+            "rows": batch.frame.height,
+            "files": [{"path": f.path, "rows": f.rows, "error": f.error} for f in batch.files],
+            "files_not_read": [{"path": s.path, "reason": s.reason} for s in batch.skipped],
+            "file_warnings": list(batch.warnings),
+            "preview": batch.frame.drop("record").head(PREVIEW_ROWS),
+        },
+        checks={"schema_matches_contract": schema, "volume_within_history": volume, "entity_ids_unique": unique},
+    )
+
+
+def validate_night(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, raw_batch: pl.DataFrame
+) -> StepResult:
+    """``validated_batch`` (typed rows that passed every row rule) and ``quarantine`` (one row per broken rule).
+
+    It stores two tables, so its metadata is keyed by table name. Check: null rates against the champion's
+    training data.
+    """
+    result = validate(raw_batch, config.contract)
+    rows = raw_batch.height
+    quarantined = result.quarantined_rows
+    champion = champion_record(connection, night)
+    reference = champion.card.missing_rates if champion else {}
+    nulls = batch_checks.null_rates_stable(result.null_rates, reference, config.checks.null_rate_spike)
+    quarantine_rate = quarantined / rows if rows else 0.0
+    record_night_metrics(connection, night, {
+        "validation.quarantine_rate": quarantine_rate,
+        "validation.null_rate_spikes": nulls.metadata["spiking_features"],
+    })
+    return StepResult(
+        tables={"validated_batch": result.valid, "quarantine": result.quarantine},
+        metadata={
+            "validated_batch": {"rows": result.valid.height, "rows_in": rows, "preview": result.valid.head(PREVIEW_ROWS)},
+            "quarantine": {
+                "quarantined_rows": quarantined,
+                "quarantine_rate": quarantine_rate,
+                "broken_rules": result.quarantine.height,
+                "by_rule": quarantine_summary(result.quarantine).head(SUMMARY_ROWS),
+                "preview": result.quarantine.head(PREVIEW_ROWS),
+            },
+        },
+        checks={"null_rates_stable": nulls},
+    )
+
+
+def score_night(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, validated_batch: pl.DataFrame
+) -> StepResult:
+    """``scored_batch``: the champion's answer for every validated row, or (degraded night) why it has none.
+
+    Metadata ``degraded`` / ``model_error`` say whether the fallback will answer for the model. Check:
+    ``champion_answered``.
+    """
+    champion = champion_record(connection, night)
+    if champion is None:
+        error, version = "no champion model is registered for this night", None
+        frame = unscored(validated_batch, None, error)
+    else:
+        version = champion.version
+        try:
+            booster = load_verified(champion)
+            result = score_batch(validated_batch, booster, champion.card, config.model.chunk_rows, config.model.time_budget_seconds)
+            frame, error = result.frame, result.error
+            if error is None:
+                needs = needs_reasons(frame, champion.card.decision, config.model.reason_codes, config.review.band)
+                frame = with_reason_codes(frame, validated_batch, booster, champion.card, needs, config.model.reason_code_count)
+        except ModelUnavailable as exc:
+            frame, error = unscored(validated_batch, version, str(exc)), str(exc)
+    latency = latency_percentiles(frame)
+    record_night_metrics(connection, night, {
+        "scoring.model_failed": 1.0 if error else 0.0,
+        "scoring.latency_p95_ms": latency["p95_ms"],
+    }, version)
+    return StepResult(
+        tables={"scored_batch": frame},
+        metadata={
+            "rows": frame.height,
+            "model_version": version or "none",
+            "degraded": error is not None,
+            "model_error": error or "",
+            "latency_p50_ms": latency["p50_ms"],
+            "latency_p95_ms": latency["p95_ms"],
+            "decisions": _decision_counts(frame),
+            "rows_with_reason_codes": int(frame["reason_text"].is_not_null().sum()),
+            "preview": frame.drop("reason_codes").head(PREVIEW_ROWS),
+        },
+        checks={"champion_answered": batch_checks.model_answered(error, version)},
+    )
+
+
+def shadow_night(
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    validated_batch: pl.DataFrame,
+    scored_batch: pl.DataFrame,
+) -> StepResult:
+    """``shadow_scores``: the challenger's answer for every validated row (``in_canary`` marks the rows it serves),
+    its health against the champion tonight and the rollout decision (metadata ``rollout_action``: none / hold /
+    advance / promote / rollback) the rollout sensor acts on. Check: ``challenger_healthy``.
+    """
+    state = registry.alias_state(connection, registry.CHALLENGER, night)
+    challenger = registry.get_version(connection, state.version) if state.version else None
+    if challenger is None:
+        return StepResult(
+            tables={"shadow_scores": pl.DataFrame(schema=SHADOW_SCHEMA)},
+            metadata={"challenger_version": "none", "rollout_action": "none"},
+            checks={"challenger_healthy": CheckOutcome(True, "no challenger tonight", "WARN")},
+        )
+    history = metrics_store.metric_history(connection, ["rollout.healthy"], night - dt.timedelta(days=1), 400)
+    percent = lifecycle.canary_percent(state.stage)
+    try:
+        booster = load_verified(challenger)
+        result = score_batch(validated_batch, booster, challenger.card, config.model.chunk_rows, config.model.time_budget_seconds)
+        frame = result.frame
+        if result.error is None and percent:  # the answers the challenger serves get their reasons, like the champion's
+            needs = needs_reasons(frame, challenger.card.decision, config.model.reason_codes, config.review.band)
+            served = frame.with_columns(in_canary(frame["entity_id"], percent))
+            frame = with_reason_codes(
+                served, validated_batch, booster, challenger.card, needs & pl.col("in_canary"), config.model.reason_code_count
+            )
+    except ModelUnavailable as exc:
+        frame = unscored(validated_batch, challenger.version, str(exc))
+    frame = frame.with_columns(in_canary(frame["entity_id"], percent))
+    health = rollout_health(night, frame, scored_batch, config.model.decision.threshold)
+    earlier_healthy = history.filter((pl.col("night") >= state.effective_from) & (pl.col("value") == 1.0)).height
+    rollout = config.lifecycle.rollout
+    failures = health.failures(rollout)
+    healthy = not failures
+    decision = lifecycle.decide_rollout(state.stage, earlier_healthy + healthy, health, rollout)
+    record_night_metrics(connection, night, {
+        "rollout.healthy": float(healthy),
+        "rollout.error_rate": health.error_rate,
+        "rollout.agreement": health.agreement,
+        "rollout.estimated_auc_drop": health.estimated_auc_drop,
+        "rollout.canary_percent": percent,
+    }, challenger.version)
+    return StepResult(
+        tables={"shadow_scores": frame},
+        metadata={
+            "night": night.isoformat(),
+            "challenger_version": challenger.version,
+            "stage": state.stage or "",
+            "canary_percent": percent,
+            "canary_rows": int(frame["in_canary"].sum()),
+            "error_rate": health.error_rate,
+            "agreement": health.agreement,
+            "estimated_auc_drop": health.estimated_auc_drop,
+            "healthy_nights_in_stage": earlier_healthy + healthy,
+            "rollout_action": decision.action,
+            "rollout_next_stage": decision.next_stage or "",
+            "rollout_reason": decision.reason,
+        },
+        checks={"challenger_healthy": CheckOutcome(
+            healthy, "; ".join(failures) or f"{state.stage}: healthy ({decision.reason})", "ERROR",
+        )},
+    )
+
+
+def answer_night(
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    raw_batch: pl.DataFrame,
+    quarantine: pl.DataFrame,
+    scored_batch: pl.DataFrame,
+    shadow_scores: pl.DataFrame,
+) -> StepResult:
+    """``outcomes``: exactly one answer per raw row (model, canary, fallback or quarantine). Check:
+    ``fallback_rate_within_limit``."""
+    champion = champion_record(connection, night)
+    fallback = Fallback(champion.card.fallback, champion.version) if champion else Fallback(None, None)
+    canary = shadow_scores.filter(pl.col("in_canary")).drop("in_canary") if shadow_scores.height else None
+    frame = assemble_outcomes(
+        raw_batch, quarantine, scored_batch, fallback, config.contract, config.model.decision,
+        config.fallback.answer_quarantined, canary,
+    )
+    counts = outcome_summary(frame)
+    total = frame.height
+    not_model = frame.filter(~pl.col("source").is_in(["model", "canary"]))
+    reasons = (
+        not_model.with_columns(pl.col("reason").str.split(";").list.first().str.replace(r":.*$", ""))
+        .group_by("source", "reason").len().sort("len", descending=True)
+    )
+    version = champion.version if champion else None
+    record_night_metrics(connection, night, {
+        "outcomes.rows": total,
+        "outcomes.fallback_rate": counts["fallback"] / total if total else 0.0,
+        "outcomes.undecided_rate": counts["quarantine"] / total if total else 0.0,
+    }, version)
+    return StepResult(
+        tables={"outcomes": frame},
+        metadata={
+            "rows": total,
+            **{f"{source}_rows": count for source, count in counts.items()},
+            "fallback_rate": counts["fallback"] / total if total else 0.0,
+            "quarantine_rate": counts["quarantine"] / total if total else 0.0,
+            "not_model_by_reason": reasons.head(SUMMARY_ROWS),
+            "decisions": _decision_counts(frame),
+            "model_version": version or "none",
+            "preview": frame.drop("reason_codes").head(PREVIEW_ROWS),
+        },
+        checks={"fallback_rate_within_limit": batch_checks.fallback_rate_within_limit(counts, config.checks.max_fallback_rate)},
+    )
+
+
+def outcomes_conserve_rows(connection: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    """Across all stored nights, every raw row has exactly one outcome row (none missing, none extra)."""
+    if not (_table_exists(connection, NIGHTLY_SCHEMA, "raw_batch") and _table_exists(connection, NIGHTLY_SCHEMA, "outcomes")):
+        return batch_checks.rows_conserved([])
+    nights = connection.execute(
+        f"""with raw as (select partition_date, count(*) as rows_in from {NIGHTLY_SCHEMA}.raw_batch group by all),
+                 answered as (select partition_date, count(*) as rows_out,
+                                     count(distinct (source_file, row_number)) as distinct_out
+                              from {NIGHTLY_SCHEMA}.outcomes group by all)
+            select coalesce(raw.partition_date, answered.partition_date) as night,
+                   coalesce(rows_in, 0), coalesce(rows_out, 0), coalesce(distinct_out, 0)
+            from raw full join answered using (partition_date) order by night"""
+    ).fetchall()
+    return batch_checks.rows_conserved(nights)
+
+
+def rollout_health(night: dt.date, challenger: pl.DataFrame, champion: pl.DataFrame, threshold: float) -> lifecycle.NightHealth:
+    """The challenger's health tonight, judged against the champion on the same rows."""
+    rows = challenger.height
+    errors = challenger["model_error"].is_not_null().sum() if rows else 0
+    both = challenger.join(champion, on=ROW_KEY, suffix="_champion").filter(
+        pl.col("model_error").is_null() & pl.col("model_error_champion").is_null()
+    )
+    agreement = float((both["decision"] == both["decision_champion"]).mean()) if both.height else (1.0 if not rows else 0.0)
+    estimated = {
+        side: estimate_performance(both[column].to_numpy(), threshold, BusinessValue())["auc"]
+        for side, column in (("challenger", "score"), ("champion", "score_champion"))
+    } if both.height else {}
+    drop = (
+        estimated["champion"] - estimated["challenger"]
+        if estimated.get("champion") is not None and estimated.get("challenger") is not None
+        else None
+    )
+    error_rate = errors / rows if rows else 0.0
+    return lifecycle.NightHealth(night, error_rate, agreement, error_rate, drop)
+
+
+def record_night_metrics(
+    connection: duckdb.DuckDBPyConnection, night: dt.date, metrics: dict[str, float | int | None], version: str | None = None
+) -> None:
+    """Store the night's figures in monitoring.night_metrics, where the alert rules read them."""
+    metrics_store.record_metrics(connection, night, {k: None if v is None else float(v) for k, v in metrics.items()}, version)
+
+
+def champion_record(connection: duckdb.DuckDBPyConnection, night: dt.date) -> registry.ModelRecord | None:
+    """The champion serving ``night`` (None when no champion is set)."""
+    return registry.alias_record(connection, registry.CHAMPION, night)
+
+
+def recent_row_counts(connection: duckdb.DuckDBPyConnection, night: dt.date, nights: int) -> list[int]:
+    """Raw row counts of the stored nights among the ``nights`` nights before ``night``."""
+    if not _table_exists(connection, NIGHTLY_SCHEMA, "raw_batch"):
+        return []
+    rows = connection.execute(
+        f"""select count(*) from {NIGHTLY_SCHEMA}.raw_batch
+            where partition_date < $night and partition_date >= $night - to_days($nights)
+            group by partition_date""",
+        {"night": night, "nights": nights},
+    ).fetchall()
+    return [count for (count,) in rows]
+
+
+def _table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    return connection.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
+    ).fetchone()[0] > 0
+
+
+def _decision_counts(frame: pl.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in frame.group_by("decision").len().iter_rows()} if frame.height else {}

@@ -1,0 +1,122 @@
+"""The nightly pipeline core without Dagster: partitions stored by ``store_partition`` and steps that give the same
+tables as the Dagster run of the same night."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+
+import duckdb
+import polars as pl
+import pytest
+
+from nightkeeper import warehouse
+from nightkeeper.pipeline import nightly
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, store_partition
+from pipeline_harness import FIRST_NIGHT, bootstrap_example_champion, make_project
+
+NIGHT = FIRST_NIGHT + dt.timedelta(days=2)
+# wall-clock figures: the only columns two runs of the same night may differ in
+WALL_CLOCK = {"latency_ms"}
+
+
+def _frame(night: dt.date, ids: list[str]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"partition_date": [night] * len(ids), "entity_id": ids, "score": [0.5] * len(ids)},
+        schema={"partition_date": pl.Date(), "entity_id": pl.String(), "score": pl.Float64()},
+    )
+
+
+@pytest.fixture
+def connection(tmp_path):
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as connection:
+        yield connection
+
+
+def test_storing_a_night_again_replaces_only_that_nights_rows(connection):
+    store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["a", "b", "c"]))
+    store_partition(connection, "nightly", "t", NIGHT + dt.timedelta(days=1), _frame(NIGHT + dt.timedelta(days=1), ["d"]))
+
+    store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["x"]))
+
+    stored = connection.execute("select partition_date, entity_id from nightly.t order by all").fetchall()
+    assert stored == [(NIGHT, "x"), (NIGHT + dt.timedelta(days=1), "d")]
+
+
+def test_an_empty_night_creates_the_table_with_the_frames_columns(connection):
+    store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, []))
+
+    columns = connection.execute("select column_name, data_type from information_schema.columns where table_name = 't'").fetchall()
+    assert columns == [("partition_date", "DATE"), ("entity_id", "VARCHAR"), ("score", "DOUBLE")]
+    assert connection.execute("select count(*) from nightly.t").fetchone() == (0,)
+
+
+def test_columns_are_stored_by_name_not_position(connection):
+    store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["a"]))
+
+    store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["b"]).select("score", "entity_id", "partition_date"))
+
+    assert connection.execute("select entity_id, score from nightly.t").fetchall() == [("b", 0.5)]
+
+
+def test_rows_of_another_night_are_refused_and_the_stored_partition_is_kept(connection):
+    store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["a"]))
+
+    with pytest.raises(ValueError, match=r"rows for night\(s\) \[datetime.date\(2026, 1, 4\)\] in the partition of 2026-01-03"):
+        store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT + dt.timedelta(days=1), ["z"]))
+
+    assert connection.execute("select entity_id from nightly.t").fetchall() == [("a",)]
+
+
+def test_a_failed_insert_leaves_the_old_partition_in_place(connection):
+    store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["a"]))
+    retyped = _frame(NIGHT, ["b"]).with_columns(pl.lit("not a number").alias("score"))
+
+    with pytest.raises(duckdb.ConversionException):
+        store_partition(connection, "nightly", "t", NIGHT, retyped)
+
+    assert connection.execute("select entity_id from nightly.t").fetchall() == [("a",)]
+
+
+def test_the_steps_store_the_same_tables_as_the_dagster_run_of_the_night(tmp_path):
+    project = make_project(tmp_path / "project")
+    bootstrap_example_champion(project)
+    project.land_night(NIGHT, rows=600)
+    config = project.config
+    replay = tmp_path / "replay.duckdb"
+    shutil.copy(config.warehouse_path, replay)  # the same registry and champion, before the night ran
+
+    assert project.run_night(NIGHT).success
+    with warehouse.connect(replay) as connection:
+        raw = _stored(connection, nightly.ingest_night(config, connection, NIGHT))
+        valid = _stored(connection, nightly.validate_night(config, connection, NIGHT, raw["raw_batch"]))
+        scored = _stored(connection, nightly.score_night(config, connection, NIGHT, valid["validated_batch"]))
+        shadow = _stored(connection, nightly.shadow_night(config, connection, NIGHT, valid["validated_batch"], scored["scored_batch"]))
+        _stored(connection, nightly.answer_night(
+            config, connection, NIGHT, raw["raw_batch"], valid["quarantine"], scored["scored_batch"], shadow["shadow_scores"]
+        ))
+
+    tables = ["raw_batch", "validated_batch", "quarantine", "scored_batch", "shadow_scores", "outcomes"]
+    assert raw["raw_batch"].height == 600
+    with duckdb.connect(str(config.warehouse_path), read_only=True) as dagster_run, duckdb.connect(str(replay), read_only=True) as steps:
+        for table in tables:
+            expected, found = _table(dagster_run, table), _table(steps, table)
+            assert found.schema == expected.schema, table
+            assert found.height == expected.height, table
+            assert _comparable(found).equals(_comparable(expected)), table
+
+
+def _stored(connection: duckdb.DuckDBPyConnection, result) -> dict[str, pl.DataFrame]:
+    for name, frame in result.tables.items():
+        store_partition(connection, NIGHTLY_SCHEMA, name, NIGHT, frame)
+    return result.tables
+
+
+def _table(connection: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame:
+    return connection.execute(f"select * from {NIGHTLY_SCHEMA}.{table} where partition_date = ?", [NIGHT]).pl()
+
+
+def _comparable(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` without wall-clock columns, in a row order that does not depend on how it was written."""
+    kept = frame.drop(WALL_CLOCK & set(frame.columns))
+    return kept.sort([name for name, dtype in kept.schema.items() if not isinstance(dtype, pl.List)], nulls_last=True)
