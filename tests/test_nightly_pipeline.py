@@ -306,3 +306,42 @@ def test_declined_and_near_threshold_answers_carry_reason_codes_and_others_do_no
     assert far_approved["reason_text"].is_null().all()
     assert (declined["reason_codes"].list.len() == config.model.reason_code_count).all()
     assert declined["reason_text"].str.contains("risk by").all()
+
+
+def _assert_undecided_for_a_bad_registry_row(project: Project, night: dt.date, result, message: str) -> None:
+    """The night is answered (no card, so no fitted fallback rule: every row undecided, with the registry error as its
+    reason), the champion check fails with that error and the champion-down metric is raised."""
+    outcomes = assert_every_row_answered_once(project, night)
+    assert outcomes.height > 0
+    assert (outcomes["decision"] == project.config.model.decision.undecided).all()
+    assert outcomes["reason"].str.contains(message, literal=True).all()
+    check = check_results(result)["champion_answered"]
+    assert not check.passed and message in check.description
+    failed = project.query(
+        "select value from monitoring.night_metrics where night = ? and metric = 'scoring.model_failed'", [night]
+    )["value"].to_list()
+    assert failed == [1.0]
+
+
+def test_champion_alias_on_an_unregistered_version_degrades_the_night_instead_of_crashing_it(project):
+    project.land_night(NIGHT, rows=400)
+    with warehouse.connect(project.config.warehouse_path) as connection:  # a hand-edited alias log
+        connection.execute(
+            """insert into registry.model_aliases select max(seq) + 1, 'champion', 'ghost0000001', ?, now(), 'someone',
+                      'typed by hand', null from registry.model_aliases""",
+            [FIRST_NIGHT],
+        )
+
+    result = project.run_night(NIGHT)
+
+    _assert_undecided_for_a_bad_registry_row(project, NIGHT, result, "champion 'ghost0000001' is not registered")
+
+
+def test_champion_with_an_invalid_card_in_the_registry_degrades_the_night_instead_of_crashing_it(project):
+    project.land_night(NIGHT, rows=400)
+    with warehouse.connect(project.config.warehouse_path) as connection:  # a tampered registry row
+        connection.execute("update registry.model_versions set card_json = '{\"version\": 7}'")
+
+    result = project.run_night(NIGHT)
+
+    _assert_undecided_for_a_bad_registry_row(project, NIGHT, result, "has an invalid card in the registry")

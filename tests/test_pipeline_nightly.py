@@ -120,3 +120,26 @@ def _comparable(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` without wall-clock columns, in a row order that does not depend on how it was written."""
     kept = frame.drop(WALL_CLOCK & set(frame.columns))
     return kept.sort([name for name, dtype in kept.schema.items() if not isinstance(dtype, pl.List)], nulls_last=True)
+
+
+def test_a_challenger_on_an_unregistered_version_fails_every_row_and_is_rolled_back(tmp_path):
+    project = make_project(tmp_path / "project")
+    bootstrap_example_champion(project)
+    project.land_night(NIGHT, rows=300)
+    config = project.config
+    with warehouse.connect(config.warehouse_path) as connection:
+        connection.execute(
+            """insert into registry.model_aliases select max(seq) + 1, 'challenger', 'ghost0000001', ?, now(), 'someone',
+                      'typed by hand', 'canary:5' from registry.model_aliases""",
+            [FIRST_NIGHT],
+        )
+        raw = nightly.ingest_night(config, connection, NIGHT).tables["raw_batch"]
+        valid = nightly.validate_night(config, connection, NIGHT, raw).tables["validated_batch"]
+        scored = nightly.score_night(config, connection, NIGHT, valid).tables["scored_batch"]
+
+        shadow = nightly.shadow_night(config, connection, NIGHT, valid, scored)
+
+    frame = shadow.tables["shadow_scores"]
+    assert frame.height == valid.height and frame["model_error"].str.contains("'ghost0000001' is not registered").all()
+    assert shadow.metadata["rollout_action"] == "rollback"
+    assert not shadow.checks["challenger_healthy"].passed

@@ -22,6 +22,7 @@ from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
 from nightkeeper.performance import estimate_performance
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.routing import in_canary
+from nightkeeper.serving import serving_model
 from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored, with_reason_codes
 from nightkeeper.validation import ROW_KEY, quarantine_summary, validate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA
@@ -74,8 +75,8 @@ def validate_night(
     result = validate(raw_batch, config.contract)
     rows = raw_batch.height
     quarantined = result.quarantined_rows
-    champion = champion_record(connection, night)
-    reference = champion.card.missing_rates if champion else {}
+    champion = serving_model(connection, registry.CHAMPION, night).record
+    reference = champion.card.missing_rates if champion else {}  # no usable champion: every empty value counts as new
     nulls = batch_checks.null_rates_stable(result.null_rates, reference, config.checks.null_rate_spike)
     quarantine_rate = quarantined / rows if rows else 0.0
     record_night_metrics(connection, night, {
@@ -106,19 +107,20 @@ def score_night(
     Metadata ``degraded`` / ``model_error`` say whether the fallback will answer for the model. Check:
     ``champion_answered``.
     """
-    champion = champion_record(connection, night)
-    if champion is None:
-        error, version = "no champion model is registered for this night", None
-        frame = unscored(validated_batch, None, error)
+    champion = serving_model(connection, registry.CHAMPION, night)
+    version = champion.version
+    if champion.record is None:
+        error = champion.error or "no champion model is registered for this night"
+        frame = unscored(validated_batch, version, error)
     else:
-        version = champion.version
         try:
-            booster = load_verified(champion)
-            result = score_batch(validated_batch, booster, champion.card, config.model.chunk_rows, config.model.time_budget_seconds)
+            booster = load_verified(champion.record)
+            card = champion.record.card
+            result = score_batch(validated_batch, booster, card, config.model.chunk_rows, config.model.time_budget_seconds)
             frame, error = result.frame, result.error
             if error is None:
-                needs = needs_reasons(frame, champion.card.decision, config.model.reason_codes, config.review.band)
-                frame = with_reason_codes(frame, validated_batch, booster, champion.card, needs, config.model.reason_code_count)
+                needs = needs_reasons(frame, card.decision, config.model.reason_codes, config.review.band)
+                frame = with_reason_codes(frame, validated_batch, booster, card, needs, config.model.reason_code_count)
         except ModelUnavailable as exc:
             frame, error = unscored(validated_batch, version, str(exc)), str(exc)
     latency = latency_percentiles(frame)
@@ -154,35 +156,37 @@ def shadow_night(
     its health against the champion tonight and the rollout decision (metadata ``rollout_action``: none / hold /
     advance / promote / rollback) the rollout sensor acts on. Check: ``challenger_healthy``.
     """
-    state = registry.alias_state(connection, registry.CHALLENGER, night)
-    challenger = registry.get_version(connection, state.version) if state.version else None
-    if challenger is None:
+    challenger = serving_model(connection, registry.CHALLENGER, night)
+    if challenger.version is None:
         return StepResult(
             tables={"shadow_scores": pl.DataFrame(schema=SHADOW_SCHEMA)},
             metadata={"challenger_version": "none", "rollout_action": "none"},
             checks={"challenger_healthy": CheckOutcome(True, "no challenger tonight", "WARN")},
         )
     history = metrics_store.metric_history(connection, ["rollout.healthy"], night - dt.timedelta(days=1), 400)
-    percent = lifecycle.canary_percent(state.stage)
+    percent = lifecycle.canary_percent(challenger.stage)
     try:
-        booster = load_verified(challenger)
-        result = score_batch(validated_batch, booster, challenger.card, config.model.chunk_rows, config.model.time_budget_seconds)
+        if challenger.record is None:  # a bad registry row: the challenger fails every row, which rolls it back
+            raise ModelUnavailable(challenger.error)
+        booster = load_verified(challenger.record)
+        card = challenger.record.card
+        result = score_batch(validated_batch, booster, card, config.model.chunk_rows, config.model.time_budget_seconds)
         frame = result.frame
         if result.error is None and percent:  # the answers the challenger serves get their reasons, like the champion's
-            needs = needs_reasons(frame, challenger.card.decision, config.model.reason_codes, config.review.band)
+            needs = needs_reasons(frame, card.decision, config.model.reason_codes, config.review.band)
             served = frame.with_columns(in_canary(frame["entity_id"], percent))
             frame = with_reason_codes(
-                served, validated_batch, booster, challenger.card, needs & pl.col("in_canary"), config.model.reason_code_count
+                served, validated_batch, booster, card, needs & pl.col("in_canary"), config.model.reason_code_count
             )
     except ModelUnavailable as exc:
         frame = unscored(validated_batch, challenger.version, str(exc))
     frame = frame.with_columns(in_canary(frame["entity_id"], percent))
     health = rollout_health(night, frame, scored_batch, config.model.decision.threshold)
-    earlier_healthy = history.filter((pl.col("night") >= state.effective_from) & (pl.col("value") == 1.0)).height
+    earlier_healthy = history.filter((pl.col("night") >= challenger.effective_from) & (pl.col("value") == 1.0)).height
     rollout = config.lifecycle.rollout
     failures = health.failures(rollout)
     healthy = not failures
-    decision = lifecycle.decide_rollout(state.stage, earlier_healthy + healthy, health, rollout)
+    decision = lifecycle.decide_rollout(challenger.stage, earlier_healthy + healthy, health, rollout)
     record_night_metrics(connection, night, {
         "rollout.healthy": float(healthy),
         "rollout.error_rate": health.error_rate,
@@ -195,7 +199,7 @@ def shadow_night(
         metadata={
             "night": night.isoformat(),
             "challenger_version": challenger.version,
-            "stage": state.stage or "",
+            "stage": challenger.stage or "",
             "canary_percent": percent,
             "canary_rows": int(frame["in_canary"].sum()),
             "error_rate": health.error_rate,
@@ -207,7 +211,7 @@ def shadow_night(
             "rollout_reason": decision.reason,
         },
         checks={"challenger_healthy": CheckOutcome(
-            healthy, "; ".join(failures) or f"{state.stage}: healthy ({decision.reason})", "ERROR",
+            healthy, "; ".join(failures) or f"{challenger.stage}: healthy ({decision.reason})", "ERROR",
         )},
     )
 
@@ -223,7 +227,7 @@ def answer_night(
 ) -> StepResult:
     """``outcomes``: exactly one answer per raw row (model, canary, fallback or quarantine). Check:
     ``fallback_rate_within_limit``."""
-    champion = champion_record(connection, night)
+    champion = serving_model(connection, registry.CHAMPION, night).record
     fallback = Fallback(champion.card.fallback, champion.version) if champion else Fallback(None, None)
     canary = shadow_scores.filter(pl.col("in_canary")).drop("in_canary") if shadow_scores.height else None
     frame = assemble_outcomes(
@@ -301,11 +305,6 @@ def record_night_metrics(
 ) -> None:
     """Store the night's figures in monitoring.night_metrics, where the alert rules read them."""
     metrics_store.record_metrics(connection, night, {k: None if v is None else float(v) for k, v in metrics.items()}, version)
-
-
-def champion_record(connection: duckdb.DuckDBPyConnection, night: dt.date) -> registry.ModelRecord | None:
-    """The champion serving ``night`` (None when no champion is set)."""
-    return registry.alias_record(connection, registry.CHAMPION, night)
 
 
 def recent_row_counts(connection: duckdb.DuckDBPyConnection, night: dt.date, nights: int) -> list[int]:
