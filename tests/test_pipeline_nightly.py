@@ -83,7 +83,7 @@ def test_the_steps_store_the_same_tables_as_the_dagster_run_of_the_night(tmp_pat
     bootstrap_example_champion(project)
     project.land_night(NIGHT, rows=600)
     config = project.config
-    replay = tmp_path / "replay.duckdb"
+    replay = config.warehouse_path.with_name("replay.duckdb")  # beside it: the registry's model paths are relative
     shutil.copy(config.warehouse_path, replay)  # the same registry and champion, before the night ran
 
     assert project.run_night(NIGHT).success
