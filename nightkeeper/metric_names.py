@@ -83,9 +83,10 @@ METRICS: tuple[Metric, ...] = (
     _m("outcomes.rows", "Answers stored tonight (equals validation.rows: row conservation)."),
     _m("outcomes.fallback_rate", "Share of tonight's answers given by the fallback rule."),
     _m("outcomes.undecided_rate", "Share of tonight's answers left undecided (quarantined, no fallback)."),
-    # rollout of a challenger (assets/nightly.py: shadow_scores)
+    # rollout of a challenger (nightkeeper/pipeline/nightly.py: shadow_night)
     _m("rollout.healthy", "1 when the challenger passed tonight's rollout health checks, else 0."),
     _m("rollout.error_rate", "Share of rows the challenger failed to score tonight."),
+    _m("rollout.fallback_rate_increase", "Share of rows the challenger could not score minus the champion's (fallback would answer more)."),
     _m("rollout.agreement", "Share of rows where challenger and champion made the same decision."),
     _m("rollout.estimated_auc_drop", "Champion's minus challenger's estimated AUC on tonight's rows."),
     _m("rollout.canary_percent", "Percent of entities the challenger answers tonight."),

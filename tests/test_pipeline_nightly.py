@@ -10,10 +10,14 @@ import duckdb
 import polars as pl
 import pytest
 
-from nightkeeper import warehouse
+from nightkeeper import simulator, warehouse
+from nightkeeper.config import load_config
+from nightkeeper.ingest import read_raw_batch
 from nightkeeper.pipeline import nightly
+from nightkeeper.scoring import unscored
+from nightkeeper.validation import validate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, store_partition
-from pipeline_harness import FIRST_NIGHT, bootstrap_example_champion, make_project
+from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, make_project
 
 NIGHT = FIRST_NIGHT + dt.timedelta(days=2)
 # wall-clock figures: the only columns two runs of the same night may differ in
@@ -143,3 +147,36 @@ def test_a_challenger_on_an_unregistered_version_fails_every_row_and_is_rolled_b
     assert frame.height == valid.height and frame["model_error"].str.contains("'ghost0000001' is not registered").all()
     assert shadow.metadata["rollout_action"] == "rollback"
     assert not shadow.checks["challenger_healthy"].passed
+
+
+def _validated_night(tmp_path, rows: int = 200) -> pl.DataFrame:
+    config = load_config(REPO / "nightkeeper.yaml")
+    path = simulator.write_landing(simulator.simulate_night(NIGHT, rows, seed=5), NIGHT, tmp_path / "landing")
+    return validate(read_raw_batch([path], NIGHT, config.contract.entity_id).frame, config.contract).valid
+
+
+def test_a_challenger_failing_only_where_the_champion_also_fails_raises_no_fallback_rate_increase(tmp_path):
+    valid = _validated_night(tmp_path)
+    champion = unscored(valid, "champion0001", "model champion0001 exceeded its time budget of 1 s")
+    challenger = unscored(valid, "challenger01", "model challenger01 exceeded its time budget of 1 s").with_columns(
+        pl.lit(False).alias("in_canary")
+    )
+
+    health = nightly.rollout_health(NIGHT, challenger, champion, 0.5)
+
+    assert health.error_rate == 1.0
+    assert health.fallback_rate_increase == 0.0
+
+
+def test_a_challenger_answering_rows_the_champion_could_not_lowers_the_fallback_rate(tmp_path):
+    valid = _validated_night(tmp_path)
+    champion = unscored(valid, "champion0001", "model champion0001: artifact is missing")
+    challenger = unscored(valid, "challenger01", "").with_columns(
+        pl.lit(0.2).alias("score"), pl.lit("approve").alias("decision"), pl.lit(None, dtype=pl.String).alias("model_error"),
+        pl.lit(False).alias("in_canary"),
+    )
+
+    health = nightly.rollout_health(NIGHT, challenger, champion, 0.5)
+
+    assert health.error_rate == 0.0
+    assert health.fallback_rate_increase == -1.0

@@ -190,6 +190,7 @@ def shadow_night(
     record_night_metrics(connection, night, {
         "rollout.healthy": float(healthy),
         "rollout.error_rate": health.error_rate,
+        "rollout.fallback_rate_increase": health.fallback_rate_increase,
         "rollout.agreement": health.agreement,
         "rollout.estimated_auc_drop": health.estimated_auc_drop,
         "rollout.canary_percent": percent,
@@ -203,6 +204,7 @@ def shadow_night(
             "canary_percent": percent,
             "canary_rows": int(frame["in_canary"].sum()),
             "error_rate": health.error_rate,
+            "fallback_rate_increase": health.fallback_rate_increase,
             "agreement": health.agreement,
             "estimated_auc_drop": health.estimated_auc_drop,
             "healthy_nights_in_stage": earlier_healthy + healthy,
@@ -280,9 +282,15 @@ def outcomes_conserve_rows(connection: duckdb.DuckDBPyConnection) -> CheckOutcom
 
 
 def rollout_health(night: dt.date, challenger: pl.DataFrame, champion: pl.DataFrame, threshold: float) -> lifecycle.NightHealth:
-    """The challenger's health tonight, judged against the champion on the same rows."""
+    """The challenger's health tonight, judged against the champion on the same rows.
+
+    ``error_rate``: share of rows the challenger could not score. ``fallback_rate_increase``: how many more rows
+    (as a share) the fallback would answer with the challenger serving than with the champion — the rows it could not
+    score minus those the champion could not score (negative when it answers rows the champion could not).
+    """
     rows = challenger.height
-    errors = challenger["model_error"].is_not_null().sum() if rows else 0
+    errors = int(challenger["model_error"].is_not_null().sum()) if rows else 0
+    champion_errors = int(champion.join(challenger.select(ROW_KEY), on=ROW_KEY, how="semi")["model_error"].is_not_null().sum())
     both = challenger.join(champion, on=ROW_KEY, suffix="_champion").filter(
         pl.col("model_error").is_null() & pl.col("model_error_champion").is_null()
     )
@@ -297,7 +305,8 @@ def rollout_health(night: dt.date, challenger: pl.DataFrame, champion: pl.DataFr
         else None
     )
     error_rate = errors / rows if rows else 0.0
-    return lifecycle.NightHealth(night, error_rate, agreement, error_rate, drop)
+    fallback_rate_increase = (errors - champion_errors) / rows if rows else 0.0
+    return lifecycle.NightHealth(night, error_rate, agreement, fallback_rate_increase, drop)
 
 
 def record_night_metrics(
