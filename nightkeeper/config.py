@@ -503,9 +503,23 @@ class RolloutConfig(_Strict):
     canary_percents: list[int] = Field(default_factory=lambda: [1, 5, 20, 100])
     nights_per_step: int = Field(2, ge=1)
     max_error_rate: float = Field(0.0, ge=0, le=1, description="Share of rows the challenger may fail to score.")
-    max_fallback_rate_increase: float = Field(0.01, ge=0)
-    max_estimated_auc_drop: float = Field(0.02, ge=0)
-    min_agreement: float = Field(0.8, ge=0, le=1, description="Shadow: least share of rows with the champion's decision.")
+    max_fallback_rate_increase: float = Field(
+        0.01, ge=0, description="Share of rows the challenger may leave to the fallback beyond those the champion leaves."
+    )
+    max_realized_auc_drop: float = Field(
+        0.01, ge=0, description="Realized AUC the challenger may lose against the champion on the same labeled rows of "
+        "its rollout's nights (judged once min_labeled_rows labels of both classes have landed).",
+    )
+    min_labeled_rows: int = Field(200, ge=1, description="Labeled rows of the rollout's nights before realized AUC judges it.")
+    max_estimated_auc_drop: float = Field(
+        0.02, ge=0, description="Estimated (CBPE) AUC the challenger may lose against the champion tonight; judged only "
+        "while the estimate is trusted (metric performance.estimate_trusted = 1) and realized AUC is not yet available.",
+    )
+    min_agreement: float = Field(
+        0.5, ge=0, le=1, description="Catastrophic floor on the share of rows where the challenger makes the champion's "
+        "decision. Agreement is reported every night but is no health rule above this floor: a model that fixes a "
+        "shift must change decisions.",
+    )
 
     @field_validator("canary_percents")
     @classmethod

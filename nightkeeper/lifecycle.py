@@ -42,26 +42,53 @@ def next_stage(stage: str, rollout: RolloutConfig) -> str | None:
 
 @dataclass(frozen=True)
 class NightHealth:
-    """How the challenger did on one night, compared with the champion on the same rows."""
+    """How the challenger did on one night, compared with the champion on the same rows.
+
+    ``realized_auc_drop``: champion's minus challenger's realized AUC on the labeled rows of this rollout's nights
+    (``labeled_rows`` of them; None until enough labels of both classes landed). ``estimated_auc_drop``: the same from
+    tonight's scores by CBPE, counted only while ``estimate_trusted``. ``agreement`` is information, a rule only below
+    the configured catastrophic floor.
+    """
 
     night: dt.date
     error_rate: float
     agreement: float
     fallback_rate_increase: float
     estimated_auc_drop: float | None
+    estimate_trusted: bool = False
+    realized_auc_drop: float | None = None
+    labeled_rows: int = 0
 
     def failures(self, rollout: RolloutConfig) -> list[str]:
-        """Each health rule this night broke, as a sentence."""
+        """Each health rule this night broke, as a sentence. Realized evidence, once there, replaces the estimate."""
         broken = []
         if self.error_rate > rollout.max_error_rate:
             broken.append(f"{self.error_rate:.1%} of rows failed to score (limit {rollout.max_error_rate:.1%})")
         if self.agreement < rollout.min_agreement:
-            broken.append(f"agreement with the champion {self.agreement:.1%} (minimum {rollout.min_agreement:.0%})")
+            broken.append(
+                f"agreement with the champion {self.agreement:.1%} is below the catastrophic floor {rollout.min_agreement:.0%}"
+            )
         if self.fallback_rate_increase > rollout.max_fallback_rate_increase:
             broken.append(f"fallback rate up {self.fallback_rate_increase:.1%} (limit {rollout.max_fallback_rate_increase:.1%})")
-        if self.estimated_auc_drop is not None and self.estimated_auc_drop > rollout.max_estimated_auc_drop:
+        if self.realized_auc_drop is not None:
+            if self.realized_auc_drop > rollout.max_realized_auc_drop:
+                broken.append(
+                    f"realized AUC down {self.realized_auc_drop:.3f} on {self.labeled_rows} labeled rows "
+                    f"(limit {rollout.max_realized_auc_drop})"
+                )
+        elif self.estimate_trusted and self.estimated_auc_drop is not None and self.estimated_auc_drop > rollout.max_estimated_auc_drop:
             broken.append(f"estimated AUC down {self.estimated_auc_drop:.3f} (limit {rollout.max_estimated_auc_drop})")
         return broken
+
+    def evidence(self) -> str:
+        """What tonight's judgement rests on, as a phrase: the AUC evidence and the (informational) agreement."""
+        if self.realized_auc_drop is not None:
+            auc = f"realized AUC {-self.realized_auc_drop:+.3f} vs the champion on {self.labeled_rows} labeled rows"
+        elif self.estimate_trusted and self.estimated_auc_drop is not None:
+            auc = f"no realized AUC yet ({self.labeled_rows} labeled rows), estimated AUC {-self.estimated_auc_drop:+.3f}"
+        else:
+            auc = f"no realized AUC yet ({self.labeled_rows} labeled rows), estimate not trusted"
+        return f"{auc}; agreement {self.agreement:.0%}"
 
 
 @dataclass(frozen=True)
@@ -73,6 +100,7 @@ class RolloutDecision:
 
 def decide_rollout(stage: str, healthy_nights_in_stage: int, tonight: NightHealth, rollout: RolloutConfig) -> RolloutDecision:
     """What to do after tonight: roll back on any broken health rule, advance after enough healthy nights, else hold.
+    The reason ends with the evidence the night was judged on.
 
     ``healthy_nights_in_stage`` counts tonight if it was healthy. Shadow needs ``shadow_nights``; each canary step
     needs ``nights_per_step``.
@@ -81,12 +109,13 @@ def decide_rollout(stage: str, healthy_nights_in_stage: int, tonight: NightHealt
     if broken:
         return RolloutDecision("rollback", f"{stage} failed its health check on {tonight.night}: " + "; ".join(broken))
     needed = rollout.shadow_nights if stage == SHADOW else rollout.nights_per_step
+    evidence = f" ({tonight.evidence()})"
     if healthy_nights_in_stage < needed:
-        return RolloutDecision("hold", f"{stage}: {healthy_nights_in_stage} of {needed} healthy nights")
+        return RolloutDecision("hold", f"{stage}: {healthy_nights_in_stage} of {needed} healthy nights" + evidence)
     following = next_stage(stage, rollout)
     if following is None:
-        return RolloutDecision("promote", f"{stage} held {needed} healthy nights; promoting to champion")
-    return RolloutDecision("advance", f"{stage} held {needed} healthy nights; advancing to {following}", following)
+        return RolloutDecision("promote", f"{stage} held {needed} healthy nights; promoting to champion" + evidence)
+    return RolloutDecision("advance", f"{stage} held {needed} healthy nights; advancing to {following}" + evidence, following)
 
 
 def start_shadow(connection: duckdb.DuckDBPyConnection, version: str, effective_from: dt.date, actor: str, reason: str) -> None:

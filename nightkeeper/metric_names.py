@@ -61,6 +61,10 @@ FEATURE_STATISTICS: tuple[str, ...] = (
     "new_category_share", "vanished_levels",
 )
 
+# Performance: written by the monitoring step (1.0 = tonight's estimate may be trusted, 0.0 = not); rollout health
+# reads it and counts a missing value as untrusted
+ESTIMATE_TRUSTED = "performance.estimate_trusted"
+
 
 def feature_metric(feature: str, statistic: str) -> str:
     """The name of a per-feature drift metric, e.g. ``drift.feature.income.psi``."""
@@ -87,8 +91,12 @@ METRICS: tuple[Metric, ...] = (
     _m("rollout.healthy", "1 when the challenger passed tonight's rollout health checks, else 0."),
     _m("rollout.error_rate", "Share of rows the challenger failed to score tonight."),
     _m("rollout.fallback_rate_increase", "Share of rows the challenger could not score minus the champion's (fallback would answer more)."),
-    _m("rollout.agreement", "Share of rows where challenger and champion made the same decision."),
+    _m("rollout.agreement", "Share of rows where challenger and champion made the same decision (a rule only below "
+       "lifecycle.rollout.min_agreement)."),
     _m("rollout.estimated_auc_drop", "Champion's minus challenger's estimated AUC on tonight's rows."),
+    _m("rollout.estimate_trusted", "1 when the estimated AUC drop counted in tonight's rollout health, else 0."),
+    _m("rollout.realized_auc_drop", "Champion's minus challenger's realized AUC on the labeled rows of the rollout so far."),
+    _m("rollout.labeled_rows", "Labeled rows of the rollout's nights both models scored (the realized AUC's evidence)."),
     _m("rollout.canary_percent", "Percent of entities the challenger answers tonight."),
     # lifecycle events (assets/lifecycle.py, assets/monitoring.py)
     _m("lifecycle.rollbacks", "Rollbacks of a challenger or champion on this night."),

@@ -68,7 +68,7 @@ def test_shadow_holds_until_enough_healthy_nights():
     decision = decide_rollout("shadow", 2, healthy(), ROLLOUT)
 
     assert decision.action == "hold"
-    assert decision.reason == "shadow: 2 of 3 healthy nights"
+    assert decision.reason.startswith("shadow: 2 of 3 healthy nights (no realized AUC yet")
     assert decision.next_stage is None
 
 
@@ -76,7 +76,7 @@ def test_canary_step_holds_until_nights_per_step():
     decision = decide_rollout("canary:5", 1, healthy(), ROLLOUT)
 
     assert decision.action == "hold"
-    assert decision.reason == "canary:5: 1 of 2 healthy nights"
+    assert decision.reason.startswith("canary:5: 1 of 2 healthy nights (")
 
 
 def test_shadow_advances_to_the_first_canary_after_shadow_nights():
@@ -111,11 +111,12 @@ def test_unknown_estimated_auc_drop_breaks_no_rule():
     ("broken", "named"),
     [
         ({"error_rate": 0.001}, "of rows failed to score (limit 0.0%)"),
-        ({"agreement": 0.79}, "agreement with the champion 79.0% (minimum 80%)"),
+        ({"agreement": 0.49}, "agreement with the champion 49.0% is below the catastrophic floor 50%"),
         ({"fallback_rate_increase": 0.02}, "fallback rate up 2.0% (limit 1.0%)"),
-        ({"estimated_auc_drop": 0.025}, "estimated AUC down 0.025 (limit 0.02)"),
+        ({"estimated_auc_drop": 0.025, "estimate_trusted": True}, "estimated AUC down 0.025 (limit 0.02)"),
+        ({"realized_auc_drop": 0.015, "labeled_rows": 900}, "realized AUC down 0.015 on 900 labeled rows (limit 0.01)"),
     ],
-    ids=["error_rate", "agreement", "fallback_increase", "estimated_auc_drop"],
+    ids=["error_rate", "agreement", "fallback_increase", "estimated_auc_drop", "realized_auc_drop"],
 )
 def test_each_broken_health_rule_rolls_back_naming_the_rule(broken, named):
     decision = decide_rollout("canary:5", 5, healthy(**broken), ROLLOUT)
@@ -127,13 +128,13 @@ def test_each_broken_health_rule_rolls_back_naming_the_rule(broken, named):
 
 
 def test_a_broken_rule_rolls_back_even_before_enough_healthy_nights():
-    decision = decide_rollout("shadow", 0, healthy(agreement=0.5), ROLLOUT)
+    decision = decide_rollout("shadow", 0, healthy(agreement=0.3), ROLLOUT)
 
     assert decision.action == "rollback"
 
 
 def test_every_broken_rule_is_named_in_one_rollback():
-    tonight = healthy(error_rate=0.5, agreement=0.1, fallback_rate_increase=0.5, estimated_auc_drop=0.5)
+    tonight = healthy(error_rate=0.5, agreement=0.1, fallback_rate_increase=0.5, estimated_auc_drop=0.5, estimate_trusted=True)
 
     decision = decide_rollout("shadow", 3, tonight, ROLLOUT)
 
@@ -143,9 +144,33 @@ def test_every_broken_rule_is_named_in_one_rollback():
 
 
 def test_health_at_exactly_the_limits_is_healthy():
-    at_limits = healthy(error_rate=0.0, agreement=0.8, fallback_rate_increase=0.01, estimated_auc_drop=0.02)
+    at_limits = healthy(error_rate=0.0, agreement=0.5, fallback_rate_increase=0.01, estimated_auc_drop=0.02, estimate_trusted=True)
 
     assert at_limits.failures(ROLLOUT) == []
+    assert healthy(realized_auc_drop=0.01, labeled_rows=500).failures(ROLLOUT) == []
+
+
+def test_disagreeing_with_the_champion_above_the_catastrophic_floor_is_no_veto():
+    decision = decide_rollout("shadow", 3, healthy(agreement=0.75), ROLLOUT)
+
+    assert decision.action == "advance"
+    assert "agreement 75%" in decision.reason
+
+
+def test_an_untrusted_estimate_breaks_no_rule():
+    decision = decide_rollout("shadow", 3, healthy(estimated_auc_drop=0.2, estimate_trusted=False), ROLLOUT)
+
+    assert decision.action == "advance"
+    assert "estimate not trusted" in decision.reason
+
+
+def test_realized_auc_once_labeled_replaces_even_a_trusted_estimate():
+    better = healthy(estimated_auc_drop=0.2, estimate_trusted=True, realized_auc_drop=-0.03, labeled_rows=800)
+
+    decision = decide_rollout("canary:5", 2, better, ROLLOUT)
+
+    assert decision.action == "advance"
+    assert "realized AUC +0.030 vs the champion on 800 labeled rows" in decision.reason
 
 
 # ----------------------------------------------------------------------------------- alias operations on DuckDB

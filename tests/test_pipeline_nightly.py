@@ -20,6 +20,7 @@ from nightkeeper.warehouse import NIGHTLY_SCHEMA, store_partition
 from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, make_project
 
 NIGHT = FIRST_NIGHT + dt.timedelta(days=2)
+NO_LABELS = nightly.RealizedAuc(rows=0, challenger=None, champion=None)
 # wall-clock figures: the only columns two runs of the same night may differ in
 WALL_CLOCK = {"latency_ms"}
 
@@ -162,7 +163,7 @@ def test_a_challenger_failing_only_where_the_champion_also_fails_raises_no_fallb
         pl.lit(False).alias("in_canary")
     )
 
-    health = nightly.rollout_health(NIGHT, challenger, champion, 0.5)
+    health = nightly.rollout_health(NIGHT, challenger, champion, 0.5, NO_LABELS, trusted=False)
 
     assert health.error_rate == 1.0
     assert health.fallback_rate_increase == 0.0
@@ -176,7 +177,7 @@ def test_a_challenger_answering_rows_the_champion_could_not_lowers_the_fallback_
         pl.lit(False).alias("in_canary"),
     )
 
-    health = nightly.rollout_health(NIGHT, challenger, champion, 0.5)
+    health = nightly.rollout_health(NIGHT, challenger, champion, 0.5, NO_LABELS, trusted=False)
 
     assert health.error_rate == 0.0
     assert health.fallback_rate_increase == -1.0

@@ -9,15 +9,18 @@ in ``monitoring.night_metrics``) are written through ``connection`` by the step 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import duckdb
 import polars as pl
+from sklearn.metrics import roc_auc_score
 
-from nightkeeper import batch_checks, lifecycle, metrics_store, registry
+from nightkeeper import batch_checks, lifecycle, metric_names, metrics_store, registry
 from nightkeeper.artifacts import ModelUnavailable, load_verified
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import BusinessValue, ProjectConfig
 from nightkeeper.ingest import read_night
+from nightkeeper.labels import LABELS_TABLE
 from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
 from nightkeeper.performance import estimate_performance
 from nightkeeper.pipeline.step import StepResult
@@ -181,9 +184,12 @@ def shadow_night(
     except ModelUnavailable as exc:
         frame = unscored(validated_batch, challenger.version, str(exc))
     frame = frame.with_columns(in_canary(frame["entity_id"], percent))
-    health = rollout_health(night, frame, scored_batch, config.model.decision.threshold)
-    earlier_healthy = history.filter((pl.col("night") >= challenger.effective_from) & (pl.col("value") == 1.0)).height
     rollout = config.lifecycle.rollout
+    realized = realized_rollout_auc(connection, challenger.version, night, rollout.min_labeled_rows)
+    health = rollout_health(
+        night, frame, scored_batch, config.model.decision.threshold, realized, estimate_trusted(connection, night)
+    )
+    earlier_healthy = history.filter((pl.col("night") >= challenger.effective_from) & (pl.col("value") == 1.0)).height
     failures = health.failures(rollout)
     healthy = not failures
     decision = lifecycle.decide_rollout(challenger.stage, earlier_healthy + healthy, health, rollout)
@@ -193,6 +199,9 @@ def shadow_night(
         "rollout.fallback_rate_increase": health.fallback_rate_increase,
         "rollout.agreement": health.agreement,
         "rollout.estimated_auc_drop": health.estimated_auc_drop,
+        "rollout.estimate_trusted": float(health.estimate_trusted),
+        "rollout.realized_auc_drop": health.realized_auc_drop,
+        "rollout.labeled_rows": health.labeled_rows,
         "rollout.canary_percent": percent,
     }, challenger.version)
     return StepResult(
@@ -207,6 +216,11 @@ def shadow_night(
             "fallback_rate_increase": health.fallback_rate_increase,
             "agreement": health.agreement,
             "estimated_auc_drop": health.estimated_auc_drop,
+            "estimate_trusted": health.estimate_trusted,
+            "labeled_rows": realized.rows,
+            "realized_auc_challenger": realized.challenger,
+            "realized_auc_champion": realized.champion,
+            "realized_auc_drop": health.realized_auc_drop,
             "healthy_nights_in_stage": earlier_healthy + healthy,
             "rollout_action": decision.action,
             "rollout_next_stage": decision.next_stage or "",
@@ -281,12 +295,72 @@ def outcomes_conserve_rows(connection: duckdb.DuckDBPyConnection) -> CheckOutcom
     return batch_checks.rows_conserved(nights)
 
 
-def rollout_health(night: dt.date, challenger: pl.DataFrame, champion: pl.DataFrame, threshold: float) -> lifecycle.NightHealth:
+@dataclass(frozen=True)
+class RealizedAuc:
+    """Realized AUC of the challenger and the champion on the same labeled rows (AUCs None while too few)."""
+
+    rows: int
+    challenger: float | None
+    champion: float | None
+
+    @property
+    def drop(self) -> float | None:
+        """Champion's minus challenger's AUC; None while either is unknown."""
+        return None if self.challenger is None or self.champion is None else self.champion - self.challenger
+
+
+def realized_rollout_auc(connection: duckdb.DuckDBPyConnection, version: str, night: dt.date, min_rows: int) -> RealizedAuc:
+    """The challenger ``version`` against the champion on every stored row both scored, of the nights before ``night``
+    that the challenger scored (its rollout), whose label had arrived by ``night``.
+
+    Paired on the same rows, so a night's mix or base rate cannot favour either. AUCs are None below ``min_rows``
+    labeled rows or while only one class has landed.
+    """
+    if not all(_table_exists(connection, *table.split(".")) for table in (
+        f"{NIGHTLY_SCHEMA}.shadow_scores", f"{NIGHTLY_SCHEMA}.scored_batch", LABELS_TABLE
+    )):
+        return RealizedAuc(0, None, None)
+    labeled = connection.execute(
+        f"""select s.score as challenger, c.score as champion, l.label
+            from {NIGHTLY_SCHEMA}.shadow_scores s
+            join {NIGHTLY_SCHEMA}.scored_batch c using (partition_date, source_file, row_number)
+            join {LABELS_TABLE} l on l.entity_id = s.entity_id and l.partition_date = s.partition_date
+            where s.model_version = $version and s.partition_date < $night and l.arrived_on <= $night
+              and s.model_error is null and c.model_error is null""",
+        {"version": version, "night": night},
+    ).pl()
+    rows = labeled.height
+    if rows < min_rows or labeled["label"].n_unique() < 2:
+        return RealizedAuc(rows, None, None)
+    labels = labeled["label"].to_numpy()
+    return RealizedAuc(
+        rows, float(roc_auc_score(labels, labeled["challenger"].to_numpy())), float(roc_auc_score(labels, labeled["champion"].to_numpy()))
+    )
+
+
+def estimate_trusted(connection: duckdb.DuckDBPyConnection, night: dt.date) -> bool:
+    """Whether the monitoring step judged the performance estimate trustworthy on its latest night up to ``night``
+    (``performance.estimate_trusted`` within the two nights before, as tonight's is written after this step);
+    missing counts as untrusted."""
+    history = metrics_store.metric_history(connection, [metric_names.ESTIMATE_TRUSTED], night, 3).drop_nulls("value")
+    return bool(history.height) and history.sort("night")["value"][-1] == 1.0
+
+
+def rollout_health(
+    night: dt.date,
+    challenger: pl.DataFrame,
+    champion: pl.DataFrame,
+    threshold: float,
+    realized: RealizedAuc,
+    trusted: bool,
+) -> lifecycle.NightHealth:
     """The challenger's health tonight, judged against the champion on the same rows.
 
     ``error_rate``: share of rows the challenger could not score. ``fallback_rate_increase``: how many more rows
     (as a share) the fallback would answer with the challenger serving than with the champion — the rows it could not
     score minus those the champion could not score (negative when it answers rows the champion could not).
+    ``agreement`` and the CBPE ``estimated_auc_drop`` come from tonight's rows both scored; ``realized`` is the
+    evidence from labeled rows of the rollout so far and ``trusted`` whether the estimate may be used.
     """
     rows = challenger.height
     errors = int(challenger["model_error"].is_not_null().sum()) if rows else 0
@@ -306,7 +380,10 @@ def rollout_health(night: dt.date, challenger: pl.DataFrame, champion: pl.DataFr
     )
     error_rate = errors / rows if rows else 0.0
     fallback_rate_increase = (errors - champion_errors) / rows if rows else 0.0
-    return lifecycle.NightHealth(night, error_rate, agreement, fallback_rate_increase, drop)
+    return lifecycle.NightHealth(
+        night, error_rate, agreement, fallback_rate_increase, drop,
+        estimate_trusted=trusted, realized_auc_drop=realized.drop, labeled_rows=realized.rows,
+    )
 
 
 def record_night_metrics(
