@@ -4,7 +4,8 @@
 of entities routed to it), ``fallback`` (the fitted fallback rule answered
 because the model could not, or because the row was quarantined but its segment is known), ``quarantine`` (nobody
 could decide — quarantined and undecidable, or not scored and no fallback rule exists; the decision is the
-configured ``undecided`` label). ``reason`` says why a row is not a model answer.
+``undecided`` label). ``reason`` says why a row is not a model answer. The decision passed in is the serving
+champion's (``nightkeeper.serving.serving_decision``), so fallback answers are decided like the model's.
 """
 
 from __future__ import annotations

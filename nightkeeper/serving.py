@@ -1,9 +1,14 @@
-"""Which model serves a night.
+"""Which model serves a night, and the decision it serves with.
 
 The alias log names a version for each night; its registry row gives the artifact and the card. A registry row
 that cannot be used (the alias names a version that is not registered, or its card JSON does not parse) makes the
 model unavailable for the night, like a missing artifact: the fallback answers and the error says why. It never
 crashes the night.
+
+The decision (threshold and labels) belongs to the serving model's card: the model was judged with it and scores
+are decided with it. Everything that turns a score into a decision for a night (scoring, fallback answers,
+outcomes, and for the other steps the review queue, metrics and business value) reads ``serving_decision``. The
+config's ``model.decision`` is what the next trained model is given, and it serves only while no usable card does.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 import duckdb
 
 from nightkeeper import registry
+from nightkeeper.config import DecisionConfig, ProjectConfig
 
 
 @dataclass(frozen=True)
@@ -45,3 +51,9 @@ def serving_model(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.d
         first = str(exc).splitlines()[0]
         return ServingModel(*named, None, f"{alias} {state.version!r} has an invalid card in the registry: {first}")
     return ServingModel(*named, record, None)
+
+
+def serving_decision(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date) -> DecisionConfig:
+    """The decision the champion serving ``night`` was judged with (its card's); the config's while none is usable."""
+    champion = serving_model(connection, registry.CHAMPION, night)
+    return champion.record.card.decision if champion.record else config.model.decision

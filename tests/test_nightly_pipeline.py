@@ -12,8 +12,10 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 
 from nightkeeper import registry, simulator, warehouse
+from nightkeeper.fallback import decide
 from nightkeeper.synthetic import synthesize
 from pipeline_harness import (
     FIRST_NIGHT,
@@ -345,3 +347,20 @@ def test_champion_with_an_invalid_card_in_the_registry_degrades_the_night_instea
     result = project.run_night(NIGHT)
 
     _assert_undecided_for_a_bad_registry_row(project, NIGHT, result, "has an invalid card in the registry")
+
+
+def test_decisions_follow_the_serving_cards_threshold_after_the_config_threshold_is_edited(project):
+    champion = bootstrap_example_champion(project)  # judged and carded with threshold 0.30
+    project.land_night(NIGHT, scenario=simulator.Scenario(bad_data=True, defects=frozenset({"negative_income"})))
+    edited = example_config()
+    edited["model"]["decision"] = {**edited["model"]["decision"], "threshold": 0.05}
+    project.config_path.write_text(yaml.safe_dump(edited, sort_keys=False))
+
+    assert project.run_night(NIGHT).success
+
+    outcomes = project.table("outcomes", NIGHT)
+    answered = outcomes.filter(pl.col("score").is_not_null())
+    by_card = answered.select(decide(pl.col("score"), champion.card.decision).alias("by_card"))["by_card"]
+    assert (answered["decision"] == by_card).all()
+    fallback = answered.filter(pl.col("source") == "fallback")
+    assert fallback["score"].is_between(0.05, champion.card.decision.threshold, closed="left").any(), "the test must tell"

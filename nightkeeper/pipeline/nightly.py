@@ -25,7 +25,7 @@ from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
 from nightkeeper.performance import estimate_performance
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.routing import in_canary
-from nightkeeper.serving import serving_model
+from nightkeeper.serving import serving_decision, serving_model
 from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored, with_reason_codes
 from nightkeeper.validation import ROW_KEY, quarantine_summary, validate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA
@@ -187,7 +187,8 @@ def shadow_night(
     rollout = config.lifecycle.rollout
     realized = realized_rollout_auc(connection, challenger.version, night, rollout.min_labeled_rows)
     health = rollout_health(
-        night, frame, scored_batch, config.model.decision.threshold, realized, estimate_trusted(connection, night)
+        night, frame, scored_batch, serving_decision(config, connection, night).threshold, realized,
+        estimate_trusted(connection, night),
     )
     earlier_healthy = history.filter((pl.col("night") >= challenger.effective_from) & (pl.col("value") == 1.0)).height
     failures = health.failures(rollout)
@@ -241,13 +242,13 @@ def answer_night(
     scored_batch: pl.DataFrame,
     shadow_scores: pl.DataFrame,
 ) -> StepResult:
-    """``outcomes``: exactly one answer per raw row (model, canary, fallback or quarantine). Check:
-    ``fallback_rate_within_limit``."""
+    """``outcomes``: exactly one answer per raw row (model, canary, fallback or quarantine), fallback and undecided
+    answers decided with the serving champion's decision (``serving_decision``). Check: ``fallback_rate_within_limit``."""
     champion = serving_model(connection, registry.CHAMPION, night).record
     fallback = Fallback(champion.card.fallback, champion.version) if champion else Fallback(None, None)
     canary = shadow_scores.filter(pl.col("in_canary")).drop("in_canary") if shadow_scores.height else None
     frame = assemble_outcomes(
-        raw_batch, quarantine, scored_batch, fallback, config.contract, config.model.decision,
+        raw_batch, quarantine, scored_batch, fallback, config.contract, serving_decision(config, connection, night),
         config.fallback.answer_quarantined, canary,
     )
     counts = outcome_summary(frame)
