@@ -135,7 +135,7 @@ def test_night_without_any_file_succeeds_and_fails_the_schema_check(project):
     assert result.success
     assert project.table("outcomes", NIGHT).height == 0
     schema = check_results(result)["schema_matches_contract"]
-    assert not schema.passed and "no input files" in schema.description
+    assert not schema.passed and "no input file landed" in schema.description
 
 
 def test_rerunning_a_night_replaces_its_partition_without_duplicates(project):
