@@ -20,7 +20,7 @@ _COMPATIBLE: dict[str, tuple[str, ...]] = {
     "float": ("Float", "Int", "UInt", "Decimal"),
     "int": ("Int", "UInt"),
     "bool": ("Boolean",),
-    "category": ("String", "Categorical", "Enum"),
+    "category": ("String", "Categorical", "Enum", "Int", "UInt"),  # integer codes are a common encoding of levels
 }
 
 

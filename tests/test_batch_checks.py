@@ -22,6 +22,7 @@ from nightkeeper.ingest import LandedFile, RawBatch, read_raw_batch
 from nightkeeper.simulator import Scenario, simulate_night
 from nightkeeper.training import TrainedModel
 from nightkeeper.validation import validate
+from nightkeeper.worlds import duplicate_codes_world
 
 NIGHT = date(2024, 5, 1)
 ROWS = 400
@@ -75,6 +76,15 @@ def test_missing_optional_column_fails_with_warning(tmp_path: Path, clean: pl.Da
     assert not outcome.passed
     assert outcome.severity == "WARN"
     assert "optional column 'dependents' is missing" in outcome.description
+
+
+def test_integer_codes_of_a_category_feature_match_the_contract(tmp_path: Path) -> None:
+    # low-cardinality data often stores its levels as integer codes (region 1..9); that is no schema break
+    world = duplicate_codes_world(nights=1, rows_per_night=50)
+    night = world.labeled_night(world.start)
+    contract = Contract.model_validate(world.config()["contract"])
+    assert night["region_code"].dtype == pl.Int64 and contract.features["region_code"].dtype == "category"
+    assert check_schema(night.drop(world.target), tmp_path, contract).passed
 
 
 def test_extra_column_fails_with_warning(tmp_path: Path, clean: pl.DataFrame, contract: Contract) -> None:
