@@ -377,6 +377,20 @@ class PerformanceConfig(_Strict):
     max_calibration_error: float = Field(
         0.05, gt=0, le=1, description="Expected calibration error above which estimated performance is flagged untrustworthy."
     )
+    max_estimate_auc_gap: float = Field(
+        0.03, gt=0, le=1,
+        description="Largest |estimated - realized AUC| on the serving model's latest labeled rows (or its holdout) for "
+        "which the estimate (CBPE) is still trusted to drive health checks and alerts.",
+    )
+    estimate_noise_z: float = Field(
+        2.0, ge=0,
+        description="Standard errors of one night's realized AUC (at its row count) added to the estimate's known bias "
+        "before comparing with max_estimate_auc_gap: a small night's AUC cannot be promised within the gap.",
+    )
+    max_positive_rate_gap: float = Field(
+        0.03, gt=0, le=1,
+        description="Largest |mean score - realized base rate| on the latest labeled rows for which the estimate is trusted.",
+    )
     business_value: BusinessValue = BusinessValue()
 
 

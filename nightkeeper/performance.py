@@ -317,6 +317,102 @@ def calibration_check(
     )
 
 
+# ------------------------------------------------------------------------------------------------ estimate trust
+
+
+@dataclass(frozen=True)
+class EstimateTrust:
+    """Whether tonight's CBPE estimate may drive health checks and alerts, and why (``reason``, for people).
+
+    ``evidence``: 'labels' (the serving model's latest labeled rows), 'holdout' (its card's holdout, before any
+    label of its own has landed) or 'none'. ``auc_gap``: estimated minus realized AUC on the same rows;
+    ``positive_rate_gap``: estimated positive rate (mean score) minus the realized base rate (labels only).
+    """
+
+    trusted: bool
+    reason: str
+    evidence: str
+    auc_gap: float | None = None
+    positive_rate_gap: float | None = None
+
+
+def auc_standard_error(auc: float, positives: float, negatives: float) -> float:
+    """Hanley & McNeil's standard error of an AUC measured on ``positives`` and ``negatives`` rows: how far one
+    night's realized AUC wanders around the truth by chance alone (inf with no row of a class)."""
+    if positives < 1 or negatives < 1:
+        return float("inf")
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) / (positives * negatives)
+    return float(np.sqrt(max(variance, 0.0)))
+
+
+def estimate_trust(
+    labeled: pl.DataFrame,
+    calibration: CalibrationResult | None,
+    holdout: Mapping[str, float] | None,
+    tonight: Mapping[str, object] | None,
+    settings: PerformanceConfig,
+) -> EstimateTrust:
+    """Judge CBPE against what is known: the estimate is trusted only where it matched reality.
+
+    ``labeled``: the serving model's labeled rows of its latest labeled nights (``scored_with_labels`` columns; only
+    ``score`` and ``label`` are read). With at least ``settings.min_labeled_rows`` of them and both classes, CBPE is
+    re-run on exactly those rows and compared with what their labels say: untrusted when the AUC it estimates is
+    off by more than ``settings.max_estimate_auc_gap``, when the positive rate it implies (mean score) is off the
+    realized base rate by more than ``settings.max_positive_rate_gap`` (a base-rate shift), or when ``calibration``
+    fails. Before such labels, the card's ``holdout`` (its ``auc`` and ``estimated_auc``) is the evidence; without
+    either, the estimate is not trusted (nothing shows it can be).
+
+    Tonight's own realized AUC will differ from any estimate by chance: ``tonight`` (tonight's estimate: ``rows``,
+    ``auc``, ``positive_rate``) gives its standard error (``auc_standard_error`` at the base rate the labels show),
+    and the estimate is trusted only if |bias| + ``settings.estimate_noise_z`` × that error stays within
+    ``settings.max_estimate_auc_gap`` — on small nights no estimate can promise ±0.03, and the reason says so.
+    """
+    noise = _night_noise(tonight, labeled)
+    margin = settings.estimate_noise_z * noise
+    if labeled.height >= settings.min_labeled_rows and labeled["label"].n_unique() == 2:
+        scores, truth = labeled["score"].to_numpy(), labeled["label"].to_numpy()
+        estimated = estimate_performance(scores, 0.5, BusinessValue())
+        auc_gap = float(estimated["auc"] or 0.0) - float(roc_auc_score(truth, scores))
+        rate_gap = float(scores.mean() - truth.mean())
+        problems = []
+        if abs(auc_gap) + margin > settings.max_estimate_auc_gap:
+            problems.append(_auc_problem(auc_gap, noise, settings))
+        if abs(rate_gap) > settings.max_positive_rate_gap:
+            problems.append(
+                f"estimated positive rate {scores.mean():.3f} vs realized base rate {truth.mean():.3f} "
+                f"(gap {rate_gap:+.3f}, limit ±{settings.max_positive_rate_gap}): the base rate moved"
+            )
+        if calibration is not None and not calibration.trustworthy:
+            problems.append(f"calibration error {calibration.ece:.3f} above {calibration.max_calibration_error}")
+        where = f"on the serving model's {labeled.height} latest labeled rows"
+        reason = ("; ".join(problems) + f" {where}") if problems else f"estimate matched the labels {where} (AUC gap {auc_gap:+.3f}, base-rate gap {rate_gap:+.3f})"
+        return EstimateTrust(not problems, reason, "labels", auc_gap, rate_gap)
+    if holdout and holdout.get("estimated_auc") is not None and holdout.get("auc") is not None:
+        auc_gap = float(holdout["estimated_auc"]) - float(holdout["auc"])
+        trusted = abs(auc_gap) + margin <= settings.max_estimate_auc_gap
+        reason = "no labels of the serving model yet; on its holdout " + _auc_problem(auc_gap, noise, settings)
+        return EstimateTrust(trusted, reason, "holdout", auc_gap, None)
+    return EstimateTrust(False, "no labels and no holdout estimate: nothing shows the estimate can be trusted", "none")
+
+
+def _night_noise(tonight: Mapping[str, object] | None, labeled: pl.DataFrame) -> float:
+    """The standard error of tonight's realized AUC, at the base rate the labels show (else the estimated one)."""
+    if not tonight or tonight.get("auc") is None or not tonight.get("rows"):
+        return 0.0
+    rows = float(tonight["rows"])  # type: ignore[arg-type]
+    rate = float(labeled["label"].mean()) if labeled.height else float(tonight.get("positive_rate") or 0.0)  # type: ignore[arg-type]
+    return auc_standard_error(float(tonight["auc"]), rows * rate, rows * (1 - rate))  # type: ignore[arg-type]
+
+
+def _auc_problem(auc_gap: float, noise: float, settings: PerformanceConfig) -> str:
+    return (
+        f"the estimated AUC was off the realized by {auc_gap:+.3f}, and one night's realized AUC wanders by ±{noise:.3f} "
+        f"(standard error) by chance: {abs(auc_gap):.3f} + {settings.estimate_noise_z} × {noise:.3f} against a limit of "
+        f"{settings.max_estimate_auc_gap}"
+    )
+
+
 # ------------------------------------------------------------------------------------------- metrics and plots
 
 

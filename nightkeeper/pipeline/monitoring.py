@@ -88,7 +88,10 @@ def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnecti
     are recomputed); tonight's metrics see only what was known by tonight: outcomes up to ``night`` and labels
     arrived by it. ``plots``: render the realized-vs-estimated PNG (its cost grows with the nights shown; a
     backtest that draws its own report turns it off).
-    Checks: ``estimate_trustworthy`` (calibration on the latest labeled nights), ``performance_holds`` (estimated and
+    Estimate trust (``performance.estimate_trust``): CBPE is judged against the serving model's latest labels (or its
+    holdout before they land); ``performance.estimate_trusted`` (1/0), its gaps and the reason are recorded, and while
+    untrusted ``performance.estimated_auc_drop`` is not recorded, so no alert or health check acts on it.
+    Checks: ``estimate_trustworthy`` (that verdict, with its reason), ``performance_holds`` (trusted estimated and
     realized AUC within PERFORMANCE_HOLD_TOLERANCE of the champion's holdout).
     """
     settings = config.monitoring.performance
@@ -107,7 +110,17 @@ def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnecti
     expected_auc = champion.card.holdout_metrics.get("estimated_auc") if champion else None
     pooled = performance.pooled_realized_auc(window, REALIZED_WINDOW_NIGHTS, settings.min_labeled_rows)
     metrics["performance.realized_auc_window"] = pooled["auc"] if pooled else None
-    metrics["performance.estimated_auc_drop"] = _drop(expected_auc, metrics.get("performance.estimated_auc"))
+    trust = performance.estimate_trust(
+        _serving_labeled(window, champion.version if champion else None), calibration,
+        champion.card.holdout_metrics if champion else None, estimate_row, settings,
+    )
+    metrics |= {
+        "performance.estimate_trusted": 1.0 if trust.trusted else 0.0,
+        "performance.estimate_auc_gap": trust.auc_gap,
+        "performance.estimate_positive_rate_gap": trust.positive_rate_gap,
+    }
+    # an estimate that did not match reality must not page anyone nor judge a model: its drop is not recorded
+    metrics["performance.estimated_auc_drop"] = _drop(expected_auc, metrics.get("performance.estimated_auc")) if trust.trusted else None
     metrics["performance.realized_auc_drop"] = _drop(reference_auc, pooled["auc"] if pooled else None)
     metrics_store.record_metrics(connection, night, metrics, champion.version if champion else None)
     plot = _plot(config.path(Path(REPORTS_FOLDER)), night, realized, estimated) if plots else None
@@ -117,12 +130,14 @@ def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnecti
             "realized_auc_latest": metrics.get("performance.realized_auc"),
             "realized_night_latest": str(latest["partition_date"]) if latest else "none yet",
             "calibration_error": metrics.get("performance.calibration_error"),
+            "estimate_trusted": trust.trusted,
+            "estimate_trust_reason": trust.reason,
             "reference_auc": reference_auc,
             "realized_by_night": realized.sort("partition_date", descending=True).head(14),
             "plot": plot if plot else "not rendered" if not plots else "no nights yet",
         },
         checks={
-            "estimate_trustworthy": _trustworthy(calibration),
+            "estimate_trustworthy": _trustworthy(trust),
             "performance_holds": _holds(metrics, reference_auc),
         },
     )
@@ -139,6 +154,13 @@ def _labeled_window(connection: duckdb.DuckDBPyConnection, night: dt.date, reali
     return performance.scored_with_labels_of(connection, sorted({*recent, *labeled.tail(REALIZED_WINDOW_NIGHTS)}), night)
 
 
+def _serving_labeled(window: pl.DataFrame, version: str | None) -> pl.DataFrame:
+    """The serving model's labeled rows of its latest REALIZED_WINDOW_NIGHTS labeled nights in ``window``."""
+    rows = window.filter((pl.col("source") == "model") & (pl.col("model_version") == version) & pl.col("label").is_not_null())
+    nights = rows["partition_date"].unique().sort().tail(REALIZED_WINDOW_NIGHTS)
+    return rows.filter(pl.col("partition_date").is_in(nights.implode()))
+
+
 def _calibration(window: pl.DataFrame, max_error: float) -> performance.CalibrationResult | None:
     """``calibration_check`` on the model's labeled rows of the latest CALIBRATION_WINDOW_NIGHTS calendar nights."""
     joined = window.filter((pl.col("source") == "model") & pl.col("label").is_not_null())
@@ -152,16 +174,13 @@ def _drop(reference: float | None, value: float | None) -> float | None:
     return None if reference is None or value is None else reference - value
 
 
-def _trustworthy(calibration: performance.CalibrationResult | None) -> CheckOutcome:
-    if calibration is None:
-        return CheckOutcome(True, "no labels yet: calibration cannot be judged", "WARN")
+def _trustworthy(trust: performance.EstimateTrust) -> CheckOutcome:
     return CheckOutcome(
-        calibration.trustworthy,
-        f"expected calibration error {calibration.ece:.3f} on {calibration.rows} recent labeled rows "
-        f"(limit {calibration.max_calibration_error}); estimated performance is "
-        + ("trustworthy" if calibration.trustworthy else "NOT trustworthy — trust realized figures"),
+        trust.trusted,
+        ("estimated performance is trusted: " if trust.trusted else "estimated performance is NOT trusted — trust realized figures: ")
+        + trust.reason,
         "WARN",
-        {"ece": calibration.ece},
+        {"evidence": trust.evidence, **{k: v for k, v in (("auc_gap", trust.auc_gap), ("positive_rate_gap", trust.positive_rate_gap)) if v is not None}},
     )
 
 
