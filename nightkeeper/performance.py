@@ -15,14 +15,15 @@
   labels land. That is why both exist.
 * ``performance_metrics`` flattens both into ``performance.*`` metrics for the alert rules.
 
-A row's decision is 'positive' (the config's ``at_or_above_threshold`` decision) when ``score >= threshold``;
+A row's decision is 'positive' (the ``at_or_above_threshold`` decision) when ``score >= threshold``, the threshold
+on the card of the model version that answered it (``card_thresholds``: what scoring decided at, not the config's);
 business value = sum over rows of the money of its confusion cell (``BusinessValue``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 import polars as pl
 
+from nightkeeper import registry
 from nightkeeper.config import BusinessValue, DecisionConfig, PerformanceConfig
 from nightkeeper.frames import conform
 from nightkeeper.labels import LABELS_TABLE, ensure_labels_table
@@ -123,11 +125,14 @@ def realized_performance(
     value: BusinessValue,
     min_labeled_rows: int,
     sources: Sequence[str] = DEFAULT_SOURCES,
+    thresholds: Mapping[str, float] | None = None,
 ) -> pl.DataFrame:
     """Realized metrics per (partition_date, source, model_version) of the scored rows of ``sources`` (REALIZED_SCHEMA).
 
     ``rows``: scored rows; ``labeled_rows``: those with a label; ``label_coverage`` = labeled_rows / rows. The
-    confusion counts and every metric are over the labeled rows; decision positive = ``score >= decision.threshold``.
+    confusion counts and every metric are over the labeled rows; decision positive = ``score >= threshold``, where
+    threshold is the row's model version's in ``thresholds`` (its card's: the threshold its answers were decided at,
+    see ``card_thresholds``), ``decision.threshold`` for a version not listed.
     The metrics (auc, precision, recall, brier, positive_rate = share of label 1, business_value,
     business_value_per_row = business_value / labeled_rows) are null below ``min_labeled_rows`` labeled rows; auc is
     null too when the labels hold one class only, precision when no row was decided positive, recall when no label
@@ -135,7 +140,7 @@ def realized_performance(
     """
     scored = scored_with_labels(outcomes, labels, sources)
     counts = scored.group_by(GROUP_KEY).agg(pl.len().cast(pl.Int64).alias("rows"))
-    predicted = pl.col("score") >= decision.threshold
+    predicted = pl.col("score") >= _threshold_of_version(decision, thresholds)
     actual = pl.col("label") == 1
     labeled = scored.filter(pl.col("label").is_not_null()).with_columns(
         pl.col("score").rank("average").over(GROUP_KEY).alias("_rank")
@@ -179,6 +184,22 @@ def realized_performance(
         .sort(GROUP_KEY)
     )
     return conform(table, REALIZED_SCHEMA)
+
+
+def card_thresholds(connection: duckdb.DuckDBPyConnection, versions: Iterable[str | None]) -> dict[str, float]:
+    """The decision threshold on the card of each registered version among ``versions``: the threshold its answers
+    were decided at, whatever the config says now. Versions not in the registry are left out."""
+    found: dict[str, float] = {}
+    for version in {v for v in versions if v}:
+        try:
+            found[version] = registry.get_version(connection, version).card.decision.threshold
+        except KeyError:
+            continue  # answered by a version the registry does not know: the config's threshold is all there is
+    return found
+
+
+def _threshold_of_version(decision: DecisionConfig, thresholds: Mapping[str, float] | None) -> pl.Expr:
+    return pl.col("model_version").replace_strict(dict(thresholds or {}), default=decision.threshold, return_dtype=pl.Float64)
 
 
 # ---------------------------------------------------------------------------------------------------- estimated
@@ -236,14 +257,20 @@ def _expected_auc(p: np.ndarray) -> float | None:
 
 
 def estimated_performance(
-    outcomes: pl.DataFrame, decision: DecisionConfig, value: BusinessValue, sources: Sequence[str] = DEFAULT_SOURCES
+    outcomes: pl.DataFrame,
+    decision: DecisionConfig,
+    value: BusinessValue,
+    sources: Sequence[str] = DEFAULT_SOURCES,
+    thresholds: Mapping[str, float] | None = None,
 ) -> pl.DataFrame:
     """``estimate_performance`` per (partition_date, source, model_version) over every scored row of ``sources``,
-    labeled or not (ESTIMATED_SCHEMA). Needs only outcome columns partition_date, source, model_version, score."""
+    labeled or not (ESTIMATED_SCHEMA), each version at its threshold in ``thresholds`` (``decision.threshold`` for
+    one not listed). Needs only outcome columns partition_date, source, model_version, score."""
     scored = outcomes.filter(pl.col("source").is_in(list(sources)) & pl.col("score").is_not_null())
     rows = []
     for key, group in scored.group_by(GROUP_KEY):
-        estimate = estimate_performance(group["score"].to_numpy(), decision.threshold, value)
+        threshold = (thresholds or {}).get(dict(zip(GROUP_KEY, key))["model_version"], decision.threshold)
+        estimate = estimate_performance(group["score"].to_numpy(), threshold, value)
         metrics = {name: estimate[name] for name in ESTIMATED_SCHEMA if name not in (*GROUP_KEY, "rows")}
         rows.append({**dict(zip(GROUP_KEY, key)), "rows": group.height, **metrics})
     frame = pl.DataFrame(rows, schema=ESTIMATED_SCHEMA) if rows else pl.DataFrame(schema=ESTIMATED_SCHEMA)
@@ -562,10 +589,14 @@ def refresh_performance(
         estimate_nights = [night]
     nights = sorted({*estimate_nights, *landed})
     rows = _scored_rows(connection, nights)
+    thresholds = card_thresholds(connection, rows["model_version"].unique())
     realized = realized_performance(  # noqa: F841  (DuckDB reads these local variables by name)
-        rows, _labels_of(connection, nights, arrived_by=None), decision, settings.business_value, settings.min_labeled_rows
+        rows, _labels_of(connection, nights, arrived_by=None), decision, settings.business_value, settings.min_labeled_rows,
+        thresholds=thresholds,
     ).to_arrow()
-    estimated = estimated_performance(rows.filter(pl.col("partition_date").is_in(estimate_nights)), decision, settings.business_value).to_arrow()  # noqa: F841
+    estimated = estimated_performance(  # noqa: F841
+        rows.filter(pl.col("partition_date").is_in(estimate_nights)), decision, settings.business_value, thresholds=thresholds
+    ).to_arrow()
     state = counts.to_arrow()  # noqa: F841
     connection.begin()
     try:
@@ -596,8 +627,10 @@ def realized_as_of(connection: duckdb.DuckDBPyConnection, night: dt.date, decisi
         f"select * from {REALIZED_TABLE} where partition_date <= $night and partition_date not in (select unnest($late))",
         {"night": night, "late": late},
     ).pl()
+    rows = _scored_rows(connection, late)
     recomputed = realized_performance(
-        _scored_rows(connection, late), _labels_of(connection, late, arrived_by=night), decision, settings.business_value, settings.min_labeled_rows
+        rows, _labels_of(connection, late, arrived_by=night), decision, settings.business_value, settings.min_labeled_rows,
+        thresholds=card_thresholds(connection, rows["model_version"].unique()),
     )
     return pl.concat([conform(stored, REALIZED_SCHEMA), recomputed]).sort(GROUP_KEY)
 

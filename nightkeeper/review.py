@@ -93,9 +93,12 @@ TRAINING_LABEL_SCHEMA: dict[str, pl.DataType] = {
 
 
 def build_review_queue(
-    outcomes: pl.DataFrame, quarantine: pl.DataFrame, threshold: float, config: ReviewConfig
+    outcomes: pl.DataFrame, quarantine: pl.DataFrame, threshold: float | pl.Expr, config: ReviewConfig
 ) -> pl.DataFrame:
     """The review queue of the nights in ``outcomes`` (OUTCOME_SCHEMA), as a QUEUE_SCHEMA frame.
+
+    ``threshold``: the decision threshold, or an expression over the outcome's columns giving each row's (the
+    threshold on its model version's card, which is what it was decided at).
 
     Who enters, in priority order, per night (``partition_date``):
 

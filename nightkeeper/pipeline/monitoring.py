@@ -350,8 +350,14 @@ def review_queue_night(
     outcomes: pl.DataFrame,
     quarantine: pl.DataFrame,
 ) -> StepResult:
-    """Tonight's answers a person should look at (``review.build_review_queue``), stored in the review queue table."""
-    queue = review.build_review_queue(outcomes, quarantine, config.model.decision.threshold, config.review)
+    """Tonight's answers a person should look at (``review.build_review_queue``), stored in the review queue table.
+
+    "Near the threshold" means near the threshold each answer was decided at: its model version's card's
+    (``performance.card_thresholds``), the config's only for a version the registry does not know.
+    """
+    thresholds = performance.card_thresholds(connection, outcomes["model_version"].unique())
+    threshold = pl.col("model_version").replace_strict(thresholds, default=config.model.decision.threshold, return_dtype=pl.Float64)
+    queue = review.build_review_queue(outcomes, quarantine, threshold, config.review)
     review.store_queue(connection, night, queue)
     by_reason = queue.with_columns(pl.col("queue_reason").str.split(":").list.first()).group_by("queue_reason").len()
     return StepResult(
