@@ -124,7 +124,7 @@ METRICS: tuple[Metric, ...] = (
     _m("performance.calibration_error", "Expected calibration error of the scores on recent labeled rows."),
     _m("performance.calibration_max_gap", "Largest gap between score and label rate over calibration bins."),
     _m("performance.estimate_trustworthy", "1 when the estimated performance is trustworthy (calibrated), else 0."),
-    _m("performance.estimate_trusted", "1 when tonight's estimate (CBPE) matched the serving model's latest labels (or holdout), else 0; "
+    _m(ESTIMATE_TRUSTED, "1 when tonight's estimate (CBPE) matched the serving model's latest labels (or holdout), else 0; "
        "while 0 the estimated AUC drop is not recorded."),
     _m("performance.estimate_auc_gap", "Estimated minus realized AUC on the serving model's latest labeled rows (or holdout)."),
     _m("performance.estimate_positive_rate_gap", "Mean score minus realized base rate on the serving model's latest labeled rows."),

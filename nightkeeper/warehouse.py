@@ -18,8 +18,6 @@ import polars as pl
 NIGHTLY_SCHEMA = "nightly"
 PARTITION_COLUMN = "partition_date"
 
-NIGHTLY_SCHEMA = "nightly"  # schema of the partitioned tables of a night (raw_batch ... outcomes), as the IO manager stores them
-
 
 @contextmanager
 def connect(path: Path, wait_seconds: float = 100.0) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from nightkeeper import alerts, drift, labels, metrics_store, performance, registry, review, webhook
+from nightkeeper import alerts, drift, labels, metric_names, metrics_store, performance, registry, review, webhook
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import AlertingConfig, ProjectConfig
 from nightkeeper.pipeline.step import StepResult
@@ -115,7 +115,7 @@ def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnecti
         champion.card.holdout_metrics if champion else None, estimate_row, settings,
     )
     metrics |= {
-        "performance.estimate_trusted": 1.0 if trust.trusted else 0.0,
+        metric_names.ESTIMATE_TRUSTED: 1.0 if trust.trusted else 0.0,
         "performance.estimate_auc_gap": trust.auc_gap,
         "performance.estimate_positive_rate_gap": trust.positive_rate_gap,
     }
