@@ -303,16 +303,36 @@ def store_label_batch(connection: duckdb.DuckDBPyConnection, batch: LabelBatch) 
     return added
 
 
-def stored_labels(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """Every stored label (LABELS_SCHEMA), ordered by scoring night and id."""
+def stored_labels(connection: duckdb.DuckDBPyConnection, ids: list[str] | None = None) -> pl.DataFrame:
+    """Every stored label (LABELS_SCHEMA), ordered by scoring night and id; only those of ``ids`` when given (what
+    ``reconcile_labels`` needs for one file, without reading every label ever stored)."""
     ensure_labels_table(connection)
-    return _read(connection, f"select * from {LABELS_TABLE} order by partition_date, entity_id", LABELS_SCHEMA)
+    if ids is None:
+        return _read(connection, f"select * from {LABELS_TABLE} order by partition_date, entity_id", LABELS_SCHEMA)
+    frame = connection.execute(
+        f"select * from {LABELS_TABLE} where entity_id in (select unnest($ids)) order by partition_date, entity_id", {"ids": ids}
+    ).pl()
+    return conform(frame, LABELS_SCHEMA) if frame.height else pl.DataFrame(schema=LABELS_SCHEMA)
 
 
 def stored_rejections(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Every stored rejected label row (REJECTED_SCHEMA), ordered by arrival, file and row."""
     ensure_labels_table(connection)
     return _read(connection, f"select * from {REJECTED_TABLE} order by arrived_on, source_file, row_number", REJECTED_SCHEMA)
+
+
+def stored_counts(connection: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """How many labels and how many rejected label rows are stored."""
+    ensure_labels_table(connection)
+    return _count(connection, LABELS_TABLE), _count(connection, REJECTED_TABLE)
+
+
+def latest_rejections(connection: duckdb.DuckDBPyConnection, rows: int) -> pl.DataFrame:
+    """The ``rows`` most recently arrived rejected label rows (REJECTED_SCHEMA), latest first."""
+    ensure_labels_table(connection)
+    return _read(
+        connection, f"select * from {REJECTED_TABLE} order by arrived_on desc, source_file, row_number limit {int(rows)}", REJECTED_SCHEMA
+    )
 
 
 def _count(connection: duckdb.DuckDBPyConnection, table: str) -> int:

@@ -56,23 +56,23 @@ def labels_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, n
     ]
     for path in files:
         incoming = labels.read_label_file(path, config.contract)
+        ids = incoming["entity_id"].drop_nulls().unique().to_list()
         answered = connection.execute(
             f"select distinct entity_id, partition_date from {NIGHTLY_SCHEMA}.outcomes where entity_id in (select unnest($ids))",
-            {"ids": incoming["entity_id"].drop_nulls().unique().to_list()},
+            {"ids": ids},
         ).pl()
-        batch = labels.reconcile_labels(incoming, answered, labels.stored_labels(connection), labels.arrival_date(path))
+        batch = labels.reconcile_labels(incoming, answered, labels.stored_labels(connection, ids), labels.arrival_date(path))
         labels.store_label_batch(connection, batch)
         for name, count in batch.summary().items():
             totals[name] = totals.get(name, 0) + count
-    stored = labels.stored_labels(connection)
-    rejected = labels.stored_rejections(connection)
+    stored, rejected = labels.stored_counts(connection)
     return StepResult(
         metadata={
             "files_read": len(files),
             **{name.replace("labels.", ""): count for name, count in totals.items()},
-            "labels_stored": stored.height,
-            "rejections_stored": rejected.height,
-            "recent_rejections": rejected.sort("arrived_on", descending=True).head(10),
+            "labels_stored": stored,
+            "rejections_stored": rejected,
+            "recent_rejections": labels.latest_rejections(connection, 10),
         }
     )
 
