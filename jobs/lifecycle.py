@@ -26,6 +26,7 @@ from dagster import (
 from nightkeeper.config import ProjectConfig
 from nightkeeper.pipeline.lifecycle import (
     REFUSED,
+    SCHEDULED_TRIGGER,
     Evaluation,
     LifecycleState,
     OpenAlert,
@@ -153,7 +154,7 @@ def build_lifecycle_automation(config: ProjectConfig) -> tuple[list, list]:
               "unless the retrain policy says wait (a retrain of that night already ran, a rollout, a cooldown).")
     def monthly_retrain(context: ScheduleEvaluationContext):
         as_of = context.scheduled_execution_time.date() - dt.timedelta(days=1)
-        decision = decide_retrain(lifecycle_state(context.instance), as_of, config.lifecycle, schedule="monthly schedule")
+        decision = decide_retrain(lifecycle_state(context.instance), as_of, config.lifecycle, schedule=SCHEDULED_TRIGGER)
         return retrain_request(as_of.isoformat(), decision.trigger) if decision.retrain else SkipReason(decision.reason)
 
     return [retrain_on_alerts, shadow_approved_candidates, rollout], [monthly_retrain]

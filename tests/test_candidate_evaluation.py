@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from nightkeeper import simulator, warehouse
+from nightkeeper import metrics_store, simulator, warehouse
 from nightkeeper.artifacts import load_verified
 from nightkeeper.encoding import feature_matrix
 from nightkeeper.gates import business_value
 from nightkeeper.models import train_first_champion
-from nightkeeper.pipeline.lifecycle import evaluate_candidate, train_candidate
+from nightkeeper.pipeline.lifecycle import CANDIDATE_REJECTED, SCHEDULED_TRIGGER, evaluate_candidate, train_candidate
 from nightkeeper.training_data import labeled_history, read_history_file, split_holdout
 from pipeline_harness import FIRST_NIGHT, example_config, make_project
 
@@ -47,3 +47,36 @@ def test_the_never_worse_gate_counts_business_value_at_the_champion_cards_thresh
     assert business_value(labels, champion_scores, SERVED_THRESHOLD, value) != business_value(
         labels, champion_scores, config.model.decision.threshold, value
     )  # the two thresholds do give different figures: the test can tell them apart
+
+
+def weaker_candidate_evaluated(tmp_path: Path, trigger: str) -> tuple[dict, float]:
+    """A one-stump candidate trained with ``trigger`` and judged against a full first champion: the evaluation's
+    metadata and the candidate-rejected events counted on its night."""
+    raw = example_config()
+    raw["lifecycle"] = {**raw["lifecycle"], "data_gate": {**raw["lifecycle"]["data_gate"], "min_rows": 2000}}
+    config = make_project(tmp_path / "project", raw).config
+    stump = config.model_copy(update={"model": config.model.model_copy(update={
+        "num_boost_round": 1, "params": {**config.model.params, "num_leaves": 2}})})
+    path = tmp_path / "history.parquet"
+    simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), 12, 400, seed=5).write_parquet(path)
+    as_of = FIRST_NIGHT + dt.timedelta(days=2)
+    with warehouse.connect(config.warehouse_path) as connection:
+        train_first_champion(config, connection, read_history_file(path, config.contract))
+        assert train_candidate(stump, connection, as_of, trigger).metadata["status"] == "trained"
+        result = evaluate_candidate(config, connection, as_of)
+        events = metrics_store.metrics_on(connection, as_of).get(CANDIDATE_REJECTED, 0.0)
+    return result.metadata, events
+
+
+def test_a_scheduled_candidate_that_loses_to_the_champion_is_rejected_without_paging(tmp_path: Path):
+    # the monthly retrain of a healthy model often finds nothing better: the champion serves on, nobody is woken
+    metadata, events = weaker_candidate_evaluated(tmp_path, SCHEDULED_TRIGGER)
+    assert metadata["decision"] == "rejected" and metadata["trigger"] == SCHEDULED_TRIGGER
+    assert events == 0
+
+
+def test_a_candidate_asked_for_by_an_alert_that_loses_to_the_champion_pages(tmp_path: Path):
+    # the retrain was the system's answer to an open problem, and it found no better model: a person must look
+    metadata, events = weaker_candidate_evaluated(tmp_path, "performance alert realized-auc-drop@2026-01-03")
+    assert metadata["decision"] == "rejected"
+    assert events == 1
