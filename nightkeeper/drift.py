@@ -68,6 +68,7 @@ from nightkeeper.profile import (
     sorted_numeric_values,
     with_threshold_overrides,
 )
+from nightkeeper.serving import serving_model
 
 FEATURE_SCHEMA: dict[str, pl.DataType] = {
     "feature": pl.String(),
@@ -303,11 +304,12 @@ class ServingReference:
 def serving_reference(
     connection: duckdb.DuckDBPyConnection, night: dt.date, thresholds: dict[str, float]
 ) -> ServingReference | None:
-    """The reference for ``night``: the card of the champion serving that night (``registry.alias_record``), so the
-    reference moves with each promotion and a rollback moves it back. None when no champion serves. A reference
+    """The reference for ``night``: the card of the champion serving that night (``serving.serving_model``), so the
+    reference moves with each promotion and a rollback moves it back. None when no usable champion serves (none set,
+    or its registry row is bad: the nightly steps report that and answer with the fallback). A reference
     sample that is missing or fails its checksum leaves ``sample`` None with the reason in ``sample_problem`` (the
     multivariate check then goes without); the profile itself lives in the card."""
-    champion = registry.alias_record(connection, registry.CHAMPION, night)
+    champion = serving_model(connection, registry.CHAMPION, night).record
     if champion is None:
         return None
     card = champion.card

@@ -311,8 +311,9 @@ def test_declined_and_near_threshold_answers_carry_reason_codes_and_others_do_no
 
 
 def _assert_undecided_for_a_bad_registry_row(project: Project, night: dt.date, result, message: str) -> None:
-    """The night is answered (no card, so no fitted fallback rule: every row undecided, with the registry error as its
-    reason), the champion check fails with that error and the champion-down metric is raised."""
+    """The night runs to the end and is answered (no card, so no fitted fallback rule: every row undecided, with the
+    registry error as its reason), the champion check fails with that error and the champion-down metric is raised."""
+    assert result.success, "a bad registry row must degrade the night, not fail the run"
     outcomes = assert_every_row_answered_once(project, night)
     assert outcomes.height > 0
     assert (outcomes["decision"] == project.config.model.decision.undecided).all()

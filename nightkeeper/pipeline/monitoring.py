@@ -23,6 +23,7 @@ from nightkeeper import alerts, drift, labels, metric_names, metrics_store, perf
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import AlertingConfig, ProjectConfig
 from nightkeeper.pipeline.step import StepResult
+from nightkeeper.serving import serving_model
 from nightkeeper.validation import ROW_KEY
 from nightkeeper.warehouse import NIGHTLY_SCHEMA
 
@@ -96,7 +97,7 @@ def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnecti
     """
     settings = config.monitoring.performance
     decision = config.model.decision
-    champion = registry.alias_record(connection, registry.CHAMPION, night)
+    champion = serving_model(connection, registry.CHAMPION, night).record  # a bad registry row: no reference
     performance.refresh_performance(connection, night, decision, settings)
     realized = performance.realized_as_of(connection, night, decision, settings)
     estimated = performance.estimated_as_of(connection, night)  # every night, for the plot
