@@ -24,9 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from jobs.definitions import MONTHLY_REVIEW_JOB, NIGHTLY_SCHEDULE, REPOSITORY_CONFIG, build_definitions
 from jobs.instance import persistent_instance
 from jobs.nights import QUIET_LOGS, NightRun, execute_night
+from jobs.run_guard import launch_run
 from jobs.resources import NIGHTLY_SCHEMA
 from nightkeeper import simulator, warehouse
-from nightkeeper.config import ProjectConfig, load_config
+from nightkeeper.config import ProjectConfig, StorageConfig, load_config
 from nightkeeper.models import bootstrap_champion
 
 
@@ -131,7 +132,7 @@ def run_demo(folder: Path, plan: DemoPlan, console, reset: Sequence[Path] = ()) 
     instance = persistent_instance(config.dagster_home)
     defs = build_definitions(config_path)
     runs = run_nights(defs, instance, nights, config, console)
-    for line in run_monthly_reports(defs, instance, nights):
+    for line in run_monthly_reports(defs, instance, nights, config.storage.lock_wait_seconds):
         console.print(line, soft_wrap=True)
     failed_runs = [f"{night} ({run.run_id})" for night, run in runs.items() if not run.success]
     if failed_runs:
@@ -151,7 +152,7 @@ def run_nights(
     schedule = defs.resolve_schedule_def(NIGHTLY_SCHEDULE)
     run_at = config.schedule.run_at
     runs: dict[str, NightRun] = {}
-    sensors = SensorDriver(defs, instance)
+    sensors = SensorDriver(defs, instance, config.storage.lock_wait_seconds)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     with progress:
         task = progress.add_task("nights", total=len(nights))
@@ -161,7 +162,8 @@ def run_nights(
                 requests = schedule.evaluate_tick(context).run_requests or []
             for request in requests:
                 runs[request.partition_key] = execute_night(
-                    defs, instance, request.partition_key, {**request.tags, "dagster/schedule_name": schedule.name}
+                    defs, instance, request.partition_key, {**request.tags, "dagster/schedule_name": schedule.name},
+                    config.storage.lock_wait_seconds,
                 )
             for line in sensors.tick():
                 progress.console.print(f"  {night}: {line}")
@@ -169,7 +171,7 @@ def run_nights(
     return runs
 
 
-def run_monthly_reports(defs: Definitions, instance: DagsterInstance, nights: list[dt.date]) -> list[str]:
+def run_monthly_reports(defs: Definitions, instance: DagsterInstance, nights: list[dt.date], lock_wait_seconds: float) -> list[str]:
     """Evaluate the monthly review schedule at its tick after each simulated month and execute what it requests."""
     schedule = defs.resolve_schedule_def("monthly_review_schedule")
     job = defs.resolve_job_def(MONTHLY_REVIEW_JOB)
@@ -180,8 +182,8 @@ def run_monthly_reports(defs: Definitions, instance: DagsterInstance, nights: li
         with build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
             requests = schedule.evaluate_tick(context).run_requests or []
         for request in requests:
-            result = job.execute_in_process(partition_key=request.partition_key, instance=instance, run_config=QUIET_LOGS,
-                                            tags={**request.tags, "dagster/schedule_name": schedule.name}, raise_on_error=False)
+            result = launch_run(job, instance, lock_wait_seconds, partition_key=request.partition_key, run_config=QUIET_LOGS,
+                                tags={**request.tags, "dagster/schedule_name": schedule.name})
             html = next((m.metadata["html"].value for m in result.asset_materializations_for_node("monthly_review")), None) if result.success else None
             lines.append(f"[bold]Monthly review[/] {request.partition_key[:7]}: {html or 'FAILED (see the run in the UI)'}")
     return lines
@@ -191,8 +193,9 @@ class SensorDriver:
     """Evaluates the definitions' sensors against the instance, keeping their cursors, and executes what they request
     (each run key once, as the daemon would)."""
 
-    def __init__(self, defs: Definitions, instance: DagsterInstance) -> None:
-        self.defs, self.instance = defs, instance
+    def __init__(self, defs: Definitions, instance: DagsterInstance,
+                 lock_wait_seconds: float = StorageConfig().lock_wait_seconds) -> None:
+        self.defs, self.instance, self.lock_wait_seconds = defs, instance, lock_wait_seconds
         self.cursors: dict[str, str | None] = {}
         self.done: set[str] = set()
 
@@ -211,11 +214,10 @@ class SensorDriver:
                     self.done.add(request.run_key)
                     requested = True
                     job_name = request.job_name or sensor.job_name
-                    result = self.defs.resolve_job_def(job_name).execute_in_process(
+                    result = launch_run(
+                        self.defs.resolve_job_def(job_name), self.instance, self.lock_wait_seconds,
                         run_config={**request.run_config, **QUIET_LOGS},
-                        instance=self.instance,
                         tags={**request.tags, "dagster/sensor_name": sensor.name},
-                        raise_on_error=False,
                     )
                     ran.append(f"{sensor.name} → {job_name} ({request.run_key}){'' if result.success else ' FAILED'}")
             if not requested:

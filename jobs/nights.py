@@ -23,6 +23,7 @@ from dagster._core.utils import make_new_backfill_id
 
 from jobs.definitions import NIGHTLY_JOB, build_definitions, night_partitions
 from jobs.instance import persistent_instance
+from jobs.run_guard import launch_run
 from nightkeeper.config import ProjectConfig, load_config
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -70,10 +71,13 @@ def partitions_between(config: ProjectConfig, first: dt.date, last: dt.date) -> 
     return keys
 
 
-def execute_night(defs: Definitions, instance: DagsterInstance, partition: str, tags: dict[str, str]) -> NightRun:
-    """Run the nightly job for ``partition`` on ``instance`` in this process; a failure is reported, not raised."""
-    result = defs.resolve_job_def(NIGHTLY_JOB).execute_in_process(
-        partition_key=partition, instance=instance, tags=tags, run_config=QUIET_LOGS, raise_on_error=False
+def execute_night(
+    defs: Definitions, instance: DagsterInstance, partition: str, tags: dict[str, str], lock_wait_seconds: float
+) -> NightRun:
+    """Run the nightly job for ``partition`` on ``instance`` in this process (through the run guard, which gives up
+    after ``lock_wait_seconds`` waiting for the warehouse); a failure is reported, not raised."""
+    result = launch_run(
+        defs.resolve_job_def(NIGHTLY_JOB), instance, lock_wait_seconds, partition_key=partition, tags=tags, run_config=QUIET_LOGS
     )
     failed_checks = sorted(e.check_name for e in result.get_asset_check_evaluations() if not e.passed)
     return NightRun(partition, result.run_id, result.success, failed_checks)
@@ -84,7 +88,7 @@ def run_night(config_path: Path, night: dt.date) -> NightRun:
     config = load_config(config_path)
     partition = partition_for(config, night)
     defs = build_definitions(config_path)
-    return execute_night(defs, persistent_instance(config.dagster_home), partition, {TRIGGER_TAG: "run"})
+    return execute_night(defs, persistent_instance(config.dagster_home), partition, {TRIGGER_TAG: "run"}, config.storage.lock_wait_seconds)
 
 
 def backfill_nights(config_path: Path, first: dt.date, last: dt.date) -> Backfill:
@@ -101,7 +105,7 @@ def backfill_nights(config_path: Path, first: dt.date, last: dt.date) -> Backfil
     backfill_id = make_new_backfill_id()
     started = time.time()
     tags = {BACKFILL_ID_TAG: backfill_id, TRIGGER_TAG: "backfill"}
-    runs = [execute_night(defs, instance, partition, tags) for partition in partitions]
+    runs = [execute_night(defs, instance, partition, tags, config.storage.lock_wait_seconds) for partition in partitions]
     instance.add_backfill(_backfill_record(defs, instance, backfill_id, partitions, runs, started, f"{first} … {last}"))
     return Backfill(backfill_id, runs)
 

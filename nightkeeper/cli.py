@@ -377,16 +377,16 @@ def _run_registry_job(config: Path | None, job_name: str, action: str, version: 
     from jobs.definitions import build_definitions
     from jobs.instance import persistent_instance
     from jobs.lifecycle import registry_run_config
+    from jobs.run_guard import launch_run
 
     path = _config_path(config)
     project = _load(config)
     defs = build_definitions(path)
-    result = defs.resolve_job_def(job_name).execute_in_process(
+    result = launch_run(
+        defs.resolve_job_def(job_name), persistent_instance(project.dagster_home), project.storage.lock_wait_seconds,
         run_config={**registry_run_config(action, version, effective, reason, actor=actor),
                     "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        instance=persistent_instance(project.dagster_home),
         tags={"nightkeeper/actor": actor},
-        raise_on_error=False,
     )
     if not result.success:
         failure = next((e for e in result.all_events if e.is_failure), None)
@@ -449,13 +449,14 @@ def review_import(file: Path, config: ConfigOption = None) -> None:
     from jobs.definitions import build_definitions
     from jobs.instance import persistent_instance
     from jobs.review import REVIEW_IMPORT_JOB, review_import_run_config
+    from jobs.run_guard import launch_run
 
     path = _config_path(config)
     project = _load(config)
-    result = build_definitions(path).resolve_job_def(REVIEW_IMPORT_JOB).execute_in_process(
+    result = launch_run(
+        build_definitions(path).resolve_job_def(REVIEW_IMPORT_JOB), persistent_instance(project.dagster_home),
+        project.storage.lock_wait_seconds,
         run_config={**review_import_run_config(file.resolve()), "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        instance=persistent_instance(project.dagster_home),
-        raise_on_error=False,
     )
     if not result.success:
         console.print(f"[red]import failed[/] (run {result.run_id})")

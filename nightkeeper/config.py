@@ -318,6 +318,11 @@ class StorageConfig(_Strict):
     warehouse: Path = Path("data/warehouse.duckdb")
     models: Path = Path("data/models")
     dagster_home: Path = Path("data/dagster")
+    lock_wait_seconds: float = Field(
+        900.0, gt=0,
+        description="How long a run or command waits for the warehouse (held by another run) before it gives up with an "
+        "error naming the holder.",
+    )
 
 
 class ScheduleConfig(_Strict):
