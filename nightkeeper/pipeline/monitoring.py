@@ -156,7 +156,10 @@ def _labeled_window(connection: duckdb.DuckDBPyConnection, night: dt.date, reali
 
 
 def _serving_labeled(window: pl.DataFrame, version: str | None) -> pl.DataFrame:
-    """The serving model's labeled rows of its latest REALIZED_WINDOW_NIGHTS labeled nights in ``window``."""
+    """The serving model's labeled rows of its latest REALIZED_WINDOW_NIGHTS labeled nights in ``window`` (none
+    without a serving model)."""
+    if version is None:
+        return window.clear()
     rows = window.filter((pl.col("source") == "model") & (pl.col("model_version") == version) & pl.col("label").is_not_null())
     nights = rows["partition_date"].unique().sort().tail(REALIZED_WINDOW_NIGHTS)
     return rows.filter(pl.col("partition_date").is_in(nights.implode()))
