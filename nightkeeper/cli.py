@@ -322,6 +322,46 @@ def ui(config: ConfigOption = None) -> None:
     os.execvpe(dagster, [dagster, "dev", "-w", str(workspace)], env)
 
 
+@app.command()
+def backtest(
+    history: Annotated[Path, typer.Option(help="Labeled history (Parquet or CSV) the first champion is trained on.")],
+    batches: Annotated[Path, typer.Option(help="Folder of nightly batch files, laid out per the config's source.pattern.")],
+    labels: Annotated[Path, typer.Option(help="Folder of label files, one YYYY-MM-DD folder per scoring night they label.")],
+    label_delay: Annotated[int, typer.Option(help="Nights (of the cadence) after which a night's labels become visible.")],
+    out: Annotated[Path, typer.Option(help="Folder for the backtest's project, warehouse, summary.json and report.html.")],
+    cadence: Annotated[str, typer.Option(help="daily or weekly: the replayed nights are this far apart.")] = "daily",
+    config: ConfigOption = None,
+) -> None:
+    """Replay the batches night by night through the pipeline core, with the sensors' decisions and labels arriving
+    late, and report what would have happened against the first champion left alone."""
+    from nightkeeper.backtest import run_backtest
+
+    project = _load(config)
+    try:
+        result = run_backtest(project, history, batches, labels, label_delay, cadence, out, progress=True)  # type: ignore[arg-type]
+    except ValueError as exc:
+        console.print(f"[red]backtest refused:[/] {exc}")
+        raise typer.Exit(2) from None
+    summary = result.summary
+    nights, timing = summary["nights"], summary["timing"]
+    table = Table(title="Served vs first champion left alone (realized AUC, pooled per block)", box=box.SIMPLE_HEAD)
+    for column in ("nights", "labeled", "served", "first champion", "difference"):
+        table.add_column(column, justify="left" if column == "nights" else "right")
+    for block in summary["blocks"]:
+        table.add_row(f"{block['first_night']} … {block['last_night']}", f"{block['labeled_rows']:,}",
+                      *(("–" if block[k] is None else f"{block[k]:+.3f}" if k == "served_minus_first" else f"{block[k]:.3f}")
+                        for k in ("served_auc", "first_champion_auc", "served_minus_first")))
+    console.print(table)
+    opened = sum(event["event"] == "opened" for event in summary["alerts"])
+    promotions = sum(event["event"] == "champion" for event in summary["lifecycle"]) - 1
+    console.print(
+        f"{len(nights)} nights; {opened} alert(s) opened; {promotions} promotion(s) or rollback(s) of the champion; "
+        f"{timing['median_seconds_per_night_without_retrain']:.2f} s a night (median, without retrains).\n"
+        f"Report: {result.report_path}\nSummary: {result.summary_path}\nProject: {result.config_path}",
+        soft_wrap=True,
+    )
+
+
 models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 

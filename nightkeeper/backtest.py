@@ -1,0 +1,330 @@
+"""Replay history night by night through the pipeline core, with a simulated clock and no Dagster run per step.
+
+``run_backtest`` is what ``nightkeeper backtest`` runs. Given a project config, a labeled history file, a folder of
+nightly batches and a folder of labels, it builds a normal project under ``out_dir`` (its own config, warehouse,
+models and staged labels), trains the first champion on the history, and then for each night, in order:
+
+1. stages the label files that have arrived by that night (labels of night D arrive ``label_delay`` nights later:
+   they are copied into ``out_dir/labels/<arrival night>/``, the layout the ``labels`` step reads, so no step can see
+   a label before its arrival);
+2. calls the nightly job's steps (nightkeeper.pipeline) in the order the Dagster in-process executor runs
+   ``nightly_batch``, storing each partition table with ``warehouse.store_partition`` exactly as the IO manager does;
+3. scores the night's validated rows with the first champion too (never served): the counterfactual "first
+   champion left alone", stored in ``backtest.first_champion_scores``;
+4. makes the decisions the sensors and schedules make after that night (retrain on open alerts, start the shadow of an
+   approved candidate, the rollout step, the monthly retrain) and carries them out through the lifecycle core,
+   effective from the next night as the sensors' runs are.
+
+Every night's tables are therefore the ones a Dagster night would have written on the same input
+(tests/test_backtest_equivalence.py compares them table by table). What the backtest skips: the model-card notebook
+of each candidate and the monthly review notebooks (reports for people, seconds each), and sensor cursors / run
+keys (each decision is taken once, in order). Afterwards ``summary.json`` and ``report.html`` are written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import polars as pl
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from nightkeeper import backtest_report, labels, registry, warehouse
+from nightkeeper.artifacts import load_verified
+from nightkeeper.config import ProjectConfig, load_config
+from nightkeeper.models import bootstrap_champion
+from nightkeeper.pipeline import lifecycle as lifecycle_steps
+from nightkeeper.pipeline import monitoring as monitoring_steps
+from nightkeeper.pipeline import nightly as nightly_steps
+from nightkeeper.pipeline.step import StepResult
+from nightkeeper.scoring import score_batch
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, store_partition
+
+Cadence = Literal["daily", "weekly"]
+CADENCE_DAYS: dict[str, int] = {"daily": 1, "weekly": 7}
+MARKER = ".nightkeeper-backtest"  # written into out_dir: only a folder carrying it is ever cleared by a later backtest
+CONFIG_NAME = "nightkeeper.yaml"
+SUMMARY_NAME = "summary.json"
+REPORT_NAME = "report.html"
+MONTHLY_TRIGGER = "monthly schedule"
+BOOTSTRAP_ACTOR = "backtest"  # who the alias log says made the first champion
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """Where the backtest wrote its project and reports, and the summary it computed."""
+
+    out_dir: Path
+    config_path: Path
+    summary_path: Path
+    report_path: Path
+    summary: dict[str, Any]
+
+
+def run_backtest(
+    config: ProjectConfig,
+    history_file: Path,
+    batches_dir: Path,
+    labels_dir: Path,
+    label_delay: int,
+    cadence: Cadence,
+    out_dir: Path,
+    progress: bool = True,
+) -> BacktestResult:
+    """Replay every night of ``batches_dir`` (files laid out per ``config.source.pattern``) from a first champion
+    trained on ``history_file``; write the project, ``summary.json`` and ``report.html`` under ``out_dir``.
+
+    ``labels_dir`` holds one ``YYYY-MM-DD`` folder per scoring night with label files (the contract's entity id and
+    target, as ``nightkeeper.labels`` reads them); they become visible ``label_delay`` nights (of the cadence) later.
+    ``out_dir`` must be empty, missing, or the output of an earlier backtest (which is replaced). Raises ValueError
+    for a bad argument, naming it.
+    """
+    if cadence not in CADENCE_DAYS:
+        raise ValueError(f"cadence must be one of {sorted(CADENCE_DAYS)}, got {cadence!r}")
+    if label_delay < 0:
+        raise ValueError(f"label_delay must be >= 0 nights, got {label_delay}")
+    for name, folder in (("batches_dir", batches_dir), ("labels_dir", labels_dir)):
+        if not Path(folder).is_dir():
+            raise ValueError(f"{name}: {folder} is not a folder")
+    if not Path(history_file).is_file():
+        raise ValueError(f"history_file: {history_file} is not a file")
+    step = dt.timedelta(days=CADENCE_DAYS[cadence])
+    nights = replay_nights(Path(batches_dir), config.source.pattern, step)
+    out_dir = _fresh_out_dir(Path(out_dir))
+    project = _project_config(config, Path(batches_dir), out_dir, nights[0])
+    console = Console(quiet=not progress)
+
+    replay = _Replay(project, Path(labels_dir), nights, label_delay * step)
+    with warehouse.connect(project.warehouse_path) as connection:
+        first = replay.bootstrap(connection, Path(history_file))
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TimeRemainingColumn(), console=console, disable=not progress)
+        with bar:
+            task = bar.add_task("backtest", total=len(nights))
+            for night in nights:
+                replay.run_night(connection, night)
+                bar.update(task, advance=1, description=f"night {night}")
+        replay.store_counterfactual(connection)
+        summary = backtest_report.summarize(
+            connection, nights, first.version, replay.truth(), replay.seconds, replay.step_seconds, replay.retrain_nights,
+            {"project": project.name, "history_file": str(history_file), "batches_dir": str(batches_dir),
+             "labels_dir": str(labels_dir), "label_delay": label_delay, "cadence": cadence},
+        )
+    summary_path = backtest_report.write_summary(summary, out_dir / SUMMARY_NAME)
+    report_path = backtest_report.write_report(summary, out_dir / REPORT_NAME)
+    return BacktestResult(out_dir, project.root / CONFIG_NAME, summary_path, report_path, summary)
+
+
+def replay_nights(batches_dir: Path, pattern: str, step: dt.timedelta) -> list[dt.date]:
+    """Every night from the first to the last dated batch under ``batches_dir``, ``step`` apart (a night with no
+    file is replayed as an empty night). Raises ValueError when no file matches ``pattern``."""
+    dates = sorted({
+        dt.date.fromisoformat(found.group())
+        for path in batches_dir.glob(pattern.format(date="*"))
+        if path.is_file() and (found := _DATE.search(str(path.relative_to(batches_dir))))
+    })
+    if not dates:
+        raise ValueError(f"batches_dir: no file under {batches_dir} matches the source pattern {pattern!r}")
+    nights = [dates[0]]
+    while nights[-1] + step <= dates[-1]:
+        nights.append(nights[-1] + step)
+    return nights
+
+
+class _Replay:
+    """The state of one replay: the project, the label arrival plan, the counterfactual and the timings."""
+
+    def __init__(self, config: ProjectConfig, labels_dir: Path, nights: list[dt.date], delay: dt.timedelta) -> None:
+        self.config, self.labels_dir, self.nights, self.delay = config, labels_dir, nights, delay
+        self.pending = self._label_folders()  # (scoring night, folder) not yet staged, oldest first
+        self.first: registry.ModelRecord | None = None
+        self.first_booster = None
+        self.counterfactual: list[pl.DataFrame] = []
+        self.seconds: dict[dt.date, float] = {}
+        self.step_seconds: dict[str, list[float]] = {}  # per step (or driver part), one entry per night it ran
+        self.results: dict[str, StepResult] = {}  # tonight's step results by step name
+        self.retrain_nights: set[dt.date] = set()
+        self.automation = _Automation(config)
+
+    def bootstrap(self, connection: duckdb.DuckDBPyConnection, history_file: Path) -> registry.ModelRecord:
+        """Train, register and make champion from the first night the model on ``history_file``."""
+        history = pl.read_csv(history_file) if history_file.suffix == ".csv" else pl.read_parquet(history_file)
+        self.first = bootstrap_champion(self.config, history, self.nights[0], actor=BOOTSTRAP_ACTOR)
+        self.first_booster = load_verified(self.first)
+        return self.first
+
+    def run_night(self, connection: duckdb.DuckDBPyConnection, night: dt.date) -> None:
+        """One night: stage arrived labels, run the nightly steps, score the counterfactual, then decide and act."""
+        started = time.perf_counter()
+        self._stage_labels(night)
+        step = self._timed_step(connection, night)
+        raw = step("ingest", nightly_steps.ingest_night)["raw_batch"]
+        validated = step("validate", nightly_steps.validate_night, raw)
+        rows, quarantine = validated["validated_batch"], validated["quarantine"]
+        scored = step("score", nightly_steps.score_night, rows)["scored_batch"]
+        # the order of the Dagster in-process executor for nightly_batch (ties between independent steps included)
+        step("drift", monitoring_steps.drift_night, rows, scored)
+        shadow = step("shadow", nightly_steps.shadow_night, rows, scored)
+        outcomes = step("answer", nightly_steps.answer_night, raw, quarantine, scored, shadow["shadow_scores"])["outcomes"]
+        step("labels", monitoring_steps.labels_night)
+        step("review_queue", monitoring_steps.review_queue_night, outcomes, quarantine)
+        step("performance", monitoring_steps.performance_night)
+        alerts = step("alerts", monitoring_steps.alerts_night)
+        clock = time.perf_counter()
+        self._score_counterfactual(night, rows, scored)
+        self._add_time("counterfactual", time.perf_counter() - clock)
+        clock = time.perf_counter()
+        if self.automation.after_night(connection, night, self._next(night), self.results["shadow"], self.results["alerts"]):
+            self.retrain_nights.add(night)
+        self._add_time("decisions and lifecycle", time.perf_counter() - clock)
+        self.seconds[night] = time.perf_counter() - started
+
+    def _timed_step(self, connection: duckdb.DuckDBPyConnection, night: dt.date):
+        """A caller of the night's steps: runs one, stores its partition tables, keeps its result and its time."""
+        self.results = {}
+
+        def step(name: str, function, *inputs: pl.DataFrame) -> dict[str, pl.DataFrame]:
+            clock = time.perf_counter()
+            result = function(self.config, connection, night, *inputs)
+            for table, frame in result.tables.items():
+                store_partition(connection, NIGHTLY_SCHEMA, table, night, frame)
+            self.results[name] = result
+            self._add_time(name, time.perf_counter() - clock)
+            return result.tables
+
+        return step
+
+    def _add_time(self, name: str, seconds: float) -> None:
+        self.step_seconds.setdefault(name, []).append(seconds)
+
+    def store_counterfactual(self, connection: duckdb.DuckDBPyConnection) -> None:
+        frame = pl.concat(self.counterfactual) if self.counterfactual else pl.DataFrame(schema=backtest_report.FIRST_CHAMPION_SCHEMA)
+        connection.register("__first_champion", frame.cast(backtest_report.FIRST_CHAMPION_SCHEMA).to_arrow())
+        connection.execute(f"create schema if not exists {backtest_report.SCHEMA}")
+        connection.execute(f"create or replace table {backtest_report.FIRST_CHAMPION_TABLE} as select * from __first_champion")
+        connection.unregister("__first_champion")
+
+    def truth(self) -> pl.DataFrame:
+        """Every supplied label (valid 0/1 values), whether or not the replay reached its arrival."""
+        frames = [
+            labels.read_label_file(path, self.config.contract).select("entity_id", "label").drop_nulls()
+            for _, folder in self._label_folders() for path in sorted(folder.iterdir())
+            if path.is_file() and path.suffix in labels.LABEL_SUFFIXES
+        ]
+        return pl.concat(frames) if frames else pl.DataFrame(schema=backtest_report.TRUTH_SCHEMA)
+
+    def _label_folders(self) -> list[tuple[dt.date, Path]]:
+        return sorted(
+            (dt.date.fromisoformat(folder.name), folder) for folder in self.labels_dir.iterdir()
+            if folder.is_dir() and _DATE.fullmatch(folder.name)
+        )
+
+    def _next(self, night: dt.date) -> dt.date | None:
+        index = self.nights.index(night)
+        return self.nights[index + 1] if index + 1 < len(self.nights) else None
+
+    def _stage_labels(self, night: dt.date) -> None:
+        """Copy the label folders that have arrived by ``night`` into the project's labels folder under ``night``
+        (their arrival date), keeping the scoring night in the file name so names never collide."""
+        while self.pending and self.pending[0][0] + self.delay <= night:
+            scored_on, folder = self.pending.pop(0)
+            target = self.config.labels_path / night.isoformat()
+            target.mkdir(parents=True, exist_ok=True)
+            for path in sorted(folder.iterdir()):
+                if path.is_file() and path.suffix in labels.LABEL_SUFFIXES:
+                    shutil.copyfile(path, target / f"{scored_on.isoformat()}-{path.name}")
+
+    def _score_counterfactual(self, night: dt.date, validated: pl.DataFrame, scored: pl.DataFrame) -> None:
+        """The first champion's scores on tonight's validated rows; reused from the served scores when it served."""
+        assert self.first is not None
+        if scored.height and scored["model_version"].drop_nulls().unique().to_list() == [self.first.version] \
+                and scored["model_error"].null_count() == scored.height:
+            frame = scored
+        else:
+            settings = self.config.model
+            frame = score_batch(validated, self.first_booster, self.first.card, settings.chunk_rows, settings.time_budget_seconds).frame
+        self.counterfactual.append(frame.select(*backtest_report.FIRST_CHAMPION_SCHEMA))
+
+
+class _Automation:
+    """The decisions the sensors and the monthly schedule take after a night, through the same pure functions
+    (nightkeeper.pipeline.lifecycle), in the order the sensors are evaluated (retrain on alerts, shadow start of an
+    approved candidate, rollout step, then the monthly retrain at 04:00); each is carried out at once through the
+    lifecycle steps, as the run the sensor requests would be. The books the sensors read from the event log (open
+    alerts, the latest evaluation, the challenger, the last retrain) are kept here from the steps' metadata."""
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self.config = config
+        self.state = lifecycle_steps.LifecycleState()
+
+    def after_night(
+        self, connection: duckdb.DuckDBPyConnection, night: dt.date, next_night: dt.date | None,
+        shadow: StepResult, alerts: StepResult,
+    ) -> bool:
+        """Decide and act after ``night``; returns whether a retrain was attempted."""
+        challenger = shadow.metadata.get("challenger_version", "none")
+        self.state = replace(
+            self.state,
+            open_alerts=tuple(lifecycle_steps.OpenAlert.from_metadata(a) for a in alerts.metadata.get("open_alert_categories") or []),
+            challenger=None if challenger == "none" else challenger,
+            latest_scored_night=night,
+        )
+        if next_night is None:  # nothing would serve a change: the replay ends here
+            return False
+        policy = self.config.lifecycle
+        retrained = self._retrain(connection, night, lifecycle_steps.decide_retrain(self.state, night, policy))
+        self._apply(connection, lifecycle_steps.rollout_request(shadow.metadata))
+        if next_night.month != night.month:  # the monthly schedule's run on the 1st looks back from the month's last night
+            retrained |= self._retrain(connection, night, lifecycle_steps.decide_retrain(self.state, night, policy, MONTHLY_TRIGGER))
+        return retrained
+
+    def _retrain(self, connection: duckdb.DuckDBPyConnection, night: dt.date, decision: lifecycle_steps.RetrainDecision) -> bool:
+        """The retrain job (train, then judge against the champion) when ``decision`` says so, then the shadow start."""
+        if not decision.retrain:
+            return False
+        lifecycle_steps.train_candidate(self.config, connection, night, decision.trigger)
+        evaluation = lifecycle_steps.Evaluation.from_metadata(lifecycle_steps.evaluate_candidate(self.config, connection, night).metadata)
+        self.state = replace(self.state, last_retrain_night=night, latest_evaluation=evaluation)
+        self._apply(connection, lifecycle_steps.decide_shadow_start(evaluation))
+        return True
+
+    def _apply(self, connection: duckdb.DuckDBPyConnection, request: lifecycle_steps.RegistryRequest | str) -> None:
+        if isinstance(request, lifecycle_steps.RegistryRequest):
+            lifecycle_steps.apply_registry_change(self.config, connection, request.change, request.effective)
+
+
+def _fresh_out_dir(out_dir: Path) -> Path:
+    """``out_dir`` ready for a new backtest: created if missing, cleared if an earlier backtest made it."""
+    out_dir = out_dir.resolve()
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ValueError(f"out_dir: {out_dir} is a file, not a folder")
+        if any(out_dir.iterdir()):
+            if not (out_dir / MARKER).exists():
+                raise ValueError(f"out_dir: {out_dir} is not empty and was not written by a backtest; "
+                                 "choose an empty or new folder")
+            shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("written by nightkeeper backtest; a later backtest to this folder replaces it\n")
+    return out_dir
+
+
+def _project_config(config: ProjectConfig, batches_dir: Path, out_dir: Path, first_night: dt.date) -> ProjectConfig:
+    """The backtest's own project config, written to ``out_dir``: the user's settings, with the landing folder at
+    ``batches_dir`` and every store (warehouse, models, staged labels, Dagster home) under ``out_dir``."""
+    raw = config.model_dump(mode="json")
+    raw["source"] |= {"landing": str(batches_dir.resolve()), "labels": "labels"}
+    raw["storage"] = {"warehouse": "warehouse.duckdb", "models": "models", "dagster_home": "dagster"}
+    raw["schedule"]["start_date"] = first_night.isoformat()
+    path = out_dir / CONFIG_NAME
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_config(path)
