@@ -103,7 +103,7 @@ def run_backtest(
     project = _project_config(config, Path(batches_dir), out_dir, nights[0])
     console = Console(quiet=not progress)
 
-    replay = _Replay(project, Path(labels_dir), nights, label_delay * step)
+    replay = _Replay(project, Path(labels_dir), nights, step, label_delay * step)
     with warehouse.connect(project.warehouse_path) as connection:
         first = replay.bootstrap(connection, Path(history_file))
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -143,7 +143,9 @@ def replay_nights(batches_dir: Path, pattern: str, step: dt.timedelta) -> list[d
 class _Replay:
     """The state of one replay: the project, the label arrival plan, the counterfactual and the timings."""
 
-    def __init__(self, config: ProjectConfig, labels_dir: Path, nights: list[dt.date], delay: dt.timedelta) -> None:
+    def __init__(
+        self, config: ProjectConfig, labels_dir: Path, nights: list[dt.date], step: dt.timedelta, delay: dt.timedelta
+    ) -> None:
         self.config, self.labels_dir, self.nights, self.delay = config, labels_dir, nights, delay
         self.pending = self._label_folders()  # (scoring night, folder) not yet staged, oldest first
         self.first: registry.ModelRecord | None = None
@@ -153,7 +155,7 @@ class _Replay:
         self.step_seconds: dict[str, list[float]] = {}  # per step (or driver part), one entry per night it ran
         self.results: dict[str, StepResult] = {}  # tonight's step results by step name
         self.retrain_nights: set[dt.date] = set()
-        self.automation = _Automation(config)
+        self.automation = _Automation(config, step)
 
     def bootstrap(self, connection: duckdb.DuckDBPyConnection, history_file: Path) -> registry.ModelRecord:
         """Train, register and make champion from the first night the model on ``history_file``."""
@@ -183,7 +185,7 @@ class _Replay:
         self._score_counterfactual(night, rows, scored)
         self._add_time("counterfactual", time.perf_counter() - clock)
         clock = time.perf_counter()
-        if self.automation.after_night(connection, night, self._next(night), self.results["shadow"], self.results["alerts"]):
+        if self.automation.after_night(connection, night, self.results["shadow"], self.results["alerts"]):
             self.retrain_nights.add(night)
         self._add_time("decisions and lifecycle", time.perf_counter() - clock)
         self.seconds[night] = time.perf_counter() - started
@@ -228,10 +230,6 @@ class _Replay:
             if folder.is_dir() and _DATE.fullmatch(folder.name)
         )
 
-    def _next(self, night: dt.date) -> dt.date | None:
-        index = self.nights.index(night)
-        return self.nights[index + 1] if index + 1 < len(self.nights) else None
-
     def _stage_labels(self, night: dt.date) -> None:
         """Copy the label folders that have arrived by ``night`` into the project's labels folder under ``night``
         (their arrival date), keeping the scoring night in the file name so names never collide."""
@@ -262,15 +260,13 @@ class _Automation:
     lifecycle steps, as the run the sensor requests would be. The books the sensors read from the event log (open
     alerts, the latest evaluation, the challenger, the last retrain) are kept here from the steps' metadata."""
 
-    def __init__(self, config: ProjectConfig) -> None:
-        self.config = config
+    def __init__(self, config: ProjectConfig, step: dt.timedelta) -> None:
+        self.config, self.step = config, step
         self.state = lifecycle_steps.LifecycleState()
 
-    def after_night(
-        self, connection: duckdb.DuckDBPyConnection, night: dt.date, next_night: dt.date | None,
-        shadow: StepResult, alerts: StepResult,
-    ) -> bool:
-        """Decide and act after ``night``; returns whether a retrain was attempted."""
+    def after_night(self, connection: duckdb.DuckDBPyConnection, night: dt.date, shadow: StepResult, alerts: StepResult) -> bool:
+        """Decide and act after ``night`` (the last one too: the warehouse ends as production's would the morning
+        after); returns whether a retrain was attempted."""
         challenger = shadow.metadata.get("challenger_version", "none")
         self.state = replace(
             self.state,
@@ -278,22 +274,30 @@ class _Automation:
             challenger=None if challenger == "none" else challenger,
             latest_scored_night=night,
         )
-        if next_night is None:  # nothing would serve a change: the replay ends here
-            return False
         policy = self.config.lifecycle
         retrained = self._retrain(connection, night, lifecycle_steps.decide_retrain(self.state, night, policy))
         self._apply(connection, lifecycle_steps.rollout_request(shadow.metadata))
-        if next_night.month != night.month:  # the monthly schedule's run on the 1st looks back from the month's last night
-            retrained |= self._retrain(connection, night, lifecycle_steps.decide_retrain(self.state, night, policy, MONTHLY_TRIGGER))
+        # the monthly schedule ticks on each 1st before the next night's run, looking back from the day before; the
+        # schedule reads no alerts, so it asks the policy with its own trigger only
+        for days in range(1, self.step.days + 1):
+            tick = night + dt.timedelta(days=days)
+            if tick.day == 1:
+                as_of = tick - dt.timedelta(days=1)
+                monthly = lifecycle_steps.decide_retrain(replace(self.state, open_alerts=()), as_of, policy, MONTHLY_TRIGGER)
+                retrained |= self._retrain(connection, as_of, monthly)
         return retrained
 
-    def _retrain(self, connection: duckdb.DuckDBPyConnection, night: dt.date, decision: lifecycle_steps.RetrainDecision) -> bool:
+    def _retrain(self, connection: duckdb.DuckDBPyConnection, as_of: dt.date, decision: lifecycle_steps.RetrainDecision) -> bool:
         """The retrain job (train, then judge against the champion) when ``decision`` says so, then the shadow start."""
         if not decision.retrain:
             return False
-        lifecycle_steps.train_candidate(self.config, connection, night, decision.trigger)
-        evaluation = lifecycle_steps.Evaluation.from_metadata(lifecycle_steps.evaluate_candidate(self.config, connection, night).metadata)
-        self.state = replace(self.state, last_retrain_night=night, latest_evaluation=evaluation)
+        trained = lifecycle_steps.train_candidate(self.config, connection, as_of, decision.trigger)
+        self.state = replace(self.state, last_retrain_night=as_of)
+        # the candidate's behaviour checks are blocking: a failed ERROR check stops the evaluation, as in the job
+        if any(not c.passed and c.severity == "ERROR" for c in trained.checks.values()):
+            return True
+        evaluation = lifecycle_steps.Evaluation.from_metadata(lifecycle_steps.evaluate_candidate(self.config, connection, as_of).metadata)
+        self.state = replace(self.state, latest_evaluation=evaluation)
         self._apply(connection, lifecycle_steps.decide_shadow_start(evaluation))
         return True
 
