@@ -83,9 +83,12 @@ def run_backtest(
     """Replay every night of ``batches_dir`` (files laid out per ``config.source.pattern``) from a first champion
     trained on ``history_file``; write the project, ``summary.json`` and ``report.html`` under ``out_dir``.
 
-    ``labels_dir`` holds one ``YYYY-MM-DD`` folder per scoring night with label files (the contract's entity id and
-    target, as ``nightkeeper.labels`` reads them); they become visible ``label_delay`` nights (of the cadence) later.
-    ``out_dir`` must be empty, missing, or the output of an earlier backtest (which is replaced). Raises ValueError
+    ``labels_dir`` holds one ``YYYY-MM-DD`` folder per scoring night with label files for that night's rows (the
+    contract's entity id and target, as ``nightkeeper.labels`` reads them: e.g. ``simulator.simulate_to_folders`` or
+    ``worlds.write_world`` with a label delay of 0); they become visible ``label_delay`` nights (of the cadence) later,
+    staged into the project's labels folder in the production layout (one folder per arrival day).
+    ``cadence`` is written into the project's ``schedule.cadence``. ``out_dir`` must be empty, missing, or the
+    output of an earlier backtest (which is replaced). Raises ValueError
     for a bad argument, naming it.
     """
     if cadence not in CADENCE_DAYS:
@@ -100,7 +103,7 @@ def run_backtest(
     step = dt.timedelta(days=CADENCE_DAYS[cadence])
     nights = replay_nights(Path(batches_dir), config.source.pattern, step)
     out_dir = _fresh_out_dir(Path(out_dir))
-    project = _project_config(config, Path(batches_dir), out_dir, nights[0])
+    project = _project_config(config, Path(batches_dir), out_dir, nights[0], cadence)
     console = Console(quiet=not progress)
 
     replay = _Replay(project, Path(labels_dir), nights, step, label_delay * step)
@@ -322,13 +325,13 @@ def _fresh_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _project_config(config: ProjectConfig, batches_dir: Path, out_dir: Path, first_night: dt.date) -> ProjectConfig:
+def _project_config(config: ProjectConfig, batches_dir: Path, out_dir: Path, first_night: dt.date, cadence: Cadence) -> ProjectConfig:
     """The backtest's own project config, written to ``out_dir``: the user's settings, with the landing folder at
     ``batches_dir`` and every store (warehouse, models, staged labels, Dagster home) under ``out_dir``."""
     raw = config.model_dump(mode="json")
     raw["source"] |= {"landing": str(batches_dir.resolve()), "labels": "labels"}
     raw["storage"] = {"warehouse": "warehouse.duckdb", "models": "models", "dagster_home": "dagster"}
-    raw["schedule"]["start_date"] = first_night.isoformat()
+    raw["schedule"] |= {"start_date": first_night.isoformat(), "cadence": cadence}
     path = out_dir / CONFIG_NAME
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_config(path)

@@ -326,10 +326,11 @@ def ui(config: ConfigOption = None) -> None:
 def backtest(
     history: Annotated[Path, typer.Option(help="Labeled history (Parquet or CSV) the first champion is trained on.")],
     batches: Annotated[Path, typer.Option(help="Folder of nightly batch files, laid out per the config's source.pattern.")],
-    labels: Annotated[Path, typer.Option(help="Folder of label files, one YYYY-MM-DD folder per scoring night they label.")],
+    labels: Annotated[Path, typer.Option(help="Folder of label files: one YYYY-MM-DD folder per scoring night, holding the "
+                                            "labels of that night's rows (entity id and target); the backtest delays them.")],
     label_delay: Annotated[int, typer.Option(help="Nights (of the cadence) after which a night's labels become visible.")],
     out: Annotated[Path, typer.Option(help="Folder for the backtest's project, warehouse, summary.json and report.html.")],
-    cadence: Annotated[str, typer.Option(help="daily or weekly: the replayed nights are this far apart.")] = "daily",
+    cadence: Annotated[Optional[str], typer.Option(help="daily or weekly: the replayed nights are this far apart (default: the config's schedule.cadence).")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Replay the batches night by night through the pipeline core, with the sensors' decisions and labels arriving
@@ -338,7 +339,7 @@ def backtest(
 
     project = _load(config)
     try:
-        result = run_backtest(project, history, batches, labels, label_delay, cadence, out, progress=True)  # type: ignore[arg-type]
+        result = run_backtest(project, history, batches, labels, label_delay, cadence or project.schedule.cadence, out)  # type: ignore[arg-type]
     except ValueError as exc:
         console.print(f"[red]backtest refused:[/] {exc}")
         raise typer.Exit(2) from None
