@@ -6,8 +6,8 @@
 
 For each size: simulate ``--nights`` nights of credit applications (the simulator's concept-drift scenario from a
 third of the way in, so alerts, retrains and a rollout happen), a labeled history of 30 nights x the same rows, and
-labels arriving ``--label-delay`` nights late; then time ``run_backtest`` (shipped ``nightkeeper.yaml``; the
-evidently HTML drift report off, as a backtest has no one to read it each night). Data generation is outside every
+labels arriving ``--label-delay`` nights late; then time ``run_backtest`` with the shipped ``nightkeeper.yaml`` (the
+backtest itself turns the per-night plots and evidently reports off). Data generation is outside every
 timed region. Printed per size: median seconds per night over the nights without a retrain, min–max of those,
 mean seconds per night with retrains included, the number of retrain nights, and the first champion's training time.
 Budget (issue #8): at 2,000 rows, at most 1 s a night on 2 cores, plus retrains.
@@ -50,9 +50,7 @@ def measure(rows: int, nights: int, label_delay: int, root: Path, profile: bool)
     history = simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), HISTORY_DAYS, rows, SEED)
     history_file = root / "history.parquet"
     history.write_parquet(history_file)
-    raw = yaml.safe_load((REPO / "nightkeeper.yaml").read_text())
-    raw["monitoring"]["drift"]["evidently_report"] = False
-    config = parse_config(raw, root=root)
+    config = parse_config(yaml.safe_load((REPO / "nightkeeper.yaml").read_text()), root=root)
 
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
@@ -70,6 +68,8 @@ def measure(rows: int, nights: int, label_delay: int, root: Path, profile: bool)
         "median_plain": statistics.median(plain) if plain else float("nan"),
         "min_plain": min(plain) if plain else float("nan"), "max_plain": max(plain) if plain else float("nan"),
         "mean_with_retrains": statistics.mean(every), "bootstrap_seconds": total - sum(every),
+        "by_step": result.summary["timing"]["median_seconds_by_step"],
+        "median_cpu": result.summary["timing"]["median_cpu_seconds_per_night_without_retrain"],
     }
     if profiler:
         buffer = io.StringIO()
@@ -96,8 +96,11 @@ def main() -> None:
         finally:
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
-        print(f"{f['rows']:>10,} {f['nights']:>6} {f['median_plain']:>15.2f} {f'[{f['min_plain']:.2f}–{f['max_plain']:.2f}]':>14} "
+        spread = f"[{f['min_plain']:.2f}–{f['max_plain']:.2f}]"
+        print(f"{f['rows']:>10,} {f['nights']:>6} {f['median_plain']:>15.2f} {spread:>14} "
               f"{f['mean_with_retrains']:>28.2f} {f['retrain_nights']:>15} {f['bootstrap_seconds']:>12.1f}")
+        print(f"    median process CPU s/night (all threads, without retrains): {f['median_cpu']:.2f}")
+        print("    median s by step: " + ", ".join(f"{k} {v:.3f}" for k, v in f["by_step"].items()))
         if args.profile:
             print(f["profile"])
 

@@ -118,7 +118,7 @@ def run_backtest(
                 bar.update(task, advance=1, description=f"night {night}")
         replay.store_counterfactual(connection)
         summary = backtest_report.summarize(
-            connection, nights, first.version, replay.truth(), replay.seconds, replay.step_seconds, replay.retrain_nights,
+            connection, nights, first.version, replay.truth(), replay.timing,
             {"project": project.name, "history_file": str(history_file), "batches_dir": str(batches_dir),
              "labels_dir": str(labels_dir), "label_delay": label_delay, "cadence": cadence},
         )
@@ -154,10 +154,8 @@ class _Replay:
         self.first: registry.ModelRecord | None = None
         self.first_booster = None
         self.counterfactual: list[pl.DataFrame] = []
-        self.seconds: dict[dt.date, float] = {}
-        self.step_seconds: dict[str, list[float]] = {}  # per step (or driver part), one entry per night it ran
+        self.timing = backtest_report.ReplayTiming()
         self.results: dict[str, StepResult] = {}  # tonight's step results by step name
-        self.retrain_nights: set[dt.date] = set()
         self.automation = _Automation(config, step)
 
     def bootstrap(self, connection: duckdb.DuckDBPyConnection, history_file: Path) -> registry.ModelRecord:
@@ -169,7 +167,7 @@ class _Replay:
 
     def run_night(self, connection: duckdb.DuckDBPyConnection, night: dt.date) -> None:
         """One night: stage arrived labels, run the nightly steps, score the counterfactual, then decide and act."""
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         self._stage_labels(night)
         step = self._timed_step(connection, night)
         raw = step("ingest", nightly_steps.ingest_night)["raw_batch"]
@@ -177,29 +175,31 @@ class _Replay:
         rows, quarantine = validated["validated_batch"], validated["quarantine"]
         scored = step("score", nightly_steps.score_night, rows)["scored_batch"]
         # the order of the Dagster in-process executor for nightly_batch (ties between independent steps included)
-        step("drift", monitoring_steps.drift_night, rows, scored)
+        # the steps' PNGs for the Dagster UI cost about a second a night each; the backtest draws its own report
+        step("drift", monitoring_steps.drift_night, rows, scored, plots=False)
         shadow = step("shadow", nightly_steps.shadow_night, rows, scored)
         outcomes = step("answer", nightly_steps.answer_night, raw, quarantine, scored, shadow["shadow_scores"])["outcomes"]
         step("labels", monitoring_steps.labels_night)
         step("review_queue", monitoring_steps.review_queue_night, outcomes, quarantine)
-        step("performance", monitoring_steps.performance_night)
+        step("performance", monitoring_steps.performance_night, plots=False)
         alerts = step("alerts", monitoring_steps.alerts_night)
         clock = time.perf_counter()
         self._score_counterfactual(night, rows, scored)
         self._add_time("counterfactual", time.perf_counter() - clock)
         clock = time.perf_counter()
         if self.automation.after_night(connection, night, self.results["shadow"], self.results["alerts"]):
-            self.retrain_nights.add(night)
+            self.timing.retrain_nights.add(night)
         self._add_time("decisions and lifecycle", time.perf_counter() - clock)
-        self.seconds[night] = time.perf_counter() - started
+        self.timing.wall[night] = time.perf_counter() - started
+        self.timing.cpu[night] = time.process_time() - cpu
 
     def _timed_step(self, connection: duckdb.DuckDBPyConnection, night: dt.date):
         """A caller of the night's steps: runs one, stores its partition tables, keeps its result and its time."""
         self.results = {}
 
-        def step(name: str, function, *inputs: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        def step(name: str, function, *inputs: pl.DataFrame, **options: Any) -> dict[str, pl.DataFrame]:
             clock = time.perf_counter()
-            result = function(self.config, connection, night, *inputs)
+            result = function(self.config, connection, night, *inputs, **options)
             for table, frame in result.tables.items():
                 store_partition(connection, NIGHTLY_SCHEMA, table, night, frame)
             self.results[name] = result
@@ -209,7 +209,7 @@ class _Replay:
         return step
 
     def _add_time(self, name: str, seconds: float) -> None:
-        self.step_seconds.setdefault(name, []).append(seconds)
+        self.timing.by_step.setdefault(name, []).append(seconds)
 
     def store_counterfactual(self, connection: duckdb.DuckDBPyConnection) -> None:
         frame = pl.concat(self.counterfactual) if self.counterfactual else pl.DataFrame(schema=backtest_report.FIRST_CHAMPION_SCHEMA)
@@ -327,11 +327,14 @@ def _fresh_out_dir(out_dir: Path) -> Path:
 
 def _project_config(config: ProjectConfig, batches_dir: Path, out_dir: Path, first_night: dt.date, cadence: Cadence) -> ProjectConfig:
     """The backtest's own project config, written to ``out_dir``: the user's settings, with the landing folder at
-    ``batches_dir`` and every store (warehouse, models, staged labels, Dagster home) under ``out_dir``."""
+    ``batches_dir``, every store (warehouse, models, staged labels, Dagster home) under ``out_dir``, and evidently's
+    nightly report off."""
     raw = config.model_dump(mode="json")
     raw["source"] |= {"landing": str(batches_dir.resolve()), "labels": "labels"}
     raw["storage"] = {"warehouse": "warehouse.duckdb", "models": "models", "dagster_home": "dagster"}
     raw["schedule"] |= {"start_date": first_night.isoformat(), "cadence": cadence}
+    # evidently's per-night HTML report costs seconds a night; the backtest draws its own report
+    raw["monitoring"]["drift"]["evidently_report"] = False
     path = out_dir / CONFIG_NAME
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_config(path)

@@ -15,6 +15,7 @@ import base64
 import datetime as dt
 import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,17 @@ ESTIMATED_AUC = "performance.estimated_auc"
 ESTIMATE_TRUSTED = "performance.estimate_trustworthy"
 
 
+@dataclass
+class ReplayTiming:
+    """How long the replay took: wall and process CPU seconds per night (retrains included, on the nights after which
+    they ran), each step's wall seconds (one entry per night it ran), and the nights followed by a retrain."""
+
+    wall: dict[dt.date, float] = field(default_factory=dict)
+    cpu: dict[dt.date, float] = field(default_factory=dict)
+    by_step: dict[str, list[float]] = field(default_factory=dict)
+    retrain_nights: set[dt.date] = field(default_factory=set)
+
+
 def auc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC AUC of ``scores`` against 0/1 ``labels``; None unless both classes are present."""
     if labels.size == 0 or labels.min() == labels.max():
@@ -54,15 +66,12 @@ def summarize(
     nights: list[dt.date],
     first_champion: str,
     truth: pl.DataFrame,
-    seconds: dict[dt.date, float],
-    step_seconds: dict[str, list[float]],
-    retrain_nights: set[dt.date],
+    timing: ReplayTiming,
     settings: dict[str, Any],
 ) -> dict[str, Any]:
     """The backtest's summary as plain JSON-able data.
 
-    ``truth`` holds every supplied label (TRUTH_SCHEMA, one row per entity id); ``seconds`` the wall time each night
-    took to replay and ``step_seconds`` each step's times (one per night it ran), ``retrain_nights`` the nights after which a candidate was trained (their time includes it);
+    ``truth`` holds every supplied label (TRUTH_SCHEMA, one row per entity id); ``timing`` how long the replay took;
     ``settings`` what the backtest was run with. Per night: rows, rows per outcome source, serving champion and
     challenger, realized AUC of the served scores and of the first champion on the same labeled rows, the pipeline's
     estimated AUC and whether it trusted it. Then blocks of BLOCK_NIGHTS nights (pooled AUCs), alert transitions and
@@ -104,8 +113,9 @@ def summarize(
             "first_champion_auc": auc_or_none(labels, rows["first_score"].to_numpy()),
             "estimated_auc": metrics.get((night, ESTIMATED_AUC)),
             "estimate_trusted": None if trusted is None else trusted >= 0.5,
-            "seconds": round(seconds.get(night, 0.0), 3),
-            "retrained": night in retrain_nights,
+            "seconds": round(timing.wall.get(night, 0.0), 3),
+            "cpu_seconds": round(timing.cpu.get(night, 0.0), 3),
+            "retrained": night in timing.retrain_nights,
         })
     return {
         "settings": settings,
@@ -114,7 +124,7 @@ def summarize(
         "blocks": _blocks(paired, nights),
         "alerts": _alert_events(connection),
         "lifecycle": _lifecycle_events(connection),
-        "timing": _timing(per_night, step_seconds),
+        "timing": _timing(per_night, timing.by_step),
     }
 
 
@@ -181,8 +191,11 @@ def _lifecycle_events(connection: duckdb.DuckDBPyConnection) -> list[dict[str, A
 def _timing(per_night: list[dict[str, Any]], step_seconds: dict[str, list[float]]) -> dict[str, Any]:
     plain = [n["seconds"] for n in per_night if not n["retrained"]]
     every = [n["seconds"] for n in per_night]
+    cpu = [n["cpu_seconds"] for n in per_night if not n["retrained"]]
     return {
         "median_seconds_per_night_without_retrain": float(np.median(plain)) if plain else None,
+        # process CPU time (all threads) barely depends on what else the machine runs, unlike wall time
+        "median_cpu_seconds_per_night_without_retrain": float(np.median(cpu)) if cpu else None,
         "mean_seconds_per_night_with_retrains": float(np.mean(every)) if every else None,
         "total_seconds": float(np.sum(every)) if every else 0.0,
         # the lifecycle part includes retrains: its median is a plain night's, its total the retrains'
