@@ -296,6 +296,8 @@ class _Automation:
             return False
         trained = lifecycle_steps.train_candidate(self.config, connection, as_of, decision.trigger)
         self.state = replace(self.state, last_retrain_night=as_of)
+        if trained.metadata.get("status") != lifecycle_steps.REFUSED:
+            self.state = replace(self.state, last_candidate_night=as_of)
         # the candidate's behaviour checks are blocking: a failed ERROR check stops the evaluation, as in the job
         if any(not c.passed and c.severity == "ERROR" for c in trained.checks.values()):
             return True

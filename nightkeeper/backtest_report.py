@@ -120,6 +120,7 @@ def summarize(
     return {
         "settings": settings,
         "first_champion": first_champion,
+        "label_lag_days": _label_lag(connection),
         "nights": per_night,
         "blocks": _blocks(paired, nights),
         "alerts": _alert_events(connection),
@@ -141,6 +142,18 @@ def _night_metrics(connection: duckdb.DuckDBPyConnection, nights: list[dt.date])
         [ESTIMATED_AUC, ESTIMATE_TRUSTED, nights[0], nights[-1]],
     ).fetchall()
     return {(night, metric): float(value) for night, metric, value in rows}
+
+
+def _label_lag(connection: duckdb.DuckDBPyConnection) -> dict[str, float] | None:
+    """Days between a label's scoring night and the night the replay saw it arrive (median, min, max): with labels
+    given per scoring night this is the label delay; more means the labels folder was already laid out by arrival."""
+    if not _exists(connection, "monitoring", "labels"):
+        return None
+    row = connection.execute(
+        "select median(arrived_on - partition_date), min(arrived_on - partition_date), max(arrived_on - partition_date) "
+        "from monitoring.labels"
+    ).fetchone()
+    return None if row[0] is None else {"median": float(row[0]), "min": float(row[1]), "max": float(row[2])}
 
 
 def _blocks(paired: pl.DataFrame, nights: list[dt.date]) -> list[dict[str, Any]]:

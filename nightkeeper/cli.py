@@ -344,7 +344,12 @@ def backtest(
         console.print(f"[red]backtest refused:[/] {exc}")
         raise typer.Exit(2) from None
     summary = result.summary
-    nights, timing = summary["nights"], summary["timing"]
+    nights, timing, lag = summary["nights"], summary["timing"], summary["label_lag_days"]
+    step = 7 if summary["settings"]["cadence"] == "weekly" else 1
+    if lag and lag["median"] > label_delay * step:
+        console.print(f"[yellow]labels arrived {lag['median']:g} days after their night (median), more than --label-delay "
+                      f"{label_delay}: is {labels} laid out by arrival day already? Give one folder per scoring night.[/]",
+                      soft_wrap=True)
     table = Table(title="Served vs first champion left alone (realized AUC, pooled per block)", box=box.SIMPLE_HEAD)
     for column in ("nights", "labeled", "served", "first champion", "difference"):
         table.add_column(column, justify="left" if column == "nights" else "right")

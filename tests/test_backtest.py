@@ -78,6 +78,7 @@ def test_labels_are_seen_only_from_their_arrival_night(replay) -> None:
     assert ((stored["arrived_on"] - stored["partition_date"]).dt.total_days() == LABEL_DELAY).all()
     # the last LABEL_DELAY nights' labels had not arrived when the replay ended
     assert stored["partition_date"].max() == FIRST_NIGHT + dt.timedelta(days=NIGHTS - 1 - LABEL_DELAY)
+    assert replay["summary"]["label_lag_days"] == {"median": LABEL_DELAY, "min": LABEL_DELAY, "max": LABEL_DELAY}
 
 
 @pytest.mark.slow
