@@ -288,7 +288,8 @@ def _alerts_plot(summary: dict[str, Any]):
         entry[event["event"]] = dt.date.fromisoformat(event["night"])
         if event["event"] == "opened":
             entry["message"] = event["message"]
-    last = dt.date.fromisoformat(summary["nights"][-1]["night"]) if summary["nights"] else dt.date.today()
+    dates = _dates(summary["nights"]) or [dt.date.today()]
+    last = dates[-1]
     figure, axes = new_figure(11, max(2.0, 0.35 * len(alerts) + 1))
     for position, (alert_id, entry) in enumerate(alerts.items()):
         opened = entry.get("opened", last)
@@ -296,6 +297,7 @@ def _alerts_plot(summary: dict[str, Any]):
         colour = "tab:red" if entry["severity"] == "critical" else "tab:orange" if entry["severity"] == "warning" else "tab:blue"
         axes.barh(position, (closed - opened).days or 1, left=opened, color=colour, alpha=0.6)
         axes.text(opened, position, f" {entry['rule']}: {entry['message'][:90]}", va="center", fontsize=7)
+    axes.set_xlim(dates[0], last + dt.timedelta(days=1))  # the whole replay, so an alert's length reads as nights
     axes.set_yticks([])
     axes.set_title("Alerts, open to resolved (red critical, orange warning), with what they said when they opened")
     axes.grid(alpha=0.3, axis="x")
