@@ -40,12 +40,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nightkeeper import backtest_report, labels, registry, warehouse
 from nightkeeper.artifacts import load_verified
 from nightkeeper.config import ProjectConfig, load_config
-from nightkeeper.models import bootstrap_champion
+from nightkeeper.models import train_first_champion
 from nightkeeper.pipeline import lifecycle as lifecycle_steps
 from nightkeeper.pipeline import monitoring as monitoring_steps
 from nightkeeper.pipeline import nightly as nightly_steps
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.scoring import score_batch
+from nightkeeper.training_data import read_history_file
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, store_partition
 
 Cadence = Literal["daily", "weekly"]
@@ -119,8 +120,8 @@ def run_backtest(
         replay.store_counterfactual(connection)
         summary = backtest_report.summarize(
             connection, nights, first.version, replay.truth(), replay.timing,
-            {"project": project.name, "history_file": str(history_file), "batches_dir": str(batches_dir),
-             "labels_dir": str(labels_dir), "label_delay": label_delay, "cadence": cadence},
+            {"project": project.name, "history_file": str(history_file), "history_rows": replay.history_rows,
+             "batches_dir": str(batches_dir), "labels_dir": str(labels_dir), "label_delay": label_delay, "cadence": cadence},
         )
     summary_path = backtest_report.write_summary(summary, out_dir / SUMMARY_NAME)
     report_path = backtest_report.write_report(summary, out_dir / REPORT_NAME)
@@ -154,16 +155,23 @@ class _Replay:
         self.first: registry.ModelRecord | None = None
         self.first_booster = None
         self.counterfactual: list[pl.DataFrame] = []
+        self.history_rows: dict[str, int] = {}
         self.timing = backtest_report.ReplayTiming()
         self.results: dict[str, StepResult] = {}  # tonight's step results by step name
         self.automation = _Automation(config, step)
 
     def bootstrap(self, connection: duckdb.DuckDBPyConnection, history_file: Path) -> registry.ModelRecord:
-        """Train, register and make champion from the first night the model on ``history_file``."""
-        history = pl.read_csv(history_file) if history_file.suffix == ".csv" else pl.read_parquet(history_file)
-        self.first = bootstrap_champion(self.config, history, self.nights[0], actor=BOOTSTRAP_ACTOR)
-        self.first_booster = load_verified(self.first)
-        return self.first
+        """The first champion, as ``nightkeeper train --history`` makes it: the history checked against the contract,
+        trained, gated by the behaviour tests, champion from the first night and kept for every later retrain window.
+        Raises ValueError when the history cannot be used or the model fails a behaviour test."""
+        history = read_history_file(history_file, self.config.contract, root=self.config.root)
+        self.history_rows = {"file_rows": history.file_rows, "usable_rows": history.rows.height}
+        first = train_first_champion(self.config, connection, history, actor=BOOTSTRAP_ACTOR)
+        if first.record is None:
+            failed = "; ".join(f"{name}: {c.description}" for name, c in first.checks.items() if not c.passed)
+            raise ValueError(f"history_file: the model trained on {history_file} failed its behaviour tests ({failed})")
+        self.first, self.first_booster = first.record, load_verified(first.record)
+        return first.record
 
     def run_night(self, connection: duckdb.DuckDBPyConnection, night: dt.date) -> None:
         """One night: stage arrived labels, run the nightly steps, score the counterfactual, then decide and act."""
