@@ -14,12 +14,16 @@ import time
 import uuid
 from pathlib import Path
 
+import polars as pl
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from jobs.instance import prepare_dagster_home
 from jobs.resources import WAREHOUSE_POOL
 from jobs.run_guard import HOST_TAG, PID_TAG, launch_run, pool_holders, process_tags, reap_dead_runs
+from nightkeeper import registry, review, simulator, warehouse
+from nightkeeper.models import publish
+from nightkeeper.training import train_model
 from pipeline_harness import FIRST_NIGHT, REPO, Project, bootstrap_example_champion, example_config, make_project
 
 ROWS = 300
@@ -208,3 +212,56 @@ def test_a_night_killed_while_a_step_holds_the_warehouse_completes_when_run_agai
         assert _status(instance, stuck.dagster_run.run_id) == DagsterRunStatus.FAILURE
         assert pool_holders(instance) == []
     assert _outcome_conservation(project, FIRST_NIGHT) == (ROWS, ROWS, ROWS)
+
+
+def _filled_review_file(project: Project, night: dt.date, path: Path) -> int:
+    """The night's review queue exported and labeled by a reviewer; returns its row count."""
+    with warehouse.connect(project.config.warehouse_path) as connection:
+        queue = review.queue_for(connection, night)
+    review.export_review_csv(queue, path)
+    filled = pl.read_csv(path, infer_schema=False).with_columns(
+        label=pl.when(pl.int_range(pl.len()) % 2 == 0).then(pl.lit("0")).otherwise(pl.lit("1")), reviewer=pl.lit("alice")
+    )
+    filled.write_csv(path)
+    return filled.height
+
+
+@pytest.mark.slow
+def test_a_review_import_killed_while_it_holds_the_warehouse_completes_when_run_again(tmp_path):
+    project = _project(tmp_path)
+    bootstrap_example_champion(project)
+    project.land_night(FIRST_NIGHT, rows=ROWS)
+    assert project.run_night(FIRST_NIGHT).success
+    reviewed = _filled_review_file(project, FIRST_NIGHT, tmp_path / "review.csv")
+    assert reviewed > 0
+
+    killed = _cli(project, "review", "import", str(tmp_path / "review.csv"))
+    _kill_when_a_step_holds_the_pool(project, killed, "review_labels")
+    again = _cli(project, "review", "import", str(tmp_path / "review.csv"))
+    stdout, stderr = again.communicate(timeout=300)
+
+    assert again.returncode == 0, stdout + stderr
+    labels = project.query("select entity_id from review.labels")
+    assert labels.height == reviewed and labels["entity_id"].n_unique() == reviewed
+
+
+@pytest.mark.slow
+def test_a_promote_killed_while_it_holds_the_warehouse_completes_when_run_again(tmp_path):
+    project = _project(tmp_path)
+    bootstrap_example_champion(project)
+    history = simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), days=20, rows_per_day=500, seed=5)
+    candidate = publish(train_model(history, project.config), project.config)
+    effective = FIRST_NIGHT + dt.timedelta(days=3)
+
+    promote = ("models", "promote", candidate.card.version, "--effective", effective.isoformat())
+    killed = _cli(project, *promote)
+    _kill_when_a_step_holds_the_pool(project, killed, "model_registry")
+    again = _cli(project, *promote)
+    stdout, stderr = again.communicate(timeout=300)
+
+    assert again.returncode == 0, stdout + stderr
+    with warehouse.connect(project.config.warehouse_path) as connection:
+        assert registry.alias_state(connection, registry.CHAMPION, effective).version == candidate.card.version
+        log = registry.alias_log(connection)
+    promotions = log.filter((pl.col("alias") == registry.CHAMPION) & (pl.col("version") == candidate.card.version))
+    assert promotions.height == 1  # promoted once: neither lost nor logged twice
