@@ -265,3 +265,18 @@ def test_a_promote_killed_while_it_holds_the_warehouse_completes_when_run_again(
         log = registry.alias_log(connection)
     promotions = log.filter((pl.col("alias") == registry.CHAMPION) & (pl.col("version") == candidate.card.version))
     assert promotions.height == 1  # promoted once: neither lost nor logged twice
+
+
+@pytest.mark.slow
+def test_two_nights_launched_at_once_both_complete_with_every_row_answered_once(tmp_path):
+    project = _project(tmp_path)
+    bootstrap_example_champion(project)
+    nights = [FIRST_NIGHT, FIRST_NIGHT + dt.timedelta(days=1)]
+    for night in nights:
+        project.land_night(night, rows=ROWS)
+
+    commands = [_cli(project, "run", "--night", night.isoformat()) for night in nights]
+    outputs = [command.communicate(timeout=400) for command in commands]
+
+    assert [command.returncode for command in commands] == [0, 0], outputs
+    assert [_outcome_conservation(project, night) for night in nights] == [(ROWS, ROWS, ROWS)] * 2
