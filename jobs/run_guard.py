@@ -147,6 +147,24 @@ def _interrupt_received() -> bool:
     return check_captured_interrupt()
 
 
+def _sleep_while_waiting_for_a_slot() -> None:
+    """Make Dagster's in-process executor sleep between its checks for a free pool slot instead of spinning.
+
+    In dagster 1.13, ``InstanceConcurrencyContext.interval_to_next_pending_claim_check`` returns ``min(0, ...)``, never
+    positive, so the executor re-polls in a tight loop and burns a core for as long as it waits (issue #10: ~60 % CPU).
+    This returns the time to the next scheduled check instead, capped at 1 s. The class is private to Dagster; this is
+    its one use here. Idempotent.
+    """
+    from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+
+    def interval_to_next_pending_claim_check(self: InstanceConcurrencyContext) -> float:
+        if not self._pending_claims or not self._pending_timeouts:
+            return 0.0
+        return min(1.0, max(0.0, min(self._pending_timeouts.values()) - time.time()))
+
+    InstanceConcurrencyContext.interval_to_next_pending_claim_check = interval_to_next_pending_claim_check
+
+
 class _PoolWatchdog(threading.Thread):
     """Watches one run while it executes: reports and bounds its waits for the warehouse pool (see the module doc)."""
 
@@ -167,14 +185,17 @@ class _PoolWatchdog(threading.Thread):
                 reap_dead_runs(self.instance)  # the holder may have died while we wait
                 last_reap = time.monotonic()
             waited = (dt.datetime.now(dt.timezone.utc) - since.astimezone(dt.timezone.utc)).total_seconds()
+            interrupted, too_long = _interrupt_received(), waited > self.lock_wait_seconds
+            if announced and not interrupted and not too_long:
+                continue
             holders = "; ".join(holder.describe() for holder in pool_holders(self.instance)) or "no run (a slot is being handed over)"
             if not announced:
                 _say(f"run {self.run_id} is waiting for the '{WAREHOUSE_POOL}' pool, held by {holders}; giving up after "
                      f"{self.lock_wait_seconds:g} s (storage.lock_wait_seconds)")
                 announced = True
-            if _interrupt_received():
+            if interrupted:
                 self._give_up(f"interrupted while waiting for the '{WAREHOUSE_POOL}' pool (held by {holders})", 130)
-            if waited > self.lock_wait_seconds:
+            if too_long:
                 self._give_up(f"gave up after waiting {waited:.0f} s for the '{WAREHOUSE_POOL}' pool, held by {holders} "
                               f"(limit storage.lock_wait_seconds = {self.lock_wait_seconds:g}). If that run's process is "
                               "alive it is still working: try again later; see docs/runbook.md#after-a-crash", WAIT_TIMEOUT_EXIT)
@@ -214,6 +235,7 @@ def launch_run(
     if not instance.event_log_storage.supports_global_concurrency_limits:
         return execute()  # an ephemeral instance (tests): no pools, nothing outlives the process
     reap_dead_runs(instance)
+    _sleep_while_waiting_for_a_slot()
     watchdog = _PoolWatchdog(instance, run_id, lock_wait_seconds)
     watchdog.start()
     try:
