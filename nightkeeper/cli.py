@@ -118,7 +118,9 @@ def world(
     start: Annotated[Optional[str], typer.Option(help="First batch night (YYYY-MM-DD); default 2026-01-01.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
     cadence: Annotated[str, typer.Option(help="daily or weekly batches.")] = "daily",
-    label_delay: Annotated[int, typer.Option(help="Batch nights until a night's labels land.")] = 5,
+    label_delay: Annotated[int, typer.Option(help="Batch nights until a night's labels land: labels/ is filed by arrival day, "
+                                             "as a production labels folder; 0 files each night's labels under that "
+                                             "night, the layout `backtest --labels` expects.")] = 5,
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv files.")] = "parquet",
 ) -> None:
     """Write a synthetic non-credit dataset: a labeled history, nightly batch files, late label files and a project
