@@ -15,10 +15,17 @@ from dagster import (
     MonthlyPartitionsDefinition,
     TimeWindowPartitionsDefinition,
     WeeklyPartitionsDefinition,
+    DefaultScheduleStatus,
     Definitions,
+    RunsFilter,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
     build_schedule_from_partitioned_job,
     define_asset_job,
     in_process_executor,
+    partition_loading_context,
+    schedule,
 )
 
 from assets.lifecycle import candidate_evaluation, candidate_model, candidate_model_card, model_registry
@@ -48,19 +55,11 @@ def build_definitions(config_path: Path) -> Definitions:
     nightly_batch = define_asset_job(
         NIGHTLY_JOB,
         selection=AssetSelection.groups("nightly", "monitoring") | AssetSelection.assets("review_queue"),
+        partitions_def=partitions,
         description="One night: ingest, validate, score with the champion, fall back where it cannot, record outcomes; "
         "then late labels, performance, drift and alerts.",
     )
-    weekly = config.schedule.cadence == "weekly"
-    nightly_schedule = build_schedule_from_partitioned_job(
-        nightly_batch,
-        name=NIGHTLY_SCHEDULE,
-        hour_of_day=config.schedule.run_at.hour,
-        minute_of_hour=config.schedule.run_at.minute,
-        # a week's batch runs on the day after its last day, which is the weekday its partitions start on
-        day_of_week=_dagster_weekday(config.schedule.start_date) if weekly else None,
-        description="Runs the batch of the week starting D once that week is over." if weekly else "Runs the batch of night D once D is over.",
-    )
+    nightly_schedule = build_nightly_schedule(config, partitions, nightly_batch)
     monthly = MonthlyPartitionsDefinition(
         start_date=config.schedule.start_date.replace(day=1).isoformat(), timezone=config.schedule.timezone
     )
@@ -70,7 +69,8 @@ def build_definitions(config_path: Path) -> Definitions:
     )
     # on the 8th: the month's last nights have had a week for their labels to land
     monthly_review_schedule = build_schedule_from_partitioned_job(
-        monthly_review_job, name="monthly_review_schedule", day_of_month=8, hour_of_day=6
+        monthly_review_job, name="monthly_review_schedule", day_of_month=8, hour_of_day=6,
+        default_status=DefaultScheduleStatus.RUNNING,
     )
     sensors, lifecycle_schedules = build_lifecycle_automation(config)
     warehouse_path = str(config.warehouse_path)
@@ -89,6 +89,36 @@ def build_definitions(config_path: Path) -> Definitions:
         # pool serialises them. A deployment sets its executor (k8s, celery) in its own run config.
         executor=in_process_executor,
     )
+
+
+def build_nightly_schedule(config: ProjectConfig, partitions: TimeWindowPartitionsDefinition, nightly_batch) -> ScheduleDefinition:
+    """The schedule of ``nightly_batch``: at each tick, one run of the last night (or week) that is over, keyed by it so
+    a night runs once however many ticks see it. Ticks at ``schedule.cron`` if set, else at ``run_at`` after each
+    night (weekly: on the day after the week's last day, the weekday its partitions start on)."""
+    weekly = config.schedule.cadence == "weekly"
+    cron = config.schedule.cron or partitions.get_cron_schedule(
+        minute_of_hour=config.schedule.run_at.minute,
+        hour_of_day=config.schedule.run_at.hour,
+        day_of_week=_dagster_weekday(config.schedule.start_date) if weekly else None,
+    )
+
+    @schedule(
+        cron_schedule=cron, job=nightly_batch, name=NIGHTLY_SCHEDULE, execution_timezone=config.schedule.timezone,
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Runs the batch of the week starting D once that week is over." if weekly else "Runs the batch of night D once D is over.",
+    )
+    def nightly_batch_schedule(context: ScheduleEvaluationContext):
+        with partition_loading_context(effective_dt=context.scheduled_execution_time):
+            night = partitions.get_last_partition_key()
+        if night is None:
+            return SkipReason("no night is over yet")
+        # Dagster dedupes a schedule's run keys per tick only; a cron ticking more often than nights must not rerun one
+        launched = context.instance.get_runs(RunsFilter(job_name=NIGHTLY_JOB, tags={"dagster/partition": night, "dagster/schedule_name": NIGHTLY_SCHEDULE}), limit=1)
+        if launched:
+            return SkipReason(f"night {night} was already launched by this schedule (run {launched[0].run_id})")
+        return nightly_batch.run_request_for_partition(partition_key=night, run_key=night)
+
+    return nightly_batch_schedule
 
 
 def night_partitions(config: ProjectConfig) -> TimeWindowPartitionsDefinition:

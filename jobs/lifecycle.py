@@ -12,6 +12,8 @@ from dagster import (
     AssetKey,
     AssetSelection,
     DagsterInstance,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
     EventLogEntry,
     RunRequest,
     RunsFilter,
@@ -118,7 +120,7 @@ def build_lifecycle_automation(config: ProjectConfig) -> tuple[list, list]:
     """The sensors and schedules of the model lifecycle for ``config``."""
 
     @asset_sensor(
-        asset_key=AssetKey("alerts"), name="retrain_on_alerts", jobs=[retrain_job],
+        asset_key=AssetKey("alerts"), name="retrain_on_alerts", jobs=[retrain_job], default_status=DefaultSensorStatus.RUNNING,
         description=f"After each night's alerts, asks the retrain policy: alerts of category {sorted(config.lifecycle.retrain_on_alert_categories)} "
         "(and persistent drift if configured) trigger; one candidate per night, a cooldown after each attempt, none while a "
         "rollout is under way; it resumes after a rejection or rollback while the alert stays open. Skips say why.",
@@ -132,7 +134,7 @@ def build_lifecycle_automation(config: ProjectConfig) -> tuple[list, list]:
         return retrain_request(night, decision.trigger) if decision.retrain else SkipReason(decision.reason)
 
     @asset_sensor(
-        asset_key=AssetKey("candidate_evaluation"), name="shadow_approved_candidates", jobs=[promote_job],
+        asset_key=AssetKey("candidate_evaluation"), name="shadow_approved_candidates", jobs=[promote_job], default_status=DefaultSensorStatus.RUNNING,
         description="Starts the shadow of a candidate the never-worse gate approved, from the next night on.",
     )
     def shadow_approved_candidates(context: SensorEvaluationContext, asset_event: EventLogEntry):
@@ -140,7 +142,7 @@ def build_lifecycle_automation(config: ProjectConfig) -> tuple[list, list]:
         return SkipReason(request) if isinstance(request, str) else registry_request(request, PROMOTE_JOB)
 
     @asset_sensor(
-        asset_key=AssetKey("shadow_scores"), name="rollout", jobs=[promote_job, rollback_job],
+        asset_key=AssetKey("shadow_scores"), name="rollout", jobs=[promote_job, rollback_job], default_status=DefaultSensorStatus.RUNNING,
         description="Acts on each night's rollout decision: advance the canary, promote to champion, or roll back.",
     )
     def rollout(context: SensorEvaluationContext, asset_event: EventLogEntry):
@@ -150,6 +152,7 @@ def build_lifecycle_automation(config: ProjectConfig) -> tuple[list, list]:
         return registry_request(request, ROLLBACK_JOB if request.change.action == "reject_challenger" else PROMOTE_JOB)
 
     @schedule(cron_schedule="0 4 1 * *", job=retrain_job, name="monthly_retrain", execution_timezone=config.schedule.timezone,
+              default_status=DefaultScheduleStatus.RUNNING,
               description="Maintenance retrain on the first of each month, looking back from the month's last night, "
               "unless the retrain policy says wait (a retrain of that night already ran, a rollout, a cooldown).")
     def monthly_retrain(context: ScheduleEvaluationContext):

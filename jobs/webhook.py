@@ -14,6 +14,7 @@ import datetime as dt
 from dagster import (
     AssetKey,
     AssetObservation,
+    DefaultSensorStatus,
     OpExecutionContext,
     RunRequest,
     SensorEvaluationContext,
@@ -86,6 +87,7 @@ def build_alert_outbox_sensor(config: ProjectConfig):
 
     @sensor(
         name=ALERT_OUTBOX_SENSOR, job=alert_outbox_job, minimum_interval_seconds=DRAIN_INTERVAL_SECONDS,
+        default_status=DefaultSensorStatus.RUNNING,
         description=f"Every {DRAIN_INTERVAL_SECONDS // 60} minutes while alert events are pending: deliver them to the webhook.",
     )
     def alert_outbox(context: SensorEvaluationContext):

@@ -336,6 +336,12 @@ class ScheduleConfig(_Strict):
         description="How often a batch lands: 'daily' = one partition per night; 'weekly' = one partition per week, keyed "
         "by the date its week starts (start_date's weekday), run once the week is over.",
     )
+    cron: str | None = Field(
+        None,
+        description="Overrides when the batch schedule ticks (a cron expression in `timezone`; default: derived from "
+        "run_at and cadence). Each tick still runs the last night (or week) that is over at the tick, once, so a "
+        "tick every minute ('* * * * *', as the daemon test uses) runs each night as soon as it ends.",
+    )
 
 
 class BatchCheckConfig(_Strict):
