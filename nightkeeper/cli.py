@@ -325,6 +325,20 @@ def ui(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address the webserver listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port the webserver listens on.")] = 3000,
+    config: ConfigOption = None,
+) -> None:
+    """Run the project in production on this machine: ``dagster-webserver`` and ``dagster-daemon`` on the config's
+    Dagster home, so schedules and sensors run by themselves; stops both on Ctrl-C or SIGTERM."""
+    project = _load(config)
+    from jobs.serve import serve as serve_project
+
+    raise typer.Exit(serve_project(_config_path(config), project.dagster_home, host, port))
+
+
+@app.command()
 def backtest(
     history: Annotated[Path, typer.Option(help="Labeled history (Parquet or CSV) the first champion is trained on.")],
     batches: Annotated[Path, typer.Option(help="Folder of nightly batch files, laid out per the config's source.pattern.")],
