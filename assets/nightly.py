@@ -1,5 +1,5 @@
-"""The nightly assets: raw_batch -> validated_batch + quarantine -> scored_batch -> shadow_scores -> outcomes, one
-daily partition each.
+"""The nightly assets: raw_batch -> validated_batch + quarantine -> scored_batch -> shadow_scores -> outcomes ->
+reason_codes, one daily partition each.
 
 Each asset opens the warehouse, calls its step in nightkeeper.pipeline.nightly and reports the step's tables,
 metadata and checks; every one runs in the ``warehouse`` pool.
@@ -7,6 +7,7 @@ metadata and checks; every one runs in the ``warehouse`` pool.
 
 
 import datetime as dt
+import time
 
 import polars as pl
 from dagster import (
@@ -158,6 +159,33 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
             result = nightly.answer_night(
                 project.load(), connection, night_of(context), raw_batch, quarantine, scored_batch, shadow_scores
             )
+        # the user's wait for the night's answers, on its own: reason codes come after, in their own step
+        run = context.instance.get_run_record_by_id(context.run.run_id)
+        if run is not None and run.start_time is not None:
+            result.metadata["seconds_to_answers"] = time.time() - run.start_time
+        yield from _outputs(result)
+
+    @asset(
+        name="reason_codes",
+        partitions_def=partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="nightly",
+        metadata=PARTITION_METADATA,
+        description="Why the model answered as it did, for the answers due for reasons (declined or near the "
+        "threshold, per model.reason_codes): the top features by exact TreeSHAP contribution of the model version "
+        "that answered, and the reasons as a sentence. Computed after outcomes, so answers never wait for it.",
+    )
+    def reason_codes(
+        context: AssetExecutionContext,
+        validated_batch: pl.DataFrame,
+        outcomes: pl.DataFrame,
+        project: ProjectResource,
+        warehouse: WarehouseResource,
+    ):
+        with warehouse.connect() as connection:
+            result = nightly.explain_night(project.load(), connection, night_of(context), validated_batch, outcomes)
+        for version, error in result.metadata["unexplained_versions"].items():
+            context.log.warning(f"answers of {version} left without reason codes: {error}")
         yield from _outputs(result)
 
     @asset_check(
@@ -170,4 +198,4 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
         with warehouse.connect() as connection:
             return check_result("outcomes_conserve_rows", nightly.outcomes_conserve_rows(connection))
 
-    return [raw_batch, validate_batch, scored_batch, shadow_scores, outcomes, outcomes_conserve_rows]
+    return [raw_batch, validate_batch, scored_batch, shadow_scores, outcomes, reason_codes, outcomes_conserve_rows]

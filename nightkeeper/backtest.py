@@ -80,6 +80,7 @@ def run_backtest(
     cadence: Cadence,
     out_dir: Path,
     progress: bool = True,
+    skip_reason_codes: bool = False,
 ) -> BacktestResult:
     """Replay every night of ``batches_dir`` (files laid out per ``config.source.pattern``) from a first champion
     trained on ``history_file``; write the project, ``summary.json`` and ``report.html`` under ``out_dir``.
@@ -90,7 +91,8 @@ def run_backtest(
     staged into the project's labels folder in the production layout (one folder per arrival day).
     ``cadence`` is written into the project's ``schedule.cadence``. ``out_dir`` must be empty, missing, or the
     output of an earlier backtest (which is replaced). Raises ValueError
-    for a bad argument, naming it.
+    for a bad argument, naming it. ``skip_reason_codes`` leaves out the ``reason_codes`` step (exact TreeSHAP, the
+    costliest step of a night), which no decision reads: for replaying faster while tuning thresholds.
     """
     if cadence not in CADENCE_DAYS:
         raise ValueError(f"cadence must be one of {sorted(CADENCE_DAYS)}, got {cadence!r}")
@@ -107,7 +109,7 @@ def run_backtest(
     project = _project_config(config, Path(batches_dir), out_dir, nights[0], cadence)
     console = Console(quiet=not progress)
 
-    replay = _Replay(project, Path(labels_dir), nights, step, label_delay * step)
+    replay = _Replay(project, Path(labels_dir), nights, step, label_delay * step, explain=not skip_reason_codes)
     with warehouse.connect(project.warehouse_path) as connection:
         first = replay.bootstrap(connection, Path(history_file))
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -148,9 +150,15 @@ class _Replay:
     """The state of one replay: the project, the label arrival plan, the counterfactual and the timings."""
 
     def __init__(
-        self, config: ProjectConfig, labels_dir: Path, nights: list[dt.date], step: dt.timedelta, delay: dt.timedelta
+        self,
+        config: ProjectConfig,
+        labels_dir: Path,
+        nights: list[dt.date],
+        step: dt.timedelta,
+        delay: dt.timedelta,
+        explain: bool = True,
     ) -> None:
-        self.config, self.labels_dir, self.nights, self.delay = config, labels_dir, nights, delay
+        self.config, self.labels_dir, self.nights, self.delay, self.explain = config, labels_dir, nights, delay, explain
         self.pending = self._label_folders()  # (scoring night, folder) not yet staged, oldest first
         self.first: registry.ModelRecord | None = None
         self.first_booster = None
@@ -187,6 +195,8 @@ class _Replay:
         step("drift", monitoring_steps.drift_night, rows, scored, plots=False)
         shadow = step("shadow", nightly_steps.shadow_night, rows, scored)
         outcomes = step("answer", nightly_steps.answer_night, raw, quarantine, scored, shadow["shadow_scores"])["outcomes"]
+        if self.explain:
+            step("explain", nightly_steps.explain_night, rows, outcomes)
         step("labels", monitoring_steps.labels_night)
         step("review_queue", monitoring_steps.review_queue_night, outcomes, quarantine)
         step("performance", monitoring_steps.performance_night, plots=False)

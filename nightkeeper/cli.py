@@ -347,6 +347,7 @@ def backtest(
     label_delay: Annotated[int, typer.Option(help="Nights (of the cadence) after which a night's labels become visible.")],
     out: Annotated[Path, typer.Option(help="Folder for the backtest's project, warehouse, summary.json and report.html.")],
     cadence: Annotated[Optional[str], typer.Option(help="daily or weekly: the replayed nights are this far apart (default: the config's schedule.cadence).")] = None,
+    skip_reason_codes: Annotated[bool, typer.Option("--skip-reason-codes", help="Leave out the reason codes step (no decision reads it): a faster replay while tuning thresholds.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Replay the batches night by night through the pipeline core, with the sensors' decisions and labels arriving
@@ -355,7 +356,8 @@ def backtest(
 
     project = _load(config)
     try:
-        result = run_backtest(project, history, batches, labels, label_delay, cadence or project.schedule.cadence, out)  # type: ignore[arg-type]
+        result = run_backtest(project, history, batches, labels, label_delay, cadence or project.schedule.cadence, out,  # type: ignore[arg-type]
+                              skip_reason_codes=skip_reason_codes)
     except ValueError as exc:
         console.print(f"[red]backtest refused:[/] {exc}")
         raise typer.Exit(2) from None

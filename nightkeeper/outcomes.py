@@ -18,7 +18,6 @@ from nightkeeper.frames import conform
 
 from nightkeeper.config import Contract, DecisionConfig
 from nightkeeper.fallback import FallbackRule, decide
-from nightkeeper.reasons import REASON_STRUCT
 from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, UNREADABLE_FILE, decode_records, parse_feature
 
 OUTCOME_SCHEMA: dict[str, pl.DataType] = {
@@ -33,8 +32,6 @@ OUTCOME_SCHEMA: dict[str, pl.DataType] = {
     "model_version": pl.String(),
     "latency_ms": pl.Float64(),
     "reason": pl.String(),
-    "reason_codes": pl.List(REASON_STRUCT),
-    "reason_text": pl.String(),
 }
 
 

@@ -28,6 +28,17 @@ REASON_SCHEMA: dict[str, pl.DataType] = {
     "shap_base_value": pl.Float64(),
     "reason_text": pl.String(),
 }
+# the ``reason_codes`` table: one row per explained answer (a model or canary answer due for reasons), by row key
+REASON_CODES_SCHEMA: dict[str, pl.DataType] = {
+    "partition_date": pl.Date(),
+    "source_file": pl.String(),
+    "row_number": pl.Int64(),
+    "entity_id": pl.String(),
+    "source": pl.String(),
+    "model_version": pl.String(),
+    "reason_codes": pl.List(REASON_STRUCT),
+    "reason_text": pl.String(),
+}
 MISSING = "missing"
 
 

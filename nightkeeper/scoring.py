@@ -22,8 +22,7 @@ from nightkeeper.card import ModelCard
 from nightkeeper.config import DecisionConfig
 from nightkeeper.encoding import feature_matrix
 from nightkeeper.fallback import decide
-from nightkeeper.reasons import REASON_STRUCT, reason_codes
-from nightkeeper.validation import KEY_COLUMNS, ROW_KEY
+from nightkeeper.validation import KEY_COLUMNS
 
 SCORED_SCHEMA: dict[str, pl.DataType] = {
     "partition_date": pl.Date(),
@@ -36,8 +35,6 @@ SCORED_SCHEMA: dict[str, pl.DataType] = {
     "model_version": pl.String(),
     "latency_ms": pl.Float64(),
     "model_error": pl.String(),
-    "reason_codes": pl.List(REASON_STRUCT),
-    "reason_text": pl.String(),
 }
 
 
@@ -85,8 +82,6 @@ def score_batch(
         decide(pl.col("score"), card.decision).alias("decision"),
         pl.lit(card.version).alias("model_version"),
         pl.lit(None, dtype=pl.String).alias("model_error"),
-        pl.lit(None, dtype=pl.List(REASON_STRUCT)).alias("reason_codes"),
-        pl.lit(None, dtype=pl.String).alias("reason_text"),
     )
     return ScoringResult(conform(frame, SCORED_SCHEMA), None, seconds)
 
@@ -100,8 +95,6 @@ def unscored(valid: pl.DataFrame, version: str | None, error: str) -> pl.DataFra
         pl.lit(version, dtype=pl.String).alias("model_version"),
         pl.lit(None, dtype=pl.Float64).alias("latency_ms"),
         pl.lit(error).alias("model_error"),
-        pl.lit(None, dtype=pl.List(REASON_STRUCT)).alias("reason_codes"),
-        pl.lit(None, dtype=pl.String).alias("reason_text"),
     ).pipe(conform, SCORED_SCHEMA)
 
 
@@ -120,31 +113,15 @@ def _predict_chunks(
     return scores, latencies
 
 
-def needs_reasons(scored: pl.DataFrame, decision: DecisionConfig, scope: str, band: float) -> pl.Expr:
-    """Which scored rows get reason codes: every one ('all'), none ('none'), or ('scoped') the declined answers and
-    those close enough to the threshold to be reviewed."""
-    scored_ok = pl.col("model_error").is_null()
+def needs_reasons(decision: DecisionConfig, scope: str, band: float) -> pl.Expr:
+    """Which of one model's answers get reason codes: every one ('all'), none ('none'), or ('scoped') the declined
+    answers and those close enough to the model's threshold to be reviewed."""
     if scope == "all":
-        return scored_ok
+        return pl.lit(True)
     if scope == "none":
         return pl.lit(False)
     near = (pl.col("score") - decision.threshold).abs() <= band
-    return scored_ok & ((pl.col("decision") == decision.at_or_above_threshold) | near)
-
-
-def with_reason_codes(
-    scored: pl.DataFrame, valid: pl.DataFrame, booster: lgb.Booster, card: ModelCard, needs: pl.Expr, top_k: int
-) -> pl.DataFrame:
-    """``scored`` with reason codes filled in for the rows selected by ``needs`` (TreeSHAP only on those rows)."""
-    keys = scored.filter(needs).select(ROW_KEY)
-    if keys.height == 0:
-        return scored
-    rows = keys.join(valid, on=ROW_KEY, how="left", maintain_order="left")
-    reasons = reason_codes(rows, booster, card.features, top_k=top_k)
-    explained = pl.concat([keys, reasons.select("reason_codes", "reason_text")], how="horizontal")
-    return scored.drop("reason_codes", "reason_text").join(explained, on=ROW_KEY, how="left", maintain_order="left").pipe(
-        conform, SCORED_SCHEMA
-    )
+    return (pl.col("decision") == decision.at_or_above_threshold) | near
 
 
 def latency_percentiles(frame: pl.DataFrame) -> dict[str, float | None]:

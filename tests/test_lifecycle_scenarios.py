@@ -68,8 +68,13 @@ def test_improvement_after_concept_drift_goes_through_shadow_and_every_canary_st
     assert stages == ["shadow", "canary:1", "canary:5", "canary:20"]
     canary_nights = project.query("select partition_date, count(*) as n from nightly.outcomes where source = 'canary' group by 1 order by 1")
     assert canary_nights.height == 3 and canary_nights["n"].is_sorted()
-    declined_by_canary = project.query("select reason_text from nightly.outcomes where source = 'canary' and decision = 'decline'")
+    declined_by_canary = project.query(
+        """select r.reason_text, r.model_version = o.model_version as own_version from nightly.outcomes o
+           left join nightly.reason_codes r using (partition_date, source_file, row_number)
+           where o.source = 'canary' and o.decision = 'decline'"""
+    )
     assert declined_by_canary.height > 0 and declined_by_canary["reason_text"].is_not_null().all()
+    assert declined_by_canary["own_version"].all()  # explained by the challenger that answered, not the champion
     promoted_from = log.filter((pl.col("alias") == "champion") & (pl.col("version") == new_champion))["effective_from"][0]
     with warehouse.connect(project.config.warehouse_path) as connection:
         by_log = registry.served_versions(connection, sorted(served(project)))

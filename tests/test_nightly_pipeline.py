@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from dagster import AssetKey
 
 from nightkeeper import registry, simulator, warehouse
 from nightkeeper.fallback import decide
@@ -292,22 +293,35 @@ def _register_as_champion(project: Project, card, model_path) -> None:
         registry.set_alias(connection, registry.CHAMPION, card.version, FIRST_NIGHT, "test", "inject a broken champion")
 
 
-def test_declined_and_near_threshold_answers_carry_reason_codes_and_others_do_not(project):
+def test_declined_and_near_threshold_answers_get_reason_codes_and_others_do_not(project):
     project.land_night(NIGHT)
 
     project.run_night(NIGHT)
 
     outcomes = project.table("outcomes", NIGHT)
+    assert not {"reason_codes", "reason_text"} & set(outcomes.columns), "answers do not wait for reason codes"
+    explained = outcomes.join(project.table("reason_codes", NIGHT), on=["source_file", "row_number"], how="left")
     config = project.config
     threshold, band = config.model.decision.threshold, config.review.band
-    declined = outcomes.filter(pl.col("decision") == "decline")
-    near = outcomes.filter((pl.col("score") - threshold).abs() <= band)
-    far_approved = outcomes.filter((pl.col("decision") == "approve") & ((pl.col("score") - threshold).abs() > band))
+    declined = explained.filter(pl.col("decision") == "decline")
+    near = explained.filter((pl.col("score") - threshold).abs() <= band)
+    far_approved = explained.filter((pl.col("decision") == "approve") & ((pl.col("score") - threshold).abs() > band))
     assert declined.height > 0 and far_approved.height > 0
     assert declined["reason_text"].is_not_null().all() and near["reason_text"].is_not_null().all()
     assert far_approved["reason_text"].is_null().all()
     assert (declined["reason_codes"].list.len() == config.model.reason_code_count).all()
     assert declined["reason_text"].str.contains("risk by").all()
+    assert (declined["model_version_right"] == declined["model_version"]).all()
+
+
+def test_outcomes_report_the_seconds_until_the_nights_answers_were_stored(project):
+    project.land_night(NIGHT)
+
+    project.run_night(NIGHT)
+
+    materialization = project.instance.get_latest_materialization_event(AssetKey("outcomes")).asset_materialization
+    seconds = materialization.metadata["seconds_to_answers"].value
+    assert 0 < seconds < 600
 
 
 def _assert_undecided_for_a_bad_registry_row(project: Project, night: dt.date, result, message: str) -> None:

@@ -76,8 +76,6 @@ def synthetic_night(night: date, scores: np.ndarray, labels: np.ndarray | None, 
             "model_version": [version] * len(scores),
             "latency_ms": [None] * len(scores),
             "reason": [None] * len(scores),
-            "reason_codes": [None] * len(scores),
-            "reason_text": [None] * len(scores),
         },
         schema=OUTCOME_SCHEMA,
     )

@@ -92,8 +92,6 @@ def outcomes_frame(
         (pl.col("score") - THRESHOLD).abs().alias("confidence"),
         pl.lit("v1").alias("model_version"),
         pl.lit(1.0).alias("latency_ms"),
-        pl.lit(None).alias("reason_codes"),
-        pl.lit(None).alias("reason_text"),
     ).select(list(OUTCOME_SCHEMA)).cast(OUTCOME_SCHEMA)
 
 

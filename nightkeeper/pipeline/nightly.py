@@ -1,4 +1,5 @@
-"""The nightly steps: ingest -> validate -> score (champion) -> shadow (challenger) -> answer (outcomes).
+"""The nightly steps: ingest -> validate -> score (champion) -> shadow (challenger) -> answer (outcomes) -> explain
+(reason codes of the answers due for them, after every row is answered).
 
 Each step takes ``(config, connection, night, *input frames)`` and returns a StepResult: the partition tables of
 the night (stored by the caller), plain metadata (frames in it are previews, already cut to the rows to show) and
@@ -9,6 +10,7 @@ in ``monitoring.night_metrics``) are written through ``connection`` by the step 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 import duckdb
@@ -18,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 from nightkeeper import batch_checks, lifecycle, metric_names, metrics_store, registry
 from nightkeeper.artifacts import ModelUnavailable, load_verified
 from nightkeeper.batch_checks import CheckOutcome
+from nightkeeper.frames import conform
 from nightkeeper.config import BusinessValue, ProjectConfig
 from nightkeeper.ingest import read_night
 from nightkeeper.labels import LABELS_TABLE
@@ -26,8 +29,9 @@ from nightkeeper.performance import estimate_performance
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.routing import in_canary
 from nightkeeper.serving import serving_decision, serving_model
-from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored, with_reason_codes
-from nightkeeper.validation import ROW_KEY, quarantine_summary, validate
+from nightkeeper.reasons import REASON_CODES_SCHEMA, reason_codes
+from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored
+from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, quarantine_summary, validate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA
 
 SHADOW_SCHEMA = {**SCORED_SCHEMA, "in_canary": pl.Boolean()}
@@ -121,9 +125,6 @@ def score_night(
             card = champion.record.card
             result = score_batch(validated_batch, booster, card, config.model.chunk_rows, config.model.time_budget_seconds)
             frame, error = result.frame, result.error
-            if error is None:
-                needs = needs_reasons(frame, card.decision, config.model.reason_codes, config.review.band)
-                frame = with_reason_codes(frame, validated_batch, booster, card, needs, config.model.reason_code_count)
         except ModelUnavailable as exc:
             frame, error = unscored(validated_batch, version, str(exc)), str(exc)
     latency = latency_percentiles(frame)
@@ -141,8 +142,7 @@ def score_night(
             "latency_p50_ms": latency["p50_ms"],
             "latency_p95_ms": latency["p95_ms"],
             "decisions": _decision_counts(frame),
-            "rows_with_reason_codes": int(frame["reason_text"].is_not_null().sum()),
-            "preview": frame.drop("reason_codes").head(PREVIEW_ROWS),
+            "preview": frame.head(PREVIEW_ROWS),
         },
         checks={"champion_answered": batch_checks.model_answered(error, version)},
     )
@@ -175,12 +175,6 @@ def shadow_night(
         card = challenger.record.card
         result = score_batch(validated_batch, booster, card, config.model.chunk_rows, config.model.time_budget_seconds)
         frame = result.frame
-        if result.error is None and percent:  # the answers the challenger serves get their reasons, like the champion's
-            needs = needs_reasons(frame, card.decision, config.model.reason_codes, config.review.band)
-            served = frame.with_columns(in_canary(frame["entity_id"], percent))
-            frame = with_reason_codes(
-                served, validated_batch, booster, card, needs & pl.col("in_canary"), config.model.reason_code_count
-            )
     except ModelUnavailable as exc:
         frame = unscored(validated_batch, challenger.version, str(exc))
     frame = frame.with_columns(in_canary(frame["entity_id"], percent))
@@ -274,9 +268,58 @@ def answer_night(
             "not_model_by_reason": reasons.head(SUMMARY_ROWS),
             "decisions": _decision_counts(frame),
             "model_version": version or "none",
-            "preview": frame.drop("reason_codes").head(PREVIEW_ROWS),
+            "preview": frame.head(PREVIEW_ROWS),
         },
         checks={"fallback_rate_within_limit": batch_checks.fallback_rate_within_limit(counts, config.checks.max_fallback_rate)},
+    )
+
+
+def explain_night(
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    validated_batch: pl.DataFrame,
+    outcomes: pl.DataFrame,
+) -> StepResult:
+    """``reason_codes``: one row per answer due for reasons (REASON_CODES_SCHEMA), computed after the night's
+    answers are stored so they never wait for it.
+
+    Due: the model and canary answers selected by ``model.reason_codes`` (``needs_reasons``: 'scoped' = declined or
+    within ``review.band`` of the threshold), each judged and explained (exact TreeSHAP, top
+    ``model.reason_code_count``) with the model version that answered it. A version whose model cannot be loaded
+    any more is left unexplained and named in metadata ``unexplained_versions``; its answers stand.
+    """
+    started = time.perf_counter()
+    answered = outcomes.filter(pl.col("source").is_in(["model", "canary"]))
+    parts: list[pl.DataFrame] = []
+    unexplained: dict[str, str] = {}
+    for (version,) in answered.select("model_version").unique().sort("model_version").iter_rows():
+        try:
+            record = registry.get_version(connection, version)
+            booster = load_verified(record)
+        except (KeyError, ModelUnavailable) as exc:
+            unexplained[version] = str(exc)
+            continue
+        due = answered.filter(
+            (pl.col("model_version") == version)
+            & needs_reasons(record.card.decision, config.model.reason_codes, config.review.band)
+        ).select(*KEY_COLUMNS, "source", "model_version")
+        if due.height == 0:
+            continue
+        rows = due.select(ROW_KEY).join(validated_batch, on=ROW_KEY, how="left", maintain_order="left")
+        reasons = reason_codes(rows, booster, record.card.features, top_k=config.model.reason_code_count)
+        parts.append(pl.concat([due, reasons.select("reason_codes", "reason_text")], how="horizontal"))
+    frame = conform(pl.concat(parts), REASON_CODES_SCHEMA).sort(ROW_KEY) if parts else pl.DataFrame(schema=REASON_CODES_SCHEMA)
+    return StepResult(
+        tables={"reason_codes": frame},
+        metadata={
+            "rows": frame.height,
+            "answers": answered.height,
+            "by_version": {str(k): int(v) for k, v in frame.group_by("model_version").len().iter_rows()},
+            "unexplained_versions": unexplained,
+            "seconds": time.perf_counter() - started,
+            "preview": frame.drop("reason_codes").head(PREVIEW_ROWS),
+        },
     )
 
 
