@@ -64,7 +64,7 @@ WALL_CLOCK_METRICS = ("scoring.latency_p95_ms",)
 SCHEMAS = ("nightly", "monitoring", "review", "lifecycle", "registry")
 TABLES = [
     "nightly.raw_batch", "nightly.validated_batch", "nightly.quarantine", "nightly.scored_batch", "nightly.shadow_scores",
-    "nightly.outcomes", "nightly.drift_metrics", "monitoring.night_metrics", "monitoring.labels",
+    "nightly.outcomes", "nightly.reason_codes", "nightly.drift_metrics", "monitoring.night_metrics", "monitoring.labels",
     "monitoring.labels_rejected", "monitoring.performance_realized", "monitoring.alerts", "monitoring.alert_events",
     "monitoring.alert_outbox", "review.queue", "lifecycle.history", "lifecycle.candidates", "registry.model_aliases",
     "registry.model_versions",
