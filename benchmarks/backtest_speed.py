@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/backtest_speed.py                    # 2,000 and 20,000 rows, 20 nights each
     .venv/bin/python benchmarks/backtest_speed.py --rows 2000 --nights 40
     .venv/bin/python benchmarks/backtest_speed.py --profile          # also print the 25 hottest functions (cProfile)
+    .venv/bin/python benchmarks/backtest_speed.py --skip-reason-codes  # the replay without the reason codes step
 
 For each size: simulate ``--nights`` nights of credit applications (the simulator's concept-drift scenario from a
 third of the way in, so alerts, retrains and a rollout happen), a labeled history of 30 nights x 2,000 rows, and
@@ -43,7 +44,7 @@ HISTORY_DAYS = 30
 HISTORY_ROWS_PER_DAY = 2000  # the first champion's training is not what is measured; keep it short at every size
 
 
-def measure(rows: int, nights: int, label_delay: int, root: Path, profile: bool) -> dict:
+def measure(rows: int, nights: int, label_delay: int, root: Path, profile: bool, skip_reason_codes: bool = False) -> dict:
     """Simulate the data, run the backtest once and return its timing figures."""
     batches, labels = root / "batches", root / "labels"
     plan = simulator.ScenarioPlan.concept_drift(nights // 3, shift=1.0)
@@ -57,7 +58,8 @@ def measure(rows: int, nights: int, label_delay: int, root: Path, profile: bool)
     started = time.perf_counter()
     if profiler:
         profiler.enable()
-    result = run_backtest(config, history_file, batches, labels, label_delay, "daily", root / "out", progress=False)
+    result = run_backtest(config, history_file, batches, labels, label_delay, "daily", root / "out", progress=False,
+                          skip_reason_codes=skip_reason_codes)
     if profiler:
         profiler.disable()
     total = time.perf_counter() - started
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--nights", type=int, default=20)
     parser.add_argument("--label-delay", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="print the hottest functions of each run")
+    parser.add_argument("--skip-reason-codes", action="store_true", help="replay without the reason codes step")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, nights {args.nights}, labels {args.label_delay} nights late")
@@ -93,7 +96,7 @@ def main() -> None:
     for rows in args.rows:
         root = Path(tempfile.mkdtemp(prefix=f"nk-backtest-{rows}-"))
         try:
-            f = measure(rows, args.nights, args.label_delay, root, args.profile)
+            f = measure(rows, args.nights, args.label_delay, root, args.profile, args.skip_reason_codes)
         finally:
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
@@ -101,6 +104,9 @@ def main() -> None:
         print(f"{f['rows']:>10,} {f['nights']:>6} {f['median_plain']:>15.2f} {spread:>14} "
               f"{f['mean_with_retrains']:>28.2f} {f['retrain_nights']:>15} {f['bootstrap_seconds']:>12.1f}")
         print(f"    median process CPU s/night (all threads, without retrains): {f['median_cpu']:.2f}")
+        answers = sum(f["by_step"].get(s, 0.0) for s in ("ingest", "validate", "score", "shadow", "answer"))
+        print(f"    median s to answers (ingest + validate + score + shadow + answer): {answers:.3f}; "
+              f"reason codes (explain): {f['by_step'].get('explain', 0.0):.3f}")
         print("    median s by step: " + ", ".join(f"{k} {v:.3f}" for k, v in f["by_step"].items()))
         if args.profile:
             print(f["profile"])
