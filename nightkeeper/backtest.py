@@ -55,7 +55,7 @@ MARKER = ".nightkeeper-backtest"  # written into out_dir: only a folder carrying
 CONFIG_NAME = "nightkeeper.yaml"
 SUMMARY_NAME = "summary.json"
 REPORT_NAME = "report.html"
-MONTHLY_TRIGGER = "monthly schedule"
+MONTHLY_TRIGGER = lifecycle_steps.SCHEDULED_TRIGGER
 BOOTSTRAP_ACTOR = "backtest"  # who the alias log says made the first champion
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
