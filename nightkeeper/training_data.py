@@ -24,8 +24,10 @@ def labeled_history(
 ) -> pl.DataFrame:
     """Labeled rows a retrain looking back from ``last`` may learn from, with the contract's target column and
     ``label_source``: validated rows scored on nights ``first``..``last`` that carry a label — 'delivered' from the
-    label feed, or 'review:<reviewer>@<time>' from a person — and every row of the project's labeled history dated up
-    to ``last`` ('history', stored by ``nightkeeper train --history``), which is part of every retrain window.
+    label feed, or 'review:<reviewer>@<time>' from a person — and the rows of the project's labeled history dated
+    ``first``..``last`` ('history', stored by ``nightkeeper train --history``). The history is held to the same
+    window as nightly labels: it carries the first retrains (no nightly labels yet), then rolls off, so a retrain
+    under drift learns the recent world instead of staying close to the first champion.
 
     A delivered label wins over a reviewer's for the same row. Empty (with the right columns) before any label exists.
     The id and event-time columns carry the contract's names, so the frame trains as it is.
@@ -37,7 +39,7 @@ def labeled_history(
     parts = []
     if _exists(connection, "lifecycle", "history"):
         parts.append(f"""select {selected}, label as "{contract.target}", '{HISTORY_SOURCE}' as label_source, 0 as part
-                         from {HISTORY} where partition_date <= $last""")
+                         from {HISTORY} where partition_date between $first and $last""")
     sources = []
     if _exists(connection, "monitoring", "labels"):
         sources.append("select entity_id, partition_date, label, 'delivered' as label_source, 1 as rank from monitoring.labels")
@@ -80,7 +82,7 @@ def split_holdout(labeled: pl.DataFrame, holdout_nights: int) -> tuple[pl.DataFr
 
 # --------------------------------------------------------------------------------------- the user's labeled history
 
-HISTORY = "lifecycle.history"  # the labeled history a project started from: part of every retrain window
+HISTORY = "lifecycle.history"  # the labeled history a project started from: in each retrain window its dates fall in
 HISTORY_SOURCE = "history"  # its ``label_source``
 
 

@@ -1,6 +1,6 @@
 """`nightkeeper train --history FILE`: the first champion from the user's own labeled history (Parquet or CSV),
 checked against the contract with bad rows reported, gated by the behaviour tests, champion from the first night, and
-kept in the warehouse as part of every later retrain window."""
+kept in the warehouse and part of each retrain window its dates fall in."""
 
 from __future__ import annotations
 
@@ -114,7 +114,20 @@ def test_a_file_that_is_not_parquet_or_csv_is_refused(project, tmp_path):
     assert done.exit_code == 2 and ".parquet or .csv" in done.output
 
 
-def test_the_history_is_part_of_every_later_retrain_window(project, history, tmp_path):
+def test_the_history_is_part_of_a_retrain_window_that_covers_its_dates(project, history, tmp_path):
+    path = tmp_path / "history.parquet"
+    history.write_parquet(path)
+    assert train(project, path).exit_code == 0
+    soon = FIRST_NIGHT + dt.timedelta(days=2)
+
+    with duckdb.connect(str(project.config.warehouse_path)) as connection:
+        window = labeled_history(connection, project.config.contract, soon - dt.timedelta(days=90), soon, include_review=True)
+
+    assert window.height == history.height
+    assert set(window["label_source"]) == {HISTORY_SOURCE}
+
+
+def test_the_history_rolls_off_a_retrain_window_that_has_moved_past_it(project, history, tmp_path):
     path = tmp_path / "history.parquet"
     history.write_parquet(path)
     assert train(project, path).exit_code == 0
@@ -123,8 +136,7 @@ def test_the_history_is_part_of_every_later_retrain_window(project, history, tmp
     with duckdb.connect(str(project.config.warehouse_path)) as connection:
         window = labeled_history(connection, project.config.contract, much_later - dt.timedelta(days=90), much_later, include_review=True)
 
-    assert window.height == history.height
-    assert set(window["label_source"]) == {HISTORY_SOURCE}
+    assert window.height == 0
 
 
 def test_the_first_retrain_is_not_refused_for_lack_of_nightly_labels(project, history, tmp_path):
