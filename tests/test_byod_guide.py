@@ -48,6 +48,7 @@ def test_guide_names_the_commands_it_promises() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of real nights; pytest's 600 s default is for one test of the default suite
 def test_guide_commands_take_a_dataset_from_files_to_a_backtest_report(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "COLUMNS": "200"}
     env.pop("NIGHTKEEPER_CONFIG", None)  # the guide names its config on every command

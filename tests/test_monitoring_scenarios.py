@@ -29,6 +29,7 @@ def opened_on(alerts: pl.DataFrame, night: dt.date) -> pl.DataFrame:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of real nights; pytest's 600 s default is for one test of the default suite
 def test_thirty_stable_nights_raise_no_alert(tmp_path):
     project = quiet_project(tmp_path)
 

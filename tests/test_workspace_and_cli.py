@@ -218,6 +218,7 @@ def test_check_config_names_the_bad_field(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of real nights; pytest's 600 s default is for one test of the default suite
 def test_full_demo_completes_thirty_nights_including_the_bad_data_night(tmp_path):
     # the README's command as written: the demo copies the shipped config, model size included, into ./demo/
     done = subprocess.run(
