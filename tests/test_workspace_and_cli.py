@@ -223,7 +223,7 @@ def test_full_demo_completes_thirty_nights_including_the_bad_data_night(tmp_path
     # the README's command as written: the demo copies the shipped config, model size included, into ./demo/
     done = subprocess.run(
         [str(BIN / "nightkeeper"), "demo"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env(COLUMNS="120"),
+        cwd=tmp_path, capture_output=True, text=True, timeout=1500, env=_env(COLUMNS="120"),
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
