@@ -14,9 +14,9 @@ from nightkeeper import ingest
 from nightkeeper.config import Contract
 from nightkeeper.frames import conform
 from nightkeeper.labels import NEGATIVE_TEXTS, POSITIVE_TEXTS, parse_label
+from nightkeeper.warehouse import NIGHTLY_SCHEMA
 from nightkeeper.validation import QUARANTINE_SCHEMA, ROW_KEY, decode_records, parse_event_time, valid_schema, validate
 
-NIGHTLY = "nightly"
 
 
 def labeled_history(
@@ -49,11 +49,11 @@ def labeled_history(
             " 'review:' || reviewer || '@' || strftime(timezone('UTC', reviewed_at), '%Y-%m-%dT%H:%M:%SZ') as label_source,"
             " 2 as rank from review.labels"
         )
-    if sources and _exists(connection, NIGHTLY, "validated_batch"):
+    if sources and _exists(connection, NIGHTLY_SCHEMA, "validated_batch"):
         best = f"""(select * from ({' union all '.join(sources)})
                     qualify row_number() over (partition by entity_id, partition_date order by rank) = 1)"""
         parts.append(f"""select {', '.join(f'v."{name}"' for name in columns)}, best.label as "{contract.target}", best.label_source, 1 as part
-                         from {NIGHTLY}.validated_batch v join {best} best using (entity_id, partition_date)
+                         from {NIGHTLY_SCHEMA}.validated_batch v join {best} best using (entity_id, partition_date)
                          where v.partition_date between $first and $last""")
     if not parts:
         return pl.DataFrame(schema=schema).rename(renames)

@@ -1,7 +1,7 @@
 """Webhook delivery of alert events through an outbox table, never failing the night.
 
 ``monitoring.alert_outbox`` holds one row per alert event (``event_id`` like ``rule@2026-02-04:opened``) with the
-exact JSON body to POST. ``deliver_pending`` posts the rows that are due, oldest first, and marks a row delivered on
+exact JSON body to POST. ``deliver`` posts the rows that are due, oldest first, and marks a row delivered on
 a 2xx answer. Any other outcome (connection refused, timeout, non-2xx, redirect, bad URL) is recorded on the row
 (``attempts``, ``last_error``) and retried on a later call after an exponential backoff (60 s, 2 min, 4 min, ...
 capped at 1 h). Delivery failures are never raised: alerts are kept in the warehouse whatever the webhook does.
@@ -36,7 +36,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +70,7 @@ _COLORS = {"critical": "#d00000", "warning": "#f2c744", "info": "#439fe0", "reso
 
 @dataclass(frozen=True)
 class DeliveryReport:
-    """What one ``deliver_pending`` call did.
+    """What one ``deliver`` call did.
 
     ``delivered``: events posted with a 2xx answer in this call. ``failed``: attempts in this call that failed (now
     waiting for a retry). ``pending``: events not delivered after this call (failed, not yet due, or not tried).
@@ -213,19 +213,6 @@ def deliver(
         pending = _pending(connection)
     delivered = sum(attempt.error is None for _, _, attempt in tried)
     return DeliveryReport(delivered=delivered, failed=len(tried) - delivered, pending=pending, webhook_configured=True)
-
-
-def deliver_pending(
-    connection: duckdb.DuckDBPyConnection,
-    url: str | None,
-    timeout: float,
-    now: dt.datetime,
-    max_batch: int = 50,
-) -> DeliveryReport:
-    """``deliver`` on a connection the caller already holds (and keeps holding while posting, up to about
-    ``max_batch * timeout`` seconds). Prefer ``deliver`` with a way to open the warehouse, or ``outbox_report`` and
-    leave the posting to the ``alert_outbox`` sensor. The caller must not hold an open transaction."""
-    return deliver(lambda: nullcontext(connection), url, timeout, now, max_batch)
 
 
 def outbox_report(connection: duckdb.DuckDBPyConnection, url: str | None) -> DeliveryReport:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,7 +24,7 @@ from nightkeeper.alerts import run_alerts
 from nightkeeper.config import AlertRule
 from nightkeeper.metrics_store import record_metrics
 from nightkeeper.warehouse import connect
-from nightkeeper.webhook import deliver, deliver_pending, retry_delay, webhook_url
+from nightkeeper.webhook import deliver, retry_delay, webhook_url
 
 NIGHT = dt.date(2026, 2, 4)
 NOW = dt.datetime(2026, 2, 5, 2, 30, tzinfo=dt.timezone.utc)
@@ -117,7 +118,7 @@ def outbox(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 def test_webhook_delivers_alert_json_with_text_to_the_server(conn: duckdb.DuckDBPyConnection, server: RecordingServer) -> None:
     open_alerts_tonight(conn)
-    report = deliver_pending(conn, server.url(), timeout=5, now=NOW)
+    report = deliver(lambda: nullcontext(conn), server.url(), timeout=5, now=NOW)
 
     assert (report.delivered, report.failed, report.pending, report.webhook_configured) == (1, 0, 0, True)
     [request] = server.requests
@@ -135,7 +136,7 @@ def test_server_error_leaves_the_event_pending_and_it_is_retried_after_backoff(
 ) -> None:
     open_alerts_tonight(conn)
     server.statuses = [500]
-    report = deliver_pending(conn, server.url(), timeout=5, now=NOW)
+    report = deliver(lambda: nullcontext(conn), server.url(), timeout=5, now=NOW)
 
     assert (report.delivered, report.failed, report.pending) == (0, 1, 1)
     [row] = outbox(conn)
@@ -143,11 +144,11 @@ def test_server_error_leaves_the_event_pending_and_it_is_retried_after_backoff(
     assert row["last_error"].startswith("HTTP 500")
     assert row["next_attempt_at"] == NOW + retry_delay(1)
 
-    too_early = deliver_pending(conn, server.url(), timeout=5, now=NOW + dt.timedelta(seconds=30))
+    too_early = deliver(lambda: nullcontext(conn), server.url(), timeout=5, now=NOW + dt.timedelta(seconds=30))
     assert (too_early.delivered, too_early.failed, too_early.pending) == (0, 0, 1)
     assert len(server.requests) == 1
 
-    later = deliver_pending(conn, server.url(), timeout=5, now=NOW + retry_delay(1))
+    later = deliver(lambda: nullcontext(conn), server.url(), timeout=5, now=NOW + retry_delay(1))
     assert (later.delivered, later.pending) == (1, 0)
     assert len(server.requests) == 2
     assert outbox(conn)[0]["attempts"] == 2
@@ -161,15 +162,15 @@ def test_server_down_is_night_safe_and_the_event_is_delivered_exactly_once_when_
     port = server.port
     server.stop()
 
-    down = deliver_pending(conn, url, timeout=2, now=NOW)
+    down = deliver(lambda: nullcontext(conn), url, timeout=2, now=NOW)
     assert (down.delivered, down.failed, down.pending) == (0, 1, 2)
     first, second = outbox(conn)
     assert first["attempts"] == 1 and first["last_error"].startswith("connection failed")
     assert second["attempts"] == 0  # a dead endpoint is tried once per call, not once per event
 
     server.start(port=port)
-    back = deliver_pending(conn, url, timeout=2, now=NOW + dt.timedelta(hours=2))
-    again = deliver_pending(conn, url, timeout=2, now=NOW + dt.timedelta(hours=3))
+    back = deliver(lambda: nullcontext(conn), url, timeout=2, now=NOW + dt.timedelta(hours=2))
+    again = deliver(lambda: nullcontext(conn), url, timeout=2, now=NOW + dt.timedelta(hours=3))
 
     assert (back.delivered, back.pending) == (2, 0)
     assert (again.delivered, again.failed, again.pending) == (0, 0, 0)
@@ -182,7 +183,7 @@ def test_slow_server_times_out_without_raising_and_stays_pending(
 ) -> None:
     open_alerts_tonight(conn)
     server.delay = 1.5
-    report = deliver_pending(conn, server.url(), timeout=0.3, now=NOW)
+    report = deliver(lambda: nullcontext(conn), server.url(), timeout=0.3, now=NOW)
 
     assert (report.delivered, report.failed, report.pending) == (0, 1, 1)
     assert outbox(conn)[0]["last_error"] == "timed out after 0.3 s"
@@ -191,7 +192,7 @@ def test_slow_server_times_out_without_raising_and_stays_pending(
 def test_a_rejected_event_does_not_hold_back_the_next_one(conn: duckdb.DuckDBPyConnection, server: RecordingServer) -> None:
     open_alerts_tonight(conn, count=2)
     server.statuses = [400]
-    report = deliver_pending(conn, server.url(), timeout=5, now=NOW)
+    report = deliver(lambda: nullcontext(conn), server.url(), timeout=5, now=NOW)
 
     assert (report.delivered, report.failed, report.pending) == (1, 1, 1)
     first, second = outbox(conn)
@@ -204,7 +205,7 @@ def test_malformed_url_is_recorded_as_a_failure_without_raising_or_leaking(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     open_alerts_tonight(conn)
-    report = deliver_pending(conn, f"htp:/hooks/{TOKEN}", timeout=5, now=NOW)
+    report = deliver(lambda: nullcontext(conn), f"htp:/hooks/{TOKEN}", timeout=5, now=NOW)
 
     assert (report.delivered, report.failed, report.pending) == (0, 1, 1)
     error = outbox(conn)[0]["last_error"]
@@ -220,10 +221,10 @@ def test_webhook_url_never_appears_in_stored_errors_or_logs(
     secret_url = server.url(f"/hooks/T000/B000/{TOKEN}?token={TOKEN}")
     server.statuses = [500]  # the server echoes the request path (with the token) in its error body
 
-    deliver_pending(conn, secret_url, timeout=5, now=NOW)
+    deliver(lambda: nullcontext(conn), secret_url, timeout=5, now=NOW)
     echoed_error = outbox(conn)[0]["last_error"]
     server.stop()
-    deliver_pending(conn, secret_url, timeout=5, now=NOW + dt.timedelta(hours=2))
+    deliver(lambda: nullcontext(conn), secret_url, timeout=5, now=NOW + dt.timedelta(hours=2))
     refused_error = outbox(conn)[0]["last_error"]
 
     assert server.requests[0]["path"].endswith(f"?token={TOKEN}")  # the token really was sent to the server
@@ -240,7 +241,7 @@ def test_without_a_webhook_url_nothing_is_sent_and_events_stay_pending(
     monkeypatch.delenv("NIGHTKEEPER_TEST_WEBHOOK_URL", raising=False)
     open_alerts_tonight(conn, count=2)
     url = webhook_url("NIGHTKEEPER_TEST_WEBHOOK_URL")
-    report = deliver_pending(conn, url, timeout=5, now=NOW)
+    report = deliver(lambda: nullcontext(conn), url, timeout=5, now=NOW)
 
     assert url is None
     assert (report.delivered, report.failed, report.pending, report.webhook_configured) == (0, 0, 2, False)
@@ -266,7 +267,7 @@ def test_credentials_in_the_url_are_sent_as_an_authorization_header(conn: duckdb
     open_alerts_tonight(conn)
     url = f"http://hook%40user:p%3Ass@127.0.0.1:{server.port}/hooks/T000"
 
-    report = deliver_pending(conn, url, timeout=5, now=NOW)
+    report = deliver(lambda: nullcontext(conn), url, timeout=5, now=NOW)
 
     assert report.delivered == 1
     [request] = server.requests
@@ -277,8 +278,8 @@ def test_credentials_in_the_url_are_sent_as_an_authorization_header(conn: duckdb
 def test_every_attempt_at_an_event_carries_the_same_idempotency_key(conn: duckdb.DuckDBPyConnection, server: RecordingServer) -> None:
     open_alerts_tonight(conn, count=2)
     server.statuses = [500]
-    deliver_pending(conn, server.url(), timeout=5, now=NOW)
-    deliver_pending(conn, server.url(), timeout=5, now=NOW + retry_delay(1))
+    deliver(lambda: nullcontext(conn), server.url(), timeout=5, now=NOW)
+    deliver(lambda: nullcontext(conn), server.url(), timeout=5, now=NOW + retry_delay(1))
 
     keys = [request["idempotency_key"] for request in server.requests]
     events = [request["json"]["nightkeeper"]["alert_id"] for request in server.requests]
