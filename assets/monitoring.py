@@ -104,14 +104,6 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
     return [labels_asset, performance_asset, drift_metrics, alerts_asset]
 
 
-def raise_alerts(warehouse: WarehouseResource, settings: AlertingConfig, night: dt.date, log) -> tuple[list[dict], webhook.DeliveryReport]:
-    """``monitoring.raise_alerts`` on a connection of ``warehouse``, logging to the run's ``log``: kept for the
-    lifecycle assets until they call the core step directly."""
-    with warehouse.connect() as connection:
-        events, _ = monitoring.raise_alerts(connection, settings, night, log)
-    return events, deliver_outbox(warehouse, settings)
-
-
 def deliver_outbox(warehouse: WarehouseResource, settings: AlertingConfig) -> webhook.DeliveryReport:
     """Post the due webhook events without holding the warehouse while posting (``webhook.deliver``)."""
     return webhook.deliver(

@@ -42,6 +42,12 @@ def _m(name: str, meaning: str, alertable: bool = True) -> Metric:
     return Metric(name, meaning, alertable)
 
 
+# Lifecycle events, counted on the night they happen (nightkeeper.pipeline.lifecycle); 0 on nights without one
+ROLLBACKS = "lifecycle.rollbacks"
+CANDIDATE_REJECTED = "lifecycle.candidate_rejected"
+RETRAIN_REFUSED = "lifecycle.retrain_refused"
+LIFECYCLE_EVENTS: tuple[str, ...] = (ROLLBACKS, CANDIDATE_REJECTED, RETRAIN_REFUSED)
+
 # Drift: nightkeeper.drift.DriftResult.metrics
 DRIFT_ROWS = "drift.rows"
 DRIFTED_SHARE = "drift.drifted_share"
@@ -99,9 +105,9 @@ METRICS: tuple[Metric, ...] = (
     _m("rollout.labeled_rows", "Labeled rows of the rollout's nights both models scored (the realized AUC's evidence)."),
     _m("rollout.canary_percent", "Percent of entities the challenger answers tonight."),
     # lifecycle events (assets/lifecycle.py, assets/monitoring.py)
-    _m("lifecycle.rollbacks", "Rollbacks of a challenger or champion on this night."),
-    _m("lifecycle.candidate_rejected", "Candidates the promotion gate rejected on this night."),
-    _m("lifecycle.retrain_refused", "Retrains the training-data gate refused on this night."),
+    _m(ROLLBACKS, "Rollbacks of a challenger or champion on this night."),
+    _m(CANDIDATE_REJECTED, "Candidates the promotion gate rejected on this night."),
+    _m(RETRAIN_REFUSED, "Retrains the training-data gate refused on this night."),
     # performance (nightkeeper.performance.performance_metrics, assets/monitoring.py)
     *(
         _m(f"performance.realized_{name}", f"Realized {meaning} of the latest labeled scoring night.")

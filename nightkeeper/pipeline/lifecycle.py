@@ -35,15 +35,14 @@ from nightkeeper.behaviour import behaviour_tests
 from nightkeeper.config import LifecycleConfig, ProjectConfig
 from nightkeeper.encoding import feature_cards, feature_matrix
 from nightkeeper.models import register_trained
-from nightkeeper.pipeline.monitoring import LIFECYCLE_EVENT_METRICS, raise_alerts
+from nightkeeper.metric_names import CANDIDATE_REJECTED, RETRAIN_REFUSED, ROLLBACKS
+from nightkeeper.pipeline.monitoring import raise_alerts
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.training import train_model, training_frame
 from nightkeeper.training_data import HISTORY_SOURCE, labeled_history, split_holdout
 
 CANDIDATES = "lifecycle.candidates"
 BEHAVIOUR_CHECKS = ("directions_hold", "invariant_features_do_not_matter", "scores_and_confidence_in_range", "edge_rows_are_scored")
-# lifecycle events are counted as metrics of the night they happen on; the alert rules watch these names
-ROLLBACKS, CANDIDATE_REJECTED, RETRAIN_REFUSED = LIFECYCLE_EVENT_METRICS
 APPROVED, REJECTED, REFUSED, TRAINED = "approved", "rejected", "refused", "trained"
 _LOG = logging.getLogger(__name__)
 SCHEDULED_TRIGGER = "monthly schedule"  # the trigger of the monthly retrain (the schedule and the backtest name it so)

@@ -28,7 +28,6 @@ from nightkeeper.validation import ROW_KEY
 from nightkeeper.warehouse import NIGHTLY_SCHEMA
 
 REPORTS_FOLDER = "reports"  # under the project root: plots and HTML reports people open
-LIFECYCLE_EVENT_METRICS = ("lifecycle.rollbacks", "lifecycle.candidate_rejected", "lifecycle.retrain_refused")
 REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
 LABEL_LOOKBACK_NIGHTS = 7  # label files that arrived within this many nights are read again (see labels_night)
 CALIBRATION_WINDOW_NIGHTS = 14  # calibration is judged on the labeled rows of this many latest scoring nights
@@ -301,7 +300,7 @@ def alerts_night(
     are recorded as 0 first, which resolves their alerts. Metadata ``open_alert_categories`` (alert_id, category and
     opened_night of every open alert) is what the retrain sensor reads."""
     recorded = metrics_store.metrics_on(connection, night)
-    metrics_store.record_metrics(connection, night, {m: 0.0 for m in LIFECYCLE_EVENT_METRICS if m not in recorded}, None)
+    metrics_store.record_metrics(connection, night, {m: 0.0 for m in metric_names.LIFECYCLE_EVENTS if m not in recorded}, None)
     events, delivery = raise_alerts(connection, config.monitoring.alerts, night, log)
     still_open = alerts.open_alerts(connection)
     opened = [e for e in events if e["event"] == "opened"]
