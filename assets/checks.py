@@ -29,13 +29,17 @@ def markdown_table(frame: pl.DataFrame, rows: int = 10) -> MetadataValue:
         return MetadataValue.md("_no rows_")
     head = frame.head(rows)
     lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
-    lines += ["| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |" for row in head.iter_rows()]
+    lines += [
+        "| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |"
+        for row in head.iter_rows()
+    ]
     return MetadataValue.md("\n".join(lines))
 
 
 def dagster_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
     """A core step's plain metadata as Dagster metadata: frames as markdown tables (all their rows: the step cut them),
     paths as path links, lists and dicts as JSON; numbers and strings as they are."""
+
     def wrap(value: Any) -> Any:
         if isinstance(value, pl.DataFrame):
             return markdown_table(value, rows=value.height)

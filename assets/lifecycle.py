@@ -6,6 +6,7 @@ so the Dagster UI's history of that asset is the history of who served, when and
 
 import datetime as dt
 from pathlib import Path
+
 from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
@@ -21,7 +22,9 @@ class RetrainRequest(Config):
 
 
 class RegistryChange(Config):
-    action: str = Field("refresh", description="start_shadow | advance | promote | reject_challenger | rollback_champion | refresh")
+    action: str = Field(
+        "refresh", description="start_shadow | advance | promote | reject_challenger | rollback_champion | refresh"
+    )
     version: str = ""
     stage: str = ""
     effective_from: str = Field("", description="First night (YYYY-MM-DD) the change applies to.")
@@ -37,9 +40,13 @@ class RegistryChange(Config):
     "training-data gate excluded suspect nights or refused the window; registered with full lineage.",
     check_specs=[AssetCheckSpec(name, asset="candidate_model", blocking=True) for name in core.BEHAVIOUR_CHECKS],
 )
-def candidate_model(context: AssetExecutionContext, config: RetrainRequest, project: ProjectResource, warehouse: WarehouseResource):
+def candidate_model(
+    context: AssetExecutionContext, config: RetrainRequest, project: ProjectResource, warehouse: WarehouseResource
+):
     with warehouse.connect() as connection:
-        result = core.train_candidate(project.load(), connection, dt.date.fromisoformat(config.as_of), config.trigger, context.log)
+        result = core.train_candidate(
+            project.load(), connection, dt.date.fromisoformat(config.as_of), config.trigger, context.log
+        )
     yield MaterializeResult(metadata=dagster_metadata(result.metadata))
     for name, outcome in result.checks.items():
         yield check_result(name, outcome)
@@ -54,7 +61,9 @@ def candidate_model(context: AssetExecutionContext, config: RetrainRequest, proj
     "bootstrap CI, every segment, Brier, business value, latency). Approved candidates go to shadow; rejected ones "
     "never serve and raise an alert.",
 )
-def candidate_evaluation(context: AssetExecutionContext, config: RetrainRequest, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+def candidate_evaluation(
+    context: AssetExecutionContext, config: RetrainRequest, project: ProjectResource, warehouse: WarehouseResource
+) -> MaterializeResult:
     with warehouse.connect() as connection:
         result = core.evaluate_candidate(project.load(), connection, dt.date.fromisoformat(config.as_of), context.log)
     return MaterializeResult(metadata=dagster_metadata(result.metadata))
@@ -67,17 +76,23 @@ def candidate_evaluation(context: AssetExecutionContext, config: RetrainRequest,
     description="notebooks/model_card.ipynb for the latest candidate, run by papermill and rendered to HTML: metrics, "
     "lineage, feature importance, calibration and the gates' verdicts.",
 )
-def candidate_model_card(context: AssetExecutionContext, config: RetrainRequest, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+def candidate_model_card(
+    context: AssetExecutionContext, config: RetrainRequest, project: ProjectResource, warehouse: WarehouseResource
+) -> MaterializeResult:
     settings = project.load()
     with warehouse.connect() as connection:
-        version = core.latest_candidate(connection, dt.date.fromisoformat(config.as_of), statuses=(core.TRAINED, core.APPROVED, core.REJECTED))
+        version = core.latest_candidate(
+            connection, dt.date.fromisoformat(config.as_of), statuses=(core.TRAINED, core.APPROVED, core.REJECTED)
+        )
         record = registry.get_version(connection, version) if version else None
     if record is None:
         return MaterializeResult(metadata={"card": "no candidate was trained"})
     folder = settings.path(Path("reports/models") / record.version)
     snapshot = report.export_model_snapshot(settings.warehouse_path, record.version, folder)
     result = report.run_model_card(record.version, snapshot, record.model_path.parent, folder)
-    return MaterializeResult(metadata={"version": record.version, "html": MetadataValue.path(str(result.html)), "images": result.images})
+    return MaterializeResult(
+        metadata={"version": record.version, "html": MetadataValue.path(str(result.html)), "images": result.images}
+    )
 
 
 @asset(
@@ -87,7 +102,9 @@ def candidate_model_card(context: AssetExecutionContext, config: RetrainRequest,
     description="Registered model versions and the dated alias log (champion, challenger and its stage). Each "
     "materialization is one change of role — shadow, canary step, promotion, rejection or rollback — with who and why.",
 )
-def model_registry(context: AssetExecutionContext, config: RegistryChange, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+def model_registry(
+    context: AssetExecutionContext, config: RegistryChange, project: ProjectResource, warehouse: WarehouseResource
+) -> MaterializeResult:
     effective = dt.date.fromisoformat(config.effective_from) if config.effective_from else dt.date.today()
     change = core.RegistryChange(config.action, config.version, config.stage, config.reason, config.actor)  # type: ignore[arg-type]
     with warehouse.connect() as connection:
@@ -97,7 +114,14 @@ def model_registry(context: AssetExecutionContext, config: RegistryChange, proje
     return MaterializeResult(
         metadata={
             **dagster_metadata(result.metadata),
-            "versions": markdown_table(versions.select("version", "registered_at", "holdout_auc", "training_rows"), rows=20),
-            "alias_log": markdown_table(log.sort("seq", descending=True).select("effective_from", "alias", "version", "stage", "actor", "reason"), rows=20),
+            "versions": markdown_table(
+                versions.select("version", "registered_at", "holdout_auc", "training_rows"), rows=20
+            ),
+            "alias_log": markdown_table(
+                log.sort("seq", descending=True).select(
+                    "effective_from", "alias", "version", "stage", "actor", "reason"
+                ),
+                rows=20,
+            ),
         }
     )

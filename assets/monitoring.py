@@ -8,7 +8,15 @@ in the warehouse's ``monitoring`` schema, written by the steps.
 import datetime as dt
 
 import polars as pl
-from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, DailyPartitionsDefinition, MaterializeResult, Output, asset
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    DailyPartitionsDefinition,
+    MaterializeResult,
+    Output,
+    asset,
+)
 
 from assets.checks import check_result, dagster_metadata
 from assets.nightly import night_of
@@ -30,7 +38,9 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         description="Label files that arrived in the week up to this night, reconciled with the answers they label: accepted once, "
         "re-deliveries ignored, unknown ids, bad values and conflicts rejected with reasons (monitoring.labels).",
     )
-    def labels_asset(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+    def labels_asset(
+        context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
+    ) -> MaterializeResult:
         with warehouse.connect() as connection:
             result = monitoring.labels_night(project.load(), connection, night_of(context))
         return MaterializeResult(metadata=dagster_metadata(result.metadata))
@@ -44,8 +54,14 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         description="Realized AUC, precision, recall, Brier and business value per scoring night and model version "
         "(recomputed as labels land), and tonight's estimate from the scores (CBPE) with a calibration check.",
         check_specs=[
-            AssetCheckSpec("estimate_trustworthy", asset="performance", description="Scores are calibrated on recent labels."),
-            AssetCheckSpec("performance_holds", asset="performance", description="Estimated and realized AUC near the champion's holdout AUC."),
+            AssetCheckSpec(
+                "estimate_trustworthy", asset="performance", description="Scores are calibrated on recent labels."
+            ),
+            AssetCheckSpec(
+                "performance_holds",
+                asset="performance",
+                description="Estimated and realized AUC near the champion's holdout AUC.",
+            ),
         ],
     )
     def performance_asset(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
@@ -65,7 +81,9 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         "condition held for its sustained nights, stays open silently, resolves when it clears; each transition goes "
         "to the log, monitoring.alerts and the webhook (retried until delivered).",
     )
-    def alerts_asset(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+    def alerts_asset(
+        context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
+    ) -> MaterializeResult:
         config = project.load()
         with warehouse.connect() as connection:
             result = monitoring.alerts_night(config, connection, night_of(context), context.log)
@@ -83,9 +101,17 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         "(PSI, Jensen-Shannon, normalised Wasserstein / KS, chi-square, missing-rate change, new-category share), "
         "prediction and confidence drift, and a domain classifier's AUC; evidently's HTML report for people.",
         check_specs=[
-            AssetCheckSpec("features_stable", asset="drift_metrics", description="No feature beyond its fitted drift threshold."),
-            AssetCheckSpec("predictions_stable", asset="drift_metrics", description="Score distribution within its threshold."),
-            AssetCheckSpec("population_indistinct", asset="drift_metrics", description="A classifier cannot tell tonight from the reference."),
+            AssetCheckSpec(
+                "features_stable", asset="drift_metrics", description="No feature beyond its fitted drift threshold."
+            ),
+            AssetCheckSpec(
+                "predictions_stable", asset="drift_metrics", description="Score distribution within its threshold."
+            ),
+            AssetCheckSpec(
+                "population_indistinct",
+                asset="drift_metrics",
+                description="A classifier cannot tell tonight from the reference.",
+            ),
         ],
     )
     def drift_metrics(
@@ -96,7 +122,9 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
         warehouse: WarehouseResource,
     ):
         with warehouse.connect() as connection:
-            result = monitoring.drift_night(project.load(), connection, night_of(context), validated_batch, scored_batch)
+            result = monitoring.drift_night(
+                project.load(), connection, night_of(context), validated_batch, scored_batch
+            )
         yield Output(result.tables["drift_metrics"], metadata=dagster_metadata(result.metadata))
         for name in monitoring.DRIFT_CHECKS:
             yield check_result(name, result.checks[name])
@@ -107,6 +135,9 @@ def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
 def deliver_outbox(warehouse: WarehouseResource, settings: AlertingConfig) -> webhook.DeliveryReport:
     """Post the due webhook events without holding the warehouse while posting (``webhook.deliver``)."""
     return webhook.deliver(
-        warehouse.connect, webhook.webhook_url(settings.webhook_url_env), settings.webhook_timeout_seconds,
-        dt.datetime.now(dt.timezone.utc), max_batch=20,
+        warehouse.connect,
+        webhook.webhook_url(settings.webhook_url_env),
+        settings.webhook_timeout_seconds,
+        dt.datetime.now(dt.UTC),
+        max_batch=20,
     )

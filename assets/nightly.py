@@ -5,7 +5,6 @@ Each asset opens the warehouse, calls its step in nightkeeper.pipeline.nightly a
 metadata and checks; every one runs in the ``warehouse`` pool.
 """
 
-
 import datetime as dt
 import time
 
@@ -53,7 +52,9 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
         description="Every row of the night's landed files, kept as text (JSON record) with its file and row number, "
         "whatever the file's schema.",
         check_specs=[
-            AssetCheckSpec("schema_matches_contract", asset="raw_batch", description="Columns and types match the contract."),
+            AssetCheckSpec(
+                "schema_matches_contract", asset="raw_batch", description="Columns and types match the contract."
+            ),
             AssetCheckSpec("volume_within_history", asset="raw_batch", description="Row count near recent nights."),
             AssetCheckSpec("entity_ids_unique", asset="raw_batch", description="No id appears twice in the night."),
         ],
@@ -81,10 +82,14 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
             ),
         },
         check_specs=[
-            AssetCheckSpec("null_rates_stable", asset="validated_batch", description="No feature's empty share spiked."),
+            AssetCheckSpec(
+                "null_rates_stable", asset="validated_batch", description="No feature's empty share spiked."
+            ),
         ],
     )
-    def validate_batch(context: AssetExecutionContext, raw_batch: pl.DataFrame, project: ProjectResource, warehouse: WarehouseResource):
+    def validate_batch(
+        context: AssetExecutionContext, raw_batch: pl.DataFrame, project: ProjectResource, warehouse: WarehouseResource
+    ):
         with warehouse.connect() as connection:
             result = nightly.validate_night(project.load(), connection, night_of(context), raw_batch)
         for name, frame in result.tables.items():
@@ -100,13 +105,24 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
         metadata=PARTITION_METADATA,
         description="The champion's score, confidence and decision for every validated row, in chunks within a time "
         "budget; rows it could not score carry the reason instead.",
-        check_specs=[AssetCheckSpec("champion_answered", asset="scored_batch", description="The champion scored every validated row.")],
+        check_specs=[
+            AssetCheckSpec(
+                "champion_answered", asset="scored_batch", description="The champion scored every validated row."
+            )
+        ],
     )
-    def scored_batch(context: AssetExecutionContext, validated_batch: pl.DataFrame, project: ProjectResource, warehouse: WarehouseResource):
+    def scored_batch(
+        context: AssetExecutionContext,
+        validated_batch: pl.DataFrame,
+        project: ProjectResource,
+        warehouse: WarehouseResource,
+    ):
         with warehouse.connect() as connection:
             result = nightly.score_night(project.load(), connection, night_of(context), validated_batch)
         if result.metadata["degraded"]:
-            context.log.error(f"degraded night: {result.metadata['model_error']}; the fallback answers every validated row")
+            context.log.error(
+                f"degraded night: {result.metadata['model_error']}; the fallback answers every validated row"
+            )
         yield from _outputs(result)
 
     @asset(
@@ -118,7 +134,11 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
         description="The challenger's score for every validated row (logged, served only to its canary share), and "
         "its health against the champion tonight: errors, agreement, estimated AUC, latency. Its metadata carries "
         "the rollout decision (hold / advance / promote / rollback) the rollout sensor acts on.",
-        check_specs=[AssetCheckSpec("challenger_healthy", asset="shadow_scores", description="The challenger kept its health rules tonight.")],
+        check_specs=[
+            AssetCheckSpec(
+                "challenger_healthy", asset="shadow_scores", description="The challenger kept its health rules tonight."
+            )
+        ],
     )
     def shadow_scores(
         context: AssetExecutionContext,
@@ -144,7 +164,9 @@ def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
         metadata=PARTITION_METADATA,
         description="Exactly one answer per raw row: source (model / canary / fallback / quarantine), decision, score, "
         "confidence, model version, latency and the reason when the model did not answer.",
-        check_specs=[AssetCheckSpec("fallback_rate_within_limit", asset="outcomes", description="Few rows left to the fallback.")],
+        check_specs=[
+            AssetCheckSpec("fallback_rate_within_limit", asset="outcomes", description="Few rows left to the fallback.")
+        ],
     )
     def outcomes(
         context: AssetExecutionContext,

@@ -3,7 +3,14 @@ to HTML from that snapshot (the notebook never opens the warehouse)."""
 
 from pathlib import Path
 
-from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, MonthlyPartitionsDefinition, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    MaterializeResult,
+    MetadataValue,
+    MonthlyPartitionsDefinition,
+    asset,
+)
 
 from jobs.resources import WAREHOUSE_POOL, ProjectResource
 from nightkeeper import report

@@ -28,7 +28,13 @@ def build_review_assets(partitions: DailyPartitionsDefinition) -> list:
         description="Tonight's answers a person should look at: model answers within the review band of the threshold "
         "(most uncertain first), then quarantined rows a person could decide, capped at the nightly capacity.",
     )
-    def review_queue(context: AssetExecutionContext, outcomes: pl.DataFrame, quarantine: pl.DataFrame, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+    def review_queue(
+        context: AssetExecutionContext,
+        outcomes: pl.DataFrame,
+        quarantine: pl.DataFrame,
+        project: ProjectResource,
+        warehouse: WarehouseResource,
+    ) -> MaterializeResult:
         with warehouse.connect() as connection:
             result = monitoring.review_queue_night(project.load(), connection, night_of(context), outcomes, quarantine)
         return MaterializeResult(metadata=dagster_metadata(result.metadata))
@@ -44,18 +50,24 @@ def build_review_assets(partitions: DailyPartitionsDefinition) -> list:
     "with provenance); unknown ids, labels outside the allowed set, duplicates, conflicts and malformed files are "
     "rejected row by row into a rejects file beside the input.",
 )
-def review_labels(context: AssetExecutionContext, config: ReviewImportRequest, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
+def review_labels(
+    context: AssetExecutionContext, config: ReviewImportRequest, project: ProjectResource, warehouse: WarehouseResource
+) -> MaterializeResult:
     settings = project.load()
     path = Path(config.path)
     with warehouse.connect() as connection:
         queue = review.stored_queue(connection)
         already = review.stored_review_labels(connection)
-    result = review.import_review_file(path, queue, already, settings.review.labels, dt.datetime.now(dt.timezone.utc))
+    result = review.import_review_file(path, queue, already, settings.review.labels, dt.datetime.now(dt.UTC))
     with warehouse.connect() as connection:
         added, rejects = review.commit_import(connection, result, path)
     if result.file_problem:
         context.log.error(f"{path.name}: {result.file_problem}")
-    reasons = result.rejected.group_by("reason").len().sort("len", descending=True) if result.rejected.height else pl.DataFrame()
+    reasons = (
+        result.rejected.group_by("reason").len().sort("len", descending=True)
+        if result.rejected.height
+        else pl.DataFrame()
+    )
     return MaterializeResult(
         metadata={
             "file": str(path),

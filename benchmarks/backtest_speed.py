@@ -44,7 +44,9 @@ HISTORY_DAYS = 30
 HISTORY_ROWS_PER_DAY = 2000  # the first champion's training is not what is measured; keep it short at every size
 
 
-def measure(rows: int, nights: int, label_delay: int, root: Path, profile: bool, skip_reason_codes: bool = False) -> dict:
+def measure(
+    rows: int, nights: int, label_delay: int, root: Path, profile: bool, skip_reason_codes: bool = False
+) -> dict:
     """Simulate the data, run the backtest once and return its timing figures."""
     batches, labels = root / "batches", root / "labels"
     plan = simulator.ScenarioPlan.concept_drift(nights // 3, shift=1.0)
@@ -58,8 +60,17 @@ def measure(rows: int, nights: int, label_delay: int, root: Path, profile: bool,
     started = time.perf_counter()
     if profiler:
         profiler.enable()
-    result = run_backtest(config, history_file, batches, labels, label_delay, "daily", root / "out", progress=False,
-                          skip_reason_codes=skip_reason_codes)
+    result = run_backtest(
+        config,
+        history_file,
+        batches,
+        labels,
+        label_delay,
+        "daily",
+        root / "out",
+        progress=False,
+        skip_reason_codes=skip_reason_codes,
+    )
     if profiler:
         profiler.disable()
     total = time.perf_counter() - started
@@ -67,10 +78,14 @@ def measure(rows: int, nights: int, label_delay: int, root: Path, profile: bool,
     plain = [n["seconds"] for n in per_night if not n["retrained"]]
     every = [n["seconds"] for n in per_night]
     figures = {
-        "rows": rows, "nights": len(per_night), "retrain_nights": len(every) - len(plain),
+        "rows": rows,
+        "nights": len(per_night),
+        "retrain_nights": len(every) - len(plain),
         "median_plain": statistics.median(plain) if plain else float("nan"),
-        "min_plain": min(plain) if plain else float("nan"), "max_plain": max(plain) if plain else float("nan"),
-        "mean_with_retrains": statistics.mean(every), "bootstrap_seconds": total - sum(every),
+        "min_plain": min(plain) if plain else float("nan"),
+        "max_plain": max(plain) if plain else float("nan"),
+        "mean_with_retrains": statistics.mean(every),
+        "bootstrap_seconds": total - sum(every),
         "by_step": result.summary["timing"]["median_seconds_by_step"],
         "median_cpu": result.summary["timing"]["median_cpu_seconds_per_night_without_retrain"],
     }
@@ -90,9 +105,13 @@ def main() -> None:
     parser.add_argument("--skip-reason-codes", action="store_true", help="replay without the reason codes step")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args()
-    print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, nights {args.nights}, labels {args.label_delay} nights late")
-    print(f"{'rows/night':>10} {'nights':>6} {'median s/night':>15} {'[min–max]':>14} {'mean s/night incl. retrains':>28} "
-          f"{'retrain nights':>15} {'bootstrap s':>12}")
+    print(
+        f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, nights {args.nights}, labels {args.label_delay} nights late"
+    )
+    print(
+        f"{'rows/night':>10} {'nights':>6} {'median s/night':>15} {'[min–max]':>14} {'mean s/night incl. retrains':>28} "
+        f"{'retrain nights':>15} {'bootstrap s':>12}"
+    )
     for rows in args.rows:
         root = Path(tempfile.mkdtemp(prefix=f"nk-backtest-{rows}-"))
         try:
@@ -101,12 +120,16 @@ def main() -> None:
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
         spread = f"[{f['min_plain']:.2f}–{f['max_plain']:.2f}]"
-        print(f"{f['rows']:>10,} {f['nights']:>6} {f['median_plain']:>15.2f} {spread:>14} "
-              f"{f['mean_with_retrains']:>28.2f} {f['retrain_nights']:>15} {f['bootstrap_seconds']:>12.1f}")
+        print(
+            f"{f['rows']:>10,} {f['nights']:>6} {f['median_plain']:>15.2f} {spread:>14} "
+            f"{f['mean_with_retrains']:>28.2f} {f['retrain_nights']:>15} {f['bootstrap_seconds']:>12.1f}"
+        )
         print(f"    median process CPU s/night (all threads, without retrains): {f['median_cpu']:.2f}")
         answers = sum(f["by_step"].get(s, 0.0) for s in ("ingest", "validate", "score", "shadow", "answer"))
-        print(f"    median s to answers (ingest + validate + score + shadow + answer): {answers:.3f}; "
-              f"reason codes (explain): {f['by_step'].get('explain', 0.0):.3f}")
+        print(
+            f"    median s to answers (ingest + validate + score + shadow + answer): {answers:.3f}; "
+            f"reason codes (explain): {f['by_step'].get('explain', 0.0):.3f}"
+        )
         print("    median s by step: " + ", ".join(f"{k} {v:.3f}" for k, v in f["by_step"].items()))
         if args.profile:
             print(f["profile"])

@@ -35,7 +35,7 @@ from nightkeeper.drift import measure_drift  # noqa: E402
 from nightkeeper.drift_report import compare_with_evidently, evidently_drift_scores  # noqa: E402
 from nightkeeper.encoding import FeatureCard  # noqa: E402
 from nightkeeper.profile import fit_profile, reference_sample  # noqa: E402
-from nightkeeper.simulator import FEATURES, REGIONS, _LEVELS, simulate_history, simulate_night  # noqa: E402
+from nightkeeper.simulator import _LEVELS, FEATURES, REGIONS, simulate_history, simulate_night  # noqa: E402
 
 NIGHT = date(2024, 5, 1)
 DECISION_THRESHOLD = 0.3
@@ -112,8 +112,10 @@ def main() -> None:
     )
     reference_scores, tonight_scores = scores_of(reference), scores_of(tonight)
     sample = reference_sample(reference, features, config.domain_classifier_rows, args.seed)
-    print(f"data: reference {reference.height:,} rows, tonight {tonight.height:,} rows, {len(features)} features "
-          f"(generated in {time.perf_counter() - started:.1f} s)")
+    print(
+        f"data: reference {reference.height:,} rows, tonight {tonight.height:,} rows, {len(features)} features "
+        f"(generated in {time.perf_counter() - started:.1f} s)"
+    )
 
     profile, fit_seconds, fit_memory = peak_rise(
         lambda: fit_profile(reference, features, reference_scores, DECISION_THRESHOLD, config, seed=args.seed)
@@ -122,7 +124,9 @@ def main() -> None:
     result = None
     for run in range(args.runs):
         result, seconds, memory = peak_rise(
-            lambda: measure_drift(profile, tonight, tonight_scores, features, sample, config.domain_classifier_rows, run)
+            lambda: measure_drift(
+                profile, tonight, tonight_scores, features, sample, config.domain_classifier_rows, run
+            )
         )
         ours_seconds.append(seconds)
         ours_memory.append(memory)
@@ -130,28 +134,40 @@ def main() -> None:
         measure_drift(profile, tonight, tonight_scores, features)
         univariate_seconds.append(time.perf_counter() - started)
     assert result is not None
-    scores, evidently_seconds, evidently_memory = peak_rise(lambda: evidently_drift_scores(reference, tonight, features))
+    scores, evidently_seconds, evidently_memory = peak_rise(
+        lambda: evidently_drift_scores(reference, tonight, features)
+    )
     comparison = compare_with_evidently(result, profile, scores)
 
     ours = statistics.median(ours_seconds)
-    print(f"profile JSON: {len(profile.model_dump_json()) / 1024:.0f} KiB, fit_profile {fit_seconds:.2f} s "
-          f"(peak +{_mib(fit_memory)})")
+    print(
+        f"profile JSON: {len(profile.model_dump_json()) / 1024:.0f} KiB, fit_profile {fit_seconds:.2f} s "
+        f"(peak +{_mib(fit_memory)})"
+    )
     print()
     print(f"{'':34s}{'seconds':>10s}{'peak RSS rise':>16s}")
-    print(f"{'nightkeeper measure_drift (median)':34s}{ours:10.2f}{_mib(max(m or 0 for m in ours_memory)):>16s}"
-          f"   runs: {', '.join(f'{s:.2f}' for s in ours_seconds)}; without domain classifier: "
-          f"{statistics.median(univariate_seconds):.2f} s")
+    print(
+        f"{'nightkeeper measure_drift (median)':34s}{ours:10.2f}{_mib(max(m or 0 for m in ours_memory)):>16s}"
+        f"   runs: {', '.join(f'{s:.2f}' for s in ours_seconds)}; without domain classifier: "
+        f"{statistics.median(univariate_seconds):.2f} s"
+    )
     print(f"{'evidently DataDriftPreset':34s}{evidently_seconds:10.2f}{_mib(evidently_memory):>16s}")
-    print(f"speed-up: {evidently_seconds / ours:.0f}x (univariate only: {evidently_seconds / statistics.median(univariate_seconds):.0f}x)")
+    print(
+        f"speed-up: {evidently_seconds / ours:.0f}x (univariate only: {evidently_seconds / statistics.median(univariate_seconds):.0f}x)"
+    )
     print()
     for method, group in comparison.group_by("method", maintain_order=True):
         worst = group.sort("abs_difference", descending=True).row(0, named=True)
-        print(f"{method[0]:31s} {group.height:2d} features, max |ours - evidently| = {worst['abs_difference']:.2e} "
-              f"({worst['feature']}: ours {worst['nightkeeper']:.5f}, evidently {worst['evidently']:.5f})")
+        print(
+            f"{method[0]:31s} {group.height:2d} features, max |ours - evidently| = {worst['abs_difference']:.2e} "
+            f"({worst['feature']}: ours {worst['nightkeeper']:.5f}, evidently {worst['evidently']:.5f})"
+        )
     with pl.Config(tbl_rows=40, tbl_width_chars=160, float_precision=6):
         print(comparison)
-    print(f"drifted features: {result.drifted_features()}, drifted share {result.drifted_share:.2f}, "
-          f"domain AUC {result.multivariate_auc:.3f}, score PSI {result.prediction['score_psi']:.4f}")
+    print(
+        f"drifted features: {result.drifted_features()}, drifted share {result.drifted_share:.2f}, "
+        f"domain AUC {result.multivariate_auc:.3f}, score PSI {result.prediction['score_psi']:.4f}"
+    )
 
 
 def _mib(value: float | None) -> str:

@@ -123,7 +123,9 @@ class CpuMeter:
             fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         except (OSError, ValueError):
             return None
-        busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal: all but idle+iowait
+        busy = (
+            sum(fields[:8]) - fields[3] - fields[4]
+        )  # user nice system idle iowait irq softirq steal: all but idle+iowait
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return time.perf_counter(), busy / self.tick, usage.ru_utime + usage.ru_stime
 
@@ -215,12 +217,19 @@ def _worker_stages(spec: dict) -> dict:
 
     started = time.perf_counter()
     booster = load_verified(champion)
-    scored = score_batch(result.valid, booster, champion.card, config.model.chunk_rows, config.model.time_budget_seconds)
+    scored = score_batch(
+        result.valid, booster, champion.card, config.model.chunk_rows, config.model.time_budget_seconds
+    )
     seconds["score"], peak_after["score"] = time.perf_counter() - started, ru_maxrss_mib()
 
     started = time.perf_counter()
     outcomes = assemble_outcomes(
-        batch.frame, result.quarantine, scored.frame, fallback, contract, config.model.decision,
+        batch.frame,
+        result.quarantine,
+        scored.frame,
+        fallback,
+        contract,
+        config.model.decision,
         config.fallback.answer_quarantined,
     )
     seconds["outcomes"], peak_after["outcomes"] = time.perf_counter() - started, ru_maxrss_mib()
@@ -287,6 +296,7 @@ def _worker_dagster(spec: dict) -> dict:
             failures.append(f"{event.step_key}: {event.event_specific_data.error.to_string()[:2000]}")
 
     with duckdb.connect(str(config.warehouse_path), read_only=True) as connection:
+
         def count(table: str) -> int | None:
             try:
                 return connection.execute(
@@ -295,7 +305,9 @@ def _worker_dagster(spec: dict) -> dict:
             except duckdb.Error:
                 return None
 
-        stored = {table: count(table) for table in ("raw_batch", "validated_batch", "quarantine", "scored_batch", "outcomes")}
+        stored = {
+            table: count(table) for table in ("raw_batch", "validated_batch", "quarantine", "scored_batch", "outcomes")
+        }
     return {
         "rows": stored["raw_batch"],
         "success": result.success,
@@ -326,7 +338,12 @@ def _worker_versions(_: dict) -> dict:
     }
 
 
-WORKERS = {"prepare": _worker_prepare, "stages": _worker_stages, "dagster": _worker_dagster, "versions": _worker_versions}
+WORKERS = {
+    "prepare": _worker_prepare,
+    "stages": _worker_stages,
+    "dagster": _worker_dagster,
+    "versions": _worker_versions,
+}
 
 
 def worker_main(spec_json: str) -> None:
@@ -351,7 +368,10 @@ def run_worker(mode: str, scratch: Path, label: str, **spec) -> dict:
     with log.open("w") as log_file:
         completed = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(spec)],
-            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, timeout=WORKER_TIMEOUT_SECONDS,
+            cwd=REPO,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            timeout=WORKER_TIMEOUT_SECONDS,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     if completed.returncode != 0 or not out.exists():
@@ -387,12 +407,22 @@ def machine(worker_versions: dict) -> dict:
 
     cpu = "?"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     memory = "?"
     try:
-        kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:")))
+        kib = int(
+            next(
+                line.split()[1]
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal:")
+            )
+        )
         memory = f"{kib / 2**20:.1f} GiB"
     except (OSError, StopIteration, ValueError):
         pass
@@ -440,7 +470,10 @@ def summarise(results: dict) -> dict:
                 "rows_per_second": spread([int(rows) / m["seconds"] for m in dag]),
                 "peak_rss_mib": spread([m["peak_rss_mib"] for m in dag]),
                 "baseline_rss_mib": spread([m["baseline_rss_mib"] for m in dag]),
-                "steps": {step: statistics.median(m["step_seconds"].get(step, 0.0) for m in dag) for step in dag[0]["step_seconds"]},
+                "steps": {
+                    step: statistics.median(m["step_seconds"].get(step, 0.0) for m in dag)
+                    for step in dag[0]["step_seconds"]
+                },
             }
         if stg:
             entry["stages"] = {
@@ -478,7 +511,17 @@ def render(results: dict) -> None:
     )
 
     table = Table(title="(a) Whole night through Dagster: nightly_batch.execute_in_process, DuckDB warehouse file")
-    for column in ("rows", "wall s", "rows/s", "peak RSS MiB", "RSS before run MiB", "VmHWM MiB", "warehouse MiB", "other CPU %", "ok"):
+    for column in (
+        "rows",
+        "wall s",
+        "rows/s",
+        "peak RSS MiB",
+        "RSS before run MiB",
+        "VmHWM MiB",
+        "warehouse MiB",
+        "other CPU %",
+        "ok",
+    ):
         table.add_column(column, justify="right")
     for rows, by_mode in results["sizes"].items():
         runs = by_mode.get("dagster", [])
@@ -500,11 +543,15 @@ def render(results: dict) -> None:
     dagster_sizes = [(rows, by_mode["dagster"]) for rows, by_mode in results["sizes"].items() if by_mode.get("dagster")]
     found = {k for _, runs in dagster_sizes for m in runs for k in m["step_seconds"]}
     started_order = [k for _, runs in dagster_sizes for m in runs for k in m.get("step_order", [])]
-    rest = sorted(found - set(CORE_STEPS), key=lambda k: started_order.index(k) if k in started_order else len(started_order))
+    rest = sorted(
+        found - set(CORE_STEPS), key=lambda k: started_order.index(k) if k in started_order else len(started_order)
+    )
     step_keys = [k for k in CORE_STEPS if k in found] + rest
     if step_keys:
-        steps = Table(title="Dagster steps: duration STEP_START→STEP_SUCCESS (incl. the IO manager's DuckDB loads/stores) and "
-            "highest RSS sampled during the step (every 20 ms), medians")
+        steps = Table(
+            title="Dagster steps: duration STEP_START→STEP_SUCCESS (incl. the IO manager's DuckDB loads/stores) and "
+            "highest RSS sampled during the step (every 20 ms), medians"
+        )
         steps.add_column("step")
         steps.add_column("group")
         for rows, _ in dagster_sizes:
@@ -520,19 +567,35 @@ def render(results: dict) -> None:
         }
         for key in step_keys:
             group = "core (stages)" if key in CORE_STEPS else "rest of the job"
-            steps.add_row(key, group, *(v for rows, _ in dagster_sizes for v in (f"{medians[rows][key]:.2f}", f"{peaks[rows][key]:,.0f}")))
+            steps.add_row(
+                key,
+                group,
+                *(v for rows, _ in dagster_sizes for v in (f"{medians[rows][key]:.2f}", f"{peaks[rows][key]:,.0f}")),
+            )
         steps.add_section()
+
         def per_run_median(runs: list[dict], part) -> float:  # sums per run, then the median (medians do not add)
             return statistics.median(part(m) for m in runs)
 
-        core = {rows: per_run_median(runs, lambda m: sum(v for k, v in m["step_seconds"].items() if k in CORE_STEPS)) for rows, runs in dagster_sizes}
-        other = {rows: per_run_median(runs, lambda m: sum(v for k, v in m["step_seconds"].items() if k not in CORE_STEPS)) for rows, runs in dagster_sizes}
-        outside = {rows: per_run_median(runs, lambda m: m["seconds"] - sum(m["step_seconds"].values())) for rows, runs in dagster_sizes}
-        steps.add_row("[bold]core steps[/bold]", "", *(v for rows, _ in dagster_sizes for v in (f"{core[rows]:.2f}", "")))
-        steps.add_row("[bold]rest of the job[/bold]", "", *(v for rows, _ in dagster_sizes for v in (f"{other[rows]:.2f}", "")))
+        core = {
+            rows: per_run_median(runs, lambda m: sum(v for k, v in m["step_seconds"].items() if k in CORE_STEPS))
+            for rows, runs in dagster_sizes
+        }
+        other = {
+            rows: per_run_median(runs, lambda m: sum(v for k, v in m["step_seconds"].items() if k not in CORE_STEPS))
+            for rows, runs in dagster_sizes
+        }
+        outside = {
+            rows: per_run_median(runs, lambda m: m["seconds"] - sum(m["step_seconds"].values()))
+            for rows, runs in dagster_sizes
+        }
         steps.add_row(
-            "wall − all steps", "", *(v for rows, _ in dagster_sizes for v in (f"{outside[rows]:.2f}", ""))
+            "[bold]core steps[/bold]", "", *(v for rows, _ in dagster_sizes for v in (f"{core[rows]:.2f}", ""))
         )
+        steps.add_row(
+            "[bold]rest of the job[/bold]", "", *(v for rows, _ in dagster_sizes for v in (f"{other[rows]:.2f}", ""))
+        )
+        steps.add_row("wall − all steps", "", *(v for rows, _ in dagster_sizes for v in (f"{outside[rows]:.2f}", "")))
         console.print(steps)
 
     stages = Table(title="(b) Per stage, core functions called directly (no Dagster, no warehouse writes)")
@@ -546,15 +609,23 @@ def render(results: dict) -> None:
         for stage in STAGES:
             values = [m["seconds"][stage] for m in runs]
             stages.add_row(
-                f"{int(rows):,}", stage, fmt_range(values, 3), fmt_rate(int(rows), values),
+                f"{int(rows):,}",
+                stage,
+                fmt_range(values, 3),
+                fmt_rate(int(rows), values),
                 f"{statistics.median(m['peak_rss_after_mib'][stage] for m in runs):,.0f}",
                 f"{statistics.median(values) / total:.0%}" if total else "",
                 "",
             )
         values = [m["total_seconds"] for m in runs]
         stages.add_row(
-            f"{int(rows):,}", "[bold]total[/bold]", fmt_range(values, 3), fmt_rate(int(rows), values),
-            fmt_range([m["peak_rss_mib"] for m in runs], 0), "100%", fmt_range([(m["others_cpu"] or 0.0) * 100 for m in runs], 0),
+            f"{int(rows):,}",
+            "[bold]total[/bold]",
+            fmt_range(values, 3),
+            fmt_rate(int(rows), values),
+            fmt_range([m["peak_rss_mib"] for m in runs], 0),
+            "100%",
+            fmt_range([(m["others_cpu"] or 0.0) * 100 for m in runs], 0),
             end_section=True,
         )
     console.print(stages)
@@ -573,16 +644,28 @@ def render(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="night sizes (default 100000 1000000)")
-    parser.add_argument("--repeats", type=int, default=3, help="fresh-process repeats per size and measurement (default 3)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--history-days", type=int, default=HISTORY_DAYS,
+        "--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="night sizes (default 100000 1000000)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="fresh-process repeats per size and measurement (default 3)"
+    )
+    parser.add_argument(
+        "--history-days",
+        type=int,
+        default=HISTORY_DAYS,
         help=f"nights of {HISTORY_ROWS_PER_DAY} labeled rows the champion is bootstrapped on (default {HISTORY_DAYS})",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 10k rows, 1 repeat, champion on 5 nights of history")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 10k rows, 1 repeat, champion on 5 nights of history"
+    )
     parser.add_argument("--only", choices=["dagster", "stages"], help="run one of the two measurements only")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="project config to copy (default: the repo's)")
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="project config to copy (default: the repo's)"
+    )
     parser.add_argument("--json", type=Path, help="also write all measurements and medians to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (data, warehouses, worker logs)")
     parser.add_argument("--_worker", help=argparse.SUPPRESS)
@@ -599,11 +682,21 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="nk-bench-"))
     started = time.perf_counter()
-    results: dict = {"repeats": args.repeats, "history_days": args.history_days, "night": NIGHT, "sizes": {}, "prepare": {}, "notes": []}
+    results: dict = {
+        "repeats": args.repeats,
+        "history_days": args.history_days,
+        "night": NIGHT,
+        "sizes": {},
+        "prepare": {},
+        "notes": [],
+    }
     try:
         results["machine"] = machine(run_worker("versions", scratch, "versions"))
         for rows in args.rows:
-            print(f"[{time.perf_counter() - started:6.1f}s] {rows:,} rows: generating the night and bootstrapping the champion", flush=True)
+            print(
+                f"[{time.perf_counter() - started:6.1f}s] {rows:,} rows: generating the night and bootstrapping the champion",
+                flush=True,
+            )
             workdir, info = prepare_size(rows, args.config, scratch, args.history_days)
             results["prepare"][str(rows)] = info
             by_mode: dict[str, list] = {mode: [] for mode in modes}
@@ -611,7 +704,9 @@ def main(argv: list[str] | None = None) -> int:
             for repeat in range(args.repeats):
                 for mode in modes:  # interleaved, so a slow phase of the machine hits both alike
                     reset_warehouse(workdir)
-                    measured = run_worker(mode, scratch, f"{mode}-{rows}-{repeat}", workdir=str(workdir), rows=rows, night=NIGHT)
+                    measured = run_worker(
+                        mode, scratch, f"{mode}-{rows}-{repeat}", workdir=str(workdir), rows=rows, night=NIGHT
+                    )
                     by_mode[mode].append(measured)
                     seconds = measured["seconds"] if mode == "dagster" else measured["total_seconds"]
                     print(
@@ -620,9 +715,13 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
                     if mode == "dagster" and not measured["success"]:
-                        results["notes"].append(f"{rows:,} rows, repeat {repeat + 1}: the Dagster run FAILED: {measured['failures']}")
+                        results["notes"].append(
+                            f"{rows:,} rows, repeat {repeat + 1}: the Dagster run FAILED: {measured['failures']}"
+                        )
                     if mode == "dagster" and measured["stored_rows"].get("outcomes") != rows:
-                        results["notes"].append(f"{rows:,} rows, repeat {repeat + 1}: stored outcomes {measured['stored_rows']}")
+                        results["notes"].append(
+                            f"{rows:,} rows, repeat {repeat + 1}: stored outcomes {measured['stored_rows']}"
+                        )
                     if mode == "stages" and (measured["model_error"] or measured["outcome_rows"] != rows):
                         results["notes"].append(
                             f"{rows:,} rows, repeat {repeat + 1}: stages model_error={measured['model_error']!r}, "
@@ -633,7 +732,9 @@ def main(argv: list[str] | None = None) -> int:
         results["elapsed_seconds"] = time.perf_counter() - started
         results["summary"] = summarise(results)
         render(results)
-        print(f"benchmark wall time {results['elapsed_seconds']:.0f} s (generation, bootstrap and process starts included)")
+        print(
+            f"benchmark wall time {results['elapsed_seconds']:.0f} s (generation, bootstrap and process starts included)"
+        )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=str))
     except WorkerFailed as exc:

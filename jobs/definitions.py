@@ -12,15 +12,15 @@ from pathlib import Path
 from dagster import (
     AssetSelection,
     DailyPartitionsDefinition,
-    MonthlyPartitionsDefinition,
-    TimeWindowPartitionsDefinition,
-    WeeklyPartitionsDefinition,
     DefaultScheduleStatus,
     Definitions,
+    MonthlyPartitionsDefinition,
     RunsFilter,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
+    TimeWindowPartitionsDefinition,
+    WeeklyPartitionsDefinition,
     build_schedule_from_partitioned_job,
     define_asset_job,
     in_process_executor,
@@ -30,13 +30,13 @@ from dagster import (
 
 from assets.lifecycle import candidate_evaluation, candidate_model, candidate_model_card, model_registry
 from assets.monitoring import build_monitoring_assets
+from assets.nightly import build_nightly_assets
 from assets.reports import build_report_assets
 from assets.review import build_review_assets, review_labels
-from assets.nightly import build_nightly_assets
 from jobs.lifecycle import build_lifecycle_automation, promote_job, retrain_job, rollback_job
+from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
 from jobs.review import build_review_inbox_sensor, review_import_job
 from jobs.webhook import alert_outbox_job, build_alert_outbox_sensor
-from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
 from nightkeeper.config import ProjectConfig, load_config
 
 REPOSITORY_CONFIG = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
@@ -51,7 +51,11 @@ def build_definitions(config_path: Path) -> Definitions:
     """All jobs, schedules, sensors, assets and resources for the project config at ``config_path``."""
     config = load_config(config_path)
     partitions = night_partitions(config)
-    nightly = [*build_nightly_assets(partitions), *build_monitoring_assets(partitions), *build_review_assets(partitions)]
+    nightly = [
+        *build_nightly_assets(partitions),
+        *build_monitoring_assets(partitions),
+        *build_review_assets(partitions),
+    ]
     nightly_batch = define_asset_job(
         NIGHTLY_JOB,
         selection=AssetSelection.groups("nightly", "monitoring") | AssetSelection.assets("review_queue"),
@@ -65,19 +69,40 @@ def build_definitions(config_path: Path) -> Definitions:
     )
     reports = build_report_assets(monthly)
     monthly_review_job = define_asset_job(
-        MONTHLY_REVIEW_JOB, selection=AssetSelection.groups("reports"), description="Export the month and render its review report."
+        MONTHLY_REVIEW_JOB,
+        selection=AssetSelection.groups("reports"),
+        description="Export the month and render its review report.",
     )
     # on the 8th: the month's last nights have had a week for their labels to land
     monthly_review_schedule = build_schedule_from_partitioned_job(
-        monthly_review_job, name="monthly_review_schedule", day_of_month=8, hour_of_day=6,
+        monthly_review_job,
+        name="monthly_review_schedule",
+        day_of_month=8,
+        hour_of_day=6,
         default_status=DefaultScheduleStatus.RUNNING,
     )
     sensors, lifecycle_schedules = build_lifecycle_automation(config)
     warehouse_path = str(config.warehouse_path)
     return Definitions(
-        assets=[*(a for a in nightly if not _is_check(a)), candidate_model, candidate_evaluation, candidate_model_card, model_registry, review_labels, *reports],
+        assets=[
+            *(a for a in nightly if not _is_check(a)),
+            candidate_model,
+            candidate_evaluation,
+            candidate_model_card,
+            model_registry,
+            review_labels,
+            *reports,
+        ],
         asset_checks=[a for a in nightly if _is_check(a)],
-        jobs=[nightly_batch, retrain_job, promote_job, rollback_job, review_import_job, monthly_review_job, alert_outbox_job],
+        jobs=[
+            nightly_batch,
+            retrain_job,
+            promote_job,
+            rollback_job,
+            review_import_job,
+            monthly_review_job,
+            alert_outbox_job,
+        ],
         schedules=[nightly_schedule, monthly_review_schedule, *lifecycle_schedules],
         sensors=[*sensors, build_review_inbox_sensor(config), build_alert_outbox_sensor(config)],
         resources={
@@ -91,7 +116,9 @@ def build_definitions(config_path: Path) -> Definitions:
     )
 
 
-def build_nightly_schedule(config: ProjectConfig, partitions: TimeWindowPartitionsDefinition, nightly_batch) -> ScheduleDefinition:
+def build_nightly_schedule(
+    config: ProjectConfig, partitions: TimeWindowPartitionsDefinition, nightly_batch
+) -> ScheduleDefinition:
     """The schedule of ``nightly_batch``: at each tick, one run of the last night (or week) that is over, keyed by it so
     a night runs once however many ticks see it. Ticks at ``schedule.cron`` if set, else at ``run_at`` after each
     night (weekly: on the day after the week's last day, the weekday its partitions start on)."""
@@ -103,9 +130,14 @@ def build_nightly_schedule(config: ProjectConfig, partitions: TimeWindowPartitio
     )
 
     @schedule(
-        cron_schedule=cron, job=nightly_batch, name=NIGHTLY_SCHEDULE, execution_timezone=config.schedule.timezone,
+        cron_schedule=cron,
+        job=nightly_batch,
+        name=NIGHTLY_SCHEDULE,
+        execution_timezone=config.schedule.timezone,
         default_status=DefaultScheduleStatus.RUNNING,
-        description="Runs the batch of the week starting D once that week is over." if weekly else "Runs the batch of night D once D is over.",
+        description="Runs the batch of the week starting D once that week is over."
+        if weekly
+        else "Runs the batch of night D once D is over.",
     )
     def nightly_batch_schedule(context: ScheduleEvaluationContext):
         with partition_loading_context(effective_dt=context.scheduled_execution_time):
@@ -113,7 +145,12 @@ def build_nightly_schedule(config: ProjectConfig, partitions: TimeWindowPartitio
         if night is None:
             return SkipReason("no night is over yet")
         # Dagster dedupes a schedule's run keys per tick only; a cron ticking more often than nights must not rerun one
-        launched = context.instance.get_runs(RunsFilter(job_name=NIGHTLY_JOB, tags={"dagster/partition": night, "dagster/schedule_name": NIGHTLY_SCHEDULE}), limit=1)
+        launched = context.instance.get_runs(
+            RunsFilter(
+                job_name=NIGHTLY_JOB, tags={"dagster/partition": night, "dagster/schedule_name": NIGHTLY_SCHEDULE}
+            ),
+            limit=1,
+        )
         if launched:
             return SkipReason(f"night {night} was already launched by this schedule (run {launched[0].run_id})")
         return nightly_batch.run_request_for_partition(partition_key=night, run_key=night)
@@ -127,7 +164,9 @@ def night_partitions(config: ProjectConfig) -> TimeWindowPartitionsDefinition:
     schedule = config.schedule
     if schedule.cadence == "weekly":
         return WeeklyPartitionsDefinition(
-            start_date=schedule.start_date.isoformat(), timezone=schedule.timezone, day_offset=_dagster_weekday(schedule.start_date)
+            start_date=schedule.start_date.isoformat(),
+            timezone=schedule.timezone,
+            day_offset=_dagster_weekday(schedule.start_date),
         )
     return DailyPartitionsDefinition(start_date=schedule.start_date.isoformat(), timezone=schedule.timezone)
 
@@ -141,4 +180,3 @@ def _is_check(definition) -> bool:
     from dagster import AssetChecksDefinition
 
     return isinstance(definition, AssetChecksDefinition)
-

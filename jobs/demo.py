@@ -24,8 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from jobs.definitions import MONTHLY_REVIEW_JOB, NIGHTLY_SCHEDULE, REPOSITORY_CONFIG, build_definitions
 from jobs.instance import persistent_instance
 from jobs.nights import QUIET_LOGS, NightRun, execute_night
-from jobs.run_guard import launch_run
 from jobs.resources import NIGHTLY_SCHEMA
+from jobs.run_guard import launch_run
 from nightkeeper import simulator, warehouse
 from nightkeeper.config import ProjectConfig, StorageConfig, load_config
 from nightkeeper.models import bootstrap_champion
@@ -82,8 +82,11 @@ def reset_demo_storage(config: ProjectConfig, folder: Path, reset: Sequence[Path
     owned = {Path(line) for line in record.read_text().splitlines() if line} if record.exists() else set()
     allowed = [Path(path).resolve() for path in reset]
     storage = demo_storage(config)
-    foreign = [path for path in storage
-               if path.exists() and path not in owned and not any(path == a or a in path.parents for a in allowed)]
+    foreign = [
+        path
+        for path in storage
+        if path.exists() and path not in owned and not any(path == a or a in path.parents for a in allowed)
+    ]
     if foreign:
         raise StorageNotOwned(
             "the demo resets its storage, and these paths exist but were not created by the demo: "
@@ -121,13 +124,23 @@ def run_demo(folder: Path, plan: DemoPlan, console, reset: Sequence[Path] = ()) 
         f"labels {plan.label_delay_days} days late"
     )
     simulator.simulate_to_folders(
-        start, plan.nights, plan.rows_per_night, plan.seed, plan.scenarios(),
-        config.landing_path, config.labels_path, label_delay_days=plan.label_delay_days,
+        start,
+        plan.nights,
+        plan.rows_per_night,
+        plan.seed,
+        plan.scenarios(),
+        config.landing_path,
+        config.labels_path,
+        label_delay_days=plan.label_delay_days,
     )
-    history = simulator.simulate_history(start - dt.timedelta(days=1), plan.history_days, plan.history_rows_per_day, plan.seed)
+    history = simulator.simulate_history(
+        start - dt.timedelta(days=1), plan.history_days, plan.history_rows_per_day, plan.seed
+    )
     champion = bootstrap_champion(config, history, start)
-    console.print(f"[bold]Bootstrapped[/] champion {champion.version}: holdout AUC {champion.card.holdout_metrics['auc']:.3f} "
-                  f"on {champion.card.training_window.holdout_rows:,} rows")
+    console.print(
+        f"[bold]Bootstrapped[/] champion {champion.version}: holdout AUC {champion.card.holdout_metrics['auc']:.3f} "
+        f"on {champion.card.training_window.holdout_rows:,} rows"
+    )
 
     instance = persistent_instance(config.dagster_home)
     defs = build_definitions(config_path)
@@ -138,7 +151,10 @@ def run_demo(folder: Path, plan: DemoPlan, console, reset: Sequence[Path] = ()) 
     if failed_runs:
         console.print(f"[red]{len(failed_runs)} run(s) failed:[/] {failed_runs}")
     checks = pl.DataFrame(
-        {"night": [dt.date.fromisoformat(n) for n in runs], "failed_checks": [", ".join(r.failed_checks) for r in runs.values()]},
+        {
+            "night": [dt.date.fromisoformat(n) for n in runs],
+            "failed_checks": [", ".join(r.failed_checks) for r in runs.values()],
+        },
         schema={"night": pl.Date, "failed_checks": pl.String},
     )
     return config_path, night_summary(config, nights).join(checks, on="night", how="left")
@@ -153,16 +169,21 @@ def run_nights(
     run_at = config.schedule.run_at
     runs: dict[str, NightRun] = {}
     sensors = SensorDriver(defs, instance, config.storage.lock_wait_seconds)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
     with progress:
         task = progress.add_task("nights", total=len(nights))
         for night in nights:
-            tick_time = dt.datetime.combine(night + dt.timedelta(days=1), run_at, tzinfo=dt.timezone.utc)
+            tick_time = dt.datetime.combine(night + dt.timedelta(days=1), run_at, tzinfo=dt.UTC)
             with build_schedule_context(instance=instance, scheduled_execution_time=tick_time) as context:
                 requests = schedule.evaluate_tick(context).run_requests or []
             for request in requests:
                 runs[request.partition_key] = execute_night(
-                    defs, instance, request.partition_key, {**request.tags, "dagster/schedule_name": schedule.name},
+                    defs,
+                    instance,
+                    request.partition_key,
+                    {**request.tags, "dagster/schedule_name": schedule.name},
                     config.storage.lock_wait_seconds,
                 )
             for line in sensors.tick():
@@ -171,21 +192,35 @@ def run_nights(
     return runs
 
 
-def run_monthly_reports(defs: Definitions, instance: DagsterInstance, nights: list[dt.date], lock_wait_seconds: float) -> list[str]:
+def run_monthly_reports(
+    defs: Definitions, instance: DagsterInstance, nights: list[dt.date], lock_wait_seconds: float
+) -> list[str]:
     """Evaluate the monthly review schedule at its tick after each simulated month and execute what it requests."""
     schedule = defs.resolve_schedule_def("monthly_review_schedule")
     job = defs.resolve_job_def(MONTHLY_REVIEW_JOB)
     lines = []
     for month_start in sorted({night.replace(day=1) for night in nights}):
         next_month = (month_start + dt.timedelta(days=32)).replace(day=8)
-        tick = dt.datetime.combine(next_month, dt.time(6, 0), tzinfo=dt.timezone.utc)
+        tick = dt.datetime.combine(next_month, dt.time(6, 0), tzinfo=dt.UTC)
         with build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
             requests = schedule.evaluate_tick(context).run_requests or []
         for request in requests:
-            result = launch_run(job, instance, lock_wait_seconds, partition_key=request.partition_key, run_config=QUIET_LOGS,
-                                tags={**request.tags, "dagster/schedule_name": schedule.name})
-            html = next((m.metadata["html"].value for m in result.asset_materializations_for_node("monthly_review")), None) if result.success else None
-            lines.append(f"[bold]Monthly review[/] {request.partition_key[:7]}: {html or 'FAILED (see the run in the UI)'}")
+            result = launch_run(
+                job,
+                instance,
+                lock_wait_seconds,
+                partition_key=request.partition_key,
+                run_config=QUIET_LOGS,
+                tags={**request.tags, "dagster/schedule_name": schedule.name},
+            )
+            html = (
+                next((m.metadata["html"].value for m in result.asset_materializations_for_node("monthly_review")), None)
+                if result.success
+                else None
+            )
+            lines.append(
+                f"[bold]Monthly review[/] {request.partition_key[:7]}: {html or 'FAILED (see the run in the UI)'}"
+            )
     return lines
 
 
@@ -193,8 +228,9 @@ class SensorDriver:
     """Evaluates the definitions' sensors against the instance, keeping their cursors, and executes what they request
     (each run key once, as the daemon would)."""
 
-    def __init__(self, defs: Definitions, instance: DagsterInstance,
-                 lock_wait_seconds: float = StorageConfig().lock_wait_seconds) -> None:
+    def __init__(
+        self, defs: Definitions, instance: DagsterInstance, lock_wait_seconds: float = StorageConfig().lock_wait_seconds
+    ) -> None:
         self.defs, self.instance, self.lock_wait_seconds = defs, instance, lock_wait_seconds
         self.cursors: dict[str, str | None] = {}
         self.done: set[str] = set()
@@ -205,7 +241,9 @@ class SensorDriver:
         while True:
             requested = False
             for sensor in self.defs.sensors or []:
-                with build_sensor_context(instance=self.instance, cursor=self.cursors.get(sensor.name), definitions=self.defs) as context:
+                with build_sensor_context(
+                    instance=self.instance, cursor=self.cursors.get(sensor.name), definitions=self.defs
+                ) as context:
                     data = sensor.evaluate_tick(context)
                 self.cursors[sensor.name] = data.cursor
                 for request in data.run_requests or []:
@@ -215,7 +253,9 @@ class SensorDriver:
                     requested = True
                     job_name = request.job_name or sensor.job_name
                     result = launch_run(
-                        self.defs.resolve_job_def(job_name), self.instance, self.lock_wait_seconds,
+                        self.defs.resolve_job_def(job_name),
+                        self.instance,
+                        self.lock_wait_seconds,
                         run_config={**request.run_config, **QUIET_LOGS},
                         tags={**request.tags, "dagster/sensor_name": sensor.name},
                     )

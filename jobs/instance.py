@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import yaml
-
 from dagster import DagsterInstance
 
 from jobs.resources import WAREHOUSE_POOL
@@ -58,7 +57,14 @@ def write_workspace(config_path: Path, home: Path) -> Path:
         f"defs = build_definitions(Path({str(config)!r}))\n"
     )
     workspace = home / WORKSPACE_FILE
-    location = {"relative_path": LOCATION_MODULE, "attribute": "defs", "working_directory": str(code_root),
-                "location_name": f"nightkeeper:{config.parent.name}"}
-    workspace.write_text(f"# Written by nightkeeper for {config}.\n" + yaml.safe_dump({"load_from": [{"python_file": location}]}, sort_keys=False))
+    location = {
+        "relative_path": LOCATION_MODULE,
+        "attribute": "defs",
+        "working_directory": str(code_root),
+        "location_name": f"nightkeeper:{config.parent.name}",
+    }
+    workspace.write_text(
+        f"# Written by nightkeeper for {config}.\n"
+        + yaml.safe_dump({"load_from": [{"python_file": location}]}, sort_keys=False)
+    )
     return workspace

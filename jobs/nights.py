@@ -77,7 +77,12 @@ def execute_night(
     """Run the nightly job for ``partition`` on ``instance`` in this process (through the run guard, which gives up
     after ``lock_wait_seconds`` waiting for the warehouse); a failure is reported, not raised."""
     result = launch_run(
-        defs.resolve_job_def(NIGHTLY_JOB), instance, lock_wait_seconds, partition_key=partition, tags=tags, run_config=QUIET_LOGS
+        defs.resolve_job_def(NIGHTLY_JOB),
+        instance,
+        lock_wait_seconds,
+        partition_key=partition,
+        tags=tags,
+        run_config=QUIET_LOGS,
     )
     failed_checks = sorted(e.check_name for e in result.get_asset_check_evaluations() if not e.passed)
     return NightRun(partition, result.run_id, result.success, failed_checks)
@@ -88,7 +93,13 @@ def run_night(config_path: Path, night: dt.date) -> NightRun:
     config = load_config(config_path)
     partition = partition_for(config, night)
     defs = build_definitions(config_path)
-    return execute_night(defs, persistent_instance(config.dagster_home), partition, {TRIGGER_TAG: "run"}, config.storage.lock_wait_seconds)
+    return execute_night(
+        defs,
+        persistent_instance(config.dagster_home),
+        partition,
+        {TRIGGER_TAG: "run"},
+        config.storage.lock_wait_seconds,
+    )
 
 
 def backfill_nights(config_path: Path, first: dt.date, last: dt.date) -> Backfill:
@@ -99,41 +110,65 @@ def backfill_nights(config_path: Path, first: dt.date, last: dt.date) -> Backfil
     config = load_config(config_path)
     partitions = partitions_between(config, first, last)
     if not partitions:
-        raise ValueError(f"no complete partition between {first} and {last} (partitions start on {config.schedule.start_date})")
+        raise ValueError(
+            f"no complete partition between {first} and {last} (partitions start on {config.schedule.start_date})"
+        )
     defs = build_definitions(config_path)
     instance = persistent_instance(config.dagster_home)
     backfill_id = make_new_backfill_id()
     started = time.time()
     tags = {BACKFILL_ID_TAG: backfill_id, TRIGGER_TAG: "backfill"}
-    runs = [execute_night(defs, instance, partition, tags, config.storage.lock_wait_seconds) for partition in partitions]
+    runs = [
+        execute_night(defs, instance, partition, tags, config.storage.lock_wait_seconds) for partition in partitions
+    ]
     instance.add_backfill(_backfill_record(defs, instance, backfill_id, partitions, runs, started, f"{first} … {last}"))
     return Backfill(backfill_id, runs)
 
 
 def _backfill_record(
-    defs: Definitions, instance: DagsterInstance, backfill_id: str, partitions: list[str], runs: list[NightRun],
-    started: float, span: str,
+    defs: Definitions,
+    instance: DagsterInstance,
+    backfill_id: str,
+    partitions: list[str],
+    runs: list[NightRun],
+    started: float,
+    span: str,
 ) -> PartitionBackfill:
     """The finished backfill as Dagster stores it: targets, what materialized and what failed, per asset partition."""
     graph = defs.resolve_asset_graph()
     job_assets: list[AssetKey] = sorted(defs.resolve_job_def(NIGHTLY_JOB).asset_layer.selected_asset_keys)
     record = PartitionBackfill.from_asset_partitions(
-        backfill_id=backfill_id, asset_graph=graph, partition_names=partitions, asset_selection=job_assets,
-        backfill_timestamp=started, tags={TRIGGER_TAG: "backfill"}, dynamic_partitions_store=instance,
-        all_partitions=False, title=f"nightkeeper backfill {span}",
-        description=f"{len(partitions)} partition(s) run in order by `nightkeeper backfill`", run_config=None,
+        backfill_id=backfill_id,
+        asset_graph=graph,
+        partition_names=partitions,
+        asset_selection=job_assets,
+        backfill_timestamp=started,
+        tags={TRIGGER_TAG: "backfill"},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=f"nightkeeper backfill {span}",
+        description=f"{len(partitions)} partition(s) run in order by `nightkeeper backfill`",
+        run_config=None,
     )
     materialized = {
         AssetKeyPartitionKey(record.asset_key, record.partition_key)
         for run in runs
         for record in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
     }
-    failed = {AssetKeyPartitionKey(key, run.partition) for run in runs if not run.success for key in job_assets} - materialized
+    failed = {
+        AssetKeyPartitionKey(key, run.partition) for run in runs if not run.success for key in job_assets
+    } - materialized
     data = record.asset_backfill_data._replace(
         requested_runs_for_target_roots=True,
         requested_subset=record.asset_backfill_data.target_subset,
         materialized_subset=AssetGraphSubset.from_asset_partition_set(materialized, graph),
         failed_and_downstream_subset=AssetGraphSubset.from_asset_partition_set(failed, graph),
     )
-    status = BulkActionStatus.COMPLETED_SUCCESS if all(run.success for run in runs) else BulkActionStatus.COMPLETED_FAILED
-    return record.with_asset_backfill_data(data, dynamic_partitions_store=instance, asset_graph=graph).with_status(status).with_end_timestamp(time.time())
+    status = (
+        BulkActionStatus.COMPLETED_SUCCESS if all(run.success for run in runs) else BulkActionStatus.COMPLETED_FAILED
+    )
+    return (
+        record.with_asset_backfill_data(data, dynamic_partitions_store=instance, asset_graph=graph)
+        .with_status(status)
+        .with_end_timestamp(time.time())
+    )

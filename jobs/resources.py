@@ -49,7 +49,9 @@ class _PartitionDuckDbClient(DuckDbClient):
     in one transaction, so a failed write leaves the old partition in place."""
 
     @staticmethod
-    def delete_table_slice(context: OutputContext, table_slice: TableSlice, connection: duckdb.DuckDBPyConnection) -> None:
+    def delete_table_slice(
+        context: OutputContext, table_slice: TableSlice, connection: duckdb.DuckDBPyConnection
+    ) -> None:
         return None
 
 

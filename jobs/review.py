@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dagster import AssetSelection, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, define_asset_job, sensor
+from dagster import (
+    AssetSelection,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SkipReason,
+    define_asset_job,
+    sensor,
+)
 
 from nightkeeper.config import ProjectConfig
 from nightkeeper.review import is_rejects_file
@@ -24,7 +32,10 @@ def build_review_inbox_sensor(config: ProjectConfig):
     inbox = config.path(config.review.inbox)
 
     @sensor(
-        name="review_inbox", job=review_import_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING,
+        name="review_inbox",
+        job=review_import_job,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
         description=f"Imports each review CSV dropped into {inbox} (once per file version; rejects files are ignored).",
     )
     def review_inbox(context: SensorEvaluationContext):

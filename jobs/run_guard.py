@@ -36,7 +36,10 @@ HOST_TAG = "nightkeeper/host"
 
 # Unfinished states a run of a dead process can be stuck in (it never reaches a terminal state by itself).
 UNFINISHED = [
-    DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
     DagsterRunStatus.CANCELING,
 ]
 FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
@@ -124,15 +127,25 @@ def pool_holders(instance: DagsterInstance, pool: str = WAREHOUSE_POOL) -> list[
     for slot in info.claimed_slots:
         run = instance.get_run_by_id(slot.run_id)
         since = assigned.get((slot.run_id, slot.step_key))
-        holders.append(PoolHolder(slot.run_id, run.job_name if run else "?", slot.step_key,
-                                  since.astimezone(dt.timezone.utc) if since else None))
+        holders.append(
+            PoolHolder(
+                slot.run_id,
+                run.job_name if run else "?",
+                slot.step_key,
+                since.astimezone(dt.UTC) if since else None,
+            )
+        )
     return holders
 
 
 def waiting_since(instance: DagsterInstance, run_id: str, pool: str = WAREHOUSE_POOL) -> dt.datetime | None:
     """When ``run_id`` started waiting for a slot of ``pool``; None when it is not waiting."""
     info = instance.event_log_storage.get_concurrency_info(pool)
-    waits = [step.enqueued_timestamp for step in info.pending_steps if step.run_id == run_id and step.assigned_timestamp is None]
+    waits = [
+        step.enqueued_timestamp
+        for step in info.pending_steps
+        if step.run_id == run_id and step.assigned_timestamp is None
+    ]
     return min(waits) if waits else None
 
 
@@ -184,21 +197,29 @@ class _PoolWatchdog(threading.Thread):
             if time.monotonic() - last_reap >= REAP_EVERY_SECONDS:
                 reap_dead_runs(self.instance)  # the holder may have died while we wait
                 last_reap = time.monotonic()
-            waited = (dt.datetime.now(dt.timezone.utc) - since.astimezone(dt.timezone.utc)).total_seconds()
+            waited = (dt.datetime.now(dt.UTC) - since.astimezone(dt.UTC)).total_seconds()
             interrupted, too_long = _interrupt_received(), waited > self.lock_wait_seconds
             if announced and not interrupted and not too_long:
                 continue
-            holders = "; ".join(holder.describe() for holder in pool_holders(self.instance)) or "no run (a slot is being handed over)"
+            holders = (
+                "; ".join(holder.describe() for holder in pool_holders(self.instance))
+                or "no run (a slot is being handed over)"
+            )
             if not announced:
-                _say(f"run {self.run_id} is waiting for the '{WAREHOUSE_POOL}' pool, held by {holders}; giving up after "
-                     f"{self.lock_wait_seconds:g} s (storage.lock_wait_seconds)")
+                _say(
+                    f"run {self.run_id} is waiting for the '{WAREHOUSE_POOL}' pool, held by {holders}; giving up after "
+                    f"{self.lock_wait_seconds:g} s (storage.lock_wait_seconds)"
+                )
                 announced = True
             if interrupted:
                 self._give_up(f"interrupted while waiting for the '{WAREHOUSE_POOL}' pool (held by {holders})", 130)
             if too_long:
-                self._give_up(f"gave up after waiting {waited:.0f} s for the '{WAREHOUSE_POOL}' pool, held by {holders} "
-                              f"(limit storage.lock_wait_seconds = {self.lock_wait_seconds:g}). If that run's process is "
-                              "alive it is still working: try again later; see docs/runbook.md#after-a-crash", WAIT_TIMEOUT_EXIT)
+                self._give_up(
+                    f"gave up after waiting {waited:.0f} s for the '{WAREHOUSE_POOL}' pool, held by {holders} "
+                    f"(limit storage.lock_wait_seconds = {self.lock_wait_seconds:g}). If that run's process is "
+                    "alive it is still working: try again later; see docs/runbook.md#after-a-crash",
+                    WAIT_TIMEOUT_EXIT,
+                )
 
     def _give_up(self, reason: str, exit_code: int) -> None:
         run = self.instance.get_run_by_id(self.run_id)
@@ -229,8 +250,12 @@ def launch_run(
     """
     run_id = str(uuid.uuid4())
     execute = lambda: job.execute_in_process(  # noqa: E731
-        run_config=run_config, instance=instance, partition_key=partition_key, run_id=run_id,
-        tags={**(tags or {}), **process_tags()}, raise_on_error=False,
+        run_config=run_config,
+        instance=instance,
+        partition_key=partition_key,
+        run_id=run_id,
+        tags={**(tags or {}), **process_tags()},
+        raise_on_error=False,
     )
     if not instance.event_log_storage.supports_global_concurrency_limits:
         return execute()  # an ephemeral instance (tests): no pools, nothing outlives the process

@@ -32,7 +32,10 @@ def serve(config_path: Path, home: Path, host: str, port: int) -> int:
         "dagster-daemon": [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
     }
     stopping: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: stopping.append(signum)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     children = {name: subprocess.Popen(command, env=env, start_new_session=True) for name, command in commands.items()}
     try:
         while not stopping:

@@ -8,7 +8,6 @@ whichever is newer, and drains once after any lifecycle run that may have raised
 lock retry covers its few milliseconds.
 """
 
-
 import datetime as dt
 
 from dagster import (
@@ -42,14 +41,22 @@ DRAIN_INTERVAL_SECONDS = 180
 def drain_alert_outbox(context: OpExecutionContext, project: ProjectResource, warehouse: WarehouseResource) -> None:
     settings = project.load().monitoring.alerts
     report = webhook.deliver(
-        warehouse.connect, webhook.webhook_url(settings.webhook_url_env), settings.webhook_timeout_seconds,
-        dt.datetime.now(dt.timezone.utc),
+        warehouse.connect,
+        webhook.webhook_url(settings.webhook_url_env),
+        settings.webhook_timeout_seconds,
+        dt.datetime.now(dt.UTC),
     )
-    context.log_event(AssetObservation(
-        asset_key=OUTBOX_KEY,
-        metadata={"delivered": report.delivered, "failed": report.failed, "pending": report.pending,
-                  "webhook_configured": report.webhook_configured},
-    ))
+    context.log_event(
+        AssetObservation(
+            asset_key=OUTBOX_KEY,
+            metadata={
+                "delivered": report.delivered,
+                "failed": report.failed,
+                "pending": report.pending,
+                "webhook_configured": report.webhook_configured,
+            },
+        )
+    )
     context.log.info(f"alert outbox: {report.delivered} delivered, {report.failed} failed, {report.pending} pending")
 
 
@@ -86,7 +93,9 @@ def build_alert_outbox_sensor(config: ProjectConfig):
     env_var = config.monitoring.alerts.webhook_url_env
 
     @sensor(
-        name=ALERT_OUTBOX_SENSOR, job=alert_outbox_job, minimum_interval_seconds=DRAIN_INTERVAL_SECONDS,
+        name=ALERT_OUTBOX_SENSOR,
+        job=alert_outbox_job,
+        minimum_interval_seconds=DRAIN_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Every {DRAIN_INTERVAL_SECONDS // 60} minutes while alert events are pending: deliver them to the webhook.",
     )

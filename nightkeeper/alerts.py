@@ -244,7 +244,10 @@ def transitions(
     suppressed = [
         {"rule": state.rule.name, "metric": state.rule.metric, "value": state.value}
         for state in states
-        if data_quality_holds and state.rule.category == "drift" and state.sustained and not by_rule.get(state.rule.name)
+        if data_quality_holds
+        and state.rule.category == "drift"
+        and state.sustained
+        and not by_rule.get(state.rule.name)
     ]
 
     found: list[tuple[tuple[int, int, int, int], AlertTransition]] = []
@@ -255,7 +258,9 @@ def transitions(
         if not current and state.sustained:
             if rule.category == "drift" and data_quality_holds:
                 continue
-            extra = {"probable_causes": causes, "drift_metrics": drift_metrics} if rule.category == "performance" else {}
+            extra = (
+                {"probable_causes": causes, "drift_metrics": drift_metrics} if rule.category == "performance" else {}
+            )
             if rule.category == "data_quality" and suppressed:
                 extra = {"drift_attributed_to_this": suppressed}
             if rule.metric in details:
@@ -274,7 +279,9 @@ def ensure_alert_tables(connection: duckdb.DuckDBPyConnection) -> None:
     ensure_outbox(connection)
 
 
-def apply_transitions(connection: duckdb.DuckDBPyConnection, transitions: list[AlertTransition]) -> list[dict[str, Any]]:
+def apply_transitions(
+    connection: duckdb.DuckDBPyConnection, transitions: list[AlertTransition]
+) -> list[dict[str, Any]]:
     """Write the transitions (alert rows, events, outbox rows) in one transaction; returns the events written.
 
     Each returned dict is the structured event (``payload``; its ``message`` is the human line to log), in the order
@@ -286,9 +293,7 @@ def apply_transitions(connection: duckdb.DuckDBPyConnection, transitions: list[A
     connection.begin()
     try:
         for transition in transitions:
-            if transition.event == "opened" and _open(connection, transition):
-                written.append(transition.payload)
-            elif transition.event == "resolved" and _resolve(connection, transition):
+            if transition.event == "opened" and _open(connection, transition) or transition.event == "resolved" and _resolve(connection, transition):
                 written.append(transition.payload)
         for payload in written:
             enqueue(connection, f"{payload['alert_id']}:{payload['event']}", webhook_body(payload))
@@ -316,7 +321,11 @@ def list_alerts(connection: duckdb.DuckDBPyConnection, statuses: tuple[str, ...]
     ).pl()
     if not frame.height:
         return pl.DataFrame(schema=ALERTS_SCHEMA)
-    return frame.with_columns(pl.col("acknowledged_at").dt.convert_time_zone("UTC")).select(list(ALERTS_SCHEMA)).cast(ALERTS_SCHEMA)
+    return (
+        frame.with_columns(pl.col("acknowledged_at").dt.convert_time_zone("UTC"))
+        .select(list(ALERTS_SCHEMA))
+        .cast(ALERTS_SCHEMA)
+    )
 
 
 def acknowledge(
@@ -371,7 +380,10 @@ def run_alerts(connection: duckdb.DuckDBPyConnection, rules: list[AlertRule], ni
     history = metric_history(connection, sorted({rule.metric for rule in rules}), night, history_nights(rules))
     states = evaluate_rules(rules, history, night)
     found = transitions(
-        states, open_alerts(connection, include_acknowledged=True), night, metrics_on(connection, night),
+        states,
+        open_alerts(connection, include_acknowledged=True),
+        night,
+        metrics_on(connection, night),
         details_on(connection, night),
     )
     return apply_transitions(connection, found)
@@ -399,8 +411,14 @@ def _probable_causes(states: list[RuleState], context: dict[str, float]) -> list
             continue
         excess = abs(value - rule.threshold) / max(abs(rule.threshold), 1e-12)
         causes.append(
-            {"rule": rule.name, "metric": rule.metric, "value": value, "comparison": rule.comparison,
-             "threshold": rule.threshold, "excess": excess}
+            {
+                "rule": rule.name,
+                "metric": rule.metric,
+                "value": value,
+                "comparison": rule.comparison,
+                "threshold": rule.threshold,
+                "excess": excess,
+            }
         )
     causes.sort(key=lambda cause: -cause["excess"])
     return [{key: value for key, value in cause.items() if key != "excess"} for cause in causes]
@@ -423,10 +441,14 @@ def _opening(state: RuleState, extra: dict[str, Any]) -> AlertTransition:
     if summary:
         message += f"; {summary}"
     message += _runbook_suffix(rule)
-    payload = _payload("opened", alert_id, state, state.night, None, message) | {
-        "nights": [night.isoformat() for night in nights],
-        "values": list(state.values),
-    } | extra
+    payload = (
+        _payload("opened", alert_id, state, state.night, None, message)
+        | {
+            "nights": [night.isoformat() for night in nights],
+            "values": list(state.values),
+        }
+        | extra
+    )
     return AlertTransition("opened", alert_id, rule, state.night, state.night, state.value, nights, message, payload)
 
 
@@ -441,7 +463,9 @@ def _resolution(state: RuleState, alert: dict[str, Any]) -> AlertTransition:
         "nights": [state.night.isoformat()],
         "values": [state.value],
     }
-    return AlertTransition("resolved", alert["alert_id"], rule, state.night, opened, state.value, (state.night,), message, payload)
+    return AlertTransition(
+        "resolved", alert["alert_id"], rule, state.night, opened, state.value, (state.night,), message, payload
+    )
 
 
 def _payload(
@@ -480,8 +504,20 @@ def _open(connection: duckdb.DuckDBPyConnection, transition: AlertTransition) ->
         f"""insert into {ALERTS} (alert_id, rule, category, severity, metric, opened_night, closed_night, status, value,
                 threshold, comparison, message, runbook, payload)
             values (?, ?, ?, ?, ?, ?, null, 'open', ?, ?, ?, ?, ?, ?)""",
-        [transition.alert_id, rule.name, rule.category, rule.severity, rule.metric, night, transition.value,
-         rule.threshold, rule.comparison, transition.message, runbook_link(rule.runbook), json.dumps(transition.payload)],
+        [
+            transition.alert_id,
+            rule.name,
+            rule.category,
+            rule.severity,
+            rule.metric,
+            night,
+            transition.value,
+            rule.threshold,
+            rule.comparison,
+            transition.message,
+            runbook_link(rule.runbook),
+            json.dumps(transition.payload),
+        ],
     )
     return _event(connection, transition)
 
@@ -491,7 +527,8 @@ def _resolve(connection: duckdb.DuckDBPyConnection, transition: AlertTransition)
     if row is None or row[0] not in UNRESOLVED:
         return False
     connection.execute(
-        f"update {ALERTS} set status = ?, closed_night = ? where alert_id = ?", [RESOLVED, transition.night, transition.alert_id]
+        f"update {ALERTS} set status = ?, closed_night = ? where alert_id = ?",
+        [RESOLVED, transition.night, transition.alert_id],
     )
     return _event(connection, transition)
 

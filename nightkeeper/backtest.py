@@ -112,8 +112,15 @@ def run_backtest(
     replay = _Replay(project, Path(labels_dir), nights, step, label_delay * step, explain=not skip_reason_codes)
     with warehouse.connect(project.warehouse_path) as connection:
         first = replay.bootstrap(connection, Path(history_file))
-        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       TimeRemainingColumn(), console=console, disable=not progress)
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not progress,
+        )
         with bar:
             task = bar.add_task("backtest", total=len(nights))
             for night in nights:
@@ -121,9 +128,20 @@ def run_backtest(
                 bar.update(task, advance=1, description=f"night {night}")
         replay.store_counterfactual(connection)
         summary = backtest_report.summarize(
-            connection, nights, first.version, replay.truth(), replay.timing,
-            {"project": project.name, "history_file": str(history_file), "history_rows": replay.history_rows,
-             "batches_dir": str(batches_dir), "labels_dir": str(labels_dir), "label_delay": label_delay, "cadence": cadence},
+            connection,
+            nights,
+            first.version,
+            replay.truth(),
+            replay.timing,
+            {
+                "project": project.name,
+                "history_file": str(history_file),
+                "history_rows": replay.history_rows,
+                "batches_dir": str(batches_dir),
+                "labels_dir": str(labels_dir),
+                "label_delay": label_delay,
+                "cadence": cadence,
+            },
         )
     summary_path = backtest_report.write_summary(summary, out_dir / SUMMARY_NAME)
     report_path = backtest_report.write_report(summary, out_dir / REPORT_NAME)
@@ -133,11 +151,13 @@ def run_backtest(
 def replay_nights(batches_dir: Path, pattern: str, step: dt.timedelta) -> list[dt.date]:
     """Every night from the first to the last dated batch under ``batches_dir``, ``step`` apart (a night with no
     file is replayed as an empty night). Raises ValueError when no file matches ``pattern``."""
-    dates = sorted({
-        dt.date.fromisoformat(found.group())
-        for path in batches_dir.glob(pattern.format(date="*"))
-        if path.is_file() and (found := _DATE.search(str(path.relative_to(batches_dir))))
-    })
+    dates = sorted(
+        {
+            dt.date.fromisoformat(found.group())
+            for path in batches_dir.glob(pattern.format(date="*"))
+            if path.is_file() and (found := _DATE.search(str(path.relative_to(batches_dir))))
+        }
+    )
     if not dates:
         raise ValueError(f"batches_dir: no file under {batches_dir} matches the source pattern {pattern!r}")
     nights = [dates[0]]
@@ -194,7 +214,9 @@ class _Replay:
         # the steps' PNGs for the Dagster UI cost about a second a night each; the backtest draws its own report
         step("drift", monitoring_steps.drift_night, rows, scored, plots=False)
         shadow = step("shadow", nightly_steps.shadow_night, rows, scored)
-        outcomes = step("answer", nightly_steps.answer_night, raw, quarantine, scored, shadow["shadow_scores"])["outcomes"]
+        outcomes = step("answer", nightly_steps.answer_night, raw, quarantine, scored, shadow["shadow_scores"])[
+            "outcomes"
+        ]
         if self.explain:
             step("explain", nightly_steps.explain_night, rows, outcomes)
         step("labels", monitoring_steps.labels_night)
@@ -230,24 +252,32 @@ class _Replay:
         self.timing.by_step.setdefault(name, []).append(seconds)
 
     def store_counterfactual(self, connection: duckdb.DuckDBPyConnection) -> None:
-        frame = pl.concat(self.counterfactual) if self.counterfactual else pl.DataFrame(schema=backtest_report.FIRST_CHAMPION_SCHEMA)
+        frame = (
+            pl.concat(self.counterfactual)
+            if self.counterfactual
+            else pl.DataFrame(schema=backtest_report.FIRST_CHAMPION_SCHEMA)
+        )
         connection.register("__first_champion", frame.cast(backtest_report.FIRST_CHAMPION_SCHEMA).to_arrow())
         connection.execute(f"create schema if not exists {backtest_report.SCHEMA}")
-        connection.execute(f"create or replace table {backtest_report.FIRST_CHAMPION_TABLE} as select * from __first_champion")
+        connection.execute(
+            f"create or replace table {backtest_report.FIRST_CHAMPION_TABLE} as select * from __first_champion"
+        )
         connection.unregister("__first_champion")
 
     def truth(self) -> pl.DataFrame:
         """Every supplied label (valid 0/1 values), whether or not the replay reached its arrival."""
         frames = [
             labels.read_label_file(path, self.config.contract).select("entity_id", "label").drop_nulls()
-            for _, folder in self._label_folders() for path in sorted(folder.iterdir())
+            for _, folder in self._label_folders()
+            for path in sorted(folder.iterdir())
             if path.is_file() and path.suffix in labels.LABEL_SUFFIXES
         ]
         return pl.concat(frames) if frames else pl.DataFrame(schema=backtest_report.TRUTH_SCHEMA)
 
     def _label_folders(self) -> list[tuple[dt.date, Path]]:
         return sorted(
-            (dt.date.fromisoformat(folder.name), folder) for folder in self.labels_dir.iterdir()
+            (dt.date.fromisoformat(folder.name), folder)
+            for folder in self.labels_dir.iterdir()
             if folder.is_dir() and _DATE.fullmatch(folder.name)
         )
 
@@ -265,12 +295,17 @@ class _Replay:
     def _score_counterfactual(self, night: dt.date, validated: pl.DataFrame, scored: pl.DataFrame) -> None:
         """The first champion's scores on tonight's validated rows; reused from the served scores when it served."""
         assert self.first is not None
-        if scored.height and scored["model_version"].drop_nulls().unique().to_list() == [self.first.version] \
-                and scored["model_error"].null_count() == scored.height:
+        if (
+            scored.height
+            and scored["model_version"].drop_nulls().unique().to_list() == [self.first.version]
+            and scored["model_error"].null_count() == scored.height
+        ):
             frame = scored
         else:
             settings = self.config.model
-            frame = score_batch(validated, self.first_booster, self.first.card, settings.chunk_rows, settings.time_budget_seconds).frame
+            frame = score_batch(
+                validated, self.first_booster, self.first.card, settings.chunk_rows, settings.time_budget_seconds
+            ).frame
         self.counterfactual.append(frame.select(*backtest_report.FIRST_CHAMPION_SCHEMA))
 
 
@@ -285,13 +320,17 @@ class _Automation:
         self.config, self.step = config, step
         self.state = lifecycle_steps.LifecycleState()
 
-    def after_night(self, connection: duckdb.DuckDBPyConnection, night: dt.date, shadow: StepResult, alerts: StepResult) -> bool:
+    def after_night(
+        self, connection: duckdb.DuckDBPyConnection, night: dt.date, shadow: StepResult, alerts: StepResult
+    ) -> bool:
         """Decide and act after ``night`` (the last one too: the warehouse ends as production's would the morning
         after); returns whether a retrain was attempted."""
         challenger = shadow.metadata.get("challenger_version", "none")
         self.state = replace(
             self.state,
-            open_alerts=tuple(lifecycle_steps.OpenAlert.from_metadata(a) for a in alerts.metadata.get("open_alert_categories") or []),
+            open_alerts=tuple(
+                lifecycle_steps.OpenAlert.from_metadata(a) for a in alerts.metadata.get("open_alert_categories") or []
+            ),
             challenger=None if challenger == "none" else challenger,
             latest_scored_night=night,
         )
@@ -304,11 +343,15 @@ class _Automation:
             tick = night + dt.timedelta(days=days)
             if tick.day == 1:
                 as_of = tick - dt.timedelta(days=1)
-                monthly = lifecycle_steps.decide_retrain(replace(self.state, open_alerts=()), as_of, policy, MONTHLY_TRIGGER)
+                monthly = lifecycle_steps.decide_retrain(
+                    replace(self.state, open_alerts=()), as_of, policy, MONTHLY_TRIGGER
+                )
                 retrained |= self._retrain(connection, as_of, monthly)
         return retrained
 
-    def _retrain(self, connection: duckdb.DuckDBPyConnection, as_of: dt.date, decision: lifecycle_steps.RetrainDecision) -> bool:
+    def _retrain(
+        self, connection: duckdb.DuckDBPyConnection, as_of: dt.date, decision: lifecycle_steps.RetrainDecision
+    ) -> bool:
         """The retrain job (train, then judge against the champion) when ``decision`` says so, then the shadow start."""
         if not decision.retrain:
             return False
@@ -319,7 +362,9 @@ class _Automation:
         # the candidate's behaviour checks are blocking: a failed ERROR check stops the evaluation, as in the job
         if any(not c.passed and c.severity == "ERROR" for c in trained.checks.values()):
             return True
-        evaluation = lifecycle_steps.Evaluation.from_metadata(lifecycle_steps.evaluate_candidate(self.config, connection, as_of).metadata)
+        evaluation = lifecycle_steps.Evaluation.from_metadata(
+            lifecycle_steps.evaluate_candidate(self.config, connection, as_of).metadata
+        )
         self.state = replace(self.state, latest_evaluation=evaluation)
         self._apply(connection, lifecycle_steps.decide_shadow_start(evaluation))
         return True
@@ -337,15 +382,18 @@ def _fresh_out_dir(out_dir: Path) -> Path:
             raise ValueError(f"out_dir: {out_dir} is a file, not a folder")
         if any(out_dir.iterdir()):
             if not (out_dir / MARKER).exists():
-                raise ValueError(f"out_dir: {out_dir} is not empty and was not written by a backtest; "
-                                 "choose an empty or new folder")
+                raise ValueError(
+                    f"out_dir: {out_dir} is not empty and was not written by a backtest; choose an empty or new folder"
+                )
             shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).write_text("written by nightkeeper backtest; a later backtest to this folder replaces it\n")
     return out_dir
 
 
-def _project_config(config: ProjectConfig, batches_dir: Path, out_dir: Path, first_night: dt.date, cadence: Cadence) -> ProjectConfig:
+def _project_config(
+    config: ProjectConfig, batches_dir: Path, out_dir: Path, first_night: dt.date, cadence: Cadence
+) -> ProjectConfig:
     """The backtest's own project config, written to ``out_dir``: the user's settings, with the landing folder at
     ``batches_dir``, every store (warehouse, models, staged labels, Dagster home) under ``out_dir``, and evidently's
     nightly report off."""

@@ -79,15 +79,18 @@ def summarize(
     """
     served = connection.execute(
         "select partition_date, source_file, row_number, entity_id, source, score from nightly.outcomes "
-        "where partition_date between ? and ?", [nights[0], nights[-1]],
+        "where partition_date between ? and ?",
+        [nights[0], nights[-1]],
     ).pl()
     first = connection.execute(f"select * from {FIRST_CHAMPION_TABLE}").pl()
     truth = truth.cast(TRUTH_SCHEMA).unique("entity_id", keep="first")
     # the same rows on both sides: answered with a score, scored by the first champion, and labeled
     paired = (
         served.filter(pl.col("score").is_not_null())
-        .join(first.select("partition_date", "source_file", "row_number", pl.col("score").alias("first_score")),
-              on=["partition_date", "source_file", "row_number"])
+        .join(
+            first.select("partition_date", "source_file", "row_number", pl.col("score").alias("first_score")),
+            on=["partition_date", "source_file", "row_number"],
+        )
         .filter(pl.col("first_score").is_not_null())
         .join(truth, on="entity_id")
     )
@@ -102,21 +105,25 @@ def summarize(
         }
         challenger = registry.alias_state(connection, registry.CHALLENGER, night)
         trusted = metrics.get((night, ESTIMATE_TRUSTED))
-        per_night.append({
-            "night": night.isoformat(),
-            "rows": sum(sources.values()),
-            "sources": sources,
-            "serving_version": registry.alias_version(connection, registry.CHAMPION, night),
-            "challenger": {"version": challenger.version, "stage": challenger.stage} if challenger.version else None,
-            "labeled_rows": int(labels.size),
-            "served_auc": auc_or_none(labels, rows["score"].to_numpy()),
-            "first_champion_auc": auc_or_none(labels, rows["first_score"].to_numpy()),
-            "estimated_auc": metrics.get((night, ESTIMATED_AUC)),
-            "estimate_trusted": None if trusted is None else trusted >= 0.5,
-            "seconds": round(timing.wall.get(night, 0.0), 3),
-            "cpu_seconds": round(timing.cpu.get(night, 0.0), 3),
-            "retrained": night in timing.retrain_nights,
-        })
+        per_night.append(
+            {
+                "night": night.isoformat(),
+                "rows": sum(sources.values()),
+                "sources": sources,
+                "serving_version": registry.alias_version(connection, registry.CHAMPION, night),
+                "challenger": {"version": challenger.version, "stage": challenger.stage}
+                if challenger.version
+                else None,
+                "labeled_rows": int(labels.size),
+                "served_auc": auc_or_none(labels, rows["score"].to_numpy()),
+                "first_champion_auc": auc_or_none(labels, rows["first_score"].to_numpy()),
+                "estimated_auc": metrics.get((night, ESTIMATED_AUC)),
+                "estimate_trusted": None if trusted is None else trusted >= 0.5,
+                "seconds": round(timing.wall.get(night, 0.0), 3),
+                "cpu_seconds": round(timing.cpu.get(night, 0.0), 3),
+                "retrained": night in timing.retrain_nights,
+            }
+        )
     return {
         "settings": settings,
         "first_champion": first_champion,
@@ -159,15 +166,23 @@ def _label_lag(connection: duckdb.DuckDBPyConnection) -> dict[str, float] | None
 def _blocks(paired: pl.DataFrame, nights: list[dt.date]) -> list[dict[str, Any]]:
     blocks = []
     for start in range(0, len(nights), BLOCK_NIGHTS):
-        span = nights[start:start + BLOCK_NIGHTS]
+        span = nights[start : start + BLOCK_NIGHTS]
         rows = paired.filter(pl.col("partition_date").is_between(span[0], span[-1]))
         labels = rows["label"].to_numpy()
-        served, first = auc_or_none(labels, rows["score"].to_numpy()), auc_or_none(labels, rows["first_score"].to_numpy())
-        blocks.append({
-            "first_night": span[0].isoformat(), "last_night": span[-1].isoformat(), "labeled_rows": int(labels.size),
-            "served_auc": served, "first_champion_auc": first,
-            "served_minus_first": None if served is None or first is None else served - first,
-        })
+        served, first = (
+            auc_or_none(labels, rows["score"].to_numpy()),
+            auc_or_none(labels, rows["first_score"].to_numpy()),
+        )
+        blocks.append(
+            {
+                "first_night": span[0].isoformat(),
+                "last_night": span[-1].isoformat(),
+                "labeled_rows": int(labels.size),
+                "served_auc": served,
+                "first_champion_auc": first,
+                "served_minus_first": None if served is None or first is None else served - first,
+            }
+        )
     return blocks
 
 
@@ -192,12 +207,30 @@ def _lifecycle_events(connection: duckdb.DuckDBPyConnection) -> list[dict[str, A
             event = "challenger cleared"
         else:
             event = f"challenger {row['stage']}"
-        events.append({"night": row["effective_from"].isoformat(), "event": event, "version": row["version"],
-                       "actor": row["actor"], "detail": row["reason"]})
+        events.append(
+            {
+                "night": row["effective_from"].isoformat(),
+                "event": event,
+                "version": row["version"],
+                "actor": row["actor"],
+                "detail": row["reason"],
+            }
+        )
     if _exists(connection, "lifecycle", "candidates"):
-        for row in connection.execute("select * from lifecycle.candidates order by as_of, recorded_at").pl().iter_rows(named=True):
-            events.append({"night": row["as_of"].isoformat(), "event": f"candidate {row['status']}", "version": row["version"],
-                           "actor": row["trigger"], "detail": row["reasons"]})
+        for row in (
+            connection.execute("select * from lifecycle.candidates order by as_of, recorded_at")
+            .pl()
+            .iter_rows(named=True)
+        ):
+            events.append(
+                {
+                    "night": row["as_of"].isoformat(),
+                    "event": f"candidate {row['status']}",
+                    "version": row["version"],
+                    "actor": row["trigger"],
+                    "detail": row["reasons"],
+                }
+            )
     return sorted(events, key=lambda e: e["night"])
 
 
@@ -218,9 +251,12 @@ def _timing(per_night: list[dict[str, Any]], step_seconds: dict[str, list[float]
 
 
 def _exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return connection.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
-    ).fetchone()[0] > 0
+    return (
+        connection.execute(
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
+        ).fetchone()[0]
+        > 0
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ the HTML
@@ -231,7 +267,11 @@ def write_report(summary: dict[str, Any], path: Path) -> Path:
     nights = summary["nights"]
     sections = [
         ("Served AUC vs the first champion left alone", _img(_auc_plot(summary)), _blocks_table(summary["blocks"])),
-        ("Alerts", _img(_alerts_plot(summary)), _table(summary["alerts"], ["night", "event", "rule", "severity", "message"])),
+        (
+            "Alerts",
+            _img(_alerts_plot(summary)),
+            _table(summary["alerts"], ["night", "event", "rule", "severity", "message"]),
+        ),
         ("Lifecycle", "", _table(summary["lifecycle"], ["night", "event", "version", "actor", "detail"])),
         ("Estimated (CBPE) vs realized AUC", _img(_estimate_plot(summary)), _estimate_note(nights)),
         ("Nights", "", _nights_table(nights)),
@@ -239,11 +279,15 @@ def write_report(summary: dict[str, Any], path: Path) -> Path:
     settings = summary["settings"]
     timing = summary["timing"]
     head = (
-        f"<p>{len(nights)} nights, {nights[0]['night']} … {nights[-1]['night']}; labels {settings.get('label_delay')} "
-        f"night(s) late; cadence {settings.get('cadence')}; first champion {html.escape(summary['first_champion'])}. "
-        f"Replay: median {_fmt(timing['median_seconds_per_night_without_retrain'])} s a night without retrains, "
-        f"{_fmt(timing['mean_seconds_per_night_with_retrains'])} s on average with them.</p>"
-    ) if nights else "<p>No nights were replayed.</p>"
+        (
+            f"<p>{len(nights)} nights, {nights[0]['night']} … {nights[-1]['night']}; labels {settings.get('label_delay')} "
+            f"night(s) late; cadence {settings.get('cadence')}; first champion {html.escape(summary['first_champion'])}. "
+            f"Replay: median {_fmt(timing['median_seconds_per_night_without_retrain'])} s a night without retrains, "
+            f"{_fmt(timing['mean_seconds_per_night_with_retrains'])} s on average with them.</p>"
+        )
+        if nights
+        else "<p>No nights were replayed.</p>"
+    )
     body = "".join(f"<h2>{title}</h2>{plot}{extra}" for title, plot, extra in sections)
     document = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Nightkeeper backtest</title><style>"
@@ -269,7 +313,14 @@ def _auc_plot(summary: dict[str, Any]):
     nights = summary["nights"]
     dates = _dates(nights)
     axes.plot(dates, _values(nights, "served_auc"), marker="o", markersize=3, label="served")
-    axes.plot(dates, _values(nights, "first_champion_auc"), marker="o", markersize=3, linestyle="--", label="first champion left alone")
+    axes.plot(
+        dates,
+        _values(nights, "first_champion_auc"),
+        marker="o",
+        markersize=3,
+        linestyle="--",
+        label="first champion left alone",
+    )
     for event in summary["lifecycle"]:
         if event["event"] == "champion" and event["night"] != (nights[0]["night"] if nights else None):
             axes.axvline(dt.date.fromisoformat(event["night"]), color="green", alpha=0.4)
@@ -284,7 +335,9 @@ def _auc_plot(summary: dict[str, Any]):
 def _alerts_plot(summary: dict[str, Any]):
     alerts: dict[str, dict[str, Any]] = {}
     for event in summary["alerts"]:
-        entry = alerts.setdefault(event["alert_id"], {"rule": event["rule"], "severity": event["severity"], "message": ""})
+        entry = alerts.setdefault(
+            event["alert_id"], {"rule": event["rule"], "severity": event["severity"], "message": ""}
+        )
         entry[event["event"]] = dt.date.fromisoformat(event["night"])
         if event["event"] == "opened":
             entry["message"] = event["message"]
@@ -294,7 +347,13 @@ def _alerts_plot(summary: dict[str, Any]):
     for position, (alert_id, entry) in enumerate(alerts.items()):
         opened = entry.get("opened", last)
         closed = entry.get("resolved", last + dt.timedelta(days=1))
-        colour = "tab:red" if entry["severity"] == "critical" else "tab:orange" if entry["severity"] == "warning" else "tab:blue"
+        colour = (
+            "tab:red"
+            if entry["severity"] == "critical"
+            else "tab:orange"
+            if entry["severity"] == "warning"
+            else "tab:blue"
+        )
         axes.barh(position, (closed - opened).days or 1, left=opened, color=colour, alpha=0.6)
         axes.text(opened, position, f" {entry['rule']}: {entry['message'][:90]}", va="center", fontsize=7)
     axes.set_xlim(dates[0], last + dt.timedelta(days=1))  # the whole replay, so an alert's length reads as nights
@@ -349,18 +408,44 @@ def _blocks_table(blocks: list[dict[str, Any]]) -> str:
 
 
 def _estimate_note(nights: list[dict[str, Any]]) -> str:
-    pairs = [(n["estimated_auc"], n["served_auc"], n["estimate_trusted"]) for n in nights
-             if n["estimated_auc"] is not None and n["served_auc"] is not None]
+    pairs = [
+        (n["estimated_auc"], n["served_auc"], n["estimate_trusted"])
+        for n in nights
+        if n["estimated_auc"] is not None and n["served_auc"] is not None
+    ]
     if not pairs:
         return "<p>No night has both an estimate and realized labels.</p>"
     off = [abs(e - r) for e, r, _ in pairs]
     missed = sum(1 for e, r, t in pairs if abs(e - r) > 0.03 and t is not False)
-    return (f"<p>Estimate vs realized on {len(pairs)} nights: mean absolute gap {np.mean(off):.3f}; "
-            f"{missed} night(s) off by more than 0.03 while the estimate was not marked untrusted.</p>")
+    return (
+        f"<p>Estimate vs realized on {len(pairs)} nights: mean absolute gap {np.mean(off):.3f}; "
+        f"{missed} night(s) off by more than 0.03 while the estimate was not marked untrusted.</p>"
+    )
 
 
 def _nights_table(nights: list[dict[str, Any]]) -> str:
-    rows = [{**n, **{f"n_{s}": n["sources"][s] for s in SOURCES},
-             "challenger": f"{n['challenger']['version']} ({n['challenger']['stage']})" if n["challenger"] else ""} for n in nights]
-    return _table(rows, ["night", "rows", *(f"n_{s}" for s in SOURCES), "serving_version", "challenger", "labeled_rows",
-                         "served_auc", "first_champion_auc", "estimated_auc", "estimate_trusted", "seconds", "retrained"])
+    rows = [
+        {
+            **n,
+            **{f"n_{s}": n["sources"][s] for s in SOURCES},
+            "challenger": f"{n['challenger']['version']} ({n['challenger']['stage']})" if n["challenger"] else "",
+        }
+        for n in nights
+    ]
+    return _table(
+        rows,
+        [
+            "night",
+            "rows",
+            *(f"n_{s}" for s in SOURCES),
+            "serving_version",
+            "challenger",
+            "labeled_rows",
+            "served_auc",
+            "first_champion_auc",
+            "estimated_auc",
+            "estimate_trusted",
+            "seconds",
+            "retrained",
+        ],
+    )

@@ -43,8 +43,15 @@ def schema_matches_contract(files: list[LandedFile], contract: Contract, night: 
         # an empty night (nothing landed, or only readable empty files) has nothing to answer: one warning, not a
         # schema break; an unreadable file is a problem below
         found = "no input file landed" if not files else f"{len(files)} file(s) landed, all empty"
-        return CheckOutcome(False, f"empty night {night}: {found}; nothing to answer", "WARN", {"files": len(files), "problems": 0})
-    known = {contract.entity_id, contract.target, *contract.features, *([contract.event_time] if contract.event_time else [])}
+        return CheckOutcome(
+            False, f"empty night {night}: {found}; nothing to answer", "WARN", {"files": len(files), "problems": 0}
+        )
+    known = {
+        contract.entity_id,
+        contract.target,
+        *contract.features,
+        *([contract.event_time] if contract.event_time else []),
+    }
     errors: list[str] = []
     warnings: list[str] = []
     for landed in files:
@@ -74,10 +81,17 @@ def volume_within_history(rows: int, history: list[int], tolerance: float, min_h
     """Tonight's row count is within ``tolerance`` (relative) of the median of recent nights. An empty night passes:
     ``schema_matches_contract`` already warns about it once."""
     if rows == 0:
-        return CheckOutcome(True, "empty night: no rows (schema_matches_contract warns about it)", metadata={"rows": 0, "history_nights": len(history)})
+        return CheckOutcome(
+            True,
+            "empty night: no rows (schema_matches_contract warns about it)",
+            metadata={"rows": 0, "history_nights": len(history)},
+        )
     if len(history) < min_history:
-        return CheckOutcome(True, f"{rows} rows; only {len(history)} earlier night(s), need {min_history} to judge volume",
-                            metadata={"rows": rows, "history_nights": len(history)})
+        return CheckOutcome(
+            True,
+            f"{rows} rows; only {len(history)} earlier night(s), need {min_history} to judge volume",
+            metadata={"rows": rows, "history_nights": len(history)},
+        )
     median = statistics.median(history)
     deviation = abs(rows - median) / median if median else (0.0 if rows == 0 else float("inf"))
     passed = deviation <= tolerance
@@ -97,7 +111,9 @@ def entity_ids_unique(raw: pl.DataFrame) -> CheckOutcome:
     examples = counts.sort("len", descending=True).head(5)["entity_id"].to_list()
     return CheckOutcome(
         counts.height == 0,
-        f"{counts.height} id(s) repeated ({extra_rows} extra rows), e.g. {examples}" if counts.height else "all ids unique",
+        f"{counts.height} id(s) repeated ({extra_rows} extra rows), e.g. {examples}"
+        if counts.height
+        else "all ids unique",
         "ERROR",
         {"duplicated_ids": counts.height, "extra_rows": extra_rows},
     )
@@ -121,7 +137,9 @@ def null_rates_stable(tonight: dict[str, float], reference: dict[str, float], ma
 def model_answered(error: str | None, version: str | None) -> CheckOutcome:
     """The champion scored every validated row (else the fallback answered them and this says why)."""
     if error is None:
-        return CheckOutcome(True, f"champion {version} scored every validated row", metadata={"model_version": version or ""})
+        return CheckOutcome(
+            True, f"champion {version} scored every validated row", metadata={"model_version": version or ""}
+        )
     return CheckOutcome(False, f"fallback answered for the model: {error}", "ERROR", {"model_version": version or ""})
 
 
@@ -140,9 +158,16 @@ def fallback_rate_within_limit(counts: dict[str, int], max_rate: float) -> Check
 
 def rows_conserved(nights: list[tuple[object, int, int, int]]) -> CheckOutcome:
     """Per stored night ``(night, raw rows, outcome rows, distinct outcome rows)``: all three counts are equal."""
-    broken = [(night, rows_in, rows_out, distinct) for night, rows_in, rows_out, distinct in nights if not rows_in == rows_out == distinct]
+    broken = [
+        (night, rows_in, rows_out, distinct)
+        for night, rows_in, rows_out, distinct in nights
+        if not rows_in == rows_out == distinct
+    ]
     description = (
-        "; ".join(f"{night}: {rows_in} raw rows, {rows_out} outcomes ({distinct} distinct)" for night, rows_in, rows_out, distinct in broken[:10])
+        "; ".join(
+            f"{night}: {rows_in} raw rows, {rows_out} outcomes ({distinct} distinct)"
+            for night, rows_in, rows_out, distinct in broken[:10]
+        )
         if broken
         else f"{len(nights)} night(s): every raw row has exactly one outcome"
     )

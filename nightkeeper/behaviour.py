@@ -23,7 +23,12 @@ _STEP = 0.2  # a direction is probed by growing the feature by 20 % of its sprea
 
 
 def behaviour_tests(
-    booster: lgb.Booster, card: ModelCard, sample: pl.DataFrame, contract: Contract, config: BehaviourConfig, seed: int = 0
+    booster: lgb.Booster,
+    card: ModelCard,
+    sample: pl.DataFrame,
+    contract: Contract,
+    config: BehaviourConfig,
+    seed: int = 0,
 ) -> dict[str, CheckOutcome]:
     """Run every behaviour test on ``sample`` (typed feature rows); returns one CheckOutcome per test name."""
     rows = sample.sample(n=min(config.sample_rows, sample.height), seed=seed) if sample.height else sample
@@ -61,7 +66,9 @@ def _directions(booster: lgb.Booster, card: ModelCard, rows: pl.DataFrame, confi
     return CheckOutcome(not broken, description, "ERROR", {"broken": len(broken)})
 
 
-def _invariance(booster: lgb.Booster, card: ModelCard, rows: pl.DataFrame, config: BehaviourConfig, seed: int) -> CheckOutcome:
+def _invariance(
+    booster: lgb.Booster, card: ModelCard, rows: pl.DataFrame, config: BehaviourConfig, seed: int
+) -> CheckOutcome:
     if not config.invariant or rows.height == 0:
         return CheckOutcome(True, "no invariant features configured", "WARN")
     base = _predict(booster, card, rows)

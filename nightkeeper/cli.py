@@ -6,7 +6,7 @@ import datetime as dt
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich import box
@@ -19,7 +19,8 @@ app = typer.Typer(help="Keep a tabular ML model trustworthy in nightly batch pro
 console = Console()
 
 ConfigOption = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="Project config (default: $NIGHTKEEPER_CONFIG or ./nightkeeper.yaml).")
+    Path | None,
+    typer.Option("--config", "-c", help="Project config (default: $NIGHTKEEPER_CONFIG or ./nightkeeper.yaml)."),
 ]
 
 
@@ -50,14 +51,21 @@ def check_config(config: ConfigOption = None) -> None:
         if champion is not None:
             problems = decision_conflicts(project, champion.card)
             if problems:
-                console.print(f"[red]config disagrees with the serving champion[/] ({_config_path(config)})", soft_wrap=True)
+                console.print(
+                    f"[red]config disagrees with the serving champion[/] ({_config_path(config)})", soft_wrap=True
+                )
                 for problem in problems:
                     console.print(f"  {problem}", soft_wrap=True)
                 raise typer.Exit(2)
-        champion_note = f"decision agrees with champion {champion.version}" if champion else "no champion registered yet"
-    console.print(f"[green]ok[/] {_config_path(config)}: project {project.name!r}, {len(project.contract.features)} features, "
-                  f"{len(project.contract.rules)} cross-field rule(s), threshold {project.model.decision.threshold}; "
-                  f"{champion_note}", soft_wrap=True)
+        champion_note = (
+            f"decision agrees with champion {champion.version}" if champion else "no champion registered yet"
+        )
+    console.print(
+        f"[green]ok[/] {_config_path(config)}: project {project.name!r}, {len(project.contract.features)} features, "
+        f"{len(project.contract.rules)} cross-field rule(s), threshold {project.model.decision.threshold}; "
+        f"{champion_note}",
+        soft_wrap=True,
+    )
     for line in project.defaults_applied:
         console.print(f"[yellow]warning[/] {line}", soft_wrap=True)
 
@@ -66,10 +74,20 @@ def check_config(config: ConfigOption = None) -> None:
 def init(
     sample: Annotated[Path, typer.Option("--sample", help="A Parquet or CSV sample of your data, labeled.")],
     target: Annotated[str, typer.Option("--target", help="The label column (0/1 or true/false).")],
-    id_column: Annotated[Optional[str], typer.Option("--id", help="The row id column; default: a unique column named like an id.")] = None,
-    time_column: Annotated[Optional[str], typer.Option("--time", help="The event time column: gives the nights, and so the "
-                                                       "rows per night every size setting is derived from.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write; default nightkeeper.yaml next to the sample.")] = None,
+    id_column: Annotated[
+        str | None, typer.Option("--id", help="The row id column; default: a unique column named like an id.")
+    ] = None,
+    time_column: Annotated[
+        str | None,
+        typer.Option(
+            "--time",
+            help="The event time column: gives the nights, and so the "
+            "rows per night every size setting is derived from.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to write; default nightkeeper.yaml next to the sample.")
+    ] = None,
 ) -> None:
     """Draft a project config from a sample of your data: dtypes, categories, ranges, nulls and sizes, with comments
     on every placeholder. `check-config` accepts it unchanged; read it before going live."""
@@ -81,19 +99,23 @@ def init(
         console.print(f"[red]cannot draft a config:[/] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     project = _load(written)
-    console.print(f"[green]wrote[/] {written}: {len(project.contract.features)} features, entity id "
-                  f"{project.contract.entity_id!r}; read its comments, then `nightkeeper check-config --config {written}`",
-                  soft_wrap=True)
+    console.print(
+        f"[green]wrote[/] {written}: {len(project.contract.features)} features, entity id "
+        f"{project.contract.entity_id!r}; read its comments, then `nightkeeper check-config --config {written}`",
+        soft_wrap=True,
+    )
 
 
 @app.command()
 def simulate(
     config: ConfigOption = None,
     nights: Annotated[int, typer.Option(help="Nights to simulate.")] = 30,
-    start: Annotated[Optional[str], typer.Option(help="First night (YYYY-MM-DD); default: the config's schedule.start_date.")] = None,
+    start: Annotated[
+        str | None, typer.Option(help="First night (YYYY-MM-DD); default: the config's schedule.start_date.")
+    ] = None,
     rows: Annotated[int, typer.Option(help="Applications per night.")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 7,
-    bad_night: Annotated[Optional[int], typer.Option(help="Index (0-based) of a bad-data night, if any.")] = None,
+    bad_night: Annotated[int | None, typer.Option(help="Index (0-based) of a bad-data night, if any.")] = None,
     label_delay: Annotated[int, typer.Option(help="Days until a night's labels land.")] = 7,
 ) -> None:
     """Write simulated credit applications (one Parquet file per night) and their late labels to the config's folders."""
@@ -105,22 +127,34 @@ def simulate(
     written = simulator.simulate_to_folders(
         first, nights, rows, seed, plan, project.landing_path, project.labels_path, label_delay_days=label_delay
     )
-    console.print(f"wrote {len(written)} nights ({written[0]} … {written[-1]}) to {project.landing_path}, labels to {project.labels_path}")
+    console.print(
+        f"wrote {len(written)} nights ({written[0]} … {written[-1]}) to {project.landing_path}, labels to {project.labels_path}"
+    )
 
 
 @app.command()
 def world(
-    name: Annotated[str, typer.Argument(help="The scenario world: base-rate-drift, duplicate-codes, vanishing-category, "
-                                        "seasonal-shares, weak-model, small-nights or support-tickets (the docs' example).")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="The scenario world: base-rate-drift, duplicate-codes, vanishing-category, "
+            "seasonal-shares, weak-model, small-nights or support-tickets (the docs' example)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the config, history, batches/ and labels/ into.")],
-    nights: Annotated[Optional[int], typer.Option(help="Batch nights; default: the world's own.")] = None,
-    rows: Annotated[Optional[int], typer.Option(help="Rows per night; default: the world's own.")] = None,
-    start: Annotated[Optional[str], typer.Option(help="First batch night (YYYY-MM-DD); default 2026-01-01.")] = None,
+    nights: Annotated[int | None, typer.Option(help="Batch nights; default: the world's own.")] = None,
+    rows: Annotated[int | None, typer.Option(help="Rows per night; default: the world's own.")] = None,
+    start: Annotated[str | None, typer.Option(help="First batch night (YYYY-MM-DD); default 2026-01-01.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
     cadence: Annotated[str, typer.Option(help="daily or weekly batches.")] = "daily",
-    label_delay: Annotated[int, typer.Option(help="Batch nights until a night's labels land: labels/ is filed by arrival day, "
-                                             "as a production labels folder; 0 files each night's labels under that "
-                                             "night, the layout `backtest --labels` expects.")] = 5,
+    label_delay: Annotated[
+        int,
+        typer.Option(
+            help="Batch nights until a night's labels land: labels/ is filed by arrival day, "
+            "as a production labels folder; 0 files each night's labels under that "
+            "night, the layout `backtest --labels` expects."
+        ),
+    ] = 5,
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv files.")] = "parquet",
 ) -> None:
     """Write a synthetic non-credit dataset: a labeled history, nightly batch files, late label files and a project
@@ -143,9 +177,12 @@ def world(
     except ValueError as exc:
         console.print(f"[red]cannot write world {name!r}:[/] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    console.print(f"wrote {name}: config {files.config}, history {files.history}, {len(files.nights)} nights "
-                  f"({files.nights[0]} … {files.nights[-1]}) in {files.batches}, labels {label_delay} nights late in "
-                  f"{files.labels}", soft_wrap=True)
+    console.print(
+        f"wrote {name}: config {files.config}, history {files.history}, {len(files.nights)} nights "
+        f"({files.nights[0]} … {files.nights[-1]}) in {files.batches}, labels {label_delay} nights late in "
+        f"{files.labels}",
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -163,16 +200,25 @@ def bootstrap(
     start = project.schedule.start_date
     history = simulator.simulate_history(start - dt.timedelta(days=1), history_days, rows_per_day, seed)
     record = bootstrap_champion(project, history, start)
-    console.print(f"champion {record.version} registered (holdout AUC {record.card.holdout_metrics['auc']:.3f}), serving from {start}")
+    console.print(
+        f"champion {record.version} registered (holdout AUC {record.card.holdout_metrics['auc']:.3f}), serving from {start}"
+    )
 
 
 @app.command()
 def train(
-    history: Annotated[Path, typer.Option("--history", help="Your labeled history (Parquet or CSV): the contract's id, target, "
-                                           "features and a date per row.")],
+    history: Annotated[
+        Path,
+        typer.Option(
+            "--history",
+            help="Your labeled history (Parquet or CSV): the contract's id, target, features and a date per row.",
+        ),
+    ],
     config: ConfigOption = None,
-    date_column: Annotated[Optional[str], typer.Option("--date-column", help="The column giving each row's date; default: "
-                                                       "the contract's event_time.")] = None,
+    date_column: Annotated[
+        str | None,
+        typer.Option("--date-column", help="The column giving each row's date; default: the contract's event_time."),
+    ] = None,
 ) -> None:
     """Train the first champion on your labeled history: rows checked against the contract (bad rows reported and left
     out), the behaviour tests as a gate, then registered and champion from schedule.start_date. The history is kept in
@@ -188,9 +234,19 @@ def train(
         console.print(f"[red]cannot use the history:[/] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     left_out = checked.file_rows - checked.rows.height
-    console.print(f"{history}: {checked.file_rows:,} rows, {checked.rows.height:,} usable, {left_out:,} left out", soft_wrap=True)
+    console.print(
+        f"{history}: {checked.file_rows:,} rows, {checked.rows.height:,} usable, {left_out:,} left out", soft_wrap=True
+    )
     if left_out:
-        table = Table("column", "rule", "rows", "example", "expected", title="Rows left out (fix them and run again to use them)", box=box.SIMPLE)
+        table = Table(
+            "column",
+            "rule",
+            "rows",
+            "example",
+            "expected",
+            title="Rows left out (fix them and run again to use them)",
+            box=box.SIMPLE,
+        )
         for row in checked.rejected_summary().head(20).iter_rows(named=True):
             table.add_row(row["column"], row["rule"], f"{row['rows']:,}", str(row["example"]), row["expected"])
         console.print(table)
@@ -201,21 +257,38 @@ def train(
         console.print(f"[red]cannot train:[/] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
     for name, outcome in result.checks.items():
-        console.print(f"  {'[green]pass[/]' if outcome.passed else '[red]FAIL[/]'} {name}: {outcome.description}", soft_wrap=True)
+        console.print(
+            f"  {'[green]pass[/]' if outcome.passed else '[red]FAIL[/]'} {name}: {outcome.description}", soft_wrap=True
+        )
     if result.record is None:
         console.print("[red]no champion:[/] a behaviour test failed; nothing was registered", soft_wrap=True)
         raise typer.Exit(1)
     card = result.record.card
-    console.print(f"[green]champion {card.version}[/] (holdout AUC {card.holdout_metrics['auc']:.3f}, {card.training_window.rows:,} "
-                  f"training rows), serving from {project.schedule.start_date}", soft_wrap=True)
+    console.print(
+        f"[green]champion {card.version}[/] (holdout AUC {card.holdout_metrics['auc']:.3f}, {card.training_window.rows:,} "
+        f"training rows), serving from {project.schedule.start_date}",
+        soft_wrap=True,
+    )
 
 
 @app.command()
 def demo(
-    folder: Annotated[Path, typer.Option("--dir", help="The demo's own folder: its config (a copy of the credit example "
-                                         "unless one is there) and all its storage. $NIGHTKEEPER_CONFIG is never read.")] = Path("demo"),
-    reset: Annotated[Optional[list[Path]], typer.Option("--reset", help="Storage path the demo may delete although it did "
-                                                        "not create it (repeatable); without it such storage is refused.")] = None,
+    folder: Annotated[
+        Path,
+        typer.Option(
+            "--dir",
+            help="The demo's own folder: its config (a copy of the credit example "
+            "unless one is there) and all its storage. $NIGHTKEEPER_CONFIG is never read.",
+        ),
+    ] = Path("demo"),
+    reset: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--reset",
+            help="Storage path the demo may delete although it did "
+            "not create it (repeatable); without it such storage is refused.",
+        ),
+    ] = None,
     nights: Annotated[int, typer.Option(help="Nights to simulate and run.")] = 30,
     rows: Annotated[int, typer.Option(help="Applications per night.")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
@@ -226,22 +299,36 @@ def demo(
     job and sensors."""
     from jobs.demo import DemoPlan, StorageNotOwned, run_demo
 
-    plan = DemoPlan(nights=nights, rows_per_night=rows, seed=seed, bad_data_night=bad_night, concept_drift_night=drift_night)
+    plan = DemoPlan(
+        nights=nights, rows_per_night=rows, seed=seed, bad_data_night=bad_night, concept_drift_night=drift_night
+    )
     try:
         path, summary = run_demo(folder, plan, console, reset or ())
     except StorageNotOwned as exc:
         console.print(f"[red]refused:[/] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     project = _load(path)
-    table = Table(title="Nights (rows answered by model, canary, fallback; quarantined; undecided; serving version)",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title="Nights (rows answered by model, canary, fallback; quarantined; undecided; serving version)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for column in ("night", "rows", "model", "canary", "quar.", "fallb.", "undec.", "version", "✗chk"):
-        table.add_column(column, justify="left" if column in ("night", "version") else "right", no_wrap=True, min_width=len(column))
+        table.add_column(
+            column, justify="left" if column in ("night", "version") else "right", no_wrap=True, min_width=len(column)
+        )
     for row in summary.iter_rows(named=True):
         failed = [name for name in (row["failed_checks"] or "").split(", ") if name]
         table.add_row(
-            str(row["night"]), f"{row['rows']:,}", f"{row['model']:,}", f"{row['canary']:,}", f"{row['quarantined']:,}", f"{row['fallback']:,}",
-            f"{row['undecided']:,}", (row["model_version"] or "-")[:8], str(len(failed)) if failed else "",
+            str(row["night"]),
+            f"{row['rows']:,}",
+            f"{row['model']:,}",
+            f"{row['canary']:,}",
+            f"{row['quarantined']:,}",
+            f"{row['fallback']:,}",
+            f"{row['undecided']:,}",
+            (row["model_version"] or "-")[:8],
+            str(len(failed)) if failed else "",
         )
     console.print(table)
     for row in summary.filter(summary["failed_checks"].str.len_chars() > 0).iter_rows(named=True):
@@ -272,7 +359,9 @@ def _print_night_runs(runs, home: Path) -> None:
 
 @app.command()
 def run(
-    night: Annotated[str, typer.Option("--night", help="The night (YYYY-MM-DD); with a weekly cadence, any day of the week.")],
+    night: Annotated[
+        str, typer.Option("--night", help="The night (YYYY-MM-DD); with a weekly cadence, any day of the week.")
+    ],
     config: ConfigOption = None,
 ) -> None:
     """Run one night through the nightly job now: a real Dagster run on the config's instance, shown in the UI."""
@@ -341,13 +430,35 @@ def serve(
 @app.command()
 def backtest(
     history: Annotated[Path, typer.Option(help="Labeled history (Parquet or CSV) the first champion is trained on.")],
-    batches: Annotated[Path, typer.Option(help="Folder of nightly batch files, laid out per the config's source.pattern.")],
-    labels: Annotated[Path, typer.Option(help="Folder of label files: one YYYY-MM-DD folder per scoring night, holding the "
-                                            "labels of that night's rows (entity id and target); the backtest delays them.")],
-    label_delay: Annotated[int, typer.Option(help="Nights (of the cadence) after which a night's labels become visible.")],
-    out: Annotated[Path, typer.Option(help="Folder for the backtest's project, warehouse, summary.json and report.html.")],
-    cadence: Annotated[Optional[str], typer.Option(help="daily or weekly: the replayed nights are this far apart (default: the config's schedule.cadence).")] = None,
-    skip_reason_codes: Annotated[bool, typer.Option("--skip-reason-codes", help="Leave out the reason codes step (no decision reads it): a faster replay while tuning thresholds.")] = False,
+    batches: Annotated[
+        Path, typer.Option(help="Folder of nightly batch files, laid out per the config's source.pattern.")
+    ],
+    labels: Annotated[
+        Path,
+        typer.Option(
+            help="Folder of label files: one YYYY-MM-DD folder per scoring night, holding the "
+            "labels of that night's rows (entity id and target); the backtest delays them."
+        ),
+    ],
+    label_delay: Annotated[
+        int, typer.Option(help="Nights (of the cadence) after which a night's labels become visible.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Folder for the backtest's project, warehouse, summary.json and report.html.")
+    ],
+    cadence: Annotated[
+        str | None,
+        typer.Option(
+            help="daily or weekly: the replayed nights are this far apart (default: the config's schedule.cadence)."
+        ),
+    ] = None,
+    skip_reason_codes: Annotated[
+        bool,
+        typer.Option(
+            "--skip-reason-codes",
+            help="Leave out the reason codes step (no decision reads it): a faster replay while tuning thresholds.",
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Replay the batches night by night through the pipeline core, with the sensors' decisions and labels arriving
@@ -356,8 +467,16 @@ def backtest(
 
     project = _load(config)
     try:
-        result = run_backtest(project, history, batches, labels, label_delay, cadence or project.schedule.cadence, out,  # type: ignore[arg-type]
-                              skip_reason_codes=skip_reason_codes)
+        result = run_backtest(
+            project,
+            history,
+            batches,
+            labels,
+            label_delay,
+            cadence or project.schedule.cadence,
+            out,  # type: ignore[arg-type]
+            skip_reason_codes=skip_reason_codes,
+        )
     except ValueError as exc:
         console.print(f"[red]backtest refused:[/] {exc}")
         raise typer.Exit(2) from None
@@ -365,16 +484,23 @@ def backtest(
     nights, timing, lag = summary["nights"], summary["timing"], summary["label_lag_days"]
     step = 7 if summary["settings"]["cadence"] == "weekly" else 1
     if lag and lag["median"] > label_delay * step:
-        console.print(f"[yellow]labels arrived {lag['median']:g} days after their night (median), more than --label-delay "
-                      f"{label_delay}: is {labels} laid out by arrival day already? Give one folder per scoring night.[/]",
-                      soft_wrap=True)
+        console.print(
+            f"[yellow]labels arrived {lag['median']:g} days after their night (median), more than --label-delay "
+            f"{label_delay}: is {labels} laid out by arrival day already? Give one folder per scoring night.[/]",
+            soft_wrap=True,
+        )
     table = Table(title="Served vs first champion left alone (realized AUC, pooled per block)", box=box.SIMPLE_HEAD)
     for column in ("nights", "labeled", "served", "first champion", "difference"):
         table.add_column(column, justify="left" if column == "nights" else "right")
     for block in summary["blocks"]:
-        table.add_row(f"{block['first_night']} … {block['last_night']}", f"{block['labeled_rows']:,}",
-                      *(("–" if block[k] is None else f"{block[k]:+.3f}" if k == "served_minus_first" else f"{block[k]:.3f}")
-                        for k in ("served_auc", "first_champion_auc", "served_minus_first")))
+        table.add_row(
+            f"{block['first_night']} … {block['last_night']}",
+            f"{block['labeled_rows']:,}",
+            *(
+                ("–" if block[k] is None else f"{block[k]:+.3f}" if k == "served_minus_first" else f"{block[k]:.3f}")
+                for k in ("served_auc", "first_champion_auc", "served_minus_first")
+            ),
+        )
     console.print(table)
     opened = sum(event["event"] == "opened" for event in summary["alerts"])
     promotions = sum(event["event"] == "champion" for event in summary["lifecycle"]) - 1
@@ -405,10 +531,19 @@ def models_list(config: ConfigOption = None) -> None:
     for column in ("version", "role", "registered", "holdout AUC", "training rows", "window"):
         table.add_column(column)
     for row in versions.iter_rows(named=True):
-        role = "champion" if row["version"] == champion.version else (
-            f"challenger ({challenger.stage})" if row["version"] == challenger.version else "")
-        table.add_row(row["version"], role, str(row["registered_at"])[:19], f"{row['holdout_auc']:.4f}",
-                      f"{row['training_rows']:,}", f"{(row['window_start'] or '')[:10]} … {(row['window_end'] or '')[:10]}")
+        role = (
+            "champion"
+            if row["version"] == champion.version
+            else (f"challenger ({challenger.stage})" if row["version"] == challenger.version else "")
+        )
+        table.add_row(
+            row["version"],
+            role,
+            str(row["registered_at"])[:19],
+            f"{row['holdout_auc']:.4f}",
+            f"{row['training_rows']:,}",
+            f"{(row['window_start'] or '')[:10]} … {(row['window_end'] or '')[:10]}",
+        )
     console.print(table)
 
 
@@ -428,16 +563,25 @@ def models_show(version: str, config: ConfigOption = None) -> None:
             raise typer.Exit(2) from None
         log = registry.alias_log(connection).filter(pl.col("version") == version)
     card = record.card
-    console.print(f"[bold]{card.version}[/] ({card.project}) created {card.created_at:%Y-%m-%d %H:%M} — {record.model_path}")
-    console.print(f"training window {card.training_window.start} … {card.training_window.end}, {card.training_window.rows:,} rows, "
-                  f"fingerprint {card.data_fingerprint[:16]}…")
+    console.print(
+        f"[bold]{card.version}[/] ({card.project}) created {card.created_at:%Y-%m-%d %H:%M} — {record.model_path}"
+    )
+    console.print(
+        f"training window {card.training_window.start} … {card.training_window.end}, {card.training_window.rows:,} rows, "
+        f"fingerprint {card.data_fingerprint[:16]}…"
+    )
     console.print("holdout: " + ", ".join(f"{k} {v:.4f}" for k, v in card.holdout_metrics.items()))
     console.print("libraries: " + ", ".join(f"{k} {v}" for k, v in card.library_versions.items()))
     for row in log.iter_rows(named=True):
-        console.print(f"  {row['effective_from']}: {row['alias']} {row['stage'] or ''} by {row['actor']}: {row['reason']}", soft_wrap=True)
+        console.print(
+            f"  {row['effective_from']}: {row['alias']} {row['stage'] or ''} by {row['actor']}: {row['reason']}",
+            soft_wrap=True,
+        )
 
 
-def _run_registry_job(config: Path | None, job_name: str, action: str, version: str, effective: str, reason: str, actor: str) -> None:
+def _run_registry_job(
+    config: Path | None, job_name: str, action: str, version: str, effective: str, reason: str, actor: str
+) -> None:
     from jobs.definitions import build_definitions
     from jobs.instance import persistent_instance
     from jobs.lifecycle import registry_run_config
@@ -447,9 +591,13 @@ def _run_registry_job(config: Path | None, job_name: str, action: str, version: 
     project = _load(config)
     defs = build_definitions(path)
     result = launch_run(
-        defs.resolve_job_def(job_name), persistent_instance(project.dagster_home), project.storage.lock_wait_seconds,
-        run_config={**registry_run_config(action, version, effective, reason, actor=actor),
-                    "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        defs.resolve_job_def(job_name),
+        persistent_instance(project.dagster_home),
+        project.storage.lock_wait_seconds,
+        run_config={
+            **registry_run_config(action, version, effective, reason, actor=actor),
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        },
         tags={"nightkeeper/actor": actor},
     )
     if not result.success:
@@ -464,7 +612,9 @@ def _run_registry_job(config: Path | None, job_name: str, action: str, version: 
 def models_promote(
     version: str,
     config: ConfigOption = None,
-    effective: Annotated[Optional[str], typer.Option(help="First night it serves (YYYY-MM-DD); default tomorrow.")] = None,
+    effective: Annotated[
+        str | None, typer.Option(help="First night it serves (YYYY-MM-DD); default tomorrow.")
+    ] = None,
     reason: Annotated[str, typer.Option(help="Why, for the log.")] = "promoted by hand",
     actor: Annotated[str, typer.Option(help="Who, for the log.")] = os.environ.get("USER", "operator"),
 ) -> None:
@@ -476,7 +626,9 @@ def models_promote(
 @models_app.command("rollback")
 def models_rollback(
     config: ConfigOption = None,
-    effective: Annotated[Optional[str], typer.Option(help="First night the previous champion serves again; default tomorrow.")] = None,
+    effective: Annotated[
+        str | None, typer.Option(help="First night the previous champion serves again; default tomorrow.")
+    ] = None,
     reason: Annotated[str, typer.Option(help="Why, for the log.")] = "rolled back by hand",
     actor: Annotated[str, typer.Option(help="Who, for the log.")] = os.environ.get("USER", "operator"),
 ) -> None:
@@ -485,7 +637,9 @@ def models_rollback(
     _run_registry_job(config, "rollback", "rollback_champion", "", when, reason, actor)
 
 
-review_app = typer.Typer(help="The human review queue: export it for reviewers, import their labels.", no_args_is_help=True)
+review_app = typer.Typer(
+    help="The human review queue: export it for reviewers, import their labels.", no_args_is_help=True
+)
 app.add_typer(review_app, name="review")
 
 
@@ -493,7 +647,9 @@ app.add_typer(review_app, name="review")
 def review_export(
     date: Annotated[str, typer.Option("--date", help="The night (YYYY-MM-DD) whose queue to export.")],
     config: ConfigOption = None,
-    out: Annotated[Optional[Path], typer.Option(help="CSV to write; default review-<date>.csv in the current folder.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="CSV to write; default review-<date>.csv in the current folder.")
+    ] = None,
 ) -> None:
     """Write the night's review queue as a CSV with empty label / reviewer / note columns to fill in."""
     from nightkeeper import review, warehouse
@@ -503,8 +659,11 @@ def review_export(
     with warehouse.connect(project.warehouse_path) as connection:
         queue = review.queue_for(connection, night)
     path = review.export_review_csv(queue, out or Path(f"review-{night}.csv"))
-    console.print(f"{queue.height} row(s) to review written to {path}; fill in 'label' and 'reviewer', then "
-                  f"`nightkeeper review import {path}` or drop it into {project.path(project.review.inbox)}", soft_wrap=True)
+    console.print(
+        f"{queue.height} row(s) to review written to {path}; fill in 'label' and 'reviewer', then "
+        f"`nightkeeper review import {path}` or drop it into {project.path(project.review.inbox)}",
+        soft_wrap=True,
+    )
 
 
 @review_app.command("import")
@@ -518,16 +677,23 @@ def review_import(file: Path, config: ConfigOption = None) -> None:
     path = _config_path(config)
     project = _load(config)
     result = launch_run(
-        build_definitions(path).resolve_job_def(REVIEW_IMPORT_JOB), persistent_instance(project.dagster_home),
+        build_definitions(path).resolve_job_def(REVIEW_IMPORT_JOB),
+        persistent_instance(project.dagster_home),
         project.storage.lock_wait_seconds,
-        run_config={**review_import_run_config(file.resolve()), "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        run_config={
+            **review_import_run_config(file.resolve()),
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        },
     )
     if not result.success:
         console.print(f"[red]import failed[/] (run {result.run_id})")
         raise typer.Exit(1)
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("review_labels")[0].metadata.items()}
-    console.print(f"accepted {metadata['accepted']} ({metadata['new_labels']} new), rejected {metadata['rejected']} "
-                  f"(see {metadata['rejects_file']}), skipped {metadata['skipped_unlabeled']} without a label", soft_wrap=True)
+    console.print(
+        f"accepted {metadata['accepted']} ({metadata['new_labels']} new), rejected {metadata['rejected']} "
+        f"(see {metadata['rejects_file']}), skipped {metadata['skipped_unlabeled']} without a label",
+        soft_wrap=True,
+    )
     if metadata["file_problem"]:
         console.print(f"[red]{metadata['file_problem']}[/]")
 
@@ -539,7 +705,9 @@ app.add_typer(alerts_app, name="alerts")
 @alerts_app.command("list")
 def alerts_list(
     config: ConfigOption = None,
-    all_alerts: Annotated[bool, typer.Option("--all", help="Also resolved alerts (default: open and acknowledged).")] = False,
+    all_alerts: Annotated[
+        bool, typer.Option("--all", help="Also resolved alerts (default: open and acknowledged).")
+    ] = False,
 ) -> None:
     """Alerts that are open or acknowledged (all with --all), oldest first, with what moved and any acknowledgement."""
     from nightkeeper import alerts, warehouse
@@ -557,15 +725,24 @@ def alerts_list(
         status = row["status"]
         if row["acknowledged_by"]:
             status += f" by {row['acknowledged_by']} {row['acknowledged_at']:%Y-%m-%d %H:%M}: {row['ack_reason']}"
-        table.add_row(row["alert_id"], status, row["severity"], str(row["opened_night"]), str(row["closed_night"] or ""), row["message"])
+        table.add_row(
+            row["alert_id"],
+            status,
+            row["severity"],
+            str(row["opened_night"]),
+            str(row["closed_night"] or ""),
+            row["message"],
+        )
     console.print(table)
 
 
 @alerts_app.command("ack")
 def alerts_ack(
-    alert_id: Annotated[str, typer.Argument(help="The alert's id, as `nightkeeper alerts list` shows it (rule@night).")],
+    alert_id: Annotated[
+        str, typer.Argument(help="The alert's id, as `nightkeeper alerts list` shows it (rule@night).")
+    ],
     reason: Annotated[str, typer.Option("--reason", help="Why it may stop paging (kept in the alert log).")],
-    by: Annotated[Optional[str], typer.Option("--by", help="Who acknowledges (default: the login name).")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who acknowledges (default: the login name).")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Acknowledge an open alert: it stops paging while its condition persists, resolves as usual when it clears, and
@@ -577,7 +754,9 @@ def alerts_ack(
     project = _load(config)
     with warehouse.connect(project.warehouse_path) as connection:
         try:
-            row = alerts.acknowledge(connection, alert_id, by or getpass.getuser(), reason, dt.datetime.now(dt.timezone.utc))
+            row = alerts.acknowledge(
+                connection, alert_id, by or getpass.getuser(), reason, dt.datetime.now(dt.UTC)
+            )
         except ValueError as exc:
             console.print(f"[red]{exc}[/]", soft_wrap=True)
             raise typer.Exit(2) from None

@@ -10,13 +10,22 @@ import datetime as dt
 import json
 import logging
 import os
-from pathlib import Path, PurePosixPath
 from difflib import get_close_matches
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, get_args, get_origin
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from nightkeeper.metric_names import check_alert_metric
 
@@ -77,15 +86,66 @@ class FeatureSpec(_Strict):
 
 # Scalar functions a cross-field rule may call (DuckDB's parse names; operators are functions too). Everything here
 # is a pure function of its arguments: nothing reads files, the environment or other tables.
-RULE_FUNCTIONS = frozenset({
-    "+", "-", "*", "/", "//", "%", "||", "~~", "!~~", "~~*", "!~~*",
-    "abs", "ceil", "ceiling", "floor", "round", "sqrt", "cbrt", "ln", "log", "log2", "log10", "exp", "power", "pow",
-    "sign", "mod", "greatest", "least", "nullif", "length", "char_length", "lower", "upper", "trim", "ltrim", "rtrim",
-    "starts_with", "ends_with", "strpos", "substr", "substring", "left", "right", "concat", "reverse",
-})
-_RULE_OPERATORS = frozenset({
-    "OPERATOR_NOT", "OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL", "COMPARE_IN", "COMPARE_NOT_IN", "OPERATOR_COALESCE",
-})
+RULE_FUNCTIONS = frozenset(
+    {
+        "+",
+        "-",
+        "*",
+        "/",
+        "//",
+        "%",
+        "||",
+        "~~",
+        "!~~",
+        "~~*",
+        "!~~*",
+        "abs",
+        "ceil",
+        "ceiling",
+        "floor",
+        "round",
+        "sqrt",
+        "cbrt",
+        "ln",
+        "log",
+        "log2",
+        "log10",
+        "exp",
+        "power",
+        "pow",
+        "sign",
+        "mod",
+        "greatest",
+        "least",
+        "nullif",
+        "length",
+        "char_length",
+        "lower",
+        "upper",
+        "trim",
+        "ltrim",
+        "rtrim",
+        "starts_with",
+        "ends_with",
+        "strpos",
+        "substr",
+        "substring",
+        "left",
+        "right",
+        "concat",
+        "reverse",
+    }
+)
+_RULE_OPERATORS = frozenset(
+    {
+        "OPERATOR_NOT",
+        "OPERATOR_IS_NULL",
+        "OPERATOR_IS_NOT_NULL",
+        "COMPARE_IN",
+        "COMPARE_NOT_IN",
+        "OPERATOR_COALESCE",
+    }
+)
 _RULE_CLASSES = frozenset({"COLUMN_REF", "CONSTANT", "COMPARISON", "CONJUNCTION", "BETWEEN", "CASE", "CAST"})
 
 
@@ -132,7 +192,11 @@ def _table_sources(node: Any) -> list[str]:
     elif isinstance(node, dict):
         if node.get("type") == "TABLE_FUNCTION":
             function = node.get("function", {})
-            arguments = [str(c.get("value", {}).get("value")) for c in function.get("children", []) if c.get("class") == "CONSTANT"]
+            arguments = [
+                str(c.get("value", {}).get("value"))
+                for c in function.get("children", [])
+                if c.get("class") == "CONSTANT"
+            ]
             found.append(f"{function.get('function_name')}({', '.join(repr(a) for a in arguments)})")
         elif node.get("type") == "BASE_TABLE":
             found.append(f"table {node.get('table_name')!r}")
@@ -156,7 +220,9 @@ def _rule_nodes(node: Any, problems: list[str]) -> None:
     if kind == "FUNCTION":
         name = str(node.get("function_name", "")).lower()
         if node.get("schema") or node.get("catalog") or name not in RULE_FUNCTIONS:
-            qualified = ".".join(part for part in (node.get("catalog"), node.get("schema"), node.get("function_name")) if part)
+            qualified = ".".join(
+                part for part in (node.get("catalog"), node.get("schema"), node.get("function_name")) if part
+            )
             allowed = ", ".join(sorted(f for f in RULE_FUNCTIONS if f.isidentifier()))
             problems.append(f"function {qualified!r} (allowed functions: {allowed})")
             return
@@ -221,7 +287,9 @@ class Contract(_Strict):
             raise ValueError("`features` must name at least one feature")
         clashing = sorted(set(self.features) & RESERVED_COLUMNS)
         if clashing:
-            raise ValueError(f"feature name(s) {clashing} are reserved for Nightkeeper's own columns {sorted(RESERVED_COLUMNS)}; rename them")
+            raise ValueError(
+                f"feature name(s) {clashing} are reserved for Nightkeeper's own columns {sorted(RESERVED_COLUMNS)}; rename them"
+            )
         special = {"entity_id": self.entity_id, "event_time": self.event_time, "target": self.target}
         for role, column in special.items():
             if column is not None and column in self.features:
@@ -258,7 +326,9 @@ class DecisionConfig(_Strict):
 class ModelConfig(_Strict):
     """LightGBM training parameters and the scoring budget."""
 
-    params: dict[str, Any] = Field(default_factory=lambda: {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31})
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31}
+    )
     num_boost_round: int = Field(200, ge=1)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     decision: DecisionConfig = DecisionConfig()
@@ -306,7 +376,9 @@ class SourceConfig(_Strict):
             raise ValueError("must contain the placeholder {date}")
         parts = PurePosixPath(pattern.replace("\\", "/")).parts
         if pattern.startswith(("/", "\\", "~")) or (parts and ":" in parts[0]) or ".." in parts:
-            raise ValueError("must stay inside the landing folder: a relative glob without '..', e.g. '{date}/*.parquet'")
+            raise ValueError(
+                "must stay inside the landing folder: a relative glob without '..', e.g. '{date}/*.parquet'"
+            )
         if not pattern.lower().endswith((".parquet", ".csv", "*")):
             raise ValueError("must match .parquet or .csv files")
         return pattern
@@ -319,7 +391,8 @@ class StorageConfig(_Strict):
     models: Path = Path("data/models")
     dagster_home: Path = Path("data/dagster")
     lock_wait_seconds: float = Field(
-        900.0, gt=0,
+        900.0,
+        gt=0,
         description="How long a run or command waits for the warehouse (held by another run) before it gives up with an "
         "error naming the holder.",
     )
@@ -329,7 +402,9 @@ class ScheduleConfig(_Strict):
     """The nightly calendar: the first night there is data for, and when each night's batch runs."""
 
     start_date: dt.date = dt.date(2026, 1, 1)
-    run_at: dt.time = Field(dt.time(2, 0), description="Time of day (in `timezone`) the batch for the previous night runs.")
+    run_at: dt.time = Field(
+        dt.time(2, 0), description="Time of day (in `timezone`) the batch for the previous night runs."
+    )
     timezone: str = "UTC"
     cadence: Literal["daily", "weekly"] = Field(
         "daily",
@@ -349,7 +424,9 @@ class BatchCheckConfig(_Strict):
 
     volume_history_nights: int = Field(14, ge=1)
     volume_min_history_nights: int = Field(3, ge=1)
-    volume_tolerance: float = Field(0.5, gt=0, description="Allowed relative deviation from the median of recent nights.")
+    volume_tolerance: float = Field(
+        0.5, gt=0, description="Allowed relative deviation from the median of recent nights."
+    )
     null_rate_spike: float = Field(0.05, gt=0, le=1, description="Allowed absolute rise of a feature's null rate.")
     max_fallback_rate: float = Field(0.05, ge=0, le=1)
 
@@ -361,11 +438,19 @@ class DriftConfig(_Strict):
     reference_chunks: int = Field(
         20, ge=4, description="Chunks the reference data is cut into to learn each statistic's ordinary variation."
     )
-    threshold_sigmas: float = Field(4.0, gt=0, description="A feature drifts when its statistic exceeds mean + k·σ over reference chunks.")
-    psi_floor: float = Field(0.05, ge=0, description="Smallest PSI threshold a fitted one may take (avoids hair triggers).")
-    thresholds: dict[str, float] = Field(default_factory=dict, description="PSI threshold per feature, overriding the fitted one.")
+    threshold_sigmas: float = Field(
+        4.0, gt=0, description="A feature drifts when its statistic exceeds mean + k·σ over reference chunks."
+    )
+    psi_floor: float = Field(
+        0.05, ge=0, description="Smallest PSI threshold a fitted one may take (avoids hair triggers)."
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="PSI threshold per feature, overriding the fitted one."
+    )
     report_sample_rows: int = Field(5000, ge=100, description="Rows per side in the human-facing evidently report.")
-    domain_classifier_rows: int = Field(10000, ge=200, description="Rows per side for the multivariate domain classifier.")
+    domain_classifier_rows: int = Field(
+        10000, ge=200, description="Rows per side for the multivariate domain classifier."
+    )
     max_domain_auc: float = Field(
         0.6, gt=0.5, le=1, description="Domain-classifier AUC above which tonight is told apart from the reference."
     )
@@ -386,20 +471,28 @@ class PerformanceConfig(_Strict):
 
     min_labeled_rows: int = Field(200, ge=1, description="Fewest labeled rows a night needs for realized metrics.")
     max_calibration_error: float = Field(
-        0.05, gt=0, le=1, description="Expected calibration error above which estimated performance is flagged untrustworthy."
+        0.05,
+        gt=0,
+        le=1,
+        description="Expected calibration error above which estimated performance is flagged untrustworthy.",
     )
     max_estimate_auc_gap: float = Field(
-        0.03, gt=0, le=1,
+        0.03,
+        gt=0,
+        le=1,
         description="Largest |estimated - realized AUC| on the serving model's latest labeled rows (or its holdout) for "
         "which the estimate (CBPE) is still trusted to drive health checks and alerts.",
     )
     estimate_noise_z: float = Field(
-        2.0, ge=0,
+        2.0,
+        ge=0,
         description="Standard errors of one night's realized AUC (at its row count) added to the estimate's known bias "
         "before comparing with max_estimate_auc_gap: a small night's AUC cannot be promised within the gap.",
     )
     max_positive_rate_gap: float = Field(
-        0.03, gt=0, le=1,
+        0.03,
+        gt=0,
+        le=1,
         description="Largest |mean score - realized base rate| on the latest labeled rows for which the estimate is trusted.",
     )
     business_value: BusinessValue = BusinessValue()
@@ -427,7 +520,9 @@ class AlertRule(_Strict):
 class AlertingConfig(_Strict):
     """Where alerts go besides the log and the warehouse, and which rules raise them."""
 
-    webhook_url_env: str = Field("NIGHTKEEPER_WEBHOOK_URL", description="Environment variable holding the webhook URL (never logged).")
+    webhook_url_env: str = Field(
+        "NIGHTKEEPER_WEBHOOK_URL", description="Environment variable holding the webhook URL (never logged)."
+    )
     webhook_timeout_seconds: float = Field(5.0, gt=0)
     rules: list[AlertRule] = []
 
@@ -490,35 +585,56 @@ class TrainingDataGateConfig(_Strict):
     """Sanity of a retraining window before any model is fitted on it."""
 
     min_rows: int = Field(2000, ge=100, description="Fewest labeled rows a retrain may use.")
-    max_volume_ratio: float = Field(1.5, gt=1, description="A night with more than this × the window's median volume is suspect.")
+    max_volume_ratio: float = Field(
+        1.5, gt=1, description="A night with more than this × the window's median volume is suspect."
+    )
     max_label_rate_shift: float = Field(
-        0.15, gt=0, le=1, description="A night whose label rate differs from the window's median by more than this is suspect."
+        0.15,
+        gt=0,
+        le=1,
+        description="A night whose label rate differs from the window's median by more than this is suspect.",
     )
     max_duplicate_share: float = Field(
-        0.05, gt=0, le=1,
+        0.05,
+        gt=0,
+        le=1,
         description="A night whose share of rows repeating a near-identical feature vector exceeds the window's median share "
         "by more than this (and by more than outlier_mads spreads) is suspect.",
     )
     outlier_mads: float = Field(
-        5.0, gt=0, description="How many robust spreads (scaled median absolute deviations over the window's nights) a night's "
+        5.0,
+        gt=0,
+        description="How many robust spreads (scaled median absolute deviations over the window's nights) a night's "
         "volume or duplicate share must lie above the median to be suspect: the dataset's own nights set the standard.",
     )
-    max_excluded_share: float = Field(0.3, gt=0, le=1, description="Refuse the retrain if suspect nights hold more than this share of rows.")
-    min_nights_to_judge: int = Field(5, ge=2, description="Fewer labeled nights than this give no median to judge a night by.")
+    max_excluded_share: float = Field(
+        0.3, gt=0, le=1, description="Refuse the retrain if suspect nights hold more than this share of rows."
+    )
+    min_nights_to_judge: int = Field(
+        5, ge=2, description="Fewer labeled nights than this give no median to judge a night by."
+    )
 
 
 class PromotionGateConfig(_Strict):
     """The never-worse gate: a candidate must not lose to the champion on the same labeled holdout."""
 
-    holdout_days: int = Field(3, ge=1, description="Most recent labeled nights both models are evaluated on (the candidate trains on the nights before).")
+    holdout_days: int = Field(
+        3,
+        ge=1,
+        description="Most recent labeled nights both models are evaluated on (the candidate trains on the nights before).",
+    )
     auc_tolerance: float = Field(
-        0.0, ge=0, description="The bootstrap CI's lower bound of (candidate − champion) AUC must exceed −this. 0 asks for "
+        0.0,
+        ge=0,
+        description="The bootstrap CI's lower bound of (candidate − champion) AUC must exceed −this. 0 asks for "
         "evidence that the candidate is better: on a holdout of a few thousand rows the CI is about ±0.01 wide, so a rule "
         "of 'not worse within noise' lets an equal or slightly worse model (one trained on fewer rows than the champion) "
         "through about half the time, and each promotion of noise costs AUC for good.",
     )
     bootstrap_samples: int = Field(200, ge=20)
-    segments: list[str] = Field(default_factory=list, description="Category features whose levels are checked one by one.")
+    segments: list[str] = Field(
+        default_factory=list, description="Category features whose levels are checked one by one."
+    )
     segment_auc_tolerance: float = Field(0.03, ge=0)
     min_segment_rows: int = Field(300, ge=10)
     brier_tolerance: float = Field(0.002, ge=0)
@@ -534,19 +650,30 @@ class RolloutConfig(_Strict):
     nights_per_step: int = Field(2, ge=1)
     max_error_rate: float = Field(0.0, ge=0, le=1, description="Share of rows the challenger may fail to score.")
     max_fallback_rate_increase: float = Field(
-        0.01, ge=0, description="Share of rows the challenger may leave to the fallback beyond those the champion leaves."
+        0.01,
+        ge=0,
+        description="Share of rows the challenger may leave to the fallback beyond those the champion leaves.",
     )
     max_realized_auc_drop: float = Field(
-        0.01, ge=0, description="Realized AUC the challenger may lose against the champion on the same labeled rows of "
+        0.01,
+        ge=0,
+        description="Realized AUC the challenger may lose against the champion on the same labeled rows of "
         "its rollout's nights (judged once min_labeled_rows labels of both classes have landed).",
     )
-    min_labeled_rows: int = Field(200, ge=1, description="Labeled rows of the rollout's nights before realized AUC judges it.")
+    min_labeled_rows: int = Field(
+        200, ge=1, description="Labeled rows of the rollout's nights before realized AUC judges it."
+    )
     max_estimated_auc_drop: float = Field(
-        0.02, ge=0, description="Estimated (CBPE) AUC the challenger may lose against the champion tonight; judged only "
+        0.02,
+        ge=0,
+        description="Estimated (CBPE) AUC the challenger may lose against the champion tonight; judged only "
         "while the estimate is trusted (metric performance.estimate_trusted = 1) and realized AUC is not yet available.",
     )
     min_agreement: float = Field(
-        0.5, ge=0, le=1, description="Catastrophic floor on the share of rows where the challenger makes the champion's "
+        0.5,
+        ge=0,
+        le=1,
+        description="Catastrophic floor on the share of rows where the challenger makes the champion's "
         "decision. Agreement is reported every night but is no health rule above this floor: a model that fixes a "
         "shift must change decisions.",
     )
@@ -554,7 +681,12 @@ class RolloutConfig(_Strict):
     @field_validator("canary_percents")
     @classmethod
     def _increasing_to_100(cls, percents: list[int]) -> list[int]:
-        if not percents or percents[-1] != 100 or any(b <= a for a, b in zip(percents, percents[1:])) or percents[0] <= 0:
+        if (
+            not percents
+            or percents[-1] != 100
+            or any(b <= a for a, b in zip(percents, percents[1:]))
+            or percents[0] <= 0
+        ):
             raise ValueError("must be strictly increasing percentages ending at 100, e.g. [1, 5, 20, 100]")
         return percents
 
@@ -568,7 +700,8 @@ class BehaviourConfig(_Strict):
     )
     enforce_directions: bool = Field(True, description="Also pass the directions to LightGBM as monotone constraints.")
     invariant: dict[str, float] = Field(
-        default_factory=dict, description="Per feature: the largest mean |score change| allowed when its values are shuffled."
+        default_factory=dict,
+        description="Per feature: the largest mean |score change| allowed when its values are shuffled.",
     )
     max_violation_share: float = Field(0.01, ge=0, le=1, description="Share of rows that may break a direction.")
     sample_rows: int = Field(2000, ge=50)
@@ -578,11 +711,17 @@ class RetrainPolicyConfig(_Strict):
     """When a retrain is requested besides the monthly schedule, and how often at most."""
 
     cooldown_nights: int = Field(
-        7, ge=1, description="After a retrain that trained a candidate (any trigger, any verdict) the next may look back from "
-        "this many nights later. A window the training-data gate refused is tried again the next night."
+        7,
+        ge=1,
+        description="After a retrain that trained a candidate (any trigger, any verdict) the next may look back from "
+        "this many nights later. A window the training-data gate refused is tried again the next night.",
     )
-    on_persistent_drift: bool = Field(False, description="Also retrain when a drift alert has stayed open for drift_persistence_nights.")
-    drift_persistence_nights: int = Field(7, ge=1, description="Nights a drift alert must have been open to count as persistent.")
+    on_persistent_drift: bool = Field(
+        False, description="Also retrain when a drift alert has stayed open for drift_persistence_nights."
+    )
+    drift_persistence_nights: int = Field(
+        7, ge=1, description="Nights a drift alert must have been open to count as persistent."
+    )
 
 
 class LifecycleConfig(_Strict):
@@ -633,10 +772,14 @@ class ProjectConfig(_Strict):
         behaviour = self.lifecycle.behaviour
         for name in [*behaviour.directions, *behaviour.invariant]:
             if name not in self.contract.features:
-                raise ValueError(f"lifecycle.behaviour: {name!r} is not a feature; features are {self.contract.feature_names}")
+                raise ValueError(
+                    f"lifecycle.behaviour: {name!r} is not a feature; features are {self.contract.feature_names}"
+                )
         for name in behaviour.directions:
             if self.contract.features[name].dtype not in ("float", "int", "bool"):
-                raise ValueError(f"lifecycle.behaviour.directions: {name!r} must be numeric or bool to have a direction")
+                raise ValueError(
+                    f"lifecycle.behaviour.directions: {name!r} must be numeric or bool to have a direction"
+                )
         return self
 
     @model_validator(mode="after")
@@ -653,7 +796,9 @@ class ProjectConfig(_Strict):
         for column in self.lifecycle.promotion_gate.segments:
             spec = self.contract.features.get(column)
             if spec is None or spec.dtype not in ("category", "bool"):
-                raise ValueError(f"lifecycle.promotion_gate.segments: {column!r} must be a category or bool feature of the contract")
+                raise ValueError(
+                    f"lifecycle.promotion_gate.segments: {column!r} must be a category or bool feature of the contract"
+                )
         return self
 
     @property
@@ -738,7 +883,9 @@ def _missing_sections(model: type[BaseModel], raw: Any, prefix: str = "") -> lis
     """Dotted paths of the sub-sections (nested config models) ``raw`` leaves out, outermost only."""
     missing: list[str] = []
     for name, field in model.model_fields.items():
-        section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        section = (
+            field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        )
         if section is None:
             continue
         if not isinstance(raw, dict) or name not in raw:

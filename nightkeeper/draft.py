@@ -23,7 +23,6 @@ from typing import Any
 
 import polars as pl
 import yaml
-
 from pydantic import BaseModel
 
 from nightkeeper.config import RESERVED_COLUMNS, ProjectConfig
@@ -128,10 +127,14 @@ def derive_sizes(shape: SampleShape) -> Sizes:
     cv = shape.volume_cv
     notes = []
     if shape.nights == 1:
-        notes.append("no --time column was given: the whole sample was taken as ONE night of "
-                     f"{per_night:,} rows; re-run with --time COL if it spans several nights")
+        notes.append(
+            "no --time column was given: the whole sample was taken as ONE night of "
+            f"{per_night:,} rows; re-run with --time COL if it spans several nights"
+        )
     elif cv is None:
-        notes.append(f"the sample spans {shape.nights} nights, too few to measure how volume varies: volume limits are the defaults")
+        notes.append(
+            f"the sample spans {shape.nights} nights, too few to measure how volume varies: volume limits are the defaults"
+        )
     return Sizes(
         training_window_days=window,
         holdout_days=holdout,
@@ -157,7 +160,9 @@ def draft_feature(name: str, column: pl.Series) -> FeatureDraft:
     required = {} if nulls == 0 else {"required": False}
     null_note = f"; {nulls / len(column):.1%} null in the sample" if nulls else ""
     if name in RESERVED_COLUMNS:
-        return FeatureDraft(name, None, f"left out: {name!r} is a name Nightkeeper reserves for its own columns; rename it to use it")
+        return FeatureDraft(
+            name, None, f"left out: {name!r} is a name Nightkeeper reserves for its own columns; rename it to use it"
+        )
     if values.is_empty():
         return FeatureDraft(name, None, "left out: every value in the sample is null")
     dtype = column.dtype
@@ -168,21 +173,31 @@ def draft_feature(name: str, column: pl.Series) -> FeatureDraft:
     if dtype.is_integer():
         levels = sorted(values.unique().to_list())
         if len(levels) <= MAX_CODE_LEVELS and not _looks_like_a_count(values, levels):
-            return FeatureDraft(name, {"dtype": "category", "categories": levels, **required},
-                                f"integer codes, {len(levels)} levels: offered as a category; make it "
-                                f"{{dtype: int, min, max}} if the order of the codes means something{null_note}")
+            return FeatureDraft(
+                name,
+                {"dtype": "category", "categories": levels, **required},
+                f"integer codes, {len(levels)} levels: offered as a category; make it "
+                f"{{dtype: int, min, max}} if the order of the codes means something{null_note}",
+            )
         low, high = _widened(float(values.min()), float(values.max()))
-        return FeatureDraft(name, {"dtype": "int", "min": math.floor(low), "max": math.ceil(high), **required},
-                            f"integer; sample range {values.min()} … {values.max()}{null_note}")
+        return FeatureDraft(
+            name,
+            {"dtype": "int", "min": math.floor(low), "max": math.ceil(high), **required},
+            f"integer; sample range {values.min()} … {values.max()}{null_note}",
+        )
     if dtype.is_float():
         low, high = _widened(float(values.min()), float(values.max()))
-        return FeatureDraft(name, {"dtype": "float", "min": _round(low), "max": _round(high), **required},
-                            f"number; sample range {_round(float(values.min()))} … {_round(float(values.max()))}{null_note}")
+        return FeatureDraft(
+            name,
+            {"dtype": "float", "min": _round(low), "max": _round(high), **required},
+            f"number; sample range {_round(float(values.min()))} … {_round(float(values.max()))}{null_note}",
+        )
     if dtype == pl.String or dtype == pl.Categorical:
         levels = sorted(values.cast(pl.String).unique().to_list())
         if len(levels) <= MAX_TEXT_LEVELS:
-            return FeatureDraft(name, {"dtype": "category", "categories": levels, **required},
-                                f"text, {len(levels)} levels{null_note}")
+            return FeatureDraft(
+                name, {"dtype": "category", "categories": levels, **required}, f"text, {len(levels)} levels{null_note}"
+            )
         return FeatureDraft(name, None, f"left out: text with {len(levels):,} distinct values (an id or free text?)")
     return FeatureDraft(name, None, f"left out: dtype {dtype} is not a model input (float, int, bool or category)")
 
@@ -203,7 +218,11 @@ def draft_config_text(
     entity_id, id_note = _entity_id(sample, entity_id, target, event_time)
     shape = sample_shape(sample, event_time)
     sizes = derive_sizes(shape)
-    features = [draft_feature(column, sample[column]) for column in sample.columns if column not in (target, entity_id, event_time)]
+    features = [
+        draft_feature(column, sample[column])
+        for column in sample.columns
+        if column not in (target, entity_id, event_time)
+    ]
     if not any(f.spec for f in features):
         raise DraftError(f"no column of the sample can be a feature: {[f'{f.name}: {f.note}' for f in features]}")
     threshold = min(max(round(positive_rate, 2), 0.01), 0.99)
@@ -250,7 +269,7 @@ def draft_config_text(
         "",
         "source:",
         "  landing: data/landing",
-        f"  pattern: \"{{date}}/*{file_suffix}\"",
+        f'  pattern: "{{date}}/*{file_suffix}"',
         "  labels: data/labels",
         "",
         "storage:",
@@ -259,15 +278,20 @@ def draft_config_text(
         "  dagster_home: data/dagster",
         "",
         "schedule:",
-        f"  start_date: {start.isoformat()}" + ("   # the night after the sample's last" if shape.last_night else "   # set to the first night to run"),
-        "  run_at: \"02:00\"",
+        f"  start_date: {start.isoformat()}"
+        + ("   # the night after the sample's last" if shape.last_night else "   # set to the first night to run"),
+        '  run_at: "02:00"',
         "  timezone: UTC",
         "",
         "checks:",
         "  volume_history_nights: 14",
         "  volume_min_history_nights: 3",
         f"  volume_tolerance: {sizes.volume_tolerance}   # allowed relative deviation of a night's rows from recent nights"
-        + (f" (4 × the sample's night-to-night variation {shape.volume_cv:.2f}, at least 0.5)" if shape.volume_cv is not None else ""),
+        + (
+            f" (4 × the sample's night-to-night variation {shape.volume_cv:.2f}, at least 0.5)"
+            if shape.volume_cv is not None
+            else ""
+        ),
         "  null_rate_spike: 0.05",
         "  max_fallback_rate: 0.05",
         "",
@@ -305,7 +329,7 @@ def draft_config_text(
         "review:",
         "  band: 0.05",
         f"  capacity: {sizes.review_capacity}   # 4 % of a night's rows (10 to 500)",
-        "  labels: [\"0\", \"1\"]",
+        '  labels: ["0", "1"]',
         "  inbox: data/review/inbox",
         "",
     ]
@@ -320,8 +344,14 @@ def write_draft(
     destination = out or sample_path.parent / "nightkeeper.yaml"
     if destination.exists():
         raise DraftError(f"{destination} exists; pass --out to write the draft elsewhere")
-    text = draft_config_text(read_sample(sample_path), target, entity_id, event_time, name=sample_path.stem,
-                             file_suffix=".csv" if sample_path.suffix.lower() == ".csv" else ".parquet")
+    text = draft_config_text(
+        read_sample(sample_path),
+        target,
+        entity_id,
+        event_time,
+        name=sample_path.stem,
+        file_suffix=".csv" if sample_path.suffix.lower() == ".csv" else ".parquet",
+    )
     destination.parent.mkdir(parents=True, exist_ok=True)
     destination.write_text(text)
     return destination
@@ -370,7 +400,9 @@ def _positive_rate(sample: pl.DataFrame, target: str) -> float:
         labels = labels.cast(pl.Int8)
     found = set(labels.unique().to_list())
     if labels.is_empty() or not found <= {0, 1}:
-        raise DraftError(f"--target column {target!r}: expected labels 0 and 1 (or true/false), found {sorted(map(str, found))[:10]}")
+        raise DraftError(
+            f"--target column {target!r}: expected labels 0 and 1 (or true/false), found {sorted(map(str, found))[:10]}"
+        )
     return float(labels.mean())
 
 

@@ -188,9 +188,11 @@ class DriftResult:
         threshold): the drifted ones, or the largest movers when none drifted."""
         if not self.rows or not self.features.height:
             return {}
-        ranked = self.features.filter(pl.col("psi").is_finite()).with_columns(
-            (pl.col("psi") / pl.col("threshold")).alias("ratio")
-        ).sort("ratio", descending=True, maintain_order=True)
+        ranked = (
+            self.features.filter(pl.col("psi").is_finite())
+            .with_columns((pl.col("psi") / pl.col("threshold")).alias("ratio"))
+            .sort("ratio", descending=True, maintain_order=True)
+        )
         drifted = ranked.filter(pl.col("drifted"))
         named = (drifted if drifted.height else ranked).head(TOP_FEATURES)
         movers = [self._feature_detail(row) for row in named.iter_rows(named=True)]
@@ -202,12 +204,20 @@ class DriftResult:
 
         out = {
             metric: about_features
-            for metric in (names.DRIFTED_FEATURES, names.DRIFTED_SHARE, names.MULTIVARIATE_AUC,
-                           names.PREDICTION_PSI, names.CONFIDENCE_PSI)
+            for metric in (
+                names.DRIFTED_FEATURES,
+                names.DRIFTED_SHARE,
+                names.MULTIVARIATE_AUC,
+                names.PREDICTION_PSI,
+                names.CONFIDENCE_PSI,
+            )
         }
         rows = {row["feature"]: row for row in self.features.iter_rows(named=True)}
-        for metric, status in ((names.VANISHED_LEVELS, "vanished"), (names.VANISHED_SHARE, "vanished"),
-                               (names.NEW_LEVEL_SHARE, "new")):
+        for metric, status in (
+            (names.VANISHED_LEVELS, "vanished"),
+            (names.VANISHED_SHARE, "vanished"),
+            (names.NEW_LEVEL_SHARE, "new"),
+        ):
             concerned = self.levels.filter(pl.col("status") == status)
             features = list(dict.fromkeys(concerned["feature"].to_list()))
             texts = [self._feature_detail(rows[f], must_show=status)["text"] for f in features]
@@ -221,16 +231,29 @@ class DriftResult:
         """One feature's movement as data and as text (``income: PSI 0.31 > threshold 0.08, mean 52,000 → 61,000``;
         ``employment_type: student 7.0% → 0.0% (vanished), retired 10.1% → 17.3%``)."""
         feature = row["feature"]
-        detail: dict[str, Any] = {"feature": feature, "kind": row["kind"], "psi": row["psi"], "threshold": row["threshold"]}
+        detail: dict[str, Any] = {
+            "feature": feature,
+            "kind": row["kind"],
+            "psi": row["psi"],
+            "threshold": row["threshold"],
+        }
         if row["kind"] == "category":
             levels = self.levels.filter(pl.col("feature") == feature).with_columns(
                 (pl.col("current_share") - pl.col("reference_share")).abs().alias("change")
             )
             required = levels.filter(pl.col("status") == must_show) if must_show else levels.clear()
-            shown = pl.concat([
-                required,
-                levels.filter(pl.col("change") >= MIN_LEVEL_CHANGE).sort("change", descending=True, maintain_order=True),
-            ]).unique("level", keep="first", maintain_order=True).head(max(TOP_LEVELS, required.height))
+            shown = (
+                pl.concat(
+                    [
+                        required,
+                        levels.filter(pl.col("change") >= MIN_LEVEL_CHANGE).sort(
+                            "change", descending=True, maintain_order=True
+                        ),
+                    ]
+                )
+                .unique("level", keep="first", maintain_order=True)
+                .head(max(TOP_LEVELS, required.height))
+            )
             detail["levels"] = shown.drop("change").to_dicts()
             parts = [
                 f"{lv['level']} {_pct(lv['reference_share'])} → {_pct(lv['current_share'])}"
@@ -250,7 +273,9 @@ class DriftResult:
     def drifted_features(self) -> list[str]:
         """Names of the drifted features, most drifted (largest psi / threshold) first."""
         drifted = self.features.filter(pl.col("drifted"))
-        return drifted.sort(pl.col("psi") / pl.col("threshold"), descending=True, maintain_order=True)["feature"].to_list()
+        return drifted.sort(pl.col("psi") / pl.col("threshold"), descending=True, maintain_order=True)[
+            "feature"
+        ].to_list()
 
     def plot(self, path: str | Path) -> Path:
         """Write a PNG bar chart of each feature's PSI (and the score's and confidence's) against its threshold;
@@ -262,9 +287,12 @@ class DriftResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         labels = self.features["feature"].to_list() + ["[score]", "[confidence]"]
         p = self.prediction
-        psi = np.array(self.features["psi"].to_list() + [p.get("score_psi", _NAN), p.get("confidence_psi", _NAN)], dtype=float)
+        psi = np.array(
+            self.features["psi"].to_list() + [p.get("score_psi", _NAN), p.get("confidence_psi", _NAN)], dtype=float
+        )
         thresholds = np.array(
-            self.features["threshold"].to_list() + [p.get("score_threshold", _NAN), p.get("confidence_threshold", _NAN)],
+            self.features["threshold"].to_list()
+            + [p.get("score_threshold", _NAN), p.get("confidence_threshold", _NAN)],
             dtype=float,
         )
         drifted = self.features["drifted"].to_list() + [bool(p.get("score_drifted")), bool(p.get("confidence_drifted"))]
@@ -283,7 +311,10 @@ class DriftResult:
         axes.set_yticks(y, labels, fontsize=8)
         axes.set_xlabel("PSI (log scale)")
         auc = "n/a" if self.multivariate_auc is None else f"{self.multivariate_auc:.3f}"
-        axes.set_title(f"Drift vs reference: {self.rows} rows, drifted share {self.drifted_share:.2f}, domain AUC {auc}", fontsize=10)
+        axes.set_title(
+            f"Drift vs reference: {self.rows} rows, drifted share {self.drifted_share:.2f}, domain AUC {auc}",
+            fontsize=10,
+        )
         axes.legend(loc="lower right", fontsize=8)
         figure.savefig(path, dpi=100)
         return path
@@ -378,9 +409,7 @@ def measure_drift(
         )
     table = pl.DataFrame(table_rows, schema=FEATURE_SCHEMA) if table_rows else pl.DataFrame(schema=FEATURE_SCHEMA)
     drifted_share = float(table["drifted"].mean()) if rows and table.height else _NAN
-    auc = (
-        _domain_auc(reference_sample, current, features, domain_rows, seed) if reference_sample is not None else None
-    )
+    auc = _domain_auc(reference_sample, current, features, domain_rows, seed) if reference_sample is not None else None
     return DriftResult(
         features=table,
         prediction=_prediction_drift(profile, current_scores),
@@ -554,15 +583,21 @@ def _domain_auc(
     return float(roc_auc_score(labels, predictions))
 
 
-def _check(profile: ReferenceProfile, current: pl.DataFrame, scores: np.ndarray | None, features: list[FeatureCard]) -> None:
+def _check(
+    profile: ReferenceProfile, current: pl.DataFrame, scores: np.ndarray | None, features: list[FeatureCard]
+) -> None:
     for feature in features:
         reference = profile.features.get(feature.name)
         if reference is None:
-            raise ValueError(f"feature {feature.name!r} is not in the reference profile; it has {profile.feature_names}")
+            raise ValueError(
+                f"feature {feature.name!r} is not in the reference profile; it has {profile.feature_names}"
+            )
         if feature.name not in current.columns:
             raise ValueError(f"tonight's frame lacks feature column {feature.name!r}; it has {current.columns}")
         if (feature.dtype == "category") != isinstance(reference, CategoryProfile):
-            raise ValueError(f"feature {feature.name!r} is {feature.dtype} but the profile holds a {reference.kind} profile")
+            raise ValueError(
+                f"feature {feature.name!r} is {feature.dtype} but the profile holds a {reference.kind} profile"
+            )
         if isinstance(reference, CategoryProfile) and reference.levels != list(feature.categories or []):
             raise ValueError(
                 f"feature {feature.name!r} has levels {feature.categories} but the profile was fitted on {reference.levels}"

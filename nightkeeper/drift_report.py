@@ -67,7 +67,12 @@ def write_evidently_report(
         )
     reference_rows, current_rows = _bounded(reference_sample, rows, seed), _bounded(current, rows, seed + 1)
     # evidently refuses a column with no value on a side; such a column is a data-quality finding reported elsewhere
-    shown = [f for f in features if reference_rows[f.name].null_count() < reference_rows.height and current_rows[f.name].null_count() < current_rows.height]
+    shown = [
+        f
+        for f in features
+        if reference_rows[f.name].null_count() < reference_rows.height
+        and current_rows[f.name].null_count() < current_rows.height
+    ]
     reference = _dataset(reference_rows, shown)
     tonight = _dataset(current_rows, shown)
     snapshot = Report([DataDriftPreset(columns=[f.name for f in shown])]).run(tonight, reference)
@@ -116,8 +121,15 @@ def compare_with_evidently(result: DriftResult, profile: ReferenceProfile, score
             value = ours[feature]["js_distance"] * math.sqrt(math.log(2))
         else:
             continue
-        rows.append({"feature": feature, "method": method, "evidently": score, "nightkeeper": value,
-                     "abs_difference": abs(value - score)})
+        rows.append(
+            {
+                "feature": feature,
+                "method": method,
+                "evidently": score,
+                "nightkeeper": value,
+                "abs_difference": abs(value - score),
+            }
+        )
     return pl.DataFrame(rows, schema=COMPARISON_SCHEMA) if rows else pl.DataFrame(schema=COMPARISON_SCHEMA)
 
 

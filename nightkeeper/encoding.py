@@ -20,7 +20,9 @@ class FeatureCard(BaseModel):
 
 
 def feature_cards(contract: Contract) -> list[FeatureCard]:
-    return [FeatureCard(name=name, dtype=spec.dtype, categories=spec.categories) for name, spec in contract.features.items()]
+    return [
+        FeatureCard(name=name, dtype=spec.dtype, categories=spec.categories) for name, spec in contract.features.items()
+    ]
 
 
 def categorical_indices(features: list[FeatureCard]) -> list[int]:
@@ -36,5 +38,7 @@ def _encode(feature: FeatureCard) -> pl.Expr:
     column = pl.col(feature.name)
     if feature.dtype == "category":
         levels = feature.categories or []
-        return column.replace_strict(levels, list(range(len(levels))), default=None, return_dtype=pl.Float64).alias(feature.name)
+        return column.replace_strict(levels, list(range(len(levels))), default=None, return_dtype=pl.Float64).alias(
+            feature.name
+        )
     return column.cast(pl.Float64).alias(feature.name)

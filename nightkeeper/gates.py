@@ -31,7 +31,11 @@ class WindowVerdict:
 
 
 def training_window_gate(
-    window: pl.DataFrame, target: str, features: list[FeatureCard], config: TrainingDataGateConfig, trusted_rows: int = 0
+    window: pl.DataFrame,
+    target: str,
+    features: list[FeatureCard],
+    config: TrainingDataGateConfig,
+    trusted_rows: int = 0,
 ) -> WindowVerdict:
     """Judge a labeled training window night by night (``partition_date`` column) against the window's own baseline.
 
@@ -48,9 +52,21 @@ def training_window_gate(
     """
     if window.height == 0:
         if trusted_rows >= config.min_rows:
-            return WindowVerdict(GateResult(True, [], {"rows": 0.0, "excluded_rows": 0.0, "excluded_nights": 0.0}), {}, pl.DataFrame())
-        return WindowVerdict(GateResult(False, [f"the training window holds no labeled rows besides {trusted_rows} of the history"
-                                                if trusted_rows else "the training window holds no labeled rows"]), {}, pl.DataFrame())
+            return WindowVerdict(
+                GateResult(True, [], {"rows": 0.0, "excluded_rows": 0.0, "excluded_nights": 0.0}), {}, pl.DataFrame()
+            )
+        return WindowVerdict(
+            GateResult(
+                False,
+                [
+                    f"the training window holds no labeled rows besides {trusted_rows} of the history"
+                    if trusted_rows
+                    else "the training window holds no labeled rows"
+                ],
+            ),
+            {},
+            pl.DataFrame(),
+        )
     fingerprint = pl.concat_str([_rounded(f) for f in features], separator="|")
     per_night = (
         window.with_columns(fingerprint.alias("__fingerprint"))
@@ -92,7 +108,11 @@ def training_window_gate(
         )
     if kept_rows < config.min_rows:
         reasons.append(f"only {kept_rows} labeled rows remain after exclusions; at least {config.min_rows} are needed")
-    metrics = {"rows": float(window.height), "excluded_rows": float(excluded_rows), "excluded_nights": float(len(excluded))}
+    metrics = {
+        "rows": float(window.height),
+        "excluded_rows": float(excluded_rows),
+        "excluded_nights": float(len(excluded)),
+    }
     return WindowVerdict(GateResult(not reasons, reasons, metrics), excluded, per_night)
 
 
@@ -132,11 +152,15 @@ def never_worse_gate(
     """
     labels = holdout[target].cast(pl.Int8).to_numpy()
     if len(np.unique(labels)) < 2:
-        return GateResult(False, ["the holdout has a single class; the models cannot be compared"], {"rows": float(len(labels))})
+        return GateResult(
+            False, ["the holdout has a single class; the models cannot be compared"], {"rows": float(len(labels))}
+        )
     reasons: list[str] = []
     auc_champion = float(roc_auc_score(labels, champion_scores))
     auc_candidate = float(roc_auc_score(labels, candidate_scores))
-    low, high = _paired_bootstrap_auc_difference(labels, champion_scores, candidate_scores, config.bootstrap_samples, seed)
+    low, high = _paired_bootstrap_auc_difference(
+        labels, champion_scores, candidate_scores, config.bootstrap_samples, seed
+    )
     if low < -config.auc_tolerance:
         reasons.append(
             f"AUC {auc_candidate:.4f} vs champion {auc_champion:.4f}: the 95% CI of the difference [{low:+.4f}, {high:+.4f}] "
@@ -147,13 +171,19 @@ def never_worse_gate(
             index = rows["__i"].to_numpy()
             if len(index) < config.min_segment_rows or len(np.unique(labels[index])) < 2:
                 continue
-            loss = roc_auc_score(labels[index], champion_scores[index]) - roc_auc_score(labels[index], candidate_scores[index])
+            loss = roc_auc_score(labels[index], champion_scores[index]) - roc_auc_score(
+                labels[index], candidate_scores[index]
+            )
             if loss > config.segment_auc_tolerance:
-                reasons.append(f"segment {segment}={level[0]}: AUC lower by {loss:.4f} (tolerance {config.segment_auc_tolerance})")
+                reasons.append(
+                    f"segment {segment}={level[0]}: AUC lower by {loss:.4f} (tolerance {config.segment_auc_tolerance})"
+                )
     brier_champion = float(brier_score_loss(labels, champion_scores))
     brier_candidate = float(brier_score_loss(labels, candidate_scores))
     if brier_candidate > brier_champion + config.brier_tolerance:
-        reasons.append(f"Brier {brier_candidate:.4f} vs champion {brier_champion:.4f} (tolerance {config.brier_tolerance})")
+        reasons.append(
+            f"Brier {brier_candidate:.4f} vs champion {brier_champion:.4f} (tolerance {config.brier_tolerance})"
+        )
     value_champion = business_value(labels, champion_scores, threshold, value)
     value_candidate = business_value(labels, candidate_scores, threshold, value)
     if value_candidate < value_champion - config.business_value_tolerance * abs(value_champion):
@@ -197,6 +227,8 @@ def _paired_bootstrap_auc_difference(
         index = rng.integers(0, n, n)
         if labels[index].min() == labels[index].max():
             continue
-        differences.append(roc_auc_score(labels[index], candidate[index]) - roc_auc_score(labels[index], champion[index]))
+        differences.append(
+            roc_auc_score(labels[index], candidate[index]) - roc_auc_score(labels[index], champion[index])
+        )
     low, high = np.percentile(differences, [2.5, 97.5])
     return float(low), float(high)

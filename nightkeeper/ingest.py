@@ -49,7 +49,21 @@ FILE_ERROR_KEY = "error"
 """The key of an unreadable file's raw ``record`` holding why it could not be read."""
 READ_SUFFIXES = (".parquet", ".csv")
 # Names that look like a data drop; such a file of the night that is not read is reported, not skipped silently.
-DATA_LIKE_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".parquet.gz", ".pq", ".tsv", ".tsv.gz", ".json", ".jsonl", ".gz", ".zip", ".xlsx", ".xls")
+DATA_LIKE_SUFFIXES = (
+    ".parquet",
+    ".csv",
+    ".csv.gz",
+    ".parquet.gz",
+    ".pq",
+    ".tsv",
+    ".tsv.gz",
+    ".json",
+    ".jsonl",
+    ".gz",
+    ".zip",
+    ".xlsx",
+    ".xls",
+)
 
 
 @dataclass(frozen=True)
@@ -128,9 +142,13 @@ def scan_landing(landing: Path, pattern: str, night: dt.date) -> Landing:
             elif name.endswith(READ_SUFFIXES):
                 files.append(path)
             elif name.endswith(DATA_LIKE_SUFFIXES):
-                skipped.append(SkippedFile(relative, f"matches {pattern!r} but only {', '.join(READ_SUFFIXES)} files are read"))
+                skipped.append(
+                    SkippedFile(relative, f"matches {pattern!r} but only {', '.join(READ_SUFFIXES)} files are read")
+                )
         elif name.endswith(DATA_LIKE_SUFFIXES) and night.isoformat() in relative:
-            skipped.append(SkippedFile(relative, f"looks like data for {night} but does not match source.pattern {pattern!r}"))
+            skipped.append(
+                SkippedFile(relative, f"looks like data for {night} but does not match source.pattern {pattern!r}")
+            )
     return Landing(sorted(files), sorted(skipped, key=lambda s: s.path))
 
 
@@ -171,7 +189,8 @@ def read_raw_batch(paths: list[Path], night: dt.date, entity_id: str, root: Path
         files.append(LandedFile(source, table.height, {name: str(dtype) for name, dtype in table.schema.items()}))
         nested += [
             f"{source}: column {name!r} holds nested values ({dtype}); kept as JSON text, so the contract's rules quarantine them"
-            for name, dtype in table.schema.items() if dtype.is_nested()
+            for name, dtype in table.schema.items()
+            if dtype.is_nested()
         ]
         if table.height == 0:
             continue
@@ -216,8 +235,15 @@ def _source_name(path: Path, root: Path | None) -> str:
 
 def _unreadable_row(night: dt.date, source: str, error: str) -> pl.DataFrame:
     return pl.DataFrame(
-        [{"partition_date": night, "source_file": source, "row_number": FILE_ROW, "entity_id": None,
-          "record": json.dumps({FILE_ERROR_KEY: error})}],
+        [
+            {
+                "partition_date": night,
+                "source_file": source,
+                "row_number": FILE_ROW,
+                "entity_id": None,
+                "record": json.dumps({FILE_ERROR_KEY: error}),
+            }
+        ],
         schema=RAW_SCHEMA,
     )
 
@@ -242,7 +268,9 @@ def _read_file(path: Path) -> pl.DataFrame:
     except ValueError:
         raise
     except Exception as exc:  # polars/OS raise format-specific errors; the operator needs the reason in one line
-        raise ValueError(f"cannot be read as {path.suffix.lower().lstrip('.') or 'data'}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ValueError(
+            f"cannot be read as {path.suffix.lower().lstrip('.') or 'data'}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
 
 
 def _check_csv_header(path: Path) -> None:

@@ -106,7 +106,9 @@ class LabelBatch:
         """Row counts: ``labels.received``, ``labels.accepted``, ``labels.duplicate_known``, ``labels.rejected``
         and ``labels.rejected.<code>`` for each rejection code present."""
         codes = self.rejected.select(pl.col("reason").str.extract(r"^([a-z_]+):", 1).alias("code"))
-        by_code = {f"labels.rejected.{code}": int(n) for code, n in codes.group_by("code").len().sort("code").iter_rows()}
+        by_code = {
+            f"labels.rejected.{code}": int(n) for code, n in codes.group_by("code").len().sort("code").iter_rows()
+        }
         return {
             "labels.received": self.received,
             "labels.accepted": self.accepted.height,
@@ -141,7 +143,9 @@ def label_files(labels_dir: Path, up_to: dt.date) -> list[Path]:
             continue
         if not folder.is_dir() or day > up_to:
             continue
-        found.extend((day, path.name, path) for path in folder.iterdir() if path.is_file() and path.suffix in LABEL_SUFFIXES)
+        found.extend(
+            (day, path.name, path) for path in folder.iterdir() if path.is_file() and path.suffix in LABEL_SUFFIXES
+        )
     return [path for _, _, path in sorted(found)]
 
 
@@ -174,8 +178,10 @@ def parse_label(value: pl.Expr) -> pl.Expr:
     """A label text as Int8 0/1, null when it is not one of POSITIVE_TEXTS / NEGATIVE_TEXTS."""
     text = value.str.strip_chars().str.to_lowercase()
     return (
-        pl.when(text.is_in(POSITIVE_TEXTS)).then(pl.lit(1, pl.Int8))
-        .when(text.is_in(NEGATIVE_TEXTS)).then(pl.lit(0, pl.Int8))
+        pl.when(text.is_in(POSITIVE_TEXTS))
+        .then(pl.lit(1, pl.Int8))
+        .when(text.is_in(NEGATIVE_TEXTS))
+        .then(pl.lit(0, pl.Int8))
         .otherwise(pl.lit(None, pl.Int8))
     )
 
@@ -183,7 +189,9 @@ def parse_label(value: pl.Expr) -> pl.Expr:
 # ------------------------------------------------------------------------------------------------- reconciling
 
 
-def reconcile_labels(incoming: pl.DataFrame, answered: pl.DataFrame, already: pl.DataFrame, arrived_on: dt.date) -> LabelBatch:
+def reconcile_labels(
+    incoming: pl.DataFrame, answered: pl.DataFrame, already: pl.DataFrame, arrived_on: dt.date
+) -> LabelBatch:
     """Decide, for every incoming label row, whether it is accepted, a known duplicate or rejected.
 
     ``incoming``: rows of LABEL_FILE_SCHEMA (one or several files that arrived on ``arrived_on``).
@@ -205,7 +213,8 @@ def reconcile_labels(incoming: pl.DataFrame, answered: pl.DataFrame, already: pl
     nights = (
         conform(answered, ANSWERED_SCHEMA)
         .filter(pl.col("entity_id").is_not_null() & (pl.col("partition_date") <= arrived_on))
-        .group_by("entity_id").agg(pl.col("partition_date").max())
+        .group_by("entity_id")
+        .agg(pl.col("partition_date").max())
     )
     stored = conform(already, LABELS_SCHEMA).select(
         "entity_id",
@@ -228,14 +237,21 @@ def reconcile_labels(incoming: pl.DataFrame, answered: pl.DataFrame, already: pl
         pl.when(pl.col("entity_id").is_null() | (pl.col("entity_id").str.strip_chars() == ""))
         .then(pl.lit("missing_id: the row has no id"))
         .when(~is_first)
-        .then(pl.format("duplicate_in_batch: id already on row {} of {}; the first row counts", "first_row", "first_file"))
+        .then(
+            pl.format("duplicate_in_batch: id already on row {} of {}; the first row counts", "first_row", "first_file")
+        )
         .when(pl.col("label").is_null())
-        .then(pl.format("invalid_label: value {} is not a label; expected one of {}", _quoted("value"), pl.lit(_ALLOWED)))
+        .then(
+            pl.format("invalid_label: value {} is not a label; expected one of {}", _quoted("value"), pl.lit(_ALLOWED))
+        )
         .when(known & (pl.col("stored_label") != pl.col("label")))
         .then(
             pl.format(
                 "conflict: already labeled {} (arrived {} in {}); this row says {}",
-                "stored_label", "stored_arrived_on", "stored_file", "label",
+                "stored_label",
+                "stored_arrived_on",
+                "stored_file",
+                "label",
             )
         )
         .when(known)
@@ -310,7 +326,8 @@ def stored_labels(connection: duckdb.DuckDBPyConnection, ids: list[str] | None =
     if ids is None:
         return _read(connection, f"select * from {LABELS_TABLE} order by partition_date, entity_id", LABELS_SCHEMA)
     frame = connection.execute(
-        f"select * from {LABELS_TABLE} where entity_id in (select unnest($ids)) order by partition_date, entity_id", {"ids": ids}
+        f"select * from {LABELS_TABLE} where entity_id in (select unnest($ids)) order by partition_date, entity_id",
+        {"ids": ids},
     ).pl()
     return conform(frame, LABELS_SCHEMA) if frame.height else pl.DataFrame(schema=LABELS_SCHEMA)
 
@@ -318,7 +335,9 @@ def stored_labels(connection: duckdb.DuckDBPyConnection, ids: list[str] | None =
 def stored_rejections(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Every stored rejected label row (REJECTED_SCHEMA), ordered by arrival, file and row."""
     ensure_labels_table(connection)
-    return _read(connection, f"select * from {REJECTED_TABLE} order by arrived_on, source_file, row_number", REJECTED_SCHEMA)
+    return _read(
+        connection, f"select * from {REJECTED_TABLE} order by arrived_on, source_file, row_number", REJECTED_SCHEMA
+    )
 
 
 def stored_counts(connection: duckdb.DuckDBPyConnection) -> tuple[int, int]:
@@ -331,7 +350,9 @@ def latest_rejections(connection: duckdb.DuckDBPyConnection, rows: int) -> pl.Da
     """The ``rows`` most recently arrived rejected label rows (REJECTED_SCHEMA), latest first."""
     ensure_labels_table(connection)
     return _read(
-        connection, f"select * from {REJECTED_TABLE} order by arrived_on desc, source_file, row_number limit {int(rows)}", REJECTED_SCHEMA
+        connection,
+        f"select * from {REJECTED_TABLE} order by arrived_on desc, source_file, row_number limit {int(rows)}",
+        REJECTED_SCHEMA,
     )
 
 

@@ -69,14 +69,20 @@ class NightHealth:
                 f"agreement with the champion {self.agreement:.1%} is below the catastrophic floor {rollout.min_agreement:.0%}"
             )
         if self.fallback_rate_increase > rollout.max_fallback_rate_increase:
-            broken.append(f"fallback rate up {self.fallback_rate_increase:.1%} (limit {rollout.max_fallback_rate_increase:.1%})")
+            broken.append(
+                f"fallback rate up {self.fallback_rate_increase:.1%} (limit {rollout.max_fallback_rate_increase:.1%})"
+            )
         if self.realized_auc_drop is not None:
             if self.realized_auc_drop > rollout.max_realized_auc_drop:
                 broken.append(
                     f"realized AUC down {self.realized_auc_drop:.3f} on {self.labeled_rows} labeled rows "
                     f"(limit {rollout.max_realized_auc_drop})"
                 )
-        elif self.estimate_trusted and self.estimated_auc_drop is not None and self.estimated_auc_drop > rollout.max_estimated_auc_drop:
+        elif (
+            self.estimate_trusted
+            and self.estimated_auc_drop is not None
+            and self.estimated_auc_drop > rollout.max_estimated_auc_drop
+        ):
             broken.append(f"estimated AUC down {self.estimated_auc_drop:.3f} (limit {rollout.max_estimated_auc_drop})")
         return broken
 
@@ -85,7 +91,9 @@ class NightHealth:
         if self.realized_auc_drop is not None:
             auc = f"realized AUC {-self.realized_auc_drop:+.3f} vs the champion on {self.labeled_rows} labeled rows"
         elif self.estimate_trusted and self.estimated_auc_drop is not None:
-            auc = f"no realized AUC yet ({self.labeled_rows} labeled rows), estimated AUC {-self.estimated_auc_drop:+.3f}"
+            auc = (
+                f"no realized AUC yet ({self.labeled_rows} labeled rows), estimated AUC {-self.estimated_auc_drop:+.3f}"
+            )
         else:
             auc = f"no realized AUC yet ({self.labeled_rows} labeled rows), estimate not trusted"
         return f"{auc}; agreement {self.agreement:.0%}"
@@ -98,7 +106,9 @@ class RolloutDecision:
     next_stage: str | None = None
 
 
-def decide_rollout(stage: str, healthy_nights_in_stage: int, tonight: NightHealth, rollout: RolloutConfig) -> RolloutDecision:
+def decide_rollout(
+    stage: str, healthy_nights_in_stage: int, tonight: NightHealth, rollout: RolloutConfig
+) -> RolloutDecision:
     """What to do after tonight: roll back on any broken health rule, advance after enough healthy nights, else hold.
     The reason ends with the evidence the night was judged on.
 
@@ -115,20 +125,28 @@ def decide_rollout(stage: str, healthy_nights_in_stage: int, tonight: NightHealt
     following = next_stage(stage, rollout)
     if following is None:
         return RolloutDecision("promote", f"{stage} held {needed} healthy nights; promoting to champion" + evidence)
-    return RolloutDecision("advance", f"{stage} held {needed} healthy nights; advancing to {following}" + evidence, following)
+    return RolloutDecision(
+        "advance", f"{stage} held {needed} healthy nights; advancing to {following}" + evidence, following
+    )
 
 
-def start_shadow(connection: duckdb.DuckDBPyConnection, version: str, effective_from: dt.date, actor: str, reason: str) -> None:
+def start_shadow(
+    connection: duckdb.DuckDBPyConnection, version: str, effective_from: dt.date, actor: str, reason: str
+) -> None:
     """Make ``version`` the challenger in shadow from ``effective_from`` on."""
     registry.set_alias(connection, registry.CHALLENGER, version, effective_from, actor, reason, stage=SHADOW)
 
 
-def advance(connection: duckdb.DuckDBPyConnection, version: str, stage: str, effective_from: dt.date, actor: str, reason: str) -> None:
+def advance(
+    connection: duckdb.DuckDBPyConnection, version: str, stage: str, effective_from: dt.date, actor: str, reason: str
+) -> None:
     """Move the challenger ``version`` to ``stage`` from ``effective_from`` on."""
     registry.set_alias(connection, registry.CHALLENGER, version, effective_from, actor, reason, stage=stage)
 
 
-def promote(connection: duckdb.DuckDBPyConnection, version: str, effective_from: dt.date, actor: str, reason: str) -> None:
+def promote(
+    connection: duckdb.DuckDBPyConnection, version: str, effective_from: dt.date, actor: str, reason: str
+) -> None:
     """Make ``version`` champion from ``effective_from`` on and clear the challenger, in one transaction.
 
     Both rows or neither: a failure between them must not leave the version serving as champion and as challenger.
@@ -144,7 +162,9 @@ def promote(connection: duckdb.DuckDBPyConnection, version: str, effective_from:
         raise
 
 
-def reject_challenger(connection: duckdb.DuckDBPyConnection, effective_from: dt.date, actor: str, reason: str) -> str | None:
+def reject_challenger(
+    connection: duckdb.DuckDBPyConnection, effective_from: dt.date, actor: str, reason: str
+) -> str | None:
     """Clear the challenger (a failed rollout); returns the version that was removed."""
     version = registry.alias_state(connection, registry.CHALLENGER, effective_from).version
     if version is not None:
@@ -152,7 +172,9 @@ def reject_challenger(connection: duckdb.DuckDBPyConnection, effective_from: dt.
     return version
 
 
-def rollback_champion(connection: duckdb.DuckDBPyConnection, effective_from: dt.date, actor: str, reason: str) -> tuple[str, str]:
+def rollback_champion(
+    connection: duckdb.DuckDBPyConnection, effective_from: dt.date, actor: str, reason: str
+) -> tuple[str, str]:
     """Point champion back at the version it held before the current one; returns (from, to).
 
     Raises ValueError when there is no earlier champion to return to.

@@ -63,8 +63,15 @@ VANISHED_LEVELS = "drift.vanished_levels"
 VANISHED_SHARE = "drift.vanished_share"
 NEW_LEVEL_SHARE = "drift.new_level_share"
 FEATURE_STATISTICS: tuple[str, ...] = (
-    "psi", "js_distance", "missing_rate_change", "drifted", "wasserstein_norm", "ks", "chi2_p_value",
-    "new_category_share", "vanished_levels",
+    "psi",
+    "js_distance",
+    "missing_rate_change",
+    "drifted",
+    "wasserstein_norm",
+    "ks",
+    "chi2_p_value",
+    "new_category_share",
+    "vanished_levels",
 )
 
 # Performance: written by the monitoring step (1.0 = tonight's estimate may be trusted, 0.0 = not); rollout health
@@ -82,7 +89,10 @@ def feature_metric(feature: str, statistic: str) -> str:
 METRICS: tuple[Metric, ...] = (
     # validation (assets/nightly.py: raw_batch, validate_batch)
     _m("validation.rows", "Rows that landed tonight."),
-    _m("validation.schema_problems", "Missing, extra or retyped columns in tonight's files (0 = schema matches the contract)."),
+    _m(
+        "validation.schema_problems",
+        "Missing, extra or retyped columns in tonight's files (0 = schema matches the contract).",
+    ),
     _m("validation.volume_deviation", "Relative deviation of tonight's row count from the median of recent nights."),
     _m("validation.duplicate_ids", "Entity ids that appear more than once tonight."),
     _m("validation.quarantine_rate", "Share of tonight's rows quarantined by row rules."),
@@ -96,13 +106,24 @@ METRICS: tuple[Metric, ...] = (
     # rollout of a challenger (nightkeeper/pipeline/nightly.py: shadow_night)
     _m("rollout.healthy", "1 when the challenger passed tonight's rollout health checks, else 0."),
     _m("rollout.error_rate", "Share of rows the challenger failed to score tonight."),
-    _m("rollout.fallback_rate_increase", "Share of rows the challenger could not score minus the champion's (fallback would answer more)."),
-    _m("rollout.agreement", "Share of rows where challenger and champion made the same decision (a rule only below "
-       "lifecycle.rollout.min_agreement)."),
+    _m(
+        "rollout.fallback_rate_increase",
+        "Share of rows the challenger could not score minus the champion's (fallback would answer more).",
+    ),
+    _m(
+        "rollout.agreement",
+        "Share of rows where challenger and champion made the same decision (a rule only below "
+        "lifecycle.rollout.min_agreement).",
+    ),
     _m("rollout.estimated_auc_drop", "Champion's minus challenger's estimated AUC on tonight's rows."),
     _m("rollout.estimate_trusted", "1 when the estimated AUC drop counted in tonight's rollout health, else 0."),
-    _m("rollout.realized_auc_drop", "Champion's minus challenger's realized AUC on the labeled rows of the rollout so far."),
-    _m("rollout.labeled_rows", "Labeled rows of the rollout's nights both models scored (the realized AUC's evidence)."),
+    _m(
+        "rollout.realized_auc_drop",
+        "Champion's minus challenger's realized AUC on the labeled rows of the rollout so far.",
+    ),
+    _m(
+        "rollout.labeled_rows", "Labeled rows of the rollout's nights both models scored (the realized AUC's evidence)."
+    ),
     _m("rollout.canary_percent", "Percent of entities the challenger answers tonight."),
     # lifecycle events (assets/lifecycle.py, assets/monitoring.py)
     _m(ROLLBACKS, "Rollbacks of a challenger or champion on this night."),
@@ -112,8 +133,12 @@ METRICS: tuple[Metric, ...] = (
     *(
         _m(f"performance.realized_{name}", f"Realized {meaning} of the latest labeled scoring night.")
         for name, meaning in (
-            ("auc", "AUC"), ("precision", "precision"), ("recall", "recall"), ("brier", "Brier score"),
-            ("positive_rate", "positive-decision rate"), ("business_value", "business value (money)"),
+            ("auc", "AUC"),
+            ("precision", "precision"),
+            ("recall", "recall"),
+            ("brier", "Brier score"),
+            ("positive_rate", "positive-decision rate"),
+            ("business_value", "business value (money)"),
             ("business_value_per_row", "business value per row"),
         )
     ),
@@ -122,18 +147,31 @@ METRICS: tuple[Metric, ...] = (
     *(
         _m(f"performance.estimated_{name}", f"Tonight's estimated {meaning} from calibrated scores (CBPE).")
         for name, meaning in (
-            ("auc", "AUC"), ("precision", "precision"), ("recall", "recall"), ("accuracy", "accuracy"),
-            ("positive_rate", "positive-decision rate"), ("business_value", "business value (money)"),
+            ("auc", "AUC"),
+            ("precision", "precision"),
+            ("recall", "recall"),
+            ("accuracy", "accuracy"),
+            ("positive_rate", "positive-decision rate"),
+            ("business_value", "business value (money)"),
             ("business_value_per_row", "business value per row"),
         )
     ),
     _m("performance.calibration_error", "Expected calibration error of the scores on recent labeled rows."),
     _m("performance.calibration_max_gap", "Largest gap between score and label rate over calibration bins."),
     _m("performance.estimate_trustworthy", "1 when the estimated performance is trustworthy (calibrated), else 0."),
-    _m(ESTIMATE_TRUSTED, "1 when tonight's estimate (CBPE) matched the serving model's latest labels (or holdout), else 0; "
-       "while 0 the estimated AUC drop is not recorded."),
-    _m("performance.estimate_auc_gap", "Estimated minus realized AUC on the serving model's latest labeled rows (or holdout)."),
-    _m("performance.estimate_positive_rate_gap", "Mean score minus realized base rate on the serving model's latest labeled rows."),
+    _m(
+        ESTIMATE_TRUSTED,
+        "1 when tonight's estimate (CBPE) matched the serving model's latest labels (or holdout), else 0; "
+        "while 0 the estimated AUC drop is not recorded.",
+    ),
+    _m(
+        "performance.estimate_auc_gap",
+        "Estimated minus realized AUC on the serving model's latest labeled rows (or holdout).",
+    ),
+    _m(
+        "performance.estimate_positive_rate_gap",
+        "Mean score minus realized base rate on the serving model's latest labeled rows.",
+    ),
     _m("performance.realized_auc_window", "Realized AUC pooled over the latest labeled scoring nights."),
     _m("performance.realized_auc_drop", "Champion's holdout AUC minus the pooled realized AUC."),
     _m("performance.estimated_auc_drop", "Champion's holdout estimated AUC minus tonight's estimated AUC."),
@@ -148,9 +186,15 @@ METRICS: tuple[Metric, ...] = (
     _m(CONFIDENCE_PSI, "PSI of tonight's confidences against the reference confidences."),
     _m(CONFIDENCE_JS, "Jensen-Shannon distance of tonight's confidences against the reference."),
     _m(CONFIDENCE_DRIFTED, "1 when the confidence PSI exceeds its fitted threshold, else 0."),
-    _m(VANISHED_LEVELS, "Category levels the reference holds that are absent tonight although a night this size surely shows them."),
+    _m(
+        VANISHED_LEVELS,
+        "Category levels the reference holds that are absent tonight although a night this size surely shows them.",
+    ),
     _m(VANISHED_SHARE, "Reference share of the vanished levels, summed over features (the rows that went elsewhere)."),
-    _m(NEW_LEVEL_SHARE, "Largest share, over category features, of tonight's rows holding a level the reference never saw."),
+    _m(
+        NEW_LEVEL_SHARE,
+        "Largest share, over category features, of tonight's rows holding a level the reference never saw.",
+    ),
     _m("drift.feature.{feature}.psi", "PSI of the feature against the reference bins."),
     _m("drift.feature.{feature}.js_distance", "Jensen-Shannon distance (base 2) of the feature against the reference."),
     _m("drift.feature.{feature}.missing_rate_change", "Tonight's missing rate minus the reference's."),

@@ -24,17 +24,25 @@ def publish(trained: TrainedModel, config: ProjectConfig) -> ModelRecord:
         return register_trained(connection, trained, config)
 
 
-def register_trained(connection: duckdb.DuckDBPyConnection, trained: TrainedModel, config: ProjectConfig) -> ModelRecord:
+def register_trained(
+    connection: duckdb.DuckDBPyConnection, trained: TrainedModel, config: ProjectConfig
+) -> ModelRecord:
     """``publish`` through an open warehouse connection (a pipeline step holds one already)."""
     return registry.register(connection, trained.card, save_artifact(trained, config.models_path))
 
 
-def bootstrap_champion(config: ProjectConfig, history: pl.DataFrame, effective_from: dt.date, actor: str = "bootstrap") -> ModelRecord:
+def bootstrap_champion(
+    config: ProjectConfig, history: pl.DataFrame, effective_from: dt.date, actor: str = "bootstrap"
+) -> ModelRecord:
     """Train the first model on labeled ``history``, register it and make it champion from ``effective_from`` on."""
     record = publish(train_model(history, config), config)
     with warehouse.connect(config.warehouse_path) as connection:
         registry.set_alias(
-            connection, registry.CHAMPION, record.version, effective_from, actor,
+            connection,
+            registry.CHAMPION,
+            record.version,
+            effective_from,
+            actor,
             f"bootstrap champion trained on {record.card.training_window.rows} rows",
         )
     return record
@@ -58,17 +66,28 @@ def train_first_champion(
     stored in the warehouse, where every later retrain window includes it. When one fails nothing is registered or
     stored. Raises ValueError (from training) when the history cannot train a model (too few rows, one class).
     """
-    frame = history.rows.rename({"label": config.contract.target, "entity_id": config.contract.entity_id,
-                                 **({"event_time": config.contract.event_time} if config.contract.event_time else {})})
+    frame = history.rows.rename(
+        {
+            "label": config.contract.target,
+            "entity_id": config.contract.entity_id,
+            **({"event_time": config.contract.event_time} if config.contract.event_time else {}),
+        }
+    )
     trained = train_model(frame, config)
-    checks = behaviour_tests(trained.booster, trained.card, training_frame(frame, config), config.contract, config.lifecycle.behaviour)
+    checks = behaviour_tests(
+        trained.booster, trained.card, training_frame(frame, config), config.contract, config.lifecycle.behaviour
+    )
     if not all(outcome.passed for outcome in checks.values()):
         return FirstChampion(None, checks)
     record = register_trained(connection, trained, config)
     store_history(connection, history.rows)
     rows, dates = history.rows.height, history.rows["partition_date"]
     registry.set_alias(
-        connection, registry.CHAMPION, record.version, config.schedule.start_date, actor,
+        connection,
+        registry.CHAMPION,
+        record.version,
+        config.schedule.start_date,
+        actor,
         f"first champion trained on the labeled history ({rows} rows, {dates.min()} .. {dates.max()})",
     )
     return FirstChampion(record, checks)

@@ -33,7 +33,10 @@ class OracleBlock:
 
 
 def retrained_every_block(
-    config: ProjectConfig, labeled: pl.DataFrame, nights: list[dt.date], block_nights: int,
+    config: ProjectConfig,
+    labeled: pl.DataFrame,
+    nights: list[dt.date],
+    block_nights: int,
     step: dt.timedelta = dt.timedelta(days=1),
 ) -> list[OracleBlock]:
     """The oracle's AUC per block of ``block_nights`` consecutive ``nights`` (the backtest's blocks).
@@ -50,7 +53,7 @@ def retrained_every_block(
     window = dt.timedelta(days=config.lifecycle.training_window_days)
     blocks = []
     for start in range(0, len(nights), block_nights):
-        span = nights[start:start + block_nights]
+        span = nights[start : start + block_nights]
         train = dated.filter(pl.col("__night").is_between(span[0] - window, span[0], closed="left"))
         block = dated.filter(pl.col("__night").is_between(span[0], span[-1] + step, closed="left"))
         trained = train_model(train.drop("__night"), config)

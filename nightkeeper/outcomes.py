@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from nightkeeper.frames import conform
-
 from nightkeeper.config import Contract, DecisionConfig
 from nightkeeper.fallback import FallbackRule, decide
+from nightkeeper.frames import conform
 from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, UNREADABLE_FILE, decode_records, parse_feature
 
 OUTCOME_SCHEMA: dict[str, pl.DataType] = {
@@ -50,7 +49,9 @@ class Fallback:
 def segment_values(raw: pl.DataFrame, contract: Contract, segment_by: list[str]) -> pl.DataFrame:
     """The row keys and the typed segment columns of every raw row (null where empty or invalid)."""
     texts = decode_records(raw, segment_by)
-    return texts.select(*KEY_COLUMNS, *(parse_feature(name, contract.features[name]).alias(name) for name in segment_by))
+    return texts.select(
+        *KEY_COLUMNS, *(parse_feature(name, contract.features[name]).alias(name) for name in segment_by)
+    )
 
 
 def assemble_outcomes(
@@ -75,16 +76,22 @@ def assemble_outcomes(
         pl.lit("model").alias("source"), pl.lit(None, dtype=pl.String).alias("reason")
     )
     if canary is not None and canary.height:
-        routed = canary.filter(pl.col("model_error").is_null()).join(model_rows.select(ROW_KEY), on=ROW_KEY).with_columns(
-            pl.lit("canary").alias("source"), pl.lit(None, dtype=pl.String).alias("reason")
+        routed = (
+            canary.filter(pl.col("model_error").is_null())
+            .join(model_rows.select(ROW_KEY), on=ROW_KEY)
+            .with_columns(pl.lit("canary").alias("source"), pl.lit(None, dtype=pl.String).alias("reason"))
         )
         model_rows = pl.concat(
             [model_rows.join(routed.select(ROW_KEY), on=ROW_KEY, how="anti"), routed.select(model_rows.columns)]
         )
-    unscored = scored.filter(pl.col("model_error").is_not_null()).select(*ROW_KEY, pl.col("model_error").alias("reason"))
+    unscored = scored.filter(pl.col("model_error").is_not_null()).select(
+        *ROW_KEY, pl.col("model_error").alias("reason")
+    )
 
     reasons = quarantine.group_by(ROW_KEY).agg(
-        pl.format("quarantined: {}", pl.concat_str("column", pl.lit(" "), "rule").sort().str.join("; ")).alias("reason"),
+        pl.format("quarantined: {}", pl.concat_str("column", pl.lit(" "), "rule").sort().str.join("; ")).alias(
+            "reason"
+        ),
         # an unreadable file's row has no values at all: nobody can decide it
         (pl.col("column").is_in(segment_by) | (pl.col("rule") == UNREADABLE_FILE)).any().alias("segment_broken"),
     )
@@ -96,13 +103,22 @@ def assemble_outcomes(
     segments = segment_values(raw.join(needing, on=ROW_KEY, how="semi"), contract, segment_by)
 
     fallback_rows = _fallback_answers(segments.join(to_fallback, on=ROW_KEY), fallback, decision)
-    quarantine_rows = segments.select(KEY_COLUMNS).join(undecided, on=ROW_KEY).with_columns(
-        pl.lit("quarantine").alias("source"), pl.lit(decision.undecided).alias("decision")
+    quarantine_rows = (
+        segments.select(KEY_COLUMNS)
+        .join(undecided, on=ROW_KEY)
+        .with_columns(pl.lit("quarantine").alias("source"), pl.lit(decision.undecided).alias("decision"))
     )
-    outcomes = pl.concat(
-        [frame.select(c for c in OUTCOME_SCHEMA if c in frame.columns) for frame in (model_rows, fallback_rows, quarantine_rows)],
-        how="diagonal_relaxed",
-    ).pipe(conform, OUTCOME_SCHEMA).sort(ROW_KEY)
+    outcomes = (
+        pl.concat(
+            [
+                frame.select(c for c in OUTCOME_SCHEMA if c in frame.columns)
+                for frame in (model_rows, fallback_rows, quarantine_rows)
+            ],
+            how="diagonal_relaxed",
+        )
+        .pipe(conform, OUTCOME_SCHEMA)
+        .sort(ROW_KEY)
+    )
     assert_conserved(raw, outcomes)
     return outcomes
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-from sklearn.metrics import roc_auc_score
 import polars as pl
+from sklearn.metrics import roc_auc_score
 
 from nightkeeper import registry
 from nightkeeper.config import BusinessValue, DecisionConfig, PerformanceConfig
@@ -100,7 +100,9 @@ CALIBRATION_BINS_SCHEMA: dict[str, pl.DataType] = {
 # ----------------------------------------------------------------------------------------------------- realized
 
 
-def scored_with_labels(outcomes: pl.DataFrame, labels: pl.DataFrame, sources: Sequence[str] = DEFAULT_SOURCES) -> pl.DataFrame:
+def scored_with_labels(
+    outcomes: pl.DataFrame, labels: pl.DataFrame, sources: Sequence[str] = DEFAULT_SOURCES
+) -> pl.DataFrame:
     """The scored outcome rows of ``sources`` with their label (SCORED_LABELS_SCHEMA; label null if not arrived).
 
     ``outcomes`` has OUTCOME_SCHEMA's columns (at least partition_date, source_file, row_number, entity_id, source,
@@ -115,7 +117,9 @@ def scored_with_labels(outcomes: pl.DataFrame, labels: pl.DataFrame, sources: Se
         .unique(["partition_date", "model_version", "entity_id"], keep="first", maintain_order=True)
     )
     known = labels.select("entity_id", pl.col("partition_date").cast(pl.Date), pl.col("label").cast(pl.Int8))
-    return conform(rows.join(known, on=["entity_id", "partition_date"], how="left", maintain_order="left"), SCORED_LABELS_SCHEMA)
+    return conform(
+        rows.join(known, on=["entity_id", "partition_date"], how="left", maintain_order="left"), SCORED_LABELS_SCHEMA
+    )
 
 
 def realized_performance(
@@ -154,7 +158,9 @@ def realized_performance(
         pl.col("_rank").filter(actual).sum().alias("_positive_rank_sum"),
         ((pl.col("score") - pl.col("label")) ** 2).mean().alias("_brier"),
     )
-    tp, fp, tn, fn = (pl.col(c).cast(pl.Float64) for c in ("true_positives", "false_positives", "true_negatives", "false_negatives"))
+    tp, fp, tn, fn = (
+        pl.col(c).cast(pl.Float64) for c in ("true_positives", "false_positives", "true_negatives", "false_negatives")
+    )
     positives, negatives, n = tp + fn, fp + tn, pl.col("labeled_rows").cast(pl.Float64)
     enough = pl.col("labeled_rows") >= min_labeled_rows
     money = tp * value.true_positive + fp * value.false_positive + tn * value.true_negative + fn * value.false_negative
@@ -199,7 +205,9 @@ def card_thresholds(connection: duckdb.DuckDBPyConnection, versions: Iterable[st
 
 
 def _threshold_of_version(decision: DecisionConfig, thresholds: Mapping[str, float] | None) -> pl.Expr:
-    return pl.col("model_version").replace_strict(dict(thresholds or {}), default=decision.threshold, return_dtype=pl.Float64)
+    return pl.col("model_version").replace_strict(
+        dict(thresholds or {}), default=decision.threshold, return_dtype=pl.Float64
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- estimated
@@ -369,7 +377,9 @@ def auc_standard_error(auc: float, positives: float, negatives: float) -> float:
     if positives < 1 or negatives < 1:
         return float("inf")
     q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
-    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) / (positives * negatives)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) / (
+        positives * negatives
+    )
     return float(np.sqrt(max(variance, 0.0)))
 
 
@@ -413,7 +423,11 @@ def estimate_trust(
         if calibration is not None and not calibration.trustworthy:
             problems.append(f"calibration error {calibration.ece:.3f} above {calibration.max_calibration_error}")
         where = f"on the serving model's {labeled.height} latest labeled rows"
-        reason = ("; ".join(problems) + f" {where}") if problems else f"estimate matched the labels {where} (AUC gap {auc_gap:+.3f}, base-rate gap {rate_gap:+.3f})"
+        reason = (
+            ("; ".join(problems) + f" {where}")
+            if problems
+            else f"estimate matched the labels {where} (AUC gap {auc_gap:+.3f}, base-rate gap {rate_gap:+.3f})"
+        )
         return EstimateTrust(not problems, reason, "labels", auc_gap, rate_gap)
     if holdout and holdout.get("estimated_auc") is not None and holdout.get("auc") is not None:
         auc_gap = float(holdout["estimated_auc"]) - float(holdout["auc"])
@@ -443,7 +457,9 @@ def _auc_problem(auc_gap: float, noise: float, settings: PerformanceConfig) -> s
 # ------------------------------------------------------------------------------------------- metrics and plots
 
 
-def pooled_realized_auc(scored_labels: pl.DataFrame, nights: int, min_labeled_rows: int, source: str = "model") -> dict[str, float] | None:
+def pooled_realized_auc(
+    scored_labels: pl.DataFrame, nights: int, min_labeled_rows: int, source: str = "model"
+) -> dict[str, float] | None:
     """Realized AUC over the labeled rows of the latest ``nights`` scoring nights that have any label, pooled.
 
     One night's AUC on a few thousand rows wanders by ±0.02 by chance alone; pooling a week of nights is what an
@@ -501,7 +517,15 @@ def performance_metrics(
     return flat if include_missing else {name: number for name, number in flat.items() if number is not None}
 
 
-_ESTIMATED_METRICS = ("auc", "precision", "recall", "accuracy", "positive_rate", "business_value", "business_value_per_row")
+_ESTIMATED_METRICS = (
+    "auc",
+    "precision",
+    "recall",
+    "accuracy",
+    "positive_rate",
+    "business_value",
+    "business_value_per_row",
+)
 
 
 def performance_table(realized: pl.DataFrame, estimated: pl.DataFrame) -> pl.DataFrame:
@@ -509,15 +533,21 @@ def performance_table(realized: pl.DataFrame, estimated: pl.DataFrame) -> pl.Dat
     ``labeled_rows``, ``label_coverage``, ``realized_<metric>`` and ``estimated_<metric>`` (outer join: a night
     without labels yet has null realized metrics and zero labeled rows)."""
     left = conform(realized, REALIZED_SCHEMA).rename({name: f"realized_{name}" for name in _METRICS})
-    right = conform(estimated, ESTIMATED_SCHEMA).rename(
-        {name: f"estimated_{name}" for name in ESTIMATED_SCHEMA if name not in (*GROUP_KEY, "rows")}
-    ).rename({"rows": "estimated_rows"})
+    right = (
+        conform(estimated, ESTIMATED_SCHEMA)
+        .rename({name: f"estimated_{name}" for name in ESTIMATED_SCHEMA if name not in (*GROUP_KEY, "rows")})
+        .rename({"rows": "estimated_rows"})
+    )
     table = left.join(right, on=GROUP_KEY, how="full", coalesce=True)
-    return table.with_columns(
-        pl.coalesce("rows", "estimated_rows").alias("rows"),
-        pl.col("labeled_rows").fill_null(0),
-        pl.col("label_coverage").fill_null(0.0),
-    ).drop("estimated_rows").sort(GROUP_KEY)
+    return (
+        table.with_columns(
+            pl.coalesce("rows", "estimated_rows").alias("rows"),
+            pl.col("labeled_rows").fill_null(0),
+            pl.col("label_coverage").fill_null(0.0),
+        )
+        .drop("estimated_rows")
+        .sort(GROUP_KEY)
+    )
 
 
 def plot_performance(table: pl.DataFrame, path: Path) -> Path:
@@ -532,11 +562,27 @@ def plot_performance(table: pl.DataFrame, path: Path) -> Path:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     groups = table.sort("partition_date").partition_by(["source", "model_version"], as_dict=True, maintain_order=True)
-    for index, ((source, version), group) in enumerate(sorted(groups.items(), key=lambda item: tuple(map(str, item[0])))):
+    for index, ((source, version), group) in enumerate(
+        sorted(groups.items(), key=lambda item: tuple(map(str, item[0])))
+    ):
         colour = f"C{index % 10}"
         nights = group["partition_date"].to_list()
-        axes.plot(nights, group["estimated_auc"].to_list(), linestyle="--", color=colour, label=f"estimated {source} {version}")
-        axes.plot(nights, group["realized_auc"].to_list(), linestyle="-", marker="o", markersize=3, color=colour, label=f"realized {source} {version}")
+        axes.plot(
+            nights,
+            group["estimated_auc"].to_list(),
+            linestyle="--",
+            color=colour,
+            label=f"estimated {source} {version}",
+        )
+        axes.plot(
+            nights,
+            group["realized_auc"].to_list(),
+            linestyle="-",
+            marker="o",
+            markersize=3,
+            color=colour,
+            label=f"realized {source} {version}",
+        )
     axes.set_xlabel("scoring night")
     axes.set_ylabel("ROC AUC")
     axes.set_title("Realized (labels) vs estimated (CBPE) AUC")
@@ -584,24 +630,40 @@ def refresh_performance(
     seen = connection.execute(f"select * from {LABEL_STATE_TABLE}").pl()
     landed = counts.join(seen, on=["partition_date", "label_rows", "positives"], how="anti")["partition_date"].to_list()
     if first_time:
-        estimate_nights = connection.execute(f"select distinct partition_date from {OUTCOMES_TABLE} order by 1").pl()["partition_date"].to_list()
+        estimate_nights = (
+            connection.execute(f"select distinct partition_date from {OUTCOMES_TABLE} order by 1")
+            .pl()["partition_date"]
+            .to_list()
+        )
     else:
         estimate_nights = [night]
     nights = sorted({*estimate_nights, *landed})
     rows = _scored_rows(connection, nights)
     thresholds = card_thresholds(connection, rows["model_version"].unique())
     realized = realized_performance(  # noqa: F841  (DuckDB reads these local variables by name)
-        rows, _labels_of(connection, nights, arrived_by=None), decision, settings.business_value, settings.min_labeled_rows,
+        rows,
+        _labels_of(connection, nights, arrived_by=None),
+        decision,
+        settings.business_value,
+        settings.min_labeled_rows,
         thresholds=thresholds,
     ).to_arrow()
     estimated = estimated_performance(  # noqa: F841
-        rows.filter(pl.col("partition_date").is_in(estimate_nights)), decision, settings.business_value, thresholds=thresholds
+        rows.filter(pl.col("partition_date").is_in(estimate_nights)),
+        decision,
+        settings.business_value,
+        thresholds=thresholds,
     ).to_arrow()
     state = counts.to_arrow()  # noqa: F841
     connection.begin()
     try:
-        for table, recomputed, frame in ((REALIZED_TABLE, nights, "realized"), (ESTIMATED_TABLE, estimate_nights, "estimated")):
-            connection.execute(f"delete from {table} where partition_date in (select unnest($nights))", {"nights": recomputed})
+        for table, recomputed, frame in (
+            (REALIZED_TABLE, nights, "realized"),
+            (ESTIMATED_TABLE, estimate_nights, "estimated"),
+        ):
+            connection.execute(
+                f"delete from {table} where partition_date in (select unnest($nights))", {"nights": recomputed}
+            )
             connection.execute(f"insert into {table} by name select * from {frame}")
         connection.execute(f"delete from {LABEL_STATE_TABLE}")
         connection.execute(f"insert into {LABEL_STATE_TABLE} by name select * from state")
@@ -612,24 +674,34 @@ def refresh_performance(
     return nights
 
 
-def realized_as_of(connection: duckdb.DuckDBPyConnection, night: dt.date, decision: DecisionConfig, settings: PerformanceConfig) -> pl.DataFrame:
+def realized_as_of(
+    connection: duckdb.DuckDBPyConnection, night: dt.date, decision: DecisionConfig, settings: PerformanceConfig
+) -> pl.DataFrame:
     """``realized_performance`` of the nights up to ``night`` with the labels that had arrived by ``night``
     (REALIZED_SCHEMA, sorted by GROUP_KEY), from REALIZED_TABLE (call ``refresh_performance`` first).
 
     Stored rows serve every night none of whose labels arrived after ``night``; the others (only when an old night
     is re-run) are recomputed from their rows and the labels known by then.
     """
-    late = connection.execute(
-        f"select distinct partition_date from {LABELS_TABLE} where arrived_on > $night and partition_date <= $night order by 1",
-        {"night": night},
-    ).pl()["partition_date"].to_list()
+    late = (
+        connection.execute(
+            f"select distinct partition_date from {LABELS_TABLE} where arrived_on > $night and partition_date <= $night order by 1",
+            {"night": night},
+        )
+        .pl()["partition_date"]
+        .to_list()
+    )
     stored = connection.execute(
         f"select * from {REALIZED_TABLE} where partition_date <= $night and partition_date not in (select unnest($late))",
         {"night": night, "late": late},
     ).pl()
     rows = _scored_rows(connection, late)
     recomputed = realized_performance(
-        rows, _labels_of(connection, late, arrived_by=night), decision, settings.business_value, settings.min_labeled_rows,
+        rows,
+        _labels_of(connection, late, arrived_by=night),
+        decision,
+        settings.business_value,
+        settings.min_labeled_rows,
         thresholds=card_thresholds(connection, rows["model_version"].unique()),
     )
     return pl.concat([conform(stored, REALIZED_SCHEMA), recomputed]).sort(GROUP_KEY)
@@ -638,11 +710,15 @@ def realized_as_of(connection: duckdb.DuckDBPyConnection, night: dt.date, decisi
 def estimated_as_of(connection: duckdb.DuckDBPyConnection, night: dt.date) -> pl.DataFrame:
     """``estimated_performance`` of every night up to ``night`` (ESTIMATED_SCHEMA, sorted by GROUP_KEY), from
     ESTIMATED_TABLE (call ``refresh_performance`` first)."""
-    stored = connection.execute(f"select * from {ESTIMATED_TABLE} where partition_date <= $night", {"night": night}).pl()
+    stored = connection.execute(
+        f"select * from {ESTIMATED_TABLE} where partition_date <= $night", {"night": night}
+    ).pl()
     return conform(stored, ESTIMATED_SCHEMA).sort(GROUP_KEY)
 
 
-def scored_with_labels_of(connection: duckdb.DuckDBPyConnection, nights: Sequence[dt.date], arrived_by: dt.date) -> pl.DataFrame:
+def scored_with_labels_of(
+    connection: duckdb.DuckDBPyConnection, nights: Sequence[dt.date], arrived_by: dt.date
+) -> pl.DataFrame:
     """``scored_with_labels`` of the stored outcomes of ``nights`` with the labels arrived by ``arrived_by``."""
     return scored_with_labels(_scored_rows(connection, nights), _labels_of(connection, nights, arrived_by))
 
@@ -656,7 +732,9 @@ def _scored_rows(connection: duckdb.DuckDBPyConnection, nights: Sequence[dt.date
     ).pl()
 
 
-def _labels_of(connection: duckdb.DuckDBPyConnection, nights: Sequence[dt.date], arrived_by: dt.date | None) -> pl.DataFrame:
+def _labels_of(
+    connection: duckdb.DuckDBPyConnection, nights: Sequence[dt.date], arrived_by: dt.date | None
+) -> pl.DataFrame:
     """The stored labels of ``nights`` (those arrived by ``arrived_by``; all with None)."""
     arrived = "" if arrived_by is None else "and arrived_on <= $arrived_by"
     return connection.execute(

@@ -129,7 +129,9 @@ class DriftThreshold(_Frozen):
     source: Literal["fitted", "config"]
     rows: list[int] = Field(default_factory=list)
     psi_by_rows: list[float] = Field(default_factory=list)
-    nightly_psi: float | None = Field(None, description="Night-to-night PSI of the reference's real nights (fitted upper tail), when known.")
+    nightly_psi: float | None = Field(
+        None, description="Night-to-night PSI of the reference's real nights (fitted upper tail), when known."
+    )
 
     def psi_for(self, rows: int) -> float:
         """The PSI threshold for a night with ``rows`` non-missing values: log-log interpolation between the fitted
@@ -183,7 +185,9 @@ class ReferenceProfile(_Frozen):
     features: dict[str, FeatureProfile]
     score: NumericProfile
     confidence: NumericProfile
-    positive_rate: float | None = Field(description="Share of non-missing reference scores at or above the decision threshold.")
+    positive_rate: float | None = Field(
+        description="Share of non-missing reference scores at or above the decision threshold."
+    )
     thresholds: dict[str, DriftThreshold]
     score_threshold: DriftThreshold
     confidence_threshold: DriftThreshold
@@ -249,7 +253,10 @@ def category_counts(frame: pl.DataFrame, features: list[FeatureCard]) -> dict[st
     """Per category feature, counts of non-missing values per level plus a last "other" count (columns in parallel)."""
     lazy = frame.lazy()
     queries = [
-        lazy.select(category_codes(f.name, f.categories or []).alias("code")).filter(pl.col("code") >= 0).group_by("code").len()
+        lazy.select(category_codes(f.name, f.categories or []).alias("code"))
+        .filter(pl.col("code") >= 0)
+        .group_by("code")
+        .len()
         for f in features
     ]
     counts = {}
@@ -331,10 +338,14 @@ def fit_profile(
     score_profile = _numeric_profile(np.sort(scores[np.isfinite(scores)]), len(scores), config.bins)
     confidence_profile = _numeric_profile(np.sort(confidences[np.isfinite(confidences)]), len(scores), config.bins)
     score_stats = ladder.statistics(_bin_codes(scores, score_profile.edges), len(score_profile.frequencies))
-    confidence_stats = ladder.statistics(_bin_codes(confidences, confidence_profile.edges), len(confidence_profile.frequencies))
+    confidence_stats = ladder.statistics(
+        _bin_codes(confidences, confidence_profile.edges), len(confidence_profile.frequencies)
+    )
     scored = scores[np.isfinite(scores)]
 
-    thresholds = {name: _threshold(statistics, config.thresholds.get(name), config) for name, statistics in fitted.items()}
+    thresholds = {
+        name: _threshold(statistics, config.thresholds.get(name), config) for name, statistics in fitted.items()
+    }
     return ReferenceProfile(
         rows=frame.height,
         seed=seed,
@@ -413,8 +424,20 @@ def _numeric_profile(values: np.ndarray, rows: int, bins: int) -> NumericProfile
     missing_rate = (rows - n) / rows if rows else 0.0
     if n == 0:
         return NumericProfile(
-            rows=rows, missing_rate=missing_rate, edges=[], frequencies=[], mean=None, std=None, min=None, max=None,
-            exact=True, resolution=None, quantile_levels=[], quantiles=[], cdf=[], cdf_below=[],
+            rows=rows,
+            missing_rate=missing_rate,
+            edges=[],
+            frequencies=[],
+            mean=None,
+            std=None,
+            min=None,
+            max=None,
+            exact=True,
+            resolution=None,
+            quantile_levels=[],
+            quantiles=[],
+            cdf=[],
+            cdf_below=[],
         )
     # inverted-CDF quantiles: the smallest value whose cumulative share reaches the level (an actual data value)
     positions = np.ceil(np.arange(1, bins) / bins * n).astype(np.int64) - 1

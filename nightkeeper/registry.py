@@ -71,7 +71,14 @@ def register(connection: duckdb.DuckDBPyConnection, card: ModelCard, model_path:
     ensure_registry(connection)
     connection.execute(
         f"insert into {SCHEMA}.model_versions values (?, ?, ?, now(), ?, ?, ?) on conflict (version) do nothing",
-        [card.version, card.project, card.created_at, _stored_path(connection, model_path), card.model_sha256, card.model_dump_json()],
+        [
+            card.version,
+            card.project,
+            card.created_at,
+            _stored_path(connection, model_path),
+            card.model_sha256,
+            card.model_dump_json(),
+        ],
     )
     return get_version(connection, card.version)
 

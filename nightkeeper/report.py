@@ -96,9 +96,21 @@ SECTION_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "fallback_rows": pl.Int64(),
         "undecided_rows": pl.Int64(),
     },
-    "decisions": {"night": pl.Date(), "source": pl.String(), "decision": pl.String(), "rows": pl.Int64(), "mean_score": pl.Float64()},
+    "decisions": {
+        "night": pl.Date(),
+        "source": pl.String(),
+        "decision": pl.String(),
+        "rows": pl.Int64(),
+        "mean_score": pl.Float64(),
+    },
     "outcome_reasons": {"night": pl.Date(), "source": pl.String(), "reason": pl.String(), "rows": pl.Int64()},
-    "quarantine_rules": {"night": pl.Date(), "column": pl.String(), "rule": pl.String(), "rows": pl.Int64(), "violations": pl.Int64()},
+    "quarantine_rules": {
+        "night": pl.Date(),
+        "column": pl.String(),
+        "rule": pl.String(),
+        "rows": pl.Int64(),
+        "violations": pl.Int64(),
+    },
     "latency": {
         "night": pl.Date(),
         "source": pl.String(),
@@ -254,7 +266,7 @@ def export_month_snapshot(warehouse_path: Path, month: str, out_dir: Path, confi
         "first_night": first.isoformat(),
         "last_night": last.isoformat(),
         "warehouse": str(warehouse_path.resolve()),
-        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "missing_tables": sorted(set(missing)),
         "rows": {name: frame.height for name, frame in frames.items()},
         "nights_with_data": _nights_with_data(frames),
@@ -276,21 +288,37 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
         tables = _tables(connection)
         frames: dict[str, pl.DataFrame] = {}
         frames["model_versions"] = _query(
-            connection, tables, missing, ["registry.model_versions"], MODEL_SECTION_SCHEMAS["model_versions"],
+            connection,
+            tables,
+            missing,
+            ["registry.model_versions"],
+            MODEL_SECTION_SCHEMAS["model_versions"],
             _VERSIONS_SQL.replace("{card}", "case when version = $version then card_json end as card_json"),
             {"version": version},
         )
         frames["model_aliases"] = _query(
-            connection, tables, missing, ["registry.model_aliases"], MODEL_SECTION_SCHEMAS["model_aliases"],
+            connection,
+            tables,
+            missing,
+            ["registry.model_aliases"],
+            MODEL_SECTION_SCHEMAS["model_aliases"],
             "select seq, alias, version, effective_from, set_at, actor, reason, stage from registry.model_aliases order by seq",
         )
         frames["performance_realized"] = _query(
-            connection, tables, missing, ["monitoring.performance_realized"], MODEL_SECTION_SCHEMAS["performance_realized"],
+            connection,
+            tables,
+            missing,
+            ["monitoring.performance_realized"],
+            MODEL_SECTION_SCHEMAS["performance_realized"],
             "select * from monitoring.performance_realized where model_version = $version order by partition_date, source",
             {"version": version},
         )
         frames["labeled_scores"] = _query(
-            connection, tables, missing, ["nightly.outcomes", "monitoring.labels"], MODEL_SECTION_SCHEMAS["labeled_scores"],
+            connection,
+            tables,
+            missing,
+            ["nightly.outcomes", "monitoring.labels"],
+            MODEL_SECTION_SCHEMAS["labeled_scores"],
             f"""select o.partition_date, o.source, o.score, l.label
                 from nightly.outcomes o join monitoring.labels l using (entity_id, partition_date)
                 where o.model_version = $version and o.source in ('model', 'canary') and o.score is not null
@@ -298,7 +326,11 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
             {"version": version},
         )
         frames["candidates"] = _query(
-            connection, tables, missing, ["lifecycle.candidates"], MODEL_SECTION_SCHEMAS["candidates"],
+            connection,
+            tables,
+            missing,
+            ["lifecycle.candidates"],
+            MODEL_SECTION_SCHEMAS["candidates"],
             "select version, as_of, trigger, status, reasons, recorded_at from lifecycle.candidates where version = $version order by recorded_at",
             {"version": version},
         )
@@ -306,7 +338,7 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
         "kind": "model_card",
         "version": version,
         "warehouse": str(warehouse_path.resolve()),
-        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "missing_tables": sorted(set(missing)),
         "rows": {name: frame.height for name, frame in frames.items()},
     }
@@ -316,8 +348,16 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
 def config_summary(config: Any) -> dict[str, Any]:
     """The thresholds of a ``ProjectConfig`` the monthly review judges against, as JSON-ready data."""
     rules = [
-        {"name": r.name, "metric": r.metric, "comparison": r.comparison, "threshold": r.threshold,
-         "sustained_nights": r.sustained_nights, "severity": r.severity, "category": r.category, "runbook": r.runbook}
+        {
+            "name": r.name,
+            "metric": r.metric,
+            "comparison": r.comparison,
+            "threshold": r.threshold,
+            "sustained_nights": r.sustained_nights,
+            "severity": r.severity,
+            "category": r.category,
+            "runbook": r.runbook,
+        }
         for r in config.monitoring.alerts.rules
     ]
     review = getattr(config, "review", None)
@@ -347,7 +387,9 @@ from registry.model_versions order by registered_at, version
 """
 
 
-def _read_month(connection: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date, missing: list[str]) -> dict[str, pl.DataFrame]:
+def _read_month(
+    connection: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date, missing: list[str]
+) -> dict[str, pl.DataFrame]:
     tables = _tables(connection)
     span = {"first": first, "last": last}
     until = {"last": last}
@@ -360,10 +402,15 @@ def _read_month(connection: duckdb.DuckDBPyConnection, first: dt.date, last: dt.
     counts = {
         "raw_rows": _count(connection, tables, missing, "nightly.raw_batch", "count(*)", span),
         "validated_rows": _count(connection, tables, missing, "nightly.validated_batch", "count(*)", span),
-        "quarantined_rows": _count(connection, tables, missing, "nightly.quarantine", "count(distinct (source_file, row_number))", span),
+        "quarantined_rows": _count(
+            connection, tables, missing, "nightly.quarantine", "count(distinct (source_file, row_number))", span
+        ),
     }
     outcomes = _query(
-        connection, tables, missing, ["nightly.outcomes"],
+        connection,
+        tables,
+        missing,
+        ["nightly.outcomes"],
         {k: v for k, v in SECTION_SCHEMAS["volume"].items() if k not in counts},
         f"""select partition_date as night, count(*) as outcome_rows,
                    count(*) filter (where source = 'model') as model_rows,
@@ -374,71 +421,139 @@ def _read_month(connection: duckdb.DuckDBPyConnection, first: dt.date, last: dt.
         span,
     )
     frames["volume"] = _volume(outcomes, counts)
-    q("decisions", ["nightly.outcomes"],
-      f"""select partition_date as night, source, decision, count(*) as rows, avg(score) as mean_score
-          from nightly.outcomes where {in_month} group by all order by all""", span)
-    q("outcome_reasons", ["nightly.outcomes"],
-      f"""select partition_date as night, source, coalesce(reason, '(no reason recorded)') as reason, count(*) as rows
-          from nightly.outcomes where {in_month} and source not in ('model', 'canary') group by all order by all""", span)
-    q("quarantine_rules", ["nightly.quarantine"],
-      f"""select partition_date as night, "column", rule, count(distinct (source_file, row_number)) as rows,
+    q(
+        "decisions",
+        ["nightly.outcomes"],
+        f"""select partition_date as night, source, decision, count(*) as rows, avg(score) as mean_score
+          from nightly.outcomes where {in_month} group by all order by all""",
+        span,
+    )
+    q(
+        "outcome_reasons",
+        ["nightly.outcomes"],
+        f"""select partition_date as night, source, coalesce(reason, '(no reason recorded)') as reason, count(*) as rows
+          from nightly.outcomes where {in_month} and source not in ('model', 'canary') group by all order by all""",
+        span,
+    )
+    q(
+        "quarantine_rules",
+        ["nightly.quarantine"],
+        f"""select partition_date as night, "column", rule, count(distinct (source_file, row_number)) as rows,
                  count(*) as violations
-          from nightly.quarantine where {in_month} group by all order by all""", span)
-    q("latency", ["nightly.outcomes"],
-      f"""select partition_date as night, source, count(latency_ms) as rows,
+          from nightly.quarantine where {in_month} group by all order by all""",
+        span,
+    )
+    q(
+        "latency",
+        ["nightly.outcomes"],
+        f"""select partition_date as night, source, count(latency_ms) as rows,
                  quantile_cont(latency_ms, 0.5) as p50_ms, quantile_cont(latency_ms, 0.95) as p95_ms,
                  quantile_cont(latency_ms, 0.99) as p99_ms, max(latency_ms) as max_ms
-          from nightly.outcomes where {in_month} and latency_ms is not null group by all order by all""", span)
-    q("score_histogram", ["nightly.outcomes"],
-      f"""select partition_date as night, source, least(greatest(floor(score * {SCORE_BINS}), 0), {SCORE_BINS - 1})::bigint as bin,
+          from nightly.outcomes where {in_month} and latency_ms is not null group by all order by all""",
+        span,
+    )
+    q(
+        "score_histogram",
+        ["nightly.outcomes"],
+        f"""select partition_date as night, source, least(greatest(floor(score * {SCORE_BINS}), 0), {SCORE_BINS - 1})::bigint as bin,
                  count(*) as rows
-          from nightly.outcomes where {in_month} and score is not null group by all order by all""", span)
-    q("score_quantiles", ["nightly.outcomes"],
-      f"""select partition_date as night, source, count(*) as rows, avg(score) as mean,
+          from nightly.outcomes where {in_month} and score is not null group by all order by all""",
+        span,
+    )
+    q(
+        "score_quantiles",
+        ["nightly.outcomes"],
+        f"""select partition_date as night, source, count(*) as rows, avg(score) as mean,
                  quantile_cont(score, 0.05) as q05, quantile_cont(score, 0.25) as q25, quantile_cont(score, 0.5) as q50,
                  quantile_cont(score, 0.75) as q75, quantile_cont(score, 0.95) as q95
-          from nightly.outcomes where {in_month} and score is not null group by all order by all""", span)
-    q("drift", ["nightly.drift_metrics"],
-      f"select * from nightly.drift_metrics where {in_month} order by partition_date, feature", span)
-    q("night_metrics", ["monitoring.night_metrics"],
-      "select night, metric, value, model_version from monitoring.night_metrics where night between $first and $last order by night, metric",
-      span)
-    q("performance_realized", ["monitoring.performance_realized"],
-      f"select * from monitoring.performance_realized where {in_month} order by partition_date, source, model_version", span)
-    q("labels", ["monitoring.labels"],
-      f"""select partition_date as night, count(*) as labeled_rows, sum(label)::bigint as positives,
+          from nightly.outcomes where {in_month} and score is not null group by all order by all""",
+        span,
+    )
+    q(
+        "drift",
+        ["nightly.drift_metrics"],
+        f"select * from nightly.drift_metrics where {in_month} order by partition_date, feature",
+        span,
+    )
+    q(
+        "night_metrics",
+        ["monitoring.night_metrics"],
+        "select night, metric, value, model_version from monitoring.night_metrics where night between $first and $last order by night, metric",
+        span,
+    )
+    q(
+        "performance_realized",
+        ["monitoring.performance_realized"],
+        f"select * from monitoring.performance_realized where {in_month} order by partition_date, source, model_version",
+        span,
+    )
+    q(
+        "labels",
+        ["monitoring.labels"],
+        f"""select partition_date as night, count(*) as labeled_rows, sum(label)::bigint as positives,
                  min(arrived_on) as first_arrival, max(arrived_on) as last_arrival
-          from monitoring.labels where {in_month} group by all order by all""", span)
+          from monitoring.labels where {in_month} group by all order by all""",
+        span,
+    )
     versions = _query(
-        connection, tables, missing, ["registry.model_versions"],
+        connection,
+        tables,
+        missing,
+        ["registry.model_versions"],
         {**SECTION_SCHEMAS["model_versions"], "card_json": pl.String()},
         _VERSIONS_SQL.replace("{card}", "null::varchar as card_json"),
     )
-    q("model_aliases", ["registry.model_aliases"],
-      """select seq, alias, version, effective_from, set_at, actor, reason, stage from registry.model_aliases
-         where effective_from <= $last order by seq""", until)
+    q(
+        "model_aliases",
+        ["registry.model_aliases"],
+        """select seq, alias, version, effective_from, set_at, actor, reason, stage from registry.model_aliases
+         where effective_from <= $last order by seq""",
+        until,
+    )
     frames["model_versions"] = _versions_known_by(versions, frames["model_aliases"], last)
-    q("alerts", ["monitoring.alerts"],
-      """select alert_id, rule, category, severity, metric, opened_night,
+    q(
+        "alerts",
+        ["monitoring.alerts"],
+        """select alert_id, rule, category, severity, metric, opened_night,
                 case when closed_night <= $last then closed_night end as closed_night, status,
                 case when closed_night is null or closed_night > $last then 'open' else 'resolved' end as status_at_month_end,
                 value, threshold, comparison, message, runbook
-         from monitoring.alerts where opened_night <= $last order by opened_night, alert_id""", until)
-    q("alert_events", ["monitoring.alert_events"],
-      "select alert_id, night, event, message from monitoring.alert_events where night <= $last order by night, alert_id, event",
-      until)
-    q("candidates", ["lifecycle.candidates"],
-      """select version, as_of, trigger, status, reasons, recorded_at from lifecycle.candidates
-         where as_of between $first and $last order by as_of, recorded_at""", span)
-    q("review_queue", ["review.queue"],
-      f"select * from review.queue where {in_month} order by partition_date, priority", span)
-    q("review_labels", ["review.labels"],
-      f"select entity_id, partition_date, label, reviewer, reviewed_at from review.labels where {in_month} order by reviewed_at, entity_id",
-      span)
-    q("review_outcomes", ["review.queue", "nightly.outcomes"],
-      f"""select o.partition_date, o.source_file, o.row_number, o.source, o.decision
+         from monitoring.alerts where opened_night <= $last order by opened_night, alert_id""",
+        until,
+    )
+    q(
+        "alert_events",
+        ["monitoring.alert_events"],
+        "select alert_id, night, event, message from monitoring.alert_events where night <= $last order by night, alert_id, event",
+        until,
+    )
+    q(
+        "candidates",
+        ["lifecycle.candidates"],
+        """select version, as_of, trigger, status, reasons, recorded_at from lifecycle.candidates
+         where as_of between $first and $last order by as_of, recorded_at""",
+        span,
+    )
+    q(
+        "review_queue",
+        ["review.queue"],
+        f"select * from review.queue where {in_month} order by partition_date, priority",
+        span,
+    )
+    q(
+        "review_labels",
+        ["review.labels"],
+        f"select entity_id, partition_date, label, reviewer, reviewed_at from review.labels where {in_month} order by reviewed_at, entity_id",
+        span,
+    )
+    q(
+        "review_outcomes",
+        ["review.queue", "nightly.outcomes"],
+        f"""select o.partition_date, o.source_file, o.row_number, o.source, o.decision
           from nightly.outcomes o semi join review.queue q using (partition_date, source_file, row_number)
-          where o.{in_month}""", span)
+          where o.{in_month}""",
+        span,
+    )
     return frames
 
 
@@ -465,10 +580,16 @@ def _query(
     return _conform_loose(frame, schema)
 
 
-def _count(connection, tables: set[str], missing: list[str], table: str, expression: str, span: Mapping[str, Any]) -> pl.DataFrame:
+def _count(
+    connection, tables: set[str], missing: list[str], table: str, expression: str, span: Mapping[str, Any]
+) -> pl.DataFrame:
     schema = {"night": pl.Date(), "rows": pl.Int64()}
     return _query(
-        connection, tables, missing, [table], schema,
+        connection,
+        tables,
+        missing,
+        [table],
+        schema,
         f"select partition_date as night, {expression} as rows from {table} "
         "where partition_date between $first and $last group by all",
         span,
@@ -483,7 +604,11 @@ def _conform_loose(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.Da
     for name, dtype in schema.items():
         if name not in frame.columns:
             columns.append(pl.lit(None, dtype=dtype).alias(name))
-        elif isinstance(dtype, pl.Datetime) and isinstance(frame.schema[name], pl.Datetime) and frame.schema[name].time_zone:
+        elif (
+            isinstance(dtype, pl.Datetime)
+            and isinstance(frame.schema[name], pl.Datetime)
+            and frame.schema[name].time_zone
+        ):
             columns.append(pl.col(name).dt.convert_time_zone(dtype.time_zone or "UTC").cast(dtype))
         else:
             columns.append(pl.col(name).cast(dtype, strict=False))
@@ -497,9 +622,12 @@ def _volume(outcomes: pl.DataFrame, counts: dict[str, pl.DataFrame]) -> pl.DataF
         table = table.join(frame.rename({"rows": name}), on="night", how="left")
     table = table.join(outcomes, on="night", how="left")
     schema = SECTION_SCHEMAS["volume"]
-    return table.select(list(schema)).cast(schema).with_columns(
-        pl.col(name).fill_null(0) for name in schema if name != "night"
-    ).sort("night")
+    return (
+        table.select(list(schema))
+        .cast(schema)
+        .with_columns(pl.col(name).fill_null(0) for name in schema if name != "night")
+        .sort("night")
+    )
 
 
 def _versions_known_by(versions: pl.DataFrame, aliases: pl.DataFrame, last: dt.date) -> pl.DataFrame:
@@ -568,16 +696,20 @@ def load_snapshot(snapshot_dir: Path | str) -> Snapshot:
     folder = Path(snapshot_dir)
     manifest_path = folder / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    sections = {path.stem: pl.read_parquet(path) for path in sorted(folder.glob("*.parquet"))} if folder.is_dir() else {}
+    sections = (
+        {path.stem: pl.read_parquet(path) for path in sorted(folder.glob("*.parquet"))} if folder.is_dir() else {}
+    )
     return Snapshot(folder, manifest, sections)
 
 
 def metric_series(snapshot: Snapshot, metric: str) -> pl.DataFrame:
     """(night, value) of one nightly metric, nulls dropped, by night."""
     rows = snapshot["night_metrics"]
-    return rows.filter((pl.col("metric") == metric) & pl.col("value").is_not_null() & pl.col("value").is_not_nan()).select(
-        "night", "value"
-    ).sort("night")
+    return (
+        rows.filter((pl.col("metric") == metric) & pl.col("value").is_not_null() & pl.col("value").is_not_nan())
+        .select("night", "value")
+        .sort("night")
+    )
 
 
 def metric_wide(snapshot: Snapshot, metrics: list[str]) -> pl.DataFrame:
@@ -607,18 +739,29 @@ def rates_by_reason(snapshot: Snapshot, top: int = 6) -> pl.DataFrame:
     reasons = snapshot["outcome_reasons"]
     volume = snapshot["volume"].select("night", "outcome_rows")
     if reasons.height == 0 or volume.height == 0:
-        return pl.DataFrame(schema={"night": pl.Date(), "kind": pl.String(), "reason": pl.String(), "rate": pl.Float64()})
+        return pl.DataFrame(
+            schema={"night": pl.Date(), "kind": pl.String(), "reason": pl.String(), "rate": pl.Float64()}
+        )
     short = reasons.with_columns(
         pl.when(pl.col("source") == "quarantine").then(pl.lit("undecided")).otherwise(pl.col("source")).alias("kind"),
         pl.col("reason").map_elements(short_reason, return_dtype=pl.String).alias("reason"),
     )
-    leading = short.group_by("reason").agg(pl.col("rows").sum()).sort("rows", descending=True).head(top)["reason"].to_list()
-    grouped = short.with_columns(
-        pl.when(pl.col("reason").is_in(leading)).then(pl.col("reason")).otherwise(pl.lit("other")).alias("reason")
-    ).group_by("night", "kind", "reason").agg(pl.col("rows").sum())
-    return grouped.join(volume, on="night").with_columns(
-        (pl.col("rows") / pl.col("outcome_rows")).alias("rate")
-    ).select("night", "kind", "reason", "rate").sort("night", "kind", "reason")
+    leading = (
+        short.group_by("reason").agg(pl.col("rows").sum()).sort("rows", descending=True).head(top)["reason"].to_list()
+    )
+    grouped = (
+        short.with_columns(
+            pl.when(pl.col("reason").is_in(leading)).then(pl.col("reason")).otherwise(pl.lit("other")).alias("reason")
+        )
+        .group_by("night", "kind", "reason")
+        .agg(pl.col("rows").sum())
+    )
+    return (
+        grouped.join(volume, on="night")
+        .with_columns((pl.col("rows") / pl.col("outcome_rows")).alias("rate"))
+        .select("night", "kind", "reason", "rate")
+        .sort("night", "kind", "reason")
+    )
 
 
 def short_reason(reason: str | None, width: int = 60) -> str:
@@ -644,12 +787,26 @@ def alias_timeline(snapshot: Snapshot, first: dt.date, last: dt.date) -> pl.Data
             end = items[index + 1]["effective_from"] - dt.timedelta(days=1) if index + 1 < len(items) else last
             if entry["version"] is None or end < first or start > last:
                 continue
-            rows.append({
-                "alias": alias, "version": entry["version"], "stage": entry["stage"] or alias,
-                "start": max(start, first), "end": min(end, last), "reason": entry["reason"], "actor": entry["actor"],
-            })
-    schema = {"alias": pl.String(), "version": pl.String(), "stage": pl.String(), "start": pl.Date(), "end": pl.Date(),
-              "reason": pl.String(), "actor": pl.String()}
+            rows.append(
+                {
+                    "alias": alias,
+                    "version": entry["version"],
+                    "stage": entry["stage"] or alias,
+                    "start": max(start, first),
+                    "end": min(end, last),
+                    "reason": entry["reason"],
+                    "actor": entry["actor"],
+                }
+            )
+    schema = {
+        "alias": pl.String(),
+        "version": pl.String(),
+        "stage": pl.String(),
+        "start": pl.Date(),
+        "end": pl.Date(),
+        "reason": pl.String(),
+        "actor": pl.String(),
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -683,10 +840,26 @@ def lifecycle_events(snapshot: Snapshot, first: dt.date, last: dt.date) -> pl.Da
         else:
             kind = "canary" if (stage or "").startswith("canary") else (stage or "challenger")
         if first <= row["effective_from"] <= last:
-            events.append({"night": row["effective_from"], "alias": alias, "version": version, "stage": stage, "event": kind,
-                           "actor": actor, "reason": reason})
-    schema = {"night": pl.Date(), "alias": pl.String(), "version": pl.String(), "stage": pl.String(), "event": pl.String(),
-              "actor": pl.String(), "reason": pl.String()}
+            events.append(
+                {
+                    "night": row["effective_from"],
+                    "alias": alias,
+                    "version": version,
+                    "stage": stage,
+                    "event": kind,
+                    "actor": actor,
+                    "reason": reason,
+                }
+            )
+    schema = {
+        "night": pl.Date(),
+        "alias": pl.String(),
+        "version": pl.String(),
+        "stage": pl.String(),
+        "event": pl.String(),
+        "actor": pl.String(),
+        "reason": pl.String(),
+    }
     return pl.DataFrame(events, schema=schema)
 
 
@@ -698,14 +871,30 @@ def review_summary(snapshot: Snapshot) -> dict[str, Any] | None:
     from nightkeeper.review import review_stats
 
     queue, labels, outcomes = snapshot["review_queue"], snapshot["review_labels"], snapshot["review_outcomes"]
-    stats = review_stats(queue, labels, outcomes, snapshot.config.get("positive_decision") or _positive_decision(snapshot))
-    reviewed = queue.join(labels.select("entity_id", "partition_date").unique(), on=["entity_id", "partition_date"], how="semi")
-    per_night = queue.group_by("partition_date").agg(pl.len().alias("queued")).join(
-        reviewed.group_by("partition_date").agg(pl.len().alias("reviewed")), on="partition_date", how="left"
-    ).with_columns(pl.col("reviewed").fill_null(0)).sort("partition_date")
-    by_reason = queue.with_columns(
-        pl.when(pl.col("queue_reason").str.starts_with("quarantined")).then(pl.lit("quarantined")).otherwise(pl.col("queue_reason")).alias("why")
-    ).group_by("why").agg(pl.len().alias("rows")).sort("rows", descending=True)
+    stats = review_stats(
+        queue, labels, outcomes, snapshot.config.get("positive_decision") or _positive_decision(snapshot)
+    )
+    reviewed = queue.join(
+        labels.select("entity_id", "partition_date").unique(), on=["entity_id", "partition_date"], how="semi"
+    )
+    per_night = (
+        queue.group_by("partition_date")
+        .agg(pl.len().alias("queued"))
+        .join(reviewed.group_by("partition_date").agg(pl.len().alias("reviewed")), on="partition_date", how="left")
+        .with_columns(pl.col("reviewed").fill_null(0))
+        .sort("partition_date")
+    )
+    by_reason = (
+        queue.with_columns(
+            pl.when(pl.col("queue_reason").str.starts_with("quarantined"))
+            .then(pl.lit("quarantined"))
+            .otherwise(pl.col("queue_reason"))
+            .alias("why")
+        )
+        .group_by("why")
+        .agg(pl.len().alias("rows"))
+        .sort("rows", descending=True)
+    )
     return {**stats, "per_night": per_night, "by_reason": by_reason}
 
 
@@ -714,7 +903,9 @@ def _positive_decision(snapshot: Snapshot) -> str:
     decisions = snapshot["decisions"].filter((pl.col("source") == "model") & pl.col("decision").is_not_null())
     if decisions.height == 0:
         return ""
-    weighted = decisions.group_by("decision").agg(((pl.col("mean_score") * pl.col("rows")).sum() / pl.col("rows").sum()).alias("s"))
+    weighted = decisions.group_by("decision").agg(
+        ((pl.col("mean_score") * pl.col("rows")).sum() / pl.col("rows").sum()).alias("s")
+    )
     return str(weighted.sort("s", descending=True)["decision"][0])
 
 
@@ -734,7 +925,11 @@ def attention_items(snapshot: Snapshot) -> list[Attention]:
     items: list[Attention] = []
     if not snapshot.has_data:
         month = snapshot.manifest.get("month", "this month")
-        return [Attention("info", f"No data for {month}: the warehouse holds no night in this month, so nothing can be judged.")]
+        return [
+            Attention(
+                "info", f"No data for {month}: the warehouse holds no night in this month, so nothing can be judged."
+            )
+        ]
     items += _attention_alerts(snapshot)
     items += _attention_rates(snapshot)
     items += _attention_drift(snapshot)
@@ -751,11 +946,13 @@ def _attention_alerts(snapshot: Snapshot) -> list[Attention]:
     alerts = snapshot["alerts"]
     items = []
     for row in alerts.filter(pl.col("status_at_month_end") == "open").iter_rows(named=True):
-        items.append(Attention(
-            "critical" if row["severity"] == "critical" else "warning",
-            f"Alert **{row['rule']}** open since {row['opened_night']} ({row['category']}, {row['severity']}): {row['message']}",
-            row["runbook"] or "",
-        ))
+        items.append(
+            Attention(
+                "critical" if row["severity"] == "critical" else "warning",
+                f"Alert **{row['rule']}** open since {row['opened_night']} ({row['category']}, {row['severity']}): {row['message']}",
+                row["runbook"] or "",
+            )
+        )
     return items
 
 
@@ -768,27 +965,44 @@ def _attention_rates(snapshot: Snapshot) -> list[Attention]:
         rates = quarantine["validation.quarantine_rate"]
         over = quarantine.filter(pl.col("validation.quarantine_rate") > limit)["night"].to_list()
         if over:
-            items.append(Attention("warning", f"Quarantine rate above {limit:.1%} on {len(over)} night(s): {_nights(over)}.",
-                                   _runbook("quarantine-spike")))
+            items.append(
+                Attention(
+                    "warning",
+                    f"Quarantine rate above {limit:.1%} on {len(over)} night(s): {_nights(over)}.",
+                    _runbook("quarantine-spike"),
+                )
+            )
         if quarantine.height >= 6:
             half = quarantine.height // 2
             early, late = float(rates.head(half).median()), float(rates.tail(3).mean())
             if late > max(2 * early, 0.005) and late > early + 0.002:
-                items.append(Attention(
-                    "warning",
-                    f"Quarantine is rising: {late:.2%} over the last 3 nights vs a median of {early:.2%} earlier in the month.",
-                    _runbook("quarantine-spike"),
-                ))
+                items.append(
+                    Attention(
+                        "warning",
+                        f"Quarantine is rising: {late:.2%} over the last 3 nights vs a median of {early:.2%} earlier in the month.",
+                        _runbook("quarantine-spike"),
+                    )
+                )
     fallback = wide.drop_nulls("outcomes.fallback_rate")
     limit = threshold(snapshot, "outcomes.fallback_rate", DEFAULT_THRESHOLDS["fallback_rate"])
     over = fallback.filter(pl.col("outcomes.fallback_rate") > limit)["night"].to_list()
     if over:
-        items.append(Attention("critical", f"Fallback answered more than {limit:.0%} of rows on {len(over)} night(s): {_nights(over)}.",
-                               _runbook("fallback-spike")))
+        items.append(
+            Attention(
+                "critical",
+                f"Fallback answered more than {limit:.0%} of rows on {len(over)} night(s): {_nights(over)}.",
+                _runbook("fallback-spike"),
+            )
+        )
     failed = wide.filter(pl.col("scoring.model_failed") > 0)["night"].to_list()
     if failed:
-        items.append(Attention("critical", f"The champion failed to score on {len(failed)} night(s): {_nights(failed)}.",
-                               _runbook("champion-down")))
+        items.append(
+            Attention(
+                "critical",
+                f"The champion failed to score on {len(failed)} night(s): {_nights(failed)}.",
+                _runbook("champion-down"),
+            )
+        )
     return items
 
 
@@ -796,7 +1010,9 @@ def data_quality_nights(snapshot: Snapshot) -> set[dt.date]:
     """Nights with bad data (schema problems, or quarantine above its alert threshold). As in the alert engine, drift
     measured on such a night is the bad data's consequence, not news of its own."""
     limit = threshold(snapshot, "validation.quarantine_rate", DEFAULT_THRESHOLDS["quarantine_rate"])
-    quarantine = metric_series(snapshot, "validation.quarantine_rate").filter(pl.col("value") > limit)["night"].to_list()
+    quarantine = (
+        metric_series(snapshot, "validation.quarantine_rate").filter(pl.col("value") > limit)["night"].to_list()
+    )
     schema = metric_series(snapshot, "validation.schema_problems").filter(pl.col("value") > 0)["night"].to_list()
     return set(quarantine) | set(schema)
 
@@ -807,30 +1023,62 @@ def _attention_drift(snapshot: Snapshot) -> list[Attention]:
     drift = snapshot["drift"].filter(~pl.col("partition_date").is_in(sorted(bad)))
     if drift.height:
         last_night = drift["partition_date"].max()
-        drifted = drift.filter(pl.col("drifted")).group_by("feature").agg(
-            pl.len().alias("nights"), pl.col("partition_date").max().alias("last")
-        ).sort("nights", "feature", descending=[True, False])
+        drifted = (
+            drift.filter(pl.col("drifted"))
+            .group_by("feature")
+            .agg(pl.len().alias("nights"), pl.col("partition_date").max().alias("last"))
+            .sort("nights", "feature", descending=[True, False])
+        )
         still = drifted.filter(pl.col("last") == last_night)["feature"].to_list()
         if still:
-            items.append(Attention("warning", f"Feature(s) drifted on the month's last measured night ({last_night}): {', '.join(still)}.",
-                                   _runbook("feature-drift")))
+            items.append(
+                Attention(
+                    "warning",
+                    f"Feature(s) drifted on the month's last measured night ({last_night}): {', '.join(still)}.",
+                    _runbook("feature-drift"),
+                )
+            )
         frequent = drifted.filter((pl.col("nights") >= 3) & ~pl.col("feature").is_in(still))
         if frequent.height:
             listed = ", ".join(f"{f} ({n} nights)" for f, n in frequent.select("feature", "nights").iter_rows())
-            items.append(Attention("info", f"Features that drifted on 3+ nights this month: {listed}.", _runbook("feature-drift")))
+            items.append(
+                Attention(
+                    "info", f"Features that drifted on 3+ nights this month: {listed}.", _runbook("feature-drift")
+                )
+            )
     for metric, default, what, anchor in [
-        ("drift.prediction_psi", DEFAULT_THRESHOLDS["prediction_psi"], "Score distribution shifted (PSI > {limit:g})", "prediction-drift"),
-        ("drift.multivariate_auc", DEFAULT_THRESHOLDS["multivariate_auc"], "Population shift (domain classifier AUC > {limit:g})",
-         "population-shift"),
+        (
+            "drift.prediction_psi",
+            DEFAULT_THRESHOLDS["prediction_psi"],
+            "Score distribution shifted (PSI > {limit:g})",
+            "prediction-drift",
+        ),
+        (
+            "drift.multivariate_auc",
+            DEFAULT_THRESHOLDS["multivariate_auc"],
+            "Population shift (domain classifier AUC > {limit:g})",
+            "population-shift",
+        ),
     ]:
         limit = threshold(snapshot, metric, default)
         nights = metric_series(snapshot, metric).filter(pl.col("value") > limit)["night"].to_list()
         nights = [night for night in nights if night not in bad]
         if nights:
-            items.append(Attention("warning", what.format(limit=limit) + f" on {len(nights)} night(s): {_nights(nights)}.", _runbook(anchor)))
+            items.append(
+                Attention(
+                    "warning",
+                    what.format(limit=limit) + f" on {len(nights)} night(s): {_nights(nights)}.",
+                    _runbook(anchor),
+                )
+            )
     if bad and snapshot["drift"].filter(pl.col("partition_date").is_in(sorted(bad)) & pl.col("drifted")).height:
-        items.append(Attention("info", f"Drift measured on bad-data night(s) {_nights(sorted(bad))} is left out above: the bad data "
-                                       "explains it (see the quarantine and schema findings)."))
+        items.append(
+            Attention(
+                "info",
+                f"Drift measured on bad-data night(s) {_nights(sorted(bad))} is left out above: the bad data "
+                "explains it (see the quarantine and schema findings).",
+            )
+        )
     return items
 
 
@@ -839,24 +1087,47 @@ def _attention_performance(snapshot: Snapshot) -> list[Attention]:
     realized = snapshot["performance_realized"].filter(pl.col("source") == "model")
     labeled = int(snapshot["labels"]["labeled_rows"].sum() or 0)
     if labeled == 0 and realized.filter(pl.col("labeled_rows") > 0).height == 0:
-        items.append(Attention("info", "No labels yet for this month's nights: realized performance cannot be judged; "
-                                       "the estimates below are all there is."))
+        items.append(
+            Attention(
+                "info",
+                "No labels yet for this month's nights: realized performance cannot be judged; "
+                "the estimates below are all there is.",
+            )
+        )
     trust = metric_series(snapshot, "performance.estimate_trustworthy")
     if trust.height and trust["value"][-1] == 0:
         error = metric_series(snapshot, "performance.calibration_error")
         ece = f" (calibration error {error['value'][-1]:.3f})" if error.height else ""
-        items.append(Attention("warning", f"Estimated performance is not trustworthy on the latest night{ece}: scores are "
-                                          "miscalibrated on recent labels — trust realized figures.", _runbook("estimated-auc-drop")))
+        items.append(
+            Attention(
+                "warning",
+                f"Estimated performance is not trustworthy on the latest night{ece}: scores are "
+                "miscalibrated on recent labels — trust realized figures.",
+                _runbook("estimated-auc-drop"),
+            )
+        )
     drop_limit = threshold(snapshot, "performance.realized_auc_drop", DEFAULT_THRESHOLDS["auc_drop"])
     drop = metric_series(snapshot, "performance.realized_auc_drop")
     if drop.height and drop["value"][-1] > drop_limit:
-        items.append(Attention("critical", f"Realized AUC (pooled over a week) is {drop['value'][-1]:.3f} below the champion's holdout AUC "
-                                           f"(limit {drop_limit:g}).", _runbook("realized-auc-drop")))
+        items.append(
+            Attention(
+                "critical",
+                f"Realized AUC (pooled over a week) is {drop['value'][-1]:.3f} below the champion's holdout AUC "
+                f"(limit {drop_limit:g}).",
+                _runbook("realized-auc-drop"),
+            )
+        )
     est_limit = threshold(snapshot, "performance.estimated_auc_drop", DEFAULT_THRESHOLDS["auc_drop"])
     est = metric_series(snapshot, "performance.estimated_auc_drop")
     if est.height and est["value"][-1] > est_limit:
-        items.append(Attention("warning", f"Estimated AUC is {est['value'][-1]:.3f} below what the champion's holdout predicts "
-                                          f"(limit {est_limit:g}).", _runbook("estimated-auc-drop")))
+        items.append(
+            Attention(
+                "warning",
+                f"Estimated AUC is {est['value'][-1]:.3f} below what the champion's holdout predicts "
+                f"(limit {est_limit:g}).",
+                _runbook("estimated-auc-drop"),
+            )
+        )
     return items
 
 
@@ -867,11 +1138,21 @@ def _attention_review(snapshot: Snapshot) -> list[Attention]:
     items = []
     share = summary["pending"] / summary["queued"]
     if share > DEFAULT_THRESHOLDS["review_pending_share"]:
-        items.append(Attention("warning", f"Review backlog: {summary['pending']:,} of {summary['queued']:,} queued rows "
-                                          f"({share:.0%}) are still waiting for a reviewer."))
+        items.append(
+            Attention(
+                "warning",
+                f"Review backlog: {summary['pending']:,} of {summary['queued']:,} queued rows "
+                f"({share:.0%}) are still waiting for a reviewer.",
+            )
+        )
     if summary["agreement"] is not None and summary["agreement_rows"] >= 20 and summary["agreement"] < 0.7:
-        items.append(Attention("warning", f"Reviewers agree with the model on only {summary['agreement']:.0%} of "
-                                          f"{summary['agreement_rows']} reviewed model answers."))
+        items.append(
+            Attention(
+                "warning",
+                f"Reviewers agree with the model on only {summary['agreement']:.0%} of "
+                f"{summary['agreement_rows']} reviewed model answers.",
+            )
+        )
     return items
 
 
@@ -882,20 +1163,38 @@ def _attention_lifecycle(snapshot: Snapshot) -> list[Attention]:
     events = lifecycle_events(snapshot, *month_bounds(month))
     items = []
     for row in events.filter(pl.col("event") == "rollback").iter_rows(named=True):
-        items.append(Attention("warning", f"Champion rolled back to {row['version']} on {row['night']} by {row['actor']}: {row['reason']}",
-                               _runbook("rollback")))
+        items.append(
+            Attention(
+                "warning",
+                f"Champion rolled back to {row['version']} on {row['night']} by {row['actor']}: {row['reason']}",
+                _runbook("rollback"),
+            )
+        )
     removed = events.filter(pl.col("event") == "challenger rolled back")
     if removed.height:
         listed = "; ".join(f"{n}: {r}" for n, r in removed.select("night", "reason").iter_rows())
-        items.append(Attention("warning", f"{removed.height} challenger(s) rolled back during shadow or canary ({listed}).",
-                               _runbook("rollback")))
+        items.append(
+            Attention(
+                "warning",
+                f"{removed.height} challenger(s) rolled back during shadow or canary ({listed}).",
+                _runbook("rollback"),
+            )
+        )
     candidates = snapshot["candidates"]
-    for status, anchor, what in [("rejected", "candidate-rejected", "retrained candidate(s) rejected by a gate"),
-                                 ("refused", "retrain-refused", "retrain(s) refused by the training-data gate")]:
+    for status, anchor, what in [
+        ("rejected", "candidate-rejected", "retrained candidate(s) rejected by a gate"),
+        ("refused", "retrain-refused", "retrain(s) refused by the training-data gate"),
+    ]:
         rows = candidates.filter(pl.col("status") == status)
         if rows.height:
-            listed = "; ".join(f"{night}: {short_reason(reason, 140)}" for night, reason in rows.select("as_of", "reasons").iter_rows())
-            items.append(Attention("warning" if status == "refused" else "info", f"{rows.height} {what} ({listed}).", _runbook(anchor)))
+            listed = "; ".join(
+                f"{night}: {short_reason(reason, 140)}" for night, reason in rows.select("as_of", "reasons").iter_rows()
+            )
+            items.append(
+                Attention(
+                    "warning" if status == "refused" else "info", f"{rows.height} {what} ({listed}).", _runbook(anchor)
+                )
+            )
     return items
 
 
@@ -906,7 +1205,11 @@ def _attention_gaps(snapshot: Snapshot) -> list[Attention]:
     expected = {nights[0] + dt.timedelta(days=i) for i in range((nights[-1] - nights[0]).days + 1)}
     gaps = sorted(expected - set(nights))
     if gaps:
-        return [Attention("warning", f"{len(gaps)} night(s) without a run between {nights[0]} and {nights[-1]}: {_nights(gaps)}.")]
+        return [
+            Attention(
+                "warning", f"{len(gaps)} night(s) without a run between {nights[0]} and {nights[-1]}: {_nights(gaps)}."
+            )
+        ]
     return []
 
 
@@ -925,11 +1228,13 @@ def _attention_incomplete(snapshot: Snapshot) -> list[Attention]:
             continue
         lacking = sorted(answered - nights)
         if lacking:
-            items.append(Attention(
-                "warning",
-                f"Monitoring incomplete: {step} was not measured on {len(lacking)} answered night(s): {_nights(lacking)} — "
-                "the night's run likely failed after scoring (alerts are not evaluated on such a night); re-run it.",
-            ))
+            items.append(
+                Attention(
+                    "warning",
+                    f"Monitoring incomplete: {step} was not measured on {len(lacking)} answered night(s): {_nights(lacking)} — "
+                    "the night's run likely failed after scoring (alerts are not evaluated on such a night); re-run it.",
+                )
+            )
     return items
 
 
@@ -942,7 +1247,9 @@ def _runbook(anchor: str) -> str:
     return f"docs/runbook.md#{anchor}"
 
 
-NOTHING_NEEDS_ATTENTION = "Nothing needs attention this month: no open alert, rates within limits, no drift, performance holds."
+NOTHING_NEEDS_ATTENTION = (
+    "Nothing needs attention this month: no open alert, rates within limits, no drift, performance holds."
+)
 
 
 def attention_markdown(items: list[Attention]) -> str:
@@ -950,7 +1257,8 @@ def attention_markdown(items: list[Attention]) -> str:
     if not items:
         return NOTHING_NEEDS_ATTENTION
     return "\n".join(
-        f"- **{item.level.upper()}** {item.text}" + (f" (runbook: `{item.link}`)" if item.link else "") for item in items
+        f"- **{item.level.upper()}** {item.text}" + (f" (runbook: `{item.link}`)" if item.link else "")
+        for item in items
     )
 
 
@@ -975,7 +1283,11 @@ def html_table(frame: pl.DataFrame, max_rows: int = 30, formats: Mapping[str, st
     numeric = {name for name, dtype in frame.schema.items() if dtype.is_numeric()}
 
     def cell(tag: str, name: str, text: str) -> str:
-        return f"<{tag} class='num'>{html.escape(text)}</{tag}>" if name in numeric else f"<{tag}>{html.escape(text)}</{tag}>"
+        return (
+            f"<{tag} class='num'>{html.escape(text)}</{tag}>"
+            if name in numeric
+            else f"<{tag}>{html.escape(text)}</{tag}>"
+        )
 
     head = "".join(cell("th", name, str(name)) for name in frame.columns)
     body = []
@@ -1024,8 +1336,14 @@ def run_monthly_review(
     write ``output_dir/monthly_review-<month>.ipynb`` and ``.html`` (no code cells, images embedded)."""
     month_bounds(month)
     output_dir = Path(output_dir)
-    parameters = {"month": month, "snapshot_dir": str(Path(snapshot_dir).resolve()), "output_dir": str(output_dir.resolve())}
-    return _execute(_notebook_path(notebook), output_dir, f"monthly_review-{month}", parameters, f"Monthly review {month}")
+    parameters = {
+        "month": month,
+        "snapshot_dir": str(Path(snapshot_dir).resolve()),
+        "output_dir": str(output_dir.resolve()),
+    }
+    return _execute(
+        _notebook_path(notebook), output_dir, f"monthly_review-{month}", parameters, f"Monthly review {month}"
+    )
 
 
 def run_model_card(
@@ -1063,7 +1381,9 @@ def kernel_name() -> str:
     try:
         spec = manager.get_kernel_spec(KERNEL_NAME)
         launcher = spec.argv[0] if spec.argv else ""
-        if launcher in {"python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"} or _same_file(launcher, sys.executable):
+        if launcher in {"python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"} or _same_file(
+            launcher, sys.executable
+        ):
             return KERNEL_NAME
     except NoSuchKernel:
         pass

@@ -32,9 +32,9 @@ from typing import Any
 
 import duckdb
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nightkeeper.config import ReviewConfig, label_values as _label_values
+from nightkeeper.config import ReviewConfig
+from nightkeeper.config import label_values as _label_values
 from nightkeeper.frames import conform
 
 SCHEMA = "review"
@@ -146,7 +146,9 @@ def build_review_queue(
     )
     ranked = (
         candidates.with_columns(*tier_order)
-        .sort(["partition_date", "__tier", "__distance_order", "__id_order", "source_file", "row_number"], nulls_last=True)
+        .sort(
+            ["partition_date", "__tier", "__distance_order", "__id_order", "source_file", "row_number"], nulls_last=True
+        )
         .unique(["partition_date", "entity_id"], keep="first", maintain_order=True)
         .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("partition_date").alias("priority"))
         .filter(pl.col("priority") <= config.capacity)
@@ -203,7 +205,10 @@ def neutralise_formulas(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` with every text cell a spreadsheet would run as a formula prefixed with ``'`` (see ``restore_formula``)."""
     texts = [name for name, dtype in frame.schema.items() if dtype == pl.String]
     return frame.with_columns(
-        pl.when(pl.col(name).str.contains(_FORMULA_START)).then(pl.lit("'") + pl.col(name)).otherwise(pl.col(name)).alias(name)
+        pl.when(pl.col(name).str.contains(_FORMULA_START))
+        .then(pl.lit("'") + pl.col(name))
+        .otherwise(pl.col(name))
+        .alias(name)
         for name in texts
     )
 
@@ -303,7 +308,10 @@ def import_review_file(
         pl.lit(source_file).alias("source_file"),
     )
     rejected = pl.concat(
-        [frame.select("row_number", "entity_id", "label", "reviewer", "note", "reason") for frame in (ragged, judged.filter(reasons))]
+        [
+            frame.select("row_number", "entity_id", "label", "reviewer", "note", "reason")
+            for frame in (ragged, judged.filter(reasons))
+        ]
     ).with_columns(
         pl.lit(source_file).alias("source_file"),
         pl.lit(stamp, dtype=REJECT_SCHEMA["rejected_at"]).alias("rejected_at"),
@@ -316,25 +324,26 @@ def import_review_file(
     )
 
 
-def _judge(labeled: pl.DataFrame, queue: pl.DataFrame, already: pl.DataFrame, label_values: dict[str, int]) -> pl.DataFrame:
+def _judge(
+    labeled: pl.DataFrame, queue: pl.DataFrame, already: pl.DataFrame, label_values: dict[str, int]
+) -> pl.DataFrame:
     """``labeled`` rows with the queue night they answer, ``reason`` (null when fine) and ``__unchanged``."""
     queued = queue.select("entity_id", pl.col("partition_date").cast(pl.Date)).unique()
     night = (
         labeled.select("row_number", "entity_id", "__partition_date")
         .join(queued, on="entity_id", how="inner")
-        .with_columns((pl.col("partition_date").cast(pl.String) == pl.col("__partition_date")).fill_null(False).alias("__match"))
+        .with_columns(
+            (pl.col("partition_date").cast(pl.String) == pl.col("__partition_date")).fill_null(False).alias("__match")
+        )
         .sort(["row_number", "__match", "partition_date"], descending=[False, True, True])
         .unique("row_number", keep="first")
         .select("row_number", "partition_date")
     )
-    stored = (
-        already.select(
-            "entity_id",
-            pl.col("label").cast(pl.Int64).alias("__stored_label"),
-            pl.col("reviewer").cast(pl.String).alias("__stored_reviewer"),
-        )
-        .unique("entity_id", keep="last", maintain_order=True)
-    )
+    stored = already.select(
+        "entity_id",
+        pl.col("label").cast(pl.Int64).alias("__stored_label"),
+        pl.col("reviewer").cast(pl.String).alias("__stored_reviewer"),
+    ).unique("entity_id", keep="last", maintain_order=True)
     value = pl.col("label").replace_strict(label_values, default=None, return_dtype=pl.Int64)
     frame = (
         labeled.join(night, on="row_number", how="left")
@@ -406,7 +415,13 @@ def _read_csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]
 
 def _rows_frame(header: list[str], records: list[tuple[int, list[str]]]) -> pl.DataFrame:
     """One row per data record: row_number, __fields, and the stripped text (null when empty) of the used columns."""
-    wanted = {"entity_id": "entity_id", "label": "label", "reviewer": "reviewer", "note": "note", "partition_date": "__partition_date"}
+    wanted = {
+        "entity_id": "entity_id",
+        "label": "label",
+        "reviewer": "reviewer",
+        "note": "note",
+        "partition_date": "__partition_date",
+    }
     position = {name: header.index(name) for name in wanted if name in header}
 
     def cell(record: list[str], name: str) -> str | None:
@@ -426,8 +441,18 @@ def _rows_frame(header: list[str], records: list[tuple[int, list[str]]]) -> pl.D
 
 def _file_rejection(source_file: str, reason: str, stamp: dt.datetime) -> pl.DataFrame:
     return pl.DataFrame(
-        [{"source_file": source_file, "row_number": None, "entity_id": None, "label": None, "reviewer": None,
-          "note": None, "reason": reason, "rejected_at": stamp}],
+        [
+            {
+                "source_file": source_file,
+                "row_number": None,
+                "entity_id": None,
+                "label": None,
+                "reviewer": None,
+                "note": None,
+                "reason": reason,
+                "rejected_at": stamp,
+            }
+        ],
         schema=REJECT_SCHEMA,
     )
 
@@ -450,7 +475,9 @@ def write_rejects(rejected: pl.DataFrame, path: Path) -> Path:
     would run as a spreadsheet formula (a reviewer's ``=HYPERLINK(...)``) are neutralised with a leading ``'``.
     """
     target = rejects_path(path)
-    sheet = rejected.sort("row_number", nulls_last=False).select("row_number", "entity_id", "label", "reviewer", "note", "reason")
+    sheet = rejected.sort("row_number", nulls_last=False).select(
+        "row_number", "entity_id", "label", "reviewer", "note", "reason"
+    )
     neutralise_formulas(sheet).write_csv(target)
     return target
 
@@ -523,7 +550,9 @@ def store_queue(connection: duckdb.DuckDBPyConnection, night: dt.date, queue: pl
 def queue_for(connection: duckdb.DuckDBPyConnection, night: dt.date) -> pl.DataFrame:
     """``night``'s stored queue (QUEUE_SCHEMA) in priority order; empty if none was stored."""
     ensure_review_tables(connection)
-    return _read(connection, f"select * from {SCHEMA}.queue where partition_date = ? order by priority", QUEUE_SCHEMA, [night])
+    return _read(
+        connection, f"select * from {SCHEMA}.queue where partition_date = ? order by priority", QUEUE_SCHEMA, [night]
+    )
 
 
 def stored_queue(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
@@ -545,7 +574,9 @@ def store_review_labels(connection: duckdb.DuckDBPyConnection, accepted: pl.Data
     both = pl.concat([stored.select("entity_id", "label"), frame.select("entity_id", "label")]).unique()
     clashing = both.filter(pl.col("entity_id").is_duplicated())["entity_id"].unique().sort().to_list()
     if clashing:
-        raise ValueError(f"entity_id(s) {clashing[:10]} would get two different review labels; resolve the conflict first")
+        raise ValueError(
+            f"entity_id(s) {clashing[:10]} would get two different review labels; resolve the conflict first"
+        )
     new = frame.unique(["entity_id", "label"], keep="first", maintain_order=True).join(
         stored.select("entity_id", "label"), on=["entity_id", "label"], how="anti"
     )
@@ -596,7 +627,9 @@ def commit_import(connection: duckdb.DuckDBPyConnection, result: ReviewImport, p
 def stored_rejects(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Every stored rejection (REJECT_SCHEMA), by (rejected_at, source_file, row_number)."""
     ensure_review_tables(connection)
-    return _read(connection, f"select * from {SCHEMA}.rejects order by rejected_at, source_file, row_number", REJECT_SCHEMA)
+    return _read(
+        connection, f"select * from {SCHEMA}.rejects order by rejected_at, source_file, row_number", REJECT_SCHEMA
+    )
 
 
 def _insert(connection: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
@@ -615,7 +648,8 @@ def _read(
     frame = connection.execute(sql, params or []).pl()
     zoned = [name for name, dtype in schema.items() if isinstance(dtype, pl.Datetime) and dtype.time_zone]
     frame = frame.with_columns(
-        pl.col(name).dt.convert_time_zone("UTC") if isinstance(frame.schema[name], pl.Datetime) and frame.schema[name].time_zone
+        pl.col(name).dt.convert_time_zone("UTC")
+        if isinstance(frame.schema[name], pl.Datetime) and frame.schema[name].time_zone
         else pl.col(name).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
         for name in zoned
     )
@@ -643,7 +677,9 @@ def review_stats(
     """
     queued = queue_all.select("partition_date", "entity_id", "source_file", "row_number").unique()
     reviewed = queued.join(
-        labels.select("entity_id", "partition_date", "label", "reviewed_at").unique(["entity_id", "partition_date"], keep="last"),
+        labels.select("entity_id", "partition_date", "label", "reviewed_at").unique(
+            ["entity_id", "partition_date"], keep="last"
+        ),
         on=["entity_id", "partition_date"],
         how="inner",
     )
@@ -677,18 +713,22 @@ def training_labels(review_labels: pl.DataFrame) -> pl.DataFrame:
     """
     stamp = pl.col("reviewed_at").dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     latest = review_labels.sort("reviewed_at", "entity_id").unique("entity_id", keep="last", maintain_order=True)
-    return latest.select(
-        "entity_id",
-        pl.col("label").cast(pl.Int8),
-        pl.format("review:{}@{}", "reviewer", stamp).alias("provenance"),
-    ).sort("entity_id").pipe(conform, TRAINING_LABEL_SCHEMA)
+    return (
+        latest.select(
+            "entity_id",
+            pl.col("label").cast(pl.Int8),
+            pl.format("review:{}@{}", "reviewer", stamp).alias("provenance"),
+        )
+        .sort("entity_id")
+        .pipe(conform, TRAINING_LABEL_SCHEMA)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:
-    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 def _empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:

@@ -16,12 +16,11 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from nightkeeper.frames import conform
-
 from nightkeeper.card import ModelCard
 from nightkeeper.config import DecisionConfig
 from nightkeeper.encoding import feature_matrix
 from nightkeeper.fallback import decide
+from nightkeeper.frames import conform
 from nightkeeper.validation import KEY_COLUMNS
 
 SCORED_SCHEMA: dict[str, pl.DataType] = {
@@ -49,7 +48,11 @@ class ScoringResult:
 
 def confidence(score: pl.Expr, threshold: float) -> pl.Expr:
     """How far a score sits from the decision threshold, scaled to [0, 1]: 0 on the threshold, 1 at 0 or 1."""
-    return pl.when(score >= threshold).then((score - threshold) / (1 - threshold)).otherwise((threshold - score) / threshold)
+    return (
+        pl.when(score >= threshold)
+        .then((score - threshold) / (1 - threshold))
+        .otherwise((threshold - score) / threshold)
+    )
 
 
 def score_batch(
@@ -74,28 +77,36 @@ def score_batch(
     if error is not None:
         return ScoringResult(unscored(valid, card.version, error), error, seconds)
     threshold = card.decision.threshold
-    frame = valid.select(KEY_COLUMNS).with_columns(
-        pl.Series("score", scores, dtype=pl.Float64),
-        pl.Series("latency_ms", latencies, dtype=pl.Float64),
-    ).with_columns(
-        confidence(pl.col("score"), threshold).alias("confidence"),
-        decide(pl.col("score"), card.decision).alias("decision"),
-        pl.lit(card.version).alias("model_version"),
-        pl.lit(None, dtype=pl.String).alias("model_error"),
+    frame = (
+        valid.select(KEY_COLUMNS)
+        .with_columns(
+            pl.Series("score", scores, dtype=pl.Float64),
+            pl.Series("latency_ms", latencies, dtype=pl.Float64),
+        )
+        .with_columns(
+            confidence(pl.col("score"), threshold).alias("confidence"),
+            decide(pl.col("score"), card.decision).alias("decision"),
+            pl.lit(card.version).alias("model_version"),
+            pl.lit(None, dtype=pl.String).alias("model_error"),
+        )
     )
     return ScoringResult(conform(frame, SCORED_SCHEMA), None, seconds)
 
 
 def unscored(valid: pl.DataFrame, version: str | None, error: str) -> pl.DataFrame:
     """Every row of ``valid`` marked as not scored, with ``error`` as the reason."""
-    return valid.select(KEY_COLUMNS).with_columns(
-        pl.lit(None, dtype=pl.Float64).alias("score"),
-        pl.lit(None, dtype=pl.Float64).alias("confidence"),
-        pl.lit(None, dtype=pl.String).alias("decision"),
-        pl.lit(version, dtype=pl.String).alias("model_version"),
-        pl.lit(None, dtype=pl.Float64).alias("latency_ms"),
-        pl.lit(error).alias("model_error"),
-    ).pipe(conform, SCORED_SCHEMA)
+    return (
+        valid.select(KEY_COLUMNS)
+        .with_columns(
+            pl.lit(None, dtype=pl.Float64).alias("score"),
+            pl.lit(None, dtype=pl.Float64).alias("confidence"),
+            pl.lit(None, dtype=pl.String).alias("decision"),
+            pl.lit(version, dtype=pl.String).alias("model_version"),
+            pl.lit(None, dtype=pl.Float64).alias("latency_ms"),
+            pl.lit(error).alias("model_error"),
+        )
+        .pipe(conform, SCORED_SCHEMA)
+    )
 
 
 def _predict_chunks(

@@ -509,9 +509,7 @@ def _draw_applicants(
     else:
         channel = _choose(
             rng,
-            np.column_stack(
-                [-0.5 + 0.04 * years_over_40, 0.5 + zero, 0.4 - 0.06 * (age - 35), -1.2 + zero]
-            ),
+            np.column_stack([-0.5 + 0.04 * years_over_40, 0.5 + zero, 0.4 - 0.06 * (age - 35), -1.2 + zero]),
         )
     credit_score = (
         630

@@ -92,14 +92,19 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
         else None
     )
     profile = fit_profile(
-        data, features, booster.predict(feature_matrix(data, features)), model_config.decision.threshold, drift, nights=nights
+        data,
+        features,
+        booster.predict(feature_matrix(data, features)),
+        model_config.decision.threshold,
+        drift,
+        nights=nights,
     )
     sample = reference_sample(data, features, drift.domain_classifier_rows, seed=0)
     times = data[contract.event_time] if contract.event_time and contract.event_time in data.columns else None
     card = ModelCard(
         version=model_sha[:12],
         project=config.name,
-        created_at=dt.datetime.now(dt.timezone.utc),
+        created_at=dt.datetime.now(dt.UTC),
         model_sha256=model_sha,
         features=features,
         params=training_params(config),
@@ -117,7 +122,9 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
         holdout_metrics={
             **binary_metrics(labels, scores, model_config.decision.threshold),
             # what CBPE would estimate on the holdout: tonight's estimate is compared with this, not with the AUC
-            "estimated_auc": float(estimate_performance(scores, model_config.decision.threshold, BusinessValue())["auc"] or 0.0),
+            "estimated_auc": float(
+                estimate_performance(scores, model_config.decision.threshold, BusinessValue())["auc"] or 0.0
+            ),
         },
         feature_importance_gain=dict(zip(names, map(float, booster.feature_importance("gain")))),
         missing_rates={name: float(data[name].null_count() / data.height) for name in names},
@@ -134,7 +141,9 @@ def training_params(config: ProjectConfig) -> dict:
     behaviour = config.lifecycle.behaviour
     if behaviour.enforce_directions and behaviour.directions:
         sign = {"increasing": 1, "decreasing": -1}
-        params["monotone_constraints"] = [sign.get(behaviour.directions.get(name, ""), 0) for name in config.contract.features]
+        params["monotone_constraints"] = [
+            sign.get(behaviour.directions.get(name, ""), 0) for name in config.contract.features
+        ]
     return params
 
 

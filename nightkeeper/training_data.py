@@ -14,9 +14,8 @@ from nightkeeper import ingest
 from nightkeeper.config import Contract
 from nightkeeper.frames import conform
 from nightkeeper.labels import NEGATIVE_TEXTS, POSITIVE_TEXTS, parse_label
-from nightkeeper.warehouse import NIGHTLY_SCHEMA
 from nightkeeper.validation import QUARANTINE_SCHEMA, ROW_KEY, decode_records, parse_event_time, valid_schema, validate
-
+from nightkeeper.warehouse import NIGHTLY_SCHEMA
 
 
 def labeled_history(
@@ -42,7 +41,9 @@ def labeled_history(
                          from {HISTORY} where partition_date between $first and $last""")
     sources = []
     if _exists(connection, "monitoring", "labels"):
-        sources.append("select entity_id, partition_date, label, 'delivered' as label_source, 1 as rank from monitoring.labels")
+        sources.append(
+            "select entity_id, partition_date, label, 'delivered' as label_source, 1 as rank from monitoring.labels"
+        )
     if include_review and _exists(connection, "review", "labels"):
         sources.append(
             "select entity_id, partition_date, label,"
@@ -50,15 +51,17 @@ def labeled_history(
             " 2 as rank from review.labels"
         )
     if sources and _exists(connection, NIGHTLY_SCHEMA, "validated_batch"):
-        best = f"""(select * from ({' union all '.join(sources)})
+        best = f"""(select * from ({" union all ".join(sources)})
                     qualify row_number() over (partition by entity_id, partition_date order by rank) = 1)"""
-        parts.append(f"""select {', '.join(f'v."{name}"' for name in columns)}, best.label as "{contract.target}", best.label_source, 1 as part
+        parts.append(f"""select {", ".join(f'v."{name}"' for name in columns)}, best.label as "{contract.target}", best.label_source, 1 as part
                          from {NIGHTLY_SCHEMA}.validated_batch v join {best} best using (entity_id, partition_date)
                          where v.partition_date between $first and $last""")
     if not parts:
         return pl.DataFrame(schema=schema).rename(renames)
     query = f"select * from ({' union all '.join(parts)}) order by part, partition_date, source_file, row_number"
-    frame = connection.execute(query, {name: value for name, value in (("first", first), ("last", last)) if f"${name}" in query}).pl()
+    frame = connection.execute(
+        query, {name: value for name, value in (("first", first), ("last", last)) if f"${name}" in query}
+    ).pl()
     return frame.select(list(schema)).cast(schema).rename(renames)
 
 
@@ -77,7 +80,9 @@ def split_holdout(labeled: pl.DataFrame, holdout_nights: int) -> tuple[pl.DataFr
     if nights.len() <= holdout_nights:
         return labeled.head(0), labeled
     first_holdout = nights[-holdout_nights]
-    return labeled.filter(pl.col("partition_date") < first_holdout), labeled.filter(pl.col("partition_date") >= first_holdout)
+    return labeled.filter(pl.col("partition_date") < first_holdout), labeled.filter(
+        pl.col("partition_date") >= first_holdout
+    )
 
 
 # --------------------------------------------------------------------------------------- the user's labeled history
@@ -107,12 +112,18 @@ class LabeledHistoryFile:
         """How many rows broke each (column, rule), most first, with one example value and what was expected."""
         return (
             self.rejected.group_by("column", "rule")
-            .agg(pl.col("row_number").n_unique().alias("rows"), pl.col("value").first().alias("example"), pl.col("expected").first())
+            .agg(
+                pl.col("row_number").n_unique().alias("rows"),
+                pl.col("value").first().alias("example"),
+                pl.col("expected").first(),
+            )
             .sort("rows", "column", descending=[True, False])
         )
 
 
-def read_history_file(path: Path, contract: Contract, date_column: str | None = None, root: Path | None = None) -> LabeledHistoryFile:
+def read_history_file(
+    path: Path, contract: Contract, date_column: str | None = None, root: Path | None = None
+) -> LabeledHistoryFile:
     """Read a labeled history (Parquet or CSV) and validate it as nightly batches are: each date's rows by the
     contract's rules, plus a date in ``date_column`` (default: the contract's event time) and a 0/1 target.
 
@@ -121,7 +132,9 @@ def read_history_file(path: Path, contract: Contract, date_column: str | None = 
     """
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".csv"):
-        raise HistoryFileError(f"{path}: a labeled history must be a .parquet or .csv file, not {suffix or 'a file without suffix'!r}")
+        raise HistoryFileError(
+            f"{path}: a labeled history must be a .parquet or .csv file, not {suffix or 'a file without suffix'!r}"
+        )
     date_column = date_column or contract.event_time
     if not date_column:
         raise HistoryFileError(
@@ -131,7 +144,11 @@ def read_history_file(path: Path, contract: Contract, date_column: str | None = 
     found = batch.files[0]
     if found.error:
         raise HistoryFileError(f"{path} {found.error}")
-    roles = {contract.entity_id: "the contract's entity_id", contract.target: "the contract's target", date_column: "the date column"}
+    roles = {
+        contract.entity_id: "the contract's entity_id",
+        contract.target: "the contract's target",
+        date_column: "the date column",
+    }
     roles.update({name: "a required feature" for name, spec in contract.features.items() if spec.required})
     missing = [f"{name!r} ({role})" for name, role in roles.items() if name not in found.columns]
     if missing:
@@ -143,17 +160,37 @@ def read_history_file(path: Path, contract: Contract, date_column: str | None = 
         parse_label(pl.col(f"__text_{contract.target}")).alias("label"),
         pl.col(f"__text_{contract.target}").alias("__target_text"),
     )
-    raw = batch.frame.join(texts, on=ROW_KEY).with_columns(pl.col("__date").fill_null(dt.date.min).alias("partition_date"))
+    raw = batch.frame.join(texts, on=ROW_KEY).with_columns(
+        pl.col("__date").fill_null(dt.date.min).alias("partition_date")
+    )
     own = [
-        _rejections(raw, pl.col("__date").is_null(), date_column, "type", "__date_text", "a date such as 2025-06-30 (a date-time also does)"),
-        _rejections(raw, pl.col("label").is_null(), contract.target, "label", "__target_text",
-                    f"a label: one of {list(POSITIVE_TEXTS + NEGATIVE_TEXTS)}"),
+        _rejections(
+            raw,
+            pl.col("__date").is_null(),
+            date_column,
+            "type",
+            "__date_text",
+            "a date such as 2025-06-30 (a date-time also does)",
+        ),
+        _rejections(
+            raw,
+            pl.col("label").is_null(),
+            contract.target,
+            "label",
+            "__target_text",
+            f"a label: one of {list(POSITIVE_TEXTS + NEGATIVE_TEXTS)}",
+        ),
     ]
     dated = raw.filter(pl.col("__date").is_not_null())
-    results = [validate(night.drop("__date", "__date_text", "label", "__target_text"), contract) for night in dated.partition_by("partition_date")]
+    results = [
+        validate(night.drop("__date", "__date_text", "label", "__target_text"), contract)
+        for night in dated.partition_by("partition_date")
+    ]
     rejected = pl.concat([*own, *(r.quarantine for r in results)]).sort([*ROW_KEY, "column", "rule"])
     valid = pl.concat([r.valid for r in results]) if results else pl.DataFrame(schema=valid_schema(contract))
-    rows = valid.join(raw.select(*ROW_KEY, "label"), on=ROW_KEY).join(rejected.select(ROW_KEY).unique(), on=ROW_KEY, how="anti")
+    rows = valid.join(raw.select(*ROW_KEY, "label"), on=ROW_KEY).join(
+        rejected.select(ROW_KEY).unique(), on=ROW_KEY, how="anti"
+    )
     schema = {**valid_schema(contract), "label": pl.Int8()}
     return LabeledHistoryFile(conform(rows.sort(ROW_KEY), schema), rejected, batch.frame.height)
 
@@ -168,8 +205,19 @@ def store_history(connection: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> 
         connection.unregister("__history")
 
 
-def _rejections(raw: pl.DataFrame, condition: pl.Expr, column: str, rule: str, text: str, expected: str) -> pl.DataFrame:
-    return raw.filter(condition).select(
-        pl.col("__date").alias("partition_date"), *ROW_KEY, "entity_id", pl.lit(column).alias("column"),
-        pl.lit(rule).alias("rule"), pl.col(text).alias("value"), pl.lit(expected).alias("expected"),
-    ).cast(QUARANTINE_SCHEMA)
+def _rejections(
+    raw: pl.DataFrame, condition: pl.Expr, column: str, rule: str, text: str, expected: str
+) -> pl.DataFrame:
+    return (
+        raw.filter(condition)
+        .select(
+            pl.col("__date").alias("partition_date"),
+            *ROW_KEY,
+            "entity_id",
+            pl.lit(column).alias("column"),
+            pl.lit(rule).alias("rule"),
+            pl.col(text).alias("value"),
+            pl.lit(expected).alias("expected"),
+        )
+        .cast(QUARANTINE_SCHEMA)
+    )

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from nightkeeper.frames import conform
-
 from nightkeeper.config import Contract, FeatureSpec
+from nightkeeper.frames import conform
 from nightkeeper.ingest import FILE_ERROR_KEY, FILE_ROW, file_errors, record_columns
 
 ROW_KEY = ["source_file", "row_number"]
@@ -87,20 +86,26 @@ def validate(raw: pl.DataFrame, contract: Contract) -> ValidationResult:
     unreadable = file_errors(raw)
     raw = raw.filter(pl.col("row_number") != FILE_ROW)
     texts = decode_records(raw, [*contract.features, *([contract.event_time] if contract.event_time else [])])
-    parsed = texts.with_columns(
-        parse_feature(name, spec).alias(name) for name, spec in contract.features.items()
-    )
+    parsed = texts.with_columns(parse_feature(name, spec).alias(name) for name, spec in contract.features.items())
     if contract.event_time:
         parsed = parsed.with_columns(parse_event_time(contract.event_time).alias("event_time"))
     files_by_column = _files_missing_each_column(raw, list(contract.features))
     violations = [
         _file_violations(unreadable),
         *_entity_id_violations(parsed, contract.entity_id),
-        *(v for name, spec in contract.features.items() for v in _feature_violations(parsed, name, spec, files_by_column[name])),
+        *(
+            v
+            for name, spec in contract.features.items()
+            for v in _feature_violations(parsed, name, spec, files_by_column[name])
+        ),
         *(_cross_field_violations(parsed, rule.name, rule.expression, rule.columns()) for rule in contract.rules),
         *([_event_time_violations(parsed, contract.event_time)] if contract.event_time else []),
     ]
-    quarantine = pl.concat([v.cast(QUARANTINE_SCHEMA) for v in violations]) if violations else pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    quarantine = (
+        pl.concat([v.cast(QUARANTINE_SCHEMA) for v in violations])
+        if violations
+        else pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    )
     quarantine = quarantine.sort([*ROW_KEY, "column", "rule"])
 
     valid = parsed.join(quarantine.select(ROW_KEY).unique(), on=ROW_KEY, how="anti")
@@ -117,14 +122,21 @@ def decode_records(raw: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     """The raw keys plus each of ``columns`` as stripped text in ``__text_<column>`` (empty text becomes null)."""
     struct = pl.Struct({name: pl.String for name in columns})
     fields = [
-        pl.col("__record").struct.field(name).str.strip_chars().replace("", None).alias(f"__text_{name}") for name in columns
+        pl.col("__record").struct.field(name).str.strip_chars().replace("", None).alias(f"__text_{name}")
+        for name in columns
     ]
     # decoded a slice at a time: one decode of a whole 1M-row night holds ~3 GB of intermediate structs at once
     slices = [
-        part.select(*KEY_COLUMNS, pl.col("record").str.json_decode(struct).alias("__record")).select(*KEY_COLUMNS, *fields)
+        part.select(*KEY_COLUMNS, pl.col("record").str.json_decode(struct).alias("__record")).select(
+            *KEY_COLUMNS, *fields
+        )
         for part in raw.iter_slices(DECODE_SLICE_ROWS)
     ]
-    return pl.concat(slices) if slices else raw.select(*KEY_COLUMNS, *(pl.lit(None, dtype=pl.String).alias(f"__text_{c}") for c in columns))
+    return (
+        pl.concat(slices)
+        if slices
+        else raw.select(*KEY_COLUMNS, *(pl.lit(None, dtype=pl.String).alias(f"__text_{c}") for c in columns))
+    )
 
 
 def parse_feature(name: str, spec: FeatureSpec) -> pl.Expr:
@@ -148,13 +160,18 @@ def parse_event_time(name: str) -> pl.Expr:
     return pl.coalesce(
         *(text.str.to_datetime(f, strict=False, time_unit="us") for f in _NAIVE_TIME_FORMATS),
         text.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")),
-        *(text.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC").dt.replace_time_zone(None) for f in _ZONED_TIME_FORMATS),
+        *(
+            text.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC").dt.replace_time_zone(None)
+            for f in _ZONED_TIME_FORMATS
+        ),
     )
 
 
 def _event_time_violations(parsed: pl.DataFrame, name: str) -> pl.DataFrame:
     text = pl.col(f"__text_{name}")
-    return _violation(parsed, text.is_not_null() & pl.col("event_time").is_null(), name, "type", text, EVENT_TIME_EXPECTED)
+    return _violation(
+        parsed, text.is_not_null() & pl.col("event_time").is_null(), name, "type", text, EVENT_TIME_EXPECTED
+    )
 
 
 def _file_violations(unreadable: pl.DataFrame) -> pl.DataFrame:
@@ -172,7 +189,9 @@ def _files_missing_each_column(raw: pl.DataFrame, columns: list[str]) -> dict[st
     return {column: [file for file, names in present.items() if column not in names] for column in columns}
 
 
-def _violation(parsed: pl.DataFrame, condition: pl.Expr, column: str, rule: str, value: pl.Expr, expected: str) -> pl.DataFrame:
+def _violation(
+    parsed: pl.DataFrame, condition: pl.Expr, column: str, rule: str, value: pl.Expr, expected: str
+) -> pl.DataFrame:
     return parsed.filter(condition).select(
         *KEY_COLUMNS,
         pl.lit(column).alias("column"),
@@ -186,11 +205,20 @@ def _entity_id_violations(parsed: pl.DataFrame, entity_id: str) -> list[pl.DataF
     ident = pl.col("entity_id")
     return [
         _violation(parsed, ident.is_null(), entity_id, "required", ident, "a non-empty id"),
-        _violation(parsed, ident.is_not_null() & ~ident.is_first_distinct(), entity_id, "duplicate_id", ident, "an id not already seen in this batch"),
+        _violation(
+            parsed,
+            ident.is_not_null() & ~ident.is_first_distinct(),
+            entity_id,
+            "duplicate_id",
+            ident,
+            "an id not already seen in this batch",
+        ),
     ]
 
 
-def _feature_violations(parsed: pl.DataFrame, name: str, spec: FeatureSpec, files_missing: list[str]) -> list[pl.DataFrame]:
+def _feature_violations(
+    parsed: pl.DataFrame, name: str, spec: FeatureSpec, files_missing: list[str]
+) -> list[pl.DataFrame]:
     text, value = pl.col(f"__text_{name}"), pl.col(name)
     shown = pl.when(pl.col("source_file").is_in(files_missing)).then(pl.lit(MISSING_COLUMN_VALUE)).otherwise(text)
     found = []
@@ -198,22 +226,30 @@ def _feature_violations(parsed: pl.DataFrame, name: str, spec: FeatureSpec, file
         found.append(_violation(parsed, text.is_null(), name, "required", shown, "a value (the feature is required)"))
     if spec.dtype == "category":
         if spec.unknown_category == "quarantine":
-            found.append(_violation(parsed, text.is_not_null() & value.is_null(), name, "category", text, f"one of {spec.categories}"))
+            found.append(
+                _violation(
+                    parsed, text.is_not_null() & value.is_null(), name, "category", text, f"one of {spec.categories}"
+                )
+            )
     else:
         expected = {"float": "a finite number", "int": "a whole number", "bool": f"one of {_TRUE + _FALSE}"}[spec.dtype]
         found.append(_violation(parsed, text.is_not_null() & value.is_null(), name, "type", text, expected))
     if spec.min is not None or spec.max is not None:
         too_low = value < spec.min if spec.min is not None else pl.lit(False)
         too_high = value > spec.max if spec.max is not None else pl.lit(False)
-        bounds = f"between {_fmt(spec.min)} and {_fmt(spec.max)}" if spec.min is not None and spec.max is not None else (
-            f">= {_fmt(spec.min)}" if spec.min is not None else f"<= {_fmt(spec.max)}"
+        bounds = (
+            f"between {_fmt(spec.min)} and {_fmt(spec.max)}"
+            if spec.min is not None and spec.max is not None
+            else (f">= {_fmt(spec.min)}" if spec.min is not None else f"<= {_fmt(spec.max)}")
         )
         found.append(_violation(parsed, value.is_not_null() & (too_low | too_high), name, "range", text, bounds))
     return found
 
 
 def _cross_field_violations(parsed: pl.DataFrame, name: str, expression: str, columns: list[str]) -> pl.DataFrame:
-    shown = pl.concat_str([pl.format("{}={}", pl.lit(c), pl.col(f"__text_{c}").fill_null("null")) for c in columns], separator=", ")
+    shown = pl.concat_str(
+        [pl.format("{}={}", pl.lit(c), pl.col(f"__text_{c}").fill_null("null")) for c in columns], separator=", "
+    )
     broken = pl.sql_expr(expression).fill_null(True).not_()
     return _violation(parsed, broken, ",".join(columns), name, shown, expression)
 

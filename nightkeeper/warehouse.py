@@ -40,7 +40,9 @@ def connect(path: Path, wait_seconds: float = 100.0) -> Iterator[duckdb.DuckDBPy
         connection.close()
 
 
-def store_partition(connection: duckdb.DuckDBPyConnection, schema: str, table: str, night: dt.date, frame: pl.DataFrame) -> None:
+def store_partition(
+    connection: duckdb.DuckDBPyConnection, schema: str, table: str, night: dt.date, frame: pl.DataFrame
+) -> None:
     """Replace ``night``'s partition of ``schema.table`` with ``frame``, in one transaction (all of it or nothing).
 
     Idempotent: storing a night again leaves exactly ``frame``'s rows for that night; other nights are untouched.
@@ -53,7 +55,9 @@ def store_partition(connection: duckdb.DuckDBPyConnection, schema: str, table: s
         raise ValueError(f"{schema}.{table}: the frame has no {PARTITION_COLUMN!r} column; found {frame.columns}")
     others = frame.filter(pl.col(PARTITION_COLUMN).ne_missing(night))[PARTITION_COLUMN].unique().to_list()
     if others:
-        raise ValueError(f"{schema}.{table}: rows for night(s) {others} in the partition of {night}; expected only {night}")
+        raise ValueError(
+            f"{schema}.{table}: rows for night(s) {others} in the partition of {night}; expected only {night}"
+        )
     name = f'"{schema}"."{table}"'
     view = "__nightkeeper_partition"
     connection.register(view, frame.to_arrow())

@@ -113,16 +113,26 @@ def webhook_body(alert: dict[str, Any]) -> dict[str, Any]:
         {"title": "Value", "value": _number(alert.get("value")), "short": True},
     ]
     if alert.get("threshold") is not None:
-        fields.append({"title": "Threshold", "value": f"{alert.get('comparison', '')} {_number(alert['threshold'])}", "short": True})
+        fields.append(
+            {
+                "title": "Threshold",
+                "value": f"{alert.get('comparison', '')} {_number(alert['threshold'])}",
+                "short": True,
+            }
+        )
     if alert.get("nights"):
         fields.append({"title": "Nights", "value": ", ".join(alert["nights"]), "short": True})
     causes = alert.get("probable_causes") or []
     if causes:
-        fields.append({
-            "title": "Probable causes",
-            "value": "; ".join(f"{c['metric']} = {_number(c['value'])} {c['comparison']} {_number(c['threshold'])}" for c in causes),
-            "short": False,
-        })
+        fields.append(
+            {
+                "title": "Probable causes",
+                "value": "; ".join(
+                    f"{c['metric']} = {_number(c['value'])} {c['comparison']} {_number(c['threshold'])}" for c in causes
+                ),
+                "short": False,
+            }
+        )
     if alert.get("runbook"):
         fields.append({"title": "Runbook", "value": str(alert["runbook"]), "short": False})
     color = _COLORS["resolved"] if event == "resolved" else _COLORS.get(str(alert.get("severity")), _COLORS["info"])
@@ -184,7 +194,7 @@ def deliver(
     ``url=None``: nothing is sent, every row stays pending and the report says ``webhook_configured=False``.
     ``now`` should be timezone-aware; a naive value is taken as UTC. Warehouse errors (not delivery failures) propagate.
     """
-    now = now if now.tzinfo is not None else now.replace(tzinfo=dt.timezone.utc)
+    now = now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)
     with connect() as connection:
         if url is None:
             return outbox_report(connection, None)
@@ -229,7 +239,9 @@ def idempotency_key(event_id: str) -> str:
     return "nightkeeper-" + hashlib.sha256(event_id.encode("utf-8")).hexdigest()[:32]
 
 
-def _record(connection: duckdb.DuckDBPyConnection, event_id: str, attempts: int, attempt: _Attempt, now: dt.datetime) -> None:
+def _record(
+    connection: duckdb.DuckDBPyConnection, event_id: str, attempts: int, attempt: _Attempt, now: dt.datetime
+) -> None:
     if attempt.error is None:
         connection.execute(
             f"update {OUTBOX} set attempts = attempts + 1, delivered_at = ?, next_attempt_at = null where event_id = ?",
@@ -245,7 +257,10 @@ def _record(connection: duckdb.DuckDBPyConnection, event_id: str, attempts: int,
     )
     logger.warning(
         "webhook delivery of alert event %s failed (attempt %d): %s; next attempt at %s",
-        event_id, tries, attempt.error, retry_at.isoformat(),
+        event_id,
+        tries,
+        attempt.error,
+        retry_at.isoformat(),
     )
 
 
@@ -258,7 +273,11 @@ def redact(text: str, url: str) -> str:
 
 
 def _post(url: str, body: dict[str, Any], timeout: float, key: str) -> _Attempt:
-    headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "nightkeeper-alerts", "Idempotency-Key": key}
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "User-Agent": "nightkeeper-alerts",
+        "Idempotency-Key": key,
+    }
     try:
         address, credentials = _without_userinfo(url)
         if credentials is not None:
@@ -285,7 +304,7 @@ def _post(url: str, body: dict[str, Any], timeout: float, key: str) -> _Attempt:
         if isinstance(exc.reason, (TimeoutError, socket.timeout)):
             return _Attempt(f"timed out after {timeout:g} s", True)
         return _Attempt(_clean(f"connection failed: {exc.reason}", url), True)
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return _Attempt(f"timed out after {timeout:g} s", True)
     except (OSError, http.client.HTTPException) as exc:
         return _Attempt(_clean(f"connection failed: {type(exc).__name__}: {exc}", url), True)

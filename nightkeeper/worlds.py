@@ -66,7 +66,6 @@ _CALIBRATION_STREAM = 99
 Draw = Callable[[np.random.Generator, int, float], tuple[dict[str, pl.Series], np.ndarray]]
 
 
-
 @dataclass(frozen=True)
 class World:
     """A deterministic synthetic dataset over time: its columns, its calendar and how a night is drawn.
@@ -165,12 +164,19 @@ class World:
             },
             "model": {
                 "params": {
-                    "objective": "binary", "learning_rate": 0.05, "num_leaves": 31,
-                    "min_data_in_leaf": sizes.min_data_in_leaf, "verbose": -1, "num_threads": 2, "seed": 7,
+                    "objective": "binary",
+                    "learning_rate": 0.05,
+                    "num_leaves": 31,
+                    "min_data_in_leaf": sizes.min_data_in_leaf,
+                    "verbose": -1,
+                    "num_threads": 2,
+                    "seed": 7,
                 },
                 "num_boost_round": 200,
                 "decision": {
-                    "threshold": self.threshold, "at_or_above_threshold": "flag", "below_threshold": "pass",
+                    "threshold": self.threshold,
+                    "at_or_above_threshold": "flag",
+                    "below_threshold": "pass",
                     "undecided": "refer",
                 },
             },
@@ -297,15 +303,25 @@ def _calibration_rng(seed: int, tag: int, point: int = 0) -> np.random.Generator
     return np.random.default_rng([seed, tag, _CALIBRATION_STREAM, point])
 
 
-def _solved_intercept(features: Callable[[np.random.Generator, int, float], tuple[dict[str, pl.Series], np.ndarray]],
-                      seed: int, tag: int, rate: float, t: float = 0.0, point: int = 0) -> float:
+def _solved_intercept(
+    features: Callable[[np.random.Generator, int, float], tuple[dict[str, pl.Series], np.ndarray]],
+    seed: int,
+    tag: int,
+    rate: float,
+    t: float = 0.0,
+    point: int = 0,
+) -> float:
     """The intercept giving positive rate ``rate`` at day ``t``, solved on a calibration draw of the population."""
     _, logit = features(_calibration_rng(seed, tag, point), _CALIBRATION_ROWS, t)
     return _intercept_for(logit, rate)
 
 
-def _constant_rate(features: Callable[[np.random.Generator, int, float], tuple[dict[str, pl.Series], np.ndarray]],
-                   seed: int, tag: int, rate: float) -> Draw:
+def _constant_rate(
+    features: Callable[[np.random.Generator, int, float], tuple[dict[str, pl.Series], np.ndarray]],
+    seed: int,
+    tag: int,
+    rate: float,
+) -> Draw:
     """A draw whose relationship never changes, its intercept solved once so the population's positive rate is
     ``rate``."""
     intercept = _solved_intercept(features, seed, tag, rate)
@@ -429,8 +445,16 @@ _CODES: dict[str, tuple[list[float], str]] = {
     "payment_method": ([0.45, 0.30, 0.20, 0.05], "category"),  # "1".."4"
     "prior_claims": ([0.80, 0.13, 0.04, 0.02, 0.01], "int"),  # 0..4
 }
-_CODE_FIRST = {"age_band": 1, "region_code": 1, "household_size": 1, "education_level": 0, "employment_code": 0,
-               "contract_type": 0, "payment_method": 1, "prior_claims": 0}
+_CODE_FIRST = {
+    "age_band": 1,
+    "region_code": 1,
+    "household_size": 1,
+    "education_level": 0,
+    "employment_code": 0,
+    "contract_type": 0,
+    "payment_method": 1,
+    "prior_claims": 0,
+}
 _CODE_EFFECTS = {
     "age_band": [0.5, 0.3, 0.1, 0.0, -0.1, -0.2, -0.3],
     "region_code": [0.0, 0.2, -0.1, 0.3, -0.2, 0.1, 0.4, -0.3, 0.2],
@@ -753,7 +777,6 @@ def weak_model_world(
     )
 
 
-
 _LINES = ["L1", "L2", "L3", "L4"]
 _SHIFTS = ["early", "late", "night"]
 
@@ -913,8 +936,11 @@ def support_tickets_world(
         history_nights=history_nights,
         threshold=0.3,
         segments=["product_area", "priority"],
-        facts={"launch_on": start + timedelta(days=SUPPORT_LAUNCH_DAY), "drifting_feature": "product_area",
-               "drifting_level": "integrations"},
+        facts={
+            "launch_on": start + timedelta(days=SUPPORT_LAUNCH_DAY),
+            "drifting_feature": "product_area",
+            "drifting_level": "integrations",
+        },
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 # Core unit-test fixtures (core_*), used by test_config, test_validation, test_fallback, test_scoring, test_outcomes,
 # test_training_and_registry and test_batch_checks. Real simulator data and a real (small) LightGBM model; no mocks.
 # =====================================================================================================================
-
 import copy as _core_copy
 from collections.abc import Callable as _CoreCallable
 from datetime import date as _core_date

@@ -74,7 +74,9 @@ class Project:
     def land(self, night_data: simulator.NightData) -> Path:
         return simulator.write_landing(night_data, night_data.night, self.config.landing_path)
 
-    def land_night(self, night: dt.date, rows: int = 1500, scenario: simulator.Scenario = simulator.CLEAN) -> simulator.NightData:
+    def land_night(
+        self, night: dt.date, rows: int = 1500, scenario: simulator.Scenario = simulator.CLEAN
+    ) -> simulator.NightData:
         data = simulator.simulate_night(night, rows, seed=11, scenario=scenario)
         self.land(data)
         return data

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from dagster import AssetMaterialization, RunRequest, SkipReason, build_sensor_context
+from pipeline_harness import QUIET, make_project
 
 from jobs.webhook import ALERT_OUTBOX_JOB, ALERT_OUTBOX_SENSOR
 from nightkeeper import warehouse, webhook
-from pipeline_harness import QUIET, make_project
 
 ENV = "NIGHTKEEPER_WEBHOOK_URL"
 
@@ -55,14 +55,20 @@ def evaluate(project) -> RunRequest | SkipReason:
 
 
 def drain(project):
-    return project.defs.resolve_job_def(ALERT_OUTBOX_JOB).execute_in_process(instance=project.instance, run_config=QUIET)
+    return project.defs.resolve_job_def(ALERT_OUTBOX_JOB).execute_in_process(
+        instance=project.instance, run_config=QUIET
+    )
 
 
-def test_pending_alert_events_are_drained_by_the_sensor_once_the_webhook_is_back(tmp_path, monkeypatch, free_port) -> None:
+def test_pending_alert_events_are_drained_by_the_sensor_once_the_webhook_is_back(
+    tmp_path, monkeypatch, free_port
+) -> None:
     project = make_project(tmp_path / "project")
     monkeypatch.setenv(ENV, f"http://127.0.0.1:{free_port}/hooks/T0KEN")
     with warehouse.connect(project.config.warehouse_path) as connection:
-        webhook.enqueue(connection, "rule@2026-01-01:opened", {"text": "an alert", "nightkeeper": {"alert_id": "rule@2026-01-01"}})
+        webhook.enqueue(
+            connection, "rule@2026-01-01:opened", {"text": "an alert", "nightkeeper": {"alert_id": "rule@2026-01-01"}}
+        )
 
     assert isinstance(evaluate(project), SkipReason)  # nothing in the event log says events are pending yet
     assert drain(project).success  # the endpoint is down: the event stays pending, the observation says so

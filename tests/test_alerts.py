@@ -23,16 +23,34 @@ from nightkeeper.warehouse import connect
 START = dt.date(2026, 2, 1)
 
 DRIFT_SHARE = AlertRule(
-    name="drift_share", metric="drift.drifted_share", comparison=">", threshold=0.2, sustained_nights=2,
-    severity="warning", category="drift", runbook="drift-share",
+    name="drift_share",
+    metric="drift.drifted_share",
+    comparison=">",
+    threshold=0.2,
+    sustained_nights=2,
+    severity="warning",
+    category="drift",
+    runbook="drift-share",
 )
 AUC_DROP = AlertRule(
-    name="estimated_auc_drop", metric="performance.estimated_auc", comparison="<", threshold=0.7, sustained_nights=1,
-    severity="critical", category="performance", runbook="performance-drop",
+    name="estimated_auc_drop",
+    metric="performance.estimated_auc",
+    comparison="<",
+    threshold=0.7,
+    sustained_nights=1,
+    severity="critical",
+    category="performance",
+    runbook="performance-drop",
 )
 QUARANTINE = AlertRule(
-    name="quarantine_rate", metric="validation.quarantine_rate", comparison=">=", threshold=0.05, sustained_nights=3,
-    severity="warning", category="data_quality", runbook="quarantine",
+    name="quarantine_rate",
+    metric="validation.quarantine_rate",
+    comparison=">=",
+    threshold=0.05,
+    sustained_nights=3,
+    severity="warning",
+    category="data_quality",
+    runbook="quarantine",
 )
 
 
@@ -46,7 +64,9 @@ def conn(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         yield connection
 
 
-def run_night(conn: duckdb.DuckDBPyConnection, offset: int, metrics: dict[str, float | None], rules: list[AlertRule]) -> list[dict]:
+def run_night(
+    conn: duckdb.DuckDBPyConnection, offset: int, metrics: dict[str, float | None], rules: list[AlertRule]
+) -> list[dict]:
     record_metrics(conn, night(offset), metrics, "v1")
     return run_alerts(conn, rules, night(offset))
 
@@ -83,7 +103,12 @@ def test_metric_history_returns_only_the_window_and_names_asked_for(conn: duckdb
 
 
 def test_a_missing_value_is_stored_as_null_and_left_out_of_the_night_context(conn: duckdb.DuckDBPyConnection) -> None:
-    record_metrics(conn, night(0), {"performance.realized_auc": None, "drift.drifted_share": float("nan"), "drift.multivariate_auc": 0.6}, None)
+    record_metrics(
+        conn,
+        night(0),
+        {"performance.realized_auc": None, "drift.drifted_share": float("nan"), "drift.multivariate_auc": 0.6},
+        None,
+    )
 
     history = metric_history(conn, ["performance.realized_auc", "drift.drifted_share"], night(0), nights=1)
     assert history["value"].null_count() == 2
@@ -100,11 +125,13 @@ def test_an_infinite_value_is_refused_naming_the_metric(conn: duckdb.DuckDBPyCon
 
 
 def test_rule_state_reports_value_and_the_nights_of_the_streak() -> None:
-    history = pl.DataFrame({
-        "night": [night(0), night(1), night(2)],
-        "metric": ["drift.drifted_share"] * 3,
-        "value": [0.1, 0.3, 0.31],
-    })
+    history = pl.DataFrame(
+        {
+            "night": [night(0), night(1), night(2)],
+            "metric": ["drift.drifted_share"] * 3,
+            "value": [0.1, 0.3, 0.31],
+        }
+    )
     [state] = evaluate_rules([DRIFT_SHARE], history, night(2))
     assert (state.value, state.held, state.sustained) == (0.31, True, True)
     assert state.nights == (night(1), night(2))
@@ -112,11 +139,13 @@ def test_rule_state_reports_value_and_the_nights_of_the_streak() -> None:
 
 
 def test_a_missing_night_breaks_the_streak() -> None:
-    history = pl.DataFrame({
-        "night": [night(0), night(1), night(3)],
-        "metric": ["validation.quarantine_rate"] * 3,
-        "value": [0.09, 0.09, 0.09],
-    })
+    history = pl.DataFrame(
+        {
+            "night": [night(0), night(1), night(3)],
+            "metric": ["validation.quarantine_rate"] * 3,
+            "value": [0.09, 0.09, 0.09],
+        }
+    )
     [state] = evaluate_rules([QUARANTINE], history, night(3))
     assert state.held is True
     assert state.nights == (night(3),)
@@ -135,7 +164,9 @@ def test_steady_nights_under_threshold_raise_nothing(conn: duckdb.DuckDBPyConnec
     assert table_counts(conn) == (0, 0, 0)
 
 
-def test_rule_sustained_for_three_nights_opens_only_on_the_third_consecutive_night(conn: duckdb.DuckDBPyConnection) -> None:
+def test_rule_sustained_for_three_nights_opens_only_on_the_third_consecutive_night(
+    conn: duckdb.DuckDBPyConnection,
+) -> None:
     bad = {"validation.quarantine_rate": 0.09}
     assert run_night(conn, 0, bad, [QUARANTINE]) == []
     assert run_night(conn, 1, bad, [QUARANTINE]) == []
@@ -167,7 +198,9 @@ def test_alert_resolves_when_the_condition_clears_and_can_reopen_later(conn: duc
     [reopened] = run_night(conn, 4, {"performance.estimated_auc": 0.55}, [AUC_DROP])
 
     assert (resolved["event"], resolved["alert_id"], resolved["closed_night"]) == (
-        "resolved", f"estimated_auc_drop@{night(0).isoformat()}", night(2).isoformat()
+        "resolved",
+        f"estimated_auc_drop@{night(0).isoformat()}",
+        night(2).isoformat(),
     )
     assert (reopened["event"], reopened["alert_id"]) == ("opened", f"estimated_auc_drop@{night(4).isoformat()}")
     rows = conn.execute("select alert_id, status, closed_night from monitoring.alerts order by opened_night").fetchall()
@@ -212,10 +245,16 @@ def test_rerunning_an_earlier_night_inside_an_alert_does_not_open_another(conn: 
 # ----------------------------------------------------------------------------------------- performance first, messages
 
 
-def test_performance_alert_is_listed_before_drift_and_carries_drift_as_probable_cause(conn: duckdb.DuckDBPyConnection) -> None:
+def test_performance_alert_is_listed_before_drift_and_carries_drift_as_probable_cause(
+    conn: duckdb.DuckDBPyConnection,
+) -> None:
     rules = [DRIFT_SHARE, AUC_DROP]
-    run_night(conn, 0, {"drift.drifted_share": 0.25, "drift.multivariate_auc": 0.58, "performance.estimated_auc": 0.8}, rules)
-    written = run_night(conn, 1, {"drift.drifted_share": 0.31, "drift.multivariate_auc": 0.74, "performance.estimated_auc": 0.64}, rules)
+    run_night(
+        conn, 0, {"drift.drifted_share": 0.25, "drift.multivariate_auc": 0.58, "performance.estimated_auc": 0.8}, rules
+    )
+    written = run_night(
+        conn, 1, {"drift.drifted_share": 0.31, "drift.multivariate_auc": 0.74, "performance.estimated_auc": 0.64}, rules
+    )
 
     assert [(e["event"], e["category"]) for e in written] == [("opened", "performance"), ("opened", "drift")]
     performance = written[0]
@@ -225,7 +264,10 @@ def test_performance_alert_is_listed_before_drift_and_carries_drift_as_probable_
     assert performance["drift_metrics"] == {"drift.drifted_share": 0.31, "drift.multivariate_auc": 0.74}
     assert "probable cause: drift.drifted_share = 0.31 > 0.2" in performance["message"]
     outbox = conn.execute("select event_id from monitoring.alert_outbox order by seq").fetchall()
-    assert outbox == [(f"estimated_auc_drop@{night(1).isoformat()}:opened",), (f"drift_share@{night(1).isoformat()}:opened",)]
+    assert outbox == [
+        (f"estimated_auc_drop@{night(1).isoformat()}:opened",),
+        (f"drift_share@{night(1).isoformat()}:opened",),
+    ]
 
 
 def test_opening_message_names_severity_value_threshold_nights_and_runbook(conn: duckdb.DuckDBPyConnection) -> None:
@@ -241,7 +283,9 @@ def test_opening_message_names_severity_value_threshold_nights_and_runbook(conn:
     assert json.loads(stored[2])["alert_id"] == "drift_share@2026-02-04"
 
 
-def test_drift_while_a_data_quality_rule_holds_is_attributed_to_it_instead_of_paging(conn: duckdb.DuckDBPyConnection) -> None:
+def test_drift_while_a_data_quality_rule_holds_is_attributed_to_it_instead_of_paging(
+    conn: duckdb.DuckDBPyConnection,
+) -> None:
     schema = QUARANTINE.model_copy(update={"name": "schema_break", "sustained_nights": 1})
     drift_now = DRIFT_SHARE.model_copy(update={"sustained_nights": 1})
     rules = [drift_now, schema]
@@ -251,4 +295,7 @@ def test_drift_while_a_data_quality_rule_holds_is_attributed_to_it_instead_of_pa
     assert [event["rule"] for event in events] == ["schema_break"]
     assert [cause["rule"] for cause in events[0]["drift_attributed_to_this"]] == ["drift_share"]
     later = run_night(conn, 1, {"drift.drifted_share": 0.5, "validation.quarantine_rate": 0.0}, rules)
-    assert {(event["rule"], event["event"]) for event in later} == {("drift_share", "opened"), ("schema_break", "resolved")}
+    assert {(event["rule"], event["event"]) for event in later} == {
+        ("drift_share", "opened"),
+        ("schema_break", "resolved"),
+    }

@@ -14,13 +14,13 @@ import duckdb
 import polars as pl
 import pytest
 import yaml
+from pipeline_harness import FIRST_NIGHT, example_config
 from typer.testing import CliRunner
 
 from nightkeeper import simulator
 from nightkeeper.backtest import CONFIG_NAME, MARKER, replay_nights, run_backtest
 from nightkeeper.cli import app
 from nightkeeper.config import parse_config
-from pipeline_harness import FIRST_NIGHT, example_config
 
 NIGHTS = 5
 ROWS = 800
@@ -32,16 +32,38 @@ BAD_NIGHT = 1
 def replay(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("backtest")
     simulator.simulate_to_folders(
-        FIRST_NIGHT, NIGHTS, ROWS, 5, simulator.ScenarioPlan.bad_data_at(BAD_NIGHT), root / "batches", root / "labels",
+        FIRST_NIGHT,
+        NIGHTS,
+        ROWS,
+        5,
+        simulator.ScenarioPlan.bad_data_at(BAD_NIGHT),
+        root / "batches",
+        root / "labels",
         label_delay_days=0,
     )
-    simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), days=20, rows_per_day=500, seed=3).write_parquet(root / "history.parquet")
+    simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), days=20, rows_per_day=500, seed=3).write_parquet(
+        root / "history.parquet"
+    )
     config = root / "nightkeeper.yaml"
     config.write_text(yaml.safe_dump(example_config(), sort_keys=False))
-    result = CliRunner().invoke(app, [
-        "backtest", "--config", str(config), "--history", str(root / "history.parquet"), "--batches", str(root / "batches"),
-        "--labels", str(root / "labels"), "--label-delay", str(LABEL_DELAY), "--out", str(root / "out"),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "backtest",
+            "--config",
+            str(config),
+            "--history",
+            str(root / "history.parquet"),
+            "--batches",
+            str(root / "batches"),
+            "--labels",
+            str(root / "labels"),
+            "--label-delay",
+            str(LABEL_DELAY),
+            "--out",
+            str(root / "out"),
+        ],
+    )
     out = root / "out"
     return {"root": root, "out": out, "cli": result, "summary": json.loads((out / "summary.json").read_text())}
 
@@ -62,10 +84,13 @@ def test_the_cli_replays_every_night_and_says_where_the_report_is(replay) -> Non
 
 @pytest.mark.slow
 def test_every_landed_row_has_exactly_one_outcome_each_night(replay) -> None:
-    counts = _query(replay["out"], """
+    counts = _query(
+        replay["out"],
+        """
         select r.partition_date, count(*) as raw,
                (select count(*) from nightly.outcomes o where o.partition_date = r.partition_date) as answered
-        from nightly.raw_batch r group by all order by 1""")
+        from nightly.raw_batch r group by all order by 1""",
+    )
     assert counts.height == NIGHTS
     assert (counts["raw"] == counts["answered"]).all()
     assert [n["rows"] for n in replay["summary"]["nights"]] == counts["raw"].to_list()
@@ -110,7 +135,12 @@ def test_the_report_is_one_self_contained_html_file_with_its_plots(replay) -> No
     html = (replay["out"] / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
     assert "src='http" not in html and 'src="http' not in html
-    for heading in ("Served AUC vs the first champion left alone", "Alerts", "Lifecycle", "Estimated (CBPE) vs realized AUC"):
+    for heading in (
+        "Served AUC vs the first champion left alone",
+        "Alerts",
+        "Lifecycle",
+        "Estimated (CBPE) vs realized AUC",
+    ):
         assert heading in html
 
 
@@ -132,8 +162,16 @@ def test_a_folder_not_written_by_a_backtest_is_refused(tmp_path: Path) -> None:
     out.mkdir()
     (out / "warehouse.duckdb").write_text("someone's data")
     with pytest.raises(ValueError, match="out_dir: .* not written by a backtest"):
-        run_backtest(parse_config(example_config(), root=tmp_path), tmp_path / "history.parquet", tmp_path / "batches",
-                     tmp_path / "labels", 2, "daily", out, progress=False)
+        run_backtest(
+            parse_config(example_config(), root=tmp_path),
+            tmp_path / "history.parquet",
+            tmp_path / "batches",
+            tmp_path / "labels",
+            2,
+            "daily",
+            out,
+            progress=False,
+        )
     assert (out / "warehouse.duckdb").read_text() == "someone's data"
     assert not (out / MARKER).exists()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-import yaml
+from pipeline_harness import FIRST_NIGHT, example_config, make_project
 from polars.testing import assert_frame_equal
 
 from jobs.demo import SensorDriver
@@ -26,16 +26,23 @@ from nightkeeper.backtest import BOOTSTRAP_ACTOR, run_backtest
 from nightkeeper.config import parse_config
 from nightkeeper.models import train_first_champion
 from nightkeeper.training_data import read_history_file
-from pipeline_harness import FIRST_NIGHT, example_config, make_project
 
 NIGHTS = 6
 ROWS = 1200
 LABEL_DELAY = 1
 # the world changes from the first night, and the gates are sized for these small nights, so the realized-AUC alert
 # opens, the retrain policy trains a candidate and the lifecycle acts within the few nights compared
-PLAN = simulator.ScenarioPlan.combine(simulator.ScenarioPlan.bad_data_at(2), simulator.ScenarioPlan.concept_drift(0, shift=1.0))
+PLAN = simulator.ScenarioPlan.combine(
+    simulator.ScenarioPlan.bad_data_at(2), simulator.ScenarioPlan.concept_drift(0, shift=1.0)
+)
 SMALL_GATES = {
-    "data_gate": {"min_rows": 1000, "max_volume_ratio": 1.5, "max_label_rate_shift": 0.5, "max_duplicate_share": 0.05, "max_excluded_share": 0.5},
+    "data_gate": {
+        "min_rows": 1000,
+        "max_volume_ratio": 1.5,
+        "max_label_rate_shift": 0.5,
+        "max_duplicate_share": 0.05,
+        "max_excluded_share": 0.5,
+    },
 }
 
 # Columns that measure or stamp the wall clock, so they differ between any two runs of the same night, whoever runs
@@ -47,14 +54,16 @@ IGNORED_COLUMNS: dict[str, dict[str, str]] = {
     "monitoring.night_metrics": {"recorded_at": "when the metric row was written"},
     "monitoring.alert_events": {"recorded_at": "when the transition was written"},
     "monitoring.alert_outbox": {
-        "enqueued_at": "when the message was queued", "next_attempt_at": "computed from the queueing time",
+        "enqueued_at": "when the message was queued",
+        "next_attempt_at": "computed from the queueing time",
         "delivered_at": "when it was sent",
     },
     "lifecycle.candidates": {"recorded_at": "when the candidate was recorded"},
     "registry.model_aliases": {"set_at": "when the alias row was written"},
     "registry.model_versions": {
         "created_at": "when the model was trained (also in card_json, compared without it)",
-        "registered_at": "when it was registered", "model_path": "each project keeps its artifacts in its own folder",
+        "registered_at": "when it was registered",
+        "model_path": "each project keeps its artifacts in its own folder",
     },
     "review.labels": {"reviewed_at": "when a reviewer's file was imported"},
     "review.rejects": {"rejected_at": "when a reviewer's file was imported"},
@@ -63,10 +72,25 @@ IGNORED_COLUMNS: dict[str, dict[str, str]] = {
 WALL_CLOCK_METRICS = ("scoring.latency_p95_ms",)
 SCHEMAS = ("nightly", "monitoring", "review", "lifecycle", "registry")
 TABLES = [
-    "nightly.raw_batch", "nightly.validated_batch", "nightly.quarantine", "nightly.scored_batch", "nightly.shadow_scores",
-    "nightly.outcomes", "nightly.reason_codes", "nightly.drift_metrics", "monitoring.night_metrics", "monitoring.labels",
-    "monitoring.labels_rejected", "monitoring.performance_realized", "monitoring.alerts", "monitoring.alert_events",
-    "monitoring.alert_outbox", "review.queue", "lifecycle.history", "lifecycle.candidates", "registry.model_aliases",
+    "nightly.raw_batch",
+    "nightly.validated_batch",
+    "nightly.quarantine",
+    "nightly.scored_batch",
+    "nightly.shadow_scores",
+    "nightly.outcomes",
+    "nightly.reason_codes",
+    "nightly.drift_metrics",
+    "monitoring.night_metrics",
+    "monitoring.labels",
+    "monitoring.labels_rejected",
+    "monitoring.performance_realized",
+    "monitoring.alerts",
+    "monitoring.alert_events",
+    "monitoring.alert_outbox",
+    "review.queue",
+    "lifecycle.history",
+    "lifecycle.candidates",
+    "registry.model_aliases",
     "registry.model_versions",
 ]
 
@@ -90,13 +114,16 @@ def _tables(path: Path) -> dict[str, pl.DataFrame]:
     with duckdb.connect(str(path), read_only=True) as connection:
         names = connection.execute(
             "select table_schema || '.' || table_name from information_schema.tables "
-            "where table_schema in (select unnest(?::varchar[])) order by 1", [list(SCHEMAS)]
+            "where table_schema in (select unnest(?::varchar[])) order by 1",
+            [list(SCHEMAS)],
         ).fetchall()
         return {name: _comparable(name, connection.execute(f"select * from {name}").pl()) for (name,) in names}
 
 
 @pytest.fixture(scope="module")
-def both_warehouses(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
+def both_warehouses(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
     root = tmp_path_factory.mktemp("equivalence")
     batches, labels = root / "batches", root / "labels"
     # labels written to their scoring night's folder: the backtest delays them itself
@@ -110,13 +137,29 @@ def both_warehouses(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str,
     # the gate's latency rule times two predictions of ~1 ms on the wall clock: on a loaded machine two runs of the same
     # night judge it differently (seen: 8.5x on two models of the same size), so it is left out of this comparison
     raw["lifecycle"]["promotion_gate"] = {
-        **raw["lifecycle"]["promotion_gate"], "holdout_days": 1, "min_segment_rows": 50, "max_latency_ratio": 1000.0,
+        **raw["lifecycle"]["promotion_gate"],
+        "holdout_days": 1,
+        "min_segment_rows": 50,
+        "max_latency_ratio": 1000.0,
     }
-    replay = run_backtest(parse_config(raw, root=root), history_file, batches, labels, LABEL_DELAY, "daily", root / "backtest", progress=False)
+    replay = run_backtest(
+        parse_config(raw, root=root),
+        history_file,
+        batches,
+        labels,
+        LABEL_DELAY,
+        "daily",
+        root / "backtest",
+        progress=False,
+    )
 
     # the Dagster project reads the very files the backtest read: the batches and the labels as staged for arrival
     raw["source"] = {**raw["source"], "landing": str(batches), "labels": str(replay.out_dir / "labels")}
-    raw["storage"] = {"warehouse": "warehouse.duckdb", "models": str(replay.out_dir / "models"), "dagster_home": "dagster"}
+    raw["storage"] = {
+        "warehouse": "warehouse.duckdb",
+        "models": str(replay.out_dir / "models"),
+        "dagster_home": "dagster",
+    }
     project = make_project(root / "dagster", raw)
     # the first champion as `nightkeeper train --history` makes it, which is what the backtest does
     with duckdb.connect(str(project.config.warehouse_path)) as connection:

@@ -98,7 +98,10 @@ def test_target_column_in_the_file_is_not_extra(tmp_path: Path, clean: pl.DataFr
     assert check_schema(clean.with_columns(pl.lit(0, dtype=pl.Int8).alias("defaulted")), tmp_path, contract).passed
 
 
-@pytest.mark.parametrize(("column", "dtype", "found"), [("loan_amount", pl.String, "String"), ("age", pl.Float64, "Float64"), ("has_cosigner", pl.Int64, "Int64")])
+@pytest.mark.parametrize(
+    ("column", "dtype", "found"),
+    [("loan_amount", pl.String, "String"), ("age", pl.Float64, "Float64"), ("has_cosigner", pl.Int64, "Int64")],
+)
 def test_retyped_column_fails_with_error(
     tmp_path: Path, clean: pl.DataFrame, contract: Contract, column: str, dtype: pl.DataType, found: str
 ) -> None:
@@ -108,7 +111,9 @@ def test_retyped_column_fails_with_error(
     assert f"column {column!r} arrived as {found}" in outcome.description
 
 
-def test_integer_column_for_a_float_feature_is_compatible(tmp_path: Path, clean: pl.DataFrame, contract: Contract) -> None:
+def test_integer_column_for_a_float_feature_is_compatible(
+    tmp_path: Path, clean: pl.DataFrame, contract: Contract
+) -> None:
     assert check_schema(clean.with_columns(pl.col("income").round().cast(pl.Int64)), tmp_path, contract).passed
 
 
@@ -140,7 +145,13 @@ def test_a_night_of_only_an_unreadable_file_is_not_an_empty_night(contract: Cont
 
 
 def test_schema_problems_of_several_files_are_all_reported(contract: Contract) -> None:
-    good = {"application_id": "String", **{n: {"float": "Float64", "int": "Int64", "bool": "Boolean", "category": "String"}[s.dtype] for n, s in contract.features.items()}}
+    good = {
+        "application_id": "String",
+        **{
+            n: {"float": "Float64", "int": "Int64", "bool": "Boolean", "category": "String"}[s.dtype]
+            for n, s in contract.features.items()
+        },
+    }
     files = [
         LandedFile("/landing/a.parquet", 10, {k: v for k, v in good.items() if k != "region"}),
         LandedFile("/landing/b.parquet", 10, {**good, "extra": "String"}),
@@ -199,7 +210,9 @@ def test_unique_ids_pass(tmp_path: Path, clean: pl.DataFrame) -> None:
 
 
 def test_repeated_ids_fail_with_their_count(tmp_path: Path) -> None:
-    night = simulate_night(NIGHT, 1_000, 7, Scenario(bad_data=True, defects=frozenset({"duplicate_row", "duplicate_id_changed"})))
+    night = simulate_night(
+        NIGHT, 1_000, 7, Scenario(bad_data=True, defects=frozenset({"duplicate_row", "duplicate_id_changed"}))
+    )
     repeated = night.defects.filter(pl.col("defect").str.starts_with("duplicate"))["application_id"]
     outcome = entity_ids_unique(landed(night.applications, tmp_path).frame)
     assert not outcome.passed
@@ -209,14 +222,18 @@ def test_repeated_ids_fail_with_their_count(tmp_path: Path) -> None:
 
 
 def test_rows_without_an_id_are_not_counted_as_repeats(tmp_path: Path, clean: pl.DataFrame) -> None:
-    frame = clean.with_columns(pl.when(pl.int_range(pl.len()) < 3).then(None).otherwise(pl.col("application_id")).alias("application_id"))
+    frame = clean.with_columns(
+        pl.when(pl.int_range(pl.len()) < 3).then(None).otherwise(pl.col("application_id")).alias("application_id")
+    )
     assert entity_ids_unique(landed(frame, tmp_path).frame).passed
 
 
 # ------------------------------------------------------------------------------------------------- null rates
 
 
-def test_null_rates_like_the_training_data_pass(tmp_path: Path, clean: pl.DataFrame, core_config: ProjectConfig, core_trained: TrainedModel) -> None:
+def test_null_rates_like_the_training_data_pass(
+    tmp_path: Path, clean: pl.DataFrame, core_config: ProjectConfig, core_trained: TrainedModel
+) -> None:
     result = validate(landed(clean, tmp_path).frame, core_config.contract)
     assert null_rates_stable(result.null_rates, core_trained.card.missing_rates, 0.05).passed
 
@@ -254,12 +271,15 @@ def test_model_answered_passes_without_error_and_fails_with_it() -> None:
     assert "exceeded its time budget" in failed.description
 
 
-@pytest.mark.parametrize(("counts", "passed"), [
-    ({"model": 95, "fallback": 3, "quarantine": 2}, True),
-    ({"model": 94, "fallback": 4, "quarantine": 2}, False),
-    ({"model": 0, "fallback": 100, "quarantine": 0}, False),
-    ({"model": 0, "fallback": 0, "quarantine": 0}, True),
-])
+@pytest.mark.parametrize(
+    ("counts", "passed"),
+    [
+        ({"model": 95, "fallback": 3, "quarantine": 2}, True),
+        ({"model": 94, "fallback": 4, "quarantine": 2}, False),
+        ({"model": 0, "fallback": 100, "quarantine": 0}, False),
+        ({"model": 0, "fallback": 0, "quarantine": 0}, True),
+    ],
+)
 def test_fallback_rate_counts_every_row_not_answered_by_the_model(counts: dict[str, int], passed: bool) -> None:
     outcome = fallback_rate_within_limit(counts, 0.05)
     assert outcome.passed is passed
@@ -275,7 +295,9 @@ def test_rows_conserved_when_every_night_has_one_outcome_per_raw_row() -> None:
     assert outcome.metadata == {"nights": 2, "broken_nights": 0}
 
 
-@pytest.mark.parametrize("night", [(date(2024, 5, 2), 100, 99, 99), (date(2024, 5, 2), 100, 101, 100), (date(2024, 5, 2), 0, 5, 5)])
+@pytest.mark.parametrize(
+    "night", [(date(2024, 5, 2), 100, 99, 99), (date(2024, 5, 2), 100, 101, 100), (date(2024, 5, 2), 0, 5, 5)]
+)
 def test_rows_not_conserved_on_a_night_fails_naming_it(night: tuple[date, int, int, int]) -> None:
     outcome = rows_conserved([(date(2024, 5, 1), 100, 100, 100), night])
     assert not outcome.passed

@@ -15,7 +15,12 @@ from nightkeeper.config import BehaviourConfig, ProjectConfig, parse_config
 from nightkeeper.training import TrainedModel, train_model, training_params
 
 INCOME_DECREASING = BehaviourConfig(directions={"income": "decreasing"})
-CHECKS = ["directions_hold", "invariant_features_do_not_matter", "scores_and_confidence_in_range", "edge_rows_are_scored"]
+CHECKS = [
+    "directions_hold",
+    "invariant_features_do_not_matter",
+    "scores_and_confidence_in_range",
+    "edge_rows_are_scored",
+]
 
 
 def run(trained: TrainedModel, sample: pl.DataFrame, config: ProjectConfig, behaviour: BehaviourConfig) -> dict:
@@ -39,17 +44,23 @@ def with_behaviour(config: ProjectConfig, behaviour: BehaviourConfig, root: Path
 
 
 @pytest.fixture(scope="module")
-def unconstrained(income_raises_risk: pl.DataFrame, core_config: ProjectConfig, tmp_path_factory: Any) -> tuple[TrainedModel, ProjectConfig]:
+def unconstrained(
+    income_raises_risk: pl.DataFrame, core_config: ProjectConfig, tmp_path_factory: Any
+) -> tuple[TrainedModel, ProjectConfig]:
     """A real model trained WITHOUT monotone constraints on data where income raises risk."""
     config = with_behaviour(
-        core_config, BehaviourConfig(directions={"income": "decreasing"}, enforce_directions=False), tmp_path_factory.mktemp("free")
+        core_config,
+        BehaviourConfig(directions={"income": "decreasing"}, enforce_directions=False),
+        tmp_path_factory.mktemp("free"),
     )
     assert "monotone_constraints" not in training_params(config)
     return train_model(income_raises_risk, config), config
 
 
 @pytest.fixture(scope="module")
-def constrained_on_same_data(income_raises_risk: pl.DataFrame, core_config: ProjectConfig, tmp_path_factory: Any) -> TrainedModel:
+def constrained_on_same_data(
+    income_raises_risk: pl.DataFrame, core_config: ProjectConfig, tmp_path_factory: Any
+) -> TrainedModel:
     """The same wrong-way data, but income: decreasing enforced as a LightGBM monotone constraint."""
     config = with_behaviour(core_config, INCOME_DECREASING, tmp_path_factory.mktemp("constrained"))
     assert training_params(config)["monotone_constraints"][config.contract.feature_names.index("income")] == -1
@@ -80,7 +91,9 @@ def test_every_shipped_direction_holds_for_the_constrained_core_model(core_train
     assert outcome.passed, outcome.description
 
 
-def test_an_unconstrained_model_on_wrong_way_data_fails_directions_hold_naming_the_feature(unconstrained, income_raises_risk):
+def test_an_unconstrained_model_on_wrong_way_data_fails_directions_hold_naming_the_feature(
+    unconstrained, income_raises_risk
+):
     trained, config = unconstrained
 
     outcome = run(trained, income_raises_risk, config, INCOME_DECREASING)["directions_hold"]
@@ -91,7 +104,9 @@ def test_an_unconstrained_model_on_wrong_way_data_fails_directions_hold_naming_t
     assert outcome.metadata == {"broken": 1}
 
 
-def test_the_same_wrong_way_data_passes_when_the_direction_is_enforced(constrained_on_same_data, income_raises_risk, core_config):
+def test_the_same_wrong_way_data_passes_when_the_direction_is_enforced(
+    constrained_on_same_data, income_raises_risk, core_config
+):
     outcome = run(constrained_on_same_data, income_raises_risk, core_config, INCOME_DECREASING)["directions_hold"]
 
     assert outcome.passed, outcome.description
@@ -100,7 +115,9 @@ def test_the_same_wrong_way_data_passes_when_the_direction_is_enforced(constrain
 def test_the_direction_the_data_really_has_holds_for_the_unconstrained_model(unconstrained, income_raises_risk):
     trained, config = unconstrained
 
-    outcome = run(trained, income_raises_risk, config, BehaviourConfig(directions={"income": "increasing"}))["directions_hold"]
+    outcome = run(trained, income_raises_risk, config, BehaviourConfig(directions={"income": "increasing"}))[
+        "directions_hold"
+    ]
 
     assert outcome.passed, outcome.description
 
@@ -133,11 +150,11 @@ def test_invariance_passes_for_the_same_feature_under_a_generous_limit(core_trai
 
 
 def test_invariance_measures_a_real_change_for_an_important_feature(core_trained, core_history, core_config):
-    results = run(core_trained, core_history, core_config, BehaviourConfig(invariant={"credit_score": 1.0, "dependents": 1.0}))
-    text = results["invariant_features_do_not_matter"].description
-    changes = dict(
-        (part.split(":")[0], float(part.split("change| ")[1].split(" ")[0])) for part in text.split("; ")
+    results = run(
+        core_trained, core_history, core_config, BehaviourConfig(invariant={"credit_score": 1.0, "dependents": 1.0})
     )
+    text = results["invariant_features_do_not_matter"].description
+    changes = dict((part.split(":")[0], float(part.split("change| ")[1].split(" ")[0])) for part in text.split("; "))
 
     assert changes["credit_score"] > 0.01
     assert changes["credit_score"] > changes["dependents"]
@@ -151,7 +168,9 @@ def test_scores_and_confidence_in_range_passes_for_a_real_model(core_trained, co
 
 
 def test_sample_rows_bound_the_rows_checked(core_trained, core_history, core_config):
-    outcome = run(core_trained, core_history, core_config, BehaviourConfig(sample_rows=100))["scores_and_confidence_in_range"]
+    outcome = run(core_trained, core_history, core_config, BehaviourConfig(sample_rows=100))[
+        "scores_and_confidence_in_range"
+    ]
 
     assert outcome.description.endswith("on 100 rows")
 
@@ -160,7 +179,10 @@ def test_an_empty_sample_warns_instead_of_failing(core_trained, core_history, co
     results = run(core_trained, core_history.head(0), core_config, INCOME_DECREASING)
 
     assert results["directions_hold"].passed and results["directions_hold"].severity == "WARN"
-    assert results["scores_and_confidence_in_range"].passed and results["scores_and_confidence_in_range"].severity == "WARN"
+    assert (
+        results["scores_and_confidence_in_range"].passed
+        and results["scores_and_confidence_in_range"].severity == "WARN"
+    )
     assert results["edge_rows_are_scored"].passed  # edge rows come from the contract, not the sample
 
 
@@ -178,7 +200,11 @@ def test_edge_rows_cover_every_category_level_and_numeric_bound(core_config):
         else:
             assert values == {v for v in (spec.min, spec.max) if v is not None}, name
     expected_rows = 1 + sum(
-        len(s.categories) if s.dtype == "category" else 2 if s.dtype == "bool" else (s.min is not None) + (s.max is not None)
+        len(s.categories)
+        if s.dtype == "category"
+        else 2
+        if s.dtype == "bool"
+        else (s.min is not None) + (s.max is not None)
         for s in contract.features.values()
     )
     assert frame.height == expected_rows
@@ -207,4 +233,3 @@ def test_edge_rows_are_scored_in_range_by_a_real_model(core_trained, core_histor
 
     assert outcome.passed
     assert outcome.description == f"{height} of {height} edge rows scored in [0, 1]"
-

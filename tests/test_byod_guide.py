@@ -42,8 +42,16 @@ def as_run_here(command: str) -> str:
 
 def test_guide_names_the_commands_it_promises() -> None:
     commands = " ".join(guide_commands())
-    for step in ("world support-tickets", "init", "check-config", "backtest", "train --config", "run --config",
-                 "backfill --config", "ui --config"):
+    for step in (
+        "world support-tickets",
+        "init",
+        "check-config",
+        "backtest",
+        "train --config",
+        "run --config",
+        "backfill --config",
+        "ui --config",
+    ):
         assert f".venv/bin/nightkeeper {step}" in commands, f"the guide has no `nightkeeper {step}` command"
 
 
@@ -55,9 +63,12 @@ def test_guide_commands_take_a_dataset_from_files_to_a_backtest_report(tmp_path:
     for command in guide_commands():
         if command.startswith(NOT_RUN):
             continue
-        done = subprocess.run(as_run_here(command), shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=900)
-        assert done.returncode == 0, f"guide command failed ({done.returncode}): {command}\n{done.stdout}\n{done.stderr}"
+        done = subprocess.run(
+            as_run_here(command), shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, (
+            f"guide command failed ({done.returncode}): {command}\n{done.stdout}\n{done.stderr}"
+        )
 
     backtest = tmp_path / "tickets-backtest"
     assert (backtest / "report.html").stat().st_size > 0
@@ -66,13 +77,21 @@ def test_guide_commands_take_a_dataset_from_files_to_a_backtest_report(tmp_path:
     assert len(nights) >= MIN_BACKTEST_NIGHTS
     for night in nights:
         assert night["rows"] > 0, f"{night['night']}: no rows replayed"
-        assert sum(night["sources"].values()) == night["rows"], f"{night['night']}: sources {night['sources']} != rows {night['rows']}"
+        assert sum(night["sources"].values()) == night["rows"], (
+            f"{night['night']}: sources {night['sources']} != rows {night['rows']}"
+        )
     assert any(night["served_auc"] is not None for night in nights), "no night's served scores were judged by labels"
 
     # the project the guide went live with: every landed row answered once, and the late labels matched
     with duckdb.connect(str(tmp_path / "tickets" / "data" / "warehouse.duckdb"), read_only=True) as connection:
-        raw = dict(connection.sql("select partition_date::varchar, count(*) from nightly.raw_batch group by 1").fetchall())
-        answered = dict(connection.sql("select partition_date::varchar, count(*) from nightly.outcomes group by 1").fetchall())
-        labeled = connection.sql("select count(*) from monitoring.labels where partition_date = '2026-01-01'").fetchone()[0]
+        raw = dict(
+            connection.sql("select partition_date::varchar, count(*) from nightly.raw_batch group by 1").fetchall()
+        )
+        answered = dict(
+            connection.sql("select partition_date::varchar, count(*) from nightly.outcomes group by 1").fetchall()
+        )
+        labeled = connection.sql(
+            "select count(*) from monitoring.labels where partition_date = '2026-01-01'"
+        ).fetchone()[0]
     assert raw == answered and set(raw) == {"2026-01-01", "2026-01-02"}
     assert labeled == raw["2026-01-01"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-
 import pytest
+from pipeline_harness import FIRST_NIGHT, example_config, make_project
 
 from nightkeeper import metrics_store, simulator, warehouse
 from nightkeeper.artifacts import load_verified
@@ -16,7 +16,6 @@ from nightkeeper.gates import business_value
 from nightkeeper.models import train_first_champion
 from nightkeeper.pipeline.lifecycle import CANDIDATE_REJECTED, SCHEDULED_TRIGGER, evaluate_candidate, train_candidate
 from nightkeeper.training_data import labeled_history, read_history_file, split_holdout
-from pipeline_harness import FIRST_NIGHT, example_config, make_project
 
 SERVED_THRESHOLD = 0.6  # the champion's card; the config says 0.30
 
@@ -25,8 +24,13 @@ def test_the_never_worse_gate_counts_business_value_at_the_champion_cards_thresh
     raw = example_config()
     raw["lifecycle"] = {**raw["lifecycle"], "data_gate": {**raw["lifecycle"]["data_gate"], "min_rows": 2000}}
     config = make_project(tmp_path / "project", raw).config
-    served = config.model_copy(update={"model": config.model.model_copy(update={
-        "decision": config.model.decision.model_copy(update={"threshold": SERVED_THRESHOLD})})})
+    served = config.model_copy(
+        update={
+            "model": config.model.model_copy(
+                update={"decision": config.model.decision.model_copy(update={"threshold": SERVED_THRESHOLD})}
+            )
+        }
+    )
     path = tmp_path / "history.parquet"
     simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), 12, 400, seed=5).write_parquet(path)
     as_of = FIRST_NIGHT + dt.timedelta(days=2)
@@ -37,13 +41,17 @@ def test_the_never_worse_gate_counts_business_value_at_the_champion_cards_thresh
 
         result = evaluate_candidate(config, connection, as_of)
 
-        labeled = labeled_history(connection, config.contract, as_of - dt.timedelta(days=config.lifecycle.training_window_days), as_of, False)
+        labeled = labeled_history(
+            connection, config.contract, as_of - dt.timedelta(days=config.lifecycle.training_window_days), as_of, False
+        )
     _, holdout = split_holdout(labeled, config.lifecycle.promotion_gate.holdout_days)
     champion_scores = load_verified(champion).predict(feature_matrix(holdout, champion.card.features))
     labels = holdout[config.contract.target].to_numpy()
     value = config.monitoring.performance.business_value
     assert result.metadata["decision_threshold"] == SERVED_THRESHOLD
-    assert result.metadata["business_value_champion"] == pytest.approx(business_value(labels, champion_scores, SERVED_THRESHOLD, value))
+    assert result.metadata["business_value_champion"] == pytest.approx(
+        business_value(labels, champion_scores, SERVED_THRESHOLD, value)
+    )
     assert business_value(labels, champion_scores, SERVED_THRESHOLD, value) != business_value(
         labels, champion_scores, config.model.decision.threshold, value
     )  # the two thresholds do give different figures: the test can tell them apart
@@ -55,8 +63,13 @@ def weaker_candidate_evaluated(tmp_path: Path, trigger: str) -> tuple[dict, floa
     raw = example_config()
     raw["lifecycle"] = {**raw["lifecycle"], "data_gate": {**raw["lifecycle"]["data_gate"], "min_rows": 2000}}
     config = make_project(tmp_path / "project", raw).config
-    stump = config.model_copy(update={"model": config.model.model_copy(update={
-        "num_boost_round": 1, "params": {**config.model.params, "num_leaves": 2}})})
+    stump = config.model_copy(
+        update={
+            "model": config.model.model_copy(
+                update={"num_boost_round": 1, "params": {**config.model.params, "num_leaves": 2}}
+            )
+        }
+    )
     path = tmp_path / "history.parquet"
     simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), 12, 400, seed=5).write_parquet(path)
     as_of = FIRST_NIGHT + dt.timedelta(days=2)

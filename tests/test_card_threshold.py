@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import yaml
 from conftest import CORE_CONFIG_PATH
+from test_performance_incremental import store_partition
 
 from nightkeeper import labels, performance, review, simulator, warehouse
 from nightkeeper.artifacts import load_verified
@@ -20,7 +21,6 @@ from nightkeeper.outcomes import Fallback, assemble_outcomes
 from nightkeeper.pipeline import monitoring
 from nightkeeper.scoring import score_batch
 from nightkeeper.validation import QUARANTINE_SCHEMA, validate
-from test_performance_incremental import store_partition
 
 NIGHT = dt.date(2026, 4, 1)
 TRAINED_AT, EDITED_TO = 0.30, 0.10
@@ -41,14 +41,22 @@ def answered(tmp_path_factory: pytest.TempPathFactory) -> tuple[ProjectConfig, p
     config is edited to EDITED_TO. Returns the edited config and the night's outcomes."""
     root = tmp_path_factory.mktemp("card_threshold")
     trained = project_config(root, TRAINED_AT)
-    champion = bootstrap_champion(trained, simulator.simulate_history(NIGHT - dt.timedelta(days=1), 10, 400, seed=3), NIGHT)
+    champion = bootstrap_champion(
+        trained, simulator.simulate_history(NIGHT - dt.timedelta(days=1), 10, 400, seed=3), NIGHT
+    )
     data = simulator.simulate_night(NIGHT, 1500, seed=11)
     path = simulator.write_landing(data, NIGHT, trained.landing_path)
     raw = read_raw_batch([path], NIGHT, trained.contract.entity_id).frame
     checked = validate(raw, trained.contract)
     scored = score_batch(checked.valid, load_verified(champion), champion.card, 10_000, 300).frame
     outcomes = assemble_outcomes(
-        raw, checked.quarantine, scored, Fallback(champion.card.fallback, champion.card.version), trained.contract, trained.model.decision, True
+        raw,
+        checked.quarantine,
+        scored,
+        Fallback(champion.card.fallback, champion.card.version),
+        trained.contract,
+        trained.model.decision,
+        True,
     )
     simulator.write_labels(data.labels, NIGHT, trained.labels_path)
     with warehouse.connect(trained.warehouse_path) as connection:
@@ -65,14 +73,19 @@ def test_realized_and_estimated_performance_use_the_cards_threshold_not_the_edit
         estimated = connection.execute("select * from monitoring.performance_estimated where source = 'model'").pl()
         known = labels.stored_labels(connection)
     settings = config.monitoring.performance
-    at_card = performance.realized_performance(outcomes, known, DecisionConfig(threshold=TRAINED_AT), settings.business_value, 100)
+    at_card = performance.realized_performance(
+        outcomes, known, DecisionConfig(threshold=TRAINED_AT), settings.business_value, 100
+    )
     at_config = performance.realized_performance(outcomes, known, config.model.decision, settings.business_value, 100)
     model_scores = outcomes.filter(pl.col("source") == "model")["score"].to_numpy()
 
     counts = ["true_positives", "false_positives", "true_negatives", "false_negatives", "business_value"]
     assert stored.select(counts).rows() == at_card.filter(pl.col("source") == "model").select(counts).rows()
     assert stored.select(counts).rows() != at_config.filter(pl.col("source") == "model").select(counts).rows()
-    assert estimated["precision"][0] == performance.estimate_performance(model_scores, TRAINED_AT, settings.business_value)["precision"]
+    assert (
+        estimated["precision"][0]
+        == performance.estimate_performance(model_scores, TRAINED_AT, settings.business_value)["precision"]
+    )
 
 
 def test_the_review_queue_is_near_the_threshold_the_answers_were_decided_at(answered):

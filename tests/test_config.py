@@ -339,7 +339,9 @@ def test_integer_category_codes_are_accepted_unquoted_and_compared_as_text() -> 
     assert config.contract.features["grade"].categories == ["1", "2", "3"]
 
 
-@pytest.mark.parametrize("pattern", ["../../etc/{date}*", "/etc/{date}/*.parquet", "{date}/../../../*.csv", "~/{date}/*.parquet"])
+@pytest.mark.parametrize(
+    "pattern", ["../../etc/{date}*", "/etc/{date}/*.parquet", "{date}/../../../*.csv", "~/{date}/*.parquet"]
+)
 def test_source_pattern_escaping_the_landing_folder_is_refused(pattern: str) -> None:
     message = config_error(lambda raw: raw["source"].update(pattern=pattern))
     assert "source.pattern" in message

@@ -6,20 +6,32 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pipeline_harness import example_config
 
 from jobs.demo import OWNED_STORAGE_FILE, StorageNotOwned, demo_storage, prepare_demo_folder, reset_demo_storage
 from nightkeeper.config import load_config
-from pipeline_harness import example_config
 
 
 def _demo_with_storage_in(folder: Path, storage_root: Path):
     """A demo folder whose config keeps every storage path under ``storage_root``, each one existing with content."""
     folder.mkdir(parents=True)
-    (folder / "nightkeeper.yaml").write_text(yaml.safe_dump(example_config(
-        storage={"warehouse": str(storage_root / "w.duckdb"), "models": str(storage_root / "models"),
-                 "dagster_home": str(storage_root / "dagster")},
-        source={"landing": str(storage_root / "landing"), "labels": str(storage_root / "labels"), "pattern": "{date}/*.parquet"},
-    ), sort_keys=False))
+    (folder / "nightkeeper.yaml").write_text(
+        yaml.safe_dump(
+            example_config(
+                storage={
+                    "warehouse": str(storage_root / "w.duckdb"),
+                    "models": str(storage_root / "models"),
+                    "dagster_home": str(storage_root / "dagster"),
+                },
+                source={
+                    "landing": str(storage_root / "landing"),
+                    "labels": str(storage_root / "labels"),
+                    "pattern": "{date}/*.parquet",
+                },
+            ),
+            sort_keys=False,
+        )
+    )
     config = load_config(folder / "nightkeeper.yaml")
     for path in demo_storage(config):
         if path.suffix:

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from nightkeeper.config import load_config, parse_config
-from nightkeeper.ingest import RAW_SCHEMA, read_raw_batch
 from nightkeeper.draft import DraftError, SampleShape, derive_sizes, draft_config_text, write_draft
+from nightkeeper.ingest import RAW_SCHEMA, read_raw_batch
 from nightkeeper.synthetic import synthesize
 from nightkeeper.validation import validate
 from nightkeeper.worlds import support_tickets_world, write_world
@@ -41,8 +41,12 @@ SAMPLE_CONTRACT = {
 
 def _sample(nights: int = NIGHTS) -> pl.DataFrame:
     contract = parse_config({"name": "sample", "contract": SAMPLE_CONTRACT}, root=REPO).contract
-    frames = [synthesize(contract, ROWS_PER_NIGHT, seed=i, id_prefix=f"N{i}-", event_date=dt.date(2025, 3, 1) + dt.timedelta(days=i))
-              for i in range(nights)]
+    frames = [
+        synthesize(
+            contract, ROWS_PER_NIGHT, seed=i, id_prefix=f"N{i}-", event_date=dt.date(2025, 3, 1) + dt.timedelta(days=i)
+        )
+        for i in range(nights)
+    ]
     return pl.concat(frames).with_columns(pl.col("plan_tier").cast(pl.Int64))  # codes as integers, as files carry them
 
 
@@ -63,13 +67,34 @@ def _draft(tmp_path: Path, sample: pl.DataFrame, **roles) -> dict:
 
 def test_init_writes_a_config_next_to_the_sample_that_check_config_accepts_unchanged(sample_file):
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    init = subprocess.run([str(BIN / "nightkeeper"), "init", "--sample", str(sample_file), "--target", "churned",
-                           "--id", "visit_ref", "--time", "visited_at"], capture_output=True, text=True, timeout=120, env=env)
+    init = subprocess.run(
+        [
+            str(BIN / "nightkeeper"),
+            "init",
+            "--sample",
+            str(sample_file),
+            "--target",
+            "churned",
+            "--id",
+            "visit_ref",
+            "--time",
+            "visited_at",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert init.returncode == 0, init.stdout + init.stderr
     written = sample_file.parent / "nightkeeper.yaml"
 
-    check = subprocess.run([str(BIN / "nightkeeper"), "check-config", "--config", str(written)], capture_output=True,
-                           text=True, timeout=120, env=env)
+    check = subprocess.run(
+        [str(BIN / "nightkeeper"), "check-config", "--config", str(written)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
     assert check.returncode == 0, check.stdout + check.stderr
     assert "ok" in check.stdout
@@ -101,7 +126,11 @@ def test_dtypes_are_inferred_and_the_roles_are_not_features(tmp_path):
     features = _draft(tmp_path, _sample())["contract"]["features"]
 
     assert {name: spec["dtype"] for name, spec in features.items()} == {
-        "plan_tier": "category", "is_member": "bool", "monthly_spend": "float", "support_calls": "int", "device": "category",
+        "plan_tier": "category",
+        "is_member": "bool",
+        "monthly_spend": "float",
+        "support_calls": "int",
+        "device": "category",
     }
 
 
@@ -118,8 +147,10 @@ def test_drafted_ranges_do_not_quarantine_the_samples_own_rows_and_say_why(tmp_p
     config = load_config(tmp_path / "nightkeeper.yaml")
     night = sample.filter(pl.col("visited_at").dt.date() == dt.date(2025, 3, 1))
     raw = night.select(
-        pl.lit(dt.date(2025, 3, 1)).alias("partition_date"), pl.lit("visits.parquet").alias("source_file"),
-        pl.int_range(1, night.height + 1).cast(pl.Int64).alias("row_number"), pl.col("visit_ref").alias("entity_id"),
+        pl.lit(dt.date(2025, 3, 1)).alias("partition_date"),
+        pl.lit("visits.parquet").alias("source_file"),
+        pl.int_range(1, night.height + 1).cast(pl.Int64).alias("row_number"),
+        pl.col("visit_ref").alias("entity_id"),
         pl.struct(pl.all().exclude("churned").cast(pl.String)).struct.json_encode().alias("record"),
     ).cast(RAW_SCHEMA)
 
@@ -177,16 +208,22 @@ def test_the_draft_alerts_with_the_shipped_rules_on_nightkeepers_own_metrics(tmp
 
     draft = _draft(tmp_path, _sample())
 
-    assert draft["monitoring"]["alerts"]["rules"] == [r for r in shipped if not r["metric"].startswith("drift.feature.")]
+    assert draft["monitoring"]["alerts"]["rules"] == [
+        r for r in shipped if not r["metric"].startswith("drift.feature.")
+    ]
 
 
 def test_a_draft_from_the_history_quarantines_no_row_of_later_nights(tmp_path):
     files = write_world(support_tickets_world(nights=30, rows_per_night=400), tmp_path / "tickets")
-    config = load_config(write_draft(files.history, "escalated", "ticket_id", "created_at", out=tmp_path / "draft.yaml"))
+    config = load_config(
+        write_draft(files.history, "escalated", "ticket_id", "created_at", out=tmp_path / "draft.yaml")
+    )
 
     quarantined = 0
     for night in files.nights:
-        raw = read_raw_batch(sorted((files.batches / night.isoformat()).glob("*.parquet")), night, config.contract.entity_id).frame
+        raw = read_raw_batch(
+            sorted((files.batches / night.isoformat()).glob("*.parquet")), night, config.contract.entity_id
+        ).frame
         quarantined += validate(raw, config.contract).quarantined_rows
 
     assert quarantined == 0

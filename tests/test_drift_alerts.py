@@ -24,7 +24,7 @@ from nightkeeper import alerts, metric_names, registry, worlds
 from nightkeeper.artifacts import save_artifact
 from nightkeeper.config import AlertRule, ProjectConfig, parse_config
 from nightkeeper.drift import measure_drift, serving_reference
-from nightkeeper.encoding import FeatureCard, feature_cards, feature_matrix
+from nightkeeper.encoding import FeatureCard, feature_matrix
 from nightkeeper.metrics_store import record_metrics
 from nightkeeper.profile import CategoryProfile, ReferenceProfile
 from nightkeeper.simulator import Scenario, simulate_history, simulate_night
@@ -102,7 +102,10 @@ def test_a_sudden_shift_alerts_on_its_first_night_naming_the_features_and_levels
 ) -> None:
     card, rules = trained.card, drift_rules(config)
     for offset in range(3):
-        assert run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(offset), clean(offset)) == []
+        assert (
+            run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(offset), clean(offset))
+            == []
+        )
 
     events = run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(3), shifted(3))
 
@@ -111,12 +114,16 @@ def test_a_sudden_shift_alerts_on_its_first_night_naming_the_features_and_levels
     message = feature_drift["message"]
     assert "drifted: age: PSI" in message  # the young population: the most drifted feature, named first
     assert "channel: mobile" in message and "% → " in message  # a category names its moved level with shares
-    stored = json.loads(conn.execute("select payload from monitoring.alerts where rule = 'feature-drift'").fetchone()[0])
+    stored = json.loads(
+        conn.execute("select payload from monitoring.alerts where rule = 'feature-drift'").fetchone()[0]
+    )
     named = [feature["feature"] for feature in stored["details"]["features"]]
     assert named[0] == "age" and "channel" in named
 
 
-def test_a_rare_level_absent_from_a_small_night_is_not_called_vanished(config: ProjectConfig, trained: TrainedModel) -> None:
+def test_a_rare_level_absent_from_a_small_night_is_not_called_vanished(
+    config: ProjectConfig, trained: TrainedModel
+) -> None:
     card = trained.card
     rare = rarest_level(card.profile, "employment_type")  # ~0.5 %: often absent from 150 rows by chance
     frame = clean(0, rows=150).filter(pl.col("employment_type") != rare)
@@ -130,13 +137,20 @@ def test_an_acknowledged_drift_stops_paging_while_it_lasts_and_pages_again_after
     conn: duckdb.DuckDBPyConnection, config: ProjectConfig, trained: TrainedModel
 ) -> None:
     card, rules = trained.card, drift_rules(config)
-    nightly = lambda offset, frame: run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(offset), frame)  # noqa: E731
+    nightly = lambda offset, frame: run_drift_night(
+        conn, rules, trained.booster, card.profile, card.features, night(offset), frame
+    )  # noqa: E731
     opened = [e for e in nightly(0, shifted(0)) if e["event"] == "opened"]
     assert {e["rule"] for e in opened} >= {"feature-drift"}
     outbox_before = conn.execute("select count(*) from monitoring.alert_outbox").fetchone()[0]
     for event in opened:
-        alerts.acknowledge(conn, event["alert_id"], "oncall", "young mobile campaign; performance holds",
-                           dt.datetime(2026, 3, 1, 9, tzinfo=dt.timezone.utc))
+        alerts.acknowledge(
+            conn,
+            event["alert_id"],
+            "oncall",
+            "young mobile campaign; performance holds",
+            dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC),
+        )
 
     quiet = [nightly(offset, shifted(offset)) for offset in range(1, 6)]
 
@@ -160,9 +174,12 @@ def test_only_an_open_alert_can_be_acknowledged_and_only_with_a_reason(
     conn: duckdb.DuckDBPyConnection, config: ProjectConfig, trained: TrainedModel
 ) -> None:
     card, rules = trained.card, drift_rules(config)
-    [event] = [e for e in run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(0), shifted(0))
-               if e["rule"] == "feature-drift"]
-    at = dt.datetime(2026, 3, 1, 9, tzinfo=dt.timezone.utc)
+    [event] = [
+        e
+        for e in run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(0), shifted(0))
+        if e["rule"] == "feature-drift"
+    ]
+    at = dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC)
 
     with pytest.raises(ValueError, match="needs a reason"):
         alerts.acknowledge(conn, event["alert_id"], "oncall", "  ", at)
@@ -190,15 +207,25 @@ def world_champion(world: worlds.World, root: Path) -> tuple[ProjectConfig, Trai
     return config, train_model(training_frame(world.history(), config), config)
 
 
-def world_alerts(conn: duckdb.DuckDBPyConnection, world: worlds.World, root: Path, nights: list[int]) -> list[dict[str, Any]]:
+def world_alerts(
+    conn: duckdb.DuckDBPyConnection, world: worlds.World, root: Path, nights: list[int]
+) -> list[dict[str, Any]]:
     """The drift alert events over the given batch nights of ``world``, measured against its champion."""
     config, model = world_champion(world, root)
     card, dates = model.card, world.batch_nights()
     return [
         event
         for index in nights
-        for event in run_drift_night(conn, drift_rules(config), model.booster, card.profile, card.features, dates[index],
-                                     training_frame(world.labeled_night(dates[index]), config), model.reference_sample)
+        for event in run_drift_night(
+            conn,
+            drift_rules(config),
+            model.booster,
+            card.profile,
+            card.features,
+            dates[index],
+            training_frame(world.labeled_night(dates[index]), config),
+            model.reference_sample,
+        )
     ]
 
 
@@ -214,21 +241,28 @@ def test_a_vanished_category_is_named_with_its_shares_the_first_night_it_is_gone
     assert before == []
     [vanished] = [e for e in gone if e["rule"] == "vanished-level"]
     assert vanished["event"] == "opened" and vanished["night"] == facts["vanishes_on"].isoformat()
-    assert re.search(r"payment_method: cash_on_delivery [67]\.\d% → 0\.0% \(vanished\), invoice 1[45]\.\d% → 2[123]\.\d%", vanished["message"])
+    assert re.search(
+        r"payment_method: cash_on_delivery [67]\.\d% → 0\.0% \(vanished\), invoice 1[45]\.\d% → 2[123]\.\d%",
+        vanished["message"],
+    )
     [level] = vanished["details"]["levels"]
     assert (level["feature"], level["level"], level["current_share"]) == ("payment_method", "cash_on_delivery", 0.0)
     assert level["reference_share"] == pytest.approx(facts["share_before"]["cash_on_delivery"], abs=0.01)
 
 
 @pytest.mark.slow
-def test_ninety_stable_nights_of_low_cardinality_codes_raise_no_drift_alert(tmp_path: Path, conn: duckdb.DuckDBPyConnection) -> None:
+def test_ninety_stable_nights_of_low_cardinality_codes_raise_no_drift_alert(
+    tmp_path: Path, conn: duckdb.DuckDBPyConnection
+) -> None:
     world = worlds.duplicate_codes_world(nights=90)
 
     assert world_alerts(conn, world, tmp_path, list(range(90))) == []
 
 
 @pytest.mark.slow
-def test_forty_small_nights_of_about_150_rows_raise_no_drift_alert(tmp_path: Path, conn: duckdb.DuckDBPyConnection) -> None:
+def test_forty_small_nights_of_about_150_rows_raise_no_drift_alert(
+    tmp_path: Path, conn: duckdb.DuckDBPyConnection
+) -> None:
     world = worlds.small_nights_world(nights=40)
 
     assert world_alerts(conn, world, tmp_path, list(range(40))) == []
@@ -253,7 +287,9 @@ def test_weekend_and_payday_shares_the_reference_has_seen_raise_no_feature_drift
 def test_drift_is_measured_against_the_serving_champion_so_the_reference_moves_with_each_promotion(
     tmp_path: Path, conn: duckdb.DuckDBPyConnection, config: ProjectConfig, trained: TrainedModel
 ) -> None:
-    inflated_history = simulate_history(night(9), days=10, rows_per_day=1_000, seed=SEED + 1).with_columns(pl.col("income") * 1.5)
+    inflated_history = simulate_history(night(9), days=10, rows_per_day=1_000, seed=SEED + 1).with_columns(
+        pl.col("income") * 1.5
+    )
     successor = train_model(training_frame(inflated_history, config), config)
     first = registry.register(conn, trained.card, save_artifact(trained, tmp_path / "models"))
     second = registry.register(conn, successor.card, save_artifact(successor, tmp_path / "models"))
@@ -277,7 +313,9 @@ def test_no_champion_means_no_reference(conn: duckdb.DuckDBPyConnection) -> None
 
 def test_every_drift_metric_and_detail_is_a_registered_metric(config: ProjectConfig, trained: TrainedModel) -> None:
     card = trained.card
-    result = measure_drift(card.profile, clean(0), trained.booster.predict(feature_matrix(clean(0), card.features)), card.features)
+    result = measure_drift(
+        card.profile, clean(0), trained.booster.predict(feature_matrix(clean(0), card.features)), card.features
+    )
 
     assert [name for name in result.metrics() if metric_names.lookup(name) is None] == []
     assert set(result.details()) <= set(result.metrics())
@@ -295,12 +333,16 @@ def test_alerts_cli_lists_an_open_drift_and_acknowledges_it_with_who_and_why(
     project = parse_config(yaml.safe_load(config_file.read_text()), root=tmp_path)
     card = trained.card
     with connect(project.warehouse_path) as connection:
-        events = run_drift_night(connection, drift_rules(config), trained.booster, card.profile, card.features, night(0), shifted(0))
+        events = run_drift_night(
+            connection, drift_rules(config), trained.booster, card.profile, card.features, night(0), shifted(0)
+        )
     alert_id = next(e["alert_id"] for e in events if e["rule"] == "feature-drift")
     runner = CliRunner()
 
     listed = runner.invoke(app, ["alerts", "list", "--config", str(config_file)], env={"COLUMNS": "250"})
-    acked = runner.invoke(app, ["alerts", "ack", alert_id, "--reason", "campaign; AUC holds", "--by", "ana", "--config", str(config_file)])
+    acked = runner.invoke(
+        app, ["alerts", "ack", alert_id, "--reason", "campaign; AUC holds", "--by", "ana", "--config", str(config_file)]
+    )
     refused = runner.invoke(app, ["alerts", "ack", "nope@2026-01-01", "--reason", "x", "--config", str(config_file)])
     after = runner.invoke(app, ["alerts", "list", "--config", str(config_file)], env={"COLUMNS": "250"})
 
@@ -309,7 +351,9 @@ def test_alerts_cli_lists_an_open_drift_and_acknowledges_it_with_who_and_why(
     assert refused.exit_code == 2 and "no alert 'nope@2026-01-01'" in refused.output
     assert "acknowledged by ana" in after.output
     with connect(project.warehouse_path) as connection:
-        logged = connection.execute("select message from monitoring.alert_events where event = 'acknowledged'").fetchall()
+        logged = connection.execute(
+            "select message from monitoring.alert_events where event = 'acknowledged'"
+        ).fetchall()
     assert logged == [(f"[acknowledged] {alert_id} by ana: campaign; AUC holds",)]
 
 
@@ -324,7 +368,9 @@ def test_the_pipeline_drift_and_alert_steps_name_the_moved_features_against_the_
     tonight = shifted(3).with_columns(  # the simulator's columns are typed as the contract says
         pl.lit("night.parquet").alias("source_file"), pl.int_range(pl.len()).alias("row_number")
     )
-    scored = tonight.with_columns(pl.Series("score", trained.booster.predict(feature_matrix(tonight, trained.card.features))))
+    scored = tonight.with_columns(
+        pl.Series("score", trained.booster.predict(feature_matrix(tonight, trained.card.features)))
+    )
     with connect(config.warehouse_path) as connection:
         champion = registry.register(connection, trained.card, save_artifact(trained, tmp_path / "models"))
         registry.set_alias(connection, registry.CHAMPION, champion.version, night(0), "test", "bootstrap")

@@ -65,8 +65,13 @@ def result(profile: ReferenceProfile, tonight: pl.DataFrame, features: list[Feat
 
 
 @pytest.fixture(scope="module")
-def comparison(result: DriftResult, profile: ReferenceProfile, reference: pl.DataFrame, tonight: pl.DataFrame,
-               features: list[FeatureCard]) -> pl.DataFrame:
+def comparison(
+    result: DriftResult,
+    profile: ReferenceProfile,
+    reference: pl.DataFrame,
+    tonight: pl.DataFrame,
+    features: list[FeatureCard],
+) -> pl.DataFrame:
     """evidently's automatic choice on >1000 rows: normed Wasserstein for numbers with > 5 distinct values,
     Jensen-Shannon for categories and the bool; run on the full reference and tonight, as our profile saw them."""
     return compare_with_evidently(result, profile, evidently_drift_scores(reference, tonight, features))

@@ -5,13 +5,13 @@ simulator's base-rate-drift and weak-model worlds, labels 5 nights late."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 import yaml
+from test_performance_incremental import store_partition
 
 from nightkeeper import warehouse, worlds
 from nightkeeper.artifacts import load_verified
@@ -23,7 +23,6 @@ from nightkeeper.performance import estimate_performance, estimate_trust
 from nightkeeper.pipeline import monitoring
 from nightkeeper.scoring import score_batch
 from nightkeeper.validation import validate
-from test_performance_incremental import store_partition
 
 SETTINGS = PerformanceConfig()
 HOLDOUT = {"auc": 0.80, "estimated_auc": 0.80}
@@ -36,7 +35,10 @@ def calibrated(rows: int, seed: int, label_scale: float = 1.0) -> tuple[pl.DataF
     scores = rng.beta(2, 5, rows)
     labels = (rng.random(rows) < scores * label_scale).astype(np.int8)
     tonight = rng.beta(2, 5, rows)
-    return pl.DataFrame({"score": scores, "label": labels}), {"rows": rows, **estimate_performance(tonight, 0.5, SETTINGS.business_value)}
+    return pl.DataFrame({"score": scores, "label": labels}), {
+        "rows": rows,
+        **estimate_performance(tonight, 0.5, SETTINGS.business_value),
+    }
 
 
 def test_an_estimate_that_matched_the_labels_on_large_nights_is_trusted():
@@ -90,11 +92,19 @@ def run_world(world: worlds.World, folder: Path) -> pl.DataFrame:
     champion = bootstrap_champion(config, pl.read_parquet(files.history), files.nights[0])
     booster, card = load_verified(champion), champion.card
     for night in files.nights:
-        batch = read_raw_batch([files.batches / night.isoformat() / "batch.parquet"], night, config.contract.entity_id).frame
+        batch = read_raw_batch(
+            [files.batches / night.isoformat() / "batch.parquet"], night, config.contract.entity_id
+        ).frame
         checked = validate(batch, config.contract)
         scored = score_batch(checked.valid, booster, card, 10_000, 300).frame
         outcomes = assemble_outcomes(
-            batch, checked.quarantine, scored, Fallback(card.fallback, card.version), config.contract, config.model.decision, True
+            batch,
+            checked.quarantine,
+            scored,
+            Fallback(card.fallback, card.version),
+            config.contract,
+            config.model.decision,
+            True,
         )
         with warehouse.connect(config.warehouse_path) as connection:
             store_partition(connection, "outcomes", night, outcomes)

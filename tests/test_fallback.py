@@ -26,7 +26,9 @@ def rule(core_history: pl.DataFrame) -> FallbackRule:
 @pytest.fixture(scope="module")
 def observed(core_history: pl.DataFrame) -> pl.DataFrame:
     """Rows and positives of every segment in the history, computed independently of the rule."""
-    return core_history.group_by(SEGMENTS).agg(pl.len().alias("rows"), pl.col(TARGET).cast(pl.Float64).sum().alias("positives"))
+    return core_history.group_by(SEGMENTS).agg(
+        pl.len().alias("rows"), pl.col(TARGET).cast(pl.Float64).sum().alias("positives")
+    )
 
 
 @pytest.fixture(scope="module")

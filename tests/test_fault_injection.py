@@ -18,6 +18,7 @@ import polars as pl
 import psutil
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from pipeline_harness import FIRST_NIGHT, REPO, Project, bootstrap_example_champion, example_config, make_project
 
 from jobs.instance import prepare_dagster_home
 from jobs.resources import WAREHOUSE_POOL
@@ -25,7 +26,6 @@ from jobs.run_guard import HOST_TAG, PID_TAG, launch_run, pool_holders, process_
 from nightkeeper import registry, review, simulator, warehouse
 from nightkeeper.models import publish
 from nightkeeper.training import train_model
-from pipeline_harness import FIRST_NIGHT, REPO, Project, bootstrap_example_champion, example_config, make_project
 
 ROWS = 300
 
@@ -44,15 +44,22 @@ def _instance(project: Project) -> DagsterInstance:
 def _cli(project: Project, *args: str) -> subprocess.Popen:
     """A `nightkeeper` command on the project, as its own process group (so the test can signal it)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "NIGHTKEEPER_CONFIG": str(project.config_path)}
-    return subprocess.Popen([sys.executable, "-m", "nightkeeper.cli", *args], cwd=project.root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nightkeeper.cli", *args],
+        cwd=project.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _hold_the_pool(instance: DagsterInstance, tags: dict[str, str] | None = None) -> DagsterRun:
     """A STARTED run holding the warehouse slot, as a step of a run in progress does; by default a run of this (live)
     test process."""
-    run = DagsterRun(job_name="nightly_batch", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
-                     tags=tags or process_tags())
+    run = DagsterRun(
+        job_name="nightly_batch", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED, tags=tags or process_tags()
+    )
     instance.add_run(run)
     storage = instance.event_log_storage
     storage.initialize_concurrency_limit_to_default(WAREHOUSE_POOL)
@@ -79,7 +86,9 @@ def test_a_run_of_a_dead_process_is_marked_failed_and_its_slot_freed(tmp_path):
         assert reaped == [dead_run.run_id]
         assert _status(instance, dead_run.run_id) == DagsterRunStatus.FAILURE
         assert pool_holders(instance) == []
-        [failure] = [e for e in instance.all_logs(dead_run.run_id) if e.is_dagster_event and e.dagster_event.is_run_failure]
+        [failure] = [
+            e for e in instance.all_logs(dead_run.run_id) if e.is_dagster_event and e.dagster_event.is_run_failure
+        ]
         assert f"pid {dead.pid}" in failure.dagster_event.message and "gone" in failure.dagster_event.message
 
 
@@ -87,8 +96,12 @@ def test_a_run_of_a_live_process_or_another_host_is_left_alone(tmp_path):
     project = _project(tmp_path)
     with _instance(project) as instance:
         alive = _hold_the_pool(instance)
-        elsewhere = DagsterRun(job_name="nightly_batch", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
-                               tags={**process_tags(), PID_TAG: "999999999", HOST_TAG: "another-host"})
+        elsewhere = DagsterRun(
+            job_name="nightly_batch",
+            run_id=str(uuid.uuid4()),
+            status=DagsterRunStatus.STARTED,
+            tags={**process_tags(), PID_TAG: "999999999", HOST_TAG: "another-host"},
+        )
         instance.add_run(elsewhere)
 
         assert reap_dead_runs(instance) == []
@@ -105,7 +118,9 @@ def test_a_launched_run_is_tagged_with_its_process_and_host(tmp_path):
     bootstrap_example_champion(project)
     project.land_night(FIRST_NIGHT, rows=ROWS)
     with _instance(project) as instance:
-        result = launch_run(project.defs.resolve_job_def(NIGHTLY_JOB), instance, 60, partition_key=FIRST_NIGHT.isoformat())
+        result = launch_run(
+            project.defs.resolve_job_def(NIGHTLY_JOB), instance, 60, partition_key=FIRST_NIGHT.isoformat()
+        )
         tags = instance.get_run_by_id(result.run_id).tags
     assert result.success
     assert tags[PID_TAG] == str(os.getpid()) and tags[HOST_TAG] == process_tags()[HOST_TAG]
@@ -163,7 +178,9 @@ def test_a_signal_ends_a_command_waiting_for_the_warehouse_within_seconds(tmp_pa
         finally:
             command.kill()
         assert command.returncode == 130 and took < 5
-        assert cpu_seconds < 0.5  # it sleeps while it waits (Dagster alone spins: 0.9 s of these 4 s on a busy 2-core box, 0.2 s fixed)
+        assert (
+            cpu_seconds < 0.5
+        )  # it sleeps while it waits (Dagster alone spins: 0.9 s of these 4 s on a busy 2-core box, 0.2 s fixed)
         [waiter] = instance.get_run_records(RunsFilter(tags={PID_TAG: str(command.pid)}))
         assert waiter.dagster_run.status == DagsterRunStatus.FAILURE
 
@@ -177,8 +194,14 @@ def _kill_when_a_step_holds_the_pool(project: Project, command: subprocess.Popen
     deadline = time.monotonic() + 240
     with _instance(project) as instance:
         while time.monotonic() < deadline and command.poll() is None:
-            mine = {r.dagster_run.run_id for r in instance.get_run_records(RunsFilter(tags={PID_TAG: str(command.pid)}))}
-            held = [h for h in pool_holders(instance) if h.run_id in mine and h.step_key.startswith(step_prefix)] if mine else []
+            mine = {
+                r.dagster_run.run_id for r in instance.get_run_records(RunsFilter(tags={PID_TAG: str(command.pid)}))
+            }
+            held = (
+                [h for h in pool_holders(instance) if h.run_id in mine and h.step_key.startswith(step_prefix)]
+                if mine
+                else []
+            )
             if held:
                 command.send_signal(signal.SIGKILL)
                 command.wait(timeout=30)
@@ -227,7 +250,8 @@ def _filled_review_file(project: Project, night: dt.date, path: Path) -> int:
         queue = review.queue_for(connection, night)
     review.export_review_csv(queue, path)
     filled = pl.read_csv(path, infer_schema=False).with_columns(
-        label=pl.when(pl.int_range(pl.len()) % 2 == 0).then(pl.lit("0")).otherwise(pl.lit("1")), reviewer=pl.lit("alice")
+        label=pl.when(pl.int_range(pl.len()) % 2 == 0).then(pl.lit("0")).otherwise(pl.lit("1")),
+        reviewer=pl.lit("alice"),
     )
     filled.write_csv(path)
     return filled.height

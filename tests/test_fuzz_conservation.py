@@ -39,7 +39,9 @@ def landed_files(draw, contract):
         levels = list(spec.categories or []) if spec is not None else []
         pool = JUNK + levels + [f"A{i}" for i in range(5)]
         values[column] = draw(st.lists(st.one_of(st.none(), st.sampled_from(pool)), min_size=rows, max_size=rows))
-    return pl.DataFrame(values, schema={c: pl.String for c in values}) if values else pl.DataFrame({"x": [None] * rows}, schema={"x": pl.String}), draw(st.booleans())
+    return pl.DataFrame(values, schema={c: pl.String for c in values}) if values else pl.DataFrame(
+        {"x": [None] * rows}, schema={"x": pl.String}
+    ), draw(st.booleans())
 
 
 def test_every_fuzzed_row_gets_exactly_one_outcome(core_config, core_trained, tmp_path_factory):
@@ -47,7 +49,12 @@ def test_every_fuzzed_row_gets_exactly_one_outcome(core_config, core_trained, tm
     decision = core_config.model.decision
     fallback = Fallback(core_trained.card.fallback, core_trained.card.version)
 
-    @settings(max_examples=40, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=DERANDOMIZE,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
     @given(landed_files(contract))
     def check(drawn):
         frame, as_csv = drawn
@@ -57,8 +64,12 @@ def test_every_fuzzed_row_gets_exactly_one_outcome(core_config, core_trained, tm
 
         raw = read_raw_batch([path], NIGHT, contract.entity_id).frame
         result = validate(raw, contract)
-        scored = score_batch(result.valid, core_trained.booster, core_trained.card, chunk_rows=7, time_budget_seconds=60).frame
-        outcomes = assemble_outcomes(raw, result.quarantine, scored, fallback, contract, decision, answer_quarantined=True)
+        scored = score_batch(
+            result.valid, core_trained.booster, core_trained.card, chunk_rows=7, time_budget_seconds=60
+        ).frame
+        outcomes = assemble_outcomes(
+            raw, result.quarantine, scored, fallback, contract, decision, answer_quarantined=True
+        )
 
         assert outcomes.height == raw.height == frame.height
         assert outcomes.select("source_file", "row_number").is_unique().all()
@@ -69,9 +80,17 @@ def test_every_fuzzed_row_gets_exactly_one_outcome(core_config, core_trained, tm
 
 # file kind -> (is read, is unreadable): how the landing folder should treat it
 FILE_KINDS = {
-    "parquet": (True, False), "csv": (True, False), "upper_parquet": (True, False), "nested_parquet": (True, False),
-    "zero_byte": (True, True), "truncated_parquet": (True, True), "latin1_csv": (True, True), "ragged_csv": (True, True),
-    "repeated_header_csv": (True, True), "csv_gz": (False, False), "link_outside": (False, False),
+    "parquet": (True, False),
+    "csv": (True, False),
+    "upper_parquet": (True, False),
+    "nested_parquet": (True, False),
+    "zero_byte": (True, True),
+    "truncated_parquet": (True, True),
+    "latin1_csv": (True, True),
+    "ragged_csv": (True, True),
+    "repeated_header_csv": (True, True),
+    "csv_gz": (False, False),
+    "link_outside": (False, False),
 }
 
 
@@ -85,7 +104,9 @@ def write_kind(kind: str, folder: Path, index: int, frame: pl.DataFrame, outside
     elif kind == "upper_parquet":
         frame.write_parquet(folder / f"{name}.PARQUET")
     elif kind == "nested_parquet":
-        frame.with_columns(pl.concat_list(pl.col(frame.columns[0]), pl.col(frame.columns[0])).alias(frame.columns[0])).write_parquet(folder / f"{name}.parquet")
+        frame.with_columns(
+            pl.concat_list(pl.col(frame.columns[0]), pl.col(frame.columns[0])).alias(frame.columns[0])
+        ).write_parquet(folder / f"{name}.parquet")
     elif kind == "zero_byte":
         (folder / f"{name}.parquet").write_bytes(b"")
     elif kind == "truncated_parquet":
@@ -111,7 +132,12 @@ def test_every_row_of_a_fuzzed_landing_folder_gets_exactly_one_outcome(core_conf
     contract = core_config.contract
     fallback = Fallback(core_trained.card.fallback, core_trained.card.version)
 
-    @settings(max_examples=25, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(
+        max_examples=25,
+        deadline=None,
+        derandomize=DERANDOMIZE,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
     @given(st.lists(st.tuples(st.sampled_from(sorted(FILE_KINDS)), landed_files(contract)), min_size=0, max_size=5))
     def check(drawn):
         root = tmp_path_factory.mktemp("landing_fuzz")
@@ -122,8 +148,12 @@ def test_every_row_of_a_fuzzed_landing_folder_gets_exactly_one_outcome(core_conf
 
         batch = read_night(root / "landing", "{date}/*", NIGHT, contract.entity_id, root)
         result = validate(batch.frame, contract)
-        scored = score_batch(result.valid, core_trained.booster, core_trained.card, chunk_rows=7, time_budget_seconds=60).frame
-        outcomes = assemble_outcomes(batch.frame, result.quarantine, scored, fallback, contract, core_config.model.decision, True)
+        scored = score_batch(
+            result.valid, core_trained.booster, core_trained.card, chunk_rows=7, time_budget_seconds=60
+        ).frame
+        outcomes = assemble_outcomes(
+            batch.frame, result.quarantine, scored, fallback, contract, core_config.model.decision, True
+        )
 
         unreadable = sum(FILE_KINDS[kind][1] for kind, _ in drawn)
         assert batch.frame.height == data_rows + unreadable

@@ -11,13 +11,20 @@ import numpy as np
 import polars as pl
 import pytest
 
-from nightkeeper.config import BusinessValue, Contract, FeatureSpec, ProjectConfig, PromotionGateConfig, TrainingDataGateConfig
+from nightkeeper.config import (
+    BusinessValue,
+    Contract,
+    FeatureSpec,
+    ProjectConfig,
+    PromotionGateConfig,
+    TrainingDataGateConfig,
+)
 from nightkeeper.encoding import feature_cards, feature_matrix
 from nightkeeper.gates import business_value, never_worse_gate, training_window_gate
 from nightkeeper.simulator import ScenarioPlan, simulate_history, simulate_night
 from nightkeeper.synthetic import synthesize
-from nightkeeper.worlds import duplicate_codes_world
 from nightkeeper.training import TrainedModel, train_model
+from nightkeeper.worlds import duplicate_codes_world
 
 TARGET = "defaulted"
 WINDOW_START = date(2024, 5, 1)
@@ -145,16 +152,22 @@ def test_empty_window_is_refused(features):
     assert verdict.gate.reasons == ["the training window holds no labeled rows"]
 
 
-CODES = Contract(entity_id="id", target="y", features={f"code_{i}": FeatureSpec(dtype="int", min=0, max=12) for i in range(4)})
+CODES = Contract(
+    entity_id="id", target="y", features={f"code_{i}": FeatureSpec(dtype="int", min=0, max=12) for i in range(4)}
+)
 
 
 def codes_window(nights: int = 10, rows: int = 500) -> pl.DataFrame:
     """Nights of four low-cardinality integer codes (synthesized from a contract): ~7% of each night's rows repeat
     another row's feature vector, naturally, every night."""
-    return pl.concat([
-        synthesize(CODES, rows, seed=index, id_prefix=f"N{index}-").with_columns(pl.lit(date.fromisoformat(night(index))).alias("partition_date"))
-        for index in range(nights)
-    ])
+    return pl.concat(
+        [
+            synthesize(CODES, rows, seed=index, id_prefix=f"N{index}-").with_columns(
+                pl.lit(date.fromisoformat(night(index))).alias("partition_date")
+            )
+            for index in range(nights)
+        ]
+    )
 
 
 def test_natural_duplicates_of_low_cardinality_codes_exclude_no_night_and_do_not_refuse_the_retrain():
@@ -174,7 +187,9 @@ def test_a_bot_burst_of_exact_copies_is_still_excluded_against_the_datasets_own_
         pl.format("bot-{}", pl.int_range(pl.len())).alias("id")
     )
 
-    verdict = training_window_gate(pl.concat([window, copies]), "y", feature_cards(CODES), TrainingDataGateConfig(min_rows=2000))
+    verdict = training_window_gate(
+        pl.concat([window, copies]), "y", feature_cards(CODES), TrainingDataGateConfig(min_rows=2000)
+    )
 
     assert list(verdict.excluded_nights) == [night(4)]
     assert "repeat a near-identical feature vector (the window's nights: median" in verdict.excluded_nights[night(4)]
@@ -184,11 +199,15 @@ def test_a_bot_burst_of_exact_copies_is_still_excluded_against_the_datasets_own_
 def test_thirty_nights_of_the_duplicate_codes_world_pass_the_gate_with_its_own_config():
     world = duplicate_codes_world(nights=30)
     config = ProjectConfig.model_validate(world.config())
-    window = pl.concat([world.labeled_night(n).with_columns(pl.lit(n).alias("partition_date")) for n in world.batch_nights()])
+    window = pl.concat(
+        [world.labeled_night(n).with_columns(pl.lit(n).alias("partition_date")) for n in world.batch_nights()]
+    )
 
     verdict = training_window_gate(window, world.target, feature_cards(config.contract), config.lifecycle.data_gate)
 
-    assert verdict.per_night["duplicate_share"].median() > 0.05  # the world's natural repeats, above the old fixed limit
+    assert (
+        verdict.per_night["duplicate_share"].median() > 0.05
+    )  # the world's natural repeats, above the old fixed limit
     assert verdict.excluded_nights == {}
     assert verdict.gate.passed, verdict.gate.reasons
 
@@ -209,10 +228,18 @@ def champion_scores(core_trained: TrainedModel, holdout: pl.DataFrame) -> np.nda
 
 @pytest.fixture(scope="module")
 def gate_config() -> PromotionGateConfig:
-    return PromotionGateConfig(segments=["region", "channel"], min_segment_rows=100, bootstrap_samples=100, max_latency_ratio=2.0)
+    return PromotionGateConfig(
+        segments=["region", "channel"], min_segment_rows=100, bootstrap_samples=100, max_latency_ratio=2.0
+    )
 
 
-def judge(holdout: pl.DataFrame, champion: np.ndarray, candidate: np.ndarray, config: PromotionGateConfig, latency: float = 1.0):
+def judge(
+    holdout: pl.DataFrame,
+    champion: np.ndarray,
+    candidate: np.ndarray,
+    config: PromotionGateConfig,
+    latency: float = 1.0,
+):
     return never_worse_gate(holdout, TARGET, champion, candidate, THRESHOLD, VALUE, latency, config)
 
 
@@ -226,7 +253,9 @@ def test_identical_scores_pass_the_never_worse_gate(holdout, champion_scores, ga
     assert result.metrics["rows"] == 3000.0
 
 
-def test_a_one_tree_candidate_fails_with_an_auc_reason(core_make_config, core_history, tmp_path, holdout, champion_scores, gate_config):
+def test_a_one_tree_candidate_fails_with_an_auc_reason(
+    core_make_config, core_history, tmp_path, holdout, champion_scores, gate_config
+):
     def one_tree(raw: dict) -> None:
         raw["model"]["num_boost_round"] = 1
 
@@ -300,8 +329,14 @@ def test_segments_smaller_than_min_segment_rows_are_not_judged(holdout, champion
     north = (holdout["region"] == "north").to_numpy()
     candidate = champion_scores.copy()
     candidate[north] = np.random.default_rng(1).permutation(champion_scores[north])
-    config = gate_config.model_copy(update={"min_segment_rows": int(north.sum()) + 1, "auc_tolerance": 1.0,
-                                            "brier_tolerance": 1.0, "business_value_tolerance": 1.0})
+    config = gate_config.model_copy(
+        update={
+            "min_segment_rows": int(north.sum()) + 1,
+            "auc_tolerance": 1.0,
+            "brier_tolerance": 1.0,
+            "business_value_tolerance": 1.0,
+        }
+    )
 
     result = judge(holdout, champion_scores, candidate, config)
 

@@ -40,7 +40,9 @@ def answered(batch_frame: pl.DataFrame, config: ProjectConfig, trained: TrainedM
     result = validate(batch_frame, config.contract)
     scored = score_batch(result.valid, trained.booster, trained.card, chunk_rows=1000, time_budget_seconds=60).frame
     fallback = Fallback(trained.card.fallback, trained.card.version)
-    return assemble_outcomes(batch_frame, result.quarantine, scored, fallback, config.contract, config.model.decision, True)
+    return assemble_outcomes(
+        batch_frame, result.quarantine, scored, fallback, config.contract, config.model.decision, True
+    )
 
 
 # --------------------------------------------------------------------------------------------- unreadable files
@@ -66,9 +68,15 @@ def test_an_unreadable_parquet_file_is_quarantined_and_the_good_file_answered(
 
     assert batch.frame.height == applications.height + 1
     bad = outcomes.filter(pl.col("source_file") == f"landing/{NIGHT}/{name}")
-    assert bad.select("row_number", "source", "decision").rows() == [(FILE_ROW, "quarantine", core_config.model.decision.undecided)]
+    assert bad.select("row_number", "source", "decision").rows() == [
+        (FILE_ROW, "quarantine", core_config.model.decision.undecided)
+    ]
     assert bad["reason"].item() == f"quarantined: {FILE_COLUMN} {UNREADABLE_FILE}"
-    assert outcomes.filter(pl.col("source_file") == f"landing/{NIGHT}/good.parquet")["source"].is_in(["model", "fallback"]).all()
+    assert (
+        outcomes.filter(pl.col("source_file") == f"landing/{NIGHT}/good.parquet")["source"]
+        .is_in(["model", "fallback"])
+        .all()
+    )
     assert any(name in warning and "unreadable" in warning for warning in batch.warnings)
 
 
@@ -136,7 +144,9 @@ def test_a_link_to_a_file_outside_the_landing_folder_is_refused(
     assert refused.path.endswith("innocent.parquet") and "resolves outside the landing folder" in refused.reason
 
 
-def test_a_linked_night_folder_pointing_outside_the_landing_folder_is_refused(tmp_path: Path, applications: pl.DataFrame) -> None:
+def test_a_linked_night_folder_pointing_outside_the_landing_folder_is_refused(
+    tmp_path: Path, applications: pl.DataFrame
+) -> None:
     elsewhere = tmp_path / "etc"
     elsewhere.mkdir()
     applications.write_parquet(elsewhere / "passwd.parquet")
@@ -148,7 +158,9 @@ def test_a_linked_night_folder_pointing_outside_the_landing_folder_is_refused(tm
     assert landing.files == [] and len(landing.skipped) == 1
 
 
-def test_source_file_is_relative_to_the_project_root(tmp_path: Path, night_folder: Path, applications: pl.DataFrame) -> None:
+def test_source_file_is_relative_to_the_project_root(
+    tmp_path: Path, night_folder: Path, applications: pl.DataFrame
+) -> None:
     applications.write_parquet(night_folder / "applications.parquet")
     batch = read_night(night_folder.parent, PATTERN, NIGHT, "application_id", root=tmp_path)
     assert set(batch.frame["source_file"]) == {f"landing/{NIGHT}/applications.parquet"}
@@ -172,7 +184,9 @@ def test_a_list_column_quarantines_its_rows_naming_file_and_column(
     assert any("nested.parquet: column 'income' holds nested values (List(Float64))" in w for w in batch.warnings)
 
 
-def test_a_struct_column_is_kept_as_json_text(night_folder: Path, applications: pl.DataFrame, core_config: ProjectConfig) -> None:
+def test_a_struct_column_is_kept_as_json_text(
+    night_folder: Path, applications: pl.DataFrame, core_config: ProjectConfig
+) -> None:
     applications.with_columns(pl.struct("age", "region").alias("region")).write_parquet(night_folder / "s.parquet")
     batch = read_night(night_folder.parent, PATTERN, NIGHT, core_config.contract.entity_id)
     result = validate(batch.frame, core_config.contract)
@@ -209,7 +223,9 @@ def test_a_night_with_an_unreadable_file_a_stray_csv_and_a_link_out_completes_th
     folder = project.config.landing_path / FIRST_NIGHT.isoformat()
     (folder / "truncated.parquet").write_bytes(b"PAR1\x00\x00")
     data.applications.head(5).write_csv(folder / "late.csv")
-    (tmp_path / "secret.parquet").write_bytes((folder / next(p.name for p in folder.glob("*.parquet") if p.name != "truncated.parquet")).read_bytes())
+    (tmp_path / "secret.parquet").write_bytes(
+        (folder / next(p.name for p in folder.glob("*.parquet") if p.name != "truncated.parquet")).read_bytes()
+    )
     os.symlink(tmp_path / "secret.parquet", folder / "link.parquet")
 
     result = project.run_night(FIRST_NIGHT)
@@ -221,4 +237,7 @@ def test_a_night_with_an_unreadable_file_a_stray_csv_and_a_link_out_completes_th
     bad = outcomes.filter(pl.col("source_file").str.ends_with("truncated.parquet"))
     assert bad.select("row_number", "source").rows() == [(FILE_ROW, "quarantine")]
     metadata = result.asset_materializations_for_node("raw_batch")[0].metadata
-    assert {entry["path"].rsplit("/", 1)[-1] for entry in metadata["files_not_read"].value} == {"late.csv", "link.parquet"}
+    assert {entry["path"].rsplit("/", 1)[-1] for entry in metadata["files_not_read"].value} == {
+        "late.csv",
+        "link.parquet",
+    }

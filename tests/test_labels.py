@@ -84,7 +84,9 @@ def test_label_files_respects_up_to(tmp_path: Path, night_labels: pl.DataFrame) 
 
 
 def test_read_label_file_keeps_raw_text_and_parses_zero_one(tmp_path: Path, core_config: ProjectConfig) -> None:
-    path = write_csv(tmp_path / "2024-05-08", "labels.csv", [("a", "1"), ("b", " 0 "), ("c", "TRUE"), ("d", "yes"), ("e", None)])
+    path = write_csv(
+        tmp_path / "2024-05-08", "labels.csv", [("a", "1"), ("b", " 0 "), ("c", "TRUE"), ("d", "yes"), ("e", None)]
+    )
 
     frame = read_label_file(path, core_config.contract)
 
@@ -95,7 +97,9 @@ def test_read_label_file_keeps_raw_text_and_parses_zero_one(tmp_path: Path, core
     assert set(frame["source_file"]) == {str(path)}
 
 
-def test_malformed_file_without_target_column_raises_naming_file_and_column(tmp_path: Path, core_config: ProjectConfig) -> None:
+def test_malformed_file_without_target_column_raises_naming_file_and_column(
+    tmp_path: Path, core_config: ProjectConfig
+) -> None:
     path = tmp_path / "2024-05-08" / "labels.parquet"
     path.parent.mkdir()
     pl.DataFrame({ENTITY_ID: ["a"], "outcome": [1]}).write_parquet(path)
@@ -122,12 +126,16 @@ def test_labels_arriving_in_parts_accumulate(
     first, second = night_labels[:150], night_labels[150:]
 
     batch_1 = ingest(warehouse, write_labels(first, ARRIVAL, tmp_path / "labels"), core_config, answered)
-    batch_2 = ingest(warehouse, write_labels(second, ARRIVAL + timedelta(days=1), tmp_path / "labels"), core_config, answered)
+    batch_2 = ingest(
+        warehouse, write_labels(second, ARRIVAL + timedelta(days=1), tmp_path / "labels"), core_config, answered
+    )
 
     labels, rejections = stored(warehouse)
     assert (batch_1.accepted.height, batch_2.accepted.height) == (150, ROWS - 150)
     assert dict(labels.schema) == LABELS_SCHEMA
-    expected = night_labels.select(pl.col(ENTITY_ID).alias("entity_id"), pl.col(TARGET).alias("label")).sort("entity_id")
+    expected = night_labels.select(pl.col(ENTITY_ID).alias("entity_id"), pl.col(TARGET).alias("label")).sort(
+        "entity_id"
+    )
     assert labels.select("entity_id", "label").sort("entity_id").equals(expected)
     assert set(labels["partition_date"]) == {NIGHT}
     assert labels.group_by("arrived_on").len().sort("arrived_on")["len"].to_list() == [150, ROWS - 150]
@@ -143,7 +151,9 @@ def test_redelivered_file_adds_nothing(
     before = stored(warehouse)
 
     again = ingest(warehouse, path, core_config, answered)
-    later = ingest(warehouse, write_labels(night_labels, ARRIVAL + timedelta(days=3), tmp_path / "labels"), core_config, answered)
+    later = ingest(
+        warehouse, write_labels(night_labels, ARRIVAL + timedelta(days=3), tmp_path / "labels"), core_config, answered
+    )
 
     for batch in (again, later):
         assert batch.summary() == {
@@ -156,11 +166,19 @@ def test_redelivered_file_adds_nothing(
     assert after[0].equals(before[0]) and after[1].equals(before[1])
 
 
-def test_duplicate_id_within_a_file_keeps_the_first_row(tmp_path: Path, core_config: ProjectConfig, answered: pl.DataFrame) -> None:
+def test_duplicate_id_within_a_file_keeps_the_first_row(
+    tmp_path: Path, core_config: ProjectConfig, answered: pl.DataFrame
+) -> None:
     first_id, other_id = answered["entity_id"][0], answered["entity_id"][1]
-    path = write_csv(tmp_path / ARRIVAL.isoformat(), "labels.csv", [(first_id, "1"), (other_id, "0"), (first_id, "0"), (first_id, "1")])
+    path = write_csv(
+        tmp_path / ARRIVAL.isoformat(),
+        "labels.csv",
+        [(first_id, "1"), (other_id, "0"), (first_id, "0"), (first_id, "1")],
+    )
 
-    batch = reconcile_labels(read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL)
+    batch = reconcile_labels(
+        read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL
+    )
 
     assert dict(zip(batch.accepted["entity_id"], batch.accepted["label"])) == {first_id: 1, other_id: 0}
     assert batch.rejected["row_number"].to_list() == [3, 4]
@@ -189,25 +207,39 @@ def test_conflicting_relabel_is_rejected_naming_both_values(
 def test_unknown_id_is_rejected(tmp_path: Path, core_config: ProjectConfig, answered: pl.DataFrame) -> None:
     path = write_csv(tmp_path / ARRIVAL.isoformat(), "labels.csv", [("A19990101-000001", "1")])
 
-    batch = reconcile_labels(read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL)
+    batch = reconcile_labels(
+        read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL
+    )
 
     assert batch.accepted.height == 0
     assert batch.rejected["reason"].to_list() == ["unknown_id: never answered on a night up to 2024-05-08"]
 
 
-def test_id_answered_only_after_arrival_is_unknown(tmp_path: Path, core_config: ProjectConfig, answered: pl.DataFrame) -> None:
+def test_id_answered_only_after_arrival_is_unknown(
+    tmp_path: Path, core_config: ProjectConfig, answered: pl.DataFrame
+) -> None:
     path = write_csv(tmp_path / "2024-04-30", "labels.csv", [(answered["entity_id"][0], "1")])
 
-    batch = reconcile_labels(read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), date(2024, 4, 30))
+    batch = reconcile_labels(
+        read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), date(2024, 4, 30)
+    )
 
     assert batch.rejected["reason"].str.starts_with("unknown_id").to_list() == [True]
 
 
-def test_label_outside_allowed_set_is_rejected_with_reason(tmp_path: Path, core_config: ProjectConfig, answered: pl.DataFrame) -> None:
+def test_label_outside_allowed_set_is_rejected_with_reason(
+    tmp_path: Path, core_config: ProjectConfig, answered: pl.DataFrame
+) -> None:
     ids = answered["entity_id"].to_list()
-    path = write_csv(tmp_path / ARRIVAL.isoformat(), "labels.csv", [(ids[0], "2"), (ids[1], "yes"), (ids[2], None), (ids[3], "false")])
+    path = write_csv(
+        tmp_path / ARRIVAL.isoformat(),
+        "labels.csv",
+        [(ids[0], "2"), (ids[1], "yes"), (ids[2], None), (ids[3], "false")],
+    )
 
-    batch = reconcile_labels(read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL)
+    batch = reconcile_labels(
+        read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL
+    )
 
     assert batch.accepted.select("entity_id", "label").rows() == [(ids[3], 0)]
     assert batch.rejected.select("entity_id", "value", "reason").rows() == [
@@ -220,7 +252,9 @@ def test_label_outside_allowed_set_is_rejected_with_reason(tmp_path: Path, core_
 def test_row_without_id_is_rejected(tmp_path: Path, core_config: ProjectConfig, answered: pl.DataFrame) -> None:
     path = write_csv(tmp_path / ARRIVAL.isoformat(), "labels.csv", [(None, "1"), ("  ", "0")])
 
-    batch = reconcile_labels(read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL)
+    batch = reconcile_labels(
+        read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL
+    )
 
     assert batch.rejected["reason"].to_list() == ["missing_id: the row has no id"] * 2
 
@@ -232,7 +266,9 @@ def test_id_answered_on_several_nights_is_attached_to_the_latest_night_before_ar
     answered = pl.DataFrame({"entity_id": ["repeat"] * 3, "partition_date": nights})
     path = write_csv(tmp_path / ARRIVAL.isoformat(), "labels.csv", [("repeat", "1")])
 
-    batch = reconcile_labels(read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL)
+    batch = reconcile_labels(
+        read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL
+    )
 
     assert batch.accepted.select("entity_id", "partition_date").rows() == [("repeat", date(2024, 5, 4))]
 
@@ -241,7 +277,9 @@ def test_rejected_rows_are_stored_once_however_often_the_file_is_ingested(
     tmp_path: Path, core_config: ProjectConfig, answered: pl.DataFrame
 ) -> None:
     warehouse = tmp_path / "warehouse.duckdb"
-    path = write_csv(tmp_path / ARRIVAL.isoformat(), "labels.csv", [("nobody", "1"), (answered["entity_id"][0], "maybe")])
+    path = write_csv(
+        tmp_path / ARRIVAL.isoformat(), "labels.csv", [("nobody", "1"), (answered["entity_id"][0], "maybe")]
+    )
 
     for _ in range(3):
         ingest(warehouse, path, core_config, answered)
@@ -269,14 +307,21 @@ def test_every_received_row_is_accepted_known_or_rejected(
 ) -> None:
     ids = answered["entity_id"].to_list()
     extra = [(ids[0], "1"), ("nobody", "0"), (ids[1], "7"), (None, "1")]
-    mixed = pl.concat([night_labels.cast({TARGET: pl.String}), pl.DataFrame(extra, schema=night_labels.columns, orient="row")])
+    mixed = pl.concat(
+        [night_labels.cast({TARGET: pl.String}), pl.DataFrame(extra, schema=night_labels.columns, orient="row")]
+    )
     path = write_labels(mixed, ARRIVAL, tmp_path / "labels")
 
-    batch = reconcile_labels(read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL)
+    batch = reconcile_labels(
+        read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL
+    )
 
     summary = batch.summary()
     assert summary["labels.received"] == ROWS + len(extra)
-    assert summary["labels.accepted"] + summary["labels.duplicate_known"] + summary["labels.rejected"] == summary["labels.received"]
+    assert (
+        summary["labels.accepted"] + summary["labels.duplicate_known"] + summary["labels.rejected"]
+        == summary["labels.received"]
+    )
     assert summary["labels.accepted"] == ROWS
     assert {k: v for k, v in summary.items() if k.startswith("labels.rejected.")} == {
         "labels.rejected.duplicate_in_batch": 2,

@@ -26,7 +26,13 @@ ROLLOUT = RolloutConfig()  # shadow 3 nights, canary 1 → 5 → 20 → 100, 2 n
 
 
 def healthy(**changes: Any) -> NightHealth:
-    values = {"night": TONIGHT, "error_rate": 0.0, "agreement": 0.97, "fallback_rate_increase": 0.0, "estimated_auc_drop": 0.0}
+    values = {
+        "night": TONIGHT,
+        "error_rate": 0.0,
+        "agreement": 0.97,
+        "fallback_rate_increase": 0.0,
+        "estimated_auc_drop": 0.0,
+    }
     return NightHealth(**{**values, **changes})
 
 
@@ -134,7 +140,9 @@ def test_a_broken_rule_rolls_back_even_before_enough_healthy_nights():
 
 
 def test_every_broken_rule_is_named_in_one_rollback():
-    tonight = healthy(error_rate=0.5, agreement=0.1, fallback_rate_increase=0.5, estimated_auc_drop=0.5, estimate_trusted=True)
+    tonight = healthy(
+        error_rate=0.5, agreement=0.1, fallback_rate_increase=0.5, estimated_auc_drop=0.5, estimate_trusted=True
+    )
 
     decision = decide_rollout("shadow", 3, tonight, ROLLOUT)
 
@@ -144,7 +152,9 @@ def test_every_broken_rule_is_named_in_one_rollback():
 
 
 def test_health_at_exactly_the_limits_is_healthy():
-    at_limits = healthy(error_rate=0.0, agreement=0.5, fallback_rate_increase=0.01, estimated_auc_drop=0.02, estimate_trusted=True)
+    at_limits = healthy(
+        error_rate=0.0, agreement=0.5, fallback_rate_increase=0.01, estimated_auc_drop=0.02, estimate_trusted=True
+    )
 
     assert at_limits.failures(ROLLOUT) == []
     assert healthy(realized_auc_drop=0.01, labeled_rows=500).failures(ROLLOUT) == []
@@ -234,7 +244,9 @@ def test_advance_writes_a_new_stage_row_and_earlier_nights_keep_theirs(connectio
     lifecycle.advance(connection, versions[1], "canary:1", JAN_15, "dagster", "3 healthy nights")
 
     assert rows_of(connection)[-1] == ("challenger", versions[1], JAN_15, "dagster", "3 healthy nights", "canary:1")
-    assert registry.alias_state(connection, registry.CHALLENGER, date(2026, 1, 14)) == AliasState(versions[1], "shadow", JAN_10)
+    assert registry.alias_state(connection, registry.CHALLENGER, date(2026, 1, 14)) == AliasState(
+        versions[1], "shadow", JAN_10
+    )
     assert registry.alias_state(connection, registry.CHALLENGER, JAN_15) == AliasState(versions[1], "canary:1", JAN_15)
 
 
@@ -321,7 +333,9 @@ def test_rollback_before_a_scheduled_promotion_does_not_jump_to_the_future_champ
     lifecycle.promote(connection, b, JAN_20, "alice", "scheduled promotion")  # `models promote --effective 2026-01-20`
 
     with pytest.raises(ValueError, match="no earlier champion"):
-        lifecycle.rollback_champion(connection, JAN_10, "bob", "roll back tonight's champion")  # a never had a predecessor
+        lifecycle.rollback_champion(
+            connection, JAN_10, "bob", "roll back tonight's champion"
+        )  # a never had a predecessor
 
 
 def test_served_versions_answers_the_champion_of_each_night(connection, versions):
@@ -330,10 +344,18 @@ def test_served_versions_answers_the_champion_of_each_night(connection, versions
     lifecycle.promote(connection, b, JAN_10, "dagster", "rollout done")
     lifecycle.rollback_champion(connection, JAN_15, "bob", "complaints")
 
-    served = registry.served_versions(connection, [JAN_1, JAN_5, date(2026, 1, 9), JAN_10, date(2026, 1, 14), JAN_15, JAN_20])
+    served = registry.served_versions(
+        connection, [JAN_1, JAN_5, date(2026, 1, 9), JAN_10, date(2026, 1, 14), JAN_15, JAN_20]
+    )
 
     assert served == {
-        JAN_1: None, JAN_5: a, date(2026, 1, 9): a, JAN_10: b, date(2026, 1, 14): b, JAN_15: a, JAN_20: a,
+        JAN_1: None,
+        JAN_5: a,
+        date(2026, 1, 9): a,
+        JAN_10: b,
+        date(2026, 1, 14): b,
+        JAN_15: a,
+        JAN_20: a,
     }
 
 

@@ -13,13 +13,19 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import polars as pl
-import pytest
 import yaml
+from pipeline_harness import (
+    FIRST_NIGHT,
+    Project,
+    alerts_table,
+    bootstrap_example_champion,
+    example_config,
+    make_project,
+)
 
 from jobs.demo import QUIET_LOGS, SensorDriver
 from jobs.lifecycle import registry_run_config, retrain_run_config
 from nightkeeper import registry, simulator, warehouse
-from pipeline_harness import FIRST_NIGHT, Project, alerts_table, bootstrap_example_champion, example_config, make_project
 
 ROWS = 3000
 
@@ -28,8 +34,19 @@ def lifecycle_project(tmp_path: Path, **lifecycle) -> Project:
     raw = example_config()
     raw["lifecycle"] = {
         **raw["lifecycle"],
-        "promotion_gate": {**raw["lifecycle"]["promotion_gate"], "holdout_days": 1, "segments": [], "bootstrap_samples": 100},
-        "rollout": {**raw["lifecycle"]["rollout"], "shadow_nights": 1, "nights_per_step": 1, "max_estimated_auc_drop": 0.08, "min_agreement": 0.7},
+        "promotion_gate": {
+            **raw["lifecycle"]["promotion_gate"],
+            "holdout_days": 1,
+            "segments": [],
+            "bootstrap_samples": 100,
+        },
+        "rollout": {
+            **raw["lifecycle"]["rollout"],
+            "shadow_nights": 1,
+            "nights_per_step": 1,
+            "max_estimated_auc_drop": 0.08,
+            "min_agreement": 0.7,
+        },
         "data_gate": {**raw["lifecycle"]["data_gate"], "min_rows": 2000},
         **lifecycle,
     }
@@ -41,7 +58,9 @@ def lifecycle_project(tmp_path: Path, **lifecycle) -> Project:
 def run_nights(project: Project, plan: simulator.ScenarioPlan, nights: int, label_delay_days: int = 1) -> list[str]:
     """Run each night, then let the sensors decide and execute what they request, as the daemon would."""
     config = project.config
-    dates = simulator.simulate_to_folders(FIRST_NIGHT, nights, ROWS, 11, plan, config.landing_path, config.labels_path, label_delay_days=label_delay_days)
+    dates = simulator.simulate_to_folders(
+        FIRST_NIGHT, nights, ROWS, 11, plan, config.landing_path, config.labels_path, label_delay_days=label_delay_days
+    )
     driver = SensorDriver(project.defs, project.instance)
     actions: list[str] = []
     for night in dates:
@@ -51,7 +70,9 @@ def run_nights(project: Project, plan: simulator.ScenarioPlan, nights: int, labe
 
 
 def served(project: Project) -> dict[dt.date, set[str]]:
-    rows = project.query("select partition_date, source, model_version from nightly.outcomes where source in ('model', 'canary')")
+    rows = project.query(
+        "select partition_date, source, model_version from nightly.outcomes where source in ('model', 'canary')"
+    )
     return {night: set(group["model_version"]) for (night,), group in rows.group_by("partition_date")}
 
 
@@ -66,7 +87,9 @@ def test_improvement_after_concept_drift_goes_through_shadow_and_every_canary_st
     assert new_champion != old, "\n".join(actions)
     stages = log.filter((pl.col("alias") == "challenger") & (pl.col("version") == new_champion))["stage"].to_list()
     assert stages == ["shadow", "canary:1", "canary:5", "canary:20"]
-    canary_nights = project.query("select partition_date, count(*) as n from nightly.outcomes where source = 'canary' group by 1 order by 1")
+    canary_nights = project.query(
+        "select partition_date, count(*) as n from nightly.outcomes where source = 'canary' group by 1 order by 1"
+    )
     assert canary_nights.height == 3 and canary_nights["n"].is_sorted()
     declined_by_canary = project.query(
         """select r.reason_text, r.model_version = o.model_version as own_version from nightly.outcomes o
@@ -75,7 +98,9 @@ def test_improvement_after_concept_drift_goes_through_shadow_and_every_canary_st
     )
     assert declined_by_canary.height > 0 and declined_by_canary["reason_text"].is_not_null().all()
     assert declined_by_canary["own_version"].all()  # explained by the challenger that answered, not the champion
-    promoted_from = log.filter((pl.col("alias") == "champion") & (pl.col("version") == new_champion))["effective_from"][0]
+    promoted_from = log.filter((pl.col("alias") == "champion") & (pl.col("version") == new_champion))["effective_from"][
+        0
+    ]
     with warehouse.connect(project.config.warehouse_path) as connection:
         by_log = registry.served_versions(connection, sorted(served(project)))
     for night, versions in served(project).items():
@@ -90,12 +115,16 @@ def test_poisoned_training_window_is_refused_with_an_alert_naming_the_nights(tmp
     project = lifecycle_project(tmp_path)
     plan = simulator.ScenarioPlan.bot_attack(5, nights=4, share=0.45)
     config = project.config
-    dates = simulator.simulate_to_folders(FIRST_NIGHT, 10, ROWS, 11, plan, config.landing_path, config.labels_path, label_delay_days=1)
+    dates = simulator.simulate_to_folders(
+        FIRST_NIGHT, 10, ROWS, 11, plan, config.landing_path, config.labels_path, label_delay_days=1
+    )
     for night in dates:
         project.run_night(night)
 
     retrain = project.defs.resolve_job_def("retrain").execute_in_process(
-        run_config={**retrain_run_config(dates[-1].isoformat(), "test"), **QUIET_LOGS}, instance=project.instance, raise_on_error=False
+        run_config={**retrain_run_config(dates[-1].isoformat(), "test"), **QUIET_LOGS},
+        instance=project.instance,
+        raise_on_error=False,
     )
 
     candidates = project.query("select * from lifecycle.candidates")
@@ -110,7 +139,16 @@ def test_poisoned_training_window_is_refused_with_an_alert_naming_the_nights(tmp
 def test_deliberately_worse_candidate_is_rejected_at_the_gate_and_never_shadows(tmp_path):
     project = lifecycle_project(tmp_path)
     config = project.config
-    dates = simulator.simulate_to_folders(FIRST_NIGHT, 5, ROWS, 11, simulator.ScenarioPlan.clean(), config.landing_path, config.labels_path, label_delay_days=1)
+    dates = simulator.simulate_to_folders(
+        FIRST_NIGHT,
+        5,
+        ROWS,
+        11,
+        simulator.ScenarioPlan.clean(),
+        config.landing_path,
+        config.labels_path,
+        label_delay_days=1,
+    )
     for night in dates:
         project.run_night(night)
     raw = yaml.safe_load(project.config_path.read_text())
@@ -138,14 +176,24 @@ def test_challenger_failing_in_canary_is_rolled_back_within_one_night_and_alerts
     champion = bootstrap_example_champion(project)
     # a real booster trained on 3 features, registered with a card listing all of them: it raises while scoring
     rng = np.random.default_rng(0)
-    narrow = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(rng.normal(size=(300, 3)), label=rng.integers(0, 2, 300)), 5)
+    narrow = lgb.train(
+        {"objective": "binary", "verbose": -1}, lgb.Dataset(rng.normal(size=(300, 3)), label=rng.integers(0, 2, 300)), 5
+    )
     path = tmp_path / "broken.txt"
     path.write_text(narrow.model_to_string())
-    card = champion.card.model_copy(update={"version": "broken000001", "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    card = champion.card.model_copy(
+        update={"version": "broken000001", "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    )
     with warehouse.connect(project.config.warehouse_path) as connection:
         registry.register(connection, card, path)
     promote = project.defs.resolve_job_def("promote")
-    promote.execute_in_process(run_config={**registry_run_config("advance", "broken000001", FIRST_NIGHT.isoformat(), "test", stage="canary:5"), **QUIET_LOGS}, instance=project.instance)
+    promote.execute_in_process(
+        run_config={
+            **registry_run_config("advance", "broken000001", FIRST_NIGHT.isoformat(), "test", stage="canary:5"),
+            **QUIET_LOGS,
+        },
+        instance=project.instance,
+    )
 
     actions = run_nights(project, simulator.ScenarioPlan.clean(), nights=2)
 
@@ -167,18 +215,41 @@ def test_models_rollback_command_restores_the_previous_champion_for_the_next_nig
     from nightkeeper.training import train_model
 
     second = publish(train_model(history, config), config).version
-    dates = simulator.simulate_to_folders(FIRST_NIGHT, 3, 800, 11, simulator.ScenarioPlan.clean(), config.landing_path, config.labels_path)
+    dates = simulator.simulate_to_folders(
+        FIRST_NIGHT, 3, 800, 11, simulator.ScenarioPlan.clean(), config.landing_path, config.labels_path
+    )
     cli = [str(Path(sys.executable).parent / "nightkeeper")]
     env_home = {"DAGSTER_HOME": str(config.dagster_home)}
     project.run_night(dates[0])
-    done = subprocess.run(cli + ["models", "promote", second, "--config", str(project.config_path), "--effective", dates[1].isoformat()],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, **env_home})
+    done = subprocess.run(
+        cli + ["models", "promote", second, "--config", str(project.config_path), "--effective", dates[1].isoformat()],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env_home},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     project.run_night(dates[1])
 
-    done = subprocess.run(cli + ["models", "rollback", "--config", str(project.config_path), "--effective", dates[2].isoformat(),
-                                 "--reason", "test rollback", "--actor", "tester"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, **env_home})
+    done = subprocess.run(
+        cli
+        + [
+            "models",
+            "rollback",
+            "--config",
+            str(project.config_path),
+            "--effective",
+            dates[2].isoformat(),
+            "--reason",
+            "test rollback",
+            "--actor",
+            "tester",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env_home},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     project.run_night(dates[2])
 

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import polars as pl
 import pytest
+from pipeline_harness import (
+    FIRST_NIGHT,
+    alerts_table,
+    bootstrap_example_champion,
+    example_config,
+    make_project,
+    run_plan,
+)
 
 from nightkeeper import simulator
-from pipeline_harness import FIRST_NIGHT, alerts_table, bootstrap_example_champion, example_config, make_project, run_plan
 
 
 def quiet_project(tmp_path, **drift):
@@ -79,7 +85,13 @@ def test_concept_drift_without_input_shift_is_caught_by_performance(tmp_path):
 def test_gradual_income_inflation_alerts_before_realized_auc_falls_by_three_points(tmp_path):
     project = quiet_project(tmp_path)
 
-    run_plan(project, simulator.ScenarioPlan.gradual_income_inflation(2, per_night_rate=0.02), nights=25, rows=2000, label_delay_days=2)
+    run_plan(
+        project,
+        simulator.ScenarioPlan.gradual_income_inflation(2, per_night_rate=0.02),
+        nights=25,
+        rows=2000,
+        label_delay_days=2,
+    )
 
     alerts = alerts_table(project)
     drift = alerts.filter(pl.col("category") == "drift")
@@ -115,7 +127,9 @@ def test_webhook_down_during_the_night_delivers_the_alert_on_a_later_night(tmp_p
     server.server_close()  # the port is known but nobody listens yet: the webhook is down
     monkeypatch.setenv("NIGHTKEEPER_WEBHOOK_URL", f"http://127.0.0.1:{port}/hooks/T0KEN-secret")
     config = project.config
-    nights = simulator.simulate_to_folders(FIRST_NIGHT, 2, 2000, 11, simulator.ScenarioPlan.bad_data_at(0), config.landing_path, config.labels_path)
+    nights = simulator.simulate_to_folders(
+        FIRST_NIGHT, 2, 2000, 11, simulator.ScenarioPlan.bad_data_at(0), config.landing_path, config.labels_path
+    )
 
     down = project.run_night(nights[0])
 

@@ -14,10 +14,6 @@ import polars as pl
 import pytest
 import yaml
 from dagster import AssetKey
-
-from nightkeeper import registry, simulator, warehouse
-from nightkeeper.fallback import decide
-from nightkeeper.synthetic import synthesize
 from pipeline_harness import (
     FIRST_NIGHT,
     Project,
@@ -27,6 +23,10 @@ from pipeline_harness import (
     make_project,
     row_keys,
 )
+
+from nightkeeper import registry, simulator, warehouse
+from nightkeeper.fallback import decide
+from nightkeeper.synthetic import synthesize
 
 NIGHT = FIRST_NIGHT + dt.timedelta(days=2)
 
@@ -92,7 +92,11 @@ def test_bad_data_night_quarantines_each_defect_and_still_answers_every_row(proj
         assert found.height == len(set(ids)), defect
         assert all((column, rule) in zip(cols, rules) for rules, cols in zip(found["rule"], found["column"])), defect
     null_ids = landed.defects.filter(pl.col("defect") == "null_required")["application_id"].to_list()
-    assert quarantine.filter(pl.col("entity_id").is_in(null_ids) & (pl.col("rule") == "required"))["column"].is_in(["age", "credit_score"]).all()
+    assert (
+        quarantine.filter(pl.col("entity_id").is_in(null_ids) & (pl.col("rule") == "required"))["column"]
+        .is_in(["age", "credit_score"])
+        .all()
+    )
     # both copies of a duplicated id are answered, each traceable to its own row
     duplicated = landed.defects.filter(pl.col("defect") == "duplicate_row")["application_id"][0]
     copies = outcomes.filter(pl.col("entity_id") == duplicated)
@@ -192,7 +196,9 @@ def test_corrupt_model_artifact_that_matches_its_checksum_degrades_to_the_fallba
     champion = bootstrap_example_champion(project)
     garbage = b"tree\nthis is not a LightGBM model\n"
     champion.model_path.write_bytes(garbage)
-    corrupt_card = champion.card.model_copy(update={"version": "corrupt00001", "model_sha256": hashlib.sha256(garbage).hexdigest()})
+    corrupt_card = champion.card.model_copy(
+        update={"version": "corrupt00001", "model_sha256": hashlib.sha256(garbage).hexdigest()}
+    )
     _register_as_champion(project, corrupt_card, champion.model_path)
 
     _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "does not load")
@@ -203,17 +209,23 @@ def test_model_that_raises_while_predicting_degrades_to_the_fallback(project, tm
     champion = bootstrap_example_champion(project)
     # a real booster trained on 3 features, registered with a card listing all of them: LightGBM raises on predict
     rng = np.random.default_rng(0)
-    narrow = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(rng.normal(size=(300, 3)), label=rng.integers(0, 2, 300)), 5)
+    narrow = lgb.train(
+        {"objective": "binary", "verbose": -1}, lgb.Dataset(rng.normal(size=(300, 3)), label=rng.integers(0, 2, 300)), 5
+    )
     path = tmp_path / "narrow.txt"
     path.write_text(narrow.model_to_string())
-    card = champion.card.model_copy(update={"version": "narrow000001", "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    card = champion.card.model_copy(
+        update={"version": "narrow000001", "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    )
     _register_as_champion(project, card, path)
 
     _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "raised")
 
 
 def test_model_over_its_time_budget_degrades_to_the_fallback(tmp_path):
-    project = make_project(tmp_path / "slow", example_config(model={**example_config()["model"], "time_budget_seconds": 1e-6}))
+    project = make_project(
+        tmp_path / "slow", example_config(model={**example_config()["model"], "time_budget_seconds": 1e-6})
+    )
     bootstrap_example_champion(project)
     project.land_night(NIGHT, rows=3000)
 
@@ -233,7 +245,12 @@ def test_night_without_a_champion_is_answered_undecided_by_the_fallback(tmp_path
 
 
 def test_missing_required_column_sends_the_whole_batch_to_the_fallback(project):
-    project.land_night(NIGHT, scenario=simulator.Scenario(bad_data=True, defects=frozenset({"missing_column"}), missing_column="credit_score"))
+    project.land_night(
+        NIGHT,
+        scenario=simulator.Scenario(
+            bad_data=True, defects=frozenset({"missing_column"}), missing_column="credit_score"
+        ),
+    )
 
     result = project.run_night(NIGHT)
 
@@ -263,8 +280,11 @@ def test_a_second_config_with_other_columns_and_types_runs_a_whole_night(tmp_pat
             },
             "rules": [{"name": "business_plans_pay", "expression": "plan <> 'business' OR monthly_fee >= 20"}],
         },
-        "model": {"num_boost_round": 30, "params": {"objective": "binary", "verbose": -1, "num_threads": 2},
-                  "decision": {"threshold": 0.4, "at_or_above_threshold": "retain_offer", "below_threshold": "no_action"}},
+        "model": {
+            "num_boost_round": 30,
+            "params": {"objective": "binary", "verbose": -1, "num_threads": 2},
+            "decision": {"threshold": 0.4, "at_or_above_threshold": "retain_offer", "below_threshold": "no_action"},
+        },
         "fallback": {"segment_by": ["plan", "autopay"]},
         "schedule": {"start_date": "2026-01-01"},
     }
@@ -274,7 +294,9 @@ def test_a_second_config_with_other_columns_and_types_runs_a_whole_night(tmp_pat
 
     bootstrap_champion(project.config, history, FIRST_NIGHT)
     tonight = synthesize(project.config.contract, rows=900, seed=6, id_prefix="N").drop("churned")
-    broken = tonight.head(3).with_columns(pl.lit(-1, dtype=pl.Int64).alias("tenure_months"), pl.format("X{}", "customer_key").alias("customer_key"))
+    broken = tonight.head(3).with_columns(
+        pl.lit(-1, dtype=pl.Int64).alias("tenure_months"), pl.format("X{}", "customer_key").alias("customer_key")
+    )
     landing = project.config.landing_path / NIGHT.isoformat()
     landing.mkdir(parents=True)
     pl.concat([tonight, broken]).write_parquet(landing / "customers.parquet")
@@ -381,4 +403,6 @@ def test_decisions_follow_the_serving_cards_threshold_after_the_config_threshold
     by_card = answered.select(decide(pl.col("score"), champion.card.decision).alias("by_card"))["by_card"]
     assert (answered["decision"] == by_card).all()
     fallback = answered.filter(pl.col("source") == "fallback")
-    assert fallback["score"].is_between(0.05, champion.card.decision.threshold, closed="left").any(), "the test must tell"
+    assert fallback["score"].is_between(0.05, champion.card.decision.threshold, closed="left").any(), (
+        "the test must tell"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import numpy as np
+
 import polars as pl
 import pytest
 import yaml
@@ -44,8 +44,11 @@ def test_each_block_learns_only_from_the_training_window_before_it(drifting) -> 
     window = config.lifecycle.training_window_days
     per_night = labeled[config.contract.event_time].cast(pl.Date).value_counts(name="n")
     for block in blocks:
-        before = per_night.filter(pl.col(config.contract.event_time).is_between(
-            block.first_night - dt.timedelta(days=window), block.first_night, closed="left"))
+        before = per_night.filter(
+            pl.col(config.contract.event_time).is_between(
+                block.first_night - dt.timedelta(days=window), block.first_night, closed="left"
+            )
+        )
         assert block.training_rows == before["n"].sum()
 
 

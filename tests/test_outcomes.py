@@ -90,7 +90,10 @@ def outcome(outcomes: pl.DataFrame, index: int) -> dict[str, object]:
 
 
 def fallback_score(trained: TrainedModel, employment_type: str | None, channel: str | None) -> float:
-    segment = pl.DataFrame({"employment_type": [employment_type], "channel": [channel]}, schema={"employment_type": pl.String, "channel": pl.String})
+    segment = pl.DataFrame(
+        {"employment_type": [employment_type], "channel": [channel]},
+        schema={"employment_type": pl.String, "channel": pl.String},
+    )
     return trained.card.fallback.scores(segment)[0]
 
 
@@ -102,7 +105,9 @@ def test_one_outcome_per_raw_row(night: Night, core_config: ProjectConfig, core_
     assert outcomes["entity_id"].to_list() == night.raw.sort(ROW_KEY)["entity_id"].to_list()
 
 
-def test_model_answers_every_valid_row_with_its_score(night: Night, core_config: ProjectConfig, core_trained: TrainedModel) -> None:
+def test_model_answers_every_valid_row_with_its_score(
+    night: Night, core_config: ProjectConfig, core_trained: TrainedModel
+) -> None:
     outcomes = assemble(night, core_config, core_trained)
     from_model = outcomes.filter(pl.col("source") == "model")
     assert from_model.height == night.validation.valid.height == ROWS - 4
@@ -132,7 +137,9 @@ def test_quarantined_row_with_a_valid_segment_is_answered_by_the_fallback(
     assert row["model_version"] == core_trained.card.version
 
 
-def test_reason_lists_every_rule_the_row_broke(night: Night, core_config: ProjectConfig, core_trained: TrainedModel) -> None:
+def test_reason_lists_every_rule_the_row_broke(
+    night: Night, core_config: ProjectConfig, core_trained: TrainedModel
+) -> None:
     outcomes = assemble(night, core_config, core_trained)
     assert outcome(outcomes, TWO_RULES)["reason"] == "quarantined: age required; purpose category"
     assert outcome(outcomes, TWO_RULES)["source"] == "fallback"
@@ -142,7 +149,10 @@ def test_quarantined_row_with_a_broken_segment_column_is_left_undecided(
     night: Night, core_config: ProjectConfig, core_trained: TrainedModel
 ) -> None:
     outcomes = assemble(night, core_config, core_trained, answer_quarantined=True)
-    for index, reason in [(CHANNEL_UNKNOWN, "quarantined: channel category"), (EMPLOYMENT_NULL, "quarantined: employment_type required")]:
+    for index, reason in [
+        (CHANNEL_UNKNOWN, "quarantined: channel category"),
+        (EMPLOYMENT_NULL, "quarantined: employment_type required"),
+    ]:
         row = outcome(outcomes, index)
         assert row["source"] == "quarantine"
         assert row["decision"] == core_config.model.decision.undecided
@@ -166,7 +176,9 @@ def test_model_error_sends_every_valid_row_to_the_fallback_with_the_reason(
     night: Night, core_config: ProjectConfig, core_trained: TrainedModel
 ) -> None:
     error = f"model {core_trained.card.version} exceeded its time budget of 1 s"
-    outcomes = assemble(night, core_config, core_trained, scored=unscored(night.validation.valid, core_trained.card.version, error))
+    outcomes = assemble(
+        night, core_config, core_trained, scored=unscored(night.validation.valid, core_trained.card.version, error)
+    )
     answered = outcomes.join(night.validation.valid.select(ROW_KEY), on=ROW_KEY)
     assert answered.height == night.validation.valid.height
     assert set(answered["source"]) == {"fallback"}
@@ -183,7 +195,11 @@ def test_without_a_fallback_rule_unanswered_rows_are_undecided(
 ) -> None:
     error = "no champion model is registered for this night"
     outcomes = assemble(
-        night, core_config, core_trained, scored=unscored(night.validation.valid, None, error), fallback=Fallback(None, None)
+        night,
+        core_config,
+        core_trained,
+        scored=unscored(night.validation.valid, None, error),
+        fallback=Fallback(None, None),
     )
     assert outcomes.height == ROWS
     assert set(outcomes["decision"]) == {"refer"}
@@ -192,7 +208,9 @@ def test_without_a_fallback_rule_unanswered_rows_are_undecided(
     assert outcome(outcomes, AGE_NULL)["reason"] == "quarantined: age required; no fitted fallback rule"
 
 
-def test_outcome_summary_counts_rows_by_source(night: Night, core_config: ProjectConfig, core_trained: TrainedModel) -> None:
+def test_outcome_summary_counts_rows_by_source(
+    night: Night, core_config: ProjectConfig, core_trained: TrainedModel
+) -> None:
     outcomes = assemble(night, core_config, core_trained)
     assert outcome_summary(outcomes) == {"model": ROWS - 4, "canary": 0, "fallback": 2, "quarantine": 2}
 
@@ -219,26 +237,36 @@ def test_assert_conserved_accepts_exactly_one_outcome_per_raw_row(
     assert_conserved(night.raw, assemble(night, core_config, core_trained))
 
 
-def test_assert_conserved_raises_on_a_missing_row(night: Night, core_config: ProjectConfig, core_trained: TrainedModel) -> None:
+def test_assert_conserved_raises_on_a_missing_row(
+    night: Night, core_config: ProjectConfig, core_trained: TrainedModel
+) -> None:
     outcomes = assemble(night, core_config, core_trained)
     with pytest.raises(RowConservationError, match="1 raw rows without an outcome"):
         assert_conserved(night.raw, outcomes.slice(1))
 
 
-def test_assert_conserved_raises_on_a_duplicated_row(night: Night, core_config: ProjectConfig, core_trained: TrainedModel) -> None:
+def test_assert_conserved_raises_on_a_duplicated_row(
+    night: Night, core_config: ProjectConfig, core_trained: TrainedModel
+) -> None:
     outcomes = assemble(night, core_config, core_trained)
     with pytest.raises(RowConservationError, match="2 duplicated outcomes"):
         assert_conserved(night.raw, pl.concat([outcomes, outcomes.slice(5, 1)]))
 
 
-def test_assert_conserved_raises_on_a_swapped_row(night: Night, core_config: ProjectConfig, core_trained: TrainedModel) -> None:
+def test_assert_conserved_raises_on_a_swapped_row(
+    night: Night, core_config: ProjectConfig, core_trained: TrainedModel
+) -> None:
     outcomes = assemble(night, core_config, core_trained)
-    swapped = pl.concat([outcomes.slice(1), outcomes.head(1).with_columns(pl.lit(ROWS + 1, dtype=pl.Int64).alias("row_number"))])
+    swapped = pl.concat(
+        [outcomes.slice(1), outcomes.head(1).with_columns(pl.lit(ROWS + 1, dtype=pl.Int64).alias("row_number"))]
+    )
     with pytest.raises(RowConservationError, match="1 outcomes without a raw row"):
         assert_conserved(night.raw, swapped)
 
 
-def test_assembling_a_row_scored_twice_raises(night: Night, core_config: ProjectConfig, core_trained: TrainedModel) -> None:
+def test_assembling_a_row_scored_twice_raises(
+    night: Night, core_config: ProjectConfig, core_trained: TrainedModel
+) -> None:
     doubled = pl.concat([night.scored, night.scored.head(1)])
     with pytest.raises(RowConservationError):
         assemble(night, core_config, core_trained, scored=doubled)

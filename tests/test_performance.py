@@ -40,7 +40,9 @@ HALF = DecisionConfig(threshold=0.5)
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory, core_config: ProjectConfig, core_trained: TrainedModel) -> tuple[pl.DataFrame, pl.DataFrame]:
+def pipeline(
+    tmp_path_factory: pytest.TempPathFactory, core_config: ProjectConfig, core_trained: TrainedModel
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Outcomes of two nights through the real pipeline (the second a bad-data night, so fallback and quarantine
     rows exist) scored by a real LightGBM model, and the simulator's true labels as stored labels."""
     folder = tmp_path_factory.mktemp("performance")
@@ -54,13 +56,23 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, core_config: ProjectConfi
         scored = score_batch(validation.valid, core_trained.booster, core_trained.card, 1_000, 300).frame
         fallback = Fallback(core_trained.card.fallback, core_trained.card.version)
         outcomes.append(
-            assemble_outcomes(raw, validation.quarantine, scored, fallback, core_config.contract, core_config.model.decision, True)
+            assemble_outcomes(
+                raw, validation.quarantine, scored, fallback, core_config.contract, core_config.model.decision, True
+            )
         )
-        labels.append(data.labels.select(pl.col(ENTITY_ID).alias("entity_id"), pl.lit(night).alias("partition_date"), pl.col(TARGET).alias("label")))
+        labels.append(
+            data.labels.select(
+                pl.col(ENTITY_ID).alias("entity_id"),
+                pl.lit(night).alias("partition_date"),
+                pl.col(TARGET).alias("label"),
+            )
+        )
     return pl.concat(outcomes), pl.concat(labels)
 
 
-def synthetic_night(night: date, scores: np.ndarray, labels: np.ndarray | None, version: str = "v1") -> tuple[pl.DataFrame, pl.DataFrame]:
+def synthetic_night(
+    night: date, scores: np.ndarray, labels: np.ndarray | None, version: str = "v1"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Model outcomes of one night with the given scores, and their labels (None: no labels yet)."""
     ids = [f"{night:%Y%m%d}-{i}" for i in range(len(scores))]
     outcomes = pl.DataFrame(
@@ -79,7 +91,10 @@ def synthetic_night(night: date, scores: np.ndarray, labels: np.ndarray | None, 
         },
         schema=OUTCOME_SCHEMA,
     )
-    frame = pl.DataFrame({"entity_id": ids, "partition_date": [night] * len(scores), "label": labels}, schema={"entity_id": pl.String, "partition_date": pl.Date, "label": pl.Int8})
+    frame = pl.DataFrame(
+        {"entity_id": ids, "partition_date": [night] * len(scores), "label": labels},
+        schema={"entity_id": pl.String, "partition_date": pl.Date, "label": pl.Int8},
+    )
     return outcomes, frame if labels is not None else frame.clear()
 
 
@@ -90,7 +105,9 @@ def calibrated(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return p, (rng.random(rows) < p).astype(np.int8)
 
 
-def test_realized_metrics_equal_sklearn_on_the_same_rows(pipeline: tuple[pl.DataFrame, pl.DataFrame], core_config: ProjectConfig) -> None:
+def test_realized_metrics_equal_sklearn_on_the_same_rows(
+    pipeline: tuple[pl.DataFrame, pl.DataFrame], core_config: ProjectConfig
+) -> None:
     outcomes, labels = pipeline
     decision = core_config.model.decision
 
@@ -110,14 +127,18 @@ def test_realized_metrics_equal_sklearn_on_the_same_rows(pipeline: tuple[pl.Data
         assert row["positive_rate"] == pytest.approx(y.mean(), abs=1e-12)
 
 
-def test_fallback_and_quarantine_rows_are_left_out_of_realized_metrics(pipeline: tuple[pl.DataFrame, pl.DataFrame], core_config: ProjectConfig) -> None:
+def test_fallback_and_quarantine_rows_are_left_out_of_realized_metrics(
+    pipeline: tuple[pl.DataFrame, pl.DataFrame], core_config: ProjectConfig
+) -> None:
     outcomes, labels = pipeline
     bad_night = outcomes.filter(pl.col("partition_date") == NIGHTS[1])
     assert bad_night.filter(pl.col("source") != "model").height > 0
 
     table = realized_performance(outcomes, labels, core_config.model.decision, NO_VALUE, min_labeled_rows=100)
 
-    assert table.filter(pl.col("partition_date") == NIGHTS[1])["rows"].to_list() == [bad_night.filter(pl.col("source") == "model").height]
+    assert table.filter(pl.col("partition_date") == NIGHTS[1])["rows"].to_list() == [
+        bad_night.filter(pl.col("source") == "model").height
+    ]
     assert set(table["source"]) == {"model"}
 
 
@@ -129,7 +150,12 @@ def test_business_value_equals_a_hand_count(tmp_path: Path) -> None:
 
     row = realized_performance(outcomes, stored, HALF, value, min_labeled_rows=1).row(0, named=True)
 
-    assert (row["true_positives"], row["false_positives"], row["true_negatives"], row["false_negatives"]) == (2, 1, 2, 1)
+    assert (row["true_positives"], row["false_positives"], row["true_negatives"], row["false_negatives"]) == (
+        2,
+        1,
+        2,
+        1,
+    )
     assert row["business_value"] == 2 * 100 - 50 + 2 * 2 - 300
     assert row["business_value_per_row"] == pytest.approx(-146 / 6)
 
@@ -169,16 +195,23 @@ def test_one_class_night_gives_no_auc() -> None:
 def test_realized_metrics_are_per_model_version() -> None:
     champion = synthetic_night(NIGHTS[0], *calibrated(400, seed=4), version="champion-v")
     canary = synthetic_night(NIGHTS[0], *calibrated(100, seed=5), version="canary-v")
-    outcomes = pl.concat([champion[0], canary[0].with_columns(pl.lit("canary").alias("source"), pl.col("entity_id") + "-c")])
+    outcomes = pl.concat(
+        [champion[0], canary[0].with_columns(pl.lit("canary").alias("source"), pl.col("entity_id") + "-c")]
+    )
     labels = pl.concat([champion[1], canary[1].with_columns(pl.col("entity_id") + "-c")])
 
     table = realized_performance(outcomes, labels, HALF, NO_VALUE, min_labeled_rows=1)
 
-    assert table.select("source", "model_version", "rows").rows() == [("canary", "canary-v", 100), ("model", "champion-v", 400)]
+    assert table.select("source", "model_version", "rows").rows() == [
+        ("canary", "canary-v", 100),
+        ("model", "champion-v", 400),
+    ]
 
 
 def test_cbpe_estimate_on_a_tiny_example_matches_the_formulas() -> None:
-    estimate = estimate_performance(np.array([0.9, 0.2]), threshold=0.5, value=BusinessValue(true_positive=10, false_negative=-1))
+    estimate = estimate_performance(
+        np.array([0.9, 0.2]), threshold=0.5, value=BusinessValue(true_positive=10, false_negative=-1)
+    )
 
     assert (estimate["true_positives"], estimate["false_positives"]) == pytest.approx((0.9, 0.1))
     assert (estimate["false_negatives"], estimate["true_negatives"]) == pytest.approx((0.2, 0.8))
@@ -229,7 +262,10 @@ def test_cbpe_cannot_see_concept_drift_but_realized_can() -> None:
     after_scores, _ = calibrated(20_000, seed=22)
     rng = np.random.default_rng(23)
     flipped = (rng.random(after_scores.size) < 1 - after_scores).astype(np.int8)  # same features, reversed relationship
-    nights = [synthetic_night(NIGHTS[0], before_scores, before_labels), synthetic_night(NIGHTS[1], after_scores, flipped)]
+    nights = [
+        synthetic_night(NIGHTS[0], before_scores, before_labels),
+        synthetic_night(NIGHTS[1], after_scores, flipped),
+    ]
     outcomes, labels = pl.concat([n[0] for n in nights]), pl.concat([n[1] for n in nights])
 
     realized = realized_performance(outcomes, labels, HALF, NO_VALUE, min_labeled_rows=200)["auc"].to_list()
@@ -262,7 +298,11 @@ def test_performance_metrics_can_keep_missing_numbers_as_none() -> None:
     metrics = performance_metrics(None, None, None, include_missing=True)
 
     assert metrics["performance.realized_auc"] is None and metrics["performance.estimate_trustworthy"] is None
-    assert set(metrics) >= {"performance.estimated_auc", "performance.realized_business_value", "performance.calibration_error"}
+    assert set(metrics) >= {
+        "performance.estimated_auc",
+        "performance.realized_business_value",
+        "performance.calibration_error",
+    }
 
 
 def test_latest_realized_is_the_latest_night_with_enough_labels() -> None:

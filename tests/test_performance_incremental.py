@@ -50,8 +50,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     raw["model"]["params"]["num_threads"] = 1
     raw["monitoring"]["performance"]["min_labeled_rows"] = 100
     config = parse_config(raw, root=tmp_path_factory.mktemp("incremental"))
-    champion = bootstrap_champion(config, simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), 15, 400, seed=3), FIRST_NIGHT)
-    challenger = publish(train_model(simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), 15, 400, seed=4), config), config)
+    champion = bootstrap_champion(
+        config, simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), 15, 400, seed=3), FIRST_NIGHT
+    )
+    challenger = publish(
+        train_model(simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), 15, 400, seed=4), config), config
+    )
     return Project(config, champion, challenger)
 
 
@@ -70,7 +74,14 @@ def land_and_answer(project: Project, index: int) -> None:
         routed = validation.valid.head(int(validation.valid.height * CANARY_SHARE))
         canary = score_batch(routed, load_verified(project.challenger), project.challenger.card, 1_000, 300).frame
     outcomes = assemble_outcomes(
-        raw, validation.quarantine, scored, Fallback(card.fallback, card.version), config.contract, config.model.decision, True, canary
+        raw,
+        validation.quarantine,
+        scored,
+        Fallback(card.fallback, card.version),
+        config.contract,
+        config.model.decision,
+        True,
+        canary,
     )
     with project.connect() as connection:
         store_partition(connection, "outcomes", night, outcomes)
@@ -86,32 +97,49 @@ def store_partition(connection: duckdb.DuckDBPyConnection, table: str, night: dt
     connection.execute(f"insert into nightly.{table} by name select * from frame_arrow")
 
 
-def full_recomputation(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date) -> tuple[pl.DataFrame, dict[str, float | None]]:
+def full_recomputation(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date
+) -> tuple[pl.DataFrame, dict[str, float | None]]:
     """The performance step as it was before it became incremental: every outcome and label, every night. Returns
     the realized table over all nights and the night's ``performance.*`` metrics."""
     settings, decision = config.monitoring.performance, config.model.decision
     every_night = connection.execute("select * from nightly.outcomes").pl()
     stored = labels.stored_labels(connection)
     champion = registry.alias_record(connection, registry.CHAMPION, night)
-    realized_all = performance.realized_performance(every_night, stored, decision, settings.business_value, settings.min_labeled_rows)
+    realized_all = performance.realized_performance(
+        every_night, stored, decision, settings.business_value, settings.min_labeled_rows
+    )
     outcomes = every_night.filter(pl.col("partition_date") <= night)
     stored = stored.filter(pl.col("arrived_on") <= night)
-    realized = performance.realized_performance(outcomes, stored, decision, settings.business_value, settings.min_labeled_rows)
+    realized = performance.realized_performance(
+        outcomes, stored, decision, settings.business_value, settings.min_labeled_rows
+    )
     estimated = performance.estimated_performance(outcomes, decision, settings.business_value)
-    joined = performance.scored_with_labels(outcomes, stored).filter((pl.col("source") == "model") & pl.col("label").is_not_null())
+    joined = performance.scored_with_labels(outcomes, stored).filter(
+        (pl.col("source") == "model") & pl.col("label").is_not_null()
+    )
     calibration = None
     if joined.height:
         recent = joined.filter(pl.col("partition_date") > joined["partition_date"].max() - dt.timedelta(days=14))
-        calibration = performance.calibration_check(recent["score"].to_numpy(), recent["label"].to_numpy(), max_calibration_error=settings.max_calibration_error)
+        calibration = performance.calibration_check(
+            recent["score"].to_numpy(), recent["label"].to_numpy(), max_calibration_error=settings.max_calibration_error
+        )
     tonight = estimated.filter((pl.col("partition_date") == night) & (pl.col("source") == "model"))
     metrics = performance.performance_metrics(
-        performance.latest_realized(realized), tonight.row(0, named=True) if tonight.height else None, calibration, include_missing=True
+        performance.latest_realized(realized),
+        tonight.row(0, named=True) if tonight.height else None,
+        calibration,
+        include_missing=True,
     )
-    pooled = performance.pooled_realized_auc(performance.scored_with_labels(outcomes, stored), 7, settings.min_labeled_rows)
+    pooled = performance.pooled_realized_auc(
+        performance.scored_with_labels(outcomes, stored), 7, settings.min_labeled_rows
+    )
     reference, expected = champion.card.holdout_metrics["auc"], champion.card.holdout_metrics.get("estimated_auc")
     metrics["performance.realized_auc_window"] = pooled["auc"] if pooled else None
     estimated_auc = metrics.get("performance.estimated_auc")
-    metrics["performance.estimated_auc_drop"] = None if expected is None or estimated_auc is None else expected - estimated_auc
+    metrics["performance.estimated_auc_drop"] = (
+        None if expected is None or estimated_auc is None else expected - estimated_auc
+    )
     metrics["performance.realized_auc_drop"] = reference - pooled["auc"] if pooled else None
     return realized_all, metrics
 
@@ -134,10 +162,14 @@ def assert_same_as_full(project: Project, night: dt.date) -> None:
         table, metrics = stored_state(connection, night)
     key = performance.GROUP_KEY
     assert table.sort(key).equals(expected_table.sort(key)), f"realized table differs on {night}"
-    if metrics.get("performance.estimate_trusted") == 0.0:  # an untrusted estimate's drop is not recorded (test_estimate_trust)
+    if (
+        metrics.get("performance.estimate_trusted") == 0.0
+    ):  # an untrusted estimate's drop is not recorded (test_estimate_trust)
         expected_metrics["performance.estimated_auc_drop"] = None
     known = {name: value for name, value in expected_metrics.items() if value is not None}
-    assert {name: value for name, value in metrics.items() if name in expected_metrics and value is not None} == known, night
+    assert {
+        name: value for name, value in metrics.items() if name in expected_metrics and value is not None
+    } == known, night
 
 
 def test_every_night_equals_the_full_recomputation(project: Project):
@@ -163,7 +195,9 @@ def test_an_old_night_answered_again_replaces_its_rows(project: Project):
     old = FIRST_NIGHT + dt.timedelta(days=2)
     land_and_answer(project, 2)
     with project.connect() as connection:  # answered differently this time
-        connection.execute("update nightly.outcomes set score = 1 - score where partition_date = ? and source = 'model'", [old])
+        connection.execute(
+            "update nightly.outcomes set score = 1 - score where partition_date = ? and source = 'model'", [old]
+        )
     run_step(project, old)
 
     assert_same_as_full(project, old)
@@ -174,14 +208,24 @@ def test_a_night_recomputes_only_itself_and_the_nights_whose_labels_landed(proje
     run_step(project, latest)  # settled: every label known so far was seen
     later = latest + dt.timedelta(days=1)
     simulator.write_labels(  # a late file for two old nights arrives tonight
-        pl.concat([simulator.simulate_night(FIRST_NIGHT + dt.timedelta(days=d), ROWS, seed=11).labels for d in (NIGHTS - 2, NIGHTS - 1)]),
-        later, config.labels_path,
+        pl.concat(
+            [
+                simulator.simulate_night(FIRST_NIGHT + dt.timedelta(days=d), ROWS, seed=11).labels
+                for d in (NIGHTS - 2, NIGHTS - 1)
+            ]
+        ),
+        later,
+        config.labels_path,
     )
 
     with project.connect() as connection:
-        unchanged = performance.refresh_performance(connection, latest, config.model.decision, config.monitoring.performance)
+        unchanged = performance.refresh_performance(
+            connection, latest, config.model.decision, config.monitoring.performance
+        )
         monitoring.labels_night(config, connection, later)
-        landed = performance.refresh_performance(connection, later, config.model.decision, config.monitoring.performance)
+        landed = performance.refresh_performance(
+            connection, later, config.model.decision, config.monitoring.performance
+        )
 
     assert unchanged == [latest]
     assert landed == [FIRST_NIGHT + dt.timedelta(days=d) for d in (NIGHTS - 2, NIGHTS - 1)] + [later]

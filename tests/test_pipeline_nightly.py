@@ -9,6 +9,7 @@ import shutil
 import duckdb
 import polars as pl
 import pytest
+from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, make_project
 
 from nightkeeper import simulator, warehouse
 from nightkeeper.config import load_config
@@ -17,7 +18,6 @@ from nightkeeper.pipeline import nightly
 from nightkeeper.scoring import unscored
 from nightkeeper.validation import validate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, store_partition
-from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, make_project
 
 NIGHT = FIRST_NIGHT + dt.timedelta(days=2)
 NO_LABELS = nightly.RealizedAuc(rows=0, challenger=None, champion=None)
@@ -40,7 +40,9 @@ def connection(tmp_path):
 
 def test_storing_a_night_again_replaces_only_that_nights_rows(connection):
     store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["a", "b", "c"]))
-    store_partition(connection, "nightly", "t", NIGHT + dt.timedelta(days=1), _frame(NIGHT + dt.timedelta(days=1), ["d"]))
+    store_partition(
+        connection, "nightly", "t", NIGHT + dt.timedelta(days=1), _frame(NIGHT + dt.timedelta(days=1), ["d"])
+    )
 
     store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["x"]))
 
@@ -51,7 +53,9 @@ def test_storing_a_night_again_replaces_only_that_nights_rows(connection):
 def test_an_empty_night_creates_the_table_with_the_frames_columns(connection):
     store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, []))
 
-    columns = connection.execute("select column_name, data_type from information_schema.columns where table_name = 't'").fetchall()
+    columns = connection.execute(
+        "select column_name, data_type from information_schema.columns where table_name = 't'"
+    ).fetchall()
     assert columns == [("partition_date", "DATE"), ("entity_id", "VARCHAR"), ("score", "DOUBLE")]
     assert connection.execute("select count(*) from nightly.t").fetchone() == (0,)
 
@@ -59,7 +63,9 @@ def test_an_empty_night_creates_the_table_with_the_frames_columns(connection):
 def test_columns_are_stored_by_name_not_position(connection):
     store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["a"]))
 
-    store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["b"]).select("score", "entity_id", "partition_date"))
+    store_partition(
+        connection, "nightly", "t", NIGHT, _frame(NIGHT, ["b"]).select("score", "entity_id", "partition_date")
+    )
 
     assert connection.execute("select entity_id, score from nightly.t").fetchall() == [("b", 0.5)]
 
@@ -67,7 +73,9 @@ def test_columns_are_stored_by_name_not_position(connection):
 def test_rows_of_another_night_are_refused_and_the_stored_partition_is_kept(connection):
     store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["a"]))
 
-    with pytest.raises(ValueError, match=r"rows for night\(s\) \[datetime.date\(2026, 1, 4\)\] in the partition of 2026-01-03"):
+    with pytest.raises(
+        ValueError, match=r"rows for night\(s\) \[datetime.date\(2026, 1, 4\)\] in the partition of 2026-01-03"
+    ):
         store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT + dt.timedelta(days=1), ["z"]))
 
     assert connection.execute("select entity_id from nightly.t").fetchall() == [("a",)]
@@ -96,14 +104,29 @@ def test_the_steps_store_the_same_tables_as_the_dagster_run_of_the_night(tmp_pat
         raw = _stored(connection, nightly.ingest_night(config, connection, NIGHT))
         valid = _stored(connection, nightly.validate_night(config, connection, NIGHT, raw["raw_batch"]))
         scored = _stored(connection, nightly.score_night(config, connection, NIGHT, valid["validated_batch"]))
-        shadow = _stored(connection, nightly.shadow_night(config, connection, NIGHT, valid["validated_batch"], scored["scored_batch"]))
-        _stored(connection, nightly.answer_night(
-            config, connection, NIGHT, raw["raw_batch"], valid["quarantine"], scored["scored_batch"], shadow["shadow_scores"]
-        ))
+        shadow = _stored(
+            connection,
+            nightly.shadow_night(config, connection, NIGHT, valid["validated_batch"], scored["scored_batch"]),
+        )
+        _stored(
+            connection,
+            nightly.answer_night(
+                config,
+                connection,
+                NIGHT,
+                raw["raw_batch"],
+                valid["quarantine"],
+                scored["scored_batch"],
+                shadow["shadow_scores"],
+            ),
+        )
 
     tables = ["raw_batch", "validated_batch", "quarantine", "scored_batch", "shadow_scores", "outcomes"]
     assert raw["raw_batch"].height == 600
-    with duckdb.connect(str(config.warehouse_path), read_only=True) as dagster_run, duckdb.connect(str(replay), read_only=True) as steps:
+    with (
+        duckdb.connect(str(config.warehouse_path), read_only=True) as dagster_run,
+        duckdb.connect(str(replay), read_only=True) as steps,
+    ):
         for table in tables:
             expected, found = _table(dagster_run, table), _table(steps, table)
             assert found.schema == expected.schema, table
@@ -173,7 +196,9 @@ def test_a_challenger_answering_rows_the_champion_could_not_lowers_the_fallback_
     valid = _validated_night(tmp_path)
     champion = unscored(valid, "champion0001", "model champion0001: artifact is missing")
     challenger = unscored(valid, "challenger01", "").with_columns(
-        pl.lit(0.2).alias("score"), pl.lit("approve").alias("decision"), pl.lit(None, dtype=pl.String).alias("model_error"),
+        pl.lit(0.2).alias("score"),
+        pl.lit("approve").alias("decision"),
+        pl.lit(None, dtype=pl.String).alias("model_error"),
         pl.lit(False).alias("in_canary"),
     )
 

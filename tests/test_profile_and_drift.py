@@ -63,7 +63,9 @@ def booster(reference: pl.DataFrame, config: ProjectConfig) -> lgb.Booster:
 
 
 @pytest.fixture(scope="module")
-def profile(reference: pl.DataFrame, booster: lgb.Booster, features: list[FeatureCard], config: ProjectConfig) -> ReferenceProfile:
+def profile(
+    reference: pl.DataFrame, booster: lgb.Booster, features: list[FeatureCard], config: ProjectConfig
+) -> ReferenceProfile:
     scores = booster.predict(feature_matrix(reference, features))
     return fit_profile(reference, features, scores, config.model.decision.threshold, config.monitoring.drift, seed=SEED)
 
@@ -79,7 +81,9 @@ def night() -> pl.DataFrame:
     return simulate_night(NIGHT, NIGHT_ROWS, SEED).applications
 
 
-def measure(profile: ReferenceProfile, frame: pl.DataFrame, booster: lgb.Booster, features: list[FeatureCard], **kwargs: Any) -> DriftResult:
+def measure(
+    profile: ReferenceProfile, frame: pl.DataFrame, booster: lgb.Booster, features: list[FeatureCard], **kwargs: Any
+) -> DriftResult:
     return measure_drift(profile, frame, booster.predict(feature_matrix(frame, features)), features, **kwargs)
 
 
@@ -87,7 +91,9 @@ def row(result: DriftResult, feature: str) -> dict[str, Any]:
     return result.features.filter(pl.col("feature") == feature).row(0, named=True)
 
 
-def test_profile_round_trips_through_json_and_holds_no_rows(profile: ReferenceProfile, features: list[FeatureCard]) -> None:
+def test_profile_round_trips_through_json_and_holds_no_rows(
+    profile: ReferenceProfile, features: list[FeatureCard]
+) -> None:
     text = profile.model_dump_json()
     assert ReferenceProfile.model_validate_json(text) == profile
     assert list(profile.features) == [f.name for f in features]
@@ -105,7 +111,9 @@ def test_profile_describes_numbers_and_categories(profile: ReferenceProfile, ref
     assert len(income.quantiles) == 101
     defaults = profile.features["previous_defaults"]  # few distinct values: deduplicated edges, exact atoms
     assert defaults.exact and len(defaults.frequencies) < profile.settings.bins
-    assert profile.features["dependents"].missing_rate == pytest.approx(reference["dependents"].null_count() / reference.height)
+    assert profile.features["dependents"].missing_rate == pytest.approx(
+        reference["dependents"].null_count() / reference.height
+    )
     channel = profile.features["channel"]
     assert channel.kind == "category" and channel.levels == ["branch", "web", "mobile", "broker"]
     shares = reference["channel"].value_counts(normalize=True)
@@ -114,7 +122,11 @@ def test_profile_describes_numbers_and_categories(profile: ReferenceProfile, ref
 
 
 def test_clean_night_shows_no_drift(
-    profile: ReferenceProfile, night: pl.DataFrame, booster: lgb.Booster, features: list[FeatureCard], sample: pl.DataFrame
+    profile: ReferenceProfile,
+    night: pl.DataFrame,
+    booster: lgb.Booster,
+    features: list[FeatureCard],
+    sample: pl.DataFrame,
 ) -> None:
     result = measure(profile, night, booster, features, reference_sample=sample)
     assert result.rows == NIGHT_ROWS
@@ -191,7 +203,11 @@ def test_score_drift_is_detected_when_scores_shift(
 
 
 def test_fitted_thresholds_respect_the_floor_and_a_config_override_wins(
-    reference: pl.DataFrame, profile: ReferenceProfile, night: pl.DataFrame, booster: lgb.Booster, features: list[FeatureCard]
+    reference: pl.DataFrame,
+    profile: ReferenceProfile,
+    night: pl.DataFrame,
+    booster: lgb.Booster,
+    features: list[FeatureCard],
 ) -> None:
     floor = profile.settings.psi_floor
     assert all(t.psi >= floor and t.fitted_psi >= floor and t.source == "fitted" for t in profile.thresholds.values())
@@ -236,15 +252,17 @@ def test_overrides_can_be_applied_to_a_stored_profile_without_refitting(profile:
         with_threshold_overrides(profile, {"agee": 0.3})
 
 
-def test_an_override_for_an_unknown_feature_is_refused(
-    reference: pl.DataFrame, features: list[FeatureCard]
-) -> None:
+def test_an_override_for_an_unknown_feature_is_refused(reference: pl.DataFrame, features: list[FeatureCard]) -> None:
     with pytest.raises(ValueError, match="incme"):
         fit_profile(reference, features, np.full(reference.height, 0.1), 0.3, DriftConfig(thresholds={"incme": 0.2}))
 
 
 def test_metrics_have_flat_names_for_alert_rules(
-    profile: ReferenceProfile, night: pl.DataFrame, booster: lgb.Booster, features: list[FeatureCard], sample: pl.DataFrame
+    profile: ReferenceProfile,
+    night: pl.DataFrame,
+    booster: lgb.Booster,
+    features: list[FeatureCard],
+    sample: pl.DataFrame,
 ) -> None:
     metrics = measure(profile, night.head(1_000), booster, features, reference_sample=sample).metrics()
     for name in [
@@ -293,7 +311,10 @@ def test_an_empty_night_gives_nan_statistics_and_no_drift(
 def test_a_feature_that_does_not_match_the_profile_is_refused(
     profile: ReferenceProfile, night: pl.DataFrame, features: list[FeatureCard]
 ) -> None:
-    relabelled = [f.model_copy(update={"categories": ["web", "branch", "mobile", "broker"]}) if f.name == "channel" else f for f in features]
+    relabelled = [
+        f.model_copy(update={"categories": ["web", "branch", "mobile", "broker"]}) if f.name == "channel" else f
+        for f in features
+    ]
     with pytest.raises(ValueError, match="channel"):
         measure_drift(profile, night, None, relabelled)
     with pytest.raises(ValueError, match="one per row"):
@@ -313,7 +334,9 @@ def test_distance_functions_match_their_definitions() -> None:
     from scipy.spatial import distance
 
     reference, current = np.array([0.5, 0.3, 0.2, 0.0]), np.array([0.4, 0.3, 0.1, 0.2])
-    assert jensen_shannon_distance(reference, current) == pytest.approx(distance.jensenshannon(reference, current, base=2))
+    assert jensen_shannon_distance(reference, current) == pytest.approx(
+        distance.jensenshannon(reference, current, base=2)
+    )
     floored_r, floored_c = np.maximum(reference, 1e-4), current
     expected = np.sum((floored_c - floored_r) * np.log(floored_c / floored_r))
     assert population_stability_index(reference, current) == pytest.approx(expected)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from nightkeeper.config import parse_config
-from nightkeeper.encoding import FeatureCard, feature_cards, feature_matrix
+from nightkeeper.encoding import FeatureCard, feature_matrix
 from nightkeeper.reasons import REASON_SCHEMA, format_value, global_importance, reason_codes
 from nightkeeper.simulator import simulate_history, simulate_night
 from nightkeeper.training import train_model
@@ -121,9 +121,7 @@ def test_numbers_are_formatted_for_people() -> None:
     assert format_value(income, math.nan) == "missing"
 
 
-def test_chunking_does_not_change_any_result(
-    model: tuple[lgb.Booster, list[FeatureCard]], rows: pl.DataFrame
-) -> None:
+def test_chunking_does_not_change_any_result(model: tuple[lgb.Booster, list[FeatureCard]], rows: pl.DataFrame) -> None:
     booster, features = model
     whole = reason_codes(rows, booster, features, num_threads=1)
     chunked = reason_codes(rows, booster, features, chunk_rows=7, num_threads=1)
@@ -155,8 +153,11 @@ def test_global_importance_reports_gain_and_mean_abs_shap_for_every_feature(
     assert list(importance) == [feature.name for feature in features]
     assert all(set(entry) == {"gain", "mean_abs_shap"} for entry in importance.values())
     assert all(entry["gain"] >= 0 and entry["mean_abs_shap"] >= 0 for entry in importance.values())
-    mean_abs = every_reason.explode("reason_codes").unnest("reason_codes").group_by("feature").agg(
-        pl.col("contribution").abs().mean()
+    mean_abs = (
+        every_reason.explode("reason_codes")
+        .unnest("reason_codes")
+        .group_by("feature")
+        .agg(pl.col("contribution").abs().mean())
     )
     for feature, value in mean_abs.iter_rows():
         assert importance[feature]["mean_abs_shap"] == pytest.approx(value, rel=1e-9)

@@ -18,10 +18,10 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-
-from nightkeeper import lifecycle, registry, report, review, simulator, warehouse
-from nightkeeper.config import ReviewConfig
 from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, example_config, make_project
+
+from nightkeeper import lifecycle, report, review, simulator, warehouse
+from nightkeeper.config import ReviewConfig
 
 MONTH = f"{FIRST_NIGHT:%Y-%m}"
 NIGHTS = 4
@@ -37,16 +37,24 @@ def _store_review(project, nights: list[dt.date]) -> None:
     with warehouse.connect(config.warehouse_path) as connection:
         outcomes = connection.execute("select * from nightly.outcomes").pl()
         quarantine = connection.execute("select * from nightly.quarantine").pl()
-        queue = review.build_review_queue(outcomes, quarantine, config.model.decision.threshold, ReviewConfig(capacity=60))
+        queue = review.build_review_queue(
+            outcomes, quarantine, config.model.decision.threshold, ReviewConfig(capacity=60)
+        )
         for night in nights:
             review.store_queue(connection, night, queue.filter(pl.col("partition_date") == night))
         answered = queue.filter(pl.col("score").is_not_null()).head(queue.height // 2)
         labels = answered.select(
-            "entity_id", "partition_date",
+            "entity_id",
+            "partition_date",
             (pl.col("score") >= config.model.decision.threshold).cast(pl.Int8).alias("label"),
-            pl.lit("ana").alias("reviewer"), pl.lit(None, dtype=pl.String).alias("note"),
-            (pl.col("partition_date").cast(pl.Datetime("us")).dt.replace_time_zone("UTC") + pl.duration(days=1, hours=9)).alias("reviewed_at"),
-            pl.lit("review-2026-01.csv").alias("source_file"), pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("row_number"),
+            pl.lit("ana").alias("reviewer"),
+            pl.lit(None, dtype=pl.String).alias("note"),
+            (
+                pl.col("partition_date").cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+                + pl.duration(days=1, hours=9)
+            ).alias("reviewed_at"),
+            pl.lit("review-2026-01.csv").alias("source_file"),
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("row_number"),
         )
         review.store_review_labels(connection, labels)
 
@@ -54,8 +62,12 @@ def _store_review(project, nights: list[dt.date]) -> None:
 def _alias_history(project, version: str) -> None:
     """A challenger that went to shadow and was rejected, so the timeline has lifecycle events to draw."""
     with warehouse.connect(project.config.warehouse_path) as connection:
-        lifecycle.start_shadow(connection, version, FIRST_NIGHT + dt.timedelta(days=1), "retrain", "candidate passed the gates")
-        lifecycle.reject_challenger(connection, FIRST_NIGHT + dt.timedelta(days=3), "rollout", "shadow failed its health check")
+        lifecycle.start_shadow(
+            connection, version, FIRST_NIGHT + dt.timedelta(days=1), "retrain", "candidate passed the gates"
+        )
+        lifecycle.reject_challenger(
+            connection, FIRST_NIGHT + dt.timedelta(days=3), "rollout", "shadow failed its health check"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +79,14 @@ def month(tmp_path_factory):
     champion = bootstrap_example_champion(project)
     config = project.config
     nights = simulator.simulate_to_folders(
-        FIRST_NIGHT, NIGHTS, ROWS, 11, simulator.ScenarioPlan.bad_data_at(BAD_NIGHT),
-        config.landing_path, config.labels_path, label_delay_days=LABEL_DELAY,
+        FIRST_NIGHT,
+        NIGHTS,
+        ROWS,
+        11,
+        simulator.ScenarioPlan.bad_data_at(BAD_NIGHT),
+        config.landing_path,
+        config.labels_path,
+        label_delay_days=LABEL_DELAY,
     )
     for night in nights[:LABEL_DELAY]:
         assert project.run_night(night).success
@@ -145,7 +163,9 @@ def test_attention_list_is_computed_from_the_snapshot(month):
     texts = " | ".join(item.text for item in items)
     bad = (FIRST_NIGHT + dt.timedelta(days=BAD_NIGHT)).isoformat()
     assert any("Quarantine rate above" in item.text and bad in item.text for item in items), texts
-    assert [item.level for item in items] == sorted((item.level for item in items), key=["critical", "warning", "info"].index)
+    assert [item.level for item in items] == sorted(
+        (item.level for item in items), key=["critical", "warning", "info"].index
+    )
 
     early = report.attention_items(report.load_snapshot(month["early"]))
     assert any("No labels yet" in item.text for item in early)
@@ -206,23 +226,28 @@ def test_model_card_shows_metrics_lineage_importance_and_calibration(month):
 
 
 def _aliases(rows: list[tuple]) -> pl.DataFrame:
-    stamp = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    stamp = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     return pl.DataFrame(
-        [(seq, alias, version, dt.date.fromisoformat(night), stamp, actor, reason, stage)
-         for seq, (alias, version, night, actor, reason, stage) in enumerate(rows, start=1)],
-        schema=report.SECTION_SCHEMAS["model_aliases"], orient="row",
+        [
+            (seq, alias, version, dt.date.fromisoformat(night), stamp, actor, reason, stage)
+            for seq, (alias, version, night, actor, reason, stage) in enumerate(rows, start=1)
+        ],
+        schema=report.SECTION_SCHEMAS["model_aliases"],
+        orient="row",
     )
 
 
 def test_alias_log_reads_as_promotions_rollbacks_and_stretches():
-    log = _aliases([
-        ("champion", "aaa", "2026-01-01", "bootstrap", "bootstrap champion", None),
-        ("challenger", "bbb", "2026-02-03", "retrain", "passed the gates", "shadow"),
-        ("challenger", "bbb", "2026-02-06", "rollout", "shadow held 3 healthy nights", "canary:5"),
-        ("champion", "bbb", "2026-02-10", "rollout", "canary held; promoting", None),
-        ("challenger", None, "2026-02-10", "rollout", "promoted bbb", None),
-        ("champion", "aaa", "2026-02-20", "rollout", "canary health check failed", None),
-    ])
+    log = _aliases(
+        [
+            ("champion", "aaa", "2026-01-01", "bootstrap", "bootstrap champion", None),
+            ("challenger", "bbb", "2026-02-03", "retrain", "passed the gates", "shadow"),
+            ("challenger", "bbb", "2026-02-06", "rollout", "shadow held 3 healthy nights", "canary:5"),
+            ("champion", "bbb", "2026-02-10", "rollout", "canary held; promoting", None),
+            ("challenger", None, "2026-02-10", "rollout", "promoted bbb", None),
+            ("champion", "aaa", "2026-02-20", "rollout", "canary health check failed", None),
+        ]
+    )
     snapshot = report.Snapshot(Path("."), {"month": "2026-02"}, {"model_aliases": log})
     first, last = report.month_bounds("2026-02")
 
@@ -237,7 +262,10 @@ def test_alias_log_reads_as_promotions_rollbacks_and_stretches():
         ("aaa", dt.date(2026, 2, 20), dt.date(2026, 2, 28)),
     ]
     challenger = stretches.filter(pl.col("alias") == "challenger").select("stage", "start", "end").rows()
-    assert challenger == [("shadow", dt.date(2026, 2, 3), dt.date(2026, 2, 5)), ("canary:5", dt.date(2026, 2, 6), dt.date(2026, 2, 9))]
+    assert challenger == [
+        ("shadow", dt.date(2026, 2, 3), dt.date(2026, 2, 5)),
+        ("canary:5", dt.date(2026, 2, 6), dt.date(2026, 2, 9)),
+    ]
 
 
 def test_drift_on_a_bad_data_night_is_attributed_to_the_bad_data():
@@ -251,8 +279,9 @@ def test_drift_on_a_bad_data_night_is_attributed_to_the_bad_data():
         },
         schema=report.SECTION_SCHEMAS["night_metrics"],
     )
-    snapshot = report.Snapshot(Path("."), {"month": "2026-03", "nights_with_data": [n.isoformat() for n in nights]},
-                               {"night_metrics": metrics})
+    snapshot = report.Snapshot(
+        Path("."), {"month": "2026-03", "nights_with_data": [n.isoformat() for n in nights]}, {"night_metrics": metrics}
+    )
     texts = [item.text for item in report.attention_items(snapshot)]
     assert any(text.startswith("Quarantine rate above") for text in texts), texts
     assert not any("Score distribution shifted" in text for text in texts), texts
@@ -280,7 +309,10 @@ def test_kernel_runs_this_interpreter():
 
     name = report.kernel_name()
     spec = KernelSpecManager().get_kernel_spec(name)
-    assert spec.argv[0] in {"python", "python3", sys.executable} or Path(spec.argv[0]).resolve() == Path(sys.executable).resolve()
+    assert (
+        spec.argv[0] in {"python", "python3", sys.executable}
+        or Path(spec.argv[0]).resolve() == Path(sys.executable).resolve()
+    )
 
 
 @pytest.mark.slow
@@ -290,7 +322,9 @@ def test_report_screenshot_in_headless_chromium(full_report, tmp_path):
     png = tmp_path / "monthly.png"
     completed = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "screenshot_report.py"), str(full_report.html), str(png)],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     data = png.read_bytes()

@@ -66,7 +66,9 @@ def test_a_drift_alert_does_not_trigger_by_default():
 
 
 def persistent_drift_policy(nights: int = 5) -> LifecycleConfig:
-    return POLICY.model_copy(update={"retrain": RetrainPolicyConfig(on_persistent_drift=True, drift_persistence_nights=nights)})
+    return POLICY.model_copy(
+        update={"retrain": RetrainPolicyConfig(on_persistent_drift=True, drift_persistence_nights=nights)}
+    )
 
 
 def test_a_drift_alert_open_for_the_persistence_nights_triggers_when_configured():
@@ -127,7 +129,9 @@ def test_a_refused_window_trained_nothing_and_is_tried_again_the_next_night():
 
 
 def test_the_monthly_schedule_respects_the_cooldown_too():
-    decision = decide_retrain(state(open_alerts=(), **trained_on(NIGHT - days(2))), NIGHT, POLICY, schedule="monthly schedule")
+    decision = decide_retrain(
+        state(open_alerts=(), **trained_on(NIGHT - days(2))), NIGHT, POLICY, schedule="monthly schedule"
+    )
 
     assert not decision.retrain and decision.reason.startswith("cooldown")
 
@@ -151,7 +155,9 @@ def test_no_retrain_while_an_approved_candidate_waits_for_its_shadow():
 def test_retrain_resumes_after_an_approved_candidate_was_rolled_back_while_the_alert_stays_open():
     # approved 9 nights ago, shadowed, rolled back: the latest night scored has no challenger any more
     approved = Evaluation("approved", "v2", NIGHT - days(9))
-    rolled_back = state(latest_evaluation=approved, challenger=None, latest_scored_night=NIGHT, **trained_on(NIGHT - days(9)))
+    rolled_back = state(
+        latest_evaluation=approved, challenger=None, latest_scored_night=NIGHT, **trained_on(NIGHT - days(9))
+    )
 
     assert decide_retrain(rolled_back, NIGHT, POLICY).retrain
 
@@ -163,7 +169,9 @@ def test_retrain_resumes_after_a_rejected_candidate_once_the_cooldown_is_over():
 
 
 def test_cooldown_nights_and_drift_settings_have_defaults_and_are_validated():
-    assert LifecycleConfig().retrain == RetrainPolicyConfig(cooldown_nights=7, on_persistent_drift=False, drift_persistence_nights=7)
+    assert LifecycleConfig().retrain == RetrainPolicyConfig(
+        cooldown_nights=7, on_persistent_drift=False, drift_persistence_nights=7
+    )
     with pytest.raises(ValueError, match="cooldown_nights"):
         RetrainPolicyConfig(cooldown_nights=0)
 
@@ -185,7 +193,13 @@ def test_an_evaluation_that_did_not_approve_starts_nothing(decision):
 
 
 def shadow(action: str, **more) -> dict:
-    return {"night": NIGHT.isoformat(), "challenger_version": "v2", "rollout_action": action, "rollout_reason": "why", **more}
+    return {
+        "night": NIGHT.isoformat(),
+        "challenger_version": "v2",
+        "rollout_action": action,
+        "rollout_reason": "why",
+        **more,
+    }
 
 
 def test_a_rollout_advance_asks_for_the_next_stage_from_the_next_night():

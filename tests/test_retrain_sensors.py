@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from dagster import AssetMaterialization, DagsterInstance, build_schedule_context, build_sensor_context
+from pipeline_harness import Project, example_config, make_project
 
 from jobs.instance import prepare_dagster_home
-from pipeline_harness import Project, example_config, make_project
 
 NIGHT = dt.date(2026, 1, 31)
 PERFORMANCE_ALERT = {"alert_id": "a-perf", "category": "performance", "opened_night": "2026-01-20"}
@@ -22,7 +22,9 @@ PERFORMANCE_ALERT = {"alert_id": "a-perf", "category": "performance", "opened_ni
 def project(tmp_path: Path) -> Project:
     made = make_project(tmp_path / "project", example_config())
     # a stored instance, as in production: a schedule's context needs one it can reopen
-    return Project(made.root, made.config_path, DagsterInstance.from_config(str(prepare_dagster_home(tmp_path / "dagster"))))
+    return Project(
+        made.root, made.config_path, DagsterInstance.from_config(str(prepare_dagster_home(tmp_path / "dagster")))
+    )
 
 
 def report(instance: DagsterInstance, asset: str, metadata: dict[str, Any], night: dt.date | None = None) -> None:
@@ -40,8 +42,14 @@ def retrain_sensor_tick(project: Project):
 
 def test_retrain_resumes_after_an_approved_candidate_was_rolled_back_while_the_alert_stays_open(project):
     approved_on = NIGHT - dt.timedelta(days=10)
-    report(project.instance, "candidate_model", {"status": "trained", "version": "v2", "as_of": approved_on.isoformat()})
-    report(project.instance, "candidate_evaluation", {"decision": "approved", "version": "v2", "as_of": approved_on.isoformat()})
+    report(
+        project.instance, "candidate_model", {"status": "trained", "version": "v2", "as_of": approved_on.isoformat()}
+    )
+    report(
+        project.instance,
+        "candidate_evaluation",
+        {"decision": "approved", "version": "v2", "as_of": approved_on.isoformat()},
+    )
     # v2 shadowed and was rolled back: tonight's shadow_scores has no challenger
     report(project.instance, "shadow_scores", {"challenger_version": "none", "rollout_action": "none"}, NIGHT)
     report(project.instance, "alerts", {"open_alert_categories": [PERFORMANCE_ALERT]}, NIGHT)
@@ -53,7 +61,11 @@ def test_retrain_resumes_after_an_approved_candidate_was_rolled_back_while_the_a
 
 
 def test_the_alert_sensor_skips_within_the_cooldown_saying_when_it_ends(project):
-    report(project.instance, "candidate_model", {"status": "rejected", "version": "v2", "as_of": (NIGHT - dt.timedelta(days=2)).isoformat()})
+    report(
+        project.instance,
+        "candidate_model",
+        {"status": "rejected", "version": "v2", "as_of": (NIGHT - dt.timedelta(days=2)).isoformat()},
+    )
     report(project.instance, "alerts", {"open_alert_categories": [PERFORMANCE_ALERT]}, NIGHT)
 
     tick = retrain_sensor_tick(project)
@@ -70,7 +82,9 @@ def test_the_monthly_schedule_does_not_train_a_second_candidate_for_a_night_the_
     )
     schedule = project.defs.resolve_schedule_def("monthly_retrain")
 
-    with build_schedule_context(instance=project.instance, scheduled_execution_time=dt.datetime(2026, 2, 1, 4)) as context:
+    with build_schedule_context(
+        instance=project.instance, scheduled_execution_time=dt.datetime(2026, 2, 1, 4)
+    ) as context:
         tick = schedule.evaluate_tick(context)
 
     assert not tick.run_requests
@@ -80,7 +94,9 @@ def test_the_monthly_schedule_does_not_train_a_second_candidate_for_a_night_the_
 def test_the_monthly_schedule_retrains_when_nothing_else_did(project):
     schedule = project.defs.resolve_schedule_def("monthly_retrain")
 
-    with build_schedule_context(instance=project.instance, scheduled_execution_time=dt.datetime(2026, 2, 1, 4)) as context:
+    with build_schedule_context(
+        instance=project.instance, scheduled_execution_time=dt.datetime(2026, 2, 1, 4)
+    ) as context:
         tick = schedule.evaluate_tick(context)
 
     assert [request.run_key for request in tick.run_requests] == [f"retrain:{NIGHT}"]

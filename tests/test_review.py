@@ -49,7 +49,7 @@ NEXT_NIGHT = dt.date(2024, 5, 2)
 THRESHOLD = 0.30
 POSITIVE, NEGATIVE, UNDECIDED = "decline", "approve", "refer"
 LABELS = ["0", "1"]
-NOW = dt.datetime(2024, 5, 2, 9, 30, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2024, 5, 2, 9, 30, tzinfo=dt.UTC)
 NO_QUARANTINE = pl.DataFrame(schema=QUARANTINE_SCHEMA)
 
 
@@ -85,14 +85,21 @@ def outcomes_frame(
         },
         schema_overrides={"score": pl.Float64, "reason": pl.String, "entity_id": pl.String},
     )
-    return frame.with_columns(
-        pl.when(pl.col("score").is_null()).then(pl.lit(UNDECIDED))
-        .when(pl.col("score") >= THRESHOLD).then(pl.lit(POSITIVE))
-        .otherwise(pl.lit(NEGATIVE)).alias("decision"),
-        (pl.col("score") - THRESHOLD).abs().alias("confidence"),
-        pl.lit("v1").alias("model_version"),
-        pl.lit(1.0).alias("latency_ms"),
-    ).select(list(OUTCOME_SCHEMA)).cast(OUTCOME_SCHEMA)
+    return (
+        frame.with_columns(
+            pl.when(pl.col("score").is_null())
+            .then(pl.lit(UNDECIDED))
+            .when(pl.col("score") >= THRESHOLD)
+            .then(pl.lit(POSITIVE))
+            .otherwise(pl.lit(NEGATIVE))
+            .alias("decision"),
+            (pl.col("score") - THRESHOLD).abs().alias("confidence"),
+            pl.lit("v1").alias("model_version"),
+            pl.lit(1.0).alias("latency_ms"),
+        )
+        .select(list(OUTCOME_SCHEMA))
+        .cast(OUTCOME_SCHEMA)
+    )
 
 
 def seeded_outcomes(rows: int = 400, seed: int = 11) -> pl.DataFrame:
@@ -120,16 +127,20 @@ def fill(exported: Path, answers: dict[str, tuple[str, str]], to: Path | None = 
     labels = pl.DataFrame(
         {"entity_id": list(answers), "__l": [a[0] for a in answers.values()], "__r": [a[1] for a in answers.values()]}
     )
-    filled = sheet.join(labels, on="entity_id", how="left", maintain_order="left").with_columns(
-        pl.coalesce("__l", "label").alias("label"), pl.coalesce("__r", "reviewer").alias("reviewer")
-    ).drop("__l", "__r")
+    filled = (
+        sheet.join(labels, on="entity_id", how="left", maintain_order="left")
+        .with_columns(pl.coalesce("__l", "label").alias("label"), pl.coalesce("__r", "reviewer").alias("reviewer"))
+        .drop("__l", "__r")
+    )
     target = to or exported
     filled.write_csv(target)
     return target
 
 
 def import_file(path: Path, queue: pl.DataFrame, already: pl.DataFrame | None = None) -> ReviewImport:
-    return import_review_file(path, queue, pl.DataFrame(schema=LABEL_SCHEMA) if already is None else already, LABELS, NOW)
+    return import_review_file(
+        path, queue, pl.DataFrame(schema=LABEL_SCHEMA) if already is None else already, LABELS, NOW
+    )
 
 
 def reason_of(result: ReviewImport, entity_id: str) -> str:
@@ -146,7 +157,9 @@ class RealNight:
 
 
 @pytest.fixture(scope="module")
-def real_night(tmp_path_factory: pytest.TempPathFactory, core_config: ProjectConfig, core_trained: TrainedModel) -> RealNight:
+def real_night(
+    tmp_path_factory: pytest.TempPathFactory, core_config: ProjectConfig, core_trained: TrainedModel
+) -> RealNight:
     """A bad-data simulator night scored by a real LightGBM model: model answers, fallback and quarantined rows."""
     path = tmp_path_factory.mktemp("review_night") / "applications.parquet"
     simulate_night(NIGHT, 600, seed=7, scenario=Scenario(bad_data=True)).applications.write_parquet(path)
@@ -154,8 +167,13 @@ def real_night(tmp_path_factory: pytest.TempPathFactory, core_config: ProjectCon
     validation = validate(raw, core_config.contract)
     scored = score_batch(validation.valid, core_trained.booster, core_trained.card, 1_000, 300).frame
     outcomes = assemble_outcomes(
-        raw, validation.quarantine, scored, Fallback(core_trained.card.fallback, core_trained.card.version),
-        core_config.contract, core_config.model.decision, True,
+        raw,
+        validation.quarantine,
+        scored,
+        Fallback(core_trained.card.fallback, core_trained.card.version),
+        core_config.contract,
+        core_config.model.decision,
+        True,
     )
     assert validation.quarantined_rows > 0
     return RealNight(outcomes, validation.quarantine)
@@ -181,9 +199,7 @@ def test_only_model_rows_within_the_band_enter(real_night: RealNight, core_confi
     threshold = core_config.model.decision.threshold
     config = ReviewConfig(band=0.05, capacity=10_000, include_quarantined=False)
     queue = build_review_queue(real_night.outcomes, real_night.quarantine, threshold, config)
-    expected = real_night.outcomes.filter(
-        (pl.col("source") == "model") & ((pl.col("score") - threshold).abs() <= 0.05)
-    )
+    expected = real_night.outcomes.filter((pl.col("source") == "model") & ((pl.col("score") - threshold).abs() <= 0.05))
     assert 0 < queue.height == expected.height < real_night.outcomes.height
     assert set(queue["entity_id"]) == set(expected["entity_id"])
     assert (queue["distance"] <= 0.05).all()
@@ -192,7 +208,9 @@ def test_only_model_rows_within_the_band_enter(real_night: RealNight, core_confi
 
 def test_fallback_answers_near_the_threshold_are_not_low_confidence_but_canary_answers_are() -> None:
     ids = simulator_ids(3)
-    outcomes = outcomes_frame(ids, [0.31, 0.32, 0.33], source=["model", "canary", "fallback"], reason=[None, None, "model v1 raised"])
+    outcomes = outcomes_frame(
+        ids, [0.31, 0.32, 0.33], source=["model", "canary", "fallback"], reason=[None, None, "model v1 raised"]
+    )
     queue = build_review_queue(outcomes, NO_QUARANTINE, THRESHOLD, ReviewConfig())
     assert queue["entity_id"].to_list() == ids[:2]
 
@@ -211,9 +229,13 @@ def test_equal_distances_are_ordered_by_entity_id() -> None:
     assert queue["entity_id"].to_list() == [ids[3], *sorted(ids[:3])]
 
 
-def test_quarantined_rows_follow_uncertain_ones_with_their_reasons(real_night: RealNight, core_config: ProjectConfig) -> None:
+def test_quarantined_rows_follow_uncertain_ones_with_their_reasons(
+    real_night: RealNight, core_config: ProjectConfig
+) -> None:
     threshold = core_config.model.decision.threshold
-    queue = build_review_queue(real_night.outcomes, real_night.quarantine, threshold, ReviewConfig(band=0.05, capacity=10_000))
+    queue = build_review_queue(
+        real_night.outcomes, real_night.quarantine, threshold, ReviewConfig(band=0.05, capacity=10_000)
+    )
     reasons = queue["queue_reason"]
     uncertain = reasons == "low_confidence"
     quarantined = reasons.str.starts_with("quarantined: ")
@@ -241,9 +263,10 @@ def test_capacity_is_filled_by_uncertain_rows_before_quarantined_ones() -> None:
         source=["model", "model", "model", "quarantine", "fallback", "model"],
         reason=[None, None, None, "quarantined: age required", "quarantined: purpose category", None],
     )
-    assert build_review_queue(outcomes, NO_QUARANTINE, THRESHOLD, ReviewConfig(capacity=3))["queue_reason"].to_list() == [
-        "low_confidence"
-    ] * 3
+    assert (
+        build_review_queue(outcomes, NO_QUARANTINE, THRESHOLD, ReviewConfig(capacity=3))["queue_reason"].to_list()
+        == ["low_confidence"] * 3
+    )
     queue = build_review_queue(outcomes, NO_QUARANTINE, THRESHOLD, ReviewConfig(capacity=4))
     assert queue["entity_id"].to_list() == [ids[0], ids[1], ids[2], ids[3]]
     assert queue["queue_reason"][3] == "quarantined: age required"
@@ -252,14 +275,18 @@ def test_capacity_is_filled_by_uncertain_rows_before_quarantined_ones() -> None:
 
 def test_quarantined_rows_left_out_when_not_configured() -> None:
     ids = simulator_ids(2)
-    outcomes = outcomes_frame(ids, [0.31, None], source=["model", "quarantine"], reason=[None, "quarantined: age required"])
+    outcomes = outcomes_frame(
+        ids, [0.31, None], source=["model", "quarantine"], reason=[None, "quarantined: age required"]
+    )
     queue = build_review_queue(outcomes, NO_QUARANTINE, THRESHOLD, ReviewConfig(include_quarantined=False))
     assert queue["entity_id"].to_list() == [ids[0]]
 
 
 def test_rows_without_an_entity_id_never_enter() -> None:
     ids: list[str | None] = [*simulator_ids(1), None]
-    outcomes = outcomes_frame(ids, [0.31, None], source=["model", "quarantine"], reason=[None, "quarantined: application_id required"])
+    outcomes = outcomes_frame(
+        ids, [0.31, None], source=["model", "quarantine"], reason=[None, "quarantined: application_id required"]
+    )
     queue = build_review_queue(outcomes, NO_QUARANTINE, THRESHOLD, ReviewConfig())
     assert queue["entity_id"].to_list() == ids[:1]
 
@@ -311,10 +338,13 @@ def test_unknown_id_is_rejected(tmp_path: Path) -> None:
 def test_label_outside_the_allowed_set_is_rejected_naming_value_and_set(tmp_path: Path) -> None:
     queue = small_queue()
     ids = queue["entity_id"].to_list()
-    path = write_review(tmp_path / "r.csv", [
-        {"entity_id": ids[0], "label": "maybe", "reviewer": "alice"},
-        {"entity_id": ids[1], "label": "1", "reviewer": "alice"},
-    ])
+    path = write_review(
+        tmp_path / "r.csv",
+        [
+            {"entity_id": ids[0], "label": "maybe", "reviewer": "alice"},
+            {"entity_id": ids[1], "label": "1", "reviewer": "alice"},
+        ],
+    )
     result = import_file(path, queue)
     assert reason_of(result, ids[0]) == "label 'maybe' is not one of the allowed labels ['0', '1']"
     assert result.accepted["entity_id"].to_list() == [ids[1]]
@@ -331,10 +361,13 @@ def test_missing_reviewer_is_rejected(tmp_path: Path) -> None:
 def test_duplicate_id_in_the_file_keeps_the_first_row(tmp_path: Path) -> None:
     queue = small_queue()
     ids = queue["entity_id"].to_list()
-    path = write_review(tmp_path / "r.csv", [
-        {"entity_id": ids[0], "label": "1", "reviewer": "alice"},
-        {"entity_id": ids[0], "label": "0", "reviewer": "bob"},
-    ])
+    path = write_review(
+        tmp_path / "r.csv",
+        [
+            {"entity_id": ids[0], "label": "1", "reviewer": "alice"},
+            {"entity_id": ids[0], "label": "0", "reviewer": "bob"},
+        ],
+    )
     result = import_file(path, queue)
     assert result.accepted.select("label", "reviewer", "row_number").rows() == [(1, "alice", 1)]
     assert result.rejected["row_number"].to_list() == [2]
@@ -344,10 +377,19 @@ def test_duplicate_id_in_the_file_keeps_the_first_row(tmp_path: Path) -> None:
 def test_a_different_label_than_the_stored_one_is_a_conflict(tmp_path: Path) -> None:
     queue = small_queue()
     ids = queue["entity_id"].to_list()
-    first = import_file(write_review(tmp_path / "a.csv", [{"entity_id": ids[0], "label": "1", "reviewer": "alice"}]), queue)
-    second = import_file(write_review(tmp_path / "b.csv", [{"entity_id": ids[0], "label": "0", "reviewer": "bob"}]), queue, first.accepted)
+    first = import_file(
+        write_review(tmp_path / "a.csv", [{"entity_id": ids[0], "label": "1", "reviewer": "alice"}]), queue
+    )
+    second = import_file(
+        write_review(tmp_path / "b.csv", [{"entity_id": ids[0], "label": "0", "reviewer": "bob"}]),
+        queue,
+        first.accepted,
+    )
     assert second.accepted.height == 0
-    assert reason_of(second, ids[0]) == f"conflict: entity_id '{ids[0]}' was already reviewed with label 1 by alice; this row says 0"
+    assert (
+        reason_of(second, ids[0])
+        == f"conflict: entity_id '{ids[0]}' was already reviewed with label 1 by alice; this row says 0"
+    )
 
 
 def test_every_problem_of_a_row_is_listed(tmp_path: Path) -> None:
@@ -363,11 +405,14 @@ def test_every_problem_of_a_row_is_listed(tmp_path: Path) -> None:
 def test_rows_with_an_empty_label_are_skipped_not_rejected(tmp_path: Path) -> None:
     queue = small_queue()
     ids = queue["entity_id"].to_list()
-    path = write_review(tmp_path / "r.csv", [
-        {"entity_id": ids[0], "label": "", "reviewer": "alice"},
-        {"entity_id": "unknown", "label": "", "reviewer": ""},
-        {"entity_id": ids[1], "label": "0", "reviewer": "alice"},
-    ])
+    path = write_review(
+        tmp_path / "r.csv",
+        [
+            {"entity_id": ids[0], "label": "", "reviewer": "alice"},
+            {"entity_id": "unknown", "label": "", "reviewer": ""},
+            {"entity_id": ids[1], "label": "0", "reviewer": "alice"},
+        ],
+    )
     result = import_file(path, queue)
     assert (result.skipped, result.rejected.height, result.accepted.height) == (2, 0, 1)
 
@@ -375,11 +420,15 @@ def test_rows_with_an_empty_label_are_skipped_not_rejected(tmp_path: Path) -> No
 def test_a_file_without_the_label_column_rejects_every_row_without_raising(tmp_path: Path) -> None:
     queue = small_queue()
     ids = queue["entity_id"].to_list()
-    path = write_review(tmp_path / "r.csv", [{"entity_id": i, "reviewer": "alice"} for i in ids[:3]], ["entity_id", "reviewer"])
+    path = write_review(
+        tmp_path / "r.csv", [{"entity_id": i, "reviewer": "alice"} for i in ids[:3]], ["entity_id", "reviewer"]
+    )
     result = import_file(path, queue)
     assert result.accepted.height == 0
     assert result.rejected["row_number"].to_list() == [1, 2, 3]
-    assert set(result.rejected["reason"]) == {"file lacks required column(s) ['label']; its columns are ['entity_id', 'reviewer']"}
+    assert set(result.rejected["reason"]) == {
+        "file lacks required column(s) ['label']; its columns are ['entity_id', 'reviewer']"
+    }
     assert result.file_problem is not None and "['label']" in result.file_problem
 
 
@@ -437,10 +486,13 @@ def test_semicolon_separated_file_with_bom_and_spaced_headers_is_read(tmp_path: 
 def test_partition_date_in_the_file_picks_the_night_when_an_entity_was_queued_twice(tmp_path: Path) -> None:
     ids = simulator_ids(2)
     queue = pl.concat([small_queue(ids, NIGHT), small_queue(ids, NEXT_NIGHT)])
-    path = write_review(tmp_path / "r.csv", [
-        {"entity_id": ids[0], "partition_date": NIGHT.isoformat(), "label": "1", "reviewer": "alice"},
-        {"entity_id": ids[1], "label": "1", "reviewer": "alice"},
-    ])
+    path = write_review(
+        tmp_path / "r.csv",
+        [
+            {"entity_id": ids[0], "partition_date": NIGHT.isoformat(), "label": "1", "reviewer": "alice"},
+            {"entity_id": ids[1], "label": "1", "reviewer": "alice"},
+        ],
+    )
     result = import_file(path, queue)
     assert result.accepted["partition_date"].to_list() == [NIGHT, NEXT_NIGHT]
 
@@ -448,15 +500,20 @@ def test_partition_date_in_the_file_picks_the_night_when_an_entity_was_queued_tw
 def test_rejects_file_is_written_next_to_the_input(tmp_path: Path) -> None:
     queue = small_queue()
     ids = queue["entity_id"].to_list()
-    path = write_review(tmp_path / "review-2024-05-01.csv", [
-        {"entity_id": "ghost", "label": "1", "reviewer": "alice"},
-        {"entity_id": ids[0], "label": "1", "reviewer": "alice"},
-    ])
+    path = write_review(
+        tmp_path / "review-2024-05-01.csv",
+        [
+            {"entity_id": "ghost", "label": "1", "reviewer": "alice"},
+            {"entity_id": ids[0], "label": "1", "reviewer": "alice"},
+        ],
+    )
     written = write_rejects(import_file(path, queue).rejected, path)
     assert written == tmp_path / "review-2024-05-01.rejects.csv"
     assert is_rejects_file(written) and not is_rejects_file(path)
     rejects = pl.read_csv(written, infer_schema=False)
-    assert rejects.select("row_number", "entity_id", "reason").rows() == [("1", "ghost", "entity_id 'ghost' is not in the review queue")]
+    assert rejects.select("row_number", "entity_id", "reason").rows() == [
+        ("1", "ghost", "entity_id 'ghost' is not in the review queue")
+    ]
 
 
 FORMULA_IDS = ['=HYPERLINK("http://x.example","click")', "+41-1", "-7", "@SUM(A1)", "'=already-quoted", "plain-id"]
@@ -479,7 +536,9 @@ def test_export_neutralises_cells_a_spreadsheet_would_run_as_formulas(tmp_path: 
 def test_neutralised_ids_round_trip_through_import(tmp_path: Path) -> None:
     queue = small_queue(FORMULA_IDS)
     path = export_review_csv(queue, tmp_path / "review.csv")
-    sheet = pl.read_csv(path, infer_schema=False).with_columns(pl.lit("1").alias("label"), pl.lit("alice").alias("reviewer"))
+    sheet = pl.read_csv(path, infer_schema=False).with_columns(
+        pl.lit("1").alias("label"), pl.lit("alice").alias("reviewer")
+    )
     sheet.write_csv(path)
     result = import_file(path, queue)
     assert result.rejected.height == 0
@@ -488,12 +547,22 @@ def test_neutralised_ids_round_trip_through_import(tmp_path: Path) -> None:
 
 def test_rejects_file_neutralises_a_reviewers_formula(tmp_path: Path) -> None:
     queue = small_queue()
-    path = write_review(tmp_path / "review.csv", [
-        {"entity_id": "=cmd|' /C calc'!A0", "label": "1", "reviewer": "@mallory", "note": '=HYPERLINK("http://evil.example")'},
-    ])
+    path = write_review(
+        tmp_path / "review.csv",
+        [
+            {
+                "entity_id": "=cmd|' /C calc'!A0",
+                "label": "1",
+                "reviewer": "@mallory",
+                "note": '=HYPERLINK("http://evil.example")',
+            },
+        ],
+    )
     rejects = pl.read_csv(write_rejects(import_file(path, queue).rejected, path), infer_schema=False)
     assert rejects.select("entity_id", "reviewer", "note").row(0) == (
-        "'=cmd|' /C calc'!A0", "'@mallory", '\'=HYPERLINK("http://evil.example")'
+        "'=cmd|' /C calc'!A0",
+        "'@mallory",
+        '\'=HYPERLINK("http://evil.example")',
     )
     assert not any(str(cell).startswith(("=", "+", "-", "@")) for cell in rejects.row(0))
 
@@ -541,7 +610,9 @@ def test_reimporting_the_same_file_adds_nothing(tmp_path: Path) -> None:
 def test_storing_a_conflicting_label_is_refused(tmp_path: Path) -> None:
     queue = small_queue()
     ids = queue["entity_id"].to_list()
-    accepted = import_file(write_review(tmp_path / "a.csv", [{"entity_id": ids[0], "label": "1", "reviewer": "alice"}]), queue).accepted
+    accepted = import_file(
+        write_review(tmp_path / "a.csv", [{"entity_id": ids[0], "label": "1", "reviewer": "alice"}]), queue
+    ).accepted
     with warehouse.connect(tmp_path / "w.duckdb") as connection:
         store_review_labels(connection, accepted)
         with pytest.raises(ValueError, match="two different review labels"):
@@ -552,10 +623,13 @@ def test_storing_a_conflicting_label_is_refused(tmp_path: Path) -> None:
 def test_committing_an_import_stores_labels_and_rejects_and_then_writes_the_rejects_file(tmp_path: Path) -> None:
     queue = small_queue()
     ids = queue["entity_id"].to_list()
-    path = write_review(tmp_path / "review.csv", [
-        {"entity_id": ids[0], "label": "1", "reviewer": "alice"},
-        {"entity_id": "ghost", "label": "1", "reviewer": "alice"},
-    ])
+    path = write_review(
+        tmp_path / "review.csv",
+        [
+            {"entity_id": ids[0], "label": "1", "reviewer": "alice"},
+            {"entity_id": "ghost", "label": "1", "reviewer": "alice"},
+        ],
+    )
     with warehouse.connect(tmp_path / "w.duckdb") as connection:
         added, rejects = commit_import(connection, import_file(path, queue), path)
         assert added == 1
@@ -567,10 +641,13 @@ def test_committing_an_import_stores_labels_and_rejects_and_then_writes_the_reje
 def test_an_import_whose_rejects_cannot_be_stored_keeps_no_labels_and_writes_no_rejects_file(tmp_path: Path) -> None:
     queue = small_queue()
     ids = queue["entity_id"].to_list()
-    path = write_review(tmp_path / "review.csv", [
-        {"entity_id": ids[0], "label": "1", "reviewer": "alice"},
-        {"entity_id": "ghost", "label": "1", "reviewer": "alice"},
-    ])
+    path = write_review(
+        tmp_path / "review.csv",
+        [
+            {"entity_id": ids[0], "label": "1", "reviewer": "alice"},
+            {"entity_id": "ghost", "label": "1", "reviewer": "alice"},
+        ],
+    )
     with warehouse.connect(tmp_path / "w.duckdb") as connection:
         # a rejects table that refuses this rejection: the second write of the import fails
         connection.execute("create schema review")
@@ -603,11 +680,15 @@ def test_stored_rejects_are_logged_once_per_rejection(tmp_path: Path) -> None:
 
 def test_review_stats_on_a_handmade_example() -> None:
     ids = ["a", "b", "c", "d"]
-    outcomes = outcomes_frame(ids, [0.35, 0.25, 0.32, None], source=["model", "model", "model", "quarantine"],
-                              reason=[None, None, None, "quarantined: age required"])
+    outcomes = outcomes_frame(
+        ids,
+        [0.35, 0.25, 0.32, None],
+        source=["model", "model", "model", "quarantine"],
+        reason=[None, None, None, "quarantined: age required"],
+    )
     queue = build_review_queue(outcomes, NO_QUARANTINE, THRESHOLD, ReviewConfig())
     assert queue.height == 4
-    night_end = dt.datetime(2024, 5, 2, tzinfo=dt.timezone.utc)
+    night_end = dt.datetime(2024, 5, 2, tzinfo=dt.UTC)
     labels = pl.DataFrame(
         {
             "entity_id": ["a", "b", "d", "zz"],
@@ -641,10 +722,13 @@ def test_review_stats_with_nothing_reviewed() -> None:
 def test_training_labels_carry_provenance(tmp_path: Path) -> None:
     queue = small_queue()
     ids = queue["entity_id"].to_list()
-    path = write_review(tmp_path / "r.csv", [
-        {"entity_id": ids[0], "label": "1", "reviewer": "alice", "note": "income looks fake"},
-        {"entity_id": ids[1], "label": "0", "reviewer": "bob"},
-    ])
+    path = write_review(
+        tmp_path / "r.csv",
+        [
+            {"entity_id": ids[0], "label": "1", "reviewer": "alice", "note": "income looks fake"},
+            {"entity_id": ids[1], "label": "0", "reviewer": "bob"},
+        ],
+    )
     labels = training_labels(import_file(path, queue).accepted)
     assert dict(labels.schema) == {"entity_id": pl.String(), "label": pl.Int8(), "provenance": pl.String()}
     assert dict(zip(labels["entity_id"], zip(labels["label"], labels["provenance"]))) == {

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import polars as pl
+from pipeline_harness import FIRST_NIGHT, bootstrap_example_champion, example_config, make_project
 
 from jobs.demo import QUIET_LOGS, SensorDriver
 from jobs.lifecycle import retrain_run_config
 from nightkeeper import simulator, warehouse
 from nightkeeper.training_data import labeled_history
-from pipeline_harness import FIRST_NIGHT, bootstrap_example_champion, example_config, make_project
 
 CLI = str(Path(sys.executable).parent / "nightkeeper")
 
@@ -28,8 +28,19 @@ def test_exported_queue_filled_in_and_dropped_in_the_inbox_is_imported_and_feeds
     project = make_project(tmp_path / "project", raw)
     bootstrap_example_champion(project)
     config = project.config
-    nights = simulator.simulate_to_folders(FIRST_NIGHT, 4, 2000, 11, simulator.ScenarioPlan.bad_data_at(0), config.landing_path, config.labels_path, label_delay_days=1)
-    shutil.rmtree(config.labels_path / nights[1].isoformat())  # the first night's labels never arrive: only reviewers label it
+    nights = simulator.simulate_to_folders(
+        FIRST_NIGHT,
+        4,
+        2000,
+        11,
+        simulator.ScenarioPlan.bad_data_at(0),
+        config.landing_path,
+        config.labels_path,
+        label_delay_days=1,
+    )
+    shutil.rmtree(
+        config.labels_path / nights[1].isoformat()
+    )  # the first night's labels never arrive: only reviewers label it
     for night in nights:
         project.run_night(night)
     queue = project.query("select * from review.queue where partition_date = ?", [nights[0]])
@@ -37,8 +48,12 @@ def test_exported_queue_filled_in_and_dropped_in_the_inbox_is_imported_and_feeds
     assert queue["priority"].to_list() == sorted(queue["priority"].to_list())
 
     export = tmp_path / "review.csv"
-    done = subprocess.run([CLI, "review", "export", "--date", str(nights[0]), "--config", str(project.config_path), "--out", str(export)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [CLI, "review", "export", "--date", str(nights[0]), "--config", str(project.config_path), "--out", str(export)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = list(csv.DictReader(export.open()))
     assert len(rows) == queue.height
@@ -61,15 +76,21 @@ def test_exported_queue_filled_in_and_dropped_in_the_inbox_is_imported_and_feeds
     assert set(labels["reviewer"]) == {"alice"}
     rejects = pl.read_csv(inbox / "batch-1.rejects.csv")
     reasons = " ".join(rejects["reason"].to_list())
-    assert rejects.height == 2 and "maybe" in reasons and "NOT-AN-ID" in " ".join(map(str, rejects["entity_id"].to_list()))
+    assert (
+        rejects.height == 2 and "maybe" in reasons and "NOT-AN-ID" in " ".join(map(str, rejects["entity_id"].to_list()))
+    )
 
     with warehouse.connect(config.warehouse_path) as connection:
         history = labeled_history(connection, config.contract, FIRST_NIGHT, nights[-1], include_review=True)
     reviewed = history.filter(pl.col("label_source").str.starts_with("review:alice@"))
     assert reviewed.height > 0
     retrain = project.defs.resolve_job_def("retrain").execute_in_process(
-        run_config={**retrain_run_config(nights[-1].isoformat(), "test"), **QUIET_LOGS}, instance=project.instance, raise_on_error=False
+        run_config={**retrain_run_config(nights[-1].isoformat(), "test"), **QUIET_LOGS},
+        instance=project.instance,
+        raise_on_error=False,
     )
     trained = retrain.asset_materializations_for_node("candidate_model")[0].metadata
-    assert trained["status"].value in ("trained", "rejected"), trained["reasons"].value if "reasons" in trained else trained
+    assert trained["status"].value in ("trained", "rejected"), (
+        trained["reasons"].value if "reasons" in trained else trained
+    )
     assert trained["review_labeled_rows"].value > 0

@@ -14,13 +14,13 @@ from typing import Any
 
 import polars as pl
 import pytest
+from pipeline_harness import FIRST_NIGHT, Project, bootstrap_example_champion, example_config, make_project
 
 from nightkeeper import lifecycle, simulator, warehouse
 from nightkeeper.models import publish
 from nightkeeper.pipeline import monitoring, nightly
 from nightkeeper.training import train_model
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, store_partition
-from pipeline_harness import FIRST_NIGHT, Project, bootstrap_example_champion, example_config, make_project
 
 SHIFTED = simulator.Scenario(concept_shift=1.0)
 NIGHTS = 3  # shadow needs 3 healthy nights; night 1's labels land on night 2, so night 3 is judged on them
@@ -39,8 +39,12 @@ def _shifted_night(night: dt.date, rows: int, seed: int) -> simulator.NightData:
     """A concept-shifted night without three of four non-defaulting applicants."""
     data = simulator.simulate_night(night, rows, seed, SHIFTED)
     labels = data.labels.filter((pl.col("defaulted") == 1) | (pl.int_range(pl.len()).over("defaulted") % 4 == 0))
-    return simulator.NightData(night, data.applications.join(labels.select("application_id"), on="application_id", how="semi"),
-                               labels, data.defects)
+    return simulator.NightData(
+        night,
+        data.applications.join(labels.select("application_id"), on="application_id", how="semi"),
+        labels,
+        data.defects,
+    )
 
 
 def _shadow_a_challenger_trained_after_the_shift(project: Project) -> str:
@@ -67,6 +71,7 @@ def _run_nights(project: Project, shifted: bool) -> list[dict[str, Any]]:
     shadows = []
     with warehouse.connect(config.warehouse_path) as connection:
         for night in nights:
+
             def stored(result):
                 for name, frame in result.tables.items():
                     store_partition(connection, NIGHTLY_SCHEMA, name, night, frame)
@@ -74,9 +79,15 @@ def _run_nights(project: Project, shifted: bool) -> list[dict[str, Any]]:
 
             raw = stored(nightly.ingest_night(config, connection, night)).tables["raw_batch"]
             valid = stored(nightly.validate_night(config, connection, night, raw)).tables
-            scored = stored(nightly.score_night(config, connection, night, valid["validated_batch"])).tables["scored_batch"]
+            scored = stored(nightly.score_night(config, connection, night, valid["validated_batch"])).tables[
+                "scored_batch"
+            ]
             shadow = stored(nightly.shadow_night(config, connection, night, valid["validated_batch"], scored))
-            stored(nightly.answer_night(config, connection, night, raw, valid["quarantine"], scored, shadow.tables["shadow_scores"]))
+            stored(
+                nightly.answer_night(
+                    config, connection, night, raw, valid["quarantine"], scored, shadow.tables["shadow_scores"]
+                )
+            )
             monitoring.labels_night(config, connection, night)
             shadows.append(shadow.metadata)
     return shadows
@@ -89,7 +100,9 @@ def test_a_challenger_that_fixes_a_shift_advances_on_realized_auc_though_it_chan
 
     assert [night["challenger_version"] for night in shadows] == [version] * NIGHTS
     assert max(night["agreement"] for night in shadows) < 0.8, "it must change decisions to fix the shift"
-    assert [night["rollout_action"] for night in shadows] == ["hold", "hold", "advance"], [n["rollout_reason"] for n in shadows]
+    assert [night["rollout_action"] for night in shadows] == ["hold", "hold", "advance"], [
+        n["rollout_reason"] for n in shadows
+    ]
     judged = shadows[-1]
     assert judged["labeled_rows"] >= 200
     assert judged["realized_auc_challenger"] > judged["realized_auc_champion"]
@@ -101,7 +114,9 @@ def test_a_challenger_with_worse_realized_auc_is_rolled_back_naming_it(project):
 
     shadows = _run_nights(project, shifted=False)  # the world did not shift: the challenger is worse
 
-    assert [night["rollout_action"] for night in shadows] == ["hold", "hold", "rollback"], [n["rollout_reason"] for n in shadows]
+    assert [night["rollout_action"] for night in shadows] == ["hold", "hold", "rollback"], [
+        n["rollout_reason"] for n in shadows
+    ]
     judged = shadows[-1]
     assert judged["realized_auc_challenger"] < judged["realized_auc_champion"]
     assert "realized AUC down" in judged["rollout_reason"]

@@ -13,10 +13,10 @@ from dagster import AssetKey, DagsterInstance, RunsFilter
 from dagster._core.execution.asset_backfill import AssetBackfillStatus
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
+from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, example_config, make_project
 
 from jobs.definitions import NIGHTLY_SCHEDULE, build_definitions
 from jobs.nights import partition_for, partitions_between, run_night
-from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, example_config, make_project
 
 BIN = os.path.dirname(sys.executable)
 
@@ -48,9 +48,20 @@ def test_backfill_runs_each_night_in_order_as_one_dagster_backfill(tmp_path):
         project.land_night(night, rows=300)
 
     done = subprocess.run(
-        [os.path.join(BIN, "nightkeeper"), "backfill", "--from", nights[0].isoformat(), "--to", nights[-1].isoformat(),
-         "--config", str(project.config_path)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
+        [
+            os.path.join(BIN, "nightkeeper"),
+            "backfill",
+            "--from",
+            nights[0].isoformat(),
+            "--to",
+            nights[-1].isoformat(),
+            "--config",
+            str(project.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -86,18 +97,24 @@ def test_a_night_with_no_landed_file_is_an_empty_night_with_one_warning_not_a_sc
 
 
 def test_weekly_cadence_has_one_partition_per_week_keyed_by_its_first_day(tmp_path):
-    project = make_project(tmp_path, example_config(schedule={"start_date": FIRST_NIGHT.isoformat(), "cadence": "weekly"}))
+    project = make_project(
+        tmp_path, example_config(schedule={"start_date": FIRST_NIGHT.isoformat(), "cadence": "weekly"})
+    )
     config = project.config
 
     assert partitions_between(config, FIRST_NIGHT, FIRST_NIGHT + dt.timedelta(days=13)) == [
-        FIRST_NIGHT.isoformat(), (FIRST_NIGHT + dt.timedelta(days=7)).isoformat()]
+        FIRST_NIGHT.isoformat(),
+        (FIRST_NIGHT + dt.timedelta(days=7)).isoformat(),
+    ]
     assert partition_for(config, FIRST_NIGHT + dt.timedelta(days=3)) == FIRST_NIGHT.isoformat()
     schedule = build_definitions(project.config_path).resolve_schedule_def(NIGHTLY_SCHEDULE)
     assert schedule.cron_schedule == f"0 2 * * {FIRST_NIGHT.isoweekday() % 7}"
 
 
 def test_a_weekly_run_answers_the_rows_landed_under_its_first_day(tmp_path):
-    project = make_project(tmp_path, example_config(schedule={"start_date": FIRST_NIGHT.isoformat(), "cadence": "weekly"}))
+    project = make_project(
+        tmp_path, example_config(schedule={"start_date": FIRST_NIGHT.isoformat(), "cadence": "weekly"})
+    )
     bootstrap_example_champion(project)
     project.land_night(FIRST_NIGHT, rows=300)
 

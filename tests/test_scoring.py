@@ -46,7 +46,9 @@ def test_scores_match_booster_predict_exactly(
     assert np.array_equal(scored.frame["score"].to_numpy(), expected)
 
 
-def test_every_valid_row_is_scored_once_in_order(scored: ScoringResult, valid: pl.DataFrame, core_trained: TrainedModel) -> None:
+def test_every_valid_row_is_scored_once_in_order(
+    scored: ScoringResult, valid: pl.DataFrame, core_trained: TrainedModel
+) -> None:
     assert scored.error is None
     assert dict(scored.frame.schema) == SCORED_SCHEMA
     assert scored.frame.select(KEY_COLUMNS).equals(valid.select(KEY_COLUMNS))
@@ -55,7 +57,9 @@ def test_every_valid_row_is_scored_once_in_order(scored: ScoringResult, valid: p
     assert set(scored.frame["model_version"]) == {core_trained.card.version}
 
 
-def test_chunking_does_not_change_scores(scored: ScoringResult, valid: pl.DataFrame, core_trained: TrainedModel) -> None:
+def test_chunking_does_not_change_scores(
+    scored: ScoringResult, valid: pl.DataFrame, core_trained: TrainedModel
+) -> None:
     chunked = score_batch(valid, core_trained.booster, core_trained.card, 7, BUDGET)
     assert chunked.error is None
     assert np.array_equal(chunked.frame["score"].to_numpy(), scored.frame["score"].to_numpy())
@@ -72,7 +76,9 @@ def test_decision_is_the_label_for_the_side_of_the_threshold(scored: ScoringResu
     assert set(below["decision"]) == {decision.below_threshold}
 
 
-def test_confidence_is_the_scaled_distance_from_the_threshold(scored: ScoringResult, core_trained: TrainedModel) -> None:
+def test_confidence_is_the_scaled_distance_from_the_threshold(
+    scored: ScoringResult, core_trained: TrainedModel
+) -> None:
     threshold = core_trained.card.decision.threshold
     score, conf = scored.frame["score"].to_numpy(), scored.frame["confidence"].to_numpy()
     expected = np.where(score >= threshold, (score - threshold) / (1 - threshold), (threshold - score) / threshold)

@@ -9,9 +9,9 @@ defaults, the same for the served models and the oracle.
 
 from __future__ import annotations
 
-import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 import pytest
@@ -26,7 +26,9 @@ from nightkeeper.oracle import retrained_every_block
 pytestmark = [pytest.mark.acceptance, pytest.mark.timeout(3600)]
 
 LABEL_DELAY = 5
-NOISE = 0.005  # AUC a block may lose to the first champion by chance (two models scored on the same ~18–24k labeled rows)
+NOISE = (
+    0.005  # AUC a block may lose to the first champion by chance (two models scored on the same ~18–24k labeled rows)
+)
 ORACLE_SHARE = 0.97
 BOOST_ROUNDS = 60
 
@@ -39,7 +41,9 @@ def backtest_world(world: worlds.World, out: Path) -> tuple[dict[str, Any], Any]
     raw["model"]["num_boost_round"] = BOOST_ROUNDS
     files.config.write_text(yaml.safe_dump(raw, sort_keys=False))
     config = load_config(files.config)
-    result = run_backtest(config, files.history, files.batches, files.labels, LABEL_DELAY, world.cadence, out / "backtest", progress=False)
+    result = run_backtest(
+        config, files.history, files.batches, files.labels, LABEL_DELAY, world.cadence, out / "backtest", progress=False
+    )
     return result.summary, config
 
 
@@ -51,7 +55,10 @@ def served_blocks(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def lifecycle_story(summary: dict[str, Any]) -> str:
     """The lifecycle events and per-block AUCs, for an assertion message that says what happened."""
     events = [f"{e['night']} {e['event']} {e['version']}: {(e['detail'] or '')[:120]}" for e in summary["lifecycle"]]
-    blocks = [f"{b['first_night']}: served {b['served_auc']:.4f} first {b['first_champion_auc']:.4f}" for b in served_blocks(summary)]
+    blocks = [
+        f"{b['first_night']}: served {b['served_auc']:.4f} first {b['first_champion_auc']:.4f}"
+        for b in served_blocks(summary)
+    ]
     return "\n".join(["blocks:", *blocks, "lifecycle:", *events])
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, DefaultScheduleStatus, DefaultSensorStatus, RunsFilter
+from pipeline_harness import REPO, bootstrap_example_champion, example_config, make_project
 
 from jobs.definitions import NIGHTLY_JOB, NIGHTLY_SCHEDULE
 from jobs.instance import prepare_dagster_home
-from pipeline_harness import REPO, bootstrap_example_champion, example_config, make_project
 
 
 def test_every_schedule_and_sensor_starts_running_without_a_toggle(tmp_path):
@@ -63,14 +63,28 @@ def _wait_for(what: str, probe, timeout: float):
 
 @pytest.mark.slow
 def test_serve_daemon_runs_the_night_at_its_scheduled_tick_and_the_sensors_react(tmp_path):
-    yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
-    project = make_project(tmp_path / "project", example_config(schedule={"cron": "* * * * *", "start_date": (yesterday - dt.timedelta(days=1)).isoformat()}))
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    project = make_project(
+        tmp_path / "project",
+        example_config(schedule={"cron": "* * * * *", "start_date": (yesterday - dt.timedelta(days=1)).isoformat()}),
+    )
     bootstrap_example_champion(project)
     project.land_night(yesterday, rows=600)
     home = project.config.dagster_home
     serve = subprocess.Popen(
-        [sys.executable, "-m", "nightkeeper.cli", "serve", "--config", str(project.config_path), "--port", str(_free_port())],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "nightkeeper.cli",
+            "serve",
+            "--config",
+            str(project.config_path),
+            "--port",
+            str(_free_port()),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
     )
     try:
         instance = DagsterInstance.from_config(str(prepare_dagster_home(home)))
@@ -87,10 +101,16 @@ def test_serve_daemon_runs_the_night_at_its_scheduled_tick_and_the_sensors_react
 
         def ticks_after_the_night(name: str):
             states = [state for state in instance.all_instigator_state() if state.name == name]
-            ticks = [tick for state in states for tick in instance.get_ticks(state.instigator_origin_id, state.selector_id)]
+            ticks = [
+                tick for state in states for tick in instance.get_ticks(state.instigator_origin_id, state.selector_id)
+            ]
             return [tick for tick in ticks if tick.timestamp > finished]
 
-        sensor_ticks = _wait_for("the retrain sensor to evaluate the night's alerts", lambda: ticks_after_the_night("retrain_on_alerts"), timeout=90)
+        sensor_ticks = _wait_for(
+            "the retrain sensor to evaluate the night's alerts",
+            lambda: ticks_after_the_night("retrain_on_alerts"),
+            timeout=90,
+        )
         assert sensor_ticks[0].status.value in ("SKIPPED", "SUCCESS"), sensor_ticks[0]
         _wait_for("a later schedule tick", lambda: ticks_after_the_night(NIGHTLY_SCHEDULE), timeout=90)
         assert len(instance.get_runs(RunsFilter(job_name=NIGHTLY_JOB))) == 1, "a later tick ran the same night again"

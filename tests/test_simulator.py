@@ -9,7 +9,6 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import lightgbm as lgb
-import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -480,8 +479,15 @@ def test_concept_drift_keeps_the_base_rate_roughly_similar(clean_world: NightDat
 def test_concept_drift_costs_a_model_trained_on_clean_history_at_least_five_auc_points(contract: Contract) -> None:
     cards = feature_cards(contract)
     history = simulate_history(NIGHT - timedelta(days=1), days=4, rows_per_day=5_000, seed=SEED)
-    params = {"objective": "binary", "num_leaves": 15, "learning_rate": 0.1, "min_data_in_leaf": 50,
-              "verbose": -1, "num_threads": 1, "seed": 1}  # one thread: fast and immune to OpenMP spin-waits
+    params = {
+        "objective": "binary",
+        "num_leaves": 15,
+        "learning_rate": 0.1,
+        "min_data_in_leaf": 50,
+        "verbose": -1,
+        "num_threads": 1,
+        "seed": 1,
+    }  # one thread: fast and immune to OpenMP spin-waits
     matrix = feature_matrix(history, cards)
     dataset = lgb.Dataset(matrix, history["defaulted"].to_numpy(), categorical_feature=categorical_indices(cards))
     model = lgb.train(params, dataset, num_boost_round=100)

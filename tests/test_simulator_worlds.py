@@ -35,8 +35,13 @@ from nightkeeper.worlds import (
 
 START = date(2026, 1, 1)
 LIGHTGBM_PARAMS = {
-    "objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 50, "verbose": -1,
-    "num_threads": 1, "seed": 7,
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 50,
+    "verbose": -1,
+    "num_threads": 1,
+    "seed": 7,
 }
 
 
@@ -364,7 +369,7 @@ def test_small_nights_hold_about_150_rows() -> None:
     world = small_nights_world(nights=60, seed=8)
     rows = [world.labeled_night(night).height for night in world.batch_nights()]
     assert 140 <= np.mean(rows) <= 160
-    assert 110 <= min(rows) and max(rows) <= 190
+    assert min(rows) >= 110 and max(rows) <= 190
     assert len(set(rows)) > 10  # volume varies naturally from night to night
 
 
@@ -402,8 +407,21 @@ def test_docs_dataset_launch_grows_the_integrations_share() -> None:
 
 def test_world_command_writes_a_world_the_written_config_describes(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        app, ["world", "support-tickets", "--out", str(tmp_path), "--nights", "3", "--rows", "200", "--label-delay", "1",
-              "--format", "csv"]
+        app,
+        [
+            "world",
+            "support-tickets",
+            "--out",
+            str(tmp_path),
+            "--nights",
+            "3",
+            "--rows",
+            "200",
+            "--label-delay",
+            "1",
+            "--format",
+            "csv",
+        ],
     )
     assert result.exit_code == 0, result.output
     config = load_config(tmp_path / "nightkeeper.yaml")

@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+from pipeline_harness import FIRST_NIGHT, Project, example_config, make_project
 from typer.testing import CliRunner
 
 from nightkeeper import registry, simulator
@@ -17,7 +18,6 @@ from nightkeeper.cli import app
 from nightkeeper.config import ProjectConfig
 from nightkeeper.pipeline.lifecycle import train_candidate
 from nightkeeper.training_data import HISTORY_SOURCE, HistoryFileError, labeled_history, read_history_file
-from pipeline_harness import FIRST_NIGHT, Project, example_config, make_project
 
 HISTORY_NIGHTS = 12
 ROWS_PER_NIGHT = 400
@@ -36,7 +36,9 @@ def project(tmp_path: Path) -> Project:
 
 
 def train(project: Project, path: Path, *more: str):
-    return CliRunner().invoke(app, ["train", "--history", str(path), "--config", str(project.config_path), *more], terminal_width=300)
+    return CliRunner().invoke(
+        app, ["train", "--history", str(path), "--config", str(project.config_path), *more], terminal_width=300
+    )
 
 
 def test_train_makes_the_first_champion_from_the_schedules_start_date(project, history, tmp_path):
@@ -48,17 +50,23 @@ def test_train_makes_the_first_champion_from_the_schedules_start_date(project, h
     assert done.exit_code == 0, done.output
     with duckdb.connect(str(project.config.warehouse_path)) as connection:
         champion = registry.alias_record(connection, registry.CHAMPION, project.config.schedule.start_date)
-        before = registry.alias_record(connection, registry.CHAMPION, project.config.schedule.start_date - dt.timedelta(days=1))
+        before = registry.alias_record(
+            connection, registry.CHAMPION, project.config.schedule.start_date - dt.timedelta(days=1)
+        )
     assert champion is not None and before is None
     assert f"champion {champion.version}" in done.output
     assert "pass directions_hold" in done.output
 
 
 def test_bad_rows_are_reported_by_column_and_left_out(project, history, tmp_path):
-    broken = history.with_row_index("i").with_columns(
-        pl.when(pl.col("i") == 0).then(-5.0).otherwise(pl.col("income")).alias("income"),  # income must be positive
-        pl.when(pl.col("i") == 1).then(None).otherwise(pl.col("defaulted")).alias("defaulted"),  # no label
-    ).drop("i")
+    broken = (
+        history.with_row_index("i")
+        .with_columns(
+            pl.when(pl.col("i") == 0).then(-5.0).otherwise(pl.col("income")).alias("income"),  # income must be positive
+            pl.when(pl.col("i") == 1).then(None).otherwise(pl.col("defaulted")).alias("defaulted"),  # no label
+        )
+        .drop("i")
+    )
     path = tmp_path / "history.parquet"
     broken.write_parquet(path)
 
@@ -121,7 +129,9 @@ def test_the_history_is_part_of_a_retrain_window_that_covers_its_dates(project, 
     soon = FIRST_NIGHT + dt.timedelta(days=2)
 
     with duckdb.connect(str(project.config.warehouse_path)) as connection:
-        window = labeled_history(connection, project.config.contract, soon - dt.timedelta(days=90), soon, include_review=True)
+        window = labeled_history(
+            connection, project.config.contract, soon - dt.timedelta(days=90), soon, include_review=True
+        )
 
     assert window.height == history.height
     assert set(window["label_source"]) == {HISTORY_SOURCE}
@@ -134,7 +144,9 @@ def test_the_history_rolls_off_a_retrain_window_that_has_moved_past_it(project, 
     much_later = FIRST_NIGHT + dt.timedelta(days=400)
 
     with duckdb.connect(str(project.config.warehouse_path)) as connection:
-        window = labeled_history(connection, project.config.contract, much_later - dt.timedelta(days=90), much_later, include_review=True)
+        window = labeled_history(
+            connection, project.config.contract, much_later - dt.timedelta(days=90), much_later, include_review=True
+        )
 
     assert window.height == 0
 

@@ -20,7 +20,7 @@ from nightkeeper.config import ProjectConfig
 from nightkeeper.encoding import feature_cards, feature_matrix
 from nightkeeper.models import bootstrap_champion, publish
 from nightkeeper.simulator import simulate_history, simulate_night
-from nightkeeper.training import training_params, TrainedModel, data_fingerprint, train_model, training_frame
+from nightkeeper.training import TrainedModel, data_fingerprint, train_model, training_frame, training_params
 
 HISTORY_END = date(2024, 4, 30)
 JAN_1, JAN_10, JAN_20 = date(2026, 1, 1), date(2026, 1, 10), date(2026, 1, 20)
@@ -132,7 +132,10 @@ def test_fingerprint_differs_for_different_data(core_trained: TrainedModel, othe
 def test_fingerprint_changes_when_one_label_changes(core_history: pl.DataFrame, core_config: ProjectConfig) -> None:
     columns = ["application_id", "defaulted", *core_config.contract.feature_names]
     flipped = core_history.with_columns(
-        pl.when(pl.int_range(pl.len()) == 17).then(1 - pl.col("defaulted")).otherwise(pl.col("defaulted")).alias("defaulted")
+        pl.when(pl.int_range(pl.len()) == 17)
+        .then(1 - pl.col("defaulted"))
+        .otherwise(pl.col("defaulted"))
+        .alias("defaulted")
     )
     assert data_fingerprint(flipped, columns) != data_fingerprint(core_history, columns)
 
@@ -153,13 +156,17 @@ def test_training_rejects_a_fractional_target(core_history: pl.DataFrame, core_c
         training_frame(with_target(core_history, 5, 0.5), core_config)
 
 
-def test_training_rejects_a_text_target_with_a_value_error(core_history: pl.DataFrame, core_config: ProjectConfig) -> None:
+def test_training_rejects_a_text_target_with_a_value_error(
+    core_history: pl.DataFrame, core_config: ProjectConfig
+) -> None:
     text_target = core_history.with_columns(pl.col("defaulted").cast(pl.String).replace({"1": "yes", "0": "no"}))
     with pytest.raises(ValueError, match="defaulted"):
         training_frame(text_target, core_config)
 
 
-def test_training_rejects_data_without_a_contract_column(core_history: pl.DataFrame, core_config: ProjectConfig) -> None:
+def test_training_rejects_data_without_a_contract_column(
+    core_history: pl.DataFrame, core_config: ProjectConfig
+) -> None:
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['credit_score'\]"):
         train_model(core_history.drop("credit_score"), core_config)
 
@@ -251,9 +258,7 @@ def test_alias_cannot_point_at_an_unregistered_version(connection: Any) -> None:
         registry.set_alias(connection, registry.CHAMPION, "000000000000", JAN_1, "test", "typo")
 
 
-def test_alias_is_none_before_its_first_row(
-    tmp_path: Path, connection: Any, core_trained: TrainedModel
-) -> None:
+def test_alias_is_none_before_its_first_row(tmp_path: Path, connection: Any, core_trained: TrainedModel) -> None:
     record = registered(connection, core_trained, tmp_path / "models")
     assert registry.alias_version(connection, registry.CHAMPION, JAN_10) is None
     registry.set_alias(connection, registry.CHAMPION, record.version, JAN_10, "test", "first champion")
@@ -352,7 +357,9 @@ def test_a_copied_project_serves_its_own_model_not_the_originals(
     assert np.array_equal(load_verified(champion).predict(tonight), expected)
 
 
-def test_a_registry_row_with_an_absolute_path_still_loads(tmp_path: Path, connection: Any, core_trained: TrainedModel) -> None:
+def test_a_registry_row_with_an_absolute_path_still_loads(
+    tmp_path: Path, connection: Any, core_trained: TrainedModel
+) -> None:
     model_path = save_artifact(core_trained, tmp_path / "elsewhere" / "models")
     card = core_trained.card
     registry.ensure_registry(connection)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import polars as pl
 import pytest
 
@@ -17,7 +16,7 @@ from nightkeeper import labels as label_store
 from nightkeeper import review, warehouse
 from nightkeeper.config import ProjectConfig
 from nightkeeper.ingest import read_raw_batch
-from nightkeeper.simulator import Scenario, ScenarioPlan, simulate_night, write_labels, write_landing
+from nightkeeper.simulator import ScenarioPlan, simulate_night, write_labels, write_landing
 from nightkeeper.training import train_model
 from nightkeeper.training_data import labeled_history, split_holdout
 from nightkeeper.validation import validate
@@ -27,7 +26,7 @@ NIGHTS = [FIRST + dt.timedelta(days=i) for i in range(5)]
 DELIVERED_NIGHTS = NIGHTS[:4]  # the last night's labels have not arrived yet: only reviewers labeled some of it
 ROWS = 200
 SEED = 5
-REVIEWED_AT = dt.datetime(2024, 5, 9, 8, 30, tzinfo=dt.timezone.utc)
+REVIEWED_AT = dt.datetime(2024, 5, 9, 8, 30, tzinfo=dt.UTC)
 PLAN = ScenarioPlan.bad_data_at(0, defects=frozenset({"negative_income"}))  # night 0: a few rows quarantined
 
 
@@ -95,8 +94,14 @@ def history(core_config: ProjectConfig, tmp_path_factory: Any) -> History:
         contested_truth = truth_frame.filter(pl.col("application_id") == contested)["defaulted"].item()
         review.store_review_labels(
             connection,
-            review_rows([(last[0], NIGHTS[-1], 1), (last[1], NIGHTS[-1], 0), (last[2], NIGHTS[-1], 1),
-                         (contested, NIGHTS[1], 1 - contested_truth)]),
+            review_rows(
+                [
+                    (last[0], NIGHTS[-1], 1),
+                    (last[1], NIGHTS[-1], 0),
+                    (last[2], NIGHTS[-1], 1),
+                    (contested, NIGHTS[1], 1 - contested_truth),
+                ]
+            ),
         )
     return History(path, valid_frame, quarantined, truth_frame, last, contested)
 
@@ -109,8 +114,16 @@ def connection(history: History) -> Any:
 
 def expected_columns(config: ProjectConfig) -> list[str]:
     contract = config.contract
-    return ["partition_date", "source_file", "row_number", contract.entity_id, contract.event_time,
-            *contract.feature_names, contract.target, "label_source"]
+    return [
+        "partition_date",
+        "source_file",
+        "row_number",
+        contract.entity_id,
+        contract.event_time,
+        *contract.feature_names,
+        contract.target,
+        "label_source",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- labeled_history
@@ -177,7 +190,9 @@ def test_review_label_source_names_the_reviewer_and_the_utc_time(connection, cor
 
 def test_review_label_source_is_utc_whatever_the_session_time_zone(history, core_config):
     with warehouse.connect(history.path) as connection:
-        connection.execute("set TimeZone = 'Europe/Berlin'")  # what DuckDB picks on a laptop in Berlin (TZ=Europe/Berlin)
+        connection.execute(
+            "set TimeZone = 'Europe/Berlin'"
+        )  # what DuckDB picks on a laptop in Berlin (TZ=Europe/Berlin)
         frame = labeled_history(connection, core_config.contract, NIGHTS[-1], NIGHTS[-1], include_review=True)
 
     assert set(frame["label_source"]) == {"review:alice@2024-05-09T08:30:00Z"}

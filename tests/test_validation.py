@@ -198,7 +198,14 @@ def test_unparseable_value_is_a_type_violation(
     assert 4 not in valid_row_numbers(result)
 
 
-@pytest.mark.parametrize(("column", "text", "expected"), [("age", "17", "between 18 and 100"), ("age", "101", "between 18 and 100"), ("debt_to_income", "-0.5", "between 0 and 10")])
+@pytest.mark.parametrize(
+    ("column", "text", "expected"),
+    [
+        ("age", "17", "between 18 and 100"),
+        ("age", "101", "between 18 and 100"),
+        ("debt_to_income", "-0.5", "between 0 and 10"),
+    ],
+)
 def test_value_out_of_range_is_a_range_violation(
     tmp_path: Path, clean: pl.DataFrame, contract: Contract, column: str, text: str, expected: str
 ) -> None:
@@ -207,7 +214,9 @@ def test_value_out_of_range_is_a_range_violation(
     assert result.quarantine["expected"].to_list() == [expected]
 
 
-def test_unknown_category_level_is_a_category_violation(tmp_path: Path, clean: pl.DataFrame, contract: Contract) -> None:
+def test_unknown_category_level_is_a_category_violation(
+    tmp_path: Path, clean: pl.DataFrame, contract: Contract
+) -> None:
     _, result = run([land(set_text(clean, 7, "purpose", "crypto"), tmp_path)], contract)
     assert broken(result, 8) == [{"column": "purpose", "rule": "category", "value": "crypto"}]
     assert "'debt_consolidation'" in result.quarantine["expected"][0]
@@ -221,7 +230,9 @@ def test_category_levels_are_case_sensitive(tmp_path: Path, clean: pl.DataFrame,
 def test_unknown_category_in_missing_mode_becomes_null_without_quarantine(
     tmp_path: Path, clean: pl.DataFrame, core_make_config: Any
 ) -> None:
-    config = core_make_config(tmp_path, lambda raw: raw["contract"]["features"]["purpose"].update(unknown_category="missing"))
+    config = core_make_config(
+        tmp_path, lambda raw: raw["contract"]["features"]["purpose"].update(unknown_category="missing")
+    )
     _, result = run([land(set_text(clean, 7, "purpose", "crypto"), tmp_path)], config.contract)
     assert result.quarantine.is_empty()
     assert result.valid.height == ROWS
@@ -247,7 +258,9 @@ def test_duplicate_id_across_files_quarantines_the_copy_in_the_later_file(
 ) -> None:
     first, second = land(clean, tmp_path, "a.parquet"), land(clean[10:11], tmp_path, "b.parquet")
     _, result = run([first, second], contract)
-    assert broken(result, 1, second) == [{"column": "application_id", "rule": "duplicate_id", "value": clean["application_id"][10]}]
+    assert broken(result, 1, second) == [
+        {"column": "application_id", "rule": "duplicate_id", "value": clean["application_id"][10]}
+    ]
     assert broken(result, 11, first) == []
     assert result.valid.height == ROWS
 
@@ -264,7 +277,11 @@ def test_cross_field_rule_violation_shows_every_column_it_reads(
     frame = set_text(set_text(clean, 6, "income", "10000"), 6, "loan_amount", "500000")  # 50 yearly incomes
     _, result = run([land(frame, tmp_path)], contract)
     assert broken(result, 7) == [
-        {"column": "loan_amount,income", "rule": "loan_within_income_multiple", "value": "loan_amount=500000, income=10000"}
+        {
+            "column": "loan_amount,income",
+            "rule": "loan_within_income_multiple",
+            "value": "loan_amount=500000, income=10000",
+        }
     ]
     assert result.quarantine["expected"].to_list() == ["loan_amount <= 40 * income"]
 

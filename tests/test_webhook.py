@@ -11,8 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import nullcontext
 from collections.abc import Iterator
+from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from nightkeeper.warehouse import connect
 from nightkeeper.webhook import deliver, retry_delay, webhook_url
 
 NIGHT = dt.date(2026, 2, 4)
-NOW = dt.datetime(2026, 2, 5, 2, 30, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 2, 5, 2, 30, tzinfo=dt.UTC)
 TOKEN = "s3cr3tT0KENxyz"
 
 
@@ -49,10 +49,15 @@ class RecordingServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                recorder.requests.append({
-                    "path": self.path, "content_type": self.headers.get("Content-Type"), "json": json.loads(body),
-                    "authorization": self.headers.get("Authorization"), "idempotency_key": self.headers.get("Idempotency-Key"),
-                })
+                recorder.requests.append(
+                    {
+                        "path": self.path,
+                        "content_type": self.headers.get("Content-Type"),
+                        "json": json.loads(body),
+                        "authorization": self.headers.get("Authorization"),
+                        "idempotency_key": self.headers.get("Idempotency-Key"),
+                    }
+                )
                 recorder.received.set()
                 time.sleep(recorder.delay)
                 status = recorder.statuses.pop(0) if recorder.statuses else 200
@@ -101,7 +106,9 @@ def open_alerts_tonight(conn: duckdb.DuckDBPyConnection, count: int = 1) -> None
     """Drive ``count`` real alerts through the engine so the outbox holds ``count`` opened events."""
     metrics = ["outcomes.fallback_rate", "outcomes.undecided_rate", "validation.quarantine_rate"][:count]
     rules = [
-        AlertRule(name=f"rate_{i}", metric=metric, comparison=">", threshold=0.05, category="operations", runbook="fallback")
+        AlertRule(
+            name=f"rate_{i}", metric=metric, comparison=">", threshold=0.05, category="operations", runbook="fallback"
+        )
         for i, metric in enumerate(metrics)
     ]
     record_metrics(conn, NIGHT, {rule.metric: 0.2 for rule in rules}, "v1")
@@ -116,7 +123,9 @@ def outbox(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-def test_webhook_delivers_alert_json_with_text_to_the_server(conn: duckdb.DuckDBPyConnection, server: RecordingServer) -> None:
+def test_webhook_delivers_alert_json_with_text_to_the_server(
+    conn: duckdb.DuckDBPyConnection, server: RecordingServer
+) -> None:
     open_alerts_tonight(conn)
     report = deliver(lambda: nullcontext(conn), server.url(), timeout=5, now=NOW)
 
@@ -189,7 +198,9 @@ def test_slow_server_times_out_without_raising_and_stays_pending(
     assert outbox(conn)[0]["last_error"] == "timed out after 0.3 s"
 
 
-def test_a_rejected_event_does_not_hold_back_the_next_one(conn: duckdb.DuckDBPyConnection, server: RecordingServer) -> None:
+def test_a_rejected_event_does_not_hold_back_the_next_one(
+    conn: duckdb.DuckDBPyConnection, server: RecordingServer
+) -> None:
     open_alerts_tonight(conn, count=2)
     server.statuses = [400]
     report = deliver(lambda: nullcontext(conn), server.url(), timeout=5, now=NOW)
@@ -256,14 +267,21 @@ def test_webhook_url_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatc
 
 def test_retry_delay_doubles_per_attempt_and_is_capped_at_an_hour() -> None:
     delays = [retry_delay(attempts) for attempts in (1, 2, 3, 7, 50)]
-    assert delays == [dt.timedelta(minutes=1), dt.timedelta(minutes=2), dt.timedelta(minutes=4),
-                      dt.timedelta(hours=1), dt.timedelta(hours=1)]
+    assert delays == [
+        dt.timedelta(minutes=1),
+        dt.timedelta(minutes=2),
+        dt.timedelta(minutes=4),
+        dt.timedelta(hours=1),
+        dt.timedelta(hours=1),
+    ]
 
 
 # ------------------------------------------------------------------------------ credentials, keys, the warehouse
 
 
-def test_credentials_in_the_url_are_sent_as_an_authorization_header(conn: duckdb.DuckDBPyConnection, server: RecordingServer) -> None:
+def test_credentials_in_the_url_are_sent_as_an_authorization_header(
+    conn: duckdb.DuckDBPyConnection, server: RecordingServer
+) -> None:
     open_alerts_tonight(conn)
     url = f"http://hook%40user:p%3Ass@127.0.0.1:{server.port}/hooks/T000"
 
@@ -275,7 +293,9 @@ def test_credentials_in_the_url_are_sent_as_an_authorization_header(conn: duckdb
     assert request["authorization"] == "Basic " + base64.b64encode(b"hook@user:p:ss").decode()
 
 
-def test_every_attempt_at_an_event_carries_the_same_idempotency_key(conn: duckdb.DuckDBPyConnection, server: RecordingServer) -> None:
+def test_every_attempt_at_an_event_carries_the_same_idempotency_key(
+    conn: duckdb.DuckDBPyConnection, server: RecordingServer
+) -> None:
     open_alerts_tonight(conn, count=2)
     server.statuses = [500]
     deliver(lambda: nullcontext(conn), server.url(), timeout=5, now=NOW)
@@ -299,8 +319,14 @@ def test_delivery_does_not_hold_the_warehouse_while_posting(tmp_path: Path, serv
 
     # another process (DuckDB locks the file per process) opens the warehouse while the POST is in flight
     other = subprocess.run(
-        [sys.executable, "-c", f"import duckdb; print(duckdb.connect({str(path)!r}).execute('select 1').fetchone()[0])"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb; print(duckdb.connect({str(path)!r}).execute('select 1').fetchone()[0])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     still_posting = posting.is_alive()
     posting.join(30)

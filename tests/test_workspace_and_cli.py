@@ -16,7 +16,6 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
-
 from pipeline_harness import REPO, example_config
 
 BIN = Path(sys.executable).parent
@@ -32,7 +31,11 @@ def test_definitions_validate_passes_without_warnings_from_our_code(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     done = subprocess.run(
         [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
@@ -45,8 +48,14 @@ def test_job_modules_import_without_a_config_in_the_current_folder(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "NIGHTKEEPER_CONFIG"}
     env["PYTHONPATH"] = str(REPO)
 
-    done = subprocess.run([sys.executable, "-c", "import jobs.definitions, jobs.demo"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", "import jobs.definitions, jobs.demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert done.returncode == 0, done.stderr
 
@@ -54,8 +63,14 @@ def test_job_modules_import_without_a_config_in_the_current_folder(tmp_path):
 def test_repository_workspace_loads_its_own_config_whatever_nightkeeper_config_says(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "NIGHTKEEPER_CONFIG": str(tmp_path / "elsewhere.yaml")}
 
-    done = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -70,9 +85,14 @@ def test_ui_workspace_names_the_given_config_and_validates_from_any_folder(tmp_p
     home = load_config(config_path).dagster_home
 
     workspace = write_workspace(config_path, home)
-    done = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", str(workspace)], cwd=tmp_path,
-                          env={**os.environ, "DAGSTER_HOME": str(home), "NIGHTKEEPER_CONFIG": str(tmp_path / "other.yaml")},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(BIN / "dagster"), "definitions", "validate", "-w", str(workspace)],
+        cwd=tmp_path,
+        env={**os.environ, "DAGSTER_HOME": str(home), "NIGHTKEEPER_CONFIG": str(tmp_path / "other.yaml")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert done.returncode == 0, done.stdout + done.stderr
     defs = runpy.run_path(str(workspace.parent / "nightkeeper_location.py"))["defs"]
@@ -87,7 +107,9 @@ def _free_port() -> int:
 
 def _graphql(port: int, query: str) -> dict:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
@@ -98,16 +120,23 @@ def test_dagster_dev_serves_the_code_location_with_the_nightly_job(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     server = subprocess.Popen(
         [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
         entries = None
         while time.monotonic() < deadline:
             try:
-                answer = _graphql(port, """{ workspaceOrError { ... on Workspace { locationEntries {
+                answer = _graphql(
+                    port,
+                    """{ workspaceOrError { ... on Workspace { locationEntries {
                     name loadStatus locationOrLoadError { __typename ... on PythonError { message }
-                    ... on RepositoryLocation { repositories { jobs { name } assetNodes { assetKey { path } } } } } } } } }""")
+                    ... on RepositoryLocation { repositories { jobs { name } assetNodes { assetKey { path } } } } } } } } }""",
+                )
                 entries = answer["data"]["workspaceOrError"]["locationEntries"]
                 if entries and all(e["loadStatus"] == "LOADED" for e in entries):
                     break
@@ -133,7 +162,12 @@ def _other_project(root: Path) -> Path:
     config.write_text(yaml.safe_dump(example_config(), sort_keys=False))
     with duckdb.connect(str(root / "data" / "warehouse.duckdb")) as connection:
         connection.execute("create table precious as select 42 as answer")
-    for folder, name in (("landing/2026-01-01", "batch.csv"), ("labels", "labels.csv"), ("models/v1", "model.txt"), ("dagster", "dagster.yaml")):
+    for folder, name in (
+        ("landing/2026-01-01", "batch.csv"),
+        ("labels", "labels.csv"),
+        ("models/v1", "model.txt"),
+        ("dagster", "dagster.yaml"),
+    ):
         (root / "data" / folder).mkdir(parents=True)
         (root / "data" / folder / name).write_text(f"{folder} content\n")
     return config
@@ -157,7 +191,10 @@ def demo_run(tmp_path_factory):
 
     done = subprocess.run(
         [str(BIN / "nightkeeper"), "demo", "--nights", "4", "--rows", "600", "--bad-night", "2"],
-        cwd=work, capture_output=True, text=True, timeout=600,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env=_env(COLUMNS="120", NIGHTKEEPER_CONFIG=str(project_config)),
     )
     return done, work, project, before
@@ -175,7 +212,9 @@ def test_demo_command_runs_nights_through_dagster_in_its_folder_and_prints_the_s
         ).fetchall()
         raw = connection.execute("select count(*) from nightly.raw_batch").fetchone()[0]
     assert len(per_night) == 4 and sum(count for _, count in per_night) == raw
-    runs = list((work / "demo" / "data" / "dagster").rglob("runs.db")) + list((work / "demo" / "data" / "dagster").rglob("runs"))
+    runs = list((work / "demo" / "data" / "dagster").rglob("runs.db")) + list(
+        (work / "demo" / "data" / "dagster").rglob("runs")
+    )
     assert runs, "the demo's runs must be stored in the persistent Dagster instance"
 
 
@@ -193,11 +232,19 @@ def test_demo_refuses_to_reset_storage_it_did_not_create(tmp_path):
     demo = tmp_path / "demo"
     demo.mkdir()
     (demo / "nightkeeper.yaml").write_text(
-        yaml.safe_dump(example_config(storage={"warehouse": str(project / "data" / "warehouse.duckdb")}), sort_keys=False)
+        yaml.safe_dump(
+            example_config(storage={"warehouse": str(project / "data" / "warehouse.duckdb")}), sort_keys=False
+        )
     )
 
-    done = subprocess.run([str(BIN / "nightkeeper"), "demo", "--dir", str(demo)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env=_env(COLUMNS="200"))
+    done = subprocess.run(
+        [str(BIN / "nightkeeper"), "demo", "--dir", str(demo)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(COLUMNS="200"),
+    )
 
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"--reset {project / 'data' / 'warehouse.duckdb'}" in done.stdout
@@ -210,8 +257,13 @@ def test_check_config_names_the_bad_field(tmp_path):
     config = tmp_path / "nightkeeper.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    done = subprocess.run([str(BIN / "nightkeeper"), "check-config", "--config", str(config)], capture_output=True, text=True,
-                          timeout=60, env=_env())
+    done = subprocess.run(
+        [str(BIN / "nightkeeper"), "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
 
     assert done.returncode == 2
     assert "contract.features.age.dtype" in done.stdout and "'integer'" in done.stdout
@@ -223,7 +275,11 @@ def test_full_demo_completes_thirty_nights_including_the_bad_data_night(tmp_path
     # the README's command as written: the demo copies the shipped config, model size included, into ./demo/
     done = subprocess.run(
         [str(BIN / "nightkeeper"), "demo"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=1500, env=_env(COLUMNS="120"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env=_env(COLUMNS="120"),
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -254,8 +310,13 @@ def test_check_config_refuses_a_threshold_that_disagrees_with_the_serving_champi
     raw["model"]["decision"]["threshold"] = 0.42
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    done = subprocess.run([str(BIN / "nightkeeper"), "check-config", "--config", str(config)], capture_output=True,
-                          text=True, timeout=120, env=_env(COLUMNS="200"))
+    done = subprocess.run(
+        [str(BIN / "nightkeeper"), "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(COLUMNS="200"),
+    )
 
     assert done.returncode == 2, done.stdout + done.stderr
     assert "model.decision.threshold: the config says 0.42" in done.stdout and "card says 0.3" in done.stdout
@@ -268,18 +329,30 @@ def test_check_config_refuses_decision_labels_that_disagree_with_the_serving_cha
     raw["model"]["decision"]["at_or_above_threshold"] = "reject"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    done = subprocess.run([str(BIN / "nightkeeper"), "check-config", "--config", str(config)], capture_output=True,
-                          text=True, timeout=120, env=_env(COLUMNS="200"))
+    done = subprocess.run(
+        [str(BIN / "nightkeeper"), "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(COLUMNS="200"),
+    )
 
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "model.decision.at_or_above_threshold: the config says 'reject'" in done.stdout and "'decline'" in done.stdout
+    assert (
+        "model.decision.at_or_above_threshold: the config says 'reject'" in done.stdout and "'decline'" in done.stdout
+    )
 
 
 def test_check_config_passes_when_the_decision_agrees_with_the_serving_champion(tmp_path):
     config = _project_with_champion(tmp_path, example_config())
 
-    done = subprocess.run([str(BIN / "nightkeeper"), "check-config", "--config", str(config)], capture_output=True,
-                          text=True, timeout=120, env=_env(COLUMNS="200"))
+    done = subprocess.run(
+        [str(BIN / "nightkeeper"), "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(COLUMNS="200"),
+    )
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "decision agrees with champion" in done.stdout

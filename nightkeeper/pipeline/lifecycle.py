@@ -34,15 +34,20 @@ from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.behaviour import behaviour_tests
 from nightkeeper.config import LifecycleConfig, ProjectConfig
 from nightkeeper.encoding import feature_cards, feature_matrix
-from nightkeeper.models import register_trained
 from nightkeeper.metric_names import CANDIDATE_REJECTED, RETRAIN_REFUSED, ROLLBACKS
+from nightkeeper.models import register_trained
 from nightkeeper.pipeline.monitoring import raise_alerts
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.training import train_model, training_frame
 from nightkeeper.training_data import HISTORY_SOURCE, labeled_history, split_holdout
 
 CANDIDATES = "lifecycle.candidates"
-BEHAVIOUR_CHECKS = ("directions_hold", "invariant_features_do_not_matter", "scores_and_confidence_in_range", "edge_rows_are_scored")
+BEHAVIOUR_CHECKS = (
+    "directions_hold",
+    "invariant_features_do_not_matter",
+    "scores_and_confidence_in_range",
+    "edge_rows_are_scored",
+)
 APPROVED, REJECTED, REFUSED, TRAINED = "approved", "rejected", "refused", "trained"
 _LOG = logging.getLogger(__name__)
 SCHEDULED_TRIGGER = "monthly schedule"  # the trigger of the monthly retrain (the schedule and the backtest name it so)
@@ -54,7 +59,11 @@ RegistryAction = Literal["start_shadow", "advance", "promote", "reject_challenge
 
 
 def train_candidate(
-    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, as_of: dt.date, trigger: str, log: logging.Logger = _LOG
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    as_of: dt.date,
+    trigger: str,
+    log: logging.Logger = _LOG,
 ) -> StepResult:
     """Train a candidate on the labeled window that ends on ``as_of`` (its latest holdout nights left out for the
     never-worse gate), after the training-data gate excluded suspect nights or refused the window.
@@ -69,8 +78,12 @@ def train_candidate(
     window, _ = split_holdout(labeled, life.promotion_gate.holdout_days)
     # nights are judged on delivered labels: reviewers label a chosen, near-threshold few, whose rate says nothing
     delivered = window.filter(pl.col("label_source") == "delivered")
-    history_rows = window.filter(pl.col("label_source") == HISTORY_SOURCE).height  # the user's own history: counted, not judged
-    verdict = gates.training_window_gate(delivered, config.contract.target, feature_cards(config.contract), life.data_gate, history_rows)
+    history_rows = window.filter(
+        pl.col("label_source") == HISTORY_SOURCE
+    ).height  # the user's own history: counted, not judged
+    verdict = gates.training_window_gate(
+        delivered, config.contract.target, feature_cards(config.contract), life.data_gate, history_rows
+    )
     if not verdict.gate.passed:
         reason = "; ".join(verdict.gate.reasons)
         _record_candidate(connection, None, as_of, trigger, REFUSED, reason)
@@ -78,17 +91,31 @@ def train_candidate(
         record_lifecycle_event(config, connection, as_of, RETRAIN_REFUSED, log)
         refused = CheckOutcome(False, f"no candidate: the retrain was refused ({reason})", "WARN")
         return StepResult(
-            metadata={"status": REFUSED, "as_of": as_of.isoformat(), "trigger": trigger, "reasons": reason,
-                      "per_night": verdict.per_night},
+            metadata={
+                "status": REFUSED,
+                "as_of": as_of.isoformat(),
+                "trigger": trigger,
+                "reasons": reason,
+                "per_night": verdict.per_night,
+            },
             checks={name: refused for name in BEHAVIOUR_CHECKS},
         )
     kept = window.filter(~pl.col("partition_date").cast(pl.String).is_in(list(verdict.excluded_nights)))
     trained = train_model(kept.drop("partition_date", "label_source"), config)
     record = register_trained(connection, trained, config)
-    results = behaviour_tests(trained.booster, record.card, training_frame(kept, config), config.contract, life.behaviour)
+    results = behaviour_tests(
+        trained.booster, record.card, training_frame(kept, config), config.contract, life.behaviour
+    )
     failed = {name: outcome for name, outcome in results.items() if not outcome.passed}
     status = REJECTED if failed else TRAINED
-    _record_candidate(connection, record.version, as_of, trigger, status, "; ".join(f"{n}: {o.description}" for n, o in failed.items()))
+    _record_candidate(
+        connection,
+        record.version,
+        as_of,
+        trigger,
+        status,
+        "; ".join(f"{n}: {o.description}" for n, o in failed.items()),
+    )
     if failed:
         record_lifecycle_event(config, connection, as_of, CANDIDATE_REJECTED, log)
     return StepResult(
@@ -135,13 +162,21 @@ def evaluate_candidate(
         _set_candidate_status(connection, candidate.version, APPROVED, "no champion to beat")
         return StepResult(metadata={"decision": APPROVED, **verdict, "reasons": "no champion to beat"})
     first = as_of - dt.timedelta(days=config.lifecycle.training_window_days)
-    _, holdout = split_holdout(labeled_history(connection, config.contract, first, as_of, include_review=False), gate_config.holdout_days)
+    _, holdout = split_holdout(
+        labeled_history(connection, config.contract, first, as_of, include_review=False), gate_config.holdout_days
+    )
     champion_scores, champion_seconds = _timed_scores(champion, holdout)
     candidate_scores, candidate_seconds = _timed_scores(candidate, holdout)
     threshold = champion.card.decision.threshold  # the decisions actually served, not the config's (issue #9.7)
     result = gates.never_worse_gate(
-        holdout, config.contract.target, champion_scores, candidate_scores, threshold,
-        config.monitoring.performance.business_value, candidate_seconds / max(champion_seconds, 1e-9), gate_config,
+        holdout,
+        config.contract.target,
+        champion_scores,
+        candidate_scores,
+        threshold,
+        config.monitoring.performance.business_value,
+        candidate_seconds / max(champion_seconds, 1e-9),
+        gate_config,
     )
     decision = APPROVED if result.passed else REJECTED
     reasons = "; ".join(result.reasons) or "never worse than the champion on every rule"
@@ -180,7 +215,10 @@ class RegistryChange:
 
 
 def apply_registry_change(
-    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, change: RegistryChange, effective: dt.date,
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    change: RegistryChange,
+    effective: dt.date,
     log: logging.Logger = _LOG,
 ) -> StepResult:
     """Carry out ``change`` on the alias log from night ``effective`` on.
@@ -213,12 +251,22 @@ def apply_registry_change(
     if change.action in ("reject_challenger", "rollback_champion"):
         record_lifecycle_event(config, connection, effective - dt.timedelta(days=1), ROLLBACKS, log)
     return StepResult(
-        metadata={"action": change.action, "version": change.version, "change": summary, "actor": actor, "effective_from": effective.isoformat()}
+        metadata={
+            "action": change.action,
+            "version": change.version,
+            "change": summary,
+            "actor": actor,
+            "effective_from": effective.isoformat(),
+        }
     )
 
 
 def record_lifecycle_event(
-    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, metric: str, log: logging.Logger = _LOG
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    metric: str,
+    log: logging.Logger = _LOG,
 ) -> None:
     """Count one lifecycle event (``metric``) on ``night`` and send that night's alerts at once (a rollback must not
     wait for the next night's alert step)."""
@@ -227,7 +275,9 @@ def record_lifecycle_event(
     raise_alerts(connection, config.monitoring.alerts, night, log)
 
 
-def latest_candidate(connection: duckdb.DuckDBPyConnection, as_of: dt.date, statuses: tuple[str, ...] = (TRAINED,)) -> str | None:
+def latest_candidate(
+    connection: duckdb.DuckDBPyConnection, as_of: dt.date, statuses: tuple[str, ...] = (TRAINED,)
+) -> str | None:
     """The version of the latest candidate trained for ``as_of`` whose status is one of ``statuses``; None if none."""
     _ensure_candidates(connection)
     row = connection.execute(
@@ -246,13 +296,19 @@ def _ensure_candidates(connection: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def _record_candidate(connection: duckdb.DuckDBPyConnection, version: str | None, as_of: dt.date, trigger: str, status: str, reasons: str) -> None:
+def _record_candidate(
+    connection: duckdb.DuckDBPyConnection, version: str | None, as_of: dt.date, trigger: str, status: str, reasons: str
+) -> None:
     _ensure_candidates(connection)
-    connection.execute(f"insert into {CANDIDATES} values (?, ?, ?, ?, ?, now())", [version, as_of, trigger, status, reasons])
+    connection.execute(
+        f"insert into {CANDIDATES} values (?, ?, ?, ?, ?, now())", [version, as_of, trigger, status, reasons]
+    )
 
 
 def _candidate_trigger(connection: duckdb.DuckDBPyConnection, version: str) -> str:
-    row = connection.execute(f"select trigger from {CANDIDATES} where version = ? order by recorded_at desc limit 1", [version]).fetchone()
+    row = connection.execute(
+        f"select trigger from {CANDIDATES} where version = ? order by recorded_at desc limit 1", [version]
+    ).fetchone()
     return row[0] if row else ""
 
 
@@ -306,7 +362,11 @@ class Evaluation:
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> Evaluation:
         as_of = metadata.get("as_of")
-        return cls(str(metadata.get("decision", "none")), metadata.get("version"), dt.date.fromisoformat(as_of) if as_of else None)
+        return cls(
+            str(metadata.get("decision", "none")),
+            metadata.get("version"),
+            dt.date.fromisoformat(as_of) if as_of else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -335,7 +395,9 @@ class RetrainDecision:
     trigger: str = ""
 
 
-def decide_retrain(state: LifecycleState, night: dt.date, policy: LifecycleConfig, schedule: str | None = None) -> RetrainDecision:
+def decide_retrain(
+    state: LifecycleState, night: dt.date, policy: LifecycleConfig, schedule: str | None = None
+) -> RetrainDecision:
     """The retrain policy for ``night``; ``schedule`` names a scheduled retrain (e.g. the monthly one) as a trigger.
 
     Triggers: an open alert of a ``retrain_on_alert_categories`` category, a drift alert open for at least
@@ -351,23 +413,35 @@ def decide_retrain(state: LifecycleState, night: dt.date, policy: LifecycleConfi
     if schedule:
         triggers.append(schedule)
     if not triggers:
-        return RetrainDecision(False, "no retrain-triggering alert is open" + _drift_progress(state.open_alerts, night, policy))
+        return RetrainDecision(
+            False, "no retrain-triggering alert is open" + _drift_progress(state.open_alerts, night, policy)
+        )
     trigger = ", ".join(triggers)
     last = state.last_retrain_night
     if last is not None and last >= night:
-        return RetrainDecision(False, f"a retrain already looked back from {last} (one candidate per night); triggered by {trigger}", trigger)
+        return RetrainDecision(
+            False,
+            f"a retrain already looked back from {last} (one candidate per night); triggered by {trigger}",
+            trigger,
+        )
     if state.challenger is not None:
         return RetrainDecision(False, f"a rollout of {state.challenger} is under way; triggered by {trigger}", trigger)
     evaluation = state.latest_evaluation
-    if evaluation is not None and evaluation.decision == APPROVED and evaluation.as_of is not None and (
-        state.latest_scored_night is None or state.latest_scored_night <= evaluation.as_of
+    if (
+        evaluation is not None
+        and evaluation.decision == APPROVED
+        and evaluation.as_of is not None
+        and (state.latest_scored_night is None or state.latest_scored_night <= evaluation.as_of)
     ):
-        return RetrainDecision(False, f"candidate {evaluation.version} was approved on {evaluation.as_of} and is about to shadow", trigger)
+        return RetrainDecision(
+            False, f"candidate {evaluation.version} was approved on {evaluation.as_of} and is about to shadow", trigger
+        )
     cooldown, trained = policy.retrain.cooldown_nights, state.last_candidate_night
     if trained is not None and (night - trained).days < cooldown:
         resume = trained + dt.timedelta(days=cooldown)
         return RetrainDecision(
-            False, f"cooldown: the last candidate was trained looking back from {trained}; the next may from {resume} "
+            False,
+            f"cooldown: the last candidate was trained looking back from {trained}; the next may from {resume} "
             f"({cooldown} nights); triggered by {trigger}",
             trigger,
         )
@@ -381,7 +455,9 @@ def _triggers(open_alerts: tuple[OpenAlert, ...], night: dt.date, policy: Lifecy
         found += [
             f"drift alert {a.alert_id} open for {_open_nights(a, night)} nights"
             for a in open_alerts
-            if a.category == "drift" and "drift" not in categories and _open_nights(a, night) >= policy.retrain.drift_persistence_nights
+            if a.category == "drift"
+            and "drift" not in categories
+            and _open_nights(a, night) >= policy.retrain.drift_persistence_nights
         ]
     return found
 
@@ -418,7 +494,12 @@ def decide_shadow_start(evaluation: Evaluation) -> RegistryRequest | str:
     nothing starts (a sentence)."""
     if evaluation.decision != APPROVED or not evaluation.version or evaluation.as_of is None:
         return f"latest evaluation: {evaluation.decision}"
-    change = RegistryChange("start_shadow", evaluation.version, reason=f"approved by the never-worse gate on {evaluation.as_of}", actor="sensor")
+    change = RegistryChange(
+        "start_shadow",
+        evaluation.version,
+        reason=f"approved by the never-worse gate on {evaluation.as_of}",
+        actor="sensor",
+    )
     return RegistryRequest(change, evaluation.as_of + dt.timedelta(days=1))
 
 
@@ -431,7 +512,9 @@ def rollout_request(shadow: dict[str, Any]) -> RegistryRequest | str:
         return f"rollout: {action}" + (f" ({shadow['rollout_reason']})" if shadow.get("rollout_reason") else "")
     effective, reason = dt.date.fromisoformat(str(night)) + dt.timedelta(days=1), str(shadow.get("rollout_reason", ""))
     if action == "advance":
-        return RegistryRequest(RegistryChange("advance", version, str(shadow["rollout_next_stage"]), reason, "sensor"), effective)
+        return RegistryRequest(
+            RegistryChange("advance", version, str(shadow["rollout_next_stage"]), reason, "sensor"), effective
+        )
     if action == "promote":
         return RegistryRequest(RegistryChange("promote", version, reason=reason, actor="sensor"), effective)
     if action == "rollback":

@@ -51,7 +51,8 @@ def labels_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, n
     """
     totals: dict[str, int] = {}
     files = [
-        path for path in labels.label_files(config.labels_path, night)
+        path
+        for path in labels.label_files(config.labels_path, night)
         if labels.arrival_date(path) > night - dt.timedelta(days=LABEL_LOOKBACK_NIGHTS)
     ]
     for path in files:
@@ -61,7 +62,9 @@ def labels_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, n
             f"select distinct entity_id, partition_date from {NIGHTLY_SCHEMA}.outcomes where entity_id in (select unnest($ids))",
             {"ids": ids},
         ).pl()
-        batch = labels.reconcile_labels(incoming, answered, labels.stored_labels(connection, ids), labels.arrival_date(path))
+        batch = labels.reconcile_labels(
+            incoming, answered, labels.stored_labels(connection, ids), labels.arrival_date(path)
+        )
         labels.store_label_batch(connection, batch)
         for name, count in batch.summary().items():
             totals[name] = totals.get(name, 0) + count
@@ -80,7 +83,9 @@ def labels_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, n
 # -------------------------------------------------------------------------------------------------- performance
 
 
-def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, *, plots: bool = True) -> StepResult:
+def performance_night(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, *, plots: bool = True
+) -> StepResult:
     """Realized metrics per scoring night and model version, tonight's CBPE estimate, and the `performance.*` metrics.
 
     ``monitoring.performance_realized`` covers every night (re-running an old night must not drop later ones) and
@@ -111,8 +116,11 @@ def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnecti
     pooled = performance.pooled_realized_auc(window, REALIZED_WINDOW_NIGHTS, settings.min_labeled_rows)
     metrics["performance.realized_auc_window"] = pooled["auc"] if pooled else None
     trust = performance.estimate_trust(
-        _serving_labeled(window, champion.version if champion else None), calibration,
-        champion.card.holdout_metrics if champion else None, estimate_row, settings,
+        _serving_labeled(window, champion.version if champion else None),
+        calibration,
+        champion.card.holdout_metrics if champion else None,
+        estimate_row,
+        settings,
     )
     metrics |= {
         metric_names.ESTIMATE_TRUSTED: 1.0 if trust.trusted else 0.0,
@@ -120,7 +128,9 @@ def performance_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnecti
         "performance.estimate_positive_rate_gap": trust.positive_rate_gap,
     }
     # an estimate that did not match reality must not page anyone nor judge a model: its drop is not recorded
-    metrics["performance.estimated_auc_drop"] = _drop(expected_auc, metrics.get("performance.estimated_auc")) if trust.trusted else None
+    metrics["performance.estimated_auc_drop"] = (
+        _drop(expected_auc, metrics.get("performance.estimated_auc")) if trust.trusted else None
+    )
     metrics["performance.realized_auc_drop"] = _drop(reference_auc, pooled["auc"] if pooled else None)
     metrics_store.record_metrics(connection, night, metrics, champion.version if champion else None)
     plot = _plot(config.path(Path(REPORTS_FOLDER)), night, realized, estimated) if plots else None
@@ -147,11 +157,15 @@ def _labeled_window(connection: duckdb.DuckDBPyConnection, night: dt.date, reali
     """``scored_with_labels`` (labels arrived by ``night``) of the scoring nights the calibration check and the
     pooled realized AUC read: the model's labeled nights within CALIBRATION_WINDOW_NIGHTS of the latest one, and its
     latest REALIZED_WINDOW_NIGHTS labeled nights."""
-    labeled = realized.filter((pl.col("source") == "model") & (pl.col("labeled_rows") > 0))["partition_date"].unique().sort()
+    labeled = (
+        realized.filter((pl.col("source") == "model") & (pl.col("labeled_rows") > 0))["partition_date"].unique().sort()
+    )
     if labeled.is_empty():
         return performance.scored_with_labels_of(connection, [], night)
     recent = labeled.filter(labeled > labeled.max() - dt.timedelta(days=CALIBRATION_WINDOW_NIGHTS))
-    return performance.scored_with_labels_of(connection, sorted({*recent, *labeled.tail(REALIZED_WINDOW_NIGHTS)}), night)
+    return performance.scored_with_labels_of(
+        connection, sorted({*recent, *labeled.tail(REALIZED_WINDOW_NIGHTS)}), night
+    )
 
 
 def _serving_labeled(window: pl.DataFrame, version: str | None) -> pl.DataFrame:
@@ -159,7 +173,9 @@ def _serving_labeled(window: pl.DataFrame, version: str | None) -> pl.DataFrame:
     without a serving model)."""
     if version is None:
         return window.clear()
-    rows = window.filter((pl.col("source") == "model") & (pl.col("model_version") == version) & pl.col("label").is_not_null())
+    rows = window.filter(
+        (pl.col("source") == "model") & (pl.col("model_version") == version) & pl.col("label").is_not_null()
+    )
     nights = rows["partition_date"].unique().sort().tail(REALIZED_WINDOW_NIGHTS)
     return rows.filter(pl.col("partition_date").is_in(nights.implode()))
 
@@ -169,8 +185,12 @@ def _calibration(window: pl.DataFrame, max_error: float) -> performance.Calibrat
     joined = window.filter((pl.col("source") == "model") & pl.col("label").is_not_null())
     if joined.height == 0:
         return None
-    recent = joined.filter(pl.col("partition_date") > joined["partition_date"].max() - dt.timedelta(days=CALIBRATION_WINDOW_NIGHTS))
-    return performance.calibration_check(recent["score"].to_numpy(), recent["label"].to_numpy(), max_calibration_error=max_error)
+    recent = joined.filter(
+        pl.col("partition_date") > joined["partition_date"].max() - dt.timedelta(days=CALIBRATION_WINDOW_NIGHTS)
+    )
+    return performance.calibration_check(
+        recent["score"].to_numpy(), recent["label"].to_numpy(), max_calibration_error=max_error
+    )
 
 
 def _drop(reference: float | None, value: float | None) -> float | None:
@@ -180,10 +200,21 @@ def _drop(reference: float | None, value: float | None) -> float | None:
 def _trustworthy(trust: performance.EstimateTrust) -> CheckOutcome:
     return CheckOutcome(
         trust.trusted,
-        ("estimated performance is trusted: " if trust.trusted else "estimated performance is NOT trusted — trust realized figures: ")
+        (
+            "estimated performance is trusted: "
+            if trust.trusted
+            else "estimated performance is NOT trusted — trust realized figures: "
+        )
         + trust.reason,
         "WARN",
-        {"evidence": trust.evidence, **{k: v for k, v in (("auc_gap", trust.auc_gap), ("positive_rate_gap", trust.positive_rate_gap)) if v is not None}},
+        {
+            "evidence": trust.evidence,
+            **{
+                k: v
+                for k, v in (("auc_gap", trust.auc_gap), ("positive_rate_gap", trust.positive_rate_gap))
+                if v is not None
+            },
+        },
     )
 
 
@@ -195,7 +226,9 @@ def _holds(metrics: dict[str, float | None], reference: float | None) -> CheckOu
     limit = PERFORMANCE_HOLD_TOLERANCE
     return CheckOutcome(
         max(known.values()) <= limit,
-        "; ".join(f"{name} AUC {-drop:+.3f} against the champion's holdout (limit −{limit})" for name, drop in known.items()),
+        "; ".join(
+            f"{name} AUC {-drop:+.3f} against the champion's holdout (limit −{limit})" for name, drop in known.items()
+        ),
         "ERROR",
         {name + "_auc_drop": drop for name, drop in known.items()},
     )
@@ -205,7 +238,9 @@ def _plot(folder: Path, night: dt.date, realized: pl.DataFrame, estimated: pl.Da
     if estimated.height == 0:
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    return performance.plot_performance(performance.performance_table(realized, estimated), folder / f"performance-{night}.png")
+    return performance.plot_performance(
+        performance.performance_table(realized, estimated), folder / f"performance-{night}.png"
+    )
 
 
 # -------------------------------------------------------------------------------------------------------- drift
@@ -242,14 +277,20 @@ def drift_night(
     if reference.sample_problem:
         _LOG.warning(f"multivariate drift skipped: {reference.sample_problem}")
     sample = reference.sample
-    result = drift.measure_drift(reference.profile, rows, scores, reference.features, sample, settings.domain_classifier_rows)
+    result = drift.measure_drift(
+        reference.profile, rows, scores, reference.features, sample, settings.domain_classifier_rows
+    )
     folder = config.path(Path(REPORTS_FOLDER))
     plot = result.plot(folder / f"drift-{night}.png") if plots else None
     report = None
     if settings.evidently_report and sample is not None and rows.height:
-        from nightkeeper.drift_report import write_evidently_report  # evidently takes seconds to import: only when asked
+        from nightkeeper.drift_report import (
+            write_evidently_report,
+        )  # evidently takes seconds to import: only when asked
 
-        report = write_evidently_report(sample, rows, reference.features, folder / f"drift-{night}.html", settings.report_sample_rows, seed=0)
+        report = write_evidently_report(
+            sample, rows, reference.features, folder / f"drift-{night}.html", settings.report_sample_rows, seed=0
+        )
     # the details (which features and levels moved) travel with the metrics into the alert messages
     metrics_store.record_metrics(connection, night, result.metrics(), reference.version, details=result.details())
     drifted = result.drifted_features()
@@ -268,22 +309,29 @@ def drift_night(
             "drifted_features": ", ".join(drifted) or "none",
             "multivariate_auc": result.multivariate_auc,
             "prediction_psi": result.prediction.get("score_psi"),
-            "by_feature": result.features.select("feature", "psi", "threshold", "drifted", "missing_rate_change").head(50),
+            "by_feature": result.features.select("feature", "psi", "threshold", "drifted", "missing_rate_change").head(
+                50
+            ),
             "plot": plot if plot else "not rendered",
             "evidently_report": report if report else "not rendered",
         },
         checks={
             "features_stable": CheckOutcome(
-                not drifted, f"drifted: {', '.join(drifted)}" if drifted else "every feature within its fitted threshold", "WARN",
+                not drifted,
+                f"drifted: {', '.join(drifted)}" if drifted else "every feature within its fitted threshold",
+                "WARN",
                 {"drifted_share": result.drifted_share},
             ),
             "predictions_stable": CheckOutcome(
                 not result.prediction.get("score_drifted"),
-                f"score PSI {score_psi:.3f} vs threshold {result.prediction.get('score_threshold', float('nan')):.3f}", "WARN",
+                f"score PSI {score_psi:.3f} vs threshold {result.prediction.get('score_threshold', float('nan')):.3f}",
+                "WARN",
             ),
             "population_indistinct": CheckOutcome(
                 auc is None or auc <= settings.max_domain_auc,
-                "no reference sample or too few rows" if auc is None else f"domain classifier AUC {auc:.3f} (limit {settings.max_domain_auc})",
+                "no reference sample or too few rows"
+                if auc is None
+                else f"domain classifier AUC {auc:.3f} (limit {settings.max_domain_auc})",
                 "WARN",
             ),
         },
@@ -300,7 +348,9 @@ def alerts_night(
     are recorded as 0 first, which resolves their alerts. Metadata ``open_alert_categories`` (alert_id, category and
     opened_night of every open alert) is what the retrain sensor reads."""
     recorded = metrics_store.metrics_on(connection, night)
-    metrics_store.record_metrics(connection, night, {m: 0.0 for m in metric_names.LIFECYCLE_EVENTS if m not in recorded}, None)
+    metrics_store.record_metrics(
+        connection, night, {m: 0.0 for m in metric_names.LIFECYCLE_EVENTS if m not in recorded}, None
+    )
     events, delivery = raise_alerts(connection, config.monitoring.alerts, night, log)
     still_open = alerts.open_alerts(connection)
     opened = [e for e in events if e["event"] == "opened"]
@@ -310,7 +360,8 @@ def alerts_night(
             "resolved": sum(e["event"] == "resolved" for e in events),
             "open_now": still_open.height,
             "opened_alerts": [
-                {"alert_id": e["alert_id"], "rule": e["rule"], "category": e["category"], "severity": e["severity"]} for e in opened
+                {"alert_id": e["alert_id"], "rule": e["rule"], "category": e["category"], "severity": e["severity"]}
+                for e in opened
             ],
             "open_alerts": still_open.select("alert_id", "category", "severity", "opened_night", "message").head(20),
             "open_alert_categories": [
@@ -338,8 +389,10 @@ def raise_alerts(
     """
     events = alerts.run_alerts(connection, settings.rules, night)
     for event in events:
-        level = log.info if event["event"] == "resolved" or event["severity"] == "info" else (
-            log.error if event["severity"] == "critical" else log.warning
+        level = (
+            log.info
+            if event["event"] == "resolved" or event["severity"] == "info"
+            else (log.error if event["severity"] == "critical" else log.warning)
         )
         level(event["message"])
     # posting waits until the caller has released the warehouse (webhook.deliver) or for the alert_outbox sensor
@@ -362,7 +415,9 @@ def review_queue_night(
     (``performance.card_thresholds``), the config's only for a version the registry does not know.
     """
     thresholds = performance.card_thresholds(connection, outcomes["model_version"].unique())
-    threshold = pl.col("model_version").replace_strict(thresholds, default=config.model.decision.threshold, return_dtype=pl.Float64)
+    threshold = pl.col("model_version").replace_strict(
+        thresholds, default=config.model.decision.threshold, return_dtype=pl.Float64
+    )
     queue = review.build_review_queue(outcomes, quarantine, threshold, config.review)
     review.store_queue(connection, night, queue)
     by_reason = queue.with_columns(pl.col("queue_reason").str.split(":").list.first()).group_by("queue_reason").len()

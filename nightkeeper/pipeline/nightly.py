@@ -20,17 +20,17 @@ from sklearn.metrics import roc_auc_score
 from nightkeeper import batch_checks, lifecycle, metric_names, metrics_store, registry
 from nightkeeper.artifacts import ModelUnavailable, load_verified
 from nightkeeper.batch_checks import CheckOutcome
-from nightkeeper.frames import conform
 from nightkeeper.config import BusinessValue, ProjectConfig
+from nightkeeper.frames import conform
 from nightkeeper.ingest import read_night
 from nightkeeper.labels import LABELS_TABLE
 from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
 from nightkeeper.performance import estimate_performance
 from nightkeeper.pipeline.step import StepResult
-from nightkeeper.routing import in_canary
-from nightkeeper.serving import serving_decision, serving_model
 from nightkeeper.reasons import REASON_CODES_SCHEMA, reason_codes
+from nightkeeper.routing import in_canary
 from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored
+from nightkeeper.serving import serving_decision, serving_model
 from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, quarantine_summary, validate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA
 
@@ -52,12 +52,16 @@ def ingest_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, n
         batch.frame.height, history, config.checks.volume_tolerance, config.checks.volume_min_history_nights
     )
     unique = batch_checks.entity_ids_unique(batch.frame)
-    record_night_metrics(connection, night, {
-        "validation.rows": batch.frame.height,
-        "validation.schema_problems": schema.metadata.get("problems", 1),
-        "validation.volume_deviation": volume.metadata.get("deviation"),
-        "validation.duplicate_ids": unique.metadata["duplicated_ids"],
-    })
+    record_night_metrics(
+        connection,
+        night,
+        {
+            "validation.rows": batch.frame.height,
+            "validation.schema_problems": schema.metadata.get("problems", 1),
+            "validation.volume_deviation": volume.metadata.get("deviation"),
+            "validation.duplicate_ids": unique.metadata["duplicated_ids"],
+        },
+    )
     return StepResult(
         tables={"raw_batch": batch.frame},
         metadata={
@@ -86,14 +90,22 @@ def validate_night(
     reference = champion.card.missing_rates if champion else {}  # no usable champion: every empty value counts as new
     nulls = batch_checks.null_rates_stable(result.null_rates, reference, config.checks.null_rate_spike)
     quarantine_rate = quarantined / rows if rows else 0.0
-    record_night_metrics(connection, night, {
-        "validation.quarantine_rate": quarantine_rate,
-        "validation.null_rate_spikes": nulls.metadata["spiking_features"],
-    })
+    record_night_metrics(
+        connection,
+        night,
+        {
+            "validation.quarantine_rate": quarantine_rate,
+            "validation.null_rate_spikes": nulls.metadata["spiking_features"],
+        },
+    )
     return StepResult(
         tables={"validated_batch": result.valid, "quarantine": result.quarantine},
         metadata={
-            "validated_batch": {"rows": result.valid.height, "rows_in": rows, "preview": result.valid.head(PREVIEW_ROWS)},
+            "validated_batch": {
+                "rows": result.valid.height,
+                "rows_in": rows,
+                "preview": result.valid.head(PREVIEW_ROWS),
+            },
             "quarantine": {
                 "quarantined_rows": quarantined,
                 "quarantine_rate": quarantine_rate,
@@ -123,15 +135,22 @@ def score_night(
         try:
             booster = load_verified(champion.record)
             card = champion.record.card
-            result = score_batch(validated_batch, booster, card, config.model.chunk_rows, config.model.time_budget_seconds)
+            result = score_batch(
+                validated_batch, booster, card, config.model.chunk_rows, config.model.time_budget_seconds
+            )
             frame, error = result.frame, result.error
         except ModelUnavailable as exc:
             frame, error = unscored(validated_batch, version, str(exc)), str(exc)
     latency = latency_percentiles(frame)
-    record_night_metrics(connection, night, {
-        "scoring.model_failed": 1.0 if error else 0.0,
-        "scoring.latency_p95_ms": latency["p95_ms"],
-    }, version)
+    record_night_metrics(
+        connection,
+        night,
+        {
+            "scoring.model_failed": 1.0 if error else 0.0,
+            "scoring.latency_p95_ms": latency["p95_ms"],
+        },
+        version,
+    )
     return StepResult(
         tables={"scored_batch": frame},
         metadata={
@@ -181,24 +200,33 @@ def shadow_night(
     rollout = config.lifecycle.rollout
     realized = realized_rollout_auc(connection, challenger.version, night, rollout.min_labeled_rows)
     health = rollout_health(
-        night, frame, scored_batch, serving_decision(config, connection, night).threshold, realized,
+        night,
+        frame,
+        scored_batch,
+        serving_decision(config, connection, night).threshold,
+        realized,
         estimate_trusted(connection, night),
     )
     earlier_healthy = history.filter((pl.col("night") >= challenger.effective_from) & (pl.col("value") == 1.0)).height
     failures = health.failures(rollout)
     healthy = not failures
     decision = lifecycle.decide_rollout(challenger.stage, earlier_healthy + healthy, health, rollout)
-    record_night_metrics(connection, night, {
-        "rollout.healthy": float(healthy),
-        "rollout.error_rate": health.error_rate,
-        "rollout.fallback_rate_increase": health.fallback_rate_increase,
-        "rollout.agreement": health.agreement,
-        "rollout.estimated_auc_drop": health.estimated_auc_drop,
-        "rollout.estimate_trusted": float(health.estimate_trusted),
-        "rollout.realized_auc_drop": health.realized_auc_drop,
-        "rollout.labeled_rows": health.labeled_rows,
-        "rollout.canary_percent": percent,
-    }, challenger.version)
+    record_night_metrics(
+        connection,
+        night,
+        {
+            "rollout.healthy": float(healthy),
+            "rollout.error_rate": health.error_rate,
+            "rollout.fallback_rate_increase": health.fallback_rate_increase,
+            "rollout.agreement": health.agreement,
+            "rollout.estimated_auc_drop": health.estimated_auc_drop,
+            "rollout.estimate_trusted": float(health.estimate_trusted),
+            "rollout.realized_auc_drop": health.realized_auc_drop,
+            "rollout.labeled_rows": health.labeled_rows,
+            "rollout.canary_percent": percent,
+        },
+        challenger.version,
+    )
     return StepResult(
         tables={"shadow_scores": frame},
         metadata={
@@ -221,9 +249,13 @@ def shadow_night(
             "rollout_next_stage": decision.next_stage or "",
             "rollout_reason": decision.reason,
         },
-        checks={"challenger_healthy": CheckOutcome(
-            healthy, "; ".join(failures) or f"{challenger.stage}: healthy ({decision.reason})", "ERROR",
-        )},
+        checks={
+            "challenger_healthy": CheckOutcome(
+                healthy,
+                "; ".join(failures) or f"{challenger.stage}: healthy ({decision.reason})",
+                "ERROR",
+            )
+        },
     )
 
 
@@ -242,22 +274,35 @@ def answer_night(
     fallback = Fallback(champion.card.fallback, champion.version) if champion else Fallback(None, None)
     canary = shadow_scores.filter(pl.col("in_canary")).drop("in_canary") if shadow_scores.height else None
     frame = assemble_outcomes(
-        raw_batch, quarantine, scored_batch, fallback, config.contract, serving_decision(config, connection, night),
-        config.fallback.answer_quarantined, canary,
+        raw_batch,
+        quarantine,
+        scored_batch,
+        fallback,
+        config.contract,
+        serving_decision(config, connection, night),
+        config.fallback.answer_quarantined,
+        canary,
     )
     counts = outcome_summary(frame)
     total = frame.height
     not_model = frame.filter(~pl.col("source").is_in(["model", "canary"]))
     reasons = (
         not_model.with_columns(pl.col("reason").str.split(";").list.first().str.replace(r":.*$", ""))
-        .group_by("source", "reason").len().sort("len", descending=True)
+        .group_by("source", "reason")
+        .len()
+        .sort("len", descending=True)
     )
     version = champion.version if champion else None
-    record_night_metrics(connection, night, {
-        "outcomes.rows": total,
-        "outcomes.fallback_rate": counts["fallback"] / total if total else 0.0,
-        "outcomes.undecided_rate": counts["quarantine"] / total if total else 0.0,
-    }, version)
+    record_night_metrics(
+        connection,
+        night,
+        {
+            "outcomes.rows": total,
+            "outcomes.fallback_rate": counts["fallback"] / total if total else 0.0,
+            "outcomes.undecided_rate": counts["quarantine"] / total if total else 0.0,
+        },
+        version,
+    )
     return StepResult(
         tables={"outcomes": frame},
         metadata={
@@ -270,7 +315,11 @@ def answer_night(
             "model_version": version or "none",
             "preview": frame.head(PREVIEW_ROWS),
         },
-        checks={"fallback_rate_within_limit": batch_checks.fallback_rate_within_limit(counts, config.checks.max_fallback_rate)},
+        checks={
+            "fallback_rate_within_limit": batch_checks.fallback_rate_within_limit(
+                counts, config.checks.max_fallback_rate
+            )
+        },
     )
 
 
@@ -309,7 +358,11 @@ def explain_night(
         rows = due.select(ROW_KEY).join(validated_batch, on=ROW_KEY, how="left", maintain_order="left")
         reasons = reason_codes(rows, booster, record.card.features, top_k=config.model.reason_code_count)
         parts.append(pl.concat([due, reasons.select("reason_codes", "reason_text")], how="horizontal"))
-    frame = conform(pl.concat(parts), REASON_CODES_SCHEMA).sort(ROW_KEY) if parts else pl.DataFrame(schema=REASON_CODES_SCHEMA)
+    frame = (
+        conform(pl.concat(parts), REASON_CODES_SCHEMA).sort(ROW_KEY)
+        if parts
+        else pl.DataFrame(schema=REASON_CODES_SCHEMA)
+    )
     return StepResult(
         tables={"reason_codes": frame},
         metadata={
@@ -325,7 +378,9 @@ def explain_night(
 
 def outcomes_conserve_rows(connection: duckdb.DuckDBPyConnection) -> CheckOutcome:
     """Across all stored nights, every raw row has exactly one outcome row (none missing, none extra)."""
-    if not (_table_exists(connection, NIGHTLY_SCHEMA, "raw_batch") and _table_exists(connection, NIGHTLY_SCHEMA, "outcomes")):
+    if not (
+        _table_exists(connection, NIGHTLY_SCHEMA, "raw_batch") and _table_exists(connection, NIGHTLY_SCHEMA, "outcomes")
+    ):
         return batch_checks.rows_conserved([])
     nights = connection.execute(
         f"""with raw as (select partition_date, count(*) as rows_in from {NIGHTLY_SCHEMA}.raw_batch group by all),
@@ -353,16 +408,19 @@ class RealizedAuc:
         return None if self.challenger is None or self.champion is None else self.champion - self.challenger
 
 
-def realized_rollout_auc(connection: duckdb.DuckDBPyConnection, version: str, night: dt.date, min_rows: int) -> RealizedAuc:
+def realized_rollout_auc(
+    connection: duckdb.DuckDBPyConnection, version: str, night: dt.date, min_rows: int
+) -> RealizedAuc:
     """The challenger ``version`` against the champion on every stored row both scored, of the nights before ``night``
     that the challenger scored (its rollout), whose label had arrived by ``night``.
 
     Paired on the same rows, so a night's mix or base rate cannot favour either. AUCs are None below ``min_rows``
     labeled rows or while only one class has landed.
     """
-    if not all(_table_exists(connection, *table.split(".")) for table in (
-        f"{NIGHTLY_SCHEMA}.shadow_scores", f"{NIGHTLY_SCHEMA}.scored_batch", LABELS_TABLE
-    )):
+    if not all(
+        _table_exists(connection, *table.split("."))
+        for table in (f"{NIGHTLY_SCHEMA}.shadow_scores", f"{NIGHTLY_SCHEMA}.scored_batch", LABELS_TABLE)
+    ):
         return RealizedAuc(0, None, None)
     labeled = connection.execute(
         f"""select s.score as challenger, c.score as champion, l.label
@@ -378,7 +436,9 @@ def realized_rollout_auc(connection: duckdb.DuckDBPyConnection, version: str, ni
         return RealizedAuc(rows, None, None)
     labels = labeled["label"].to_numpy()
     return RealizedAuc(
-        rows, float(roc_auc_score(labels, labeled["challenger"].to_numpy())), float(roc_auc_score(labels, labeled["champion"].to_numpy()))
+        rows,
+        float(roc_auc_score(labels, labeled["challenger"].to_numpy())),
+        float(roc_auc_score(labels, labeled["champion"].to_numpy())),
     )
 
 
@@ -408,15 +468,23 @@ def rollout_health(
     """
     rows = challenger.height
     errors = int(challenger["model_error"].is_not_null().sum()) if rows else 0
-    champion_errors = int(champion.join(challenger.select(ROW_KEY), on=ROW_KEY, how="semi")["model_error"].is_not_null().sum())
+    champion_errors = int(
+        champion.join(challenger.select(ROW_KEY), on=ROW_KEY, how="semi")["model_error"].is_not_null().sum()
+    )
     both = challenger.join(champion, on=ROW_KEY, suffix="_champion").filter(
         pl.col("model_error").is_null() & pl.col("model_error_champion").is_null()
     )
-    agreement = float((both["decision"] == both["decision_champion"]).mean()) if both.height else (1.0 if not rows else 0.0)
-    estimated = {
-        side: estimate_performance(both[column].to_numpy(), threshold, BusinessValue())["auc"]
-        for side, column in (("challenger", "score"), ("champion", "score_champion"))
-    } if both.height else {}
+    agreement = (
+        float((both["decision"] == both["decision_champion"]).mean()) if both.height else (1.0 if not rows else 0.0)
+    )
+    estimated = (
+        {
+            side: estimate_performance(both[column].to_numpy(), threshold, BusinessValue())["auc"]
+            for side, column in (("challenger", "score"), ("champion", "score_champion"))
+        }
+        if both.height
+        else {}
+    )
     drop = (
         estimated["champion"] - estimated["challenger"]
         if estimated.get("champion") is not None and estimated.get("challenger") is not None
@@ -425,16 +493,27 @@ def rollout_health(
     error_rate = errors / rows if rows else 0.0
     fallback_rate_increase = (errors - champion_errors) / rows if rows else 0.0
     return lifecycle.NightHealth(
-        night, error_rate, agreement, fallback_rate_increase, drop,
-        estimate_trusted=trusted, realized_auc_drop=realized.drop, labeled_rows=realized.rows,
+        night,
+        error_rate,
+        agreement,
+        fallback_rate_increase,
+        drop,
+        estimate_trusted=trusted,
+        realized_auc_drop=realized.drop,
+        labeled_rows=realized.rows,
     )
 
 
 def record_night_metrics(
-    connection: duckdb.DuckDBPyConnection, night: dt.date, metrics: dict[str, float | int | None], version: str | None = None
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    metrics: dict[str, float | int | None],
+    version: str | None = None,
 ) -> None:
     """Store the night's figures in monitoring.night_metrics, where the alert rules read them."""
-    metrics_store.record_metrics(connection, night, {k: None if v is None else float(v) for k, v in metrics.items()}, version)
+    metrics_store.record_metrics(
+        connection, night, {k: None if v is None else float(v) for k, v in metrics.items()}, version
+    )
 
 
 def recent_row_counts(connection: duckdb.DuckDBPyConnection, night: dt.date, nights: int) -> list[int]:
@@ -451,9 +530,12 @@ def recent_row_counts(connection: duckdb.DuckDBPyConnection, night: dt.date, nig
 
 
 def _table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return connection.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
-    ).fetchone()[0] > 0
+    return (
+        connection.execute(
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
+        ).fetchone()[0]
+        > 0
+    )
 
 
 def _decision_counts(frame: pl.DataFrame) -> dict[str, int]:
