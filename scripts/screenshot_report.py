@@ -50,7 +50,9 @@ def find_chromium(explicit: str | None) -> str | None:
     return None if explicit else shutil.which("chromium")
 
 
-def screenshot(html: Path, png: Path, browser: str, width: int = 1400, height: int = 4000, timeout: float = 120.0) -> int:
+def screenshot(
+    html: Path, png: Path, browser: str, width: int = 1400, height: int = 4000, timeout: float = 120.0
+) -> int:
     """Write ``png``; returns the process status to exit with (0 ok, 1 failure), printing why it failed."""
     png.parent.mkdir(parents=True, exist_ok=True)
     if png.exists():
@@ -79,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=4000)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up on the browser")
-    parser.add_argument("--chromium", default=None, help=f"browser binary (default: $CHROMIUM, then {DEFAULT_CHROMIUM})")
+    parser.add_argument(
+        "--chromium", default=None, help=f"browser binary (default: $CHROMIUM, then {DEFAULT_CHROMIUM})"
+    )
     args = parser.parse_args(argv)
     if not args.html.is_file():
         print(f"no such HTML file: {args.html}", file=sys.stderr)
