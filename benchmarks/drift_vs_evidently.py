@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,8 @@ def main() -> None:
     result = None
     for run in range(args.runs):
         result, seconds, memory = peak_rise(
-            lambda: measure_drift(
-                profile, tonight, tonight_scores, features, sample, config.domain_classifier_rows, run
+            partial(
+                measure_drift, profile, tonight, tonight_scores, features, sample, config.domain_classifier_rows, run
             )
         )
         ours_seconds.append(seconds)

@@ -29,6 +29,7 @@ VmHWM from /proc/self/status, which is per address space and not inherited, as a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -133,7 +134,7 @@ class CpuMeter:
         end = self._sample()
         if self.start is None or end is None or end[0] <= self.start[0]:
             return None
-        wall, machine, own = (e - s for e, s in zip(end, self.start))
+        wall, machine, own = (e - s for e, s in zip(end, self.start, strict=True))
         return max(0.0, (machine - own) / (wall * self.nproc))
 
 
@@ -406,14 +407,12 @@ def machine(worker_versions: dict) -> dict:
             return "?"
 
     cpu = "?"
-    try:
+    with contextlib.suppress(OSError, StopIteration):  # no /proc (not Linux) or no model name in it
         cpu = next(
             line.split(":", 1)[1].strip()
             for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("model name")
         )
-    except (OSError, StopIteration):
-        pass
     memory = "?"
     try:
         kib = int(

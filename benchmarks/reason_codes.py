@@ -31,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,17 +196,17 @@ def main() -> None:
     measurements: list[dict[str, Any]] = []
     for threads in args.threads:
         predict_rate, predict_s, predict_cpu = median_rate(
-            len(predict_matrix), args.repeats, lambda: booster.predict(predict_matrix, num_threads=threads)
+            len(predict_matrix), args.repeats, partial(booster.predict, predict_matrix, num_threads=threads)
         )
         contrib_rate, contrib_s, contrib_cpu = median_rate(
             len(explain_matrix),
             args.repeats,
-            lambda: booster.predict(explain_matrix, pred_contrib=True, num_threads=threads),
+            partial(booster.predict, explain_matrix, pred_contrib=True, num_threads=threads),
         )
         reasons_rate, reasons_s, reasons_cpu = median_rate(
             explain_frame.height,
             args.repeats,
-            lambda: reason_codes(explain_frame, booster, features, num_threads=threads),
+            partial(reason_codes, explain_frame, booster, features, num_threads=threads),
         )
         ratio = predict_rate / contrib_rate
         shares = f"{predict_cpu:.2f}, {contrib_cpu:.2f}, {reasons_cpu:.2f}"

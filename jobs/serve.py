@@ -7,6 +7,7 @@ or code server outlives it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,10 +59,8 @@ def _stop(children: list[subprocess.Popen]) -> None:
         _signal_group(child.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_SECONDS
     for child in children:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
     # the group outlives its leader when a grandchild (a run worker, a code server) is still running
     for child in children:
         _signal_group(child.pid, signal.SIGKILL)
@@ -69,7 +68,5 @@ def _stop(children: list[subprocess.Popen]) -> None:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the group is already gone
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass

@@ -222,7 +222,7 @@ class _Replay:
         step("labels", monitoring_steps.labels_night)
         step("review_queue", monitoring_steps.review_queue_night, outcomes, quarantine)
         step("performance", monitoring_steps.performance_night, plots=False)
-        alerts = step("alerts", monitoring_steps.alerts_night)
+        step("alerts", monitoring_steps.alerts_night)
         clock = time.perf_counter()
         self._score_counterfactual(night, rows, scored)
         self._add_time("counterfactual", time.perf_counter() - clock)

@@ -344,7 +344,7 @@ def _alerts_plot(summary: dict[str, Any]):
     dates = _dates(summary["nights"]) or [dt.date.today()]
     last = dates[-1]
     figure, axes = new_figure(11, max(2.0, 0.35 * len(alerts) + 1))
-    for position, (alert_id, entry) in enumerate(alerts.items()):
+    for position, entry in enumerate(alerts.values()):
         opened = entry.get("opened", last)
         closed = entry.get("resolved", last + dt.timedelta(days=1))
         colour = (
@@ -373,9 +373,11 @@ def _estimate_plot(summary: dict[str, Any]):
     axes.plot(dates, _values(nights, "served_auc"), marker="o", markersize=3, label="realized (served, every label)")
     estimated = _values(nights, "estimated_auc")
     axes.plot(dates, estimated, linestyle="--", label="estimated (CBPE), that night")
-    untrusted = [(d, e) for d, e, n in zip(dates, estimated, nights) if n["estimate_trusted"] is False]
+    untrusted = [(d, e) for d, e, n in zip(dates, estimated, nights, strict=True) if n["estimate_trusted"] is False]
     if untrusted:
-        axes.scatter(*zip(*untrusted), marker="x", color="red", label="estimate marked untrusted", zorder=3)
+        axes.scatter(
+            *zip(*untrusted, strict=True), marker="x", color="red", label="estimate marked untrusted", zorder=3
+        )
     axes.set_ylabel("ROC AUC")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left", fontsize=8)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from difflib import get_close_matches
+from itertools import pairwise
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, get_args, get_origin
 
@@ -681,12 +682,7 @@ class RolloutConfig(_Strict):
     @field_validator("canary_percents")
     @classmethod
     def _increasing_to_100(cls, percents: list[int]) -> list[int]:
-        if (
-            not percents
-            or percents[-1] != 100
-            or any(b <= a for a, b in zip(percents, percents[1:]))
-            or percents[0] <= 0
-        ):
+        if not percents or percents[-1] != 100 or any(b <= a for a, b in pairwise(percents)) or percents[0] <= 0:
             raise ValueError("must be strictly increasing percentages ending at 100, e.g. [1, 5, 20, 100]")
         return percents
 

@@ -304,7 +304,7 @@ class DriftResult:
         axes = figure.add_subplot()
         axes.barh(y, shown, color=["#d62728" if d else "#7f7f7f" for d in drifted], height=0.7, label="PSI")
         axes.scatter(thresholds, y, marker="|", s=200, color="black", zorder=3, label="threshold")
-        for value, position in zip(psi, y):
+        for value, position in zip(psi, y, strict=True):
             if not np.isfinite(value):
                 axes.text(floor, position, " n/a", va="center", fontsize=8)
         axes.set_xscale("log")

@@ -33,7 +33,7 @@ class FallbackRule(BaseModel):
         if not self.segment_by or not self.rates:
             return pl.Series("score", [self.global_rate] * frame.height, dtype=pl.Float64)
         table = pl.DataFrame(
-            [dict(zip(self.segment_by, rate.segment), __rate=rate.rate) for rate in self.rates],
+            [dict(zip(self.segment_by, rate.segment, strict=True), __rate=rate.rate) for rate in self.rates],
             schema={**{name: frame.schema[name] for name in self.segment_by}, "__rate": pl.Float64},
         )
         joined = frame.select(self.segment_by).with_row_index("__order").join(table, on=self.segment_by, how="left")

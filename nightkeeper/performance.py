@@ -277,10 +277,10 @@ def estimated_performance(
     scored = outcomes.filter(pl.col("source").is_in(list(sources)) & pl.col("score").is_not_null())
     rows = []
     for key, group in scored.group_by(GROUP_KEY):
-        threshold = (thresholds or {}).get(dict(zip(GROUP_KEY, key))["model_version"], decision.threshold)
+        threshold = (thresholds or {}).get(dict(zip(GROUP_KEY, key, strict=True))["model_version"], decision.threshold)
         estimate = estimate_performance(group["score"].to_numpy(), threshold, value)
         metrics = {name: estimate[name] for name in ESTIMATED_SCHEMA if name not in (*GROUP_KEY, "rows")}
-        rows.append({**dict(zip(GROUP_KEY, key)), "rows": group.height, **metrics})
+        rows.append({**dict(zip(GROUP_KEY, key, strict=True)), "rows": group.height, **metrics})
     frame = pl.DataFrame(rows, schema=ESTIMATED_SCHEMA) if rows else pl.DataFrame(schema=ESTIMATED_SCHEMA)
     return frame.sort(GROUP_KEY)
 

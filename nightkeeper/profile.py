@@ -239,7 +239,7 @@ def sorted_numeric_values(frame: pl.DataFrame, names: list[str]) -> dict[str, np
     """The non-missing values of each numeric column, sorted ascending, as float64 arrays (columns in parallel)."""
     lazy = frame.lazy()
     queries = [lazy.select(numeric_values(name).drop_nulls().sort()) for name in names]
-    return {name: result.to_series().to_numpy() for name, result in zip(names, pl.collect_all(queries))}
+    return {name: result.to_series().to_numpy() for name, result in zip(names, pl.collect_all(queries), strict=True)}
 
 
 def category_codes(name: str, levels: list[str]) -> pl.Expr:
@@ -260,7 +260,7 @@ def category_counts(frame: pl.DataFrame, features: list[FeatureCard]) -> dict[st
         for f in features
     ]
     counts = {}
-    for feature, result in zip(features, pl.collect_all(queries)):
+    for feature, result in zip(features, pl.collect_all(queries), strict=True):
         size = len(feature.categories or []) + 1
         counts[feature.name] = np.bincount(result["code"].to_numpy(), weights=result["len"].to_numpy(), minlength=size)
     return counts

@@ -1293,7 +1293,7 @@ def html_table(frame: pl.DataFrame, max_rows: int = 30, formats: Mapping[str, st
     body = []
     for row in frame.head(max_rows).iter_rows():
         cells = []
-        for name, value in zip(frame.columns, row):
+        for name, value in zip(frame.columns, row, strict=True):
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 text = "–"
             elif name in formats:

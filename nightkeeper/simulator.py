@@ -491,10 +491,9 @@ def _draw_applicants(
     region_factor = np.array([1.0, 0.9, 0.95, 1.05, 1.15])[region]
     income = median_income * age_factor * region_factor * np.exp(income_sigma * rng.standard_normal(n))
     real_income = np.round(np.clip(income, 3_000, 5_000_000), 2)
-    if income_factor == 1.0:
-        income = real_income
-    else:
-        income = np.round(np.clip(real_income * income_factor, 3_000, 5_000_000), 2)
+    income = (
+        real_income if income_factor == 1.0 else np.round(np.clip(real_income * income_factor, 3_000, 5_000_000), 2)
+    )
     log_income = np.log(real_income / 40_000)  # credit history follows real, not nominal, income
 
     working_years = (age - 18) * rng.beta(1.5, 3.0, n)

@@ -126,7 +126,7 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
                 estimate_performance(scores, model_config.decision.threshold, BusinessValue())["auc"] or 0.0
             ),
         },
-        feature_importance_gain=dict(zip(names, map(float, booster.feature_importance("gain")))),
+        feature_importance_gain=dict(zip(names, map(float, booster.feature_importance("gain")), strict=True)),
         missing_rates={name: float(data[name].null_count() / data.height) for name in names},
         fallback=fit_fallback(train, contract.target, config.fallback.segment_by, config.fallback.min_segment_rows),
         profile=profile,

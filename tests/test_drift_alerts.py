@@ -94,7 +94,7 @@ def shifted(offset: int, rows: int = ROWS) -> pl.DataFrame:
 def rarest_level(profile: ReferenceProfile, feature: str) -> str:
     reference = profile.features[feature]
     assert isinstance(reference, CategoryProfile)
-    return min(zip(reference.frequencies, reference.levels))[1]
+    return min(zip(reference.frequencies, reference.levels, strict=True))[1]
 
 
 def test_a_sudden_shift_alerts_on_its_first_night_naming_the_features_and_levels(
@@ -137,9 +137,10 @@ def test_an_acknowledged_drift_stops_paging_while_it_lasts_and_pages_again_after
     conn: duckdb.DuckDBPyConnection, config: ProjectConfig, trained: TrainedModel
 ) -> None:
     card, rules = trained.card, drift_rules(config)
-    nightly = lambda offset, frame: run_drift_night(
-        conn, rules, trained.booster, card.profile, card.features, night(offset), frame
-    )  # noqa: E731
+
+    def nightly(offset: int, frame: pl.DataFrame) -> list[dict[str, Any]]:
+        return run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(offset), frame)
+
     opened = [e for e in nightly(0, shifted(0)) if e["event"] == "opened"]
     assert {e["rule"] for e in opened} >= {"feature-drift"}
     outbox_before = conn.execute("select count(*) from monitoring.alert_outbox").fetchone()[0]

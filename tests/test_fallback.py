@@ -37,7 +37,7 @@ def tonight() -> pl.DataFrame:
 
 
 def rate_of(rule: FallbackRule, segment: list[str]) -> float:
-    return rule.scores(pl.DataFrame([dict(zip(SEGMENTS, segment))]))[0]
+    return rule.scores(pl.DataFrame([dict(zip(SEGMENTS, segment, strict=True))]))[0]
 
 
 def test_global_rate_is_the_mean_target(rule: FallbackRule, core_history: pl.DataFrame) -> None:

@@ -180,7 +180,7 @@ def test_duplicate_id_within_a_file_keeps_the_first_row(
         read_label_file(path, core_config.contract), answered, pl.DataFrame(schema=LABELS_SCHEMA), ARRIVAL
     )
 
-    assert dict(zip(batch.accepted["entity_id"], batch.accepted["label"])) == {first_id: 1, other_id: 0}
+    assert dict(zip(batch.accepted["entity_id"], batch.accepted["label"], strict=True)) == {first_id: 1, other_id: 0}
     assert batch.rejected["row_number"].to_list() == [3, 4]
     assert all(reason.startswith("duplicate_in_batch: id already on row 1 of ") for reason in batch.rejected["reason"])
 

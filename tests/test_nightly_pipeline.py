@@ -90,7 +90,10 @@ def test_bad_data_night_quarantines_each_defect_and_still_answers_every_row(proj
         assert ids, defect
         found = rules_by_id.filter(pl.col("entity_id").is_in(ids))
         assert found.height == len(set(ids)), defect
-        assert all((column, rule) in zip(cols, rules) for rules, cols in zip(found["rule"], found["column"])), defect
+        assert all(
+            (column, rule) in zip(cols, rules, strict=True)
+            for rules, cols in zip(found["rule"], found["column"], strict=True)
+        ), defect
     null_ids = landed.defects.filter(pl.col("defect") == "null_required")["application_id"].to_list()
     assert (
         quarantine.filter(pl.col("entity_id").is_in(null_ids) & (pl.col("rule") == "required"))["column"]

@@ -47,7 +47,7 @@ def pipeline(
     rows exist) scored by a real LightGBM model, and the simulator's true labels as stored labels."""
     folder = tmp_path_factory.mktemp("performance")
     outcomes, labels = [], []
-    for night, scenario in zip(NIGHTS, (Scenario(), Scenario(bad_data=True))):
+    for night, scenario in zip(NIGHTS, (Scenario(), Scenario(bad_data=True)), strict=True):
         data = simulate_night(night, ROWS, SEED, scenario)
         path = folder / f"{night}.parquet"
         data.applications.write_parquet(path)

@@ -117,7 +117,7 @@ def test_profile_describes_numbers_and_categories(profile: ReferenceProfile, ref
     channel = profile.features["channel"]
     assert channel.kind == "category" and channel.levels == ["branch", "web", "mobile", "broker"]
     shares = reference["channel"].value_counts(normalize=True)
-    assert dict(zip(channel.levels, channel.frequencies)) == pytest.approx(dict(shares.iter_rows()))
+    assert dict(zip(channel.levels, channel.frequencies, strict=True)) == pytest.approx(dict(shares.iter_rows()))
     assert profile.positive_rate is not None and 0 < profile.positive_rate < 1
 
 

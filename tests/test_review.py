@@ -522,7 +522,7 @@ FORMULA_IDS = ['=HYPERLINK("http://x.example","click")', "+41-1", "-7", "@SUM(A1
 def test_export_neutralises_cells_a_spreadsheet_would_run_as_formulas(tmp_path: Path) -> None:
     queue = small_queue(FORMULA_IDS)
     sheet = pl.read_csv(export_review_csv(queue, tmp_path / "review.csv"), infer_schema=False)
-    by_original = dict(zip(queue["entity_id"], sheet["entity_id"]))
+    by_original = dict(zip(queue["entity_id"], sheet["entity_id"], strict=True))
     assert by_original == {
         '=HYPERLINK("http://x.example","click")': '\'=HYPERLINK("http://x.example","click")',
         "+41-1": "'+41-1",
@@ -731,7 +731,7 @@ def test_training_labels_carry_provenance(tmp_path: Path) -> None:
     )
     labels = training_labels(import_file(path, queue).accepted)
     assert dict(labels.schema) == {"entity_id": pl.String(), "label": pl.Int8(), "provenance": pl.String()}
-    assert dict(zip(labels["entity_id"], zip(labels["label"], labels["provenance"]))) == {
+    assert dict(zip(labels["entity_id"], zip(labels["label"], labels["provenance"], strict=True), strict=True)) == {
         ids[0]: (1, "review:alice@2024-05-02T09:30:00Z"),
         ids[1]: (0, "review:bob@2024-05-02T09:30:00Z"),
     }

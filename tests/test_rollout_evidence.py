@@ -10,8 +10,10 @@ simulator's concept shift, with three of four non-defaulting applicants left out
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from typing import Any
 
+import duckdb
 import polars as pl
 import pytest
 from pipeline_harness import FIRST_NIGHT, Project, bootstrap_example_champion, example_config, make_project
@@ -19,6 +21,7 @@ from pipeline_harness import FIRST_NIGHT, Project, bootstrap_example_champion, e
 from nightkeeper import lifecycle, simulator, warehouse
 from nightkeeper.models import publish
 from nightkeeper.pipeline import monitoring, nightly
+from nightkeeper.pipeline.step import StepResult
 from nightkeeper.training import train_model
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, store_partition
 
@@ -60,6 +63,13 @@ def _shadow_a_challenger_trained_after_the_shift(project: Project) -> str:
     return record.version
 
 
+def _stored(connection: duckdb.DuckDBPyConnection, night: dt.date, result: StepResult) -> StepResult:
+    """``result`` after storing its tables as the night's partitions."""
+    for name, frame in result.tables.items():
+        store_partition(connection, NIGHTLY_SCHEMA, name, night, frame)
+    return result
+
+
 def _run_nights(project: Project, shifted: bool) -> list[dict[str, Any]]:
     """Each night through the nightly steps and the labels step; labels land one night late. The shadow metadata."""
     config = project.config
@@ -71,12 +81,7 @@ def _run_nights(project: Project, shifted: bool) -> list[dict[str, Any]]:
     shadows = []
     with warehouse.connect(config.warehouse_path) as connection:
         for night in nights:
-
-            def stored(result):
-                for name, frame in result.tables.items():
-                    store_partition(connection, NIGHTLY_SCHEMA, name, night, frame)
-                return result
-
+            stored = partial(_stored, connection, night)
             raw = stored(nightly.ingest_night(config, connection, night)).tables["raw_batch"]
             valid = stored(nightly.validate_night(config, connection, night, raw)).tables
             scored = stored(nightly.score_night(config, connection, night, valid["validated_batch"])).tables[

@@ -83,7 +83,7 @@ def test_base_rate_drift_served_model_keeps_up_with_a_model_retrained_every_bloc
     blocks = served_blocks(summary)
     assert len(blocks) == len(oracle) == 5
     assert_never_below_first_champion(summary)
-    for block, best in zip(blocks, oracle):
+    for block, best in zip(blocks, oracle, strict=True):
         assert block["served_auc"] >= ORACLE_SHARE * best.auc, (
             f"block from {block['first_night']}: served AUC {block['served_auc']:.4f} < {ORACLE_SHARE} × oracle "
             f"{best.auc:.4f}\n{lifecycle_story(summary)}"

@@ -120,7 +120,7 @@ def outbox(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         "select event_id, attempts, last_error, delivered_at, next_attempt_at from monitoring.alert_outbox order by seq"
     )
     names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def test_webhook_delivers_alert_json_with_text_to_the_server(
