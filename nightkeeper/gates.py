@@ -132,6 +132,19 @@ def _rounded(feature: FeatureCard) -> pl.Expr:
     return column.cast(pl.String).fill_null("∅")
 
 
+# per-row scoring times below this are noise on a shared machine and cost nothing that matters (1M rows in < 10 s):
+# the latency rule compares models only when one of them is slower than this
+LATENCY_NOISE_FLOOR_SECONDS_PER_ROW = 1e-5
+
+
+def latency_ratio(candidate_seconds_per_row: float, champion_seconds_per_row: float) -> float:
+    """The candidate's scoring time per row over the champion's; 1.0 when both are below the noise floor
+    (LATENCY_NOISE_FLOOR_SECONDS_PER_ROW), where a ratio would measure the scheduler, not the models."""
+    if max(candidate_seconds_per_row, champion_seconds_per_row) < LATENCY_NOISE_FLOOR_SECONDS_PER_ROW:
+        return 1.0
+    return candidate_seconds_per_row / max(champion_seconds_per_row, 1e-12)
+
+
 def never_worse_gate(
     holdout: pl.DataFrame,
     target: str,

@@ -11,6 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from nightkeeper import registry, warehouse
+from nightkeeper.artifacts import save_artifact
 from nightkeeper.config import (
     BusinessValue,
     Contract,
@@ -20,7 +22,14 @@ from nightkeeper.config import (
     TrainingDataGateConfig,
 )
 from nightkeeper.encoding import feature_cards, feature_matrix
-from nightkeeper.gates import business_value, never_worse_gate, training_window_gate
+from nightkeeper.gates import (
+    LATENCY_NOISE_FLOOR_SECONDS_PER_ROW,
+    business_value,
+    latency_ratio,
+    never_worse_gate,
+    training_window_gate,
+)
+from nightkeeper.pipeline.lifecycle import _timed_scores
 from nightkeeper.simulator import ScenarioPlan, simulate_history, simulate_night
 from nightkeeper.synthetic import synthesize
 from nightkeeper.training import TrainedModel, train_model
@@ -402,3 +411,35 @@ def test_business_value_with_every_row_declined_counts_only_positives():
     value = BusinessValue(true_positive=5, false_positive=-1, true_negative=100, false_negative=-100)
 
     assert business_value(labels, scores, 0.5, value) == 2 * 5 + 2 * -1
+
+
+def test_latency_ratio_is_neutral_when_both_models_score_below_the_noise_floor():
+    floor = LATENCY_NOISE_FLOOR_SECONDS_PER_ROW
+    assert latency_ratio(floor / 10 * 8.5, floor / 10) == 1.0  # an 8.5× flake between two cheap timings
+
+
+def test_latency_ratio_compares_the_models_when_one_is_above_the_noise_floor():
+    floor = LATENCY_NOISE_FLOOR_SECONDS_PER_ROW
+    assert latency_ratio(floor * 3, floor) == pytest.approx(3.0)
+
+
+def test_a_candidate_identical_to_the_champion_never_fails_the_latency_rule(
+    core_trained: TrainedModel,
+    holdout: pl.DataFrame,
+    champion_scores: np.ndarray,
+    gate_config: PromotionGateConfig,
+    tmp_path,
+):
+    with warehouse.connect(tmp_path / "warehouse.duckdb") as connection:
+        record = registry.register(connection, core_trained.card, save_artifact(core_trained, tmp_path / "models"))
+    for _ in range(5):
+        _, champion_seconds = _timed_scores(record, holdout)
+        _, candidate_seconds = _timed_scores(record, holdout)
+        result = judge(
+            holdout,
+            champion_scores,
+            champion_scores.copy(),
+            gate_config,
+            latency_ratio(candidate_seconds, champion_seconds),
+        )
+        assert not any("scoring takes" in reason for reason in result.reasons), result.metrics["latency_ratio"]

@@ -175,7 +175,7 @@ def evaluate_candidate(
         candidate_scores,
         threshold,
         config.monitoring.performance.business_value,
-        candidate_seconds / max(champion_seconds, 1e-9),
+        gates.latency_ratio(candidate_seconds, champion_seconds),
         gate_config,
     )
     decision = APPROVED if result.passed else REJECTED
@@ -316,21 +316,24 @@ def _set_candidate_status(connection: duckdb.DuckDBPyConnection, version: str, s
     connection.execute(f"update {CANDIDATES} set status = ?, reasons = ? where version = ?", [status, reasons, version])
 
 
-def _timed_scores(record: registry.ModelRecord, holdout: pl.DataFrame, repeats: int = 5) -> tuple[np.ndarray, float]:
-    """Scores of ``record`` on the holdout and the best of ``repeats`` timings of scoring at least ``TIMING_ROWS``
-    rows (the holdout repeated; the first call pays for warm-up)."""
+def _timed_scores(
+    record: registry.ModelRecord, holdout: pl.DataFrame, min_seconds: float = 0.2, min_repeats: int = 3
+) -> tuple[np.ndarray, float]:
+    """Scores of ``record`` on the holdout and its median scoring time per row, over at least ``min_repeats``
+    timings of at least ``TIMING_ROWS`` rows (the holdout repeated), repeated until ``min_seconds`` were timed
+    (a warm-up call first)."""
     booster = load_verified(record)
     matrix = feature_matrix(holdout, record.card.features)
     scores = booster.predict(matrix)
-    # a few thousand rows score in a millisecond or two, where a shared machine's jitter alone makes 3× ratios: the
+    # a few thousand rows score in a millisecond or two, where a shared machine's jitter alone makes 8× ratios: the
     # latency rule must compare the models' cost, not the scheduler's noise
     timed = np.tile(matrix, (max(1, -(-TIMING_ROWS // max(len(matrix), 1))), 1))
-    timings = []
-    for _ in range(repeats):
+    timings: list[float] = []
+    while len(timings) < min_repeats or sum(timings) < min_seconds:
         started = time.perf_counter()
         booster.predict(timed)
-        timings.append(time.perf_counter() - started)
-    return scores, min(timings)
+        timings.append((time.perf_counter() - started) / max(len(timed), 1))
+    return scores, float(np.median(timings))
 
 
 # ----------------------------------------------------------------------------------------------- the decisions
