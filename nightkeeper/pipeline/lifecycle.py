@@ -328,12 +328,15 @@ def _timed_scores(
     # a few thousand rows score in a millisecond or two, where a shared machine's jitter alone makes 8× ratios: the
     # latency rule must compare the models' cost, not the scheduler's noise
     timed = np.tile(matrix, (max(1, -(-TIMING_ROWS // max(len(matrix), 1))), 1))
-    timings: list[float] = []
-    while len(timings) < min_repeats or sum(timings) < min_seconds:
+    seconds_per_row: list[float] = []
+    timed_seconds = 0.0
+    while len(seconds_per_row) < min_repeats or timed_seconds < min_seconds:
         started = time.perf_counter()
         booster.predict(timed)
-        timings.append((time.perf_counter() - started) / max(len(timed), 1))
-    return scores, float(np.median(timings))
+        elapsed = time.perf_counter() - started
+        timed_seconds += elapsed
+        seconds_per_row.append(elapsed / max(len(timed), 1))
+    return scores, float(np.median(seconds_per_row))
 
 
 # ----------------------------------------------------------------------------------------------- the decisions
