@@ -7,7 +7,10 @@ the real ``nightly_batch`` job.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
 from jobs.definitions import NIGHTLY_JOB, build_definitions
 from jobs.resources import NIGHTLY_SCHEMA
-from nightkeeper import simulator
+from nightkeeper import registry, simulator, warehouse
 from nightkeeper.config import ProjectConfig, load_config
 from nightkeeper.models import bootstrap_champion
 from nightkeeper.registry import ModelRecord
@@ -89,9 +92,59 @@ def make_project(root: Path, raw_config: dict[str, Any] | None = None) -> Projec
     return Project(root=root, config_path=config_path, instance=DagsterInstance.ephemeral())
 
 
+# config file text -> a project folder (under one session temp folder) whose warehouse holds nothing but the champion
+# bootstrapped for that config
+_CHAMPIONS: dict[str, Path] = {}
+_CHAMPIONS_ROOT: Path | None = None
+
+
 def bootstrap_example_champion(project: Project) -> ModelRecord:
-    history = simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), days=20, rows_per_day=500, seed=3)
-    return bootstrap_champion(project.config, history, FIRST_NIGHT)
+    """Make a LightGBM model trained on 20 simulated nights of history the project's champion from FIRST_NIGHT on.
+
+    Training is the slow part and a config always trains the same model, so each config is bootstrapped once per
+    session, for real, in a folder of its own; a project with that config and no warehouse yet gets a copy of that
+    warehouse file and model folder (the registry stores model paths relative to the warehouse). A project whose
+    warehouse exists already is bootstrapped in place, as ``nightkeeper.models.bootstrap_champion`` does.
+    """
+    config = project.config
+    storage = (config.storage.warehouse, config.storage.models)
+    if config.warehouse_path.exists() or any(path.is_absolute() for path in storage):
+        return bootstrap_champion(config, _example_history(), FIRST_NIGHT)
+    key = project.config_path.read_text()
+    if key not in _CHAMPIONS:
+        template = make_project(_champions_root() / f"config{len(_CHAMPIONS)}", yaml.safe_load(key))
+        bootstrap_champion(template.config, _example_history(), FIRST_NIGHT)
+        _CHAMPIONS[key] = template.root
+    template_root = _CHAMPIONS[key]
+    for relative in storage:
+        source, target = template_root / relative, project.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, target)
+            assert not source.with_name(source.name + ".wal").exists(), "the template's warehouse was not checkpointed"
+    return champion_of(project)
+
+
+def champion_of(project: Project) -> ModelRecord:
+    """The project's champion on FIRST_NIGHT, as the registry has it."""
+    with warehouse.connect(project.config.warehouse_path) as connection:
+        record = registry.alias_record(connection, registry.CHAMPION, FIRST_NIGHT)
+    assert record is not None, f"{project.root} has no champion on {FIRST_NIGHT}"
+    return record
+
+
+def _example_history() -> pl.DataFrame:
+    return simulator.simulate_history(FIRST_NIGHT - dt.timedelta(days=1), days=20, rows_per_day=500, seed=3)
+
+
+def _champions_root() -> Path:
+    global _CHAMPIONS_ROOT
+    if _CHAMPIONS_ROOT is None:
+        _CHAMPIONS_ROOT = Path(tempfile.mkdtemp(prefix="nightkeeper-test-champions-"))
+        atexit.register(shutil.rmtree, _CHAMPIONS_ROOT, ignore_errors=True)
+    return _CHAMPIONS_ROOT
 
 
 def check_results(result: ExecuteInProcessResult) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pipeline_harness import (
     Project,
     alerts_table,
     bootstrap_example_champion,
+    champion_of,
     example_config,
     make_project,
 )
@@ -173,7 +174,7 @@ def test_deliberately_worse_candidate_is_rejected_at_the_gate_and_never_shadows(
 
 def test_challenger_failing_in_canary_is_rolled_back_within_one_night_and_alerts(tmp_path):
     project = lifecycle_project(tmp_path)
-    champion = bootstrap_example_champion(project)
+    champion = champion_of(project)
     # a real booster trained on 3 features, registered with a card listing all of them: it raises while scoring
     rng = np.random.default_rng(0)
     narrow = lgb.train(

@@ -18,6 +18,7 @@ from pipeline_harness import (
     FIRST_NIGHT,
     Project,
     bootstrap_example_champion,
+    champion_of,
     check_results,
     example_config,
     make_project,
@@ -51,7 +52,7 @@ def assert_every_row_answered_once(project: Project, night: dt.date) -> pl.DataF
 
 def test_clean_night_is_answered_by_the_champion_for_every_row(project):
     landed = project.land_night(NIGHT)
-    champion = bootstrap_example_champion(project)
+    champion = champion_of(project)
 
     result = project.run_night(NIGHT)
 
@@ -179,7 +180,7 @@ def _assert_degraded_to_fallback(project: Project, night: dt.date, result, messa
 
 def test_missing_model_artifact_degrades_every_row_to_the_fallback(project):
     project.land_night(NIGHT)
-    champion = bootstrap_example_champion(project)
+    champion = champion_of(project)
     champion.model_path.unlink()
 
     _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "is missing")
@@ -187,7 +188,7 @@ def test_missing_model_artifact_degrades_every_row_to_the_fallback(project):
 
 def test_tampered_model_artifact_fails_its_checksum_and_degrades_to_the_fallback(project):
     project.land_night(NIGHT)
-    champion = bootstrap_example_champion(project)
+    champion = champion_of(project)
     text = champion.model_path.read_text()
     champion.model_path.write_text(text.replace("learning_rate: 0.05", "learning_rate: 0.06", 1) + "\n")
 
@@ -196,7 +197,7 @@ def test_tampered_model_artifact_fails_its_checksum_and_degrades_to_the_fallback
 
 def test_corrupt_model_artifact_that_matches_its_checksum_degrades_to_the_fallback(project):
     project.land_night(NIGHT)
-    champion = bootstrap_example_champion(project)
+    champion = champion_of(project)
     garbage = b"tree\nthis is not a LightGBM model\n"
     champion.model_path.write_bytes(garbage)
     corrupt_card = champion.card.model_copy(
@@ -209,7 +210,7 @@ def test_corrupt_model_artifact_that_matches_its_checksum_degrades_to_the_fallba
 
 def test_model_that_raises_while_predicting_degrades_to_the_fallback(project, tmp_path):
     project.land_night(NIGHT)
-    champion = bootstrap_example_champion(project)
+    champion = champion_of(project)
     # a real booster trained on 3 features, registered with a card listing all of them: LightGBM raises on predict
     rng = np.random.default_rng(0)
     narrow = lgb.train(
@@ -393,7 +394,7 @@ def test_champion_with_an_invalid_card_in_the_registry_degrades_the_night_instea
 
 
 def test_decisions_follow_the_serving_cards_threshold_after_the_config_threshold_is_edited(project):
-    champion = bootstrap_example_champion(project)  # judged and carded with threshold 0.30
+    champion = champion_of(project)  # judged and carded with threshold 0.30
     project.land_night(NIGHT, scenario=simulator.Scenario(bad_data=True, defects=frozenset({"negative_income"})))
     edited = example_config()
     edited["model"]["decision"] = {**edited["model"]["decision"], "threshold": 0.05}
