@@ -1,8 +1,8 @@
 """Row conservation under fuzzed input: whatever a landed file holds — junk text, nulls, unknown levels, repeated ids,
 missing or extra columns, CSV or Parquet — every raw row ends in exactly one outcome. And whatever a landing folder
-holds — good files, unreadable ones (zero-byte, truncated, latin-1, ragged, repeated header), nested columns, files
-the pattern does not read, links out of the folder — the night is answered: one outcome per raw row, one raw row per
-unreadable file, every file not read reported.
+holds — good files, unreadable ones (zero-byte, truncated, latin-1, ragged, repeated header), list and struct columns,
+unparseable event times, files the pattern does not read, links out of the folder — the night is answered: one
+outcome per raw row, one raw row per unreadable file, every file not read reported.
 
 Examples are derandomized (the same every run, as in CI); set NIGHTKEEPER_FUZZ_SEARCH=1 to search at random.
 """
@@ -84,6 +84,8 @@ FILE_KINDS = {
     "csv": (True, False),
     "upper_parquet": (True, False),
     "nested_parquet": (True, False),
+    "struct_parquet": (True, False),
+    "bad_event_time_csv": (True, False),
     "zero_byte": (True, True),
     "truncated_parquet": (True, True),
     "latin1_csv": (True, True),
@@ -94,7 +96,11 @@ FILE_KINDS = {
 }
 
 
-def write_kind(kind: str, folder: Path, index: int, frame: pl.DataFrame, outside: Path) -> int:
+def file_name(kind: str, index: int) -> str:
+    return f"f{index:02d}.csv" if kind == "bad_event_time_csv" else f"f{index:02d}"
+
+
+def write_kind(kind: str, folder: Path, index: int, frame: pl.DataFrame, outside: Path, event_time: str) -> int:
     """Write one file of ``kind`` into ``folder``; returns the data rows it holds when read (0 for the others)."""
     name = f"f{index:02d}"
     if kind == "parquet":
@@ -107,6 +113,11 @@ def write_kind(kind: str, folder: Path, index: int, frame: pl.DataFrame, outside
         frame.with_columns(
             pl.concat_list(pl.col(frame.columns[0]), pl.col(frame.columns[0])).alias(frame.columns[0])
         ).write_parquet(folder / f"{name}.parquet")
+    elif kind == "struct_parquet":
+        first = frame.columns[0]
+        frame.with_columns(pl.struct(first).alias(first)).write_parquet(folder / f"{name}.parquet")
+    elif kind == "bad_event_time_csv":
+        frame.with_columns(pl.lit("2024-02-31 25:61").alias(event_time)).write_csv(folder / file_name(kind, index))
     elif kind == "zero_byte":
         (folder / f"{name}.parquet").write_bytes(b"")
     elif kind == "truncated_parquet":
@@ -144,7 +155,10 @@ def test_every_row_of_a_fuzzed_landing_folder_gets_exactly_one_outcome(core_conf
         folder, outside = root / "landing" / NIGHT.isoformat(), root / "outside"
         folder.mkdir(parents=True)
         outside.mkdir()
-        data_rows = sum(write_kind(kind, folder, i, frame, outside) for i, (kind, (frame, _)) in enumerate(drawn))
+        data_rows = sum(
+            write_kind(kind, folder, i, frame, outside, contract.event_time)
+            for i, (kind, (frame, _)) in enumerate(drawn)
+        )
 
         batch = read_night(root / "landing", "{date}/*", NIGHT, contract.entity_id, root)
         result = validate(batch.frame, contract)
@@ -163,5 +177,8 @@ def test_every_row_of_a_fuzzed_landing_folder_gets_exactly_one_outcome(core_conf
         assert outcomes.select("source_file", "row_number").is_unique().all()
         assert outcomes["decision"].null_count() == 0
         assert outcomes.filter(pl.col("row_number") == FILE_ROW)["source"].eq("quarantine").all()
+        bad_times = [file_name(kind, i) for i, (kind, _) in enumerate(drawn) if kind == "bad_event_time_csv"]
+        read_as_valid = result.valid.filter(pl.col("source_file").str.split("/").list.last().is_in(bad_times))
+        assert read_as_valid.height == 0  # a row whose event time cannot be read is quarantined
 
     check()
