@@ -36,6 +36,7 @@ from assets.review import build_review_assets, review_labels
 from jobs.lifecycle import build_lifecycle_automation, promote_job, retrain_job, rollback_job
 from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
 from jobs.review import build_review_inbox_sensor, review_import_job
+from jobs.run_guard import build_reaper_sensor
 from jobs.webhook import alert_outbox_job, build_alert_outbox_sensor
 from nightkeeper.config import ProjectConfig, load_config
 
@@ -104,7 +105,12 @@ def build_definitions(config_path: Path) -> Definitions:
             alert_outbox_job,
         ],
         schedules=[nightly_schedule, monthly_review_schedule, *lifecycle_schedules],
-        sensors=[*sensors, build_review_inbox_sensor(config), build_alert_outbox_sensor(config)],
+        sensors=[
+            *sensors,
+            build_review_inbox_sensor(config),
+            build_alert_outbox_sensor(config),
+            build_reaper_sensor(),
+        ],
         resources={
             "project": ProjectResource(config_path=str(Path(config_path).resolve())),
             "warehouse": WarehouseResource(database=warehouse_path),

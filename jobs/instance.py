@@ -16,6 +16,17 @@ DAGSTER_YAML = f"""# Written by nightkeeper. DuckDB lets one process open the wa
 concurrency:
   pools:
     default_limit: 1
+# The daemon (nightkeeper serve, dagster dev) watches its runs: a run whose worker never started is failed after
+# start_timeout_seconds, one stuck cancelling after cancel_timeout_seconds, and the pool slots a finished run still
+# holds are freed after free_slots_after_run_end_seconds. A run whose worker was killed while STARTED is marked failed
+# by nightkeeper's reap_dead_runs sensor (the default run launcher cannot report a worker's health). No
+# max_runtime_seconds: a long night is not a dead one.
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  free_slots_after_run_end_seconds: 60
+  poll_interval_seconds: 60
 telemetry:
   enabled: false
 """

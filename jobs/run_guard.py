@@ -1,9 +1,12 @@
-"""The run guard: every run Nightkeeper launches goes through ``launch_run``, so a killed run cannot block the ones after it.
+"""The run guard: every run Nightkeeper launches goes through ``launch_run``, so a killed run cannot block later ones.
 
 A run launched here carries the process id, its start time and the host of the process that executes it
-(``nightkeeper/pid``, ``nightkeeper/process_start``, ``nightkeeper/host``). Before each launch, and while a run waits
-for the warehouse pool, ``reap_dead_runs`` marks failed every unfinished run of this host whose process is gone (kill -9,
-power loss, OOM) and frees the pool slots it held, so the next run proceeds without manual steps.
+(``nightkeeper/pid``, ``nightkeeper/process_start``, ``nightkeeper/host``). Before each launch, while a run waits for
+the warehouse pool, and every minute from the ``reap_dead_runs`` sensor (so under ``nightkeeper serve`` and
+``dagster dev`` too), ``reap_dead_runs`` marks failed every unfinished run whose process is gone (kill -9, power loss,
+OOM) and frees the pool slots it held, so the next run proceeds without manual steps. Runs the Dagster daemon launched
+carry no such tags: their process is the run worker whose pid Dagster's "Started process for run" event records (the
+default run launcher starts workers on the daemon's host, which is this one: Nightkeeper's instance is a local folder).
 
 While a run waits for the pool, a watchdog thread says once who holds it (run id, step, since when), gives up after
 ``storage.lock_wait_seconds`` with a clear error, and ends the wait promptly on SIGTERM/SIGINT. Giving up ends the
@@ -26,7 +29,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
-from dagster import DagsterInstance, DagsterRunStatus, ExecuteInProcessResult, JobDefinition, RunsFilter
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    ExecuteInProcessResult,
+    JobDefinition,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    sensor,
+)
 
 from jobs.resources import WAREHOUSE_POOL
 
@@ -47,6 +63,8 @@ FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus
 WAIT_TIMEOUT_EXIT = 75  # EX_TEMPFAIL: the warehouse stayed busy; try again later
 POLL_SECONDS = 0.5
 REAP_EVERY_SECONDS = 5.0
+REAPER_SENSOR = "reap_dead_runs"
+REAPER_INTERVAL_SECONDS = 60
 
 
 def process_tags() -> dict[str, str]:
@@ -72,23 +90,74 @@ def process_gone(tags: Mapping[str, str]) -> bool:
 
 
 def reap_dead_runs(instance: DagsterInstance) -> list[str]:
-    """Mark failed every unfinished run of this host whose process is gone, and free the pool slots of every finished
-    run that still holds or waits for one (a run killed mid-step never frees its slot). Returns the reaped run ids."""
+    """Mark failed every unfinished run whose process is gone — a run of this host tagged by ``launch_run``, or a run
+    the daemon launched whose worker died — and free the pool slots of every finished run that still holds or waits
+    for one (a run killed mid-step never frees its slot). Returns the reaped run ids."""
     if not instance.event_log_storage.supports_global_concurrency_limits:
         return []  # an ephemeral instance: its runs live and die with this process
     reaped = []
-    host_runs = instance.get_run_records(RunsFilter(statuses=UNFINISHED, tags={HOST_TAG: socket.gethostname()}))
-    for record in host_runs:
+    for record in instance.get_run_records(RunsFilter(statuses=UNFINISHED)):
         run = record.dagster_run
-        if process_gone(run.tags):
+        process = _dead_process(instance, run)
+        if process:
             instance.report_run_failed(
                 run,
-                message=f"Marked failed by nightkeeper: its process (pid {run.tags[PID_TAG]} on {run.tags[HOST_TAG]}) is "
-                "gone, it was killed or crashed. Its pool slots were freed; re-run it (re-running a night is safe).",
+                message=f"Marked failed by nightkeeper: its process ({process}) is gone, it was killed or crashed. Its "
+                "pool slots were freed; re-run it (re-running a night is safe).",
             )
             reaped.append(run.run_id)
     _free_slots_of_finished_runs(instance)
     return reaped
+
+
+def _dead_process(instance: DagsterInstance, run: DagsterRun) -> str | None:
+    """The process of ``run`` ("pid N on HOST") when it is known to be gone, else None (alive, of another host, or
+    unknown: a queued or starting run has no process yet, and Dagster's own run monitoring times those out)."""
+    if PID_TAG in run.tags:
+        return f"pid {run.tags[PID_TAG]} on {run.tags.get(HOST_TAG)}" if process_gone(run.tags) else None
+    if run.status not in (DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING):
+        return None
+    worker = _run_worker(instance, run.run_id)
+    if worker is None:
+        return None
+    pid, started_at = worker
+    try:
+        alive = psutil.Process(pid).create_time() <= started_at + 1.0  # a later process reuses the pid
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        alive = False
+    return None if alive else f"run worker pid {pid} on {socket.gethostname()}"
+
+
+def _run_worker(instance: DagsterInstance, run_id: str) -> tuple[int, float] | None:
+    """The pid of the run worker the daemon started for ``run_id`` and when (its "Started process for run" event)."""
+    workers = [
+        (int(str(event.dagster_event.engine_event_data.metadata["pid"].value)), event.timestamp)
+        for event in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT)
+        if event.dagster_event is not None
+        and event.dagster_event.engine_event_data is not None
+        and "pid" in event.dagster_event.engine_event_data.metadata
+        and "Started process for run" in (event.dagster_event.message or "")
+    ]
+    return workers[-1] if workers else None
+
+
+def build_reaper_sensor() -> SensorDefinition:
+    """The sensor that reaps dead runs every minute while the daemon runs (``nightkeeper serve``, ``dagster dev``):
+    there, runs are launched by the daemon, not through ``launch_run``, so nothing else would notice a killed worker
+    (Dagster's run monitoring cannot: the default run launcher does not report its workers' health)."""
+
+    @sensor(
+        name=REAPER_SENSOR,
+        minimum_interval_seconds=REAPER_INTERVAL_SECONDS,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Marks failed the runs whose process died (kill -9, OOM) and frees the warehouse pool slots they "
+        "held, so later runs are not blocked. See docs/runbook.md#after-a-crash.",
+    )
+    def reap_dead_runs_sensor(context: SensorEvaluationContext) -> SkipReason:
+        reaped = reap_dead_runs(context.instance)
+        return SkipReason(f"marked failed (process gone): {', '.join(reaped)}" if reaped else "no dead runs")
+
+    return reap_dead_runs_sensor
 
 
 def _free_slots_of_finished_runs(instance: DagsterInstance) -> None:
