@@ -33,6 +33,9 @@ from nightkeeper.metric_names import check_alert_metric
 logger = logging.getLogger(__name__)
 
 CONFIG_ENV_VAR = "NIGHTKEEPER_CONFIG"
+# libyaml's parser when PyYAML was built with it: ten times faster than the pure-Python one (0.01 s instead of 0.09 s
+# for the shipped file), and every step of a night reads the config afresh
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_CONFIG_NAME = "nightkeeper.yaml"
 
 FeatureDtype = Literal["float", "int", "bool", "category"]
@@ -851,7 +854,7 @@ def load_config(path: str | Path | None = None) -> ProjectConfig:
     """Read and validate a project config. Raises ConfigError naming the field, the value found and what is allowed."""
     config_path = Path(path).resolve() if path is not None else default_config_path()
     try:
-        raw = yaml.safe_load(config_path.read_text())
+        raw = yaml.load(config_path.read_text(), Loader=_YAML_LOADER)
     except FileNotFoundError:
         raise ConfigError(f"config file {config_path} does not exist (set {CONFIG_ENV_VAR} or pass its path)") from None
     except yaml.YAMLError as exc:
