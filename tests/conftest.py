@@ -74,3 +74,42 @@ def core_trained(core_history: _core_pl.DataFrame, core_config: _CoreAny) -> _Co
 
 
 # ============================================================ end of core unit-test fixtures =========================
+
+
+# =====================================================================================================================
+# Hypothesis profiles (test_fuzz_conservation). "ci": the same examples on every run, so a red suite is reproducible
+# and CI's time is stable; selected when CI=true and by default. "search": random examples, more of them, to look for
+# new failures by hand (NIGHTKEEPER_FUZZ_SEARCH=1, or HYPOTHESIS_PROFILE=search). No deadline in either: one example
+# scores a LightGBM model, whose time follows the machine's load, not the code.
+# =====================================================================================================================
+import os as _hypothesis_os  # noqa: E402 (each block of this file keeps its own imports)
+
+from hypothesis import HealthCheck as _HealthCheck  # noqa: E402
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_HYPOTHESIS_SLOW_IS_FINE = [_HealthCheck.too_slow, _HealthCheck.function_scoped_fixture]
+_hypothesis_settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=30,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=_HYPOTHESIS_SLOW_IS_FINE,
+)
+_hypothesis_settings.register_profile(
+    "search", max_examples=300, deadline=None, suppress_health_check=_HYPOTHESIS_SLOW_IS_FINE
+)
+
+
+def _hypothesis_profile() -> str:
+    chosen = _hypothesis_os.environ.get("HYPOTHESIS_PROFILE")
+    if chosen:
+        return chosen
+    if _hypothesis_os.environ.get("CI", "").lower() == "true":
+        return "ci"
+    return "search" if _hypothesis_os.environ.get("NIGHTKEEPER_FUZZ_SEARCH") else "ci"
+
+
+_hypothesis_settings.load_profile(_hypothesis_profile())
+# ============================================================ end of hypothesis profiles =============================

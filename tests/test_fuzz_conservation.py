@@ -4,7 +4,8 @@ holds — good files, unreadable ones (zero-byte, truncated, latin-1, ragged, re
 unparseable event times, files the pattern does not read, links out of the folder — the night is answered: one
 outcome per raw row, one raw row per unreadable file, every file not read reported.
 
-Examples are derandomized (the same every run, as in CI); set NIGHTKEEPER_FUZZ_SEARCH=1 to search at random.
+How many examples, and which, is the Hypothesis profile's (tests/conftest.py): the same ones on every run, as in CI;
+NIGHTKEEPER_FUZZ_SEARCH=1 searches more of them at random.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 from pathlib import Path
 
 import polars as pl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from nightkeeper.ingest import FILE_ROW, read_night, read_raw_batch
@@ -23,7 +24,6 @@ from nightkeeper.scoring import score_batch
 from nightkeeper.validation import validate
 
 NIGHT = dt.date(2024, 5, 1)
-DERANDOMIZE = os.environ.get("NIGHTKEEPER_FUZZ_SEARCH") is None
 JUNK = ["", " ", "n/a", "NaN", "inf", "-1", "0", "1e400", "12k", "true", "🙂", "null", "3.5", "-0.0", "999999999999"]
 
 
@@ -49,12 +49,6 @@ def test_every_fuzzed_row_gets_exactly_one_outcome(core_config, core_trained, tm
     decision = core_config.model.decision
     fallback = Fallback(core_trained.card.fallback, core_trained.card.version)
 
-    @settings(
-        max_examples=40,
-        deadline=None,
-        derandomize=DERANDOMIZE,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
     @given(landed_files(contract))
     def check(drawn):
         frame, as_csv = drawn
@@ -143,12 +137,6 @@ def test_every_row_of_a_fuzzed_landing_folder_gets_exactly_one_outcome(core_conf
     contract = core_config.contract
     fallback = Fallback(core_trained.card.fallback, core_trained.card.version)
 
-    @settings(
-        max_examples=25,
-        deadline=None,
-        derandomize=DERANDOMIZE,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
     @given(st.lists(st.tuples(st.sampled_from(sorted(FILE_KINDS)), landed_files(contract)), min_size=0, max_size=5))
     def check(drawn):
         root = tmp_path_factory.mktemp("landing_fuzz")
