@@ -8,6 +8,7 @@ the real ``nightly_batch`` job.
 from __future__ import annotations
 
 import atexit
+import copy
 import datetime as dt
 import shutil
 import tempfile
@@ -32,9 +33,14 @@ FIRST_NIGHT = dt.date(2026, 1, 1)
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
+_SHIPPED_CONFIG = yaml.load(
+    (REPO / "nightkeeper.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+)
+
+
 def example_config(**overrides: Any) -> dict[str, Any]:
     """The shipped nightkeeper.yaml as a dict, with a small model and any top-level section overrides merged in."""
-    raw = yaml.safe_load((REPO / "nightkeeper.yaml").read_text())
+    raw = copy.deepcopy(_SHIPPED_CONFIG)
     raw["model"]["num_boost_round"] = 40
     raw["monitoring"]["drift"]["evidently_report"] = False  # a few seconds a night; its own tests turn it on
     for section, values in overrides.items():
