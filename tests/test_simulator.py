@@ -4,7 +4,6 @@ schedule and combine them, labeled history, and the landing/labels folder layout
 
 from __future__ import annotations
 
-import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -197,13 +196,6 @@ def test_labels_hold_one_int8_target_per_application(clean: NightData) -> None:
 
 def test_clean_night_reports_no_defects(clean: NightData) -> None:
     assert clean.defects.is_empty()
-
-
-def test_a_million_rows_generate_in_a_few_seconds() -> None:
-    started = time.perf_counter()
-    night = simulate_night(NIGHT, 1_000_000, SEED)
-    assert night.applications.height == 1_000_000
-    assert time.perf_counter() - started < 10
 
 
 # --------------------------------------------------------------------------------------------- bad-data nights

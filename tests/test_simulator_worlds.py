@@ -3,7 +3,6 @@ labeled history, nightly batch files and late label files with a project config 
 
 from __future__ import annotations
 
-import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -220,14 +219,6 @@ def test_rewriting_a_world_is_idempotent(tmp_path: Path) -> None:
 def test_write_world_rejects_a_negative_label_delay(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="label_delay"):
         write_world(small("weak-model"), tmp_path, label_delay=-1)
-
-
-def test_a_year_of_2000_row_nights_generates_in_a_few_seconds() -> None:
-    started = time.perf_counter()
-    world = base_rate_drift_world(nights=365, rows_per_night=2000)
-    rows = sum(world.labeled_night(night).height for night in world.batch_nights())
-    assert rows == 365 * 2000
-    assert time.perf_counter() - started < 15
 
 
 # ------------------------------------------------------------------------------------------- base-rate drift
