@@ -22,9 +22,9 @@ from typing import Any
 import duckdb
 import numpy as np
 import polars as pl
-from sklearn.metrics import roc_auc_score
 
 from nightkeeper import registry
+from nightkeeper.performance import auc
 from nightkeeper.report import figure_png, new_figure
 
 SCHEMA = "backtest"
@@ -52,13 +52,6 @@ class ReplayTiming:
     cpu: dict[dt.date, float] = field(default_factory=dict)
     by_step: dict[str, list[float]] = field(default_factory=dict)
     retrain_nights: set[dt.date] = field(default_factory=set)
-
-
-def auc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """ROC AUC of ``scores`` against 0/1 ``labels``; None unless both classes are present."""
-    if labels.size == 0 or labels.min() == labels.max():
-        return None
-    return float(roc_auc_score(labels, scores))
 
 
 def summarize(
@@ -115,8 +108,8 @@ def summarize(
                 if challenger.version
                 else None,
                 "labeled_rows": int(labels.size),
-                "served_auc": auc_or_none(labels, rows["score"].to_numpy()),
-                "first_champion_auc": auc_or_none(labels, rows["first_score"].to_numpy()),
+                "served_auc": auc(labels, rows["score"].to_numpy()),
+                "first_champion_auc": auc(labels, rows["first_score"].to_numpy()),
                 "estimated_auc": metrics.get((night, ESTIMATED_AUC)),
                 "estimate_trusted": None if trusted is None else trusted >= 0.5,
                 "seconds": round(timing.wall.get(night, 0.0), 3),
@@ -170,8 +163,8 @@ def _blocks(paired: pl.DataFrame, nights: list[dt.date]) -> list[dict[str, Any]]
         rows = paired.filter(pl.col("partition_date").is_between(span[0], span[-1]))
         labels = rows["label"].to_numpy()
         served, first = (
-            auc_or_none(labels, rows["score"].to_numpy()),
-            auc_or_none(labels, rows["first_score"].to_numpy()),
+            auc(labels, rows["score"].to_numpy()),
+            auc(labels, rows["first_score"].to_numpy()),
         )
         blocks.append(
             {

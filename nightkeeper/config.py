@@ -469,6 +469,17 @@ class BusinessValue(_Strict):
     true_negative: float = 0.0
     false_negative: float = 0.0
 
+    def money(self, true_positives: Any, false_positives: Any, true_negatives: Any, false_negatives: Any) -> Any:
+        """The money of a confusion matrix: each count times its cell's value, summed. The one business-value
+        formula: counts may be numbers, numpy arrays, expected (fractional) counts or polars expressions, and so is
+        the result."""
+        return (
+            true_positives * self.true_positive
+            + false_positives * self.false_positive
+            + true_negatives * self.true_negative
+            + false_negatives * self.false_negative
+        )
+
 
 class PerformanceConfig(_Strict):
     """Realized performance once labels land, estimated performance before."""

@@ -48,6 +48,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 from scipy import stats
+from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import roc_auc_score
 
 from nightkeeper import metric_names as names
@@ -62,7 +63,6 @@ from nightkeeper.profile import (
     bin_counts,
     category_counts,
     confidence_of,
-    jensen_shannon_distance,
     population_stability_index,
     reference_quantile,
     sorted_numeric_values,
@@ -442,7 +442,7 @@ def numeric_statistics(reference: NumericProfile, values: np.ndarray) -> dict[st
     ks = float(max(right.max(), left.max()))
     return {
         "psi": float(population_stability_index(expected, shares)),
-        "js_distance": float(jensen_shannon_distance(expected, shares)),
+        "js_distance": float(jensenshannon(expected, shares, base=2)),
         "wasserstein_norm": wasserstein,
         "ks": ks,
     }
@@ -495,7 +495,7 @@ def _category_drift(reference: CategoryProfile, counts: np.ndarray, rows: int) -
     return {
         **record,
         "psi": float(population_stability_index(expected, shares)),
-        "js_distance": float(jensen_shannon_distance(expected, shares)),
+        "js_distance": float(jensenshannon(expected, shares, base=2)),
         "chi2": float(chi2),
         "chi2_p_value": float(p_value),
     }

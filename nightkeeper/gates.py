@@ -223,10 +223,12 @@ def business_value(labels: np.ndarray, scores: np.ndarray, threshold: float, val
     predicted = scores >= threshold
     actual = labels.astype(bool)
     return float(
-        value.true_positive * np.sum(predicted & actual)
-        + value.false_positive * np.sum(predicted & ~actual)
-        + value.true_negative * np.sum(~predicted & ~actual)
-        + value.false_negative * np.sum(~predicted & actual)
+        value.money(
+            np.sum(predicted & actual),
+            np.sum(predicted & ~actual),
+            np.sum(~predicted & ~actual),
+            np.sum(~predicted & actual),
+        )
     )
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-import numpy as np
 import polars as pl
-from sklearn.metrics import roc_auc_score
 
 from nightkeeper.config import ProjectConfig
 from nightkeeper.encoding import feature_matrix
+from nightkeeper.performance import auc
 from nightkeeper.training import train_model, training_frame
 
 
@@ -59,6 +58,5 @@ def retrained_every_block(
         trained = train_model(train.drop("__night"), config)
         scores = trained.booster.predict(feature_matrix(block, trained.card.features))
         labels = block[contract.target].to_numpy()
-        auc = float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else None
-        blocks.append(OracleBlock(span[0], span[-1], block.height, train.height, auc))
+        blocks.append(OracleBlock(span[0], span[-1], block.height, train.height, auc(labels, scores)))
     return blocks

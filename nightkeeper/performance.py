@@ -30,6 +30,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import polars as pl
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
 from nightkeeper import registry
@@ -140,14 +141,20 @@ def realized_performance(
     The metrics (auc, precision, recall, brier, positive_rate = share of label 1, business_value,
     business_value_per_row = business_value / labeled_rows) are null below ``min_labeled_rows`` labeled rows; auc is
     null too when the labels hold one class only, precision when no row was decided positive, recall when no label
-    is 1. AUC counts ties as half (equal to sklearn's roc_auc_score). Pure: recomputable at any time.
+    is 1. AUC is ``auc``'s. Pure: recomputable at any time.
     """
     scored = scored_with_labels(outcomes, labels, sources)
     counts = scored.group_by(GROUP_KEY).agg(pl.len().cast(pl.Int64).alias("rows"))
     predicted = pl.col("score") >= _threshold_of_version(decision, thresholds)
     actual = pl.col("label") == 1
-    labeled = scored.filter(pl.col("label").is_not_null()).with_columns(
-        pl.col("score").rank("average").over(GROUP_KEY).alias("_rank")
+    labeled = scored.filter(pl.col("label").is_not_null())
+    aucs = pl.DataFrame(
+        [
+            (*key, auc(group["label"].to_numpy(), group["score"].to_numpy()))
+            for key, group in labeled.group_by(GROUP_KEY, maintain_order=True)
+        ],
+        schema={**{k: SCORED_LABELS_SCHEMA[k] for k in GROUP_KEY}, "_auc": pl.Float64()},
+        orient="row",
     )
     stats = labeled.group_by(GROUP_KEY).agg(
         pl.len().cast(pl.Int64).alias("labeled_rows"),
@@ -155,31 +162,28 @@ def realized_performance(
         (predicted & ~actual).sum().cast(pl.Int64).alias("false_positives"),
         (~predicted & ~actual).sum().cast(pl.Int64).alias("true_negatives"),
         (~predicted & actual).sum().cast(pl.Int64).alias("false_negatives"),
-        pl.col("_rank").filter(actual).sum().alias("_positive_rank_sum"),
         ((pl.col("score") - pl.col("label")) ** 2).mean().alias("_brier"),
     )
     tp, fp, tn, fn = (
         pl.col(c).cast(pl.Float64) for c in ("true_positives", "false_positives", "true_negatives", "false_negatives")
     )
-    positives, negatives, n = tp + fn, fp + tn, pl.col("labeled_rows").cast(pl.Float64)
+    positives, n = tp + fn, pl.col("labeled_rows").cast(pl.Float64)
     enough = pl.col("labeled_rows") >= min_labeled_rows
-    money = tp * value.true_positive + fp * value.false_positive + tn * value.true_negative + fn * value.false_negative
+    money = value.money(tp, fp, tn, fn)
 
     def when_enough(expression: pl.Expr, defined: pl.Expr = pl.lit(True)) -> pl.Expr:
         return pl.when(enough & defined).then(expression).otherwise(None)
 
     table = (
         counts.join(stats, on=GROUP_KEY, how="left")
+        .join(aucs, on=GROUP_KEY, how="left")
         .with_columns(
             pl.col(c).fill_null(0)
             for c in ("labeled_rows", "true_positives", "false_positives", "true_negatives", "false_negatives")
         )
         .with_columns(
             (pl.col("labeled_rows") / pl.col("rows")).alias("label_coverage"),
-            when_enough(
-                (pl.col("_positive_rank_sum") - positives * (positives + 1) / 2) / (positives * negatives),
-                (positives > 0) & (negatives > 0),
-            ).alias("auc"),
+            when_enough(pl.col("_auc")).alias("auc"),
             when_enough(tp / (tp + fp), (tp + fp) > 0).alias("precision"),
             when_enough(tp / positives, positives > 0).alias("recall"),
             when_enough(pl.col("_brier")).alias("brier"),
@@ -190,6 +194,14 @@ def realized_performance(
         .sort(GROUP_KEY)
     )
     return conform(table, REALIZED_SCHEMA)
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """The realized ROC AUC of ``scores`` against 0/1 ``labels`` (scikit-learn's, ties count half); None when the
+    labels hold fewer than two classes (no rows, or one class only), where AUC is undefined."""
+    if labels.size == 0 or labels.min() == labels.max():
+        return None
+    return float(roc_auc_score(labels, scores))
 
 
 def card_thresholds(connection: duckdb.DuckDBPyConnection, versions: Iterable[str | None]) -> dict[str, float]:
@@ -231,7 +243,7 @@ def estimate_performance(scores: np.ndarray, threshold: float, value: BusinessVa
     positive = p >= threshold
     tp, fp = float(p[positive].sum()), float((1 - p[positive]).sum())
     fn, tn = float(p[~positive].sum()), float((1 - p[~positive]).sum())
-    money = tp * value.true_positive + fp * value.false_positive + tn * value.true_negative + fn * value.false_negative
+    money = value.money(tp, fp, tn, fn)
     return {
         "rows": float(n),
         "true_positives": tp,
@@ -292,9 +304,12 @@ def estimated_performance(
 class CalibrationResult:
     """How well scores match label frequencies on a labeled window.
 
-    ``ece``: expected calibration error, Σ_bins (rows_b / rows) · |mean score_b − positive rate_b|, over
-    equal-count score bins. ``max_gap``: the largest |gap| of a bin. ``bins``: CALIBRATION_BINS_SCHEMA (gap = mean
-    score − positive rate). ``trustworthy``: ``ece <= max_calibration_error``, i.e. CBPE's estimates can be used.
+    ``ece``: expected calibration error, Σ_bins (rows_b / rows) · |mean score_b − positive rate_b|, over the score
+    bins of scikit-learn's ``calibration_curve(strategy="quantile")`` (edges at the score deciles; tied scores share a
+    bin, empty bins are dropped). The one ECE of the project: the monitoring metric ``performance.calibration_error``
+    and the model card both show this figure. ``max_gap``: the largest |gap| of a bin. ``bins``:
+    CALIBRATION_BINS_SCHEMA (gap = mean score − positive rate). ``trustworthy``: ``ece <= max_calibration_error``,
+    i.e. CBPE's estimates can be used.
     """
 
     ece: float
@@ -308,11 +323,11 @@ class CalibrationResult:
 def calibration_check(
     scores: np.ndarray, labels: np.ndarray, bins: int = 10, max_calibration_error: float = 0.05
 ) -> CalibrationResult:
-    """Compare scores with label frequencies in ``bins`` equal-count bins of the sorted scores.
+    """Compare scores with label frequencies in ``bins`` quantile bins of the scores (``calibration_curve``'s).
 
     Use it on the most recent labeled window (enough rows that a bin's positive rate is not noise: with n rows per
-    bin the noise of a gap is about sqrt(p(1−p)/n)). Raises ValueError on no rows, on a length mismatch, or on
-    labels other than 0/1.
+    bin the noise of a gap is about sqrt(p(1−p)/n)). Raises ValueError on no rows, on a length mismatch, on labels
+    other than 0/1 or on scores outside [0, 1].
     """
     p = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
@@ -324,21 +339,25 @@ def calibration_check(
         raise ValueError(f"labels must be 0 or 1, found {sorted(set(np.unique(y).tolist()) - {0.0, 1.0})[:5]}")
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
-    order = np.argsort(p, kind="stable")
-    bin_of = np.empty(p.size, dtype=np.int64)
-    bin_of[order] = np.arange(p.size) * bins // p.size
+    positive_rate, mean_score = calibration_curve(y, p, n_bins=bins, strategy="quantile", pos_label=1.0)
+    # calibration_curve gives each non-empty bin's rates, not its rows (the ECE's weights) nor its score range: the
+    # same edges (its quantile edges, searchsorted on the inner ones) assign each row to its bin for those
+    edges = np.percentile(p, np.linspace(0, 1, bins + 1) * 100)
+    bin_of = np.searchsorted(edges[1:-1], p)
     table = (
-        pl.DataFrame({"bin": bin_of, "score": p, "label": y})
+        pl.DataFrame({"bin": bin_of, "score": p})
         .group_by("bin")
         .agg(
             pl.len().cast(pl.Int64).alias("rows"),
             pl.col("score").min().alias("min_score"),
             pl.col("score").max().alias("max_score"),
-            pl.col("score").mean().alias("mean_score"),
-            pl.col("label").mean().alias("positive_rate"),
         )
-        .with_columns((pl.col("mean_score") - pl.col("positive_rate")).alias("gap"))
         .sort("bin")
+        .with_columns(
+            pl.Series("mean_score", mean_score),
+            pl.Series("positive_rate", positive_rate),
+            pl.Series("gap", mean_score - positive_rate),
+        )
     )
     gaps = table["gap"].abs().to_numpy()
     ece = float((table["rows"].to_numpy() / p.size * gaps).sum())

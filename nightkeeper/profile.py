@@ -34,6 +34,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 from scipy.interpolate import PchipInterpolator
+from scipy.spatial.distance import jensenshannon
 
 from nightkeeper.config import DriftConfig
 from nightkeeper.encoding import FeatureCard
@@ -206,21 +207,6 @@ def population_stability_index(reference: np.ndarray, current: np.ndarray) -> np
     r = np.maximum(np.asarray(reference, dtype=np.float64), PSI_EPSILON)
     c = np.maximum(np.asarray(current, dtype=np.float64), PSI_EPSILON)
     return np.sum((c - r) * np.log(c / r), axis=-1)
-
-
-def jensen_shannon_distance(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """Jensen-Shannon distance (base 2, in [0, 1]) between bin shares along the last axis (shapes broadcast);
-    each side is normalised to sum 1 first, zero shares contribute nothing. Equals scipy's ``jensenshannon(.., base=2)``."""
-    p = np.asarray(reference, dtype=np.float64)
-    q = np.asarray(current, dtype=np.float64)
-    p = p / p.sum(axis=-1, keepdims=True)
-    q = q / q.sum(axis=-1, keepdims=True)
-    m = (p + q) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        left = np.where(p > 0, p * np.log2(p / m), 0.0)
-        right = np.where(q > 0, q * np.log2(q / m), 0.0)
-    divergence = np.maximum(0.5 * (left.sum(axis=-1) + right.sum(axis=-1)), 0.0)
-    return np.sqrt(divergence)
 
 
 def bin_counts(sorted_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -556,7 +542,7 @@ class _Ladder:
             totals = counts.sum(axis=1, keepdims=True)
             usable = totals[:, 0] > 0
             shares = counts[usable] / totals[usable]
-            out[n] = (population_stability_index(whole, shares), jensen_shannon_distance(whole, shares))
+            out[n] = (population_stability_index(whole, shares), jensenshannon(whole, shares, base=2, axis=-1))
         return _Statistics(out, nightly)
 
 
