@@ -12,9 +12,9 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    DailyPartitionsDefinition,
     MaterializeResult,
     Output,
+    TimeWindowPartitionsDefinition,
     asset,
 )
 
@@ -26,7 +26,7 @@ from nightkeeper.config import AlertingConfig
 from nightkeeper.pipeline import monitoring
 
 
-def build_monitoring_assets(partitions: DailyPartitionsDefinition) -> list:
+def build_monitoring_assets(partitions: TimeWindowPartitionsDefinition) -> list:
     """The late-label, performance, drift and alert assets over ``partitions``."""
 
     @asset(

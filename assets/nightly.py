@@ -13,8 +13,8 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetOut,
-    DailyPartitionsDefinition,
     Output,
+    TimeWindowPartitionsDefinition,
     asset,
     asset_check,
     multi_asset,
@@ -40,7 +40,7 @@ def _outputs(result: StepResult, asset_key: str | None = None):
         yield check_result(check, outcome, asset_key=asset_key)
 
 
-def build_nightly_assets(partitions: DailyPartitionsDefinition) -> list:
+def build_nightly_assets(partitions: TimeWindowPartitionsDefinition) -> list:
     """The nightly assets and checks over ``partitions``."""
 
     @asset(

@@ -4,7 +4,7 @@ import datetime as dt
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetKey, Config, DailyPartitionsDefinition, MaterializeResult, asset
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, TimeWindowPartitionsDefinition, asset
 from pydantic import Field
 
 from assets.checks import dagster_metadata, markdown_table
@@ -18,7 +18,7 @@ class ReviewImportRequest(Config):
     path: str = Field(description="The filled-in review CSV to import.")
 
 
-def build_review_assets(partitions: DailyPartitionsDefinition) -> list:
+def build_review_assets(partitions: TimeWindowPartitionsDefinition) -> list:
     @asset(
         name="review_queue",
         partitions_def=partitions,

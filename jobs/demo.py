@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from dagster import DagsterInstance, Definitions, build_schedule_context, build_sensor_context
+from dagster import DagsterInstance, Definitions, RunRequest, build_schedule_context, build_sensor_context
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from jobs.definitions import MONTHLY_REVIEW_JOB, NIGHTLY_SCHEDULE, REPOSITORY_CONFIG, build_definitions
@@ -179,10 +179,10 @@ def run_nights(
             with build_schedule_context(instance=instance, scheduled_execution_time=tick_time) as context:
                 requests = schedule.evaluate_tick(context).run_requests or []
             for request in requests:
-                runs[request.partition_key] = execute_night(
+                runs[_partition_of(request)] = execute_night(
                     defs,
                     instance,
-                    request.partition_key,
+                    _partition_of(request),
                     {**request.tags, "dagster/schedule_name": schedule.name},
                     config.storage.lock_wait_seconds,
                 )
@@ -219,7 +219,7 @@ def run_monthly_reports(
                 else None
             )
             lines.append(
-                f"[bold]Monthly review[/] {request.partition_key[:7]}: {html or 'FAILED (see the run in the UI)'}"
+                f"[bold]Monthly review[/] {_partition_of(request)[:7]}: {html or 'FAILED (see the run in the UI)'}"
             )
     return lines
 
@@ -233,7 +233,7 @@ class SensorDriver:
     ) -> None:
         self.defs, self.instance, self.lock_wait_seconds = defs, instance, lock_wait_seconds
         self.cursors: dict[str, str | None] = {}
-        self.done: set[str] = set()
+        self.done: set[str | None] = set()
 
     def tick(self) -> list[str]:
         """One round over every sensor, repeated while any of them requested a run; returns what was run."""
@@ -252,6 +252,8 @@ class SensorDriver:
                     self.done.add(request.run_key)
                     requested = True
                     job_name = request.job_name or sensor.job_name
+                    if job_name is None:
+                        raise ValueError(f"sensor {sensor.name} requested a run without naming a job")
                     result = launch_run(
                         self.defs.resolve_job_def(job_name),
                         self.instance,
@@ -281,3 +283,10 @@ def night_summary(config: ProjectConfig, nights: list[dt.date]) -> pl.DataFrame:
                 group by partition_date order by partition_date""",
             {"first": nights[0], "last": nights[-1]},
         ).pl()
+
+
+def _partition_of(request: RunRequest) -> str:
+    """The partition a schedule's run request names (every Nightkeeper schedule is partitioned)."""
+    if request.partition_key is None:
+        raise ValueError(f"the schedule requested a run without a partition: {request}")
+    return request.partition_key

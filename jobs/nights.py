@@ -151,16 +151,20 @@ def _backfill_record(
         run_config=None,
     )
     materialized = {
-        AssetKeyPartitionKey(record.asset_key, record.partition_key)
+        AssetKeyPartitionKey(event.asset_key, event.partition_key)
         for run in runs
-        for record in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+        for event in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+        if event.asset_key is not None  # a materialization always names its asset
     }
     failed = {
         AssetKeyPartitionKey(key, run.partition) for run in runs if not run.success for key in job_assets
     } - materialized
-    data = record.asset_backfill_data._replace(
+    targets = record.asset_backfill_data
+    if targets is None:  # from_asset_partitions always builds an asset backfill
+        raise ValueError(f"backfill {backfill_id} has no asset partitions")
+    data = targets._replace(
         requested_runs_for_target_roots=True,
-        requested_subset=record.asset_backfill_data.target_subset,
+        requested_subset=targets.target_subset,
         materialized_subset=AssetGraphSubset.from_asset_partition_set(materialized, graph),
         failed_and_downstream_subset=AssetGraphSubset.from_asset_partition_set(failed, graph),
     )

@@ -26,6 +26,7 @@ from dagster import (
 from jobs.resources import ProjectResource, WarehouseResource
 from nightkeeper import webhook
 from nightkeeper.config import ProjectConfig
+from nightkeeper.frames import number
 
 ALERT_OUTBOX_JOB = "deliver_alert_outbox"
 ALERT_OUTBOX_SENSOR = "alert_outbox"
@@ -79,7 +80,7 @@ def may_be_pending(context: SensorEvaluationContext) -> bool:
         event = (records[0].asset_materialization or records[0].asset_observation) if records else None
         value = event.metadata.get(field) if event is not None else None
         if value is not None:
-            reports.append((records[0].storage_id, int(value.value)))
+            reports.append((records[0].storage_id, int(number(value.value))))
     newest_report, pending = max(reports) if reports else (0, 0)
     lifecycle = [
         record.storage_id

@@ -101,25 +101,27 @@ alter table {ALERTS} add column if not exists acknowledged_by varchar;
 alter table {ALERTS} add column if not exists ack_reason varchar;
 """
 
-ALERTS_SCHEMA: dict[str, pl.DataType] = {
-    "alert_id": pl.String(),
-    "rule": pl.String(),
-    "category": pl.String(),
-    "severity": pl.String(),
-    "metric": pl.String(),
-    "opened_night": pl.Date(),
-    "closed_night": pl.Date(),
-    "status": pl.String(),
-    "value": pl.Float64(),
-    "threshold": pl.Float64(),
-    "comparison": pl.String(),
-    "message": pl.String(),
-    "runbook": pl.String(),
-    "payload": pl.String(),
-    "acknowledged_at": pl.Datetime("us", "UTC"),
-    "acknowledged_by": pl.String(),
-    "ack_reason": pl.String(),
-}
+ALERTS_SCHEMA = pl.Schema(
+    {
+        "alert_id": pl.String(),
+        "rule": pl.String(),
+        "category": pl.String(),
+        "severity": pl.String(),
+        "metric": pl.String(),
+        "opened_night": pl.Date(),
+        "closed_night": pl.Date(),
+        "status": pl.String(),
+        "value": pl.Float64(),
+        "threshold": pl.Float64(),
+        "comparison": pl.String(),
+        "message": pl.String(),
+        "runbook": pl.String(),
+        "payload": pl.String(),
+        "acknowledged_at": pl.Datetime("us", "UTC"),
+        "acknowledged_by": pl.String(),
+        "ack_reason": pl.String(),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,12 @@ def apply_transitions(
     connection.begin()
     try:
         for transition in transitions:
-            if transition.event == "opened" and _open(connection, transition) or transition.event == "resolved" and _resolve(connection, transition):
+            if (
+                transition.event == "opened"
+                and _open(connection, transition)
+                or transition.event == "resolved"
+                and _resolve(connection, transition)
+            ):
                 written.append(transition.payload)
         for payload in written:
             enqueue(connection, f"{payload['alert_id']}:{payload['event']}", webhook_body(payload))
@@ -401,7 +408,7 @@ def runbook_link(anchor: str) -> str:
 
 
 def _probable_causes(states: list[RuleState], context: dict[str, float]) -> list[dict[str, Any]]:
-    causes = []
+    causes: list[dict[str, Any]] = []
     for state in states:
         rule = state.rule
         if rule.category != "drift":

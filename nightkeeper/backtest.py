@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
+import lightgbm as lgb
 import polars as pl
 import yaml
 from rich.console import Console
@@ -181,7 +182,7 @@ class _Replay:
         self.config, self.labels_dir, self.nights, self.delay, self.explain = config, labels_dir, nights, delay, explain
         self.pending = self._label_folders()  # (scoring night, folder) not yet staged, oldest first
         self.first: registry.ModelRecord | None = None
-        self.first_booster = None
+        self.first_booster: lgb.Booster | None = None
         self.counterfactual: list[pl.DataFrame] = []
         self.history_rows: dict[str, int] = {}
         self.timing = backtest_report.ReplayTiming()
@@ -294,7 +295,7 @@ class _Replay:
 
     def _score_counterfactual(self, night: dt.date, validated: pl.DataFrame, scored: pl.DataFrame) -> None:
         """The first champion's scores on tonight's validated rows; reused from the served scores when it served."""
-        assert self.first is not None
+        assert self.first is not None and self.first_booster is not None  # set by bootstrap, before any night
         if (
             scored.height
             and scored["model_version"].drop_nulls().unique().to_list() == [self.first.version]

@@ -26,17 +26,20 @@ import polars as pl
 from nightkeeper import registry
 from nightkeeper.performance import auc
 from nightkeeper.report import figure_png, new_figure
+from nightkeeper.warehouse import table_exists
 
 SCHEMA = "backtest"
 FIRST_CHAMPION_TABLE = f"{SCHEMA}.first_champion_scores"
-FIRST_CHAMPION_SCHEMA: dict[str, pl.DataType] = {
-    "partition_date": pl.Date(),
-    "source_file": pl.String(),
-    "row_number": pl.Int64(),
-    "entity_id": pl.String(),
-    "score": pl.Float64(),
-}
-TRUTH_SCHEMA: dict[str, pl.DataType] = {"entity_id": pl.String(), "label": pl.Int8()}
+FIRST_CHAMPION_SCHEMA = pl.Schema(
+    {
+        "partition_date": pl.Date(),
+        "source_file": pl.String(),
+        "row_number": pl.Int64(),
+        "entity_id": pl.String(),
+        "score": pl.Float64(),
+    }
+)
+TRUTH_SCHEMA = pl.Schema({"entity_id": pl.String(), "label": pl.Int8()})
 BLOCK_NIGHTS = 30  # served vs first champion is also compared per block of this many nights (pooled rows)
 SOURCES = ("model", "canary", "fallback", "quarantine")
 ESTIMATED_AUC = "performance.estimated_auc"
@@ -147,13 +150,15 @@ def _night_metrics(connection: duckdb.DuckDBPyConnection, nights: list[dt.date])
 def _label_lag(connection: duckdb.DuckDBPyConnection) -> dict[str, float] | None:
     """Days between a label's scoring night and the night the replay saw it arrive (median, min, max): with labels
     given per scoring night this is the label delay; more means the labels folder was already laid out by arrival."""
-    if not _exists(connection, "monitoring", "labels"):
+    if not table_exists(connection, "monitoring", "labels"):
         return None
     row = connection.execute(
         "select median(arrived_on - partition_date), min(arrived_on - partition_date), max(arrived_on - partition_date) "
         "from monitoring.labels"
     ).fetchone()
-    return None if row[0] is None else {"median": float(row[0]), "min": float(row[1]), "max": float(row[2])}
+    return (
+        None if row is None or row[0] is None else {"median": float(row[0]), "min": float(row[1]), "max": float(row[2])}
+    )
 
 
 def _blocks(paired: pl.DataFrame, nights: list[dt.date]) -> list[dict[str, Any]]:
@@ -180,7 +185,7 @@ def _blocks(paired: pl.DataFrame, nights: list[dt.date]) -> list[dict[str, Any]]
 
 
 def _alert_events(connection: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    if not _exists(connection, "monitoring", "alert_events"):
+    if not table_exists(connection, "monitoring", "alert_events"):
         return []
     frame = connection.execute(
         """select e.night, e.event, e.alert_id, a.rule, a.category, a.severity, a.metric, e.message
@@ -209,7 +214,7 @@ def _lifecycle_events(connection: duckdb.DuckDBPyConnection) -> list[dict[str, A
                 "detail": row["reason"],
             }
         )
-    if _exists(connection, "lifecycle", "candidates"):
+    if table_exists(connection, "lifecycle", "candidates"):
         for row in (
             connection.execute("select * from lifecycle.candidates order by as_of, recorded_at")
             .pl()
@@ -241,15 +246,6 @@ def _timing(per_night: list[dict[str, Any]], step_seconds: dict[str, list[float]
         "median_seconds_by_step": {name: round(float(np.median(times)), 4) for name, times in step_seconds.items()},
         "total_seconds_by_step": {name: round(float(np.sum(times)), 3) for name, times in step_seconds.items()},
     }
-
-
-def _exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return (
-        connection.execute(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
-        ).fetchone()[0]
-        > 0
-    )
 
 
 # ------------------------------------------------------------------------------------------------------ the HTML

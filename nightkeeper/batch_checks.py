@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 
@@ -29,7 +29,7 @@ class CheckOutcome:
     passed: bool
     description: str
     severity: Severity = "ERROR"
-    metadata: dict[str, object] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # plain Python values, as in StepResult.metadata
 
 
 def schema_matches_contract(files: list[LandedFile], contract: Contract, night: str) -> CheckOutcome:
@@ -62,13 +62,13 @@ def schema_matches_contract(files: list[LandedFile], contract: Contract, night: 
         if contract.entity_id not in landed.columns:
             errors.append(f"{name}: id column {contract.entity_id!r} is missing")
         for feature, spec in contract.features.items():
-            found = landed.columns.get(feature)
-            if found is None:
+            landed_type = landed.columns.get(feature)
+            if landed_type is None:
                 (errors if spec.required else warnings).append(
                     f"{name}: {'required' if spec.required else 'optional'} column {feature!r} is missing"
                 )
-            elif not landed.path.lower().endswith(".csv") and not found.startswith(_COMPATIBLE[spec.dtype]):
-                errors.append(f"{name}: column {feature!r} arrived as {found}; the contract expects {spec.dtype}")
+            elif not landed.path.lower().endswith(".csv") and not landed_type.startswith(_COMPATIBLE[spec.dtype]):
+                errors.append(f"{name}: column {feature!r} arrived as {landed_type}; the contract expects {spec.dtype}")
         extra = sorted(set(landed.columns) - known)
         if extra:
             warnings.append(f"{name}: unexpected column(s) {extra}")

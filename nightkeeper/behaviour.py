@@ -41,7 +41,7 @@ def behaviour_tests(
 
 
 def _predict(booster: lgb.Booster, card: ModelCard, frame: pl.DataFrame) -> np.ndarray:
-    return booster.predict(feature_matrix(frame, card.features))
+    return np.asarray(booster.predict(feature_matrix(frame, card.features)))
 
 
 def _directions(booster: lgb.Booster, card: ModelCard, rows: pl.DataFrame, config: BehaviourConfig) -> CheckOutcome:

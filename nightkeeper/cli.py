@@ -6,7 +6,7 @@ import datetime as dt
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich import box
@@ -463,7 +463,7 @@ def backtest(
 ) -> None:
     """Replay the batches night by night through the pipeline core, with the sensors' decisions and labels arriving
     late, and report what would have happened against the first champion left alone."""
-    from nightkeeper.backtest import run_backtest
+    from nightkeeper.backtest import Cadence, run_backtest
 
     project = _load(config)
     try:
@@ -473,8 +473,8 @@ def backtest(
             batches,
             labels,
             label_delay,
-            cadence or project.schedule.cadence,
-            out,  # type: ignore[arg-type]
+            cast(Cadence, cadence or project.schedule.cadence),  # run_backtest refuses a value that is no cadence
+            out,
             skip_reason_codes=skip_reason_codes,
         )
     except ValueError as exc:
@@ -612,9 +612,7 @@ def _run_registry_job(
 def models_promote(
     version: str,
     config: ConfigOption = None,
-    effective: Annotated[
-        str | None, typer.Option(help="First night it serves (YYYY-MM-DD); default tomorrow.")
-    ] = None,
+    effective: Annotated[str | None, typer.Option(help="First night it serves (YYYY-MM-DD); default tomorrow.")] = None,
     reason: Annotated[str, typer.Option(help="Why, for the log.")] = "promoted by hand",
     actor: Annotated[str, typer.Option(help="Who, for the log.")] = os.environ.get("USER", "operator"),
 ) -> None:
@@ -754,9 +752,7 @@ def alerts_ack(
     project = _load(config)
     with warehouse.connect(project.warehouse_path) as connection:
         try:
-            row = alerts.acknowledge(
-                connection, alert_id, by or getpass.getuser(), reason, dt.datetime.now(dt.UTC)
-            )
+            row = alerts.acknowledge(connection, alert_id, by or getpass.getuser(), reason, dt.datetime.now(dt.UTC))
         except ValueError as exc:
             console.print(f"[red]{exc}[/]", soft_wrap=True)
             raise typer.Exit(2) from None

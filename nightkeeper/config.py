@@ -156,7 +156,8 @@ _RULE_CLASSES = frozenset({"COLUMN_REF", "CONSTANT", "COMPARISON", "CONJUNCTION"
 def _parsed_select(sql: str) -> dict[str, Any]:
     import duckdb  # the parser only; nothing is executed
 
-    tree = json.loads(duckdb.execute("select json_serialize_sql(?)", [sql]).fetchone()[0])
+    (serialized,) = duckdb.execute("select json_serialize_sql(?)", [sql]).fetchall()[0]
+    tree = json.loads(serialized)
     if tree.get("error"):
         raise ValueError(tree.get("error_message", "unparseable"))
     return tree
@@ -744,7 +745,8 @@ class LifecycleConfig(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     behaviour: BehaviourConfig = BehaviourConfig()
     retrain_on_alert_categories: list[Literal["performance", "drift", "data_quality", "operations"]] = Field(
-        default_factory=lambda: ["performance"], description="Alert categories whose open alerts trigger a retrain."
+        ["performance"],  # pydantic copies a mutable default for each instance
+        description="Alert categories whose open alerts trigger a retrain.",
     )
     retrain: RetrainPolicyConfig = RetrainPolicyConfig()
 

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel
 
 from nightkeeper.config import RESERVED_COLUMNS, ProjectConfig
+from nightkeeper.frames import day, number
 
 MAX_CODE_LEVELS = 12
 """An integer column with at most this many distinct values is offered as a category (codes, grades, flags)."""
@@ -116,7 +117,7 @@ def sample_shape(sample: pl.DataFrame, time_column: str | None) -> SampleShape:
         raise DraftError(f"--time column {time_column!r}: no value parses as a date or timestamp")
     counts = days.drop_nulls().value_counts()["count"].to_list()
     cv = statistics.pstdev(counts) / statistics.mean(counts) if len(counts) >= 3 else None
-    return SampleShape(int(statistics.median(counts)), len(counts), cv, days.max())
+    return SampleShape(int(statistics.median(counts)), len(counts), cv, day(days.max()))
 
 
 def derive_sizes(shape: SampleShape) -> Sizes:
@@ -165,11 +166,11 @@ def draft_feature(name: str, column: pl.Series) -> FeatureDraft:
         )
     if values.is_empty():
         return FeatureDraft(name, None, "left out: every value in the sample is null")
-    dtype = column.dtype
+    dtype: pl.DataType = column.dtype
     if dtype == pl.Boolean:
         return FeatureDraft(name, {"dtype": "bool", **required}, f"boolean{null_note}")
-    if dtype.is_float() and bool((values == values.round()).all()) and values.abs().max() < 2**53:
-        values, dtype = values.cast(pl.Int64), pl.Int64  # whole numbers stored as floats (a column with nulls, often)
+    if dtype.is_float() and bool((values == values.round()).all()) and number(values.abs().max()) < 2**53:
+        values, dtype = values.cast(pl.Int64), pl.Int64()  # whole numbers stored as floats (a column with nulls, often)
     if dtype.is_integer():
         levels = sorted(values.unique().to_list())
         if len(levels) <= MAX_CODE_LEVELS and not _looks_like_a_count(values, levels):
@@ -179,18 +180,18 @@ def draft_feature(name: str, column: pl.Series) -> FeatureDraft:
                 f"integer codes, {len(levels)} levels: offered as a category; make it "
                 f"{{dtype: int, min, max}} if the order of the codes means something{null_note}",
             )
-        low, high = _widened(float(values.min()), float(values.max()))
+        low, high = _widened(number(values.min()), number(values.max()))
         return FeatureDraft(
             name,
             {"dtype": "int", "min": math.floor(low), "max": math.ceil(high), **required},
-            f"integer; sample range {values.min()} … {values.max()}{null_note}",
+            f"integer; sample range {values.min()!r} … {values.max()!r}{null_note}",  # ints: repr is the number
         )
     if dtype.is_float():
-        low, high = _widened(float(values.min()), float(values.max()))
+        low, high = _widened(number(values.min()), number(values.max()))
         return FeatureDraft(
             name,
             {"dtype": "float", "min": _round(low), "max": _round(high), **required},
-            f"number; sample range {_round(float(values.min()))} … {_round(float(values.max()))}{null_note}",
+            f"number; sample range {_round(number(values.min()))} … {_round(number(values.max()))}{null_note}",
         )
     if dtype == pl.String or dtype == pl.Categorical:
         levels = sorted(values.cast(pl.String).unique().to_list())
@@ -403,7 +404,7 @@ def _positive_rate(sample: pl.DataFrame, target: str) -> float:
         raise DraftError(
             f"--target column {target!r}: expected labels 0 and 1 (or true/false), found {sorted(map(str, found))[:10]}"
         )
-    return float(labels.mean())
+    return number(labels.mean())
 
 
 def _entity_id(sample: pl.DataFrame, entity_id: str | None, target: str, event_time: str | None) -> tuple[str, str]:
@@ -419,7 +420,11 @@ def _entity_id(sample: pl.DataFrame, entity_id: str | None, target: str, event_t
 def _looks_like_a_count(values: pl.Series, levels: list[int]) -> bool:
     """Values 0, 1, 2, … k whose top value is rare are a count with a thinning tail (a later night may well bring
     k + 1), not codes: drafted as an int with a range rather than a category that would quarantine a new top."""
-    return levels == list(range(len(levels))) and len(levels) > 2 and (values == levels[-1]).mean() < COUNT_TAIL_SHARE
+    return (
+        levels == list(range(len(levels)))
+        and len(levels) > 2
+        and number((values == levels[-1]).mean()) < COUNT_TAIL_SHARE
+    )
 
 
 def _widened(low: float, high: float) -> tuple[float, float]:

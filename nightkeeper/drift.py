@@ -55,6 +55,7 @@ from nightkeeper import metric_names as names
 from nightkeeper import registry
 from nightkeeper.artifacts import ModelUnavailable, load_reference_sample
 from nightkeeper.encoding import FeatureCard, categorical_indices, feature_matrix
+from nightkeeper.frames import number
 from nightkeeper.profile import (
     PSI_EPSILON,
     CategoryProfile,
@@ -166,7 +167,7 @@ class DriftResult:
             names.CONFIDENCE_DRIFTED: float(p.get("confidence_drifted", 0.0)),
             names.VANISHED_LEVELS: float(vanished.height) if self.rows else _NAN,
             names.VANISHED_SHARE: float(vanished["reference_share"].sum()) if self.rows else _NAN,
-            names.NEW_LEVEL_SHARE: float(new_share.max()) if len(new_share) else _NAN,
+            names.NEW_LEVEL_SHARE: number(new_share.max()) if len(new_share) else _NAN,
         }
         for row in self.features.iter_rows(named=True):
             feature = row["feature"]
@@ -408,7 +409,7 @@ def measure_drift(
             }
         )
     table = pl.DataFrame(table_rows, schema=FEATURE_SCHEMA) if table_rows else pl.DataFrame(schema=FEATURE_SCHEMA)
-    drifted_share = float(table["drifted"].mean()) if rows and table.height else _NAN
+    drifted_share = number(table["drifted"].mean()) if rows and table.height else _NAN
     auc = _domain_auc(reference_sample, current, features, domain_rows, seed) if reference_sample is not None else None
     return DriftResult(
         features=table,

@@ -6,6 +6,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from nightkeeper.config import DecisionConfig
+from nightkeeper.frames import number
 
 
 class SegmentRate(BaseModel):
@@ -64,7 +65,7 @@ def fit_fallback(frame: pl.DataFrame, target: str, segment_by: list[str], min_ro
     """
     if frame.height == 0:
         raise ValueError("cannot fit the fallback on zero labeled rows")
-    global_rate = float(frame[target].cast(pl.Float64).mean())
+    global_rate = number(frame[target].cast(pl.Float64).mean())
     if not segment_by:
         return FallbackRule(segment_by=[], rates=[], global_rate=global_rate)
     grouped = (

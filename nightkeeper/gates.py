@@ -10,6 +10,7 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from nightkeeper.config import BusinessValue, PromotionGateConfig, TrainingDataGateConfig
 from nightkeeper.encoding import FeatureCard
+from nightkeeper.frames import number
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def training_window_gate(
         .sort("partition_date")
     )
     median_rows, rows_spread = _median_and_spread(per_night["rows"], config.outlier_mads)
-    median_rate = float(per_night["label_rate"].median())
+    median_rate = number(per_night["label_rate"].median())
     median_duplicates, duplicates_spread = _median_and_spread(per_night["duplicate_share"], config.outlier_mads)
     volume_limit = max(config.max_volume_ratio * median_rows, median_rows + rows_spread)
     duplicate_limit = median_duplicates + max(config.max_duplicate_share, duplicates_spread)
@@ -119,8 +120,8 @@ def training_window_gate(
 def _median_and_spread(values: pl.Series, mads: float) -> tuple[float, float]:
     """The median of ``values`` and ``mads`` × their median absolute deviation scaled to a normal's σ (× 1.4826):
     a centre and a spread that a minority of odd nights cannot move."""
-    median = float(values.median())
-    return median, mads * 1.4826 * float((values.cast(pl.Float64) - median).abs().median())
+    median = number(values.median())
+    return median, mads * 1.4826 * number((values.cast(pl.Float64) - median).abs().median())
 
 
 def _rounded(feature: FeatureCard) -> pl.Expr:

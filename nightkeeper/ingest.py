@@ -35,13 +35,15 @@ from pathlib import Path, PurePosixPath
 
 import polars as pl
 
-RAW_SCHEMA: dict[str, pl.DataType] = {
-    "partition_date": pl.Date(),
-    "source_file": pl.String(),
-    "row_number": pl.Int64(),
-    "entity_id": pl.String(),
-    "record": pl.String(),
-}
+RAW_SCHEMA = pl.Schema(
+    {
+        "partition_date": pl.Date(),
+        "source_file": pl.String(),
+        "row_number": pl.Int64(),
+        "entity_id": pl.String(),
+        "record": pl.String(),
+    }
+)
 
 FILE_ROW = 0
 """``row_number`` of the one raw row that stands for an unreadable file (data rows count from 1)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import duckdb
@@ -29,13 +30,15 @@ import polars as pl
 SCHEMA = "monitoring"
 TABLE = f"{SCHEMA}.night_metrics"
 
-HISTORY_SCHEMA: dict[str, pl.DataType] = {
-    "night": pl.Date(),
-    "metric": pl.String(),
-    "value": pl.Float64(),
-    "model_version": pl.String(),
-    "recorded_at": pl.Datetime("us", "UTC"),
-}
+HISTORY_SCHEMA = pl.Schema(
+    {
+        "night": pl.Date(),
+        "metric": pl.String(),
+        "value": pl.Float64(),
+        "model_version": pl.String(),
+        "recorded_at": pl.Datetime("us", "UTC"),
+    }
+)
 
 _DDL = f"""
 create schema if not exists {SCHEMA};
@@ -59,7 +62,7 @@ def ensure_metrics_table(connection: duckdb.DuckDBPyConnection) -> None:
 def record_metrics(
     connection: duckdb.DuckDBPyConnection,
     night: dt.date,
-    metrics: dict[str, float | None],
+    metrics: Mapping[str, float | None],
     model_version: str | None,
     details: dict[str, dict[str, Any]] | None = None,
 ) -> int:

@@ -13,6 +13,7 @@ from nightkeeper.artifacts import save_artifact
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.behaviour import behaviour_tests
 from nightkeeper.config import ProjectConfig
+from nightkeeper.frames import day
 from nightkeeper.registry import ModelRecord
 from nightkeeper.training import TrainedModel, train_model, training_frame
 from nightkeeper.training_data import LabeledHistoryFile, store_history
@@ -88,6 +89,6 @@ def train_first_champion(
         record.version,
         config.schedule.start_date,
         actor,
-        f"first champion trained on the labeled history ({rows} rows, {dates.min()} .. {dates.max()})",
+        f"first champion trained on the labeled history ({rows} rows, {day(dates.min())} .. {day(dates.max())})",
     )
     return FirstChampion(record, checks)

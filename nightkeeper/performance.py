@@ -37,7 +37,7 @@ from nightkeeper import registry
 from nightkeeper.config import BusinessValue, DecisionConfig, PerformanceConfig
 from nightkeeper.frames import conform
 from nightkeeper.labels import LABELS_TABLE, ensure_labels_table
-from nightkeeper.warehouse import NIGHTLY_SCHEMA
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, table_exists
 
 DEFAULT_SOURCES: tuple[str, ...] = ("model", "canary")
 GROUP_KEY = ["partition_date", "source", "model_version"]
@@ -765,10 +765,7 @@ def _labels_of(
 def _ensure_tables(connection: duckdb.DuckDBPyConnection) -> bool:
     """Create the performance tables that are missing; True when the estimates table is new (nothing computed yet)."""
     ensure_labels_table(connection)
-    first_time = not connection.execute(
-        "select count(*) from information_schema.tables where table_schema = 'monitoring' and table_name = $name",
-        {"name": ESTIMATED_TABLE.split(".")[1]},
-    ).fetchone()[0]
+    first_time = not table_exists(connection, *ESTIMATED_TABLE.split("."))
     connection.execute(_LABEL_STATE_DDL)
     for table, schema in ((REALIZED_TABLE, REALIZED_SCHEMA), (ESTIMATED_TABLE, ESTIMATED_SCHEMA)):
         empty = pl.DataFrame(schema=schema).to_arrow()  # noqa: F841  (DuckDB reads the local variable by name)

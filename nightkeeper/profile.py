@@ -306,7 +306,7 @@ def fit_profile(
     categories = [f for f in features if f.dtype == "category"]
 
     profiles: dict[str, NumericProfile | CategoryProfile] = {}
-    fitted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    fitted: dict[str, _Statistics] = {}
     sorted_values = sorted_numeric_values(frame, [f.name for f in numeric])
     for feature in numeric:
         profile = _numeric_profile(sorted_values[feature.name], frame.height, config.bins)
@@ -316,9 +316,9 @@ def fit_profile(
     codes_frame = frame.select(category_codes(f.name, f.categories or []) for f in categories)
     for feature in categories:
         codes = codes_frame[feature.name].to_numpy()
-        profile = _category_profile(codes, feature.categories or [])
-        profiles[feature.name] = profile
-        fitted[feature.name] = ladder.statistics(codes, len(profile.bin_frequencies))
+        levels_profile = _category_profile(codes, feature.categories or [])
+        profiles[feature.name] = levels_profile
+        fitted[feature.name] = ladder.statistics(codes, len(levels_profile.bin_frequencies))
 
     confidences = confidence_of(scores, decision_threshold)
     score_profile = _numeric_profile(np.sort(scores[np.isfinite(scores)]), len(scores), config.bins)

@@ -33,6 +33,7 @@ import polars as pl
 
 from nightkeeper import warehouse
 from nightkeeper.drift import FEATURE_SCHEMA
+from nightkeeper.frames import conform, day, number
 from nightkeeper.performance import REALIZED_SCHEMA
 from nightkeeper.review import QUEUE_SCHEMA
 
@@ -605,9 +606,7 @@ def _conform_loose(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.Da
         if name not in frame.columns:
             columns.append(pl.lit(None, dtype=dtype).alias(name))
         elif (
-            isinstance(dtype, pl.Datetime)
-            and isinstance(frame.schema[name], pl.Datetime)
-            and frame.schema[name].time_zone
+            isinstance(dtype, pl.Datetime) and isinstance(found := frame.schema[name], pl.Datetime) and found.time_zone
         ):
             columns.append(pl.col(name).dt.convert_time_zone(dtype.time_zone or "UTC").cast(dtype))
         else:
@@ -623,8 +622,7 @@ def _volume(outcomes: pl.DataFrame, counts: dict[str, pl.DataFrame]) -> pl.DataF
     table = table.join(outcomes, on="night", how="left")
     schema = SECTION_SCHEMAS["volume"]
     return (
-        table.select(list(schema))
-        .cast(schema)
+        conform(table, schema)
         .with_columns(pl.col(name).fill_null(0) for name in schema if name != "night")
         .sort("night")
     )
@@ -780,8 +778,7 @@ def alias_timeline(snapshot: Snapshot, first: dt.date, last: dt.date) -> pl.Data
         entries = log.filter(pl.col("alias") == alias)
         # per effective night, the last row set for it wins
         entries = entries.group_by("effective_from", maintain_order=True).agg(pl.all().last()).sort("effective_from")
-        items = entries.iter_rows(named=True)
-        items = list(items)
+        items = list(entries.iter_rows(named=True))
         for index, entry in enumerate(items):
             start = entry["effective_from"]
             end = items[index + 1]["effective_from"] - dt.timedelta(days=1) if index + 1 < len(items) else last
@@ -974,7 +971,7 @@ def _attention_rates(snapshot: Snapshot) -> list[Attention]:
             )
         if quarantine.height >= 6:
             half = quarantine.height // 2
-            early, late = float(rates.head(half).median()), float(rates.tail(3).mean())
+            early, late = number(rates.head(half).median()), number(rates.tail(3).mean())
             if late > max(2 * early, 0.005) and late > early + 0.002:
                 items.append(
                     Attention(
@@ -1022,7 +1019,7 @@ def _attention_drift(snapshot: Snapshot) -> list[Attention]:
     bad = data_quality_nights(snapshot)
     drift = snapshot["drift"].filter(~pl.col("partition_date").is_in(sorted(bad)))
     if drift.height:
-        last_night = drift["partition_date"].max()
+        last_night = day(drift["partition_date"].max())
         drifted = (
             drift.filter(pl.col("drifted"))
             .group_by("feature")

@@ -649,7 +649,7 @@ def _read(
     zoned = [name for name, dtype in schema.items() if isinstance(dtype, pl.Datetime) and dtype.time_zone]
     frame = frame.with_columns(
         pl.col(name).dt.convert_time_zone("UTC")
-        if isinstance(frame.schema[name], pl.Datetime) and frame.schema[name].time_zone
+        if isinstance(found := frame.schema[name], pl.Datetime) and found.time_zone
         else pl.col(name).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
         for name in zoned
     )

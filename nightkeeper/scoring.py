@@ -20,7 +20,7 @@ from nightkeeper.card import ModelCard
 from nightkeeper.config import DecisionConfig
 from nightkeeper.encoding import feature_matrix
 from nightkeeper.fallback import decide
-from nightkeeper.frames import conform
+from nightkeeper.frames import conform, number
 from nightkeeper.validation import KEY_COLUMNS
 
 SCORED_SCHEMA: dict[str, pl.DataType] = {
@@ -140,4 +140,4 @@ def latency_percentiles(frame: pl.DataFrame) -> dict[str, float | None]:
     latency = frame["latency_ms"].drop_nulls()
     if latency.is_empty():
         return {"p50_ms": None, "p95_ms": None}
-    return {"p50_ms": float(latency.quantile(0.5)), "p95_ms": float(latency.quantile(0.95))}
+    return {"p50_ms": number(latency.quantile(0.5)), "p95_ms": number(latency.quantile(0.95))}

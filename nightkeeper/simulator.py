@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -235,7 +236,8 @@ class ScenarioPlan:
         own = self.nights.get(night_index, self.default)
         for schedule in self.schedules:
             if schedule.covers(night_index):
-                own = replace(own, **{schedule.knob: schedule.value_for_night(night_index)})
+                knob: dict[str, Any] = {schedule.knob: schedule.value_for_night(night_index)}  # a name in KNOBS
+                own = replace(own, **knob)
         if not self.layers:
             return own
         return merge_scenarios(*(layer.scenario_for_night(night_index) for layer in self.layers), own)
@@ -679,7 +681,7 @@ def _bot_applications(night: date, count: int, seed: int) -> pl.DataFrame:
             TARGET: (rng.random(count) < BOT_LABEL_RATE).astype(np.int8),
         }
     )
-    return frame.cast({**APPLICATION_SCHEMA, TARGET: pl.Int8()})
+    return frame.cast(pl.Schema({**APPLICATION_SCHEMA, TARGET: pl.Int8()}))
 
 
 # ------------------------------------------------------------------------------------------------ the defects

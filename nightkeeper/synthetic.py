@@ -79,13 +79,14 @@ def feature_bounds(spec: FeatureSpec) -> tuple[float, float]:
     """The [low, high] range values of a numeric feature are drawn from: the contract's bounds, open ones filled in.
     For ints the range is shrunk to whole numbers; raises ValueError when it holds none."""
     width = _DEFAULT_WIDTH[spec.dtype]
-    low, high = spec.min, spec.max
-    if low is None and high is None:
+    if spec.min is not None and spec.max is not None:
+        low, high = spec.min, spec.max
+    elif spec.min is not None:
+        low, high = spec.min, spec.min + width
+    elif spec.max is not None:
+        low, high = spec.max - width, spec.max
+    else:
         low, high = 0.0, width
-    elif low is None:
-        low = high - width
-    elif high is None:
-        high = low + width
     if spec.dtype == "int":
         low, high = float(math.ceil(low)), float(math.floor(high))
         if low > high:
@@ -181,7 +182,7 @@ def _draw_target(contract: Contract, features: pl.DataFrame, rng: np.random.Gene
         else:
             values = column.cast(pl.Float64)
             std = values.std()
-            standardized = (values - values.mean()) / std if std and std > 0 else values * 0.0
+            standardized = (values - values.mean()) / std if isinstance(std, float) and std > 0 else values * 0.0
             logit += rng.normal(0.0, 1.0) * standardized.fill_null(0.0).to_numpy()
     spread = logit.std()
     logit = (logit - logit.mean()) * (SIGNAL_STD / spread if spread > 0 else 0.0)

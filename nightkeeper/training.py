@@ -16,6 +16,7 @@ from nightkeeper.card import ModelCard, TrainingWindow
 from nightkeeper.config import BusinessValue, ProjectConfig
 from nightkeeper.encoding import categorical_indices, feature_cards, feature_matrix
 from nightkeeper.fallback import fit_fallback
+from nightkeeper.frames import number
 from nightkeeper.performance import estimate_performance
 from nightkeeper.profile import fit_profile, reference_sample
 from nightkeeper.validation import polars_dtype
@@ -80,7 +81,7 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
     )
     booster = lgb.train(training_params(config), dataset, num_boost_round=model_config.num_boost_round)
     model_text = booster.model_to_string()
-    scores = booster.predict(feature_matrix(holdout, features))
+    scores = np.asarray(booster.predict(feature_matrix(holdout, features)))
     labels = holdout[contract.target].to_numpy()
 
     model_sha = hashlib.sha256(model_text.encode()).hexdigest()
@@ -94,7 +95,7 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
     profile = fit_profile(
         data,
         features,
-        booster.predict(feature_matrix(data, features)),
+        np.asarray(booster.predict(feature_matrix(data, features))),
         model_config.decision.threshold,
         drift,
         nights=nights,
@@ -115,7 +116,7 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
             end=times.max() if times is not None else None,
             rows=train.height,
             holdout_rows=holdout.height,
-            positive_rate=float(data[contract.target].mean()),
+            positive_rate=number(data[contract.target].mean()),
         ),
         data_fingerprint=data_fingerprint(data, [contract.entity_id, contract.target, *names]),
         library_versions=library_versions(),

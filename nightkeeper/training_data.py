@@ -15,7 +15,7 @@ from nightkeeper.config import Contract
 from nightkeeper.frames import conform
 from nightkeeper.labels import NEGATIVE_TEXTS, POSITIVE_TEXTS, parse_label
 from nightkeeper.validation import QUARANTINE_SCHEMA, ROW_KEY, decode_records, parse_event_time, valid_schema, validate
-from nightkeeper.warehouse import NIGHTLY_SCHEMA
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, table_exists
 
 
 def labeled_history(
@@ -36,21 +36,21 @@ def labeled_history(
     renames = {"entity_id": contract.entity_id, **({"event_time": contract.event_time} if contract.event_time else {})}
     selected = ", ".join(f'"{name}"' for name in columns)
     parts = []
-    if _exists(connection, "lifecycle", "history"):
+    if table_exists(connection, "lifecycle", "history"):
         parts.append(f"""select {selected}, label as "{contract.target}", '{HISTORY_SOURCE}' as label_source, 0 as part
                          from {HISTORY} where partition_date between $first and $last""")
     sources = []
-    if _exists(connection, "monitoring", "labels"):
+    if table_exists(connection, "monitoring", "labels"):
         sources.append(
             "select entity_id, partition_date, label, 'delivered' as label_source, 1 as rank from monitoring.labels"
         )
-    if include_review and _exists(connection, "review", "labels"):
+    if include_review and table_exists(connection, "review", "labels"):
         sources.append(
             "select entity_id, partition_date, label,"
             " 'review:' || reviewer || '@' || strftime(timezone('UTC', reviewed_at), '%Y-%m-%dT%H:%M:%SZ') as label_source,"
             " 2 as rank from review.labels"
         )
-    if sources and _exists(connection, NIGHTLY_SCHEMA, "validated_batch"):
+    if sources and table_exists(connection, NIGHTLY_SCHEMA, "validated_batch"):
         best = f"""(select * from ({" union all ".join(sources)})
                     qualify row_number() over (partition by entity_id, partition_date order by rank) = 1)"""
         parts.append(f"""select {", ".join(f'v."{name}"' for name in columns)}, best.label as "{contract.target}", best.label_source, 1 as part
@@ -62,15 +62,7 @@ def labeled_history(
     frame = connection.execute(
         query, {name: value for name, value in (("first", first), ("last", last)) if f"${name}" in query}
     ).pl()
-    return frame.select(list(schema)).cast(schema).rename(renames)
-
-
-def _exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return bool(
-        connection.execute(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
-        ).fetchone()[0]
-    )
+    return conform(frame, schema).rename(renames)
 
 
 def split_holdout(labeled: pl.DataFrame, holdout_nights: int) -> tuple[pl.DataFrame, pl.DataFrame]:

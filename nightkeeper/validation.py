@@ -17,16 +17,18 @@ from nightkeeper.ingest import FILE_ERROR_KEY, FILE_ROW, file_errors, record_col
 ROW_KEY = ["source_file", "row_number"]
 KEY_COLUMNS = ["partition_date", "source_file", "row_number", "entity_id"]
 
-QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
-    "partition_date": pl.Date(),
-    "source_file": pl.String(),
-    "row_number": pl.Int64(),
-    "entity_id": pl.String(),
-    "column": pl.String(),
-    "rule": pl.String(),
-    "value": pl.String(),
-    "expected": pl.String(),
-}
+QUARANTINE_SCHEMA = pl.Schema(
+    {
+        "partition_date": pl.Date(),
+        "source_file": pl.String(),
+        "row_number": pl.Int64(),
+        "entity_id": pl.String(),
+        "column": pl.String(),
+        "rule": pl.String(),
+        "value": pl.String(),
+        "expected": pl.String(),
+    }
+)
 
 MISSING_COLUMN_VALUE = "<column missing from file>"
 UNREADABLE_FILE = "unreadable_file"

@@ -40,6 +40,14 @@ def connect(path: Path, wait_seconds: float = 100.0) -> Iterator[duckdb.DuckDBPy
         connection.close()
 
 
+def table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    """Whether ``schema.table`` exists in the warehouse."""
+    row = connection.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
+    ).fetchone()
+    return row is not None and row[0] > 0
+
+
 def store_partition(
     connection: duckdb.DuckDBPyConnection, schema: str, table: str, night: dt.date, frame: pl.DataFrame
 ) -> None:

@@ -34,6 +34,7 @@ from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.behaviour import behaviour_tests
 from nightkeeper.config import LifecycleConfig, ProjectConfig
 from nightkeeper.encoding import feature_cards, feature_matrix
+from nightkeeper.frames import day
 from nightkeeper.metric_names import CANDIDATE_REJECTED, RETRAIN_REFUSED, ROLLBACKS
 from nightkeeper.models import register_trained
 from nightkeeper.pipeline.monitoring import raise_alerts
@@ -124,7 +125,7 @@ def train_candidate(
             "version": record.version,
             "as_of": as_of.isoformat(),
             "trigger": trigger,
-            "training_nights": f"{first_night} .. {window['partition_date'].max()}",
+            "training_nights": f"{first_night} .. {day(window['partition_date'].max())}",
             "training_rows": record.card.training_window.rows,
             "review_labeled_rows": kept.filter(pl.col("label_source").str.starts_with("review:")).height,
             "history_rows": history_rows,
@@ -324,7 +325,7 @@ def _timed_scores(
     (a warm-up call first)."""
     booster = load_verified(record)
     matrix = feature_matrix(holdout, record.card.features)
-    scores = booster.predict(matrix)
+    scores = np.asarray(booster.predict(matrix))
     # a few thousand rows score in a millisecond or two, where a shared machine's jitter alone makes 8× ratios: the
     # latency rule must compare the models' cost, not the scheduler's noise
     timed = np.tile(matrix, (max(1, -(-TIMING_ROWS // max(len(matrix), 1))), 1))

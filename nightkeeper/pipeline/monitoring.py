@@ -22,6 +22,7 @@ import polars as pl
 from nightkeeper import alerts, drift, labels, metric_names, metrics_store, performance, registry, review, webhook
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import AlertingConfig, ProjectConfig
+from nightkeeper.frames import day
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.serving import serving_model
 from nightkeeper.validation import ROW_KEY
@@ -162,7 +163,7 @@ def _labeled_window(connection: duckdb.DuckDBPyConnection, night: dt.date, reali
     )
     if labeled.is_empty():
         return performance.scored_with_labels_of(connection, [], night)
-    recent = labeled.filter(labeled > labeled.max() - dt.timedelta(days=CALIBRATION_WINDOW_NIGHTS))
+    recent = labeled.filter(labeled > day(labeled.max()) - dt.timedelta(days=CALIBRATION_WINDOW_NIGHTS))
     return performance.scored_with_labels_of(
         connection, sorted({*recent, *labeled.tail(REALIZED_WINDOW_NIGHTS)}), night
     )
@@ -186,7 +187,7 @@ def _calibration(window: pl.DataFrame, max_error: float) -> performance.Calibrat
     if joined.height == 0:
         return None
     recent = joined.filter(
-        pl.col("partition_date") > joined["partition_date"].max() - dt.timedelta(days=CALIBRATION_WINDOW_NIGHTS)
+        pl.col("partition_date") > day(joined["partition_date"].max()) - dt.timedelta(days=CALIBRATION_WINDOW_NIGHTS)
     )
     return performance.calibration_check(
         recent["score"].to_numpy(), recent["label"].to_numpy(), max_calibration_error=max_error

@@ -21,7 +21,7 @@ from nightkeeper import batch_checks, lifecycle, metric_names, metrics_store, re
 from nightkeeper.artifacts import ModelUnavailable, load_verified
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import BusinessValue, ProjectConfig
-from nightkeeper.frames import conform
+from nightkeeper.frames import conform, number
 from nightkeeper.ingest import read_night
 from nightkeeper.labels import LABELS_TABLE
 from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
@@ -32,7 +32,7 @@ from nightkeeper.routing import in_canary
 from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored
 from nightkeeper.serving import serving_decision, serving_model
 from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, quarantine_summary, validate
-from nightkeeper.warehouse import NIGHTLY_SCHEMA
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, table_exists
 
 SHADOW_SCHEMA = {**SCORED_SCHEMA, "in_canary": pl.Boolean()}
 # rows of a table shown in metadata: a preview of the night, a summary (by rule, by reason) in full up to a limit
@@ -128,9 +128,10 @@ def score_night(
     """
     champion = serving_model(connection, registry.CHAMPION, night)
     version = champion.version
+    error: str | None
     if champion.record is None:
-        error = champion.error or "no champion model is registered for this night"
-        frame = unscored(validated_batch, version, error)
+        reason = champion.error or "no champion model is registered for this night"
+        frame, error = unscored(validated_batch, version, reason), reason
     else:
         try:
             booster = load_verified(champion.record)
@@ -210,7 +211,9 @@ def shadow_night(
     earlier_healthy = history.filter((pl.col("night") >= challenger.effective_from) & (pl.col("value") == 1.0)).height
     failures = health.failures(rollout)
     healthy = not failures
-    decision = lifecycle.decide_rollout(challenger.stage, earlier_healthy + healthy, health, rollout)
+    decision = lifecycle.decide_rollout(
+        challenger.stage or lifecycle.SHADOW, earlier_healthy + healthy, health, rollout
+    )
     record_night_metrics(
         connection,
         night,
@@ -379,7 +382,7 @@ def explain_night(
 def outcomes_conserve_rows(connection: duckdb.DuckDBPyConnection) -> CheckOutcome:
     """Across all stored nights, every raw row has exactly one outcome row (none missing, none extra)."""
     if not (
-        _table_exists(connection, NIGHTLY_SCHEMA, "raw_batch") and _table_exists(connection, NIGHTLY_SCHEMA, "outcomes")
+        table_exists(connection, NIGHTLY_SCHEMA, "raw_batch") and table_exists(connection, NIGHTLY_SCHEMA, "outcomes")
     ):
         return batch_checks.rows_conserved([])
     nights = connection.execute(
@@ -418,7 +421,7 @@ def realized_rollout_auc(
     labeled rows or while only one class has landed.
     """
     if not all(
-        _table_exists(connection, *table.split("."))
+        table_exists(connection, *table.split("."))
         for table in (f"{NIGHTLY_SCHEMA}.shadow_scores", f"{NIGHTLY_SCHEMA}.scored_batch", LABELS_TABLE)
     ):
         return RealizedAuc(0, None, None)
@@ -475,7 +478,7 @@ def rollout_health(
         pl.col("model_error").is_null() & pl.col("model_error_champion").is_null()
     )
     agreement = (
-        float((both["decision"] == both["decision_champion"]).mean()) if both.height else (1.0 if not rows else 0.0)
+        number((both["decision"] == both["decision_champion"]).mean()) if both.height else (1.0 if not rows else 0.0)
     )
     estimated = (
         {
@@ -485,11 +488,8 @@ def rollout_health(
         if both.height
         else {}
     )
-    drop = (
-        estimated["champion"] - estimated["challenger"]
-        if estimated.get("champion") is not None and estimated.get("challenger") is not None
-        else None
-    )
+    champion_auc, challenger_auc = estimated.get("champion"), estimated.get("challenger")
+    drop = champion_auc - challenger_auc if champion_auc is not None and challenger_auc is not None else None
     error_rate = errors / rows if rows else 0.0
     fallback_rate_increase = (errors - champion_errors) / rows if rows else 0.0
     return lifecycle.NightHealth(
@@ -518,7 +518,7 @@ def record_night_metrics(
 
 def recent_row_counts(connection: duckdb.DuckDBPyConnection, night: dt.date, nights: int) -> list[int]:
     """Raw row counts of the stored nights among the ``nights`` nights before ``night``."""
-    if not _table_exists(connection, NIGHTLY_SCHEMA, "raw_batch"):
+    if not table_exists(connection, NIGHTLY_SCHEMA, "raw_batch"):
         return []
     rows = connection.execute(
         f"""select count(*) from {NIGHTLY_SCHEMA}.raw_batch
@@ -527,15 +527,6 @@ def recent_row_counts(connection: duckdb.DuckDBPyConnection, night: dt.date, nig
         {"night": night, "nights": nights},
     ).fetchall()
     return [count for (count,) in rows]
-
-
-def _table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return (
-        connection.execute(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
-        ).fetchone()[0]
-        > 0
-    )
 
 
 def _decision_counts(frame: pl.DataFrame) -> dict[str, int]:
