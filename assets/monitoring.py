@@ -35,8 +35,9 @@ def build_monitoring_assets(partitions: TimeWindowPartitionsDefinition) -> list:
         pool=WAREHOUSE_POOL,
         group_name="monitoring",
         deps=[AssetKey("outcomes")],
-        description="Label files that arrived in the week up to this night, reconciled with the answers they label: accepted once, "
-        "re-deliveries ignored, unknown ids, bad values and conflicts rejected with reasons (monitoring.labels).",
+        description="Label files that arrived in the week up to this night, reconciled with the answers they label: "
+        "accepted once, re-deliveries ignored, unknown ids, bad values and conflicts rejected with reasons "
+        "(monitoring.labels).",
     )
     def labels_asset(
         context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource

@@ -106,11 +106,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args()
     print(
-        f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, nights {args.nights}, labels {args.label_delay} nights late"
+        f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, nights {args.nights}, labels {args.label_delay} "
+        "nights late"
     )
     print(
-        f"{'rows/night':>10} {'nights':>6} {'median s/night':>15} {'[min–max]':>14} {'mean s/night incl. retrains':>28} "
-        f"{'retrain nights':>15} {'bootstrap s':>12}"
+        f"{'rows/night':>10} {'nights':>6} {'median s/night':>15} {'[min–max]':>14} "
+        f"{'mean s/night incl. retrains':>28} {'retrain nights':>15} {'bootstrap s':>12}"
     )
     for rows in args.rows:
         root = Path(tempfile.mkdtemp(prefix=f"nk-backtest-{rows}-"))

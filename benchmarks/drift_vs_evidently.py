@@ -154,7 +154,8 @@ def main() -> None:
     )
     print(f"{'evidently DataDriftPreset':34s}{evidently_seconds:10.2f}{_mib(evidently_memory):>16s}")
     print(
-        f"speed-up: {evidently_seconds / ours:.0f}x (univariate only: {evidently_seconds / statistics.median(univariate_seconds):.0f}x)"
+        f"speed-up: {evidently_seconds / ours:.0f}x (univariate only: "
+        f"{evidently_seconds / statistics.median(univariate_seconds):.0f}x)"
     )
     print()
     for method, group in comparison.group_by("method", maintain_order=True):

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/night_throughput.py                      # 100k and 1M rows, 3 repeats
     .venv/bin/python benchmarks/night_throughput.py --rows 200000 --repeats 5
-    .venv/bin/python benchmarks/night_throughput.py --quick              # 10k rows, 1 repeat, 5 nights of history (smoke)
+    .venv/bin/python benchmarks/night_throughput.py --quick              # smoke: 10k rows, 1 repeat, 5 nights history
     .venv/bin/python benchmarks/night_throughput.py --json results.json  # also write the raw measurements
 
 Two measurements per size and repeat:
@@ -17,8 +17,8 @@ Two measurements per size and repeat:
 Each measurement runs in a fresh process (this script re-executed with a hidden ``--_worker`` flag) on a fresh copy
 of the warehouse as it was right after the champion was bootstrapped, so neither its peak memory nor its warehouse
 state is polluted by earlier measurements. Data generation (simulate_night on the clean scenario + write_landing)
-and the champion bootstrap (simulate_history, 30 nights x 2000 rows, ``--history-days``) happen once per size, in a separate "prepare"
-process, outside every timed region.
+and the champion bootstrap (simulate_history, 30 nights x 2000 rows, ``--history-days``) happen once per size, in a
+separate "prepare" process, outside every timed region.
 
 Peak memory is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux) of the measuring process. Linux carries
 the parent's high-water mark into a child across fork/exec, so the orchestrating parent deliberately imports
@@ -693,7 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         results["machine"] = machine(run_worker("versions", scratch, "versions"))
         for rows in args.rows:
             print(
-                f"[{time.perf_counter() - started:6.1f}s] {rows:,} rows: generating the night and bootstrapping the champion",
+                f"[{time.perf_counter() - started:6.1f}s] {rows:,} rows: generating the night and bootstrapping the "
+                "champion",
                 flush=True,
             )
             workdir, info = prepare_size(rows, args.config, scratch, args.history_days)
@@ -709,8 +710,8 @@ def main(argv: list[str] | None = None) -> int:
                     by_mode[mode].append(measured)
                     seconds = measured["seconds"] if mode == "dagster" else measured["total_seconds"]
                     print(
-                        f"[{time.perf_counter() - started:6.1f}s] {rows:,} rows, repeat {repeat + 1}/{args.repeats}, {mode}: "
-                        f"{seconds:.2f} s, peak RSS {measured['peak_rss_mib']:,.0f} MiB",
+                        f"[{time.perf_counter() - started:6.1f}s] {rows:,} rows, repeat {repeat + 1}/{args.repeats}, "
+                        f"{mode}: {seconds:.2f} s, peak RSS {measured['peak_rss_mib']:,.0f} MiB",
                         flush=True,
                     )
                     if mode == "dagster" and not measured["success"]:
@@ -732,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
         results["summary"] = summarise(results)
         render(results)
         print(
-            f"benchmark wall time {results['elapsed_seconds']:.0f} s (generation, bootstrap and process starts included)"
+            f"benchmark wall time {results['elapsed_seconds']:.0f} s (generation, bootstrap and process starts "
+            "included)"
         )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=str))

@@ -59,7 +59,8 @@ class StorageNotOwned(Exception):
 
 
 def prepare_demo_folder(folder: Path) -> Path:
-    """Create ``folder`` and its config (a copy of the credit example, kept if already there); returns the config path."""
+    """Create ``folder`` and its config (a copy of the credit example, kept if already there); returns the config
+    path."""
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / DEMO_CONFIG_NAME
     if not config_path.exists():
@@ -120,8 +121,8 @@ def run_demo(folder: Path, plan: DemoPlan, console, reset: Sequence[Path] = ()) 
 
     console.print(
         f"[bold]Simulating[/] {plan.nights} nights × {plan.rows_per_night:,} applications: bad data on "
-        f"{start + dt.timedelta(days=plan.bad_data_night)}, concept drift from {start + dt.timedelta(days=plan.concept_drift_night)}, "
-        f"labels {plan.label_delay_days} days late"
+        f"{start + dt.timedelta(days=plan.bad_data_night)}, concept drift from "
+        f"{start + dt.timedelta(days=plan.concept_drift_night)}, labels {plan.label_delay_days} days late"
     )
     simulator.simulate_to_folders(
         start,

@@ -49,7 +49,8 @@ RECENT_RETRAIN_RUNS = 50
 retrain_job = define_asset_job(
     RETRAIN_JOB,
     selection=AssetSelection.assets("candidate_model", "candidate_evaluation", "candidate_model_card"),
-    description="Train a candidate on the labeled window (after the training-data gate) and judge it against the champion.",
+    description="Train a candidate on the labeled window (after the training-data gate) and judge it against the "
+    "champion.",
 )
 promote_job = define_asset_job(
     PROMOTE_JOB,
@@ -161,9 +162,10 @@ def build_lifecycle_automation(config: ProjectConfig) -> tuple[list, list]:
         name="retrain_on_alerts",
         jobs=[retrain_job],
         default_status=DefaultSensorStatus.RUNNING,
-        description=f"After each night's alerts, asks the retrain policy: alerts of category {sorted(config.lifecycle.retrain_on_alert_categories)} "
-        "(and persistent drift if configured) trigger; one candidate per night, a cooldown after each attempt, none while a "
-        "rollout is under way; it resumes after a rejection or rollback while the alert stays open. Skips say why.",
+        description="After each night's alerts, asks the retrain policy: alerts of category "
+        f"{sorted(config.lifecycle.retrain_on_alert_categories)} (and persistent drift if configured) trigger; one "
+        "candidate per night, a cooldown after each attempt, none while a rollout is under way; it resumes after a "
+        "rejection or rollback while the alert stays open. Skips say why.",
     )
     def retrain_on_alerts(context: SensorEvaluationContext, asset_event: EventLogEntry):
         night = _partition(asset_event)

@@ -3,9 +3,9 @@ minutes while events are pending, so a failed delivery is retried on its backoff
 
 The sensor never opens the warehouse (DESIGN: sensors decide from the event log): it reads how many events were
 pending from the latest report, the ``alerts`` asset's materialization or this job's observation of the outbox,
-whichever is newer, and drains once after any lifecycle run that may have raised an alert. The job opens the warehouse only to read the due events and to record the results
-(``webhook.deliver``), never while posting, so it needs no slot of the ``warehouse`` pool: the connection's own
-lock retry covers its few milliseconds.
+whichever is newer, and drains once after any lifecycle run that may have raised an alert. The job opens the
+warehouse only to read the due events and to record the results (``webhook.deliver``), never while posting, so it
+needs no slot of the ``warehouse`` pool: the connection's own lock retry covers its few milliseconds.
 """
 
 import datetime as dt
@@ -98,7 +98,8 @@ def build_alert_outbox_sensor(config: ProjectConfig):
         job=alert_outbox_job,
         minimum_interval_seconds=DRAIN_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
-        description=f"Every {DRAIN_INTERVAL_SECONDS // 60} minutes while alert events are pending: deliver them to the webhook.",
+        description=f"Every {DRAIN_INTERVAL_SECONDS // 60} minutes while alert events are pending: deliver them to the "
+        "webhook.",
     )
     def alert_outbox(context: SensorEvaluationContext):
         if webhook.webhook_url(env_var) is None:

@@ -120,7 +120,8 @@ def entity_ids_unique(raw: pl.DataFrame) -> CheckOutcome:
 
 
 def null_rates_stable(tonight: dict[str, float], reference: dict[str, float], max_rise: float) -> CheckOutcome:
-    """No feature's share of empty values rose by more than ``max_rise`` over the reference (the champion's training data)."""
+    """No feature's share of empty values rose by more than ``max_rise`` over the reference (the champion's training
+    data)."""
     spikes = {
         name: (rate, reference.get(name, 0.0))
         for name, rate in tonight.items()

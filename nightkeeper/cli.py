@@ -118,7 +118,8 @@ def simulate(
     bad_night: Annotated[int | None, typer.Option(help="Index (0-based) of a bad-data night, if any.")] = None,
     label_delay: Annotated[int, typer.Option(help="Days until a night's labels land.")] = 7,
 ) -> None:
-    """Write simulated credit applications (one Parquet file per night) and their late labels to the config's folders."""
+    """Write simulated credit applications (one Parquet file per night) and their late labels to the config's
+    folders."""
     from nightkeeper import simulator
 
     project = _load(config)
@@ -128,7 +129,8 @@ def simulate(
         first, nights, rows, seed, plan, project.landing_path, project.labels_path, label_delay_days=label_delay
     )
     console.print(
-        f"wrote {len(written)} nights ({written[0]} … {written[-1]}) to {project.landing_path}, labels to {project.labels_path}"
+        f"wrote {len(written)} nights ({written[0]} … {written[-1]}) to {project.landing_path}, labels to "
+        f"{project.labels_path}"
     )
 
 
@@ -201,7 +203,8 @@ def bootstrap(
     history = simulator.simulate_history(start - dt.timedelta(days=1), history_days, rows_per_day, seed)
     record = bootstrap_champion(project, history, start)
     console.print(
-        f"champion {record.version} registered (holdout AUC {record.card.holdout_metrics['auc']:.3f}), serving from {start}"
+        f"champion {record.version} registered (holdout AUC {record.card.holdout_metrics['auc']:.3f}), serving from "
+        f"{start}"
     )
 
 
@@ -265,8 +268,8 @@ def train(
         raise typer.Exit(1)
     card = result.record.card
     console.print(
-        f"[green]champion {card.version}[/] (holdout AUC {card.holdout_metrics['auc']:.3f}, {card.training_window.rows:,} "
-        f"training rows), serving from {project.schedule.start_date}",
+        f"[green]champion {card.version}[/] (holdout AUC {card.holdout_metrics['auc']:.3f}, "
+        f"{card.training_window.rows:,} training rows), serving from {project.schedule.start_date}",
         soft_wrap=True,
     )
 
@@ -567,8 +570,8 @@ def models_show(version: str, config: ConfigOption = None) -> None:
         f"[bold]{card.version}[/] ({card.project}) created {card.created_at:%Y-%m-%d %H:%M} — {record.model_path}"
     )
     console.print(
-        f"training window {card.training_window.start} … {card.training_window.end}, {card.training_window.rows:,} rows, "
-        f"fingerprint {card.data_fingerprint[:16]}…"
+        f"training window {card.training_window.start} … {card.training_window.end}, {card.training_window.rows:,} "
+        f"rows, fingerprint {card.data_fingerprint[:16]}…"
     )
     console.print("holdout: " + ", ".join(f"{k} {v:.4f}" for k, v in card.holdout_metrics.items()))
     console.print("libraries: " + ", ".join(f"{k} {v}" for k, v in card.library_versions.items()))
@@ -630,7 +633,8 @@ def models_rollback(
     reason: Annotated[str, typer.Option(help="Why, for the log.")] = "rolled back by hand",
     actor: Annotated[str, typer.Option(help="Who, for the log.")] = os.environ.get("USER", "operator"),
 ) -> None:
-    """Restore the previous champion in one command (a run of the `rollback` job, logged with who and why; it alerts)."""
+    """Restore the previous champion in one command (a run of the `rollback` job, logged with who and why; it
+    alerts)."""
     when = effective or (dt.date.today() + dt.timedelta(days=1)).isoformat()
     _run_registry_job(config, "rollback", "rollback_champion", "", when, reason, actor)
 
@@ -666,7 +670,8 @@ def review_export(
 
 @review_app.command("import")
 def review_import(file: Path, config: ConfigOption = None) -> None:
-    """Import a filled-in review CSV (a run of the `review_import` job): good rows recorded, bad rows to a rejects file."""
+    """Import a filled-in review CSV (a run of the `review_import` job): good rows recorded, bad rows to a rejects
+    file."""
     from jobs.definitions import build_definitions
     from jobs.instance import persistent_instance
     from jobs.review import REVIEW_IMPORT_JOB, review_import_run_config

@@ -293,7 +293,8 @@ class Contract(_Strict):
         clashing = sorted(set(self.features) & RESERVED_COLUMNS)
         if clashing:
             raise ValueError(
-                f"feature name(s) {clashing} are reserved for Nightkeeper's own columns {sorted(RESERVED_COLUMNS)}; rename them"
+                f"feature name(s) {clashing} are reserved for Nightkeeper's own columns {sorted(RESERVED_COLUMNS)}; "
+                "rename them"
             )
         special = {"entity_id": self.entity_id, "event_time": self.event_time, "target": self.target}
         for role, column in special.items():
@@ -398,8 +399,8 @@ class StorageConfig(_Strict):
     lock_wait_seconds: float = Field(
         900.0,
         gt=0,
-        description="How long a run or command waits for the warehouse (held by another run) before it gives up with an "
-        "error naming the holder.",
+        description="How long a run or command waits for the warehouse (held by another run) before it gives up with "
+        "an error naming the holder.",
     )
 
 
@@ -413,8 +414,8 @@ class ScheduleConfig(_Strict):
     timezone: str = "UTC"
     cadence: Literal["daily", "weekly"] = Field(
         "daily",
-        description="How often a batch lands: 'daily' = one partition per night; 'weekly' = one partition per week, keyed "
-        "by the date its week starts (start_date's weekday), run once the week is over.",
+        description="How often a batch lands: 'daily' = one partition per night; 'weekly' = one partition per week, "
+        "keyed by the date its week starts (start_date's weekday), run once the week is over.",
     )
     cron: str | None = Field(
         None,
@@ -496,8 +497,8 @@ class PerformanceConfig(_Strict):
         0.03,
         gt=0,
         le=1,
-        description="Largest |estimated - realized AUC| on the serving model's latest labeled rows (or its holdout) for "
-        "which the estimate (CBPE) is still trusted to drive health checks and alerts.",
+        description="Largest |estimated - realized AUC| on the serving model's latest labeled rows (or its holdout) "
+        "for which the estimate (CBPE) is still trusted to drive health checks and alerts.",
     )
     estimate_noise_z: float = Field(
         2.0,
@@ -509,7 +510,8 @@ class PerformanceConfig(_Strict):
         0.03,
         gt=0,
         le=1,
-        description="Largest |mean score - realized base rate| on the latest labeled rows for which the estimate is trusted.",
+        description="Largest |mean score - realized base rate| on the latest labeled rows for which the estimate is "
+        "trusted.",
     )
     business_value: BusinessValue = BusinessValue()
 
@@ -614,8 +616,8 @@ class TrainingDataGateConfig(_Strict):
         0.05,
         gt=0,
         le=1,
-        description="A night whose share of rows repeating a near-identical feature vector exceeds the window's median share "
-        "by more than this (and by more than outlier_mads spreads) is suspect.",
+        description="A night whose share of rows repeating a near-identical feature vector exceeds the window's median "
+        "share by more than this (and by more than outlier_mads spreads) is suspect.",
     )
     outlier_mads: float = Field(
         5.0,
@@ -637,15 +639,16 @@ class PromotionGateConfig(_Strict):
     holdout_days: int = Field(
         3,
         ge=1,
-        description="Most recent labeled nights both models are evaluated on (the candidate trains on the nights before).",
+        description="Most recent labeled nights both models are evaluated on (the candidate trains on the nights "
+        "before).",
     )
     auc_tolerance: float = Field(
         0.0,
         ge=0,
         description="The bootstrap CI's lower bound of (candidate − champion) AUC must exceed −this. 0 asks for "
-        "evidence that the candidate is better: on a holdout of a few thousand rows the CI is about ±0.01 wide, so a rule "
-        "of 'not worse within noise' lets an equal or slightly worse model (one trained on fewer rows than the champion) "
-        "through about half the time, and each promotion of noise costs AUC for good.",
+        "evidence that the candidate is better: on a holdout of a few thousand rows the CI is about ±0.01 wide, so a "
+        "rule of 'not worse within noise' lets an equal or slightly worse model (one trained on fewer rows than the "
+        "champion) through about half the time, and each promotion of noise costs AUC for good.",
     )
     bootstrap_samples: int = Field(200, ge=20)
     segments: list[str] = Field(
@@ -682,8 +685,8 @@ class RolloutConfig(_Strict):
     max_estimated_auc_drop: float = Field(
         0.02,
         ge=0,
-        description="Estimated (CBPE) AUC the challenger may lose against the champion tonight; judged only "
-        "while the estimate is trusted (metric performance.estimate_trusted = 1) and realized AUC is not yet available.",
+        description="Estimated (CBPE) AUC the challenger may lose against the champion tonight; judged only while the "
+        "estimate is trusted (metric performance.estimate_trusted = 1) and realized AUC is not yet available.",
     )
     min_agreement: float = Field(
         0.5,

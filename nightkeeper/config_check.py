@@ -29,9 +29,10 @@ def decision_conflicts(config: ProjectConfig, card: ModelCard) -> list[str]:
         configured, served = getattr(config.model.decision, field), getattr(card.decision, field)
         if configured != served:
             problems.append(
-                f"model.decision.{field}: the config says {configured!r}, the serving champion {card.version}'s card says "
-                f"{served!r}. Scoring uses the card's decision. Either set model.decision.{field} back to {served!r}, or "
-                f"make the change explicit: train a new model version with this config (its card records the new "
-                f"decision) or `nightkeeper models promote VERSION` a registered version whose card has {configured!r}."
+                f"model.decision.{field}: the config says {configured!r}, the serving champion {card.version}'s card "
+                f"says {served!r}. Scoring uses the card's decision. Either set model.decision.{field} back to "
+                f"{served!r}, or make the change explicit: train a new model version with this config (its card "
+                "records the new decision) or `nightkeeper models promote VERSION` a registered version whose card "
+                f"has {configured!r}."
             )
     return problems

@@ -134,7 +134,8 @@ def derive_sizes(shape: SampleShape) -> Sizes:
         )
     elif cv is None:
         notes.append(
-            f"the sample spans {shape.nights} nights, too few to measure how volume varies: volume limits are the defaults"
+            f"the sample spans {shape.nights} nights, too few to measure how volume varies: volume limits are the "
+            "defaults"
         )
     return Sizes(
         training_window_days=window,
@@ -241,9 +242,12 @@ def draft_config_text(
         "contract:",
         f"  entity_id: {_scalar(entity_id)}" + (f"   # {id_note}" if id_note else ""),
         *([f"  event_time: {_scalar(event_time)}"] if event_time else []),
-        f"  target: {_scalar(target)}            # 1 = positive; scores are P(target = 1); sample positive rate {positive_rate:.3f}",
-        "  # Ranges are the sample's range widened by its span on each side (not below 0 where the sample has no negative",
-        "  # value), so the normal tails of later nights are not quarantined. Tighten them to what is impossible, not rare.",
+        f"  target: {_scalar(target)}            # 1 = positive; scores are P(target = 1); sample positive rate "
+        f"{positive_rate:.3f}",
+        "  # Ranges are the sample's range widened by its span on each side (not below 0 where the sample has no "
+        "negative",
+        "  # value), so the normal tails of later nights are not quarantined. Tighten them to what is impossible, not "
+        "rare.",
         "  features:",
     ]
     for feature in features:
@@ -251,20 +255,31 @@ def draft_config_text(
             out.append(f"    # {feature.name}: {feature.note}")
         else:
             out.append(f"    {_scalar(feature.name)}: {_flow(feature.spec)}   # {feature.note}")
+    params = {
+        "objective": "binary",
+        "learning_rate": 0.05,
+        "num_leaves": 31,
+        "min_data_in_leaf": sizes.min_data_in_leaf,
+        "verbose": -1,
+        "seed": 7,
+    }
     out += [
         "",
         "model:",
-        f"  params: {_flow({'objective': 'binary', 'learning_rate': 0.05, 'num_leaves': 31, 'min_data_in_leaf': sizes.min_data_in_leaf, 'verbose': -1, 'seed': 7})}",
+        f"  params: {_flow(params)}",
         "  num_boost_round: 200",
         "  holdout_fraction: 0.2",
         "  decision:",
-        f"    threshold: {threshold}           # placeholder: the sample's positive rate; set it from what each kind of error costs",
-        "    at_or_above_threshold: positive   # placeholder: name the action taken when the score is at or above the threshold",
+        f"    threshold: {threshold}           # placeholder: the sample's positive rate; set it from what each kind "
+        "of error costs",
+        "    at_or_above_threshold: positive   # placeholder: name the action taken when the score is at or above the "
+        "threshold",
         "    below_threshold: negative         # placeholder: the action below the threshold",
         "    undecided: refer                  # placeholder: the answer for rows nobody could score",
         "",
         "fallback:",
-        "  segment_by: []          # category or bool features whose levels get their own fallback rate; [] = one overall rate",
+        "  segment_by: []          # category or bool features whose levels get their own fallback rate; [] = one "
+        "overall rate",
         f"  min_segment_rows: {sizes.fallback_min_segment_rows}",
         "  answer_quarantined: true",
         "",
@@ -287,7 +302,8 @@ def draft_config_text(
         "checks:",
         "  volume_history_nights: 14",
         "  volume_min_history_nights: 3",
-        f"  volume_tolerance: {sizes.volume_tolerance}   # allowed relative deviation of a night's rows from recent nights"
+        f"  volume_tolerance: {sizes.volume_tolerance}   # allowed relative deviation of a night's rows from recent "
+        "nights"
         + (
             f" (4 × the sample's night-to-night variation {shape.volume_cv:.2f}, at least 0.5)"
             if shape.volume_cv is not None
@@ -298,8 +314,10 @@ def draft_config_text(
         "",
         "monitoring:",
         "  drift:",
-        f"    report_sample_rows: {min(sizes.drift_sample_rows, 5000)}       # rows per side in the nightly drift report: about a night",
-        f"    domain_classifier_rows: {sizes.drift_sample_rows}   # rows per side for the multivariate drift score: about a night",
+        f"    report_sample_rows: {min(sizes.drift_sample_rows, 5000)}       # rows per side in the nightly drift "
+        "report: about a night",
+        f"    domain_classifier_rows: {sizes.drift_sample_rows}   # rows per side for the multivariate drift score: "
+        "about a night",
         "  performance:",
         f"    min_labeled_rows: {sizes.min_labeled_rows}   # a quarter of a night's rows (30 to 200)",
         "    max_calibration_error: 0.05",
@@ -314,14 +332,16 @@ def draft_config_text(
         *(f"      - {_flow(rule)}" for rule in generic_alert_rules()),
         "",
         "lifecycle:",
-        f"  training_window_days: {sizes.training_window_days}   # about {TARGET_TRAINING_ROWS:,} rows' worth of nights (28 to 365)",
+        f"  training_window_days: {sizes.training_window_days}   # about {TARGET_TRAINING_ROWS:,} rows' worth of "
+        "nights (28 to 365)",
         "  include_review_labels: true",
         "  data_gate: " + _flow({"min_rows": sizes.data_gate_min_rows, "max_volume_ratio": sizes.max_volume_ratio}),
         "  promotion_gate:",
         f"    holdout_days: {sizes.holdout_days}   # about {TARGET_HOLDOUT_ROWS:,} rows' worth of nights",
         f"    min_segment_rows: {sizes.gate_min_segment_rows}",
         "    segments: []          # category features whose levels must each stay as good as the champion's",
-        f"  rollout: {_flow({'canary_percents': sizes.canary_percents})}   # steps of at least {MIN_CANARY_ROWS} rows a night",
+        f"  rollout: {_flow({'canary_percents': sizes.canary_percents})}   # steps of at least {MIN_CANARY_ROWS} rows "
+        "a night",
         "  behaviour:             # expectations you can state, tested on every candidate; none drafted",
         "    directions: {}       # e.g. {some_number: increasing}: the score may only rise as it grows",
         "    invariant: {}        # e.g. {some_feature: 0.05}: the score must barely move when it is shuffled",
@@ -368,7 +388,8 @@ def _with_defaulted_sections(lines: list[str]) -> list[str]:
         for part in path[1:]:
             section = getattr(section, part)
         depth = len(path) - 1
-        line = f"{'  ' * depth}{path[-1]}: {_flow(section.model_dump(mode='json'))}   # defaults: nothing in the sample bears on them"
+        value = _flow(section.model_dump(mode="json"))
+        line = f"{'  ' * depth}{path[-1]}: {value}   # defaults: nothing in the sample bears on them"
         lines.insert(_line_after_parent(lines, path[:-1]), line)
     return lines
 

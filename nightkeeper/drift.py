@@ -16,8 +16,8 @@ Per feature (missing values are never binned; see ``nightkeeper.profile`` for th
   shares, over the levels seen on either side, with reference shares floored at 1e-4 and renormalised (so a level
   the reference never saw gives a large but finite statistic). ``new_category_share`` = share of tonight's rows
   (all rows in the denominator) holding a non-null value that is not a reference level: a value outside the
-  contract's levels, or a contract level with no reference row. Validation usually quarantines unknown values; with ``unknown_category: missing``
-  they arrive as null and count in the missing rate instead.
+  contract's levels, or a contract level with no reference row. Validation usually quarantines unknown values;
+  with ``unknown_category: missing`` they arrive as null and count in the missing rate instead.
 * ``missing_rate_reference``/``missing_rate_current``/``missing_rate_change`` (current - reference).
 * ``threshold``: the profile's PSI threshold for a night with tonight's number of non-missing values of the feature
   (``DriftThreshold.psi_for``: fitted on night-sized draws of the reference, so a small night gets a wider one) and
@@ -601,7 +601,8 @@ def _check(
             )
         if isinstance(reference, CategoryProfile) and reference.levels != list(feature.categories or []):
             raise ValueError(
-                f"feature {feature.name!r} has levels {feature.categories} but the profile was fitted on {reference.levels}"
+                f"feature {feature.name!r} has levels {feature.categories} but the profile was fitted on "
+                f"{reference.levels}"
             )
     if scores is not None and np.shape(scores) != (current.height,):
         raise ValueError(f"current_scores must be one per row ({current.height}), got shape {np.shape(scores)}")

@@ -177,8 +177,8 @@ def never_worse_gate(
     )
     if low < -config.auc_tolerance:
         reasons.append(
-            f"AUC {auc_candidate:.4f} vs champion {auc_champion:.4f}: the 95% CI of the difference [{low:+.4f}, {high:+.4f}] "
-            f"reaches below −{config.auc_tolerance}"
+            f"AUC {auc_candidate:.4f} vs champion {auc_champion:.4f}: the 95% CI of the difference [{low:+.4f}, "
+            f"{high:+.4f}] reaches below −{config.auc_tolerance}"
         )
     for segment in config.segments:
         for level, rows in holdout.with_row_index("__i").group_by(segment):

@@ -190,7 +190,8 @@ def read_raw_batch(paths: list[Path], night: dt.date, entity_id: str, root: Path
             continue
         files.append(LandedFile(source, table.height, {name: str(dtype) for name, dtype in table.schema.items()}))
         nested += [
-            f"{source}: column {name!r} holds nested values ({dtype}); kept as JSON text, so the contract's rules quarantine them"
+            f"{source}: column {name!r} holds nested values ({dtype}); kept as JSON text, so the contract's rules "
+            "quarantine them"
             for name, dtype in table.schema.items()
             if dtype.is_nested()
         ]

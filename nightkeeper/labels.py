@@ -1,4 +1,5 @@
-"""Late labels: read the label files that arrive days after a night, reconcile them with the answers we gave, store them.
+"""Late labels: read the label files that arrive days after a night, reconcile them with the answers we gave, store
+them.
 
 A label file lands in ``labels_dir/YYYY-MM-DD/`` (the folder's date is the day it arrived) as ``*.parquet`` or
 ``*.csv`` with at least the contract's ``entity_id`` and ``target`` columns. Every row of every file ends in exactly
@@ -297,7 +298,8 @@ def store_labels(connection: duckdb.DuckDBPyConnection, accepted: pl.DataFrame) 
     before = _count(connection, LABELS_TABLE)
     connection.execute(f"insert into {LABELS_TABLE} select * from frame on conflict (entity_id) do nothing")
     connection.execute(
-        f"delete from {REJECTED_TABLE} r using frame f where r.source_file = f.source_file and r.row_number = f.row_number"
+        f"delete from {REJECTED_TABLE} r using frame f "
+        "where r.source_file = f.source_file and r.row_number = f.row_number"
     )
     return _count(connection, LABELS_TABLE) - before
 

@@ -66,7 +66,8 @@ class NightHealth:
             broken.append(f"{self.error_rate:.1%} of rows failed to score (limit {rollout.max_error_rate:.1%})")
         if self.agreement < rollout.min_agreement:
             broken.append(
-                f"agreement with the champion {self.agreement:.1%} is below the catastrophic floor {rollout.min_agreement:.0%}"
+                f"agreement with the champion {self.agreement:.1%} is below the catastrophic floor "
+                f"{rollout.min_agreement:.0%}"
             )
         if self.fallback_rate_increase > rollout.max_fallback_rate_increase:
             broken.append(

@@ -130,7 +130,8 @@ def metrics_on(connection: duckdb.DuckDBPyConnection, night: dt.date, prefix: st
     """Every metric of ``night`` that has a value (NULLs left out), optionally only names starting with ``prefix``."""
     ensure_metrics_table(connection)
     rows = connection.execute(
-        f"select metric, value from {TABLE} where night = ? and value is not null and starts_with(metric, ?) order by metric",
+        f"select metric, value from {TABLE} "
+        "where night = ? and value is not null and starts_with(metric, ?) order by metric",
         [night, prefix],
     ).fetchall()
     return {metric: float(value) for metric, value in rows}

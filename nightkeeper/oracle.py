@@ -41,9 +41,10 @@ def retrained_every_block(
     """The oracle's AUC per block of ``block_nights`` consecutive ``nights`` (the backtest's blocks).
 
     ``labeled`` holds every labeled row, history included, in the contract's columns; each row's night is the date
-    of its ``contract.event_time`` (required); a batch night covers ``step`` (a week's batch its seven days). A block's model learns from the rows of the ``training_window_days``
-    before the block's first night. AUC is None for a block without both classes. Raises ValueError when the contract
-    has no event time (rows could not be placed in time).
+    of its ``contract.event_time`` (required); a batch night covers ``step`` (a week's batch its seven days). A
+    block's model learns from the rows of the ``training_window_days`` before the block's first night. AUC is None
+    for a block without both classes. Raises ValueError when the contract has no event time (rows could not be
+    placed in time).
     """
     contract = config.contract
     if not contract.event_time or contract.event_time not in labeled.columns:

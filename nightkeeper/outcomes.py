@@ -145,8 +145,8 @@ def assert_conserved(raw: pl.DataFrame, outcomes: pl.DataFrame) -> None:
     extra = outcomes.select(ROW_KEY).join(raw.select(ROW_KEY), on=ROW_KEY, how="anti").height
     if duplicated or missing or extra or raw.height != outcomes.height:
         raise RowConservationError(
-            f"row conservation broken: {raw.height} raw rows, {outcomes.height} outcomes; "
-            f"{missing} raw rows without an outcome, {duplicated} duplicated outcomes, {extra} outcomes without a raw row"
+            f"row conservation broken: {raw.height} raw rows, {outcomes.height} outcomes; {missing} raw rows without "
+            f"an outcome, {duplicated} duplicated outcomes, {extra} outcomes without a raw row"
         )
 
 

@@ -467,9 +467,9 @@ def _night_noise(tonight: Mapping[str, object] | None, labeled: pl.DataFrame) ->
 
 def _auc_problem(auc_gap: float, noise: float, settings: PerformanceConfig) -> str:
     return (
-        f"the estimated AUC was off the realized by {auc_gap:+.3f}, and one night's realized AUC wanders by ±{noise:.3f} "
-        f"(standard error) by chance: {abs(auc_gap):.3f} + {settings.estimate_noise_z} × {noise:.3f} against a limit of "
-        f"{settings.max_estimate_auc_gap}"
+        f"the estimated AUC was off the realized by {auc_gap:+.3f}, and one night's realized AUC wanders by "
+        f"±{noise:.3f} (standard error) by chance: {abs(auc_gap):.3f} + {settings.estimate_noise_z} × {noise:.3f} "
+        f"against a limit of {settings.max_estimate_auc_gap}"
     )
 
 
@@ -624,7 +624,9 @@ OUTCOMES_TABLE = f"{NIGHTLY_SCHEMA}.outcomes"
 _OUTCOME_COLUMNS = ("partition_date", "source_file", "row_number", "entity_id", "source", "score", "model_version")
 _LABEL_STATE_DDL = f"""
 create schema if not exists monitoring;
-create table if not exists {LABEL_STATE_TABLE} (partition_date date primary key, label_rows bigint not null, positives bigint not null);
+create table if not exists {LABEL_STATE_TABLE} (
+    partition_date date primary key, label_rows bigint not null, positives bigint not null
+);
 """
 
 
@@ -644,7 +646,8 @@ def refresh_performance(
     """
     first_time = _ensure_tables(connection)
     counts = connection.execute(
-        f"select partition_date, count(*) as label_rows, sum(label)::bigint as positives from {LABELS_TABLE} group by all"
+        "select partition_date, count(*) as label_rows, sum(label)::bigint as positives "
+        f"from {LABELS_TABLE} group by all"
     ).pl()
     seen = connection.execute(f"select * from {LABEL_STATE_TABLE}").pl()
     landed = counts.join(seen, on=["partition_date", "label_rows", "positives"], how="anti")["partition_date"].to_list()
@@ -704,14 +707,16 @@ def realized_as_of(
     """
     late = (
         connection.execute(
-            f"select distinct partition_date from {LABELS_TABLE} where arrived_on > $night and partition_date <= $night order by 1",
+            f"select distinct partition_date from {LABELS_TABLE} "
+            "where arrived_on > $night and partition_date <= $night order by 1",
             {"night": night},
         )
         .pl()["partition_date"]
         .to_list()
     )
     stored = connection.execute(
-        f"select * from {REALIZED_TABLE} where partition_date <= $night and partition_date not in (select unnest($late))",
+        f"select * from {REALIZED_TABLE} "
+        "where partition_date <= $night and partition_date not in (select unnest($late))",
         {"night": night, "late": late},
     ).pl()
     rows = _scored_rows(connection, late)
@@ -757,7 +762,8 @@ def _labels_of(
     """The stored labels of ``nights`` (those arrived by ``arrived_by``; all with None)."""
     arrived = "" if arrived_by is None else "and arrived_on <= $arrived_by"
     return connection.execute(
-        f"select entity_id, partition_date, label from {LABELS_TABLE} where partition_date in (select unnest($nights)) {arrived}",
+        f"select entity_id, partition_date, label from {LABELS_TABLE} "
+        f"where partition_date in (select unnest($nights)) {arrived}",
         {"nights": list(nights)} | ({} if arrived_by is None else {"arrived_by": arrived_by}),
     ).pl()
 

@@ -12,8 +12,8 @@ them as Parquet beside the model artifact.
 
 Definitions shared with :mod:`nightkeeper.drift` (the thresholds are fitted on exactly these statistics):
 
-* Missing values (null, and NaN or infinity in float columns) are never binned: frequencies are shares of the non-missing
-  values and the missing rate is reported separately.
+* Missing values (null, and NaN or infinity in float columns) are never binned: frequencies are shares of the
+  non-missing values and the missing rate is reported separately.
 * Numeric bins are right-closed: ``(-inf, e0], (e0, e1], ..., (e_last, +inf)`` where the interior edges are the
   reference quantiles at levels ``1/bins, ..., (bins-1)/bins`` (actual data values, so a discrete value sits
   wholly inside one bin), deduplicated; a discrete feature therefore gets fewer bins than ``DriftConfig.bins``.

@@ -97,7 +97,8 @@ def _stored_path(connection: duckdb.DuckDBPyConnection, model_path: Path) -> str
 
 
 def _resolved_path(connection: duckdb.DuckDBPyConnection, stored: str) -> Path:
-    """A stored ``model_path`` as an absolute path: relative ones against the warehouse's folder, absolute as they are."""
+    """A stored ``model_path`` as an absolute path: relative ones against the warehouse's folder, absolute ones as
+    they are."""
     path = Path(stored)
     folder = _warehouse_folder(connection)
     if path.is_absolute() or folder is None:

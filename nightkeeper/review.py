@@ -202,7 +202,8 @@ _NEUTRALISED = r"^'+[=+\-@\t\r]"
 
 
 def neutralise_formulas(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with every text cell a spreadsheet would run as a formula prefixed with ``'`` (see ``restore_formula``)."""
+    """``frame`` with every text cell a spreadsheet would run as a formula prefixed with ``'``
+    (see ``restore_formula``)."""
     texts = [name for name, dtype in frame.schema.items() if dtype == pl.String]
     return frame.with_columns(
         pl.when(pl.col(name).str.contains(_FORMULA_START))

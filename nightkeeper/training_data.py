@@ -46,14 +46,14 @@ def labeled_history(
         )
     if include_review and table_exists(connection, "review", "labels"):
         sources.append(
-            "select entity_id, partition_date, label,"
-            " 'review:' || reviewer || '@' || strftime(timezone('UTC', reviewed_at), '%Y-%m-%dT%H:%M:%SZ') as label_source,"
-            " 2 as rank from review.labels"
+            "select entity_id, partition_date, label, 'review:' || reviewer || '@' || strftime(timezone('UTC', "
+            "reviewed_at), '%Y-%m-%dT%H:%M:%SZ') as label_source, 2 as rank from review.labels"
         )
     if sources and table_exists(connection, NIGHTLY_SCHEMA, "validated_batch"):
         best = f"""(select * from ({" union all ".join(sources)})
                     qualify row_number() over (partition by entity_id, partition_date order by rank) = 1)"""
-        parts.append(f"""select {", ".join(f'v."{name}"' for name in columns)}, best.label as "{contract.target}", best.label_source, 1 as part
+        selected = ", ".join(f'v."{name}"' for name in columns)
+        parts.append(f"""select {selected}, best.label as "{contract.target}", best.label_source, 1 as part
                          from {NIGHTLY_SCHEMA}.validated_batch v join {best} best using (entity_id, partition_date)
                          where v.partition_date between $first and $last""")
     if not parts:

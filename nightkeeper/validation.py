@@ -142,7 +142,8 @@ def decode_records(raw: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
 
 
 def parse_feature(name: str, spec: FeatureSpec) -> pl.Expr:
-    """The typed value of feature ``name`` from its text; null when empty or unparseable or (if so configured) unknown."""
+    """The typed value of feature ``name`` from its text; null when empty or unparseable or (if so configured)
+    unknown."""
     text = pl.col(f"__text_{name}")
     if spec.dtype == "float":
         number = text.cast(pl.Float64, strict=False)

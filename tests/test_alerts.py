@@ -275,7 +275,8 @@ def test_opening_message_names_severity_value_threshold_nights_and_runbook(conn:
     [opened] = run_night(conn, 3, {"drift.drifted_share": 0.31}, [DRIFT_SHARE])
 
     assert opened["message"] == (
-        "[warning] drift.drifted_share = 0.31 > 0.2 for 2 nights (2026-02-03..2026-02-04); runbook: docs/runbook.md#drift-share"
+        "[warning] drift.drifted_share = 0.31 > 0.2 for 2 nights (2026-02-03..2026-02-04); runbook: "
+        "docs/runbook.md#drift-share"
     )
     stored = conn.execute("select message, runbook, payload from monitoring.alerts").fetchone()
     assert stored[0] == opened["message"]

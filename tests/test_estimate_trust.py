@@ -114,7 +114,8 @@ def run_world(world: worlds.World, folder: Path) -> pl.DataFrame:
         assert result.checks["estimate_trustworthy"].passed == result.metadata["estimate_trusted"]
     with warehouse.connect(config.warehouse_path) as connection:
         realized = connection.execute(
-            "select partition_date as night, auc as realized_auc from monitoring.performance_realized where source = 'model'"
+            "select partition_date as night, auc as realized_auc from monitoring.performance_realized "
+            "where source = 'model'"
         ).pl()
         metrics = connection.execute(
             "select night, metric, value from monitoring.night_metrics where metric in "

@@ -215,7 +215,8 @@ def _outcome_conservation(project: Project, night: dt.date) -> tuple[int, int, i
     """(raw rows, outcome rows, distinct outcome keys) of the night."""
     raw = project.query("select count(*) as n from nightly.raw_batch where partition_date = ?", [night])["n"][0]
     outcomes = project.query(
-        "select count(*) as n, count(distinct (source_file, row_number)) as keys from nightly.outcomes where partition_date = ?",
+        "select count(*) as n, count(distinct (source_file, row_number)) as keys "
+        "from nightly.outcomes where partition_date = ?",
         [night],
     )
     return raw, outcomes["n"][0], outcomes["keys"][0]

@@ -98,7 +98,8 @@ def test_gradual_income_inflation_alerts_before_realized_auc_falls_by_three_poin
     assert drift.height >= 1, alerts
     first_alert = drift["opened_night"].min()
     realized = project.query(
-        "select partition_date, auc from monitoring.performance_realized where source = 'model' and auc is not null order by 1"
+        "select partition_date, auc from monitoring.performance_realized "
+        "where source = 'model' and auc is not null order by 1"
     )
     reference = project.query(
         "select cast(json_extract(card_json, '$.holdout_metrics.auc') as double) as auc from registry.model_versions"

@@ -157,8 +157,10 @@ def test_a_challenger_on_an_unregistered_version_fails_every_row_and_is_rolled_b
     config = project.config
     with warehouse.connect(config.warehouse_path) as connection:
         connection.execute(
-            """insert into registry.model_aliases select max(seq) + 1, 'challenger', 'ghost0000001', ?, now(), 'someone',
-                      'typed by hand', 'canary:5' from registry.model_aliases""",
+            """insert into registry.model_aliases
+                      select max(seq) + 1, 'challenger', 'ghost0000001', ?, now(), 'someone', 'typed by hand',
+                             'canary:5'
+                      from registry.model_aliases""",
             [FIRST_NIGHT],
         )
         raw = nightly.ingest_night(config, connection, NIGHT).tables["raw_batch"]

@@ -219,7 +219,10 @@ def test_a_held_rollout_changes_nothing_and_says_why():
 
 
 def test_the_decisions_import_without_dagster():
-    code = "import sys, nightkeeper.pipeline.lifecycle\nassert not [m for m in sys.modules if m.split('.')[0] == 'dagster']\n"
+    code = (
+        "import sys, nightkeeper.pipeline.lifecycle\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'dagster']\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
     assert done.returncode == 0, done.stderr

@@ -135,7 +135,8 @@ def test_dagster_dev_serves_the_code_location_with_the_nightly_job(tmp_path):
                     port,
                     """{ workspaceOrError { ... on Workspace { locationEntries {
                     name loadStatus locationOrLoadError { __typename ... on PythonError { message }
-                    ... on RepositoryLocation { repositories { jobs { name } assetNodes { assetKey { path } } } } } } } } }""",
+                    ... on RepositoryLocation { repositories { jobs { name } assetNodes { assetKey { path } } } } }
+                    } } } }""",
                 )
                 entries = answer["data"]["workspaceOrError"]["locationEntries"]
                 if entries and all(e["loadStatus"] == "LOADED" for e in entries):
@@ -288,7 +289,8 @@ def test_full_demo_completes_thirty_nights_including_the_bad_data_night(tmp_path
         nights = connection.execute(
             """select r.partition_date, r.rows_in, o.rows_out from
                (select partition_date, count(*) rows_in from nightly.raw_batch group by 1) r
-               join (select partition_date, count(*) rows_out from nightly.outcomes group by 1) o using (partition_date)"""
+               join (select partition_date, count(*) rows_out from nightly.outcomes group by 1) o
+               using (partition_date)"""
         ).fetchall()
         quarantined = connection.execute("select count(distinct partition_date) from nightly.quarantine").fetchone()[0]
     assert len(nights) == 30

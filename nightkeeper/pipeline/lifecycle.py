@@ -282,7 +282,8 @@ def latest_candidate(
     """The version of the latest candidate trained for ``as_of`` whose status is one of ``statuses``; None if none."""
     _ensure_candidates(connection)
     row = connection.execute(
-        f"select version from {CANDIDATES} where as_of = $as_of and status in (select unnest($statuses)) and version is not null "
+        f"select version from {CANDIDATES} "
+        "where as_of = $as_of and status in (select unnest($statuses)) and version is not null "
         "order by recorded_at desc limit 1",
         {"as_of": as_of, "statuses": list(statuses)},
     ).fetchone()
@@ -481,7 +482,8 @@ def _drift_progress(open_alerts: tuple[OpenAlert, ...], night: dt.date, policy: 
     if not drifting:
         return ""
     longest = max(drifting, key=lambda a: _open_nights(a, night))
-    return f" (drift alert {longest.alert_id} open {_open_nights(longest, night)} of {policy.retrain.drift_persistence_nights} nights)"
+    persistence = policy.retrain.drift_persistence_nights
+    return f" (drift alert {longest.alert_id} open {_open_nights(longest, night)} of {persistence} nights)"
 
 
 @dataclass(frozen=True)

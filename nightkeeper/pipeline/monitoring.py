@@ -60,7 +60,8 @@ def labels_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, n
         incoming = labels.read_label_file(path, config.contract)
         ids = incoming["entity_id"].drop_nulls().unique().to_list()
         answered = connection.execute(
-            f"select distinct entity_id, partition_date from {NIGHTLY_SCHEMA}.outcomes where entity_id in (select unnest($ids))",
+            f"select distinct entity_id, partition_date from {NIGHTLY_SCHEMA}.outcomes "
+            "where entity_id in (select unnest($ids))",
             {"ids": ids},
         ).pl()
         batch = labels.reconcile_labels(

@@ -272,7 +272,8 @@ def answer_night(
     shadow_scores: pl.DataFrame,
 ) -> StepResult:
     """``outcomes``: exactly one answer per raw row (model, canary, fallback or quarantine), fallback and undecided
-    answers decided with the serving champion's decision (``serving_decision``). Check: ``fallback_rate_within_limit``."""
+    answers decided with the serving champion's decision (``serving_decision``).
+    Check: ``fallback_rate_within_limit``."""
     champion = serving_model(connection, registry.CHAMPION, night).record
     fallback = Fallback(champion.card.fallback, champion.version) if champion else Fallback(None, None)
     canary = shadow_scores.filter(pl.col("in_canary")).drop("in_canary") if shadow_scores.height else None
