@@ -153,8 +153,8 @@ def _label_lag(connection: duckdb.DuckDBPyConnection) -> dict[str, float] | None
     if not table_exists(connection, "monitoring", "labels"):
         return None
     row = connection.execute(
-        "select median(arrived_on - partition_date), min(arrived_on - partition_date), max(arrived_on - partition_date) "
-        "from monitoring.labels"
+        "select median(arrived_on - partition_date), min(arrived_on - partition_date), "
+        "max(arrived_on - partition_date) from monitoring.labels"
     ).fetchone()
     return (
         None if row is None or row[0] is None else {"median": float(row[0]), "min": float(row[1]), "max": float(row[2])}
@@ -269,8 +269,9 @@ def write_report(summary: dict[str, Any], path: Path) -> Path:
     timing = summary["timing"]
     head = (
         (
-            f"<p>{len(nights)} nights, {nights[0]['night']} … {nights[-1]['night']}; labels {settings.get('label_delay')} "
-            f"night(s) late; cadence {settings.get('cadence')}; first champion {html.escape(summary['first_champion'])}. "
+            f"<p>{len(nights)} nights, {nights[0]['night']} … {nights[-1]['night']}; "
+            f"labels {settings.get('label_delay')} night(s) late; cadence {settings.get('cadence')}; "
+            f"first champion {html.escape(summary['first_champion'])}. "
             f"Replay: median {_fmt(timing['median_seconds_per_night_without_retrain'])} s a night without retrains, "
             f"{_fmt(timing['mean_seconds_per_night_with_retrains'])} s on average with them.</p>"
         )
@@ -280,9 +281,11 @@ def write_report(summary: dict[str, Any], path: Path) -> Path:
     body = "".join(f"<h2>{title}</h2>{plot}{extra}" for title, plot, extra in sections)
     document = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Nightkeeper backtest</title><style>"
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:13px}"
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}img{max-width:100%}"
-        f"</style></head><body><h1>Backtest: {html.escape(str(settings.get('project', '')))}</h1>{head}{body}</body></html>"
+        f"</style></head><body><h1>Backtest: {html.escape(str(settings.get('project', '')))}</h1>"
+        f"{head}{body}</body></html>"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(document)

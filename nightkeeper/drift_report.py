@@ -63,7 +63,8 @@ def write_evidently_report(
     """
     if reference_sample.height == 0 or current.height == 0:
         raise ValueError(
-            f"the evidently report needs rows on both sides; reference has {reference_sample.height}, current {current.height}"
+            f"the evidently report needs rows on both sides; reference has {reference_sample.height}, current "
+            f"{current.height}"
         )
     reference_rows, current_rows = _bounded(reference_sample, rows, seed), _bounded(current, rows, seed + 1)
     # evidently refuses a column with no value on a side; such a column is a data-quality finding reported elsewhere

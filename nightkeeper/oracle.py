@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from nightkeeper.config import ProjectConfig
@@ -57,7 +58,7 @@ def retrained_every_block(
         train = dated.filter(pl.col("__night").is_between(span[0] - window, span[0], closed="left"))
         block = dated.filter(pl.col("__night").is_between(span[0], span[-1] + step, closed="left"))
         trained = train_model(train.drop("__night"), config)
-        scores = trained.booster.predict(feature_matrix(block, trained.card.features))
+        scores = np.asarray(trained.booster.predict(feature_matrix(block, trained.card.features)))
         labels = block[contract.target].to_numpy()
         blocks.append(OracleBlock(span[0], span[-1], block.height, train.height, auc(labels, scores)))
     return blocks
