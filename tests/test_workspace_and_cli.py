@@ -17,6 +17,9 @@ import duckdb
 import pytest
 import yaml
 from pipeline_harness import REPO, example_config
+from typer.testing import CliRunner, Result
+
+from nightkeeper.cli import app
 
 BIN = Path(sys.executable).parent
 OUR_CODE = ("/assets/", "/jobs/", "/nightkeeper/")
@@ -27,9 +30,13 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), **extra}
 
 
-def test_definitions_validate_passes_without_warnings_from_our_code(tmp_path):
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
-    done = subprocess.run(
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory) -> subprocess.CompletedProcess:
+    """`dagster definitions validate` of the repository's workspace, run once, while $NIGHTKEEPER_CONFIG names a file
+    that does not exist."""
+    home = tmp_path_factory.mktemp("validate")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "NIGHTKEEPER_CONFIG": str(home / "elsewhere.yaml")}
+    return subprocess.run(
         [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
         cwd=REPO,
         env=env,
@@ -37,8 +44,11 @@ def test_definitions_validate_passes_without_warnings_from_our_code(tmp_path):
         text=True,
         timeout=120,
     )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
+
+
+def test_definitions_validate_passes_without_warnings_from_our_code(validated):
+    output = validated.stdout + validated.stderr
+    assert validated.returncode == 0, output
     ours = [line for line in output.splitlines() if "Warning" in line and any(part in line for part in OUR_CODE)]
     assert not ours, ours
     assert "All code locations passed validation" in output
@@ -60,19 +70,8 @@ def test_job_modules_import_without_a_config_in_the_current_folder(tmp_path):
     assert done.returncode == 0, done.stderr
 
 
-def test_repository_workspace_loads_its_own_config_whatever_nightkeeper_config_says(tmp_path):
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "NIGHTKEEPER_CONFIG": str(tmp_path / "elsewhere.yaml")}
-
-    done = subprocess.run(
-        [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_repository_workspace_loads_its_own_config_whatever_nightkeeper_config_says(validated):
+    assert validated.returncode == 0, validated.stdout + validated.stderr
 
 
 def test_ui_workspace_names_the_given_config_and_validates_from_any_folder(tmp_path):
@@ -252,22 +251,22 @@ def test_demo_refuses_to_reset_storage_it_did_not_create(tmp_path):
     assert _snapshot(project) == before
 
 
+def _check_config(config: Path) -> Result:
+    """`nightkeeper check-config` in this interpreter: the command's code without a second Python start-up (the
+    installed entry point runs as a process in the demo tests above)."""
+    return CliRunner().invoke(app, ["check-config", "--config", str(config)], terminal_width=200)
+
+
 def test_check_config_names_the_bad_field(tmp_path):
     raw = example_config()
     raw["contract"]["features"]["age"]["dtype"] = "integer"
     config = tmp_path / "nightkeeper.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    done = subprocess.run(
-        [str(BIN / "nightkeeper"), "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(),
-    )
+    done = _check_config(config)
 
-    assert done.returncode == 2
-    assert "contract.features.age.dtype" in done.stdout and "'integer'" in done.stdout
+    assert done.exit_code == 2
+    assert "contract.features.age.dtype" in done.output and "'integer'" in done.output
 
 
 @pytest.mark.slow
@@ -312,17 +311,11 @@ def test_check_config_refuses_a_threshold_that_disagrees_with_the_serving_champi
     raw["model"]["decision"]["threshold"] = 0.42
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    done = subprocess.run(
-        [str(BIN / "nightkeeper"), "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_env(COLUMNS="200"),
-    )
+    done = _check_config(config)
 
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "model.decision.threshold: the config says 0.42" in done.stdout and "card says 0.3" in done.stdout
-    assert "new model version" in done.stdout and "nightkeeper models promote" in done.stdout
+    assert done.exit_code == 2, done.output
+    assert "model.decision.threshold: the config says 0.42" in done.output and "card says 0.3" in done.output
+    assert "new model version" in done.output and "nightkeeper models promote" in done.output
 
 
 def test_check_config_refuses_decision_labels_that_disagree_with_the_serving_champion(tmp_path):
@@ -331,30 +324,18 @@ def test_check_config_refuses_decision_labels_that_disagree_with_the_serving_cha
     raw["model"]["decision"]["at_or_above_threshold"] = "reject"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    done = subprocess.run(
-        [str(BIN / "nightkeeper"), "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_env(COLUMNS="200"),
-    )
+    done = _check_config(config)
 
-    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.exit_code == 2, done.output
     assert (
-        "model.decision.at_or_above_threshold: the config says 'reject'" in done.stdout and "'decline'" in done.stdout
+        "model.decision.at_or_above_threshold: the config says 'reject'" in done.output and "'decline'" in done.output
     )
 
 
 def test_check_config_passes_when_the_decision_agrees_with_the_serving_champion(tmp_path):
     config = _project_with_champion(tmp_path, example_config())
 
-    done = subprocess.run(
-        [str(BIN / "nightkeeper"), "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_env(COLUMNS="200"),
-    )
+    done = _check_config(config)
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "decision agrees with champion" in done.stdout
+    assert done.exit_code == 0, done.output
+    assert "decision agrees with champion" in done.output
