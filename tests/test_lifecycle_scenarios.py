@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+import pytest
 import yaml
 from pipeline_harness import (
     FIRST_NIGHT,
@@ -23,10 +21,12 @@ from pipeline_harness import (
     example_config,
     make_project,
 )
+from typer.testing import CliRunner
 
 from jobs.demo import QUIET_LOGS, SensorDriver
 from jobs.lifecycle import registry_run_config, retrain_run_config
 from nightkeeper import registry, simulator, warehouse
+from nightkeeper.cli import app
 
 ROWS = 3000
 
@@ -77,6 +77,10 @@ def served(project: Project) -> dict[dt.date, set[str]]:
     return {night: set(group["model_version"]) for (night,), group in rows.group_by("partition_date")}
 
 
+@pytest.mark.slow  # ten nights, a retrain, four rollout steps. In the default suite, piece by piece:
+# test_retrain_policy (an open performance alert retrains; an approved candidate starts its shadow; each rollout
+# step asks for the next), test_lifecycle_core (shadow, then each canary step, then promotion),
+# test_rollout_evidence (a better challenger advances), test_retrain_sensors (the sensors run the retrain job)
 def test_improvement_after_concept_drift_goes_through_shadow_and_every_canary_step_to_champion(tmp_path):
     project = lifecycle_project(tmp_path)
     old = project.query("select version from registry.model_aliases where alias = 'champion'")["version"][0]
@@ -112,6 +116,8 @@ def test_improvement_after_concept_drift_goes_through_shadow_and_every_canary_st
     assert {run.job_name for run in runs} >= {"nightly_batch", "retrain", "promote"}
 
 
+@pytest.mark.slow  # ten nights and a retrain. In the default suite: test_gates (bot-attack nights excluded, too many
+# suspect rows refuse the retrain naming the nights), test_retrain_policy (a refused window trained nothing)
 def test_poisoned_training_window_is_refused_with_an_alert_naming_the_nights(tmp_path):
     project = lifecycle_project(tmp_path)
     plan = simulator.ScenarioPlan.bot_attack(5, nights=4, share=0.45)
@@ -137,6 +143,9 @@ def test_poisoned_training_window_is_refused_with_an_alert_naming_the_nights(tmp
     assert not retrain.success or all(not c.passed for c in retrain.get_asset_check_evaluations())
 
 
+@pytest.mark.slow  # five nights, a retrain and its card notebook. In the default suite: test_gates (a one-tree
+# candidate fails with an AUC reason), test_candidate_evaluation (a losing candidate is rejected, paging when an alert
+# asked for it), test_retrain_policy (an evaluation that did not approve starts nothing)
 def test_deliberately_worse_candidate_is_rejected_at_the_gate_and_never_shadows(tmp_path):
     project = lifecycle_project(tmp_path)
     config = project.config
@@ -219,22 +228,19 @@ def test_models_rollback_command_restores_the_previous_champion_for_the_next_nig
     dates = simulator.simulate_to_folders(
         FIRST_NIGHT, 3, 800, 11, simulator.ScenarioPlan.clean(), config.landing_path, config.labels_path
     )
-    cli = [str(Path(sys.executable).parent / "nightkeeper")]
     env_home = {"DAGSTER_HOME": str(config.dagster_home)}
     project.run_night(dates[0])
-    done = subprocess.run(
-        cli + ["models", "promote", second, "--config", str(project.config_path), "--effective", dates[1].isoformat()],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env_home},
+    done = CliRunner().invoke(
+        app,
+        ["models", "promote", second, "--config", str(project.config_path), "--effective", dates[1].isoformat()],
+        env=env_home,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.exit_code == 0, done.output
     project.run_night(dates[1])
 
-    done = subprocess.run(
-        cli
-        + [
+    done = CliRunner().invoke(
+        app,
+        [
             "models",
             "rollback",
             "--config",
@@ -246,12 +252,9 @@ def test_models_rollback_command_restores_the_previous_champion_for_the_next_nig
             "--actor",
             "tester",
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env_home},
+        env=env_home,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.exit_code == 0, done.output
     project.run_night(dates[2])
 
     assert served(project) == {dates[0]: {first}, dates[1]: {second}, dates[2]: {first}}
