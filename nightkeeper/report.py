@@ -303,7 +303,8 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
             missing,
             ["registry.model_aliases"],
             MODEL_SECTION_SCHEMAS["model_aliases"],
-            "select seq, alias, version, effective_from, set_at, actor, reason, stage from registry.model_aliases order by seq",
+            "select seq, alias, version, effective_from, set_at, actor, reason, stage "
+            "from registry.model_aliases order by seq",
         )
         frames["performance_realized"] = _query(
             connection,
@@ -311,7 +312,8 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
             missing,
             ["monitoring.performance_realized"],
             MODEL_SECTION_SCHEMAS["performance_realized"],
-            "select * from monitoring.performance_realized where model_version = $version order by partition_date, source",
+            "select * from monitoring.performance_realized "
+            "where model_version = $version order by partition_date, source",
             {"version": version},
         )
         frames["labeled_scores"] = _query(
@@ -332,7 +334,8 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
             missing,
             ["lifecycle.candidates"],
             MODEL_SECTION_SCHEMAS["candidates"],
-            "select version, as_of, trigger, status, reasons, recorded_at from lifecycle.candidates where version = $version order by recorded_at",
+            "select version, as_of, trigger, status, reasons, recorded_at "
+            "from lifecycle.candidates where version = $version order by recorded_at",
             {"version": version},
         )
     manifest = {
@@ -456,7 +459,8 @@ def _read_month(
     q(
         "score_histogram",
         ["nightly.outcomes"],
-        f"""select partition_date as night, source, least(greatest(floor(score * {SCORE_BINS}), 0), {SCORE_BINS - 1})::bigint as bin,
+        f"""select partition_date as night, source,
+                 least(greatest(floor(score * {SCORE_BINS}), 0), {SCORE_BINS - 1})::bigint as bin,
                  count(*) as rows
           from nightly.outcomes where {in_month} and score is not null group by all order by all""",
         span,
@@ -479,13 +483,15 @@ def _read_month(
     q(
         "night_metrics",
         ["monitoring.night_metrics"],
-        "select night, metric, value, model_version from monitoring.night_metrics where night between $first and $last order by night, metric",
+        "select night, metric, value, model_version from monitoring.night_metrics "
+        "where night between $first and $last order by night, metric",
         span,
     )
     q(
         "performance_realized",
         ["monitoring.performance_realized"],
-        f"select * from monitoring.performance_realized where {in_month} order by partition_date, source, model_version",
+        f"select * from monitoring.performance_realized where {in_month} "
+        "order by partition_date, source, model_version",
         span,
     )
     q(
@@ -517,7 +523,8 @@ def _read_month(
         ["monitoring.alerts"],
         """select alert_id, rule, category, severity, metric, opened_night,
                 case when closed_night <= $last then closed_night end as closed_night, status,
-                case when closed_night is null or closed_night > $last then 'open' else 'resolved' end as status_at_month_end,
+                case when closed_night is null or closed_night > $last then 'open' else 'resolved' end
+                    as status_at_month_end,
                 value, threshold, comparison, message, runbook
          from monitoring.alerts where opened_night <= $last order by opened_night, alert_id""",
         until,
@@ -525,7 +532,8 @@ def _read_month(
     q(
         "alert_events",
         ["monitoring.alert_events"],
-        "select alert_id, night, event, message from monitoring.alert_events where night <= $last order by night, alert_id, event",
+        "select alert_id, night, event, message from monitoring.alert_events "
+        "where night <= $last order by night, alert_id, event",
         until,
     )
     q(
@@ -544,7 +552,8 @@ def _read_month(
     q(
         "review_labels",
         ["review.labels"],
-        f"select entity_id, partition_date, label, reviewer, reviewed_at from review.labels where {in_month} order by reviewed_at, entity_id",
+        "select entity_id, partition_date, label, reviewer, reviewed_at "
+        f"from review.labels where {in_month} order by reviewed_at, entity_id",
         span,
     )
     q(
@@ -946,7 +955,8 @@ def _attention_alerts(snapshot: Snapshot) -> list[Attention]:
         items.append(
             Attention(
                 "critical" if row["severity"] == "critical" else "warning",
-                f"Alert **{row['rule']}** open since {row['opened_night']} ({row['category']}, {row['severity']}): {row['message']}",
+                f"Alert **{row['rule']}** open since {row['opened_night']} ({row['category']}, {row['severity']}): "
+                f"{row['message']}",
                 row["runbook"] or "",
             )
         )
@@ -976,7 +986,8 @@ def _attention_rates(snapshot: Snapshot) -> list[Attention]:
                 items.append(
                     Attention(
                         "warning",
-                        f"Quarantine is rising: {late:.2%} over the last 3 nights vs a median of {early:.2%} earlier in the month.",
+                        f"Quarantine is rising: {late:.2%} over the last 3 nights vs a median of {early:.2%} earlier "
+                        "in the month.",
                         _runbook("quarantine-spike"),
                     )
                 )
@@ -1228,8 +1239,9 @@ def _attention_incomplete(snapshot: Snapshot) -> list[Attention]:
             items.append(
                 Attention(
                     "warning",
-                    f"Monitoring incomplete: {step} was not measured on {len(lacking)} answered night(s): {_nights(lacking)} — "
-                    "the night's run likely failed after scoring (alerts are not evaluated on such a night); re-run it.",
+                    f"Monitoring incomplete: {step} was not measured on {len(lacking)} answered night(s): "
+                    f"{_nights(lacking)} — the night's run likely failed after scoring (alerts are not evaluated on "
+                    "such a night); re-run it.",
                 )
             )
     return items
@@ -1261,7 +1273,8 @@ def attention_markdown(items: list[Attention]) -> str:
 
 def attention_html(items: list[Attention]) -> str:
     """The attention list as an HTML list: a coloured level badge, the text (``**bold**`` honoured), the runbook
-    section as text (``docs/runbook.md#anchor``: a report is read far from the repository, a relative link would break)."""
+    section as text (``docs/runbook.md#anchor``: a report is read far from the repository, a relative link would
+    break)."""
     if not items:
         return f"<p class='nk-ok'>{html.escape(NOTHING_NEEDS_ATTENTION)}</p>"
     rows = []
