@@ -1,10 +1,12 @@
-"""Reason codes: why the model scored a row as it did, as exact TreeSHAP contributions from LightGBM itself.
+"""Reason codes: why the model scored a row as it did, as exact path-dependent TreeSHAP contributions.
 
-Contributions come from ``booster.predict(X, pred_contrib=True)`` (LightGBM's own exact, path-dependent TreeSHAP)
-and are in the model's raw-score units, i.e. log-odds of the positive class for a binary model: for every row,
-``shap_base_value + sum(contributions over all features) == booster.predict(X, raw_score=True)``.
+Contributions are LightGBM's ``booster.predict(X, pred_contrib=True)`` values, computed by ``nightkeeper.treeshap``
+(the same exact TreeSHAP, equal to LightGBM's to ~1e-12, categorical splits included, 10-30x faster; see
+``benchmarks/reason_codes_engines.py``); a model that engine cannot read (multiclass, linear trees) is explained by
+LightGBM's ``pred_contrib`` itself. They are in the model's raw-score units, i.e. log-odds of the positive class for a
+binary model: for every row, ``shap_base_value + sum(contributions over all features) == raw score``.
 
-Exact TreeSHAP costs a few hundred predictions per row (see ``benchmarks/reason_codes.py``), so callers pass only the
+Exact TreeSHAP still costs tens of predictions per row (see ``benchmarks/reason_codes.py``), so callers pass only the
 rows that need reasons (declined, referred and reviewed answers), never a whole night by default.
 
 Values shown to people are those the model saw, decoded: a category's level name (not its integer code), numbers
@@ -21,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from nightkeeper.encoding import FeatureCard, feature_matrix
+from nightkeeper.treeshap import UnsupportedModel, compile_forest, contributions_of
 
 REASON_STRUCT = pl.Struct({"feature": pl.String(), "value": pl.String(), "contribution": pl.Float64()})
 REASON_SCHEMA: dict[str, pl.DataType] = {
@@ -64,8 +67,8 @@ def reason_codes(
       ``"income 18,000 raised risk by 0.21; credit_score 540 raised risk by 0.17; age 44 lowered risk by 0.05"``.
 
     Rows are encoded with ``feature_matrix`` exactly as at scoring time and explained ``chunk_rows`` at a time, so
-    memory stays bounded; results do not depend on ``chunk_rows``. ``num_threads`` is passed to LightGBM's predict
-    (0 = LightGBM's default, as in scoring). Raises ValueError when ``features`` do not match the booster's
+    memory stays bounded; results do not depend on ``chunk_rows``. ``num_threads`` caps the threads of the TreeSHAP
+    engine (0 = one per core, as in scoring). Raises ValueError when ``features`` do not match the booster's
     features, or when ``top_k``/``chunk_rows`` are below 1. An empty ``frame`` gives an empty frame with the schema.
     """
     if top_k < 1:
@@ -174,10 +177,19 @@ def _explained_chunks(
     """(encoded matrix, contributions with the base value as last column) per chunk of ``chunk_rows`` rows."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    if frame.height == 0:
+        return
     width = len(features) + 1
+    try:
+        forest = compile_forest(booster)  # once per call: ~1 s for a 200-tree model, repaid after ~2k rows
+    except UnsupportedModel:
+        forest = None
     for start in range(0, frame.height, chunk_rows):
         matrix = feature_matrix(frame.slice(start, chunk_rows), features)
-        contributions = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=num_threads))
+        if forest is None:
+            contributions = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=num_threads))
+        else:
+            contributions = contributions_of(forest, matrix, num_threads)
         if contributions.shape != (len(matrix), width):
             raise ValueError(
                 f"expected contributions of shape {(len(matrix), width)} from a binary model, got {contributions.shape}"
