@@ -12,8 +12,10 @@ from pydantic import Field
 
 from assets.checks import check_result, dagster_metadata, markdown_table
 from jobs.resources import ProjectResource, WarehouseResource
-from nightkeeper import registry, report
+from nightkeeper import registry
 from nightkeeper.pipeline import lifecycle as core
+from nightkeeper.report.execution import run_model_card
+from nightkeeper.report.snapshot import export_model_snapshot
 
 
 class RetrainRequest(Config):
@@ -88,8 +90,8 @@ def candidate_model_card(
     if record is None:
         return MaterializeResult(metadata={"card": "no candidate was trained"})
     folder = settings.path(Path("reports/models") / record.version)
-    snapshot = report.export_model_snapshot(settings.warehouse_path, record.version, folder)
-    result = report.run_model_card(record.version, snapshot, record.model_path.parent, folder)
+    snapshot = export_model_snapshot(settings.warehouse_path, record.version, folder)
+    result = run_model_card(record.version, snapshot, record.model_path.parent, folder)
     return MaterializeResult(
         metadata={"version": record.version, "html": MetadataValue.path(str(result.html)), "images": result.images}
     )

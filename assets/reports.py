@@ -13,7 +13,9 @@ from dagster import (
 )
 
 from jobs.resources import WAREHOUSE_POOL, ProjectResource
-from nightkeeper import report
+from nightkeeper.report.attention import attention_items, attention_markdown
+from nightkeeper.report.execution import run_monthly_review
+from nightkeeper.report.snapshot import SNAPSHOT_FOLDER, export_month_snapshot, load_snapshot
 
 MONTHLY_FOLDER = Path("reports/monthly")
 
@@ -31,7 +33,7 @@ def build_report_assets(monthly: MonthlyPartitionsDefinition) -> list:
         config = project.load()
         month = context.partition_key[:7]
         folder = config.path(MONTHLY_FOLDER / month)
-        snapshot = report.export_month_snapshot(config.warehouse_path, month, folder, config=config)
+        snapshot = export_month_snapshot(config.warehouse_path, month, folder, config=config)
         return MaterializeResult(metadata={"month": month, "snapshot": MetadataValue.path(str(snapshot))})
 
     @asset(
@@ -47,9 +49,9 @@ def build_report_assets(monthly: MonthlyPartitionsDefinition) -> list:
         config = project.load()
         month = context.partition_key[:7]
         folder = config.path(MONTHLY_FOLDER / month)
-        snapshot = folder / "snapshot"
-        result = report.run_monthly_review(snapshot, month, folder)
-        attention = report.attention_markdown(report.attention_items(report.load_snapshot(snapshot)))
+        snapshot = folder / SNAPSHOT_FOLDER
+        result = run_monthly_review(snapshot, month, folder)
+        attention = attention_markdown(attention_items(load_snapshot(snapshot)))
         return MaterializeResult(
             metadata={
                 "html": MetadataValue.path(str(result.html)),

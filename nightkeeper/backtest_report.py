@@ -25,7 +25,7 @@ import polars as pl
 
 from nightkeeper import registry
 from nightkeeper.performance import auc
-from nightkeeper.report import figure_png, new_figure
+from nightkeeper.report.figures import figure_png, new_figure
 from nightkeeper.warehouse import table_exists
 
 SCHEMA = "backtest"
