@@ -108,34 +108,6 @@ def reason_codes(
     return pl.concat(parts).cast(REASON_SCHEMA)  # type: ignore[arg-type]
 
 
-def global_importance(
-    booster: lgb.Booster,
-    frame_sample: pl.DataFrame,
-    features: list[FeatureCard],
-    chunk_rows: int = 10_000,
-    *,
-    num_threads: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Per feature, in card order: ``{"gain": total split gain, "mean_abs_shap": mean |contribution| on the sample}``.
-
-    ``gain`` is LightGBM's gain importance of the whole model; ``mean_abs_shap`` is the mean absolute TreeSHAP
-    contribution (log-odds units) over the rows of ``frame_sample``, explained ``chunk_rows`` at a time. Every
-    feature appears, with 0.0 where the model never uses it. Raises ValueError when ``frame_sample`` is empty or
-    ``features`` do not match the booster.
-    """
-    _check_features(booster, features)
-    if frame_sample.height == 0:
-        raise ValueError("global_importance needs at least one sample row to average |SHAP| over; got none")
-    absolute_sum = np.zeros(len(features), dtype=np.float64)
-    for _, contributions in _explained_chunks(frame_sample, booster, features, chunk_rows, num_threads):
-        absolute_sum += np.abs(contributions[:, :-1]).sum(axis=0)
-    gain = booster.feature_importance(importance_type="gain")
-    return {
-        feature.name: {"gain": float(gain[i]), "mean_abs_shap": float(absolute_sum[i] / frame_sample.height)}
-        for i, feature in enumerate(features)
-    }
-
-
 def format_value(feature: FeatureCard, value: float) -> str:
     """A model input value as a person reads it: NaN -> ``missing``; a category code -> its level name; a bool ->
     ``true``/``false``; an int -> digits with thousands separators; a float -> thousands separators and no decimals

@@ -197,8 +197,3 @@ def versions(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
                    model_path
             from {SCHEMA}.model_versions order by registered_at desc"""
     ).pl()
-
-
-def served_versions(connection: duckdb.DuckDBPyConnection, nights: list[dt.date]) -> dict[dt.date, str | None]:
-    """Which version was champion on each night (from the alias log)."""
-    return {night: alias_version(connection, CHAMPION, night) for night in nights}

@@ -13,7 +13,7 @@ The flow, one night at a time:
 4. ``commit_import`` stores, in one transaction, the accepted labels in ``review.labels`` (idempotently by
    (entity_id, label), so importing the same file twice adds nothing) and the rejections in ``review.rejects``; only
    after the commit does it write the rejections next to the input file (``write_rejects``) for the reviewer to fix
-   and send again. ``training_labels`` turns the labels into (entity_id, label, provenance).
+   and send again.
 
 Every function is a plain function of its arguments (the warehouse connection included); nothing here imports
 Dagster. Its settings are ``ProjectConfig.review`` (``nightkeeper.config.ReviewConfig``).
@@ -81,13 +81,6 @@ REJECT_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.String(),
     "rejected_at": pl.Datetime("us", "UTC"),
 }
-
-TRAINING_LABEL_SCHEMA: dict[str, pl.DataType] = {
-    "entity_id": pl.String(),
-    "label": pl.Int8(),
-    "provenance": pl.String(),
-}
-
 
 # ----------------------------------------------------------------------------------------------------------- queue
 
@@ -703,26 +696,6 @@ def review_stats(
         "agreement": float(agree.item()) if compared.height else None,
         "agreement_rows": compared.height,
     }
-
-
-def training_labels(review_labels: pl.DataFrame) -> pl.DataFrame:
-    """Review labels (LABEL_SCHEMA) as training labels: (entity_id, label Int8, provenance), one row per entity.
-
-    ``provenance`` is 'review:<reviewer>@<reviewed_at as ISO 8601 UTC, e.g. 2024-05-02T09:30:00Z>'. Should an
-    entity have several labels, the latest ``reviewed_at`` wins. Rename ``label`` to the contract's target to join
-    the training frame.
-    """
-    stamp = pl.col("reviewed_at").dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    latest = review_labels.sort("reviewed_at", "entity_id").unique("entity_id", keep="last", maintain_order=True)
-    return (
-        latest.select(
-            "entity_id",
-            pl.col("label").cast(pl.Int8),
-            pl.format("review:{}@{}", "reviewer", stamp).alias("provenance"),
-        )
-        .sort("entity_id")
-        .pipe(conform, TRAINING_LABEL_SCHEMA)
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers

@@ -338,15 +338,16 @@ def test_rollback_before_a_scheduled_promotion_does_not_jump_to_the_future_champ
         )  # a never had a predecessor
 
 
-def test_served_versions_answers_the_champion_of_each_night(connection, versions):
+def test_alias_log_answers_the_champion_of_each_night(connection, versions):
     a, b = versions
     registry.set_alias(connection, registry.CHAMPION, a, JAN_5, "bootstrap", "first model")
     lifecycle.promote(connection, b, JAN_10, "dagster", "rollout done")
     lifecycle.rollback_champion(connection, JAN_15, "bob", "complaints")
 
-    served = registry.served_versions(
-        connection, [JAN_1, JAN_5, date(2026, 1, 9), JAN_10, date(2026, 1, 14), JAN_15, JAN_20]
-    )
+    served = {
+        night: registry.alias_version(connection, registry.CHAMPION, night)
+        for night in [JAN_1, JAN_5, date(2026, 1, 9), JAN_10, date(2026, 1, 14), JAN_15, JAN_20]
+    }
 
     assert served == {
         JAN_1: None,

@@ -107,7 +107,7 @@ def test_improvement_after_concept_drift_goes_through_shadow_and_every_canary_st
         0
     ]
     with warehouse.connect(project.config.warehouse_path) as connection:
-        by_log = registry.served_versions(connection, sorted(served(project)))
+        by_log = {night: registry.alias_version(connection, registry.CHAMPION, night) for night in served(project)}
     for night, versions in served(project).items():
         assert by_log[night] in versions  # the alias log answers which version served every night
         if night >= promoted_from:

@@ -16,7 +16,7 @@ import yaml
 
 from nightkeeper.config import parse_config
 from nightkeeper.encoding import FeatureCard, feature_matrix
-from nightkeeper.reasons import REASON_SCHEMA, format_value, global_importance, reason_codes
+from nightkeeper.reasons import REASON_SCHEMA, format_value, reason_codes
 from nightkeeper.simulator import simulate_history, simulate_night
 from nightkeeper.training import train_model
 
@@ -143,22 +143,3 @@ def test_feature_cards_that_do_not_match_the_booster_are_refused(
     booster, features = model
     with pytest.raises(ValueError, match="do not match the booster"):
         reason_codes(rows, booster, list(reversed(features)))
-
-
-def test_global_importance_reports_gain_and_mean_abs_shap_for_every_feature(
-    model: tuple[lgb.Booster, list[FeatureCard]], rows: pl.DataFrame, every_reason: pl.DataFrame
-) -> None:
-    booster, features = model
-    importance = global_importance(booster, rows, features, num_threads=1)
-    assert list(importance) == [feature.name for feature in features]
-    assert all(set(entry) == {"gain", "mean_abs_shap"} for entry in importance.values())
-    assert all(entry["gain"] >= 0 and entry["mean_abs_shap"] >= 0 for entry in importance.values())
-    mean_abs = (
-        every_reason.explode("reason_codes")
-        .unnest("reason_codes")
-        .group_by("feature")
-        .agg(pl.col("contribution").abs().mean())
-    )
-    for feature, value in mean_abs.iter_rows():
-        assert importance[feature]["mean_abs_shap"] == pytest.approx(value, rel=1e-9)
-    assert importance["credit_score"]["gain"] > 0 and importance["credit_score"]["mean_abs_shap"] > 0

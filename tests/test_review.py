@@ -36,7 +36,6 @@ from nightkeeper.review import (
     stored_queue,
     stored_rejects,
     stored_review_labels,
-    training_labels,
     write_rejects,
 )
 from nightkeeper.scoring import score_batch
@@ -717,21 +716,3 @@ def test_review_stats_with_nothing_reviewed() -> None:
     queue = small_queue()
     stats = review_stats(queue, pl.DataFrame(schema=LABEL_SCHEMA), outcomes_frame(simulator_ids(1), [0.3]), POSITIVE)
     assert stats["reviewed"] == 0 and stats["turnaround_hours_median"] is None and stats["agreement"] is None
-
-
-def test_training_labels_carry_provenance(tmp_path: Path) -> None:
-    queue = small_queue()
-    ids = queue["entity_id"].to_list()
-    path = write_review(
-        tmp_path / "r.csv",
-        [
-            {"entity_id": ids[0], "label": "1", "reviewer": "alice", "note": "income looks fake"},
-            {"entity_id": ids[1], "label": "0", "reviewer": "bob"},
-        ],
-    )
-    labels = training_labels(import_file(path, queue).accepted)
-    assert dict(labels.schema) == {"entity_id": pl.String(), "label": pl.Int8(), "provenance": pl.String()}
-    assert dict(zip(labels["entity_id"], zip(labels["label"], labels["provenance"], strict=True), strict=True)) == {
-        ids[0]: (1, "review:alice@2024-05-02T09:30:00Z"),
-        ids[1]: (0, "review:bob@2024-05-02T09:30:00Z"),
-    }
