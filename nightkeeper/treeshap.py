@@ -82,7 +82,7 @@ def contributions_of(forest: CompiledForest, matrix: np.ndarray, num_threads: in
     out = np.zeros((len(values), forest.num_features + 1), dtype=np.float64)
     previous = numba.get_num_threads()
     if num_threads > 0:
-        numba.set_num_threads(min(num_threads, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(min(num_threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     try:
         _explain(values, out, *forest.arrays)
     finally:
