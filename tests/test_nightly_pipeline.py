@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pytest
 import yaml
-from dagster import AssetKey
+from dagster import AssetKey, ExecuteInProcessResult
 from pipeline_harness import (
     FIRST_NIGHT,
     Project,
@@ -50,11 +51,26 @@ def assert_every_row_answered_once(project: Project, night: dt.date) -> pl.DataF
     return outcomes
 
 
-def test_clean_night_is_answered_by_the_champion_for_every_row(project):
-    landed = project.land_night(NIGHT)
-    champion = champion_of(project)
+@dataclass(frozen=True)
+class CleanNight:
+    """One clean night of 1,500 rows run through the nightly job, shared by the tests that only read what it did."""
 
-    result = project.run_night(NIGHT)
+    project: Project
+    landed: simulator.NightData
+    result: ExecuteInProcessResult
+
+
+@pytest.fixture(scope="module")
+def clean_night(tmp_path_factory) -> CleanNight:
+    project = make_project(tmp_path_factory.mktemp("clean_night") / "project")
+    bootstrap_example_champion(project)
+    landed = project.land_night(NIGHT)
+    return CleanNight(project, landed, project.run_night(NIGHT))
+
+
+def test_clean_night_is_answered_by_the_champion_for_every_row(clean_night):
+    project, landed, result = clean_night.project, clean_night.landed, clean_night.result
+    champion = champion_of(project)
 
     assert result.success
     outcomes = assert_every_row_answered_once(project, NIGHT)
@@ -322,11 +338,8 @@ def _register_as_champion(project: Project, card, model_path) -> None:
         registry.set_alias(connection, registry.CHAMPION, card.version, FIRST_NIGHT, "test", "inject a broken champion")
 
 
-def test_declined_and_near_threshold_answers_get_reason_codes_and_others_do_not(project):
-    project.land_night(NIGHT)
-
-    project.run_night(NIGHT)
-
+def test_declined_and_near_threshold_answers_get_reason_codes_and_others_do_not(clean_night):
+    project = clean_night.project
     outcomes = project.table("outcomes", NIGHT)
     assert not {"reason_codes", "reason_text"} & set(outcomes.columns), "answers do not wait for reason codes"
     explained = outcomes.join(project.table("reason_codes", NIGHT), on=["source_file", "row_number"], how="left")
@@ -343,11 +356,8 @@ def test_declined_and_near_threshold_answers_get_reason_codes_and_others_do_not(
     assert (declined["model_version_right"] == declined["model_version"]).all()
 
 
-def test_outcomes_report_the_seconds_until_the_nights_answers_were_stored(project):
-    project.land_night(NIGHT)
-
-    project.run_night(NIGHT)
-
+def test_outcomes_report_the_seconds_until_the_nights_answers_were_stored(clean_night):
+    project = clean_night.project
     materialization = project.instance.get_latest_materialization_event(AssetKey("outcomes")).asset_materialization
     seconds = materialization.metadata["seconds_to_answers"].value
     assert 0 < seconds < 600
