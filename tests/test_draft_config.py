@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from nightkeeper.cli import app
 from nightkeeper.config import load_config, parse_config
 from nightkeeper.draft import DraftError, SampleShape, derive_sizes, draft_config_text, write_draft
 from nightkeeper.ingest import RAW_SCHEMA, read_raw_batch
@@ -20,7 +19,6 @@ from nightkeeper.validation import validate
 from nightkeeper.worlds import support_tickets_world, write_world
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 NIGHTS = 10
 ROWS_PER_NIGHT = 400
 
@@ -66,38 +64,18 @@ def _draft(tmp_path: Path, sample: pl.DataFrame, **roles) -> dict:
 
 
 def test_init_writes_a_config_next_to_the_sample_that_check_config_accepts_unchanged(sample_file):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    init = subprocess.run(
-        [
-            str(BIN / "nightkeeper"),
-            "init",
-            "--sample",
-            str(sample_file),
-            "--target",
-            "churned",
-            "--id",
-            "visit_ref",
-            "--time",
-            "visited_at",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
+    init = CliRunner().invoke(
+        app,
+        ["init", "--sample", str(sample_file), "--target", "churned", "--id", "visit_ref", "--time", "visited_at"],
+        terminal_width=200,
     )
-    assert init.returncode == 0, init.stdout + init.stderr
+    assert init.exit_code == 0, init.output
     written = sample_file.parent / "nightkeeper.yaml"
 
-    check = subprocess.run(
-        [str(BIN / "nightkeeper"), "check-config", "--config", str(written)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    check = CliRunner().invoke(app, ["check-config", "--config", str(written)], terminal_width=200)
 
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "ok" in check.stdout
+    assert check.exit_code == 0, check.output
+    assert "ok" in check.output
 
 
 def test_the_draft_spells_out_every_section(tmp_path):

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import polars as pl
 from pipeline_harness import FIRST_NIGHT, bootstrap_example_champion, example_config, make_project
+from typer.testing import CliRunner
 
 from jobs.demo import QUIET_LOGS, SensorDriver
 from jobs.lifecycle import retrain_run_config
 from nightkeeper import simulator, warehouse
+from nightkeeper.cli import app
 from nightkeeper.training_data import labeled_history
-
-CLI = str(Path(sys.executable).parent / "nightkeeper")
 
 
 def test_exported_queue_filled_in_and_dropped_in_the_inbox_is_imported_and_feeds_the_retrain(tmp_path):
@@ -48,13 +45,10 @@ def test_exported_queue_filled_in_and_dropped_in_the_inbox_is_imported_and_feeds
     assert queue["priority"].to_list() == sorted(queue["priority"].to_list())
 
     export = tmp_path / "review.csv"
-    done = subprocess.run(
-        [CLI, "review", "export", "--date", str(nights[0]), "--config", str(project.config_path), "--out", str(export)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = CliRunner().invoke(
+        app, ["review", "export", "--date", str(nights[0]), "--config", str(project.config_path), "--out", str(export)]
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.exit_code == 0, done.output
     rows = list(csv.DictReader(export.open()))
     assert len(rows) == queue.height
     for i, row in enumerate(rows):

@@ -4,21 +4,18 @@ cadence; a night with no landed file is an empty night with one warning."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 
 import pytest
 from dagster import AssetKey, DagsterInstance, RunsFilter
 from dagster._core.execution.asset_backfill import AssetBackfillStatus
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
-from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, example_config, make_project
+from pipeline_harness import FIRST_NIGHT, bootstrap_example_champion, example_config, make_project
+from typer.testing import CliRunner
 
 from jobs.definitions import NIGHTLY_SCHEDULE, build_definitions
 from jobs.nights import partition_for, partitions_between, run_night
-
-BIN = os.path.dirname(sys.executable)
+from nightkeeper.cli import app
 
 
 def _instance(project) -> DagsterInstance:
@@ -47,9 +44,9 @@ def test_backfill_runs_each_night_in_order_as_one_dagster_backfill(tmp_path):
     for night in nights:
         project.land_night(night, rows=300)
 
-    done = subprocess.run(
+    done = CliRunner().invoke(
+        app,
         [
-            os.path.join(BIN, "nightkeeper"),
             "backfill",
             "--from",
             nights[0].isoformat(),
@@ -58,14 +55,11 @@ def test_backfill_runs_each_night_in_order_as_one_dagster_backfill(tmp_path):
             "--config",
             str(project.config_path),
         ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
+        terminal_width=200,
     )
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    backfill_id = done.stdout.split("backfill ", 1)[1].split(":", 1)[0]
+    assert done.exit_code == 0, done.output
+    backfill_id = done.output.split("backfill ", 1)[1].split(":", 1)[0]
     with _instance(project) as instance:
         backfill = instance.get_backfill(backfill_id)
         runs = instance.get_run_records(RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}), ascending=True)

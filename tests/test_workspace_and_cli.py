@@ -114,6 +114,8 @@ def _graphql(port: int, query: str) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow  # starts dagster dev (webserver and daemon). In the default suite the code location loads in
+# Dagster's own tools (test_definitions_validate_passes_without_warnings_from_our_code) and nightly tests run the job
 def test_dagster_dev_serves_the_code_location_with_the_nightly_job(tmp_path):
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
@@ -237,17 +239,10 @@ def test_demo_refuses_to_reset_storage_it_did_not_create(tmp_path):
         )
     )
 
-    done = subprocess.run(
-        [str(BIN / "nightkeeper"), "demo", "--dir", str(demo)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_env(COLUMNS="200"),
-    )
+    done = CliRunner().invoke(app, ["demo", "--dir", str(demo)], terminal_width=200)
 
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert f"--reset {project / 'data' / 'warehouse.duckdb'}" in done.stdout
+    assert done.exit_code == 2, done.output
+    assert f"--reset {project / 'data' / 'warehouse.duckdb'}" in done.output
     assert _snapshot(project) == before
 
 
