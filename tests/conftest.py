@@ -113,3 +113,55 @@ def _hypothesis_profile() -> str:
 
 _hypothesis_settings.load_profile(_hypothesis_profile())
 # ============================================================ end of hypothesis profiles =============================
+
+
+# =====================================================================================================================
+# Temporary files in memory. The integration tests write real DuckDB warehouses and Dagster's SQLite run storage,
+# which commit with fsync; on a busy shared disk half of a run on a persistent instance was waiting for the disk
+# (sqlite commits and closes: 11 s of a 51 s night). On Linux the session's temp folder (pytest's tmp_path and
+# everything using `tempfile`, subprocesses included) goes to /dev/shm and is removed when the session ends;
+# NIGHTKEEPER_TEST_TMP=disk, or an explicit --basetemp, keeps pytest's default.
+# =====================================================================================================================
+import os as _tmp_os  # noqa: E402
+import shutil as _tmp_shutil  # noqa: E402
+import tempfile as _tmp_tempfile  # noqa: E402
+from pathlib import Path as _TmpPath  # noqa: E402
+
+import pytest as _tmp_pytest  # noqa: E402
+
+_TMP_MEMORY = _TmpPath("/dev/shm")
+_TMP_PREFIX = "nightkeeper-tests-"
+
+
+def _tmp_owner_alive(folder: _TmpPath) -> bool:
+    pid = folder.name.removeprefix(_TMP_PREFIX).split("-", 1)[0]
+    return not pid.isdigit() or _TmpPath(f"/proc/{pid}").exists()
+
+
+@_tmp_pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: _tmp_pytest.Config) -> None:
+    if config.option.basetemp is not None or _tmp_os.environ.get("NIGHTKEEPER_TEST_TMP") == "disk":
+        return
+    if not (_TMP_MEMORY.is_dir() and _tmp_os.access(_TMP_MEMORY, _tmp_os.W_OK)):
+        return
+    for stale in _TMP_MEMORY.glob(f"{_TMP_PREFIX}*"):  # left by a session that was killed: memory, not disk
+        if not _tmp_owner_alive(stale):
+            _tmp_shutil.rmtree(stale, ignore_errors=True)
+    root = _TmpPath(_tmp_tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{_tmp_os.getpid()}-", dir=_TMP_MEMORY))
+    config.option.basetemp = str(root / "pytest")
+    previous = _tmp_os.environ.get("TMPDIR")
+    _tmp_os.environ["TMPDIR"] = str(root)
+    _tmp_tempfile.tempdir = None  # re-read TMPDIR
+
+    def restore() -> None:
+        if previous is None:
+            _tmp_os.environ.pop("TMPDIR", None)
+        else:
+            _tmp_os.environ["TMPDIR"] = previous
+        _tmp_tempfile.tempdir = None
+        _tmp_shutil.rmtree(root, ignore_errors=True)
+
+    config.add_cleanup(restore)
+
+
+# ============================================================ end of temporary files in memory =======================
