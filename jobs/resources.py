@@ -1,24 +1,20 @@
-"""Resources: the project config, the warehouse connection and the warehouse IO manager."""
+"""Resources: the project config, the warehouse connection and the warehouse IO manager (Dagster's public API only)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import polars as pl
-from dagster import ConfigurableResource, OutputContext
-from dagster._core.storage.db_io_manager import DbIOManager, DbTypeHandler, TableSlice
-from dagster_duckdb import DuckDBIOManager
-from dagster_duckdb.io_manager import DuckDbClient
-from dagster_duckdb_polars import DuckDBPolarsTypeHandler
+from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 from pydantic import Field
 
 from nightkeeper import warehouse
 from nightkeeper.config import ProjectConfig, load_config
-from nightkeeper.warehouse import NIGHTLY_SCHEMA, store_partition
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, PARTITION_COLUMN, store_partition
 
 WAREHOUSE_POOL = "warehouse"
 __all__ = ["NIGHTLY_SCHEMA", "WAREHOUSE_POOL", "ProjectResource", "WarehouseResource", "WarehouseIOManager"]
@@ -44,44 +40,31 @@ class WarehouseResource(ConfigurableResource):
             yield connection
 
 
-class _PartitionDuckDbClient(DuckDbClient):
-    """dagster-duckdb's client, except that the partition is not deleted here: ``store_partition`` deletes and inserts
-    in one transaction, so a failed write leaves the old partition in place."""
+class WarehouseIOManager(ConfigurableIOManager):
+    """The nightly assets' tables in the warehouse: asset ``name`` is table ``<schema>.<name>``, one partition per
+    night (column ``partition_date``).
 
-    @staticmethod
-    def delete_table_slice(
-        context: OutputContext, table_slice: TableSlice, connection: duckdb.DuckDBPyConnection
-    ) -> None:
-        return None
+    A partition is stored through ``nightkeeper.warehouse.store_partition`` (the function the backtest uses): delete
+    and insert in one transaction, so a failed write leaves the old partition in place, an empty night is a real,
+    empty partition and columns are inserted by name. An input is the rows of its partitions' time window.
+    """
 
+    database: str = Field(description="Path to the DuckDB warehouse file.")
+    schema_: str = Field(alias="schema", description="The schema holding the assets' tables.")
 
-class _PolarsPartitionTypeHandler(DuckDBPolarsTypeHandler):
-    """Stores a daily partition through ``nightkeeper.warehouse.store_partition`` (the function the backtest uses), so
-    empty nights are real, empty partitions and columns are inserted by name."""
-
-    def handle_output(self, context: OutputContext, table_slice: TableSlice, obj: pl.DataFrame, connection) -> None:
+    def handle_output(self, context: OutputContext, obj: pl.DataFrame) -> None:
         night = dt.date.fromisoformat(context.asset_partition_key)
-        store_partition(connection, table_slice.schema, table_slice.table, night, obj)
-        context.add_output_metadata({"stored_rows": obj.height, "table": f"{table_slice.schema}.{table_slice.table}"})
+        table = context.asset_key.path[-1]
+        with warehouse.connect(Path(self.database)) as connection:
+            store_partition(connection, self.schema_, table, night, obj)
+        name = f"{self.schema_}.{table}"
+        context.add_output_metadata({"stored_rows": obj.height, "table": name, "dagster/table_name": name})
 
-
-class WarehouseIOManager(DuckDBIOManager):
-    """dagster-duckdb's polars IO manager with transactional, idempotent partition writes."""
-
-    @staticmethod
-    def type_handlers() -> Sequence[DbTypeHandler]:
-        return [_PolarsPartitionTypeHandler()]
-
-    @staticmethod
-    def default_load_type() -> type | None:
-        return pl.DataFrame
-
-    def create_io_manager(self, context) -> DbIOManager:
-        return DbIOManager(
-            db_client=_PartitionDuckDbClient(),
-            database=self.database,
-            schema=self.schema_,
-            type_handlers=self.type_handlers(),
-            default_load_type=self.default_load_type(),
-            io_manager_name="WarehouseIOManager",
-        )
+    def load_input(self, context: InputContext) -> pl.DataFrame:
+        window = context.asset_partitions_time_window
+        with warehouse.connect(Path(self.database)) as connection:
+            return connection.execute(
+                f"select * from {self.schema_}.{context.asset_key.path[-1]} "
+                f"where {PARTITION_COLUMN} >= ? and {PARTITION_COLUMN} < ?",
+                [window.start.date(), window.end.date()],
+            ).pl()
