@@ -224,7 +224,7 @@ def _interrupt_received() -> bool:
     Dagster replaces both signal handlers during in-process execution with one that only records the signal (raised
     later, at the next step), so the record is the only place to see it; it is private to Dagster.
     """
-    from dagster._utils.interrupts import check_captured_interrupt
+    from dagster._utils.interrupts import check_captured_interrupt  # noqa: TID251 (no public equivalent)
 
     return check_captured_interrupt()
 
@@ -237,7 +237,9 @@ def _sleep_while_waiting_for_a_slot() -> None:
     This returns the time to the next scheduled check instead, capped at 1 s. The class is private to Dagster; this is
     its one use here. Idempotent.
     """
-    from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+    from dagster._core.execution.plan.instance_concurrency_context import (  # noqa: TID251 (patches Dagster's own bug)
+        InstanceConcurrencyContext,
+    )
 
     def interval_to_next_pending_claim_check(self: InstanceConcurrencyContext) -> float:
         if not self._pending_claims or not self._pending_timeouts:

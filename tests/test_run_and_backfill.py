@@ -7,9 +7,9 @@ import datetime as dt
 
 import pytest
 from dagster import AssetKey, DagsterInstance, RunsFilter
-from dagster._core.execution.asset_backfill import AssetBackfillStatus
-from dagster._core.execution.backfill import BulkActionStatus
-from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
+from dagster._core.execution.asset_backfill import AssetBackfillStatus  # noqa: TID251 (the backfill record's own types)
+from dagster._core.execution.backfill import BulkActionStatus  # noqa: TID251
+from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG  # noqa: TID251
 from pipeline_harness import FIRST_NIGHT, bootstrap_example_champion, example_config, make_project
 from typer.testing import CliRunner
 

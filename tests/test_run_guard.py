@@ -15,7 +15,7 @@ from dagster import (
     DagsterRunStatus,
     build_sensor_context,
 )
-from dagster._core.events import EngineEventData
+from dagster._core.events import EngineEventData  # noqa: TID251 (the event Dagster's run launcher logs, forged here)
 
 from jobs.instance import prepare_dagster_home
 from jobs.resources import WAREHOUSE_POOL
