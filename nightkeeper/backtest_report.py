@@ -23,7 +23,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from nightkeeper import registry
+from nightkeeper import metric_names, registry
 from nightkeeper.performance import auc
 from nightkeeper.report.figures import figure_png, new_figure
 from nightkeeper.warehouse import table_exists
@@ -43,7 +43,8 @@ TRUTH_SCHEMA = pl.Schema({"entity_id": pl.String(), "label": pl.Int8()})
 BLOCK_NIGHTS = 30  # served vs first champion is also compared per block of this many nights (pooled rows)
 SOURCES = ("model", "canary", "fallback", "quarantine")
 ESTIMATED_AUC = "performance.estimated_auc"
-ESTIMATE_TRUSTED = "performance.estimate_trustworthy"
+# the estimate-trust verdict (labels or holdout, with the night's chance wander), not the calibration-only flag
+ESTIMATE_TRUSTED = metric_names.ESTIMATE_TRUSTED
 
 
 @dataclass

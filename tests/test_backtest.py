@@ -122,6 +122,17 @@ def test_realized_auc_uses_labels_the_replay_had_not_seen_yet(replay) -> None:
 
 
 @pytest.mark.slow
+def test_each_nights_estimate_verdict_is_the_trust_the_performance_step_recorded(replay) -> None:
+    recorded = _query(
+        replay["out"],
+        "select night, value from monitoring.night_metrics where metric = 'performance.estimate_trusted'",
+    )
+    verdicts = {night.isoformat(): value >= 0.5 for night, value in recorded.iter_rows()}
+    summary = {n["night"]: n["estimate_trusted"] for n in replay["summary"]["nights"]}
+    assert verdicts and summary == verdicts  # not the calibration-only flag, which passes where the estimate is off
+
+
+@pytest.mark.slow
 def test_the_summary_counts_the_bad_nights_quarantine_and_says_what_alerted(replay) -> None:
     nights = replay["summary"]["nights"]
     assert nights[BAD_NIGHT]["sources"]["quarantine"] + nights[BAD_NIGHT]["sources"]["fallback"] > 0
