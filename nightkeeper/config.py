@@ -513,6 +513,13 @@ class PerformanceConfig(_Strict):
         description="Largest |mean score - realized base rate| on the latest labeled rows for which the estimate is "
         "trusted.",
     )
+    drop_noise_z: float = Field(
+        2.0,
+        ge=0,
+        description="Standard errors of the difference between the champion's holdout AUC and the pooled realized AUC "
+        "taken off the realized AUC drop (performance.realized_auc_drop_beyond_noise): small nights must fall further "
+        "before the drop counts.",
+    )
     business_value: BusinessValue = BusinessValue()
 
 

@@ -77,6 +77,9 @@ FEATURE_STATISTICS: tuple[str, ...] = (
 # Performance: written by the monitoring step (1.0 = tonight's estimate may be trusted, 0.0 = not); rollout health
 # reads it and counts a missing value as untrusted
 ESTIMATE_TRUSTED = "performance.estimate_trusted"
+# Champion's holdout AUC minus the pooled realized AUC, less monitoring.performance.drop_noise_z standard errors of
+# that difference (performance.auc_drop_beyond_noise): what the shipped realized-auc-drop rule pages on
+REALIZED_AUC_DROP_BEYOND_NOISE = "performance.realized_auc_drop_beyond_noise"
 
 
 def feature_metric(feature: str, statistic: str) -> str:
@@ -174,6 +177,11 @@ METRICS: tuple[Metric, ...] = (
     ),
     _m("performance.realized_auc_window", "Realized AUC pooled over the latest labeled scoring nights."),
     _m("performance.realized_auc_drop", "Champion's holdout AUC minus the pooled realized AUC."),
+    _m(
+        REALIZED_AUC_DROP_BEYOND_NOISE,
+        "Champion's holdout AUC minus the pooled realized AUC, less drop_noise_z standard errors of that difference "
+        "(negative when chance explains the whole drop).",
+    ),
     _m("performance.estimated_auc_drop", "Champion's holdout estimated AUC minus tonight's estimated AUC."),
     # drift (nightkeeper.drift.DriftResult.metrics)
     _m(DRIFT_ROWS, "Rows drift was measured on tonight."),

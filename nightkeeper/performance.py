@@ -23,6 +23,7 @@ business value = sum over rows of the money of its confusion cell (``BusinessVal
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -483,7 +484,8 @@ def pooled_realized_auc(
 
     One night's AUC on a few thousand rows wanders by ±0.02 by chance alone; pooling a week of nights is what an
     alert rule can rely on without crying wolf. ``scored_labels`` is ``scored_with_labels``'s output. Returns
-    ``auc``, ``labeled_rows`` and ``nights``, or None with fewer than ``min_labeled_rows`` labeled rows or one class.
+    ``auc``, ``labeled_rows``, ``positives`` and ``nights``, or None with fewer than ``min_labeled_rows`` labeled
+    rows or one class.
     """
     labeled = scored_labels.filter((pl.col("source") == source) & pl.col("label").is_not_null())
     recent_nights = labeled["partition_date"].unique().sort(descending=True).head(nights)
@@ -493,8 +495,32 @@ def pooled_realized_auc(
     return {
         "auc": float(roc_auc_score(window["label"].to_numpy(), window["score"].to_numpy())),
         "labeled_rows": float(window.height),
+        "positives": float(window["label"].sum()),
         "nights": float(recent_nights.len()),
     }
+
+
+def auc_drop_beyond_noise(holdout: Mapping[str, float], pooled: Mapping[str, float], z: float) -> float:
+    """How far the pooled realized AUC fell below the champion's holdout AUC beyond what chance explains: the drop
+    (holdout ``auc`` minus pooled ``auc``) less ``z`` standard errors of that difference; negative when chance
+    explains it all.
+
+    Both AUCs are measured on finite rows and wander by chance: the pooled one (``pooled_realized_auc``: ``auc``,
+    ``labeled_rows``, ``positives``) by its Hanley–McNeil standard error, the holdout's (the card's ``auc``,
+    ``rows``, ``positive_rate``) by its own, which stays the same for the champion's whole life (a lucky holdout
+    makes every later night look worse). The error of the difference is the root of their summed squares, so a
+    week of 150-row nights must fall several hundredths further than a week of 20,000-row nights before the drop
+    counts. A card without ``rows`` (made before they were recorded) counts its holdout as exact.
+    """
+    positives = pooled["positives"]
+    pooled_error = auc_standard_error(pooled["auc"], positives, pooled["labeled_rows"] - positives)
+    holdout_rows = holdout.get("rows")
+    holdout_error = 0.0
+    if holdout_rows:
+        holdout_positives = holdout_rows * holdout.get("positive_rate", 0.0)
+        holdout_error = auc_standard_error(holdout["auc"], holdout_positives, holdout_rows - holdout_positives)
+    drop = holdout["auc"] - pooled["auc"]
+    return float(drop - z * math.hypot(pooled_error, holdout_error))
 
 
 def latest_realized(realized: pl.DataFrame, source: str = "model") -> dict[str, object] | None:

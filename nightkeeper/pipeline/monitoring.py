@@ -134,6 +134,12 @@ def performance_night(
         _drop(expected_auc, metrics.get("performance.estimated_auc")) if trust.trusted else None
     )
     metrics["performance.realized_auc_drop"] = _drop(reference_auc, pooled["auc"] if pooled else None)
+    # the shipped rule pages on the drop beyond chance: a week of small nights wanders further than one of large nights
+    metrics[metric_names.REALIZED_AUC_DROP_BEYOND_NOISE] = (
+        performance.auc_drop_beyond_noise(champion.card.holdout_metrics, pooled, settings.drop_noise_z)
+        if champion and pooled
+        else None
+    )
     metrics_store.record_metrics(connection, night, metrics, champion.version if champion else None)
     plot = _plot(config.path(Path(REPORTS_FOLDER)), night, realized, estimated) if plots else None
     return StepResult(
