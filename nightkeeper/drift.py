@@ -44,17 +44,15 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import lightgbm as lgb
 import numpy as np
 import polars as pl
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
-from sklearn.metrics import roc_auc_score
 
 from nightkeeper import metric_names as names
 from nightkeeper import registry
 from nightkeeper.artifacts import ModelUnavailable, load_reference_sample
-from nightkeeper.encoding import FeatureCard, categorical_indices, feature_matrix
+from nightkeeper.encoding import FeatureCard
 from nightkeeper.frames import number
 from nightkeeper.profile import (
     PSI_EPSILON,
@@ -64,6 +62,8 @@ from nightkeeper.profile import (
     bin_counts,
     category_counts,
     confidence_of,
+    domain_auc,
+    domain_chance_std,
     population_stability_index,
     reference_quantile,
     sorted_numeric_values,
@@ -98,22 +98,7 @@ VANISHED_MIN_EXPECTED = 10.0  # a level expected this many times tonight is abse
 TOP_FEATURES = 5  # features named in an alert message
 TOP_LEVELS = 3  # levels named per category feature
 MIN_LEVEL_CHANGE = 0.005  # a level whose share moved less than half a point is not worth naming
-# Fewer rows per side and the out-of-fold AUC of two identical populations wanders too far to judge against a fixed
-# limit (its chance std is ~0.018 at 500 rows per side, ~0.033 at 150: 0.6 would then be a 3-sigma event, a false
-# alarm every few weeks of small nights); small nights rely on the per-feature drift, whose thresholds widen instead.
-DOMAIN_MIN_ROWS = 500
-DOMAIN_TREES = 50
-DOMAIN_PARAMS: dict[str, Any] = {
-    "objective": "binary",
-    "learning_rate": 0.1,
-    "num_leaves": 15,
-    "max_bin": 63,
-    "min_data_in_leaf": 20,
-    "num_threads": 1,  # 2 OpenMP threads stalled for 5-40 s on a busy 2-core host; 1 takes ~0.3 s for 2 x 10k rows
-    "verbose": -1,
-    "deterministic": True,
-    "force_col_wise": True,
-}
+DOMAIN_CHANCE_SIGMAS = 2.0  # chance standard errors of tonight's domain AUC above the reference's most distinct night
 WASSERSTEIN_MIN_STD = 0.001
 _NAN = float("nan")
 
@@ -129,7 +114,7 @@ class DriftResult:
     0) when no score was given.
     ``drifted_share``: drifted features / features (NaN on an empty night). ``multivariate_auc``: out-of-fold AUC
     of the domain classifier (about 0.5 = indistinguishable), None without a reference sample or with fewer than
-    ``DOMAIN_MIN_ROWS`` rows on a side. ``rows``: tonight's rows.
+    ``profile.DOMAIN_MIN_ROWS`` rows on a side. ``rows``: tonight's rows.
     """
 
     features: pl.DataFrame
@@ -137,6 +122,7 @@ class DriftResult:
     drifted_share: float
     multivariate_auc: float | None
     rows: int
+    domain_limit: float | None = None  # the population-shift limit tonight (domain_auc_limit); None without an AUC
     levels: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LEVEL_SCHEMA))
     means: dict[str, tuple[float, float]] = field(default_factory=dict)  # numeric feature -> (reference, tonight)
 
@@ -159,6 +145,7 @@ class DriftResult:
             names.DRIFTED_SHARE: float(self.drifted_share),
             names.DRIFTED_FEATURES: float(self.features["drifted"].sum()),
             names.MULTIVARIATE_AUC: _NAN if self.multivariate_auc is None else float(self.multivariate_auc),
+            names.POPULATION_SHIFTED: self.population_shifted,
             names.PREDICTION_PSI: float(p.get("score_psi", _NAN)),
             names.PREDICTION_JS: float(p.get("score_js_distance", _NAN)),
             names.PREDICTION_DRIFTED: float(p.get("score_drifted", 0.0)),
@@ -271,6 +258,14 @@ class DriftResult:
         detail["text"] = text
         return detail
 
+    @property
+    def population_shifted(self) -> float:
+        """1.0 when the domain classifier tells tonight from the reference beyond ``domain_limit``, 0.0 when not,
+        NaN when it did not run (so a rule stays silent)."""
+        if self.multivariate_auc is None or self.domain_limit is None:
+            return _NAN
+        return float(self.multivariate_auc > self.domain_limit)
+
     def drifted_features(self) -> list[str]:
         """Names of the drifted features, most drifted (largest psi / threshold) first."""
         drifted = self.features.filter(pl.col("drifted"))
@@ -354,6 +349,16 @@ def serving_reference(
     )
 
 
+def domain_auc_limit(reference_auc: float | None, rows: int, floor: float) -> float:
+    """Tonight's population-shift limit for a domain AUC measured on ``rows`` rows a side: the reference's most
+    distinct ordinary night (``ReferenceProfile.domain_auc``, fitted on its real nights; 0.5 when not fitted) plus
+    ``DOMAIN_CHANCE_SIGMAS`` chance standard errors at tonight's size, never below ``floor``
+    (``monitoring.drift.max_domain_auc``). A night no more distinct than the reference's own pay days is ordinary."""
+    return max(
+        floor, (0.5 if reference_auc is None else reference_auc) + DOMAIN_CHANCE_SIGMAS * domain_chance_std(rows)
+    )
+
+
 def measure_drift(
     profile: ReferenceProfile,
     current: pl.DataFrame,
@@ -362,13 +367,15 @@ def measure_drift(
     reference_sample: pl.DataFrame | None = None,
     domain_rows: int = 10_000,
     seed: int = 0,
+    domain_floor: float = 0.6,
 ) -> DriftResult:
     """Compare tonight's rows (``current``, typed as the validated frame) and their scores (one per row, NaN =
     unscored; None = not scored tonight) with ``profile``. See the module docstring for every statistic.
 
-    The multivariate check trains ``DOMAIN_TREES`` LightGBM trees (one thread) to tell up to ``domain_rows`` random
-    rows of ``reference_sample`` from as many of ``current`` (equal counts per side), with a seeded 2-fold split,
-    and reports the out-of-fold AUC. Raises ValueError when a feature is absent from the profile or from
+    The multivariate check (``nightkeeper.profile.domain_auc``) tells up to ``domain_rows`` random rows of
+    ``reference_sample`` from as many of ``current`` and reports the out-of-fold AUC; the night counts as a
+    population shift above ``domain_auc_limit`` (from the profile's fitted ``domain_auc``, at least
+    ``domain_floor``). Raises ValueError when a feature is absent from the profile or from
     ``current``, its kind or levels differ from the profile's, or the scores are not one per row.
     """
     _check(profile, current, current_scores, features)
@@ -410,12 +417,16 @@ def measure_drift(
         )
     table = pl.DataFrame(table_rows, schema=FEATURE_SCHEMA) if table_rows else pl.DataFrame(schema=FEATURE_SCHEMA)
     drifted_share = number(table["drifted"].mean()) if rows and table.height else _NAN
-    auc = _domain_auc(reference_sample, current, features, domain_rows, seed) if reference_sample is not None else None
+    auc = domain_auc(reference_sample, current, features, domain_rows, seed) if reference_sample is not None else None
+    limit = None
+    if auc is not None and reference_sample is not None:  # judged at the rows per side the classifier had
+        limit = domain_auc_limit(profile.domain_auc, min(domain_rows, reference_sample.height, rows), domain_floor)
     return DriftResult(
         features=table,
         prediction=_prediction_drift(profile, current_scores),
         drifted_share=drifted_share,
         multivariate_auc=auc,
+        domain_limit=limit,
         rows=rows,
         levels=pl.concat(level_frames),
         means=means,
@@ -558,30 +569,6 @@ def _prediction_drift(profile: ReferenceProfile, scores: np.ndarray | None) -> d
 
 def _drifted(psi: float, threshold: float) -> float:
     return float(math.isfinite(psi) and psi > threshold)
-
-
-def _domain_auc(
-    reference_sample: pl.DataFrame, current: pl.DataFrame, features: list[FeatureCard], rows: int, seed: int
-) -> float | None:
-    """Out-of-fold AUC of a small LightGBM classifier separating reference rows (0) from tonight's rows (1)."""
-    n = min(rows, reference_sample.height, current.height)
-    if n < DOMAIN_MIN_ROWS:
-        return None
-    reference = reference_sample.sample(n=n, seed=seed) if reference_sample.height > n else reference_sample
-    tonight = current.sample(n=n, seed=seed + 1) if current.height > n else current
-    matrix = np.vstack([feature_matrix(reference, features), feature_matrix(tonight, features)])
-    labels = np.r_[np.zeros(n), np.ones(n)]
-    fold = np.random.default_rng(seed).permutation(2 * n) % 2
-    predictions = np.empty(2 * n)
-    params = {**DOMAIN_PARAMS, "seed": seed}
-    for k in (0, 1):
-        train, test = fold != k, fold == k
-        dataset = lgb.Dataset(
-            matrix[train], label=labels[train], categorical_feature=categorical_indices(features), free_raw_data=True
-        )
-        booster = lgb.train(params, dataset, num_boost_round=DOMAIN_TREES)
-        predictions[test] = booster.predict(matrix[test])
-    return float(roc_auc_score(labels, predictions))
 
 
 def _check(

@@ -53,6 +53,7 @@ DRIFT_ROWS = "drift.rows"
 DRIFTED_SHARE = "drift.drifted_share"
 DRIFTED_FEATURES = "drift.drifted_features"
 MULTIVARIATE_AUC = "drift.multivariate_auc"
+POPULATION_SHIFTED = "drift.population_shifted"
 PREDICTION_PSI = "drift.prediction_psi"
 PREDICTION_JS = "drift.prediction_js_distance"
 PREDICTION_DRIFTED = "drift.prediction_drifted"
@@ -188,6 +189,11 @@ METRICS: tuple[Metric, ...] = (
     _m(DRIFTED_SHARE, "Share of features whose drift exceeds their threshold for a night of tonight's size."),
     _m(DRIFTED_FEATURES, "Number of features whose drift exceeds their threshold for a night of tonight's size."),
     _m(MULTIVARIATE_AUC, "AUC of a classifier telling tonight's rows from the reference (0.5 = indistinguishable)."),
+    _m(
+        POPULATION_SHIFTED,
+        "1 when the domain AUC exceeds tonight's limit: the reference's most distinct real night plus 2 chance "
+        "standard errors, at least monitoring.drift.max_domain_auc; else 0.",
+    ),
     _m(PREDICTION_PSI, "PSI of tonight's scores against the reference scores."),
     _m(PREDICTION_JS, "Jensen-Shannon distance of tonight's scores against the reference scores."),
     _m(PREDICTION_DRIFTED, "1 when the score PSI exceeds its fitted threshold, else 0."),

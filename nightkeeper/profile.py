@@ -8,7 +8,9 @@ The profile is a frozen pydantic model that round-trips through JSON (``model_du
 ``ReferenceProfile.model_validate_json``); store it beside the model artifact.
 
 ``reference_sample`` draws the few raw rows the multivariate (domain classifier) check needs; the caller stores
-them as Parquet beside the model artifact.
+them as Parquet beside the model artifact. ``domain_auc`` is that classifier (tonight's rows told from reference
+rows); ``fit_domain_auc`` runs it on the reference's own real nights, so that the population-shift limit knows how
+distinct an ordinary night (a weekend, a pay day) already is.
 
 Definitions shared with :mod:`nightkeeper.drift` (the thresholds are fitted on exactly these statistics):
 
@@ -29,15 +31,17 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 from scipy.interpolate import PchipInterpolator
 from scipy.spatial.distance import jensenshannon
+from sklearn.metrics import roc_auc_score
 
 from nightkeeper.config import DriftConfig
-from nightkeeper.encoding import FeatureCard
+from nightkeeper.encoding import FeatureCard, categorical_indices, feature_matrix
 
 PROFILE_FORMAT = 1
 PSI_EPSILON = 1e-4
@@ -45,6 +49,22 @@ LADDER_FIRST_ROWS = 25  # smallest night size a threshold is fitted for (smaller
 LADDER_DRAWS = 100  # random draws of the reference per night size
 MIN_REFERENCE_NIGHTS = 7  # real nights a reference needs before their night-to-night variation is fitted
 MAX_ATOMS = 101
+# Fewer rows per side and the out-of-fold AUC of two identical populations wanders too far to judge (its chance std
+# is ~0.018 at 500 rows per side, ~0.033 at 150); small nights rely on the per-feature drift, whose thresholds widen.
+DOMAIN_MIN_ROWS = 500
+DOMAIN_TREES = 50
+DOMAIN_PARAMS: dict[str, object] = {
+    "objective": "binary",
+    "learning_rate": 0.1,
+    "num_leaves": 15,
+    "max_bin": 63,
+    "min_data_in_leaf": 20,
+    "num_threads": 1,  # 2 OpenMP threads stalled for 5-40 s on a busy 2-core host; 1 takes ~0.3 s for 2 x 10k rows
+    "verbose": -1,
+    "deterministic": True,
+    "force_col_wise": True,
+}
+DOMAIN_FIT_NIGHTS = 8  # real reference nights the population-shift limit learns from (one small classifier each)
 # 101 quantile levels, dense in both tails (cosine spacing: 0.00025 at the ends, 0.016 in the middle), so that the
 # piecewise-linear quantile function between them follows long tails closely (see NumericProfile).
 QUANTILE_LEVELS: tuple[float, ...] = tuple(float(v) for v in 0.5 - 0.5 * np.cos(np.pi * np.linspace(0.0, 1.0, 101)))
@@ -192,6 +212,11 @@ class ReferenceProfile(_Frozen):
     thresholds: dict[str, DriftThreshold]
     score_threshold: DriftThreshold
     confidence_threshold: DriftThreshold
+    domain_auc: float | None = Field(
+        None,
+        description="Domain-classifier AUC of the reference's most distinct real night told from the rest of the "
+        "reference (fit_domain_auc); None when not fitted (too few nights or rows, or a card older than the field).",
+    )
 
     @property
     def feature_names(self) -> list[str]:
@@ -374,6 +399,92 @@ def reference_sample(frame: pl.DataFrame, features: list[FeatureCard], rows: int
         raise ValueError(f"rows must be at least 1, got {rows}")
     selected = frame.select(f.name for f in features)
     return selected.sample(n=min(rows, selected.height), seed=seed, shuffle=True)
+
+
+def domain_auc(
+    reference: pl.DataFrame, current: pl.DataFrame, features: list[FeatureCard], rows: int, seed: int
+) -> float | None:
+    """Out-of-fold AUC of a small LightGBM classifier (``DOMAIN_TREES`` trees, one thread) telling ``reference``
+    rows (0) from ``current`` rows (1): up to ``rows`` random rows of each, equal counts per side, a seeded 2-fold
+    split. About 0.5 = indistinguishable. None with fewer than ``DOMAIN_MIN_ROWS`` rows on a side."""
+    n = min(rows, reference.height, current.height)
+    if n < DOMAIN_MIN_ROWS:
+        return None
+    reference = reference.sample(n=n, seed=seed) if reference.height > n else reference
+    tonight = current.sample(n=n, seed=seed + 1) if current.height > n else current
+    matrix = np.vstack([feature_matrix(reference, features), feature_matrix(tonight, features)])
+    labels = np.r_[np.zeros(n), np.ones(n)]
+    fold = np.random.default_rng(seed).permutation(2 * n) % 2
+    predictions = np.empty(2 * n)
+    params = {**DOMAIN_PARAMS, "seed": seed}
+    for k in (0, 1):
+        train, test = fold != k, fold == k
+        dataset = lgb.Dataset(
+            matrix[train], label=labels[train], categorical_feature=categorical_indices(features), free_raw_data=True
+        )
+        booster = lgb.train(params, dataset, num_boost_round=DOMAIN_TREES)
+        predictions[test] = booster.predict(matrix[test])
+    return float(roc_auc_score(labels, predictions))
+
+
+def domain_chance_std(rows: int) -> float:
+    """Standard deviation of ``domain_auc`` between two identical populations of ``rows`` rows a side: the
+    Mann-Whitney null, sqrt((2n + 1) / (12 n^2)) (0.018 at 500 rows, 0.006 at 5,000)."""
+    return math.sqrt((2 * rows + 1) / (12 * rows * rows)) if rows > 0 else math.inf
+
+
+def fit_domain_auc(
+    frame: pl.DataFrame, features: list[FeatureCard], nights: np.ndarray | None, rows: int, seed: int = 0
+) -> float | None:
+    """How distinct an ordinary night of the reference is: up to ``DOMAIN_FIT_NIGHTS`` of its real nights (``nights``:
+    one key per row, as for ``fit_profile``) are each told from the rest of the reference by ``domain_auc`` (up to
+    ``rows`` rows a side, as tonight is told from the reference sample); the largest AUC.
+
+    The nights judged are the most distinct half by a cheap measure (``_night_distinctness``: summed PSI of each
+    feature's shares against the whole reference) and the rest evenly spread over the reference: the calendar's
+    extremes (a pay day falling on a weekend) are rare, and a sample spread evenly would miss them. So a reference
+    whose nights differ by the calendar gives a high value and such a night later is not a population shift; a
+    homogeneous one gives about 0.5 plus chance. None without ``nights``, with fewer than ``MIN_REFERENCE_NIGHTS``
+    nights, or when no night holds ``DOMAIN_MIN_ROWS`` rows.
+    """
+    index = _night_index(nights, frame.height)
+    if index is None:
+        return None
+    large = np.flatnonzero(np.bincount(index) >= DOMAIN_MIN_ROWS)
+    if len(large) == 0:
+        return None
+    distinct = large[np.argsort(-_night_distinctness(frame, features, index)[large], kind="stable")]
+    chosen = list(distinct[: DOMAIN_FIT_NIGHTS // 2])
+    spread = np.linspace(0, len(large) - 1, min(len(large), DOMAIN_FIT_NIGHTS)).round().astype(int)
+    chosen += [night for night in large[spread] if night not in chosen][: DOMAIN_FIT_NIGHTS - len(chosen)]
+    selected = frame.select(f.name for f in features)
+    aucs = [
+        domain_auc(selected.filter(index != night), selected.filter(index == night), features, rows, seed + k)
+        for k, night in enumerate(chosen)
+    ]
+    known = [auc for auc in aucs if auc is not None]
+    return max(known) if known else None
+
+
+def _night_distinctness(frame: pl.DataFrame, features: list[FeatureCard], night_of_row: np.ndarray) -> np.ndarray:
+    """Per real night, the PSI of each feature's shares that night against the whole reference, summed over the
+    features: numbers in deciles of the reference (missing values as one more bin), categories by level."""
+    nights = int(night_of_row.max()) + 1
+    total = np.zeros(nights)
+    for feature in features:
+        if feature.dtype == "category":
+            codes = frame.select(category_codes(feature.name, feature.categories or [])).to_series().to_numpy() + 1
+        else:
+            values = frame.select(numeric_values(feature.name)).to_series().to_numpy()
+            present = values[np.isfinite(values)]
+            edges = np.unique(np.quantile(present, np.linspace(0.1, 0.9, 9))) if len(present) else np.array([])
+            codes = _bin_codes(values.astype(np.float64), edges) + 1
+        size = int(codes.max()) + 1
+        counts = np.bincount(night_of_row * size + codes, minlength=nights * size).reshape(nights, size)
+        whole = counts.sum(axis=0) / counts.sum()
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        total += population_stability_index(whole, shares)
+    return total
 
 
 def confidence_of(scores: np.ndarray, threshold: float) -> np.ndarray:

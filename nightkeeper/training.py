@@ -18,7 +18,7 @@ from nightkeeper.encoding import categorical_indices, feature_cards, feature_mat
 from nightkeeper.fallback import fit_fallback
 from nightkeeper.frames import number
 from nightkeeper.performance import estimate_performance
-from nightkeeper.profile import fit_profile, reference_sample
+from nightkeeper.profile import fit_domain_auc, fit_profile, reference_sample
 from nightkeeper.validation import polars_dtype
 
 
@@ -99,6 +99,10 @@ def train_model(frame: pl.DataFrame, config: ProjectConfig) -> TrainedModel:
         model_config.decision.threshold,
         drift,
         nights=nights,
+    )
+    # how distinct the reference's own real nights are: the population-shift limit starts there
+    profile = profile.model_copy(
+        update={"domain_auc": fit_domain_auc(data, features, nights, drift.domain_classifier_rows)}
     )
     sample = reference_sample(data, features, drift.domain_classifier_rows, seed=0)
     times = data[contract.event_time] if contract.event_time and contract.event_time in data.columns else None

@@ -286,7 +286,13 @@ def drift_night(
         _LOG.warning(f"multivariate drift skipped: {reference.sample_problem}")
     sample = reference.sample
     result = drift.measure_drift(
-        reference.profile, rows, scores, reference.features, sample, settings.domain_classifier_rows
+        reference.profile,
+        rows,
+        scores,
+        reference.features,
+        sample,
+        settings.domain_classifier_rows,
+        domain_floor=settings.max_domain_auc,
     )
     folder = config.path(Path(REPORTS_FOLDER))
     plot = result.plot(folder / f"drift-{night}.png") if plots else None
@@ -336,10 +342,11 @@ def drift_night(
                 "WARN",
             ),
             "population_indistinct": CheckOutcome(
-                auc is None or auc <= settings.max_domain_auc,
+                result.population_shifted != 1.0,
                 "no reference sample or too few rows"
-                if auc is None
-                else f"domain classifier AUC {auc:.3f} (limit {settings.max_domain_auc})",
+                if auc is None or result.domain_limit is None
+                else f"domain classifier AUC {auc:.3f} (limit {result.domain_limit:.3f}: the reference's most distinct "
+                "real night plus chance, at least monitoring.drift.max_domain_auc)",
                 "WARN",
             ),
         },
