@@ -477,8 +477,8 @@ def _night_distinctness(frame: pl.DataFrame, features: list[FeatureCard], night_
         else:
             values = frame.select(numeric_values(feature.name)).to_series().to_numpy()
             present = values[np.isfinite(values)]
-            edges = np.unique(np.quantile(present, np.linspace(0.1, 0.9, 9))) if len(present) else np.array([])
-            codes = _bin_codes(values.astype(np.float64), edges) + 1
+            deciles = np.unique(np.quantile(present, np.linspace(0.1, 0.9, 9))) if len(present) else np.array([])
+            codes = _bin_codes(values.astype(np.float64), deciles.tolist()) + 1
         size = int(codes.max()) + 1
         counts = np.bincount(night_of_row * size + codes, minlength=nights * size).reshape(nights, size)
         whole = counts.sum(axis=0) / counts.sum()
