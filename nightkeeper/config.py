@@ -461,6 +461,12 @@ class DriftConfig(_Strict):
         0.6, gt=0.5, le=1, description="Domain-classifier AUC above which tonight is told apart from the reference."
     )
     evidently_report: bool = Field(True, description="Render evidently's HTML drift report each night (a few seconds).")
+    keep_report_nights: int | None = Field(
+        30,
+        ge=1,
+        description="Nights of evidently HTML reports kept (about 4.6 MB a night): the drift step deletes the reports "
+        "of nights this many days or more before tonight's; null keeps every night's.",
+    )
 
 
 class BusinessValue(_Strict):

@@ -242,6 +242,22 @@ def _holds(metrics: dict[str, float | None], reference: float | None) -> CheckOu
     )
 
 
+def prune_drift_reports(folder: Path, night: dt.date, keep_nights: int) -> list[Path]:
+    """Delete the evidently reports (``drift-<night>.html``) in ``folder`` of nights ``keep_nights`` days or more
+    before ``night``; returns what was deleted. Reports of later nights stay (``night`` may be a backfill)."""
+    oldest_kept = night - dt.timedelta(days=keep_nights - 1)
+    deleted = []
+    for path in folder.glob("drift-*.html"):
+        try:
+            reported = dt.date.fromisoformat(path.stem.removeprefix("drift-"))
+        except ValueError:
+            continue  # not a nightly report of ours
+        if reported < oldest_kept:
+            path.unlink()
+            deleted.append(path)
+    return deleted
+
+
 def _plot(folder: Path, night: dt.date, realized: pl.DataFrame, estimated: pl.DataFrame) -> Path | None:
     if estimated.height == 0:
         return None
@@ -305,6 +321,8 @@ def drift_night(
         report = write_evidently_report(
             sample, rows, reference.features, folder / f"drift-{night}.html", settings.report_sample_rows, seed=0
         )
+        if settings.keep_report_nights is not None:
+            prune_drift_reports(folder, night, settings.keep_report_nights)
     # the details (which features and levels moved) travel with the metrics into the alert messages
     metrics_store.record_metrics(connection, night, result.metrics(), reference.version, details=result.details())
     drifted = result.drifted_features()
