@@ -38,6 +38,8 @@ class RegistryChange(Config):
     name="candidate_model",
     group_name="lifecycle",
     pool="warehouse",
+    # what training_data.labeled_history reads: the validated rows of every night, their delivered and reviewed labels
+    deps=[AssetKey("validated_batch"), AssetKey("labels"), AssetKey("review_labels")],
     description="A LightGBM model retrained on the labeled window (delivered and reviewed labels), after the "
     "training-data gate excluded suspect nights or refused the window; registered with full lineage.",
     check_specs=[AssetCheckSpec(name, asset="candidate_model", blocking=True) for name in core.BEHAVIOUR_CHECKS],
@@ -58,7 +60,8 @@ def candidate_model(
     name="candidate_evaluation",
     group_name="lifecycle",
     pool="warehouse",
-    deps=[AssetKey("candidate_model")],
+    # the holdout is the latest labeled nights' validated rows with their delivered labels
+    deps=[AssetKey("candidate_model"), AssetKey("validated_batch"), AssetKey("labels")],
     description="The never-worse gate: candidate and champion scored on the same recent labeled holdout (AUC with a "
     "bootstrap CI, every segment, Brier, business value, latency). Approved candidates go to shadow; rejected ones "
     "never serve and raise an alert.",
@@ -101,6 +104,9 @@ def candidate_model_card(
     name="model_registry",
     group_name="lifecycle",
     pool="warehouse",
+    # its changes are decided from an approved evaluation (shadow) and the challenger's nightly health (canary steps,
+    # promotion, rollback); the nightly assets reading the registry back are not drawn: an asset graph has no cycles
+    deps=[AssetKey("candidate_evaluation"), AssetKey("shadow_scores")],
     description="Registered model versions and the dated alias log (champion, challenger and its stage). Each "
     "materialization is one change of role — shadow, canary step, promotion, rejection or rollback — with who and why.",
 )

@@ -4,11 +4,13 @@ to HTML from that snapshot (the notebook never opens the warehouse)."""
 from pathlib import Path
 
 from dagster import (
+    AssetDep,
     AssetExecutionContext,
     AssetKey,
     MaterializeResult,
     MetadataValue,
     MonthlyPartitionsDefinition,
+    TimeWindowPartitionMapping,
     asset,
 )
 
@@ -19,6 +21,11 @@ from nightkeeper.report.snapshot import SNAPSHOT_FOLDER, export_month_snapshot, 
 
 MONTHLY_FOLDER = Path("reports/monthly")
 
+NIGHTLY_TABLES_READ = ("outcomes", "quarantine", "drift_metrics", "labels", "performance", "alerts", "review_queue")
+"""The nightly assets whose tables the month snapshot exports: each month depends on the nights in it."""
+UNPARTITIONED_TABLES_READ = ("model_registry", "review_labels")
+"""The unpartitioned assets whose tables the month snapshot exports (the alias log, reviewers' labels)."""
+
 
 def build_report_assets(monthly: MonthlyPartitionsDefinition) -> list:
     @asset(
@@ -26,6 +33,14 @@ def build_report_assets(monthly: MonthlyPartitionsDefinition) -> list:
         partitions_def=monthly,
         pool=WAREHOUSE_POOL,
         group_name="reports",
+        # a month reads the nights in it; the month's first partition starts on the 1st, maybe before the first night
+        deps=[
+            *(
+                AssetDep(name, partition_mapping=TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True))
+                for name in NIGHTLY_TABLES_READ
+            ),
+            *UNPARTITIONED_TABLES_READ,
+        ],
         description="The month's figures exported from the warehouse as Parquet (per-night aggregates, alerts, alias "
         "log, review stats): what the monthly notebook reads, so it never holds the warehouse open.",
     )

@@ -46,6 +46,7 @@ def build_review_assets(partitions: TimeWindowPartitionsDefinition) -> list:
     name="review_labels",
     group_name="review",
     pool=WAREHOUSE_POOL,
+    deps=[AssetKey("review_queue")],  # a returned label is accepted only for a row the queue asked about
     description="Labels reviewers returned: valid rows recorded with reviewer and time (they feed the next retrain, "
     "with provenance); unknown ids, labels outside the allowed set, duplicates, conflicts and malformed files are "
     "rejected row by row into a rejects file beside the input.",
