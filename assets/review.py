@@ -10,8 +10,9 @@ from pydantic import Field
 from assets.checks import dagster_metadata, markdown_table
 from assets.nightly import night_of
 from jobs.resources import WAREHOUSE_POOL, ProjectResource, WarehouseResource
-from nightkeeper import review
 from nightkeeper.pipeline import monitoring
+from nightkeeper.review.files import import_review_file
+from nightkeeper.review.storage import commit_import, stored_queue, stored_review_labels
 
 
 class ReviewImportRequest(Config):
@@ -57,11 +58,11 @@ def review_labels(
     settings = project.load()
     path = Path(config.path)
     with warehouse.connect() as connection:
-        queue = review.stored_queue(connection)
-        already = review.stored_review_labels(connection)
-    result = review.import_review_file(path, queue, already, settings.review.labels, dt.datetime.now(dt.UTC))
+        queue = stored_queue(connection)
+        already = stored_review_labels(connection)
+    result = import_review_file(path, queue, already, settings.review.labels, dt.datetime.now(dt.UTC))
     with warehouse.connect() as connection:
-        added, rejects = review.commit_import(connection, result, path)
+        added, rejects = commit_import(connection, result, path)
     if result.file_problem:
         context.log.error(f"{path.name}: {result.file_problem}")
     reasons = (

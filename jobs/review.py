@@ -15,7 +15,7 @@ from dagster import (
 )
 
 from nightkeeper.config import ProjectConfig
-from nightkeeper.review import is_rejects_file
+from nightkeeper.review.files import is_rejects_file
 
 REVIEW_IMPORT_JOB = "review_import"
 

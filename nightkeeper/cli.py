@@ -654,13 +654,15 @@ def review_export(
     ] = None,
 ) -> None:
     """Write the night's review queue as a CSV with empty label / reviewer / note columns to fill in."""
-    from nightkeeper import review, warehouse
+    from nightkeeper import warehouse
+    from nightkeeper.review.files import export_review_csv
+    from nightkeeper.review.storage import queue_for
 
     project = _load(config)
     night = dt.date.fromisoformat(date)
     with warehouse.connect(project.warehouse_path) as connection:
-        queue = review.queue_for(connection, night)
-    path = review.export_review_csv(queue, out or Path(f"review-{night}.csv"))
+        queue = queue_for(connection, night)
+    path = export_review_csv(queue, out or Path(f"review-{night}.csv"))
     console.print(
         f"{queue.height} row(s) to review written to {path}; fill in 'label' and 'reviewer', then "
         f"`nightkeeper review import {path}` or drop it into {project.path(project.review.inbox)}",

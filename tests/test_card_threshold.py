@@ -12,13 +12,14 @@ import yaml
 from conftest import CORE_CONFIG_PATH
 from test_performance_incremental import store_partition
 
-from nightkeeper import labels, performance, review, simulator, warehouse
+from nightkeeper import labels, performance, simulator, warehouse
 from nightkeeper.artifacts import load_verified
 from nightkeeper.config import DecisionConfig, ProjectConfig, parse_config
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.models import bootstrap_champion
 from nightkeeper.outcomes import Fallback, assemble_outcomes
 from nightkeeper.pipeline import monitoring
+from nightkeeper.review.storage import queue_for
 from nightkeeper.scoring import score_batch
 from nightkeeper.validation import QUARANTINE_SCHEMA, validate
 
@@ -92,7 +93,7 @@ def test_the_review_queue_is_near_the_threshold_the_answers_were_decided_at(answ
     config, outcomes = answered
     with warehouse.connect(config.warehouse_path) as connection:
         monitoring.review_queue_night(config, connection, NIGHT, outcomes, pl.DataFrame(schema=QUARANTINE_SCHEMA))
-        queue = review.queue_for(connection, NIGHT)
+        queue = queue_for(connection, NIGHT)
 
     uncertain = queue.filter(pl.col("queue_reason") == "low_confidence")
     assert uncertain.height > 0

@@ -23,8 +23,10 @@ from pipeline_harness import FIRST_NIGHT, REPO, Project, bootstrap_example_champ
 from jobs.instance import prepare_dagster_home
 from jobs.resources import WAREHOUSE_POOL
 from jobs.run_guard import HOST_TAG, PID_TAG, launch_run, pool_holders, process_tags, reap_dead_runs
-from nightkeeper import registry, review, simulator, warehouse
+from nightkeeper import registry, simulator, warehouse
 from nightkeeper.models import publish
+from nightkeeper.review.files import export_review_csv
+from nightkeeper.review.storage import queue_for
 from nightkeeper.training import train_model
 
 ROWS = 300
@@ -248,8 +250,8 @@ def test_a_night_killed_while_a_step_holds_the_warehouse_completes_when_run_agai
 def _filled_review_file(project: Project, night: dt.date, path: Path) -> int:
     """The night's review queue exported and labeled by a reviewer; returns its row count."""
     with warehouse.connect(project.config.warehouse_path) as connection:
-        queue = review.queue_for(connection, night)
-    review.export_review_csv(queue, path)
+        queue = queue_for(connection, night)
+    export_review_csv(queue, path)
     filled = pl.read_csv(path, infer_schema=False).with_columns(
         label=pl.when(pl.int_range(pl.len()) % 2 == 0).then(pl.lit("0")).otherwise(pl.lit("1")),
         reviewer=pl.lit("alice"),

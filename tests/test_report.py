@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, example_config, make_project
 
-from nightkeeper import lifecycle, review, simulator, warehouse
+from nightkeeper import lifecycle, simulator, warehouse
 from nightkeeper.config import ReviewConfig
 from nightkeeper.report.attention import attention_items
 from nightkeeper.report.execution import (
@@ -40,6 +40,8 @@ from nightkeeper.report.snapshot import (
     month_bounds,
 )
 from nightkeeper.report.views import alias_timeline, lifecycle_events
+from nightkeeper.review.queue import build_review_queue
+from nightkeeper.review.storage import store_queue, store_review_labels
 
 MONTH = f"{FIRST_NIGHT:%Y-%m}"
 NIGHTS = 4
@@ -55,11 +57,9 @@ def _store_review(project, nights: list[dt.date]) -> None:
     with warehouse.connect(config.warehouse_path) as connection:
         outcomes = connection.execute("select * from nightly.outcomes").pl()
         quarantine = connection.execute("select * from nightly.quarantine").pl()
-        queue = review.build_review_queue(
-            outcomes, quarantine, config.model.decision.threshold, ReviewConfig(capacity=60)
-        )
+        queue = build_review_queue(outcomes, quarantine, config.model.decision.threshold, ReviewConfig(capacity=60))
         for night in nights:
-            review.store_queue(connection, night, queue.filter(pl.col("partition_date") == night))
+            store_queue(connection, night, queue.filter(pl.col("partition_date") == night))
         answered = queue.filter(pl.col("score").is_not_null()).head(queue.height // 2)
         labels = answered.select(
             "entity_id",
@@ -74,7 +74,7 @@ def _store_review(project, nights: list[dt.date]) -> None:
             pl.lit("review-2026-01.csv").alias("source_file"),
             pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("row_number"),
         )
-        review.store_review_labels(connection, labels)
+        store_review_labels(connection, labels)
 
 
 def _alias_history(project, version: str) -> None:

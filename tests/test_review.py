@@ -13,30 +13,29 @@ import polars as pl
 import pytest
 
 from nightkeeper import warehouse
-from nightkeeper.config import ProjectConfig
+from nightkeeper.config import ProjectConfig, ReviewConfig
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.outcomes import OUTCOME_SCHEMA, Fallback, assemble_outcomes
-from nightkeeper.review import (
+from nightkeeper.review.files import (
     EXPORT_COLUMNS,
     LABEL_SCHEMA,
-    QUEUE_SCHEMA,
     REJECT_SCHEMA,
-    ReviewConfig,
     ReviewImport,
-    build_review_queue,
-    commit_import,
     export_review_csv,
     import_review_file,
     is_rejects_file,
+    write_rejects,
+)
+from nightkeeper.review.queue import QUEUE_SCHEMA, build_review_queue, review_stats
+from nightkeeper.review.storage import (
+    commit_import,
     queue_for,
-    review_stats,
     store_queue,
     store_rejects,
     store_review_labels,
     stored_queue,
     stored_rejects,
     stored_review_labels,
-    write_rejects,
 )
 from nightkeeper.scoring import score_batch
 from nightkeeper.simulator import Scenario, simulate_night

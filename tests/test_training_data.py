@@ -13,9 +13,11 @@ import polars as pl
 import pytest
 
 from nightkeeper import labels as label_store
-from nightkeeper import review, warehouse
+from nightkeeper import warehouse
 from nightkeeper.config import ProjectConfig
 from nightkeeper.ingest import read_raw_batch
+from nightkeeper.review.files import LABEL_SCHEMA
+from nightkeeper.review.storage import store_review_labels
 from nightkeeper.simulator import ScenarioPlan, simulate_night, write_labels, write_landing
 from nightkeeper.training import train_model
 from nightkeeper.training_data import labeled_history, split_holdout
@@ -54,7 +56,7 @@ def review_rows(rows: list[tuple[str, dt.date, int]], reviewer: str = "alice") -
             "source_file": "batch-1.csv",
             "row_number": list(range(1, len(rows) + 1)),
         },
-        schema=review.LABEL_SCHEMA,
+        schema=LABEL_SCHEMA,
     )
 
 
@@ -92,7 +94,7 @@ def history(core_config: ProjectConfig, tmp_path_factory: Any) -> History:
         last = valid_frame.filter(pl.col("partition_date") == NIGHTS[-1])["entity_id"].head(3).to_list()
         contested = valid_frame.filter(pl.col("partition_date") == NIGHTS[1])["entity_id"][0]
         contested_truth = truth_frame.filter(pl.col("application_id") == contested)["defaulted"].item()
-        review.store_review_labels(
+        store_review_labels(
             connection,
             review_rows(
                 [
@@ -244,7 +246,7 @@ def test_review_labels_alone_are_used_when_no_delivered_label_table_exists(tmp_p
     with warehouse.connect(tmp_path / "reviewed_only.duckdb") as connection:
         connection.execute("create schema nightly")
         connection.execute("create table nightly.validated_batch as select * from valid")
-        review.store_review_labels(connection, review_rows([(history.reviewed_ids[0], NIGHTS[-1], 1)], reviewer="bob"))
+        store_review_labels(connection, review_rows([(history.reviewed_ids[0], NIGHTS[-1], 1)], reviewer="bob"))
         with_review = labeled_history(connection, core_config.contract, NIGHTS[0], NIGHTS[-1], include_review=True)
         without = labeled_history(connection, core_config.contract, NIGHTS[0], NIGHTS[-1], include_review=False)
 

@@ -19,11 +19,13 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from nightkeeper import alerts, drift, labels, metric_names, metrics_store, performance, registry, review, webhook
+from nightkeeper import alerts, drift, labels, metric_names, metrics_store, performance, registry, webhook
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import AlertingConfig, ProjectConfig
 from nightkeeper.frames import day
 from nightkeeper.pipeline.step import StepResult
+from nightkeeper.review.queue import build_review_queue
+from nightkeeper.review.storage import store_queue
 from nightkeeper.serving import serving_model
 from nightkeeper.validation import ROW_KEY
 from nightkeeper.warehouse import NIGHTLY_SCHEMA
@@ -442,7 +444,7 @@ def review_queue_night(
     outcomes: pl.DataFrame,
     quarantine: pl.DataFrame,
 ) -> StepResult:
-    """Tonight's answers a person should look at (``review.build_review_queue``), stored in the review queue table.
+    """Tonight's answers a person should look at (``build_review_queue``), stored in the review queue table.
 
     "Near the threshold" means near the threshold each answer was decided at: its model version's card's
     (``performance.card_thresholds``), the config's only for a version the registry does not know.
@@ -451,8 +453,8 @@ def review_queue_night(
     threshold = pl.col("model_version").replace_strict(
         thresholds, default=config.model.decision.threshold, return_dtype=pl.Float64
     )
-    queue = review.build_review_queue(outcomes, quarantine, threshold, config.review)
-    review.store_queue(connection, night, queue)
+    queue = build_review_queue(outcomes, quarantine, threshold, config.review)
+    store_queue(connection, night, queue)
     by_reason = queue.with_columns(pl.col("queue_reason").str.split(":").list.first()).group_by("queue_reason").len()
     return StepResult(
         metadata={

@@ -21,7 +21,7 @@ from nightkeeper.alerts import ALERTS_SCHEMA
 from nightkeeper.drift import FEATURE_SCHEMA
 from nightkeeper.frames import conform
 from nightkeeper.performance import REALIZED_SCHEMA
-from nightkeeper.review import QUEUE_SCHEMA
+from nightkeeper.review.queue import QUEUE_SCHEMA
 
 SNAPSHOT_FOLDER = "snapshot"
 MANIFEST = "manifest.json"

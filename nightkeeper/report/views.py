@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from nightkeeper.report.snapshot import Snapshot
-from nightkeeper.review import review_stats
+from nightkeeper.review.queue import review_stats
 
 
 def rule_threshold(snapshot: Snapshot, metric: str) -> float | None:
@@ -152,8 +152,8 @@ def lifecycle_events(snapshot: Snapshot, first: dt.date, last: dt.date) -> pl.Da
 
 
 def review_summary(snapshot: Snapshot) -> dict[str, Any] | None:
-    """Review load of the month (``nightkeeper.review.review_stats``) plus per-night queued/reviewed counts; None when
-    the warehouse has no review queue."""
+    """Review load of the month (``nightkeeper.review.queue.review_stats``) plus per-night queued/reviewed counts;
+    None when the warehouse has no review queue."""
     if "review.queue" in snapshot.missing_tables and snapshot["review_queue"].height == 0:
         return None
     queue, labels, outcomes = snapshot["review_queue"], snapshot["review_labels"], snapshot["review_outcomes"]
