@@ -4,7 +4,8 @@ Contributions are LightGBM's ``booster.predict(X, pred_contrib=True)`` values, c
 (the same exact TreeSHAP, equal to LightGBM's to ~1e-12, categorical splits included, 10-30x faster; see
 ``benchmarks/reason_codes_engines.py``); a model that engine cannot read (multiclass, linear trees) is explained by
 LightGBM's ``pred_contrib`` itself. They are in the model's raw-score units, i.e. log-odds of the positive class for a
-binary model: for every row, ``shap_base_value + sum(contributions over all features) == raw score``.
+binary model: for every row, ``shap_base_value + sum(contributions over all features) == raw score``. Batches
+under ``ENGINE_MIN_ROWS`` rows are explained by ``pred_contrib`` too, as compiling the model would cost more.
 
 Exact TreeSHAP still costs tens of predictions per row (see ``benchmarks/reason_codes.py``), so callers pass only the
 rows that need reasons (declined, referred and reviewed answers), never a whole night by default.
@@ -15,6 +16,7 @@ formatted for reading, and ``missing`` where the model saw NaN (a null, or a cat
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 
@@ -43,6 +45,9 @@ REASON_CODES_SCHEMA: dict[str, pl.DataType] = {
     "reason_text": pl.String(),
 }
 MISSING = "missing"
+# Compiling a model for nightkeeper.treeshap takes ~1 s (200 trees), what LightGBM's pred_contrib needs for ~1-2k
+# rows on 2 cores: smaller batches (a 2,000-row night has ~300 due rows) are explained by LightGBM directly.
+ENGINE_MIN_ROWS = 2_000
 
 
 def reason_codes(
@@ -152,10 +157,10 @@ def _explained_chunks(
     if frame.height == 0:
         return
     width = len(features) + 1
-    try:
-        forest = compile_forest(booster)  # once per call: ~1 s for a 200-tree model, repaid after ~2k rows
-    except UnsupportedModel:
-        forest = None
+    forest = None
+    if frame.height >= ENGINE_MIN_ROWS:
+        with contextlib.suppress(UnsupportedModel):  # e.g. linear trees: LightGBM's own pred_contrib explains them
+            forest = compile_forest(booster)
     for start in range(0, frame.height, chunk_rows):
         matrix = feature_matrix(frame.slice(start, chunk_rows), features)
         if forest is None:

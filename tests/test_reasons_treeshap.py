@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from nightkeeper.config import parse_config
-from nightkeeper.encoding import feature_matrix
+from nightkeeper.encoding import FeatureCard, feature_matrix
+from nightkeeper.reasons import ENGINE_MIN_ROWS, reason_codes
 from nightkeeper.simulator import simulate_history, simulate_night
 from nightkeeper.training import train_model
 from nightkeeper.treeshap import UnsupportedModel, compile_forest, contributions_of
@@ -23,15 +24,22 @@ TOLERANCE = 1e-6  # the contract: equal to LightGBM's values to 1e-6 (measured d
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[lgb.Booster, np.ndarray]:
-    """A small product-trained model (categorical features from the shipped contract) and encoded simulator rows."""
+def product(tmp_path_factory: pytest.TempPathFactory) -> tuple[lgb.Booster, list[FeatureCard]]:
+    """A small model trained as the product trains one (categorical features from the shipped contract)."""
     raw = copy.deepcopy(yaml.safe_load(CONFIG_PATH.read_text()))
     raw["model"]["num_boost_round"] = 30
     raw["model"]["params"]["num_threads"] = 1
     config = parse_config(raw, root=tmp_path_factory.mktemp("treeshap"))
     model = train_model(simulate_history(date(2024, 4, 30), days=4, rows_per_day=1500, seed=SEED), config)
+    return model.booster, model.card.features
+
+
+@pytest.fixture(scope="module")
+def trained(product: tuple[lgb.Booster, list[FeatureCard]]) -> tuple[lgb.Booster, np.ndarray]:
+    """The model and encoded simulator rows."""
+    booster, features = product
     rows = simulate_night(date(2024, 5, 1), rows=400, seed=SEED).applications
-    return model.booster, feature_matrix(rows, model.card.features)
+    return booster, feature_matrix(rows, features)
 
 
 def _max_difference(booster: lgb.Booster, matrix: np.ndarray) -> float:
@@ -60,6 +68,22 @@ def test_missing_unknown_negative_and_tiny_values_follow_lightgbm_split_rules(
     unknown_category = rng.random(hostile.shape) < 0.05
     hostile[unknown_category] = rng.integers(0, 300, unknown_category.sum()) + 0.25
     assert _max_difference(booster, hostile) <= TOLERANCE
+
+
+def test_reason_codes_of_a_batch_large_enough_for_the_engine_carry_lightgbm_contributions(
+    product: tuple[lgb.Booster, list[FeatureCard]],
+) -> None:
+    booster, features = product
+    rows = simulate_night(date(2024, 5, 2), rows=ENGINE_MIN_ROWS, seed=SEED).applications
+    explained = reason_codes(rows, booster, features, top_k=len(features), num_threads=1)
+    theirs = booster.predict(feature_matrix(rows, features), pred_contrib=True, num_threads=1)
+    names = [feature.name for feature in features]
+    ours = np.zeros_like(theirs)
+    for row, (codes, base) in enumerate(explained.select("reason_codes", "shap_base_value").iter_rows()):
+        for code in codes:
+            ours[row, names.index(code["feature"])] = code["contribution"]
+        ours[row, -1] = base
+    assert float(np.abs(ours - theirs).max()) <= TOLERANCE
 
 
 def test_trees_with_a_single_leaf_only_shift_the_base_value() -> None:
