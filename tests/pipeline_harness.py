@@ -39,9 +39,11 @@ _SHIPPED_CONFIG = yaml.load(
 
 
 def example_config(**overrides: Any) -> dict[str, Any]:
-    """The shipped nightkeeper.yaml as a dict, with a small model and any top-level section overrides merged in."""
+    """The shipped nightkeeper.yaml as a dict, with a small one-thread model and any top-level section overrides merged
+    in."""
     raw = copy.deepcopy(_SHIPPED_CONFIG)
     raw["model"]["num_boost_round"] = 40
+    raw["model"]["params"]["num_threads"] = 1  # no OpenMP spin-waits burning a shared machine's second core
     raw["monitoring"]["drift"]["evidently_report"] = False  # a few seconds a night; its own tests turn it on
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(raw.get(section), dict):
