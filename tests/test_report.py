@@ -39,7 +39,7 @@ from nightkeeper.report.snapshot import (
     load_snapshot,
     month_bounds,
 )
-from nightkeeper.report.views import alias_timeline, lifecycle_events
+from nightkeeper.report.views import alias_timeline, lifecycle_events, quarantine_rates_by_rule
 from nightkeeper.review.queue import build_review_queue
 from nightkeeper.review.storage import store_queue, store_review_labels
 
@@ -317,6 +317,33 @@ def test_attention_does_not_judge_metrics_the_alert_engine_did_not_alert_on():
     )
     texts = [item.text for item in attention_items(snapshot)]
     assert not any("uarantine" in text or "PSI" in text or "Score distribution" in text for text in texts), texts
+
+
+def test_quarantine_rates_by_rule_keep_the_most_broken_rules_and_fold_the_rest_into_other():
+    nights = [dt.date(2026, 3, 1), dt.date(2026, 3, 2)]
+    rules = pl.DataFrame(
+        {
+            "night": [nights[0], nights[1], nights[1], nights[1]],
+            "column": ["income", "income", "age", "region"],
+            "rule": ["not_null", "not_null", "range", "levels"],
+            "rows": [5, 40, 3, 1],
+            "violations": [5, 40, 3, 1],
+        },
+        schema=SECTION_SCHEMAS["quarantine_rules"],
+    )
+    volume = pl.DataFrame({"night": nights, "raw_rows": [100, 200]}).with_columns(
+        pl.lit(0).alias(name) for name in SECTION_SCHEMAS["volume"] if name not in ("night", "raw_rows")
+    )
+    snapshot = Snapshot(Path("."), {}, {"quarantine_rules": rules, "volume": volume.cast(SECTION_SCHEMAS["volume"])})
+
+    rates = quarantine_rates_by_rule(snapshot, top=2)
+
+    assert rates.rows() == [
+        (nights[0], "income not_null", 0.05),
+        (nights[1], "income not_null", 0.2),
+        (nights[1], "age range", 0.015),
+        (nights[1], "other", 0.005),
+    ]
 
 
 def _github_slug(heading: str) -> str:

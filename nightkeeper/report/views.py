@@ -35,22 +35,74 @@ def rates_by_reason(snapshot: Snapshot, top: int = 6) -> pl.DataFrame:
         pl.when(pl.col("source") == "quarantine").then(pl.lit("undecided")).otherwise(pl.col("source")).alias("kind"),
         pl.col("reason").map_elements(short_reason, return_dtype=pl.String).alias("reason"),
     )
-    leading = (
-        short.group_by("reason").agg(pl.col("rows").sum()).sort("rows", descending=True).head(top)["reason"].to_list()
-    )
-    grouped = (
-        short.with_columns(
-            pl.when(pl.col("reason").is_in(leading)).then(pl.col("reason")).otherwise(pl.lit("other")).alias("reason")
-        )
-        .group_by("night", "kind", "reason")
-        .agg(pl.col("rows").sum())
-    )
+    grouped = _top_or_other(short, "reason", top).group_by("night", "kind", "reason").agg(pl.col("rows").sum())
     return (
         grouped.join(volume, on="night")
         .with_columns((pl.col("rows") / pl.col("outcome_rows")).alias("rate"))
         .select("night", "kind", "reason", "rate")
         .sort("night", "kind", "reason")
     )
+
+
+def quarantine_rates_by_rule(snapshot: Snapshot, top: int = 6) -> pl.DataFrame:
+    """Per night and broken row rule ('<column> <rule>', the ``top`` most broken of the month, the rest as 'other'),
+    the share of the night's raw rows breaking it: columns night, rule, rate; most broken rule first, 'other' last."""
+    rules = snapshot["quarantine_rules"]
+    if rules.height == 0:
+        return pl.DataFrame(schema={"night": pl.Date(), "rule": pl.String(), "rate": pl.Float64()})
+    named = rules.select("night", pl.format("{} {}", "column", "rule").alias("rule"), "rows")
+    grouped = _top_or_other(named, "rule", top).group_by("night", "rule").agg(pl.col("rows").sum())
+    totals = grouped.group_by("rule").agg(pl.col("rows").sum().alias("total"))
+    return (
+        grouped.join(snapshot["volume"].select("night", "raw_rows"), on="night", how="left")
+        .join(totals, on="rule")
+        .with_columns((pl.col("rows") / pl.max_horizontal(pl.col("raw_rows").fill_null(0), 1)).alias("rate"))
+        .sort(pl.col("rule") == "other", "total", "rule", "night", descending=[False, True, False, False])
+        .select("night", "rule", "rate")
+    )
+
+
+def _top_or_other(frame: pl.DataFrame, column: str, top: int) -> pl.DataFrame:
+    """``frame`` with ``column`` kept for its ``top`` values of most ``rows`` in total, 'other' for the rest."""
+    leading = (
+        frame.group_by(column)
+        .agg(pl.col("rows").sum())
+        .sort("rows", column, descending=[True, False])
+        .head(top)[column]
+        .to_list()
+    )
+    return frame.with_columns(
+        pl.when(pl.col(column).is_in(leading)).then(pl.col(column)).otherwise(pl.lit("other")).alias(column)
+    )
+
+
+def business_value_by_night(snapshot: Snapshot) -> pl.DataFrame:
+    """Realized business value of the model's answers per scoring night that has it: columns partition_date,
+    business_value (over the labeled rows), labeled_rows, rows (every model answer of the night)."""
+    return (
+        snapshot["performance_realized"]
+        .filter((pl.col("source") == "model") & pl.col("business_value").is_not_null())
+        .group_by("partition_date")
+        .agg(pl.col("business_value").sum(), pl.col("labeled_rows").sum(), pl.col("rows").sum())
+        .sort("partition_date")
+    )
+
+
+def alias_status(snapshot: Snapshot, version: str) -> str:
+    """Where ``version`` stands in the alias log: 'champion since …' / 'challenger (stage) since …' while it holds
+    the alias, 'formerly …' once replaced, 'never held an alias' otherwise."""
+    status = "never held an alias"
+    for alias in ("challenger", "champion"):
+        log = snapshot["model_aliases"].filter(pl.col("alias") == alias).sort("effective_from", "seq")
+        held = log.filter(pl.col("version") == version)
+        if held.height == 0:
+            continue
+        latest = log.row(-1, named=True)
+        if latest["version"] == version:
+            stage = f" ({latest['stage']})" if latest["stage"] else ""
+            return f"{alias}{stage} since {latest['effective_from']}"
+        status = f"formerly {alias} (first from {held['effective_from'][0]}; replaced on {latest['effective_from']})"
+    return status
 
 
 def short_reason(reason: str | None, width: int = 60) -> str:
