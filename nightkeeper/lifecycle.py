@@ -151,8 +151,12 @@ def promote(
     """Make ``version`` champion from ``effective_from`` on and clear the challenger, in one transaction.
 
     Both rows or neither: a failure between them must not leave the version serving as champion and as challenger.
-    The caller must not hold an open transaction.
+    Idempotent: when this very promotion (version and night) is already in the log — a promote repeated after a
+    killed one had landed — nothing is logged again. The caller must not hold an open transaction.
     """
+    current = registry.alias_state(connection, registry.CHAMPION, effective_from)
+    if current.version == version and current.effective_from == effective_from:
+        return
     connection.begin()
     try:
         registry.set_alias(connection, registry.CHAMPION, version, effective_from, actor, reason)
