@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -36,6 +38,20 @@ def _load(config: Path | None):
         raise typer.Exit(2) from None
 
 
+@contextmanager
+def _warehouse(project) -> Iterator:
+    """The warehouse for a command: waits while a run holds it, saying who (jobs/warehouse_wait.py), and after
+    ``storage.lock_wait_seconds`` ends the command with exit code 75 and that message instead of a lock traceback."""
+    from jobs.warehouse_wait import WarehouseBusy, command_connection
+
+    try:
+        with command_connection(project) as connection:
+            yield connection
+    except WarehouseBusy as exc:  # raised only while connecting: the command has not started its work
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(75) from None
+
+
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate the project config, and that its decision agrees with the serving champion's card; print what it
@@ -43,10 +59,9 @@ def check_config(config: ConfigOption = None) -> None:
     project = _load(config)
     champion_note = "no warehouse yet"
     if project.warehouse_path.exists():
-        from nightkeeper import warehouse
         from nightkeeper.config_check import decision_conflicts, serving_champion
 
-        with warehouse.connect(project.warehouse_path) as connection:
+        with _warehouse(project) as connection:
             champion = serving_champion(connection)
         if champion is not None:
             problems = decision_conflicts(project, champion.card)
@@ -226,7 +241,6 @@ def train(
     """Train the first champion on your labeled history: rows checked against the contract (bad rows reported and left
     out), the behaviour tests as a gate, then registered and champion from schedule.start_date. The history is kept in
     the warehouse and is part of every later retrain window."""
-    from nightkeeper import warehouse
     from nightkeeper.models import train_first_champion
     from nightkeeper.training_data import HistoryFileError, read_history_file
 
@@ -254,7 +268,7 @@ def train(
             table.add_row(row["column"], row["rule"], f"{row['rows']:,}", str(row["example"]), row["expected"])
         console.print(table)
     try:
-        with warehouse.connect(project.warehouse_path) as connection:
+        with _warehouse(project) as connection:
             result = train_first_champion(project, connection, checked)
     except ValueError as exc:
         console.print(f"[red]cannot train:[/] {exc}", soft_wrap=True)
@@ -522,11 +536,11 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list(config: ConfigOption = None) -> None:
     """Registered versions, newest first, and which one serves as champion / challenger today."""
-    from nightkeeper import registry, warehouse
+    from nightkeeper import registry
 
     project = _load(config)
     today = dt.date.today()
-    with warehouse.connect(project.warehouse_path) as connection:
+    with _warehouse(project) as connection:
         versions = registry.versions(connection)
         champion = registry.alias_state(connection, registry.CHAMPION, today)
         challenger = registry.alias_state(connection, registry.CHALLENGER, today)
@@ -555,10 +569,10 @@ def models_show(version: str, config: ConfigOption = None) -> None:
     """A version's card (lineage, metrics, fallback) and its lines in the alias log."""
     import polars as pl
 
-    from nightkeeper import registry, warehouse
+    from nightkeeper import registry
 
     project = _load(config)
-    with warehouse.connect(project.warehouse_path) as connection:
+    with _warehouse(project) as connection:
         try:
             record = registry.get_version(connection, version)
         except KeyError as exc:
@@ -654,13 +668,12 @@ def review_export(
     ] = None,
 ) -> None:
     """Write the night's review queue as a CSV with empty label / reviewer / note columns to fill in."""
-    from nightkeeper import warehouse
     from nightkeeper.review.files import export_review_csv
     from nightkeeper.review.storage import queue_for
 
     project = _load(config)
     night = dt.date.fromisoformat(date)
-    with warehouse.connect(project.warehouse_path) as connection:
+    with _warehouse(project) as connection:
         queue = queue_for(connection, night)
     path = export_review_csv(queue, out or Path(f"review-{night}.csv"))
     console.print(
@@ -715,10 +728,10 @@ def alerts_list(
     ] = False,
 ) -> None:
     """Alerts that are open or acknowledged (all with --all), oldest first, with what moved and any acknowledgement."""
-    from nightkeeper import alerts, warehouse
+    from nightkeeper import alerts
 
     project = _load(config)
-    with warehouse.connect(project.warehouse_path) as connection:
+    with _warehouse(project) as connection:
         found = alerts.list_alerts(connection, None if all_alerts else alerts.UNRESOLVED)
     if not found.height:
         console.print("no alerts" if all_alerts else "no open or acknowledged alerts")
@@ -754,10 +767,10 @@ def alerts_ack(
     a later re-opening pages again. Who, when and why go to the alert log."""
     import getpass
 
-    from nightkeeper import alerts, warehouse
+    from nightkeeper import alerts
 
     project = _load(config)
-    with warehouse.connect(project.warehouse_path) as connection:
+    with _warehouse(project) as connection:
         try:
             row = alerts.acknowledge(connection, alert_id, by or getpass.getuser(), reason, dt.datetime.now(dt.UTC))
         except ValueError as exc:
