@@ -4,20 +4,30 @@ process died and frees its warehouse slot."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
+import fault_injection_hook
+import pytest
 from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
+    RunsFilter,
     build_sensor_context,
 )
 from dagster._core.events import EngineEventData  # noqa: TID251 (the event Dagster's run launcher logs, forged here)
+from pipeline_harness import REPO, bootstrap_example_champion, example_config, make_project
 
-from jobs.instance import prepare_dagster_home
+from jobs.definitions import NIGHTLY_JOB
+from jobs.instance import prepare_dagster_home, write_workspace
 from jobs.resources import WAREHOUSE_POOL
 from jobs.run_guard import REAPER_SENSOR, build_reaper_sensor, pool_holders
 
@@ -80,3 +90,86 @@ def test_a_daemon_launched_run_whose_worker_lives_is_left_alone(tmp_path):
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED
         assert [holder.run_id for holder in pool_holders(instance)] == [run.run_id]
         assert tick == "no dead runs"
+
+
+def _start_daemon(workspace: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """``dagster-daemon run`` on ``workspace``, as the leader of its own process group."""
+    command = [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)]
+    return subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True)
+
+
+def _wait_for(what: str, probe, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_a_night_the_daemon_launched_and_lost_with_it_is_reaped_when_the_daemon_restarts(tmp_path):
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    project = make_project(
+        tmp_path / "project",
+        example_config(schedule={"cron": "* * * * *", "start_date": (yesterday - dt.timedelta(days=1)).isoformat()}),
+    )
+    bootstrap_example_champion(project)
+    project.land_night(yesterday, rows=300)
+    home = prepare_dagster_home(project.config.dagster_home)
+    fault_injection_hook.install(home)
+    workspace = write_workspace(project.config_path, home)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    env.pop(fault_injection_hook.ENV_VAR, None)
+    night = RunsFilter(job_name=NIGHTLY_JOB, tags={"dagster/partition": yesterday.isoformat()})
+
+    # the scheduled night's worker kills its whole process group at outcomes: daemon, code server and worker at once
+    first = _start_daemon(
+        workspace, {**env, fault_injection_hook.ENV_VAR: "outcomes:ASSET_MATERIALIZATION:group"}, tmp_path
+    )
+    try:
+        assert first.wait(timeout=300) == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+    with DagsterInstance.from_config(str(home)) as instance:
+        [lost] = instance.get_runs(night)
+        assert lost.status == DagsterRunStatus.STARTED and pool_holders(instance)  # what blocked later runs
+
+        second = _start_daemon(workspace, env, tmp_path)
+        try:
+            _wait_for(
+                "the reaper sensor to mark the lost run failed",
+                lambda: instance.get_run_by_id(lost.run_id).status == DagsterRunStatus.FAILURE,
+                timeout=180,
+            )
+        finally:
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait()
+        [failure] = [e for e in instance.all_logs(lost.run_id) if e.is_dagster_event and e.dagster_event.is_run_failure]
+        assert "run worker pid" in failure.dagster_event.message and "is gone" in failure.dagster_event.message
+        assert pool_holders(instance) == []
+
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nightkeeper.cli",
+            "run",
+            "--night",
+            yesterday.isoformat(),
+            "--config",
+            str(project.config_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    raw = project.query("select count(*) as n from nightly.raw_batch")["n"][0]
+    outcomes = project.query(
+        "select count(*) as n, count(distinct (source_file, row_number)) as k from nightly.outcomes"
+    )
+    assert (raw, outcomes["n"][0], outcomes["k"][0]) == (300, 300, 300)
