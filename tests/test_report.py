@@ -363,6 +363,24 @@ def test_runbook_has_a_section_for_every_alert_rule():
         assert anchor in anchors
 
 
+def test_the_notebook_kernel_imports_the_nightkeeper_of_the_caller(tmp_path):
+    import nbformat
+
+    import nightkeeper
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("import nightkeeper\nprint(nightkeeper.__file__)")]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "which.ipynb"
+    nbformat.write(notebook, str(path))
+
+    result = run_monthly_review(tmp_path / "no-snapshot", MONTH, tmp_path / "out", notebook=path)
+
+    outputs = json.loads(result.executed_notebook.read_text())["cells"][-1]["outputs"]
+    printed = "".join("".join(o["text"]) for o in outputs if o.get("name") == "stdout").strip()
+    assert Path(printed).resolve() == Path(nightkeeper.__file__).resolve()
+
+
 def test_kernel_runs_this_interpreter():
     from jupyter_client.kernelspec import KernelSpecManager
 

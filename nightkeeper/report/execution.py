@@ -3,8 +3,11 @@ into one self-contained HTML page (no code cells, images embedded, nothing fetch
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,20 +147,38 @@ def _execute(notebook: Path, output_dir: Path, stem: str, parameters: dict[str, 
 
     output_dir.mkdir(parents=True, exist_ok=True)
     executed = output_dir / f"{stem}.ipynb"
-    papermill.execute_notebook(
-        str(notebook),
-        str(executed),
-        parameters=parameters,
-        kernel_name=kernel_name(),
-        cwd=str(output_dir),
-        progress_bar=False,
-        log_output=False,
-        execution_timeout=EXECUTION_TIMEOUT_SECONDS,
-    )
+    with _kernel_imports_this_package():
+        papermill.execute_notebook(
+            str(notebook),
+            str(executed),
+            parameters=parameters,
+            kernel_name=kernel_name(),
+            cwd=str(output_dir),
+            progress_bar=False,
+            log_output=False,
+            execution_timeout=EXECUTION_TIMEOUT_SECONDS,
+        )
     page = output_dir / f"{stem}.html"
     text = notebook_html(executed, title)
     page.write_text(text, encoding="utf-8")
     return ReportResult(executed, page, count_images(text))
+
+
+@contextmanager
+def _kernel_imports_this_package() -> Iterator[None]:
+    """While papermill starts its kernel (a new process, inheriting this environment), put the folder this
+    ``nightkeeper`` was imported from first on PYTHONPATH: the kernel's Python would otherwise import whichever
+    nightkeeper it finds first (an editable install may point at another checkout), and render the report with
+    other code than the caller's."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *([before] if before else [])])
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def notebook_html(executed: Path, title: str) -> str:
