@@ -67,7 +67,11 @@ uninstalled again):
   no gain); its own C++ TreeSHAP (forced by this script) on our categorical model gives contributions off by up to
   0.97 log-odds on 4303 of 5000 rows, at 1,066 rows/s single-threaded vs LightGBM's 866 (1 thread).
 * treeshap 0.1.2 (Rust): sdist only; building needs the Rust toolchain and crates.io, unavailable here.
-Verdict: LightGBM's own pred_contrib stays; cost is controlled by scoping which rows get reason codes."""
+* woodelf-explainer 0.4.8 (installs cleanly): refuses our model ("woodelf does not support trees with categorical
+  splits"); on the numeric-only variant it is slower than LightGBM on this 2-core machine and differs from it by
+  1.3e-5 (> 1e-6), see benchmarks/reason_codes_engines.py.
+Verdict: none of the libraries; reason codes use nightkeeper.treeshap (the same exact TreeSHAP, tabulated per leaf,
+equal to LightGBM's to ~1e-14, ~20x faster in the same run), measured by benchmarks/reason_codes_engines.py."""
 
 
 def median_rate(rows: int, repeats: int, run: Callable[[], object]) -> tuple[float, list[float], float]:

@@ -1,14 +1,14 @@
 """Reason codes: why the model scored a row as it did, as exact path-dependent TreeSHAP contributions.
 
 Contributions are LightGBM's ``booster.predict(X, pred_contrib=True)`` values, computed by ``nightkeeper.treeshap``
-(the same exact TreeSHAP, equal to LightGBM's to ~1e-12, categorical splits included, 10-30x faster; see
+(the same exact TreeSHAP, equal to LightGBM's to ~1e-14, categorical splits included, ~20x faster; see
 ``benchmarks/reason_codes_engines.py``); a model that engine cannot read (multiclass, linear trees) is explained by
 LightGBM's ``pred_contrib`` itself. They are in the model's raw-score units, i.e. log-odds of the positive class for a
 binary model: for every row, ``shap_base_value + sum(contributions over all features) == raw score``. Batches
 under ``ENGINE_MIN_ROWS`` rows are explained by ``pred_contrib`` too, as compiling the model would cost more.
 
-Exact TreeSHAP still costs tens of predictions per row (see ``benchmarks/reason_codes.py``), so callers pass only the
-rows that need reasons (declined, referred and reviewed answers), never a whole night by default.
+Exact TreeSHAP still costs ~5 predictions per row for the example model (``benchmarks/reason_codes_engines.py``), so
+callers pass only the rows that need reasons (declined, referred and reviewed answers), never a whole night by default.
 
 Values shown to people are those the model saw, decoded: a category's level name (not its integer code), numbers
 formatted for reading, and ``missing`` where the model saw NaN (a null, or a category level it does not know).

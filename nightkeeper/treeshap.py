@@ -1,5 +1,5 @@
 """Exact path-dependent TreeSHAP for a LightGBM booster, equal to ``booster.predict(X, pred_contrib=True)`` to
-~1e-12 and 10-30x faster (see ``benchmarks/reason_codes_engines.py``).
+~1e-14 and ~20x faster (see ``benchmarks/reason_codes_engines.py``).
 
 Why this exists: LightGBM's own ``pred_contrib`` runs the classic TreeSHAP recursion, O(leaves x depth^2) per tree
 and row; the libraries that do better (woodelf-explainer, fasttreeshap) cannot read LightGBM categorical splits,
