@@ -27,6 +27,7 @@ import datetime as dt
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -234,11 +235,15 @@ class _Replay:
         self.timing.wall[night] = time.perf_counter() - started
         self.timing.cpu[night] = time.process_time() - cpu
 
-    def _timed_step(self, connection: duckdb.DuckDBPyConnection, night: dt.date):
+    def _timed_step(
+        self, connection: duckdb.DuckDBPyConnection, night: dt.date
+    ) -> Callable[..., dict[str, pl.DataFrame]]:
         """A caller of the night's steps: runs one, stores its partition tables, keeps its result and its time."""
         self.results = {}
 
-        def step(name: str, function, *inputs: pl.DataFrame, **options: Any) -> dict[str, pl.DataFrame]:
+        def step(
+            name: str, function: Callable[..., StepResult], *inputs: pl.DataFrame, **options: Any
+        ) -> dict[str, pl.DataFrame]:
             clock = time.perf_counter()
             result = function(self.config, connection, night, *inputs, **options)
             for table, frame in result.tables.items():

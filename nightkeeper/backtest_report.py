@@ -17,7 +17,7 @@ import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
@@ -27,6 +27,9 @@ from nightkeeper import metric_names, registry
 from nightkeeper.performance import auc
 from nightkeeper.report.figures import figure_png, new_figure
 from nightkeeper.warehouse import table_exists
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SCHEMA = "backtest"
 FIRST_CHAMPION_TABLE = f"{SCHEMA}.first_champion_scores"
@@ -301,7 +304,7 @@ def _values(nights: list[dict[str, Any]], key: str) -> list[float]:
     return [np.nan if n[key] is None else n[key] for n in nights]
 
 
-def _auc_plot(summary: dict[str, Any]):
+def _auc_plot(summary: dict[str, Any]) -> Figure:
     figure, axes = new_figure(11, 4)
     nights = summary["nights"]
     dates = _dates(nights)
@@ -325,7 +328,7 @@ def _auc_plot(summary: dict[str, Any]):
     return figure
 
 
-def _alerts_plot(summary: dict[str, Any]):
+def _alerts_plot(summary: dict[str, Any]) -> Figure:
     alerts: dict[str, dict[str, Any]] = {}
     for event in summary["alerts"]:
         entry = alerts.setdefault(
@@ -359,7 +362,7 @@ def _alerts_plot(summary: dict[str, Any]):
     return figure
 
 
-def _estimate_plot(summary: dict[str, Any]):
+def _estimate_plot(summary: dict[str, Any]) -> Figure:
     nights = summary["nights"]
     dates = _dates(nights)
     figure, axes = new_figure(11, 4)
@@ -378,7 +381,7 @@ def _estimate_plot(summary: dict[str, Any]):
     return figure
 
 
-def _img(figure) -> str:
+def _img(figure: Figure) -> str:
     return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(figure_png(figure)).decode()}'>"
 
 

@@ -8,14 +8,17 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from nightkeeper.config import ConfigError, default_config_path, load_config
+from nightkeeper.config import ConfigError, ProjectConfig, default_config_path, load_config
+
+if TYPE_CHECKING:
+    from jobs.nights import NightRun
 
 app = typer.Typer(help="Keep a tabular ML model trustworthy in nightly batch production.", no_args_is_help=True)
 console = Console()
@@ -30,7 +33,7 @@ def _config_path(config: Path | None) -> Path:
     return (config or default_config_path()).resolve()
 
 
-def _load(config: Path | None):
+def _load(config: Path | None) -> ProjectConfig:
     try:
         return load_config(_config_path(config))
     except ConfigError as exc:
@@ -366,7 +369,7 @@ def _night(text: str, option: str) -> dt.date:
         raise typer.Exit(2) from None
 
 
-def _print_night_runs(runs, home: Path) -> None:
+def _print_night_runs(runs: list[NightRun], home: Path) -> None:
     for run in runs:
         status = "[green]ok[/]" if run.success else "[red]FAILED[/]"
         checks = f"; failed checks: {', '.join(run.failed_checks)}" if run.failed_checks else ""

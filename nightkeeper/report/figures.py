@@ -8,9 +8,12 @@ import html
 import io
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PALETTE: tuple[str, ...] = (
     "#4C72B0",
@@ -91,7 +94,9 @@ def figure_png(figure: Any, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def new_figure(width: float = 11.0, height: float = 4.0, rows: int = 1, cols: int = 1, **kwargs: Any):
+def new_figure(
+    width: float = 11.0, height: float = 4.0, rows: int = 1, cols: int = 1, **kwargs: Any
+) -> tuple[Figure, Any]:
     """A matplotlib Figure on the Agg canvas and its axes (a single Axes, or an array for several)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

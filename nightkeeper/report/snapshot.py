@@ -534,7 +534,12 @@ def _query(
 
 
 def _count(
-    connection, tables: set[str], missing: list[str], table: str, expression: str, span: Mapping[str, Any]
+    connection: duckdb.DuckDBPyConnection,
+    tables: set[str],
+    missing: list[str],
+    table: str,
+    expression: str,
+    span: Mapping[str, Any],
 ) -> pl.DataFrame:
     schema = {"night": pl.Date(), "rows": pl.Int64()}
     return _query(
