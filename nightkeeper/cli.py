@@ -18,6 +18,8 @@ from rich.table import Table
 from nightkeeper.config import ConfigError, ProjectConfig, default_config_path, load_config
 
 if TYPE_CHECKING:
+    import duckdb
+
     from jobs.nights import NightRun
 
 app = typer.Typer(help="Keep a tabular ML model trustworthy in nightly batch production.", no_args_is_help=True)
@@ -42,7 +44,7 @@ def _load(config: Path | None) -> ProjectConfig:
 
 
 @contextmanager
-def _warehouse(project) -> Iterator:
+def _warehouse(project: ProjectConfig) -> Iterator[duckdb.DuckDBPyConnection]:
     """The warehouse for a command: waits while a run holds it, saying who (jobs/warehouse_wait.py), and after
     ``storage.lock_wait_seconds`` ends the command with exit code 75 and that message instead of a lock traceback."""
     from jobs.warehouse_wait import WarehouseBusy, command_connection
