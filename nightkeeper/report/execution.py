@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,10 +145,15 @@ def _notebook_path(notebook: Path) -> Path:
 
 def _execute(notebook: Path, output_dir: Path, stem: str, parameters: dict[str, Any], title: str) -> ReportResult:
     import papermill
+    from traitlets.config import Config
 
     output_dir.mkdir(parents=True, exist_ok=True)
     executed = output_dir / f"{stem}.ipynb"
-    with _kernel_imports_this_package():
+    # The kernel talks to us over Unix sockets (IPC), not TCP ports on localhost: nothing else on the machine can
+    # connect to it, and ipykernel has no "running over TCP without encryption" warning to print into every run's
+    # log. The socket paths are absolute (the kernel runs in output_dir, we do not) and short (a Unix socket path
+    # has at most 107 bytes), hence a fresh folder under the system's temp dir.
+    with _kernel_imports_this_package(), tempfile.TemporaryDirectory(prefix="nk-kernel-") as sockets:
         papermill.execute_notebook(
             str(notebook),
             str(executed),
@@ -157,6 +163,7 @@ def _execute(notebook: Path, output_dir: Path, stem: str, parameters: dict[str, 
             progress_bar=False,
             log_output=False,
             execution_timeout=EXECUTION_TIMEOUT_SECONDS,
+            config=Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}}),
         )
     page = output_dir / f"{stem}.html"
     text = notebook_html(executed, title)
