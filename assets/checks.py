@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,13 +38,42 @@ def markdown_table(frame: pl.DataFrame, rows: int = 10) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
+INLINE_IMAGE_WIDTH = 900
+"""Widest a plot is shown in asset metadata, in pixels: the image travels inside every materialization event."""
+
+
+def image_markdown(path: Path) -> MetadataValue:
+    """The PNG at ``path`` shown in the Dagster UI: a markdown image whose bytes are inline (a ``data:`` URI, which the
+    UI's markdown allows; a page served over http cannot show a local file), shrunk to ``INLINE_IMAGE_WIDTH`` pixels
+    wide, with the file's path under it."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.thumbnail((INLINE_IMAGE_WIDTH, INLINE_IMAGE_WIDTH * 4))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return MetadataValue.md(f"![{path.stem}](data:image/png;base64,{data})\n\n`{path}`")
+
+
+def file_link(path: Path) -> MetadataValue:
+    """A report file as a ``file://`` link (the UI shows it as a link; the browser opens it from a local page or a
+    new tab) — for the HTML reports people read."""
+    return MetadataValue.url(Path(path).resolve().as_uri())
+
+
 def dagster_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
     """A core step's plain metadata as Dagster metadata: frames as markdown tables (all their rows: the step cut them),
-    paths as path links, lists and dicts as JSON; numbers and strings as they are."""
+    PNG plots as inline markdown images, HTML reports as file links, other paths as paths, lists and dicts as JSON;
+    numbers and strings as they are."""
 
     def wrap(value: Any) -> Any:
         if isinstance(value, pl.DataFrame):
             return markdown_table(value, rows=value.height)
+        if isinstance(value, Path) and value.suffix == ".png" and value.exists():
+            return image_markdown(value)
+        if isinstance(value, Path) and value.suffix == ".html":
+            return file_link(value)
         if isinstance(value, Path):
             return MetadataValue.path(str(value))
         if isinstance(value, (list, dict)):

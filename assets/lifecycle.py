@@ -7,10 +7,10 @@ so the Dagster UI's history of that asset is the history of who served, when and
 import datetime as dt
 from pathlib import Path
 
-from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, Config, MaterializeResult, asset
 from pydantic import Field
 
-from assets.checks import check_result, dagster_metadata, markdown_table
+from assets.checks import check_result, dagster_metadata, file_link, markdown_table
 from jobs.resources import ProjectResource, WarehouseResource
 from nightkeeper import registry
 from nightkeeper.pipeline import lifecycle as core
@@ -96,7 +96,7 @@ def candidate_model_card(
     snapshot = export_model_snapshot(settings.warehouse_path, record.version, folder)
     result = run_model_card(record.version, snapshot, record.model_path.parent, folder)
     return MaterializeResult(
-        metadata={"version": record.version, "html": MetadataValue.path(str(result.html)), "images": result.images}
+        metadata={"version": record.version, "html": file_link(result.html), "images": result.images}
     )
 
 
