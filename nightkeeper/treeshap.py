@@ -26,6 +26,8 @@ not in the split's set go right, ``int(x)`` in the set goes left.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,18 +77,21 @@ def compile_forest(booster: lgb.Booster) -> CompiledForest:
 def contributions_of(forest: CompiledForest, matrix: np.ndarray, num_threads: int = 0) -> np.ndarray:
     """``pred_contrib`` of the compiled booster on ``matrix`` (rows x features, any float dtype): an
     ``(rows, features + 1)`` float64 array of per-feature contributions with the base value as last column.
-    ``num_threads`` > 0 caps the threads used (0 = numba's default, one per core)."""
+    ``num_threads`` > 0 caps the threads used (0 = one per core)."""
     if matrix.ndim != 2 or matrix.shape[1] != forest.num_features:
         raise ValueError(f"expected a matrix of {forest.num_features} feature columns, got shape {matrix.shape}")
     values = np.ascontiguousarray(matrix, dtype=np.float64)
     out = np.zeros((len(values), forest.num_features + 1), dtype=np.float64)
-    previous = numba.get_num_threads()
-    if num_threads > 0:
-        numba.set_num_threads(min(num_threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
-    try:
-        _explain(values, out, *forest.arrays)
-    finally:
-        numba.set_num_threads(previous)
+    threads = max(1, min(num_threads or os.cpu_count() or 1, -(-len(values) // BLOCK_ROWS)))
+    # the kernel releases the GIL: plain threads over contiguous row ranges (a numba parallel kernel would cost
+    # ~30 s more of JIT compiling on a cold cache)
+    bounds = [len(values) * part // threads for part in range(threads + 1)]
+    if threads == 1:
+        _explain(values, out, 0, len(values), *forest.arrays)
+    else:
+        with ThreadPoolExecutor(threads, thread_name_prefix="nightkeeper-treeshap") as pool:
+            ranges = zip(bounds[:-1], bounds[1:], strict=True)
+            list(pool.map(lambda span: _explain(values, out, span[0], span[1], *forest.arrays), ranges))
     out[:, -1] = forest.expected_value
     return out
 
@@ -252,7 +257,7 @@ def _leaf_phi(value: float, zero: np.ndarray, pattern: int, d: int, out: np.ndar
         out[k] = total * (one - zero[k]) * value
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True)
 def _fill_tables(
     table: np.ndarray,
     table_start: np.ndarray,
@@ -261,7 +266,7 @@ def _fill_tables(
     slot_zero: np.ndarray,
     leaf_value: np.ndarray,
 ) -> None:
-    for leaf in numba.prange(len(depth)):
+    for leaf in range(len(depth)):
         start = table_start[leaf]
         if start < 0:
             continue
@@ -302,10 +307,12 @@ def _goes_left(
     return x <= threshold
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _explain(
     values: np.ndarray,
     out: np.ndarray,
+    first_row: int,
+    end_row: int,
     node_start: np.ndarray,
     node_feature: np.ndarray,
     node_threshold: np.ndarray,
@@ -329,16 +336,14 @@ def _explain(
     table: np.ndarray,
     max_depth_of: np.ndarray,
 ) -> None:
-    rows, features = values.shape
+    features = values.shape[1]
     trees = len(node_start) - 1
     max_nodes = 1
     for t in range(trees):
         max_nodes = max(max_nodes, node_start[t + 1] - node_start[t])
     max_depth = max_depth_of[0]
-    blocks = (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
-    for block in numba.prange(blocks):
-        low = block * BLOCK_ROWS
-        size = min(rows, low + BLOCK_ROWS) - low
+    for low in range(first_row, end_row, BLOCK_ROWS):
+        size = min(end_row, low + BLOCK_ROWS) - low
         snapped = np.empty((features, size), dtype=np.float64)  # feature-major: one split reads a contiguous row
         for r in range(size):
             for f in range(features):
