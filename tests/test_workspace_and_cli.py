@@ -179,6 +179,9 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
+# The 4-night demo (a 120k-row champion, the nights on a persistent instance, the monthly review notebooks: minutes
+# on the shared box) is behind 'slow' with the 30-night demo. In the default suite: test_demo_storage (the demo's
+# folder, config copy and storage ownership) and test_demo_refuses_to_reset_storage_it_did_not_create.
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """`nightkeeper demo` (4 small nights, a small model in its folder's config) from a folder of its own, while
@@ -202,6 +205,7 @@ def demo_run(tmp_path_factory):
     return done, work, project, before
 
 
+@pytest.mark.slow
 def test_demo_command_runs_nights_through_dagster_in_its_folder_and_prints_the_summary(demo_run):
     done, work, _, _ = demo_run
 
@@ -220,6 +224,7 @@ def test_demo_command_runs_nights_through_dagster_in_its_folder_and_prints_the_s
     assert runs, "the demo's runs must be stored in the persistent Dagster instance"
 
 
+@pytest.mark.slow
 def test_demo_leaves_the_project_named_by_nightkeeper_config_untouched(demo_run):
     done, _, project, before = demo_run
 
