@@ -253,7 +253,7 @@ def test_demo_refuses_to_reset_storage_it_did_not_create(tmp_path):
 
 def _check_config(config: Path) -> Result:
     """`nightkeeper check-config` in this interpreter: the command's code without a second Python start-up (the
-    installed entry point runs as a process in the demo tests above)."""
+    command runs as a process of its own in the slow demo, fault-injection and guide tests)."""
     return CliRunner().invoke(app, ["check-config", "--config", str(config)], terminal_width=200)
 
 
