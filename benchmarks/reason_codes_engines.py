@@ -182,7 +182,8 @@ def numeric_variant(booster: lgb.Booster, matrix: np.ndarray) -> lgb.Booster:
     """The same params and rounds with every feature numeric (no categorical splits), trained on ``matrix`` with
     labels drawn from ``booster``'s own probabilities (only the model's shape matters for speed)."""
     labels = (np.random.default_rng(SEED).random(len(matrix)) < booster.predict(matrix)).astype(float)
-    params = {k: v for k, v in booster.params.items() if k not in ("categorical_feature", "num_iterations")}
+    dropped = ("categorical_feature", "categorical_column", "cat_feature", "categorical_features", "num_iterations")
+    params = {k: v for k, v in booster.params.items() if k not in dropped}
     params.update(verbose=-1, num_threads=2)
     return lgb.train(params, lgb.Dataset(matrix, labels, categorical_feature=[]), num_boost_round=booster.num_trees())
 
