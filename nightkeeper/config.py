@@ -520,11 +520,11 @@ class PerformanceConfig(_Strict):
         "trusted.",
     )
     drop_noise_z: float = Field(
-        2.0,
+        2.5,
         ge=0,
         description="Standard errors of the difference between the champion's holdout AUC and the pooled realized AUC "
-        "taken off the realized AUC drop (performance.realized_auc_drop_beyond_noise): small nights must fall further "
-        "before the drop counts.",
+        "that the realized AUC drop must exceed to count (performance.realized_auc_drop_beyond_noise, 0 below): "
+        "small nights must fall further before the drop pages.",
     )
     business_value: BusinessValue = BusinessValue()
 

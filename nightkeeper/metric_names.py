@@ -78,8 +78,8 @@ FEATURE_STATISTICS: tuple[str, ...] = (
 # Performance: written by the monitoring step (1.0 = tonight's estimate may be trusted, 0.0 = not); rollout health
 # reads it and counts a missing value as untrusted
 ESTIMATE_TRUSTED = "performance.estimate_trusted"
-# Champion's holdout AUC minus the pooled realized AUC, less monitoring.performance.drop_noise_z standard errors of
-# that difference (performance.auc_drop_beyond_noise): what the shipped realized-auc-drop rule pages on
+# Champion's holdout AUC minus the pooled realized AUC, counted only beyond monitoring.performance.drop_noise_z
+# standard errors of that difference (performance.auc_drop_beyond_noise): what the shipped realized-auc-drop rule reads
 REALIZED_AUC_DROP_BEYOND_NOISE = "performance.realized_auc_drop_beyond_noise"
 
 
@@ -180,8 +180,8 @@ METRICS: tuple[Metric, ...] = (
     _m("performance.realized_auc_drop", "Champion's holdout AUC minus the pooled realized AUC."),
     _m(
         REALIZED_AUC_DROP_BEYOND_NOISE,
-        "Champion's holdout AUC minus the pooled realized AUC, less drop_noise_z standard errors of that difference "
-        "(negative when chance explains the whole drop).",
+        "Champion's holdout AUC minus the pooled realized AUC when that exceeds drop_noise_z standard errors of the "
+        "difference, else 0 (a drop chance can explain does not count).",
     ),
     _m("performance.estimated_auc_drop", "Champion's holdout estimated AUC minus tonight's estimated AUC."),
     # drift (nightkeeper.drift.DriftResult.metrics)

@@ -501,16 +501,17 @@ def pooled_realized_auc(
 
 
 def auc_drop_beyond_noise(holdout: Mapping[str, float], pooled: Mapping[str, float], z: float) -> float:
-    """How far the pooled realized AUC fell below the champion's holdout AUC beyond what chance explains: the drop
-    (holdout ``auc`` minus pooled ``auc``) less ``z`` standard errors of that difference; negative when chance
-    explains it all.
+    """The drop of the pooled realized AUC below the champion's holdout AUC (holdout ``auc`` minus pooled ``auc``),
+    counted only when chance cannot explain it: the drop if it exceeds ``z`` standard errors of that difference,
+    else 0. An alert rule ``> 0.03`` on it thus fires on a drop above both 0.03 and ``z`` standard errors.
 
     Both AUCs are measured on finite rows and wander by chance: the pooled one (``pooled_realized_auc``: ``auc``,
     ``labeled_rows``, ``positives``) by its Hanley–McNeil standard error, the holdout's (the card's ``auc``,
     ``rows``, ``positive_rate``) by its own, which stays the same for the champion's whole life (a lucky holdout
-    makes every later night look worse). The error of the difference is the root of their summed squares, so a
-    week of 150-row nights must fall several hundredths further than a week of 20,000-row nights before the drop
-    counts. A card without ``rows`` (made before they were recorded) counts its holdout as exact.
+    makes every later night look worse). The error of the difference is the root of their summed squares: about
+    0.02 for a week of 150-row nights against a 2,000-row holdout, so such a week must fall some 0.055 (at z = 2.5)
+    before it counts, while on large nights the 0.03 of the rule decides. A card without ``rows`` (made before they
+    were recorded) counts its holdout as exact.
     """
     positives = pooled["positives"]
     pooled_error = auc_standard_error(pooled["auc"], positives, pooled["labeled_rows"] - positives)
@@ -519,8 +520,8 @@ def auc_drop_beyond_noise(holdout: Mapping[str, float], pooled: Mapping[str, flo
     if holdout_rows:
         holdout_positives = holdout_rows * holdout.get("positive_rate", 0.0)
         holdout_error = auc_standard_error(holdout["auc"], holdout_positives, holdout_rows - holdout_positives)
-    drop = holdout["auc"] - pooled["auc"]
-    return float(drop - z * math.hypot(pooled_error, holdout_error))
+    drop = float(holdout["auc"] - pooled["auc"])
+    return drop if drop > z * math.hypot(pooled_error, holdout_error) else 0.0
 
 
 def latest_realized(realized: pl.DataFrame, source: str = "model") -> dict[str, object] | None:
