@@ -1,10 +1,12 @@
 """Issue #9's drift acceptance on a scenario backtest (labels 5 nights late): when a category vanishes overnight and
 another absorbs its share, the first night it is gone alerts, naming the feature, the vanished level and the shares
-before → after; once a person acknowledges those alerts, the nights the drift persists page nobody.
+before → after; once a person acknowledges those alerts, the nights the drift persists page nobody. And a reduced
+form of "stable low-cardinality data pages nobody": 45 nights of integer codes with natural duplicates, one monthly
+retrain that the data gate must not refuse.
 
 The world is replayed through ``nightkeeper backtest``'s driver up to the vanishing night; the acknowledgement is
 made as ``nightkeeper alerts ack`` makes it, then the nights after it run through the same pipeline steps.
-Sized to run in a few minutes on two cores (CI's slow suite).
+Sized for CI's slow suite: about 1 and 3.5 minutes on a loaded two-core machine.
 """
 
 from __future__ import annotations
@@ -110,3 +112,25 @@ def test_a_vanished_category_alerts_its_first_night_naming_it_and_stops_paging_o
             ).fetchall()
         )
     assert statuses == {rule: alerts.ACKNOWLEDGED for rule in tonight}  # the drift persists, quietly
+
+
+def test_forty_five_stable_nights_of_low_cardinality_codes_page_nobody_and_the_monthly_retrain_is_not_refused(
+    tmp_path: Path,
+) -> None:
+    """The reduced form of the acceptance test (90 nights, test_self_healing_backtests): one monthly retrain, on
+    data whose rows repeat a feature vector every night (the data gate once refused it as a bot burst)."""
+    world = worlds.duplicate_codes_world(nights=45, rows_per_night=600)
+    files = worlds.write_world(world, tmp_path / "world", label_delay=0)
+    raw = yaml.safe_load(files.config.read_text())
+    raw["model"]["num_boost_round"] = 60
+    files.config.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    result = run_backtest(
+        load_config(files.config), files.history, files.batches, files.labels, LABEL_DELAY, "daily",
+        tmp_path / "backtest", progress=False,
+    )  # fmt: skip
+
+    opened = [a for a in result.summary["alerts"] if a["event"] == "opened"]
+    retrains = [e for e in result.summary["lifecycle"] if e["event"].startswith("candidate")]
+    assert opened == [], opened
+    assert retrains and [e for e in retrains if e["event"] == "candidate refused"] == [], retrains
