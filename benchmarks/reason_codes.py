@@ -68,8 +68,8 @@ uninstalled again):
   0.97 log-odds on 4303 of 5000 rows, at 1,066 rows/s single-threaded vs LightGBM's 866 (1 thread).
 * treeshap 0.1.2 (Rust): sdist only; building needs the Rust toolchain and crates.io, unavailable here.
 * woodelf-explainer 0.4.8 (installs cleanly): refuses our model ("woodelf does not support trees with categorical
-  splits"); on the numeric-only variant it is slower than LightGBM on this 2-core machine and differs from it by
-  1.3e-5 (> 1e-6), see benchmarks/reason_codes_engines.py.
+  splits"); on a numeric-only variant it runs at LightGBM's speed on this 2-core machine (1.03x) and differs from it
+  by up to 1.1e-5 (> 1e-6), see benchmarks/reason_codes_engines.py.
 Verdict: none of the libraries; reason codes use nightkeeper.treeshap (the same exact TreeSHAP, tabulated per leaf,
 equal to LightGBM's to ~1e-14, ~20x faster in the same run), measured by benchmarks/reason_codes_engines.py."""
 
