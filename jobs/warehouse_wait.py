@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 
 from nightkeeper.config import ProjectConfig
+from nightkeeper.schema import migrate
 
 ANNOUNCE_AFTER_SECONDS = 1.0  # shorter waits are the normal gaps between a night's statements: say nothing
 RETRY_SECONDS = 0.25
@@ -36,7 +37,8 @@ class WarehouseBusy(RuntimeError):
 @contextmanager
 def command_connection(config: ProjectConfig) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the project's warehouse, waiting up to ``storage.lock_wait_seconds`` while another process
-    holds it (see the module doc); closed on exit. Raises WarehouseBusy when the wait is over."""
+    holds it (see the module doc), its side tables migrated (``nightkeeper.schema.migrate``); closed on exit.
+    Raises WarehouseBusy when the wait is over."""
     path = config.warehouse_path
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -69,6 +71,7 @@ def command_connection(config: ProjectConfig) -> Iterator[duckdb.DuckDBPyConnect
                 announced = True
             time.sleep(RETRY_SECONDS)
     try:
+        migrate(connection)
         yield connection
     finally:
         connection.close()

@@ -50,11 +50,10 @@ import polars as pl
 
 from nightkeeper.config import AlertRule
 from nightkeeper.metrics_store import details_on, metric_history, metrics_on
-from nightkeeper.webhook import enqueue, ensure_outbox, webhook_body
+from nightkeeper.schema import ALERT_EVENTS as EVENTS
+from nightkeeper.schema import ALERTS
+from nightkeeper.webhook import enqueue, webhook_body
 
-SCHEMA = "monitoring"
-ALERTS = f"{SCHEMA}.alerts"
-EVENTS = f"{SCHEMA}.alert_events"
 RUNBOOK = "docs/runbook.md"
 CATEGORY_ORDER: tuple[str, ...] = ("performance", "drift", "data_quality", "operations")
 SEVERITY_ORDER: tuple[str, ...] = ("critical", "warning", "info")
@@ -69,37 +68,6 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     "<=": operator.le,
 }
-
-_DDL = f"""
-create schema if not exists {SCHEMA};
-create table if not exists {ALERTS} (
-    alert_id varchar primary key,
-    rule varchar not null,
-    category varchar not null,
-    severity varchar not null,
-    metric varchar not null,
-    opened_night date not null,
-    closed_night date,
-    status varchar not null,
-    value double,
-    threshold double not null,
-    comparison varchar not null,
-    message varchar not null,
-    runbook varchar not null,
-    payload json not null
-);
-create table if not exists {EVENTS} (
-    alert_id varchar not null,
-    night date not null,
-    event varchar not null,
-    recorded_at timestamptz not null,
-    message varchar not null,
-    primary key (alert_id, event)
-);
-alter table {ALERTS} add column if not exists acknowledged_at timestamptz;
-alter table {ALERTS} add column if not exists acknowledged_by varchar;
-alter table {ALERTS} add column if not exists ack_reason varchar;
-"""
 
 ALERTS_SCHEMA = pl.Schema(
     {
@@ -275,12 +243,6 @@ def transitions(
     return [transition for _, transition in sorted(found, key=lambda item: item[0])]
 
 
-def ensure_alert_tables(connection: duckdb.DuckDBPyConnection) -> None:
-    """Create ``monitoring.alerts``, ``monitoring.alert_events`` and the webhook outbox if they do not exist."""
-    connection.execute(_DDL)
-    ensure_outbox(connection)
-
-
 def apply_transitions(
     connection: duckdb.DuckDBPyConnection, transitions: list[AlertTransition]
 ) -> list[dict[str, Any]]:
@@ -290,7 +252,6 @@ def apply_transitions(
     given. Skipped, so that re-runs add nothing: an opening whose rule already has an alert covering that night, an
     event already recorded, a resolution of an alert that is not open.
     """
-    ensure_alert_tables(connection)
     written: list[dict[str, Any]] = []
     connection.begin()
     try:
@@ -320,7 +281,6 @@ def open_alerts(connection: duckdb.DuckDBPyConnection, include_acknowledged: boo
 def list_alerts(connection: duckdb.DuckDBPyConnection, statuses: tuple[str, ...] | None = None) -> pl.DataFrame:
     """The alerts whose status is one of ``statuses`` (every alert when None), oldest first, columns as in
     ALERTS_SCHEMA (payload as JSON text)."""
-    ensure_alert_tables(connection)
     frame = connection.execute(
         f"""select * exclude (payload), payload::varchar as payload from {ALERTS}
             where $statuses is null or status in (select unnest($statuses)) order by opened_night, alert_id""",
@@ -349,7 +309,6 @@ def acknowledge(
         raise ValueError("an acknowledgement needs the name of who acknowledges it")
     if at.tzinfo is None:
         raise ValueError("the acknowledgement time must be timezone-aware")
-    ensure_alert_tables(connection)
     row = connection.execute(
         f"select status, acknowledged_by, ack_reason, closed_night from {ALERTS} where alert_id = ?", [alert_id]
     ).fetchone()

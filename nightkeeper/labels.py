@@ -27,10 +27,9 @@ import polars as pl
 
 from nightkeeper.config import Contract
 from nightkeeper.frames import conform
+from nightkeeper.schema import LABELS as LABELS_TABLE
+from nightkeeper.schema import LABELS_REJECTED as REJECTED_TABLE
 
-SCHEMA = "monitoring"
-LABELS_TABLE = f"{SCHEMA}.labels"
-REJECTED_TABLE = f"{SCHEMA}.labels_rejected"
 LABEL_SUFFIXES = (".parquet", ".csv")
 
 # What read_label_file returns: the raw text of id and label, the parsed label (null when not a valid 0/1 text).
@@ -66,27 +65,6 @@ ANSWERED_SCHEMA: dict[str, pl.DataType] = {"entity_id": pl.String(), "partition_
 # value, is rejected as ``invalid_label``: a label file says yes or no, nothing in between.
 POSITIVE_TEXTS = ("1", "1.0", "true")
 NEGATIVE_TEXTS = ("0", "0.0", "false")
-
-_DDL = f"""
-create schema if not exists {SCHEMA};
-create table if not exists {LABELS_TABLE} (
-    entity_id varchar primary key,
-    partition_date date not null,
-    label tinyint not null,
-    arrived_on date not null,
-    source_file varchar not null,
-    row_number bigint not null
-);
-create table if not exists {REJECTED_TABLE} (
-    source_file varchar not null,
-    row_number bigint not null,
-    entity_id varchar,
-    value varchar,
-    reason varchar not null,
-    arrived_on date not null,
-    primary key (source_file, row_number)
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -284,16 +262,10 @@ def _quoted(column: str) -> pl.Expr:
 # ---------------------------------------------------------------------------------------------------- storage
 
 
-def ensure_labels_table(connection: duckdb.DuckDBPyConnection) -> None:
-    """Create ``monitoring.labels`` and ``monitoring.labels_rejected`` if absent."""
-    connection.execute(_DDL)
-
-
 def store_labels(connection: duckdb.DuckDBPyConnection, accepted: pl.DataFrame) -> int:
     """Append accepted labels; an id that already has a stored label is left as it is (idempotent by entity_id).
     A stored rejection of the same (source_file, row_number) is removed: the row is now a label.
     Returns the number of labels added."""
-    ensure_labels_table(connection)
     frame = conform(accepted, LABELS_SCHEMA).unique("entity_id", keep="first", maintain_order=True)  # noqa: F841
     before = _count(connection, LABELS_TABLE)
     connection.execute(f"insert into {LABELS_TABLE} select * from frame on conflict (entity_id) do nothing")
@@ -307,7 +279,6 @@ def store_labels(connection: duckdb.DuckDBPyConnection, accepted: pl.DataFrame) 
 def store_rejected(connection: duckdb.DuckDBPyConnection, rejected: pl.DataFrame) -> int:
     """Record rejected label rows, one per (source_file, row_number): a row rejected again keeps its latest reason
     and arrival. Returns the number of rows new to the table."""
-    ensure_labels_table(connection)
     frame = conform(rejected, REJECTED_SCHEMA).unique(["source_file", "row_number"], keep="last", maintain_order=True)  # noqa: F841
     before = _count(connection, REJECTED_TABLE)
     connection.execute(f"insert or replace into {REJECTED_TABLE} select * from frame")
@@ -324,7 +295,6 @@ def store_label_batch(connection: duckdb.DuckDBPyConnection, batch: LabelBatch) 
 def stored_labels(connection: duckdb.DuckDBPyConnection, ids: list[str] | None = None) -> pl.DataFrame:
     """Every stored label (LABELS_SCHEMA), ordered by scoring night and id; only those of ``ids`` when given (what
     ``reconcile_labels`` needs for one file, without reading every label ever stored)."""
-    ensure_labels_table(connection)
     if ids is None:
         return _read(connection, f"select * from {LABELS_TABLE} order by partition_date, entity_id", LABELS_SCHEMA)
     frame = connection.execute(
@@ -336,7 +306,6 @@ def stored_labels(connection: duckdb.DuckDBPyConnection, ids: list[str] | None =
 
 def stored_rejections(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Every stored rejected label row (REJECTED_SCHEMA), ordered by arrival, file and row."""
-    ensure_labels_table(connection)
     return _read(
         connection, f"select * from {REJECTED_TABLE} order by arrived_on, source_file, row_number", REJECTED_SCHEMA
     )
@@ -344,13 +313,11 @@ def stored_rejections(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
 def stored_counts(connection: duckdb.DuckDBPyConnection) -> tuple[int, int]:
     """How many labels and how many rejected label rows are stored."""
-    ensure_labels_table(connection)
     return _count(connection, LABELS_TABLE), _count(connection, REJECTED_TABLE)
 
 
 def latest_rejections(connection: duckdb.DuckDBPyConnection, rows: int) -> pl.DataFrame:
     """The ``rows`` most recently arrived rejected label rows (REJECTED_SCHEMA), latest first."""
-    ensure_labels_table(connection)
     return _read(
         connection,
         f"select * from {REJECTED_TABLE} order by arrived_on desc, source_file, row_number limit {int(rows)}",

@@ -27,8 +27,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-SCHEMA = "monitoring"
-TABLE = f"{SCHEMA}.night_metrics"
+from nightkeeper.schema import NIGHT_METRICS as TABLE
 
 HISTORY_SCHEMA = pl.Schema(
     {
@@ -39,24 +38,6 @@ HISTORY_SCHEMA = pl.Schema(
         "recorded_at": pl.Datetime("us", "UTC"),
     }
 )
-
-_DDL = f"""
-create schema if not exists {SCHEMA};
-create table if not exists {TABLE} (
-    night date not null,
-    metric varchar not null,
-    value double,
-    model_version varchar,
-    recorded_at timestamptz not null,
-    primary key (night, metric)
-);
-alter table {TABLE} add column if not exists details json;
-"""
-
-
-def ensure_metrics_table(connection: duckdb.DuckDBPyConnection) -> None:
-    """Create ``monitoring.night_metrics`` if it does not exist."""
-    connection.execute(_DDL)
 
 
 def record_metrics(
@@ -84,7 +65,6 @@ def record_metrics(
         return 0
     values = [_stored(name, value) for name, value in metrics.items()]
     texts = [json.dumps(_plain(details[name]), allow_nan=False) if name in details else None for name in metrics]
-    ensure_metrics_table(connection)
     connection.begin()
     try:
         # one statement for all rows: DuckDB's executemany costs ~5 ms a row, a night records ~60 metrics
@@ -113,7 +93,6 @@ def metric_history(
     """
     if nights < 1:
         raise ValueError(f"nights must be at least 1, got {nights}")
-    ensure_metrics_table(connection)
     if not metrics:
         return pl.DataFrame(schema=HISTORY_SCHEMA)
     first = up_to - dt.timedelta(days=nights - 1)
@@ -128,7 +107,6 @@ def metric_history(
 
 def metrics_on(connection: duckdb.DuckDBPyConnection, night: dt.date, prefix: str = "") -> dict[str, float]:
     """Every metric of ``night`` that has a value (NULLs left out), optionally only names starting with ``prefix``."""
-    ensure_metrics_table(connection)
     rows = connection.execute(
         f"select metric, value from {TABLE} "
         "where night = ? and value is not null and starts_with(metric, ?) order by metric",
@@ -139,7 +117,6 @@ def metrics_on(connection: duckdb.DuckDBPyConnection, night: dt.date, prefix: st
 
 def details_on(connection: duckdb.DuckDBPyConnection, night: dt.date) -> dict[str, dict[str, Any]]:
     """The details recorded with ``night``'s metrics, by metric name (metrics without details left out)."""
-    ensure_metrics_table(connection)
     rows = connection.execute(
         f"select metric, details::varchar from {TABLE} where night = ? and details is not null order by metric", [night]
     ).fetchall()

@@ -37,7 +37,8 @@ from sklearn.metrics import roc_auc_score
 from nightkeeper import registry
 from nightkeeper.config import BusinessValue, DecisionConfig, PerformanceConfig
 from nightkeeper.frames import conform
-from nightkeeper.labels import LABELS_TABLE, ensure_labels_table
+from nightkeeper.labels import LABELS_TABLE
+from nightkeeper.schema import PERFORMANCE_LABEL_STATE as LABEL_STATE_TABLE
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, table_exists
 
 DEFAULT_SOURCES: tuple[str, ...] = ("model", "canary")
@@ -646,15 +647,8 @@ def plot_performance(table: pl.DataFrame, path: Path) -> Path:
 
 REALIZED_TABLE = "monitoring.performance_realized"  # realized_performance over every outcome and label, kept current
 ESTIMATED_TABLE = "monitoring.performance_estimated"  # estimated_performance of every night
-LABEL_STATE_TABLE = "monitoring.performance_label_state"  # per scoring night: the labels REALIZED_TABLE has seen
 OUTCOMES_TABLE = f"{NIGHTLY_SCHEMA}.outcomes"
 _OUTCOME_COLUMNS = ("partition_date", "source_file", "row_number", "entity_id", "source", "score", "model_version")
-_LABEL_STATE_DDL = f"""
-create schema if not exists monitoring;
-create table if not exists {LABEL_STATE_TABLE} (
-    partition_date date primary key, label_rows bigint not null, positives bigint not null
-);
-"""
 
 
 def refresh_performance(
@@ -796,10 +790,9 @@ def _labels_of(
 
 
 def _ensure_tables(connection: duckdb.DuckDBPyConnection) -> bool:
-    """Create the performance tables that are missing; True when the estimates table is new (nothing computed yet)."""
-    ensure_labels_table(connection)
+    """Create the performance tables that are missing (built from their polars schemas, so not in
+    ``nightkeeper.schema``); True when the estimates table is new (nothing computed yet)."""
     first_time = not table_exists(connection, *ESTIMATED_TABLE.split("."))
-    connection.execute(_LABEL_STATE_DDL)
     for table, schema in ((REALIZED_TABLE, REALIZED_SCHEMA), (ESTIMATED_TABLE, ESTIMATED_SCHEMA)):
         empty = pl.DataFrame(schema=schema).to_arrow()  # noqa: F841  (DuckDB reads the local variable by name)
         connection.execute(f"create table if not exists {table} as select * from empty")

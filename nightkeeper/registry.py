@@ -23,33 +23,10 @@ import duckdb
 import polars as pl
 
 from nightkeeper.card import ModelCard
+from nightkeeper.schema import MODEL_ALIASES, MODEL_VERSIONS
 
-SCHEMA = "registry"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-
-_DDL = f"""
-create schema if not exists {SCHEMA};
-create table if not exists {SCHEMA}.model_versions (
-    version varchar primary key,
-    project varchar not null,
-    created_at timestamptz not null,
-    registered_at timestamptz not null,
-    model_path varchar not null,
-    model_sha256 varchar not null,
-    card_json varchar not null
-);
-create table if not exists {SCHEMA}.model_aliases (
-    seq bigint primary key,
-    alias varchar not null,
-    version varchar,
-    effective_from date not null,
-    set_at timestamptz not null,
-    actor varchar not null,
-    reason varchar not null,
-    stage varchar
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -62,15 +39,10 @@ class ModelRecord:
     card: ModelCard
 
 
-def ensure_registry(connection: duckdb.DuckDBPyConnection) -> None:
-    connection.execute(_DDL)
-
-
 def register(connection: duckdb.DuckDBPyConnection, card: ModelCard, model_path: Path) -> ModelRecord:
     """Record a version; registering the same version again is a no-op (versions are content addresses)."""
-    ensure_registry(connection)
     connection.execute(
-        f"insert into {SCHEMA}.model_versions values (?, ?, ?, now(), ?, ?, ?) on conflict (version) do nothing",
+        f"insert into {MODEL_VERSIONS} values (?, ?, ?, now(), ?, ?, ?) on conflict (version) do nothing",
         [
             card.version,
             card.project,
@@ -108,9 +80,8 @@ def _resolved_path(connection: duckdb.DuckDBPyConnection, stored: str) -> Path:
 
 def get_version(connection: duckdb.DuckDBPyConnection, version: str) -> ModelRecord:
     """The registered version; raises KeyError naming it when unknown."""
-    ensure_registry(connection)
     row = connection.execute(
-        f"select version, model_path, model_sha256, card_json from {SCHEMA}.model_versions where version = ?", [version]
+        f"select version, model_path, model_sha256, card_json from {MODEL_VERSIONS} where version = ?", [version]
     ).fetchone()
     if row is None:
         raise KeyError(f"model version {version!r} is not registered")
@@ -130,21 +101,19 @@ def set_alias(
 
     ``stage`` qualifies a challenger: ``shadow`` or ``canary:<percent>``.
     """
-    ensure_registry(connection)
     if version is not None:
         get_version(connection, version)
     connection.execute(
-        f"""insert into {SCHEMA}.model_aliases (seq, alias, version, effective_from, set_at, actor, reason, stage)
-            select coalesce(max(seq), 0) + 1, ?, ?, ?, now(), ?, ?, ? from {SCHEMA}.model_aliases""",
+        f"""insert into {MODEL_ALIASES} (seq, alias, version, effective_from, set_at, actor, reason, stage)
+            select coalesce(max(seq), 0) + 1, ?, ?, ?, now(), ?, ?, ? from {MODEL_ALIASES}""",
         [alias, version, effective_from, actor, reason, stage],
     )
 
 
 def alias_version(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.date) -> str | None:
     """The version an alias pointed at on ``night`` (None if it pointed nowhere)."""
-    ensure_registry(connection)
     row = connection.execute(
-        f"""select version from {SCHEMA}.model_aliases where alias = ? and effective_from <= ?
+        f"""select version from {MODEL_ALIASES} where alias = ? and effective_from <= ?
             order by effective_from desc, seq desc limit 1""",
         [alias, night],
     ).fetchone()
@@ -167,9 +136,8 @@ class AliasState:
 
 def alias_state(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.date) -> AliasState:
     """The alias log row in force on ``night`` (all None when the alias never pointed anywhere by then)."""
-    ensure_registry(connection)
     row = connection.execute(
-        f"""select version, stage, effective_from from {SCHEMA}.model_aliases where alias = ? and effective_from <= ?
+        f"""select version, stage, effective_from from {MODEL_ALIASES} where alias = ? and effective_from <= ?
             order by effective_from desc, seq desc limit 1""",
         [alias, night],
     ).fetchone()
@@ -178,8 +146,7 @@ def alias_state(connection: duckdb.DuckDBPyConnection, alias: str, night: dt.dat
 
 def alias_log(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """The whole alias log, oldest first."""
-    ensure_registry(connection)
-    return connection.execute(f"select * from {SCHEMA}.model_aliases order by seq").pl()
+    return connection.execute(f"select * from {MODEL_ALIASES} order by seq").pl()
 
 
 def versions(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
@@ -187,7 +154,6 @@ def versions(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
     ``model_path`` is as stored: relative to the warehouse file's folder (or absolute for old rows).
     """
-    ensure_registry(connection)
     return connection.execute(
         f"""select version, created_at, registered_at,
                    cast(json_extract(card_json, '$.holdout_metrics.auc') as double) as holdout_auc,
@@ -195,5 +161,5 @@ def versions(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
                    json_extract_string(card_json, '$.training_window.end') as window_end,
                    cast(json_extract(card_json, '$.training_window.rows') as bigint) as training_rows,
                    model_path
-            from {SCHEMA}.model_versions order by registered_at desc"""
+            from {MODEL_VERSIONS} order by registered_at desc"""
     ).pl()

@@ -15,13 +15,16 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from nightkeeper.schema import migrate
+
 NIGHTLY_SCHEMA = "nightly"
 PARTITION_COLUMN = "partition_date"
 
 
 @contextmanager
 def connect(path: Path, wait_seconds: float = 100.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse, retrying while another process holds its lock; always closed on exit."""
+    """Open the warehouse, retrying while another process holds its lock, with its side tables migrated to the latest
+    version (``nightkeeper.schema.migrate``); always closed on exit."""
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_seconds
     delay = 0.1
@@ -35,6 +38,7 @@ def connect(path: Path, wait_seconds: float = 100.0) -> Iterator[duckdb.DuckDBPy
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     try:
+        migrate(connection)
         yield connection
     finally:
         connection.close()

@@ -42,28 +42,14 @@ from typing import Any
 
 import duckdb
 
-SCHEMA = "monitoring"
-OUTBOX = f"{SCHEMA}.alert_outbox"
+from nightkeeper.schema import ALERT_OUTBOX as OUTBOX
+
 BACKOFF_BASE = dt.timedelta(seconds=60)
 BACKOFF_CAP = dt.timedelta(hours=1)
 REDACTED = "[redacted]"
 _MAX_ERROR_CHARS = 500
 
 logger = logging.getLogger(__name__)
-
-_DDL = f"""
-create schema if not exists {SCHEMA};
-create table if not exists {OUTBOX} (
-    event_id varchar primary key,
-    seq bigint not null,
-    payload json not null,
-    attempts integer not null,
-    last_error varchar,
-    delivered_at timestamptz,
-    next_attempt_at timestamptz,
-    enqueued_at timestamptz not null
-);
-"""
 
 _COLORS = {"critical": "#d00000", "warning": "#f2c744", "info": "#439fe0", "resolved": "#2eb886"}
 
@@ -87,11 +73,6 @@ class DeliveryReport:
 class _Attempt:
     error: str | None  # None: delivered (2xx)
     endpoint_down: bool  # the endpoint itself failed (no answer, 5xx, redirect): stop trying others this call
-
-
-def ensure_outbox(connection: duckdb.DuckDBPyConnection) -> None:
-    """Create ``monitoring.alert_outbox`` if it does not exist."""
-    connection.execute(_DDL)
 
 
 def webhook_url(env_var: str) -> str | None:
@@ -155,7 +136,6 @@ def enqueue(connection: duckdb.DuckDBPyConnection, event_id: str, body: dict[str
 
     Does not open a transaction, so callers can enqueue inside their own.
     """
-    ensure_outbox(connection)
     if connection.execute(f"select 1 from {OUTBOX} where event_id = ?", [event_id]).fetchone():
         return False
     connection.execute(
@@ -198,7 +178,6 @@ def deliver(
     with connect() as connection:
         if url is None:
             return outbox_report(connection, None)
-        ensure_outbox(connection)
         due = connection.execute(
             f"""select event_id, payload, attempts from {OUTBOX}
                 where delivered_at is null and (next_attempt_at is null or next_attempt_at <= ?)
@@ -227,7 +206,6 @@ def deliver(
 
 def outbox_report(connection: duckdb.DuckDBPyConnection, url: str | None) -> DeliveryReport:
     """What is pending in the outbox, without posting anything (``url`` only says whether a webhook is configured)."""
-    ensure_outbox(connection)
     pending = _pending(connection)
     if url is None and pending:
         logger.info("no webhook URL configured: %d alert event(s) stay pending in %s", pending, OUTBOX)

@@ -362,7 +362,6 @@ def test_a_registry_row_with_an_absolute_path_still_loads(
 ) -> None:
     model_path = save_artifact(core_trained, tmp_path / "elsewhere" / "models")
     card = core_trained.card
-    registry.ensure_registry(connection)
     connection.execute(  # a row as written before paths were stored relative
         "insert into registry.model_versions values (?, ?, ?, now(), ?, ?, ?)",
         [card.version, card.project, card.created_at, str(model_path), card.model_sha256, card.model_dump_json()],

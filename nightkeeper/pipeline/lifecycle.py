@@ -39,10 +39,10 @@ from nightkeeper.metric_names import CANDIDATE_REJECTED, RETRAIN_REFUSED, ROLLBA
 from nightkeeper.models import register_trained
 from nightkeeper.pipeline.monitoring import raise_alerts
 from nightkeeper.pipeline.step import StepResult
+from nightkeeper.schema import CANDIDATES
 from nightkeeper.training import train_model, training_frame
 from nightkeeper.training_data import HISTORY_SOURCE, labeled_history, split_holdout
 
-CANDIDATES = "lifecycle.candidates"
 BEHAVIOUR_CHECKS = (
     "directions_hold",
     "invariant_features_do_not_matter",
@@ -280,7 +280,6 @@ def latest_candidate(
     connection: duckdb.DuckDBPyConnection, as_of: dt.date, statuses: tuple[str, ...] = (TRAINED,)
 ) -> str | None:
     """The version of the latest candidate trained for ``as_of`` whose status is one of ``statuses``; None if none."""
-    _ensure_candidates(connection)
     row = connection.execute(
         f"select version from {CANDIDATES} "
         "where as_of = $as_of and status in (select unnest($statuses)) and version is not null "
@@ -290,18 +289,9 @@ def latest_candidate(
     return row[0] if row else None
 
 
-def _ensure_candidates(connection: duckdb.DuckDBPyConnection) -> None:
-    connection.execute("create schema if not exists lifecycle")
-    connection.execute(
-        f"""create table if not exists {CANDIDATES} (version varchar, as_of date, trigger varchar, status varchar,
-            reasons varchar, recorded_at timestamptz)"""
-    )
-
-
 def _record_candidate(
     connection: duckdb.DuckDBPyConnection, version: str | None, as_of: dt.date, trigger: str, status: str, reasons: str
 ) -> None:
-    _ensure_candidates(connection)
     connection.execute(
         f"insert into {CANDIDATES} values (?, ?, ?, ?, ?, now())", [version, as_of, trigger, status, reasons]
     )

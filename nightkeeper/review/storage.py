@@ -13,49 +13,7 @@ import polars as pl
 from nightkeeper.frames import conform
 from nightkeeper.review.files import LABEL_SCHEMA, REJECT_SCHEMA, ReviewImport, write_rejects
 from nightkeeper.review.queue import QUEUE_SCHEMA
-
-SCHEMA = "review"
-
-_DDL = f"""
-create schema if not exists {SCHEMA};
-create table if not exists {SCHEMA}.queue (
-    partition_date date not null,
-    entity_id varchar not null,
-    source_file varchar not null,
-    row_number bigint not null,
-    score double,
-    decision varchar,
-    distance double,
-    queue_reason varchar not null,
-    priority bigint not null
-);
-create table if not exists {SCHEMA}.labels (
-    entity_id varchar not null,
-    partition_date date,
-    label tinyint not null,
-    reviewer varchar not null,
-    note varchar,
-    reviewed_at timestamptz not null,
-    source_file varchar not null,
-    row_number bigint,
-    primary key (entity_id, label)
-);
-create table if not exists {SCHEMA}.rejects (
-    source_file varchar not null,
-    row_number bigint,
-    entity_id varchar,
-    label varchar,
-    reviewer varchar,
-    note varchar,
-    reason varchar not null,
-    rejected_at timestamptz not null
-);
-"""
-
-
-def ensure_review_tables(connection: duckdb.DuckDBPyConnection) -> None:
-    """Create the ``review`` schema and its tables if absent."""
-    connection.execute(_DDL)
+from nightkeeper.schema import REVIEW_LABELS, REVIEW_QUEUE, REVIEW_REJECTS
 
 
 def store_queue(connection: duckdb.DuckDBPyConnection, night: dt.date, queue: pl.DataFrame) -> int:
@@ -63,15 +21,14 @@ def store_queue(connection: duckdb.DuckDBPyConnection, night: dt.date, queue: pl
 
     Raises ValueError if a row of ``queue`` belongs to another night (nothing is written then).
     """
-    ensure_review_tables(connection)
     frame = conform(queue, QUEUE_SCHEMA)
     others = frame.filter(pl.col("partition_date") != night)["partition_date"].unique().sort().to_list()
     if others:
         raise ValueError(f"queue for night {night} holds rows of other night(s) {others}")
     connection.begin()
     try:
-        connection.execute(f"delete from {SCHEMA}.queue where partition_date = ?", [night])
-        _insert(connection, f"{SCHEMA}.queue", frame)
+        connection.execute(f"delete from {REVIEW_QUEUE} where partition_date = ?", [night])
+        _insert(connection, f"{REVIEW_QUEUE}", frame)
         connection.commit()
     except BaseException:
         connection.rollback()
@@ -81,16 +38,14 @@ def store_queue(connection: duckdb.DuckDBPyConnection, night: dt.date, queue: pl
 
 def queue_for(connection: duckdb.DuckDBPyConnection, night: dt.date) -> pl.DataFrame:
     """``night``'s stored queue (QUEUE_SCHEMA) in priority order; empty if none was stored."""
-    ensure_review_tables(connection)
     return _read(
-        connection, f"select * from {SCHEMA}.queue where partition_date = ? order by priority", QUEUE_SCHEMA, [night]
+        connection, f"select * from {REVIEW_QUEUE} where partition_date = ? order by priority", QUEUE_SCHEMA, [night]
     )
 
 
 def stored_queue(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Every night's stored queue (QUEUE_SCHEMA), by (partition_date, priority)."""
-    ensure_review_tables(connection)
-    return _read(connection, f"select * from {SCHEMA}.queue order by partition_date, priority", QUEUE_SCHEMA)
+    return _read(connection, f"select * from {REVIEW_QUEUE} order by partition_date, priority", QUEUE_SCHEMA)
 
 
 def store_review_labels(connection: duckdb.DuckDBPyConnection, accepted: pl.DataFrame) -> int:
@@ -100,7 +55,6 @@ def store_review_labels(connection: duckdb.DuckDBPyConnection, accepted: pl.Data
     Raises ValueError, storing nothing, if an entity would get two different labels (within ``accepted`` or against
     the stored ones): ``import_review_file`` rejects such rows as conflicts, so this means it was bypassed.
     """
-    ensure_review_tables(connection)
     frame = conform(accepted, LABEL_SCHEMA)
     stored = stored_review_labels(connection)
     both = pl.concat([stored.select("entity_id", "label"), frame.select("entity_id", "label")]).unique()
@@ -112,14 +66,13 @@ def store_review_labels(connection: duckdb.DuckDBPyConnection, accepted: pl.Data
     new = frame.unique(["entity_id", "label"], keep="first", maintain_order=True).join(
         stored.select("entity_id", "label"), on=["entity_id", "label"], how="anti"
     )
-    _insert(connection, f"{SCHEMA}.labels", new)
+    _insert(connection, f"{REVIEW_LABELS}", new)
     return new.height
 
 
 def stored_review_labels(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Every stored review label (LABEL_SCHEMA), by (reviewed_at, entity_id)."""
-    ensure_review_tables(connection)
-    return _read(connection, f"select * from {SCHEMA}.labels order by reviewed_at, entity_id", LABEL_SCHEMA)
+    return _read(connection, f"select * from {REVIEW_LABELS} order by reviewed_at, entity_id", LABEL_SCHEMA)
 
 
 def store_rejects(connection: duckdb.DuckDBPyConnection, rejected: pl.DataFrame) -> int:
@@ -128,12 +81,11 @@ def store_rejects(connection: duckdb.DuckDBPyConnection, rejected: pl.DataFrame)
     Idempotent: a rejection equal to a stored one in every column but ``rejected_at`` is not stored again, so
     importing the same bad file twice logs its rejections once.
     """
-    ensure_review_tables(connection)
     frame = conform(rejected, REJECT_SCHEMA)
     key = [c for c in REJECT_SCHEMA if c != "rejected_at"]
     stored = stored_rejects(connection).select(key)
     new = frame.unique(key, keep="first", maintain_order=True).join(stored, on=key, how="anti", nulls_equal=True)
-    _insert(connection, f"{SCHEMA}.rejects", new)
+    _insert(connection, f"{REVIEW_REJECTS}", new)
     return new.height
 
 
@@ -158,9 +110,8 @@ def commit_import(connection: duckdb.DuckDBPyConnection, result: ReviewImport, p
 
 def stored_rejects(connection: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Every stored rejection (REJECT_SCHEMA), by (rejected_at, source_file, row_number)."""
-    ensure_review_tables(connection)
     return _read(
-        connection, f"select * from {SCHEMA}.rejects order by rejected_at, source_file, row_number", REJECT_SCHEMA
+        connection, f"select * from {REVIEW_REJECTS} order by rejected_at, source_file, row_number", REJECT_SCHEMA
     )
 
 
