@@ -648,11 +648,10 @@ def test_an_import_whose_rejects_cannot_be_stored_keeps_no_labels_and_writes_no_
     )
     with warehouse.connect(tmp_path / "w.duckdb") as connection:
         # a rejects table that refuses this rejection: the second write of the import fails
-        connection.execute("create schema review")
         connection.execute(
-            """create table review.rejects (source_file varchar not null, row_number bigint, entity_id varchar
-               check (entity_id <> 'ghost'), label varchar, reviewer varchar, note varchar, reason varchar not null,
-               rejected_at timestamptz not null)"""
+            """create or replace table review.rejects (source_file varchar not null, row_number bigint,
+               entity_id varchar check (entity_id <> 'ghost'), label varchar, reviewer varchar, note varchar,
+               reason varchar not null, rejected_at timestamptz not null)"""
         )
         with pytest.raises(Exception, match="CHECK constraint"):
             commit_import(connection, import_file(path, queue), path)
