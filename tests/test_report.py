@@ -229,7 +229,9 @@ def test_export_tolerates_a_warehouse_without_tables(tmp_path):
     duckdb.connect(str(path)).close()
     snapshot = export_month_snapshot(path, "2026-02", tmp_path / "out")
     manifest = json.loads((snapshot / MANIFEST).read_text())
-    assert "nightly.outcomes" in manifest["missing_tables"] and "review.queue" in manifest["missing_tables"]
+    # opening the warehouse creates the side tables (empty); tables written from frames are still missing
+    assert {"nightly.outcomes", "monitoring.performance_realized"} <= set(manifest["missing_tables"])
+    assert "review.queue" not in manifest["missing_tables"]
     assert manifest["nights_with_data"] == []
     loaded = load_snapshot(snapshot)
     assert not loaded.has_data
