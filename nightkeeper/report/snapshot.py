@@ -22,6 +22,17 @@ from nightkeeper.drift import FEATURE_SCHEMA
 from nightkeeper.frames import conform
 from nightkeeper.performance import REALIZED_SCHEMA
 from nightkeeper.review.queue import QUEUE_SCHEMA
+from nightkeeper.schema import (
+    ALERT_EVENTS,
+    ALERTS,
+    CANDIDATES,
+    LABELS,
+    MODEL_ALIASES,
+    MODEL_VERSIONS,
+    NIGHT_METRICS,
+    REVIEW_LABELS,
+    REVIEW_QUEUE,
+)
 
 SNAPSHOT_FOLDER = "snapshot"
 MANIFEST = "manifest.json"
@@ -235,7 +246,7 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
             connection,
             tables,
             missing,
-            ["registry.model_versions"],
+            [MODEL_VERSIONS],
             MODEL_SECTION_SCHEMAS["model_versions"],
             _VERSIONS_SQL.replace("{card}", "case when version = $version then card_json end as card_json"),
             {"version": version},
@@ -244,9 +255,9 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
             connection,
             tables,
             missing,
-            ["registry.model_aliases"],
+            [MODEL_ALIASES],
             MODEL_SECTION_SCHEMAS["model_aliases"],
-            "select seq, alias, version, effective_from, set_at, actor, reason, stage from registry.model_aliases "
+            f"select seq, alias, version, effective_from, set_at, actor, reason, stage from {MODEL_ALIASES} "
             "order by seq",
         )
         frames["performance_realized"] = _query(
@@ -263,10 +274,10 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
             connection,
             tables,
             missing,
-            ["nightly.outcomes", "monitoring.labels"],
+            ["nightly.outcomes", LABELS],
             MODEL_SECTION_SCHEMAS["labeled_scores"],
             f"""select o.partition_date, o.source, o.score, l.label
-                from nightly.outcomes o join monitoring.labels l using (entity_id, partition_date)
+                from nightly.outcomes o join {LABELS} l using (entity_id, partition_date)
                 where o.model_version = $version and o.source in ('model', 'canary') and o.score is not null
                 order by hash(o.entity_id) limit {LABELED_SCORES_LIMIT}""",
             {"version": version},
@@ -275,9 +286,9 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
             connection,
             tables,
             missing,
-            ["lifecycle.candidates"],
+            [CANDIDATES],
             MODEL_SECTION_SCHEMAS["candidates"],
-            "select version, as_of, trigger, status, reasons, recorded_at from lifecycle.candidates "
+            f"select version, as_of, trigger, status, reasons, recorded_at from {CANDIDATES} "
             "where version = $version order by recorded_at",
             {"version": version},
         )
@@ -321,7 +332,7 @@ def config_summary(config: Any) -> dict[str, Any]:
     }
 
 
-_VERSIONS_SQL = """
+_VERSIONS_SQL = f"""
 select version, project, created_at, registered_at, model_sha256, model_path,
        cast(json_extract(card_json, '$.holdout_metrics.auc') as double) as holdout_auc,
        cast(json_extract(card_json, '$.holdout_metrics.estimated_auc') as double) as holdout_estimated_auc,
@@ -329,8 +340,8 @@ select version, project, created_at, registered_at, model_sha256, model_path,
        json_extract_string(card_json, '$.training_window.end') as window_end,
        cast(json_extract(card_json, '$.training_window.rows') as bigint) as training_rows,
        json_extract_string(card_json, '$.data_fingerprint') as data_fingerprint,
-       {card}
-from registry.model_versions order by registered_at, version
+       {{card}}
+from {MODEL_VERSIONS} order by registered_at, version
 """
 
 
@@ -425,8 +436,8 @@ def _read_month(
     )
     q(
         "night_metrics",
-        ["monitoring.night_metrics"],
-        "select night, metric, value, model_version from monitoring.night_metrics "
+        [NIGHT_METRICS],
+        f"select night, metric, value, model_version from {NIGHT_METRICS} "
         "where night between $first and $last order by night, metric",
         span,
     )
@@ -439,71 +450,71 @@ def _read_month(
     )
     q(
         "labels",
-        ["monitoring.labels"],
+        [LABELS],
         f"""select partition_date as night, count(*) as labeled_rows, sum(label)::bigint as positives,
                  min(arrived_on) as first_arrival, max(arrived_on) as last_arrival
-          from monitoring.labels where {in_month} group by all order by all""",
+          from {LABELS} where {in_month} group by all order by all""",
         span,
     )
     versions = _query(
         connection,
         tables,
         missing,
-        ["registry.model_versions"],
+        [MODEL_VERSIONS],
         {**SECTION_SCHEMAS["model_versions"], "card_json": pl.String()},
         _VERSIONS_SQL.replace("{card}", "null::varchar as card_json"),
     )
     q(
         "model_aliases",
-        ["registry.model_aliases"],
-        """select seq, alias, version, effective_from, set_at, actor, reason, stage from registry.model_aliases
+        [MODEL_ALIASES],
+        f"""select seq, alias, version, effective_from, set_at, actor, reason, stage from {MODEL_ALIASES}
          where effective_from <= $last order by seq""",
         until,
     )
     frames["model_versions"] = _versions_known_by(versions, frames["model_aliases"], last)
     q(
         "alerts",
-        ["monitoring.alerts"],
-        """select alert_id, rule, category, severity, metric, opened_night,
+        [ALERTS],
+        f"""select alert_id, rule, category, severity, metric, opened_night,
                 case when closed_night <= $last then closed_night end as closed_night, status,
                 case when closed_night is null or closed_night > $last then 'open' else 'resolved' end
                     as status_at_month_end,
                 value, threshold, comparison, message, runbook
-         from monitoring.alerts where opened_night <= $last order by opened_night, alert_id""",
+         from {ALERTS} where opened_night <= $last order by opened_night, alert_id""",
         until,
     )
     q(
         "alert_events",
-        ["monitoring.alert_events"],
-        "select alert_id, night, event, message from monitoring.alert_events where night <= $last "
+        [ALERT_EVENTS],
+        f"select alert_id, night, event, message from {ALERT_EVENTS} where night <= $last "
         "order by night, alert_id, event",
         until,
     )
     q(
         "candidates",
-        ["lifecycle.candidates"],
-        """select version, as_of, trigger, status, reasons, recorded_at from lifecycle.candidates
+        [CANDIDATES],
+        f"""select version, as_of, trigger, status, reasons, recorded_at from {CANDIDATES}
          where as_of between $first and $last order by as_of, recorded_at""",
         span,
     )
     q(
         "review_queue",
-        ["review.queue"],
-        f"select * from review.queue where {in_month} order by partition_date, priority",
+        [REVIEW_QUEUE],
+        f"select * from {REVIEW_QUEUE} where {in_month} order by partition_date, priority",
         span,
     )
     q(
         "review_labels",
-        ["review.labels"],
-        f"select entity_id, partition_date, label, reviewer, reviewed_at from review.labels where {in_month} "
+        [REVIEW_LABELS],
+        f"select entity_id, partition_date, label, reviewer, reviewed_at from {REVIEW_LABELS} where {in_month} "
         "order by reviewed_at, entity_id",
         span,
     )
     q(
         "review_outcomes",
-        ["review.queue", "nightly.outcomes"],
+        [REVIEW_QUEUE, "nightly.outcomes"],
         f"""select o.partition_date, o.source_file, o.row_number, o.source, o.decision
-          from nightly.outcomes o semi join review.queue q using (partition_date, source_file, row_number)
+          from nightly.outcomes o semi join {REVIEW_QUEUE} q using (partition_date, source_file, row_number)
           where o.{in_month}""",
         span,
     )
