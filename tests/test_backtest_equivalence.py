@@ -21,7 +21,7 @@ from pipeline_harness import FIRST_NIGHT, example_config, make_project
 from polars.testing import assert_frame_equal
 
 from jobs.demo import SensorDriver
-from nightkeeper import simulator
+from nightkeeper import simulator, warehouse
 from nightkeeper.backtest import BOOTSTRAP_ACTOR, run_backtest
 from nightkeeper.config import parse_config
 from nightkeeper.models import train_first_champion
@@ -164,7 +164,7 @@ def both_warehouses(
     }
     project = make_project(root / "dagster", raw)
     # the first champion as `nightkeeper train --history` makes it, which is what the backtest does
-    with duckdb.connect(str(project.config.warehouse_path)) as connection:
+    with warehouse.connect(project.config.warehouse_path) as connection:
         checked = read_history_file(history_file, project.config.contract, root=project.config.root)
         assert train_first_champion(project.config, connection, checked, actor=BOOTSTRAP_ACTOR).record is not None
     sensors = SensorDriver(project.defs, project.instance)
