@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from pathlib import Path
+from urllib.parse import urlparse
 
 import lightgbm as lgb
 import numpy as np
@@ -171,7 +172,8 @@ def test_deliberately_worse_candidate_is_rejected_at_the_gate_and_never_shadows(
     )
     driver_runs = SensorDriver(project.defs, project.instance).tick()
     card = retrain.asset_materializations_for_node("candidate_model_card")[0].metadata
-    assert Path(card["html"].value).exists() and card["images"].value >= 1  # the card says why it was rejected too
+    card_file = Path(urlparse(card["html"].value).path)  # a file:// link the UI opens
+    assert card_file.exists() and card["images"].value >= 1  # the card says why it was rejected too
 
     evaluation = project.query("select * from lifecycle.candidates")
     assert evaluation["status"].to_list() == ["rejected"]
