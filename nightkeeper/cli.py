@@ -742,7 +742,8 @@ def alerts_list(
         console.print("no alerts" if all_alerts else "no open or acknowledged alerts")
         return
     table = Table(title="Alerts", box=box.SIMPLE_HEAD)
-    for column in ("alert_id", "status", "severity", "opened", "closed", "message"):
+    table.add_column("alert_id", no_wrap=True)  # whole, so it can be copied into `alerts ack`
+    for column in ("status", "severity", "opened", "closed", "message"):
         table.add_column(column, overflow="fold")
     for row in found.iter_rows(named=True):
         status = row["status"]

@@ -323,11 +323,15 @@ def test_every_drift_metric_and_detail_is_a_registered_metric(config: ProjectCon
 
 
 def test_alerts_cli_lists_an_open_drift_and_acknowledges_it_with_who_and_why(
-    tmp_path: Path, config: ProjectConfig, trained: TrainedModel
+    tmp_path: Path, config: ProjectConfig, trained: TrainedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from typer.testing import CliRunner
 
+    from nightkeeper import cli
     from nightkeeper.cli import app
+
+    # a wide terminal: the console's width is fixed when the module is imported where COLUMNS is set (pytest-xdist)
+    monkeypatch.setattr(cli.console, "width", 250)
 
     config_file = tmp_path / "nightkeeper.yaml"
     config_file.write_text(CONFIG_PATH.read_text())
@@ -340,12 +344,12 @@ def test_alerts_cli_lists_an_open_drift_and_acknowledges_it_with_who_and_why(
     alert_id = next(e["alert_id"] for e in events if e["rule"] == "feature-drift")
     runner = CliRunner()
 
-    listed = runner.invoke(app, ["alerts", "list", "--config", str(config_file)], env={"COLUMNS": "250"})
+    listed = runner.invoke(app, ["alerts", "list", "--config", str(config_file)])
     acked = runner.invoke(
         app, ["alerts", "ack", alert_id, "--reason", "campaign; AUC holds", "--by", "ana", "--config", str(config_file)]
     )
     refused = runner.invoke(app, ["alerts", "ack", "nope@2026-01-01", "--reason", "x", "--config", str(config_file)])
-    after = runner.invoke(app, ["alerts", "list", "--config", str(config_file)], env={"COLUMNS": "250"})
+    after = runner.invoke(app, ["alerts", "list", "--config", str(config_file)])
 
     assert listed.exit_code == 0 and alert_id in listed.output and "drifted: age" in listed.output
     assert acked.exit_code == 0 and f"acknowledged {alert_id} by ana: campaign; AUC holds" in acked.output
