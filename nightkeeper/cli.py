@@ -216,12 +216,15 @@ def bootstrap(
 ) -> None:
     """Train the first champion on simulated history, register it, and make it champion from the first night on."""
     from nightkeeper import simulator
-    from nightkeeper.models import bootstrap_champion
+    from nightkeeper.models import register_bootstrap_champion
+    from nightkeeper.training import train_model
 
     project = _load(config)
     start = project.schedule.start_date
     history = simulator.simulate_history(start - dt.timedelta(days=1), history_days, rows_per_day, seed)
-    record = bootstrap_champion(project, history, start)
+    trained = train_model(history, project)
+    with _warehouse(project) as connection:
+        record = register_bootstrap_champion(connection, trained, project, start)
     console.print(
         f"champion {record.version} registered (holdout AUC {record.card.holdout_metrics['auc']:.3f}), serving from "
         f"{start}"

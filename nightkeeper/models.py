@@ -35,17 +35,31 @@ def register_trained(
 def bootstrap_champion(
     config: ProjectConfig, history: pl.DataFrame, effective_from: dt.date, actor: str = "bootstrap"
 ) -> ModelRecord:
-    """Train the first model on labeled ``history``, register it and make it champion from ``effective_from`` on."""
-    record = publish(train_model(history, config), config)
+    """Train the first model on labeled ``history``, register it and make it champion from ``effective_from`` on,
+    opening the warehouse itself (``register_bootstrap_champion`` through a connection the caller holds)."""
+    trained = train_model(history, config)
     with warehouse.connect(config.warehouse_path) as connection:
-        registry.set_alias(
-            connection,
-            registry.CHAMPION,
-            record.version,
-            effective_from,
-            actor,
-            f"bootstrap champion trained on {record.card.training_window.rows} rows",
-        )
+        return register_bootstrap_champion(connection, trained, config, effective_from, actor)
+
+
+def register_bootstrap_champion(
+    connection: duckdb.DuckDBPyConnection,
+    trained: TrainedModel,
+    config: ProjectConfig,
+    effective_from: dt.date,
+    actor: str = "bootstrap",
+) -> ModelRecord:
+    """Register ``trained`` and make it champion from ``effective_from`` on, through an open warehouse connection
+    (a command waits for the warehouse only once the model is trained, so training never holds it)."""
+    record = register_trained(connection, trained, config)
+    registry.set_alias(
+        connection,
+        registry.CHAMPION,
+        record.version,
+        effective_from,
+        actor,
+        f"bootstrap champion trained on {record.card.training_window.rows} rows",
+    )
     return record
 
 

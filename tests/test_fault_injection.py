@@ -393,8 +393,13 @@ def _with_lock_wait(project: Project, seconds: float) -> Project:
 
 
 @pytest.mark.slow
-def test_a_cli_read_while_a_run_holds_the_warehouse_names_it_and_gives_up_after_lock_wait_seconds(
-    tmp_path, landed_project
+@pytest.mark.parametrize(
+    "command",
+    [("alerts", "list"), ("bootstrap", "--history-days", "3", "--rows-per-day", "400")],
+    ids=["a read", "bootstrap"],
+)
+def test_a_cli_command_while_a_run_holds_the_warehouse_names_it_and_gives_up_after_lock_wait_seconds(
+    tmp_path, landed_project, command
 ):
     project = _with_lock_wait(_copy(landed_project[0], tmp_path), 3)
     holder = subprocess.Popen(  # a process holding the warehouse file, as a night's step does while it writes
@@ -406,7 +411,7 @@ def test_a_cli_read_while_a_run_holds_the_warehouse_names_it_and_gives_up_after_
         assert holder.stdout.readline().strip() == "holding"
         with _instance(project) as instance:
             run = _hold_the_pool(instance, {**process_tags(), PID_TAG: str(holder.pid)})
-        read = _cli(project, "alerts", "list")
+        read = _cli(project, *command)
         stdout, stderr = read.communicate(timeout=240)
     finally:
         holder.kill()
