@@ -23,6 +23,7 @@ from assets.nightly import night_of
 from jobs.resources import WAREHOUSE_POOL, ProjectResource, WarehouseResource
 from nightkeeper import webhook
 from nightkeeper.config import AlertingConfig
+from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline import monitoring
 
 
@@ -89,7 +90,11 @@ def build_monitoring_assets(partitions: TimeWindowPartitionsDefinition) -> list:
         with warehouse.connect() as connection:
             result = monitoring.alerts_night(config, connection, night_of(context), context.log)
         delivery = deliver_outbox(warehouse, config.monitoring.alerts)  # after the connection is closed
-        metadata = {**result.metadata, "webhook_delivered": delivery.delivered, "webhook_pending": delivery.pending}
+        metadata = {
+            **result.metadata,
+            keys.ALERTS_WEBHOOK_DELIVERED: delivery.delivered,
+            keys.ALERTS_WEBHOOK_PENDING: delivery.pending,
+        }
         return MaterializeResult(metadata=dagster_metadata(metadata))
 
     @asset(

@@ -22,6 +22,7 @@ from dagster import (
 
 from assets.checks import check_result, dagster_metadata
 from jobs.resources import WAREHOUSE_POOL, ProjectResource, WarehouseResource
+from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline import nightly
 from nightkeeper.pipeline.step import StepResult
 
@@ -149,10 +150,11 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition) -> list:
     ):
         with warehouse.connect() as connection:
             result = nightly.shadow_night(project.load(), connection, night_of(context), validated_batch, scored_batch)
-        if result.metadata["challenger_version"] != "none":
+        shadow = result.metadata
+        if shadow[keys.SHADOW_CHALLENGER] != keys.NONE:
             context.log.info(
-                f"rollout of {result.metadata['challenger_version']} ({result.metadata['stage']}): "
-                f"{result.metadata['rollout_action']} — {result.metadata['rollout_reason']}"
+                f"rollout of {shadow[keys.SHADOW_CHALLENGER]} ({shadow[keys.SHADOW_STAGE]}): "
+                f"{shadow[keys.SHADOW_ROLLOUT_ACTION]} — {shadow[keys.SHADOW_ROLLOUT_REASON]}"
             )
         yield from _outputs(result)
 

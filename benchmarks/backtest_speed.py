@@ -34,9 +34,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nightkeeper import simulator  # noqa: E402
 from nightkeeper.backtest import run_backtest  # noqa: E402
 from nightkeeper.config import parse_config  # noqa: E402
+from nightkeeper.examples import simulator  # noqa: E402
 
 FIRST_NIGHT = dt.date(2026, 1, 1)
 SEED = 7

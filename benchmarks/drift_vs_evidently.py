@@ -35,8 +35,8 @@ from nightkeeper.config import DriftConfig  # noqa: E402
 from nightkeeper.drift import measure_drift  # noqa: E402
 from nightkeeper.drift_report import compare_with_evidently, evidently_drift_scores  # noqa: E402
 from nightkeeper.encoding import FeatureCard  # noqa: E402
+from nightkeeper.examples.simulator import _LEVELS, FEATURES, REGIONS, simulate_history, simulate_night  # noqa: E402
 from nightkeeper.profile import fit_profile, reference_sample  # noqa: E402
-from nightkeeper.simulator import _LEVELS, FEATURES, REGIONS, simulate_history, simulate_night  # noqa: E402
 
 NIGHT = date(2024, 5, 1)
 DECISION_THRESHOLD = 0.3

@@ -147,8 +147,8 @@ def _worker_prepare(spec: dict) -> dict:
     sys.path.insert(0, str(REPO))
     import datetime as dt
 
-    from nightkeeper import simulator
     from nightkeeper.config import load_config
+    from nightkeeper.examples import simulator
     from nightkeeper.models import bootstrap_champion
 
     workdir = Path(spec["workdir"])

@@ -41,8 +41,8 @@ import polars as pl
 
 from nightkeeper.config import load_config
 from nightkeeper.encoding import FeatureCard, feature_matrix
+from nightkeeper.examples.simulator import simulate_history, simulate_night
 from nightkeeper.reasons import reason_codes
-from nightkeeper.simulator import simulate_history, simulate_night
 from nightkeeper.training import train_model
 
 REPO = Path(__file__).resolve().parent.parent

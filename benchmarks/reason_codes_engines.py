@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reason_codes import ALTERNATIVES_VERDICT, HISTORY_END, SEED, product_model  # noqa: E402
 
 from nightkeeper.encoding import categorical_indices, feature_matrix  # noqa: E402
+from nightkeeper.examples.simulator import simulate_night  # noqa: E402
 from nightkeeper.reasons import reason_codes  # noqa: E402
-from nightkeeper.simulator import simulate_night  # noqa: E402
 from nightkeeper.treeshap import compile_forest, contributions_of  # noqa: E402
 
 TOLERANCE = 1e-6

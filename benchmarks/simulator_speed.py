@@ -23,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nightkeeper.simulator import simulate_night  # noqa: E402
-from nightkeeper.worlds import base_rate_drift_world  # noqa: E402
+from nightkeeper.examples.simulator import simulate_night  # noqa: E402
+from nightkeeper.examples.worlds import base_rate_drift_world  # noqa: E402
 
 NIGHT = dt.date(2024, 5, 1)
 SEED = 42

@@ -26,8 +26,9 @@ from jobs.instance import persistent_instance
 from jobs.nights import QUIET_LOGS, NightRun, execute_night
 from jobs.resources import NIGHTLY_SCHEMA
 from jobs.run_guard import launch_run
-from nightkeeper import simulator, warehouse
+from nightkeeper import warehouse
 from nightkeeper.config import ProjectConfig, StorageConfig, load_config
+from nightkeeper.examples import simulator
 from nightkeeper.models import bootstrap_champion
 
 

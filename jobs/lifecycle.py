@@ -26,6 +26,7 @@ from dagster import (
 )
 
 from nightkeeper.config import ProjectConfig
+from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline.lifecycle import (
     REFUSED,
     SCHEDULED_TRIGGER,
@@ -127,20 +128,22 @@ def lifecycle_state(instance: DagsterInstance, open_alerts: tuple[OpenAlert, ...
         _metadata(record.event_log_entry)
         for record in instance.fetch_materializations(AssetKey("candidate_model"), limit=RECENT_RETRAIN_RUNS).records
     ]
-    attempts += [metadata["as_of"] for metadata in candidates if metadata.get("as_of")]
+    attempts += [metadata[keys.CANDIDATE_AS_OF] for metadata in candidates if metadata.get(keys.CANDIDATE_AS_OF)]
     trained = [
-        metadata["as_of"] for metadata in candidates if metadata.get("as_of") and metadata.get("status") != REFUSED
+        metadata[keys.CANDIDATE_AS_OF]
+        for metadata in candidates
+        if metadata.get(keys.CANDIDATE_AS_OF) and metadata.get(keys.CANDIDATE_STATUS) != REFUSED
     ]
     evaluation = instance.get_latest_materialization_event(AssetKey("candidate_evaluation"))
     shadow = instance.get_latest_materialization_event(AssetKey("shadow_scores"))
-    challenger = _metadata(shadow).get("challenger_version", "none") if shadow else "none"
+    challenger = _metadata(shadow).get(keys.SHADOW_CHALLENGER, keys.NONE) if shadow else keys.NONE
     scored = _partition(shadow) if shadow else None
     return LifecycleState(
         open_alerts=open_alerts,
         last_retrain_night=max(map(dt.date.fromisoformat, attempts)) if attempts else None,
         last_candidate_night=max(map(dt.date.fromisoformat, trained)) if trained else None,
         latest_evaluation=Evaluation.from_metadata(_metadata(evaluation)) if evaluation else None,
-        challenger=None if challenger in ("none", None) else challenger,
+        challenger=None if challenger in (keys.NONE, None) else challenger,
         latest_scored_night=dt.date.fromisoformat(scored) if scored else None,
     )
 
@@ -172,7 +175,7 @@ def build_lifecycle_automation(config: ProjectConfig) -> tuple[list, list]:
         if night is None:
             return SkipReason("the alerts materialization has no night")
         open_alerts = tuple(
-            OpenAlert.from_metadata(entry) for entry in _metadata(asset_event).get("open_alert_categories") or []
+            OpenAlert.from_metadata(entry) for entry in _metadata(asset_event).get(keys.ALERTS_OPEN) or []
         )
         decision = decide_retrain(
             lifecycle_state(context.instance, open_alerts), dt.date.fromisoformat(night), config.lifecycle

@@ -27,11 +27,14 @@ from jobs.resources import ProjectResource, WarehouseResource
 from nightkeeper import webhook
 from nightkeeper.config import ProjectConfig
 from nightkeeper.frames import number
+from nightkeeper.pipeline import metadata_keys as keys
 
 ALERT_OUTBOX_JOB = "deliver_alert_outbox"
 ALERT_OUTBOX_SENSOR = "alert_outbox"
 OUTBOX_KEY = AssetKey("alert_outbox")
 """The key this job's observations of the outbox are logged under (``pending`` events after each drain)."""
+OUTBOX_PENDING = "pending"
+"""The observation's metadata key the sensor reads: events still waiting after the drain."""
 ALERTS_KEY = AssetKey("alerts")
 LIFECYCLE_KEYS = [AssetKey("candidate_model"), AssetKey("candidate_evaluation"), AssetKey("model_registry")]
 """Lifecycle assets whose runs may raise an alert (rollback, rejected or refused retrain) without posting it."""
@@ -53,7 +56,7 @@ def drain_alert_outbox(context: OpExecutionContext, project: ProjectResource, wa
             metadata={
                 "delivered": report.delivered,
                 "failed": report.failed,
-                "pending": report.pending,
+                OUTBOX_PENDING: report.pending,
                 "webhook_configured": report.webhook_configured,
             },
         )
@@ -76,7 +79,7 @@ def may_be_pending(context: SensorEvaluationContext) -> bool:
     reports: list[tuple[int, int]] = []
     materialized = context.instance.fetch_materializations(ALERTS_KEY, limit=1, ascending=False).records
     observed = context.instance.fetch_observations(OUTBOX_KEY, limit=1, ascending=False).records
-    for records, field in ((materialized, "webhook_pending"), (observed, "pending")):
+    for records, field in ((materialized, keys.ALERTS_WEBHOOK_PENDING), (observed, OUTBOX_PENDING)):
         event = (records[0].asset_materialization or records[0].asset_observation) if records else None
         value = event.metadata.get(field) if event is not None else None
         if value is not None:

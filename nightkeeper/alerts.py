@@ -69,7 +69,7 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
 }
 
-ALERTS_SCHEMA = pl.Schema(
+ALERT_COLUMNS = pl.Schema(
     {
         "alert_id": pl.String(),
         "rule": pl.String(),
@@ -84,12 +84,21 @@ ALERTS_SCHEMA = pl.Schema(
         "comparison": pl.String(),
         "message": pl.String(),
         "runbook": pl.String(),
+    }
+)
+"""What an alert says: its rule, category and severity, the metric, the nights it opened and closed, its status, the
+value against the threshold, the message and the runbook section (what a report shows of it)."""
+
+ALERTS_SCHEMA = pl.Schema(
+    {
+        **ALERT_COLUMNS,
         "payload": pl.String(),
         "acknowledged_at": pl.Datetime("us", "UTC"),
         "acknowledged_by": pl.String(),
         "ack_reason": pl.String(),
     }
 )
+"""A row of ``monitoring.alerts``: what the alert says, the webhook payload and who acknowledged it, when and why."""
 
 
 @dataclass(frozen=True)

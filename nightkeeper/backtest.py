@@ -44,6 +44,7 @@ from nightkeeper.artifacts import load_verified
 from nightkeeper.config import ProjectConfig, load_config
 from nightkeeper.models import train_first_champion
 from nightkeeper.pipeline import lifecycle as lifecycle_steps
+from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline import monitoring as monitoring_steps
 from nightkeeper.pipeline import nightly as nightly_steps
 from nightkeeper.pipeline.step import StepResult
@@ -331,13 +332,13 @@ class _Automation:
     ) -> bool:
         """Decide and act after ``night`` (the last one too: the warehouse ends as production's would the morning
         after); returns whether a retrain was attempted."""
-        challenger = shadow.metadata.get("challenger_version", "none")
+        challenger = shadow.metadata.get(keys.SHADOW_CHALLENGER, keys.NONE)
         self.state = replace(
             self.state,
             open_alerts=tuple(
-                lifecycle_steps.OpenAlert.from_metadata(a) for a in alerts.metadata.get("open_alert_categories") or []
+                lifecycle_steps.OpenAlert.from_metadata(a) for a in alerts.metadata.get(keys.ALERTS_OPEN) or []
             ),
-            challenger=None if challenger == "none" else challenger,
+            challenger=None if challenger == keys.NONE else challenger,
             latest_scored_night=night,
         )
         policy = self.config.lifecycle
@@ -363,7 +364,7 @@ class _Automation:
             return False
         trained = lifecycle_steps.train_candidate(self.config, connection, as_of, decision.trigger)
         self.state = replace(self.state, last_retrain_night=as_of)
-        if trained.metadata.get("status") != lifecycle_steps.REFUSED:
+        if trained.metadata.get(keys.CANDIDATE_STATUS) != lifecycle_steps.REFUSED:
             self.state = replace(self.state, last_candidate_night=as_of)
         # the candidate's behaviour checks are blocking: a failed ERROR check stops the evaluation, as in the job
         if any(not c.passed and c.severity == "ERROR" for c in trained.checks.values()):

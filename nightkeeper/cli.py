@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nightkeeper.config import ConfigError, ProjectConfig, default_config_path, load_config
+from nightkeeper.project_root import ProjectRootMissing, require_project_root
 
 if TYPE_CHECKING:
     import duckdb
@@ -43,10 +44,23 @@ def _load(config: Path | None) -> ProjectConfig:
         raise typer.Exit(2) from None
 
 
+def _dagster_layer() -> None:
+    """Make the project root's Dagster layer (``assets/``, ``jobs/``) importable for the running command, or end the
+    command (exit code 2) saying where to run it from: ``pip install`` does not put that layer in site-packages."""
+    try:
+        root = require_project_root("This command runs Nightkeeper's Dagster layer (assets/, jobs/), which")
+    except ProjectRootMissing as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+
 @contextmanager
 def _warehouse(project: ProjectConfig) -> Iterator[duckdb.DuckDBPyConnection]:
     """The warehouse for a command: waits while a run holds it, saying who (jobs/warehouse_wait.py), and after
     ``storage.lock_wait_seconds`` ends the command with exit code 75 and that message instead of a lock traceback."""
+    _dagster_layer()
     from jobs.warehouse_wait import WarehouseBusy, command_connection
 
     try:
@@ -115,7 +129,7 @@ def init(
 
     try:
         written = write_draft(sample, target, id_column, time_column, out)
-    except DraftError as exc:
+    except (DraftError, ProjectRootMissing) as exc:
         console.print(f"[red]cannot draft a config:[/] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     project = _load(written)
@@ -140,7 +154,7 @@ def simulate(
 ) -> None:
     """Write simulated credit applications (one Parquet file per night) and their late labels to the config's
     folders."""
-    from nightkeeper import simulator
+    from nightkeeper.examples import simulator
 
     project = _load(config)
     first = dt.date.fromisoformat(start) if start else project.schedule.start_date
@@ -180,8 +194,8 @@ def world(
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv files.")] = "parquet",
 ) -> None:
     """Write a synthetic non-credit dataset: a labeled history, nightly batch files, late label files and a project
-    config listing its columns (see nightkeeper/worlds.py for what each world exercises)."""
-    from nightkeeper.worlds import WORLDS, write_world
+    config listing its columns (see nightkeeper/examples/worlds.py for what each world exercises)."""
+    from nightkeeper.examples.worlds import WORLDS, write_world
 
     if name not in WORLDS:
         console.print(f"[red]unknown world {name!r}[/]; worlds are {', '.join(WORLDS)}")
@@ -196,7 +210,7 @@ def world(
     try:
         built = WORLDS[name](**overrides)
         files = write_world(built, out, label_delay=label_delay, file_format=file_format)  # type: ignore[arg-type]
-    except ValueError as exc:
+    except (ValueError, ProjectRootMissing) as exc:
         console.print(f"[red]cannot write world {name!r}:[/] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     console.print(
@@ -215,7 +229,7 @@ def bootstrap(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:
     """Train the first champion on simulated history, register it, and make it champion from the first night on."""
-    from nightkeeper import simulator
+    from nightkeeper.examples import simulator
     from nightkeeper.models import register_bootstrap_champion
     from nightkeeper.training import train_model
 
@@ -322,6 +336,7 @@ def demo(
 ) -> None:
     """In its own folder: reset the demo's storage, simulate nights and drive them through the real Dagster schedule,
     job and sensors."""
+    _dagster_layer()
     from jobs.demo import DemoPlan, StorageNotOwned, run_demo
 
     plan = DemoPlan(
@@ -390,6 +405,7 @@ def run(
     config: ConfigOption = None,
 ) -> None:
     """Run one night through the nightly job now: a real Dagster run on the config's instance, shown in the UI."""
+    _dagster_layer()
     from jobs.nights import run_night
 
     project = _load(config)
@@ -411,6 +427,7 @@ def backfill(
 ) -> None:
     """Run every night from --from to --to in order, as one Dagster backfill on the config's instance (the UI's
     Backfills page lists it with its runs)."""
+    _dagster_layer()
     from jobs.nights import backfill_nights
 
     project = _load(config)
@@ -430,6 +447,7 @@ def backfill(
 def ui(config: ConfigOption = None) -> None:
     """Open the Dagster UI (``dagster dev``) on the config's Dagster home, with a workspace naming that config."""
     project = _load(config)
+    _dagster_layer()
     from jobs.instance import write_workspace
 
     workspace = write_workspace(_config_path(config), project.dagster_home)
@@ -447,6 +465,7 @@ def serve(
     """Run the project in production on this machine: ``dagster-webserver`` and ``dagster-daemon`` on the config's
     Dagster home, so schedules and sensors run by themselves; stops both on Ctrl-C or SIGTERM."""
     project = _load(config)
+    _dagster_layer()
     from jobs.serve import serve as serve_project
 
     raise typer.Exit(serve_project(_config_path(config), project.dagster_home, host, port))
@@ -607,6 +626,7 @@ def models_show(version: str, config: ConfigOption = None) -> None:
 def _run_registry_job(
     config: Path | None, job_name: str, action: str, version: str, effective: str, reason: str, actor: str
 ) -> None:
+    _dagster_layer()
     from jobs.definitions import build_definitions
     from jobs.instance import persistent_instance
     from jobs.lifecycle import registry_run_config
@@ -695,6 +715,7 @@ def review_export(
 def review_import(file: Path, config: ConfigOption = None) -> None:
     """Import a filled-in review CSV (a run of the `review_import` job): good rows recorded, bad rows to a rejects
     file."""
+    _dagster_layer()
     from jobs.definitions import build_definitions
     from jobs.instance import persistent_instance
     from jobs.review import REVIEW_IMPORT_JOB, review_import_run_config

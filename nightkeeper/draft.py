@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from nightkeeper.config import RESERVED_COLUMNS, ProjectConfig
 from nightkeeper.frames import day, number
+from nightkeeper.project_root import require_project_root
 
 MAX_CODE_LEVELS = 12
 """An integer column with at most this many distinct values is offered as a category (codes, grades, flags)."""
@@ -41,13 +42,15 @@ TARGET_HOLDOUT_ROWS = 2_000
 MIN_CANARY_ROWS = 50
 """Rows a canary step should hold a night; steps smaller than this are left out of the drafted rollout."""
 
-SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
-"""The shipped example config; the draft copies its alert rules on Nightkeeper's own (not per-feature) metrics."""
+SHIPPED_CONFIG = Path("nightkeeper.yaml")
+"""The shipped example config, in the project root; the draft copies its alert rules on Nightkeeper's own (not
+per-feature) metrics."""
 
 
 def generic_alert_rules() -> list[dict[str, Any]]:
     """The shipped example's alert rules that name no feature, so they hold for any dataset."""
-    rules = yaml.safe_load(SHIPPED_CONFIG.read_text())["monitoring"]["alerts"]["rules"]
+    root = require_project_root(f"The shipped example config ({SHIPPED_CONFIG}), whose alert rules a draft copies,")
+    rules = yaml.safe_load((root / SHIPPED_CONFIG).read_text())["monitoring"]["alerts"]["rules"]
     return [rule for rule in rules if not str(rule["metric"]).startswith("drift.feature.")]
 
 

@@ -60,7 +60,7 @@ def core_config(tmp_path_factory: _core_pytest.TempPathFactory) -> _CoreAny:
 @_core_pytest.fixture(scope="session")
 def core_history() -> _core_pl.DataFrame:
     """Clean labeled simulator history: 20 nights x 500 rows ending 2024-04-30."""
-    from nightkeeper.simulator import simulate_history
+    from nightkeeper.examples.simulator import simulate_history
 
     return simulate_history(CORE_HISTORY_END, days=20, rows_per_day=500, seed=CORE_SEED)
 

@@ -23,8 +23,9 @@ from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
 from jobs.definitions import NIGHTLY_JOB, build_definitions
 from jobs.resources import NIGHTLY_SCHEMA
-from nightkeeper import registry, simulator, warehouse
+from nightkeeper import registry, warehouse
 from nightkeeper.config import ProjectConfig, load_config
+from nightkeeper.examples import simulator
 from nightkeeper.models import bootstrap_champion
 from nightkeeper.registry import ModelRecord
 

@@ -17,10 +17,10 @@ import yaml
 from pipeline_harness import FIRST_NIGHT, example_config
 from typer.testing import CliRunner
 
-from nightkeeper import simulator
 from nightkeeper.backtest import CONFIG_NAME, MARKER, replay_nights, run_backtest
 from nightkeeper.cli import app
 from nightkeeper.config import parse_config
+from nightkeeper.examples import simulator
 
 NIGHTS = 5
 ROWS = 800

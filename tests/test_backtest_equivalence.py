@@ -21,9 +21,10 @@ from pipeline_harness import FIRST_NIGHT, example_config, make_project
 from polars.testing import assert_frame_equal
 
 from jobs.demo import SensorDriver
-from nightkeeper import simulator, warehouse
+from nightkeeper import warehouse
 from nightkeeper.backtest import BOOTSTRAP_ACTOR, run_backtest
 from nightkeeper.config import parse_config
+from nightkeeper.examples import simulator
 from nightkeeper.models import train_first_champion
 from nightkeeper.training_data import read_history_file
 

@@ -18,11 +18,11 @@ from nightkeeper.batch_checks import (
     volume_within_history,
 )
 from nightkeeper.config import Contract, ProjectConfig
+from nightkeeper.examples.simulator import Scenario, simulate_night
+from nightkeeper.examples.worlds import duplicate_codes_world
 from nightkeeper.ingest import LandedFile, RawBatch, read_raw_batch
-from nightkeeper.simulator import Scenario, simulate_night
 from nightkeeper.training import TrainedModel
 from nightkeeper.validation import validate
-from nightkeeper.worlds import duplicate_codes_world
 
 NIGHT = date(2024, 5, 1)
 ROWS = 400

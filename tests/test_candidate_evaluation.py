@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from pipeline_harness import FIRST_NIGHT, example_config, make_project
 
-from nightkeeper import metrics_store, simulator, warehouse
+from nightkeeper import metrics_store, warehouse
 from nightkeeper.artifacts import load_verified
 from nightkeeper.encoding import feature_matrix
+from nightkeeper.examples import simulator
 from nightkeeper.gates import business_value
 from nightkeeper.models import train_first_champion
 from nightkeeper.pipeline.lifecycle import CANDIDATE_REJECTED, SCHEDULED_TRIGGER, evaluate_candidate, train_candidate

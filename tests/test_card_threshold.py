@@ -12,9 +12,10 @@ import yaml
 from conftest import CORE_CONFIG_PATH
 from test_performance_incremental import store_partition
 
-from nightkeeper import labels, performance, simulator, warehouse
+from nightkeeper import labels, performance, warehouse
 from nightkeeper.artifacts import load_verified
 from nightkeeper.config import DecisionConfig, ProjectConfig, parse_config
+from nightkeeper.examples import simulator
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.models import bootstrap_champion
 from nightkeeper.outcomes import Fallback, assemble_outcomes

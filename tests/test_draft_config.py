@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from nightkeeper.cli import app
 from nightkeeper.config import load_config, parse_config
 from nightkeeper.draft import DraftError, SampleShape, derive_sizes, draft_config_text, write_draft
+from nightkeeper.examples.worlds import support_tickets_world, write_world
 from nightkeeper.ingest import RAW_SCHEMA, read_raw_batch
-from nightkeeper.synthetic import synthesize
+from nightkeeper.testing.synthetic import synthesize
 from nightkeeper.validation import validate
-from nightkeeper.worlds import support_tickets_world, write_world
 
 REPO = Path(__file__).resolve().parents[1]
 NIGHTS = 10

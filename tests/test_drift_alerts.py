@@ -20,14 +20,15 @@ import polars as pl
 import pytest
 import yaml
 
-from nightkeeper import alerts, metric_names, registry, worlds
+from nightkeeper import alerts, metric_names, registry
 from nightkeeper.artifacts import save_artifact
 from nightkeeper.config import AlertRule, ProjectConfig, parse_config
 from nightkeeper.drift import measure_drift, serving_reference
 from nightkeeper.encoding import FeatureCard, feature_matrix
+from nightkeeper.examples import worlds
+from nightkeeper.examples.simulator import Scenario, simulate_history, simulate_night
 from nightkeeper.metrics_store import record_metrics
 from nightkeeper.profile import CategoryProfile, ReferenceProfile
-from nightkeeper.simulator import Scenario, simulate_history, simulate_night
 from nightkeeper.training import TrainedModel, train_model, training_frame
 from nightkeeper.warehouse import connect
 

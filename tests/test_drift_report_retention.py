@@ -15,8 +15,8 @@ from nightkeeper import registry
 from nightkeeper.artifacts import save_artifact
 from nightkeeper.config import ProjectConfig, parse_config
 from nightkeeper.encoding import feature_matrix
+from nightkeeper.examples.simulator import simulate_history, simulate_night
 from nightkeeper.pipeline.monitoring import REPORTS_FOLDER, drift_night, prune_drift_reports
-from nightkeeper.simulator import simulate_history, simulate_night
 from nightkeeper.training import TrainedModel, train_model, training_frame
 from nightkeeper.warehouse import connect
 

@@ -26,8 +26,8 @@ from nightkeeper.drift_report import (
     write_evidently_report,
 )
 from nightkeeper.encoding import FeatureCard, feature_cards
+from nightkeeper.examples.simulator import simulate_history, simulate_night
 from nightkeeper.profile import NumericProfile, ReferenceProfile, fit_profile, reference_sample
-from nightkeeper.simulator import simulate_history, simulate_night
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
 SEED = 7

@@ -13,9 +13,10 @@ import pytest
 import yaml
 from test_performance_incremental import store_partition
 
-from nightkeeper import warehouse, worlds
+from nightkeeper import warehouse
 from nightkeeper.artifacts import load_verified
 from nightkeeper.config import PerformanceConfig, load_config
+from nightkeeper.examples import worlds
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.models import bootstrap_champion
 from nightkeeper.outcomes import Fallback, assemble_outcomes

@@ -9,8 +9,8 @@ import pytest
 from polars.testing import assert_series_equal
 
 from nightkeeper.config import DecisionConfig
+from nightkeeper.examples.simulator import simulate_night
 from nightkeeper.fallback import FallbackRule, decide, fit_fallback
-from nightkeeper.simulator import simulate_night
 
 TARGET = "defaulted"
 SEGMENTS = ["employment_type", "channel"]

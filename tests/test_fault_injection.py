@@ -30,7 +30,8 @@ from jobs.instance import prepare_dagster_home
 from jobs.nights import run_night
 from jobs.resources import WAREHOUSE_POOL
 from jobs.run_guard import HOST_TAG, PID_TAG, launch_run, pool_holders, process_tags, reap_dead_runs
-from nightkeeper import registry, simulator, warehouse
+from nightkeeper import registry, warehouse
+from nightkeeper.examples import simulator
 from nightkeeper.models import publish
 from nightkeeper.review.files import export_review_csv
 from nightkeeper.review.storage import queue_for

@@ -22,6 +22,8 @@ from nightkeeper.config import (
     TrainingDataGateConfig,
 )
 from nightkeeper.encoding import feature_cards, feature_matrix
+from nightkeeper.examples.simulator import ScenarioPlan, simulate_history, simulate_night
+from nightkeeper.examples.worlds import duplicate_codes_world
 from nightkeeper.gates import (
     LATENCY_NOISE_FLOOR_SECONDS_PER_ROW,
     business_value,
@@ -30,10 +32,8 @@ from nightkeeper.gates import (
     training_window_gate,
 )
 from nightkeeper.pipeline.lifecycle import _timed_scores
-from nightkeeper.simulator import ScenarioPlan, simulate_history, simulate_night
-from nightkeeper.synthetic import synthesize
+from nightkeeper.testing.synthetic import synthesize
 from nightkeeper.training import TrainedModel, train_model
-from nightkeeper.worlds import duplicate_codes_world
 
 TARGET = "defaulted"
 WINDOW_START = date(2024, 5, 1)

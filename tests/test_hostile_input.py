@@ -12,10 +12,10 @@ import polars as pl
 import pytest
 
 from nightkeeper.config import ProjectConfig
+from nightkeeper.examples.simulator import simulate_night
 from nightkeeper.ingest import FILE_ROW, read_night, scan_landing
 from nightkeeper.outcomes import Fallback, assemble_outcomes
 from nightkeeper.scoring import score_batch
-from nightkeeper.simulator import simulate_night
 from nightkeeper.training import TrainedModel
 from nightkeeper.validation import FILE_COLUMN, UNREADABLE_FILE, validate
 

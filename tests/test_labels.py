@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from nightkeeper.config import ProjectConfig
+from nightkeeper.examples.simulator import ENTITY_ID, TARGET, simulate_night, write_labels
 from nightkeeper.labels import (
     LABEL_FILE_SCHEMA,
     LABELS_SCHEMA,
@@ -23,7 +24,6 @@ from nightkeeper.labels import (
     stored_labels,
     stored_rejections,
 )
-from nightkeeper.simulator import ENTITY_ID, TARGET, simulate_night, write_labels
 from nightkeeper.warehouse import connect
 
 NIGHT = date(2024, 5, 1)

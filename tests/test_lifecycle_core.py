@@ -14,10 +14,10 @@ import pytest
 
 from nightkeeper import lifecycle, registry, warehouse
 from nightkeeper.config import ProjectConfig, RolloutConfig
+from nightkeeper.examples.simulator import simulate_history
 from nightkeeper.lifecycle import NightHealth, canary_percent, canary_stage, decide_rollout, next_stage
 from nightkeeper.models import publish
 from nightkeeper.registry import AliasState
-from nightkeeper.simulator import simulate_history
 from nightkeeper.training import TrainedModel, train_model
 
 JAN_1, JAN_5, JAN_10, JAN_15, JAN_20 = (date(2026, 1, d) for d in (1, 5, 10, 15, 20))

@@ -26,8 +26,9 @@ from typer.testing import CliRunner
 
 from jobs.demo import QUIET_LOGS, SensorDriver
 from jobs.lifecycle import registry_run_config, retrain_run_config
-from nightkeeper import registry, simulator, warehouse
+from nightkeeper import registry, warehouse
 from nightkeeper.cli import app
+from nightkeeper.examples import simulator
 
 ROWS = 3000
 

@@ -19,7 +19,7 @@ from pipeline_harness import (
     run_plan,
 )
 
-from nightkeeper import simulator
+from nightkeeper.examples import simulator
 
 
 def quiet_project(tmp_path, **drift):

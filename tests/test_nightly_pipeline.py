@@ -26,9 +26,10 @@ from pipeline_harness import (
     row_keys,
 )
 
-from nightkeeper import registry, simulator, warehouse
+from nightkeeper import registry, warehouse
+from nightkeeper.examples import simulator
 from nightkeeper.fallback import decide
-from nightkeeper.synthetic import synthesize
+from nightkeeper.testing.synthetic import synthesize
 
 NIGHT = FIRST_NIGHT + dt.timedelta(days=2)
 

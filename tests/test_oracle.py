@@ -9,9 +9,9 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from nightkeeper import worlds
 from nightkeeper.config import load_config
 from nightkeeper.encoding import feature_matrix
+from nightkeeper.examples import worlds
 from nightkeeper.oracle import retrained_every_block
 from nightkeeper.training import train_model
 

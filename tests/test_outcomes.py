@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from nightkeeper.config import ProjectConfig
+from nightkeeper.examples.simulator import Scenario, simulate_night
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.outcomes import (
     OUTCOME_SCHEMA,
@@ -22,7 +23,6 @@ from nightkeeper.outcomes import (
     outcome_summary,
 )
 from nightkeeper.scoring import score_batch, unscored
-from nightkeeper.simulator import Scenario, simulate_night
 from nightkeeper.training import TrainedModel
 from nightkeeper.validation import ROW_KEY, ValidationResult, validate
 

@@ -13,6 +13,7 @@ import pytest
 from sklearn.metrics import brier_score_loss, precision_score, recall_score, roc_auc_score
 
 from nightkeeper.config import BusinessValue, DecisionConfig, ProjectConfig
+from nightkeeper.examples.simulator import ENTITY_ID, TARGET, Scenario, simulate_night
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.outcomes import OUTCOME_SCHEMA, Fallback, assemble_outcomes
 from nightkeeper.performance import (
@@ -28,7 +29,6 @@ from nightkeeper.performance import (
     realized_performance,
 )
 from nightkeeper.scoring import score_batch
-from nightkeeper.simulator import ENTITY_ID, TARGET, Scenario, simulate_night
 from nightkeeper.training import TrainedModel
 from nightkeeper.validation import validate
 

@@ -13,9 +13,10 @@ import pytest
 import yaml
 from conftest import CORE_CONFIG_PATH
 
-from nightkeeper import labels, metrics_store, performance, registry, simulator, warehouse
+from nightkeeper import labels, metrics_store, performance, registry, warehouse
 from nightkeeper.artifacts import load_verified
 from nightkeeper.config import ProjectConfig, parse_config
+from nightkeeper.examples import simulator
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.models import bootstrap_champion, publish
 from nightkeeper.outcomes import Fallback, assemble_outcomes

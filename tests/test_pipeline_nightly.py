@@ -11,8 +11,9 @@ import polars as pl
 import pytest
 from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, make_project
 
-from nightkeeper import simulator, warehouse
+from nightkeeper import warehouse
 from nightkeeper.config import load_config
+from nightkeeper.examples import simulator
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.pipeline import nightly
 from nightkeeper.scoring import unscored

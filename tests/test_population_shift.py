@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 from test_drift_alerts import world_champion
 
-from nightkeeper import worlds
 from nightkeeper.drift import domain_auc_limit, measure_drift
 from nightkeeper.encoding import feature_cards, feature_matrix
+from nightkeeper.examples import worlds
 from nightkeeper.profile import domain_chance_std, fit_domain_auc
 from nightkeeper.training import training_frame
 

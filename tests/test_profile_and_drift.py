@@ -21,6 +21,7 @@ import yaml
 from nightkeeper.config import DriftConfig, ProjectConfig, parse_config
 from nightkeeper.drift import FEATURE_SCHEMA, DriftResult, measure_drift
 from nightkeeper.encoding import FeatureCard, feature_cards, feature_matrix
+from nightkeeper.examples.simulator import simulate_history, simulate_night
 from nightkeeper.profile import (
     ReferenceProfile,
     fit_profile,
@@ -28,7 +29,6 @@ from nightkeeper.profile import (
     reference_sample,
     with_threshold_overrides,
 )
-from nightkeeper.simulator import simulate_history, simulate_night
 from nightkeeper.training import train_model, training_frame
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"

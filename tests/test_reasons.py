@@ -16,8 +16,8 @@ import yaml
 
 from nightkeeper.config import parse_config
 from nightkeeper.encoding import FeatureCard, feature_matrix
+from nightkeeper.examples.simulator import simulate_history, simulate_night
 from nightkeeper.reasons import REASON_SCHEMA, format_value, reason_codes
-from nightkeeper.simulator import simulate_history, simulate_night
 from nightkeeper.training import train_model
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"

@@ -13,8 +13,8 @@ import yaml
 
 from nightkeeper.config import parse_config
 from nightkeeper.encoding import FeatureCard, feature_matrix
+from nightkeeper.examples.simulator import simulate_history, simulate_night
 from nightkeeper.reasons import ENGINE_MIN_ROWS, reason_codes
-from nightkeeper.simulator import simulate_history, simulate_night
 from nightkeeper.training import train_model
 from nightkeeper.treeshap import UnsupportedModel, compile_forest, contributions_of
 

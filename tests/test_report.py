@@ -20,8 +20,9 @@ import polars as pl
 import pytest
 from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, example_config, make_project
 
-from nightkeeper import lifecycle, simulator, warehouse
+from nightkeeper import lifecycle, warehouse
 from nightkeeper.config import ReviewConfig
+from nightkeeper.examples import simulator
 from nightkeeper.report.attention import attention_items
 from nightkeeper.report.execution import (
     MODEL_CARD_SECTIONS,

@@ -14,6 +14,7 @@ import pytest
 
 from nightkeeper import warehouse
 from nightkeeper.config import ProjectConfig, ReviewConfig
+from nightkeeper.examples.simulator import Scenario, simulate_night
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.outcomes import OUTCOME_SCHEMA, Fallback, assemble_outcomes
 from nightkeeper.review.files import (
@@ -38,7 +39,6 @@ from nightkeeper.review.storage import (
     stored_review_labels,
 )
 from nightkeeper.scoring import score_batch
-from nightkeeper.simulator import Scenario, simulate_night
 from nightkeeper.training import TrainedModel
 from nightkeeper.validation import QUARANTINE_SCHEMA, validate
 

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from jobs.demo import QUIET_LOGS, SensorDriver
 from jobs.lifecycle import retrain_run_config
-from nightkeeper import simulator, warehouse
+from nightkeeper import warehouse
 from nightkeeper.cli import app
+from nightkeeper.examples import simulator
 from nightkeeper.training_data import labeled_history
 
 

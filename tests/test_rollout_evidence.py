@@ -18,7 +18,8 @@ import polars as pl
 import pytest
 from pipeline_harness import FIRST_NIGHT, Project, bootstrap_example_champion, example_config, make_project
 
-from nightkeeper import lifecycle, simulator, warehouse
+from nightkeeper import lifecycle, warehouse
+from nightkeeper.examples import simulator
 from nightkeeper.models import publish
 from nightkeeper.pipeline import monitoring, nightly
 from nightkeeper.pipeline.step import StepResult

@@ -12,9 +12,9 @@ import pytest
 
 from nightkeeper.config import ProjectConfig
 from nightkeeper.encoding import feature_matrix
+from nightkeeper.examples.simulator import simulate_night
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.scoring import SCORED_SCHEMA, ScoringResult, confidence, latency_percentiles, score_batch, unscored
-from nightkeeper.simulator import simulate_night
 from nightkeeper.training import TrainedModel
 from nightkeeper.validation import KEY_COLUMNS, validate
 

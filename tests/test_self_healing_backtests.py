@@ -18,10 +18,10 @@ import polars as pl
 import pytest
 import yaml
 
-from nightkeeper import worlds
 from nightkeeper.backtest import run_backtest
 from nightkeeper.backtest_report import BLOCK_NIGHTS
 from nightkeeper.config import load_config
+from nightkeeper.examples import worlds
 from nightkeeper.oracle import retrained_every_block
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.timeout(3600)]

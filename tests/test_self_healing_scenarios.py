@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from nightkeeper import alerts, warehouse, worlds
+from nightkeeper import alerts, warehouse
 from nightkeeper.backtest import run_backtest
 from nightkeeper.config import ProjectConfig, load_config
+from nightkeeper.examples import worlds
 from nightkeeper.pipeline import monitoring, nightly
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, store_partition
 

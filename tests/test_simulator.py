@@ -16,8 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from nightkeeper.config import Contract, ProjectConfig, load_config
 from nightkeeper.encoding import categorical_indices, feature_cards, feature_matrix
-from nightkeeper.ingest import read_raw_batch
-from nightkeeper.simulator import (
+from nightkeeper.examples.simulator import (
     DEFECTS,
     KnobSchedule,
     NightData,
@@ -30,6 +29,7 @@ from nightkeeper.simulator import (
     write_labels,
     write_landing,
 )
+from nightkeeper.ingest import read_raw_batch
 from nightkeeper.validation import ValidationResult, validate
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"

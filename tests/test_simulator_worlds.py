@@ -16,10 +16,7 @@ from typer.testing import CliRunner
 
 from nightkeeper.cli import app
 from nightkeeper.config import load_config, parse_config
-from nightkeeper.ingest import landed_files, read_raw_batch
-from nightkeeper.labels import label_files
-from nightkeeper.validation import validate
-from nightkeeper.worlds import (
+from nightkeeper.examples.worlds import (
     WORLDS,
     World,
     base_rate_drift_world,
@@ -31,6 +28,9 @@ from nightkeeper.worlds import (
     weak_model_world,
     write_world,
 )
+from nightkeeper.ingest import landed_files, read_raw_batch
+from nightkeeper.labels import label_files
+from nightkeeper.validation import validate
 
 START = date(2026, 1, 1)
 LIGHTGBM_PARAMS = {

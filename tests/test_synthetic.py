@@ -15,9 +15,9 @@ import pytest
 from polars.testing import assert_frame_equal
 from scipy.stats import rankdata
 
-import nightkeeper.synthetic as synthetic
+import nightkeeper.testing.synthetic as synthetic
 from nightkeeper.config import Contract, load_config, parse_config
-from nightkeeper.synthetic import feature_bounds, synthesize
+from nightkeeper.testing.synthetic import feature_bounds, synthesize
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
 DTYPES = {"float": pl.Float64(), "int": pl.Int64(), "category": pl.String(), "bool": pl.Boolean()}

@@ -13,9 +13,10 @@ import pytest
 from pipeline_harness import FIRST_NIGHT, Project, example_config, make_project
 from typer.testing import CliRunner
 
-from nightkeeper import registry, simulator
+from nightkeeper import registry
 from nightkeeper.cli import app
 from nightkeeper.config import ProjectConfig
+from nightkeeper.examples import simulator
 from nightkeeper.pipeline.lifecycle import train_candidate
 from nightkeeper.training_data import HISTORY_SOURCE, HistoryFileError, labeled_history, read_history_file
 

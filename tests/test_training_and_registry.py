@@ -18,8 +18,8 @@ from nightkeeper.artifacts import ModelUnavailable, load_verified, save_artifact
 from nightkeeper.card import ModelCard
 from nightkeeper.config import ProjectConfig
 from nightkeeper.encoding import feature_cards, feature_matrix
+from nightkeeper.examples.simulator import simulate_history, simulate_night
 from nightkeeper.models import bootstrap_champion, publish
-from nightkeeper.simulator import simulate_history, simulate_night
 from nightkeeper.training import TrainedModel, data_fingerprint, train_model, training_frame, training_params
 
 HISTORY_END = date(2024, 4, 30)

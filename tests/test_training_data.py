@@ -15,10 +15,10 @@ import pytest
 from nightkeeper import labels as label_store
 from nightkeeper import warehouse
 from nightkeeper.config import ProjectConfig
+from nightkeeper.examples.simulator import ScenarioPlan, simulate_night, write_labels, write_landing
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.review.files import LABEL_SCHEMA
 from nightkeeper.review.storage import store_review_labels
-from nightkeeper.simulator import ScenarioPlan, simulate_night, write_labels, write_landing
 from nightkeeper.training import train_model
 from nightkeeper.training_data import labeled_history, split_holdout
 from nightkeeper.validation import validate

@@ -12,8 +12,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from nightkeeper.config import Contract, ProjectConfig
+from nightkeeper.examples.simulator import Scenario, simulate_night
 from nightkeeper.ingest import RAW_SCHEMA, landed_files, read_raw_batch
-from nightkeeper.simulator import Scenario, simulate_night
 from nightkeeper.validation import (
     MISSING_COLUMN_VALUE,
     QUARANTINE_SCHEMA,

@@ -37,6 +37,7 @@ from nightkeeper.encoding import feature_cards, feature_matrix
 from nightkeeper.frames import day
 from nightkeeper.metric_names import CANDIDATE_REJECTED, RETRAIN_REFUSED, ROLLBACKS
 from nightkeeper.models import register_trained
+from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline.monitoring import raise_alerts
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.schema import CANDIDATES
@@ -93,8 +94,8 @@ def train_candidate(
         refused = CheckOutcome(False, f"no candidate: the retrain was refused ({reason})", "WARN")
         return StepResult(
             metadata={
-                "status": REFUSED,
-                "as_of": as_of.isoformat(),
+                keys.CANDIDATE_STATUS: REFUSED,
+                keys.CANDIDATE_AS_OF: as_of.isoformat(),
                 "trigger": trigger,
                 "reasons": reason,
                 "per_night": verdict.per_night,
@@ -121,9 +122,9 @@ def train_candidate(
         record_lifecycle_event(config, connection, as_of, CANDIDATE_REJECTED, log)
     return StepResult(
         metadata={
-            "status": status,
+            keys.CANDIDATE_STATUS: status,
             "version": record.version,
-            "as_of": as_of.isoformat(),
+            keys.CANDIDATE_AS_OF: as_of.isoformat(),
             "trigger": trigger,
             "training_nights": f"{first_night} .. {day(window['partition_date'].max())}",
             "training_rows": record.card.training_window.rows,
@@ -155,13 +156,15 @@ def evaluate_candidate(
     gate_config = config.lifecycle.promotion_gate
     candidate_version = latest_candidate(connection, as_of)
     if candidate_version is None:
-        return StepResult(metadata={"decision": "nothing to evaluate", "as_of": as_of.isoformat()})
+        return StepResult(
+            metadata={keys.EVALUATION_DECISION: "nothing to evaluate", keys.EVALUATION_AS_OF: as_of.isoformat()}
+        )
     candidate = registry.get_version(connection, candidate_version)
     champion = registry.alias_record(connection, registry.CHAMPION, as_of)
-    verdict = {"version": candidate.version, "as_of": as_of.isoformat()}
+    verdict = {keys.EVALUATION_VERSION: candidate.version, keys.EVALUATION_AS_OF: as_of.isoformat()}
     if champion is None:
         _set_candidate_status(connection, candidate.version, APPROVED, "no champion to beat")
-        return StepResult(metadata={"decision": APPROVED, **verdict, "reasons": "no champion to beat"})
+        return StepResult(metadata={keys.EVALUATION_DECISION: APPROVED, **verdict, "reasons": "no champion to beat"})
     first = as_of - dt.timedelta(days=config.lifecycle.training_window_days)
     _, holdout = split_holdout(
         labeled_history(connection, config.contract, first, as_of, include_review=False), gate_config.holdout_days
@@ -191,7 +194,7 @@ def evaluate_candidate(
             record_lifecycle_event(config, connection, as_of, CANDIDATE_REJECTED, log)
     return StepResult(
         metadata={
-            "decision": decision,
+            keys.EVALUATION_DECISION: decision,
             **verdict,
             "trigger": trigger,
             "champion": champion.version,
@@ -344,9 +347,13 @@ class OpenAlert:
 
     @classmethod
     def from_metadata(cls, entry: dict[str, Any]) -> OpenAlert:
-        """From one entry of the ``alerts`` asset's ``open_alert_categories`` metadata."""
-        opened = entry.get("opened_night")
-        return cls(str(entry["alert_id"]), str(entry["category"]), dt.date.fromisoformat(opened) if opened else None)
+        """From one entry of the ``alerts`` asset's ``keys.ALERTS_OPEN`` metadata."""
+        opened = entry.get(keys.OPEN_ALERT_OPENED_NIGHT)
+        return cls(
+            str(entry[keys.OPEN_ALERT_ID]),
+            str(entry[keys.OPEN_ALERT_CATEGORY]),
+            dt.date.fromisoformat(opened) if opened else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -359,10 +366,10 @@ class Evaluation:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> Evaluation:
-        as_of = metadata.get("as_of")
+        as_of = metadata.get(keys.EVALUATION_AS_OF)
         return cls(
-            str(metadata.get("decision", "none")),
-            metadata.get("version"),
+            str(metadata.get(keys.EVALUATION_DECISION, keys.NONE)),
+            metadata.get(keys.EVALUATION_VERSION),
             dt.date.fromisoformat(as_of) if as_of else None,
         )
 
@@ -503,16 +510,18 @@ def decide_shadow_start(evaluation: Evaluation) -> RegistryRequest | str:
 
 
 def rollout_request(shadow: dict[str, Any]) -> RegistryRequest | str:
-    """The registry change a night's rollout decision asks for (from the ``shadow_scores`` metadata: ``night``,
-    ``challenger_version``, ``rollout_action``, ``rollout_next_stage``, ``rollout_reason``), effective the next
-    night; otherwise why nothing changes (a sentence)."""
-    action, version, night = shadow.get("rollout_action", "none"), shadow.get("challenger_version"), shadow.get("night")
-    if action in ("none", "hold") or not version or version == "none" or not night:
-        return f"rollout: {action}" + (f" ({shadow['rollout_reason']})" if shadow.get("rollout_reason") else "")
-    effective, reason = dt.date.fromisoformat(str(night)) + dt.timedelta(days=1), str(shadow.get("rollout_reason", ""))
+    """The registry change a night's rollout decision asks for (from the ``shadow_scores`` metadata: its night,
+    challenger, rollout action, next stage and reason), effective the next night; otherwise why nothing changes (a
+    sentence)."""
+    action = shadow.get(keys.SHADOW_ROLLOUT_ACTION, keys.NONE)
+    version, night = shadow.get(keys.SHADOW_CHALLENGER), shadow.get(keys.SHADOW_NIGHT)
+    reason = str(shadow.get(keys.SHADOW_ROLLOUT_REASON) or "")
+    if action in (keys.NONE, "hold") or not version or version == keys.NONE or not night:
+        return f"rollout: {action}" + (f" ({reason})" if reason else "")
+    effective = dt.date.fromisoformat(str(night)) + dt.timedelta(days=1)
     if action == "advance":
         return RegistryRequest(
-            RegistryChange("advance", version, str(shadow["rollout_next_stage"]), reason, "sensor"), effective
+            RegistryChange("advance", version, str(shadow[keys.SHADOW_ROLLOUT_NEXT_STAGE]), reason, "sensor"), effective
         )
     if action == "promote":
         return RegistryRequest(RegistryChange("promote", version, reason=reason, actor="sensor"), effective)

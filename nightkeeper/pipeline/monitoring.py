@@ -23,6 +23,7 @@ from nightkeeper import alerts, drift, labels, metric_names, metrics_store, perf
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import AlertingConfig, ProjectConfig
 from nightkeeper.frames import day
+from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.review.queue import build_review_queue
 from nightkeeper.review.storage import store_queue
@@ -380,8 +381,8 @@ def alerts_night(
     config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, log: logging.Logger = _LOG
 ) -> StepResult:
     """Evaluate the config's alert rules on ``night`` (see ``raise_alerts``); lifecycle event counts missing tonight
-    are recorded as 0 first, which resolves their alerts. Metadata ``open_alert_categories`` (alert_id, category and
-    opened_night of every open alert) is what the retrain sensor reads."""
+    are recorded as 0 first, which resolves their alerts. Metadata ``keys.ALERTS_OPEN`` (id, category and opened night
+    of every open alert) is what the retrain sensor reads."""
     recorded = metrics_store.metrics_on(connection, night)
     metrics_store.record_metrics(
         connection, night, {m: 0.0 for m in metric_names.LIFECYCLE_EVENTS if m not in recorded}, None
@@ -399,12 +400,12 @@ def alerts_night(
                 for e in opened
             ],
             "open_alerts": still_open.select("alert_id", "category", "severity", "opened_night", "message").head(20),
-            "open_alert_categories": [
-                {"alert_id": a, "category": c, "opened_night": str(o)}
+            keys.ALERTS_OPEN: [
+                {keys.OPEN_ALERT_ID: a, keys.OPEN_ALERT_CATEGORY: c, keys.OPEN_ALERT_OPENED_NIGHT: str(o)}
                 for a, c, o in still_open.select("alert_id", "category", "opened_night").iter_rows()
             ],
-            "webhook_delivered": delivery.delivered,
-            "webhook_pending": delivery.pending,
+            keys.ALERTS_WEBHOOK_DELIVERED: delivery.delivered,
+            keys.ALERTS_WEBHOOK_PENDING: delivery.pending,
             "webhook_configured": delivery.webhook_configured,
         }
     )

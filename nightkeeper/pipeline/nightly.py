@@ -26,6 +26,7 @@ from nightkeeper.ingest import read_night
 from nightkeeper.labels import LABELS_TABLE
 from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
 from nightkeeper.performance import estimate_performance
+from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.reasons import REASON_CODES_SCHEMA, reason_codes
 from nightkeeper.routing import in_canary
@@ -176,14 +177,14 @@ def shadow_night(
     scored_batch: pl.DataFrame,
 ) -> StepResult:
     """``shadow_scores``: the challenger's answer for every validated row (``in_canary`` marks the rows it serves),
-    its health against the champion tonight and the rollout decision (metadata ``rollout_action``: none / hold /
-    advance / promote / rollback) the rollout sensor acts on. Check: ``challenger_healthy``.
+    its health against the champion tonight and the rollout decision (metadata ``keys.SHADOW_ROLLOUT_ACTION``: none /
+    hold / advance / promote / rollback) the rollout sensor acts on. Check: ``challenger_healthy``.
     """
     challenger = serving_model(connection, registry.CHALLENGER, night)
     if challenger.version is None:
         return StepResult(
             tables={"shadow_scores": pl.DataFrame(schema=SHADOW_SCHEMA)},
-            metadata={"challenger_version": "none", "rollout_action": "none"},
+            metadata={keys.SHADOW_CHALLENGER: keys.NONE, keys.SHADOW_ROLLOUT_ACTION: keys.NONE},
             checks={"challenger_healthy": CheckOutcome(True, "no challenger tonight", "WARN")},
         )
     history = metrics_store.metric_history(connection, ["rollout.healthy"], night - dt.timedelta(days=1), 400)
@@ -233,9 +234,9 @@ def shadow_night(
     return StepResult(
         tables={"shadow_scores": frame},
         metadata={
-            "night": night.isoformat(),
-            "challenger_version": challenger.version,
-            "stage": challenger.stage or "",
+            keys.SHADOW_NIGHT: night.isoformat(),
+            keys.SHADOW_CHALLENGER: challenger.version,
+            keys.SHADOW_STAGE: challenger.stage or "",
             "canary_percent": percent,
             "canary_rows": int(frame["in_canary"].sum()),
             "error_rate": health.error_rate,
@@ -248,9 +249,9 @@ def shadow_night(
             "realized_auc_champion": realized.champion,
             "realized_auc_drop": health.realized_auc_drop,
             "healthy_nights_in_stage": earlier_healthy + healthy,
-            "rollout_action": decision.action,
-            "rollout_next_stage": decision.next_stage or "",
-            "rollout_reason": decision.reason,
+            keys.SHADOW_ROLLOUT_ACTION: decision.action,
+            keys.SHADOW_ROLLOUT_NEXT_STAGE: decision.next_stage or "",
+            keys.SHADOW_ROLLOUT_REASON: decision.reason,
         },
         checks={
             "challenger_healthy": CheckOutcome(

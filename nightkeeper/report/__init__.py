@@ -11,7 +11,9 @@ Two steps, so the warehouse is held for seconds only (DuckDB lets one process op
 
 One module per job: ``snapshot`` (export and read back), ``attention`` ("what needs attention": the month's alerts
 from ``monitoring.alerts`` and facts the alert rules do not cover), ``views`` (the tables the notebooks draw, derived
-from a snapshot), ``figures`` (charts, tables and the page style the notebooks display), ``execution`` (papermill and
-nbconvert). The notebooks call these, so the logic is testable without a kernel. No Dagster imports: the monthly
+from a snapshot), ``figures`` (charts, tables and the page style the notebooks display), ``monthly_review`` and
+``model_card`` (each report's sections, one function per heading), ``execution`` (papermill and nbconvert). The
+notebooks hold only their parameters, headings and one call per section, so the logic is typed, linted and testable
+without a kernel. No Dagster imports: the monthly
 asset is a thin call into these functions.
 """

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nightkeeper.project_root import require_project_root
 from nightkeeper.report.snapshot import export_month_snapshot, month_bounds
 
 KERNEL_NAME = "python3"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+"""The folder the running ``nightkeeper`` package was imported from (a checkout, or site-packages)."""
 MONTHLY_NOTEBOOK = Path("notebooks/monthly_review.ipynb")
 MODEL_CARD_NOTEBOOK = Path("notebooks/model_card.ipynb")
 EXECUTION_TIMEOUT_SECONDS = 600
@@ -134,13 +136,17 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _notebook_path(notebook: Path) -> Path:
+    """``notebook`` as given (absolute, or relative to the current folder) if it exists, else relative to the project
+    root (where the shipped ``notebooks/`` live)."""
     notebook = Path(notebook)
     if notebook.exists():
         return notebook.resolve()
-    candidate = REPO_ROOT / notebook
-    if not notebook.is_absolute() and candidate.exists():
-        return candidate
-    raise FileNotFoundError(f"notebook {notebook} not found (looked in {Path.cwd()} and {REPO_ROOT})")
+    if notebook.is_absolute():
+        raise FileNotFoundError(f"notebook {notebook} not found")
+    candidate = require_project_root(f"The report notebook {notebook}") / notebook
+    if not candidate.exists():
+        raise FileNotFoundError(f"notebook {notebook} not found (looked in {Path.cwd()} and {candidate.parent})")
+    return candidate
 
 
 def _execute(notebook: Path, output_dir: Path, stem: str, parameters: dict[str, Any], title: str) -> ReportResult:
@@ -178,7 +184,7 @@ def _kernel_imports_this_package() -> Iterator[None]:
     nightkeeper it finds first (an editable install may point at another checkout), and render the report with
     other code than the caller's."""
     before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *([before] if before else [])])
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_PARENT), *([before] if before else [])])
     try:
         yield
     finally:

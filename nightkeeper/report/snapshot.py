@@ -17,7 +17,7 @@ import duckdb
 import polars as pl
 
 from nightkeeper import warehouse
-from nightkeeper.alerts import ALERTS_SCHEMA
+from nightkeeper.alerts import ALERT_COLUMNS
 from nightkeeper.drift import FEATURE_SCHEMA
 from nightkeeper.frames import conform
 from nightkeeper.performance import REALIZED_SCHEMA
@@ -40,22 +40,6 @@ SCORE_BINS = 20
 LABELED_SCORES_LIMIT = 200_000
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
-# The alert columns a report shows, as the alert engine stores them (nightkeeper.alerts owns the table).
-_ALERT_COLUMNS = (
-    "alert_id",
-    "rule",
-    "category",
-    "severity",
-    "metric",
-    "opened_night",
-    "closed_night",
-    "status",
-    "value",
-    "threshold",
-    "comparison",
-    "message",
-    "runbook",
-)
 
 # --------------------------------------------------------------------------------------------- section schemas
 
@@ -141,11 +125,7 @@ SECTION_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "reason": pl.String(),
         "stage": pl.String(),
     },
-    "alerts": {
-        **{name: ALERTS_SCHEMA[name] for name in _ALERT_COLUMNS[:8]},
-        "status_at_month_end": pl.String(),
-        **{name: ALERTS_SCHEMA[name] for name in _ALERT_COLUMNS[8:]},
-    },
+    "alerts": {**ALERT_COLUMNS, "status_at_month_end": pl.String()},  # the columns nightkeeper.alerts stores
     "alert_events": {"alert_id": pl.String(), "night": pl.Date(), "event": pl.String(), "message": pl.String()},
     "candidates": {
         "version": pl.String(),

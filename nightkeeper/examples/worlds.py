@@ -15,7 +15,7 @@ out/
                                         ``label_delay`` batch nights later (D + label_delay × cadence step)
 ```
 
-This is the layout ``nightkeeper.simulator.simulate_to_folders`` writes for the credit example (a ``YYYY-MM-DD``
+This is the layout ``simulator.simulate_to_folders`` writes for the credit example (a ``YYYY-MM-DD``
 folder per night for batches, a ``YYYY-MM-DD`` folder per arrival day for labels), which ``nightkeeper.ingest`` and
 ``nightkeeper.labels`` read. Label folders may lie after the last batch night; a reader takes folders up to its
 current night only.
