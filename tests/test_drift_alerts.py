@@ -78,7 +78,9 @@ def run_drift_night(
     sample: pl.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """One night's drift step and alert step, as the pipeline runs them: measure, record with details, alert."""
-    result = measure_drift(profile, frame, model.predict(feature_matrix(frame, features)), features, sample)
+    result = measure_drift(
+        profile, frame, model.predict(feature_matrix(frame, features)), features, sample, id_column="application_id"
+    )
     record_metrics(conn, when, result.metrics(), "v1", details=result.details())
     return alerts.run_alerts(conn, rules, when)
 
