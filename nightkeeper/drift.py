@@ -3,7 +3,9 @@
 ``measure_drift(profile, current, current_scores, features, reference_sample=None)`` returns a ``DriftResult``: a
 table with one row per feature, the prediction (score and confidence) drift, the share of drifted features and,
 when a reference sample is given, a multivariate score (the AUC of a classifier telling reference rows from
-tonight's). It reads nothing but its arguments and never raises on an empty night.
+tonight's). It reads nothing but its arguments and never raises on an empty night. Every statistic is computed from
+the night's mergeable summary (``nightkeeper.summaries``: ``drift_of_summary``), so a night run in shards gives the
+same result from its shards' merged summaries; ``measure_drift`` is the one-shard case.
 
 Per feature (missing values are never binned; see ``nightkeeper.profile`` for the bins, PSI and JS definitions):
 

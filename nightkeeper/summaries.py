@@ -15,6 +15,10 @@ night is the one-shard case of the same code.
 * The domain sample: the ``domain_rows`` rows with the smallest stable entity hash (``sharding.entity_hash``),
   ordered by it. The smallest k of a union are the smallest k of the parts' smallest k, so it merges exactly, and it
   is a uniform random sample of the night whatever the shards (the multivariate drift check trains on it).
+
+A shard stores its summary as two tables: ``drift_summary_table`` (every count, DRIFT_COUNTS_SCHEMA) and the domain
+sample; ``drift_summary_of`` reads them back. The performance counts (``nightkeeper.performance.realized_counts``,
+``estimated_counts``, ``merge_counts``) are tables already.
 """
 
 from __future__ import annotations
@@ -26,10 +30,22 @@ import numpy as np
 import polars as pl
 
 from nightkeeper.encoding import FeatureCard
+from nightkeeper.frames import conform
 from nightkeeper.profile import category_counts, sorted_numeric_values
 from nightkeeper.sharding import ENTITY_COLUMN, entity_hash
 
 HASH_COLUMN = "entity_hash"
+# A DriftSummary as a table (``drift_summary_table``), one row per count: ``part`` says what is counted. "rows",
+# "domain_rows" and "scored" (1 or 0) hold the summary's scalars in ``count``; "number" rows a feature's value and
+# its count, "category" rows a feature's level index (the last is "other") and its count, "score" rows a score and
+# its count.
+DRIFT_COUNTS_SCHEMA: dict[str, pl.DataType] = {
+    "part": pl.String(),
+    "feature": pl.String(),
+    "level": pl.Int32(),
+    "value": pl.Float64(),
+    "count": pl.Int64(),
+}
 
 
 @dataclass(frozen=True)
@@ -148,6 +164,67 @@ def merge_drift_summaries(parts: Sequence[DriftSummary]) -> DriftSummary:
         scores=None if first.scores is None else ValueCounts.merge([p.scores for p in parts if p.scores is not None]),
         domain_rows=first.domain_rows,
         domain_sample=_first_by_hash(samples, first.domain_rows),
+    )
+
+
+def drift_summary_table(summary: DriftSummary) -> pl.DataFrame:
+    """``summary``'s counts as one table (DRIFT_COUNTS_SCHEMA), for a shard to store; its domain sample is a table
+    already. ``drift_summary_of`` reads them back."""
+    scalars = [
+        ("rows", summary.rows),
+        ("domain_rows", summary.domain_rows),
+        ("scored", int(summary.scores is not None)),
+    ]
+    parts = [
+        pl.DataFrame(
+            {"part": [p for p, _ in scalars], "count": [c for _, c in scalars]},
+            schema={"part": pl.String(), "count": pl.Int64()},
+        ),
+        *(
+            pl.DataFrame({"part": "number", "feature": name, "value": c.values, "count": c.counts})
+            for name, c in summary.numbers.items()
+        ),
+        *(
+            pl.DataFrame({"part": "category", "feature": name, "level": np.arange(len(c), dtype=np.int32), "count": c})
+            for name, c in summary.categories.items()
+        ),
+    ]
+    if summary.scores is not None:
+        parts.append(pl.DataFrame({"part": "score", "value": summary.scores.values, "count": summary.scores.counts}))
+    return conform(
+        pl.concat([pl.DataFrame(schema=DRIFT_COUNTS_SCHEMA), *parts], how="diagonal_relaxed"), DRIFT_COUNTS_SCHEMA
+    )
+
+
+def drift_summary_of(counts: pl.DataFrame, domain_sample: pl.DataFrame, features: list[FeatureCard]) -> DriftSummary:
+    """The DriftSummary stored as ``drift_summary_table`` (``counts``) and its ``domain_sample``, for ``features``
+    (the features it was made for: a feature without counts had no value). Raises ValueError when ``counts`` lacks
+    its scalars."""
+    scalars = dict(
+        counts.filter(pl.col("part").is_in(["rows", "domain_rows", "scored"])).select("part", "count").iter_rows()
+    )
+    if scalars.keys() != {"rows", "domain_rows", "scored"}:
+        raise ValueError(f"drift counts must hold the rows, domain_rows and scored parts, found {sorted(scalars)}")
+
+    def value_counts(part: pl.DataFrame) -> ValueCounts:
+        ordered = part.sort("value")
+        return ValueCounts(ordered["value"].to_numpy(), ordered["count"].to_numpy())
+
+    numbers = counts.filter(pl.col("part") == "number")
+    categories = counts.filter(pl.col("part") == "category")
+    category_sizes = {f.name: len(f.categories or []) + 1 for f in features if f.dtype == "category"}
+    by_level = {name: np.zeros(size, dtype=np.int64) for name, size in category_sizes.items()}
+    for name, level, count in categories.select("feature", "level", "count").iter_rows():
+        by_level[name][level] = count
+    return DriftSummary(
+        rows=int(scalars["rows"]),
+        numbers={
+            f.name: value_counts(numbers.filter(pl.col("feature") == f.name)) for f in features if f.dtype != "category"
+        },
+        categories=by_level,
+        scores=value_counts(counts.filter(pl.col("part") == "score")) if scalars["scored"] else None,
+        domain_rows=int(scalars["domain_rows"]),
+        domain_sample=domain_sample,
     )
 
 

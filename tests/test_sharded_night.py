@@ -36,7 +36,14 @@ from nightkeeper.performance import (
 from nightkeeper.scoring import score_batch
 from nightkeeper.sharding import split_by_shard
 from nightkeeper.simulator import ENTITY_ID, TARGET, Scenario, simulate_night
-from nightkeeper.summaries import DriftSummary, merge_drift_summaries, summarise_drift
+from nightkeeper.summaries import (
+    DRIFT_COUNTS_SCHEMA,
+    DriftSummary,
+    drift_summary_of,
+    drift_summary_table,
+    merge_drift_summaries,
+    summarise_drift,
+)
 from nightkeeper.training import TrainedModel
 from nightkeeper.validation import validate
 
@@ -217,3 +224,32 @@ def test_realized_auc_from_counts_equals_scikit_learns_with_ties() -> None:
     labels = (rng.random(5_000) < scores).astype(np.int8)
 
     assert auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=TOLERANCE)
+
+
+def test_a_drift_summary_stored_as_a_table_reads_back_the_same(
+    nights: list[tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]], core_trained: TrainedModel
+) -> None:
+    card = core_trained.card
+    summary = drift_summary(nights[1][0], core_trained)
+
+    table = drift_summary_table(summary)
+    stored = drift_summary_of(table, summary.domain_sample, card.features)
+
+    assert dict(table.schema) == DRIFT_COUNTS_SCHEMA
+    drift_metrics_equal(
+        drift_of_summary(card.profile, stored, card.features, core_trained.reference_sample),
+        drift_of_summary(card.profile, summary, card.features, core_trained.reference_sample),
+    )
+    assert drift_summary_table(stored).equals(table)
+
+
+def test_an_unscored_empty_shards_summary_reads_back_unscored_and_empty(core_trained: TrainedModel) -> None:
+    features = core_trained.card.features
+    empty = pl.DataFrame(schema={"entity_id": pl.String, **{f.name: pl.Float64 for f in features}})
+    empty = empty.with_columns(pl.col(f.name).cast(pl.String) for f in features if f.dtype == "category")
+    summary = summarise_drift(empty, None, features, 10_000)
+
+    stored = drift_summary_of(drift_summary_table(summary), summary.domain_sample, features)
+
+    assert stored.rows == 0 and stored.scores is None and stored.domain_rows == 10_000
+    assert all(c.total == 0 for c in stored.numbers.values()) and all(c.sum() == 0 for c in stored.categories.values())
