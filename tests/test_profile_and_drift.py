@@ -300,9 +300,7 @@ def test_plot_writes_a_png(
 def test_an_empty_night_gives_nan_statistics_and_no_drift(
     profile: ReferenceProfile, night: pl.DataFrame, features: list[FeatureCard], sample: pl.DataFrame
 ) -> None:
-    result = measure_drift(
-        profile, night.head(0), np.array([]), features, reference_sample=sample, id_column=ID_COLUMN
-    )
+    result = measure_drift(profile, night.head(0), np.array([]), features, reference_sample=sample, id_column=ID_COLUMN)
     assert result.rows == 0 and result.multivariate_auc is None
     assert result.features.height == len(features) and result.features.schema == pl.Schema(FEATURE_SCHEMA)
     assert result.drifted_features() == [] and math.isnan(result.drifted_share)
