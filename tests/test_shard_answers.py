@@ -20,6 +20,7 @@ from nightkeeper import registry
 from nightkeeper.artifacts import save_artifact
 from nightkeeper.config import ProjectConfig, parse_config
 from nightkeeper.ingest import read_raw_batch
+from nightkeeper.pipeline.monitoring import drift_night, drift_shards_night, drift_summary_of_shard
 from nightkeeper.pipeline.nightly import answer_night, score_night, shadow_night, validate_night
 from nightkeeper.pipeline.shard import ShardAnswers, answer_shard
 from nightkeeper.sharding import shard_of
@@ -38,6 +39,7 @@ TIMING = ["latency_ms"]  # measured per chunk: the one column that differs betwe
 def config(tmp_path_factory: pytest.TempPathFactory, core_config: ProjectConfig) -> ProjectConfig:
     raw = core_config.model_dump(mode="json")
     raw["scale"] = {"shards": SHARDS}
+    raw["monitoring"]["drift"]["evidently_report"] = False
     return parse_config(raw, root=tmp_path_factory.mktemp("shard_answers"))
 
 
@@ -103,3 +105,19 @@ def test_the_night_has_every_kind_of_answer_and_each_shard_holds_only_its_ids(
     for shard, answers in enumerate(shards):
         ids = answers.outcomes["entity_id"].drop_nulls()
         assert ids.len() > 0 and (shard_of(ids, SHARDS) == shard).all()
+
+
+def test_the_drift_step_on_the_shards_summaries_equals_the_whole_nights(
+    config: ProjectConfig,
+    warehouse: duckdb.DuckDBPyConnection,
+    shards: list[ShardAnswers],
+    whole: dict[str, Any],
+) -> None:
+    night = drift_night(config, warehouse, NIGHT, whole["validated_batch"], whole["scored_batch"], plots=False)
+
+    summaries = [drift_summary_of_shard(config, warehouse, NIGHT, s.validated_batch, s.scored_batch) for s in shards]
+    sharded = drift_shards_night(config, warehouse, NIGHT, [s for s in summaries if s], plots=False)
+
+    assert_frame_equal(sharded.tables["drift_metrics"], night.tables["drift_metrics"], abs_tol=1e-12, rel_tol=0)
+    assert sharded.metadata["multivariate_auc"] == night.metadata["multivariate_auc"] is not None
+    assert {k: c.passed for k, c in sharded.checks.items()} == {k: c.passed for k, c in night.checks.items()}
