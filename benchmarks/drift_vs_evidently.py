@@ -126,7 +126,15 @@ def main() -> None:
     for run in range(args.runs):
         result, seconds, memory = peak_rise(
             partial(
-                measure_drift, profile, tonight, tonight_scores, features, sample, config.domain_classifier_rows, run
+                measure_drift,
+                profile,
+                tonight,
+                tonight_scores,
+                features,
+                sample,
+                config.domain_classifier_rows,
+                run,
+                id_column="application_id",
             )
         )
         ours_seconds.append(seconds)

@@ -404,6 +404,22 @@ class StorageConfig(_Strict):
     )
 
 
+class ScaleConfig(_Strict):
+    """How a night is split to run on several processes or machines at once.
+
+    ``shards``: the number of parts a night is split into by a stable hash of the entity id (the contract's
+    ``entity_id`` column; ``nightkeeper.sharding.shard_of`` says which hash). Every row of an id lands in the same
+    shard on every night, machine and Python version; 1 (the default) runs the night whole.
+    """
+
+    shards: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Parts a night is split into by a stable hash of the entity id (1 = the night runs whole).",
+    )
+
+
 class ScheduleConfig(_Strict):
     """The nightly calendar: the first night there is data for, and when each night's batch runs."""
 
@@ -781,6 +797,7 @@ class ProjectConfig(_Strict):
     monitoring: MonitoringConfig = MonitoringConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     review: ReviewConfig = ReviewConfig()
+    scale: ScaleConfig = ScaleConfig()
     _root: Path = PrivateAttr(default=Path("."))
     _defaulted: tuple[str, ...] = PrivateAttr(default=())
 

@@ -3,7 +3,9 @@
 ``measure_drift(profile, current, current_scores, features, reference_sample=None)`` returns a ``DriftResult``: a
 table with one row per feature, the prediction (score and confidence) drift, the share of drifted features and,
 when a reference sample is given, a multivariate score (the AUC of a classifier telling reference rows from
-tonight's). It reads nothing but its arguments and never raises on an empty night.
+tonight's). It reads nothing but its arguments and never raises on an empty night. Every statistic is computed from
+the night's mergeable summary (``nightkeeper.summaries``: ``drift_of_summary``), so a night run in shards gives the
+same result from its shards' merged summaries; ``measure_drift`` is the one-shard case.
 
 Per feature (missing values are never binned; see ``nightkeeper.profile`` for the bins, PSI and JS definitions):
 
@@ -60,16 +62,16 @@ from nightkeeper.profile import (
     NumericProfile,
     ReferenceProfile,
     bin_counts,
-    category_counts,
     confidence_of,
     domain_auc,
     domain_chance_std,
     population_stability_index,
     reference_quantile,
-    sorted_numeric_values,
     with_threshold_overrides,
 )
 from nightkeeper.serving import serving_model
+from nightkeeper.sharding import ENTITY_COLUMN
+from nightkeeper.summaries import HASH_COLUMN, DriftSummary, ValueCounts, summarise_drift
 
 FEATURE_SCHEMA: dict[str, pl.DataType] = {
     "feature": pl.String(),
@@ -368,37 +370,59 @@ def measure_drift(
     domain_rows: int = 10_000,
     seed: int = 0,
     domain_floor: float = 0.6,
+    id_column: str = ENTITY_COLUMN,
 ) -> DriftResult:
     """Compare tonight's rows (``current``, typed as the validated frame) and their scores (one per row, NaN =
-    unscored; None = not scored tonight) with ``profile``. See the module docstring for every statistic.
+    unscored; None = not scored tonight) with ``profile``: ``drift_of_summary`` of the night's
+    ``summaries.summarise_drift``, the one-shard case of a sharded night. See the module docstring for every
+    statistic.
 
-    The multivariate check (``nightkeeper.profile.domain_auc``) tells up to ``domain_rows`` random rows of
-    ``reference_sample`` from as many of ``current`` and reports the out-of-fold AUC; the night counts as a
-    population shift above ``domain_auc_limit`` (from the profile's fitted ``domain_auc``, at least
-    ``domain_floor``). Raises ValueError when a feature is absent from the profile or from
-    ``current``, its kind or levels differ from the profile's, or the scores are not one per row.
+    The multivariate check (``nightkeeper.profile.domain_auc``) tells up to ``domain_rows`` rows of
+    ``reference_sample`` from as many of ``current`` (those with the smallest stable hash of ``id_column``, a
+    uniform sample that shards merge exactly) and reports the out-of-fold AUC; the night counts as a population
+    shift above ``domain_auc_limit`` (from the profile's fitted ``domain_auc``, at least ``domain_floor``). Raises
+    ValueError when a feature is absent from the profile or from ``current``, its kind or levels differ from the
+    profile's, the scores are not one per row, or a reference sample is given and ``current`` lacks ``id_column``.
     """
-    _check(profile, current, current_scores, features)
-    rows = current.height
+    _check(profile, features)
+    summary = summarise_drift(
+        current, current_scores, features, domain_rows if reference_sample is not None else 0, id_column
+    )
+    return drift_of_summary(profile, summary, features, reference_sample, seed, domain_floor)
+
+
+def drift_of_summary(
+    profile: ReferenceProfile,
+    summary: DriftSummary,
+    features: list[FeatureCard],
+    reference_sample: pl.DataFrame | None = None,
+    seed: int = 0,
+    domain_floor: float = 0.6,
+) -> DriftResult:
+    """The night's drift against ``profile`` from its ``summary`` (``summaries.summarise_drift`` of the whole night,
+    or ``summaries.merge_drift_summaries`` of its shards': the same summary, so the same result). The multivariate
+    check runs on the summary's domain sample when ``reference_sample`` is given. Raises ValueError as
+    ``measure_drift`` does for the profile and features."""
+    _check(profile, features)
+    rows = summary.rows
     numeric = [f for f in features if f.dtype != "category"]
     categories = [f for f in features if f.dtype == "category"]
-    sorted_values = sorted_numeric_values(current, [f.name for f in numeric])
-    counts = category_counts(current, categories)
 
     records: dict[str, dict[str, Any]] = {}
     means: dict[str, tuple[float, float]] = {}
     for feature in numeric:
         reference = profile.features[feature.name]
         assert isinstance(reference, NumericProfile)
-        values = sorted_values[feature.name]
+        values = summary.numbers[feature.name].expanded()
         records[feature.name] = _numeric_drift(reference, values, rows)
         means[feature.name] = (_float(reference.mean), float(values.mean()) if len(values) else _NAN)
     level_frames = [pl.DataFrame(schema=LEVEL_SCHEMA)]
     for feature in categories:
         reference = profile.features[feature.name]
         assert isinstance(reference, CategoryProfile)
-        records[feature.name] = _category_drift(reference, counts[feature.name], rows)
-        level_frames.append(_level_shares(feature.name, reference, counts[feature.name]))
+        counts = summary.categories[feature.name]
+        records[feature.name] = _category_drift(reference, counts, rows)
+        level_frames.append(_level_shares(feature.name, reference, counts))
 
     table_rows = []
     for feature in features:
@@ -417,13 +441,17 @@ def measure_drift(
         )
     table = pl.DataFrame(table_rows, schema=FEATURE_SCHEMA) if table_rows else pl.DataFrame(schema=FEATURE_SCHEMA)
     drifted_share = number(table["drifted"].mean()) if rows and table.height else _NAN
-    auc = domain_auc(reference_sample, current, features, domain_rows, seed) if reference_sample is not None else None
-    limit = None
-    if auc is not None and reference_sample is not None:  # judged at the rows per side the classifier had
-        limit = domain_auc_limit(profile.domain_auc, min(domain_rows, reference_sample.height, rows), domain_floor)
+    auc, limit = None, None
+    if reference_sample is not None:  # judged at the rows per side the classifier had
+        tonight = summary.domain_sample.drop(ENTITY_COLUMN, HASH_COLUMN)
+        auc = domain_auc(reference_sample, tonight, features, summary.domain_rows, seed)
+        if auc is not None:
+            limit = domain_auc_limit(
+                profile.domain_auc, min(summary.domain_rows, reference_sample.height, rows), domain_floor
+            )
     return DriftResult(
         features=table,
-        prediction=_prediction_drift(profile, current_scores),
+        prediction=_prediction_drift(profile, summary.scores),
         drifted_share=drifted_share,
         multivariate_auc=auc,
         domain_limit=limit,
@@ -542,15 +570,14 @@ def _missing(reference: float, current: float) -> dict[str, float]:
     }
 
 
-def _prediction_drift(profile: ReferenceProfile, scores: np.ndarray | None) -> dict[str, float]:
+def _prediction_drift(profile: ReferenceProfile, scores: ValueCounts | None) -> dict[str, float]:
     out: dict[str, float] = {
         "score_threshold": profile.score_threshold.psi,
         "confidence_threshold": profile.confidence_threshold.psi,
         "score_mean_reference": _float(profile.score.mean),
         "positive_rate_reference": _float(profile.positive_rate),
     }
-    scores = np.asarray(scores if scores is not None else [], dtype=np.float64)
-    scored = np.sort(scores[np.isfinite(scores)])
+    scored = scores.expanded() if scores is not None else np.array([], dtype=np.float64)
     confidences = np.sort(confidence_of(scored, profile.decision_threshold))
     for name, values, reference, threshold in (
         ("score", scored, profile.score, profile.score_threshold),
@@ -571,17 +598,13 @@ def _drifted(psi: float, threshold: float) -> float:
     return float(math.isfinite(psi) and psi > threshold)
 
 
-def _check(
-    profile: ReferenceProfile, current: pl.DataFrame, scores: np.ndarray | None, features: list[FeatureCard]
-) -> None:
+def _check(profile: ReferenceProfile, features: list[FeatureCard]) -> None:
     for feature in features:
         reference = profile.features.get(feature.name)
         if reference is None:
             raise ValueError(
                 f"feature {feature.name!r} is not in the reference profile; it has {profile.feature_names}"
             )
-        if feature.name not in current.columns:
-            raise ValueError(f"tonight's frame lacks feature column {feature.name!r}; it has {current.columns}")
         if (feature.dtype == "category") != isinstance(reference, CategoryProfile):
             raise ValueError(
                 f"feature {feature.name!r} is {feature.dtype} but the profile holds a {reference.kind} profile"
@@ -591,8 +614,6 @@ def _check(
                 f"feature {feature.name!r} has levels {feature.categories} but the profile was fitted on "
                 f"{reference.levels}"
             )
-    if scores is not None and np.shape(scores) != (current.height,):
-        raise ValueError(f"current_scores must be one per row ({current.height}), got shape {np.shape(scores)}")
 
 
 def _float(value: float | None) -> float:

@@ -32,13 +32,13 @@ import duckdb
 import numpy as np
 import polars as pl
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import roc_auc_score
 
 from nightkeeper import registry
 from nightkeeper.config import BusinessValue, DecisionConfig, PerformanceConfig
 from nightkeeper.frames import conform
 from nightkeeper.labels import LABELS_TABLE
 from nightkeeper.schema import PERFORMANCE_LABEL_STATE as LABEL_STATE_TABLE
+from nightkeeper.summaries import ValueCounts
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, table_exists
 
 DEFAULT_SOURCES: tuple[str, ...] = ("model", "canary")
@@ -88,6 +88,14 @@ ESTIMATED_SCHEMA: dict[str, pl.DataType] = {
     "positive_rate": pl.Float64(),
     "business_value": pl.Float64(),
     "business_value_per_row": pl.Float64(),
+}
+REALIZED_COUNTS_SCHEMA: dict[str, pl.DataType] = {
+    **{k: SCORED_LABELS_SCHEMA[k] for k in (*GROUP_KEY, "score", "label")},
+    "count": pl.Int64(),
+}
+ESTIMATED_COUNTS_SCHEMA: dict[str, pl.DataType] = {
+    **{k: SCORED_LABELS_SCHEMA[k] for k in (*GROUP_KEY, "score")},
+    "count": pl.Int64(),
 }
 CALIBRATION_BINS_SCHEMA: dict[str, pl.DataType] = {
     "bin": pl.Int64(),
@@ -145,26 +153,47 @@ def realized_performance(
     null too when the labels hold one class only, precision when no row was decided positive, recall when no label
     is 1. AUC is ``auc``'s. Pure: recomputable at any time.
     """
-    scored = scored_with_labels(outcomes, labels, sources)
-    counts = scored.group_by(GROUP_KEY).agg(pl.len().cast(pl.Int64).alias("rows"))
+    return realized_from_counts(
+        realized_counts(scored_with_labels(outcomes, labels, sources)), decision, value, min_labeled_rows, thresholds
+    )
+
+
+def realized_from_counts(
+    counts: pl.DataFrame,
+    decision: DecisionConfig,
+    value: BusinessValue,
+    min_labeled_rows: int,
+    thresholds: Mapping[str, float] | None = None,
+) -> pl.DataFrame:
+    """``realized_performance`` from ``realized_counts`` of the scored rows (or ``merge_counts`` of the shards'
+    counts: the same table, so the same metrics). Brier is the count-weighted mean squared error, AUC
+    ``auc_from_counts`` per group."""
+    n_rows = pl.col("count")
+    rows = counts.group_by(GROUP_KEY).agg(n_rows.sum().cast(pl.Int64).alias("rows"))
     predicted = pl.col("score") >= _threshold_of_version(decision, thresholds)
     actual = pl.col("label") == 1
-    labeled = scored.filter(pl.col("label").is_not_null())
+    labeled = counts.filter(pl.col("label").is_not_null())
+    by_score = (
+        labeled.group_by(*GROUP_KEY, "score")
+        .agg(n_rows.filter(actual).sum().alias("positives"), n_rows.filter(~actual).sum().alias("negatives"))
+        .sort(*GROUP_KEY, "score")
+    )
     aucs = pl.DataFrame(
         [
-            (*key, auc(group["label"].to_numpy(), group["score"].to_numpy()))
-            for key, group in labeled.group_by(GROUP_KEY, maintain_order=True)
+            (*key, auc_from_counts(group["positives"].to_numpy(), group["negatives"].to_numpy()))
+            for key, group in by_score.group_by(GROUP_KEY, maintain_order=True)
         ],
         schema={**{k: SCORED_LABELS_SCHEMA[k] for k in GROUP_KEY}, "_auc": pl.Float64()},
         orient="row",
     )
+    squared_error = (pl.col("score") - pl.col("label").cast(pl.Float64)) ** 2
     stats = labeled.group_by(GROUP_KEY).agg(
-        pl.len().cast(pl.Int64).alias("labeled_rows"),
-        (predicted & actual).sum().cast(pl.Int64).alias("true_positives"),
-        (predicted & ~actual).sum().cast(pl.Int64).alias("false_positives"),
-        (~predicted & ~actual).sum().cast(pl.Int64).alias("true_negatives"),
-        (~predicted & actual).sum().cast(pl.Int64).alias("false_negatives"),
-        ((pl.col("score") - pl.col("label")) ** 2).mean().alias("_brier"),
+        n_rows.sum().cast(pl.Int64).alias("labeled_rows"),
+        n_rows.filter(predicted & actual).sum().cast(pl.Int64).alias("true_positives"),
+        n_rows.filter(predicted & ~actual).sum().cast(pl.Int64).alias("false_positives"),
+        n_rows.filter(~predicted & ~actual).sum().cast(pl.Int64).alias("true_negatives"),
+        n_rows.filter(~predicted & actual).sum().cast(pl.Int64).alias("false_negatives"),
+        ((squared_error * n_rows).sum() / n_rows.sum()).alias("_brier"),
     )
     tp, fp, tn, fn = (
         pl.col(c).cast(pl.Float64) for c in ("true_positives", "false_positives", "true_negatives", "false_negatives")
@@ -177,7 +206,7 @@ def realized_performance(
         return pl.when(enough & defined).then(expression).otherwise(None)
 
     table = (
-        counts.join(stats, on=GROUP_KEY, how="left")
+        rows.join(stats, on=GROUP_KEY, how="left")
         .join(aucs, on=GROUP_KEY, how="left")
         .with_columns(
             pl.col(c).fill_null(0)
@@ -199,11 +228,31 @@ def realized_performance(
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """The realized ROC AUC of ``scores`` against 0/1 ``labels`` (scikit-learn's, ties count half); None when the
-    labels hold fewer than two classes (no rows, or one class only), where AUC is undefined."""
+    """The realized ROC AUC of ``scores`` against 0/1 ``labels`` (ties count half, as scikit-learn's): the
+    ``auc_from_counts`` of the positives and negatives at each distinct score; None when the labels hold fewer than
+    two classes (no rows, or one class only), where AUC is undefined."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if labels.size == 0 or labels.min() == labels.max():
         return None
-    return float(roc_auc_score(labels, scores))
+    distinct, index = np.unique(scores, return_inverse=True)
+    positive = labels == 1
+    return auc_from_counts(
+        np.bincount(index[positive], minlength=len(distinct)), np.bincount(index[~positive], minlength=len(distinct))
+    )
+
+
+def auc_from_counts(positives: np.ndarray, negatives: np.ndarray) -> float | None:
+    """ROC AUC from the count of positive and of negative rows at each distinct score, scores ascending: the
+    Mann-Whitney statistic, sum over scores of positives x (negatives below + half the negatives tied) / (P x N).
+    Every sum is of integers (exact below 2**53 rows squared), so the figure is the same however the counts were
+    gathered. None when either class has no row."""
+    positives = np.asarray(positives, dtype=np.float64)
+    negatives = np.asarray(negatives, dtype=np.float64)
+    total_positives, total_negatives = positives.sum(), negatives.sum()
+    if total_positives == 0 or total_negatives == 0:
+        return None
+    below = np.cumsum(negatives) - negatives
+    return float(np.sum(positives * (2 * below + negatives)) / (2 * total_positives * total_negatives))
 
 
 def card_thresholds(connection: duckdb.DuckDBPyConnection, versions: Iterable[str | None]) -> dict[str, float]:
@@ -239,12 +288,17 @@ def estimate_performance(scores: np.ndarray, threshold: float, value: BusinessVa
     positive decision, all p = 0 or all p = 1).
     Valid only if the scores are calibrated and there is no concept drift (see the module docstring).
     """
-    p = np.asarray(scores, dtype=np.float64)
-    p = p[~np.isnan(p)]
-    n = p.size
+    return estimate_from_counts(ValueCounts.of(scores), threshold, value)
+
+
+def estimate_from_counts(scores: ValueCounts, threshold: float, value: BusinessValue) -> dict[str, float | None]:
+    """``estimate_performance`` from the counts of each distinct score (``summaries.ValueCounts``): every sum over
+    rows is a sum over distinct scores weighted by their counts, so shards' merged counts give the night's figures."""
+    p, weight = scores.values, scores.counts.astype(np.float64)
+    n = scores.total
     positive = p >= threshold
-    tp, fp = float(p[positive].sum()), float((1 - p[positive]).sum())
-    fn, tn = float(p[~positive].sum()), float((1 - p[~positive]).sum())
+    tp, fp = float((weight * p)[positive].sum()), float((weight * (1 - p))[positive].sum())
+    fn, tn = float((weight * p)[~positive].sum()), float((weight * (1 - p))[~positive].sum())
     money = value.money(tp, fp, tn, fn)
     return {
         "rows": float(n),
@@ -255,26 +309,25 @@ def estimate_performance(scores: np.ndarray, threshold: float, value: BusinessVa
         "precision": tp / (tp + fp) if tp + fp > 0 else None,
         "recall": tp / (tp + fn) if tp + fn > 0 else None,
         "accuracy": (tp + tn) / n if n else None,
-        "brier": float(np.mean(p * (1 - p))) if n else None,
-        "positive_rate": float(p.mean()) if n else None,
+        "brier": float(np.sum(weight * p * (1 - p)) / n) if n else None,
+        "positive_rate": float(np.sum(weight * p) / n) if n else None,
         "business_value": money if n else None,
         "business_value_per_row": money / n if n else None,
-        "auc": _expected_auc(p),
+        "auc": _expected_auc(scores),
     }
 
 
-def _expected_auc(p: np.ndarray) -> float | None:
+def _expected_auc(scores: ValueCounts) -> float | None:
     """NannyML's CBPE ROC AUC: integrate expected TPR over expected FPR, one threshold per distinct score."""
-    if p.size == 0:
+    if scores.total == 0:
         return None
-    ordered = np.sort(p)[::-1]
-    true_positives = np.cumsum(ordered)
-    false_positives = np.cumsum(1 - ordered)
+    p, weight = scores.values[::-1], scores.counts[::-1].astype(np.float64)  # from the highest score down
+    true_positives = np.cumsum(weight * p)
+    false_positives = np.cumsum(weight * (1 - p))
     if true_positives[-1] <= 0 or false_positives[-1] <= 0:
         return None
-    last_of_score = np.r_[ordered[1:] != ordered[:-1], True]  # ties move together: one point per distinct score
-    tpr = np.r_[0.0, true_positives[last_of_score]] / true_positives[-1]
-    fpr = np.r_[0.0, false_positives[last_of_score]] / false_positives[-1]
+    tpr = np.r_[0.0, true_positives] / true_positives[-1]
+    fpr = np.r_[0.0, false_positives] / false_positives[-1]
     return float(np.trapezoid(tpr, fpr))
 
 
@@ -288,15 +341,61 @@ def estimated_performance(
     """``estimate_performance`` per (partition_date, source, model_version) over every scored row of ``sources``,
     labeled or not (ESTIMATED_SCHEMA), each version at its threshold in ``thresholds`` (``decision.threshold`` for
     one not listed). Needs only outcome columns partition_date, source, model_version, score."""
-    scored = outcomes.filter(pl.col("source").is_in(list(sources)) & pl.col("score").is_not_null())
+    return estimated_from_counts(estimated_counts(outcomes, sources), decision, value, thresholds)
+
+
+def estimated_from_counts(
+    counts: pl.DataFrame,
+    decision: DecisionConfig,
+    value: BusinessValue,
+    thresholds: Mapping[str, float] | None = None,
+) -> pl.DataFrame:
+    """``estimated_performance`` from ``estimated_counts`` (or ``merge_counts`` of the shards' counts)."""
     rows = []
-    for key, group in scored.group_by(GROUP_KEY):
-        threshold = (thresholds or {}).get(dict(zip(GROUP_KEY, key, strict=True))["model_version"], decision.threshold)
-        estimate = estimate_performance(group["score"].to_numpy(), threshold, value)
+    for key, group in counts.sort(*GROUP_KEY, "score").group_by(GROUP_KEY, maintain_order=True):
+        named = dict(zip(GROUP_KEY, key, strict=True))
+        threshold = (thresholds or {}).get(named["model_version"], decision.threshold)
+        scores = ValueCounts.merge([ValueCounts(group["score"].to_numpy(), group["count"].to_numpy())])
+        estimate = estimate_from_counts(scores, threshold, value)
         metrics = {name: estimate[name] for name in ESTIMATED_SCHEMA if name not in (*GROUP_KEY, "rows")}
-        rows.append({**dict(zip(GROUP_KEY, key, strict=True)), "rows": group.height, **metrics})
+        rows.append({**named, "rows": scores.total, **metrics})
     frame = pl.DataFrame(rows, schema=ESTIMATED_SCHEMA) if rows else pl.DataFrame(schema=ESTIMATED_SCHEMA)
     return frame.sort(GROUP_KEY)
+
+
+# ----------------------------------------------------------------------------------------------- mergeable counts
+
+
+def realized_counts(scored_labels: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``scored_with_labels`` counted per (partition_date, source, model_version, score, label)
+    (REALIZED_COUNTS_SCHEMA, label null = not arrived): all ``realized_from_counts`` needs. A night split into shards
+    by entity id (``nightkeeper.sharding``) keeps each id, its repeats and its label in one shard, so the shards'
+    counts merge (``merge_counts``) into the night's."""
+    return _counted(scored_labels, REALIZED_COUNTS_SCHEMA)
+
+
+def estimated_counts(outcomes: pl.DataFrame, sources: Sequence[str] = DEFAULT_SOURCES) -> pl.DataFrame:
+    """The scored outcome rows of ``sources`` counted per (partition_date, source, model_version, score)
+    (ESTIMATED_COUNTS_SCHEMA): all ``estimated_from_counts`` needs."""
+    scored = outcomes.filter(pl.col("source").is_in(list(sources)) & pl.col("score").is_not_null())
+    return _counted(scored, ESTIMATED_COUNTS_SCHEMA)
+
+
+def merge_counts(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """The counts of the union of the parts' rows (``realized_counts`` or ``estimated_counts`` of each shard):
+    equal keys add their counts, in the same canonical order as the counts of the whole."""
+    if not parts:
+        raise ValueError("merge_counts needs at least one table of counts")
+    frame = pl.concat(parts)
+    keys = [c for c in frame.columns if c != "count"]
+    merged = frame.group_by(keys).agg(pl.col("count").sum())
+    return conform(merged, dict(frame.schema)).sort(keys, nulls_last=True)
+
+
+def _counted(rows: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    keys = [c for c in schema if c != "count"]
+    counted = rows.group_by(keys).agg(pl.len().alias("count"))
+    return conform(counted, schema).sort(keys, nulls_last=True)
 
 
 # -------------------------------------------------------------------------------------------------- calibration
@@ -431,7 +530,7 @@ def estimate_trust(
     if labeled.height >= settings.min_labeled_rows and labeled["label"].n_unique() == 2:
         scores, truth = labeled["score"].to_numpy(), labeled["label"].to_numpy()
         estimated = estimate_performance(scores, 0.5, BusinessValue())
-        auc_gap = float(estimated["auc"] or 0.0) - float(roc_auc_score(truth, scores))
+        auc_gap = float(estimated["auc"] or 0.0) - float(auc(truth, scores) or 0.0)  # two classes: defined
         rate_gap = float(scores.mean() - truth.mean())
         problems = []
         if abs(auc_gap) + margin > settings.max_estimate_auc_gap:
@@ -494,7 +593,7 @@ def pooled_realized_auc(
     if window.height < min_labeled_rows or window["label"].n_unique() < 2:
         return None
     return {
-        "auc": float(roc_auc_score(window["label"].to_numpy(), window["score"].to_numpy())),
+        "auc": float(auc(window["label"].to_numpy(), window["score"].to_numpy()) or 0.0),  # two classes: defined
         "labeled_rows": float(window.height),
         "positives": float(window["label"].sum()),
         "nights": float(recent_nights.len()),

@@ -77,9 +77,12 @@ def run_drift_night(
     when: dt.date,
     frame: pl.DataFrame,
     sample: pl.DataFrame | None = None,
+    id_column: str = "application_id",
 ) -> list[dict[str, Any]]:
     """One night's drift step and alert step, as the pipeline runs them: measure, record with details, alert."""
-    result = measure_drift(profile, frame, model.predict(feature_matrix(frame, features)), features, sample)
+    result = measure_drift(
+        profile, frame, model.predict(feature_matrix(frame, features)), features, sample, id_column=id_column
+    )
     record_metrics(conn, when, result.metrics(), "v1", details=result.details())
     return alerts.run_alerts(conn, rules, when)
 
@@ -227,6 +230,7 @@ def world_alerts(
             dates[index],
             training_frame(world.labeled_night(dates[index]), config),
             model.reference_sample,
+            config.contract.entity_id,
         )
     ]
 
@@ -371,8 +375,10 @@ def test_the_pipeline_drift_and_alert_steps_name_the_moved_features_against_the_
     raw = copy.deepcopy(yaml.safe_load(CONFIG_PATH.read_text()))
     raw["monitoring"]["drift"]["evidently_report"] = False
     config = parse_config(raw, root=tmp_path)
-    tonight = shifted(3).with_columns(  # the simulator's columns are typed as the contract says
-        pl.lit("night.parquet").alias("source_file"), pl.int_range(pl.len()).alias("row_number")
+    tonight = (
+        shifted(3)  # the simulator's columns are typed as the contract says; the id column as the validated batch's
+        .rename({"application_id": "entity_id"})
+        .with_columns(pl.lit("night.parquet").alias("source_file"), pl.int_range(pl.len()).alias("row_number"))
     )
     scored = tonight.with_columns(
         pl.Series("score", trained.booster.predict(feature_matrix(tonight, trained.card.features)))

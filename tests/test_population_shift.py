@@ -34,7 +34,7 @@ def test_a_pay_day_weekend_the_reference_has_seen_is_not_a_population_shift(seas
 
     result = measure_drift(
         card.profile, frame, model.booster.predict(feature_matrix(frame, card.features)), card.features,
-        model.reference_sample, domain_floor=FLOOR,
+        model.reference_sample, domain_floor=FLOOR, id_column=config.contract.entity_id,
     )  # fmt: skip
 
     assert result.multivariate_auc > FLOOR  # a fixed limit called it a shift

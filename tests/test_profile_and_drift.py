@@ -36,6 +36,7 @@ SEED = 7
 HISTORY_END = date(2024, 4, 30)
 NIGHT = date(2024, 5, 1)
 NIGHT_ROWS = 5_000
+ID_COLUMN = "application_id"  # the shipped contract's entity id (the domain sample is drawn by its hash)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,9 @@ def night() -> pl.DataFrame:
 def measure(
     profile: ReferenceProfile, frame: pl.DataFrame, booster: lgb.Booster, features: list[FeatureCard], **kwargs: Any
 ) -> DriftResult:
-    return measure_drift(profile, frame, booster.predict(feature_matrix(frame, features)), features, **kwargs)
+    return measure_drift(
+        profile, frame, booster.predict(feature_matrix(frame, features)), features, id_column=ID_COLUMN, **kwargs
+    )
 
 
 def row(result: DriftResult, feature: str) -> dict[str, Any]:
@@ -297,7 +300,7 @@ def test_plot_writes_a_png(
 def test_an_empty_night_gives_nan_statistics_and_no_drift(
     profile: ReferenceProfile, night: pl.DataFrame, features: list[FeatureCard], sample: pl.DataFrame
 ) -> None:
-    result = measure_drift(profile, night.head(0), np.array([]), features, reference_sample=sample)
+    result = measure_drift(profile, night.head(0), np.array([]), features, reference_sample=sample, id_column=ID_COLUMN)
     assert result.rows == 0 and result.multivariate_auc is None
     assert result.features.height == len(features) and result.features.schema == pl.Schema(FEATURE_SCHEMA)
     assert result.drifted_features() == [] and math.isnan(result.drifted_share)

@@ -19,7 +19,18 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from nightkeeper import alerts, drift, labels, metric_names, metrics_store, performance, registry, webhook
+from nightkeeper import (
+    alerts,
+    drift,
+    labels,
+    metric_names,
+    metrics_store,
+    performance,
+    registry,
+    sharding,
+    summaries,
+    webhook,
+)
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import AlertingConfig, ProjectConfig
 from nightkeeper.frames import day
@@ -282,47 +293,76 @@ def drift_night(
     *,
     plots: bool = True,
 ) -> StepResult:
-    """Drift of tonight's validated rows against the serving champion's reference profile.
+    """Drift of tonight's validated rows against the serving champion's reference profile: the night as one shard,
+    ``drift_shards_night`` of its ``drift_summary_of_shard``.
 
     Returns the ``drift_metrics`` partition (one row per feature, ``drift.FEATURE_SCHEMA`` with ``partition_date``),
     records the ``drift.*`` metrics, writes the drift plot (and evidently's HTML report when configured) under the
     reports folder. Without a champion there is no reference: an empty partition and passing WARN checks. ``plots``:
     render the drift PNG (about a second a night; the backtest draws its own report instead).
     """
+    summary = drift_summary_of_shard(config, connection, night, validated_batch, scored_batch)
+    return drift_shards_night(config, connection, night, [summary] if summary else [], plots=plots)
+
+
+def drift_summary_of_shard(
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    validated_batch: pl.DataFrame,
+    scored_batch: pl.DataFrame,
+) -> summaries.DriftSummary | None:
+    """The mergeable drift summary (``summaries.summarise_drift``) of one shard's validated rows and champion scores
+    (or of the whole night's), over the serving champion's features; None without a champion (no reference)."""
+    reference = drift.serving_reference(connection, night, config.monitoring.drift.thresholds)
+    if reference is None:
+        return None
+    rows = validated_batch.sort(ROW_KEY).join(scored_batch.select(*ROW_KEY, "score"), on=ROW_KEY, how="left")
+    scores = rows["score"].fill_null(float("nan")).to_numpy()
+    return summaries.summarise_drift(rows, scores, reference.features, config.monitoring.drift.domain_classifier_rows)
+
+
+def drift_shards_night(
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    shards: list[summaries.DriftSummary],
+    *,
+    plots: bool = True,
+) -> StepResult:
+    """The night's drift from its shards' summaries (``drift_summary_of_shard`` of each; one for an unsharded night),
+    merged exactly (``summaries.merge_drift_summaries``): the tables, metrics, plots and checks ``drift_night``
+    describes. evidently's report (when configured) reads the merged domain sample: a uniform sample of the night of
+    up to ``monitoring.drift.domain_classifier_rows`` rows.
+    No summary, or no champion: no reference, an empty partition and passing WARN checks."""
     settings = config.monitoring.drift
     # the serving champion's reference: it moves with each promotion (and back with a rollback)
     reference = drift.serving_reference(connection, night, settings.thresholds)
-    if reference is None:
+    if reference is None or not shards:
         _LOG.warning("no champion: drift has no reference to compare with")
         return StepResult(
             tables={"drift_metrics": pl.DataFrame(schema={"partition_date": pl.Date, **drift.FEATURE_SCHEMA})},
             metadata={"reference": "none"},
             checks={name: CheckOutcome(True, "no champion, no reference profile", "WARN") for name in DRIFT_CHECKS},
         )
-    rows = validated_batch.sort(ROW_KEY).join(scored_batch.select(*ROW_KEY, "score"), on=ROW_KEY, how="left")
-    scores = rows["score"].fill_null(float("nan")).to_numpy()
     if reference.sample_problem:
         _LOG.warning(f"multivariate drift skipped: {reference.sample_problem}")
     sample = reference.sample
-    result = drift.measure_drift(
-        reference.profile,
-        rows,
-        scores,
-        reference.features,
-        sample,
-        settings.domain_classifier_rows,
-        domain_floor=settings.max_domain_auc,
+    merged = summaries.merge_drift_summaries(shards)
+    result = drift.drift_of_summary(
+        reference.profile, merged, reference.features, sample, domain_floor=settings.max_domain_auc
     )
+    current = merged.domain_sample.drop(sharding.ENTITY_COLUMN, summaries.HASH_COLUMN)
     folder = config.path(Path(REPORTS_FOLDER))
     plot = result.plot(folder / f"drift-{night}.png") if plots else None
     report = None
-    if settings.evidently_report and sample is not None and rows.height:
+    if settings.evidently_report and sample is not None and current.height:
         from nightkeeper.drift_report import (
             write_evidently_report,
         )  # evidently takes seconds to import: only when asked
 
         report = write_evidently_report(
-            sample, rows, reference.features, folder / f"drift-{night}.html", settings.report_sample_rows, seed=0
+            sample, current, reference.features, folder / f"drift-{night}.html", settings.report_sample_rows, seed=0
         )
         if settings.keep_report_nights is not None:
             prune_drift_reports(folder, night, settings.keep_report_nights)

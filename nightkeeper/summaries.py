@@ -1,0 +1,251 @@
+"""Mergeable summaries of a night's rows: what drift is computed from, so that a night split into shards
+(``nightkeeper.sharding``) gives exactly the figures of the whole night.
+
+Each shard summarises its own rows; ``merge_drift_summaries`` combines the shards' summaries into the one the whole
+night would have given, field by field and bit for bit (integer counts add; no float is ever summed in a
+different order), and ``nightkeeper.drift.drift_of_summary`` computes every statistic from a summary. The unsharded
+night is the one-shard case of the same code.
+
+* ``ValueCounts``: the distinct finite values of a number with their counts. PSI bins, the KS statistic at the
+  reference's quantiles, the Wasserstein distance and the mean all derive from it exactly. Histogram counts on the
+  reference's bin edges would merge too, but the Wasserstein distance integrates tonight's whole quantile function,
+  so only the values themselves give it exactly; its size is the number of distinct values (small for integers,
+  amounts rounded to a grid and bools; up to the rows for a continuous feature).
+* Category counts: per level of the contract, plus one last "other" count (``profile.category_counts``).
+* The domain sample: the ``domain_rows`` rows with the smallest stable entity hash (``sharding.entity_hash``),
+  ordered by it. The smallest k of a union are the smallest k of the parts' smallest k, so it merges exactly, and it
+  is a uniform random sample of the night whatever the shards (the multivariate drift check trains on it).
+
+A shard stores its summary as two tables: ``drift_summary_table`` (every count, DRIFT_COUNTS_SCHEMA) and the domain
+sample; ``drift_summary_of`` reads them back. The performance counts (``nightkeeper.performance.realized_counts``,
+``estimated_counts``, ``merge_counts``) are tables already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from nightkeeper.encoding import FeatureCard
+from nightkeeper.frames import conform
+from nightkeeper.profile import category_counts, sorted_numeric_values
+from nightkeeper.sharding import ENTITY_COLUMN, entity_hash
+
+HASH_COLUMN = "entity_hash"
+# A DriftSummary as a table (``drift_summary_table``), one row per count: ``part`` says what is counted. "rows",
+# "domain_rows" and "scored" (1 or 0) hold the summary's scalars in ``count``; "number" rows a feature's value and
+# its count, "category" rows a feature's level index (the last is "other") and its count, "score" rows a score and
+# its count.
+DRIFT_COUNTS_SCHEMA: dict[str, pl.DataType] = {
+    "part": pl.String(),
+    "feature": pl.String(),
+    "level": pl.Int32(),
+    "value": pl.Float64(),
+    "count": pl.Int64(),
+}
+
+
+@dataclass(frozen=True)
+class ValueCounts:
+    """The distinct finite values of a number (``values``, ascending float64) and how often each occurs
+    (``counts``, int64, all > 0)."""
+
+    values: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> ValueCounts:
+        """The counts of the finite entries of ``values`` (NaN and infinities are missing, not counted)."""
+        array = np.asarray(values, dtype=np.float64)
+        return cls.merge([cls(array[np.isfinite(array)], np.ones(int(np.isfinite(array).sum()), dtype=np.int64))])
+
+    @classmethod
+    def of_sorted(cls, values: np.ndarray) -> ValueCounts:
+        """The counts of ``values``, already finite and sorted ascending (run lengths, no sort)."""
+        if len(values) == 0:
+            return cls(np.array([], dtype=np.float64), np.array([], dtype=np.int64))
+        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+        return cls(values[starts], np.diff(np.r_[starts, len(values)]).astype(np.int64))
+
+    @classmethod
+    def merge(cls, parts: Sequence[ValueCounts]) -> ValueCounts:
+        """The counts of all ``parts`` together: equal values add their counts."""
+        values = np.concatenate([np.array([], dtype=np.float64), *(p.values for p in parts)])
+        counts = np.concatenate([np.array([], dtype=np.int64), *(p.counts for p in parts)])
+        if len(values) == 0:
+            return cls(values, counts)
+        order = np.argsort(values, kind="stable")
+        values, counts = values[order], counts[order]
+        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+        return cls(values[starts], np.add.reduceat(counts, starts))
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def expanded(self) -> np.ndarray:
+        """Every counted value, ascending: the sorted array the counts were taken of."""
+        return np.repeat(self.values, self.counts)
+
+
+@dataclass(frozen=True)
+class DriftSummary:
+    """What drift needs to know of a night's rows (see the module docstring).
+
+    ``rows``: the rows summarised. ``numbers``: per numeric or bool feature, its ``ValueCounts``. ``categories``: per
+    category feature, int64 counts per contract level plus a last "other" count. ``scores``: the finite scores'
+    ``ValueCounts``, None when the night was not scored. ``domain_sample``: up to ``domain_rows`` rows (the entity
+    id, ``entity_hash`` and the feature columns) with the smallest entity hash, ascending (ties by id).
+    """
+
+    rows: int
+    numbers: dict[str, ValueCounts]
+    categories: dict[str, np.ndarray]
+    scores: ValueCounts | None
+    domain_rows: int
+    domain_sample: pl.DataFrame
+
+
+def summarise_drift(
+    current: pl.DataFrame,
+    scores: np.ndarray | None,
+    features: list[FeatureCard],
+    domain_rows: int,
+    id_column: str = ENTITY_COLUMN,
+) -> DriftSummary:
+    """Summarise tonight's rows ``current`` (typed as the validated frame) and their ``scores`` (one per row, NaN =
+    unscored; None = not scored tonight). The domain sample keeps ``domain_rows`` rows (0: none, and then
+    ``id_column`` need not exist). Raises ValueError when a feature column or, with ``domain_rows`` > 0, the id
+    column is missing, or when the scores are not one per row."""
+    missing = [f.name for f in features if f.name not in current.columns]
+    if missing:
+        raise ValueError(f"tonight's frame lacks feature column(s) {missing}; it has {current.columns}")
+    if scores is not None and np.shape(scores) != (current.height,):
+        raise ValueError(f"current_scores must be one per row ({current.height}), got shape {np.shape(scores)}")
+    numeric = [f.name for f in features if f.dtype != "category"]
+    sorted_values = sorted_numeric_values(current, numeric)
+    return DriftSummary(
+        rows=current.height,
+        numbers={name: ValueCounts.of_sorted(sorted_values[name]) for name in numeric},
+        categories={
+            name: counts.astype(np.int64)
+            for name, counts in category_counts(current, [f for f in features if f.dtype == "category"]).items()
+        },
+        scores=None if scores is None else ValueCounts.of(scores),
+        domain_rows=domain_rows,
+        domain_sample=_smallest_hashes(current, features, domain_rows, id_column),
+    )
+
+
+def merge_drift_summaries(parts: Sequence[DriftSummary]) -> DriftSummary:
+    """The summary of the union of the parts' rows (each row summarised in exactly one part). Raises ValueError on
+    no parts, or on parts that disagree on features, levels, ``domain_rows`` or whether the night was scored."""
+    if not parts:
+        raise ValueError("merge_drift_summaries needs at least one summary")
+    first = parts[0]
+    for part in parts[1:]:
+        if (
+            part.numbers.keys() != first.numbers.keys()
+            or part.domain_rows != first.domain_rows
+            or (part.scores is None) != (first.scores is None)
+            or {k: len(v) for k, v in part.categories.items()} != {k: len(v) for k, v in first.categories.items()}
+        ):
+            raise ValueError("drift summaries of one night must share features, levels, domain_rows and scoring")
+    samples = pl.concat([p.domain_sample for p in parts])
+    return DriftSummary(
+        rows=sum(p.rows for p in parts),
+        numbers={name: ValueCounts.merge([p.numbers[name] for p in parts]) for name in first.numbers},
+        categories={
+            name: sum((p.categories[name] for p in parts), np.zeros_like(c)) for name, c in first.categories.items()
+        },
+        scores=None if first.scores is None else ValueCounts.merge([p.scores for p in parts if p.scores is not None]),
+        domain_rows=first.domain_rows,
+        domain_sample=_first_by_hash(samples, first.domain_rows),
+    )
+
+
+def drift_summary_table(summary: DriftSummary) -> pl.DataFrame:
+    """``summary``'s counts as one table (DRIFT_COUNTS_SCHEMA), for a shard to store; its domain sample is a table
+    already. ``drift_summary_of`` reads them back."""
+    scalars = [
+        ("rows", summary.rows),
+        ("domain_rows", summary.domain_rows),
+        ("scored", int(summary.scores is not None)),
+    ]
+    parts = [
+        pl.DataFrame(
+            {"part": [p for p, _ in scalars], "count": [c for _, c in scalars]},
+            schema={"part": pl.String(), "count": pl.Int64()},
+        ),
+        *(
+            pl.DataFrame({"part": "number", "feature": name, "value": c.values, "count": c.counts})
+            for name, c in summary.numbers.items()
+        ),
+        *(
+            pl.DataFrame({"part": "category", "feature": name, "level": np.arange(len(c), dtype=np.int32), "count": c})
+            for name, c in summary.categories.items()
+        ),
+    ]
+    if summary.scores is not None:
+        parts.append(pl.DataFrame({"part": "score", "value": summary.scores.values, "count": summary.scores.counts}))
+    return conform(
+        pl.concat([pl.DataFrame(schema=DRIFT_COUNTS_SCHEMA), *parts], how="diagonal_relaxed"), DRIFT_COUNTS_SCHEMA
+    )
+
+
+def drift_summary_of(counts: pl.DataFrame, domain_sample: pl.DataFrame, features: list[FeatureCard]) -> DriftSummary:
+    """The DriftSummary stored as ``drift_summary_table`` (``counts``) and its ``domain_sample``, for ``features``
+    (the features it was made for: a feature without counts had no value). Raises ValueError when ``counts`` lacks
+    its scalars."""
+    scalars = dict(
+        counts.filter(pl.col("part").is_in(["rows", "domain_rows", "scored"])).select("part", "count").iter_rows()
+    )
+    if scalars.keys() != {"rows", "domain_rows", "scored"}:
+        raise ValueError(f"drift counts must hold the rows, domain_rows and scored parts, found {sorted(scalars)}")
+
+    def value_counts(part: pl.DataFrame) -> ValueCounts:
+        ordered = part.sort("value")
+        return ValueCounts(ordered["value"].to_numpy(), ordered["count"].to_numpy())
+
+    numbers = counts.filter(pl.col("part") == "number")
+    categories = counts.filter(pl.col("part") == "category")
+    category_sizes = {f.name: len(f.categories or []) + 1 for f in features if f.dtype == "category"}
+    by_level = {name: np.zeros(size, dtype=np.int64) for name, size in category_sizes.items()}
+    for name, level, count in categories.select("feature", "level", "count").iter_rows():
+        by_level[name][level] = count
+    return DriftSummary(
+        rows=int(scalars["rows"]),
+        numbers={
+            f.name: value_counts(numbers.filter(pl.col("feature") == f.name)) for f in features if f.dtype != "category"
+        },
+        categories=by_level,
+        scores=value_counts(counts.filter(pl.col("part") == "score")) if scalars["scored"] else None,
+        domain_rows=int(scalars["domain_rows"]),
+        domain_sample=domain_sample,
+    )
+
+
+def _smallest_hashes(frame: pl.DataFrame, features: list[FeatureCard], rows: int, id_column: str) -> pl.DataFrame:
+    columns = [f.name for f in features]
+    if rows <= 0:
+        return frame.select(
+            pl.lit(None, dtype=pl.String).alias(ENTITY_COLUMN), pl.lit(0, dtype=pl.UInt64).alias(HASH_COLUMN), *columns
+        ).clear()
+    if id_column not in frame.columns:
+        raise ValueError(
+            f"tonight's frame lacks the entity id column {id_column!r} the domain sample is drawn by; it has "
+            f"{frame.columns}"
+        )
+    keyed = frame.select(
+        pl.col(id_column).cast(pl.String).alias(ENTITY_COLUMN),
+        entity_hash(frame[id_column]).alias(HASH_COLUMN),
+        *columns,
+    )
+    return _first_by_hash(keyed, rows)
+
+
+def _first_by_hash(sample: pl.DataFrame, rows: int) -> pl.DataFrame:
+    return sample.sort(HASH_COLUMN, ENTITY_COLUMN, maintain_order=True, nulls_last=True).head(rows)
