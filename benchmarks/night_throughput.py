@@ -209,7 +209,7 @@ def _worker_stages(spec: dict) -> dict:
 
     started = time.perf_counter()
     paths = landed_files(config.landing_path, config.source.pattern, night)
-    batch = read_raw_batch(paths, night, contract.entity_id)
+    batch = read_raw_batch(paths, night, contract)
     seconds["ingest"], peak_after["ingest"] = time.perf_counter() - started, ru_maxrss_mib()
 
     started = time.perf_counter()
@@ -229,7 +229,6 @@ def _worker_stages(spec: dict) -> dict:
         result.quarantine,
         scored.frame,
         fallback,
-        contract,
         config.model.decision,
         config.fallback.answer_quarantined,
     )
