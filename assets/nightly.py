@@ -50,8 +50,8 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition) -> list:
         pool=WAREHOUSE_POOL,
         group_name="nightly",
         metadata=PARTITION_METADATA,
-        description="Every row of the night's landed files, kept as text (JSON record) with its file and row number, "
-        "whatever the file's schema.",
+        description="Every row of the night's landed files with its file and row number, whatever the file's "
+        "schema: the contract's columns typed, and what was received (JSON record) only for rows that failed typing.",
         check_specs=[
             AssetCheckSpec(
                 "schema_matches_contract", asset="raw_batch", description="Columns and types match the contract."

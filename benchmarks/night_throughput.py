@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/night_throughput.py --rows 200000 --repeats 5
     .venv/bin/python benchmarks/night_throughput.py --quick              # smoke: 10k rows, 1 repeat, 5 nights history
     .venv/bin/python benchmarks/night_throughput.py --json results.json  # also write the raw measurements
+    .venv/bin/python benchmarks/night_throughput.py --ten-million --repeats 1  # adds 10M rows (~25 min, ~10 GB disk)
 
 Two measurements per size and repeat:
 
@@ -19,6 +20,9 @@ of the warehouse as it was right after the champion was bootstrapped, so neither
 state is polluted by earlier measurements. Data generation (simulate_night on the clean scenario + write_landing)
 and the champion bootstrap (simulate_history, 30 nights x 2000 rows, ``--history-days``) happen once per size, in a
 separate "prepare" process, outside every timed region.
+
+Memory growth: the last table prints each size's peak RSS as a multiple of the 1M-row night's (issue #11's target:
+at most 1.3x at 10M rows, i.e. memory flat in the night's size).
 
 Peak memory is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux) of the measuring process. Linux carries
 the parent's high-water mark into a child across fork/exec, so the orchestrating parent deliberately imports
@@ -53,7 +57,9 @@ STAGES = ("ingest", "validate", "score", "outcomes")
 # The Dagster steps that wrap the four stages (plus the row-conservation check on outcomes); any other step of
 # nightly_batch (late labels, performance, drift, alerts, ...) is reported as "rest of the job".
 CORE_STEPS = ("raw_batch", "validate_batch", "scored_batch", "outcomes", "outcomes_outcomes_conserve_rows")
-WORKER_TIMEOUT_SECONDS = 3600
+WORKER_TIMEOUT_SECONDS = 3600 * 3
+TEN_MILLION = 10_000_000
+ONE_MILLION = 1_000_000
 
 
 # ---------------------------------------------------------------------------------------------- memory helpers
@@ -209,7 +215,7 @@ def _worker_stages(spec: dict) -> dict:
 
     started = time.perf_counter()
     paths = landed_files(config.landing_path, config.source.pattern, night)
-    batch = read_raw_batch(paths, night, contract.entity_id)
+    batch = read_raw_batch(paths, night, contract)
     seconds["ingest"], peak_after["ingest"] = time.perf_counter() - started, ru_maxrss_mib()
 
     started = time.perf_counter()
@@ -229,7 +235,6 @@ def _worker_stages(spec: dict) -> dict:
         result.quarantine,
         scored.frame,
         fallback,
-        contract,
         config.model.decision,
         config.fallback.answer_quarantined,
     )
@@ -638,8 +643,36 @@ def render(results: dict) -> None:
         "other CPU %: share of the machine's CPU time used by OTHER processes during the timed region "
         f"(nproc={info['nproc']}); well above 0 means the CPUs were shared and the times are pessimistic."
     )
+    growth = memory_growth(results)
+    if growth:
+        relative = Table(title="Peak RSS as a multiple of the 1M-row night's (target at 10M: <= 1.3x)")
+        for column in ("rows", "dagster peak MiB", "x 1M", "stages peak MiB", "x 1M"):
+            relative.add_column(column, justify="right")
+        for rows, row in growth.items():
+            relative.add_row(f"{int(rows):,}", *row)
+        console.print(relative)
     for note in results.get("notes", []):
         console.print(f"[yellow]note[/yellow]: {note}")
+
+
+def memory_growth(results: dict) -> dict[str, list[str]]:
+    """Per size, the median peak RSS of each measurement and its multiple of the 1M-row night's; empty without 1M."""
+    sizes = results["sizes"]
+    if str(ONE_MILLION) not in sizes:
+        return {}
+
+    def peak(rows: str, mode: str) -> float | None:
+        runs = sizes[rows].get(mode, [])
+        return statistics.median(m["peak_rss_mib"] for m in runs) if runs else None
+
+    cells: dict[str, list[str]] = {}
+    for rows in sizes:
+        row = []
+        for mode in ("dagster", "stages"):
+            here, base = peak(rows, mode), peak(str(ONE_MILLION), mode)
+            row += [f"{here:,.0f}", f"{here / base:.2f}"] if here is not None and base else ["", ""]
+        cells[rows] = row
+    return cells
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -661,6 +694,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 10k rows, 1 repeat, champion on 5 nights of history"
     )
+    parser.add_argument(
+        "--ten-million", action="store_true", help="also measure a 10,000,000-row night (long; needs ~10 GB disk)"
+    )
     parser.add_argument("--only", choices=["dagster", "stages"], help="run one of the two measurements only")
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help="project config to copy (default: the repo's)"
@@ -675,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.rows, args.repeats, args.history_days = [10_000], 1, 5
+    if args.ten_million and TEN_MILLION not in args.rows:
+        args.rows = [*args.rows, TEN_MILLION]
     if args.repeats < 1 or args.history_days < 1 or any(r < 1 for r in args.rows):
         parser.error("--rows, --repeats and --history-days must be positive")
     modes = [args.only] if args.only else ["dagster", "stages"]

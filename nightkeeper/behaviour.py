@@ -15,9 +15,9 @@ import polars as pl
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.card import ModelCard
 from nightkeeper.config import BehaviourConfig, Contract
+from nightkeeper.contract_types import polars_dtype
 from nightkeeper.encoding import feature_matrix
 from nightkeeper.scoring import confidence
-from nightkeeper.validation import polars_dtype
 
 _STEP = 0.2  # a direction is probed by growing the feature by 20 % of its spread in the sample
 

@@ -1,8 +1,14 @@
-"""Read one night's landed files into the raw batch: every row kept as text, whatever the file's schema.
+"""Read one night's landed files into the raw batch: every row kept, typed per the contract, whatever the file's schema.
 
-A raw row is ``(partition_date, source_file, row_number, entity_id, record)`` where ``record`` is a JSON object of
-the file's columns with every value as text (or null). This fixed shape lets a night whose columns are retyped,
-extra or missing land in the same table as every other night; interpreting the text is validation's job.
+A raw row is typed and columnar: ``(partition_date, source_file, row_number, entity_id)``, then each of the
+contract's columns (``event_time``, the features) typed per the contract (``nightkeeper.contract_types``), then
+``record``. A value is typed from its text, stripped, empty text as null, so a CSV (read as text) and a Parquet file
+(its values cast to text) type alike. Typing loses nothing for a row whose every contract value parses: its
+``record`` is null. A row that fails typing — a value present but not of the contract's type (``12k`` for a number, an
+unknown category level, a nested value), or its file lacks a required column — keeps what was received in
+``record``: a JSON object of the file's columns with every value as text (or null), so quarantine can show what was
+found. A night whose columns are retyped, extra or missing therefore lands in the same table as every other night;
+judging the values is validation's job. Columns the contract does not name are kept only in a failed row's record.
 
 ``source_file`` is the file's path relative to the project root (posix separators) when a root is given, so a
 copied or moved project's tables name its own files.
@@ -15,11 +21,12 @@ Hostile or broken input never fails the night:
   that look like data but are not read (a ``.csv`` beside ``*.parquet``, ``.csv.gz``) are reported, not silently
   skipped: ``RawBatch.skipped`` lists every refused or unread file with the reason.
 * An unreadable file (truncated, zero-byte, not UTF-8, ragged CSV rows, a repeated CSV header) is one raw row:
-  ``row_number = FILE_ROW`` (0; data rows count from 1), no entity id, and ``record = {"error": <why>}``.
+  ``row_number = FILE_ROW`` (0; data rows count from 1), no entity id, no values and ``record = {"error": <why>}``.
   Validation quarantines that row with rule ``unreadable_file`` and the reason, so the night's other files are
   answered and row conservation (every raw row, one outcome) still holds.
-* A nested (list or struct) column is kept as its JSON text, so the contract's type rule quarantines those values
-  naming the column, and the file's column type (e.g. ``List(Int64)``) shows in the schema check.
+* A nested (list or struct) column is received as its JSON text, so its rows fail typing and the contract's type
+  rule quarantines those values naming the column, and the file's column type (e.g. ``List(Int64)``) shows in the
+  schema check.
 """
 
 from __future__ import annotations
@@ -35,15 +42,13 @@ from pathlib import Path, PurePosixPath
 
 import polars as pl
 
-RAW_SCHEMA = pl.Schema(
-    {
-        "partition_date": pl.Date(),
-        "source_file": pl.String(),
-        "row_number": pl.Int64(),
-        "entity_id": pl.String(),
-        "record": pl.String(),
-    }
-)
+from nightkeeper.config import Contract
+from nightkeeper.contract_types import clean_text, parse_column, text_column, typed_columns, valid_schema
+
+RECORD = "record"
+"""The raw column holding what was received, as JSON text, for the rows that failed typing (null otherwise)."""
+TYPING_SLICE_ROWS = 100_000
+"""Rows of a file typed at a time: bounds the text intermediates of a large file."""
 
 FILE_ROW = 0
 """``row_number`` of the one raw row that stands for an unreadable file (data rows count from 1)."""
@@ -159,24 +164,47 @@ def landed_files(landing: Path, pattern: str, night: dt.date) -> list[Path]:
     return scan_landing(landing, pattern, night).files
 
 
-def read_night(landing: Path, pattern: str, night: dt.date, entity_id: str, root: Path | None = None) -> RawBatch:
+def raw_schema(contract: Contract, text_columns: tuple[str, ...] = ()) -> pl.Schema:
+    """The raw batch's columns for ``contract``: the typed row (``contract_types.valid_schema``), the received text
+    of each of ``text_columns`` (``__text_<column>``, for readers needing a column the contract does not type), then
+    RECORD."""
+    return pl.Schema(
+        {
+            **valid_schema(contract),
+            **{text_column(name): pl.String() for name in dict.fromkeys(text_columns)},
+            RECORD: pl.String(),
+        }
+    )
+
+
+def read_night(landing: Path, pattern: str, night: dt.date, contract: Contract, root: Path | None = None) -> RawBatch:
     """Scan the landing folder for ``night`` and read what it holds; ``skipped`` carries the files not read.
 
     Every path (``source_file``, ``files``, ``skipped``) is relative to ``root`` when given.
     """
     found = scan_landing(landing, pattern, night)
-    batch = read_raw_batch(found.files, night, entity_id, root)
+    batch = read_raw_batch(found.files, night, contract, root)
     skipped = [SkippedFile(_source_name(landing / s.path, root), s.reason) for s in found.skipped]
     return RawBatch(batch.frame, batch.files, skipped, batch.nested)
 
 
-def read_raw_batch(paths: list[Path], night: dt.date, entity_id: str, root: Path | None = None) -> RawBatch:
-    """Read ``paths`` into one raw frame of RAW_SCHEMA; row_number counts from 1 within each file.
+def read_raw_batch(
+    paths: list[Path],
+    night: dt.date,
+    contract: Contract,
+    root: Path | None = None,
+    text_columns: tuple[str, ...] = (),
+    slice_rows: int = TYPING_SLICE_ROWS,
+) -> RawBatch:
+    """Read ``paths`` into one raw frame of ``raw_schema(contract, text_columns)``, typed per ``contract`` (see the
+    module docstring); row_number counts from 1 within each file, rows in file order.
 
     ``source_file`` is each path relative to ``root`` when given (and the file is under it), else the path as
     given. Never raises for a file's content: an unreadable file becomes one ``FILE_ROW`` row (see the module
-    docstring) and its LandedFile carries the error.
+    docstring) and its LandedFile carries the error. A file is typed ``slice_rows`` rows at a time; the result does
+    not depend on it.
     """
+    schema = raw_schema(contract, text_columns)
     frames: list[pl.DataFrame] = []
     files: list[LandedFile] = []
     nested: list[str] = []
@@ -186,7 +214,7 @@ def read_raw_batch(paths: list[Path], night: dt.date, entity_id: str, root: Path
             table = _read_file(path)
         except ValueError as exc:
             files.append(LandedFile(source, 0, {}, str(exc)))
-            frames.append(_unreadable_row(night, source, str(exc)))
+            frames.append(_unreadable_row(night, source, str(exc), schema))
             continue
         files.append(LandedFile(source, table.height, {name: str(dtype) for name, dtype in table.schema.items()}))
         nested += [
@@ -195,37 +223,69 @@ def read_raw_batch(paths: list[Path], night: dt.date, entity_id: str, root: Path
             for name, dtype in table.schema.items()
             if dtype.is_nested()
         ]
-        if table.height == 0:
-            continue
-        as_text = table.select(_as_text(name, dtype) for name, dtype in table.schema.items())
-        id_column = pl.col(entity_id) if entity_id in as_text.columns else pl.lit(None, dtype=pl.String)
-        frames.append(
-            as_text.select(
-                pl.lit(night, dtype=pl.Date).alias("partition_date"),
-                pl.lit(source).alias("source_file"),
-                pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("row_number"),
-                id_column.alias("entity_id"),
-                pl.struct(as_text.columns).struct.json_encode().alias("record"),
+        for offset in range(0, table.height, slice_rows):
+            typed = type_rows(table.slice(offset, slice_rows), offset + 1, contract, text_columns)
+            frames.append(
+                typed.with_columns(
+                    pl.lit(night, dtype=pl.Date).alias("partition_date"), pl.lit(source).alias("source_file")
+                ).select(schema.names())
             )
-        )
-    frame = pl.concat([f.cast(RAW_SCHEMA) for f in frames]) if frames else pl.DataFrame(schema=RAW_SCHEMA)
-    return RawBatch(frame.cast(RAW_SCHEMA), files, nested=nested)
+    frame = pl.concat([f.cast(schema) for f in frames]) if frames else pl.DataFrame(schema=schema)
+    return RawBatch(frame, files, nested=nested)
+
+
+def type_rows(
+    table: pl.DataFrame, first_row: int, contract: Contract, text_columns: tuple[str, ...] = ()
+) -> pl.DataFrame:
+    """``table`` (rows of one file, as read) typed per ``contract``: ``row_number`` from ``first_row``, ``entity_id``
+    as text, each typed column, each of ``text_columns`` as received text, and RECORD — the row's columns as JSON text
+    for a row that failed typing, null for every other row. Rows stay in the file's order."""
+    received = table.select(_as_text(name, dtype) for name, dtype in table.schema.items())
+    typed = typed_columns(contract)
+    sources = [*dict.fromkeys([*typed.values(), *text_columns])]
+    absent_required = [
+        name for name, spec in contract.features.items() if spec.required and name not in received.columns
+    ]
+    work = received.select(
+        pl.int_range(first_row, first_row + pl.len(), dtype=pl.Int64).alias("row_number"),
+        (pl.col(contract.entity_id) if contract.entity_id in received.columns else pl.lit(None, dtype=pl.String)).alias(
+            "entity_id"
+        ),
+        *(
+            (clean_text(pl.col(name)) if name in received.columns else pl.lit(None, dtype=pl.String)).alias(
+                text_column(name)
+            )
+            for name in sources
+        ),
+        pl.struct(received.columns).alias("__received"),
+    )
+    work = work.with_columns(parse_column(name, contract).alias(name) for name in typed)
+    untyped = [pl.col(text_column(source)).is_not_null() & pl.col(name).is_null() for name, source in typed.items()]
+    failed = pl.lit(bool(absent_required)) | pl.any_horizontal(untyped)
+    work = work.with_columns(failed.alias("__failed"))
+    keep = ["row_number", "entity_id", *typed, *(text_column(name) for name in dict.fromkeys(text_columns))]
+    clean = work.filter(~pl.col("__failed")).select(*keep, pl.lit(None, dtype=pl.String).alias(RECORD))
+    broken = work.filter(pl.col("__failed")).select(*keep, pl.col("__received").struct.json_encode().alias(RECORD))
+    return pl.concat([clean, broken]).sort("row_number") if broken.height else clean
 
 
 def file_errors(raw: pl.DataFrame) -> pl.DataFrame:
     """The ``FILE_ROW`` rows of a raw batch with their ``error`` text (why the file could not be read)."""
     return raw.filter(pl.col("row_number") == FILE_ROW).with_columns(
-        pl.col("record").str.json_path_match(f"$.{FILE_ERROR_KEY}").alias(FILE_ERROR_KEY)
+        pl.col(RECORD).str.json_path_match(f"$.{FILE_ERROR_KEY}").alias(FILE_ERROR_KEY)
     )
 
 
 def record_columns(raw: pl.DataFrame) -> dict[str, set[str]]:
-    """The column names present in each read file's records (every record of a file has the same keys).
-
-    Unreadable files (their ``FILE_ROW`` row) have no columns and are left out.
+    """The column names received in each file that has rows which failed typing (every record of a file has the
+    same keys). Files none of whose rows failed typing, and unreadable files (their ``FILE_ROW`` row), are left out.
     """
-    firsts = raw.filter(pl.col("row_number") != FILE_ROW).group_by("source_file").agg(pl.col("record").first())
-    return {row["source_file"]: set(json.loads(row["record"])) for row in firsts.iter_rows(named=True)}
+    firsts = (
+        raw.filter((pl.col("row_number") != FILE_ROW) & pl.col(RECORD).is_not_null())
+        .group_by("source_file")
+        .agg(pl.col(RECORD).first())
+    )
+    return {row["source_file"]: set(json.loads(row[RECORD])) for row in firsts.iter_rows(named=True)}
 
 
 def _source_name(path: Path, root: Path | None) -> str:
@@ -236,18 +296,17 @@ def _source_name(path: Path, root: Path | None) -> str:
     return str(path)
 
 
-def _unreadable_row(night: dt.date, source: str, error: str) -> pl.DataFrame:
+def _unreadable_row(night: dt.date, source: str, error: str, schema: pl.Schema) -> pl.DataFrame:
     return pl.DataFrame(
         [
             {
                 "partition_date": night,
                 "source_file": source,
                 "row_number": FILE_ROW,
-                "entity_id": None,
-                "record": json.dumps({FILE_ERROR_KEY: error}),
+                RECORD: json.dumps({FILE_ERROR_KEY: error}),
             }
         ],
-        schema=RAW_SCHEMA,
+        schema=schema,
     )
 
 

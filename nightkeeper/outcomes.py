@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from nightkeeper.config import Contract, DecisionConfig
+from nightkeeper.config import DecisionConfig
 from nightkeeper.fallback import FallbackRule, decide
 from nightkeeper.frames import conform
-from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, UNREADABLE_FILE, decode_records, parse_feature
+from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, UNREADABLE_FILE
 
 OUTCOME_SCHEMA: dict[str, pl.DataType] = {
     "partition_date": pl.Date(),
@@ -46,12 +46,9 @@ class Fallback:
     version: str | None
 
 
-def segment_values(raw: pl.DataFrame, contract: Contract, segment_by: list[str]) -> pl.DataFrame:
-    """The row keys and the typed segment columns of every raw row (null where empty or invalid)."""
-    texts = decode_records(raw, segment_by)
-    return texts.select(
-        *KEY_COLUMNS, *(parse_feature(name, contract.features[name]).alias(name) for name in segment_by)
-    )
+def segment_values(raw: pl.DataFrame, segment_by: list[str]) -> pl.DataFrame:
+    """The row keys and the typed segment columns of raw rows (typed at ingest: null where empty or not typable)."""
+    return raw.select(*KEY_COLUMNS, *segment_by)
 
 
 def assemble_outcomes(
@@ -59,7 +56,6 @@ def assemble_outcomes(
     quarantine: pl.DataFrame,
     scored: pl.DataFrame,
     fallback: Fallback,
-    contract: Contract,
     decision: DecisionConfig,
     answer_quarantined: bool,
     canary: pl.DataFrame | None = None,
@@ -100,7 +96,7 @@ def assemble_outcomes(
     undecided = reasons.filter(~decidable).select(*ROW_KEY, "reason")
     # only rows the model did not answer need their segment parsed (none on a clean night)
     needing = pl.concat([to_fallback.select(ROW_KEY), undecided.select(ROW_KEY)])
-    segments = segment_values(raw.join(needing, on=ROW_KEY, how="semi"), contract, segment_by)
+    segments = segment_values(raw.join(needing, on=ROW_KEY, how="semi"), segment_by)
 
     fallback_rows = _fallback_answers(segments.join(to_fallback, on=ROW_KEY), fallback, decision)
     quarantine_rows = (

@@ -14,12 +14,12 @@ from sklearn.metrics import brier_score_loss, log_loss, precision_score, recall_
 
 from nightkeeper.card import ModelCard, TrainingWindow
 from nightkeeper.config import BusinessValue, ProjectConfig
+from nightkeeper.contract_types import polars_dtype
 from nightkeeper.encoding import categorical_indices, feature_cards, feature_matrix
 from nightkeeper.fallback import fit_fallback
 from nightkeeper.frames import number
 from nightkeeper.performance import estimate_performance
 from nightkeeper.profile import fit_domain_auc, fit_profile, reference_sample
-from nightkeeper.validation import polars_dtype
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ import polars as pl
 
 from nightkeeper import ingest
 from nightkeeper.config import Contract
+from nightkeeper.contract_types import parse_event_time, text_column, valid_schema
 from nightkeeper.frames import conform
 from nightkeeper.labels import NEGATIVE_TEXTS, POSITIVE_TEXTS, parse_label
-from nightkeeper.validation import QUARANTINE_SCHEMA, ROW_KEY, decode_records, parse_event_time, valid_schema, validate
+from nightkeeper.validation import QUARANTINE_SCHEMA, ROW_KEY, validate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, table_exists
 
 
@@ -132,7 +133,7 @@ def read_history_file(
         raise HistoryFileError(
             f"{path}: which column holds each row's date? The contract has no event_time; pass --date-column NAME"
         )
-    batch = ingest.read_raw_batch([path], dt.date.min, contract.entity_id, root)
+    batch = ingest.read_raw_batch([path], dt.date.min, contract, root, text_columns=(date_column, contract.target))
     found = batch.files[0]
     if found.error:
         raise HistoryFileError(f"{path} {found.error}")
@@ -145,16 +146,12 @@ def read_history_file(
     missing = [f"{name!r} ({role})" for name, role in roles.items() if name not in found.columns]
     if missing:
         raise HistoryFileError(f"{path} lacks column(s) {', '.join(missing)}; it has {sorted(found.columns)}")
-    texts = decode_records(batch.frame, [date_column, contract.target]).select(
-        *ROW_KEY,
+    raw = batch.frame.with_columns(
         parse_event_time(date_column).dt.date().alias("__date"),
-        pl.col(f"__text_{date_column}").alias("__date_text"),
-        parse_label(pl.col(f"__text_{contract.target}")).alias("label"),
-        pl.col(f"__text_{contract.target}").alias("__target_text"),
-    )
-    raw = batch.frame.join(texts, on=ROW_KEY).with_columns(
-        pl.col("__date").fill_null(dt.date.min).alias("partition_date")
-    )
+        pl.col(text_column(date_column)).alias("__date_text"),
+        parse_label(pl.col(text_column(contract.target))).alias("label"),
+        pl.col(text_column(contract.target)).alias("__target_text"),
+    ).with_columns(pl.col("__date").fill_null(dt.date.min).alias("partition_date"))
     own = [
         _rejections(
             raw,

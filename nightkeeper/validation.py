@@ -1,7 +1,12 @@
-"""Row-level validation: parse the raw text records against the contract and quarantine every rule a row breaks.
+"""Row-level validation: judge the typed raw batch against the contract and quarantine every rule a row breaks.
 
 Nothing is dropped. Each raw row either becomes one typed row of ``valid`` or appears in ``quarantine`` once per
-rule it breaks, with the column, the rule, the offending text value and what was expected.
+rule it breaks, with the column, the rule, the offending value as text and what was expected.
+
+A raw row arrives typed (``nightkeeper.ingest``). A row whose every value typed keeps no text, so the value a rule
+shows is its typed value as text (``contract_types.shown_value``); only the rows that failed typing carry what was
+received (``record``), and only those are decoded, so a clean night is judged without parsing any text. The batch is
+judged a slice at a time, so the intermediates stay bounded whatever the night's size.
 """
 
 from __future__ import annotations
@@ -11,8 +16,16 @@ from dataclasses import dataclass
 import polars as pl
 
 from nightkeeper.config import Contract, FeatureSpec
+from nightkeeper.contract_types import (
+    FALSE_TEXTS,
+    TRUE_TEXTS,
+    shown_value,
+    text_column,
+    typed_columns,
+    valid_schema,
+)
 from nightkeeper.frames import conform
-from nightkeeper.ingest import FILE_ERROR_KEY, FILE_ROW, file_errors, record_columns
+from nightkeeper.ingest import FILE_ERROR_KEY, FILE_ROW, RECORD, file_errors, record_columns
 
 ROW_KEY = ["source_file", "row_number"]
 KEY_COLUMNS = ["partition_date", "source_file", "row_number", "entity_id"]
@@ -35,12 +48,7 @@ UNREADABLE_FILE = "unreadable_file"
 """The rule of the one quarantine row an unreadable file gets (its ``column`` is FILE_COLUMN, ``value`` the reason)."""
 FILE_COLUMN = "(file)"
 EVENT_TIME_EXPECTED = "a date-time such as 2026-01-01T09:30:00 (ISO 8601; a date alone, a Z or a ±hh:mm offset also do)"
-# the formats an event time may come in; an offset is converted to UTC and then dropped, like every stored time
-_NAIVE_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M")
-_ZONED_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%:z")
-DECODE_SLICE_ROWS = 50_000
-_TRUE = ["true", "t", "yes", "y", "1", "1.0"]
-_FALSE = ["false", "f", "no", "n", "0", "0.0"]
+VALIDATE_SLICE_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -59,122 +67,115 @@ class ValidationResult:
         return self.quarantine.select(ROW_KEY).unique().height
 
 
-def valid_schema(contract: Contract) -> dict[str, pl.DataType]:
-    """The column types of the validated batch for ``contract``."""
-    schema: dict[str, pl.DataType] = {
-        "partition_date": pl.Date(),
-        "source_file": pl.String(),
-        "row_number": pl.Int64(),
-        "entity_id": pl.String(),
-    }
-    if contract.event_time:
-        schema["event_time"] = pl.Datetime("us")
-    schema.update({name: polars_dtype(spec) for name, spec in contract.features.items()})
-    return schema
+@dataclass(frozen=True)
+class _Values:
+    """How a rule reads column ``name`` of the rows it judges: ``present`` (a value was received), ``value`` (typed,
+    null when absent or not typable) and ``text`` (what a person is shown)."""
+
+    present: pl.Expr
+    value: pl.Expr
+    text: pl.Expr
 
 
-def polars_dtype(spec: FeatureSpec) -> pl.DataType:
-    return {"float": pl.Float64(), "int": pl.Int64(), "bool": pl.Boolean(), "category": pl.String()}[spec.dtype]
-
-
-def validate(raw: pl.DataFrame, contract: Contract) -> ValidationResult:
-    """Validate a raw batch (see nightkeeper.ingest.RAW_SCHEMA) against ``contract``.
+def validate(raw: pl.DataFrame, contract: Contract, slice_rows: int = VALIDATE_SLICE_ROWS) -> ValidationResult:
+    """Validate a raw batch (``nightkeeper.ingest.raw_schema(contract)``) against ``contract``.
 
     An unreadable file's one raw row (``row_number`` FILE_ROW) is quarantined once, with rule UNREADABLE_FILE,
     column FILE_COLUMN and the reason as the value; no other rule is applied to it. An ``event_time`` that is
-    present but not a date-time quarantines its row (rule ``type``); an empty one is allowed.
+    present but not a date-time quarantines its row (rule ``type``); an empty one is allowed. A later row with an id
+    already seen in the batch (by file, then row number) is quarantined (rule ``duplicate_id``). The rows are
+    judged ``slice_rows`` at a time; the result does not depend on it.
     """
-    raw = raw.sort(ROW_KEY)  # storage does not keep row order; "first" of a duplicated id means earliest in its file
     unreadable = file_errors(raw)
     raw = raw.filter(pl.col("row_number") != FILE_ROW)
-    texts = decode_records(raw, [*contract.features, *([contract.event_time] if contract.event_time else [])])
-    parsed = texts.with_columns(parse_feature(name, spec).alias(name) for name, spec in contract.features.items())
-    if contract.event_time:
-        parsed = parsed.with_columns(parse_event_time(contract.event_time).alias("event_time"))
     files_by_column = _files_missing_each_column(raw, list(contract.features))
-    violations = [
-        _file_violations(unreadable),
-        *_entity_id_violations(parsed, contract.entity_id),
-        *(
-            v
-            for name, spec in contract.features.items()
-            for v in _feature_violations(parsed, name, spec, files_by_column[name])
-        ),
-        *(_cross_field_violations(parsed, rule.name, rule.expression, rule.columns()) for rule in contract.rules),
-        *([_event_time_violations(parsed, contract.event_time)] if contract.event_time else []),
-    ]
-    quarantine = (
-        pl.concat([v.cast(QUARANTINE_SCHEMA) for v in violations])
-        if violations
-        else pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    # storage does not keep row order; "first" of a duplicated id means earliest by file, then row number
+    copies = (
+        raw.select(*ROW_KEY, "entity_id")
+        .sort(ROW_KEY)
+        .filter(pl.col("entity_id").is_not_null() & ~pl.col("entity_id").is_first_distinct())
     )
-    quarantine = quarantine.sort([*ROW_KEY, "column", "rule"])
-
-    valid = parsed.join(quarantine.select(ROW_KEY).unique(), on=ROW_KEY, how="anti")
-    valid = conform(valid, valid_schema(contract))
-
-    null_rates = {
-        name: (texts.select(pl.col(f"__text_{name}").is_null().mean()).item() or 0.0) if texts.height else 0.0
-        for name in contract.features
-    }
+    valid_parts: list[pl.DataFrame] = []
+    violations = [_file_violations(unreadable)]
+    nulls = dict.fromkeys(contract.features, 0)
+    for part in raw.iter_slices(slice_rows):
+        for rows, values in _judged_groups(part, contract):
+            found = _violations(rows, values, contract, files_by_column, copies)
+            violations += found
+            broken = pl.concat([v.select(ROW_KEY) for v in found])
+            valid_parts.append(conform(rows.join(broken, on=ROW_KEY, how="anti"), valid_schema(contract)))
+            counts = rows.select((~values[name].present).sum().alias(name) for name in contract.features).row(
+                0, named=True
+            )
+            nulls = {name: nulls[name] + counts[name] for name in nulls}
+    quarantine = pl.concat([v.cast(QUARANTINE_SCHEMA) for v in violations]).sort([*ROW_KEY, "column", "rule"])
+    valid = pl.concat(valid_parts).sort(ROW_KEY) if valid_parts else pl.DataFrame(schema=valid_schema(contract))
+    null_rates = {name: count / raw.height if raw.height else 0.0 for name, count in nulls.items()}
     return ValidationResult(valid=valid, quarantine=quarantine, null_rates=null_rates)
 
 
-def decode_records(raw: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    """The raw keys plus each of ``columns`` as stripped text in ``__text_<column>`` (empty text becomes null)."""
-    struct = pl.Struct({name: pl.String for name in columns})
-    fields = [
-        pl.col("__record").struct.field(name).str.strip_chars().replace("", None).alias(f"__text_{name}")
-        for name in columns
-    ]
-    # decoded a slice at a time: one decode of a whole 1M-row night holds ~3 GB of intermediate structs at once
-    slices = [
-        part.select(*KEY_COLUMNS, pl.col("record").str.json_decode(struct).alias("__record")).select(
-            *KEY_COLUMNS, *fields
+def _judged_groups(part: pl.DataFrame, contract: Contract) -> list[tuple[pl.DataFrame, dict[str, _Values]]]:
+    """The rows of ``part`` that typed cleanly and those that failed typing (decoded from their record), each with
+    how the rules read their columns."""
+    typed = typed_columns(contract)
+    clean = part.filter(pl.col(RECORD).is_null())
+    groups = [
+        (
+            clean,
+            {
+                name: _Values(pl.col(name).is_not_null(), pl.col(name), shown_value(pl.col(name), dtype))
+                for name, dtype in valid_schema(contract).items()
+                if name in typed
+            },
         )
-        for part in raw.iter_slices(DECODE_SLICE_ROWS)
     ]
-    return (
-        pl.concat(slices)
-        if slices
-        else raw.select(*KEY_COLUMNS, *(pl.lit(None, dtype=pl.String).alias(f"__text_{c}") for c in columns))
-    )
+    received = part.filter(pl.col(RECORD).is_not_null())
+    if received.height:
+        decoded = decode_records(received, [*dict.fromkeys(typed.values())]).drop(KEY_COLUMNS)
+        texts = {name: pl.col(text_column(source)) for name, source in typed.items()}
+        groups.append(
+            (
+                pl.concat([received.drop(decoded.columns, strict=False), decoded], how="horizontal"),
+                {name: _Values(text.is_not_null(), pl.col(name), text) for name, text in texts.items()},
+            )
+        )
+    return [(rows, values) for rows, values in groups if rows.height]
 
 
-def parse_feature(name: str, spec: FeatureSpec) -> pl.Expr:
-    """The typed value of feature ``name`` from its text; null when empty or unparseable or (if so configured)
-    unknown."""
-    text = pl.col(f"__text_{name}")
-    if spec.dtype == "float":
-        number = text.cast(pl.Float64, strict=False)
-        return pl.when(number.is_finite()).then(number)
-    if spec.dtype == "int":
-        number = text.cast(pl.Float64, strict=False)
-        return pl.when(number.is_finite() & (number.round() == number)).then(number).cast(pl.Int64, strict=False)
-    if spec.dtype == "bool":
-        lowered = text.str.to_lowercase()
-        return pl.when(lowered.is_in(_TRUE)).then(True).when(lowered.is_in(_FALSE)).then(False).otherwise(None)
-    return pl.when(text.is_in(spec.categories or [])).then(text)
-
-
-def parse_event_time(name: str) -> pl.Expr:
-    """The event time ``name`` from its text as a naive UTC datetime; null when empty or not a date-time."""
-    text = pl.col(f"__text_{name}").str.replace(r"[Zz]$", "+00:00")
-    return pl.coalesce(
-        *(text.str.to_datetime(f, strict=False, time_unit="us") for f in _NAIVE_TIME_FORMATS),
-        text.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")),
+def _violations(
+    rows: pl.DataFrame,
+    values: dict[str, _Values],
+    contract: Contract,
+    files_by_column: dict[str, list[str]],
+    copies: pl.DataFrame,
+) -> list[pl.DataFrame]:
+    return [
+        *_entity_id_violations(rows, contract.entity_id, copies),
         *(
-            text.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC").dt.replace_time_zone(None)
-            for f in _ZONED_TIME_FORMATS
+            v
+            for name, spec in contract.features.items()
+            for v in _feature_violations(rows, name, spec, values[name], files_by_column[name])
+        ),
+        *(_cross_field_violations(rows, rule.name, rule.expression, rule.columns(), values) for rule in contract.rules),
+        *([_event_time_violations(rows, contract.event_time, values["event_time"])] if contract.event_time else []),
+    ]
+
+
+def decode_records(raw: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """The key columns plus each of ``columns`` as stripped text in ``__text_<column>`` (empty text becomes null),
+    decoded from the rows' ``record`` (what was received, kept for rows that failed typing)."""
+    struct = pl.Struct({name: pl.String for name in columns})
+    return raw.select(*KEY_COLUMNS, pl.col(RECORD).str.json_decode(struct).alias("__record")).select(
+        *KEY_COLUMNS,
+        *(
+            pl.col("__record").struct.field(name).str.strip_chars().replace("", None).alias(text_column(name))
+            for name in columns
         ),
     )
 
 
-def _event_time_violations(parsed: pl.DataFrame, name: str) -> pl.DataFrame:
-    text = pl.col(f"__text_{name}")
-    return _violation(
-        parsed, text.is_not_null() & pl.col("event_time").is_null(), name, "type", text, EVENT_TIME_EXPECTED
-    )
+def _event_time_violations(rows: pl.DataFrame, name: str, values: _Values) -> pl.DataFrame:
+    return _violation(rows, values.present & values.value.is_null(), name, "type", values.text, EVENT_TIME_EXPECTED)
 
 
 def _file_violations(unreadable: pl.DataFrame) -> pl.DataFrame:
@@ -188,14 +189,16 @@ def _file_violations(unreadable: pl.DataFrame) -> pl.DataFrame:
 
 
 def _files_missing_each_column(raw: pl.DataFrame, columns: list[str]) -> dict[str, list[str]]:
+    """Per column, the files that lacked it (known from their rows' records: such rows always fail typing when the
+    column is required; an optional column missing from a file breaks no rule)."""
     present = record_columns(raw) if raw.height else {}
     return {column: [file for file, names in present.items() if column not in names] for column in columns}
 
 
 def _violation(
-    parsed: pl.DataFrame, condition: pl.Expr, column: str, rule: str, value: pl.Expr, expected: str
+    rows: pl.DataFrame, condition: pl.Expr, column: str, rule: str, value: pl.Expr, expected: str
 ) -> pl.DataFrame:
-    return parsed.filter(condition).select(
+    return rows.filter(condition).select(
         *KEY_COLUMNS,
         pl.lit(column).alias("column"),
         pl.lit(rule).alias("rule"),
@@ -204,13 +207,14 @@ def _violation(
     )
 
 
-def _entity_id_violations(parsed: pl.DataFrame, entity_id: str) -> list[pl.DataFrame]:
+def _entity_id_violations(rows: pl.DataFrame, entity_id: str, copies: pl.DataFrame) -> list[pl.DataFrame]:
+    """A missing id, and (``copies``: the keys of every later row of a repeated id in the whole batch) a repeat."""
     ident = pl.col("entity_id")
     return [
-        _violation(parsed, ident.is_null(), entity_id, "required", ident, "a non-empty id"),
+        _violation(rows, ident.is_null(), entity_id, "required", ident, "a non-empty id"),
         _violation(
-            parsed,
-            ident.is_not_null() & ~ident.is_first_distinct(),
+            rows.join(copies.select(ROW_KEY), on=ROW_KEY, how="semi"),
+            pl.lit(True),
             entity_id,
             "duplicate_id",
             ident,
@@ -220,23 +224,25 @@ def _entity_id_violations(parsed: pl.DataFrame, entity_id: str) -> list[pl.DataF
 
 
 def _feature_violations(
-    parsed: pl.DataFrame, name: str, spec: FeatureSpec, files_missing: list[str]
+    rows: pl.DataFrame, name: str, spec: FeatureSpec, values: _Values, files_missing: list[str]
 ) -> list[pl.DataFrame]:
-    text, value = pl.col(f"__text_{name}"), pl.col(name)
+    present, value, text = values.present, values.value, values.text
     shown = pl.when(pl.col("source_file").is_in(files_missing)).then(pl.lit(MISSING_COLUMN_VALUE)).otherwise(text)
     found = []
     if spec.required:
-        found.append(_violation(parsed, text.is_null(), name, "required", shown, "a value (the feature is required)"))
+        found.append(_violation(rows, ~present, name, "required", shown, "a value (the feature is required)"))
     if spec.dtype == "category":
         if spec.unknown_category == "quarantine":
             found.append(
-                _violation(
-                    parsed, text.is_not_null() & value.is_null(), name, "category", text, f"one of {spec.categories}"
-                )
+                _violation(rows, present & value.is_null(), name, "category", text, f"one of {spec.categories}")
             )
     else:
-        expected = {"float": "a finite number", "int": "a whole number", "bool": f"one of {_TRUE + _FALSE}"}[spec.dtype]
-        found.append(_violation(parsed, text.is_not_null() & value.is_null(), name, "type", text, expected))
+        expected = {
+            "float": "a finite number",
+            "int": "a whole number",
+            "bool": f"one of {TRUE_TEXTS + FALSE_TEXTS}",
+        }[spec.dtype]
+        found.append(_violation(rows, present & value.is_null(), name, "type", text, expected))
     if spec.min is not None or spec.max is not None:
         too_low = value < spec.min if spec.min is not None else pl.lit(False)
         too_high = value > spec.max if spec.max is not None else pl.lit(False)
@@ -245,16 +251,18 @@ def _feature_violations(
             if spec.min is not None and spec.max is not None
             else (f">= {_fmt(spec.min)}" if spec.min is not None else f"<= {_fmt(spec.max)}")
         )
-        found.append(_violation(parsed, value.is_not_null() & (too_low | too_high), name, "range", text, bounds))
+        found.append(_violation(rows, value.is_not_null() & (too_low | too_high), name, "range", text, bounds))
     return found
 
 
-def _cross_field_violations(parsed: pl.DataFrame, name: str, expression: str, columns: list[str]) -> pl.DataFrame:
+def _cross_field_violations(
+    rows: pl.DataFrame, name: str, expression: str, columns: list[str], values: dict[str, _Values]
+) -> pl.DataFrame:
     shown = pl.concat_str(
-        [pl.format("{}={}", pl.lit(c), pl.col(f"__text_{c}").fill_null("null")) for c in columns], separator=", "
+        [pl.format("{}={}", pl.lit(c), values[c].text.fill_null("null")) for c in columns], separator=", "
     )
     broken = pl.sql_expr(expression).fill_null(True).not_()
-    return _violation(parsed, broken, ",".join(columns), name, shown, expression)
+    return _violation(rows, broken, ",".join(columns), name, shown, expression)
 
 
 def _fmt(number: float | None) -> str:

@@ -38,14 +38,14 @@ def clean() -> pl.DataFrame:
     return simulate_night(NIGHT, ROWS, 7).applications
 
 
-def landed(frame: pl.DataFrame, folder: Path, name: str = "applications.parquet") -> RawBatch:
+def landed(frame: pl.DataFrame, folder: Path, contract: Contract, name: str = "applications.parquet") -> RawBatch:
     path = folder / name
     frame.write_csv(path) if name.endswith(".csv") else frame.write_parquet(path)
-    return read_raw_batch([path], NIGHT, "application_id")
+    return read_raw_batch([path], NIGHT, contract)
 
 
 def check_schema(frame: pl.DataFrame, folder: Path, contract: Contract, name: str = "applications.parquet"):
-    return schema_matches_contract(landed(frame, folder, name).files, contract, NIGHT.isoformat())
+    return schema_matches_contract(landed(frame, folder, contract, name).files, contract, NIGHT.isoformat())
 
 
 # --------------------------------------------------------------------------------------------------------- schema
@@ -118,7 +118,7 @@ def test_integer_column_for_a_float_feature_is_compatible(
 
 
 def test_csv_column_types_are_ignored(tmp_path: Path, clean: pl.DataFrame, contract: Contract) -> None:
-    batch = landed(clean, tmp_path, "applications.csv")
+    batch = landed(clean, tmp_path, contract, "applications.csv")
     assert set(batch.files[0].columns.values()) == {"String"}
     assert schema_matches_contract(batch.files, contract, NIGHT.isoformat()).passed
 
@@ -203,29 +203,29 @@ def test_volume_compares_with_the_median_not_the_mean() -> None:
 # ---------------------------------------------------------------------------------------------- duplicate ids
 
 
-def test_unique_ids_pass(tmp_path: Path, clean: pl.DataFrame) -> None:
-    outcome = entity_ids_unique(landed(clean, tmp_path).frame)
+def test_unique_ids_pass(tmp_path: Path, clean: pl.DataFrame, contract: Contract) -> None:
+    outcome = entity_ids_unique(landed(clean, tmp_path, contract).frame)
     assert outcome.passed
     assert outcome.metadata == {"duplicated_ids": 0, "extra_rows": 0}
 
 
-def test_repeated_ids_fail_with_their_count(tmp_path: Path) -> None:
+def test_repeated_ids_fail_with_their_count(tmp_path: Path, contract: Contract) -> None:
     night = simulate_night(
         NIGHT, 1_000, 7, Scenario(bad_data=True, defects=frozenset({"duplicate_row", "duplicate_id_changed"}))
     )
     repeated = night.defects.filter(pl.col("defect").str.starts_with("duplicate"))["application_id"]
-    outcome = entity_ids_unique(landed(night.applications, tmp_path).frame)
+    outcome = entity_ids_unique(landed(night.applications, tmp_path, contract).frame)
     assert not outcome.passed
     assert outcome.severity == "ERROR"
     assert outcome.metadata == {"duplicated_ids": repeated.n_unique(), "extra_rows": repeated.len()}
     assert any(repeated_id in outcome.description for repeated_id in repeated)
 
 
-def test_rows_without_an_id_are_not_counted_as_repeats(tmp_path: Path, clean: pl.DataFrame) -> None:
+def test_rows_without_an_id_are_not_counted_as_repeats(tmp_path: Path, clean: pl.DataFrame, contract: Contract) -> None:
     frame = clean.with_columns(
         pl.when(pl.int_range(pl.len()) < 3).then(None).otherwise(pl.col("application_id")).alias("application_id")
     )
-    assert entity_ids_unique(landed(frame, tmp_path).frame).passed
+    assert entity_ids_unique(landed(frame, tmp_path, contract).frame).passed
 
 
 # ------------------------------------------------------------------------------------------------- null rates
@@ -234,7 +234,7 @@ def test_rows_without_an_id_are_not_counted_as_repeats(tmp_path: Path, clean: pl
 def test_null_rates_like_the_training_data_pass(
     tmp_path: Path, clean: pl.DataFrame, core_config: ProjectConfig, core_trained: TrainedModel
 ) -> None:
-    result = validate(landed(clean, tmp_path).frame, core_config.contract)
+    result = validate(landed(clean, tmp_path, core_config.contract).frame, core_config.contract)
     assert null_rates_stable(result.null_rates, core_trained.card.missing_rates, 0.05).passed
 
 
@@ -242,7 +242,7 @@ def test_null_rate_spike_fails_with_a_warning_naming_the_feature(
     tmp_path: Path, clean: pl.DataFrame, core_config: ProjectConfig, core_trained: TrainedModel
 ) -> None:
     frame = clean.with_columns(pl.when(pl.int_range(pl.len()) < 40).then(None).otherwise(pl.col("age")).alias("age"))
-    result = validate(landed(frame, tmp_path).frame, core_config.contract)
+    result = validate(landed(frame, tmp_path, core_config.contract).frame, core_config.contract)
     outcome = null_rates_stable(result.null_rates, core_trained.card.missing_rates, 0.05)
     assert not outcome.passed
     assert outcome.severity == "WARN"

@@ -48,7 +48,7 @@ def answered(tmp_path_factory: pytest.TempPathFactory) -> tuple[ProjectConfig, p
     )
     data = simulator.simulate_night(NIGHT, 1500, seed=11)
     path = simulator.write_landing(data, NIGHT, trained.landing_path)
-    raw = read_raw_batch([path], NIGHT, trained.contract.entity_id).frame
+    raw = read_raw_batch([path], NIGHT, trained.contract).frame
     checked = validate(raw, trained.contract)
     scored = score_batch(checked.valid, load_verified(champion), champion.card, 10_000, 300).frame
     outcomes = assemble_outcomes(
@@ -56,7 +56,6 @@ def answered(tmp_path_factory: pytest.TempPathFactory) -> tuple[ProjectConfig, p
         checked.quarantine,
         scored,
         Fallback(champion.card.fallback, champion.card.version),
-        trained.contract,
         trained.model.decision,
         True,
     )

@@ -14,7 +14,7 @@ from nightkeeper.cli import app
 from nightkeeper.config import load_config, parse_config
 from nightkeeper.draft import DraftError, SampleShape, derive_sizes, draft_config_text, write_draft
 from nightkeeper.examples.worlds import support_tickets_world, write_world
-from nightkeeper.ingest import RAW_SCHEMA, read_raw_batch
+from nightkeeper.ingest import read_raw_batch
 from nightkeeper.testing.synthetic import synthesize
 from nightkeeper.validation import validate
 
@@ -124,13 +124,8 @@ def test_drafted_ranges_do_not_quarantine_the_samples_own_rows_and_say_why(tmp_p
     _draft(tmp_path, sample)
     config = load_config(tmp_path / "nightkeeper.yaml")
     night = sample.filter(pl.col("visited_at").dt.date() == dt.date(2025, 3, 1))
-    raw = night.select(
-        pl.lit(dt.date(2025, 3, 1)).alias("partition_date"),
-        pl.lit("visits.parquet").alias("source_file"),
-        pl.int_range(1, night.height + 1).cast(pl.Int64).alias("row_number"),
-        pl.col("visit_ref").alias("entity_id"),
-        pl.struct(pl.all().exclude("churned").cast(pl.String)).struct.json_encode().alias("record"),
-    ).cast(RAW_SCHEMA)
+    night.drop("churned").write_parquet(tmp_path / "visits.parquet")
+    raw = read_raw_batch([tmp_path / "visits.parquet"], dt.date(2025, 3, 1), config.contract).frame
 
     result = validate(raw, config.contract)
 
@@ -200,7 +195,7 @@ def test_a_draft_from_the_history_quarantines_no_row_of_later_nights(tmp_path):
     quarantined = 0
     for night in files.nights:
         raw = read_raw_batch(
-            sorted((files.batches / night.isoformat()).glob("*.parquet")), night, config.contract.entity_id
+            sorted((files.batches / night.isoformat()).glob("*.parquet")), night, config.contract
         ).frame
         quarantined += validate(raw, config.contract).quarantined_rows
 

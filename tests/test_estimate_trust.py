@@ -93,9 +93,7 @@ def run_world(world: worlds.World, folder: Path) -> pl.DataFrame:
     champion = bootstrap_champion(config, pl.read_parquet(files.history), files.nights[0])
     booster, card = load_verified(champion), champion.card
     for night in files.nights:
-        batch = read_raw_batch(
-            [files.batches / night.isoformat() / "batch.parquet"], night, config.contract.entity_id
-        ).frame
+        batch = read_raw_batch([files.batches / night.isoformat() / "batch.parquet"], night, config.contract).frame
         checked = validate(batch, config.contract)
         scored = score_batch(checked.valid, booster, card, 10_000, 300).frame
         outcomes = assemble_outcomes(
@@ -103,7 +101,6 @@ def run_world(world: worlds.World, folder: Path) -> pl.DataFrame:
             checked.quarantine,
             scored,
             Fallback(card.fallback, card.version),
-            config.contract,
             config.model.decision,
             True,
         )

@@ -56,14 +56,12 @@ def test_every_fuzzed_row_gets_exactly_one_outcome(core_config, core_trained, tm
         path = folder / ("night.csv" if as_csv else "night.parquet")
         frame.write_csv(path) if as_csv else frame.write_parquet(path)
 
-        raw = read_raw_batch([path], NIGHT, contract.entity_id).frame
+        raw = read_raw_batch([path], NIGHT, contract).frame
         result = validate(raw, contract)
         scored = score_batch(
             result.valid, core_trained.booster, core_trained.card, chunk_rows=7, time_budget_seconds=60
         ).frame
-        outcomes = assemble_outcomes(
-            raw, result.quarantine, scored, fallback, contract, decision, answer_quarantined=True
-        )
+        outcomes = assemble_outcomes(raw, result.quarantine, scored, fallback, decision, answer_quarantined=True)
 
         assert outcomes.height == raw.height == frame.height
         assert outcomes.select("source_file", "row_number").is_unique().all()
@@ -148,14 +146,12 @@ def test_every_row_of_a_fuzzed_landing_folder_gets_exactly_one_outcome(core_conf
             for i, (kind, (frame, _)) in enumerate(drawn)
         )
 
-        batch = read_night(root / "landing", "{date}/*", NIGHT, contract.entity_id, root)
+        batch = read_night(root / "landing", "{date}/*", NIGHT, contract, root)
         result = validate(batch.frame, contract)
         scored = score_batch(
             result.valid, core_trained.booster, core_trained.card, chunk_rows=7, time_budget_seconds=60
         ).frame
-        outcomes = assemble_outcomes(
-            batch.frame, result.quarantine, scored, fallback, contract, core_config.model.decision, True
-        )
+        outcomes = assemble_outcomes(batch.frame, result.quarantine, scored, fallback, core_config.model.decision, True)
 
         unreadable = sum(FILE_KINDS[kind][1] for kind, _ in drawn)
         assert batch.frame.height == data_rows + unreadable

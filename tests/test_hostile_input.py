@@ -40,9 +40,7 @@ def answered(batch_frame: pl.DataFrame, config: ProjectConfig, trained: TrainedM
     result = validate(batch_frame, config.contract)
     scored = score_batch(result.valid, trained.booster, trained.card, chunk_rows=1000, time_budget_seconds=60).frame
     fallback = Fallback(trained.card.fallback, trained.card.version)
-    return assemble_outcomes(
-        batch_frame, result.quarantine, scored, fallback, config.contract, config.model.decision, True
-    )
+    return assemble_outcomes(batch_frame, result.quarantine, scored, fallback, config.model.decision, True)
 
 
 # --------------------------------------------------------------------------------------------- unreadable files
@@ -63,7 +61,7 @@ def test_an_unreadable_parquet_file_is_quarantined_and_the_good_file_answered(
     content = UNREADABLE[name]
     (night_folder / name).write_bytes(good.read_bytes()[: good.stat().st_size // 2] if content is None else content)
 
-    batch = read_night(night_folder.parent, PATTERN, NIGHT, core_config.contract.entity_id, night_folder.parent.parent)
+    batch = read_night(night_folder.parent, PATTERN, NIGHT, core_config.contract, night_folder.parent.parent)
     outcomes = answered(batch.frame, core_config, core_trained)
 
     assert batch.frame.height == applications.height + 1
@@ -96,7 +94,7 @@ def test_an_unreadable_csv_file_is_one_quarantine_row_with_its_reason(
     content, reason = CSV_FILES[name]
     (night_folder / name).write_bytes(content)
 
-    batch = read_night(night_folder.parent, "{date}/*.csv", NIGHT, core_config.contract.entity_id)
+    batch = read_night(night_folder.parent, "{date}/*.csv", NIGHT, core_config.contract)
     result = validate(batch.frame, core_config.contract)
 
     [row] = result.quarantine.filter(pl.col("source_file").str.ends_with(name)).to_dicts()
@@ -114,14 +112,14 @@ def test_a_parquet_file_with_an_upper_case_suffix_is_read(night_folder: Path, ap
 
 
 def test_data_files_the_pattern_does_not_match_are_reported_not_skipped_silently(
-    night_folder: Path, applications: pl.DataFrame
+    night_folder: Path, applications: pl.DataFrame, core_config: ProjectConfig
 ) -> None:
     applications.write_parquet(night_folder / "applications.parquet")
     applications.write_csv(night_folder / "late.csv")
     (night_folder / "archive.csv.gz").write_bytes(b"\x1f\x8b")
     (night_folder / "_SUCCESS").write_text("")
 
-    batch = read_night(night_folder.parent, PATTERN, NIGHT, "application_id")
+    batch = read_night(night_folder.parent, PATTERN, NIGHT, core_config.contract)
 
     assert [f.path.rsplit("/", 1)[-1] for f in batch.files] == ["applications.parquet"]
     assert {s.path.rsplit("/", 1)[-1] for s in batch.skipped} == {"late.csv", "archive.csv.gz"}
@@ -130,14 +128,14 @@ def test_data_files_the_pattern_does_not_match_are_reported_not_skipped_silently
 
 
 def test_a_link_to_a_file_outside_the_landing_folder_is_refused(
-    tmp_path: Path, night_folder: Path, applications: pl.DataFrame
+    tmp_path: Path, night_folder: Path, applications: pl.DataFrame, core_config: ProjectConfig
 ) -> None:
     secret = tmp_path / "outside" / "secret.parquet"
     secret.parent.mkdir()
     applications.write_parquet(secret)
     os.symlink(secret, night_folder / "innocent.parquet")
 
-    batch = read_night(night_folder.parent, PATTERN, NIGHT, "application_id")
+    batch = read_night(night_folder.parent, PATTERN, NIGHT, core_config.contract)
 
     assert batch.frame.height == 0 and batch.files == []
     [refused] = batch.skipped
@@ -159,10 +157,10 @@ def test_a_linked_night_folder_pointing_outside_the_landing_folder_is_refused(
 
 
 def test_source_file_is_relative_to_the_project_root(
-    tmp_path: Path, night_folder: Path, applications: pl.DataFrame
+    tmp_path: Path, night_folder: Path, applications: pl.DataFrame, core_config: ProjectConfig
 ) -> None:
     applications.write_parquet(night_folder / "applications.parquet")
-    batch = read_night(night_folder.parent, PATTERN, NIGHT, "application_id", root=tmp_path)
+    batch = read_night(night_folder.parent, PATTERN, NIGHT, core_config.contract, root=tmp_path)
     assert set(batch.frame["source_file"]) == {f"landing/{NIGHT}/applications.parquet"}
 
 
@@ -175,7 +173,7 @@ def test_a_list_column_quarantines_its_rows_naming_file_and_column(
     nested = applications.with_columns(pl.concat_list("income", "income").alias("income"))
     nested.write_parquet(night_folder / "nested.parquet")
 
-    batch = read_night(night_folder.parent, PATTERN, NIGHT, core_config.contract.entity_id)
+    batch = read_night(night_folder.parent, PATTERN, NIGHT, core_config.contract)
     result = validate(batch.frame, core_config.contract)
 
     assert result.valid.height == 0
@@ -188,7 +186,7 @@ def test_a_struct_column_is_kept_as_json_text(
     night_folder: Path, applications: pl.DataFrame, core_config: ProjectConfig
 ) -> None:
     applications.with_columns(pl.struct("age", "region").alias("region")).write_parquet(night_folder / "s.parquet")
-    batch = read_night(night_folder.parent, PATTERN, NIGHT, core_config.contract.entity_id)
+    batch = read_night(night_folder.parent, PATTERN, NIGHT, core_config.contract)
     result = validate(batch.frame, core_config.contract)
     values = result.quarantine.filter(pl.col("column") == "region")["value"].to_list()
     assert len(values) == applications.height and values[0].startswith('{"age":')
@@ -201,7 +199,7 @@ def test_an_unparseable_event_time_quarantines_the_row(
     times[0], times[1], times[2] = "not a time", "2024-05-01T10:00:00Z", None
     applications.with_columns(pl.Series("applied_at", times)).write_parquet(night_folder / "a.parquet")
 
-    result = validate(read_night(night_folder.parent, PATTERN, NIGHT, "application_id").frame, core_config.contract)
+    result = validate(read_night(night_folder.parent, PATTERN, NIGHT, core_config.contract).frame, core_config.contract)
 
     [row] = result.quarantine.to_dicts()
     assert (row["row_number"], row["column"], row["rule"], row["value"]) == (1, "applied_at", "type", "not a time")

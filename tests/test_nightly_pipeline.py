@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from dataclasses import dataclass
 
 import lightgbm as lgb
@@ -131,6 +132,29 @@ def test_bad_data_night_quarantines_each_defect_and_still_answers_every_row(proj
     assert not checks["entity_ids_unique"].passed
     assert not checks["null_rates_stable"].passed  # the optional 'dependents' column is missing tonight
     assert checks["champion_answered"].passed
+
+
+def test_the_stored_raw_batch_is_typed_and_only_rows_failing_typing_keep_what_was_received(project):
+    scenario = simulator.Scenario(bad_data=True, defects=frozenset({"numeric_as_text", "unparseable_number"}))
+    landed = project.land_night(NIGHT, scenario=scenario)
+
+    assert project.run_night(NIGHT).success
+
+    raw = project.table("raw_batch", NIGHT)
+    assert raw.schema["loan_amount"] == pl.Float64 and raw.schema["age"] == pl.Int64
+    unparseable = landed.defects.filter(pl.col("defect") == "unparseable_number")["application_id"]
+    kept = raw.filter(pl.col("record").is_not_null())
+    assert sorted(kept["entity_id"]) == sorted(unparseable)
+    received = {row["entity_id"]: json.loads(row["record"])["loan_amount"] for row in kept.iter_rows(named=True)}
+    sent = dict(
+        landed.applications.filter(pl.col("application_id").is_in(unparseable.to_list()))
+        .select("application_id", "loan_amount")
+        .iter_rows()
+    )
+    assert received == sent
+    shown = project.table("quarantine", NIGHT).filter(pl.col("rule") == "type")
+    assert dict(shown.select("entity_id", "value").iter_rows()) == sent
+    assert_every_row_answered_once(project, NIGHT)
 
 
 def test_quarantined_rows_keep_their_reason_in_outcomes(project):

@@ -3,7 +3,6 @@ model did not answer; any break of row conservation raises."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -58,7 +57,7 @@ def night(tmp_path_factory: pytest.TempPathFactory, core_config: ProjectConfig, 
     frame = _set(frame, EMPLOYMENT_NULL, "employment_type", None)
     path = tmp_path_factory.mktemp("outcomes") / "applications.parquet"
     frame.write_parquet(path)
-    raw = read_raw_batch([path], NIGHT, core_config.contract.entity_id).frame
+    raw = read_raw_batch([path], NIGHT, core_config.contract).frame
     validation = validate(raw, core_config.contract)
     assert validation.quarantined_rows == 4
     scored = score_batch(validation.valid, core_trained.booster, core_trained.card, 1_000, 300).frame
@@ -79,7 +78,6 @@ def assemble(
         night.validation.quarantine,
         night.scored if scored is None else scored,
         Fallback(trained.card.fallback, trained.card.version) if fallback is None else fallback,
-        config.contract,
         config.model.decision,
         answer_quarantined,
     )
@@ -128,8 +126,7 @@ def test_quarantined_row_with_a_valid_segment_is_answered_by_the_fallback(
     assert row["entity_id"] == applicant["entity_id"]
     assert row["source"] == "fallback"
     assert row["reason"] == "quarantined: age required"
-    record = json.loads(applicant["record"])
-    expected_score = fallback_score(core_trained, record["employment_type"], record["channel"])
+    expected_score = fallback_score(core_trained, applicant["employment_type"], applicant["channel"])
     assert row["score"] == expected_score
     assert expected_score != core_trained.card.fallback.global_rate
     threshold = core_config.model.decision.threshold
@@ -218,7 +215,7 @@ def test_outcome_summary_counts_rows_by_source(
 def test_bad_data_night_conserves_rows(tmp_path: Path, core_config: ProjectConfig, core_trained: TrainedModel) -> None:
     path = tmp_path / "applications.parquet"
     simulate_night(NIGHT, 2_000, 7, Scenario(bad_data=True)).applications.write_parquet(path)
-    raw = read_raw_batch([path], NIGHT, core_config.contract.entity_id).frame
+    raw = read_raw_batch([path], NIGHT, core_config.contract).frame
     validation = validate(raw, core_config.contract)
     scored = score_batch(validation.valid, core_trained.booster, core_trained.card, 500, 300).frame
     outcomes = assemble(Night(raw, validation, scored), core_config, core_trained)

@@ -51,14 +51,12 @@ def pipeline(
         data = simulate_night(night, ROWS, SEED, scenario)
         path = folder / f"{night}.parquet"
         data.applications.write_parquet(path)
-        raw = read_raw_batch([path], night, core_config.contract.entity_id).frame
+        raw = read_raw_batch([path], night, core_config.contract).frame
         validation = validate(raw, core_config.contract)
         scored = score_batch(validation.valid, core_trained.booster, core_trained.card, 1_000, 300).frame
         fallback = Fallback(core_trained.card.fallback, core_trained.card.version)
         outcomes.append(
-            assemble_outcomes(
-                raw, validation.quarantine, scored, fallback, core_config.contract, core_config.model.decision, True
-            )
+            assemble_outcomes(raw, validation.quarantine, scored, fallback, core_config.model.decision, True)
         )
         labels.append(
             data.labels.select(

@@ -66,7 +66,7 @@ def land_and_answer(project: Project, index: int) -> None:
     config, night = project.config, FIRST_NIGHT + dt.timedelta(days=index)
     data = simulator.simulate_night(night, ROWS, seed=11, scenario=simulator.Scenario(income_factor=1.0 + 0.03 * index))
     path = simulator.write_landing(data, night, config.landing_path)
-    raw = read_raw_batch([path], night, config.contract.entity_id).frame
+    raw = read_raw_batch([path], night, config.contract).frame
     validation = validate(raw, config.contract)
     card = project.champion.card
     scored = score_batch(validation.valid, load_verified(project.champion), card, 1_000, 300).frame
@@ -79,7 +79,6 @@ def land_and_answer(project: Project, index: int) -> None:
         validation.quarantine,
         scored,
         Fallback(card.fallback, card.version),
-        config.contract,
         config.model.decision,
         True,
         canary,

@@ -179,7 +179,7 @@ def test_a_challenger_on_an_unregistered_version_fails_every_row_and_is_rolled_b
 def _validated_night(tmp_path, rows: int = 200) -> pl.DataFrame:
     config = load_config(REPO / "nightkeeper.yaml")
     path = simulator.write_landing(simulator.simulate_night(NIGHT, rows, seed=5), NIGHT, tmp_path / "landing")
-    return validate(read_raw_batch([path], NIGHT, config.contract.entity_id).frame, config.contract).valid
+    return validate(read_raw_batch([path], NIGHT, config.contract).frame, config.contract).valid
 
 
 def test_a_challenger_failing_only_where_the_champion_also_fails_raises_no_fallback_rate_increase(tmp_path):

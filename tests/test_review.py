@@ -161,7 +161,7 @@ def real_night(
     """A bad-data simulator night scored by a real LightGBM model: model answers, fallback and quarantined rows."""
     path = tmp_path_factory.mktemp("review_night") / "applications.parquet"
     simulate_night(NIGHT, 600, seed=7, scenario=Scenario(bad_data=True)).applications.write_parquet(path)
-    raw = read_raw_batch([path], NIGHT, core_config.contract.entity_id).frame
+    raw = read_raw_batch([path], NIGHT, core_config.contract).frame
     validation = validate(raw, core_config.contract)
     scored = score_batch(validation.valid, core_trained.booster, core_trained.card, 1_000, 300).frame
     outcomes = assemble_outcomes(
@@ -169,7 +169,6 @@ def real_night(
         validation.quarantine,
         scored,
         Fallback(core_trained.card.fallback, core_trained.card.version),
-        core_config.contract,
         core_config.model.decision,
         True,
     )

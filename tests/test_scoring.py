@@ -28,7 +28,7 @@ def valid(tmp_path_factory: pytest.TempPathFactory, core_config: ProjectConfig) 
     """The validated rows of a clean simulated night, read from a parquet landing file."""
     path = tmp_path_factory.mktemp("scoring") / "applications.parquet"
     simulate_night(NIGHT, 2_000, 7).applications.write_parquet(path)
-    raw = read_raw_batch([path], NIGHT, core_config.contract.entity_id).frame
+    raw = read_raw_batch([path], NIGHT, core_config.contract).frame
     result = validate(raw, core_config.contract)
     assert result.quarantine.is_empty()
     return result.valid

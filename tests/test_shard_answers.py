@@ -24,7 +24,7 @@ from nightkeeper.pipeline.monitoring import drift_night, drift_shards_night, dri
 from nightkeeper.pipeline.nightly import answer_night, score_night, shadow_night, validate_night
 from nightkeeper.pipeline.shard import ShardAnswers, answer_shard
 from nightkeeper.sharding import shard_of
-from nightkeeper.simulator import Scenario, simulate_history, simulate_night
+from nightkeeper.examples.simulator import Scenario, simulate_history, simulate_night
 from nightkeeper.training import TrainedModel, train_model
 from nightkeeper.validation import ROW_KEY
 from nightkeeper.warehouse import connect

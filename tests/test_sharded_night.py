@@ -35,7 +35,7 @@ from nightkeeper.performance import (
 )
 from nightkeeper.scoring import score_batch
 from nightkeeper.sharding import split_by_shard
-from nightkeeper.simulator import ENTITY_ID, TARGET, Scenario, simulate_night
+from nightkeeper.examples.simulator import ENTITY_ID, TARGET, Scenario, simulate_night
 from nightkeeper.summaries import (
     DRIFT_COUNTS_SCHEMA,
     DriftSummary,

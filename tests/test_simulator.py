@@ -327,7 +327,7 @@ def labeled(night: NightData) -> pl.DataFrame:
 def validated_landing_file(night: NightData, contract: Contract, tmp_path: Path) -> ValidationResult:
     """The night's landing file as written, read and validated by the real pipeline steps."""
     path = write_landing(night, night.night, tmp_path / "landing")
-    return validate(read_raw_batch([path], night.night, contract.entity_id).frame, contract)
+    return validate(read_raw_batch([path], night.night, contract).frame, contract)
 
 
 @pytest.fixture(scope="module")

@@ -124,7 +124,7 @@ def test_written_batches_pass_validation_under_the_written_config(name: str, tmp
     config = load_config(files.config)
     for night in files.nights:
         paths = landed_files(config.landing_path, config.source.pattern, night)
-        raw = read_raw_batch(paths, night, config.contract.entity_id)
+        raw = read_raw_batch(paths, night, config.contract)
         result = validate(raw.frame, config.contract)
         assert result.quarantine.is_empty(), result.quarantine.head(5)
         assert result.valid.height == raw.frame.height > 0
@@ -202,7 +202,7 @@ def test_csv_format_writes_csv_files_and_the_config_reads_them(tmp_path: Path) -
     night = files.nights[0]
     paths = landed_files(config.landing_path, config.source.pattern, night)
     assert paths == [tmp_path / "batches" / night.isoformat() / "batch.csv"]
-    result = validate(read_raw_batch(paths, night, config.contract.entity_id).frame, config.contract)
+    result = validate(read_raw_batch(paths, night, config.contract).frame, config.contract)
     assert result.quarantine.is_empty() and result.valid.height == world.rows_per_night
     assert pl.read_csv(files.history).height == world.history().height
 

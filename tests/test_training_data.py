@@ -68,7 +68,7 @@ def history(core_config: ProjectConfig, tmp_path_factory: Any) -> History:
     for index, night in enumerate(NIGHTS):
         data = simulate_night(night, ROWS, SEED, PLAN.scenario_for_night(index))
         landed = write_landing(data, night, root / "landing")
-        raw = read_raw_batch([landed], night, contract.entity_id).frame
+        raw = read_raw_batch([landed], night, contract).frame
         result = validate(raw, contract)
         valid.append(result.valid)
         quarantined |= set(result.quarantine["entity_id"].to_list())

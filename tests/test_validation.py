@@ -3,6 +3,7 @@ quarantined once per rule it breaks, with the column, the rule and the offending
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from polars.testing import assert_frame_equal
 
 from nightkeeper.config import Contract, ProjectConfig
 from nightkeeper.examples.simulator import Scenario, simulate_night
-from nightkeeper.ingest import RAW_SCHEMA, landed_files, read_raw_batch
+from nightkeeper.ingest import landed_files, raw_schema, read_raw_batch
 from nightkeeper.validation import (
     MISSING_COLUMN_VALUE,
     QUARANTINE_SCHEMA,
@@ -62,7 +63,7 @@ def land(frame: pl.DataFrame, folder: Path, name: str = "applications.parquet") 
 
 
 def run(paths: list[Path], contract: Contract) -> tuple[pl.DataFrame, ValidationResult]:
-    raw = read_raw_batch(paths, NIGHT, contract.entity_id).frame
+    raw = read_raw_batch(paths, NIGHT, contract).frame
     return raw, validate(raw, contract)
 
 
@@ -81,15 +82,55 @@ def valid_row_numbers(result: ValidationResult) -> set[int]:
 # ------------------------------------------------------------------------------------------------------- ingest
 
 
-def test_raw_batch_keeps_every_row_as_text_numbered_from_one_per_file(tmp_path: Path, clean: pl.DataFrame) -> None:
+def test_raw_batch_keeps_every_row_numbered_from_one_per_file(
+    tmp_path: Path, clean: pl.DataFrame, contract: Contract
+) -> None:
     first, second = land(clean[:20], tmp_path, "a.parquet"), land(clean[20:], tmp_path, "b.parquet")
-    batch = read_raw_batch([first, second], NIGHT, "application_id")
-    assert dict(batch.frame.schema) == RAW_SCHEMA
+    batch = read_raw_batch([first, second], NIGHT, contract)
+    assert batch.frame.schema == raw_schema(contract)
     assert batch.frame.height == ROWS
     assert batch.frame.filter(pl.col("source_file") == str(first))["row_number"].to_list() == list(range(1, 21))
     assert batch.frame.filter(pl.col("source_file") == str(second))["row_number"].to_list() == list(range(1, 41))
     assert batch.frame["entity_id"].to_list() == clean["application_id"].to_list()
     assert [(f.path, f.rows) for f in batch.files] == [(str(first), 20), (str(second), 40)]
+
+
+def test_raw_batch_holds_the_contracts_columns_typed_and_no_text_for_rows_that_typed(
+    tmp_path: Path, clean: pl.DataFrame, contract: Contract
+) -> None:
+    frame = read_raw_batch([land(clean, tmp_path)], NIGHT, contract).frame
+    assert frame.schema["income"] == pl.Float64 and frame.schema["age"] == pl.Int64
+    assert frame.schema["has_cosigner"] == pl.Boolean and frame.schema["event_time"] == pl.Datetime("us")
+    assert_frame_equal(frame.select(contract.feature_names), clean.select(contract.feature_names))
+    assert frame["record"].null_count() == ROWS
+
+
+def test_a_row_failing_typing_keeps_what_was_received_and_is_quarantined_for_it(
+    tmp_path: Path, clean: pl.DataFrame, contract: Contract
+) -> None:
+    raw, result = run([land(set_text(clean, 3, "income", "12k"), tmp_path)], contract)
+    kept = raw.filter(pl.col("record").is_not_null())
+    assert kept["row_number"].to_list() == [4]
+    received = json.loads(kept["record"][0])
+    assert received["income"] == "12k"
+    assert received["application_id"] == clean["application_id"][3]
+    assert kept["income"][0] is None
+    assert broken(result, 4) == [{"column": "income", "rule": "type", "value": "12k"}]
+
+
+def test_a_night_typed_and_judged_in_small_slices_equals_it_typed_and_judged_whole(
+    tmp_path: Path, contract: Contract
+) -> None:
+    night = simulate_night(NIGHT, 2_000, SEED, Scenario(bad_data=True))
+    path = land(night.applications, tmp_path)
+    whole = read_raw_batch([path], NIGHT, contract).frame
+    sliced = read_raw_batch([path], NIGHT, contract, slice_rows=97).frame
+    assert_frame_equal(sliced, whole)
+    at_once, in_slices = validate(whole, contract), validate(whole.sample(fraction=1.0, seed=3), contract, 113)
+    assert_frame_equal(in_slices.valid, at_once.valid)
+    assert_frame_equal(in_slices.quarantine, at_once.quarantine)
+    assert in_slices.null_rates == pytest.approx(at_once.null_rates)
+    assert in_slices.quarantine.filter(pl.col("rule") == "duplicate_id").height > 0
 
 
 def test_landed_files_are_the_nights_matching_files_sorted(tmp_path: Path, clean: pl.DataFrame) -> None:
@@ -102,10 +143,10 @@ def test_landed_files_are_the_nights_matching_files_sorted(tmp_path: Path, clean
     assert landed_files(tmp_path, "{date}/*.parquet", NIGHT) == [a, b]
 
 
-def test_unreadable_file_is_one_raw_row_carrying_the_reason(tmp_path: Path) -> None:
+def test_unreadable_file_is_one_raw_row_carrying_the_reason(tmp_path: Path, contract: Contract) -> None:
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"this is not parquet")
-    batch = read_raw_batch([corrupt], NIGHT, "application_id")
+    batch = read_raw_batch([corrupt], NIGHT, contract)
     assert batch.frame.select("source_file", "row_number", "entity_id").rows() == [(str(corrupt), 0, None)]
     [landed] = batch.files
     assert landed.rows == 0 and landed.error is not None and "cannot be read as parquet" in landed.error
@@ -146,7 +187,7 @@ def test_csv_input_is_read_as_text_and_validates_like_parquet(
     tmp_path: Path, clean: pl.DataFrame, contract: Contract
 ) -> None:
     csv_path = land(clean, tmp_path, "applications.csv")
-    batch = read_raw_batch([csv_path], NIGHT, contract.entity_id)
+    batch = read_raw_batch([csv_path], NIGHT, contract)
     assert set(batch.files[0].columns.values()) == {"String"}
     _, from_csv = run([csv_path], contract)
     _, from_parquet = run([land(clean, tmp_path)], contract)
@@ -384,8 +425,8 @@ def test_every_deliberately_broken_row_is_quarantined(tmp_path: Path, contract: 
 
 
 def test_empty_input_gives_empty_frames_with_the_right_schemas(contract: Contract) -> None:
-    batch = read_raw_batch([], NIGHT, contract.entity_id)
-    assert dict(batch.frame.schema) == RAW_SCHEMA
+    batch = read_raw_batch([], NIGHT, contract)
+    assert batch.frame.schema == raw_schema(contract)
     result = validate(batch.frame, contract)
     assert result.valid.is_empty() and result.quarantine.is_empty()
     assert dict(result.valid.schema) == valid_schema(contract)
@@ -395,7 +436,7 @@ def test_empty_input_gives_empty_frames_with_the_right_schemas(contract: Contrac
 
 def test_file_without_rows_is_listed_but_adds_no_rows(tmp_path: Path, clean: pl.DataFrame, contract: Contract) -> None:
     empty = land(clean.clear(), tmp_path, "empty.parquet")
-    batch = read_raw_batch([empty], NIGHT, contract.entity_id)
+    batch = read_raw_batch([empty], NIGHT, contract)
     assert [(f.path, f.rows) for f in batch.files] == [(str(empty), 0)]
     result = validate(batch.frame, contract)
     assert result.valid.is_empty()

@@ -46,7 +46,7 @@ def ingest_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, n
 
     Metadata ``file_warnings`` lists what a person should know about the files (unreadable, not read, nested).
     """
-    batch = read_night(config.landing_path, config.source.pattern, night, config.contract.entity_id, config.root)
+    batch = read_night(config.landing_path, config.source.pattern, night, config.contract, config.root)
     history = recent_row_counts(connection, night, config.checks.volume_history_nights)
     schema = batch_checks.schema_matches_contract(batch.files, config.contract, night.isoformat())
     volume = batch_checks.volume_within_history(
@@ -283,7 +283,6 @@ def answer_night(
         quarantine,
         scored_batch,
         fallback,
-        config.contract,
         serving_decision(config, connection, night),
         config.fallback.answer_quarantined,
         canary,
