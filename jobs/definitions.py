@@ -39,6 +39,7 @@ from jobs.review import build_review_inbox_sensor, review_import_job
 from jobs.run_guard import build_reaper_sensor
 from jobs.webhook import alert_outbox_job, build_alert_outbox_sensor
 from nightkeeper.config import ProjectConfig, load_config
+from nightkeeper.warehouse import Lake
 
 REPOSITORY_CONFIG = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
 """This repository's own project config: the credit example, which the demo copies into its folder."""
@@ -83,7 +84,7 @@ def build_definitions(config_path: Path) -> Definitions:
         default_status=DefaultScheduleStatus.RUNNING,
     )
     sensors, lifecycle_schedules = build_lifecycle_automation(config)
-    warehouse_path = str(config.warehouse_path)
+    store = warehouse_fields(config)
     return Definitions(
         assets=[
             *(a for a in nightly if not _is_check(a)),
@@ -113,13 +114,24 @@ def build_definitions(config_path: Path) -> Definitions:
         ],
         resources={
             "project": ProjectResource(config_path=str(Path(config_path).resolve())),
-            "warehouse": WarehouseResource(database=warehouse_path),
-            "io_manager": WarehouseIOManager(database=warehouse_path, schema=NIGHTLY_SCHEMA),
+            "warehouse": WarehouseResource(**store),
+            "io_manager": WarehouseIOManager(**store, schema=NIGHTLY_SCHEMA),
         },
         # One laptop: steps run in the run's own process, so a night costs one process start, and the warehouse
         # pool serialises them. A deployment sets its executor (k8s, celery) in its own run config.
         executor=in_process_executor,
     )
+
+
+def warehouse_fields(config: ProjectConfig) -> dict[str, str | None]:
+    """The warehouse resources' fields for the config's ``storage``: the DuckDB file, and the DuckLake if its kind."""
+    location = config.warehouse
+    lake = location if isinstance(location, Lake) else None
+    return {
+        "database": str(config.warehouse_path),
+        "lake_catalog": lake.catalog if lake else None,
+        "lake_data_path": lake.data_path if lake else None,
+    }
 
 
 def build_nightly_schedule(

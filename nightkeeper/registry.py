@@ -56,8 +56,11 @@ def register(connection: duckdb.DuckDBPyConnection, card: ModelCard, model_path:
 
 
 def _warehouse_folder(connection: duckdb.DuckDBPyConnection) -> Path | None:
-    """The folder of the warehouse file behind ``connection``; None for an in-memory database."""
-    row = connection.execute("select path from duckdb_databases() where database_name = current_database()").fetchone()
+    """The folder of the warehouse file behind ``connection``; None for an in-memory database or a DuckLake (whose
+    writers may be on other machines: they store models at absolute paths of a shared volume)."""
+    row = connection.execute(
+        "select path from duckdb_databases() where database_name = current_database() and type = 'duckdb'"
+    ).fetchone()
     return Path(row[0]).resolve().parent if row and row[0] else None
 
 
