@@ -42,7 +42,13 @@ class ModelRecord:
 def register(connection: duckdb.DuckDBPyConnection, card: ModelCard, model_path: Path) -> ModelRecord:
     """Record a version; registering the same version again is a no-op (versions are content addresses)."""
     connection.execute(
-        f"insert into {MODEL_VERSIONS} values (?, ?, ?, now(), ?, ?, ?) on conflict (version) do nothing",
+        # a MERGE rather than an insert on the key: a DuckLake warehouse has no keys
+        f"""merge into {MODEL_VERSIONS} as stored
+            using (select ?::varchar as version, ?::varchar as project, ?::timestamptz as created_at,
+                   now() as registered_at, ?::varchar as model_path, ?::varchar as model_sha256,
+                   ?::varchar as card_json) as new
+            on stored.version = new.version
+            when not matched then insert by name""",
         [
             card.version,
             card.project,

@@ -174,6 +174,24 @@ def retry_conflicts(transaction: Callable[[], T], wait_seconds: float = 100.0) -
         delay = min(delay * 2, 2.0)
 
 
+def run_transaction(connection: duckdb.DuckDBPyConnection, body: Callable[[], T], wait_seconds: float = 100.0) -> T:
+    """``body()`` in one transaction of ``connection``: committed, or rolled back and its error raised. On a DuckLake,
+    run again whole while its commit conflicts with another writer's (``retry_conflicts``). The caller must not hold
+    an open transaction."""
+
+    def attempt() -> T:
+        connection.begin()
+        try:
+            result = body()
+            connection.commit()
+        except BaseException:
+            rollback_open(connection)
+            raise
+        return result
+
+    return retry_conflicts(attempt, wait_seconds)
+
+
 def is_lake_conflict(error: Exception) -> bool:
     """Whether ``error`` is a DuckLake commit that lost to another writer's (it is worth running again)."""
     text = str(error)
@@ -215,19 +233,13 @@ def store_partition(
     view = "__nightkeeper_partition"
 
     def replace_partition() -> None:
-        connection.begin()
-        try:
-            connection.execute(f'create schema if not exists "{schema}"')
-            connection.execute(f"create table if not exists {name} as select * from {view} limit 0")
-            connection.execute(f"delete from {name} where {PARTITION_COLUMN} = ?", [night])
-            connection.execute(f"insert into {name} by name select * from {view}")
-            connection.commit()
-        except BaseException:
-            rollback_open(connection)
-            raise
+        connection.execute(f'create schema if not exists "{schema}"')
+        connection.execute(f"create table if not exists {name} as select * from {view} limit 0")
+        connection.execute(f"delete from {name} where {PARTITION_COLUMN} = ?", [night])
+        connection.execute(f"insert into {name} by name select * from {view}")
 
     connection.register(view, frame.to_arrow())
     try:
-        retry_conflicts(replace_partition)
+        run_transaction(connection, replace_partition)
     finally:
         connection.unregister(view)
