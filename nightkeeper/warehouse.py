@@ -65,10 +65,7 @@ def connect(location: Location, wait_seconds: float = 100.0) -> Iterator[duckdb.
     """Open the warehouse, with its side tables migrated to the latest version (``nightkeeper.schema.migrate``);
     always closed on exit. A file is retried while another process holds its lock, for up to ``wait_seconds``;
     a lake has no lock (its writers' conflicting transactions are retried instead, for as long)."""
-    if isinstance(location, Lake):
-        connection = lake_connection(location)
-    else:
-        connection = _open_file(location, wait_seconds)
+    connection = lake_connection(location) if isinstance(location, Lake) else _open_file(location, wait_seconds)
     try:
         retry_conflicts(lambda: migrate(connection), wait_seconds)
         yield connection

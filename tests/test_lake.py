@@ -75,7 +75,11 @@ def postgres() -> Iterator[Path]:
     try:
         yield folder
     finally:
-        subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False, capture_output=True)
+        subprocess.run(
+            [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            check=False,
+            capture_output=True,
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -91,7 +95,9 @@ def new_catalog(postgres: Path, name: str) -> str:
     """A new, empty PostgreSQL database on the test server; its libpq connection string."""
     bin_dir = _pg_bin()
     assert bin_dir is not None
-    subprocess.run([str(bin_dir / "createdb"), "-h", str(postgres), "-p", str(PORT), "-U", "nightkeeper", name], check=True)
+    subprocess.run(
+        [str(bin_dir / "createdb"), "-h", str(postgres), "-p", str(PORT), "-U", "nightkeeper", name], check=True
+    )
     return f"dbname={name} host={postgres} port={PORT} user=nightkeeper"
 
 

@@ -17,7 +17,6 @@ import duckdb
 import polars as pl
 
 from nightkeeper import warehouse
-from nightkeeper.warehouse import Lake, Location
 from nightkeeper.alerts import ALERTS_SCHEMA
 from nightkeeper.drift import FEATURE_SCHEMA
 from nightkeeper.frames import conform
@@ -34,6 +33,7 @@ from nightkeeper.schema import (
     REVIEW_LABELS,
     REVIEW_QUEUE,
 )
+from nightkeeper.warehouse import Lake, Location
 
 SNAPSHOT_FOLDER = "snapshot"
 MANIFEST = "manifest.json"
