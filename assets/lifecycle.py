@@ -93,7 +93,7 @@ def candidate_model_card(
     if record is None:
         return MaterializeResult(metadata={"card": "no candidate was trained"})
     folder = settings.path(Path("reports/models") / record.version)
-    snapshot = export_model_snapshot(settings.warehouse_path, record.version, folder)
+    snapshot = export_model_snapshot(settings.warehouse, record.version, folder)
     result = run_model_card(record.version, snapshot, record.model_path.parent, folder)
     return MaterializeResult(
         metadata={"version": record.version, "html": file_link(result.html), "images": result.images}

@@ -49,7 +49,7 @@ def build_report_assets(monthly: MonthlyPartitionsDefinition) -> list:
         config = project.load()
         month = context.partition_key[:7]
         folder = config.path(MONTHLY_FOLDER / month)
-        snapshot = export_month_snapshot(config.warehouse_path, month, folder, config=config)
+        snapshot = export_month_snapshot(config.warehouse, month, folder, config=config)
         return MaterializeResult(metadata={"month": month, "snapshot": MetadataValue.path(str(snapshot))})
 
     @asset(

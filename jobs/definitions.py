@@ -14,6 +14,7 @@ from dagster import (
     DailyPartitionsDefinition,
     DefaultScheduleStatus,
     Definitions,
+    ExecutorDefinition,
     MonthlyPartitionsDefinition,
     RunsFilter,
     ScheduleDefinition,
@@ -39,6 +40,7 @@ from jobs.review import build_review_inbox_sensor, review_import_job
 from jobs.run_guard import build_reaper_sensor
 from jobs.webhook import alert_outbox_job, build_alert_outbox_sensor
 from nightkeeper.config import ProjectConfig, load_config
+from nightkeeper.warehouse import Lake
 
 REPOSITORY_CONFIG = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
 """This repository's own project config: the credit example, which the demo copies into its folder."""
@@ -48,8 +50,10 @@ NIGHTLY_SCHEDULE = "nightly_batch_schedule"
 MONTHLY_REVIEW_JOB = "monthly_review_report"
 
 
-def build_definitions(config_path: Path) -> Definitions:
-    """All jobs, schedules, sensors, assets and resources for the project config at ``config_path``."""
+def build_definitions(config_path: Path, executor: ExecutorDefinition = in_process_executor) -> Definitions:
+    """All jobs, schedules, sensors, assets and resources for the project config at ``config_path``, their steps run
+    by ``executor`` (each run's steps in its own process by default; a deployment passes its own, e.g.
+    ``jobs/kubernetes.py``)."""
     config = load_config(config_path)
     partitions = night_partitions(config)
     nightly = [
@@ -83,7 +87,7 @@ def build_definitions(config_path: Path) -> Definitions:
         default_status=DefaultScheduleStatus.RUNNING,
     )
     sensors, lifecycle_schedules = build_lifecycle_automation(config)
-    warehouse_path = str(config.warehouse_path)
+    warehouse_resource, io_manager = warehouse_resources(config)
     return Definitions(
         assets=[
             *(a for a in nightly if not _is_check(a)),
@@ -113,12 +117,23 @@ def build_definitions(config_path: Path) -> Definitions:
         ],
         resources={
             "project": ProjectResource(config_path=str(Path(config_path).resolve())),
-            "warehouse": WarehouseResource(database=warehouse_path),
-            "io_manager": WarehouseIOManager(database=warehouse_path, schema=NIGHTLY_SCHEMA),
+            "warehouse": warehouse_resource,
+            "io_manager": io_manager,
         },
         # One laptop: steps run in the run's own process, so a night costs one process start, and the warehouse
-        # pool serialises them. A deployment sets its executor (k8s, celery) in its own run config.
-        executor=in_process_executor,
+        # pool serialises them. A deployment passes its executor (jobs/kubernetes.py).
+        executor=executor,
+    )
+
+
+def warehouse_resources(config: ProjectConfig) -> tuple[WarehouseResource, WarehouseIOManager]:
+    """The warehouse resource and IO manager for the config's ``storage``: the DuckDB file, or the DuckLake."""
+    location = config.warehouse
+    catalog, data_path = (location.catalog, location.data_path) if isinstance(location, Lake) else (None, None)
+    database = str(config.warehouse_path)
+    return (
+        WarehouseResource(database=database, lake_catalog=catalog, lake_data_path=data_path),
+        WarehouseIOManager(database=database, lake_catalog=catalog, lake_data_path=data_path, schema=NIGHTLY_SCHEMA),
     )
 
 

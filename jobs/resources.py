@@ -14,7 +14,7 @@ from pydantic import Field
 
 from nightkeeper import warehouse
 from nightkeeper.config import ProjectConfig, load_config
-from nightkeeper.warehouse import NIGHTLY_SCHEMA, PARTITION_COLUMN, store_partition
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, PARTITION_COLUMN, Lake, Location, store_partition
 
 WAREHOUSE_POOL = "warehouse"
 __all__ = ["NIGHTLY_SCHEMA", "WAREHOUSE_POOL", "ProjectResource", "WarehouseResource", "WarehouseIOManager"]
@@ -29,14 +29,34 @@ class ProjectResource(ConfigurableResource):
         return load_config(self.config_path)
 
 
-class WarehouseResource(ConfigurableResource):
-    """The DuckDB warehouse file, opened per statement group and closed at once (DuckDB locks the file per process)."""
+def warehouse_location(database: str, lake_catalog: str | None, lake_data_path: str | None) -> Location:
+    """The warehouse a resource's fields name: the DuckLake when ``lake_catalog`` is set, else the DuckDB file."""
+    if lake_catalog is None:
+        return Path(database)
+    if lake_data_path is None:
+        raise ValueError("lake_catalog is set without lake_data_path: a DuckLake needs both")
+    return Lake(catalog=lake_catalog, data_path=lake_data_path)
 
-    database: str = Field(description="Path to the DuckDB warehouse file.")
+
+class WarehouseResource(ConfigurableResource):
+    """The warehouse, opened per statement group and closed at once (DuckDB locks a file per process): the DuckDB
+    file ``database``, or the DuckLake ``lake_catalog`` / ``lake_data_path`` when those are set (``storage.kind``)."""
+
+    database: str = Field(description="Path to the DuckDB warehouse file (storage.kind duckdb_file).")
+    lake_catalog: str | None = Field(
+        None, description="libpq connection string of the DuckLake's PostgreSQL catalog (storage.kind ducklake)."
+    )
+    lake_data_path: str | None = Field(
+        None, description="Folder or object-storage URL of the DuckLake's Parquet files (storage.kind ducklake)."
+    )
+
+    @property
+    def location(self) -> Location:
+        return warehouse_location(self.database, self.lake_catalog, self.lake_data_path)
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with warehouse.connect(Path(self.database)) as connection:
+        with warehouse.connect(self.location) as connection:
             yield connection
 
 
@@ -46,23 +66,34 @@ class WarehouseIOManager(ConfigurableIOManager):
 
     A partition is stored through ``nightkeeper.warehouse.store_partition`` (the function the backtest uses): delete
     and insert in one transaction, so a failed write leaves the old partition in place, an empty night is a real,
-    empty partition and columns are inserted by name. An input is the rows of its partitions' time window.
+    empty partition and columns are inserted by name. An input is the rows of its partitions' time window. On a
+    DuckLake, nights stored at once by several processes or machines each replace their own partition.
     """
 
-    database: str = Field(description="Path to the DuckDB warehouse file.")
+    database: str = Field(description="Path to the DuckDB warehouse file (storage.kind duckdb_file).")
+    lake_catalog: str | None = Field(
+        None, description="libpq connection string of the DuckLake's PostgreSQL catalog (storage.kind ducklake)."
+    )
+    lake_data_path: str | None = Field(
+        None, description="Folder or object-storage URL of the DuckLake's Parquet files (storage.kind ducklake)."
+    )
     schema_: str = Field(alias="schema", description="The schema holding the assets' tables.")
+
+    @property
+    def location(self) -> Location:
+        return warehouse_location(self.database, self.lake_catalog, self.lake_data_path)
 
     def handle_output(self, context: OutputContext, obj: pl.DataFrame) -> None:
         night = dt.date.fromisoformat(context.asset_partition_key)
         table = context.asset_key.path[-1]
-        with warehouse.connect(Path(self.database)) as connection:
+        with warehouse.connect(self.location) as connection:
             store_partition(connection, self.schema_, table, night, obj)
         name = f"{self.schema_}.{table}"
         context.add_output_metadata({"stored_rows": obj.height, "table": name, "dagster/table_name": name})
 
     def load_input(self, context: InputContext) -> pl.DataFrame:
         window = context.asset_partitions_time_window
-        with warehouse.connect(Path(self.database)) as connection:
+        with warehouse.connect(self.location) as connection:
             return connection.execute(
                 f"select * from {self.schema_}.{context.asset_key.path[-1]} "
                 f"where {PARTITION_COLUMN} >= ? and {PARTITION_COLUMN} < ?",

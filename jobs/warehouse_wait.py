@@ -22,8 +22,10 @@ from pathlib import Path
 
 import duckdb
 
+from nightkeeper import warehouse
 from nightkeeper.config import ProjectConfig
 from nightkeeper.schema import migrate
+from nightkeeper.warehouse import Lake
 
 ANNOUNCE_AFTER_SECONDS = 1.0  # shorter waits are the normal gaps between a night's statements: say nothing
 RETRY_SECONDS = 0.25
@@ -38,7 +40,12 @@ class WarehouseBusy(RuntimeError):
 def command_connection(config: ProjectConfig) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the project's warehouse, waiting up to ``storage.lock_wait_seconds`` while another process
     holds it (see the module doc), its side tables migrated (``nightkeeper.schema.migrate``); closed on exit.
-    Raises WarehouseBusy when the wait is over."""
+    Raises WarehouseBusy when the wait is over. A DuckLake (``storage.kind: ducklake``) has no lock to wait for: it is
+    opened at once (``nightkeeper.warehouse.connect``)."""
+    if isinstance(config.warehouse, Lake):
+        with warehouse.connect(config.warehouse, config.storage.lock_wait_seconds) as lake:
+            yield lake
+        return
     path = config.warehouse_path
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from nightkeeper.config import ConfigError, ProjectConfig, default_config_path, load_config
 from nightkeeper.project_root import ProjectRootMissing, require_project_root
+from nightkeeper.warehouse import Lake
 
 if TYPE_CHECKING:
     import duckdb
@@ -77,7 +78,7 @@ def check_config(config: ConfigOption = None) -> None:
     describes."""
     project = _load(config)
     champion_note = "no warehouse yet"
-    if project.warehouse_path.exists():
+    if isinstance(project.warehouse, Lake) or project.warehouse_path.exists():
         from nightkeeper.config_check import decision_conflicts, serving_champion
 
         with _warehouse(project) as connection:
@@ -374,7 +375,7 @@ def demo(
     for row in summary.filter(summary["failed_checks"].str.len_chars() > 0).iter_rows(named=True):
         console.print(f"  {row['night']}: failed checks: {row['failed_checks']}", soft_wrap=True)
     console.print(
-        f"Warehouse: {project.warehouse_path}\n"
+        f"Warehouse: {project.warehouse}\n"
         f"See every run, asset, check and its metadata in the Dagster UI (dagster dev):\n"
         f"  [bold]{Path(sys.executable).parent / 'nightkeeper'} ui --config {path}[/]",
         soft_wrap=True,

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 from difflib import get_close_matches
 from itertools import pairwise
 from pathlib import Path, PurePosixPath
@@ -29,6 +30,7 @@ from pydantic import (
 )
 
 from nightkeeper.metric_names import check_alert_metric
+from nightkeeper.warehouse import Lake, Location
 
 logger = logging.getLogger(__name__)
 
@@ -390,9 +392,49 @@ class SourceConfig(_Strict):
         return pattern
 
 
-class StorageConfig(_Strict):
-    """The warehouse file, the model artifact folder and the Dagster home of the laptop set-up."""
+class LakeConfig(_Strict):
+    """A DuckLake warehouse (``storage.kind: ducklake``): its catalog in a PostgreSQL database, its tables' data as
+    Parquet files under ``data_path``. Several processes and machines can write it at once."""
 
+    catalog: str = Field(
+        description="libpq connection string of the PostgreSQL database holding the lake's catalog, e.g. "
+        "'dbname=nightkeeper host=pg.internal port=5432 user=nightkeeper'. Left-out fields and the password come from "
+        "libpq's environment (PGHOST, PGUSER, PGPASSWORD, ~/.pgpass), never from this file."
+    )
+    data_path: str = Field(
+        description="Where the lake's Parquet files go: a folder (relative to this file) every writer sees, or an "
+        "object-storage URL such as 's3://bucket/nightkeeper/'. Fixed when the lake is created."
+    )
+
+    @field_validator("catalog")
+    @classmethod
+    def _no_password(cls, catalog: str) -> str:
+        if re.search(r"(^|\s)password\s*=", catalog, flags=re.IGNORECASE):
+            raise ValueError("must not hold a password: set PGPASSWORD or use ~/.pgpass (libpq reads both)")
+        return catalog
+
+    @field_validator("data_path")
+    @classmethod
+    def _not_empty(cls, data_path: str) -> str:
+        if not data_path.strip():
+            raise ValueError("must name a folder or an object-storage URL, e.g. 'data/lake/' or 's3://bucket/lake/'")
+        return data_path
+
+
+class StorageConfig(_Strict):
+    """Where the warehouse, the model artifacts and the Dagster home are.
+
+    The warehouse is one embedded DuckDB file by default (``kind: duckdb_file``, at ``warehouse``: one process opens
+    it at a time), or a DuckLake (``kind: ducklake``, described by ``lake``) that several processes and machines
+    write at once.
+    """
+
+    kind: Literal["duckdb_file", "ducklake"] = Field(
+        "duckdb_file",
+        description="'duckdb_file' = the single DuckDB file at `warehouse`; 'ducklake' = a DuckLake with a PostgreSQL "
+        "catalog and Parquet data files, configured in `lake` (needs `pip install nightkeeper[lake]`).",
+    )
+    lake: LakeConfig | None = Field(None, description="The DuckLake's catalog and data path; only with kind ducklake.")
     warehouse: Path = Path("data/warehouse.duckdb")
     models: Path = Path("data/models")
     dagster_home: Path = Path("data/dagster")
@@ -402,6 +444,14 @@ class StorageConfig(_Strict):
         description="How long a run or command waits for the warehouse (held by another run) before it gives up with "
         "an error naming the holder.",
     )
+
+    @model_validator(mode="after")
+    def _lake_matches_kind(self) -> StorageConfig:
+        if self.kind == "ducklake" and self.lake is None:
+            raise ValueError("kind 'ducklake' needs a `lake:` section with `catalog` and `data_path`")
+        if self.kind == "duckdb_file" and self.lake is not None:
+            raise ValueError(f"`lake:` is set but kind is {self.kind!r}; set `kind: ducklake` to use the lake")
+        return self
 
 
 class ScaleConfig(_Strict):
@@ -872,7 +922,18 @@ class ProjectConfig(_Strict):
 
     @property
     def warehouse_path(self) -> Path:
+        """The DuckDB file of ``storage.kind: duckdb_file`` (see ``warehouse`` for the store of either kind)."""
         return self.path(self.storage.warehouse)
+
+    @property
+    def warehouse(self) -> Location:
+        """The warehouse to open with ``nightkeeper.warehouse.connect``: the DuckDB file, or the DuckLake with its
+        local data folder resolved against the config file's folder."""
+        lake = self.storage.lake
+        if self.storage.kind == "duckdb_file" or lake is None:
+            return self.warehouse_path
+        data_path = lake.data_path if "://" in lake.data_path else str(self.path(Path(lake.data_path))) + "/"
+        return Lake(catalog=lake.catalog, data_path=data_path)
 
     @property
     def models_path(self) -> Path:

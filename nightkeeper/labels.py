@@ -268,7 +268,11 @@ def store_labels(connection: duckdb.DuckDBPyConnection, accepted: pl.DataFrame) 
     Returns the number of labels added."""
     frame = conform(accepted, LABELS_SCHEMA).unique("entity_id", keep="first", maintain_order=True)  # noqa: F841
     before = _count(connection, LABELS_TABLE)
-    connection.execute(f"insert into {LABELS_TABLE} select * from frame on conflict (entity_id) do nothing")
+    # MERGEs rather than inserts on the keys: a DuckLake warehouse has no keys
+    connection.execute(
+        f"merge into {LABELS_TABLE} as stored using frame as new on stored.entity_id = new.entity_id "
+        "when not matched then insert by name"
+    )
     connection.execute(
         f"delete from {REJECTED_TABLE} r using frame f "
         "where r.source_file = f.source_file and r.row_number = f.row_number"
@@ -281,7 +285,11 @@ def store_rejected(connection: duckdb.DuckDBPyConnection, rejected: pl.DataFrame
     and arrival. Returns the number of rows new to the table."""
     frame = conform(rejected, REJECTED_SCHEMA).unique(["source_file", "row_number"], keep="last", maintain_order=True)  # noqa: F841
     before = _count(connection, REJECTED_TABLE)
-    connection.execute(f"insert or replace into {REJECTED_TABLE} select * from frame")
+    connection.execute(
+        f"merge into {REJECTED_TABLE} as stored using frame as new "
+        "on stored.source_file = new.source_file and stored.row_number = new.row_number "
+        "when matched then update when not matched then insert by name"
+    )
     return _count(connection, REJECTED_TABLE) - before
 
 

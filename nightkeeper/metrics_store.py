@@ -28,6 +28,7 @@ import duckdb
 import polars as pl
 
 from nightkeeper.schema import NIGHT_METRICS as TABLE
+from nightkeeper.warehouse import run_transaction
 
 HISTORY_SCHEMA = pl.Schema(
     {
@@ -65,21 +66,23 @@ def record_metrics(
         return 0
     values = [_stored(name, value) for name, value in metrics.items()]
     texts = [json.dumps(_plain(details[name]), allow_nan=False) if name in details else None for name in metrics]
-    connection.begin()
-    try:
-        # one statement for all rows: DuckDB's executemany costs ~5 ms a row, a night records ~60 metrics
-        connection.execute(
-            f"""insert into {TABLE} (night, metric, value, model_version, recorded_at, details)
-                select ?, unnest(?::varchar[]), unnest(?::double[]), ?, now(), unnest(?::json[])
-                on conflict (night, metric) do update set
-                    value = excluded.value, model_version = excluded.model_version, recorded_at = excluded.recorded_at,
-                    details = excluded.details""",
+    # one statement for all rows: DuckDB's executemany costs ~5 ms a row, a night records ~60 metrics. A MERGE on
+    # (night, metric) rather than an upsert on the key: a DuckLake warehouse has no keys. On a lake the transaction
+    # is run again when another night's writer commits to the table first.
+    run_transaction(
+        connection,
+        lambda: connection.execute(
+            f"""merge into {TABLE} as stored
+                using (select ?::date as night, unnest(?::varchar[]) as metric, unnest(?::double[]) as value,
+                       ?::varchar as model_version, now() as recorded_at, unnest(?::json[]) as details) as new
+                on stored.night = new.night and stored.metric = new.metric
+                when matched then update set
+                    value = new.value, model_version = new.model_version, recorded_at = new.recorded_at,
+                    details = new.details
+                when not matched then insert by name""",
             [night, list(metrics), values, model_version, texts],
-        )
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
+        ),
+    )
     return len(values)
 
 

@@ -21,7 +21,7 @@ from nightkeeper.training_data import LabeledHistoryFile, store_history
 
 def publish(trained: TrainedModel, config: ProjectConfig) -> ModelRecord:
     """Save ``trained`` under the models folder and register it (idempotent: same model, same version)."""
-    with warehouse.connect(config.warehouse_path) as connection:
+    with warehouse.connect(config.warehouse) as connection:
         return register_trained(connection, trained, config)
 
 
@@ -38,7 +38,7 @@ def bootstrap_champion(
     """Train the first model on labeled ``history``, register it and make it champion from ``effective_from`` on,
     opening the warehouse itself (``register_bootstrap_champion`` through a connection the caller holds)."""
     trained = train_model(history, config)
-    with warehouse.connect(config.warehouse_path) as connection:
+    with warehouse.connect(config.warehouse) as connection:
         return register_bootstrap_champion(connection, trained, config, effective_from, actor)
 
 

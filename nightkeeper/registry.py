@@ -42,7 +42,13 @@ class ModelRecord:
 def register(connection: duckdb.DuckDBPyConnection, card: ModelCard, model_path: Path) -> ModelRecord:
     """Record a version; registering the same version again is a no-op (versions are content addresses)."""
     connection.execute(
-        f"insert into {MODEL_VERSIONS} values (?, ?, ?, now(), ?, ?, ?) on conflict (version) do nothing",
+        # a MERGE rather than an insert on the key: a DuckLake warehouse has no keys
+        f"""merge into {MODEL_VERSIONS} as stored
+            using (select ?::varchar as version, ?::varchar as project, ?::timestamptz as created_at,
+                   now() as registered_at, ?::varchar as model_path, ?::varchar as model_sha256,
+                   ?::varchar as card_json) as new
+            on stored.version = new.version
+            when not matched then insert by name""",
         [
             card.version,
             card.project,
@@ -56,8 +62,11 @@ def register(connection: duckdb.DuckDBPyConnection, card: ModelCard, model_path:
 
 
 def _warehouse_folder(connection: duckdb.DuckDBPyConnection) -> Path | None:
-    """The folder of the warehouse file behind ``connection``; None for an in-memory database."""
-    row = connection.execute("select path from duckdb_databases() where database_name = current_database()").fetchone()
+    """The folder of the warehouse file behind ``connection``; None for an in-memory database or a DuckLake (whose
+    writers may be on other machines: they store models at absolute paths of a shared volume)."""
+    row = connection.execute(
+        "select path from duckdb_databases() where database_name = current_database() and type = 'duckdb'"
+    ).fetchone()
     return Path(row[0]).resolve().parent if row and row[0] else None
 
 

@@ -5,6 +5,11 @@ lifecycle). The modules that read and write them import their names from here. N
 from a frame, whose columns are the frame's (the ``nightly`` partitions, ``warehouse.store_partition``; the
 performance tables and the labeled history, built from their polars schemas; the backtest report).
 
+A DuckLake warehouse (``storage.kind: ducklake``) enforces no keys: it refuses PRIMARY KEY and UNIQUE constraints
+(and indexes, which no migration creates). ``migrate`` runs every statement through ``for_lake`` there, the one place
+that knows, so the lake's tables have the same columns, types and NOT NULLs, without keys. No writer relies on a
+key violation being raised: each reads what is stored before it inserts.
+
 ``migrate`` runs when the warehouse is opened (``warehouse.connect`` and the commands' ``command_connection``): it
 reads ``schema_migrations`` (one select) and applies, in one transaction, the migrations whose version is not there.
 Migration 1 is the tables as the modules created them lazily before this module existed, every statement ``if not
@@ -14,6 +19,7 @@ migration appended to ``MIGRATIONS``; a migration already released is never edit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -192,6 +198,34 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
+_TABLE_KEY = re.compile(r",\s*(primary key|unique)\s*\([^)]*\)", re.IGNORECASE)
+_COLUMN_PRIMARY_KEY = re.compile(r"\s+primary key\b", re.IGNORECASE)
+_COLUMN_UNIQUE = re.compile(r"\s+unique\b", re.IGNORECASE)
+
+
+def for_lake(statement: str) -> str:
+    """``statement`` as a DuckLake runs it: its PRIMARY KEY and UNIQUE constraints left out, a column's PRIMARY KEY
+    kept as the NOT NULL it implies (the columns of a table's key are declared NOT NULL in the migrations)."""
+    statement = _TABLE_KEY.sub("", statement)
+    return _COLUMN_UNIQUE.sub("", _COLUMN_PRIMARY_KEY.sub(" not null", statement))
+
+
+def is_lake(connection: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``connection``'s default database is a DuckLake."""
+    row = connection.execute("select type from duckdb_databases() where database_name = current_database()").fetchone()
+    return row is not None and row[0] == "ducklake"
+
+
+def rollback_open(connection: duckdb.DuckDBPyConnection) -> None:
+    """Roll back ``connection``'s transaction if one is still open (a failed commit has already ended it, and rolling
+    back then would raise over the commit's own error)."""
+    try:
+        connection.rollback()
+    except duckdb.TransactionException as exc:
+        if "no transaction is active" not in str(exc):
+            raise
+
+
 def applied_versions(connection: duckdb.DuckDBPyConnection) -> set[int]:
     """The migration versions recorded in ``schema_migrations``; empty when the table does not exist yet."""
     try:
@@ -207,26 +241,30 @@ def migrate(connection: duckdb.DuckDBPyConnection, migrations: Sequence[Migratio
 
     Idempotent and cheap when up to date (one select). The missing migrations and their ``schema_migrations`` rows
     are written in one transaction: on an error nothing of them is kept and the error is raised. The caller must not
-    hold an open transaction.
+    hold an open transaction. On a DuckLake the statements go through ``for_lake``; a writer migrating the same
+    lake at the same moment makes this one's commit fail with a conflict, which ``warehouse.connect`` retries.
     """
     applied = applied_versions(connection)
     missing = [migration for migration in migrations if migration.version not in applied]
     if not missing:
         return []
+    adapt = for_lake if is_lake(connection) else str
     connection.begin()
     try:
         connection.execute(
-            f"create table if not exists {MIGRATIONS_TABLE} "
-            "(version integer primary key, description varchar not null, applied_at timestamptz not null)"
+            adapt(
+                f"create table if not exists {MIGRATIONS_TABLE} "
+                "(version integer primary key, description varchar not null, applied_at timestamptz not null)"
+            )
         )
         for migration in missing:
             for statement in migration.statements:
-                connection.execute(statement)
+                connection.execute(adapt(statement))
             connection.execute(
                 f"insert into {MIGRATIONS_TABLE} values (?, ?, now())", [migration.version, migration.description]
             )
         connection.commit()
     except BaseException:
-        connection.rollback()
+        rollback_open(connection)
         raise
     return [migration.version for migration in missing]

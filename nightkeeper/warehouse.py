@@ -1,47 +1,202 @@
-"""Short-lived connections to the DuckDB warehouse file.
+"""Short-lived connections to the warehouse: one embedded DuckDB file (the default) or a DuckLake.
 
 DuckDB lets one process open a file at a time, reads included, so every caller holds a connection only for the
 statements it needs and waits (bounded) for another process's lock to go.
+
+A DuckLake (``storage.kind: ducklake``) keeps its catalog in PostgreSQL and its tables' data as Parquet files, so
+several processes and machines read and write it at once. Each process attaches it once to an in-memory DuckDB
+database (loading the extensions and attaching costs about a second) and every ``connect`` is a new connection to
+that database, with its own transactions. Two writers whose transactions touch the same table conflict at commit;
+``store_partition`` and the migrations retry such a transaction whole (``retry_conflicts``). The DuckDB extensions
+come from PyPI packages (``nightkeeper[lake]``), so nothing is downloaded at run time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
+import os
+import random
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import polars as pl
 
-from nightkeeper.schema import migrate
+from nightkeeper.schema import migrate, rollback_open
 
 NIGHTLY_SCHEMA = "nightly"
 PARTITION_COLUMN = "partition_date"
+LAKE_ALIAS = "lake"
+"""The name a DuckLake is attached under; every connection to it uses it as its default database."""
+
+LAKE_EXTENSIONS = (("duckdb_extension_ducklake", "ducklake"), ("duckdb_extension_postgres_scanner", "postgres_scanner"))
+"""The DuckDB extensions a DuckLake with a PostgreSQL catalog needs: (the PyPI package shipping it, its name)."""
+OBJECT_STORE_EXTENSIONS = (("duckdb_extension_httpfs", "httpfs"), ("duckdb_extension_aws", "aws"))
+"""Also needed when the lake's data files are on object storage (s3://...): reading them, and AWS credentials."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A DuckLake warehouse: its catalog in the PostgreSQL database ``catalog`` (a libpq connection string; what it
+    leaves out, the password included, libpq takes from its environment) and its tables' data as Parquet files under
+    ``data_path`` (an absolute folder or an object-storage URL such as ``s3://bucket/prefix/``)."""
+
+    catalog: str
+    data_path: str
+
+    def __str__(self) -> str:
+        return f"DuckLake (catalog {self.catalog!r}, data {self.data_path})"
+
+
+Location = Path | Lake
+"""Where a warehouse is: the DuckDB file's path, or a DuckLake."""
 
 
 @contextmanager
-def connect(path: Path, wait_seconds: float = 100.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse, retrying while another process holds its lock, with its side tables migrated to the latest
-    version (``nightkeeper.schema.migrate``); always closed on exit."""
+def connect(location: Location, wait_seconds: float = 100.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse, with its side tables migrated to the latest version (``nightkeeper.schema.migrate``);
+    always closed on exit. A file is retried while another process holds its lock, for up to ``wait_seconds``;
+    a lake has no lock (its writers' conflicting transactions are retried instead, for as long)."""
+    connection = lake_connection(location) if isinstance(location, Lake) else _open_file(location, wait_seconds)
+    try:
+        retry_conflicts(lambda: migrate(connection), wait_seconds)
+        yield connection
+    finally:
+        connection.close()
+
+
+def _open_file(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnection:
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_seconds
     delay = 0.1
     while True:
         try:
-            connection = duckdb.connect(str(path))
-            break
+            return duckdb.connect(str(path))
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-    try:
-        migrate(connection)
-        yield connection
-    finally:
-        connection.close()
+
+
+# One in-memory database per (process, lake) holds the attached lake; the process id is in the key so a forked child
+# attaches its own instead of sharing its parent's connections to PostgreSQL.
+_ATTACHED: dict[tuple[int, Lake], duckdb.DuckDBPyConnection] = {}
+_ATTACHING = threading.Lock()
+
+
+def lake_connection(lake: Lake) -> duckdb.DuckDBPyConnection:
+    """A new connection to ``lake`` (its default database), with its own transactions; the caller closes it. The
+    side tables are not migrated here (``connect`` does that)."""
+    key = (os.getpid(), lake)
+    with _ATTACHING:
+        database = _ATTACHED.get(key)
+        if database is None:
+            database = _attach(lake)
+            _ATTACHED[key] = database
+    connection = database.cursor()
+    connection.execute(f"use {LAKE_ALIAS}")
+    return connection
+
+
+def _attach(lake: Lake) -> duckdb.DuckDBPyConnection:
+    database = duckdb.connect()
+    object_store = "://" in lake.data_path
+    for package, name in LAKE_EXTENSIONS + (OBJECT_STORE_EXTENSIONS if object_store else ()):
+        database.execute(f"load {_quoted(str(extension_file(package, name)))}")
+    if object_store:
+        # credentials as the AWS SDK finds them: environment, profile, or the pod's web identity on Kubernetes
+        database.execute("create or replace secret nightkeeper_lake (type s3, provider credential_chain)")
+    else:
+        Path(lake.data_path).mkdir(parents=True, exist_ok=True)
+    statement = (
+        f"attach {_quoted('ducklake:postgres:' + lake.catalog)} as {LAKE_ALIAS} (data_path {_quoted(lake.data_path)})"
+    )
+    # The first attach of an empty catalog creates DuckLake's tables in it; processes doing that at once collide in
+    # PostgreSQL and all but one fail: the others attach again and find the tables made.
+    for attempt in range(5):
+        try:
+            database.execute(statement)
+            return database
+        except duckdb.Error as exc:
+            if "Failed to initialize DuckLake" not in str(exc) or attempt == 4:
+                database.close()
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
+
+
+def extension_file(package: str, name: str) -> Path:
+    """The file of DuckDB extension ``name`` for the installed DuckDB's version, as shipped by the PyPI ``package``.
+    Raises RuntimeError saying what to install when it is not there."""
+    spec = importlib.util.find_spec(package)
+    wanted = f"v{duckdb.__version__}"
+    if spec is not None and spec.origin is not None:
+        found = Path(spec.origin).parent / "extensions" / wanted / f"{name}.duckdb_extension"
+        if found.is_file():
+            return found
+        shipped = sorted(p.name for p in (Path(spec.origin).parent / "extensions").glob("v*"))
+        problem = f"{package} ships it for DuckDB {', '.join(shipped) or 'no version'}, not {wanted}"
+    else:
+        problem = f"the package {package} is not installed"
+    raise RuntimeError(
+        f"storage.kind ducklake needs DuckDB's {name!r} extension for DuckDB {duckdb.__version__}: {problem}. "
+        "Install nightkeeper's lake extra (pip install 'nightkeeper[lake]'), which pins DuckDB and the extensions "
+        "to one version."
+    )
+
+
+def retry_conflicts(transaction: Callable[[], T], wait_seconds: float = 100.0) -> T:
+    """``transaction()``, run again while it fails on a DuckLake write conflict (another writer committed a change to
+    the same table or schema first), for up to ``wait_seconds``; other errors are raised at once. ``transaction``
+    must be all-or-nothing (a failed attempt leaves nothing behind), so running it again is safe."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.05
+    while True:
+        try:
+            return transaction()
+        except duckdb.TransactionException as exc:
+            if not is_lake_conflict(exc) or time.monotonic() + delay > deadline:
+                raise
+        # jitter, so writers that collided do not collide again in step
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
+
+
+def run_transaction(connection: duckdb.DuckDBPyConnection, body: Callable[[], T], wait_seconds: float = 100.0) -> T:
+    """``body()`` in one transaction of ``connection``: committed, or rolled back and its error raised. On a DuckLake,
+    run again whole while its commit conflicts with another writer's (``retry_conflicts``). The caller must not hold
+    an open transaction."""
+
+    def attempt() -> T:
+        connection.begin()
+        try:
+            result = body()
+            connection.commit()
+        except BaseException:
+            rollback_open(connection)
+            raise
+        return result
+
+    return retry_conflicts(attempt, wait_seconds)
+
+
+def is_lake_conflict(error: Exception) -> bool:
+    """Whether ``error`` is a DuckLake commit that lost to another writer's (it is worth running again)."""
+    text = str(error)
+    return "DuckLake transaction" in text and "conflict" in text.lower()
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
@@ -60,7 +215,8 @@ def store_partition(
     Idempotent: storing a night again leaves exactly ``frame``'s rows for that night; other nights are untouched.
     The table (and schema) is created from ``frame``'s columns when missing, even when ``frame`` is empty, so an empty
     night is a real, empty partition. Columns are inserted by name. ``frame`` must have a ``partition_date`` column
-    whose every value is ``night`` (ValueError otherwise). The caller must not hold an open transaction. Both the
+    whose every value is ``night`` (ValueError otherwise). The caller must not hold an open transaction. On a DuckLake
+    the transaction is run again while another writer's commit to the same table conflicts with it. Both the
     Dagster IO manager and the backtest store through this function, so both produce identical tables.
     """
     if PARTITION_COLUMN not in frame.columns:
@@ -72,17 +228,15 @@ def store_partition(
         )
     name = f'"{schema}"."{table}"'
     view = "__nightkeeper_partition"
+
+    def replace_partition() -> None:
+        connection.execute(f'create schema if not exists "{schema}"')
+        connection.execute(f"create table if not exists {name} as select * from {view} limit 0")
+        connection.execute(f"delete from {name} where {PARTITION_COLUMN} = ?", [night])
+        connection.execute(f"insert into {name} by name select * from {view}")
+
     connection.register(view, frame.to_arrow())
     try:
-        connection.begin()
-        try:
-            connection.execute(f'create schema if not exists "{schema}"')
-            connection.execute(f"create table if not exists {name} as select * from {view} limit 0")
-            connection.execute(f"delete from {name} where {PARTITION_COLUMN} = ?", [night])
-            connection.execute(f"insert into {name} by name select * from {view}")
-            connection.commit()
-        except BaseException:
-            connection.rollback()
-            raise
+        run_transaction(connection, replace_partition)
     finally:
         connection.unregister(view)

@@ -96,7 +96,7 @@ def monthly_review(config: Any, month: str, out_dir: Path | None = None) -> Repo
     ``<project>/reports/monthly/<month>/``), then render the review there. For a command line or the demo; a Dagster
     deployment runs the two steps as two assets so only the export holds the warehouse pool."""
     target = Path(out_dir) if out_dir is not None else config.path(Path("reports") / "monthly" / month)
-    snapshot = export_month_snapshot(config.warehouse_path, month, target, config=config)
+    snapshot = export_month_snapshot(config.warehouse, month, target, config=config)
     return run_monthly_review(snapshot, month, target)
 
 

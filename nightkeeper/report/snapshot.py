@@ -33,6 +33,7 @@ from nightkeeper.schema import (
     REVIEW_LABELS,
     REVIEW_QUEUE,
 )
+from nightkeeper.warehouse import Lake, Location
 
 SNAPSHOT_FOLDER = "snapshot"
 MANIFEST = "manifest.json"
@@ -177,7 +178,17 @@ def month_bounds(month: str) -> tuple[dt.date, dt.date]:
 # ------------------------------------------------------------------------------------------------------- export
 
 
-def export_month_snapshot(warehouse_path: Path, month: str, out_dir: Path, config: Any | None = None) -> Path:
+def _existing(location: Location, hint: str) -> Location:
+    """``location`` (a file's path made absolute); FileNotFoundError when it is a DuckDB file that does not exist."""
+    if isinstance(location, Lake):
+        return location
+    path = Path(location).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"warehouse {path} does not exist{hint}")
+    return path
+
+
+def export_month_snapshot(warehouse_path: Location, month: str, out_dir: Path, config: Any | None = None) -> Path:
     """Write the month's review data into ``out_dir/snapshot/`` (one Parquet per section, plus manifest.json).
 
     Nightly sections (volume, decisions, reasons, quarantine rules, latency, score distribution, drift, metrics,
@@ -189,9 +200,7 @@ def export_month_snapshot(warehouse_path: Path, month: str, out_dir: Path, confi
     replaces the snapshot. Returns the snapshot folder.
     """
     first, last = month_bounds(month)
-    warehouse_path = Path(warehouse_path)
-    if not warehouse_path.exists():
-        raise FileNotFoundError(f"warehouse {warehouse_path} does not exist; run a night first")
+    warehouse_path = _existing(warehouse_path, "; run a night first")
     missing: list[str] = []
     with warehouse.connect(warehouse_path) as connection:
         frames = _read_month(connection, first, last, missing)
@@ -200,7 +209,7 @@ def export_month_snapshot(warehouse_path: Path, month: str, out_dir: Path, confi
         "month": month,
         "first_night": first.isoformat(),
         "last_night": last.isoformat(),
-        "warehouse": str(warehouse_path.resolve()),
+        "warehouse": str(warehouse_path),
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "missing_tables": sorted(set(missing)),
         "rows": {name: frame.height for name, frame in frames.items()},
@@ -210,14 +219,12 @@ def export_month_snapshot(warehouse_path: Path, month: str, out_dir: Path, confi
     return _write_snapshot(Path(out_dir), frames, manifest)
 
 
-def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> Path:
+def export_model_snapshot(warehouse_path: Location, version: str, out_dir: Path) -> Path:
     """Write what the model card of ``version`` needs into ``out_dir/snapshot/``: every registered version (the card
     JSON of ``version`` included), the alias log, the version's realized performance per night, its labeled production
     scores (at most LABELED_SCORES_LIMIT rows, a stable sample by entity hash) and its retrain record with the gates'
     verdicts (``lifecycle.candidates``). Returns the folder."""
-    warehouse_path = Path(warehouse_path)
-    if not warehouse_path.exists():
-        raise FileNotFoundError(f"warehouse {warehouse_path} does not exist")
+    warehouse_path = _existing(warehouse_path, "")
     missing: list[str] = []
     with warehouse.connect(warehouse_path) as connection:
         tables = _tables(connection)
@@ -275,7 +282,7 @@ def export_model_snapshot(warehouse_path: Path, version: str, out_dir: Path) -> 
     manifest = {
         "kind": "model_card",
         "version": version,
-        "warehouse": str(warehouse_path.resolve()),
+        "warehouse": str(warehouse_path),
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "missing_tables": sorted(set(missing)),
         "rows": {name: frame.height for name, frame in frames.items()},
