@@ -19,12 +19,12 @@ from polars.testing import assert_frame_equal
 from nightkeeper import registry
 from nightkeeper.artifacts import save_artifact
 from nightkeeper.config import ProjectConfig, parse_config
+from nightkeeper.examples.simulator import Scenario, simulate_history, simulate_night
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.pipeline.monitoring import drift_night, drift_shards_night, drift_summary_of_shard
 from nightkeeper.pipeline.nightly import answer_night, score_night, shadow_night, validate_night
 from nightkeeper.pipeline.shard import ShardAnswers, answer_shard
 from nightkeeper.sharding import shard_of
-from nightkeeper.examples.simulator import Scenario, simulate_history, simulate_night
 from nightkeeper.training import TrainedModel, train_model
 from nightkeeper.validation import ROW_KEY
 from nightkeeper.warehouse import connect

@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from nightkeeper.config import BusinessValue, ProjectConfig
 from nightkeeper.drift import DriftResult, drift_of_summary, measure_drift
+from nightkeeper.examples.simulator import ENTITY_ID, TARGET, Scenario, simulate_night
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.outcomes import Fallback, assemble_outcomes
 from nightkeeper.performance import (
@@ -35,7 +36,6 @@ from nightkeeper.performance import (
 )
 from nightkeeper.scoring import score_batch
 from nightkeeper.sharding import split_by_shard
-from nightkeeper.examples.simulator import ENTITY_ID, TARGET, Scenario, simulate_night
 from nightkeeper.summaries import (
     DRIFT_COUNTS_SCHEMA,
     DriftSummary,
