@@ -26,8 +26,9 @@ import pytest
 import yaml
 from pipeline_harness import FIRST_NIGHT, Project, bootstrap_example_champion, example_config, make_project
 
-from nightkeeper import simulator, warehouse
+from nightkeeper import warehouse
 from nightkeeper.config import ConfigError, load_config, parse_config
+from nightkeeper.examples import simulator
 from nightkeeper.pipeline import nightly as nightly_steps
 from nightkeeper.schema import MIGRATIONS_TABLE, is_lake, migrate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, Lake, store_partition

@@ -59,7 +59,7 @@ def warehouse(config: ProjectConfig, core_trained: TrainedModel) -> Iterator[duc
 def raw_batch(config: ProjectConfig) -> pl.DataFrame:
     path = config.root / "night.parquet"
     simulate_night(NIGHT, ROWS, 5, Scenario(bad_data=True)).applications.write_parquet(path)
-    return read_raw_batch([path], NIGHT, config.contract.entity_id).frame
+    return read_raw_batch([path], NIGHT, config.contract).frame
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def nights(
         data = simulate_night(night, ROWS, SEED, scenario)
         path = folder / f"{night}.parquet"
         data.applications.write_parquet(path)
-        raw = read_raw_batch([Path(path)], night, core_config.contract.entity_id).frame
+        raw = read_raw_batch([Path(path)], night, core_config.contract).frame
         validation = validate(raw, core_config.contract)
         scored = score_batch(validation.valid, core_trained.booster, core_trained.card, 1_000, 300).frame
         outcomes = assemble_outcomes(
@@ -74,7 +74,6 @@ def nights(
             validation.quarantine,
             scored,
             Fallback(core_trained.card.fallback, core_trained.card.version),
-            core_config.contract,
             core_config.model.decision,
             True,
         )

@@ -60,7 +60,6 @@ def answer_shard(
         validation.quarantine,
         scored,
         fallback,
-        config.contract,
         serving_decision(config, connection, night),
         config.fallback.answer_quarantined,
         canary,
