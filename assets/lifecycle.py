@@ -10,7 +10,7 @@ from pathlib import Path
 from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, Config, MaterializeResult, asset
 from pydantic import Field
 
-from assets.checks import check_result, dagster_metadata, file_link, markdown_table
+from assets.checks import REPORT_LINK, check_result, dagster_metadata, file_link, markdown_table
 from jobs.resources import WAREHOUSE_POOL, ProjectResource, WarehouseResource
 from nightkeeper import registry
 from nightkeeper.pipeline import lifecycle as core
@@ -96,7 +96,7 @@ def candidate_model_card(
     snapshot = export_model_snapshot(settings.warehouse_path, record.version, folder)
     result = run_model_card(record.version, snapshot, record.model_path.parent, folder)
     return MaterializeResult(
-        metadata={"version": record.version, "html": file_link(result.html), "images": result.images}
+        metadata={"version": record.version, REPORT_LINK: file_link(result.html), "images": result.images}
     )
 
 
