@@ -56,6 +56,10 @@ def image_markdown(path: Path) -> MetadataValue:
     return MetadataValue.md(f"![{path.stem}](data:image/png;base64,{data})\n\n`{path}`")
 
 
+REPORT_LINK = "html"
+"""The metadata key of a rendered report's ``file_link`` (the monthly review, a model card); the demo prints it."""
+
+
 def file_link(path: Path) -> MetadataValue:
     """A report file as a ``file://`` link (the UI shows it as a link; the browser opens it from a local page or a
     new tab) — for the HTML reports people read."""

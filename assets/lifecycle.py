@@ -10,8 +10,8 @@ from pathlib import Path
 from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, Config, MaterializeResult, asset
 from pydantic import Field
 
-from assets.checks import check_result, dagster_metadata, file_link, markdown_table
-from jobs.resources import ProjectResource, WarehouseResource
+from assets.checks import REPORT_LINK, check_result, dagster_metadata, file_link, markdown_table
+from jobs.resources import WAREHOUSE_POOL, ProjectResource, WarehouseResource
 from nightkeeper import registry
 from nightkeeper.pipeline import lifecycle as core
 from nightkeeper.report.execution import run_model_card
@@ -37,7 +37,7 @@ class RegistryChange(Config):
 @asset(
     name="candidate_model",
     group_name="lifecycle",
-    pool="warehouse",
+    pool=WAREHOUSE_POOL,
     # what training_data.labeled_history reads: the validated rows of every night, their delivered and reviewed labels
     deps=[AssetKey("validated_batch"), AssetKey("labels"), AssetKey("review_labels")],
     description="A LightGBM model retrained on the labeled window (delivered and reviewed labels), after the "
@@ -59,7 +59,7 @@ def candidate_model(
 @asset(
     name="candidate_evaluation",
     group_name="lifecycle",
-    pool="warehouse",
+    pool=WAREHOUSE_POOL,
     # the holdout is the latest labeled nights' validated rows with their delivered labels
     deps=[AssetKey("candidate_model"), AssetKey("validated_batch"), AssetKey("labels")],
     description="The never-worse gate: candidate and champion scored on the same recent labeled holdout (AUC with a "
@@ -96,14 +96,14 @@ def candidate_model_card(
     snapshot = export_model_snapshot(settings.warehouse, record.version, folder)
     result = run_model_card(record.version, snapshot, record.model_path.parent, folder)
     return MaterializeResult(
-        metadata={"version": record.version, "html": file_link(result.html), "images": result.images}
+        metadata={"version": record.version, REPORT_LINK: file_link(result.html), "images": result.images}
     )
 
 
 @asset(
     name="model_registry",
     group_name="lifecycle",
-    pool="warehouse",
+    pool=WAREHOUSE_POOL,
     # its changes are decided from an approved evaluation (shadow) and the challenger's nightly health (canary steps,
     # promotion, rollback); the nightly assets reading the registry back are not drawn: an asset graph has no cycles
     deps=[AssetKey("candidate_evaluation"), AssetKey("shadow_scores")],

@@ -14,7 +14,7 @@ from dagster import (
     asset,
 )
 
-from assets.checks import file_link
+from assets.checks import REPORT_LINK, file_link
 from jobs.resources import WAREHOUSE_POOL, ProjectResource
 from nightkeeper.report.attention import attention_items, attention_markdown
 from nightkeeper.report.execution import run_monthly_review
@@ -70,7 +70,7 @@ def build_report_assets(monthly: MonthlyPartitionsDefinition) -> list:
         attention = attention_markdown(attention_items(load_snapshot(snapshot)))
         return MaterializeResult(
             metadata={
-                "html": file_link(result.html),
+                REPORT_LINK: file_link(result.html),
                 "notebook": MetadataValue.path(str(result.executed_notebook)),
                 "images": result.images,
                 "what_needs_attention": MetadataValue.md(attention),

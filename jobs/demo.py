@@ -21,6 +21,7 @@ import polars as pl
 from dagster import DagsterInstance, Definitions, RunRequest, build_schedule_context, build_sensor_context
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from assets.checks import REPORT_LINK
 from jobs.definitions import MONTHLY_REVIEW_JOB, NIGHTLY_SCHEDULE, REPOSITORY_CONFIG, build_definitions
 from jobs.instance import persistent_instance
 from jobs.nights import QUIET_LOGS, NightRun, execute_night
@@ -215,11 +216,8 @@ def run_monthly_reports(
                 run_config=QUIET_LOGS,
                 tags={**request.tags, "dagster/schedule_name": schedule.name},
             )
-            html = (
-                next((m.metadata["html"].value for m in result.asset_materializations_for_node("monthly_review")), None)
-                if result.success
-                else None
-            )
+            reports = result.asset_materializations_for_node("monthly_review") if result.success else []
+            html = next((report.metadata[REPORT_LINK].value for report in reports), None)
             lines.append(
                 f"[bold]Monthly review[/] {_partition_of(request)[:7]}: {html or 'FAILED (see the run in the UI)'}"
             )

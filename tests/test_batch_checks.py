@@ -81,7 +81,7 @@ def test_missing_optional_column_fails_with_warning(tmp_path: Path, clean: pl.Da
 def test_integer_codes_of_a_category_feature_match_the_contract(tmp_path: Path) -> None:
     # low-cardinality data often stores its levels as integer codes (region 1..9); that is no schema break
     world = duplicate_codes_world(nights=1, rows_per_night=50)
-    night = world.labeled_night(world.start)
+    night = world.labeled_night(world.calendar.start)
     contract = Contract.model_validate(world.config()["contract"])
     assert night["region_code"].dtype == pl.Int64 and contract.features["region_code"].dtype == "category"
     assert check_schema(night.drop(world.target), tmp_path, contract).passed

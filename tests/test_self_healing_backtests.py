@@ -44,7 +44,14 @@ def backtest_world(world: worlds.World, out: Path) -> tuple[dict[str, Any], Any]
     files.config.write_text(yaml.safe_dump(raw, sort_keys=False))
     config = load_config(files.config)
     result = run_backtest(
-        config, files.history, files.batches, files.labels, LABEL_DELAY, world.cadence, out / "backtest", progress=False
+        config,
+        files.history,
+        files.batches,
+        files.labels,
+        LABEL_DELAY,
+        world.calendar.cadence,
+        out / "backtest",
+        progress=False,
     )
     return result.summary, config
 

@@ -85,7 +85,7 @@ def share(frame: pl.DataFrame, column: str, level: str) -> float:
 def test_same_seed_gives_identical_nights_and_history(name: str) -> None:
     first, second = small(name), small(name)
     assert_frame_equal(first.history(), second.history())
-    assert_frame_equal(first.labeled_night(first.start), second.labeled_night(second.start))
+    assert_frame_equal(first.labeled_night(first.calendar.start), second.labeled_night(second.calendar.start))
 
 
 @pytest.mark.parametrize("name", sorted(WORLDS))
@@ -203,7 +203,7 @@ def test_csv_format_writes_csv_files_and_the_config_reads_them(tmp_path: Path) -
     paths = landed_files(config.landing_path, config.source.pattern, night)
     assert paths == [tmp_path / "batches" / night.isoformat() / "batch.csv"]
     result = validate(read_raw_batch(paths, night, config.contract).frame, config.contract)
-    assert result.quarantine.is_empty() and result.valid.height == world.rows_per_night
+    assert result.quarantine.is_empty() and result.valid.height == world.calendar.rows_per_night
     assert pl.read_csv(files.history).height == world.history().height
 
 
@@ -377,7 +377,7 @@ def test_docs_dataset_has_an_int_coded_category_a_bool_natural_nulls_an_id_and_a
     assert not features["first_response_minutes"].required and night["first_response_minutes"].null_count() > 0
     assert night[config.contract.event_time].dtype == pl.Datetime("us")
     assert night[config.contract.entity_id].is_unique().all()
-    assert world.nights >= 60
+    assert world.calendar.nights >= 60
 
 
 def test_docs_dataset_nulls_are_natural_more_frequent_for_low_priority_tickets() -> None:

@@ -67,32 +67,17 @@ Draw = Callable[[np.random.Generator, int, float], tuple[dict[str, pl.Series], n
 
 
 @dataclass(frozen=True)
-class World:
-    """A deterministic synthetic dataset over time: its columns, its calendar and how a night is drawn.
+class Calendar:
+    """When and how much a world generates: ``nights`` batch nights from ``start``, one ``cadence`` step apart, of
+    about ``rows_per_night`` rows each, after ``history_nights`` labeled nights before ``start``; drawn from ``seed``.
+    Every world function takes these six as keyword arguments and passes them on as one."""
 
-    ``features`` maps each feature to its config spec (a FeatureSpec-shaped dict). ``draw`` returns a night's
-    feature columns and each row's probability of target 1. ``rows_jitter``: the rows of a night are
-    Poisson(``rows_per_night``) instead of exactly ``rows_per_night``. ``threshold`` is the decision threshold the
-    config starts with; ``segments`` the category features the fallback and the promotion gate split by.
-    """
-
-    name: str
-    tag: int
-    entity_id: str
-    event_time: str
-    target: str
-    features: dict[str, dict[str, Any]]
-    draw: Draw
     start: date
     nights: int
     rows_per_night: int
     seed: int
     cadence: Cadence
     history_nights: int
-    threshold: float
-    segments: list[str]
-    rows_jitter: bool = False
-    facts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.cadence not in CADENCE_DAYS:
@@ -105,28 +90,54 @@ class World:
         if self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed}")
 
+
+@dataclass(frozen=True)
+class World:
+    """A deterministic synthetic dataset over time: its columns, its calendar and how a night is drawn.
+
+    ``features`` maps each feature to its config spec (a FeatureSpec-shaped dict). ``draw`` returns a night's
+    feature columns and each row's probability of target 1. ``calendar``: which nights, how many rows, which seed.
+    ``rows_jitter``: the rows of a night are Poisson(``calendar.rows_per_night``) instead of exactly that many.
+    ``threshold`` is the decision threshold the config starts with; ``segments`` the category features the fallback
+    and the promotion gate split by.
+    """
+
+    name: str
+    tag: int
+    entity_id: str
+    event_time: str
+    target: str
+    features: dict[str, dict[str, Any]]
+    draw: Draw
+    calendar: Calendar
+    threshold: float
+    segments: list[str]
+    rows_jitter: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
+
     @property
     def step(self) -> timedelta:
         """The time between two batch nights."""
-        return timedelta(days=CADENCE_DAYS[self.cadence])
+        return timedelta(days=CADENCE_DAYS[self.calendar.cadence])
 
     def batch_nights(self) -> list[date]:
         """The ``nights`` batch dates, from ``start`` on, one cadence step apart."""
-        return [self.start + i * self.step for i in range(self.nights)]
+        return [self.calendar.start + i * self.step for i in range(self.calendar.nights)]
 
     def history_dates(self) -> list[date]:
         """The ``history_nights`` batch dates before ``start`` that make up the labeled history, oldest first."""
-        return [self.start - i * self.step for i in range(self.history_nights, 0, -1)]
+        return [self.calendar.start - i * self.step for i in range(self.calendar.history_nights, 0, -1)]
 
     def labeled_night(self, night: date) -> pl.DataFrame:
         """The rows of ``night`` with their target: id, event time, features (config order), target (Int8)."""
-        rng = np.random.default_rng([self.seed, self.tag, night.toordinal()])
-        rows = max(1, int(rng.poisson(self.rows_per_night))) if self.rows_jitter else self.rows_per_night
-        columns, probability = self.draw(rng, rows, float((night - self.start).days))
+        calendar = self.calendar
+        rng = np.random.default_rng([calendar.seed, self.tag, night.toordinal()])
+        rows = max(1, int(rng.poisson(calendar.rows_per_night))) if self.rows_jitter else calendar.rows_per_night
+        columns, probability = self.draw(rng, rows, float((night - calendar.start).days))
         # A batch keyed D holds the events of its period starting on D: the night D, or the week D ... D + 6.
         midnight = datetime.combine(night, datetime.min.time())
         start_us = int((midnight - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
-        offsets = np.sort(rng.integers(0, CADENCE_DAYS[self.cadence] * _MICROS_PER_DAY, rows))
+        offsets = np.sort(rng.integers(0, CADENCE_DAYS[self.calendar.cadence] * _MICROS_PER_DAY, rows))
         prefix = f"{self.tag_prefix}{night:%Y%m%d}-"
         return pl.DataFrame(
             [
@@ -145,15 +156,16 @@ class World:
     def history(self) -> pl.DataFrame:
         """The labeled history: every row of the history dates, oldest first (empty frame with the columns if none)."""
         frames = [self.labeled_night(night) for night in self.history_dates()]
-        return pl.concat(frames) if frames else self.labeled_night(self.start).head(0)
+        return pl.concat(frames) if frames else self.labeled_night(self.calendar.start).head(0)
 
     def config(self) -> dict[str, Any]:
         """The project config for this world as a mapping (paths relative to the folder ``write_world`` fills): the
         contract, the decision threshold, the segments, the alert rules ``nightkeeper init`` drafts, and the size
         settings ``init`` derives from the rows per night (nights of the weekly cadence count as 7 days)."""
-        volume_cv = 1 / np.sqrt(self.rows_per_night) if self.rows_jitter else 0.0
-        sizes = derive_sizes(SampleShape(self.rows_per_night, max(self.history_nights, 1), volume_cv, None))
-        step = CADENCE_DAYS[self.cadence]
+        calendar = self.calendar
+        volume_cv = 1 / np.sqrt(calendar.rows_per_night) if self.rows_jitter else 0.0
+        sizes = derive_sizes(SampleShape(calendar.rows_per_night, max(calendar.history_nights, 1), volume_cv, None))
+        step = CADENCE_DAYS[self.calendar.cadence]
         return {
             "name": self.name,
             "contract": {
@@ -183,7 +195,7 @@ class World:
             "fallback": {"segment_by": self.segments[:1], "min_segment_rows": sizes.fallback_min_segment_rows},
             "source": {"landing": BATCHES_DIR, "pattern": "{date}/*.parquet", "labels": LABELS_DIR},
             "storage": {"warehouse": "warehouse.duckdb", "models": "models", "dagster_home": "dagster"},
-            "schedule": {"start_date": self.start, "cadence": self.cadence},
+            "schedule": {"start_date": self.calendar.start, "cadence": self.calendar.cadence},
             "checks": {"volume_tolerance": sizes.volume_tolerance},
             "monitoring": {
                 "performance": {"min_labeled_rows": sizes.min_labeled_rows},
@@ -417,12 +429,7 @@ def base_rate_drift_world(
             "days_since_login": {"dtype": "float", "min": 0, "max": 3650, "required": False},
         },
         draw=draw,
-        start=start,
-        nights=nights,
-        rows_per_night=rows_per_night,
-        seed=seed,
-        cadence=cadence,
-        history_nights=history_nights,
+        calendar=Calendar(start, nights, rows_per_night, seed, cadence, history_nights),
         threshold=0.3,
         segments=["plan", "region"],
         facts={
@@ -510,12 +517,7 @@ def duplicate_codes_world(
             "has_vehicle": {"dtype": "bool"},
         },
         draw=_constant_rate(features, seed, tag, 0.2),
-        start=start,
-        nights=nights,
-        rows_per_night=rows_per_night,
-        seed=seed,
-        cadence=cadence,
-        history_nights=history_nights,
+        calendar=Calendar(start, nights, rows_per_night, seed, cadence, history_nights),
         threshold=0.3,
         segments=["employment_code", "payment_method"],
         # The expected repeat share at 2,000 rows, computed exactly from the code shares: 1 - E[unique vectors] / rows.
@@ -596,12 +598,7 @@ def vanishing_category_world(
             "discount_pct": {"dtype": "float", "min": 0, "max": 100, "required": False},
         },
         draw=_constant_rate(features, seed, tag, 0.25),
-        start=start,
-        nights=nights,
-        rows_per_night=rows_per_night,
-        seed=seed,
-        cadence=cadence,
-        history_nights=history_nights,
+        calendar=Calendar(start, nights, rows_per_night, seed, cadence, history_nights),
         threshold=0.35,
         segments=["payment_method", "device"],
         facts={
@@ -683,12 +680,7 @@ def seasonal_shares_world(
             "cart_value": {"dtype": "float", "min": 0, "max": 1_000_000, "required": False},
         },
         draw=_constant_rate(features, seed, tag, 0.15),
-        start=start,
-        nights=nights,
-        rows_per_night=rows_per_night,
-        seed=seed,
-        cadence=cadence,
-        history_nights=history_nights,
+        calendar=Calendar(start, nights, rows_per_night, seed, cadence, history_nights),
         threshold=0.25,
         segments=["channel", "promo"],
         facts={
@@ -765,12 +757,7 @@ def weak_model_world(
             "days_since_purchase": {"dtype": "float", "min": 0, "max": 36_500, "required": False},
         },
         draw=_constant_rate(features, seed, tag, 0.2),
-        start=start,
-        nights=nights,
-        rows_per_night=rows_per_night,
-        seed=seed,
-        cadence=cadence,
-        history_nights=history_nights,
+        calendar=Calendar(start, nights, rows_per_night, seed, cadence, history_nights),
         threshold=0.25,
         segments=["tier", "area"],
         facts={"oracle_auc": WEAK_ORACLE_AUC, "stable": True, "base_rate": 0.2},
@@ -840,12 +827,7 @@ def small_nights_world(
             "reworked": {"dtype": "bool"},
         },
         draw=_constant_rate(features, seed, tag, 0.15),
-        start=start,
-        nights=nights,
-        rows_per_night=rows_per_night,
-        seed=seed,
-        cadence=cadence,
-        history_nights=history_nights,
+        calendar=Calendar(start, nights, rows_per_night, seed, cadence, history_nights),
         threshold=0.3,
         segments=["line", "shift"],
         rows_jitter=True,
@@ -928,12 +910,7 @@ def support_tickets_world(
             "sentiment": {"dtype": "float", "min": -1, "max": 1},
         },
         draw=_constant_rate(features, seed, tag, 0.18),
-        start=start,
-        nights=nights,
-        rows_per_night=rows_per_night,
-        seed=seed,
-        cadence=cadence,
-        history_nights=history_nights,
+        calendar=Calendar(start, nights, rows_per_night, seed, cadence, history_nights),
         threshold=0.3,
         segments=["product_area", "priority"],
         facts={

@@ -80,6 +80,35 @@ def _pct(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}%}"
 
 
+def _rate_chart(
+    m: Month, parts: list[tuple[str, pl.DataFrame]], empty: str, metric: str, alert: str, title: str
+) -> None:
+    """Stacked bars of each labelled part's share of rows per night (columns ``night``, ``rate``), with the line of
+    the alert rule on ``metric``; ``empty`` is written on the chart when there is no part."""
+    figure, axes = new_figure(11, 3.6)
+    base: dict[dt.date, float] = {}
+    for index, (label, part) in enumerate(parts):
+        nights, rates = part["night"].to_list(), part["rate"].to_list()
+        bottom = [base.get(night, 0.0) for night in nights]
+        axes.bar([_at(n) for n in nights], rates, bottom=bottom, width=0.8, label=label, color=PALETTE[index % 10])
+        for night, rate in zip(nights, rates, strict=True):
+            base[night] = base.get(night, 0.0) + rate
+    if not parts:
+        axes.text(0.5, 0.5, empty, transform=axes.transAxes, ha="center", color="#777")
+    limit = views.rule_threshold(m.snap, metric)
+    alert_line(axes, limit, f"{alert} alert above {limit:.0%}" if limit is not None else "")
+    axes.set_ylabel("share of rows")
+    axes.set_ylim(0, max(axes.get_ylim()[1], (limit or 0) * 1.5))
+    axes.set_title(title)
+    axes.yaxis.set_major_formatter(lambda v, _: f"{v:.1%}")
+    _date_axis(m, axes)
+    if axes.get_legend_handles_labels()[0]:  # else nothing labelled to explain (no part, no alert rule on the rate)
+        entries = len(parts) + 1
+        legend_columns = 2 if entries > 4 else entries
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=legend_columns, fontsize=8, frameon=False)
+    show(figure)
+
+
 def title(m: Month) -> None:
     """The page's title: the project, the month, what the snapshot holds."""
     snap, first, last, config, has_data, month = m.snap, m.first, m.last, m.snap.config, m.snap.has_data, m.month
@@ -175,82 +204,24 @@ def quarantine_and_fallback(m: Month) -> None:
     if volume.height == 0:
         _no_data(m, "no rows, so no quarantine or fallback")
     else:
-
-        def below(axes: Any, entries: int) -> None:
-            if not axes.get_legend_handles_labels()[0]:
-                return  # nothing labelled to explain (no rule broken, no alert rule on the rate)
-            axes.legend(
-                loc="upper center",
-                bbox_to_anchor=(0.5, -0.14),
-                ncols=2 if entries > 4 else entries,
-                fontsize=8,
-                frameon=False,
-            )
-
-        figure, top = new_figure(11, 3.6)
-        entries = 1
-        if rule_rates.height:
-            base: dict[dt.date, float] = {}
-            for index, (rule, part) in enumerate(
-                rule_rates.partition_by("rule", as_dict=True, maintain_order=True).items()
-            ):
-                xs = part["night"].to_list()
-                top.bar(
-                    [_at(n) for n in xs],
-                    part["rate"].to_list(),
-                    bottom=[base.get(n, 0) for n in xs],
-                    width=0.8,
-                    label=rule[0],
-                    color=PALETTE[index % 10],
-                )
-                entries += 1
-                for n, y in zip(xs, part["rate"].to_list(), strict=True):
-                    base[n] = base.get(n, 0) + y
-        else:
-            top.text(0.5, 0.5, "no row broke a rule this month", transform=top.transAxes, ha="center", color="#777")
-        limit = views.rule_threshold(snap, "validation.quarantine_rate")
-        alert_line(top, limit, f"quarantine alert above {limit:.0%}" if limit is not None else "")
-        top.set_ylabel("share of rows")
-        top.set_ylim(0, max(top.get_ylim()[1], (limit or 0) * 1.5))
-        top.set_title("Quarantine: share of rows breaking each rule")
-        top.yaxis.set_major_formatter(lambda v, _: f"{v:.1%}")
-        _date_axis(m, top)
-        below(top, entries)
-        show(figure)
-
-        figure, bottom_axes = new_figure(11, 3.6)
-        entries = 1
-        if reasons.height:
-            base = {}
-            for index, ((kind, why), part) in enumerate(
-                sorted(reasons.partition_by(["kind", "reason"], as_dict=True).items())
-            ):
-                part = part.sort("night")
-                xs = part["night"].to_list()
-                bottom_axes.bar(
-                    [_at(n) for n in xs],
-                    part["rate"].to_list(),
-                    bottom=[base.get(n, 0) for n in xs],
-                    width=0.8,
-                    label=f"{kind}: {why}",
-                    color=PALETTE[index % 10],
-                )
-                entries += 1
-                for n, y in zip(xs, part["rate"].to_list(), strict=True):
-                    base[n] = base.get(n, 0) + y
-        else:
-            bottom_axes.text(
-                0.5, 0.5, "the model answered every row", transform=bottom_axes.transAxes, ha="center", color="#777"
-            )
-        limit = views.rule_threshold(snap, "outcomes.fallback_rate")
-        alert_line(bottom_axes, limit, f"fallback alert above {limit:.0%}" if limit is not None else "")
-        bottom_axes.set_ylabel("share of rows")
-        bottom_axes.set_ylim(0, max(bottom_axes.get_ylim()[1], (limit or 0) * 1.5))
-        bottom_axes.set_title("Not answered by the model (fallback or undecided), by reason")
-        bottom_axes.yaxis.set_major_formatter(lambda v, _: f"{v:.1%}")
-        _date_axis(m, bottom_axes)
-        below(bottom_axes, entries)
-        show(figure)
+        by_rule = rule_rates.partition_by("rule", as_dict=True, maintain_order=True)
+        _rate_chart(
+            m,
+            [(str(rule[0]), part) for rule, part in by_rule.items()],
+            "no row broke a rule this month",
+            "validation.quarantine_rate",
+            "quarantine",
+            "Quarantine: share of rows breaking each rule",
+        )
+        by_reason = sorted(reasons.partition_by(["kind", "reason"], as_dict=True).items())
+        _rate_chart(
+            m,
+            [(f"{kind}: {why}", part.sort("night")) for (kind, why), part in by_reason],
+            "the model answered every row",
+            "outcomes.fallback_rate",
+            "fallback",
+            "Not answered by the model (fallback or undecided), by reason",
+        )
         totals = (
             snap["outcome_reasons"]
             .with_columns(pl.col("reason").map_elements(views.short_reason, return_dtype=pl.String))
