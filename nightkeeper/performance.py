@@ -39,7 +39,7 @@ from nightkeeper.config import BusinessValue, DecisionConfig, PerformanceConfig
 from nightkeeper.frames import conform
 from nightkeeper.labels import LABELS_TABLE
 from nightkeeper.schema import PERFORMANCE_LABEL_STATE as LABEL_STATE_TABLE
-from nightkeeper.warehouse import NIGHTLY_SCHEMA, run_transaction, table_exists
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, create_table_if_missing, run_transaction, table_exists
 
 DEFAULT_SOURCES: tuple[str, ...] = ("model", "canary")
 GROUP_KEY = ["partition_date", "source", "model_version"]
@@ -798,6 +798,5 @@ def _ensure_tables(connection: duckdb.DuckDBPyConnection) -> bool:
     ``nightkeeper.schema``); True when the estimates table is new (nothing computed yet)."""
     first_time = not table_exists(connection, *ESTIMATED_TABLE.split("."))
     for table, schema in ((REALIZED_TABLE, REALIZED_SCHEMA), (ESTIMATED_TABLE, ESTIMATED_SCHEMA)):
-        empty = pl.DataFrame(schema=schema).to_arrow()  # noqa: F841  (DuckDB reads the local variable by name)
-        connection.execute(f"create table if not exists {table} as select * from empty")
+        create_table_if_missing(connection, table, pl.DataFrame(schema=schema))
     return first_time

@@ -30,7 +30,7 @@ from nightkeeper import simulator, warehouse
 from nightkeeper.config import ConfigError, load_config, parse_config
 from nightkeeper.pipeline import monitoring as monitoring_steps
 from nightkeeper.pipeline import nightly as nightly_steps
-from nightkeeper.schema import MIGRATIONS_TABLE, is_lake, migrate
+from nightkeeper.schema import MIGRATIONS, MIGRATIONS_TABLE, is_lake, migrate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, Lake, store_partition
 
 ROWS = 1200
@@ -212,6 +212,20 @@ def test_storing_a_night_again_on_the_lake_replaces_its_partition(postgres: Path
         store_partition(connection, NIGHTLY_SCHEMA, "t", night, first.head(2))
         stored = connection.execute(f"select row_number from {NIGHTLY_SCHEMA}.t order by 1").fetchall()
     assert stored == [(1,), (2,)]
+
+
+def _open_and_list_migrations(catalog: str, data_path: str) -> list[int]:
+    with warehouse.connect(Lake(catalog=catalog, data_path=data_path)) as connection:
+        return [row[0] for row in connection.execute(f"select version from {MIGRATIONS_TABLE}").fetchall()]
+
+
+@pytest.mark.slow
+def test_four_processes_opening_a_new_lake_at_once_migrate_it_once(postgres: Path, tmp_path: Path) -> None:
+    catalog, data_path = new_catalog(postgres, "fresh"), str(tmp_path / "lake") + "/"
+    with ProcessPoolExecutor(max_workers=4, mp_context=get_context("spawn")) as pool:
+        seen = list(pool.map(_open_and_list_migrations, [catalog] * 4, [data_path] * 4))
+    latest = [migration.version for migration in MIGRATIONS]
+    assert seen == [latest] * 4, "a process saw the lake half-migrated or twice-migrated"
 
 
 def _write_night(config_path: str, night: dt.date) -> tuple[float, float]:
