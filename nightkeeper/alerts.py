@@ -52,6 +52,7 @@ from nightkeeper.config import AlertRule
 from nightkeeper.metrics_store import details_on, metric_history, metrics_on
 from nightkeeper.schema import ALERT_EVENTS as EVENTS
 from nightkeeper.schema import ALERTS
+from nightkeeper.warehouse import run_transaction
 from nightkeeper.webhook import enqueue, webhook_body
 
 RUNBOOK = "docs/runbook.md"
@@ -262,8 +263,9 @@ def apply_transitions(
     event already recorded, a resolution of an alert that is not open.
     """
     written: list[dict[str, Any]] = []
-    connection.begin()
-    try:
+
+    def write_transitions() -> None:
+        written.clear()  # a retried attempt starts again
         for transition in transitions:
             if (
                 transition.event == "opened"
@@ -274,10 +276,8 @@ def apply_transitions(
                 written.append(transition.payload)
         for payload in written:
             enqueue(connection, f"{payload['alert_id']}:{payload['event']}", webhook_body(payload))
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
+
+    run_transaction(connection, write_transitions)
     return written
 
 
@@ -330,8 +330,8 @@ def acknowledge(
     if status != OPEN:
         raise ValueError(f"alert {alert_id!r} is {status} (closed {closed}); only an open alert can be acknowledged")
     message = f"[acknowledged] {alert_id} by {by.strip()}: {reason.strip()}"
-    connection.begin()
-    try:
+
+    def acknowledge_alert() -> None:
         connection.execute(
             f"""update {ALERTS} set status = ?, acknowledged_at = ?, acknowledged_by = ?, ack_reason = ?
                 where alert_id = ?""",
@@ -340,10 +340,8 @@ def acknowledge(
         connection.execute(
             f"insert into {EVENTS} values (?, ?, 'acknowledged', ?, ?)", [alert_id, at.date(), at, message]
         )
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
+
+    run_transaction(connection, acknowledge_alert)
     return list_alerts(connection).filter(pl.col("alert_id") == alert_id).row(0, named=True)
 
 

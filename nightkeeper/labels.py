@@ -29,6 +29,7 @@ from nightkeeper.config import Contract
 from nightkeeper.frames import conform
 from nightkeeper.schema import LABELS as LABELS_TABLE
 from nightkeeper.schema import LABELS_REJECTED as REJECTED_TABLE
+from nightkeeper.warehouse import run_transaction
 
 LABEL_SUFFIXES = (".parquet", ".csv")
 
@@ -294,10 +295,15 @@ def store_rejected(connection: duckdb.DuckDBPyConnection, rejected: pl.DataFrame
 
 
 def store_label_batch(connection: duckdb.DuckDBPyConnection, batch: LabelBatch) -> int:
-    """Store a reconciled batch (its accepted labels and its rejections); returns the number of labels added."""
-    added = store_labels(connection, batch.accepted)
-    store_rejected(connection, batch.rejected)
-    return added
+    """Store a reconciled batch (its accepted labels and its rejections) in one transaction; returns the number of
+    labels added. The caller must not hold an open transaction."""
+
+    def store_both() -> int:
+        added = store_labels(connection, batch.accepted)
+        store_rejected(connection, batch.rejected)
+        return added
+
+    return run_transaction(connection, store_both)
 
 
 def stored_labels(connection: duckdb.DuckDBPyConnection, ids: list[str] | None = None) -> pl.DataFrame:

@@ -17,6 +17,7 @@ import polars as pl
 
 from nightkeeper import registry
 from nightkeeper.config import RolloutConfig
+from nightkeeper.warehouse import run_transaction
 
 SHADOW = "shadow"
 Action = Literal["hold", "advance", "promote", "rollback"]
@@ -157,14 +158,12 @@ def promote(
     current = registry.alias_state(connection, registry.CHAMPION, effective_from)
     if current.version == version and current.effective_from == effective_from:
         return
-    connection.begin()
-    try:
+
+    def promote_both() -> None:
         registry.set_alias(connection, registry.CHAMPION, version, effective_from, actor, reason)
         registry.set_alias(connection, registry.CHALLENGER, None, effective_from, actor, f"promoted {version}")
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
+
+    run_transaction(connection, promote_both)
 
 
 def reject_challenger(

@@ -39,7 +39,7 @@ from nightkeeper.frames import conform
 from nightkeeper.labels import LABELS_TABLE
 from nightkeeper.schema import PERFORMANCE_LABEL_STATE as LABEL_STATE_TABLE
 from nightkeeper.summaries import ValueCounts
-from nightkeeper.warehouse import NIGHTLY_SCHEMA, table_exists
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, create_table_if_missing, run_transaction, table_exists
 
 DEFAULT_SOURCES: tuple[str, ...] = ("model", "canary")
 GROUP_KEY = ["partition_date", "source", "model_version"]
@@ -782,7 +782,7 @@ def refresh_performance(
     nights = sorted({*estimate_nights, *landed})
     rows = _scored_rows(connection, nights)
     thresholds = card_thresholds(connection, rows["model_version"].unique())
-    realized = realized_performance(  # noqa: F841  (DuckDB reads these local variables by name)
+    realized = realized_performance(
         rows,
         _labels_of(connection, nights, arrived_by=None),
         decision,
@@ -790,29 +790,33 @@ def refresh_performance(
         settings.min_labeled_rows,
         thresholds=thresholds,
     ).to_arrow()
-    estimated = estimated_performance(  # noqa: F841
+    estimated = estimated_performance(
         rows.filter(pl.col("partition_date").is_in(estimate_nights)),
         decision,
         settings.business_value,
         thresholds=thresholds,
     ).to_arrow()
-    state = counts.to_arrow()  # noqa: F841
-    connection.begin()
-    try:
-        for table, recomputed, frame in (
-            (REALIZED_TABLE, nights, "realized"),
-            (ESTIMATED_TABLE, estimate_nights, "estimated"),
+    state = counts.to_arrow()
+
+    def replace_performance() -> None:
+        for table, recomputed, rows in (
+            (REALIZED_TABLE, nights, realized),
+            (ESTIMATED_TABLE, estimate_nights, estimated),
+            (LABEL_STATE_TABLE, None, state),
         ):
-            connection.execute(
-                f"delete from {table} where partition_date in (select unnest($nights))", {"nights": recomputed}
-            )
-            connection.execute(f"insert into {table} by name select * from {frame}")
-        connection.execute(f"delete from {LABEL_STATE_TABLE}")
-        connection.execute(f"insert into {LABEL_STATE_TABLE} by name select * from state")
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
+            if recomputed is None:
+                connection.execute(f"delete from {table}")
+            else:
+                connection.execute(
+                    f"delete from {table} where partition_date in (select unnest($nights))", {"nights": recomputed}
+                )
+            connection.register("__nightkeeper_rows", rows)
+            try:
+                connection.execute(f"insert into {table} by name select * from __nightkeeper_rows")
+            finally:
+                connection.unregister("__nightkeeper_rows")
+
+    run_transaction(connection, replace_performance)
     return nights
 
 
@@ -893,6 +897,5 @@ def _ensure_tables(connection: duckdb.DuckDBPyConnection) -> bool:
     ``nightkeeper.schema``); True when the estimates table is new (nothing computed yet)."""
     first_time = not table_exists(connection, *ESTIMATED_TABLE.split("."))
     for table, schema in ((REALIZED_TABLE, REALIZED_SCHEMA), (ESTIMATED_TABLE, ESTIMATED_SCHEMA)):
-        empty = pl.DataFrame(schema=schema).to_arrow()  # noqa: F841  (DuckDB reads the local variable by name)
-        connection.execute(f"create table if not exists {table} as select * from empty")
+        create_table_if_missing(connection, table, pl.DataFrame(schema=schema))
     return first_time

@@ -8,7 +8,8 @@ performance tables and the labeled history, built from their polars schemas; the
 A DuckLake warehouse (``storage.kind: ducklake``) enforces no keys: it refuses PRIMARY KEY and UNIQUE constraints
 (and indexes, which no migration creates). ``migrate`` runs every statement through ``for_lake`` there, the one place
 that knows, so the lake's tables have the same columns, types and NOT NULLs, without keys. No writer relies on a
-key violation being raised: each reads what is stored before it inserts.
+key: a write that must not repeat a key is a MERGE on it (metrics, registry, labels) or reads what is stored first.
+What no engine then checks is two writers inserting the same new key at the same moment.
 
 ``migrate`` runs when the warehouse is opened (``warehouse.connect`` and the commands' ``command_connection``): it
 reads ``schema_migrations`` (one select) and applies, in one transaction, the migrations whose version is not there.

@@ -122,16 +122,17 @@ def _attach(lake: Lake) -> duckdb.DuckDBPyConnection:
     )
     # The first attach of an empty catalog creates DuckLake's tables in it; processes doing that at once collide in
     # PostgreSQL and all but one fail: the others attach again and find the tables made.
-    for attempt in range(5):
+    attempts = 1
+    while True:
         try:
             database.execute(statement)
             return database
         except duckdb.Error as exc:
-            if "Failed to initialize DuckLake" not in str(exc) or attempt == 4:
+            if "Failed to initialize DuckLake" not in str(exc) or attempts == 5:
                 database.close()
                 raise
-            time.sleep(0.2 + random.random())
-    raise AssertionError("unreachable")
+        attempts += 1
+        time.sleep(0.2 + random.random())
 
 
 def extension_file(package: str, name: str) -> Path:
@@ -197,6 +198,17 @@ def is_lake_conflict(error: Exception) -> bool:
 
 def _quoted(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def create_table_if_missing(connection: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
+    """Create ``table`` (``schema.name``, its schema existing) with ``frame``'s columns and types, empty, unless it
+    exists. On a DuckLake, when another writer creates it at the same moment, this one finds it made."""
+    view = "__nightkeeper_columns"
+    connection.register(view, frame.head(0).to_arrow())
+    try:
+        retry_conflicts(lambda: connection.execute(f"create table if not exists {table} as select * from {view}"))
+    finally:
+        connection.unregister(view)
 
 
 def table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:

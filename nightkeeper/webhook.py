@@ -43,6 +43,7 @@ from typing import Any
 import duckdb
 
 from nightkeeper.schema import ALERT_OUTBOX as OUTBOX
+from nightkeeper.warehouse import run_transaction
 
 BACKOFF_BASE = dt.timedelta(seconds=60)
 BACKOFF_CAP = dt.timedelta(hours=1)
@@ -191,14 +192,12 @@ def deliver(
         if attempt.error is not None and attempt.endpoint_down:
             break
     with connect() as connection:
-        connection.begin()
-        try:
+
+        def record_attempts() -> None:
             for event_id, attempts, attempt in tried:
                 _record(connection, event_id, attempts, attempt, now)
-            connection.commit()
-        except BaseException:
-            connection.rollback()
-            raise
+
+        run_transaction(connection, record_attempts)
         pending = _pending(connection)
     delivered = sum(attempt.error is None for _, _, attempt in tried)
     return DeliveryReport(delivered=delivered, failed=len(tried) - delivered, pending=pending, webhook_configured=True)

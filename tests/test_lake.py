@@ -29,8 +29,9 @@ from pipeline_harness import FIRST_NIGHT, Project, bootstrap_example_champion, e
 from nightkeeper import warehouse
 from nightkeeper.config import ConfigError, load_config, parse_config
 from nightkeeper.examples import simulator
+from nightkeeper.pipeline import monitoring as monitoring_steps
 from nightkeeper.pipeline import nightly as nightly_steps
-from nightkeeper.schema import MIGRATIONS_TABLE, is_lake, migrate
+from nightkeeper.schema import MIGRATIONS, MIGRATIONS_TABLE, is_lake, migrate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, Lake, store_partition
 
 ROWS = 1200
@@ -214,24 +215,46 @@ def test_storing_a_night_again_on_the_lake_replaces_its_partition(postgres: Path
     assert stored == [(1,), (2,)]
 
 
+def _open_and_list_migrations(catalog: str, data_path: str) -> list[int]:
+    with warehouse.connect(Lake(catalog=catalog, data_path=data_path)) as connection:
+        return [row[0] for row in connection.execute(f"select version from {MIGRATIONS_TABLE}").fetchall()]
+
+
+@pytest.mark.slow
+def test_four_processes_opening_a_new_lake_at_once_migrate_it_once(postgres: Path, tmp_path: Path) -> None:
+    catalog, data_path = new_catalog(postgres, "fresh"), str(tmp_path / "lake") + "/"
+    with ProcessPoolExecutor(max_workers=4, mp_context=get_context("spawn")) as pool:
+        seen = list(pool.map(_open_and_list_migrations, [catalog] * 4, [data_path] * 4))
+    latest = [migration.version for migration in MIGRATIONS]
+    assert seen == [latest] * 4, "a process saw the lake half-migrated or twice-migrated"
+
+
 def _write_night(config_path: str, night: dt.date) -> tuple[float, float]:
-    """One night through the pipeline core (ingest, validate, score, shadow, answer) into the project's lake, each
-    partition stored as the IO manager stores it; run in a process of its own. Returns its start and end times."""
+    """One night through the pipeline core, every step of ``nightly_batch`` but the reason codes, in the order the
+    backtest runs them, into the project's lake: partitions stored as the IO manager stores them, side tables
+    (metrics, labels, review queue, performance, alerts) written by the steps. Run in a process of its own; returns
+    its start and end times."""
     config = load_config(config_path)
     started = time.time()
     with warehouse.connect(config.warehouse) as connection:
 
-        def step(function: Any, *inputs: pl.DataFrame) -> dict[str, pl.DataFrame]:
-            result = function(config, connection, night, *inputs)
+        def step(function: Any, *inputs: pl.DataFrame, **options: Any) -> dict[str, pl.DataFrame]:
+            result = function(config, connection, night, *inputs, **options)
             for table, frame in result.tables.items():
                 store_partition(connection, NIGHTLY_SCHEMA, table, night, frame)
             return result.tables
 
         raw = step(nightly_steps.ingest_night)["raw_batch"]
         validated = step(nightly_steps.validate_night, raw)
-        scored = step(nightly_steps.score_night, validated["validated_batch"])["scored_batch"]
-        shadow = step(nightly_steps.shadow_night, validated["validated_batch"], scored)["shadow_scores"]
-        step(nightly_steps.answer_night, raw, validated["quarantine"], scored, shadow)
+        rows, quarantine = validated["validated_batch"], validated["quarantine"]
+        scored = step(nightly_steps.score_night, rows)["scored_batch"]
+        step(monitoring_steps.drift_night, rows, scored, plots=False)
+        shadow = step(nightly_steps.shadow_night, rows, scored)["shadow_scores"]
+        outcomes = step(nightly_steps.answer_night, raw, quarantine, scored, shadow)["outcomes"]
+        step(monitoring_steps.labels_night)
+        step(monitoring_steps.review_queue_night, outcomes, quarantine)
+        step(monitoring_steps.performance_night, plots=False)
+        step(monitoring_steps.alerts_night)
     return started, time.time()
 
 
@@ -255,10 +278,12 @@ def test_four_processes_writing_nights_at_once_lose_and_duplicate_no_row(project
             assert stored.filter(pl.col("partition_date") == night).height == landed[night].applications.height
     outcomes = query(project, f"select source from {NIGHTLY_SCHEMA}.outcomes where partition_date >= ?", [nights[0]])
     assert set(outcomes["source"].unique()) <= {"model", "canary", "fallback", "quarantine"}
-    metrics = query(
-        project, "select night, metric, count(*) as n from monitoring.night_metrics group by all having n > 1"
-    )
-    assert metrics.is_empty(), f"a night's metric recorded twice: {metrics}"
+    metrics = query(project, "select night, metric, count(*) as n from monitoring.night_metrics group by all")
+    assert set(metrics.filter(pl.col("metric") == "validation.rows")["night"]) >= set(nights)
+    assert metrics["n"].max() == 1, "a night's metric recorded twice"
+    queued = query(project, "select partition_date, entity_id from review.queue")
+    assert not queued.is_duplicated().any(), "a row queued for review twice"
+    assert set(queued["partition_date"]) >= set(nights), "a night's review queue is missing"
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from nightkeeper.frames import conform
 from nightkeeper.review.files import LABEL_SCHEMA, REJECT_SCHEMA, ReviewImport, write_rejects
 from nightkeeper.review.queue import QUEUE_SCHEMA
 from nightkeeper.schema import REVIEW_LABELS, REVIEW_QUEUE, REVIEW_REJECTS
+from nightkeeper.warehouse import run_transaction
 
 
 def store_queue(connection: duckdb.DuckDBPyConnection, night: dt.date, queue: pl.DataFrame) -> int:
@@ -25,14 +26,12 @@ def store_queue(connection: duckdb.DuckDBPyConnection, night: dt.date, queue: pl
     others = frame.filter(pl.col("partition_date") != night)["partition_date"].unique().sort().to_list()
     if others:
         raise ValueError(f"queue for night {night} holds rows of other night(s) {others}")
-    connection.begin()
-    try:
+
+    def replace_queue() -> None:
         connection.execute(f"delete from {REVIEW_QUEUE} where partition_date = ?", [night])
         _insert(connection, f"{REVIEW_QUEUE}", frame)
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
+
+    run_transaction(connection, replace_queue)
     return frame.height
 
 
@@ -97,14 +96,13 @@ def commit_import(connection: duckdb.DuckDBPyConnection, result: ReviewImport, p
     holds a rejects file for an import the warehouse does not know. The rejects file is written only after the
     commit; a crash between the two leaves the warehouse complete and the file to be written by a re-import.
     """
-    connection.begin()
-    try:
+
+    def store_both() -> int:
         added = store_review_labels(connection, result.accepted)
         store_rejects(connection, result.rejected)
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
+        return added
+
+    added = run_transaction(connection, store_both)
     return added, write_rejects(result.rejected, path)
 
 
