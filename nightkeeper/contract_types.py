@@ -75,6 +75,26 @@ def parse_feature(name: str, spec: FeatureSpec) -> pl.Expr:
     return pl.when(text.is_in(spec.categories or [])).then(text)
 
 
+def parse_native(name: str, contract: Contract, dtype: pl.DataType) -> pl.Expr | None:
+    """Typed column ``name`` (a feature or ``event_time``) straight from its source column, which a file holds as
+    ``dtype`` (a Parquet number, boolean, date or naive date-time): the value ``parse_column`` gives from its text,
+    without making the text. None where only the text can say (a category, text, a zoned time, or a type whose text
+    is not its value's, such as Float32)."""
+    if name == "event_time":
+        if dtype == pl.Date() or (isinstance(dtype, pl.Datetime) and dtype.time_zone is None):
+            return pl.col(str(contract.event_time)).cast(pl.Datetime("us"))
+        return None
+    spec, value = contract.features[name], pl.col(name)
+    if spec.dtype in ("float", "int") and (dtype == pl.Float64() or dtype.is_integer()):
+        number = value.cast(pl.Float64)
+        if spec.dtype == "float":
+            return pl.when(number.is_finite()).then(number)
+        return pl.when(number.is_finite() & (number.round() == number)).then(number).cast(pl.Int64, strict=False)
+    if spec.dtype == "bool" and dtype == pl.Boolean():
+        return value
+    return None
+
+
 def parse_event_time(name: str) -> pl.Expr:
     """The event time ``name`` from its text as a naive UTC datetime; null when empty or not a date-time."""
     text = pl.col(text_column(name)).str.replace(r"[Zz]$", "+00:00")

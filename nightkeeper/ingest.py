@@ -43,7 +43,14 @@ from pathlib import Path, PurePosixPath
 import polars as pl
 
 from nightkeeper.config import Contract
-from nightkeeper.contract_types import clean_text, parse_column, text_column, typed_columns, valid_schema
+from nightkeeper.contract_types import (
+    clean_text,
+    parse_column,
+    parse_native,
+    text_column,
+    typed_columns,
+    valid_schema,
+)
 
 RECORD = "record"
 """The raw column holding what was received, as JSON text, for the rows that failed typing (null otherwise)."""
@@ -239,34 +246,52 @@ def type_rows(
 ) -> pl.DataFrame:
     """``table`` (rows of one file, as read) typed per ``contract``: ``row_number`` from ``first_row``, ``entity_id``
     as text, each typed column, each of ``text_columns`` as received text, and RECORD — the row's columns as JSON text
-    for a row that failed typing, null for every other row. Rows stay in the file's order."""
-    received = table.select(_as_text(name, dtype) for name, dtype in table.schema.items())
+    for a row that failed typing, null for every other row. Rows stay in the file's order.
+
+    A number or boolean the file already holds natively is typed without a text round trip (``parse_native``); every
+    other value is typed from its text (``parse_column``); both give the same value.
+    """
     typed = typed_columns(contract)
-    sources = [*dict.fromkeys([*typed.values(), *text_columns])]
-    absent_required = [
-        name for name, spec in contract.features.items() if spec.required and name not in received.columns
-    ]
-    work = received.select(
+    native = {
+        name: expr
+        for name, source in typed.items()
+        if source in table.columns and (expr := parse_native(name, contract, table.schema[source])) is not None
+    }
+    from_text = {name: source for name, source in typed.items() if name not in native}
+    texts = [*dict.fromkeys([*from_text.values(), *text_columns])]
+    absent_required = [name for name, spec in contract.features.items() if spec.required and name not in table.columns]
+
+    def text_of(name: str) -> pl.Expr:
+        if name not in table.columns:
+            return pl.lit(None, dtype=pl.String)
+        return _as_text(name, table.schema[name])
+
+    work = table.select(
         pl.int_range(first_row, first_row + pl.len(), dtype=pl.Int64).alias("row_number"),
-        (pl.col(contract.entity_id) if contract.entity_id in received.columns else pl.lit(None, dtype=pl.String)).alias(
-            "entity_id"
-        ),
+        text_of(contract.entity_id).alias("entity_id"),
+        *(clean_text(text_of(name)).alias(text_column(name)) for name in texts),
+        *(expr.alias(name) for name, expr in native.items()),
         *(
-            (clean_text(pl.col(name)) if name in received.columns else pl.lit(None, dtype=pl.String)).alias(
-                text_column(name)
-            )
-            for name in sources
+            (pl.col(typed[name]).is_not_null() & expr.is_null()).alias(f"__untyped_{name}")
+            for name, expr in native.items()
         ),
-        pl.struct(received.columns).alias("__received"),
-    )
-    work = work.with_columns(parse_column(name, contract).alias(name) for name in typed)
-    untyped = [pl.col(text_column(source)).is_not_null() & pl.col(name).is_null() for name, source in typed.items()]
-    failed = pl.lit(bool(absent_required)) | pl.any_horizontal(untyped)
-    work = work.with_columns(failed.alias("__failed"))
+    ).with_columns(parse_column(name, contract).alias(name) for name in from_text)
+    untyped = [
+        *(pl.col(f"__untyped_{name}") for name in native),
+        *(pl.col(text_column(source)).is_not_null() & pl.col(name).is_null() for name, source in from_text.items()),
+    ]
+    failed = work.select(pl.lit(bool(absent_required)) | pl.any_horizontal(untyped)).to_series()
     keep = ["row_number", "entity_id", *typed, *(text_column(name) for name in dict.fromkeys(text_columns))]
-    clean = work.filter(~pl.col("__failed")).select(*keep, pl.lit(None, dtype=pl.String).alias(RECORD))
-    broken = work.filter(pl.col("__failed")).select(*keep, pl.col("__received").struct.json_encode().alias(RECORD))
-    return pl.concat([clean, broken]).sort("row_number") if broken.height else clean
+    if not failed.any():
+        return work.select(*keep, pl.lit(None, dtype=pl.String).alias(RECORD))
+    received = table.filter(failed).select(_as_text(name, dtype) for name, dtype in table.schema.items())
+    broken = (
+        work.filter(failed)
+        .select(keep)
+        .with_columns(received.select(pl.struct(received.columns).struct.json_encode()).to_series().alias(RECORD))
+    )
+    clean = work.filter(~failed).select(*keep, pl.lit(None, dtype=pl.String).alias(RECORD))
+    return pl.concat([clean, broken]).sort("row_number")
 
 
 def file_errors(raw: pl.DataFrame) -> pl.DataFrame:

@@ -1,5 +1,6 @@
-"""Ingest and row validation: landed files become raw text rows; every raw row is either one typed valid row or is
-quarantined once per rule it breaks, with the column, the rule and the offending value."""
+"""Ingest and row validation: landed files become typed raw rows (what was received kept only for rows that fail
+typing); every raw row is either one typed valid row or is quarantined once per rule it breaks, with the column, the
+rule and the offending value."""
 
 from __future__ import annotations
 
