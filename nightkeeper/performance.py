@@ -173,16 +173,8 @@ def realized_from_counts(
     predicted = pl.col("score") >= _threshold_of_version(decision, thresholds)
     actual = pl.col("label") == 1
     labeled = counts.filter(pl.col("label").is_not_null())
-    by_score = (
-        labeled.group_by(*GROUP_KEY, "score")
-        .agg(n_rows.filter(actual).sum().alias("positives"), n_rows.filter(~actual).sum().alias("negatives"))
-        .sort(*GROUP_KEY, "score")
-    )
     aucs = pl.DataFrame(
-        [
-            (*key, auc_from_counts(group["positives"].to_numpy(), group["negatives"].to_numpy()))
-            for key, group in by_score.group_by(GROUP_KEY, maintain_order=True)
-        ],
+        [(*key, _auc_of_counts(group)) for key, group in labeled.partition_by(GROUP_KEY, as_dict=True).items()],
         schema={**{k: SCORED_LABELS_SCHEMA[k] for k in GROUP_KEY}, "_auc": pl.Float64()},
         orient="row",
     )
@@ -253,6 +245,17 @@ def auc_from_counts(positives: np.ndarray, negatives: np.ndarray) -> float | Non
         return None
     below = np.cumsum(negatives) - negatives
     return float(np.sum(positives * (2 * below + negatives)) / (2 * total_positives * total_negatives))
+
+
+def _auc_of_counts(labeled: pl.DataFrame) -> float | None:
+    """``auc_from_counts`` of one group's labeled counts (columns score, label, count)."""
+    distinct, index = np.unique(labeled["score"].to_numpy(), return_inverse=True)
+    count = labeled["count"].to_numpy().astype(np.float64)
+    positive = (labeled["label"] == 1).to_numpy()
+    return auc_from_counts(
+        np.bincount(index, weights=count * positive, minlength=len(distinct)),
+        np.bincount(index, weights=count * ~positive, minlength=len(distinct)),
+    )
 
 
 def card_thresholds(connection: duckdb.DuckDBPyConnection, versions: Iterable[str | None]) -> dict[str, float]:
