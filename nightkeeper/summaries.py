@@ -50,8 +50,8 @@ DRIFT_COUNTS_SCHEMA: dict[str, pl.DataType] = {
 
 @dataclass(frozen=True)
 class ValueCounts:
-    """The distinct finite values of a number (``values``, ascending float64) and how often each occurs
-    (``counts``, int64, all > 0)."""
+    """The distinct values of a number (``values``, ascending float64; finite when made by ``of``) and how often
+    each occurs (``counts``, int64, all > 0)."""
 
     values: np.ndarray
     counts: np.ndarray
