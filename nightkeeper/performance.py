@@ -173,16 +173,8 @@ def realized_from_counts(
     predicted = pl.col("score") >= _threshold_of_version(decision, thresholds)
     actual = pl.col("label") == 1
     labeled = counts.filter(pl.col("label").is_not_null())
-    by_score = (
-        labeled.group_by(*GROUP_KEY, "score")
-        .agg(n_rows.filter(actual).sum().alias("positives"), n_rows.filter(~actual).sum().alias("negatives"))
-        .sort(*GROUP_KEY, "score")
-    )
     aucs = pl.DataFrame(
-        [
-            (*key, auc_from_counts(group["positives"].to_numpy(), group["negatives"].to_numpy()))
-            for key, group in by_score.group_by(GROUP_KEY, maintain_order=True)
-        ],
+        [(*key, _auc_of_counts(group)) for key, group in labeled.partition_by(GROUP_KEY, as_dict=True).items()],
         schema={**{k: SCORED_LABELS_SCHEMA[k] for k in GROUP_KEY}, "_auc": pl.Float64()},
         orient="row",
     )
@@ -253,6 +245,17 @@ def auc_from_counts(positives: np.ndarray, negatives: np.ndarray) -> float | Non
         return None
     below = np.cumsum(negatives) - negatives
     return float(np.sum(positives * (2 * below + negatives)) / (2 * total_positives * total_negatives))
+
+
+def _auc_of_counts(labeled: pl.DataFrame) -> float | None:
+    """``auc_from_counts`` of one group's labeled counts (columns score, label, count)."""
+    distinct, index = np.unique(labeled["score"].to_numpy(), return_inverse=True)
+    count = labeled["count"].to_numpy().astype(np.float64)
+    positive = (labeled["label"] == 1).to_numpy()
+    return auc_from_counts(
+        np.bincount(index, weights=count * positive, minlength=len(distinct)),
+        np.bincount(index, weights=count * ~positive, minlength=len(distinct)),
+    )
 
 
 def card_thresholds(connection: duckdb.DuckDBPyConnection, versions: Iterable[str | None]) -> dict[str, float]:
@@ -387,15 +390,36 @@ def merge_counts(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
     if not parts:
         raise ValueError("merge_counts needs at least one table of counts")
     frame = pl.concat(parts)
-    keys = [c for c in frame.columns if c != "count"]
-    merged = frame.group_by(keys).agg(pl.col("count").sum())
-    return conform(merged, dict(frame.schema)).sort(keys, nulls_last=True)
+    keys = [c for c in frame.columns if c not in ("score", "count")]
+    groups = frame.partition_by(keys, as_dict=True, maintain_order=True)
+    counts = {
+        key: ValueCounts.merge([ValueCounts(group["score"].to_numpy(), group["count"].to_numpy())])
+        for key, group in groups.items()
+    }
+    return _score_counts(counts, keys, dict(frame.schema))
 
 
 def _counted(rows: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    keys = [c for c in schema if c != "count"]
-    counted = rows.group_by(keys).agg(pl.len().alias("count"))
-    return conform(counted, schema).sort(keys, nulls_last=True)
+    """``rows`` counted per key of ``schema`` and score (numpy per group: a polars group-by over every distinct
+    score and a sort of the result cost several times more)."""
+    keys = [c for c in schema if c not in ("score", "count")]
+    groups = rows.partition_by(keys, as_dict=True, maintain_order=True)
+    counts = {key: ValueCounts.of_sorted(np.sort(group["score"].to_numpy())) for key, group in groups.items()}
+    return _score_counts(counts, keys, schema)
+
+
+def _score_counts(
+    counts: Mapping[tuple[object, ...], ValueCounts], keys: list[str], schema: Mapping[str, pl.DataType]
+) -> pl.DataFrame:
+    """One table of every group's score counts, groups ordered by key (nulls last), scores ascending within one."""
+    ordered = sorted(counts.items(), key=lambda item: tuple((value is None, value) for value in item[0]))
+    frames = [
+        pl.DataFrame({"score": c.values, "count": c.counts}).with_columns(
+            pl.lit(value).alias(name) for name, value in zip(keys, key, strict=True)
+        )
+        for key, c in ordered
+    ]
+    return pl.concat([pl.DataFrame(schema=schema), *(conform(f, schema) for f in frames)])
 
 
 # -------------------------------------------------------------------------------------------------- calibration

@@ -50,8 +50,8 @@ DRIFT_COUNTS_SCHEMA: dict[str, pl.DataType] = {
 
 @dataclass(frozen=True)
 class ValueCounts:
-    """The distinct finite values of a number (``values``, ascending float64) and how often each occurs
-    (``counts``, int64, all > 0)."""
+    """The distinct values of a number (``values``, ascending float64; finite when made by ``of``) and how often
+    each occurs (``counts``, int64, all > 0)."""
 
     values: np.ndarray
     counts: np.ndarray
@@ -60,11 +60,12 @@ class ValueCounts:
     def of(cls, values: np.ndarray) -> ValueCounts:
         """The counts of the finite entries of ``values`` (NaN and infinities are missing, not counted)."""
         array = np.asarray(values, dtype=np.float64)
-        return cls.merge([cls(array[np.isfinite(array)], np.ones(int(np.isfinite(array).sum()), dtype=np.int64))])
+        return cls.of_sorted(np.sort(array[np.isfinite(array)]))
 
     @classmethod
     def of_sorted(cls, values: np.ndarray) -> ValueCounts:
-        """The counts of ``values``, already finite and sorted ascending (run lengths, no sort)."""
+        """The counts of ``values``, already sorted ascending (run lengths, no sort; each NaN, sorted last, counts
+        apart)."""
         if len(values) == 0:
             return cls(np.array([], dtype=np.float64), np.array([], dtype=np.int64))
         starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
@@ -239,11 +240,12 @@ def _smallest_hashes(frame: pl.DataFrame, features: list[FeatureCard], rows: int
             f"tonight's frame lacks the entity id column {id_column!r} the domain sample is drawn by; it has "
             f"{frame.columns}"
         )
-    keyed = frame.select(
-        pl.col(id_column).cast(pl.String).alias(ENTITY_COLUMN),
-        entity_hash(frame[id_column]).alias(HASH_COLUMN),
-        *columns,
-    )
+    hashes = entity_hash(frame[id_column])
+    # the rows at or below the rows-th smallest hash (O(n)); only they are sorted (ties at the cut all kept)
+    if hashes.len() > rows:
+        keep = hashes <= np.partition(hashes.to_numpy(), rows - 1)[rows - 1]
+        frame, hashes = frame.filter(keep), hashes.filter(keep)
+    keyed = frame.select(pl.col(id_column).cast(pl.String).alias(ENTITY_COLUMN), hashes.alias(HASH_COLUMN), *columns)
     return _first_by_hash(keyed, rows)
 
 
