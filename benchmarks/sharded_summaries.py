@@ -31,6 +31,7 @@ import yaml
 from nightkeeper.config import BusinessValue, parse_config
 from nightkeeper.drift import drift_of_summary, measure_drift
 from nightkeeper.encoding import feature_matrix
+from nightkeeper.examples.simulator import ENTITY_ID, TARGET, simulate_history, simulate_night
 from nightkeeper.performance import (
     estimated_counts,
     estimated_from_counts,
@@ -42,7 +43,6 @@ from nightkeeper.performance import (
     scored_with_labels,
 )
 from nightkeeper.sharding import split_by_shard
-from nightkeeper.simulator import ENTITY_ID, TARGET, simulate_history, simulate_night
 from nightkeeper.summaries import merge_drift_summaries, summarise_drift
 from nightkeeper.training import train_model, training_frame
 
