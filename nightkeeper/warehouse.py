@@ -226,7 +226,9 @@ def store_partition(
 
     Idempotent: storing a night again leaves exactly ``frame``'s rows for that night; other nights are untouched.
     The table (and schema) is created from ``frame``'s columns when missing, even when ``frame`` is empty, so an empty
-    night is a real, empty partition. Columns are inserted by name. ``frame`` must have a ``partition_date`` column
+    night is a real, empty partition. Columns are inserted by name; a column the table lacks is added to it (a
+    contract that gained a feature: earlier nights hold NULL there), one it has and ``frame`` lacks is NULL for
+    ``night``. ``frame`` must have a ``partition_date`` column
     whose every value is ``night`` (ValueError otherwise). The caller must not hold an open transaction. On a DuckLake
     the transaction is run again while another writer's commit to the same table conflicts with it. Both the
     Dagster IO manager and the backtest store through this function, so both produce identical tables.
@@ -244,6 +246,10 @@ def store_partition(
     def replace_partition() -> None:
         connection.execute(f'create schema if not exists "{schema}"')
         connection.execute(f"create table if not exists {name} as select * from {view} limit 0")
+        stored = {row[0] for row in connection.execute(f"describe {name}").fetchall()}
+        for column, column_type, *_ in connection.execute(f"describe {view}").fetchall():
+            if column not in stored:  # the contract gained a column: earlier nights read it as NULL
+                connection.execute(f'alter table {name} add column "{column}" {column_type}')
         connection.execute(f"delete from {name} where {PARTITION_COLUMN} = ?", [night])
         connection.execute(f"insert into {name} by name select * from {view}")
 

@@ -71,6 +71,19 @@ def test_columns_are_stored_by_name_not_position(connection):
     assert connection.execute("select entity_id, score from nightly.t").fetchall() == [("b", 0.5)]
 
 
+def test_a_column_new_tonight_is_added_and_earlier_nights_read_it_as_null(connection):
+    store_partition(
+        connection, "nightly", "t", NIGHT - dt.timedelta(days=1), _frame(NIGHT - dt.timedelta(days=1), ["a"])
+    )
+
+    store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["b"]).with_columns(pl.lit(3).alias("tenure")))
+
+    assert connection.execute("select entity_id, tenure from nightly.t order by entity_id").fetchall() == [
+        ("a", None),
+        ("b", 3),
+    ]
+
+
 def test_rows_of_another_night_are_refused_and_the_stored_partition_is_kept(connection):
     store_partition(connection, "nightly", "t", NIGHT, _frame(NIGHT, ["a"]))
 
