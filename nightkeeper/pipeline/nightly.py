@@ -127,22 +127,8 @@ def score_night(
     Metadata ``degraded`` / ``model_error`` say whether the fallback will answer for the model. Check:
     ``champion_answered``.
     """
-    champion = serving_model(connection, registry.CHAMPION, night)
-    version = champion.version
-    error: str | None
-    if champion.record is None:
-        reason = champion.error or "no champion model is registered for this night"
-        frame, error = unscored(validated_batch, version, reason), reason
-    else:
-        try:
-            booster = load_verified(champion.record)
-            card = champion.record.card
-            result = score_batch(
-                validated_batch, booster, card, config.model.chunk_rows, config.model.time_budget_seconds
-            )
-            frame, error = result.frame, result.error
-        except ModelUnavailable as exc:
-            frame, error = unscored(validated_batch, version, str(exc)), str(exc)
+    version = serving_model(connection, registry.CHAMPION, night).version
+    frame, error = champion_scores(config, connection, night, validated_batch)
     latency = latency_percentiles(frame)
     record_night_metrics(
         connection,
@@ -169,6 +155,47 @@ def score_night(
     )
 
 
+def champion_scores(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, validated: pl.DataFrame
+) -> tuple[pl.DataFrame, str | None]:
+    """The serving champion's answer for every row of ``validated`` (SCORED_SCHEMA), and why it has none (None when
+    it answered): no champion, an unusable registry row or artifact, a model that raised or overran its budget."""
+    champion = serving_model(connection, registry.CHAMPION, night)
+    if champion.record is None:
+        reason = champion.error or "no champion model is registered for this night"
+        return unscored(validated, champion.version, reason), reason
+    try:
+        booster = load_verified(champion.record)
+    except ModelUnavailable as exc:
+        return unscored(validated, champion.version, str(exc)), str(exc)
+    result = score_batch(
+        validated, booster, champion.record.card, config.model.chunk_rows, config.model.time_budget_seconds
+    )
+    return result.frame, result.error
+
+
+def challenger_scores(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, validated: pl.DataFrame
+) -> pl.DataFrame:
+    """The serving challenger's answer for every row of ``validated`` with ``in_canary`` (SHADOW_SCHEMA): the rows it
+    serves at its stage's canary percent (``routing.in_canary``). Empty without a challenger; a challenger that
+    cannot be loaded fails every row (its rollout health then rolls it back)."""
+    challenger = serving_model(connection, registry.CHALLENGER, night)
+    if challenger.version is None:
+        return pl.DataFrame(schema=SHADOW_SCHEMA)
+    try:
+        if challenger.record is None:
+            raise ModelUnavailable(challenger.error)
+        booster = load_verified(challenger.record)
+        result = score_batch(
+            validated, booster, challenger.record.card, config.model.chunk_rows, config.model.time_budget_seconds
+        )
+        frame = result.frame
+    except ModelUnavailable as exc:
+        frame = unscored(validated, challenger.version, str(exc))
+    return frame.with_columns(in_canary(frame["entity_id"], lifecycle.canary_percent(challenger.stage)))
+
+
 def shadow_night(
     config: ProjectConfig,
     connection: duckdb.DuckDBPyConnection,
@@ -189,16 +216,7 @@ def shadow_night(
         )
     history = metrics_store.metric_history(connection, ["rollout.healthy"], night - dt.timedelta(days=1), 400)
     percent = lifecycle.canary_percent(challenger.stage)
-    try:
-        if challenger.record is None:  # a bad registry row: the challenger fails every row, which rolls it back
-            raise ModelUnavailable(challenger.error)
-        booster = load_verified(challenger.record)
-        card = challenger.record.card
-        result = score_batch(validated_batch, booster, card, config.model.chunk_rows, config.model.time_budget_seconds)
-        frame = result.frame
-    except ModelUnavailable as exc:
-        frame = unscored(validated_batch, challenger.version, str(exc))
-    frame = frame.with_columns(in_canary(frame["entity_id"], percent))
+    frame = challenger_scores(config, connection, night, validated_batch)
     rollout = config.lifecycle.rollout
     realized = realized_rollout_auc(connection, challenger.version, night, rollout.min_labeled_rows)
     health = rollout_health(

@@ -16,13 +16,10 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
-from nightkeeper import lifecycle, registry
-from nightkeeper.artifacts import ModelUnavailable, load_verified
+from nightkeeper import registry
 from nightkeeper.config import ProjectConfig
 from nightkeeper.outcomes import Fallback, assemble_outcomes
-from nightkeeper.pipeline.nightly import SHADOW_SCHEMA
-from nightkeeper.routing import in_canary
-from nightkeeper.scoring import score_batch, unscored
+from nightkeeper.pipeline.nightly import challenger_scores, champion_scores
 from nightkeeper.serving import serving_decision, serving_model
 from nightkeeper.sharding import shard_rows
 from nightkeeper.validation import validate
@@ -65,44 +62,3 @@ def answer_shard(
         canary,
     )
     return ShardAnswers(validation.valid, validation.quarantine, scored, shadow, outcomes, error)
-
-
-def champion_scores(
-    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, validated: pl.DataFrame
-) -> tuple[pl.DataFrame, str | None]:
-    """The serving champion's answer for every row of ``validated`` (SCORED_SCHEMA), and why it has none (None when
-    it answered): no champion, an unusable registry row or artifact, a model that raised or overran its budget."""
-    champion = serving_model(connection, registry.CHAMPION, night)
-    if champion.record is None:
-        reason = champion.error or "no champion model is registered for this night"
-        return unscored(validated, champion.version, reason), reason
-    try:
-        booster = load_verified(champion.record)
-    except ModelUnavailable as exc:
-        return unscored(validated, champion.version, str(exc)), str(exc)
-    result = score_batch(
-        validated, booster, champion.record.card, config.model.chunk_rows, config.model.time_budget_seconds
-    )
-    return result.frame, result.error
-
-
-def challenger_scores(
-    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, validated: pl.DataFrame
-) -> pl.DataFrame:
-    """The serving challenger's answer for every row of ``validated`` with ``in_canary`` (SHADOW_SCHEMA): the rows it
-    serves at its stage's canary percent (``routing.in_canary``). Empty without a challenger; a challenger that
-    cannot be loaded fails every row (its rollout health then rolls it back)."""
-    challenger = serving_model(connection, registry.CHALLENGER, night)
-    if challenger.version is None:
-        return pl.DataFrame(schema=SHADOW_SCHEMA)
-    try:
-        if challenger.record is None:
-            raise ModelUnavailable(challenger.error)
-        booster = load_verified(challenger.record)
-        result = score_batch(
-            validated, booster, challenger.record.card, config.model.chunk_rows, config.model.time_budget_seconds
-        )
-        frame = result.frame
-    except ModelUnavailable as exc:
-        frame = unscored(validated, challenger.version, str(exc))
-    return frame.with_columns(in_canary(frame["entity_id"], lifecycle.canary_percent(challenger.stage)))
