@@ -192,16 +192,14 @@ class DriftResult:
             features_summary += f"; and {drifted.height - TOP_FEATURES} more"
         about_features = {"summary": features_summary, "features": [_without_text(m) for m in movers]}
 
-        out = {
+        out: dict[str, dict[str, Any]] = {
             metric: about_features
-            for metric in (
-                names.DRIFTED_FEATURES,
-                names.DRIFTED_SHARE,
-                names.MULTIVARIATE_AUC,
-                names.PREDICTION_PSI,
-                names.CONFIDENCE_PSI,
-            )
+            for metric in (names.DRIFTED_FEATURES, names.DRIFTED_SHARE, names.MULTIVARIATE_AUC, names.CONFIDENCE_PSI)
         }
+        about_scores: dict[str, Any] = {
+            "summary": f"{self._score_summary()}; features that moved most: {features_summary}"
+        }
+        out[names.PREDICTION_PSI] = out[names.PREDICTION_DRIFTED] = about_scores
         rows = {row["feature"]: row for row in self.features.iter_rows(named=True)}
         for metric, status in (
             (names.VANISHED_LEVELS, "vanished"),
@@ -216,6 +214,20 @@ class DriftResult:
                 "levels": concerned.to_dicts(),
             }
         return out
+
+    def _score_summary(self) -> str:
+        """How the model's scores moved (``scores: PSI 0.140 > threshold 0.100, mean 0.210 → 0.270, at or above the
+        decision threshold 18.0% → 24.1%``), from ``prediction``."""
+        p = self.prediction
+        psi, threshold = p.get("score_psi", _NAN), p.get("score_threshold", _NAN)
+        text = f"scores: PSI {psi:.3f} {'>' if psi > threshold else '<='} threshold {threshold:.3f}"
+        mean_before, mean_now = p.get("score_mean_reference", _NAN), p.get("score_mean_current", _NAN)
+        if mean_before == mean_before and mean_now == mean_now:
+            text += f", mean {mean_before:.3f} → {mean_now:.3f}"
+        rate_before, rate_now = p.get("positive_rate_reference", _NAN), p.get("positive_rate_current", _NAN)
+        if rate_before == rate_before and rate_now == rate_now:
+            text += f", at or above the decision threshold {rate_before:.1%} → {rate_now:.1%}"
+        return text
 
     def _feature_detail(self, row: dict[str, Any], must_show: str = "") -> dict[str, Any]:
         """One feature's movement as data and as text (``income: PSI 0.31 > threshold 0.08, mean 52,000 → 61,000``;

@@ -394,3 +394,18 @@ def test_the_pipeline_drift_and_alert_steps_name_the_moved_features_against_the_
     assert measured.metadata["reference_version"] == champion.version
     assert "feature-drift" in {alert["rule"] for alert in alerted.metadata["opened_alerts"]}
     assert "drifted: age: PSI" in message and "channel: mobile" in message
+
+
+def test_a_prediction_drift_alert_says_how_the_scores_moved_and_which_features_moved_most(
+    conn: duckdb.DuckDBPyConnection, config: ProjectConfig, trained: TrainedModel
+) -> None:
+    card, rules = trained.card, drift_rules(config)
+    young = simulate_night(night(0), ROWS, SEED, Scenario(young_mobile_share=0.8)).applications
+
+    events = run_drift_night(conn, rules, trained.booster, card.profile, card.features, night(0), young)
+
+    [prediction_drift] = [e for e in events if e["rule"] == "prediction-drift"]
+    message = prediction_drift["message"]
+    assert re.search(r"scores: PSI \d\.\d{3} > threshold \d\.\d{3}, mean 0\.\d{3} → 0\.\d{3}", message), message
+    assert re.search(r"at or above the decision threshold \d+\.\d% → \d+\.\d%", message), message
+    assert "features that moved most: drifted: age: PSI" in message
