@@ -39,7 +39,7 @@ from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, 
 from jobs.review import build_review_inbox_sensor, review_import_job
 from jobs.run_guard import build_reaper_sensor
 from jobs.webhook import alert_outbox_job, build_alert_outbox_sensor
-from nightkeeper.config import ProjectConfig, load_config
+from nightkeeper.config import ConfigError, ProjectConfig, load_config
 from nightkeeper.warehouse import Lake
 
 REPOSITORY_CONFIG = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
@@ -55,6 +55,12 @@ def build_definitions(config_path: Path, executor: ExecutorDefinition = in_proce
     by ``executor`` (each run's steps in its own process by default; a deployment passes its own, e.g.
     ``jobs/kubernetes.py``)."""
     config = load_config(config_path)
+    if config.scale.shards > 1:  # refused, not ignored: the jobs would run every night whole
+        raise ConfigError(
+            f"{config_path}: scale.shards = {config.scale.shards}, but the Dagster jobs do not split nights yet "
+            "(docs/sharding.md, 'On Dagster'); set scale.shards: 1. The core's shard steps "
+            "(nightkeeper.pipeline.shard) take any number of shards."
+        )
     partitions = night_partitions(config)
     nightly = [
         *build_nightly_assets(partitions),

@@ -339,3 +339,16 @@ def test_check_config_passes_when_the_decision_agrees_with_the_serving_champion(
 
     assert done.exit_code == 0, done.output
     assert "decision agrees with champion" in done.output
+
+
+def test_definitions_refuse_a_sharded_config_the_jobs_would_run_whole(tmp_path):
+    from jobs.definitions import build_definitions
+    from nightkeeper.config import ConfigError
+
+    raw = yaml.safe_load((REPO / "nightkeeper.yaml").read_text())
+    raw["scale"] = {"shards": 4}
+    config_path = tmp_path / "nightkeeper.yaml"
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    with pytest.raises(ConfigError, match=r"scale.shards = 4, but the Dagster jobs do not split nights yet"):
+        build_definitions(config_path)
