@@ -50,8 +50,10 @@ def run_drift_nights(config: ProjectConfig, trained: TrainedModel, nights: list[
         champion = registry.register(connection, trained.card, save_artifact(trained, config.models_path))
         registry.set_alias(connection, registry.CHAMPION, champion.version, FIRST, "test", "bootstrap")
         for offset, night in enumerate(nights):
-            rows = simulate_night(night, 300, SEED + offset).applications.with_columns(
-                pl.lit("night.parquet").alias("source_file"), pl.int_range(pl.len()).alias("row_number")
+            rows = simulate_night(night, 300, SEED + offset).applications.with_columns(  # as validated rows are
+                pl.lit("night.parquet").alias("source_file"),
+                pl.int_range(pl.len()).alias("row_number"),
+                pl.col("application_id").alias("entity_id"),
             )
             scored = rows.with_columns(
                 pl.Series("score", trained.booster.predict(feature_matrix(rows, trained.card.features)))
