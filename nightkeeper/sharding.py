@@ -14,10 +14,10 @@ matters: canary routing (``nightkeeper.routing``) buckets ids by CRC-32 modulo 1
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import polars as pl
+
+from nightkeeper.routing import entity_crc32
 
 ENTITY_COLUMN = "entity_id"  # the entity id column of every nightly frame (the contract's id column, renamed)
 _MIX_1 = np.uint64(0xFF51AFD7ED558CCD)
@@ -27,11 +27,7 @@ _SHIFT = np.uint64(33)
 
 def entity_hash(entity_ids: pl.Series) -> pl.Series:
     """A stable 64-bit hash per id (UInt64, named ``entity_hash``): fmix64(CRC-32 of its UTF-8 text), see above."""
-    crc = np.fromiter(
-        (zlib.crc32(("" if v is None else str(v)).encode()) for v in entity_ids.to_list()),
-        dtype=np.uint64,
-        count=entity_ids.len(),
-    )
+    crc = entity_crc32(entity_ids)
     with np.errstate(over="ignore"):  # multiplication modulo 2**64 is the point
         mixed = crc ^ (crc >> _SHIFT)
         mixed = mixed * _MIX_1
