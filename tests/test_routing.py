@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import zlib
+
 import polars as pl
 import pytest
 
-from nightkeeper.routing import BUCKETS, buckets, in_canary
+from nightkeeper.routing import BUCKETS, buckets, entity_crc32, in_canary
 
 # The standard CRC-32 check value: crc32(b"123456789") = 0xCBF43926 = 3421780262, so bucket 62.
 CHECK_ID, CHECK_BUCKET = "123456789", 3421780262 % 100
@@ -96,3 +98,20 @@ def test_non_string_ids_are_bucketed_by_their_text():
 def test_an_empty_series_gives_no_buckets():
     assert buckets(pl.Series([], dtype=pl.String)).len() == 0
     assert in_canary(pl.Series([], dtype=pl.String), 5).len() == 0
+
+
+@pytest.mark.parametrize(
+    "entity_ids",
+    [
+        pl.Series(["a", "", "Zürich-€", None, "A20260101-000042"]),
+        pl.Series([1, -5, None, 10**12]),
+        pl.Series([True, None, False]),
+        pl.concat([pl.Series(["x", None]), pl.Series(["yy"])], rechunk=False),
+        pl.Series(["skip", "skip", "kept", "kept too"]).slice(2),
+    ],
+    ids=["text", "integers", "booleans", "two-chunks", "slice"],
+)
+def test_entity_crc32_equals_zlib_of_each_ids_text(entity_ids):
+    expected = [zlib.crc32(("" if v is None else str(v)).encode()) for v in entity_ids.to_list()]
+
+    assert entity_crc32(entity_ids).tolist() == expected
