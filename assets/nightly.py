@@ -27,6 +27,9 @@ from nightkeeper.pipeline import nightly
 from nightkeeper.pipeline.step import StepResult
 
 PARTITION_METADATA = {"partition_expr": "partition_date"}
+# The steps on the way to the night's answers run before every other step that is ready (drift, labels,
+# performance: Dagster starts ready steps by this priority, then by name), so the answers never wait for monitoring.
+ANSWERS_FIRST = {"dagster/priority": "1"}
 
 
 def night_of(context: AssetExecutionContext) -> dt.date:
@@ -48,6 +51,7 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition) -> list:
         name="raw_batch",
         partitions_def=partitions,
         pool=WAREHOUSE_POOL,
+        op_tags=ANSWERS_FIRST,
         group_name="nightly",
         metadata=PARTITION_METADATA,
         description="Every row of the night's landed files with its file and row number, whatever the file's "
@@ -71,6 +75,7 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition) -> list:
         name="validate_batch",
         partitions_def=partitions,
         pool=WAREHOUSE_POOL,
+        op_tags=ANSWERS_FIRST,
         group_name="nightly",
         outs={
             "validated_batch": AssetOut(
@@ -102,6 +107,7 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition) -> list:
         name="scored_batch",
         partitions_def=partitions,
         pool=WAREHOUSE_POOL,
+        op_tags=ANSWERS_FIRST,
         group_name="nightly",
         metadata=PARTITION_METADATA,
         description="The champion's score, confidence and decision for every validated row, in chunks within a time "
@@ -130,6 +136,7 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition) -> list:
         name="shadow_scores",
         partitions_def=partitions,
         pool=WAREHOUSE_POOL,
+        op_tags=ANSWERS_FIRST,
         group_name="nightly",
         metadata=PARTITION_METADATA,
         description="The challenger's score for every validated row (logged, served only to its canary share), and "
@@ -162,6 +169,7 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition) -> list:
         name="outcomes",
         partitions_def=partitions,
         pool=WAREHOUSE_POOL,
+        op_tags=ANSWERS_FIRST,
         group_name="nightly",
         metadata=PARTITION_METADATA,
         description="Exactly one answer per raw row: source (model / canary / fallback / quarantine), decision, score, "

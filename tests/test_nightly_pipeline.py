@@ -388,6 +388,15 @@ def test_outcomes_report_the_seconds_until_the_nights_answers_were_stored(clean_
     assert 0 < seconds < 600
 
 
+def test_every_step_on_the_way_to_the_answers_starts_before_any_monitoring_step(clean_night):
+    started = [event.step_key for event in clean_night.result.all_events if event.event_type_value == "STEP_START"]
+    answers = ["raw_batch", "validate_batch", "scored_batch", "shadow_scores", "outcomes"]
+    monitoring = ["labels", "drift_metrics", "performance", "alerts"]
+
+    assert set(answers + monitoring) <= set(started), started
+    assert max(started.index(step) for step in answers) < min(started.index(step) for step in monitoring), started
+
+
 def _assert_undecided_for_a_bad_registry_row(project: Project, night: dt.date, result, message: str) -> None:
     """The night runs to the end and is answered (no card, so no fitted fallback rule: every row undecided, with the
     registry error as its reason), the champion check fails with that error and the champion-down metric is raised."""
