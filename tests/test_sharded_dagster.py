@@ -1,0 +1,193 @@
+"""A night in shards through real Dagster: the nightly job of a project with ``scale.shards: 3``, run by the
+multiprocess executor (each shard op in a process of its own) on a real DuckDB file, stores the tables, night
+metrics, alerts and checks of the same night run whole.
+
+Two copies of one project (the same bootstrapped LightGBM champion and a challenger in a 20 % canary), the same
+landed night (the simulator's bad-data night, so quarantined, fallback and canary answers all occur): one runs the
+night whole, in process; the other in three shards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import (
+    DagsterInstance,
+    ExecuteInProcessResult,
+    JobExecutionResult,
+    JobDefinition,
+    execute_job,
+    reconstructable,
+)
+from pipeline_harness import (
+    FIRST_NIGHT,
+    QUIET,
+    Project,
+    bootstrap_example_champion,
+    check_results,
+    example_config,
+    make_project,
+)
+from polars.testing import assert_frame_equal
+
+from jobs.definitions import NIGHTLY_JOB, build_definitions
+from nightkeeper import registry, warehouse
+from nightkeeper.artifacts import save_artifact
+from nightkeeper.examples import simulator
+from nightkeeper.pipeline import metadata_keys as keys
+from nightkeeper.training import train_model
+from nightkeeper.validation import ROW_KEY
+
+NIGHT = FIRST_NIGHT + dt.timedelta(days=1)
+SHARDS = 3
+ROWS = 1500
+CONFIG_ENV = "NIGHTKEEPER_TEST_SHARDED_CONFIG"
+ROW_TABLES = ["raw_batch", "validated_batch", "quarantine", "scored_batch", "shadow_scores", "outcomes"]
+WALL_CLOCK = ["latency_ms"]  # measured per chunk: the one stored column that differs between any two runs
+WALL_CLOCK_METRICS = ["scoring.latency_p95_ms"]
+ORDER = {"quarantine": [*ROW_KEY, "column", "rule"], "drift_metrics": ["feature"]}
+
+pytestmark = pytest.mark.slow
+
+
+def nightly_job_of_env_config() -> JobDefinition:
+    """The nightly job of the project config named by ``$NIGHTKEEPER_TEST_SHARDED_CONFIG``: what each step's process
+    rebuilds (``reconstructable``)."""
+    return build_definitions(Path(os.environ[CONFIG_ENV])).resolve_job_def(NIGHTLY_JOB)
+
+
+def run_in_processes(project: Project, instance: DagsterInstance) -> JobExecutionResult:
+    """The nightly job of ``project`` for NIGHT through the definitions' executor (multiprocess for a sharded
+    config), as a daemon-launched run executes it."""
+    os.environ[CONFIG_ENV] = str(project.config_path)
+    with execute_job(
+        reconstructable(nightly_job_of_env_config),
+        instance=instance,
+        run_config=QUIET,
+        tags={"dagster/partition": NIGHT.isoformat()},
+        raise_on_error=False,
+    ) as result:
+        return result
+
+
+@dataclass
+class Nights:
+    whole: Project
+    sharded: Project
+    whole_run: ExecuteInProcessResult
+    sharded_run: JobExecutionResult
+    instance: DagsterInstance
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
+    base = tmp_path_factory.mktemp("sharded_dagster")
+    whole = make_project(base / "whole")
+    champion = bootstrap_example_champion(whole)
+    add_canary_challenger(whole)
+    shutil.copytree(whole.root, base / "sharded")
+    sharded = make_project(base / "sharded", example_config(scale={"shards": SHARDS}))
+    landed = simulator.simulate_night(NIGHT, ROWS, seed=11, scenario=simulator.Scenario(bad_data=True))
+    for project in (whole, sharded):
+        project.land(landed)
+    assert champion.version
+    (base / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(base / "dagster")) as instance:
+        yield Nights(whole, sharded, whole.run_night(NIGHT), run_in_processes(sharded, instance), instance)
+
+
+def add_canary_challenger(project: Project) -> None:
+    """A model trained on other nights, serving a 20 % canary from NIGHT on."""
+    config = project.config
+    history = simulator.simulate_history(NIGHT - dt.timedelta(days=1), days=10, rows_per_day=500, seed=5)
+    model = train_model(history, config)
+    with warehouse.connect(config.warehouse_path) as connection:
+        record = registry.register(connection, model.card, save_artifact(model, config.path(config.storage.models)))
+        registry.set_alias(connection, registry.CHALLENGER, record.version, NIGHT, "test", "set up", "canary:20")
+
+
+def stored(project: Project, table: str) -> pl.DataFrame:
+    frame = project.table(table, NIGHT).drop("shard", *WALL_CLOCK, strict=False)
+    return frame.sort(ORDER.get(table, ROW_KEY))
+
+
+def test_the_sharded_run_succeeds_and_its_shard_ops_run_at_the_same_time(nights: Nights) -> None:
+    assert nights.whole_run.success and nights.sharded_run.success
+    stats = {s.step_key: s for s in nights.instance.get_run_step_stats(nights.sharded_run.run_id)}
+    shards = [stats[f"night_shards.answer_shard_{shard}"] for shard in range(SHARDS)]
+    overlapping = [
+        (a.step_key, b.step_key)
+        for a in shards
+        for b in shards
+        if a.step_key < b.step_key and max(a.start_time, b.start_time) < min(a.end_time, b.end_time)
+    ]
+    assert overlapping, f"no two shard ops ran at once: {[(s.start_time, s.end_time) for s in shards]}"
+
+
+@pytest.mark.parametrize("table", [*ROW_TABLES, "reason_codes", "drift_metrics"])
+def test_a_night_in_shards_stores_the_tables_of_the_night_run_whole(nights: Nights, table: str) -> None:
+    assert_frame_equal(stored(nights.sharded, table), stored(nights.whole, table), abs_tol=1e-12, rel_tol=0)
+
+
+def test_the_night_has_every_kind_of_answer_and_every_shard_stored_rows(nights: Nights) -> None:
+    outcomes = nights.sharded.table("outcomes", NIGHT)
+    assert {"model", "canary", "fallback"} <= set(outcomes["source"])
+    assert nights.sharded.table("quarantine", NIGHT).height > 0
+    assert set(outcomes["shard"]) == set(range(SHARDS))
+
+
+def test_a_night_in_shards_records_the_night_metrics_of_the_night_run_whole(nights: Nights) -> None:
+    def metrics(project: Project) -> pl.DataFrame:
+        return project.query(
+            "select metric, value, model_version from monitoring.night_metrics where night = ? order by metric",
+            [NIGHT],
+        ).filter(~pl.col("metric").is_in(WALL_CLOCK_METRICS))
+
+    assert_frame_equal(metrics(nights.sharded), metrics(nights.whole), abs_tol=1e-12, rel_tol=0)
+    assert metrics(nights.whole)["metric"].str.starts_with("drift.").any()
+
+
+def test_a_night_in_shards_raises_the_alerts_of_the_night_run_whole(nights: Nights) -> None:
+    def alerts(project: Project) -> pl.DataFrame:
+        return project.query(
+            "select rule, category, severity, metric, opened_night, status, value, message from monitoring.alerts "
+            "order by rule"
+        )
+
+    assert_frame_equal(alerts(nights.sharded), alerts(nights.whole))
+
+
+def test_a_night_in_shards_reports_the_checks_and_rollout_decision_of_the_night_run_whole(nights: Nights) -> None:
+    def verdicts(result: JobExecutionResult | ExecuteInProcessResult) -> dict[tuple[str, str], bool]:
+        return {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+
+    def rollout(result: JobExecutionResult | ExecuteInProcessResult) -> str:
+        (shadow,) = [
+            m.materialization
+            for m in result.get_asset_materialization_events()
+            if m.asset_key.to_user_string() == "shadow_scores"
+        ]
+        return shadow.metadata[keys.SHADOW_ROLLOUT_ACTION].value
+
+    assert verdicts(nights.sharded_run) == verdicts(nights.whole_run)
+    assert len(check_results(nights.whole_run)) > 10
+    assert rollout(nights.sharded_run) == rollout(nights.whole_run) != keys.NONE
+
+
+def test_running_a_sharded_night_again_leaves_each_row_once(nights: Nights) -> None:
+    again = run_in_processes(nights.sharded, nights.instance)
+
+    assert again.success
+    raw = nights.sharded.table("raw_batch", NIGHT)
+    assert raw.height == ROWS
+    for table in ROW_TABLES:
+        rows = nights.sharded.table(table, NIGHT)
+        assert not rows.select(ORDER.get(table, ROW_KEY)).is_duplicated().any(), f"{table}: a row stored twice"
+    assert_frame_equal(stored(nights.sharded, "outcomes"), stored(nights.whole, "outcomes"))
