@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import copy
 import datetime as dt
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +20,15 @@ from typing import Any
 import duckdb
 import polars as pl
 import yaml
-from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import (
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    JobDefinition,
+    JobExecutionResult,
+    execute_job,
+    reconstructable,
+)
 
 from jobs.definitions import NIGHTLY_JOB, build_definitions
 from jobs.resources import NIGHTLY_SCHEMA
@@ -32,6 +41,7 @@ from nightkeeper.registry import ModelRecord
 REPO = Path(__file__).resolve().parents[1]
 FIRST_NIGHT = dt.date(2026, 1, 1)
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+CONFIG_ENV = "NIGHTKEEPER_TEST_RUN_CONFIG"
 
 
 _SHIPPED_CONFIG = yaml.load(
@@ -92,6 +102,27 @@ class Project:
         data = simulator.simulate_night(night, rows, seed=11, scenario=scenario)
         self.land(data)
         return data
+
+
+def nightly_job_of_env_config() -> JobDefinition:
+    """The nightly job of the project config named by ``$NIGHTKEEPER_TEST_RUN_CONFIG``: what each step's process
+    rebuilds (``reconstructable``)."""
+    return build_definitions(Path(os.environ[CONFIG_ENV])).resolve_job_def(NIGHTLY_JOB)
+
+
+def run_in_processes(project: Project, night: dt.date, instance: DagsterInstance) -> JobExecutionResult:
+    """The nightly job of ``project`` for ``night`` through the definitions' executor (the multiprocess executor for
+    a sharded config: each step in a process of its own), as a run the Dagster daemon launches executes, on
+    ``instance`` (a persistent one: steps in other processes write its event log)."""
+    os.environ[CONFIG_ENV] = str(project.config_path)
+    with execute_job(
+        reconstructable(nightly_job_of_env_config),
+        instance=instance,
+        run_config=QUIET,
+        tags={"dagster/partition": night.isoformat()},
+        raise_on_error=False,
+    ) as result:
+        return result
 
 
 def make_project(root: Path, raw_config: dict[str, Any] | None = None) -> Project:

@@ -10,11 +10,9 @@ night whole, in process; the other in three shards.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -22,22 +20,18 @@ from dagster import (
     DagsterInstance,
     ExecuteInProcessResult,
     JobExecutionResult,
-    JobDefinition,
-    execute_job,
-    reconstructable,
 )
 from pipeline_harness import (
     FIRST_NIGHT,
-    QUIET,
     Project,
     bootstrap_example_champion,
     check_results,
     example_config,
     make_project,
+    run_in_processes,
 )
 from polars.testing import assert_frame_equal
 
-from jobs.definitions import NIGHTLY_JOB, build_definitions
 from nightkeeper import registry, warehouse
 from nightkeeper.artifacts import save_artifact
 from nightkeeper.examples import simulator
@@ -48,7 +42,6 @@ from nightkeeper.validation import ROW_KEY
 NIGHT = FIRST_NIGHT + dt.timedelta(days=1)
 SHARDS = 3
 ROWS = 1500
-CONFIG_ENV = "NIGHTKEEPER_TEST_SHARDED_CONFIG"
 ROW_TABLES = ["raw_batch", "validated_batch", "quarantine", "scored_batch", "shadow_scores", "outcomes"]
 WALL_CLOCK = ["latency_ms"]  # measured per chunk: the one stored column that differs between any two runs
 WALL_CLOCK_METRICS = ["scoring.latency_p95_ms"]
@@ -57,30 +50,11 @@ ORDER = {"quarantine": [*ROW_KEY, "column", "rule"], "drift_metrics": ["feature"
 pytestmark = pytest.mark.slow
 
 
-def nightly_job_of_env_config() -> JobDefinition:
-    """The nightly job of the project config named by ``$NIGHTKEEPER_TEST_SHARDED_CONFIG``: what each step's process
-    rebuilds (``reconstructable``)."""
-    return build_definitions(Path(os.environ[CONFIG_ENV])).resolve_job_def(NIGHTLY_JOB)
-
-
-def run_in_processes(project: Project, instance: DagsterInstance) -> JobExecutionResult:
-    """The nightly job of ``project`` for NIGHT through the definitions' executor (multiprocess for a sharded
-    config), as a daemon-launched run executes it."""
-    os.environ[CONFIG_ENV] = str(project.config_path)
-    with execute_job(
-        reconstructable(nightly_job_of_env_config),
-        instance=instance,
-        run_config=QUIET,
-        tags={"dagster/partition": NIGHT.isoformat()},
-        raise_on_error=False,
-    ) as result:
-        return result
-
-
 @dataclass
 class Nights:
     whole: Project
     sharded: Project
+    landed: simulator.NightData
     whole_run: ExecuteInProcessResult
     sharded_run: JobExecutionResult
     instance: DagsterInstance
@@ -100,7 +74,9 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
     assert champion.version
     (base / "dagster").mkdir()
     with DagsterInstance.local_temp(str(base / "dagster")) as instance:
-        yield Nights(whole, sharded, whole.run_night(NIGHT), run_in_processes(sharded, instance), instance)
+        yield Nights(
+            whole, sharded, landed, whole.run_night(NIGHT), run_in_processes(sharded, NIGHT, instance), instance
+        )
 
 
 def add_canary_challenger(project: Project) -> None:
@@ -182,11 +158,10 @@ def test_a_night_in_shards_reports_the_checks_and_rollout_decision_of_the_night_
 
 
 def test_running_a_sharded_night_again_leaves_each_row_once(nights: Nights) -> None:
-    again = run_in_processes(nights.sharded, nights.instance)
+    again = run_in_processes(nights.sharded, NIGHT, nights.instance)
 
     assert again.success
-    raw = nights.sharded.table("raw_batch", NIGHT)
-    assert raw.height == ROWS
+    assert nights.sharded.table("raw_batch", NIGHT).height == nights.landed.applications.height
     for table in ROW_TABLES:
         rows = nights.sharded.table(table, NIGHT)
         assert not rows.select(ORDER.get(table, ROW_KEY)).is_duplicated().any(), f"{table}: a row stored twice"
