@@ -224,7 +224,7 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
             return check_result("outcomes_conserve_rows", nightly.outcomes_conserve_rows(connection))
 
     if shards > 1:
-        from assets.shards import build_sharded_night
+        from assets.shards import build_sharded_night  # here: assets.shards imports this module
 
         return [build_sharded_night(partitions, shards), reason_codes, outcomes_conserve_rows]
     return [raw_batch, validate_batch, scored_batch, shadow_scores, outcomes, reason_codes, outcomes_conserve_rows]

@@ -32,6 +32,7 @@ from dagster import (
 )
 
 from assets.checks import check_result, dagster_metadata
+from assets.nightly import PARTITION_METADATA
 from jobs.resources import WAREHOUSE_POOL, ProjectResource, StoredPartition, WarehouseResource
 from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline import monitoring
@@ -41,7 +42,6 @@ from nightkeeper.warehouse import NIGHTLY_SCHEMA
 SHARD_REPORTS_IO_MANAGER = "shard_reports_io_manager"
 """The resource key of the IO manager that carries each shard op's ``ShardReport`` to ``judge_night``."""
 SHARDED_NIGHT = "night_shards"
-PARTITION_METADATA = {"partition_expr": "partition_date"}
 
 # asset -> (description, the step of judge_shards whose result it reports, its metadata key in that result or None)
 _ASSETS: dict[str, tuple[str, str, str | None]] = {
@@ -139,6 +139,12 @@ def judge_op(shards: int) -> OpDefinition:
         night = dt.date.fromisoformat(context.partition_key)
         with warehouse.connect() as connection:
             results = judge_shards(project.load(), connection, night, list(reports.values()))
+        for warning in results["ingest"].metadata["file_warnings"]:
+            context.log.warning(warning)
+        if results["score"].metadata["degraded"]:
+            context.log.error(
+                f"degraded night: {results['score'].metadata['model_error']}; the fallback answers every validated row"
+            )
         shadow = results["shadow"].metadata
         if shadow[keys.SHADOW_CHALLENGER] != keys.NONE:
             context.log.info(

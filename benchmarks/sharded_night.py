@@ -10,7 +10,9 @@ Prints, per repeat and as medians, the wall time of:
   manager does, in one process (the assets' loads of their inputs from the warehouse are not included);
 - ``sharded``: what a sharded night's Dagster ops call: ``run_shard`` for every shard, each in a process of its own
   (a pool of ``--shards`` processes started and warmed up before the clock starts, as the multiprocess executor's
-  step processes are running by then), all at once, then ``judge_shards`` in this process.
+  step processes are running by then), all at once, then ``judge_shards`` in this process. ``--shard-threads``
+  sets ``OMP_NUM_THREADS`` in the shard processes (LightGBM's threads when the model does not fix them): four
+  shards with two OpenMP threads each on two cores spin against each other.
 
 Both on the same DuckDB file (put back to its state after the champion's bootstrap before each measurement), the
 same landed night (the simulator's clean night) and the same champion (the shipped config: 200 trees, LightGBM
@@ -86,9 +88,15 @@ def whole(config_path: Path) -> float:
     return time.perf_counter() - started
 
 
-def _warm_up() -> int:
+def _limit_threads(threads: int | None) -> None:
+    if threads is not None:  # before LightGBM's OpenMP runtime starts in this process
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _warm_up(_: int) -> int:
     import nightkeeper.pipeline.shard  # noqa: F401  (the imports a step process has done before its op runs)
 
+    time.sleep(0.5)  # long enough for every process of the pool to take a turn
     return os.getpid()
 
 
@@ -118,6 +126,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shard-threads", type=int, default=None, help="OMP_NUM_THREADS of the shard processes")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nk-sharded-bench-") as scratch:
         folder = Path(scratch)
@@ -130,7 +139,12 @@ def main() -> None:
 
         assert load_config(whole_config).warehouse_path == warehouse, "the configs name another warehouse"
         times: dict[str, list[float]] = {"whole": [], "sharded": []}
-        with ProcessPoolExecutor(options.shards, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            options.shards,
+            mp_context=get_context("spawn"),
+            initializer=_limit_threads,
+            initargs=(options.shard_threads,),
+        ) as pool:
             pids = set(pool.map(_warm_up, range(options.shards * 4)))
             assert len(pids) == options.shards, f"the pool did not start {options.shards} processes: {pids}"
             for repeat in range(options.repeats):
@@ -145,8 +159,8 @@ def main() -> None:
     median_whole, median_sharded = statistics.median(times["whole"]), statistics.median(times["sharded"])
     print(
         f"{options.rows:,} rows, row-level part of the night, median of {options.repeats}: whole {median_whole:.1f} s, "
-        f"{options.shards} shards {median_sharded:.1f} s ({median_whole / median_sharded:.2f}x) on {os.cpu_count()} "
-        f"CPUs, load average {os.getloadavg()[0]:.2f}"
+        f"{options.shards} shards {median_sharded:.1f} s ({median_whole / median_sharded:.2f}x; shard threads "
+        f"{options.shard_threads or 'default'}) on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
 
 

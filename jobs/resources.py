@@ -84,7 +84,9 @@ class WarehouseIOManager(ConfigurableIOManager):
     A partition is stored through ``nightkeeper.warehouse.store_partition`` (the function the backtest uses): delete
     and insert in one transaction, so a failed write leaves the old partition in place, an empty night is a real,
     empty partition and columns are inserted by name. An input is the rows of its partitions' time window. On a
-    DuckLake, nights stored at once by several processes or machines each replace their own partition.
+    DuckLake, nights stored at once by several processes or machines each replace their own partition. An output
+    that is a ``StoredPartition`` (a sharded night's row-level tables, which its shard ops stored) is recorded with
+    its stored row count and not written.
     """
 
     database: str = Field(description="Path to the DuckDB warehouse file (storage.kind duckdb_file).")

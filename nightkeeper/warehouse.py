@@ -87,7 +87,8 @@ def _open_file(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnection:
             if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            # polled at least every second: shards of a night take turns on the file, each turn a second or so
+            delay = min(delay * 2, 1.0)
 
 
 # One in-memory database per (process, lake) holds the attached lake; the process id is in the key so a forked child

@@ -5,6 +5,11 @@ Each step takes ``(config, connection, night, *input frames)`` and returns a Ste
 the night (stored by the caller), plain metadata (frames in it are previews, already cut to the rows to show) and
 check outcomes by check name. Side tables (the night's metrics
 in ``monitoring.night_metrics``) are written through ``connection`` by the step itself.
+
+Each row-level step is its row-level work followed by its judgement of the night (``judge_ingest``,
+``judge_validation``, ``judge_scoring``, ``judge_shadow``, ``judge_answers``: metadata, checks and metrics, no
+tables); a night answered in shards (``nightkeeper.pipeline.shard``) calls the same judgements once, after every
+shard, so both give the same metadata, checks and metrics.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ def ingest_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, n
     """
     batch = read_night(config.landing_path, config.source.pattern, night, config.contract, config.root)
     result = judge_ingest(
-        connection,
         config,
+        connection,
         night,
         batch,
         batch.frame.height,
@@ -60,8 +65,8 @@ def ingest_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, n
 
 
 def judge_ingest(
-    connection: duckdb.DuckDBPyConnection,
     config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
     night: dt.date,
     batch: RawBatch,
     rows: int,
@@ -108,8 +113,8 @@ def validate_night(
     """
     result = validate(raw_batch, config.contract)
     judged = judge_validation(
-        connection,
         config,
+        connection,
         night,
         raw_batch.height,
         result.null_rates,
@@ -121,8 +126,8 @@ def validate_night(
 
 
 def judge_validation(
-    connection: duckdb.DuckDBPyConnection,
     config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
     night: dt.date,
     rows: int,
     null_rates: dict[str, float],

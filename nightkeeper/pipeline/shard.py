@@ -184,8 +184,8 @@ def judge_shards(
     reports = sorted(reports, key=lambda r: r.shard)
     rows = sum(r.rows for r in reports)
     ingest = nightly.judge_ingest(
-        connection,
         config,
+        connection,
         night,
         reports[0].files,
         rows,
@@ -194,8 +194,8 @@ def judge_shards(
     )
     null_counts = {name: sum(r.null_counts[name] for r in reports) for name in reports[0].null_counts}
     validation = nightly.judge_validation(
-        connection,
         config,
+        connection,
         night,
         rows,
         null_rates_of(null_counts, sum(r.judged_rows for r in reports)),
