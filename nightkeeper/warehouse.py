@@ -243,9 +243,7 @@ def store_partition(
     try:
         run_transaction(
             connection,
-            lambda: _replace_rows(
-                connection, schema, table, view, f"{PARTITION_COLUMN} = $night", {"night": night}
-            ),
+            lambda: _replace_rows(connection, schema, table, view, f"{PARTITION_COLUMN} = $night", {"night": night}),
         )
     finally:
         connection.unregister(view)
