@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import copy
 import datetime as dt
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from dagster import (
     ExecuteInProcessResult,
     JobDefinition,
     JobExecutionResult,
+    build_reconstructable_job,
     execute_job,
-    reconstructable,
 )
 
 from jobs.definitions import NIGHTLY_JOB, build_definitions
@@ -41,7 +40,6 @@ from nightkeeper.registry import ModelRecord
 REPO = Path(__file__).resolve().parents[1]
 FIRST_NIGHT = dt.date(2026, 1, 1)
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-CONFIG_ENV = "NIGHTKEEPER_TEST_RUN_CONFIG"
 
 
 _SHIPPED_CONFIG = yaml.load(
@@ -104,19 +102,24 @@ class Project:
         return data
 
 
-def nightly_job_of_env_config() -> JobDefinition:
-    """The nightly job of the project config named by ``$NIGHTKEEPER_TEST_RUN_CONFIG``: what each step's process
-    rebuilds (``reconstructable``)."""
-    return build_definitions(Path(os.environ[CONFIG_ENV])).resolve_job_def(NIGHTLY_JOB)
+def nightly_job_of(config_path: str) -> JobDefinition:
+    """The nightly job of the project config at ``config_path``: what each step's process rebuilds."""
+    return build_definitions(Path(config_path)).resolve_job_def(NIGHTLY_JOB)
 
 
 def run_in_processes(project: Project, night: dt.date, instance: DagsterInstance) -> JobExecutionResult:
     """The nightly job of ``project`` for ``night`` through the definitions' executor (the multiprocess executor for
     a sharded config: each step in a process of its own), as a run the Dagster daemon launches executes, on
-    ``instance`` (a persistent one: steps in other processes write its event log)."""
-    os.environ[CONFIG_ENV] = str(project.config_path)
+    ``instance`` (a persistent one: steps in other processes write its event log). The job is rebuilt from the
+    config's path, which names it: another project's job, built earlier in this process, is not reused."""
+    job = build_reconstructable_job(
+        "pipeline_harness",
+        nightly_job_of.__name__,
+        reconstructable_args=(str(project.config_path),),
+        reconstructor_working_directory=str(Path(__file__).parent),
+    )
     with execute_job(
-        reconstructable(nightly_job_of_env_config),
+        job,
         instance=instance,
         run_config=QUIET,
         tags={"dagster/partition": night.isoformat()},

@@ -13,7 +13,9 @@ import datetime as dt
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import fault_injection_hook
 import polars as pl
 import pytest
 from dagster import (
@@ -166,3 +168,28 @@ def test_running_a_sharded_night_again_leaves_each_row_once(nights: Nights) -> N
         rows = nights.sharded.table(table, NIGHT)
         assert not rows.select(ORDER.get(table, ROW_KEY)).is_duplicated().any(), f"{table}: a row stored twice"
     assert_frame_equal(stored(nights.sharded, "outcomes"), stored(nights.whole, "outcomes"))
+
+
+def test_a_killed_shard_op_fails_the_run_and_the_rerun_answers_every_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(tmp_path / "project", example_config(scale={"shards": SHARDS}))
+    bootstrap_example_champion(project)
+    landed = project.land_night(NIGHT, rows=600)
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("{}\n")
+    fault_injection_hook.install(home)
+    with DagsterInstance.local_temp(str(home)) as instance:
+        monkeypatch.setenv(fault_injection_hook.ENV_VAR, "night_shards.answer_shard_1:STEP_START")
+        killed = run_in_processes(project, NIGHT, instance)
+        monkeypatch.delenv(fault_injection_hook.ENV_VAR)
+        materialized = {e.asset_key.to_user_string() for e in killed.get_asset_materialization_events()}
+        again = run_in_processes(project, NIGHT, instance)
+
+    assert not killed.success
+    assert not materialized & {"raw_batch", "outcomes", "drift_metrics"}, "a night missing a shard was materialized"
+    assert again.success
+    outcomes = project.table("outcomes", NIGHT)
+    assert outcomes.height == project.table("raw_batch", NIGHT).height == landed.applications.height
+    assert not outcomes.select(ROW_KEY).is_duplicated().any()
