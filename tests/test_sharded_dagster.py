@@ -185,9 +185,10 @@ def test_a_killed_shard_op_fails_the_run_and_the_rerun_answers_every_row_once(
         killed = run_in_processes(project, NIGHT, instance)
         monkeypatch.delenv(fault_injection_hook.ENV_VAR)
         materialized = {e.asset_key.to_user_string() for e in killed.get_asset_materialization_events()}
+        steps = {s.step_key: s.status.value for s in instance.get_run_step_stats(killed.run_id)}
         again = run_in_processes(project, NIGHT, instance)
 
-    assert not killed.success
+    assert not killed.success and steps["night_shards.answer_shard_1"] == "FAILURE"
     assert not materialized & {"raw_batch", "outcomes", "drift_metrics"}, "a night missing a shard was materialized"
     assert again.success
     outcomes = project.table("outcomes", NIGHT)
