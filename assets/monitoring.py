@@ -27,8 +27,9 @@ from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline import monitoring
 
 
-def build_monitoring_assets(partitions: TimeWindowPartitionsDefinition) -> list:
-    """The late-label, performance, drift and alert assets over ``partitions``."""
+def build_monitoring_assets(partitions: TimeWindowPartitionsDefinition, shards: int = 1) -> list:
+    """The late-label, performance, drift and alert assets over ``partitions``; with ``shards`` > 1 without
+    ``drift_metrics``, which the sharded night computes from its shards' summaries (``assets.shards``)."""
 
     @asset(
         name="labels",
@@ -135,6 +136,8 @@ def build_monitoring_assets(partitions: TimeWindowPartitionsDefinition) -> list:
         for name in monitoring.DRIFT_CHECKS:
             yield check_result(name, result.checks[name])
 
+    if shards > 1:
+        return [labels_asset, performance_asset, alerts_asset]
     return [labels_asset, performance_asset, drift_metrics, alerts_asset]
 
 

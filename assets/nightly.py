@@ -44,8 +44,9 @@ def _outputs(result: StepResult, asset_key: str | None = None):
         yield check_result(check, outcome, asset_key=asset_key)
 
 
-def build_nightly_assets(partitions: TimeWindowPartitionsDefinition) -> list:
-    """The nightly assets and checks over ``partitions``."""
+def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int = 1) -> list:
+    """The nightly assets and checks over ``partitions``. With ``shards`` > 1 the row-level assets (raw_batch to
+    outcomes, and drift_metrics) are one graph-backed multi-asset of that many shard ops (``assets.shards``)."""
 
     @asset(
         name="raw_batch",
@@ -230,4 +231,8 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition) -> list:
         with warehouse.connect() as connection:
             return check_result("outcomes_conserve_rows", nightly.outcomes_conserve_rows(connection))
 
+    if shards > 1:
+        from assets.shards import build_sharded_night  # here: assets.shards imports this module
+
+        return [build_sharded_night(partitions, shards), reason_codes, outcomes_conserve_rows]
     return [raw_batch, validate_batch, scored_batch, shadow_scores, outcomes, reason_codes, outcomes_conserve_rows]

@@ -15,6 +15,7 @@ from dagster import (
     DefaultScheduleStatus,
     Definitions,
     ExecutorDefinition,
+    FilesystemIOManager,
     MonthlyPartitionsDefinition,
     RunsFilter,
     ScheduleDefinition,
@@ -25,6 +26,7 @@ from dagster import (
     build_schedule_from_partitioned_job,
     define_asset_job,
     in_process_executor,
+    multiprocess_executor,
     partition_loading_context,
     schedule,
 )
@@ -34,12 +36,13 @@ from assets.monitoring import build_monitoring_assets
 from assets.nightly import build_nightly_assets
 from assets.reports import build_report_assets
 from assets.review import build_review_assets, review_labels
+from assets.shards import SHARD_REPORTS_IO_MANAGER
 from jobs.lifecycle import build_lifecycle_automation, promote_job, retrain_job, rollback_job
 from jobs.resources import NIGHTLY_SCHEMA, ProjectResource, WarehouseIOManager, WarehouseResource
 from jobs.review import build_review_inbox_sensor, review_import_job
 from jobs.run_guard import build_reaper_sensor
 from jobs.webhook import alert_outbox_job, build_alert_outbox_sensor
-from nightkeeper.config import ConfigError, ProjectConfig, load_config
+from nightkeeper.config import ProjectConfig, load_config
 from nightkeeper.warehouse import Lake
 
 REPOSITORY_CONFIG = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
@@ -50,21 +53,17 @@ NIGHTLY_SCHEDULE = "nightly_batch_schedule"
 MONTHLY_REVIEW_JOB = "monthly_review_report"
 
 
-def build_definitions(config_path: Path, executor: ExecutorDefinition = in_process_executor) -> Definitions:
+def build_definitions(config_path: Path, executor: ExecutorDefinition | None = None) -> Definitions:
     """All jobs, schedules, sensors, assets and resources for the project config at ``config_path``, their steps run
-    by ``executor`` (each run's steps in its own process by default; a deployment passes its own, e.g.
-    ``jobs/kubernetes.py``)."""
+    by ``executor``: a deployment passes its own (e.g. ``jobs/kubernetes.py``); by default a run's steps run in the
+    run's own process, or, with ``scale.shards`` > 1, each in a process of its own so the shards run at once."""
     config = load_config(config_path)
-    if config.scale.shards > 1:  # refused, not ignored: the jobs would run every night whole
-        raise ConfigError(
-            f"{config_path}: scale.shards = {config.scale.shards}, but the Dagster jobs do not split nights yet "
-            "(docs/sharding.md, 'On Dagster'); set scale.shards: 1. The core's shard steps "
-            "(nightkeeper.pipeline.shard) take any number of shards."
-        )
+    if executor is None:
+        executor = multiprocess_executor if config.scale.shards > 1 else in_process_executor
     partitions = night_partitions(config)
     nightly = [
-        *build_nightly_assets(partitions),
-        *build_monitoring_assets(partitions),
+        *build_nightly_assets(partitions, config.scale.shards),
+        *build_monitoring_assets(partitions, config.scale.shards),
         *build_review_assets(partitions),
     ]
     nightly_batch = define_asset_job(
@@ -125,9 +124,11 @@ def build_definitions(config_path: Path, executor: ExecutorDefinition = in_proce
             "project": ProjectResource(config_path=str(Path(config_path).resolve())),
             "warehouse": warehouse_resource,
             "io_manager": io_manager,
+            SHARD_REPORTS_IO_MANAGER: FilesystemIOManager(),
         },
         # One laptop: steps run in the run's own process, so a night costs one process start, and the warehouse
-        # pool serialises them. A deployment passes its executor (jobs/kubernetes.py).
+        # pool serialises them; a sharded night's shard ops need processes of their own to run at once. A
+        # deployment passes its executor (jobs/kubernetes.py).
         executor=executor,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -17,7 +18,23 @@ from nightkeeper.config import ProjectConfig, load_config
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, PARTITION_COLUMN, Lake, Location, store_partition
 
 WAREHOUSE_POOL = "warehouse"
-__all__ = ["NIGHTLY_SCHEMA", "WAREHOUSE_POOL", "ProjectResource", "WarehouseResource", "WarehouseIOManager"]
+__all__ = [
+    "NIGHTLY_SCHEMA",
+    "WAREHOUSE_POOL",
+    "ProjectResource",
+    "StoredPartition",
+    "WarehouseResource",
+    "WarehouseIOManager",
+]
+
+
+@dataclass(frozen=True)
+class StoredPartition:
+    """An asset output whose partition is in the warehouse already: ``table`` (``schema.name``) holds the rows of
+    ``night`` (a sharded night's shards each stored their own rows). The IO manager records it and writes nothing."""
+
+    table: str
+    night: dt.date
 
 
 class ProjectResource(ConfigurableResource):
@@ -67,7 +84,9 @@ class WarehouseIOManager(ConfigurableIOManager):
     A partition is stored through ``nightkeeper.warehouse.store_partition`` (the function the backtest uses): delete
     and insert in one transaction, so a failed write leaves the old partition in place, an empty night is a real,
     empty partition and columns are inserted by name. An input is the rows of its partitions' time window. On a
-    DuckLake, nights stored at once by several processes or machines each replace their own partition.
+    DuckLake, nights stored at once by several processes or machines each replace their own partition. An output
+    that is a ``StoredPartition`` (a sharded night's row-level tables, which its shard ops stored) is recorded with
+    its stored row count and not written.
     """
 
     database: str = Field(description="Path to the DuckDB warehouse file (storage.kind duckdb_file).")
@@ -83,13 +102,23 @@ class WarehouseIOManager(ConfigurableIOManager):
     def location(self) -> Location:
         return warehouse_location(self.database, self.lake_catalog, self.lake_data_path)
 
-    def handle_output(self, context: OutputContext, obj: pl.DataFrame) -> None:
+    def handle_output(self, context: OutputContext, obj: pl.DataFrame | StoredPartition) -> None:
         night = dt.date.fromisoformat(context.asset_partition_key)
         table = context.asset_key.path[-1]
-        with warehouse.connect(self.location) as connection:
-            store_partition(connection, self.schema_, table, night, obj)
         name = f"{self.schema_}.{table}"
-        context.add_output_metadata({"stored_rows": obj.height, "table": name, "dagster/table_name": name})
+        if isinstance(obj, StoredPartition):
+            if (obj.table, obj.night) != (name, night):
+                raise ValueError(f"{context.asset_key.to_user_string()} [{night}]: the output is {obj}, not {name}")
+            with warehouse.connect(self.location) as connection:
+                row = connection.execute(
+                    f"select count(*) from {name} where {PARTITION_COLUMN} = ?", [night]
+                ).fetchone()
+            rows = row[0] if row else 0
+        else:
+            with warehouse.connect(self.location) as connection:
+                store_partition(connection, self.schema_, table, night, obj)
+            rows = obj.height
+        context.add_output_metadata({"stored_rows": rows, "table": name, "dagster/table_name": name})
 
     def load_input(self, context: InputContext) -> pl.DataFrame:
         window = context.asset_partitions_time_window

@@ -55,12 +55,19 @@ VALIDATE_SLICE_ROWS = 100_000
 class ValidationResult:
     """``valid``: typed rows that broke no rule. ``quarantine``: one row per (row, broken rule).
 
-    ``null_rates`` is each feature's share of empty values over all rows, before quarantine, for the batch checks.
+    ``null_counts``: each feature's empty values over the ``judged_rows`` rows (every row but an unreadable file's
+    marker), before quarantine; ``null_rates`` their shares, for the batch checks. Counts, so a night validated in
+    shards adds its shards' counts and gets the night's shares exactly (``null_rates_of``).
     """
 
     valid: pl.DataFrame
     quarantine: pl.DataFrame
-    null_rates: dict[str, float]
+    null_counts: dict[str, int]
+    judged_rows: int
+
+    @property
+    def null_rates(self) -> dict[str, float]:
+        return null_rates_of(self.null_counts, self.judged_rows)
 
     @property
     def quarantined_rows(self) -> int:
@@ -110,8 +117,12 @@ def validate(raw: pl.DataFrame, contract: Contract, slice_rows: int = VALIDATE_S
             nulls = {name: nulls[name] + counts[name] for name in nulls}
     quarantine = pl.concat([v.cast(QUARANTINE_SCHEMA) for v in violations]).sort([*ROW_KEY, "column", "rule"])
     valid = pl.concat(valid_parts).sort(ROW_KEY) if valid_parts else pl.DataFrame(schema=valid_schema(contract))
-    null_rates = {name: count / raw.height if raw.height else 0.0 for name, count in nulls.items()}
-    return ValidationResult(valid=valid, quarantine=quarantine, null_rates=null_rates)
+    return ValidationResult(valid=valid, quarantine=quarantine, null_counts=nulls, judged_rows=raw.height)
+
+
+def null_rates_of(null_counts: dict[str, int], rows: int) -> dict[str, float]:
+    """Each feature's share of empty values: its count over ``rows`` (0.0 for no rows)."""
+    return {name: count / rows if rows else 0.0 for name, count in null_counts.items()}
 
 
 def _judged_groups(part: pl.DataFrame, contract: Contract) -> list[tuple[pl.DataFrame, dict[str, _Values]]]:

@@ -32,6 +32,9 @@ from nightkeeper.schema import migrate, rollback_open
 
 NIGHTLY_SCHEMA = "nightly"
 PARTITION_COLUMN = "partition_date"
+SHARD_COLUMN = "shard"
+"""The column of a row-level nightly table stored by shards (``store_shard``): which shard of its night a row is in;
+absent (NULL) in a night stored whole."""
 LAKE_ALIAS = "lake"
 """The name a DuckLake is attached under; every connection to it uses it as its default database."""
 
@@ -84,7 +87,8 @@ def _open_file(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnection:
             if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            # polled at least every second: shards of a night take turns on the file, each turn a second or so
+            delay = min(delay * 2, 1.0)
 
 
 # One in-memory database per (process, lake) holds the attached lake; the process id is in the key so a forked child
@@ -233,6 +237,59 @@ def store_partition(
     the transaction is run again while another writer's commit to the same table conflicts with it. Both the
     Dagster IO manager and the backtest store through this function, so both produce identical tables.
     """
+    _check_night(schema, table, night, frame)
+    view = "__nightkeeper_partition"
+    connection.register(view, frame.to_arrow())
+    try:
+        run_transaction(
+            connection,
+            lambda: _replace_rows(connection, schema, table, view, f"{PARTITION_COLUMN} = $night", {"night": night}),
+        )
+    finally:
+        connection.unregister(view)
+
+
+def store_shard(
+    connection: duckdb.DuckDBPyConnection,
+    schema: str,
+    night: dt.date,
+    shard: int,
+    shards: int,
+    tables: dict[str, pl.DataFrame],
+) -> None:
+    """Replace the rows of shard ``shard`` (of ``shards``) of ``night`` in each of ``tables`` (table name -> the
+    shard's rows, ``partition_date`` all ``night``), in one transaction for all of them: all stored or none.
+
+    Each frame is stored with ``SHARD_COLUMN`` = ``shard``; the rows replaced are the night's rows of this shard and
+    those no shard of ``shards`` owns (stored whole, or under another shard count), so storing every shard again
+    leaves each row once and a re-run of one shard replaces only its own rows. Otherwise as ``store_partition``
+    (tables created, columns added, inserted by name; on a DuckLake, run again while a commit conflicts: shards of a
+    night write the same tables at once there, each its own rows).
+    """
+    views = {}
+    for table, frame in tables.items():
+        _check_night(schema, table, night, frame)
+        views[table] = f"__nightkeeper_shard_{table}"
+        connection.register(views[table], frame.with_columns(pl.lit(shard, pl.Int32).alias(SHARD_COLUMN)).to_arrow())
+    condition = (
+        f"{PARTITION_COLUMN} = $night and ({SHARD_COLUMN} = $shard or {SHARD_COLUMN} is null "
+        f"or {SHARD_COLUMN} >= $shards)"
+    )
+
+    def replace_shard() -> None:
+        for table, view in views.items():
+            _replace_rows(
+                connection, schema, table, view, condition, {"night": night, "shard": shard, "shards": shards}
+            )
+
+    try:
+        run_transaction(connection, replace_shard)
+    finally:
+        for view in views.values():
+            connection.unregister(view)
+
+
+def _check_night(schema: str, table: str, night: dt.date, frame: pl.DataFrame) -> None:
     if PARTITION_COLUMN not in frame.columns:
         raise ValueError(f"{schema}.{table}: the frame has no {PARTITION_COLUMN!r} column; found {frame.columns}")
     others = frame.filter(pl.col(PARTITION_COLUMN).ne_missing(night))[PARTITION_COLUMN].unique().to_list()
@@ -240,21 +297,19 @@ def store_partition(
         raise ValueError(
             f"{schema}.{table}: rows for night(s) {others} in the partition of {night}; expected only {night}"
         )
+
+
+def _replace_rows(
+    connection: duckdb.DuckDBPyConnection, schema: str, table: str, view: str, where: str, params: dict
+) -> None:
+    """Inside the caller's transaction: delete the rows of ``schema.table`` matching ``where`` and insert the rows of
+    the registered ``view`` by name, creating the table (or adding its new columns) from the view's first."""
     name = f'"{schema}"."{table}"'
-    view = "__nightkeeper_partition"
-
-    def replace_partition() -> None:
-        connection.execute(f'create schema if not exists "{schema}"')
-        connection.execute(f"create table if not exists {name} as select * from {view} limit 0")
-        stored = {row[0] for row in connection.execute(f"describe {name}").fetchall()}
-        for column, column_type, *_ in connection.execute(f"describe {view}").fetchall():
-            if column not in stored:  # the contract gained a column: earlier nights read it as NULL
-                connection.execute(f'alter table {name} add column "{column}" {column_type}')
-        connection.execute(f"delete from {name} where {PARTITION_COLUMN} = ?", [night])
-        connection.execute(f"insert into {name} by name select * from {view}")
-
-    connection.register(view, frame.to_arrow())
-    try:
-        run_transaction(connection, replace_partition)
-    finally:
-        connection.unregister(view)
+    connection.execute(f'create schema if not exists "{schema}"')
+    connection.execute(f"create table if not exists {name} as select * from {view} limit 0")
+    stored = {row[0] for row in connection.execute(f"describe {name}").fetchall()}
+    for column, column_type, *_ in connection.execute(f"describe {view}").fetchall():
+        if column not in stored:  # the contract gained a column (or the night is now sharded): earlier rows are NULL
+            connection.execute(f'alter table {name} add column "{column}" {column_type}')
+    connection.execute(f"delete from {name} where {where}", params)
+    connection.execute(f"insert into {name} by name select * from {view}")

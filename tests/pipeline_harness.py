@@ -19,7 +19,15 @@ from typing import Any
 import duckdb
 import polars as pl
 import yaml
-from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import (
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    JobDefinition,
+    JobExecutionResult,
+    build_reconstructable_job,
+    execute_job,
+)
 
 from jobs.definitions import NIGHTLY_JOB, build_definitions
 from jobs.resources import NIGHTLY_SCHEMA
@@ -92,6 +100,32 @@ class Project:
         data = simulator.simulate_night(night, rows, seed=11, scenario=scenario)
         self.land(data)
         return data
+
+
+def nightly_job_of(config_path: str) -> JobDefinition:
+    """The nightly job of the project config at ``config_path``: what each step's process rebuilds."""
+    return build_definitions(Path(config_path)).resolve_job_def(NIGHTLY_JOB)
+
+
+def run_in_processes(project: Project, night: dt.date, instance: DagsterInstance) -> JobExecutionResult:
+    """The nightly job of ``project`` for ``night`` through the definitions' executor (the multiprocess executor for
+    a sharded config: each step in a process of its own), as a run the Dagster daemon launches executes, on
+    ``instance`` (a persistent one: steps in other processes write its event log). The job is rebuilt from the
+    config's path, which names it: another project's job, built earlier in this process, is not reused."""
+    job = build_reconstructable_job(
+        "pipeline_harness",
+        nightly_job_of.__name__,
+        reconstructable_args=(str(project.config_path),),
+        reconstructor_working_directory=str(Path(__file__).parent),
+    )
+    with execute_job(
+        job,
+        instance=instance,
+        run_config=QUIET,
+        tags={"dagster/partition": night.isoformat()},
+        raise_on_error=False,
+    ) as result:
+        return result
 
 
 def make_project(root: Path, raw_config: dict[str, Any] | None = None) -> Project:

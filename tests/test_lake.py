@@ -24,7 +24,15 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
-from pipeline_harness import FIRST_NIGHT, Project, bootstrap_example_champion, example_config, make_project
+from dagster import DagsterInstance
+from pipeline_harness import (
+    FIRST_NIGHT,
+    Project,
+    bootstrap_example_champion,
+    example_config,
+    make_project,
+    run_in_processes,
+)
 
 from nightkeeper import warehouse
 from nightkeeper.config import ConfigError, load_config, parse_config
@@ -301,3 +309,32 @@ def test_a_night_through_the_dagster_job_on_the_lake_answers_every_row(project: 
     parquet = list((project.root / "lake").rglob("*.parquet"))
     assert parquet, "no Parquet data file was written under the lake's data path"
     assert yaml.safe_load(project.config_path.read_text())["storage"]["kind"] == "ducklake"
+
+
+@pytest.mark.slow
+def test_a_night_in_four_shards_through_dagster_on_the_lake_stores_each_row_once(
+    postgres: Path, tmp_path: Path
+) -> None:
+    sharded = lake_project(tmp_path / "sharded", new_catalog(postgres, "sharded"))
+    raw = yaml.safe_load(sharded.config_path.read_text())
+    sharded.config_path.write_text(yaml.safe_dump({**raw, "scale": {"shards": 4}}, sort_keys=False))
+    bootstrap_example_champion(sharded)
+    night = FIRST_NIGHT + dt.timedelta(days=10)
+    landed = sharded.land_night(night, rows=ROWS)
+    (tmp_path / "dagster").mkdir()
+
+    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        result = run_in_processes(sharded, night, instance)
+        steps = {s.step_key: s for s in instance.get_run_step_stats(result.run_id)}
+
+    assert result.success
+    shards = [steps[f"night_shards.answer_shard_{shard}"] for shard in range(4)]
+    assert any(
+        max(a.start_time, b.start_time) < min(a.end_time, b.end_time) for a in shards for b in shards if a is not b
+    ), "no two shard ops ran at once"
+    for table in ("raw_batch", "outcomes"):
+        rows = query(sharded, f"select * from {NIGHTLY_SCHEMA}.{table} where partition_date = ?", [night])
+        assert rows.height == landed.applications.height, table
+        assert not rows.select("source_file", "row_number").is_duplicated().any(), table
+        assert set(rows["shard"]) == {0, 1, 2, 3}, table
+    assert not sharded.config.warehouse_path.exists(), "the run opened the DuckDB file instead of the lake"

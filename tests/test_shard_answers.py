@@ -23,7 +23,7 @@ from nightkeeper.examples.simulator import Scenario, simulate_history, simulate_
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.pipeline.monitoring import drift_night, drift_shards_night, drift_summary_of_shard
 from nightkeeper.pipeline.nightly import answer_night, score_night, shadow_night, validate_night
-from nightkeeper.pipeline.shard import ShardAnswers, answer_shard
+from nightkeeper.pipeline.shard import ShardAnswers, answer_shard, serving_of
 from nightkeeper.sharding import shard_of
 from nightkeeper.training import TrainedModel, train_model
 from nightkeeper.validation import ROW_KEY
@@ -64,7 +64,8 @@ def raw_batch(config: ProjectConfig) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def shards(config: ProjectConfig, warehouse: duckdb.DuckDBPyConnection, raw_batch: pl.DataFrame) -> list[ShardAnswers]:
-    return [answer_shard(config, warehouse, NIGHT, raw_batch, shard) for shard in range(SHARDS)]
+    serving = serving_of(config, warehouse, NIGHT)
+    return [answer_shard(config, serving, NIGHT, raw_batch, shard) for shard in range(SHARDS)]
 
 
 @pytest.fixture(scope="module")

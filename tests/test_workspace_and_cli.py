@@ -341,14 +341,21 @@ def test_check_config_passes_when_the_decision_agrees_with_the_serving_champion(
     assert "decision agrees with champion" in done.output
 
 
-def test_definitions_refuse_a_sharded_config_the_jobs_would_run_whole(tmp_path):
-    from jobs.definitions import build_definitions
-    from nightkeeper.config import ConfigError
+def test_definitions_of_a_sharded_config_run_a_night_in_one_op_per_shard_under_the_same_assets_and_checks(tmp_path):
+    from jobs.definitions import NIGHTLY_JOB, build_definitions
 
-    raw = yaml.safe_load((REPO / "nightkeeper.yaml").read_text())
-    raw["scale"] = {"shards": 4}
-    config_path = tmp_path / "nightkeeper.yaml"
-    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    def nightly(shards: int):
+        raw = yaml.safe_load((REPO / "nightkeeper.yaml").read_text())
+        raw["scale"] = {"shards": shards}
+        config_path = tmp_path / f"shards{shards}" / "nightkeeper.yaml"
+        config_path.parent.mkdir()
+        config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return build_definitions(config_path).resolve_job_def(NIGHTLY_JOB)
 
-    with pytest.raises(ConfigError, match=r"scale.shards = 4, but the Dagster jobs do not split nights yet"):
-        build_definitions(config_path)
+    whole, sharded = nightly(1), nightly(4)
+
+    ops = sorted(node.name for node in sharded.all_node_defs if node.name.startswith("answer_shard_"))
+    assert ops == [f"answer_shard_{shard}" for shard in range(4)]
+    assert sharded.executor_def.name == "multiprocess" and whole.executor_def.name == "in_process"
+    assert sharded.asset_layer.executable_asset_keys == whole.asset_layer.executable_asset_keys
+    assert set(sharded.asset_layer.asset_graph.asset_check_keys) == set(whole.asset_layer.asset_graph.asset_check_keys)

@@ -315,8 +315,17 @@ def drift_summary_of_shard(
     """The mergeable drift summary (``summaries.summarise_drift``) of one shard's validated rows and champion scores
     (or of the whole night's), over the serving champion's features; None without a champion (no reference)."""
     reference = drift.serving_reference(connection, night, config.monitoring.drift.thresholds)
-    if reference is None:
-        return None
+    return None if reference is None else summarise_shard_drift(config, reference, validated_batch, scored_batch)
+
+
+def summarise_shard_drift(
+    config: ProjectConfig,
+    reference: drift.ServingReference,
+    validated_batch: pl.DataFrame,
+    scored_batch: pl.DataFrame,
+) -> summaries.DriftSummary:
+    """``drift_summary_of_shard`` against a ``reference`` already read (a shard that must not hold the warehouse
+    while it computes reads it first)."""
     rows = validated_batch.sort(ROW_KEY).join(scored_batch.select(*ROW_KEY, "score"), on=ROW_KEY, how="left")
     scores = rows["score"].fill_null(float("nan")).to_numpy()
     return summaries.summarise_drift(rows, scores, reference.features, config.monitoring.drift.domain_classifier_rows)

@@ -5,13 +5,18 @@ Each step takes ``(config, connection, night, *input frames)`` and returns a Ste
 the night (stored by the caller), plain metadata (frames in it are previews, already cut to the rows to show) and
 check outcomes by check name. Side tables (the night's metrics
 in ``monitoring.night_metrics``) are written through ``connection`` by the step itself.
+
+Each row-level step is its row-level work followed by its judgement of the night (``judge_ingest``,
+``judge_validation``, ``judge_scoring``, ``judge_shadow``, ``judge_answers``: metadata, checks and metrics, no
+tables); a night answered in shards (``nightkeeper.pipeline.shard``) calls the same judgements once, after every
+shard, so both give the same metadata, checks and metrics.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import duckdb
 import polars as pl
@@ -22,7 +27,7 @@ from nightkeeper.artifacts import ModelUnavailable, load_verified
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import BusinessValue, ProjectConfig
 from nightkeeper.frames import conform, number
-from nightkeeper.ingest import read_night
+from nightkeeper.ingest import RawBatch, read_night
 from nightkeeper.labels import LABELS_TABLE
 from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
 from nightkeeper.performance import estimate_performance
@@ -31,7 +36,7 @@ from nightkeeper.pipeline.step import StepResult
 from nightkeeper.reasons import REASON_CODES_SCHEMA, reason_codes
 from nightkeeper.routing import in_canary
 from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored
-from nightkeeper.serving import serving_decision, serving_model
+from nightkeeper.serving import ServingModel, serving_decision, serving_model
 from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, quarantine_summary, validate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, table_exists
 
@@ -47,30 +52,52 @@ def ingest_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, n
     Metadata ``file_warnings`` lists what a person should know about the files (unreadable, not read, nested).
     """
     batch = read_night(config.landing_path, config.source.pattern, night, config.contract, config.root)
+    result = judge_ingest(
+        config,
+        connection,
+        night,
+        batch,
+        batch.frame.height,
+        batch_checks.entity_ids_unique(batch.frame),
+        batch.frame.drop("record").head(PREVIEW_ROWS),
+    )
+    return replace(result, tables={"raw_batch": batch.frame})
+
+
+def judge_ingest(
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    batch: RawBatch,
+    rows: int,
+    unique: CheckOutcome,
+    preview: pl.DataFrame,
+) -> StepResult:
+    """The night's judgement of its raw rows (no tables): ``ingest_night``'s metadata, checks and metrics from what
+    was read (``batch``'s files; its frame is not looked at), the night's ``rows`` and its ``entity_ids_unique``
+    outcome. A sharded night passes its shards' totals (``nightkeeper.pipeline.shard``)."""
     history = recent_row_counts(connection, night, config.checks.volume_history_nights)
     schema = batch_checks.schema_matches_contract(batch.files, config.contract, night.isoformat())
     volume = batch_checks.volume_within_history(
-        batch.frame.height, history, config.checks.volume_tolerance, config.checks.volume_min_history_nights
+        rows, history, config.checks.volume_tolerance, config.checks.volume_min_history_nights
     )
-    unique = batch_checks.entity_ids_unique(batch.frame)
     record_night_metrics(
         connection,
         night,
         {
-            "validation.rows": batch.frame.height,
+            "validation.rows": rows,
             "validation.schema_problems": schema.metadata.get("problems", 1),
             "validation.volume_deviation": volume.metadata.get("deviation"),
             "validation.duplicate_ids": unique.metadata["duplicated_ids"],
         },
     )
     return StepResult(
-        tables={"raw_batch": batch.frame},
         metadata={
-            "rows": batch.frame.height,
+            "rows": rows,
             "files": [{"path": f.path, "rows": f.rows, "error": f.error} for f in batch.files],
             "files_not_read": [{"path": s.path, "reason": s.reason} for s in batch.skipped],
             "file_warnings": list(batch.warnings),
-            "preview": batch.frame.drop("record").head(PREVIEW_ROWS),
+            "preview": preview,
         },
         checks={"schema_matches_contract": schema, "volume_within_history": volume, "entity_ids_unique": unique},
     )
@@ -85,11 +112,35 @@ def validate_night(
     training data.
     """
     result = validate(raw_batch, config.contract)
-    rows = raw_batch.height
-    quarantined = result.quarantined_rows
+    judged = judge_validation(
+        config,
+        connection,
+        night,
+        raw_batch.height,
+        result.null_rates,
+        result.quarantine,
+        result.valid.height,
+        result.valid.head(PREVIEW_ROWS),
+    )
+    return replace(judged, tables={"validated_batch": result.valid, "quarantine": result.quarantine})
+
+
+def judge_validation(
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    rows: int,
+    null_rates: dict[str, float],
+    quarantine: pl.DataFrame,
+    valid_rows: int,
+    valid_preview: pl.DataFrame,
+) -> StepResult:
+    """``validate_night``'s metadata, check and metrics (no tables) from the night's raw ``rows``, its features'
+    ``null_rates``, its ``quarantine`` and how many rows passed."""
+    quarantined = quarantine.select(ROW_KEY).unique().height
     champion = serving_model(connection, registry.CHAMPION, night).record
     reference = champion.card.missing_rates if champion else {}  # no usable champion: every empty value counts as new
-    nulls = batch_checks.null_rates_stable(result.null_rates, reference, config.checks.null_rate_spike)
+    nulls = batch_checks.null_rates_stable(null_rates, reference, config.checks.null_rate_spike)
     quarantine_rate = quarantined / rows if rows else 0.0
     record_night_metrics(
         connection,
@@ -100,19 +151,14 @@ def validate_night(
         },
     )
     return StepResult(
-        tables={"validated_batch": result.valid, "quarantine": result.quarantine},
         metadata={
-            "validated_batch": {
-                "rows": result.valid.height,
-                "rows_in": rows,
-                "preview": result.valid.head(PREVIEW_ROWS),
-            },
+            "validated_batch": {"rows": valid_rows, "rows_in": rows, "preview": valid_preview},
             "quarantine": {
                 "quarantined_rows": quarantined,
                 "quarantine_rate": quarantine_rate,
-                "broken_rules": result.quarantine.height,
-                "by_rule": quarantine_summary(result.quarantine).head(SUMMARY_ROWS),
-                "preview": result.quarantine.head(PREVIEW_ROWS),
+                "broken_rules": quarantine.height,
+                "by_rule": quarantine_summary(quarantine).head(SUMMARY_ROWS),
+                "preview": quarantine.head(PREVIEW_ROWS),
             },
         },
         checks={"null_rates_stable": nulls},
@@ -127,9 +173,17 @@ def score_night(
     Metadata ``degraded`` / ``model_error`` say whether the fallback will answer for the model. Check:
     ``champion_answered``.
     """
+    frame, error = champion_scores(config, serving_model(connection, registry.CHAMPION, night), validated_batch)
+    return replace(judge_scoring(connection, night, frame, error), tables={"scored_batch": frame})
+
+
+def judge_scoring(
+    connection: duckdb.DuckDBPyConnection, night: dt.date, scored_batch: pl.DataFrame, error: str | None
+) -> StepResult:
+    """``score_night``'s metadata, check and metrics (no tables) from the night's champion scores and why the
+    champion did not answer (None when it did)."""
     version = serving_model(connection, registry.CHAMPION, night).version
-    frame, error = champion_scores(config, connection, night, validated_batch)
-    latency = latency_percentiles(frame)
+    latency = latency_percentiles(scored_batch)
     record_night_metrics(
         connection,
         night,
@@ -140,27 +194,26 @@ def score_night(
         version,
     )
     return StepResult(
-        tables={"scored_batch": frame},
         metadata={
-            "rows": frame.height,
+            "rows": scored_batch.height,
             "model_version": version or "none",
             "degraded": error is not None,
             "model_error": error or "",
             "latency_p50_ms": latency["p50_ms"],
             "latency_p95_ms": latency["p95_ms"],
-            "decisions": _decision_counts(frame),
-            "preview": frame.head(PREVIEW_ROWS),
+            "decisions": _decision_counts(scored_batch),
+            "preview": scored_batch.head(PREVIEW_ROWS),
         },
         checks={"champion_answered": batch_checks.model_answered(error, version)},
     )
 
 
 def champion_scores(
-    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, validated: pl.DataFrame
+    config: ProjectConfig, champion: ServingModel, validated: pl.DataFrame
 ) -> tuple[pl.DataFrame, str | None]:
-    """The serving champion's answer for every row of ``validated`` (SCORED_SCHEMA), and why it has none (None when
-    it answered): no champion, an unusable registry row or artifact, a model that raised or overran its budget."""
-    champion = serving_model(connection, registry.CHAMPION, night)
+    """The serving ``champion``'s answer for every row of ``validated`` (SCORED_SCHEMA), and why it has none (None
+    when it answered): no champion, an unusable registry row or artifact, a model that raised or overran its
+    budget."""
     if champion.record is None:
         reason = champion.error or "no champion model is registered for this night"
         return unscored(validated, champion.version, reason), reason
@@ -174,13 +227,10 @@ def champion_scores(
     return result.frame, result.error
 
 
-def challenger_scores(
-    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, validated: pl.DataFrame
-) -> pl.DataFrame:
-    """The serving challenger's answer for every row of ``validated`` with ``in_canary`` (SHADOW_SCHEMA): the rows it
-    serves at its stage's canary percent (``routing.in_canary``). Empty without a challenger; a challenger that
+def challenger_scores(config: ProjectConfig, challenger: ServingModel, validated: pl.DataFrame) -> pl.DataFrame:
+    """The serving ``challenger``'s answer for every row of ``validated`` with ``in_canary`` (SHADOW_SCHEMA): the rows
+    it serves at its stage's canary percent (``routing.in_canary``). Empty without a challenger; a challenger that
     cannot be loaded fails every row (its rollout health then rolls it back)."""
-    challenger = serving_model(connection, registry.CHALLENGER, night)
     if challenger.version is None:
         return pl.DataFrame(schema=SHADOW_SCHEMA)
     try:
@@ -207,21 +257,32 @@ def shadow_night(
     its health against the champion tonight and the rollout decision (metadata ``keys.SHADOW_ROLLOUT_ACTION``: none /
     hold / advance / promote / rollback) the rollout sensor acts on. Check: ``challenger_healthy``.
     """
+    frame = challenger_scores(config, serving_model(connection, registry.CHALLENGER, night), validated_batch)
+    return replace(judge_shadow(config, connection, night, frame, scored_batch), tables={"shadow_scores": frame})
+
+
+def judge_shadow(
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    shadow_scores: pl.DataFrame,
+    scored_batch: pl.DataFrame,
+) -> StepResult:
+    """``shadow_night``'s metadata, check and metrics (no tables) from the night's challenger scores (with
+    ``in_canary``) and champion scores: the challenger's health tonight and the rollout decision."""
     challenger = serving_model(connection, registry.CHALLENGER, night)
     if challenger.version is None:
         return StepResult(
-            tables={"shadow_scores": pl.DataFrame(schema=SHADOW_SCHEMA)},
             metadata={keys.SHADOW_CHALLENGER: keys.NONE, keys.SHADOW_ROLLOUT_ACTION: keys.NONE},
             checks={"challenger_healthy": CheckOutcome(True, "no challenger tonight", "WARN")},
         )
     history = metrics_store.metric_history(connection, ["rollout.healthy"], night - dt.timedelta(days=1), 400)
     percent = lifecycle.canary_percent(challenger.stage)
-    frame = challenger_scores(config, connection, night, validated_batch)
     rollout = config.lifecycle.rollout
     realized = realized_rollout_auc(connection, challenger.version, night, rollout.min_labeled_rows)
     health = rollout_health(
         night,
-        frame,
+        shadow_scores,
         scored_batch,
         serving_decision(config, connection, night).threshold,
         realized,
@@ -250,13 +311,12 @@ def shadow_night(
         challenger.version,
     )
     return StepResult(
-        tables={"shadow_scores": frame},
         metadata={
             keys.SHADOW_NIGHT: night.isoformat(),
             keys.SHADOW_CHALLENGER: challenger.version,
             keys.SHADOW_STAGE: challenger.stage or "",
             "canary_percent": percent,
-            "canary_rows": int(frame["in_canary"].sum()),
+            "canary_rows": int(shadow_scores["in_canary"].sum()),
             "error_rate": health.error_rate,
             "fallback_rate_increase": health.fallback_rate_increase,
             "agreement": health.agreement,
@@ -305,9 +365,17 @@ def answer_night(
         config.fallback.answer_quarantined,
         canary,
     )
-    counts = outcome_summary(frame)
-    total = frame.height
-    not_model = frame.filter(~pl.col("source").is_in(["model", "canary"]))
+    return replace(judge_answers(config, connection, night, frame), tables={"outcomes": frame})
+
+
+def judge_answers(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, outcomes: pl.DataFrame
+) -> StepResult:
+    """``answer_night``'s metadata, check and metrics (no tables) from the night's outcomes."""
+    champion = serving_model(connection, registry.CHAMPION, night).record
+    counts = outcome_summary(outcomes)
+    total = outcomes.height
+    not_model = outcomes.filter(~pl.col("source").is_in(["model", "canary"]))
     reasons = (
         not_model.with_columns(pl.col("reason").str.split(";").list.first().str.replace(r":.*$", ""))
         .group_by("source", "reason")
@@ -326,16 +394,15 @@ def answer_night(
         version,
     )
     return StepResult(
-        tables={"outcomes": frame},
         metadata={
             "rows": total,
             **{f"{source}_rows": count for source, count in counts.items()},
             "fallback_rate": counts["fallback"] / total if total else 0.0,
             "quarantine_rate": counts["quarantine"] / total if total else 0.0,
             "not_model_by_reason": reasons.head(SUMMARY_ROWS),
-            "decisions": _decision_counts(frame),
+            "decisions": _decision_counts(outcomes),
             "model_version": version or "none",
-            "preview": frame.head(PREVIEW_ROWS),
+            "preview": outcomes.head(PREVIEW_ROWS),
         },
         checks={
             "fallback_rate_within_limit": batch_checks.fallback_rate_within_limit(
