@@ -446,7 +446,7 @@ def _worker_shard(spec: dict) -> dict:
 
     from nightkeeper.config import load_config
     from nightkeeper.ingest import read_night
-    from nightkeeper.pipeline.shard import answer_shard
+    from nightkeeper.pipeline.shard import answer_shard, serving_of
 
     config = load_config(Path(spec["workdir"]) / "nightkeeper.yaml")
     config = config.model_copy(update={"scale": config.scale.model_copy(update={"shards": spec["shards"]})})
@@ -464,7 +464,8 @@ def _worker_shard(spec: dict) -> dict:
         read = time.perf_counter() - started
         started = time.perf_counter()
         with duckdb.connect(str(config.warehouse_path), read_only=True) as connection:  # readers share the file
-            answers = answer_shard(config, connection, night, batch.frame, shard)
+            serving = serving_of(config, connection, night)
+        answers = answer_shard(config, serving, night, batch.frame, shard)
         shards.append(
             {
                 "shard": shard,
