@@ -219,6 +219,7 @@ def test_challenger_failing_in_canary_is_rolled_back_within_one_night_and_alerts
     assert (second["source"] == "model").all() and (second["model_version"] == champion.version).all()
 
 
+@pytest.mark.slow  # a multi-night scenario (~20 s on 2 quiet cores)
 def test_models_rollback_command_restores_the_previous_champion_for_the_next_night(tmp_path):
     project = lifecycle_project(tmp_path)
     first = project.query("select version from registry.model_aliases where alias = 'champion'")["version"][0]

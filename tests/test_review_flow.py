@@ -7,6 +7,7 @@ import csv
 import shutil
 
 import polars as pl
+import pytest
 from pipeline_harness import FIRST_NIGHT, bootstrap_example_champion, example_config, make_project
 from typer.testing import CliRunner
 
@@ -18,6 +19,7 @@ from nightkeeper.examples import simulator
 from nightkeeper.training_data import labeled_history
 
 
+@pytest.mark.slow  # four nights, the CLI, a sensor and a retrain (~37 s on 2 quiet cores)
 def test_exported_queue_filled_in_and_dropped_in_the_inbox_is_imported_and_feeds_the_retrain(tmp_path):
     raw = example_config()
     raw["review"] = {**raw["review"], "capacity": 40}

@@ -37,6 +37,7 @@ def test_run_night_is_a_run_of_the_nightly_job_stored_in_the_persistent_instance
     assert project.table("outcomes", FIRST_NIGHT).height == 300
 
 
+@pytest.mark.slow  # three Dagster runs in a backfill (~17 s on 2 quiet cores)
 def test_backfill_runs_each_night_in_order_as_one_dagster_backfill(tmp_path):
     project = make_project(tmp_path)
     bootstrap_example_champion(project)
