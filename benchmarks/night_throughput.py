@@ -92,26 +92,25 @@ def ru_maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def mem_available_mib() -> float | None:
-    """The machine's MemAvailable, in MiB; None where /proc is not available."""
+def _proc_mib(path: str, key: str) -> float | None:
+    """The ``key:`` line of a /proc status file (KiB), in MiB; None where /proc is not available."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def mem_available_mib() -> float | None:
+    """The machine's MemAvailable, in MiB; None where /proc is not available."""
+    return _proc_mib("/proc/meminfo", "MemAvailable")
 
 
 def vm_hwm_mib() -> float | None:
     """Peak RSS of this address space (VmHWM), in MiB; None where /proc is not available."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    return _proc_mib("/proc/self/status", "VmHWM")
 
 
 class RssSampler:

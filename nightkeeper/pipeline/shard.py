@@ -28,7 +28,7 @@ from nightkeeper.serving import ServingModel, serving_decision, serving_model
 from nightkeeper.sharding import shard_rows
 from nightkeeper.summaries import DriftSummary
 from nightkeeper.validation import ROW_KEY, null_rates_of, validate
-from nightkeeper.warehouse import NIGHTLY_SCHEMA, SHARD_COLUMN, Location, connect, store_shard
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, PARTITION_COLUMN, SHARD_COLUMN, Location, connect, store_shard
 
 SHARD_TABLES = ("raw_batch", "validated_batch", "quarantine", "scored_batch", "shadow_scores", "outcomes")
 """The row-level tables a shard stores its own rows of (column ``warehouse.SHARD_COLUMN``)."""
@@ -225,7 +225,7 @@ def judge_shards(
 def _stored(connection: duckdb.DuckDBPyConnection, table: str, night: dt.date, order: list[str]) -> pl.DataFrame:
     """The night's rows of ``table`` as every shard stored them, without the shard column, in ``order``."""
     return (
-        connection.execute(f"select * from {NIGHTLY_SCHEMA}.{table} where partition_date = ?", [night])
+        connection.execute(f"select * from {NIGHTLY_SCHEMA}.{table} where {PARTITION_COLUMN} = ?", [night])
         .pl()
         .drop(SHARD_COLUMN)
         .sort(order)
