@@ -12,6 +12,7 @@ import polars as pl
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetIn,
     AssetOut,
     Output,
     TimeWindowPartitionsDefinition,
@@ -21,7 +22,7 @@ from dagster import (
 )
 
 from assets.checks import check_result, dagster_metadata
-from jobs.resources import WAREHOUSE_POOL, ProjectResource, WarehouseResource
+from jobs.resources import INPUT_COLUMNS, WAREHOUSE_POOL, ProjectResource, WarehouseResource
 from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline import nightly
 from nightkeeper.pipeline.step import StepResult
@@ -148,6 +149,7 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
                 "challenger_healthy", asset="shadow_scores", description="The challenger kept its health rules tonight."
             )
         ],
+        ins={"scored_batch": AssetIn(metadata={INPUT_COLUMNS: nightly.JUDGED_SCORE_COLUMNS})},
     )
     def shadow_scores(
         context: AssetExecutionContext,
@@ -207,16 +209,18 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
         description="Why the model answered as it did, for the answers due for reasons (declined or near the "
         "threshold, per model.reason_codes): the top features by exact TreeSHAP contribution of the model version "
         "that answered, and the reasons as a sentence. Computed after outcomes, so answers never wait for it.",
+        ins={"outcomes": AssetIn(metadata={INPUT_COLUMNS: nightly.EXPLAINED_OUTCOME_COLUMNS})},
+        # only the due rows of validated_batch are read, from the warehouse (explain_stored_night), not loaded whole
+        deps=["validated_batch"],
     )
     def reason_codes(
         context: AssetExecutionContext,
-        validated_batch: pl.DataFrame,
         outcomes: pl.DataFrame,
         project: ProjectResource,
         warehouse: WarehouseResource,
     ):
         with warehouse.connect() as connection:
-            result = nightly.explain_night(project.load(), connection, night_of(context), validated_batch, outcomes)
+            result = nightly.explain_stored_night(project.load(), connection, night_of(context), outcomes)
         for version, error in result.metadata["unexplained_versions"].items():
             context.log.warning(f"answers of {version} left without reason codes: {error}")
         yield from _outputs(result)

@@ -18,7 +18,11 @@ from nightkeeper.config import ProjectConfig, load_config
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, PARTITION_COLUMN, Lake, Location, store_partition
 
 WAREHOUSE_POOL = "warehouse"
+INPUT_COLUMNS = "columns"
+"""An input's metadata key naming the only columns the step reads (``AssetIn(metadata={INPUT_COLUMNS: [...]})``):
+the IO manager loads just those, as dagster-duckdb's IO managers do; without it, every column."""
 __all__ = [
+    "INPUT_COLUMNS",
     "NIGHTLY_SCHEMA",
     "WAREHOUSE_POOL",
     "ProjectResource",
@@ -83,7 +87,8 @@ class WarehouseIOManager(ConfigurableIOManager):
 
     A partition is stored through ``nightkeeper.warehouse.store_partition`` (the function the backtest uses): delete
     and insert in one transaction, so a failed write leaves the old partition in place, an empty night is a real,
-    empty partition and columns are inserted by name. An input is the rows of its partitions' time window. On a
+    empty partition and columns are inserted by name. An input is the rows of its partitions' time window, only the
+    columns its ``INPUT_COLUMNS`` metadata names when it has that key. On a
     DuckLake, nights stored at once by several processes or machines each replace their own partition. An output
     that is a ``StoredPartition`` (a sharded night's row-level tables, which its shard ops stored) is recorded with
     its stored row count and not written.
@@ -122,9 +127,11 @@ class WarehouseIOManager(ConfigurableIOManager):
 
     def load_input(self, context: InputContext) -> pl.DataFrame:
         window = context.asset_partitions_time_window
+        columns = context.definition_metadata.get(INPUT_COLUMNS)
+        selected = ", ".join(f'"{column}"' for column in columns) if columns else "*"
         with warehouse.connect(self.location) as connection:
             return connection.execute(
-                f"select * from {self.schema_}.{context.asset_key.path[-1]} "
+                f"select {selected} from {self.schema_}.{context.asset_key.path[-1]} "
                 f"where {PARTITION_COLUMN} >= ? and {PARTITION_COLUMN} < ?",
                 [window.start.date(), window.end.date()],
             ).pl()

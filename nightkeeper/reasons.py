@@ -85,26 +85,24 @@ def reason_codes(
     for matrix, contributions in _explained_chunks(frame, booster, features, chunk_rows, num_threads):
         per_feature = contributions[:, :-1]
         order = np.argsort(-np.abs(per_feature), axis=1, kind="stable")[:, :k]
-        top = np.take_along_axis(per_feature, order, axis=1)
-        seen = np.take_along_axis(matrix, order, axis=1)
-        values = [
-            format_value(features[column], value)
-            for column, value in zip(order.ravel().tolist(), seen.ravel().tolist(), strict=True)
-        ]
+        top = np.take_along_axis(per_feature, order, axis=1).ravel()
         flat = pl.DataFrame(
-            {"feature": names[order.ravel()].tolist(), "value": values, "contribution": top.ravel()},
+            {
+                "feature": names[order.ravel()].tolist(),
+                "value": _formatted_values(features, order.ravel(), np.take_along_axis(matrix, order, axis=1).ravel()),
+                "contribution": top,
+            },
             schema=REASON_STRUCT.to_schema(),
         )
         rows = len(per_feature)
         codes = flat.to_struct("reason_codes").reshape((rows, k)).cast(pl.List(REASON_STRUCT))
-        triples = flat.rows()
-        texts = ["; ".join(_phrase(*triple) for triple in triples[row * k : (row + 1) * k]) for row in range(rows)]
+        texts = flat.select(_phrases(_amounts(top))).to_series().reshape((rows, k)).arr.join("; ")
         parts.append(
             pl.DataFrame(
                 {
                     "reason_codes": codes,
                     "shap_base_value": pl.Series(contributions[:, -1], dtype=pl.Float64),
-                    "reason_text": pl.Series(texts, dtype=pl.String),
+                    "reason_text": texts,
                 }
             )
         )
@@ -130,16 +128,35 @@ def format_value(feature: FeatureCard, value: float) -> str:
     return f"{value:.3g}"
 
 
-def _phrase(feature: str, value: str, contribution: float) -> str:
-    if contribution > 0:
-        effect = "raised"
-    elif contribution < 0:
-        effect = "lowered"
-    else:
-        return f"{feature} {value} did not change risk"
-    size = abs(contribution)
-    amount = f"{size:.2f}" if size >= 0.01 else f"{size:.1g}"
-    return f"{feature} {value} {effect} risk by {amount}"
+def _formatted_values(features: list[FeatureCard], columns: np.ndarray, values: np.ndarray) -> list[str]:
+    """``format_value(features[columns[i]], values[i])`` for every i, formatting each feature's distinct values once
+    (distinct by their bits, so -0.0 and 0.0 stay apart; categories, ints and flags repeat a lot)."""
+    shown = np.empty(len(values), dtype=object)
+    for column in np.unique(columns).tolist():
+        at = np.flatnonzero(columns == column)
+        distinct, first, inverse = np.unique(values[at].view(np.int64), return_index=True, return_inverse=True)
+        texts = [format_value(features[column], value) for value in values[at][first].tolist()]
+        shown[at] = np.array(texts, dtype=object)[inverse]
+    return shown.tolist()
+
+
+def _amounts(contributions: np.ndarray) -> list[str]:
+    """Each contribution's size as a reason states it: two decimals, one significant digit below 0.01."""
+    return [f"{size:.2f}" if size >= 0.01 else f"{size:.1g}" for size in np.abs(contributions).tolist()]
+
+
+def _phrases(amounts: list[str]) -> pl.Expr:
+    """One phrase per (feature, value, contribution) row: ``income 18,000 raised risk by 0.21``, ``... lowered ...``,
+    or ``... did not change risk`` for a zero (or NaN) contribution."""
+    contribution = pl.col("contribution")
+    named = pl.concat_str(pl.col("feature"), pl.lit(" "), pl.col("value"))
+    change = pl.concat_str(
+        named,
+        pl.when(contribution > 0).then(pl.lit(" raised risk by ")).otherwise(pl.lit(" lowered risk by ")),
+        pl.Series(amounts, dtype=pl.String),
+    )
+    changed = (contribution != 0) & contribution.is_not_nan()
+    return pl.when(changed).then(change).otherwise(pl.concat_str(named, pl.lit(" did not change risk")))
 
 
 def _check_features(booster: lgb.Booster, features: list[FeatureCard]) -> None:

@@ -223,6 +223,23 @@ def table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str)
     return row is not None and row[0] > 0
 
 
+def read_rows(
+    connection: duckdb.DuckDBPyConnection, schema: str, table: str, night: dt.date, keys: pl.DataFrame
+) -> pl.DataFrame:
+    """The rows of ``night``'s partition of ``schema.table`` that match a row of ``keys`` on all of ``keys``' columns
+    (a semi join DuckDB runs, so the other rows never leave the warehouse), in no particular order."""
+    view = "__nightkeeper_keys"
+    using = ", ".join(f'"{column}"' for column in keys.columns)
+    connection.register(view, keys.to_arrow())
+    try:
+        return connection.execute(
+            f'select * from "{schema}"."{table}" semi join {view} using ({using}) where {PARTITION_COLUMN} = $night',
+            {"night": night},
+        ).pl()
+    finally:
+        connection.unregister(view)
+
+
 def store_partition(
     connection: duckdb.DuckDBPyConnection, schema: str, table: str, night: dt.date, frame: pl.DataFrame
 ) -> None:

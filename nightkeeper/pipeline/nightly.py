@@ -38,9 +38,11 @@ from nightkeeper.routing import in_canary
 from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored
 from nightkeeper.serving import ServingModel, serving_decision, serving_model
 from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, quarantine_summary, validate
-from nightkeeper.warehouse import NIGHTLY_SCHEMA, table_exists
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, read_rows, table_exists
 
 SHADOW_SCHEMA = {**SCORED_SCHEMA, "in_canary": pl.Boolean()}
+JUDGED_SCORE_COLUMNS = [*ROW_KEY, "score", "decision", "model_error"]
+"""The columns of the champion's ``scored_batch`` the shadow step judges the challenger against."""
 # rows of a table shown in metadata: a preview of the night, a summary (by rule, by reason) in full up to a limit
 PREVIEW_ROWS = 10
 SUMMARY_ROWS = 50
@@ -243,7 +245,10 @@ def challenger_scores(config: ProjectConfig, challenger: ServingModel, validated
         frame = result.frame
     except ModelUnavailable as exc:
         frame = unscored(validated, challenger.version, str(exc))
-    return frame.with_columns(in_canary(frame["entity_id"], lifecycle.canary_percent(challenger.stage)))
+    percent = lifecycle.canary_percent(challenger.stage)
+    if percent == 0:  # in shadow it serves nobody: no id needs hashing
+        return frame.with_columns(pl.repeat(False, frame.height, dtype=pl.Boolean).alias("in_canary"))
+    return frame.with_columns(in_canary(frame["entity_id"], percent))
 
 
 def shadow_night(
@@ -256,6 +261,7 @@ def shadow_night(
     """``shadow_scores``: the challenger's answer for every validated row (``in_canary`` marks the rows it serves),
     its health against the champion tonight and the rollout decision (metadata ``keys.SHADOW_ROLLOUT_ACTION``: none /
     hold / advance / promote / rollback) the rollout sensor acts on. Check: ``challenger_healthy``.
+    ``scored_batch`` needs only ``JUDGED_SCORE_COLUMNS``.
     """
     frame = challenger_scores(config, serving_model(connection, registry.CHALLENGER, night), validated_batch)
     return replace(judge_shadow(config, connection, night, frame, scored_batch), tables={"shadow_scores": frame})
@@ -412,6 +418,10 @@ def judge_answers(
     )
 
 
+EXPLAINED_OUTCOME_COLUMNS = [*KEY_COLUMNS, "source", "model_version", "score", "decision"]
+"""The columns of ``outcomes`` the explain steps read (which answers are due, and by which model version)."""
+
+
 def explain_night(
     config: ProjectConfig,
     connection: duckdb.DuckDBPyConnection,
@@ -426,23 +436,18 @@ def explain_night(
     within ``review.band`` of the threshold), each judged and explained (exact TreeSHAP, top
     ``model.reason_code_count``) with the model version that answered it. A version whose model cannot be loaded
     any more is left unexplained and named in metadata ``unexplained_versions``; its answers stand.
+    ``validated_batch`` needs to hold (at least) the due rows; ``outcomes`` at least ``EXPLAINED_OUTCOME_COLUMNS``.
     """
     started = time.perf_counter()
     answered = outcomes.filter(pl.col("source").is_in(["model", "canary"]))
     parts: list[pl.DataFrame] = []
     unexplained: dict[str, str] = {}
-    for (version,) in answered.select("model_version").unique().sort("model_version").iter_rows():
+    for version, due in due_for_reasons(config, connection, answered, unexplained):
         try:
             record = registry.get_version(connection, version)
             booster = load_verified(record)
         except (KeyError, ModelUnavailable) as exc:
             unexplained[version] = str(exc)
-            continue
-        due = answered.filter(
-            (pl.col("model_version") == version)
-            & needs_reasons(record.card.decision, config.model.reason_codes, config.review.band)
-        ).select(*KEY_COLUMNS, "source", "model_version")
-        if due.height == 0:
             continue
         rows = due.select(ROW_KEY).join(validated_batch, on=ROW_KEY, how="left", maintain_order="left")
         reasons = reason_codes(rows, booster, record.card.features, top_k=config.model.reason_code_count)
@@ -463,6 +468,44 @@ def explain_night(
             "preview": frame.drop("reason_codes").head(PREVIEW_ROWS),
         },
     )
+
+
+def explain_stored_night(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, outcomes: pl.DataFrame
+) -> StepResult:
+    """``explain_night`` on the night's stored ``validated_batch``, of which DuckDB reads only the rows due for
+    reasons (on a scoped night ~13 %), so the step never loads the rest of the night's rows into memory.
+    ``outcomes`` needs only ``EXPLAINED_OUTCOME_COLUMNS``."""
+    answered = outcomes.filter(pl.col("source").is_in(["model", "canary"]))
+    due = [frame.select(ROW_KEY) for _, frame in due_for_reasons(config, connection, answered, {})]
+    keys = pl.concat(due) if due else pl.DataFrame(schema={"source_file": pl.String(), "row_number": pl.Int64()})
+    rows = read_rows(connection, NIGHTLY_SCHEMA, "validated_batch", night, keys)
+    return explain_night(config, connection, night, rows, outcomes)
+
+
+def due_for_reasons(
+    config: ProjectConfig,
+    connection: duckdb.DuckDBPyConnection,
+    answered: pl.DataFrame,
+    unexplained: dict[str, str],
+) -> list[tuple[str, pl.DataFrame]]:
+    """Per model version of the ``answered`` rows (model and canary outcomes), in version order, its answers due
+    for reasons (``KEY_COLUMNS``, source, model_version; none left out). A version the registry does not know is
+    recorded in ``unexplained`` (version -> why) and left out."""
+    due_by_version = []
+    for (version,) in answered.select("model_version").unique().sort("model_version").iter_rows():
+        try:
+            card = registry.get_version(connection, version).card
+        except KeyError as exc:
+            unexplained[version] = str(exc)
+            continue
+        due = answered.filter(
+            (pl.col("model_version") == version)
+            & needs_reasons(card.decision, config.model.reason_codes, config.review.band)
+        ).select(*KEY_COLUMNS, "source", "model_version")
+        if due.height:
+            due_by_version.append((version, due))
+    return due_by_version
 
 
 def outcomes_conserve_rows(connection: duckdb.DuckDBPyConnection) -> CheckOutcome:
