@@ -14,6 +14,10 @@ Prints, per repeat and as medians, the wall time of:
   sets ``OMP_NUM_THREADS`` in the shard processes (LightGBM's threads when the model does not fix them): four
   shards with two OpenMP threads each on two cores spin against each other.
 
+For ``whole`` it also prints the cores it kept busy (the process's CPU time over its wall time, every thread
+counted): on a machine of C cores no split of the same work can run faster than C / busy times the whole night, so
+that ratio is the ceiling of what shards can win there.
+
 Both on the same DuckDB file (put back to its state after the champion's bootstrap before each measurement), the
 same landed night (the simulator's clean night) and the same champion (the shipped config: 200 trees, LightGBM
 ``num_threads: 2``). The machine's load average is printed with the figures: on a shared machine they vary.
@@ -65,13 +69,14 @@ def prepare(folder: Path, rows: int) -> Path:
     return template
 
 
-def whole(config_path: Path) -> float:
+def whole(config_path: Path) -> tuple[float, float]:
+    """The wall time and the CPU time (all threads of this process) of the night's row-level part, unsharded."""
     from nightkeeper.config import load_config
     from nightkeeper.pipeline import nightly
     from nightkeeper.warehouse import NIGHTLY_SCHEMA, connect, store_partition
 
     config = load_config(config_path)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with connect(config.warehouse) as connection:
 
         def stored(result):
@@ -85,7 +90,7 @@ def whole(config_path: Path) -> float:
         scored = stored(nightly.score_night(config, connection, NIGHT, rows))["scored_batch"]
         shadow = stored(nightly.shadow_night(config, connection, NIGHT, rows, scored))["shadow_scores"]
         stored(nightly.answer_night(config, connection, NIGHT, raw, validated["quarantine"], scored, shadow))
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def _limit_threads(threads: int | None) -> None:
@@ -139,6 +144,7 @@ def main() -> None:
 
         assert load_config(whole_config).warehouse_path == warehouse, "the configs name another warehouse"
         times: dict[str, list[float]] = {"whole": [], "sharded": []}
+        busy: list[float] = []
         with ProcessPoolExecutor(
             options.shards,
             mp_context=get_context("spawn"),
@@ -148,19 +154,28 @@ def main() -> None:
             pids = set(pool.map(_warm_up, range(options.shards * 4)))
             assert len(pids) == options.shards, f"the pool did not start {options.shards} processes: {pids}"
             for repeat in range(options.repeats):
-                for name, measure in (
-                    ("whole", lambda: whole(whole_config)),
-                    ("sharded", lambda: sharded(sharded_config, pool, options.shards)),
-                ):
-                    shutil.copyfile(template, warehouse)
-                    seconds = measure()
-                    times[name].append(seconds)
-                    print(f"repeat {repeat + 1}: {name:8s} {seconds:7.1f} s   load {os.getloadavg()[0]:.2f}")
+                shutil.copyfile(template, warehouse)
+                seconds, cpu_seconds = whole(whole_config)
+                times["whole"].append(seconds)
+                busy.append(cpu_seconds / seconds)
+                print(
+                    f"repeat {repeat + 1}: whole    {seconds:7.1f} s   cores busy {busy[-1]:.2f}   "
+                    f"load {os.getloadavg()[0]:.2f}"
+                )
+                shutil.copyfile(template, warehouse)
+                seconds = sharded(sharded_config, pool, options.shards)
+                times["sharded"].append(seconds)
+                print(f"repeat {repeat + 1}: sharded  {seconds:7.1f} s   load {os.getloadavg()[0]:.2f}")
     median_whole, median_sharded = statistics.median(times["whole"]), statistics.median(times["sharded"])
     print(
         f"{options.rows:,} rows, row-level part of the night, median of {options.repeats}: whole {median_whole:.1f} s, "
         f"{options.shards} shards {median_sharded:.1f} s ({median_whole / median_sharded:.2f}x; shard threads "
         f"{options.shard_threads or 'default'}) on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
+    cores, median_busy = os.cpu_count() or 1, statistics.median(busy)
+    print(
+        f"the whole night kept {median_busy:.2f} cores busy: on {cores} cores no split of its work can be more than "
+        f"{cores / median_busy:.2f}x faster"
     )
 
 

@@ -124,7 +124,7 @@ def build_definitions(config_path: Path, executor: ExecutorDefinition | None = N
             "project": ProjectResource(config_path=str(Path(config_path).resolve())),
             "warehouse": warehouse_resource,
             "io_manager": io_manager,
-            SHARD_REPORTS_IO_MANAGER: FilesystemIOManager(),
+            SHARD_REPORTS_IO_MANAGER: shard_reports_io_manager(config),
         },
         # One laptop: steps run in the run's own process, so a night costs one process start, and the warehouse
         # pool serialises them; a sharded night's shard ops need processes of their own to run at once. A
@@ -142,6 +142,20 @@ def warehouse_resources(config: ProjectConfig) -> tuple[WarehouseResource, Wareh
         WarehouseResource(database=database, lake_catalog=catalog, lake_data_path=data_path),
         WarehouseIOManager(database=database, lake_catalog=catalog, lake_data_path=data_path, schema=NIGHTLY_SCHEMA),
     )
+
+
+SHARD_REPORTS_FOLDER = "shard_reports"
+
+
+def shard_reports_io_manager(config: ProjectConfig) -> FilesystemIOManager:
+    """Where a sharded night's shard ops leave their reports for its judge op (pickles, one per shard and night). On a
+    DuckLake, in the folder ``shard_reports`` under the lake's data path: every step reaches it wherever it runs (a
+    folder every pod mounts, or object storage through fsspec, e.g. s3fs in the ``kubernetes`` extra). On the DuckDB
+    file, one machine's, in the Dagster instance's storage."""
+    location = config.warehouse
+    if isinstance(location, Lake):
+        return FilesystemIOManager(base_dir=f"{location.data_path.rstrip('/')}/{SHARD_REPORTS_FOLDER}")
+    return FilesystemIOManager()
 
 
 def build_nightly_schedule(

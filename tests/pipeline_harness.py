@@ -20,6 +20,7 @@ import duckdb
 import polars as pl
 import yaml
 from dagster import (
+    DagsterEventType,
     DagsterInstance,
     Definitions,
     ExecuteInProcessResult,
@@ -126,6 +127,20 @@ def run_in_processes(project: Project, night: dt.date, instance: DagsterInstance
         raise_on_error=False,
     ) as result:
         return result
+
+
+def shard_processes_alive_at_once(instance: DagsterInstance, run_id: str) -> int:
+    """How many of the run's shard ops had their worker process started before the first shard op ended. (Not their
+    op spans: on a small test night an op computes for ~1 s after seconds of loading code, so whether two spans
+    overlap is the machine's chance.)"""
+    alive = 0
+    for record in instance.all_logs(run_id):
+        if not (record.step_key or "").startswith("night_shards.answer_shard_"):
+            continue
+        if record.dagster_event_type == DagsterEventType.STEP_SUCCESS:
+            break
+        alive += record.dagster_event_type == DagsterEventType.STEP_WORKER_STARTED
+    return alive
 
 
 def make_project(root: Path, raw_config: dict[str, Any] | None = None) -> Project:

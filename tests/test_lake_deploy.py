@@ -13,8 +13,11 @@ import yaml
 from dagster import in_process_executor
 from dagster_k8s import k8s_job_executor
 from pipeline_harness import example_config
+from s3fs import S3FileSystem
+from upath import UPath
 
-from jobs.definitions import MONTHLY_REVIEW_JOB, NIGHTLY_JOB, build_definitions
+from assets.shards import SHARD_REPORTS_IO_MANAGER
+from jobs.definitions import MONTHLY_REVIEW_JOB, NIGHTLY_JOB, SHARD_REPORTS_FOLDER, build_definitions
 from nightkeeper.config import CONFIG_ENV_VAR, ConfigError
 from nightkeeper.warehouse import OBJECT_STORE_EXTENSIONS, extension_file
 
@@ -58,6 +61,15 @@ def test_the_kubernetes_location_stores_in_the_configured_lake_on_object_storage
     for resource in ("warehouse", "io_manager"):
         assert defs.resources[resource].lake_catalog == CATALOG
         assert defs.resources[resource].lake_data_path == DATA_PATH
+
+
+def test_the_kubernetes_location_leaves_shard_reports_on_the_lakes_object_storage(
+    lake_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs = load_kubernetes_location(lake_config, monkeypatch)
+    base_dir = defs.resources[SHARD_REPORTS_IO_MANAGER].base_dir
+    assert base_dir == f"{DATA_PATH}{SHARD_REPORTS_FOLDER}"
+    assert isinstance(UPath(base_dir).fs, S3FileSystem)  # the profile installs what writes there (no request made)
 
 
 def test_the_kubernetes_location_refuses_the_single_file_warehouse(

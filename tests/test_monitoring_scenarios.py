@@ -123,6 +123,7 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow  # two Dagster nights; the default suite delivers and retries webhooks in test_webhook
 def test_webhook_down_during_the_night_delivers_the_alert_on_a_later_night(tmp_path, monkeypatch):
     project = quiet_project(tmp_path)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)

@@ -197,9 +197,7 @@ def test_rerunning_a_night_replaces_its_partition_without_duplicates(project):
     project.run_night(NIGHT)
     project.run_night(NIGHT + dt.timedelta(days=1))
 
-    project.run_night(NIGHT)
-    assert project.table("outcomes", NIGHT).height == 1500
-    project.land_night(NIGHT, rows=1200)  # the night's file was re-delivered, shorter
+    project.land_night(NIGHT, rows=1200)  # the night's file was re-delivered, shorter: appending would leave 2,700
     project.run_night(NIGHT)
 
     for table in ("raw_batch", "validated_batch", "scored_batch", "outcomes"):

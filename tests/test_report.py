@@ -205,6 +205,7 @@ def test_every_alert_opened_in_the_month_is_listed_under_what_needs_attention(mo
         assert f"{alert['rule']} " in section and str(alert["opened_night"]) in section, alert["alert_id"]
 
 
+@pytest.mark.slow  # a third notebook run; the default suite checks the early snapshot's attention list
 def test_month_without_labels_says_so(month):
     result = run_monthly_review(month["early"], MONTH, month["root"] / "early")
     text = _text(result.html.read_text()).lower()
