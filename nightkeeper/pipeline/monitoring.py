@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import polars as pl
 
 from nightkeeper import (
@@ -40,8 +42,9 @@ from nightkeeper.review.queue import build_review_queue
 from nightkeeper.review.storage import store_queue
 from nightkeeper.serving import serving_model
 from nightkeeper.validation import ROW_KEY
-from nightkeeper.warehouse import NIGHTLY_SCHEMA
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, PARTITION_COLUMN
 
+_SCORE = "_champion_score"  # the score column of _stored_rows' query (validated rows have no column of that name)
 REPORTS_FOLDER = "reports"  # under the project root: plots and HTML reports people open
 REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
 LABEL_LOOKBACK_NIGHTS = 7  # label files that arrived within this many nights are read again (see labels_night)
@@ -305,6 +308,49 @@ def drift_night(
     return drift_shards_night(config, connection, night, [summary] if summary else [], plots=plots)
 
 
+def drift_stored_night(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, *, plots: bool = True
+) -> StepResult:
+    """``drift_night`` of the night's validated rows and champion scores as the warehouse stores them
+    (``nightly.validated_batch`` and ``nightly.scored_batch``, partition ``night``), read
+    ``summaries.CHUNK_ROWS`` rows at a time: the night is never held whole, so the step's memory is a chunk's and
+    the summary's whatever the night's size. Same tables, metrics and checks as ``drift_night`` on the same rows."""
+    reference = drift.serving_reference(connection, night, config.monitoring.drift.thresholds)
+    summary = (
+        None
+        if reference is None
+        else summaries.summarise_drift_chunks(
+            _stored_rows(connection, night),
+            reference.features,
+            config.monitoring.drift.domain_classifier_rows,
+        )
+    )
+    return drift_shards_night(config, connection, night, [summary] if summary else [], plots=plots)
+
+
+def _stored_rows(
+    connection: duckdb.DuckDBPyConnection, night: dt.date
+) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
+    """The night's validated rows with their champion score (NaN = unscored), ``summaries.CHUNK_ROWS`` rows a
+    chunk, streamed from the warehouse (at least one chunk, empty on an empty night)."""
+    on = " and ".join(f"v.{key} = s.{key}" for key in ROW_KEY)
+    keys = ", ".join(ROW_KEY)
+    reader = connection.execute(
+        f"select v.*, s.score as {_SCORE} from {NIGHTLY_SCHEMA}.validated_batch v left join "
+        f"(select {keys}, score from {NIGHTLY_SCHEMA}.scored_batch where {PARTITION_COLUMN} = $night) s on {on} "
+        f"where v.{PARTITION_COLUMN} = $night",
+        {"night": night},
+    ).to_arrow_reader(summaries.CHUNK_ROWS)
+    chunks = 0
+    for batch in reader:
+        chunk = pl.DataFrame(pl.from_arrow(batch))
+        chunks += 1
+        yield chunk.drop(_SCORE), chunk[_SCORE].fill_null(float("nan")).to_numpy()
+    if not chunks:
+        empty = pl.DataFrame(pl.from_arrow(reader.schema.empty_table()))
+        yield empty.drop(_SCORE), np.array([], dtype=np.float64)
+
+
 def drift_summary_of_shard(
     config: ProjectConfig,
     connection: duckdb.DuckDBPyConnection,
@@ -326,9 +372,29 @@ def summarise_shard_drift(
 ) -> summaries.DriftSummary:
     """``drift_summary_of_shard`` against a ``reference`` already read (a shard that must not hold the warehouse
     while it computes reads it first)."""
-    rows = validated_batch.sort(ROW_KEY).join(scored_batch.select(*ROW_KEY, "score"), on=ROW_KEY, how="left")
-    scores = rows["score"].fill_null(float("nan")).to_numpy()
-    return summaries.summarise_drift(rows, scores, reference.features, config.monitoring.drift.domain_classifier_rows)
+    return summaries.summarise_drift(
+        validated_batch,
+        _scores_of_rows(validated_batch, scored_batch),
+        reference.features,
+        config.monitoring.drift.domain_classifier_rows,
+    )
+
+
+def _scores_of_rows(validated_batch: pl.DataFrame, scored_batch: pl.DataFrame) -> np.ndarray:
+    """The champion's score of each validated row, in the rows' order (NaN = unscored). The scored rows usually come
+    in the validated rows' order (the pipeline scores them in it and the warehouse keeps it): then no join is needed
+    (a join on the row key costs more memory than the night's validated frame)."""
+    aligned = validated_batch.height == scored_batch.height and all(
+        validated_batch[key].equals(scored_batch[key]) for key in ROW_KEY
+    )
+    if aligned:
+        scores = scored_batch["score"]
+    else:
+        keys = validated_batch.select(ROW_KEY)
+        scores = keys.join(scored_batch.select(*ROW_KEY, "score"), on=ROW_KEY, how="left", maintain_order="left")[
+            "score"
+        ]
+    return scores.fill_null(float("nan")).to_numpy()
 
 
 def drift_shards_night(
