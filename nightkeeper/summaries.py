@@ -128,10 +128,8 @@ def summarise_drift(
         raise ValueError(f"current_scores must be one per row ({current.height}), got shape {np.shape(scores)}")
     starts = range(0, max(current.height, 1), CHUNK_ROWS)
     return summarise_drift_chunks(
-        (
-            (current.slice(start, CHUNK_ROWS), None if scores is None else scores[start : start + CHUNK_ROWS])
-            for start in starts
-        ),
+        (current.slice(start, CHUNK_ROWS) for start in starts),
+        None if scores is None else (scores[start : start + CHUNK_ROWS] for start in starts),
         features,
         domain_rows,
         id_column,
@@ -139,36 +137,40 @@ def summarise_drift(
 
 
 def summarise_drift_chunks(
-    chunks: Iterable[tuple[pl.DataFrame, np.ndarray | None]],
+    rows: Iterable[pl.DataFrame],
+    scores: Iterable[np.ndarray] | None,
     features: list[FeatureCard],
     domain_rows: int,
     id_column: str = ENTITY_COLUMN,
 ) -> DriftSummary:
-    """The summary of the union of ``chunks`` (at least one): each a frame of rows and their scores as
-    ``summarise_drift`` takes them (scores None in every chunk when the night was not scored). Chunks are
-    summarised one at a time and merged into a running summary, so working memory is one chunk's plus the summary's;
-    the result is the same for any split of the rows into chunks in any order (counts add; the domain sample's ties
-    on hash and id are broken by the row key ``ROW_KEY`` when the frames hold it, else by the order of the rows).
-    Raises ValueError as ``summarise_drift`` does."""
+    """The summary of the union of the ``rows`` chunks (at least one; frames as ``summarise_drift`` takes them) and
+    of the ``scores`` chunks (the rows' scores, NaN = unscored, in any chunks and order: their counts are all the
+    summary keeps of them; None = not scored tonight). Each chunk is summarised in turn and merged into a running
+    summary, so working memory is one chunk's plus the summary's; the result is the same for any split of the rows
+    into chunks in any order (counts add; the domain sample's ties on hash and id are broken by the row key
+    ``ROW_KEY`` when the frames hold it, else by the rows' order). Raises ValueError as ``summarise_drift`` does."""
     running: DriftSummary | None = None
-    for frame, scores in chunks:
-        part = _summarise_chunk(frame, scores, features, domain_rows, id_column)
+    for frame in rows:
+        part = _summarise_rows(frame, features, domain_rows, id_column)
         running = part if running is None else merge_drift_summaries([running, part])
     if running is None:
         raise ValueError("summarise_drift_chunks needs at least one chunk of rows")
-    return replace(running, domain_sample=running.domain_sample.drop(ROW_KEY, strict=False))
+    counted = None
+    if scores is not None:
+        counted = ValueCounts.of(np.array([], dtype=np.float64))
+        for chunk in scores:
+            counted = ValueCounts.merge([counted, ValueCounts.of(chunk)])
+    return replace(running, scores=counted, domain_sample=running.domain_sample.drop(ROW_KEY, strict=False))
 
 
-def _summarise_chunk(
-    current: pl.DataFrame, scores: np.ndarray | None, features: list[FeatureCard], domain_rows: int, id_column: str
+def _summarise_rows(
+    current: pl.DataFrame, features: list[FeatureCard], domain_rows: int, id_column: str
 ) -> DriftSummary:
-    """``summarise_drift`` of one chunk; its domain sample keeps the ROW_KEY columns the frame holds (tie-breakers
-    for the merges)."""
+    """``summarise_drift`` of one chunk of rows, without scores; its domain sample keeps the ROW_KEY columns the
+    frame holds (tie-breakers for the merges)."""
     missing = [f.name for f in features if f.name not in current.columns]
     if missing:
         raise ValueError(f"tonight's frame lacks feature column(s) {missing}; it has {current.columns}")
-    if scores is not None and np.shape(scores) != (current.height,):
-        raise ValueError(f"current_scores must be one per row ({current.height}), got shape {np.shape(scores)}")
     numeric = [f.name for f in features if f.dtype != "category"]
     sorted_values = sorted_numeric_values(current, numeric)
     return DriftSummary(
@@ -178,7 +180,7 @@ def _summarise_chunk(
             name: counts.astype(np.int64)
             for name, counts in category_counts(current, [f for f in features if f.dtype == "category"]).items()
         },
-        scores=None if scores is None else ValueCounts.of(scores),
+        scores=None,
         domain_rows=domain_rows,
         domain_sample=_smallest_hashes(current, features, domain_rows, id_column),
     )

@@ -109,19 +109,27 @@ def test_the_night_has_every_kind_of_answer_and_each_shard_holds_only_its_ids(
         assert ids.len() > 0 and (shard_of(ids, SHARDS) == shard).all()
 
 
-@pytest.mark.parametrize("chunk_rows", [drift_summaries.CHUNK_ROWS, 300])
+@pytest.mark.parametrize(
+    ("chunk_rows", "scored_rows"),
+    [
+        (drift_summaries.CHUNK_ROWS, "all, in another order"),
+        (300, "all, in another order"),  # a night of several chunks
+        (300, "all but some"),  # scores paired with their rows by the row key
+    ],
+)
 def test_the_drift_step_on_the_stored_night_equals_the_drift_step_on_its_frames(
     config: ProjectConfig,
     warehouse: duckdb.DuckDBPyConnection,
     whole: dict[str, Any],
     chunk_rows: int,
+    scored_rows: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(drift_summaries, "CHUNK_ROWS", chunk_rows)  # a night of several chunks too
-    # stored in another order than validated: the step must pair each row with its own score
-    store_partition(warehouse, NIGHTLY_SCHEMA, "validated_batch", NIGHT, whole["validated_batch"])
-    store_partition(warehouse, NIGHTLY_SCHEMA, "scored_batch", NIGHT, whole["scored_batch"].reverse())
-    frames = drift_night(config, warehouse, NIGHT, whole["validated_batch"], whole["scored_batch"], plots=False)
+    monkeypatch.setattr(drift_summaries, "CHUNK_ROWS", chunk_rows)
+    scored = whole["scored_batch"].reverse() if scored_rows.startswith("all,") else whole["scored_batch"].slice(150)
+    store_partition(warehouse, NIGHTLY_SCHEMA, "validated_batch", NIGHT, whole["validated_batch"].reverse())
+    store_partition(warehouse, NIGHTLY_SCHEMA, "scored_batch", NIGHT, scored)
+    frames = drift_night(config, warehouse, NIGHT, whole["validated_batch"], scored, plots=False)
 
     stored = drift_stored_night(config, warehouse, NIGHT, plots=False)
 

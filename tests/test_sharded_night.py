@@ -158,7 +158,8 @@ def test_a_night_summarised_in_chunks_in_any_order_is_the_whole_nights_summary(
     chunks = [shuffled.slice(start, 700) for start in range(0, shuffled.height, 700)][::-1]
 
     chunked = summarise_drift_chunks(
-        ((chunk, chunk["score"].fill_null(float("nan")).to_numpy()) for chunk in chunks),
+        chunks,
+        (chunk["score"].fill_null(float("nan")).to_numpy() for chunk in chunks[::-1]),
         core_trained.card.features,
         300,
     )

@@ -44,7 +44,6 @@ from nightkeeper.serving import serving_model
 from nightkeeper.validation import ROW_KEY
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, PARTITION_COLUMN
 
-_SCORE = "_champion_score"  # the score column of _stored_rows' query (validated rows have no column of that name)
 REPORTS_FOLDER = "reports"  # under the project root: plots and HTML reports people open
 REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
 LABEL_LOOKBACK_NIGHTS = 7  # label files that arrived within this many nights are read again (see labels_night)
@@ -314,41 +313,50 @@ def drift_stored_night(
     """``drift_night`` of the night's validated rows and champion scores as the warehouse stores them
     (``nightly.validated_batch`` and ``nightly.scored_batch``, partition ``night``), read
     ``summaries.CHUNK_ROWS`` rows at a time: the night is never held whole, so the step's memory is a chunk's and
-    the summary's whatever the night's size. Same tables, metrics and checks as ``drift_night`` on the same rows."""
+    the summary's whatever the night's size. Same tables, metrics and checks as ``drift_night`` on the same rows.
+
+    ``scored_batch`` holds one row per validated row (``score_night``), so the night's scores are read on their
+    own, without pairing each with its row (only their counts enter the summary); when the two partitions do not
+    hold as many rows, the scores are those of the scored rows that pair with a validated row, as in ``drift_night``.
+    """
     reference = drift.serving_reference(connection, night, config.monitoring.drift.thresholds)
-    summary = (
-        None
-        if reference is None
-        else summaries.summarise_drift_chunks(
-            _stored_rows(connection, night),
-            reference.features,
-            config.monitoring.drift.domain_classifier_rows,
+    if reference is None:
+        return drift_shards_night(config, connection, night, [], plots=plots)
+    rows_query = f"select * from {NIGHTLY_SCHEMA}.validated_batch where {PARTITION_COLUMN} = $night"
+    scores_query = f"select score from {NIGHTLY_SCHEMA}.scored_batch where {PARTITION_COLUMN} = $night"
+    counts = [_one(connection, f"select count(*) from ({query})", night) for query in (rows_query, scores_query)]
+    if counts[0] != counts[1]:  # not one score per row: pair them on the row key
+        on = " and ".join(f"v.{key} = s.{key}" for key in ROW_KEY)
+        scores_query = (
+            f"select s.score from ({rows_query}) v join ({scores_query.replace('select score', 'select *')}) s on {on}"
         )
+    summary = summaries.summarise_drift_chunks(
+        _stored_chunks(connection, rows_query, night),
+        (
+            frame["score"].fill_null(float("nan")).to_numpy()
+            for frame in _stored_chunks(connection, scores_query, night)
+        ),
+        reference.features,
+        config.monitoring.drift.domain_classifier_rows,
     )
-    return drift_shards_night(config, connection, night, [summary] if summary else [], plots=plots)
+    return drift_shards_night(config, connection, night, [summary], plots=plots)
 
 
-def _stored_rows(
-    connection: duckdb.DuckDBPyConnection, night: dt.date
-) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
-    """The night's validated rows with their champion score (NaN = unscored), ``summaries.CHUNK_ROWS`` rows a
-    chunk, streamed from the warehouse (at least one chunk, empty on an empty night)."""
-    on = " and ".join(f"v.{key} = s.{key}" for key in ROW_KEY)
-    keys = ", ".join(ROW_KEY)
-    reader = connection.execute(
-        f"select v.*, s.score as {_SCORE} from {NIGHTLY_SCHEMA}.validated_batch v left join "
-        f"(select {keys}, score from {NIGHTLY_SCHEMA}.scored_batch where {PARTITION_COLUMN} = $night) s on {on} "
-        f"where v.{PARTITION_COLUMN} = $night",
-        {"night": night},
-    ).to_arrow_reader(summaries.CHUNK_ROWS)
+def _one(connection: duckdb.DuckDBPyConnection, query: str, night: dt.date) -> int:
+    row = connection.execute(query, {"night": night}).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _stored_chunks(connection: duckdb.DuckDBPyConnection, query: str, night: dt.date) -> Iterator[pl.DataFrame]:
+    """The rows of ``query`` (parameter ``$night``) streamed from the warehouse, ``summaries.CHUNK_ROWS`` rows a
+    chunk; at least one chunk (empty when there is no row). The query runs when the first chunk is asked for."""
+    reader = connection.execute(query, {"night": night}).to_arrow_reader(summaries.CHUNK_ROWS)
     chunks = 0
     for batch in reader:
-        chunk = pl.DataFrame(pl.from_arrow(batch))
         chunks += 1
-        yield chunk.drop(_SCORE), chunk[_SCORE].fill_null(float("nan")).to_numpy()
+        yield pl.DataFrame(pl.from_arrow(batch))
     if not chunks:
-        empty = pl.DataFrame(pl.from_arrow(reader.schema.empty_table()))
-        yield empty.drop(_SCORE), np.array([], dtype=np.float64)
+        yield pl.DataFrame(pl.from_arrow(reader.schema.empty_table()))
 
 
 def drift_summary_of_shard(
