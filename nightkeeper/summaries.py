@@ -182,8 +182,14 @@ def _summarise_rows(
         },
         scores=None,
         domain_rows=domain_rows,
-        domain_sample=_smallest_hashes(current, features, domain_rows, id_column),
+        domain_sample=_owning(_smallest_hashes(current, features, domain_rows, id_column)),
     )
+
+
+def _owning(frame: pl.DataFrame) -> pl.DataFrame:
+    """A copy of ``frame`` that owns its data: the strings of rows filtered from a chunk still point into the whole
+    chunk's buffers, so a running sample would keep every chunk of the night alive."""
+    return pl.DataFrame(pl.from_arrow(frame.to_arrow(compat_level=pl.CompatLevel.oldest())))
 
 
 def merge_drift_summaries(parts: Sequence[DriftSummary]) -> DriftSummary:
