@@ -7,7 +7,6 @@ in the warehouse's ``monitoring`` schema, written by the steps.
 
 import datetime as dt
 
-import polars as pl
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
@@ -104,6 +103,8 @@ def build_monitoring_assets(partitions: TimeWindowPartitionsDefinition, shards: 
         pool=WAREHOUSE_POOL,
         group_name="monitoring",
         metadata={"partition_expr": "partition_date"},
+        # read from the warehouse a chunk at a time by the step, not loaded whole by the IO manager: flat memory
+        deps=[AssetKey("validated_batch"), AssetKey("scored_batch")],
         description="Per-feature drift of tonight's validated rows against the serving champion's reference profile "
         "(PSI, Jensen-Shannon, normalised Wasserstein / KS, chi-square, missing-rate change, new-category share), "
         "prediction and confidence drift, and a domain classifier's AUC; evidently's HTML report for people.",
@@ -121,17 +122,9 @@ def build_monitoring_assets(partitions: TimeWindowPartitionsDefinition, shards: 
             ),
         ],
     )
-    def drift_metrics(
-        context: AssetExecutionContext,
-        validated_batch: pl.DataFrame,
-        scored_batch: pl.DataFrame,
-        project: ProjectResource,
-        warehouse: WarehouseResource,
-    ):
+    def drift_metrics(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
         with warehouse.connect() as connection:
-            result = monitoring.drift_night(
-                project.load(), connection, night_of(context), validated_batch, scored_batch
-            )
+            result = monitoring.drift_stored_night(project.load(), connection, night_of(context))
         yield Output(result.tables["drift_metrics"], metadata=dagster_metadata(result.metadata))
         for name in monitoring.DRIFT_CHECKS:
             yield check_result(name, result.checks[name])

@@ -102,6 +102,7 @@ TOP_LEVELS = 3  # levels named per category feature
 MIN_LEVEL_CHANGE = 0.005  # a level whose share moved less than half a point is not worth naming
 DOMAIN_CHANCE_SIGMAS = 2.0  # chance standard errors of tonight's domain AUC above the reference's most distinct night
 WASSERSTEIN_MIN_STD = 0.001
+WASSERSTEIN_CHUNK = 1_000_000  # pieces of the quantile grid evaluated at once
 _NAN = float("nan")
 
 
@@ -508,9 +509,17 @@ def _wasserstein(reference: NumericProfile, values: np.ndarray) -> float:
     cells = np.arange(n + 1) / n
     levels = np.asarray(reference.quantile_levels)
     breaks = np.insert(cells, np.searchsorted(cells, levels), levels)  # sorted merge; repeats give empty pieces
-    middles = (breaks[1:] + breaks[:-1]) / 2
-    tonight = values[np.minimum((middles * n).astype(np.int64), n - 1)]
-    return float(np.sum(np.diff(breaks) * np.abs(reference_quantile(reference, middles) - tonight)))
+    del cells
+    # each piece's term is computed WASSERSTEIN_CHUNK pieces at a time (the quantile function's temporaries are
+    # a dozen arrays of the pieces' size) and summed at once: the same terms and the same sum as in one go
+    terms = np.empty(len(breaks) - 1)
+    for start in range(0, len(terms), WASSERSTEIN_CHUNK):
+        stop = min(start + WASSERSTEIN_CHUNK, len(terms))
+        left, right = breaks[start:stop], breaks[start + 1 : stop + 1]
+        middles = (right + left) / 2
+        tonight = values[np.minimum((middles * n).astype(np.int64), n - 1)]
+        terms[start:stop] = (right - left) * np.abs(reference_quantile(reference, middles) - tonight)
+    return float(np.sum(terms))
 
 
 def _numeric_drift(reference: NumericProfile, values: np.ndarray, rows: int) -> dict[str, Any]:

@@ -23,8 +23,8 @@ sample; ``drift_summary_of`` reads them back. The performance counts (``nightkee
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -33,8 +33,10 @@ from nightkeeper.encoding import FeatureCard
 from nightkeeper.frames import conform
 from nightkeeper.profile import category_counts, sorted_numeric_values
 from nightkeeper.sharding import ENTITY_COLUMN, entity_hash
+from nightkeeper.validation import ROW_KEY
 
 HASH_COLUMN = "entity_hash"
+CHUNK_ROWS = 500_000  # rows summarised at once: bounds the sorts' working memory whatever the night's size
 # A DriftSummary as a table (``drift_summary_table``), one row per count: ``part`` says what is counted. "rows",
 # "domain_rows" and "scored" (1 or 0) hold the summary's scalars in ``count``; "number" rows a feature's value and
 # its count, "category" rows a feature's level index (the last is "other") and its count, "score" rows a score and
@@ -118,27 +120,76 @@ def summarise_drift(
     id_column: str = ENTITY_COLUMN,
 ) -> DriftSummary:
     """Summarise tonight's rows ``current`` (typed as the validated frame) and their ``scores`` (one per row, NaN =
-    unscored; None = not scored tonight). The domain sample keeps ``domain_rows`` rows (0: none, and then
+    unscored; None = not scored tonight), CHUNK_ROWS rows at a time (``summarise_drift_chunks``: the same summary
+    whatever the chunks, in bounded working memory). The domain sample keeps ``domain_rows`` rows (0: none, and then
     ``id_column`` need not exist). Raises ValueError when a feature column or, with ``domain_rows`` > 0, the id
     column is missing, or when the scores are not one per row."""
+    if scores is not None and np.shape(scores) != (current.height,):
+        raise ValueError(f"current_scores must be one per row ({current.height}), got shape {np.shape(scores)}")
+    starts = range(0, max(current.height, 1), CHUNK_ROWS)
+    return summarise_drift_chunks(
+        (current.slice(start, CHUNK_ROWS) for start in starts),
+        None if scores is None else (scores[start : start + CHUNK_ROWS] for start in starts),
+        features,
+        domain_rows,
+        id_column,
+    )
+
+
+def summarise_drift_chunks(
+    rows: Iterable[pl.DataFrame],
+    scores: Iterable[np.ndarray] | None,
+    features: list[FeatureCard],
+    domain_rows: int,
+    id_column: str = ENTITY_COLUMN,
+) -> DriftSummary:
+    """The summary of the union of the ``rows`` chunks (at least one; frames as ``summarise_drift`` takes them) and
+    of the ``scores`` chunks (the rows' scores, NaN = unscored, in any chunks and order: their counts are all the
+    summary keeps of them; None = not scored tonight). Each chunk is summarised in turn and merged into a running
+    summary, so working memory is one chunk's plus the summary's; the result is the same for any split of the rows
+    into chunks in any order (counts add; the domain sample's ties on hash and id are broken by the row key
+    ``ROW_KEY`` when the frames hold it, else by the rows' order). Raises ValueError as ``summarise_drift`` does."""
+    running: DriftSummary | None = None
+    for frame in rows:
+        part = _summarise_rows(frame, features, domain_rows, id_column)
+        running = part if running is None else merge_drift_summaries([running, part])
+    if running is None:
+        raise ValueError("summarise_drift_chunks needs at least one chunk of rows")
+    counted = None
+    if scores is not None:
+        counted = ValueCounts.of(np.array([], dtype=np.float64))
+        for chunk in scores:
+            counted = ValueCounts.merge([counted, ValueCounts.of(chunk)])
+    return replace(running, scores=counted, domain_sample=running.domain_sample.drop(ROW_KEY, strict=False))
+
+
+def _summarise_rows(
+    current: pl.DataFrame, features: list[FeatureCard], domain_rows: int, id_column: str
+) -> DriftSummary:
+    """``summarise_drift`` of one chunk of rows, without scores; its domain sample keeps the ROW_KEY columns the
+    frame holds (tie-breakers for the merges)."""
     missing = [f.name for f in features if f.name not in current.columns]
     if missing:
         raise ValueError(f"tonight's frame lacks feature column(s) {missing}; it has {current.columns}")
-    if scores is not None and np.shape(scores) != (current.height,):
-        raise ValueError(f"current_scores must be one per row ({current.height}), got shape {np.shape(scores)}")
     numeric = [f.name for f in features if f.dtype != "category"]
     sorted_values = sorted_numeric_values(current, numeric)
     return DriftSummary(
         rows=current.height,
-        numbers={name: ValueCounts.of_sorted(sorted_values[name]) for name in numeric},
+        numbers={name: ValueCounts.of_sorted(sorted_values.pop(name)) for name in numeric},
         categories={
             name: counts.astype(np.int64)
             for name, counts in category_counts(current, [f for f in features if f.dtype == "category"]).items()
         },
-        scores=None if scores is None else ValueCounts.of(scores),
+        scores=None,
         domain_rows=domain_rows,
-        domain_sample=_smallest_hashes(current, features, domain_rows, id_column),
+        domain_sample=_owning(_smallest_hashes(current, features, domain_rows, id_column)),
     )
+
+
+def _owning(frame: pl.DataFrame) -> pl.DataFrame:
+    """A copy of ``frame`` that owns its data: the strings of rows filtered from a chunk still point into the whole
+    chunk's buffers, so a running sample would keep every chunk of the night alive."""
+    return pl.DataFrame(pl.from_arrow(frame.to_arrow(compat_level=pl.CompatLevel.oldest())))
 
 
 def merge_drift_summaries(parts: Sequence[DriftSummary]) -> DriftSummary:
@@ -245,9 +296,15 @@ def _smallest_hashes(frame: pl.DataFrame, features: list[FeatureCard], rows: int
     if hashes.len() > rows:
         keep = hashes <= np.partition(hashes.to_numpy(), rows - 1)[rows - 1]
         frame, hashes = frame.filter(keep), hashes.filter(keep)
-    keyed = frame.select(pl.col(id_column).cast(pl.String).alias(ENTITY_COLUMN), hashes.alias(HASH_COLUMN), *columns)
+    keys = [key for key in ROW_KEY if key in frame.columns and key not in columns]
+    keyed = frame.select(
+        pl.col(id_column).cast(pl.String).alias(ENTITY_COLUMN), hashes.alias(HASH_COLUMN), *columns, *keys
+    )
     return _first_by_hash(keyed, rows)
 
 
 def _first_by_hash(sample: pl.DataFrame, rows: int) -> pl.DataFrame:
-    return sample.sort(HASH_COLUMN, ENTITY_COLUMN, maintain_order=True, nulls_last=True).head(rows)
+    """The ``rows`` rows of smallest hash, ascending; ties by id, then by the ROW_KEY columns the sample holds (a
+    chunk's running sample), then by their order."""
+    keys = [key for key in ROW_KEY if key in sample.columns]
+    return sample.sort(HASH_COLUMN, ENTITY_COLUMN, *keys, maintain_order=True, nulls_last=True).head(rows)

@@ -17,17 +17,18 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from nightkeeper import registry
+from nightkeeper import summaries as drift_summaries
 from nightkeeper.artifacts import save_artifact
 from nightkeeper.config import ProjectConfig, parse_config
 from nightkeeper.examples.simulator import Scenario, simulate_history, simulate_night
 from nightkeeper.ingest import read_raw_batch
-from nightkeeper.pipeline.monitoring import drift_night, drift_shards_night, drift_summary_of_shard
+from nightkeeper.pipeline.monitoring import drift_night, drift_shards_night, drift_stored_night, drift_summary_of_shard
 from nightkeeper.pipeline.nightly import answer_night, score_night, shadow_night, validate_night
 from nightkeeper.pipeline.shard import ShardAnswers, answer_shard, serving_of
 from nightkeeper.sharding import shard_of
 from nightkeeper.training import TrainedModel, train_model
 from nightkeeper.validation import ROW_KEY
-from nightkeeper.warehouse import connect
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, connect, store_partition
 
 NIGHT = dt.date(2024, 5, 1)
 ROWS = 2_000
@@ -106,6 +107,37 @@ def test_the_night_has_every_kind_of_answer_and_each_shard_holds_only_its_ids(
     for shard, answers in enumerate(shards):
         ids = answers.outcomes["entity_id"].drop_nulls()
         assert ids.len() > 0 and (shard_of(ids, SHARDS) == shard).all()
+
+
+@pytest.mark.parametrize(
+    ("chunk_rows", "scored_rows"),
+    [
+        (drift_summaries.CHUNK_ROWS, "all, in another order"),
+        (300, "all, in another order"),  # a night of several chunks
+        (300, "all but some"),  # scores paired with their rows by the row key
+    ],
+)
+def test_the_drift_step_on_the_stored_night_equals_the_drift_step_on_its_frames(
+    config: ProjectConfig,
+    warehouse: duckdb.DuckDBPyConnection,
+    whole: dict[str, Any],
+    chunk_rows: int,
+    scored_rows: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(drift_summaries, "CHUNK_ROWS", chunk_rows)
+    scored = whole["scored_batch"].reverse() if scored_rows.startswith("all,") else whole["scored_batch"].slice(150)
+    store_partition(warehouse, NIGHTLY_SCHEMA, "validated_batch", NIGHT, whole["validated_batch"].reverse())
+    store_partition(warehouse, NIGHTLY_SCHEMA, "scored_batch", NIGHT, scored)
+    frames = drift_night(config, warehouse, NIGHT, whole["validated_batch"], scored, plots=False)
+
+    stored = drift_stored_night(config, warehouse, NIGHT, plots=False)
+
+    assert_frame_equal(stored.tables["drift_metrics"], frames.tables["drift_metrics"])
+    assert stored.metadata["rows"] == whole["validated_batch"].height
+    assert stored.metadata["multivariate_auc"] == frames.metadata["multivariate_auc"] is not None
+    assert stored.metadata["prediction_psi"] == frames.metadata["prediction_psi"] is not None
+    assert {k: c.passed for k, c in stored.checks.items()} == {k: c.passed for k, c in frames.checks.items()}
 
 
 def test_the_drift_step_on_the_shards_summaries_equals_the_whole_nights(

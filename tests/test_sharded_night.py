@@ -35,7 +35,7 @@ from nightkeeper.performance import (
     scored_with_labels,
 )
 from nightkeeper.scoring import score_batch
-from nightkeeper.sharding import split_by_shard
+from nightkeeper.sharding import entity_hash, split_by_shard
 from nightkeeper.summaries import (
     DRIFT_COUNTS_SCHEMA,
     DriftSummary,
@@ -43,6 +43,7 @@ from nightkeeper.summaries import (
     drift_summary_table,
     merge_drift_summaries,
     summarise_drift,
+    summarise_drift_chunks,
 )
 from nightkeeper.training import TrainedModel
 from nightkeeper.validation import validate
@@ -141,6 +142,37 @@ def test_merged_shard_summaries_are_the_whole_nights_summary(
     assert merged.scores is not None and whole.scores is not None
     assert np.array_equal(merged.scores.expanded(), whole.scores.expanded())
     assert merged.domain_sample.equals(whole.domain_sample)
+
+
+def test_a_night_summarised_in_chunks_in_any_order_is_the_whole_nights_summary(
+    nights: list[tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]], core_trained: TrainedModel
+) -> None:
+    rows = nights[1][0]  # the bad-data night: missing values and quarantined rows
+    # one id repeated on many rows, among them the one with the smallest hash: the domain sample's ties
+    first_id = rows["entity_id"][int(entity_hash(rows["entity_id"]).arg_min())]
+    rows = rows.with_columns(
+        pl.when(pl.col("row_number") % 5 == 0).then(pl.lit(first_id)).otherwise(pl.col("entity_id")).alias("entity_id")
+    )
+    whole = summarise_drift(rows, rows["score"].fill_null(float("nan")).to_numpy(), core_trained.card.features, 300)
+    shuffled = rows.sample(fraction=1.0, shuffle=True, seed=3)
+    chunks = [shuffled.slice(start, 700) for start in range(0, shuffled.height, 700)][::-1]
+
+    chunked = summarise_drift_chunks(
+        chunks,
+        (chunk["score"].fill_null(float("nan")).to_numpy() for chunk in chunks[::-1]),
+        core_trained.card.features,
+        300,
+    )
+
+    assert chunked.rows == whole.rows
+    for name, counts in whole.numbers.items():
+        assert np.array_equal(chunked.numbers[name].values, counts.values), name
+        assert np.array_equal(chunked.numbers[name].counts, counts.counts), name
+    assert all(np.array_equal(chunked.categories[name], c) for name, c in whole.categories.items())
+    assert chunked.scores is not None and whole.scores is not None
+    assert np.array_equal(chunked.scores.expanded(), whole.scores.expanded())
+    assert (whole.domain_sample["entity_id"] == first_id).sum() > 1
+    assert chunked.domain_sample.equals(whole.domain_sample)
 
 
 def test_an_empty_shard_adds_nothing(

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import polars as pl
 
 from nightkeeper import (
@@ -40,7 +42,7 @@ from nightkeeper.review.queue import build_review_queue
 from nightkeeper.review.storage import store_queue
 from nightkeeper.serving import serving_model
 from nightkeeper.validation import ROW_KEY
-from nightkeeper.warehouse import NIGHTLY_SCHEMA
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, PARTITION_COLUMN
 
 REPORTS_FOLDER = "reports"  # under the project root: plots and HTML reports people open
 REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
@@ -305,6 +307,58 @@ def drift_night(
     return drift_shards_night(config, connection, night, [summary] if summary else [], plots=plots)
 
 
+def drift_stored_night(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, *, plots: bool = True
+) -> StepResult:
+    """``drift_night`` of the night's validated rows and champion scores as the warehouse stores them
+    (``nightly.validated_batch`` and ``nightly.scored_batch``, partition ``night``), read
+    ``summaries.CHUNK_ROWS`` rows at a time: the night is never held whole, so the step's memory is a chunk's and
+    the summary's whatever the night's size. Same tables, metrics and checks as ``drift_night`` on the same rows.
+
+    ``scored_batch`` holds one row per validated row (``score_night``), so the night's scores are read on their
+    own, without pairing each with its row (only their counts enter the summary); when the two partitions do not
+    hold as many rows, the scores are those of the scored rows that pair with a validated row, as in ``drift_night``.
+    """
+    reference = drift.serving_reference(connection, night, config.monitoring.drift.thresholds)
+    if reference is None:
+        return drift_shards_night(config, connection, night, [], plots=plots)
+    rows_query = f"select * from {NIGHTLY_SCHEMA}.validated_batch where {PARTITION_COLUMN} = $night"
+    scores_query = f"select score from {NIGHTLY_SCHEMA}.scored_batch where {PARTITION_COLUMN} = $night"
+    counts = [_one(connection, f"select count(*) from ({query})", night) for query in (rows_query, scores_query)]
+    if counts[0] != counts[1]:  # not one score per row: pair them on the row key
+        on = " and ".join(f"v.{key} = s.{key}" for key in ROW_KEY)
+        scores_query = (
+            f"select s.score from ({rows_query}) v join ({scores_query.replace('select score', 'select *')}) s on {on}"
+        )
+    summary = summaries.summarise_drift_chunks(
+        _stored_chunks(connection, rows_query, night),
+        (
+            frame["score"].fill_null(float("nan")).to_numpy()
+            for frame in _stored_chunks(connection, scores_query, night)
+        ),
+        reference.features,
+        config.monitoring.drift.domain_classifier_rows,
+    )
+    return drift_shards_night(config, connection, night, [summary], plots=plots)
+
+
+def _one(connection: duckdb.DuckDBPyConnection, query: str, night: dt.date) -> int:
+    row = connection.execute(query, {"night": night}).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _stored_chunks(connection: duckdb.DuckDBPyConnection, query: str, night: dt.date) -> Iterator[pl.DataFrame]:
+    """The rows of ``query`` (parameter ``$night``) streamed from the warehouse, ``summaries.CHUNK_ROWS`` rows a
+    chunk; at least one chunk (empty when there is no row). The query runs when the first chunk is asked for."""
+    reader = connection.execute(query, {"night": night}).to_arrow_reader(summaries.CHUNK_ROWS)
+    chunks = 0
+    for batch in reader:
+        chunks += 1
+        yield pl.DataFrame(pl.from_arrow(batch))
+    if not chunks:
+        yield pl.DataFrame(pl.from_arrow(reader.schema.empty_table()))
+
+
 def drift_summary_of_shard(
     config: ProjectConfig,
     connection: duckdb.DuckDBPyConnection,
@@ -326,9 +380,29 @@ def summarise_shard_drift(
 ) -> summaries.DriftSummary:
     """``drift_summary_of_shard`` against a ``reference`` already read (a shard that must not hold the warehouse
     while it computes reads it first)."""
-    rows = validated_batch.sort(ROW_KEY).join(scored_batch.select(*ROW_KEY, "score"), on=ROW_KEY, how="left")
-    scores = rows["score"].fill_null(float("nan")).to_numpy()
-    return summaries.summarise_drift(rows, scores, reference.features, config.monitoring.drift.domain_classifier_rows)
+    return summaries.summarise_drift(
+        validated_batch,
+        _scores_of_rows(validated_batch, scored_batch),
+        reference.features,
+        config.monitoring.drift.domain_classifier_rows,
+    )
+
+
+def _scores_of_rows(validated_batch: pl.DataFrame, scored_batch: pl.DataFrame) -> np.ndarray:
+    """The champion's score of each validated row, in the rows' order (NaN = unscored). The scored rows usually come
+    in the validated rows' order (the pipeline scores them in it and the warehouse keeps it): then no join is needed
+    (a join on the row key costs more memory than the night's validated frame)."""
+    aligned = validated_batch.height == scored_batch.height and all(
+        validated_batch[key].equals(scored_batch[key]) for key in ROW_KEY
+    )
+    if aligned:
+        scores = scored_batch["score"]
+    else:
+        keys = validated_batch.select(ROW_KEY)
+        scores = keys.join(scored_batch.select(*ROW_KEY, "score"), on=ROW_KEY, how="left", maintain_order="left")[
+            "score"
+        ]
+    return scores.fill_null(float("nan")).to_numpy()
 
 
 def drift_shards_night(
