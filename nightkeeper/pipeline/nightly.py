@@ -478,7 +478,7 @@ def explain_stored_night(
     ``outcomes`` needs only ``EXPLAINED_OUTCOME_COLUMNS``."""
     answered = outcomes.filter(pl.col("source").is_in(["model", "canary"]))
     due = [frame.select(ROW_KEY) for _, frame in due_for_reasons(config, connection, answered, {})]
-    keys = pl.concat(due) if due else pl.DataFrame(schema={"source_file": pl.String(), "row_number": pl.Int64()})
+    keys = pl.concat(due) if due else answered.select(ROW_KEY).clear()
     rows = read_rows(connection, NIGHTLY_SCHEMA, "validated_batch", night, keys)
     return explain_night(config, connection, night, rows, outcomes)
 
