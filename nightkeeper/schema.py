@@ -227,6 +227,11 @@ def rollback_open(connection: duckdb.DuckDBPyConnection) -> None:
             raise
 
 
+def _missing(connection: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> list[Migration]:
+    applied = applied_versions(connection)
+    return [migration for migration in migrations if migration.version not in applied]
+
+
 def applied_versions(connection: duckdb.DuckDBPyConnection) -> set[int]:
     """The migration versions recorded in ``schema_migrations``; empty when the table does not exist yet."""
     try:
@@ -244,14 +249,16 @@ def migrate(connection: duckdb.DuckDBPyConnection, migrations: Sequence[Migratio
     are written in one transaction: on an error nothing of them is kept and the error is raised. The caller must not
     hold an open transaction. On a DuckLake the statements go through ``for_lake``; a writer migrating the same
     lake at the same moment makes this one's commit fail with a conflict, which ``warehouse.connect`` retries.
+    What is missing is decided again inside the transaction, on its own snapshot: a writer that committed the same
+    migrations between the first look and ``begin`` is seen there (a lake has no primary key to refuse its version
+    twice; without the second look, four processes opening a new lake under load recorded version 1 three times).
     """
-    applied = applied_versions(connection)
-    missing = [migration for migration in migrations if migration.version not in applied]
-    if not missing:
+    if not _missing(connection, migrations):
         return []
     adapt = for_lake if is_lake(connection) else str
     connection.begin()
     try:
+        missing = _missing(connection, migrations)
         connection.execute(
             adapt(
                 f"create table if not exists {MIGRATIONS_TABLE} "
