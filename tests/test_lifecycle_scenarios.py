@@ -184,6 +184,8 @@ def test_deliberately_worse_candidate_is_rejected_at_the_gate_and_never_shadows(
     assert project.query("select count(*) as n from registry.model_aliases where alias = 'challenger'")["n"][0] == 0
 
 
+@pytest.mark.slow  # Dagster nights of a canary (~20 s). In the default suite: test_lifecycle_core (each broken
+# health rule rolls back), test_pipeline_nightly (a challenger failing every row is rolled back)
 def test_challenger_failing_in_canary_is_rolled_back_within_one_night_and_alerts(tmp_path):
     project = lifecycle_project(tmp_path)
     champion = champion_of(project)

@@ -45,6 +45,7 @@ def test_thirty_stable_nights_raise_no_alert(tmp_path):
     assert alerts_table(project).height == 0
 
 
+@pytest.mark.slow  # Dagster nights (~14 s). In the default suite: test_drift_alerts (the drift rules on stored metrics)
 def test_sudden_shift_alerts_on_its_first_night(tmp_path):
     project = quiet_project(tmp_path)
     onset = 1  # one clean night before: the rules alert on a single night, more clean nights add no evidence

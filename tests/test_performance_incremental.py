@@ -30,6 +30,10 @@ FIRST_NIGHT = dt.date(2026, 3, 1)
 NIGHTS = 12
 ROWS = 400
 LABEL_DELAY = 3
+
+# twelve nights, each checked against a full recomputation (~25 s on 2 quiet cores); in the default suite the
+# performance step's rules are tested one by one in test_performance
+pytestmark = pytest.mark.slow
 CANARY_FROM = 5  # nights from this index on route a third of their rows to a second model
 CANARY_SHARE = 0.35
 
