@@ -126,6 +126,18 @@ def test_drift_of_merged_shard_summaries_equals_the_whole_nights_drift(
     assert whole.drifted_features()  # the night moved: the figures compared are not all zero
 
 
+def assert_same_summary(summary: DriftSummary, whole: DriftSummary) -> None:
+    """``summary`` holds exactly ``whole``'s counts, categories, scores and domain sample."""
+    assert summary.rows == whole.rows
+    for name, counts in whole.numbers.items():
+        assert np.array_equal(summary.numbers[name].values, counts.values), name
+        assert np.array_equal(summary.numbers[name].counts, counts.counts), name
+    assert all(np.array_equal(summary.categories[name], c) for name, c in whole.categories.items())
+    assert summary.scores is not None and whole.scores is not None
+    assert np.array_equal(summary.scores.expanded(), whole.scores.expanded())
+    assert summary.domain_sample.equals(whole.domain_sample)
+
+
 def test_merged_shard_summaries_are_the_whole_nights_summary(
     nights: list[tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]], core_trained: TrainedModel
 ) -> None:
@@ -134,14 +146,7 @@ def test_merged_shard_summaries_are_the_whole_nights_summary(
 
     merged = merge_drift_summaries([drift_summary(part, core_trained) for part in split_by_shard(rows, 4)])
 
-    assert merged.rows == whole.rows
-    for name, counts in whole.numbers.items():
-        assert np.array_equal(merged.numbers[name].values, counts.values), name
-        assert np.array_equal(merged.numbers[name].counts, counts.counts), name
-    assert all(np.array_equal(merged.categories[name], c) for name, c in whole.categories.items())
-    assert merged.scores is not None and whole.scores is not None
-    assert np.array_equal(merged.scores.expanded(), whole.scores.expanded())
-    assert merged.domain_sample.equals(whole.domain_sample)
+    assert_same_summary(merged, whole)
 
 
 def test_a_night_summarised_in_chunks_in_any_order_is_the_whole_nights_summary(
@@ -164,15 +169,8 @@ def test_a_night_summarised_in_chunks_in_any_order_is_the_whole_nights_summary(
         300,
     )
 
-    assert chunked.rows == whole.rows
-    for name, counts in whole.numbers.items():
-        assert np.array_equal(chunked.numbers[name].values, counts.values), name
-        assert np.array_equal(chunked.numbers[name].counts, counts.counts), name
-    assert all(np.array_equal(chunked.categories[name], c) for name, c in whole.categories.items())
-    assert chunked.scores is not None and whole.scores is not None
-    assert np.array_equal(chunked.scores.expanded(), whole.scores.expanded())
     assert (whole.domain_sample["entity_id"] == first_id).sum() > 1
-    assert chunked.domain_sample.equals(whole.domain_sample)
+    assert_same_summary(chunked, whole)
 
 
 def test_an_empty_shard_adds_nothing(
