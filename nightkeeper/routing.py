@@ -69,4 +69,6 @@ def buckets(entity_ids: pl.Series) -> pl.Series:
 
 def in_canary(entity_ids: pl.Series, percent: int) -> pl.Series:
     """True for the ids whose bucket is below ``percent`` (0 → none, 100 → all)."""
+    if percent <= 0:  # no bucket is below 0: a challenger in shadow serves nobody, and no id needs hashing
+        return pl.repeat(False, entity_ids.len(), dtype=pl.Boolean, eager=True).alias("in_canary")
     return (buckets(entity_ids) < percent).alias("in_canary")
