@@ -134,7 +134,7 @@ def _formatted_values(features: list[FeatureCard], columns: np.ndarray, values: 
     shown = np.empty(len(values), dtype=object)
     for column in np.unique(columns).tolist():
         at = np.flatnonzero(columns == column)
-        distinct, first, inverse = np.unique(values[at].view(np.int64), return_index=True, return_inverse=True)
+        _, first, inverse = np.unique(values[at].view(np.int64), return_index=True, return_inverse=True)
         texts = [format_value(features[column], value) for value in values[at][first].tolist()]
         shown[at] = np.array(texts, dtype=object)[inverse]
     return shown.tolist()

@@ -164,6 +164,27 @@ def _comparable(frame: pl.DataFrame) -> pl.DataFrame:
     return kept.sort([name for name, dtype in kept.schema.items() if not isinstance(dtype, pl.List)], nulls_last=True)
 
 
+def test_the_stored_nights_reasons_are_the_dagster_runs_and_a_lost_model_leaves_its_answers_unexplained(tmp_path):
+    project = make_project(tmp_path / "project")
+    champion = bootstrap_example_champion(project)
+    project.land_night(NIGHT, rows=600)
+    assert project.run_night(NIGHT).success
+    config, outcomes, stored = project.config, project.table("outcomes", NIGHT), project.table("reason_codes", NIGHT)
+    assert stored.height > 0
+
+    with warehouse.connect(config.warehouse_path) as connection:
+        explained = nightly.explain_stored_night(config, connection, NIGHT, outcomes)
+        champion.model_path.unlink()
+        lost = nightly.explain_stored_night(config, connection, NIGHT, outcomes)
+
+    assert _comparable(explained.tables["reason_codes"]).equals(_comparable(stored))
+    assert lost.tables["reason_codes"].height == 0
+    assert list(lost.metadata["unexplained_versions"]) == [champion.version]
+    assert (
+        lost.metadata["answers"] == explained.metadata["answers"] == outcomes.filter(pl.col("source") == "model").height
+    )
+
+
 def test_a_challenger_on_an_unregistered_version_fails_every_row_and_is_rolled_back(tmp_path):
     project = make_project(tmp_path / "project")
     bootstrap_example_champion(project)

@@ -34,6 +34,7 @@ from nightkeeper.performance import estimate_performance
 from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.reasons import REASON_CODES_SCHEMA, reason_codes
+from nightkeeper.registry import ModelRecord
 from nightkeeper.routing import in_canary
 from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored
 from nightkeeper.serving import ServingModel, serving_decision, serving_model
@@ -245,10 +246,7 @@ def challenger_scores(config: ProjectConfig, challenger: ServingModel, validated
         frame = result.frame
     except ModelUnavailable as exc:
         frame = unscored(validated, challenger.version, str(exc))
-    percent = lifecycle.canary_percent(challenger.stage)
-    if percent == 0:  # in shadow it serves nobody: no id needs hashing
-        return frame.with_columns(pl.repeat(False, frame.height, dtype=pl.Boolean).alias("in_canary"))
-    return frame.with_columns(in_canary(frame["entity_id"], percent))
+    return frame.with_columns(in_canary(frame["entity_id"], lifecycle.canary_percent(challenger.stage)))
 
 
 def shadow_night(
@@ -436,22 +434,69 @@ def explain_night(
     within ``review.band`` of the threshold), each judged and explained (exact TreeSHAP, top
     ``model.reason_code_count``) with the model version that answered it. A version whose model cannot be loaded
     any more is left unexplained and named in metadata ``unexplained_versions``; its answers stand.
-    ``validated_batch`` needs to hold (at least) the due rows; ``outcomes`` at least ``EXPLAINED_OUTCOME_COLUMNS``.
+    ``outcomes`` needs at least ``EXPLAINED_OUTCOME_COLUMNS``.
     """
     started = time.perf_counter()
+    due = due_for_reasons(config, connection, outcomes)
+    return _explained(config, due, validated_batch, started)
+
+
+def explain_stored_night(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, outcomes: pl.DataFrame
+) -> StepResult:
+    """``explain_night`` on the night's stored ``validated_batch``, of which DuckDB reads only the rows due for
+    reasons (on a scoped night ~13 %), so the step never loads the rest of the night's rows into memory."""
+    started = time.perf_counter()
+    due = due_for_reasons(config, connection, outcomes)
+    keys = pl.concat([rows.select(ROW_KEY) for _, rows in due.by_version] or [outcomes.select(ROW_KEY).clear()])
+    return _explained(config, due, read_rows(connection, NIGHTLY_SCHEMA, "validated_batch", night, keys), started)
+
+
+@dataclass(frozen=True)
+class DueForReasons:
+    """The night's answers due for reasons: per model version the registry knows (in version order), its record and
+    its due answers (``KEY_COLUMNS``, source, model_version); ``answers``, the model and canary answers judged;
+    ``unknown``, the versions the registry does not know (version -> why)."""
+
+    by_version: list[tuple[ModelRecord, pl.DataFrame]]
+    answers: int
+    unknown: dict[str, str]
+
+
+def due_for_reasons(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, outcomes: pl.DataFrame
+) -> DueForReasons:
+    """Which of the night's model and canary ``outcomes`` are due for reasons, per the version that answered them."""
     answered = outcomes.filter(pl.col("source").is_in(["model", "canary"]))
-    parts: list[pl.DataFrame] = []
-    unexplained: dict[str, str] = {}
-    for version, due in due_for_reasons(config, connection, answered, unexplained):
+    by_version, unknown = [], {}
+    for (version,) in answered.select("model_version").unique().sort("model_version").iter_rows():
         try:
             record = registry.get_version(connection, version)
-            booster = load_verified(record)
-        except (KeyError, ModelUnavailable) as exc:
-            unexplained[version] = str(exc)
+        except KeyError as exc:
+            unknown[version] = str(exc)
             continue
-        rows = due.select(ROW_KEY).join(validated_batch, on=ROW_KEY, how="left", maintain_order="left")
+        due = answered.filter(
+            (pl.col("model_version") == version)
+            & needs_reasons(record.card.decision, config.model.reason_codes, config.review.band)
+        ).select(*KEY_COLUMNS, "source", "model_version")
+        if due.height:
+            by_version.append((record, due))
+    return DueForReasons(by_version, answered.height, unknown)
+
+
+def _explained(config: ProjectConfig, due: DueForReasons, validated_batch: pl.DataFrame, started: float) -> StepResult:
+    """The ``reason_codes`` step's result for ``due``, explained from ``validated_batch`` (at least the due rows)."""
+    parts: list[pl.DataFrame] = []
+    unexplained = dict(due.unknown)
+    for record, rows_due in due.by_version:
+        try:
+            booster = load_verified(record)
+        except ModelUnavailable as exc:
+            unexplained[record.version] = str(exc)
+            continue
+        rows = rows_due.select(ROW_KEY).join(validated_batch, on=ROW_KEY, how="left", maintain_order="left")
         reasons = reason_codes(rows, booster, record.card.features, top_k=config.model.reason_code_count)
-        parts.append(pl.concat([due, reasons.select("reason_codes", "reason_text")], how="horizontal"))
+        parts.append(pl.concat([rows_due, reasons.select("reason_codes", "reason_text")], how="horizontal"))
     frame = (
         conform(pl.concat(parts), REASON_CODES_SCHEMA).sort(ROW_KEY)
         if parts
@@ -461,51 +506,13 @@ def explain_night(
         tables={"reason_codes": frame},
         metadata={
             "rows": frame.height,
-            "answers": answered.height,
+            "answers": due.answers,
             "by_version": {str(k): int(v) for k, v in frame.group_by("model_version").len().iter_rows()},
-            "unexplained_versions": unexplained,
+            "unexplained_versions": dict(sorted(unexplained.items())),
             "seconds": time.perf_counter() - started,
             "preview": frame.drop("reason_codes").head(PREVIEW_ROWS),
         },
     )
-
-
-def explain_stored_night(
-    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, outcomes: pl.DataFrame
-) -> StepResult:
-    """``explain_night`` on the night's stored ``validated_batch``, of which DuckDB reads only the rows due for
-    reasons (on a scoped night ~13 %), so the step never loads the rest of the night's rows into memory.
-    ``outcomes`` needs only ``EXPLAINED_OUTCOME_COLUMNS``."""
-    answered = outcomes.filter(pl.col("source").is_in(["model", "canary"]))
-    due = [frame.select(ROW_KEY) for _, frame in due_for_reasons(config, connection, answered, {})]
-    keys = pl.concat(due) if due else answered.select(ROW_KEY).clear()
-    rows = read_rows(connection, NIGHTLY_SCHEMA, "validated_batch", night, keys)
-    return explain_night(config, connection, night, rows, outcomes)
-
-
-def due_for_reasons(
-    config: ProjectConfig,
-    connection: duckdb.DuckDBPyConnection,
-    answered: pl.DataFrame,
-    unexplained: dict[str, str],
-) -> list[tuple[str, pl.DataFrame]]:
-    """Per model version of the ``answered`` rows (model and canary outcomes), in version order, its answers due
-    for reasons (``KEY_COLUMNS``, source, model_version; none left out). A version the registry does not know is
-    recorded in ``unexplained`` (version -> why) and left out."""
-    due_by_version = []
-    for (version,) in answered.select("model_version").unique().sort("model_version").iter_rows():
-        try:
-            card = registry.get_version(connection, version).card
-        except KeyError as exc:
-            unexplained[version] = str(exc)
-            continue
-        due = answered.filter(
-            (pl.col("model_version") == version)
-            & needs_reasons(card.decision, config.model.reason_codes, config.review.band)
-        ).select(*KEY_COLUMNS, "source", "model_version")
-        if due.height:
-            due_by_version.append((version, due))
-    return due_by_version
 
 
 def outcomes_conserve_rows(connection: duckdb.DuckDBPyConnection) -> CheckOutcome:
