@@ -322,13 +322,14 @@ def drift_stored_night(
     reference = drift.serving_reference(connection, night, config.monitoring.drift.thresholds)
     if reference is None:
         return drift_shards_night(config, connection, night, [], plots=plots)
-    rows_query = f"select * from {NIGHTLY_SCHEMA}.validated_batch where {PARTITION_COLUMN} = $night"
-    scores_query = f"select score from {NIGHTLY_SCHEMA}.scored_batch where {PARTITION_COLUMN} = $night"
+    rows, scored = (f"{NIGHTLY_SCHEMA}.{table}" for table in ("validated_batch", "scored_batch"))
+    rows_query = f"select * from {rows} where {PARTITION_COLUMN} = $night"
+    scores_query = f"select score from {scored} where {PARTITION_COLUMN} = $night"
     counts = [_one(connection, f"select count(*) from ({query})", night) for query in (rows_query, scores_query)]
-    if counts[0] != counts[1]:  # not one score per row: pair them on the row key
-        on = " and ".join(f"v.{key} = s.{key}" for key in ROW_KEY)
+    if counts[0] != counts[1]:  # not one score per row: each row's score by the row key, as drift_night pairs them
         scores_query = (
-            f"select s.score from ({rows_query}) v join ({scores_query.replace('select score', 'select *')}) s on {on}"
+            f"select s.score from ({rows_query}) v left join (select * from {scored} where {PARTITION_COLUMN} = "
+            f"$night) s using ({', '.join(ROW_KEY)})"
         )
     summary = summaries.summarise_drift_chunks(
         _stored_chunks(connection, rows_query, night),
