@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+from proc_memory import SELF_STATUS, proc_mib, reset_peak
 
 REPO = Path(__file__).resolve().parent.parent
 NIGHT = "2026-01-01"
@@ -40,13 +41,6 @@ SEED = 7
 HISTORY_DAYS = 30
 HISTORY_ROWS_PER_DAY = 2000
 JITTERED = ("income", "monthly_expenses", "debt_to_income")  # the simulator's continuous amounts
-
-
-def _proc_mib(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {key}")
 
 
 def _prepare(workdir: Path, base_rows: int) -> None:
@@ -120,8 +114,9 @@ def _measure(workdir: Path, rows: int, stored: bool) -> None:
     night = dt.date.fromisoformat(NIGHT)
     frames = None if stored else _night_frames(workdir, rows)
     gc.collect()
-    held = _proc_mib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the inputs' load does not count
+    held = proc_mib(SELF_STATUS, "VmRSS")
+    if not reset_peak():  # the inputs' load must not count
+        raise RuntimeError("the kernel does not let this process reset its peak RSS (/proc/self/clear_refs)")
     with warehouse.connect(config.warehouse) as connection:
         started = time.perf_counter()
         if frames is None:
@@ -129,7 +124,7 @@ def _measure(workdir: Path, rows: int, stored: bool) -> None:
         else:
             result = drift_night(config, connection, night, *frames, plots=False)
         seconds = time.perf_counter() - started
-    peak = _proc_mib("VmHWM")
+    peak = proc_mib(SELF_STATUS, "VmHWM")
     print(
         json.dumps(
             {

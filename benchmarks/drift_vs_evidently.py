@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from proc_memory import SELF_STATUS, proc_mib, reset_peak
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,32 +64,14 @@ def scores_of(frame: pl.DataFrame) -> np.ndarray:
 
 def peak_rise(action: Callable[[], Any]) -> tuple[Any, float, float | None]:
     """Run ``action``; return its result, the seconds it took and the rise of peak RSS in MiB (None if unknown)."""
-    before = _rss_kib("VmRSS")
-    reset = _reset_peak()
+    before = proc_mib(SELF_STATUS, "VmRSS")
+    reset = reset_peak()
     started = time.perf_counter()
     result = action()
     seconds = time.perf_counter() - started
-    peak = _rss_kib("VmHWM")
-    rise = (peak - before) / 1024 if reset and peak is not None and before is not None else None
+    peak = proc_mib(SELF_STATUS, "VmHWM")
+    rise = peak - before if reset and peak is not None and before is not None else None
     return result, seconds, rise
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def main() -> None:

@@ -61,6 +61,8 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from proc_memory import MEMINFO, SELF_STATUS, proc_mib
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "nightkeeper.yaml"
 NIGHT = "2026-01-01"  # the config's schedule.start_date: the first partition of the nightly job
@@ -92,25 +94,14 @@ def ru_maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _proc_mib(path: str, key: str) -> float | None:
-    """The ``key:`` line of a /proc status file (KiB), in MiB; None where /proc is not available."""
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def mem_available_mib() -> float | None:
     """The machine's MemAvailable, in MiB; None where /proc is not available."""
-    return _proc_mib("/proc/meminfo", "MemAvailable")
+    return proc_mib(MEMINFO, "MemAvailable")
 
 
 def vm_hwm_mib() -> float | None:
     """Peak RSS of this address space (VmHWM), in MiB; None where /proc is not available."""
-    return _proc_mib("/proc/self/status", "VmHWM")
+    return proc_mib(SELF_STATUS, "VmHWM")
 
 
 class RssSampler:
