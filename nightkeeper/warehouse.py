@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 import polars as pl
@@ -238,6 +238,27 @@ def read_rows(
         ).pl()
     finally:
         connection.unregister(view)
+
+
+def count_rows(connection: duckdb.DuckDBPyConnection, query: str, parameters: dict[str, Any]) -> int:
+    """How many rows ``query`` (with its named ``parameters``) returns, counted by DuckDB."""
+    row = connection.execute(f"select count(*) from ({query})", parameters).fetchone()
+    return int(row[0]) if row else 0
+
+
+def read_chunks(
+    connection: duckdb.DuckDBPyConnection, query: str, parameters: dict[str, Any], chunk_rows: int
+) -> Iterator[pl.DataFrame]:
+    """The rows of ``query`` (with its named ``parameters``) streamed from the warehouse, ``chunk_rows`` rows a
+    chunk, so no more than a chunk is held at once; at least one chunk (empty when there is no row). The query runs
+    when the first chunk is asked for; read one stream at a time per connection."""
+    reader = connection.execute(query, parameters).to_arrow_reader(chunk_rows)
+    chunks = 0
+    for batch in reader:
+        chunks += 1
+        yield pl.DataFrame(pl.from_arrow(batch))
+    if not chunks:
+        yield pl.DataFrame(pl.from_arrow(reader.schema.empty_table()))
 
 
 def store_partition(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from nightkeeper.review.queue import build_review_queue
 from nightkeeper.review.storage import store_queue
 from nightkeeper.serving import serving_model
 from nightkeeper.validation import ROW_KEY
-from nightkeeper.warehouse import NIGHTLY_SCHEMA, PARTITION_COLUMN
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, PARTITION_COLUMN, count_rows, read_chunks
 
 REPORTS_FOLDER = "reports"  # under the project root: plots and HTML reports people open
 REALIZED_WINDOW_NIGHTS = 7  # realized AUC for alerting is pooled over this many labeled scoring nights
@@ -322,42 +321,25 @@ def drift_stored_night(
     reference = drift.serving_reference(connection, night, config.monitoring.drift.thresholds)
     if reference is None:
         return drift_shards_night(config, connection, night, [], plots=plots)
-    rows, scored = (f"{NIGHTLY_SCHEMA}.{table}" for table in ("validated_batch", "scored_batch"))
+    rows, scored, at_night = f"{NIGHTLY_SCHEMA}.validated_batch", f"{NIGHTLY_SCHEMA}.scored_batch", {"night": night}
     rows_query = f"select * from {rows} where {PARTITION_COLUMN} = $night"
     scores_query = f"select score from {scored} where {PARTITION_COLUMN} = $night"
-    counts = [_one(connection, f"select count(*) from ({query})", night) for query in (rows_query, scores_query)]
-    if counts[0] != counts[1]:  # not one score per row: each row's score by the row key, as drift_night pairs them
+    if count_rows(connection, rows_query, at_night) != count_rows(connection, scores_query, at_night):
+        # not one score per row: each row's score by the row key, as drift_night pairs them
         scores_query = (
             f"select s.score from ({rows_query}) v left join (select * from {scored} where {PARTITION_COLUMN} = "
             f"$night) s using ({', '.join(ROW_KEY)})"
         )
     summary = summaries.summarise_drift_chunks(
-        _stored_chunks(connection, rows_query, night),
+        read_chunks(connection, rows_query, at_night, summaries.CHUNK_ROWS),
         (
             frame["score"].fill_null(float("nan")).to_numpy()
-            for frame in _stored_chunks(connection, scores_query, night)
+            for frame in read_chunks(connection, scores_query, at_night, summaries.CHUNK_ROWS)
         ),
         reference.features,
         config.monitoring.drift.domain_classifier_rows,
     )
     return drift_shards_night(config, connection, night, [summary], plots=plots)
-
-
-def _one(connection: duckdb.DuckDBPyConnection, query: str, night: dt.date) -> int:
-    row = connection.execute(query, {"night": night}).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _stored_chunks(connection: duckdb.DuckDBPyConnection, query: str, night: dt.date) -> Iterator[pl.DataFrame]:
-    """The rows of ``query`` (parameter ``$night``) streamed from the warehouse, ``summaries.CHUNK_ROWS`` rows a
-    chunk; at least one chunk (empty when there is no row). The query runs when the first chunk is asked for."""
-    reader = connection.execute(query, {"night": night}).to_arrow_reader(summaries.CHUNK_ROWS)
-    chunks = 0
-    for batch in reader:
-        chunks += 1
-        yield pl.DataFrame(pl.from_arrow(batch))
-    if not chunks:
-        yield pl.DataFrame(pl.from_arrow(reader.schema.empty_table()))
 
 
 def drift_summary_of_shard(
