@@ -24,15 +24,20 @@ import math
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import polars as pl
-from evidently import DataDefinition, Dataset, Report
-from evidently.presets import DataDriftPreset
 
 from nightkeeper.drift import DriftResult
 from nightkeeper.encoding import FeatureCard
 from nightkeeper.profile import NumericProfile, ReferenceProfile
+
+if TYPE_CHECKING:
+    from evidently import Dataset
+
+# evidently (and pandas under it) is imported by the functions that use it, not here: importing it takes ~5 s, which
+# every process importing this module (Dagster step processes, test workers) would pay for a report that is optional
 
 WASSERSTEIN = "Wasserstein distance (normed)"
 JENSEN_SHANNON = "Jensen-Shannon distance"
@@ -74,6 +79,9 @@ def write_evidently_report(
         if reference_rows[f.name].null_count() < reference_rows.height
         and current_rows[f.name].null_count() < current_rows.height
     ]
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
     reference = _dataset(reference_rows, shown)
     tonight = _dataset(current_rows, shown)
     snapshot = Report([DataDriftPreset(columns=[f.name for f in shown])]).run(tonight, reference)
@@ -92,6 +100,9 @@ def evidently_drift_scores(
     ``feature``, ``method`` (evidently's display name of the statistic) and ``score``, one row per feature in card
     order. ``method`` None lets evidently choose per column as DataDriftPreset does; otherwise it names one of
     evidently's stat tests for every feature (e.g. "wasserstein" (numbers only), "jensenshannon", "psi")."""
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
     names = [f.name for f in features]
     snapshot = Report([DataDriftPreset(columns=names, method=method)]).run(
         _dataset(current, features), _dataset(reference, features)
@@ -149,12 +160,14 @@ def _bounded(frame: pl.DataFrame, rows: int, seed: int) -> pl.DataFrame:
 
 def _dataset(frame: pl.DataFrame, features: list[FeatureCard]) -> Dataset:
     """The feature columns as an evidently Dataset: numbers (bools as 0/1) as float, categories as strings."""
+    from evidently import DataDefinition, Dataset
+
     numeric = [f.name for f in features if f.dtype != "category"]
     categories = [f.name for f in features if f.dtype == "category"]
     selected = frame.select(
         *(pl.col(name).cast(pl.Float64) for name in numeric),
         *(pl.col(name).cast(pl.String) for name in categories),
     ).select(f.name for f in features)
-    data: pd.DataFrame = selected.to_pandas()
+    data = selected.to_pandas()
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categories)
     return Dataset.from_pandas(data, data_definition=definition)

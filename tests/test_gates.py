@@ -432,7 +432,7 @@ def test_a_candidate_identical_to_the_champion_never_fails_the_latency_rule(
 ):
     with warehouse.connect(tmp_path / "warehouse.duckdb") as connection:
         record = registry.register(connection, core_trained.card, save_artifact(core_trained, tmp_path / "models"))
-    for _ in range(5):
+    for _ in range(3):
         _, champion_seconds = _timed_scores(record, holdout)
         _, candidate_seconds = _timed_scores(record, holdout)
         result = judge(

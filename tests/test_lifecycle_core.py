@@ -3,8 +3,6 @@ night, and every change of role as a dated row of the alias log in a real DuckDB
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -374,16 +372,3 @@ def test_the_alias_log_survives_reopening_the_warehouse(project, versions):
 
     assert log.select("alias", "version", "stage").rows() == [("challenger", versions[1], "shadow")]
     assert log.schema["effective_from"] == pl.Date
-
-
-def test_the_lifecycle_core_imports_without_dagster():
-    code = (
-        "import sys\n"
-        "import nightkeeper.behaviour, nightkeeper.gates, nightkeeper.lifecycle, nightkeeper.models\n"
-        "import nightkeeper.registry\n"
-        "import nightkeeper.routing, nightkeeper.training_data\n"
-        "assert not [m for m in sys.modules if m.split('.')[0] == 'dagster'], 'dagster was imported'\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-
-    assert done.returncode == 0, done.stderr

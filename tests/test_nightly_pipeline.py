@@ -225,6 +225,9 @@ def test_missing_model_artifact_degrades_every_row_to_the_fallback(project):
     _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "is missing")
 
 
+# slow: the core's refusal is tested in test_training_and_registry, and the night's degrading to the fallback when
+# the model does not load is test_missing_model_artifact_degrades_every_row_to_the_fallback
+@pytest.mark.slow
 def test_tampered_model_artifact_fails_its_checksum_and_degrades_to_the_fallback(project):
     project.land_night(NIGHT)
     champion = champion_of(project)
@@ -234,6 +237,9 @@ def test_tampered_model_artifact_fails_its_checksum_and_degrades_to_the_fallback
     _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "checksum mismatch")
 
 
+# slow: the core's refusal is tested in test_training_and_registry, and the night's degrading to the fallback when
+# the model does not load is test_missing_model_artifact_degrades_every_row_to_the_fallback
+@pytest.mark.slow
 def test_corrupt_model_artifact_that_matches_its_checksum_degrades_to_the_fallback(project):
     project.land_night(NIGHT)
     champion = champion_of(project)

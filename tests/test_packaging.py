@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,48 @@ def test_install_claims_only_the_nightkeeper_import_name():
 
     assert {name.split(".")[0] for name in packages} == {"nightkeeper"}
     assert {"nightkeeper.examples", "nightkeeper.testing"} <= set(packages)
+
+
+_IMPORT_EVERYTHING = """
+import importlib, json, pkgutil, sys
+import nightkeeper
+core = sorted(m.name for m in pkgutil.walk_packages(nightkeeper.__path__, "nightkeeper."))
+for name in core:
+    importlib.import_module(name)
+dagster_after_core = sorted(m for m in sys.modules if m.split(".")[0] == "dagster")
+import jobs.definitions, jobs.demo
+jobs = sorted(m for m in sys.modules if m.split(".")[0] == "jobs")
+print(json.dumps({"core": core, "dagster_after_core": dagster_after_core, "jobs": jobs}))
+"""
+
+
+@pytest.fixture(scope="module")
+def imported_from_elsewhere(tmp_path_factory) -> dict:
+    """Every module of the core package imported, then the job modules, in one interpreter started in an empty
+    folder with no NIGHTKEEPER_CONFIG (one start: each costs seconds of imports)."""
+    env = {key: value for key, value in os.environ.items() if key != "NIGHTKEEPER_CONFIG"}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EVERYTHING],
+        cwd=tmp_path_factory.mktemp("elsewhere"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_no_module_of_the_core_package_imports_dagster(imported_from_elsewhere):
+    assert {"nightkeeper.lifecycle", "nightkeeper.pipeline.lifecycle", "nightkeeper.gates"} <= set(
+        imported_from_elsewhere["core"]
+    )
+    assert imported_from_elsewhere["dagster_after_core"] == []
+
+
+def test_job_modules_import_without_a_config_in_the_current_folder(imported_from_elsewhere):
+    assert {"jobs.definitions", "jobs.demo"} <= set(imported_from_elsewhere["jobs"])
 
 
 @pytest.fixture(scope="module")

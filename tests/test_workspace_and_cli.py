@@ -54,22 +54,6 @@ def test_definitions_validate_passes_without_warnings_from_our_code(validated):
     assert "All code locations passed validation" in output
 
 
-def test_job_modules_import_without_a_config_in_the_current_folder(tmp_path):
-    env = {key: value for key, value in os.environ.items() if key != "NIGHTKEEPER_CONFIG"}
-    env["PYTHONPATH"] = str(REPO)
-
-    done = subprocess.run(
-        [sys.executable, "-c", "import jobs.definitions, jobs.demo"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-    assert done.returncode == 0, done.stderr
-
-
 def test_repository_workspace_loads_its_own_config_whatever_nightkeeper_config_says(validated):
     assert validated.returncode == 0, validated.stdout + validated.stderr
 
