@@ -43,8 +43,9 @@ TABLE_MAX_DEPTH = 12
 ZERO_THRESHOLD = float(np.float32(1e-35))
 MISSING_NONE, MISSING_ZERO, MISSING_NAN = 0, 1, 2
 _MISSING_CODES = {"None": MISSING_NONE, "Zero": MISSING_ZERO, "NaN": MISSING_NAN}
-# rows explained together per tree pass: the block's split decisions and contributions stay in cache
-BLOCK_ROWS = 256
+# rows explained together per tree pass: a tree's tables are brought into cache once per block, so large blocks
+# (2048 rows: ~1.6 MiB of block arrays per thread) cost ~40% less than 256-row ones (measured on the champion)
+BLOCK_ROWS = 2048
 
 
 class UnsupportedModel(ValueError):
