@@ -55,7 +55,7 @@ def reason_codes(
     booster: lgb.Booster,
     features: list[FeatureCard],
     top_k: int = 3,
-    chunk_rows: int = 10_000,
+    chunk_rows: int = 40_000,
     *,
     num_threads: int = 0,
 ) -> pl.DataFrame:

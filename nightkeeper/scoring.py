@@ -6,6 +6,7 @@ and left to the fallback (a half-scored night would mix two regimes without sayi
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,9 @@ from nightkeeper.card import ModelCard
 from nightkeeper.config import DecisionConfig
 from nightkeeper.encoding import feature_matrix
 from nightkeeper.fallback import decide
+from nightkeeper.forest_scoring import ScoringForest, probabilities, scoring_forest
 from nightkeeper.frames import conform, number
+from nightkeeper.treeshap import UnsupportedModel
 from nightkeeper.validation import KEY_COLUMNS
 
 SCORED_SCHEMA: dict[str, pl.DataType] = {
@@ -35,6 +38,9 @@ SCORED_SCHEMA: dict[str, pl.DataType] = {
     "latency_ms": pl.Float64(),
     "model_error": pl.String(),
 }
+COMPILED_MIN_ROWS = 20_000
+"""Batches from this many rows are scored by ``nightkeeper.forest_scoring`` (the same probabilities as
+``Booster.predict``, bit for bit, faster); flattening the model costs ~0.3 s, what LightGBM needs for ~20k rows."""
 
 
 @dataclass(frozen=True)
@@ -114,12 +120,19 @@ def _predict_chunks(
 ) -> tuple[np.ndarray, np.ndarray]:
     scores = np.empty(valid.height, dtype=np.float64)
     latencies = np.empty(valid.height, dtype=np.float64)
+    forest: ScoringForest | None = None
+    if valid.height >= COMPILED_MIN_ROWS:
+        with contextlib.suppress(UnsupportedModel):  # e.g. a multiclass model: LightGBM's predict scores it
+            forest = scoring_forest(booster)
     for start in range(0, valid.height, chunk_rows):
         if cancelled.is_set():
             raise TimeoutError("cancelled")
         chunk = valid.slice(start, chunk_rows)
         began = time.perf_counter()
-        scores[start : start + chunk.height] = booster.predict(feature_matrix(chunk, card.features))
+        matrix = feature_matrix(chunk, card.features)
+        scores[start : start + chunk.height] = (
+            booster.predict(matrix) if forest is None else probabilities(forest, matrix)
+        )
         latencies[start : start + chunk.height] = (time.perf_counter() - began) * 1000 / chunk.height
     return scores, latencies
 
