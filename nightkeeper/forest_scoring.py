@@ -8,7 +8,7 @@ identical scores cannot be used at night (lleaves does not run with the llvmlite
 rows per tree at a time, in threads over row ranges.
 
 Identical to LightGBM because it does what LightGBM does, in the same order: inputs with ``|x| <= 1e-35`` read as 0,
-each split decided by LightGBM's ``Tree::Decision`` (``treeshap._goes_left``, shared with the TreeSHAP engine), the
+each split decided by LightGBM's ``Tree::Decision`` (``treeshap.goes_left``, shared with the TreeSHAP engine), the
 raw score the sum of the trees' leaf values in tree order starting from 0.0, and the probability
 ``1 / (1 + exp(-sigmoid * raw))`` (LightGBM's ``BinaryLogloss::ConvertOutput``). Models of another kind (several
 outputs per row, linear trees, averaged output, another objective) raise ``UnsupportedModel``; callers score those
@@ -27,7 +27,7 @@ import lightgbm as lgb
 import numba
 import numpy as np
 
-from nightkeeper.treeshap import _MISSING_CODES, ZERO_THRESHOLD, UnsupportedModel, _goes_left
+from nightkeeper.treeshap import MISSING_CODES, ZERO_THRESHOLD, UnsupportedModel, goes_left
 
 # rows walked together per tree: the block's values and running scores stay in cache
 BLOCK_ROWS = 512
@@ -120,7 +120,7 @@ class _TreesBuilder:
             return ~int(node["leaf_index"])
         at = len(self.node_feature)
         self.node_feature.append(int(node["split_feature"]))
-        self.node_missing.append(_MISSING_CODES[node["missing_type"]])
+        self.node_missing.append(MISSING_CODES[node["missing_type"]])
         self.node_default_left.append(bool(node["default_left"]))
         if node["decision_type"] == "==":
             categories = [int(c) for c in str(node["threshold"]).split("||")]
@@ -205,7 +205,7 @@ def _predict(
                 node = 0
                 while node >= 0:
                     g = first + node
-                    if _goes_left(
+                    if goes_left(
                         snapped[r, node_feature[g]],
                         node_threshold[g],
                         node_categorical[g],

@@ -42,7 +42,7 @@ TABLE_MAX_DEPTH = 12
 # LightGBM's kZeroThreshold (a float32 constant widened to double).
 ZERO_THRESHOLD = float(np.float32(1e-35))
 MISSING_NONE, MISSING_ZERO, MISSING_NAN = 0, 1, 2
-_MISSING_CODES = {"None": MISSING_NONE, "Zero": MISSING_ZERO, "NaN": MISSING_NAN}
+MISSING_CODES = {"None": MISSING_NONE, "Zero": MISSING_ZERO, "NaN": MISSING_NAN}
 # rows explained together per tree pass: a tree's tables are brought into cache once per block, so large blocks
 # (2048 rows: ~1.6 MiB of block arrays per thread) cost ~40% less than 256-row ones (measured on the champion)
 BLOCK_ROWS = 2048
@@ -157,7 +157,7 @@ class _ForestBuilder:
         index = len(self.node_feature) - first_node
         feature = int(node["split_feature"])
         self.node_feature.append(feature)
-        self.node_missing.append(_MISSING_CODES[node["missing_type"]])
+        self.node_missing.append(MISSING_CODES[node["missing_type"]])
         self.node_default_left.append(bool(node["default_left"]))
         if node["decision_type"] == "==":
             categories = [int(c) for c in str(node["threshold"]).split("||")]
@@ -291,7 +291,7 @@ def _fill_tables(
 
 
 @numba.njit(cache=True, inline="always")
-def _goes_left(
+def goes_left(
     x: float,
     threshold: float,
     categorical: bool,
@@ -377,7 +377,7 @@ def _explain(
                 column = snapped[node_feature[g]]
                 decided = left[n]
                 for r in range(size):
-                    decided[r] = _goes_left(
+                    decided[r] = goes_left(
                         column[r],
                         node_threshold[g],
                         node_categorical[g],
