@@ -128,6 +128,7 @@ class _ForestBuilder:
         if "leaf_index" not in root and "split_index" not in root:  # a single-leaf tree only shifts the base value
             self.node_start.append(len(self.node_feature))
             self.leaf_start.append(len(self.leaf_value))
+            self.edge_start.append(len(self.edge_node))
             return float(root["leaf_value"])
         first_node = len(self.node_feature)
         leaves: list[tuple[int, float, int, list[tuple[int, bool, int, float]]]] = []

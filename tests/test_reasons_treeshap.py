@@ -94,6 +94,19 @@ def test_trees_with_a_single_leaf_only_shift_the_base_value() -> None:
     assert _max_difference(booster, matrix) <= TOLERANCE
 
 
+def test_single_leaf_trees_before_trees_with_splits_leave_the_later_trees_explained_exactly() -> None:
+    rng = np.random.default_rng(SEED)
+    matrix = rng.normal(size=(60, 3))
+    labels = (matrix[:, 0] > 0).astype(float)
+    params = {"objective": "binary", "num_leaves": 4, "verbose": -1, "num_threads": 1}
+    stumps = lgb.train({**params, "min_data_in_leaf": 50}, lgb.Dataset(matrix, labels), num_boost_round=2)
+    booster = lgb.train({**params, "min_data_in_leaf": 5}, lgb.Dataset(matrix, labels), 3, init_model=stumps)
+    single_leaf = ["split_index" not in tree["tree_structure"] for tree in booster.dump_model()["tree_info"]]
+    assert single_leaf[0] and not any(single_leaf[-2:])
+
+    assert _max_difference(booster, matrix) <= TOLERANCE
+
+
 def test_models_whose_leaves_are_not_constants_are_refused() -> None:
     rng = np.random.default_rng(SEED)
     matrix = rng.normal(size=(200, 3))
