@@ -18,8 +18,6 @@ with ``Booster.predict``.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +25,7 @@ import lightgbm as lgb
 import numba
 import numpy as np
 
-from nightkeeper.treeshap import MISSING_CODES, ZERO_THRESHOLD, UnsupportedModel, goes_left
+from nightkeeper.treeshap import ZERO_THRESHOLD, SplitNodes, UnsupportedModel, goes_left, in_row_ranges
 
 # rows walked together per tree: the block's values and running scores stay in cache
 BLOCK_ROWS = 512
@@ -69,14 +67,12 @@ def probabilities(forest: ScoringForest, matrix: np.ndarray, num_threads: int = 
         raise ValueError(f"expected a matrix of {forest.num_features} feature columns, got shape {matrix.shape}")
     values = np.ascontiguousarray(matrix, dtype=np.float64)
     out = np.empty(len(values), dtype=np.float64)
-    threads = max(1, min(num_threads or os.cpu_count() or 1, -(-len(values) // BLOCK_ROWS)))
-    bounds = [len(values) * part // threads for part in range(threads + 1)]
-    if threads == 1:
-        _predict(values, out, 0, len(values), forest.sigmoid, *forest.arrays)
-    else:  # the kernel releases the GIL: plain threads over contiguous row ranges
-        with ThreadPoolExecutor(threads, thread_name_prefix="nightkeeper-score") as pool:
-            ranges = zip(bounds[:-1], bounds[1:], strict=True)
-            list(pool.map(lambda span: _predict(values, out, span[0], span[1], forest.sigmoid, *forest.arrays), ranges))
+    in_row_ranges(
+        lambda first, end: _predict(values, out, first, end, forest.sigmoid, *forest.arrays),
+        len(values),
+        BLOCK_ROWS,
+        num_threads,
+    )
     return out
 
 
@@ -86,16 +82,9 @@ class _TreesBuilder:
 
     def __init__(self) -> None:
         self.node_start = [0]
-        self.node_feature: list[int] = []
-        self.node_threshold: list[float] = []
-        self.node_categorical: list[bool] = []
-        self.node_missing: list[int] = []
-        self.node_default_left: list[bool] = []
-        self.node_bits_start: list[int] = []
-        self.node_bits_len: list[int] = []
+        self.nodes = SplitNodes()
         self.node_left: list[int] = []
         self.node_right: list[int] = []
-        self.bits: list[int] = []
         self.leaf_start = [0]
         self.leaf_value: list[float] = []
         self.tree_constant: list[float] = []
@@ -106,8 +95,8 @@ class _TreesBuilder:
             self.tree_constant.append(float(root["leaf_value"]))
         else:
             self.tree_constant.append(0.0)
-            self._walk(root, len(self.node_feature), leaves)
-        self.node_start.append(len(self.node_feature))
+            self._walk(root, len(self.nodes), leaves)
+        self.node_start.append(len(self.nodes))
         self.leaf_value.extend(leaves[index] for index in range(len(leaves)))
         self.leaf_start.append(len(self.leaf_value))
 
@@ -118,27 +107,7 @@ class _TreesBuilder:
                 raise UnsupportedModel("linear trees are not supported")
             leaves[int(node["leaf_index"])] = float(node["leaf_value"])
             return ~int(node["leaf_index"])
-        at = len(self.node_feature)
-        self.node_feature.append(int(node["split_feature"]))
-        self.node_missing.append(MISSING_CODES[node["missing_type"]])
-        self.node_default_left.append(bool(node["default_left"]))
-        if node["decision_type"] == "==":
-            categories = [int(c) for c in str(node["threshold"]).split("||")]
-            words = [0] * (max(categories) // 32 + 1)
-            for category in categories:
-                words[category // 32] |= 1 << (category % 32)
-            self.node_categorical.append(True)
-            self.node_threshold.append(0.0)
-            self.node_bits_start.append(len(self.bits))
-            self.node_bits_len.append(len(words))
-            self.bits.extend(words)
-        elif node["decision_type"] == "<=":
-            self.node_categorical.append(False)
-            self.node_threshold.append(float(node["threshold"]))
-            self.node_bits_start.append(0)
-            self.node_bits_len.append(0)
-        else:
-            raise UnsupportedModel(f"unknown decision type {node['decision_type']!r}")
+        at = self.nodes.add(node)
         self.node_left.append(0)
         self.node_right.append(0)
         self.node_left[at] = self._walk(node["left_child"], first_node, leaves)
@@ -148,14 +117,7 @@ class _TreesBuilder:
     def finish(self) -> tuple[np.ndarray, ...]:
         return (
             np.array(self.node_start, dtype=np.int64),
-            np.array(self.node_feature, dtype=np.int64),
-            np.array(self.node_threshold, dtype=np.float64),
-            np.array(self.node_categorical, dtype=np.bool_),
-            np.array(self.node_missing, dtype=np.int64),
-            np.array(self.node_default_left, dtype=np.bool_),
-            np.array(self.node_bits_start, dtype=np.int64),
-            np.array(self.node_bits_len, dtype=np.int64),
-            np.array(self.bits, dtype=np.uint32),
+            *self.nodes.arrays(),
             np.column_stack([self.node_left, self.node_right]).astype(np.int64).ravel(),
             np.array(self.leaf_start, dtype=np.int64),
             np.array(self.leaf_value, dtype=np.float64),

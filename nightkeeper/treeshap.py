@@ -28,6 +28,7 @@ not in the split's set go right, ``int(x)`` in the set goes left.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -84,18 +85,82 @@ def contributions_of(forest: CompiledForest, matrix: np.ndarray, num_threads: in
         raise ValueError(f"expected a matrix of {forest.num_features} feature columns, got shape {matrix.shape}")
     values = np.ascontiguousarray(matrix, dtype=np.float64)
     out = np.zeros((len(values), forest.num_features + 1), dtype=np.float64)
-    threads = max(1, min(num_threads or os.cpu_count() or 1, -(-len(values) // BLOCK_ROWS)))
-    # the kernel releases the GIL: plain threads over contiguous row ranges (a numba parallel kernel would cost
-    # ~30 s more of JIT compiling on a cold cache)
-    bounds = [len(values) * part // threads for part in range(threads + 1)]
-    if threads == 1:
-        _explain(values, out, 0, len(values), *forest.arrays)
-    else:
-        with ThreadPoolExecutor(threads, thread_name_prefix="nightkeeper-treeshap") as pool:
-            ranges = zip(bounds[:-1], bounds[1:], strict=True)
-            list(pool.map(lambda span: _explain(values, out, span[0], span[1], *forest.arrays), ranges))
+    in_row_ranges(
+        lambda first, end: _explain(values, out, first, end, *forest.arrays), len(values), BLOCK_ROWS, num_threads
+    )
     out[:, -1] = forest.expected_value
     return out
+
+
+def in_row_ranges(kernel: Callable[[int, int], None], rows: int, block_rows: int, num_threads: int) -> None:
+    """Call ``kernel(first_row, end_row)`` on contiguous ranges of ``rows`` rows, one per thread: one thread per core
+    (``num_threads`` > 0 caps them), at most one per ``block_rows`` rows. For numba kernels that release the GIL
+    (``nogil=True``): plain threads, where a numba parallel kernel would cost ~30 s more of JIT compiling on a cold
+    cache."""
+    threads = max(1, min(num_threads or os.cpu_count() or 1, -(-rows // block_rows)))
+    if threads == 1:
+        kernel(0, rows)
+        return
+    bounds = [rows * part // threads for part in range(threads + 1)]
+    with ThreadPoolExecutor(threads, thread_name_prefix="nightkeeper-kernel") as pool:
+        list(pool.map(kernel, bounds[:-1], bounds[1:]))
+
+
+class SplitNodes:
+    """A forest's split nodes from ``Booster.dump_model()`` as flat lists, in the order added: what ``goes_left``
+    reads per node (feature, threshold, categorical, missing type, default side, and a categorical split's bitset as
+    a range of ``bits``). Shared by this engine and ``nightkeeper.forest_scoring``."""
+
+    def __init__(self) -> None:
+        self.feature: list[int] = []
+        self.threshold: list[float] = []
+        self.categorical: list[bool] = []
+        self.missing: list[int] = []
+        self.default_left: list[bool] = []
+        self.bits_start: list[int] = []
+        self.bits_len: list[int] = []
+        self.bits: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.feature)
+
+    def add(self, node: dict[str, Any]) -> int:
+        """Append a split node of ``dump_model``'s tree structure and return its index. Raises UnsupportedModel for a
+        decision type LightGBM's ``Tree::Decision`` does not have."""
+        self.feature.append(int(node["split_feature"]))
+        self.missing.append(MISSING_CODES[node["missing_type"]])
+        self.default_left.append(bool(node["default_left"]))
+        if node["decision_type"] == "==":
+            categories = [int(c) for c in str(node["threshold"]).split("||")]
+            words = [0] * (max(categories) // 32 + 1)
+            for category in categories:
+                words[category // 32] |= 1 << (category % 32)
+            self.categorical.append(True)
+            self.threshold.append(0.0)
+            self.bits_start.append(len(self.bits))
+            self.bits_len.append(len(words))
+            self.bits.extend(words)
+        elif node["decision_type"] == "<=":
+            self.categorical.append(False)
+            self.threshold.append(float(node["threshold"]))
+            self.bits_start.append(0)
+            self.bits_len.append(0)
+        else:
+            raise UnsupportedModel(f"unknown decision type {node['decision_type']!r}")
+        return len(self.feature) - 1
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """feature, threshold, categorical, missing, default_left, bits_start, bits_len, bits: the kernels' order."""
+        return (
+            np.array(self.feature, dtype=np.int64),
+            np.array(self.threshold, dtype=np.float64),
+            np.array(self.categorical, dtype=np.bool_),
+            np.array(self.missing, dtype=np.int64),
+            np.array(self.default_left, dtype=np.bool_),
+            np.array(self.bits_start, dtype=np.int64),
+            np.array(self.bits_len, dtype=np.int64),
+            np.array(self.bits, dtype=np.uint32),
+        )
 
 
 class _ForestBuilder:
@@ -103,14 +168,7 @@ class _ForestBuilder:
 
     def __init__(self) -> None:
         self.node_start = [0]
-        self.node_feature: list[int] = []
-        self.node_threshold: list[float] = []
-        self.node_categorical: list[bool] = []
-        self.node_missing: list[int] = []
-        self.node_default_left: list[bool] = []
-        self.node_bits_start: list[int] = []
-        self.node_bits_len: list[int] = []
-        self.bits: list[int] = []
+        self.nodes = SplitNodes()
         self.leaf_start = [0]
         self.leaf_value: list[float] = []
         self.leaf_depth: list[int] = []
@@ -126,14 +184,14 @@ class _ForestBuilder:
     def add_tree(self, root: dict[str, Any]) -> float:
         """Add one tree; returns its expected value (LightGBM's ``Tree::ExpectedValue``)."""
         if "leaf_index" not in root and "split_index" not in root:  # a single-leaf tree only shifts the base value
-            self.node_start.append(len(self.node_feature))
+            self.node_start.append(len(self.nodes))
             self.leaf_start.append(len(self.leaf_value))
             self.edge_start.append(len(self.edge_node))
             return float(root["leaf_value"])
-        first_node = len(self.node_feature)
+        first_node = len(self.nodes)
         leaves: list[tuple[int, float, int, list[tuple[int, bool, int, float]]]] = []
         self._walk(root, first_node, [], leaves)
-        self.node_start.append(len(self.node_feature))
+        self.node_start.append(len(self.nodes))
         total = float(root["internal_count"])
         expected = 0.0
         for _, value, count, path in sorted(leaves, key=lambda leaf: leaf[0]):  # LightGBM sums in leaf order
@@ -155,28 +213,8 @@ class _ForestBuilder:
                 raise UnsupportedModel("linear trees are not supported")
             leaves.append((int(node["leaf_index"]), float(node["leaf_value"]), int(node["leaf_count"]), path))
             return
-        index = len(self.node_feature) - first_node
+        index = self.nodes.add(node) - first_node
         feature = int(node["split_feature"])
-        self.node_feature.append(feature)
-        self.node_missing.append(MISSING_CODES[node["missing_type"]])
-        self.node_default_left.append(bool(node["default_left"]))
-        if node["decision_type"] == "==":
-            categories = [int(c) for c in str(node["threshold"]).split("||")]
-            words = [0] * (max(categories) // 32 + 1)
-            for category in categories:
-                words[category // 32] |= 1 << (category % 32)
-            self.node_categorical.append(True)
-            self.node_threshold.append(0.0)
-            self.node_bits_start.append(len(self.bits))
-            self.node_bits_len.append(len(words))
-            self.bits.extend(words)
-        elif node["decision_type"] == "<=":
-            self.node_categorical.append(False)
-            self.node_threshold.append(float(node["threshold"]))
-            self.node_bits_start.append(0)
-            self.node_bits_len.append(0)
-        else:
-            raise UnsupportedModel(f"unknown decision type {node['decision_type']!r}")
         count = float(node["internal_count"])
         # the slots of a path's features are numbered by first appearance from the root, so a node's prefix numbers
         # them as every leaf below it does: the kernel builds leaf patterns top-down, one edge at a time
@@ -188,9 +226,7 @@ class _ForestBuilder:
             self.edge_left.append(left)
             self.edge_slot.append(slot)
             # an internal child is numbered when visited, next; a leaf child by ~leaf_index
-            self.edge_child.append(
-                ~int(child["leaf_index"]) if "leaf_index" in child else len(self.node_feature) - first_node
-            )
+            self.edge_child.append(~int(child["leaf_index"]) if "leaf_index" in child else len(self.nodes) - first_node)
             self._walk(child, first_node, [*path, (index, left, feature, child_count / count)], leaves)
 
     def _add_leaf(self, value: float, path: list[tuple[int, bool, int, float]]) -> None:
@@ -220,14 +256,7 @@ class _ForestBuilder:
         _fill_tables(table, table_start, depth, slot_start, slot_zero, leaf_value)
         return (
             np.array(self.node_start, dtype=np.int64),
-            np.array(self.node_feature, dtype=np.int64),
-            np.array(self.node_threshold, dtype=np.float64),
-            np.array(self.node_categorical, dtype=np.bool_),
-            np.array(self.node_missing, dtype=np.int64),
-            np.array(self.node_default_left, dtype=np.bool_),
-            np.array(self.node_bits_start, dtype=np.int64),
-            np.array(self.node_bits_len, dtype=np.int64),
-            np.array(self.bits, dtype=np.uint32),
+            *self.nodes.arrays(),
             np.array(self.leaf_start, dtype=np.int64),
             leaf_value,
             depth,
