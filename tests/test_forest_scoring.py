@@ -3,22 +3,20 @@ hostile values included, and refuses the models it does not reproduce."""
 
 from __future__ import annotations
 
-import copy
 from datetime import date
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import pytest
-import yaml
 
-from nightkeeper.config import load_config, parse_config
+from nightkeeper.config import load_config
 from nightkeeper.encoding import feature_matrix
-from nightkeeper.examples.simulator import simulate_history, simulate_night
+from nightkeeper.examples.simulator import simulate_night
 from nightkeeper.forest_scoring import probabilities, scoring_forest
 from nightkeeper.ingest import read_raw_batch
 from nightkeeper.scoring import COMPILED_MIN_ROWS, score_batch
-from nightkeeper.training import TrainedModel, train_model
+from nightkeeper.training import TrainedModel
 from nightkeeper.treeshap import UnsupportedModel
 from nightkeeper.validation import validate
 
@@ -26,36 +24,28 @@ CONFIG_PATH = Path(__file__).resolve().parents[1] / "nightkeeper.yaml"
 SEED = 12
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
-    """A small model trained as the product trains one (categorical features from the shipped contract)."""
-    raw = copy.deepcopy(yaml.safe_load(CONFIG_PATH.read_text()))
-    raw["model"]["num_boost_round"] = 40
-    raw["model"]["params"]["num_threads"] = 1
-    config = parse_config(raw, root=tmp_path_factory.mktemp("forest"))
-    return train_model(simulate_history(date(2024, 4, 30), days=4, rows_per_day=1500, seed=SEED), config)
-
-
 def test_probabilities_equal_lightgbm_predict_bit_for_bit_on_a_model_with_categorical_splits(
-    trained: TrainedModel,
+    core_trained: TrainedModel,
 ) -> None:
     rows = simulate_night(date(2024, 5, 1), rows=3000, seed=SEED).applications
-    matrix = feature_matrix(rows, trained.card.features)
-    assert _has_categorical_splits(trained.booster), "the model must have categorical splits for this to mean anything"
-    ours = probabilities(scoring_forest(trained.booster), matrix, num_threads=2)
-    assert np.array_equal(ours, trained.booster.predict(matrix))
+    matrix = feature_matrix(rows, core_trained.card.features)
+    assert _has_categorical_splits(core_trained.booster), (
+        "the model must have categorical splits for this to mean anything"
+    )
+    ours = probabilities(scoring_forest(core_trained.booster), matrix, num_threads=2)
+    assert np.array_equal(ours, core_trained.booster.predict(matrix))
 
 
-def test_missing_unknown_negative_and_tiny_values_follow_lightgbm_split_rules(trained: TrainedModel) -> None:
+def test_missing_unknown_negative_and_tiny_values_follow_lightgbm_split_rules(core_trained: TrainedModel) -> None:
     rows = simulate_night(date(2024, 5, 2), rows=2000, seed=SEED).applications
-    hostile = feature_matrix(rows, trained.card.features)
+    hostile = feature_matrix(rows, core_trained.card.features)
     rng = np.random.default_rng(SEED)
     for value, share in ((np.nan, 0.2), (0.0, 0.05), (-2.5, 0.05), (-0.5, 0.03), (1e-40, 0.03), (1e9, 0.02)):
         hostile[rng.random(hostile.shape) < share] = value
     unknown_category = rng.random(hostile.shape) < 0.05
     hostile[unknown_category] = rng.integers(0, 300, unknown_category.sum()) + 0.25
-    ours = probabilities(scoring_forest(trained.booster), hostile, num_threads=1)
-    assert np.array_equal(ours, trained.booster.predict(hostile))
+    ours = probabilities(scoring_forest(core_trained.booster), hostile, num_threads=1)
+    assert np.array_equal(ours, core_trained.booster.predict(hostile))
 
 
 def test_trees_with_a_single_leaf_add_their_value_to_every_row() -> None:
@@ -87,16 +77,16 @@ def test_models_it_does_not_reproduce_are_refused(params: dict, refusal: str) ->
 
 
 def test_a_batch_large_enough_for_the_compiled_scorer_gets_lightgbm_scores(
-    trained: TrainedModel, tmp_path: Path
+    core_trained: TrainedModel, tmp_path: Path
 ) -> None:
     path = tmp_path / "applications.parquet"
     simulate_night(date(2024, 5, 3), rows=COMPILED_MIN_ROWS, seed=SEED).applications.write_parquet(path)
     contract = load_config(CONFIG_PATH).contract
     valid = validate(read_raw_batch([path], date(2024, 5, 3), contract).frame, contract).valid
     assert valid.height >= COMPILED_MIN_ROWS
-    scored = score_batch(valid, trained.booster, trained.card, chunk_rows=7000, time_budget_seconds=300)
+    scored = score_batch(valid, core_trained.booster, core_trained.card, chunk_rows=7000, time_budget_seconds=300)
     assert scored.error is None
-    expected = trained.booster.predict(feature_matrix(valid, trained.card.features))
+    expected = core_trained.booster.predict(feature_matrix(valid, core_trained.card.features))
     assert np.array_equal(scored.frame["score"].to_numpy(), expected)
 
 
