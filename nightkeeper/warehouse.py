@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -343,11 +343,134 @@ def _replace_rows(
     """Inside the caller's transaction: delete the rows of ``schema.table`` matching ``where`` and insert the rows of
     the registered ``view`` by name, creating the table (or adding its new columns) from the view's first."""
     name = f'"{schema}"."{table}"'
+    _prepare_table(connection, schema, table, view)
+    connection.execute(f"delete from {name} where {where}", params)
+    connection.execute(f"insert into {name} by name select * from {view}")
+
+
+def _prepare_table(connection: duckdb.DuckDBPyConnection, schema: str, table: str, view: str) -> None:
+    """Inside the caller's transaction: create ``schema.table`` with the columns of the registered ``view`` when
+    missing, or add the view's columns it lacks."""
+    name = f'"{schema}"."{table}"'
     connection.execute(f'create schema if not exists "{schema}"')
     connection.execute(f"create table if not exists {name} as select * from {view} limit 0")
     stored = {row[0] for row in connection.execute(f"describe {name}").fetchall()}
     for column, column_type, *_ in connection.execute(f"describe {view}").fetchall():
         if column not in stored:  # the contract gained a column (or the night is now sharded): earlier rows are NULL
             connection.execute(f'alter table {name} add column "{column}" {column_type}')
-    connection.execute(f"delete from {name} where {where}", params)
-    connection.execute(f"insert into {name} by name select * from {view}")
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """A run of a night's rows in row-key order, from row ``first_row`` of ``first_file`` to row ``last_row`` of
+    ``last_file``, both included (``source_file``, then ``row_number``): the unit a night is read, computed and
+    stored in, so working memory is a block's whatever the night's size."""
+
+    first_file: str
+    first_row: int
+    last_file: str
+    last_row: int
+
+
+def row_blocks(
+    connection: duckdb.DuckDBPyConnection, schema: str, table: str, night: dt.date, chunk_rows: int
+) -> list[RowBlock]:
+    """Blocks covering every row of ``night``'s partition of ``schema.table`` (by ``source_file`` and
+    ``row_number``), in key order, each of at most ``chunk_rows`` rows: a file's rows are cut into runs of
+    ``chunk_rows`` row numbers, and runs of small files are joined while they fit. Every row of another table of the
+    night keyed alike (``source_file``, ``row_number``) within the same bounds falls in exactly one block too."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    files = connection.execute(
+        f"""select source_file, min(row_number), max(row_number) from "{schema}"."{table}"
+            where {PARTITION_COLUMN} = $night group by source_file order by source_file""",
+        {"night": night},
+    ).fetchall()
+    runs = [
+        (name, start, min(start + chunk_rows - 1, last))
+        for name, first, last in files
+        for start in range(first, last + 1, chunk_rows)
+    ]
+    blocks: list[RowBlock] = []
+    rows = 0
+    for name, start, end in runs:
+        width = end - start + 1  # row numbers are contiguous within a file: at least the run's row count
+        if blocks and rows + width <= chunk_rows:
+            blocks[-1] = replace(blocks[-1], last_file=name, last_row=end)
+            rows += width
+        else:
+            blocks.append(RowBlock(name, start, name, end))
+            rows = width
+    return blocks
+
+
+def read_block(
+    connection: duckdb.DuckDBPyConnection,
+    schema: str,
+    table: str,
+    night: dt.date,
+    block: RowBlock,
+    columns: list[str] | None = None,
+    order: list[str] | None = None,
+) -> pl.DataFrame:
+    """The rows of ``night``'s partition of ``schema.table`` in ``block`` (``columns`` of them, every column but
+    ``SHARD_COLUMN`` when None), sorted by ``order`` (default ``source_file``, ``row_number``). DuckDB skips the
+    stored row groups outside the block by their key ranges, so a block costs about its own rows."""
+    selected = ", ".join(f'"{column}"' for column in columns) if columns else f"* exclude ({SHARD_COLUMN})"
+    if columns is None and SHARD_COLUMN not in {
+        row[0] for row in connection.execute(f'describe "{schema}"."{table}"').fetchall()
+    }:
+        selected = "*"
+    ordered = ", ".join(f'"{column}"' for column in (order or ["source_file", "row_number"]))
+    return connection.execute(
+        f"""select {selected} from "{schema}"."{table}"
+            where {PARTITION_COLUMN} = $night and source_file between $first_file and $last_file
+              and (source_file <> $first_file or row_number >= $first_row)
+              and (source_file <> $last_file or row_number <= $last_row)
+            order by {ordered}""",
+        {
+            "night": night,
+            "first_file": block.first_file,
+            "first_row": block.first_row,
+            "last_file": block.last_file,
+            "last_row": block.last_row,
+        },
+    ).pl()
+
+
+def store_chunks(
+    connection: duckdb.DuckDBPyConnection,
+    schema: str,
+    night: dt.date,
+    empty: dict[str, pl.DataFrame],
+    chunks: Callable[[], Iterator[dict[str, pl.DataFrame]]],
+) -> None:
+    """Replace ``night``'s partition of each table of ``empty`` (table name -> an empty frame of its columns) with
+    the union of the frames ``chunks()`` yields for it (table name -> rows, ``partition_date`` all ``night``), in one
+    transaction: all of it or nothing, as ``store_partition`` does for one frame (tables created from ``empty``,
+    columns added and inserted by name). Only a chunk is held at a time; ``chunks`` may read the warehouse through
+    ``connection`` between chunks. On a DuckLake the transaction, ``chunks()`` included, is run again while its
+    commit conflicts with another writer's; an error raised by ``chunks()`` rolls everything back and is raised."""
+
+    def replace_night() -> None:
+        for table, frame in empty.items():
+            view = f"__nightkeeper_chunk_{table}"
+            connection.register(view, frame.head(0).to_arrow())
+            try:
+                _prepare_table(connection, schema, table, view)
+            finally:
+                connection.unregister(view)
+            connection.execute(f'delete from "{schema}"."{table}" where {PARTITION_COLUMN} = $night', {"night": night})
+        for chunk in chunks():
+            for table, frame in chunk.items():
+                if table not in empty:
+                    raise ValueError(f"{schema}.{table}: a chunk of a table not stored here ({sorted(empty)})")
+                _check_night(schema, table, night, frame)
+                view = f"__nightkeeper_chunk_{table}"
+                connection.register(view, frame.to_arrow())
+                try:
+                    connection.execute(f'insert into "{schema}"."{table}" by name select * from {view}')
+                finally:
+                    connection.unregister(view)
+
+    run_transaction(connection, replace_night)
