@@ -82,11 +82,12 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
         ],
     )
     def raw_batch(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
+        night = night_of(context)
         with warehouse.connect() as connection:
-            result = nightly.ingest_night(project.load(), connection, night_of(context))
+            result = chunked.ingest_stored_night(project.load(), connection, night)
         for warning in result.metadata["file_warnings"]:
             context.log.warning(warning)
-        yield from _outputs(result)
+        yield from _stored_outputs(result, "raw_batch", night)
 
     @multi_asset(
         name="validate_batch",

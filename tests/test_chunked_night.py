@@ -123,6 +123,18 @@ def test_outcomes_answered_in_chunks_are_the_whole_nights(
 
 
 @pytest.mark.parametrize("chunk_rows", CHUNK_SIZES)
+def test_the_night_read_in_chunks_is_the_whole_nights(whole_night: WholeNight, tmp_path: Path, chunk_rows: int) -> None:
+    config = chunked_copy(whole_night, tmp_path, chunk_rows)
+    expected = whole_night.results["raw_batch"]
+    with warehouse.connect(config.warehouse_path) as connection:
+        result = chunked.ingest_stored_night(config, connection, NIGHT)
+
+    assert_frame_equal(stored_table(config, "raw_batch"), expected.tables["raw_batch"])
+    assert_same_metadata(result.metadata, expected.metadata)
+    assert result.checks == expected.checks
+
+
+@pytest.mark.parametrize("chunk_rows", CHUNK_SIZES)
 def test_rows_validated_in_chunks_are_the_whole_nights(
     whole_night: WholeNight, tmp_path: Path, chunk_rows: int
 ) -> None:

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 
 import duckdb
 import polars as pl
 
-from nightkeeper import lifecycle, registry
+from nightkeeper import batch_checks, lifecycle, registry
 from nightkeeper.artifacts import ModelUnavailable, load_verified
 from nightkeeper.config import ProjectConfig
 from nightkeeper.contract_types import valid_schema
-from nightkeeper.ingest import RECORD
+from nightkeeper.ingest import RECORD, LandedFile, RawBatch, open_raw, raw_schema, scan_landing, skipped_files
 from nightkeeper.outcomes import OUTCOME_SCHEMA, AnswerSummary, Fallback, assemble_outcomes, summarise_answers
 from nightkeeper.pipeline import nightly
 from nightkeeper.pipeline.step import StepResult
@@ -317,3 +318,71 @@ def stored_quarantine(connection: duckdb.DuckDBPyConnection, night: dt.date) -> 
     return nightly.QuarantineSummary(
         int(rows), int(broken), by_rule.with_columns(pl.col("rows").cast(pl.UInt32)), preview
     )
+
+
+def ingest_stored_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date) -> StepResult:
+    """``raw_batch`` stored from the night's landed files, read and typed a slice of ``config.scale.chunk_rows``
+    rows at a time (``ingest.open_raw``): exactly ``nightly.ingest_night``'s table, metadata and checks. A file that
+    turns out unreadable part-way through is stored as its one unreadable row (the night is stored again)."""
+    found = scan_landing(config.landing_path, config.source.pattern, night)
+    schema = raw_schema(config.contract)
+    unreadable: dict[Path, str] = {}
+    files: list[LandedFile] = []
+    nested: list[str] = []
+    preview = pl.DataFrame(schema=schema)
+
+    def chunks() -> Iterator[dict[str, pl.DataFrame]]:
+        nonlocal files, nested, preview
+        files, nested, preview = [], [], pl.DataFrame(schema=schema)  # afresh when the night is stored again
+        for path in found.files:
+            opened = open_raw(
+                path,
+                night,
+                config.contract,
+                config.root,
+                slice_rows=config.scale.chunk_rows,
+                error=unreadable.get(path),
+            )
+            files.append(opened.landed)
+            nested += opened.nested
+            try:
+                for part in opened.slices:
+                    if preview.height < nightly.PREVIEW_ROWS:
+                        preview = pl.concat([preview, part.head(nightly.PREVIEW_ROWS - preview.height)])
+                    yield {"raw_batch": part}
+            except ValueError as exc:
+                raise _UnreadableFile(path, str(exc)) from exc
+
+    while True:
+        try:
+            store_chunks(connection, NIGHTLY_SCHEMA, night, {"raw_batch": pl.DataFrame(schema=schema)}, chunks)
+            break
+        except _UnreadableFile as failed:
+            unreadable[failed.path] = failed.error
+    where = f"from {NIGHTLY_SCHEMA}.raw_batch where {PARTITION_COLUMN} = $night"
+    rows = connection.execute(f"select count(*) {where}", {"night": night}).fetchone()
+    repeated = connection.execute(
+        f"""select entity_id {where} and entity_id in
+            (select entity_id {where} and entity_id is not null group by entity_id having count(*) > 1)""",
+        {"night": night},
+    ).pl()
+    batch = RawBatch(pl.DataFrame(schema=schema), files, skipped_files(config.landing_path, found, config.root), nested)
+    result = nightly.judge_ingest(
+        config,
+        connection,
+        night,
+        batch,
+        rows[0] if rows else 0,
+        batch_checks.entity_ids_unique(repeated),
+        preview.drop(RECORD),
+    )
+    return result
+
+
+class _UnreadableFile(Exception):
+    """A landed file failed part-way through reading: the night is stored again with it as one unreadable row."""
+
+    def __init__(self, path: Path, error: str) -> None:
+        super().__init__(error)
+        self.path = path
+        self.error = error
