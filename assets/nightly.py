@@ -8,11 +8,9 @@ metadata and checks; every one runs in the ``warehouse`` pool.
 import datetime as dt
 import time
 
-import polars as pl
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetIn,
     AssetOut,
     Output,
     TimeWindowPartitionsDefinition,
@@ -23,7 +21,6 @@ from dagster import (
 
 from assets.checks import check_result, dagster_metadata
 from jobs.resources import (
-    INPUT_COLUMNS,
     NIGHTLY_SCHEMA,
     WAREHOUSE_POOL,
     ProjectResource,
@@ -214,18 +211,13 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
         description="Why the model answered as it did, for the answers due for reasons (declined or near the "
         "threshold, per model.reason_codes): the top features by exact TreeSHAP contribution of the model version "
         "that answered, and the reasons as a sentence. Computed after outcomes, so answers never wait for it.",
-        ins={"outcomes": AssetIn(metadata={INPUT_COLUMNS: nightly.EXPLAINED_OUTCOME_COLUMNS})},
-        # only the due rows of validated_batch are read, from the warehouse (explain_stored_night), not loaded whole
-        deps=["validated_batch"],
+        # outcomes read a block at a time, keeping the answers due, and only their rows of validated_batch are read,
+        # from the warehouse (chunked.explain_stored_answers), not loaded whole
+        deps=["outcomes", "validated_batch"],
     )
-    def reason_codes(
-        context: AssetExecutionContext,
-        outcomes: pl.DataFrame,
-        project: ProjectResource,
-        warehouse: WarehouseResource,
-    ):
+    def reason_codes(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
         with warehouse.connect() as connection:
-            result = nightly.explain_stored_night(project.load(), connection, night_of(context), outcomes)
+            result = chunked.explain_stored_answers(project.load(), connection, night_of(context))
         for version, error in result.metadata["unexplained_versions"].items():
             context.log.warning(f"answers of {version} left without reason codes: {error}")
         yield from _outputs(result)

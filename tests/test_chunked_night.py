@@ -26,8 +26,9 @@ from nightkeeper import registry, warehouse
 from nightkeeper.artifacts import save_artifact
 from nightkeeper.config import ProjectConfig, parse_config
 from nightkeeper.examples import simulator
-from nightkeeper.pipeline import chunked, nightly
+from nightkeeper.pipeline import chunked, monitoring, nightly
 from nightkeeper.pipeline.step import StepResult
+from nightkeeper.review.storage import REVIEW_QUEUE
 from nightkeeper.training import train_model
 from nightkeeper.validation import ROW_KEY
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, RowBlock, read_block, row_blocks, store_partition
@@ -36,6 +37,7 @@ NIGHT = FIRST_NIGHT + dt.timedelta(days=1)
 ROWS = 1500
 FILES = 3
 CHUNK_SIZES = [7, 250, 10 * ROWS]
+REVIEWED = 25
 ORDER = {"quarantine": [*ROW_KEY, "column", "rule"]}
 WALL_CLOCK = "latency_ms"  # measured per chunk of predictions: the one stored column two runs differ in
 WALL_CLOCK_METADATA = frozenset({"latency_ms", "latency_p50_ms", "latency_p95_ms"})
@@ -45,11 +47,16 @@ WALL_CLOCK_METADATA = frozenset({"latency_ms", "latency_p50_ms", "latency_p95_ms
 class WholeNight:
     project: Project
     results: dict[str, StepResult]  # by stored table: the whole-night step that made it
+    review: StepResult
 
 
 @pytest.fixture(scope="module")
 def whole_night(tmp_path_factory: pytest.TempPathFactory) -> WholeNight:
-    project = make_project(tmp_path_factory.mktemp("chunked") / "project", example_config())
+    # a small review capacity, so the queue is cut and rows compete for places across blocks
+    raw = example_config()
+    project = make_project(
+        tmp_path_factory.mktemp("chunked") / "project", example_config(review={**raw["review"], "capacity": REVIEWED})
+    )
     bootstrap_example_champion(project)
     add_canary_challenger(project)
     landed = simulator.simulate_night(NIGHT, ROWS, seed=11, scenario=simulator.Scenario(bad_data=True))
@@ -73,8 +80,9 @@ def whole_night(tmp_path_factory: pytest.TempPathFactory) -> WholeNight:
         rows = valid["validated_batch"]
         scored = stored(nightly.score_night(config, connection, NIGHT, rows))["scored_batch"]
         shadow = stored(nightly.shadow_night(config, connection, NIGHT, rows, scored))["shadow_scores"]
-        stored(nightly.answer_night(config, connection, NIGHT, raw, valid["quarantine"], scored, shadow))
-    return WholeNight(project, results)
+        answers = stored(nightly.answer_night(config, connection, NIGHT, raw, valid["quarantine"], scored, shadow))
+        queue = monitoring.review_queue_night(config, connection, NIGHT, answers["outcomes"], valid["quarantine"])
+    return WholeNight(project, results, queue)
 
 
 def add_canary_challenger(project: Project) -> None:
@@ -185,6 +193,39 @@ def test_a_model_overrunning_the_nights_budget_leaves_every_row_unscored(
     assert scored["score"].is_null().all()
     assert scored["model_error"].str.ends_with("exceeded its time budget of 0.0001 s").all()
     assert result.metadata["degraded"] and not result.checks["champion_answered"].passed
+
+
+@pytest.mark.parametrize("chunk_rows", CHUNK_SIZES)
+def test_the_review_queue_of_the_night_in_chunks_is_the_whole_nights(
+    whole_night: WholeNight, tmp_path: Path, chunk_rows: int
+) -> None:
+    config = chunked_copy(whole_night, tmp_path, chunk_rows)
+    with warehouse.connect(config.warehouse_path) as connection:
+        result = chunked.review_stored_night(config, connection, NIGHT)
+
+    assert whole_night.review.metadata["queued"] == REVIEWED
+    assert_same_metadata(result.metadata, whole_night.review.metadata)
+    assert_frame_equal(stored_queue(config), stored_queue(whole_night.project.config))
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 10 * ROWS])
+def test_the_reason_codes_of_the_answers_read_in_chunks_are_the_whole_nights(
+    whole_night: WholeNight, tmp_path: Path, chunk_rows: int
+) -> None:
+    config = chunked_copy(whole_night, tmp_path, chunk_rows)
+    outcomes = whole_night.results["outcomes"].tables["outcomes"]
+    with warehouse.connect(config.warehouse_path) as connection:
+        expected = nightly.explain_stored_night(config, connection, NIGHT, outcomes)
+        result = chunked.explain_stored_answers(config, connection, NIGHT)
+
+    assert result.tables["reason_codes"].height > 0
+    assert_frame_equal(result.tables["reason_codes"], expected.tables["reason_codes"])
+    assert_same_metadata(result.metadata, expected.metadata, ignore=frozenset({"seconds"}))
+
+
+def stored_queue(config: ProjectConfig) -> pl.DataFrame:
+    with duckdb.connect(str(config.warehouse_path), read_only=True) as connection:
+        return connection.execute(f"select * from {REVIEW_QUEUE} order by partition_date, priority").pl()
 
 
 def test_blocks_cover_every_row_of_the_night_once_and_hold_at_most_the_chunk(whole_night: WholeNight) -> None:

@@ -13,6 +13,7 @@ the chunk size.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from nightkeeper.config import ProjectConfig
 from nightkeeper.contract_types import valid_schema
 from nightkeeper.ingest import RECORD, LandedFile, RawBatch, open_raw, raw_schema, scan_landing, skipped_files
 from nightkeeper.outcomes import OUTCOME_SCHEMA, AnswerSummary, Fallback, assemble_outcomes, summarise_answers
-from nightkeeper.pipeline import nightly
+from nightkeeper.pipeline import monitoring, nightly
 from nightkeeper.pipeline.step import StepResult
+from nightkeeper.review.queue import build_review_queue
 from nightkeeper.routing import in_canary
 from nightkeeper.scoring import SCORED_SCHEMA, score_batch, unscored
 from nightkeeper.serving import ServingModel, serving_decision, serving_model
@@ -386,3 +388,49 @@ class _UnreadableFile(Exception):
         super().__init__(error)
         self.path = path
         self.error = error
+
+
+def review_stored_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date) -> StepResult:
+    """``monitoring.review_queue_night`` on the night's stored ``outcomes`` and ``quarantine``, a block of rows at a
+    time: exactly its queue and metadata, holding a block and the queue's rows.
+
+    The queue of the rows seen so far keeps its first ``review.capacity`` entities (each by its best row); a row
+    left out cannot enter the night's queue later (an id's better row in a later block takes that id's own place),
+    so the queue of the kept rows and the next block is the queue of every row so far."""
+    versions = connection.execute(
+        f"select distinct model_version from {NIGHTLY_SCHEMA}.outcomes where {PARTITION_COLUMN} = $night",
+        {"night": night},
+    ).fetchall()
+    threshold = monitoring.answer_thresholds(config, connection, [version for (version,) in versions])
+    outcomes = pl.DataFrame(schema=OUTCOME_SCHEMA)
+    quarantine = pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    queue = build_review_queue(outcomes, quarantine, threshold, config.review)
+    for block in row_blocks(connection, NIGHTLY_SCHEMA, "raw_batch", night, config.scale.chunk_rows):
+        columns = list(OUTCOME_SCHEMA)
+        outcomes = pl.concat([outcomes, read_block(connection, NIGHTLY_SCHEMA, "outcomes", night, block, columns)])
+        quarantine = pl.concat(
+            [quarantine, read_block(connection, NIGHTLY_SCHEMA, "quarantine", night, block, list(QUARANTINE_SCHEMA))]
+        )
+        queue = build_review_queue(outcomes, quarantine, threshold, config.review)
+        queued = queue.select(ROW_KEY)
+        outcomes = outcomes.join(queued, on=ROW_KEY, how="semi")
+        quarantine = quarantine.join(queued, on=ROW_KEY, how="semi")
+    return monitoring.store_review_queue(config, connection, night, queue)
+
+
+def explain_stored_answers(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date) -> StepResult:
+    """``nightly.explain_stored_night`` with the night's stored ``outcomes`` read a block of rows at a time, keeping
+    only the answers due for reasons (``nightly.due_for_reasons`` per block, merged): the same table and metadata,
+    holding the due answers (and their validated rows) instead of every answer."""
+    started = time.perf_counter()
+    columns = nightly.EXPLAINED_OUTCOME_COLUMNS
+    blocks = row_blocks(connection, NIGHTLY_SCHEMA, "raw_batch", night, config.scale.chunk_rows)
+    due = nightly.DueForReasons.merge(
+        [
+            nightly.due_for_reasons(
+                config, connection, read_block(connection, NIGHTLY_SCHEMA, "outcomes", night, b, columns)
+            )
+            for b in blocks
+        ]
+    )
+    return nightly.explain_stored_due(config, connection, night, due, started)

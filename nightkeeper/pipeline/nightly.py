@@ -478,8 +478,18 @@ def explain_stored_night(
     """``explain_night`` on the night's stored ``validated_batch``, of which DuckDB reads only the rows due for
     reasons (on a scoped night ~13 %), so the step never loads the rest of the night's rows into memory."""
     started = time.perf_counter()
-    due = due_for_reasons(config, connection, outcomes)
-    keys = pl.concat([rows.select(ROW_KEY) for _, rows in due.by_version] or [outcomes.select(ROW_KEY).clear()])
+    return explain_stored_due(config, connection, night, due_for_reasons(config, connection, outcomes), started)
+
+
+def explain_stored_due(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, due: DueForReasons, started: float
+) -> StepResult:
+    """``explain_stored_night`` of the night's answers ``due`` for reasons (``due_for_reasons``), the step timed
+    from ``started`` (``time.perf_counter``)."""
+    keys = pl.concat(
+        [rows.select(ROW_KEY) for _, rows in due.by_version]
+        or [pl.DataFrame(schema={"source_file": pl.String, "row_number": pl.Int64})]
+    )
     return _explained(config, due, read_rows(connection, NIGHTLY_SCHEMA, "validated_batch", night, keys), started)
 
 
@@ -492,6 +502,20 @@ class DueForReasons:
     by_version: list[tuple[ModelRecord, pl.DataFrame]]
     answers: int
     unknown: dict[str, str]
+
+    @classmethod
+    def merge(cls, parts: list[DueForReasons]) -> DueForReasons:
+        """The answers due of the union of the parts' answers (each part judged on some of the night's rows)."""
+        records = {record.version: record for part in parts for record, _ in part.by_version}
+        by_version = [
+            (
+                records[version],
+                pl.concat([rows for part in parts for r, rows in part.by_version if r.version == version]),
+            )
+            for version in sorted(records)
+        ]
+        unknown = {version: why for part in parts for version, why in part.unknown.items()}
+        return cls(by_version, sum(part.answers for part in parts), unknown)
 
 
 def due_for_reasons(
