@@ -35,6 +35,10 @@ PARTITION_COLUMN = "partition_date"
 SHARD_COLUMN = "shard"
 """The column of a row-level nightly table stored by shards (``store_shard``): which shard of its night a row is in;
 absent (NULL) in a night stored whole."""
+FILE_MEMORY_LIMIT = "512MB"
+"""DuckDB's memory limit for a warehouse file: its cache of the file's blocks and its working memory (sorts, joins
+and aggregates spill to ``<file>.tmp`` beyond it). DuckDB's default, 80 % of the machine, would let its cache grow
+with every block a night's steps read, so a night's memory would grow with its rows."""
 LAKE_ALIAS = "lake"
 """The name a DuckLake is attached under; every connection to it uses it as its default database."""
 
@@ -82,7 +86,7 @@ def _open_file(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnection:
     delay = 0.1
     while True:
         try:
-            return duckdb.connect(str(path))
+            return duckdb.connect(str(path), config={"memory_limit": FILE_MEMORY_LIMIT})
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
                 raise
@@ -446,21 +450,22 @@ def store_chunks(
     chunks: Callable[[], Iterator[dict[str, pl.DataFrame]]],
 ) -> None:
     """Replace ``night``'s partition of each table of ``empty`` (table name -> an empty frame of its columns) with
-    the union of the frames ``chunks()`` yields for it (table name -> rows, ``partition_date`` all ``night``), in one
-    transaction: all of it or nothing, as ``store_partition`` does for one frame (tables created from ``empty``,
-    columns added and inserted by name). Only a chunk is held at a time; ``chunks`` may read the warehouse through
-    ``connection`` between chunks. On a DuckLake the transaction, ``chunks()`` included, is run again while its
-    commit conflicts with another writer's; an error raised by ``chunks()`` rolls everything back and is raised."""
+    the union of the frames ``chunks()`` yields for it (table name -> rows, ``partition_date`` all ``night``): all of
+    it or nothing, as ``store_partition`` does for one frame (tables created from ``empty``, columns added and
+    inserted by name). Only a chunk is held at a time; ``chunks`` may read the warehouse through ``connection``
+    between chunks.
 
-    def replace_night() -> None:
+    The chunks are first written to a staging table per table (``__staged_<table>_<night>``, each chunk committed:
+    DuckDB holds a transaction's appended rows in memory until it commits), then one transaction replaces the
+    night's partitions from them (one insert per table, which DuckDB writes to its file as it goes) and drops them;
+    a failure before that transaction leaves the stored tables as they were (the staging tables are dropped). On a
+    DuckLake that transaction is run again while its commit conflicts with another writer's. An error raised by
+    ``chunks()`` is raised."""
+    staged = {table: f'"{schema}"."__staged_{table}_{night:%Y%m%d}"' for table in empty}
+    connection.execute(f'create schema if not exists "{schema}"')
+    try:
         for table, frame in empty.items():
-            view = f"__nightkeeper_chunk_{table}"
-            connection.register(view, frame.head(0).to_arrow())
-            try:
-                _prepare_table(connection, schema, table, view)
-            finally:
-                connection.unregister(view)
-            connection.execute(f'delete from "{schema}"."{table}" where {PARTITION_COLUMN} = $night', {"night": night})
+            _create_empty(connection, staged[table], frame)
         for chunk in chunks():
             for table, frame in chunk.items():
                 if table not in empty:
@@ -469,8 +474,35 @@ def store_chunks(
                 view = f"__nightkeeper_chunk_{table}"
                 connection.register(view, frame.to_arrow())
                 try:
-                    connection.execute(f'insert into "{schema}"."{table}" by name select * from {view}')
+                    connection.execute(f"insert into {staged[table]} by name select * from {view}")
                 finally:
                     connection.unregister(view)
 
-    run_transaction(connection, replace_night)
+        def replace_night() -> None:
+            for table, frame in empty.items():
+                view = f"__nightkeeper_chunk_{table}"
+                connection.register(view, frame.head(0).to_arrow())
+                try:
+                    _prepare_table(connection, schema, table, view)
+                finally:
+                    connection.unregister(view)
+                target = f'"{schema}"."{table}"'
+                connection.execute(f"delete from {target} where {PARTITION_COLUMN} = $night", {"night": night})
+                connection.execute(f"insert into {target} by name select * from {staged[table]}")
+                connection.execute(f"drop table {staged[table]}")
+
+        run_transaction(connection, replace_night)
+    finally:
+        rollback_open(connection)  # a failed replace_night has rolled back already; nothing else is open
+        for name in staged.values():
+            connection.execute(f"drop table if exists {name}")
+
+
+def _create_empty(connection: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
+    """Create table ``name`` (replacing one of that name, left by a run that died) with ``frame``'s columns, empty."""
+    view = "__nightkeeper_columns"
+    connection.register(view, frame.head(0).to_arrow())
+    try:
+        connection.execute(f"create or replace table {name} as select * from {view}")
+    finally:
+        connection.unregister(view)

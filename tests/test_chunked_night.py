@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +32,14 @@ from nightkeeper.pipeline.step import StepResult
 from nightkeeper.review.storage import REVIEW_QUEUE
 from nightkeeper.training import train_model
 from nightkeeper.validation import ROW_KEY
-from nightkeeper.warehouse import NIGHTLY_SCHEMA, RowBlock, read_block, row_blocks, store_partition
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, RowBlock, read_block, row_blocks, store_chunks, store_partition
 
 NIGHT = FIRST_NIGHT + dt.timedelta(days=1)
 ROWS = 1500
 FILES = 3
 CHUNK_SIZES = [7, 250, 10 * ROWS]
 REVIEWED = 25
+ANSWERS = {"partition_date": pl.Date(), "entity_id": pl.String()}
 ORDER = {"quarantine": [*ROW_KEY, "column", "rule"]}
 WALL_CLOCK = "latency_ms"  # measured per chunk of predictions: the one stored column two runs differ in
 WALL_CLOCK_METADATA = frozenset({"latency_ms", "latency_p50_ms", "latency_p95_ms"})
@@ -258,3 +260,46 @@ def assert_same_metadata(found: dict, expected: dict, ignore: frozenset[str] = f
             assert_same_metadata(found[key], value, ignore)
         else:
             assert found[key] == value, key
+
+
+def test_a_night_failing_part_way_through_its_chunks_leaves_the_stored_partition_and_no_staging(
+    tmp_path: Path,
+) -> None:
+    def rows(ids: list[str]) -> pl.DataFrame:
+        return pl.DataFrame({"partition_date": [NIGHT] * len(ids), "entity_id": ids}, schema=ANSWERS)
+
+    def chunks() -> Iterator[dict[str, pl.DataFrame]]:
+        yield {"answers": rows(["c", "d"])}
+        raise RuntimeError("the model failed on the second chunk")
+
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as connection:
+        store_partition(connection, NIGHTLY_SCHEMA, "answers", NIGHT, rows(["a", "b"]))
+        with pytest.raises(RuntimeError, match="second chunk"):
+            store_chunks(connection, NIGHTLY_SCHEMA, NIGHT, {"answers": rows([])}, chunks)
+        stored = connection.execute(f"select entity_id from {NIGHTLY_SCHEMA}.answers order by 1").pl()
+        tables = connection.execute("select table_name from information_schema.tables").pl()["table_name"].to_list()
+
+    assert stored["entity_id"].to_list() == ["a", "b"]
+    assert tables == ["answers"]
+
+
+def test_a_night_stored_in_chunks_replaces_only_that_nights_rows(tmp_path: Path) -> None:
+    def rows(night: dt.date, ids: list[str]) -> pl.DataFrame:
+        return pl.DataFrame({"partition_date": [night] * len(ids), "entity_id": ids}, schema=ANSWERS)
+
+    other = NIGHT + dt.timedelta(days=1)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as connection:
+        store_partition(connection, NIGHTLY_SCHEMA, "answers", NIGHT, rows(NIGHT, ["a", "b"]))
+        store_partition(connection, NIGHTLY_SCHEMA, "answers", other, rows(other, ["x"]))
+        store_chunks(
+            connection,
+            NIGHTLY_SCHEMA,
+            NIGHT,
+            {"answers": rows(NIGHT, [])},
+            lambda: iter([{"answers": rows(NIGHT, ["c"])}, {"answers": rows(NIGHT, ["d", "e"])}]),
+        )
+        stored = connection.execute(
+            f"select partition_date, entity_id from {NIGHTLY_SCHEMA}.answers order by 1, 2"
+        ).pl()
+
+    assert stored.rows() == [(NIGHT, "c"), (NIGHT, "d"), (NIGHT, "e"), (other, "x")]

@@ -578,9 +578,10 @@ def outcomes_conserve_rows(connection: duckdb.DuckDBPyConnection) -> CheckOutcom
         return batch_checks.rows_conserved([])
     nights = connection.execute(
         f"""with raw as (select partition_date, count(*) as rows_in from {NIGHTLY_SCHEMA}.raw_batch group by all),
-                 answered as (select partition_date, count(*) as rows_out,
-                                     count(distinct (source_file, row_number)) as distinct_out
-                              from {NIGHTLY_SCHEMA}.outcomes group by all)
+                 answered as (select partition_date, sum(copies) as rows_out, count(*) as distinct_out
+                              from (select partition_date, count(*) as copies from {NIGHTLY_SCHEMA}.outcomes
+                                    group by partition_date, source_file, row_number)
+                              group by all)
             select coalesce(raw.partition_date, answered.partition_date) as night,
                    coalesce(rows_in, 0), coalesce(rows_out, 0), coalesce(distinct_out, 0)
             from raw full join answered using (partition_date) order by night"""
