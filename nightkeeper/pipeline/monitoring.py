@@ -120,7 +120,7 @@ def performance_night(
     settings = config.monitoring.performance
     decision = config.model.decision
     champion = serving_model(connection, registry.CHAMPION, night).record  # a bad registry row: no reference
-    performance.refresh_performance(connection, night, decision, settings)
+    performance.refresh_performance(connection, night, decision, settings, config.scale.chunk_rows)
     realized = performance.realized_as_of(connection, night, decision, settings)
     estimated = performance.estimated_as_of(connection, night)  # every night, for the plot
     window = _labeled_window(connection, night, realized)
