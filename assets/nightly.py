@@ -8,11 +8,9 @@ metadata and checks; every one runs in the ``warehouse`` pool.
 import datetime as dt
 import time
 
-import polars as pl
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetIn,
     AssetOut,
     Output,
     TimeWindowPartitionsDefinition,
@@ -22,9 +20,15 @@ from dagster import (
 )
 
 from assets.checks import check_result, dagster_metadata
-from jobs.resources import INPUT_COLUMNS, WAREHOUSE_POOL, ProjectResource, WarehouseResource
+from jobs.resources import (
+    NIGHTLY_SCHEMA,
+    WAREHOUSE_POOL,
+    ProjectResource,
+    StoredPartition,
+    WarehouseResource,
+)
+from nightkeeper.pipeline import chunked, nightly
 from nightkeeper.pipeline import metadata_keys as keys
-from nightkeeper.pipeline import nightly
 from nightkeeper.pipeline.step import StepResult
 
 PARTITION_METADATA = {"partition_expr": "partition_date"}
@@ -43,6 +47,14 @@ def _outputs(result: StepResult, asset_key: str | None = None):
     yield Output(frame, metadata=dagster_metadata(result.metadata))
     for check, outcome in result.checks.items():
         yield check_result(check, outcome, asset_key=asset_key)
+
+
+def _stored_outputs(result: StepResult, table: str, night: dt.date):
+    """``_outputs`` of a step that stored its one table itself (``nightkeeper.pipeline.chunked``): a
+    ``StoredPartition`` the IO manager records without writing, with the step's metadata, then its check results."""
+    yield Output(StoredPartition(f"{NIGHTLY_SCHEMA}.{table}", night), metadata=dagster_metadata(result.metadata))
+    for check, outcome in result.checks.items():
+        yield check_result(check, outcome)
 
 
 def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int = 1) -> list:
@@ -67,11 +79,12 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
         ],
     )
     def raw_batch(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
+        night = night_of(context)
         with warehouse.connect() as connection:
-            result = nightly.ingest_night(project.load(), connection, night_of(context))
+            result = chunked.ingest_stored_night(project.load(), connection, night)
         for warning in result.metadata["file_warnings"]:
             context.log.warning(warning)
-        yield from _outputs(result)
+        yield from _stored_outputs(result, "raw_batch", night)
 
     @multi_asset(
         name="validate_batch",
@@ -94,14 +107,16 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
                 "null_rates_stable", asset="validated_batch", description="No feature's empty share spiked."
             ),
         ],
+        # read from the warehouse and stored a block of rows at a time by the step (chunked): flat memory
+        deps=["raw_batch"],
     )
-    def validate_batch(
-        context: AssetExecutionContext, raw_batch: pl.DataFrame, project: ProjectResource, warehouse: WarehouseResource
-    ):
+    def validate_batch(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
+        night = night_of(context)
         with warehouse.connect() as connection:
-            result = nightly.validate_night(project.load(), connection, night_of(context), raw_batch)
-        for name, frame in result.tables.items():
-            yield Output(frame, output_name=name, metadata=dagster_metadata(result.metadata[name]))
+            result = chunked.validate_stored_night(project.load(), connection, night)
+        for name in ("validated_batch", "quarantine"):
+            partition = StoredPartition(f"{NIGHTLY_SCHEMA}.{name}", night)
+            yield Output(partition, output_name=name, metadata=dagster_metadata(result.metadata[name]))
         for check, outcome in result.checks.items():
             yield check_result(check, outcome, asset_key="validated_batch")
 
@@ -119,20 +134,18 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
                 "champion_answered", asset="scored_batch", description="The champion scored every validated row."
             )
         ],
+        # read from the warehouse and stored a block of rows at a time by the step (chunked): flat memory
+        deps=["validated_batch"],
     )
-    def scored_batch(
-        context: AssetExecutionContext,
-        validated_batch: pl.DataFrame,
-        project: ProjectResource,
-        warehouse: WarehouseResource,
-    ):
+    def scored_batch(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
+        night = night_of(context)
         with warehouse.connect() as connection:
-            result = nightly.score_night(project.load(), connection, night_of(context), validated_batch)
+            result = chunked.score_stored_night(project.load(), connection, night)
         if result.metadata["degraded"]:
             context.log.error(
                 f"degraded night: {result.metadata['model_error']}; the fallback answers every validated row"
             )
-        yield from _outputs(result)
+        yield from _stored_outputs(result, "scored_batch", night)
 
     @asset(
         name="shadow_scores",
@@ -149,24 +162,20 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
                 "challenger_healthy", asset="shadow_scores", description="The challenger kept its health rules tonight."
             )
         ],
-        ins={"scored_batch": AssetIn(metadata={INPUT_COLUMNS: nightly.JUDGED_SCORE_COLUMNS})},
+        # read from the warehouse and stored a block of rows at a time by the step (chunked): flat memory
+        deps=["validated_batch", "scored_batch"],
     )
-    def shadow_scores(
-        context: AssetExecutionContext,
-        validated_batch: pl.DataFrame,
-        scored_batch: pl.DataFrame,
-        project: ProjectResource,
-        warehouse: WarehouseResource,
-    ):
+    def shadow_scores(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
+        night = night_of(context)
         with warehouse.connect() as connection:
-            result = nightly.shadow_night(project.load(), connection, night_of(context), validated_batch, scored_batch)
+            result = chunked.shadow_stored_night(project.load(), connection, night)
         shadow = result.metadata
         if shadow[keys.SHADOW_CHALLENGER] != keys.NONE:
             context.log.info(
                 f"rollout of {shadow[keys.SHADOW_CHALLENGER]} ({shadow[keys.SHADOW_STAGE]}): "
                 f"{shadow[keys.SHADOW_ROLLOUT_ACTION]} — {shadow[keys.SHADOW_ROLLOUT_REASON]}"
             )
-        yield from _outputs(result)
+        yield from _stored_outputs(result, "shadow_scores", night)
 
     @asset(
         name="outcomes",
@@ -180,25 +189,18 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
         check_specs=[
             AssetCheckSpec("fallback_rate_within_limit", asset="outcomes", description="Few rows left to the fallback.")
         ],
+        # read from the warehouse and stored a block of rows at a time by the step (chunked): flat memory
+        deps=["raw_batch", "quarantine", "scored_batch", "shadow_scores"],
     )
-    def outcomes(
-        context: AssetExecutionContext,
-        raw_batch: pl.DataFrame,
-        quarantine: pl.DataFrame,
-        scored_batch: pl.DataFrame,
-        shadow_scores: pl.DataFrame,
-        project: ProjectResource,
-        warehouse: WarehouseResource,
-    ):
+    def outcomes(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
+        night = night_of(context)
         with warehouse.connect() as connection:
-            result = nightly.answer_night(
-                project.load(), connection, night_of(context), raw_batch, quarantine, scored_batch, shadow_scores
-            )
+            result = chunked.answer_stored_night(project.load(), connection, night)
         # the user's wait for the night's answers, on its own: reason codes come after, in their own step
         run = context.instance.get_run_record_by_id(context.run.run_id)
         if run is not None and run.start_time is not None:
             result.metadata["seconds_to_answers"] = time.time() - run.start_time
-        yield from _outputs(result)
+        yield from _stored_outputs(result, "outcomes", night)
 
     @asset(
         name="reason_codes",
@@ -209,18 +211,13 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
         description="Why the model answered as it did, for the answers due for reasons (declined or near the "
         "threshold, per model.reason_codes): the top features by exact TreeSHAP contribution of the model version "
         "that answered, and the reasons as a sentence. Computed after outcomes, so answers never wait for it.",
-        ins={"outcomes": AssetIn(metadata={INPUT_COLUMNS: nightly.EXPLAINED_OUTCOME_COLUMNS})},
-        # only the due rows of validated_batch are read, from the warehouse (explain_stored_night), not loaded whole
-        deps=["validated_batch"],
+        # outcomes read a block at a time, keeping the answers due, and only their rows of validated_batch are read,
+        # from the warehouse (chunked.explain_stored_answers), not loaded whole
+        deps=["outcomes", "validated_batch"],
     )
-    def reason_codes(
-        context: AssetExecutionContext,
-        outcomes: pl.DataFrame,
-        project: ProjectResource,
-        warehouse: WarehouseResource,
-    ):
+    def reason_codes(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
         with warehouse.connect() as connection:
-            result = nightly.explain_stored_night(project.load(), connection, night_of(context), outcomes)
+            result = chunked.explain_stored_answers(project.load(), connection, night_of(context))
         for version, error in result.metadata["unexplained_versions"].items():
             context.log.warning(f"answers of {version} left without reason codes: {error}")
         yield from _outputs(result)

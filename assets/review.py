@@ -10,7 +10,7 @@ from pydantic import Field
 from assets.checks import dagster_metadata, markdown_table
 from assets.nightly import night_of
 from jobs.resources import WAREHOUSE_POOL, ProjectResource, WarehouseResource
-from nightkeeper.pipeline import monitoring
+from nightkeeper.pipeline import chunked
 from nightkeeper.review.files import import_review_file
 from nightkeeper.review.storage import commit_import, stored_queue, stored_review_labels
 
@@ -25,19 +25,16 @@ def build_review_assets(partitions: TimeWindowPartitionsDefinition) -> list:
         partitions_def=partitions,
         pool=WAREHOUSE_POOL,
         group_name="review",
-        deps=[AssetKey("outcomes")],
+        # read from the warehouse a block of rows at a time by the step (chunked), not loaded whole: flat memory
+        deps=[AssetKey("outcomes"), AssetKey("quarantine")],
         description="Tonight's answers a person should look at: model answers within the review band of the threshold "
         "(most uncertain first), then quarantined rows a person could decide, capped at the nightly capacity.",
     )
     def review_queue(
-        context: AssetExecutionContext,
-        outcomes: pl.DataFrame,
-        quarantine: pl.DataFrame,
-        project: ProjectResource,
-        warehouse: WarehouseResource,
+        context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
     ) -> MaterializeResult:
         with warehouse.connect() as connection:
-            result = monitoring.review_queue_night(project.load(), connection, night_of(context), outcomes, quarantine)
+            result = chunked.review_stored_night(project.load(), connection, night_of(context))
         return MaterializeResult(metadata=dagster_metadata(result.metadata))
 
     return [review_queue]

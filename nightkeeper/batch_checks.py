@@ -108,7 +108,7 @@ def entity_ids_unique(raw: pl.DataFrame) -> CheckOutcome:
     """No entity id appears twice in the night (later copies are quarantined row by row)."""
     counts = raw.filter(pl.col("entity_id").is_not_null()).group_by("entity_id").len().filter(pl.col("len") > 1)
     extra_rows = int((counts["len"] - 1).sum()) if counts.height else 0
-    examples = counts.sort("len", descending=True).head(5)["entity_id"].to_list()
+    examples = counts.sort(["len", "entity_id"], descending=[True, False]).head(5)["entity_id"].to_list()
     return CheckOutcome(
         counts.height == 0,
         f"{counts.height} id(s) repeated ({extra_rows} extra rows), e.g. {examples}"

@@ -460,6 +460,7 @@ class ScaleConfig(_Strict):
     ``shards``: the number of parts a night is split into by a stable hash of the entity id (the contract's
     ``entity_id`` column; ``nightkeeper.sharding.shard_of`` says which hash). Every row of an id lands in the same
     shard on every night, machine and Python version; 1 (the default) runs the night whole.
+    ``chunk_rows``: how many of a night's rows the answer steps (``nightkeeper.pipeline.chunked``) hold at a time.
     """
 
     shards: int = Field(
@@ -467,6 +468,12 @@ class ScaleConfig(_Strict):
         ge=1,
         le=1024,
         description="Parts a night is split into by a stable hash of the entity id (1 = the night runs whole).",
+    )
+    chunk_rows: int = Field(
+        200_000,
+        ge=1,
+        description="Rows of a night read, validated, scored, answered and stored at a time (the answer steps' "
+        "working memory is about this many rows whatever the night's size).",
     )
 
 

@@ -37,6 +37,8 @@ import fnmatch
 import io
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -191,8 +193,12 @@ def read_night(landing: Path, pattern: str, night: dt.date, contract: Contract, 
     """
     found = scan_landing(landing, pattern, night)
     batch = read_raw_batch(found.files, night, contract, root)
-    skipped = [SkippedFile(_source_name(landing / s.path, root), s.reason) for s in found.skipped]
-    return RawBatch(batch.frame, batch.files, skipped, batch.nested)
+    return RawBatch(batch.frame, batch.files, skipped_files(landing, found, root), batch.nested)
+
+
+def skipped_files(landing: Path, found: Landing, root: Path | None) -> list[SkippedFile]:
+    """The files of ``found`` not read, named relative to ``root`` when given."""
+    return [SkippedFile(_source_name(landing / s.path, root), s.reason) for s in found.skipped]
 
 
 def read_raw_batch(
@@ -208,37 +214,82 @@ def read_raw_batch(
 
     ``source_file`` is each path relative to ``root`` when given (and the file is under it), else the path as
     given. Never raises for a file's content: an unreadable file becomes one ``FILE_ROW`` row (see the module
-    docstring) and its LandedFile carries the error. A file is typed ``slice_rows`` rows at a time; the result does
-    not depend on it.
+    docstring) and its LandedFile carries the error. A file is read and typed ``slice_rows`` rows at a time
+    (``open_raw``); the result does not depend on it.
     """
     schema = raw_schema(contract, text_columns)
     frames: list[pl.DataFrame] = []
     files: list[LandedFile] = []
     nested: list[str] = []
     for path in paths:
-        source = _source_name(path, root)
+        opened = open_raw(path, night, contract, root, text_columns, slice_rows)
         try:
-            table = _read_file(path)
-        except ValueError as exc:
-            files.append(LandedFile(source, 0, {}, str(exc)))
-            frames.append(_unreadable_row(night, source, str(exc), schema))
-            continue
-        files.append(LandedFile(source, table.height, {name: str(dtype) for name, dtype in table.schema.items()}))
-        nested += [
-            f"{source}: column {name!r} holds nested values ({dtype}); kept as JSON text, so the contract's rules "
-            "quarantine them"
-            for name, dtype in table.schema.items()
-            if dtype.is_nested()
-        ]
-        for offset in range(0, table.height, slice_rows):
-            typed = type_rows(table.slice(offset, slice_rows), offset + 1, contract, text_columns)
-            frames.append(
-                typed.with_columns(
-                    pl.lit(night, dtype=pl.Date).alias("partition_date"), pl.lit(source).alias("source_file")
-                ).select(schema.names())
-            )
-    frame = pl.concat([f.cast(schema) for f in frames]) if frames else pl.DataFrame(schema=schema)
+            parts = list(opened.slices)
+        except ValueError as exc:  # unreadable part-way through: the whole file is one unreadable row
+            opened = open_raw(path, night, contract, root, text_columns, slice_rows, error=str(exc))
+            parts = list(opened.slices)
+        files.append(opened.landed)
+        nested += opened.nested
+        frames += parts
+    frame = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
     return RawBatch(frame, files, nested=nested)
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """One landed file opened for reading: what was found (``landed``), a warning per nested column, and its raw
+    rows (``raw_schema``), typed a slice at a time as ``slices`` is iterated (each slice read from the file only
+    then). Iterating raises ValueError when the file turns out unreadable part-way through (its rows read so far
+    must then be dropped and the file opened again with that error: one unreadable row)."""
+
+    landed: LandedFile
+    nested: list[str]
+    slices: Iterator[pl.DataFrame]
+
+
+def open_raw(
+    path: Path,
+    night: dt.date,
+    contract: Contract,
+    root: Path | None = None,
+    text_columns: tuple[str, ...] = (),
+    slice_rows: int = TYPING_SLICE_ROWS,
+    error: str | None = None,
+) -> RawFile:
+    """Open ``path`` for reading into raw rows (``RawFile``), ``slice_rows`` rows a slice. A file that cannot be
+    opened, or that is known unreadable (``error``: why), is one ``FILE_ROW`` row carrying the reason. A Parquet
+    file is read a slice at a time; a CSV file (text, which cannot be cut without reading it) is read whole and typed
+    a slice at a time."""
+    source = _source_name(path, root)
+    schema = raw_schema(contract, text_columns)
+    try:
+        if error is not None:
+            raise ValueError(error)
+        columns, rows, tables = _open_table(path, slice_rows)
+    except ValueError as exc:
+        return RawFile(
+            LandedFile(source, 0, {}, str(exc)), [], iter([_unreadable_row(night, source, str(exc), schema)])
+        )
+    nested = [
+        f"{source}: column {name!r} holds nested values ({dtype}); kept as JSON text, so the contract's rules "
+        "quarantine them"
+        for name, dtype in columns.items()
+        if dtype.is_nested()
+    ]
+
+    def typed() -> Iterator[pl.DataFrame]:
+        for offset, table in tables:
+            rows_typed = type_rows(table, offset + 1, contract, text_columns)
+            yield (
+                rows_typed.with_columns(
+                    pl.lit(night, dtype=pl.Date).alias("partition_date"), pl.lit(source).alias("source_file")
+                )
+                .select(schema.names())
+                .cast(schema)
+            )
+
+    landed = LandedFile(source, rows, {name: str(dtype) for name, dtype in columns.items()})
+    return RawFile(landed, nested, typed())
 
 
 def type_rows(
@@ -343,21 +394,44 @@ def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
     return pl.when(pl.col(name).is_not_null()).then(wrapped).alias(name)
 
 
-def _read_file(path: Path) -> pl.DataFrame:
-    """The file's table; ValueError saying why it cannot be read (the message never repeats the file's content)."""
-    try:
+def _open_table(path: Path, slice_rows: int) -> tuple[pl.Schema, int, Iterator[tuple[int, pl.DataFrame]]]:
+    """The file's column types, its row count and its rows ``slice_rows`` at a time (with each slice's offset);
+    ValueError saying why it cannot be read, on opening or while reading a slice (the message never repeats the
+    file's content)."""
+    suffix = path.suffix.lower().lstrip(".") or "data"
+    with _read_errors(suffix):
         if path.stat().st_size == 0:
             raise ValueError("the file is empty (0 bytes)")
         if path.name.lower().endswith(".csv"):
             _check_csv_header(path)
-            return pl.read_csv(path, infer_schema=False)
-        return pl.read_parquet(path)
+            table = pl.read_csv(path, infer_schema=False)
+            return (
+                table.schema,
+                table.height,
+                ((o, table.slice(o, slice_rows)) for o in range(0, table.height, slice_rows)),
+            )
+        lazy = pl.scan_parquet(path)
+        columns = lazy.collect_schema()
+        rows = int(lazy.select(pl.len()).collect().item())
+
+    def parquet_slices() -> Iterator[tuple[int, pl.DataFrame]]:
+        for offset in range(0, rows, slice_rows):
+            with _read_errors(suffix):
+                yield offset, lazy.slice(offset, slice_rows).collect()
+
+    return columns, rows, parquet_slices()
+
+
+@contextmanager
+def _read_errors(suffix: str) -> Iterator[None]:
+    """Any error reading the file as a ValueError in one line: polars/OS raise format-specific errors and the
+    operator needs the reason."""
+    try:
+        yield
     except ValueError:
         raise
-    except Exception as exc:  # polars/OS raise format-specific errors; the operator needs the reason in one line
-        raise ValueError(
-            f"cannot be read as {path.suffix.lower().lstrip('.') or 'data'}: {type(exc).__name__}: {_first_line(exc)}"
-        ) from exc
+    except Exception as exc:
+        raise ValueError(f"cannot be read as {suffix}: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 def _check_csv_header(path: Path) -> None:

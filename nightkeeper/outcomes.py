@@ -10,6 +10,7 @@ champion's (``nightkeeper.serving.serving_decision``), so fallback answers are d
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import polars as pl
@@ -150,3 +151,48 @@ def outcome_summary(outcomes: pl.DataFrame) -> dict[str, int]:
     """Row counts by source (model, canary, fallback, quarantine)."""
     counts = dict(outcomes.group_by("source").len().iter_rows())
     return {source: int(counts.get(source, 0)) for source in ("model", "canary", "fallback", "quarantine")}
+
+
+@dataclass(frozen=True)
+class AnswerSummary:
+    """What the night's judgement reads of its outcomes, whatever their number: row counts by source (model, canary,
+    fallback, quarantine), the answers not from the model by source and reason (the reason's first rule, without its
+    detail; column ``len``, most frequent first), row counts by decision, and the first ``preview`` rows by row key."""
+
+    by_source: dict[str, int]
+    not_model_by_reason: pl.DataFrame
+    decisions: dict[str, int]
+    preview: pl.DataFrame
+
+    @property
+    def rows(self) -> int:
+        return sum(self.by_source.values())
+
+
+def summarise_answers(chunks: Iterable[pl.DataFrame], preview_rows: int) -> AnswerSummary:
+    """The ``AnswerSummary`` of the union of ``chunks`` (outcome rows in any split and order): counts add, the
+    preview keeps the smallest row keys, so a night summarised in chunks equals the night summarised whole."""
+    sources: dict[str, int] = dict.fromkeys(("model", "canary", "fallback", "quarantine"), 0)
+    decisions: dict[str, int] = {}
+    reasons = pl.DataFrame(schema={"source": pl.String, "reason": pl.String, "len": pl.UInt32})
+    preview = pl.DataFrame(schema=OUTCOME_SCHEMA)
+    for chunk in chunks:
+        for source, count in outcome_summary(chunk).items():
+            sources[source] += count
+        for decision, count in chunk.group_by("decision").len().iter_rows():
+            decisions[str(decision)] = decisions.get(str(decision), 0) + int(count)
+        found = (
+            chunk.filter(~pl.col("source").is_in(["model", "canary"]))
+            .with_columns(pl.col("reason").str.split(";").list.first().str.replace(r":.*$", ""))
+            .group_by("source", "reason")
+            .len()
+        )
+        reasons = pl.concat([reasons, found]).group_by("source", "reason").agg(pl.col("len").sum())
+        preview = pl.concat([preview, conform(chunk, OUTCOME_SCHEMA).sort(ROW_KEY).head(preview_rows)])
+        preview = preview.sort(ROW_KEY).head(preview_rows)
+    return AnswerSummary(
+        sources,
+        reasons.sort(["len", "source", "reason"], descending=[True, False, False], nulls_last=True),
+        dict(sorted(decisions.items())),
+        preview,
+    )

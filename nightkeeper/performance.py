@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from nightkeeper.frames import conform
 from nightkeeper.labels import LABELS_TABLE
 from nightkeeper.schema import PERFORMANCE_LABEL_STATE as LABEL_STATE_TABLE
 from nightkeeper.summaries import ValueCounts
-from nightkeeper.warehouse import NIGHTLY_SCHEMA, create_table_if_missing, run_transaction, table_exists
+from nightkeeper.warehouse import NIGHTLY_SCHEMA, create_table_if_missing, read_chunks, run_transaction, table_exists
 
 DEFAULT_SOURCES: tuple[str, ...] = ("model", "canary")
 GROUP_KEY = ["partition_date", "source", "model_version"]
@@ -775,7 +775,11 @@ _OUTCOME_COLUMNS = ("partition_date", "source_file", "row_number", "entity_id", 
 
 
 def refresh_performance(
-    connection: duckdb.DuckDBPyConnection, night: dt.date, decision: DecisionConfig, settings: PerformanceConfig
+    connection: duckdb.DuckDBPyConnection,
+    night: dt.date,
+    decision: DecisionConfig,
+    settings: PerformanceConfig,
+    chunk_rows: int = 200_000,
 ) -> list[dt.date]:
     """Bring REALIZED_TABLE and ESTIMATED_TABLE up to date after ``night``'s outcomes were stored and its labels
     read; returns the nights recomputed, in order.
@@ -787,6 +791,10 @@ def refresh_performance(
     outcome so far, and the tables equal ``realized_performance`` / ``estimated_performance`` over all stored
     outcomes and labels as long as each night's performance step runs after its outcomes are (re)written, which
     the pipeline's dependencies guarantee. Written in one transaction.
+
+    A night's scored rows are read ``chunk_rows`` at a time and only their counts are kept (``realized_counts``,
+    ``estimated_counts``, merged: the counts of the whole night, as an id is scored at most once a night by a model
+    version, validation quarantining its later rows), so memory follows the distinct scores, not the rows' columns.
     """
     first_time = _ensure_tables(connection)
     counts = connection.execute(
@@ -804,21 +812,22 @@ def refresh_performance(
     else:
         estimate_nights = [night]
     nights = sorted({*estimate_nights, *landed})
-    rows = _scored_rows(connection, nights)
-    thresholds = card_thresholds(connection, rows["model_version"].unique())
-    realized = realized_performance(
-        rows,
-        _labels_of(connection, nights, arrived_by=None),
-        decision,
-        settings.business_value,
-        settings.min_labeled_rows,
-        thresholds=thresholds,
+    realized_parts = [realized_counts(pl.DataFrame(schema=SCORED_LABELS_SCHEMA))]
+    estimated_parts = [estimated_counts(pl.DataFrame(schema=SCORED_LABELS_SCHEMA))]
+    versions: set[str | None] = set()
+    for scoring_night in nights:
+        labels = _labels_of(connection, [scoring_night], arrived_by=None)
+        for rows in _scored_chunks(connection, scoring_night, chunk_rows):
+            versions |= set(rows["model_version"].unique())
+            realized_parts.append(realized_counts(scored_with_labels(rows, labels)))
+            if scoring_night in estimate_nights:
+                estimated_parts.append(estimated_counts(rows))
+    thresholds = card_thresholds(connection, versions)
+    realized = realized_from_counts(
+        merge_counts(realized_parts), decision, settings.business_value, settings.min_labeled_rows, thresholds
     ).to_arrow()
-    estimated = estimated_performance(
-        rows.filter(pl.col("partition_date").is_in(estimate_nights)),
-        decision,
-        settings.business_value,
-        thresholds=thresholds,
+    estimated = estimated_from_counts(
+        merge_counts(estimated_parts), decision, settings.business_value, thresholds
     ).to_arrow()
     state = counts.to_arrow()
 
@@ -902,6 +911,17 @@ def _scored_rows(connection: duckdb.DuckDBPyConnection, nights: Sequence[dt.date
         "and source in (select unnest($sources)) and score is not null",
         {"nights": list(nights), "sources": list(DEFAULT_SOURCES)},
     ).pl()
+
+
+def _scored_chunks(connection: duckdb.DuckDBPyConnection, night: dt.date, chunk_rows: int) -> Iterator[pl.DataFrame]:
+    """``_scored_rows`` of ``night``, streamed ``chunk_rows`` rows at a time (in stored order)."""
+    return read_chunks(
+        connection,
+        f"select {', '.join(_OUTCOME_COLUMNS)} from {OUTCOMES_TABLE} where partition_date = $night "
+        "and source in (select unnest($sources)) and score is not null",
+        {"night": night, "sources": list(DEFAULT_SOURCES)},
+        chunk_rows,
+    )
 
 
 def _labels_of(

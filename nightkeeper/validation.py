@@ -84,24 +84,52 @@ class _Values:
     text: pl.Expr
 
 
-def validate(raw: pl.DataFrame, contract: Contract, slice_rows: int = VALIDATE_SLICE_ROWS) -> ValidationResult:
+@dataclass(frozen=True)
+class NightFacts:
+    """What judging some of a night's raw rows needs to know of the whole night: ``copies``, the keys (ROW_KEY,
+    ``entity_id``) of every row whose id an earlier row of the night has (by file, then row number), and
+    ``first_records``, one ``record`` of each file that has rows which failed typing (``source_file``,
+    ``row_number``, ``record``), which tells the columns each file lacked."""
+
+    copies: pl.DataFrame
+    first_records: pl.DataFrame
+
+
+def night_facts(raw: pl.DataFrame) -> NightFacts:
+    """The ``NightFacts`` of a whole night's raw batch."""
+    rows = raw.filter(pl.col("row_number") != FILE_ROW)
+    # storage does not keep row order; "first" of a duplicated id means earliest by file, then row number
+    copies = (
+        rows.select(*ROW_KEY, "entity_id")
+        .sort(ROW_KEY)
+        .filter(pl.col("entity_id").is_not_null() & ~pl.col("entity_id").is_first_distinct())
+    )
+    records = (
+        rows.filter(pl.col(RECORD).is_not_null())
+        .group_by("source_file")
+        .agg(pl.col("row_number").first(), pl.col(RECORD).first())
+    )
+    return NightFacts(copies, records)
+
+
+def validate(
+    raw: pl.DataFrame, contract: Contract, slice_rows: int = VALIDATE_SLICE_ROWS, night: NightFacts | None = None
+) -> ValidationResult:
     """Validate a raw batch (``nightkeeper.ingest.raw_schema(contract)``) against ``contract``.
 
     An unreadable file's one raw row (``row_number`` FILE_ROW) is quarantined once, with rule UNREADABLE_FILE,
     column FILE_COLUMN and the reason as the value; no other rule is applied to it. An ``event_time`` that is
     present but not a date-time quarantines its row (rule ``type``); an empty one is allowed. A later row with an id
     already seen in the batch (by file, then row number) is quarantined (rule ``duplicate_id``). The rows are
-    judged ``slice_rows`` at a time; the result does not depend on it.
+    judged ``slice_rows`` at a time; the result does not depend on it. ``raw`` may be some of a night's rows when
+    ``night`` gives what the rules need of the whole night (``NightFacts``; default: ``raw`` is the whole night):
+    then the result is those rows' share of the whole night's.
     """
+    facts = night if night is not None else night_facts(raw)
     unreadable = file_errors(raw)
     raw = raw.filter(pl.col("row_number") != FILE_ROW)
-    files_by_column = _files_missing_each_column(raw, list(contract.features))
-    # storage does not keep row order; "first" of a duplicated id means earliest by file, then row number
-    copies = (
-        raw.select(*ROW_KEY, "entity_id")
-        .sort(ROW_KEY)
-        .filter(pl.col("entity_id").is_not_null() & ~pl.col("entity_id").is_first_distinct())
-    )
+    files_by_column = _files_missing_each_column(facts.first_records, list(contract.features))
+    copies = facts.copies
     valid_parts: list[pl.DataFrame] = []
     violations = [_file_violations(unreadable)]
     nulls = dict.fromkeys(contract.features, 0)
@@ -199,10 +227,10 @@ def _file_violations(unreadable: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _files_missing_each_column(raw: pl.DataFrame, columns: list[str]) -> dict[str, list[str]]:
-    """Per column, the files that lacked it (known from their rows' records: such rows always fail typing when the
-    column is required; an optional column missing from a file breaks no rule)."""
-    present = record_columns(raw) if raw.height else {}
+def _files_missing_each_column(records: pl.DataFrame, columns: list[str]) -> dict[str, list[str]]:
+    """Per column, the files that lacked it (known from their rows' ``records``: such rows always fail typing when
+    the column is required; an optional column missing from a file breaks no rule)."""
+    present = record_columns(records) if records.height else {}
     return {column: [file for file, names in present.items() if column not in names] for column in columns}
 
 
@@ -282,4 +310,5 @@ def _fmt(number: float | None) -> str:
 
 def quarantine_summary(quarantine: pl.DataFrame) -> pl.DataFrame:
     """Broken-rule counts by column and rule, most frequent first."""
-    return quarantine.group_by("column", "rule").agg(pl.len().alias("rows")).sort("rows", descending=True)
+    counts = quarantine.group_by("column", "rule").agg(pl.len().alias("rows"))
+    return counts.sort(["rows", "column", "rule"], descending=[True, False, False])

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +35,10 @@ PARTITION_COLUMN = "partition_date"
 SHARD_COLUMN = "shard"
 """The column of a row-level nightly table stored by shards (``store_shard``): which shard of its night a row is in;
 absent (NULL) in a night stored whole."""
+FILE_MEMORY_LIMIT = "512MB"
+"""DuckDB's memory limit for a warehouse file: its cache of the file's blocks and its working memory (sorts, joins
+and aggregates spill to ``<file>.tmp`` beyond it). DuckDB's default, 80 % of the machine, would let its cache grow
+with every block a night's steps read, so a night's memory would grow with its rows."""
 LAKE_ALIAS = "lake"
 """The name a DuckLake is attached under; every connection to it uses it as its default database."""
 
@@ -82,7 +86,7 @@ def _open_file(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnection:
     delay = 0.1
     while True:
         try:
-            return duckdb.connect(str(path))
+            return duckdb.connect(str(path), config={"memory_limit": FILE_MEMORY_LIMIT})
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
                 raise
@@ -343,11 +347,162 @@ def _replace_rows(
     """Inside the caller's transaction: delete the rows of ``schema.table`` matching ``where`` and insert the rows of
     the registered ``view`` by name, creating the table (or adding its new columns) from the view's first."""
     name = f'"{schema}"."{table}"'
+    _prepare_table(connection, schema, table, view)
+    connection.execute(f"delete from {name} where {where}", params)
+    connection.execute(f"insert into {name} by name select * from {view}")
+
+
+def _prepare_table(connection: duckdb.DuckDBPyConnection, schema: str, table: str, view: str) -> None:
+    """Inside the caller's transaction: create ``schema.table`` with the columns of the registered ``view`` when
+    missing, or add the view's columns it lacks."""
+    name = f'"{schema}"."{table}"'
     connection.execute(f'create schema if not exists "{schema}"')
     connection.execute(f"create table if not exists {name} as select * from {view} limit 0")
     stored = {row[0] for row in connection.execute(f"describe {name}").fetchall()}
     for column, column_type, *_ in connection.execute(f"describe {view}").fetchall():
         if column not in stored:  # the contract gained a column (or the night is now sharded): earlier rows are NULL
             connection.execute(f'alter table {name} add column "{column}" {column_type}')
-    connection.execute(f"delete from {name} where {where}", params)
-    connection.execute(f"insert into {name} by name select * from {view}")
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """A run of a night's rows in row-key order, from row ``first_row`` of ``first_file`` to row ``last_row`` of
+    ``last_file``, both included (``source_file``, then ``row_number``): the unit a night is read, computed and
+    stored in, so working memory is a block's whatever the night's size."""
+
+    first_file: str
+    first_row: int
+    last_file: str
+    last_row: int
+
+
+def row_blocks(
+    connection: duckdb.DuckDBPyConnection, schema: str, table: str, night: dt.date, chunk_rows: int
+) -> list[RowBlock]:
+    """Blocks covering every row of ``night``'s partition of ``schema.table`` (by ``source_file`` and
+    ``row_number``), in key order, each of at most ``chunk_rows`` rows: a file's rows are cut into runs of
+    ``chunk_rows`` row numbers, and runs of small files are joined while they fit. Every row of another table of the
+    night keyed alike (``source_file``, ``row_number``) within the same bounds falls in exactly one block too."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    files = connection.execute(
+        f"""select source_file, min(row_number), max(row_number) from "{schema}"."{table}"
+            where {PARTITION_COLUMN} = $night group by source_file order by source_file""",
+        {"night": night},
+    ).fetchall()
+    runs = [
+        (name, start, min(start + chunk_rows - 1, last))
+        for name, first, last in files
+        for start in range(first, last + 1, chunk_rows)
+    ]
+    blocks: list[RowBlock] = []
+    rows = 0
+    for name, start, end in runs:
+        width = end - start + 1  # row numbers are contiguous within a file: at least the run's row count
+        if blocks and rows + width <= chunk_rows:
+            blocks[-1] = replace(blocks[-1], last_file=name, last_row=end)
+            rows += width
+        else:
+            blocks.append(RowBlock(name, start, name, end))
+            rows = width
+    return blocks
+
+
+def read_block(
+    connection: duckdb.DuckDBPyConnection,
+    schema: str,
+    table: str,
+    night: dt.date,
+    block: RowBlock,
+    columns: list[str] | None = None,
+    order: list[str] | None = None,
+) -> pl.DataFrame:
+    """The rows of ``night``'s partition of ``schema.table`` in ``block`` (``columns`` of them, every column but
+    ``SHARD_COLUMN`` when None), sorted by ``order`` (default ``source_file``, ``row_number``). DuckDB skips the
+    stored row groups outside the block by their key ranges, so a block costs about its own rows."""
+    selected = ", ".join(f'"{column}"' for column in columns) if columns else f"* exclude ({SHARD_COLUMN})"
+    if columns is None and SHARD_COLUMN not in {
+        row[0] for row in connection.execute(f'describe "{schema}"."{table}"').fetchall()
+    }:
+        selected = "*"
+    ordered = ", ".join(f'"{column}"' for column in (order or ["source_file", "row_number"]))
+    return connection.execute(
+        f"""select {selected} from "{schema}"."{table}"
+            where {PARTITION_COLUMN} = $night and source_file between $first_file and $last_file
+              and (source_file <> $first_file or row_number >= $first_row)
+              and (source_file <> $last_file or row_number <= $last_row)
+            order by {ordered}""",
+        {
+            "night": night,
+            "first_file": block.first_file,
+            "first_row": block.first_row,
+            "last_file": block.last_file,
+            "last_row": block.last_row,
+        },
+    ).pl()
+
+
+def store_chunks(
+    connection: duckdb.DuckDBPyConnection,
+    schema: str,
+    night: dt.date,
+    empty: dict[str, pl.DataFrame],
+    chunks: Callable[[], Iterator[dict[str, pl.DataFrame]]],
+) -> None:
+    """Replace ``night``'s partition of each table of ``empty`` (table name -> an empty frame of its columns) with
+    the union of the frames ``chunks()`` yields for it (table name -> rows, ``partition_date`` all ``night``): all of
+    it or nothing, as ``store_partition`` does for one frame (tables created from ``empty``, columns added and
+    inserted by name). Only a chunk is held at a time; ``chunks`` may read the warehouse through ``connection``
+    between chunks.
+
+    The chunks are first written to a staging table per table (``__staged_<table>_<night>``, each chunk committed:
+    DuckDB holds a transaction's appended rows in memory until it commits), then one transaction replaces the
+    night's partitions from them (one insert per table, which DuckDB writes to its file as it goes) and drops them;
+    a failure before that transaction leaves the stored tables as they were (the staging tables are dropped). On a
+    DuckLake that transaction is run again while its commit conflicts with another writer's. An error raised by
+    ``chunks()`` is raised."""
+    staged = {table: f'"{schema}"."__staged_{table}_{night:%Y%m%d}"' for table in empty}
+    connection.execute(f'create schema if not exists "{schema}"')
+    try:
+        for table, frame in empty.items():
+            _create_empty(connection, staged[table], frame)
+        for chunk in chunks():
+            for table, frame in chunk.items():
+                if table not in empty:
+                    raise ValueError(f"{schema}.{table}: a chunk of a table not stored here ({sorted(empty)})")
+                _check_night(schema, table, night, frame)
+                view = f"__nightkeeper_chunk_{table}"
+                connection.register(view, frame.to_arrow())
+                try:
+                    connection.execute(f"insert into {staged[table]} by name select * from {view}")
+                finally:
+                    connection.unregister(view)
+
+        def replace_night() -> None:
+            for table, frame in empty.items():
+                view = f"__nightkeeper_chunk_{table}"
+                connection.register(view, frame.head(0).to_arrow())
+                try:
+                    _prepare_table(connection, schema, table, view)
+                finally:
+                    connection.unregister(view)
+                target = f'"{schema}"."{table}"'
+                connection.execute(f"delete from {target} where {PARTITION_COLUMN} = $night", {"night": night})
+                connection.execute(f"insert into {target} by name select * from {staged[table]}")
+                connection.execute(f"drop table {staged[table]}")
+
+        run_transaction(connection, replace_night)
+    finally:
+        rollback_open(connection)  # a failed replace_night has rolled back already; nothing else is open
+        for name in staged.values():
+            connection.execute(f"drop table if exists {name}")
+
+
+def _create_empty(connection: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
+    """Create table ``name`` (replacing one of that name, left by a run that died) with ``frame``'s columns, empty."""
+    view = "__nightkeeper_columns"
+    connection.register(view, frame.head(0).to_arrow())
+    try:
+        connection.execute(f"create or replace table {name} as select * from {view}")
+    finally:
+        connection.unregister(view)

@@ -22,6 +22,7 @@ from nightkeeper.models import bootstrap_champion, publish
 from nightkeeper.outcomes import Fallback, assemble_outcomes
 from nightkeeper.pipeline import monitoring
 from nightkeeper.registry import ModelRecord
+from nightkeeper.schema import PERFORMANCE_LABEL_STATE
 from nightkeeper.scoring import score_batch
 from nightkeeper.training import train_model
 from nightkeeper.validation import validate
@@ -233,3 +234,25 @@ def test_a_night_recomputes_only_itself_and_the_nights_whose_labels_landed(proje
 
     assert unchanged == [latest]
     assert landed == [FIRST_NIGHT + dt.timedelta(days=d) for d in (NIGHTS - 2, NIGHTS - 1)] + [later]
+
+
+def test_nights_counted_a_few_rows_at_a_time_give_the_tables_counted_whole(project: Project):
+    config, latest = project.config, FIRST_NIGHT + dt.timedelta(days=NIGHTS - 1)
+
+    def recomputed(chunk_rows: int) -> list[pl.DataFrame]:
+        with project.connect() as connection:
+            connection.execute(f"delete from {PERFORMANCE_LABEL_STATE}")  # every labeled night is recomputed
+            nights = performance.refresh_performance(
+                connection, latest, config.model.decision, config.monitoring.performance, chunk_rows
+            )
+            assert len(nights) > 1
+            return [
+                connection.execute(f"select * from {table}").pl().sort(performance.GROUP_KEY)
+                for table in (performance.REALIZED_TABLE, performance.ESTIMATED_TABLE)
+            ]
+
+    whole, chunked = recomputed(10**9), recomputed(7)
+
+    assert whole[0].filter(pl.col("labeled_rows") > 0).height > 0
+    for expected, found in zip(whole, chunked, strict=True):
+        assert found.equals(expected)

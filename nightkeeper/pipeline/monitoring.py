@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def performance_night(
     settings = config.monitoring.performance
     decision = config.model.decision
     champion = serving_model(connection, registry.CHAMPION, night).record  # a bad registry row: no reference
-    performance.refresh_performance(connection, night, decision, settings)
+    performance.refresh_performance(connection, night, decision, settings, config.scale.chunk_rows)
     realized = performance.realized_as_of(connection, night, decision, settings)
     estimated = performance.estimated_as_of(connection, night)  # every night, for the plot
     window = _labeled_window(connection, night, realized)
@@ -556,11 +557,27 @@ def review_queue_night(
     "Near the threshold" means near the threshold each answer was decided at: its model version's card's
     (``performance.card_thresholds``), the config's only for a version the registry does not know.
     """
-    thresholds = performance.card_thresholds(connection, outcomes["model_version"].unique())
-    threshold = pl.col("model_version").replace_strict(
+    threshold = answer_thresholds(config, connection, outcomes["model_version"].unique())
+    return store_review_queue(
+        config, connection, night, build_review_queue(outcomes, quarantine, threshold, config.review)
+    )
+
+
+def answer_thresholds(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, versions: Iterable[str | None]
+) -> pl.Expr:
+    """Each answer's threshold, by the model version that answered it: its card's (``performance.card_thresholds``),
+    the config's for a version the registry does not know (``versions``: those that answered)."""
+    thresholds = performance.card_thresholds(connection, versions)
+    return pl.col("model_version").replace_strict(
         thresholds, default=config.model.decision.threshold, return_dtype=pl.Float64
     )
-    queue = build_review_queue(outcomes, quarantine, threshold, config.review)
+
+
+def store_review_queue(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, queue: pl.DataFrame
+) -> StepResult:
+    """Store ``night``'s review ``queue`` (``build_review_queue``) and report it (``review_queue_night``)."""
     store_queue(connection, night, queue)
     by_reason = queue.with_columns(pl.col("queue_reason").str.split(":").list.first()).group_by("queue_reason").len()
     return StepResult(

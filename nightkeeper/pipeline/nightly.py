@@ -26,11 +26,11 @@ from nightkeeper import batch_checks, lifecycle, metric_names, metrics_store, re
 from nightkeeper.artifacts import ModelUnavailable, load_verified
 from nightkeeper.batch_checks import CheckOutcome
 from nightkeeper.config import BusinessValue, ProjectConfig
-from nightkeeper.frames import conform, number
+from nightkeeper.frames import conform
 from nightkeeper.ingest import RawBatch, read_night
 from nightkeeper.labels import LABELS_TABLE
-from nightkeeper.outcomes import Fallback, assemble_outcomes, outcome_summary
-from nightkeeper.performance import estimate_performance
+from nightkeeper.outcomes import AnswerSummary, Fallback, assemble_outcomes, summarise_answers
+from nightkeeper.performance import estimate_from_counts
 from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.reasons import REASON_CODES_SCHEMA, reason_codes
@@ -38,6 +38,7 @@ from nightkeeper.registry import ModelRecord
 from nightkeeper.routing import in_canary
 from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored
 from nightkeeper.serving import ServingModel, serving_decision, serving_model
+from nightkeeper.summaries import ValueCounts
 from nightkeeper.validation import KEY_COLUMNS, ROW_KEY, quarantine_summary, validate
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, read_rows, table_exists
 
@@ -121,7 +122,7 @@ def validate_night(
         night,
         raw_batch.height,
         result.null_rates,
-        result.quarantine,
+        summarise_quarantine(result.quarantine),
         result.valid.height,
         result.valid.head(PREVIEW_ROWS),
     )
@@ -134,13 +135,13 @@ def judge_validation(
     night: dt.date,
     rows: int,
     null_rates: dict[str, float],
-    quarantine: pl.DataFrame,
+    quarantine: QuarantineSummary,
     valid_rows: int,
     valid_preview: pl.DataFrame,
 ) -> StepResult:
     """``validate_night``'s metadata, check and metrics (no tables) from the night's raw ``rows``, its features'
-    ``null_rates``, its ``quarantine`` and how many rows passed."""
-    quarantined = quarantine.select(ROW_KEY).unique().height
+    ``null_rates``, the summary of its ``quarantine`` and how many rows passed."""
+    quarantined = quarantine.rows
     champion = serving_model(connection, registry.CHAMPION, night).record
     reference = champion.card.missing_rates if champion else {}  # no usable champion: every empty value counts as new
     nulls = batch_checks.null_rates_stable(null_rates, reference, config.checks.null_rate_spike)
@@ -159,12 +160,34 @@ def judge_validation(
             "quarantine": {
                 "quarantined_rows": quarantined,
                 "quarantine_rate": quarantine_rate,
-                "broken_rules": quarantine.height,
-                "by_rule": quarantine_summary(quarantine).head(SUMMARY_ROWS),
-                "preview": quarantine.head(PREVIEW_ROWS),
+                "broken_rules": quarantine.broken_rules,
+                "by_rule": quarantine.by_rule,
+                "preview": quarantine.preview,
             },
         },
         checks={"null_rates_stable": nulls},
+    )
+
+
+@dataclass(frozen=True)
+class QuarantineSummary:
+    """What the night's judgement reads of its quarantine: the quarantined ``rows`` (distinct row keys), the
+    ``broken_rules`` (quarantine rows), the counts by column and rule (``validation.quarantine_summary``, the first
+    ``SUMMARY_ROWS``) and the first ``PREVIEW_ROWS`` quarantine rows (by row key, column, rule)."""
+
+    rows: int
+    broken_rules: int
+    by_rule: pl.DataFrame
+    preview: pl.DataFrame
+
+
+def summarise_quarantine(quarantine: pl.DataFrame) -> QuarantineSummary:
+    """The ``QuarantineSummary`` of a night's quarantine (QUARANTINE_SCHEMA, sorted)."""
+    return QuarantineSummary(
+        quarantine.select(ROW_KEY).unique().height,
+        quarantine.height,
+        quarantine_summary(quarantine).head(SUMMARY_ROWS),
+        quarantine.head(PREVIEW_ROWS),
     )
 
 
@@ -177,16 +200,33 @@ def score_night(
     ``champion_answered``.
     """
     frame, error = champion_scores(config, serving_model(connection, registry.CHAMPION, night), validated_batch)
-    return replace(judge_scoring(connection, night, frame, error), tables={"scored_batch": frame})
+    summary = summarise_scores(frame)
+    return replace(judge_scoring(connection, night, summary, error), tables={"scored_batch": frame})
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What the night's judgement reads of a night's scores: its rows, the p50 / p95 per-row latency
+    (``scoring.latency_percentiles``), row counts by decision and its first rows by row key."""
+
+    rows: int
+    latency: dict[str, float | None]
+    decisions: dict[str, int]
+    preview: pl.DataFrame
+
+
+def summarise_scores(scored: pl.DataFrame) -> ScoreSummary:
+    """The ``ScoreSummary`` of a night's scores (SCORED_SCHEMA, sorted by row key)."""
+    return ScoreSummary(scored.height, latency_percentiles(scored), _decision_counts(scored), scored.head(PREVIEW_ROWS))
 
 
 def judge_scoring(
-    connection: duckdb.DuckDBPyConnection, night: dt.date, scored_batch: pl.DataFrame, error: str | None
+    connection: duckdb.DuckDBPyConnection, night: dt.date, scored: ScoreSummary, error: str | None
 ) -> StepResult:
-    """``score_night``'s metadata, check and metrics (no tables) from the night's champion scores and why the
-    champion did not answer (None when it did)."""
+    """``score_night``'s metadata, check and metrics (no tables) from the summary of the night's champion scores and
+    why the champion did not answer (None when it did)."""
     version = serving_model(connection, registry.CHAMPION, night).version
-    latency = latency_percentiles(scored_batch)
+    latency = scored.latency
     record_night_metrics(
         connection,
         night,
@@ -198,14 +238,14 @@ def judge_scoring(
     )
     return StepResult(
         metadata={
-            "rows": scored_batch.height,
+            "rows": scored.rows,
             "model_version": version or "none",
             "degraded": error is not None,
             "model_error": error or "",
             "latency_p50_ms": latency["p50_ms"],
             "latency_p95_ms": latency["p95_ms"],
-            "decisions": _decision_counts(scored_batch),
-            "preview": scored_batch.head(PREVIEW_ROWS),
+            "decisions": scored.decisions,
+            "preview": scored.preview,
         },
         checks={"champion_answered": batch_checks.model_answered(error, version)},
     )
@@ -262,18 +302,15 @@ def shadow_night(
     ``scored_batch`` needs only ``JUDGED_SCORE_COLUMNS``.
     """
     frame = challenger_scores(config, serving_model(connection, registry.CHALLENGER, night), validated_batch)
-    return replace(judge_shadow(config, connection, night, frame, scored_batch), tables={"shadow_scores": frame})
+    tally = ShadowTally.of(frame, scored_batch)
+    return replace(judge_shadow(config, connection, night, tally), tables={"shadow_scores": frame})
 
 
 def judge_shadow(
-    config: ProjectConfig,
-    connection: duckdb.DuckDBPyConnection,
-    night: dt.date,
-    shadow_scores: pl.DataFrame,
-    scored_batch: pl.DataFrame,
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, tally: ShadowTally
 ) -> StepResult:
-    """``shadow_night``'s metadata, check and metrics (no tables) from the night's challenger scores (with
-    ``in_canary``) and champion scores: the challenger's health tonight and the rollout decision."""
+    """``shadow_night``'s metadata, check and metrics (no tables) from the tally of the night's challenger scores
+    against the champion's (``ShadowTally``): the challenger's health tonight and the rollout decision."""
     challenger = serving_model(connection, registry.CHALLENGER, night)
     if challenger.version is None:
         return StepResult(
@@ -284,10 +321,9 @@ def judge_shadow(
     percent = lifecycle.canary_percent(challenger.stage)
     rollout = config.lifecycle.rollout
     realized = realized_rollout_auc(connection, challenger.version, night, rollout.min_labeled_rows)
-    health = rollout_health(
+    health = tallied_health(
         night,
-        shadow_scores,
-        scored_batch,
+        tally,
         serving_decision(config, connection, night).threshold,
         realized,
         estimate_trusted(connection, night),
@@ -320,7 +356,7 @@ def judge_shadow(
             keys.SHADOW_CHALLENGER: challenger.version,
             keys.SHADOW_STAGE: challenger.stage or "",
             "canary_percent": percent,
-            "canary_rows": int(shadow_scores["in_canary"].sum()),
+            "canary_rows": tally.canary_rows,
             "error_rate": health.error_rate,
             "fallback_rate_increase": health.fallback_rate_increase,
             "agreement": health.agreement,
@@ -369,23 +405,18 @@ def answer_night(
         config.fallback.answer_quarantined,
         canary,
     )
-    return replace(judge_answers(config, connection, night, frame), tables={"outcomes": frame})
+    summary = summarise_answers([frame], PREVIEW_ROWS)
+    return replace(judge_answers(config, connection, night, summary), tables={"outcomes": frame})
 
 
 def judge_answers(
-    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, outcomes: pl.DataFrame
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, summary: AnswerSummary
 ) -> StepResult:
-    """``answer_night``'s metadata, check and metrics (no tables) from the night's outcomes."""
+    """``answer_night``'s metadata, check and metrics (no tables) from the summary of the night's outcomes
+    (``outcomes.summarise_answers``)."""
     champion = serving_model(connection, registry.CHAMPION, night).record
-    counts = outcome_summary(outcomes)
-    total = outcomes.height
-    not_model = outcomes.filter(~pl.col("source").is_in(["model", "canary"]))
-    reasons = (
-        not_model.with_columns(pl.col("reason").str.split(";").list.first().str.replace(r":.*$", ""))
-        .group_by("source", "reason")
-        .len()
-        .sort("len", descending=True)
-    )
+    counts = summary.by_source
+    total = summary.rows
     version = champion.version if champion else None
     record_night_metrics(
         connection,
@@ -403,10 +434,10 @@ def judge_answers(
             **{f"{source}_rows": count for source, count in counts.items()},
             "fallback_rate": counts["fallback"] / total if total else 0.0,
             "quarantine_rate": counts["quarantine"] / total if total else 0.0,
-            "not_model_by_reason": reasons.head(SUMMARY_ROWS),
-            "decisions": _decision_counts(outcomes),
+            "not_model_by_reason": summary.not_model_by_reason.head(SUMMARY_ROWS),
+            "decisions": summary.decisions,
             "model_version": version or "none",
-            "preview": outcomes.head(PREVIEW_ROWS),
+            "preview": summary.preview,
         },
         checks={
             "fallback_rate_within_limit": batch_checks.fallback_rate_within_limit(
@@ -447,8 +478,18 @@ def explain_stored_night(
     """``explain_night`` on the night's stored ``validated_batch``, of which DuckDB reads only the rows due for
     reasons (on a scoped night ~13 %), so the step never loads the rest of the night's rows into memory."""
     started = time.perf_counter()
-    due = due_for_reasons(config, connection, outcomes)
-    keys = pl.concat([rows.select(ROW_KEY) for _, rows in due.by_version] or [outcomes.select(ROW_KEY).clear()])
+    return explain_stored_due(config, connection, night, due_for_reasons(config, connection, outcomes), started)
+
+
+def explain_stored_due(
+    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, due: DueForReasons, started: float
+) -> StepResult:
+    """``explain_stored_night`` of the night's answers ``due`` for reasons (``due_for_reasons``), the step timed
+    from ``started`` (``time.perf_counter``)."""
+    keys = pl.concat(
+        [rows.select(ROW_KEY) for _, rows in due.by_version]
+        or [pl.DataFrame(schema={"source_file": pl.String, "row_number": pl.Int64})]
+    )
     return _explained(config, due, read_rows(connection, NIGHTLY_SCHEMA, "validated_batch", night, keys), started)
 
 
@@ -461,6 +502,20 @@ class DueForReasons:
     by_version: list[tuple[ModelRecord, pl.DataFrame]]
     answers: int
     unknown: dict[str, str]
+
+    @classmethod
+    def merge(cls, parts: list[DueForReasons]) -> DueForReasons:
+        """The answers due of the union of the parts' answers (each part judged on some of the night's rows)."""
+        records = {record.version: record for part in parts for record, _ in part.by_version}
+        by_version = [
+            (
+                records[version],
+                pl.concat([rows for part in parts for r, rows in part.by_version if r.version == version]),
+            )
+            for version in sorted(records)
+        ]
+        unknown = {version: why for part in parts for version, why in part.unknown.items()}
+        return cls(by_version, sum(part.answers for part in parts), unknown)
 
 
 def due_for_reasons(
@@ -523,9 +578,10 @@ def outcomes_conserve_rows(connection: duckdb.DuckDBPyConnection) -> CheckOutcom
         return batch_checks.rows_conserved([])
     nights = connection.execute(
         f"""with raw as (select partition_date, count(*) as rows_in from {NIGHTLY_SCHEMA}.raw_batch group by all),
-                 answered as (select partition_date, count(*) as rows_out,
-                                     count(distinct (source_file, row_number)) as distinct_out
-                              from {NIGHTLY_SCHEMA}.outcomes group by all)
+                 answered as (select partition_date, sum(copies) as rows_out, count(*) as distinct_out
+                              from (select partition_date, count(*) as copies from {NIGHTLY_SCHEMA}.outcomes
+                                    group by partition_date, source_file, row_number)
+                              group by all)
             select coalesce(raw.partition_date, answered.partition_date) as night,
                    coalesce(rows_in, 0), coalesce(rows_out, 0), coalesce(distinct_out, 0)
             from raw full join answered using (partition_date) order by night"""
@@ -589,6 +645,59 @@ def estimate_trusted(connection: duckdb.DuckDBPyConnection, night: dt.date) -> b
     return bool(history.height) and history.sort("night")["value"][-1] == 1.0
 
 
+@dataclass(frozen=True)
+class ShadowTally:
+    """What the challenger's health tonight is judged from: counts (and counts of distinct scores) that merge over any
+    split of the night's rows (``merge``): the challenger's ``rows``, those it could not score (``errors``), the
+    champion's failures on the same rows (``champion_errors``), the rows both scored (``both``) and how many of them
+    both decided alike (``agreements``), the rows routed to the challenger (``canary_rows``), and both models' scores
+    of the rows both scored, counted per distinct value (``summaries.ValueCounts``)."""
+
+    rows: int
+    errors: int
+    champion_errors: int
+    both: int
+    agreements: int
+    canary_rows: int
+    challenger_scores: ValueCounts
+    champion_scores: ValueCounts
+
+    @classmethod
+    def of(cls, challenger: pl.DataFrame, champion: pl.DataFrame) -> ShadowTally:
+        """The tally of the challenger's scores (SHADOW_SCHEMA) against the champion's (at least
+        ``JUDGED_SCORE_COLUMNS``) on the same rows."""
+        rows = challenger.height
+        both = challenger.join(champion, on=ROW_KEY, suffix="_champion").filter(
+            pl.col("model_error").is_null() & pl.col("model_error_champion").is_null()
+        )
+        return cls(
+            rows=rows,
+            errors=int(challenger["model_error"].is_not_null().sum()) if rows else 0,
+            champion_errors=int(
+                champion.join(challenger.select(ROW_KEY), on=ROW_KEY, how="semi")["model_error"].is_not_null().sum()
+            ),
+            both=both.height,
+            agreements=int((both["decision"] == both["decision_champion"]).sum()),
+            canary_rows=int(challenger["in_canary"].sum()) if "in_canary" in challenger.columns else 0,
+            challenger_scores=ValueCounts.of(both["score"].to_numpy()),
+            champion_scores=ValueCounts.of(both["score_champion"].to_numpy()),
+        )
+
+    @classmethod
+    def merge(cls, parts: list[ShadowTally]) -> ShadowTally:
+        """The tally of the union of the parts' rows (counts add)."""
+        return cls(
+            rows=sum(p.rows for p in parts),
+            errors=sum(p.errors for p in parts),
+            champion_errors=sum(p.champion_errors for p in parts),
+            both=sum(p.both for p in parts),
+            agreements=sum(p.agreements for p in parts),
+            canary_rows=sum(p.canary_rows for p in parts),
+            challenger_scores=ValueCounts.merge([p.challenger_scores for p in parts]),
+            champion_scores=ValueCounts.merge([p.champion_scores for p in parts]),
+        )
+
+
 def rollout_health(
     night: dt.date,
     challenger: pl.DataFrame,
@@ -605,29 +714,27 @@ def rollout_health(
     ``agreement`` and the CBPE ``estimated_auc_drop`` come from tonight's rows both scored; ``realized`` is the
     evidence from labeled rows of the rollout so far and ``trusted`` whether the estimate may be used.
     """
-    rows = challenger.height
-    errors = int(challenger["model_error"].is_not_null().sum()) if rows else 0
-    champion_errors = int(
-        champion.join(challenger.select(ROW_KEY), on=ROW_KEY, how="semi")["model_error"].is_not_null().sum()
-    )
-    both = challenger.join(champion, on=ROW_KEY, suffix="_champion").filter(
-        pl.col("model_error").is_null() & pl.col("model_error_champion").is_null()
-    )
-    agreement = (
-        number((both["decision"] == both["decision_champion"]).mean()) if both.height else (1.0 if not rows else 0.0)
-    )
+    return tallied_health(night, ShadowTally.of(challenger, champion), threshold, realized, trusted)
+
+
+def tallied_health(
+    night: dt.date, tally: ShadowTally, threshold: float, realized: RealizedAuc, trusted: bool
+) -> lifecycle.NightHealth:
+    """``rollout_health`` from the night's ``ShadowTally``."""
+    rows = tally.rows
+    agreement = tally.agreements / tally.both if tally.both else (1.0 if not rows else 0.0)
     estimated = (
         {
-            side: estimate_performance(both[column].to_numpy(), threshold, BusinessValue())["auc"]
-            for side, column in (("challenger", "score"), ("champion", "score_champion"))
+            side: estimate_from_counts(scores, threshold, BusinessValue())["auc"]
+            for side, scores in (("challenger", tally.challenger_scores), ("champion", tally.champion_scores))
         }
-        if both.height
+        if tally.both
         else {}
     )
     champion_auc, challenger_auc = estimated.get("champion"), estimated.get("challenger")
     drop = champion_auc - challenger_auc if champion_auc is not None and challenger_auc is not None else None
-    error_rate = errors / rows if rows else 0.0
-    fallback_rate_increase = (errors - champion_errors) / rows if rows else 0.0
+    error_rate = tally.errors / rows if rows else 0.0
+    fallback_rate_increase = (tally.errors - tally.champion_errors) / rows if rows else 0.0
     return lifecycle.NightHealth(
         night,
         error_rate,

@@ -22,7 +22,7 @@ from nightkeeper import batch_checks, drift, registry
 from nightkeeper.config import DecisionConfig, ProjectConfig
 from nightkeeper.ingest import RawBatch, read_night
 from nightkeeper.outcomes import Fallback, assemble_outcomes
-from nightkeeper.pipeline import monitoring, nightly
+from nightkeeper.pipeline import chunked, monitoring, nightly
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.serving import ServingModel, serving_decision, serving_model
 from nightkeeper.sharding import shard_rows
@@ -199,17 +199,16 @@ def judge_shards(
         night,
         rows,
         null_rates_of(null_counts, sum(r.judged_rows for r in reports)),
-        _stored(connection, "quarantine", night, [*ROW_KEY, "column", "rule"]),
+        chunked.stored_quarantine(connection, night),
         sum(r.validated_rows for r in reports),
         _preview(pl.concat([r.validated_preview for r in reports])),
     )
-    scored = _stored(connection, "scored_batch", night, ROW_KEY)
     errors = [r.champion_error for r in reports if r.champion_error is not None]
-    scoring = nightly.judge_scoring(connection, night, scored, errors[0] if errors else None)
-    shadow = nightly.judge_shadow(
-        config, connection, night, _stored(connection, "shadow_scores", night, ROW_KEY), scored
+    scoring = nightly.judge_scoring(
+        connection, night, chunked.stored_scores(connection, night), errors[0] if errors else None
     )
-    answers = nightly.judge_answers(config, connection, night, _stored(connection, "outcomes", night, ROW_KEY))
+    shadow = nightly.judge_shadow(config, connection, night, chunked.stored_shadow_tally(config, connection, night))
+    answers = nightly.judge_answers(config, connection, night, chunked.stored_answers(config, connection, night))
     summaries = [r.drift for r in reports if r.drift is not None]
     drifted = monitoring.drift_shards_night(config, connection, night, summaries)
     return {
