@@ -23,7 +23,8 @@ Per size and repeat, each in a fresh process:
     landed file itself: ``scale.shards: 1`` on one process against ``scale.shards: 4`` on 2 processes (two shards
     each, one after the other) and on 4 processes (``--shard-processes``). The processes import first and start
     their work together; the work is timed from that start to the last one's end, and the wall time with the
-    interpreter starts is printed beside it.
+    interpreter starts is printed beside it. "Cores busy" is the processes' CPU time over the work's time: where
+    one shard on one process already keeps every core busy, more shards on the same machine have nothing to gain.
 
 Then the ratios issue #11 sets as targets, each marked met / NOT met: time to answers / floor (read + encode +
 predict of both models + write) <= 2x; LightGBM pred_contrib on the due rows / the reason_codes step >= 10x; peak RSS
@@ -447,6 +448,7 @@ def _worker_shard(spec: dict) -> dict:
         time.sleep(0.005)
 
     started_at = time.time()
+    cpu_started = time.process_time()  # every thread of this process: LightGBM, numba, polars and DuckDB pools
     shards = []
     for shard in spec["shard_list"]:
         started = time.perf_counter()
@@ -467,7 +469,13 @@ def _worker_shard(spec: dict) -> dict:
                 "answer_seconds": time.perf_counter() - started,
             }
         )
-    return {"shards": shards, "started_at": started_at, "ended_at": time.time(), "peak_rss_mib": ru_maxrss_mib()}
+    return {
+        "shards": shards,
+        "started_at": started_at,
+        "ended_at": time.time(),
+        "cpu_seconds": time.process_time() - cpu_started,
+        "peak_rss_mib": ru_maxrss_mib(),
+    }
 
 
 def _worker_versions(_: dict) -> dict:
@@ -591,6 +599,7 @@ def run_shard_group(scratch: Path, label: str, shards: int, processes: int, **sp
         "shards": shards,
         "processes": processes,
         "seconds": max(run["ended_at"] for run in runs) - go_at,  # not the processes' exits: their teardown
+        "cpu_seconds": sum(run["cpu_seconds"] for run in runs),
         "wall_seconds": wall,
         "slowest_seconds": max(part["read_seconds"] + part["answer_seconds"] for part in parts),
         "read_seconds": [part["read_seconds"] for part in parts],
@@ -917,6 +926,7 @@ def render(results: dict) -> None:
         "wall s (with interpreter starts)",
         "slowest shard s (read + answer)",
         "speedup vs 1 shard (work)",
+        "cores busy (CPU s / work s)",
         "outcome rows",
         "peak RSS per process MiB",
         "other CPU %",
@@ -938,6 +948,7 @@ def render(results: dict) -> None:
                 fmt_range([g["wall_seconds"] for g in runs]),
                 fmt_range([g["slowest_seconds"] for g in runs]),
                 speedup,
+                fmt_range([g["cpu_seconds"] / g["seconds"] for g in runs]),
                 f"{runs[0]['outcome_rows']:,}",
                 fmt_range([g["peak_rss_mib"] for g in runs], 0),
                 fmt_range([(g["others_cpu"] or 0.0) * 100 for g in runs], 0),
