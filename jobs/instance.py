@@ -3,6 +3,7 @@ workspace that opens one project's code location in ``dagster dev``."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -32,12 +33,34 @@ telemetry:
 """
 
 
+# Held while a process writes the dagster.yaml and creates the instance's storage (see prepare_dagster_home).
+CREATION_LOCK = ".nightkeeper-creating.lock"
+# The databases of Dagster's default storage (DagsterSqliteStorage) in a home, in the order it creates them.
+SQLITE_STORAGE = ("history/runs.db", "history/runs/index.db", "schedules/schedules.db")
+
+
 def prepare_dagster_home(home: Path) -> Path:
-    """Create ``home`` with Nightkeeper's dagster.yaml (kept if the user already wrote one)."""
+    """Create ``home`` with Nightkeeper's dagster.yaml (kept if the user already wrote one) and the instance's storage,
+    one process at a time.
+
+    Dagster's SQLite storage creates its databases on first open without guarding against a second process doing the
+    same: two commands opening a fresh home at once (``nightkeeper run`` twice, the webserver and daemon of
+    ``nightkeeper serve``) fail with "table runs already exists" or "database is locked" — the run and schedule
+    storages create their tables and switch to WAL with no retry, and while the database is still in rollback-journal
+    mode SQLite answers a lock upgrade that would deadlock with an immediate "database is locked", whatever the busy
+    timeout. So the first opening happens here, under an exclusive lock on a file in ``home``; once created, concurrent
+    opens only read the schema, and concurrent writes wait on SQLite's busy timeout as usual. (A home whose dagster.yaml
+    names other storage has none of these files: it is opened here, under the lock, on every call.)
+    """
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
+    with (home / CREATION_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        config = home / "dagster.yaml"
+        if not config.exists():
+            config.write_text(DAGSTER_YAML)
+        if not all((home / database).exists() for database in SQLITE_STORAGE):
+            with DagsterInstance.from_config(str(home)):
+                pass
     return home
 
 

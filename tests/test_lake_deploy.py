@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster import in_process_executor
-from dagster_k8s import k8s_job_executor
 from pipeline_harness import example_config
-from s3fs import S3FileSystem
 from upath import UPath
 
 from assets.shards import SHARD_REPORTS_IO_MANAGER
@@ -49,6 +47,8 @@ def lake_config(tmp_path: Path) -> Path:
 def test_the_kubernetes_location_runs_every_job_with_the_k8s_executor(
     lake_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from dagster_k8s import k8s_job_executor  # here, not at the top: every xdist worker collects this module
+
     defs = load_kubernetes_location(lake_config, monkeypatch)
     for job in (NIGHTLY_JOB, MONTHLY_REVIEW_JOB):
         assert defs.resolve_job_def(job).executor_def is k8s_job_executor
@@ -66,6 +66,8 @@ def test_the_kubernetes_location_stores_in_the_configured_lake_on_object_storage
 def test_the_kubernetes_location_leaves_shard_reports_on_the_lakes_object_storage(
     lake_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from s3fs import S3FileSystem  # here, not at the top: every xdist worker collects this module
+
     defs = load_kubernetes_location(lake_config, monkeypatch)
     base_dir = defs.resources[SHARD_REPORTS_IO_MANAGER].base_dir
     assert base_dir == f"{DATA_PATH}{SHARD_REPORTS_FOLDER}"

@@ -157,6 +157,11 @@ def test_the_stored_raw_batch_is_typed_and_only_rows_failing_typing_keep_what_wa
     assert_every_row_answered_once(project, NIGHT)
 
 
+# slow: the reason a quarantined row is answered with is tested on the core (test_outcomes:
+# test_quarantined_row_with_a_valid_segment_is_answered_by_the_fallback, test_reason_lists_every_rule_the_row_broke);
+# through Dagster, the night's quarantine is test_bad_data_night_quarantines_each_defect_and_still_answers_every_row
+# and outcomes' reason column is test_missing_model_artifact_degrades_every_row_to_the_fallback
+@pytest.mark.slow
 def test_quarantined_rows_keep_their_reason_in_outcomes(project):
     project.land_night(NIGHT, scenario=simulator.Scenario(bad_data=True, defects=frozenset({"negative_income"})))
 
@@ -253,6 +258,11 @@ def test_corrupt_model_artifact_that_matches_its_checksum_degrades_to_the_fallba
     _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "does not load")
 
 
+# slow: a raising model is tested on the core (test_scoring:
+# test_model_that_raises_leaves_every_row_unscored_with_the_exception_text, test_outcomes:
+# test_model_error_sends_every_valid_row_to_the_fallback_with_the_reason), and the night's degrading to the fallback
+# when the model fails is test_missing_model_artifact_degrades_every_row_to_the_fallback
+@pytest.mark.slow
 def test_model_that_raises_while_predicting_degrades_to_the_fallback(project, tmp_path):
     project.land_night(NIGHT)
     champion = champion_of(project)
@@ -271,6 +281,10 @@ def test_model_that_raises_while_predicting_degrades_to_the_fallback(project, tm
     _assert_degraded_to_fallback(project, NIGHT, project.run_night(NIGHT), "raised")
 
 
+# slow: the time budget is tested on the core (test_scoring: test_exceeding_the_time_budget_leaves_every_row_unscored;
+# test_chunked_night: test_a_model_overrunning_the_nights_budget_leaves_every_row_unscored), and the night's degrading
+# to the fallback when the model fails is test_missing_model_artifact_degrades_every_row_to_the_fallback
+@pytest.mark.slow
 def test_model_over_its_time_budget_degrades_to_the_fallback(tmp_path):
     project = make_project(
         tmp_path / "slow", example_config(model={**example_config()["model"], "time_budget_seconds": 1e-6})
@@ -331,7 +345,8 @@ def test_a_second_config_with_other_columns_and_types_runs_a_whole_night(tmp_pat
         },
         "model": {
             "num_boost_round": 30,
-            "params": {"objective": "binary", "verbose": -1, "num_threads": 2},
+            # one thread: no OpenMP spin-waits burning a shared machine's second core
+            "params": {"objective": "binary", "verbose": -1, "num_threads": 1},
             "decision": {"threshold": 0.4, "at_or_above_threshold": "retain_offer", "below_threshold": "no_action"},
         },
         "fallback": {"segment_by": ["plan", "autopay"]},
@@ -417,6 +432,11 @@ def _assert_undecided_for_a_bad_registry_row(project: Project, night: dt.date, r
     assert failed == [1.0]
 
 
+# slow: an alias naming an unregistered version is tested on the core (serving_model's branch, in test_pipeline_nightly:
+# test_a_challenger_on_an_unregistered_version_fails_every_row_and_is_rolled_back), and a bad champion registry row
+# leaving the Dagster night undecided is
+# test_champion_with_an_invalid_card_in_the_registry_degrades_the_night_instead_of_crashing_it
+@pytest.mark.slow
 def test_champion_alias_on_an_unregistered_version_degrades_the_night_instead_of_crashing_it(project):
     project.land_night(NIGHT, rows=400)
     with warehouse.connect(project.config.warehouse_path) as connection:  # a hand-edited alias log
