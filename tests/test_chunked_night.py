@@ -281,7 +281,7 @@ def assert_same_metadata(found: dict, expected: dict, ignore: frozenset[str] = f
             assert found[key] == value, key
 
 
-def test_a_night_failing_part_way_through_its_chunks_leaves_the_stored_partition_and_no_staging(
+def test_a_night_failing_part_way_through_its_chunks_leaves_the_stored_partition_and_no_spooled_chunk(
     tmp_path: Path,
 ) -> None:
     def rows(ids: list[str]) -> pl.DataFrame:
@@ -300,6 +300,7 @@ def test_a_night_failing_part_way_through_its_chunks_leaves_the_stored_partition
 
     assert stored["entity_id"].to_list() == ["a", "b"]
     assert tables == ["answers"]
+    assert list(tmp_path.glob("**/*.parquet")) == []
 
 
 def test_a_night_stored_in_chunks_replaces_only_that_nights_rows(tmp_path: Path) -> None:
