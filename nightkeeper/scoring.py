@@ -6,7 +6,6 @@ and left to the fallback (a half-scored night would mix two regimes without sayi
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -62,13 +61,20 @@ def confidence(score: pl.Expr, threshold: float) -> pl.Expr:
 
 
 def score_batch(
-    valid: pl.DataFrame, booster: lgb.Booster, card: ModelCard, chunk_rows: int, time_budget_seconds: float
+    valid: pl.DataFrame,
+    booster: lgb.Booster,
+    card: ModelCard,
+    chunk_rows: int,
+    time_budget_seconds: float,
+    forest: ScoringForest | None = None,
 ) -> ScoringResult:
-    """Score ``valid`` with ``booster`` ``chunk_rows`` at a time; give up on the whole batch past the time budget."""
+    """Score ``valid`` with ``booster`` ``chunk_rows`` at a time; give up on the whole batch past the time budget.
+    ``forest``: ``booster`` flattened already (``compiled``), for a caller scoring several batches with it; when
+    None, a batch of COMPILED_MIN_ROWS rows or more flattens it itself."""
     started = time.perf_counter()
     cancelled = threading.Event()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightkeeper-score")
-    future = pool.submit(_predict_chunks, valid, booster, card, chunk_rows, cancelled)
+    future = pool.submit(_predict_chunks, valid, booster, card, chunk_rows, cancelled, forest)
     try:
         scores, latencies = future.result(timeout=time_budget_seconds)
         error = None
@@ -115,15 +121,27 @@ def unscored(valid: pl.DataFrame, version: str | None, error: str) -> pl.DataFra
     )
 
 
+def compiled(booster: lgb.Booster) -> ScoringForest | None:
+    """``booster`` flattened for ``forest_scoring.probabilities``; None for a model it does not score (e.g. a
+    multiclass model: LightGBM's predict scores it)."""
+    try:
+        return scoring_forest(booster)
+    except UnsupportedModel:
+        return None
+
+
 def _predict_chunks(
-    valid: pl.DataFrame, booster: lgb.Booster, card: ModelCard, chunk_rows: int, cancelled: threading.Event
+    valid: pl.DataFrame,
+    booster: lgb.Booster,
+    card: ModelCard,
+    chunk_rows: int,
+    cancelled: threading.Event,
+    forest: ScoringForest | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     scores = np.empty(valid.height, dtype=np.float64)
     latencies = np.empty(valid.height, dtype=np.float64)
-    forest: ScoringForest | None = None
-    if valid.height >= COMPILED_MIN_ROWS:
-        with contextlib.suppress(UnsupportedModel):  # e.g. a multiclass model: LightGBM's predict scores it
-            forest = scoring_forest(booster)
+    if forest is None and valid.height >= COMPILED_MIN_ROWS:
+        forest = compiled(booster)
     for start in range(0, valid.height, chunk_rows):
         if cancelled.is_set():
             raise TimeoutError("cancelled")

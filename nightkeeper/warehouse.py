@@ -17,6 +17,7 @@ import datetime as dt
 import importlib.util
 import os
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -418,28 +419,43 @@ def read_block(
     order: list[str] | None = None,
 ) -> pl.DataFrame:
     """The rows of ``night``'s partition of ``schema.table`` in ``block`` (``columns`` of them, every column but
-    ``SHARD_COLUMN`` when None), sorted by ``order`` (default ``source_file``, ``row_number``). DuckDB skips the
-    stored row groups outside the block by their key ranges, so a block costs about its own rows."""
+    ``SHARD_COLUMN`` when None), sorted by ``order`` (default ``source_file``, ``row_number``).
+
+    A block within one file is read by its row-number range, which DuckDB checks against each stored row group's
+    range and skips the groups outside it (the tables are stored in key order), so such a block costs about its own
+    rows; a block of several (small) files is filtered row by row. The rows come back in stored order, sorted only
+    when that is not already ``order`` (DuckDB would sort every column of the block)."""
     selected = ", ".join(f'"{column}"' for column in columns) if columns else f"* exclude ({SHARD_COLUMN})"
     if columns is None and SHARD_COLUMN not in {
         row[0] for row in connection.execute(f'describe "{schema}"."{table}"').fetchall()
     }:
         selected = "*"
-    ordered = ", ".join(f'"{column}"' for column in (order or ["source_file", "row_number"]))
-    return connection.execute(
-        f"""select {selected} from "{schema}"."{table}"
-            where {PARTITION_COLUMN} = $night and source_file between $first_file and $last_file
+    bounds = {"first_file": block.first_file, "first_row": block.first_row, "last_row": block.last_row}
+    if block.first_file == block.last_file:
+        within = "source_file = $first_file and row_number between $first_row and $last_row"
+    else:
+        bounds["last_file"] = block.last_file
+        within = """source_file between $first_file and $last_file
               and (source_file <> $first_file or row_number >= $first_row)
-              and (source_file <> $last_file or row_number <= $last_row)
-            order by {ordered}""",
-        {
-            "night": night,
-            "first_file": block.first_file,
-            "first_row": block.first_row,
-            "last_file": block.last_file,
-            "last_row": block.last_row,
-        },
+              and (source_file <> $last_file or row_number <= $last_row)"""
+    rows = connection.execute(
+        f'select {selected} from "{schema}"."{table}" where {PARTITION_COLUMN} = $night and {within}',
+        {"night": night, **bounds},
     ).pl()
+    ordered = order or ["source_file", "row_number"]
+    return rows if in_order(rows, ordered) else rows.sort(ordered, nulls_last=True)
+
+
+def in_order(frame: pl.DataFrame, columns: list[str]) -> bool:
+    """Whether ``frame``'s rows are sorted by ``columns`` (ascending, lexicographically); False when a compared value
+    is null (the caller sorts, nulls last, as SQL's ``order by`` does)."""
+    if frame.height < 2:
+        return True
+    ordered = pl.lit(True)
+    for column in reversed(columns):  # (a, b) <= (a', b'): a < a', or a == a' and b <= b'
+        now, before = pl.col(column), pl.col(column).shift(1)
+        ordered = (before < now) | ((before == now) & ordered)
+    return bool(frame.select(ordered.slice(1).fill_null(False).all()).item())
 
 
 def store_chunks(
@@ -450,33 +466,32 @@ def store_chunks(
     chunks: Callable[[], Iterator[dict[str, pl.DataFrame]]],
 ) -> None:
     """Replace ``night``'s partition of each table of ``empty`` (table name -> an empty frame of its columns) with
-    the union of the frames ``chunks()`` yields for it (table name -> rows, ``partition_date`` all ``night``): all of
-    it or nothing, as ``store_partition`` does for one frame (tables created from ``empty``, columns added and
-    inserted by name). Only a chunk is held at a time; ``chunks`` may read the warehouse through ``connection``
-    between chunks.
+    the union of the frames ``chunks()`` yields for it (table name -> rows, ``partition_date`` all ``night``), in
+    the order yielded: all of it or nothing, as ``store_partition`` does for one frame (tables created from
+    ``empty``, columns added and inserted by name). Only a chunk is held at a time; ``chunks`` may read the
+    warehouse through ``connection`` between chunks.
 
-    The chunks are first written to a staging table per table (``__staged_<table>_<night>``, each chunk committed:
-    DuckDB holds a transaction's appended rows in memory until it commits), then one transaction replaces the
-    night's partitions from them (one insert per table, which DuckDB writes to its file as it goes) and drops them;
-    a failure before that transaction leaves the stored tables as they were (the staging tables are dropped). On a
-    DuckLake that transaction is run again while its commit conflicts with another writer's. An error raised by
-    ``chunks()`` is raised."""
-    staged = {table: f'"{schema}"."__staged_{table}_{night:%Y%m%d}"' for table in empty}
-    connection.execute(f'create schema if not exists "{schema}"')
-    try:
-        for table, frame in empty.items():
-            _create_empty(connection, staged[table], frame)
+    The chunks are first spooled to Parquet files (``spool_folder``), then one transaction replaces the night's
+    partitions with one insert per table from its files. Why not insert each chunk into the table in that
+    transaction: DuckDB holds a transaction's rows appended statement by statement in memory until it commits
+    (memory would grow with the night), whereas one insert from Parquet files is written to the database file as it
+    goes; and the files cost less than a staging table (written, committed and copied again). A failure before that
+    transaction leaves the stored tables as they were. On a DuckLake that transaction is run again while its commit
+    conflicts with another writer's. An error raised by ``chunks()`` is raised."""
+    with tempfile.TemporaryDirectory(prefix="nightkeeper-chunks-", dir=spool_folder(connection)) as folder:
+        files: dict[str, list[str]] = {table: [] for table in empty}
         for chunk in chunks():
             for table, frame in chunk.items():
                 if table not in empty:
                     raise ValueError(f"{schema}.{table}: a chunk of a table not stored here ({sorted(empty)})")
                 _check_night(schema, table, night, frame)
-                view = f"__nightkeeper_chunk_{table}"
-                connection.register(view, frame.to_arrow())
-                try:
-                    connection.execute(f"insert into {staged[table]} by name select * from {view}")
-                finally:
-                    connection.unregister(view)
+                if frame.height:
+                    files[table].append(str(Path(folder) / f"{table}-{len(files[table]):06d}.parquet"))
+                    # one row group a file: DuckDB inserts a row group of the file at a time, and the partial row
+                    # groups of many small ones would be merged again (rewritten) by its next checkpoint
+                    frame.write_parquet(
+                        files[table][-1], compression="lz4", statistics=False, row_group_size=frame.height
+                    )
 
         def replace_night() -> None:
             for table, frame in empty.items():
@@ -488,21 +503,22 @@ def store_chunks(
                     connection.unregister(view)
                 target = f'"{schema}"."{table}"'
                 connection.execute(f"delete from {target} where {PARTITION_COLUMN} = $night", {"night": night})
-                connection.execute(f"insert into {target} by name select * from {staged[table]}")
-                connection.execute(f"drop table {staged[table]}")
+                if files[table]:
+                    # the files in the order written: the table keeps the chunks' order (DuckDB preserves it)
+                    connection.execute(
+                        f"insert into {target} by name select * from read_parquet($files)", {"files": files[table]}
+                    )
 
         run_transaction(connection, replace_night)
-    finally:
-        rollback_open(connection)  # a failed replace_night has rolled back already; nothing else is open
-        for name in staged.values():
-            connection.execute(f"drop table if exists {name}")
 
 
-def _create_empty(connection: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
-    """Create table ``name`` (replacing one of that name, left by a run that died) with ``frame``'s columns, empty."""
-    view = "__nightkeeper_columns"
-    connection.register(view, frame.head(0).to_arrow())
-    try:
-        connection.execute(f"create or replace table {name} as select * from {view}")
-    finally:
-        connection.unregister(view)
+def spool_folder(connection: duckdb.DuckDBPyConnection) -> Path | None:
+    """Where ``store_chunks`` spools a night's chunks: DuckDB's own folder for spilling to disk (``<file>.tmp`` beside
+    a warehouse file), created if needed; None (the system's temporary folder) when that is not an absolute path
+    (an in-memory database, such as the one a DuckLake is attached to)."""
+    row = connection.execute("select current_setting('temp_directory')").fetchone()
+    folder = Path(row[0]) if row and row[0] else None
+    if folder is None or not folder.is_absolute():
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

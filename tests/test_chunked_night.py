@@ -251,6 +251,25 @@ def test_a_block_of_an_empty_night_reads_no_rows(whole_night: WholeNight) -> Non
         assert read_block(connection, NIGHTLY_SCHEMA, "raw_batch", NIGHT - dt.timedelta(days=1), block).height == 0
 
 
+def test_a_block_reads_its_rows_in_key_order_whatever_order_they_are_stored_in(tmp_path: Path) -> None:
+    keys = [("b.parquet", 2), ("a.parquet", 3), ("b.parquet", 1), ("a.parquet", 1), ("a.parquet", 2), ("c.parquet", 1)]
+    stored = pl.DataFrame(
+        {
+            "partition_date": [NIGHT] * len(keys),
+            "source_file": [file for file, _ in keys],
+            "row_number": [row for _, row in keys],
+        },
+        schema={"partition_date": pl.Date(), "source_file": pl.String(), "row_number": pl.Int64()},
+    )
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as connection:
+        store_partition(connection, NIGHTLY_SCHEMA, "rows", NIGHT, stored)
+        one_file = read_block(connection, NIGHTLY_SCHEMA, "rows", NIGHT, RowBlock("a.parquet", 1, "a.parquet", 3))
+        two_files = read_block(connection, NIGHTLY_SCHEMA, "rows", NIGHT, RowBlock("a.parquet", 2, "b.parquet", 1))
+
+    assert one_file.select(ROW_KEY).rows() == [("a.parquet", 1), ("a.parquet", 2), ("a.parquet", 3)]
+    assert two_files.select(ROW_KEY).rows() == [("a.parquet", 2), ("a.parquet", 3), ("b.parquet", 1)]
+
+
 def assert_same_metadata(found: dict, expected: dict, ignore: frozenset[str] = frozenset()) -> None:
     assert found.keys() == expected.keys()
     for key, value in expected.items():
@@ -264,7 +283,7 @@ def assert_same_metadata(found: dict, expected: dict, ignore: frozenset[str] = f
             assert found[key] == value, key
 
 
-def test_a_night_failing_part_way_through_its_chunks_leaves_the_stored_partition_and_no_staging(
+def test_a_night_failing_part_way_through_its_chunks_leaves_the_stored_partition_and_no_spooled_chunk(
     tmp_path: Path,
 ) -> None:
     def rows(ids: list[str]) -> pl.DataFrame:
@@ -283,6 +302,7 @@ def test_a_night_failing_part_way_through_its_chunks_leaves_the_stored_partition
 
     assert stored["entity_id"].to_list() == ["a", "b"]
     assert tables == ["answers"]
+    assert list(tmp_path.glob("**/*.parquet")) == []
 
 
 def test_a_night_stored_in_chunks_replaces_only_that_nights_rows(tmp_path: Path) -> None:

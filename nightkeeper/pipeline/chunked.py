@@ -24,13 +24,14 @@ from nightkeeper import batch_checks, lifecycle, registry
 from nightkeeper.artifacts import ModelUnavailable, load_verified
 from nightkeeper.config import ProjectConfig
 from nightkeeper.contract_types import valid_schema
+from nightkeeper.forest_scoring import ScoringForest
 from nightkeeper.ingest import RECORD, LandedFile, RawBatch, open_raw, raw_schema, scan_landing, skipped_files
 from nightkeeper.outcomes import OUTCOME_SCHEMA, AnswerSummary, Fallback, assemble_outcomes, summarise_answers
 from nightkeeper.pipeline import monitoring, nightly
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.review.queue import build_review_queue
 from nightkeeper.routing import in_canary
-from nightkeeper.scoring import SCORED_SCHEMA, score_batch, unscored
+from nightkeeper.scoring import COMPILED_MIN_ROWS, SCORED_SCHEMA, compiled, score_batch, unscored
 from nightkeeper.serving import ServingModel, serving_decision, serving_model
 from nightkeeper.validation import (
     FILE_ROW,
@@ -155,6 +156,8 @@ def _store_scores(
     blocks = row_blocks(connection, NIGHTLY_SCHEMA, "raw_batch", night, config.scale.chunk_rows)
     empty = _empty_shadow() if canary_percent is not None else pl.DataFrame(schema=SCORED_SCHEMA)
 
+    flattened: list[ScoringForest | None] = []  # the booster compiled once a night, on its first large block
+
     def chunks(failure: str | None) -> Iterator[dict[str, pl.DataFrame]]:
         budget = config.model.time_budget_seconds
         for block in blocks:
@@ -162,7 +165,10 @@ def _store_scores(
             if failure is not None or booster is None or model.record is None:  # (the last two: only with a failure)
                 frame = unscored(rows, model.version, failure or "")
             else:
-                scored = score_batch(rows, booster, model.record.card, config.model.chunk_rows, budget)
+                if not flattened and rows.height >= COMPILED_MIN_ROWS:
+                    flattened.append(compiled(booster))
+                forest = flattened[0] if flattened else None
+                scored = score_batch(rows, booster, model.record.card, config.model.chunk_rows, budget, forest)
                 budget -= scored.seconds
                 if scored.error is not None:
                     raise _ModelFailed(
