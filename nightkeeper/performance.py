@@ -845,8 +845,8 @@ def refresh_performance(
             scored = scored_with_labels(rows, labels)
             labeled = scored["label"].is_not_null()
             labeled_parts.append(realized_counts(scored.filter(labeled)))
-            for *key, count in scored.filter(~labeled).group_by(GROUP_KEY).len().iter_rows():
-                unlabeled[tuple(key)] = unlabeled.get(tuple(key), 0) + count
+            for *group, count in scored.filter(~labeled).group_by(GROUP_KEY).len().iter_rows():
+                unlabeled[tuple(group)] = unlabeled.get(tuple(group), 0) + count
             if scoring_night in estimate_nights:
                 for key, scores in _scores_by_group(rows, GROUP_KEY).items():
                     estimated_parts.setdefault(key, []).append(scores)

@@ -438,7 +438,8 @@ def explain_stored_answers(config: ProjectConfig, connection: duckdb.DuckDBPyCon
 
     records: dict[str, registry.ModelRecord] = {}
     due_rows: dict[str, int] = {}
-    answers, unknown = 0, {}
+    answers = 0
+    unknown: dict[str, str] = {}
     for block in blocks:
         due = due_in(block)
         answers += due.answers
