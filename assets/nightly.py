@@ -41,16 +41,8 @@ def night_of(context: AssetExecutionContext) -> dt.date:
     return dt.date.fromisoformat(context.partition_key)
 
 
-def _outputs(result: StepResult, asset_key: str | None = None):
-    """The step's one table as an Output with its metadata, then its check results."""
-    (frame,) = result.tables.values()
-    yield Output(frame, metadata=dagster_metadata(result.metadata))
-    for check, outcome in result.checks.items():
-        yield check_result(check, outcome, asset_key=asset_key)
-
-
 def _stored_outputs(result: StepResult, table: str, night: dt.date):
-    """``_outputs`` of a step that stored its one table itself (``nightkeeper.pipeline.chunked``): a
+    """The output of a step that stored its one table itself (``nightkeeper.pipeline.chunked``): a
     ``StoredPartition`` the IO manager records without writing, with the step's metadata, then its check results."""
     yield Output(StoredPartition(f"{NIGHTLY_SCHEMA}.{table}", night), metadata=dagster_metadata(result.metadata))
     for check, outcome in result.checks.items():
@@ -211,16 +203,16 @@ def build_nightly_assets(partitions: TimeWindowPartitionsDefinition, shards: int
         description="Why the model answered as it did, for the answers due for reasons (declined or near the "
         "threshold, per model.reason_codes): the top features by exact TreeSHAP contribution of the model version "
         "that answered, and the reasons as a sentence. Computed after outcomes, so answers never wait for it.",
-        # outcomes read a block at a time, keeping the answers due, and only their rows of validated_batch are read,
-        # from the warehouse (chunked.explain_stored_answers), not loaded whole
+        # read from the warehouse, explained and stored a block of rows at a time by the step (chunked): flat memory
         deps=["outcomes", "validated_batch"],
     )
     def reason_codes(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource):
+        night = night_of(context)
         with warehouse.connect() as connection:
-            result = chunked.explain_stored_answers(project.load(), connection, night_of(context))
+            result = chunked.explain_stored_answers(project.load(), connection, night)
         for version, error in result.metadata["unexplained_versions"].items():
             context.log.warning(f"answers of {version} left without reason codes: {error}")
-        yield from _outputs(result)
+        yield from _stored_outputs(result, "reason_codes", night)
 
     @asset_check(
         asset="outcomes",

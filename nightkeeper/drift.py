@@ -483,8 +483,7 @@ def numeric_statistics(reference: NumericProfile, values: np.ndarray) -> dict[st
     n = len(values)
     if n == 0 or not reference.frequencies:
         return {"psi": _NAN, "js_distance": _NAN, "wasserstein_norm": _NAN, "ks": _NAN}
-    shares = bin_counts(values, np.asarray(reference.edges)) / n
-    expected = np.asarray(reference.frequencies)
+    psi, js_distance = _binned_shift(reference, bin_counts(values, np.asarray(reference.edges)), n)
     wasserstein = _wasserstein(reference, values) / max(reference.std or 0.0, WASSERSTEIN_MIN_STD)
     # KS at the reference's quantiles, comparing right-continuous CDFs and their left limits: exact when the
     # profile is exact (every jump of both CDFs is then bracketed by these points), otherwise a lower bound that
@@ -493,12 +492,26 @@ def numeric_statistics(reference: NumericProfile, values: np.ndarray) -> dict[st
     right = np.abs(np.asarray(reference.cdf) - np.searchsorted(values, knots, side="right") / n)
     left = np.abs(np.asarray(reference.cdf_below) - np.searchsorted(values, knots, side="left") / n)
     ks = float(max(right.max(), left.max()))
-    return {
-        "psi": float(population_stability_index(expected, shares)),
-        "js_distance": float(jensenshannon(expected, shares, base=2)),
-        "wasserstein_norm": wasserstein,
-        "ks": ks,
-    }
+    return {"psi": psi, "js_distance": js_distance, "wasserstein_norm": wasserstein, "ks": ks}
+
+
+def _binned_shift(reference: NumericProfile, counts: np.ndarray, n: int) -> tuple[float, float]:
+    """PSI and JS distance of tonight's ``n`` values counted in the reference's bins (``counts``) against it."""
+    expected = np.asarray(reference.frequencies)
+    shares = counts / n
+    return float(population_stability_index(expected, shares)), float(jensenshannon(expected, shares, base=2))
+
+
+def _counted_shift(reference: NumericProfile, values: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """``numeric_statistics``' PSI and JS distance of the values ``values`` counted ``counts`` times (in any order),
+    from their counts per reference bin: no array of every value is made or sorted."""
+    n = int(counts.sum())
+    if n == 0 or not reference.frequencies:
+        return _NAN, _NAN
+    edges = np.asarray(reference.edges)
+    # bin_counts' right-closed bins: (-inf, e0], (e0, e1], ..., (e_last, inf)
+    binned = np.bincount(np.searchsorted(edges, values, side="left"), weights=counts, minlength=len(edges) + 1)
+    return _binned_shift(reference, binned.astype(np.int64), n)
 
 
 def _wasserstein(reference: NumericProfile, values: np.ndarray) -> float:
@@ -598,17 +611,22 @@ def _prediction_drift(profile: ReferenceProfile, scores: ValueCounts | None) -> 
         "score_mean_reference": _float(profile.score.mean),
         "positive_rate_reference": _float(profile.positive_rate),
     }
-    scored = scores.expanded() if scores is not None else np.array([], dtype=np.float64)
-    confidences = np.sort(confidence_of(scored, profile.decision_threshold))
+    counted = scores if scores is not None else ValueCounts.of(np.array([], dtype=np.float64))
+    scored = counted.expanded()  # for the mean, summed as ever; the shifts are read from the counts
     for name, values, reference, threshold in (
-        ("score", scored, profile.score, profile.score_threshold),
-        ("confidence", confidences, profile.confidence, profile.confidence_threshold),
+        ("score", counted.values, profile.score, profile.score_threshold),
+        (
+            "confidence",
+            confidence_of(counted.values, profile.decision_threshold),
+            profile.confidence,
+            profile.confidence_threshold,
+        ),
     ):
-        statistics = numeric_statistics(reference, values)
-        out[f"{name}_psi"] = statistics["psi"]
-        out[f"{name}_js_distance"] = statistics["js_distance"]
-        out[f"{name}_threshold"] = threshold.psi_for(len(values))
-        out[f"{name}_drifted"] = _drifted(statistics["psi"], out[f"{name}_threshold"])
+        psi, js_distance = _counted_shift(reference, values, counted.counts)
+        out[f"{name}_psi"] = psi
+        out[f"{name}_js_distance"] = js_distance
+        out[f"{name}_threshold"] = threshold.psi_for(len(scored))
+        out[f"{name}_drifted"] = _drifted(psi, out[f"{name}_threshold"])
     out["rows_scored"] = float(len(scored))
     out["score_mean_current"] = float(scored.mean()) if len(scored) else _NAN
     out["positive_rate_current"] = float(np.mean(scored >= profile.decision_threshold)) if len(scored) else _NAN

@@ -354,11 +354,24 @@ def estimated_from_counts(
     thresholds: Mapping[str, float] | None = None,
 ) -> pl.DataFrame:
     """``estimated_performance`` from ``estimated_counts`` (or ``merge_counts`` of the shards' counts)."""
+    groups = {
+        tuple(key): ValueCounts.merge([ValueCounts(group["score"].to_numpy(), group["count"].to_numpy())])
+        for key, group in counts.sort(*GROUP_KEY, "score").group_by(GROUP_KEY, maintain_order=True)
+    }
+    return estimated_of_groups(groups, decision, value, thresholds)
+
+
+def estimated_of_groups(
+    groups: Mapping[tuple[object, ...], ValueCounts],
+    decision: DecisionConfig,
+    value: BusinessValue,
+    thresholds: Mapping[str, float] | None = None,
+) -> pl.DataFrame:
+    """``estimated_from_counts`` of each group's score counts, by its key (values of GROUP_KEY): the same table."""
     rows = []
-    for key, group in counts.sort(*GROUP_KEY, "score").group_by(GROUP_KEY, maintain_order=True):
+    for key, scores in groups.items():
         named = dict(zip(GROUP_KEY, key, strict=True))
-        threshold = (thresholds or {}).get(named["model_version"], decision.threshold)
-        scores = ValueCounts.merge([ValueCounts(group["score"].to_numpy(), group["count"].to_numpy())])
+        threshold = (thresholds or {}).get(str(named["model_version"]), decision.threshold)
         estimate = estimate_from_counts(scores, threshold, value)
         metrics = {name: estimate[name] for name in ESTIMATED_SCHEMA if name not in (*GROUP_KEY, "rows")}
         rows.append({**named, "rows": scores.total, **metrics})
@@ -400,12 +413,16 @@ def merge_counts(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
 
 
 def _counted(rows: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """``rows`` counted per key of ``schema`` and score (numpy per group: a polars group-by over every distinct
-    score and a sort of the result cost several times more)."""
+    """``rows`` counted per key of ``schema`` and score."""
     keys = [c for c in schema if c not in ("score", "count")]
+    return _score_counts(_scores_by_group(rows, keys), keys, schema)
+
+
+def _scores_by_group(rows: pl.DataFrame, keys: list[str]) -> dict[tuple[object, ...], ValueCounts]:
+    """The counts of ``rows``' scores per group of ``keys`` (numpy per group: a polars group-by over every distinct
+    score and a sort of the result cost several times more)."""
     groups = rows.partition_by(keys, as_dict=True, maintain_order=True)
-    counts = {key: ValueCounts.of_sorted(np.sort(group["score"].to_numpy())) for key, group in groups.items()}
-    return _score_counts(counts, keys, schema)
+    return {key: ValueCounts.of_sorted(np.sort(group["score"].to_numpy())) for key, group in groups.items()}
 
 
 def _score_counts(
@@ -792,9 +809,11 @@ def refresh_performance(
     outcomes and labels as long as each night's performance step runs after its outcomes are (re)written, which
     the pipeline's dependencies guarantee. Written in one transaction.
 
-    A night's scored rows are read ``chunk_rows`` at a time and only their counts are kept (``realized_counts``,
-    ``estimated_counts``, merged: the counts of the whole night, as an id is scored at most once a night by a model
-    version, validation quarantining its later rows), so memory follows the distinct scores, not the rows' columns.
+    A night's scored rows are read ``chunk_rows`` at a time and only their counts are kept (``realized_counts`` of
+    the labeled rows and a count per group of the others; each group's score counts for the estimate), merged: the
+    counts of the whole night, as an id is scored at most once a night by a model version, validation quarantining
+    its later rows. So memory follows the distinct scores (16 bytes each) and the labeled rows' distinct scores, not
+    the rows.
     """
     first_time = _ensure_tables(connection)
     counts = connection.execute(
@@ -812,22 +831,41 @@ def refresh_performance(
     else:
         estimate_nights = [night]
     nights = sorted({*estimate_nights, *landed})
-    realized_parts = [realized_counts(pl.DataFrame(schema=SCORED_LABELS_SCHEMA))]
-    estimated_parts = [estimated_counts(pl.DataFrame(schema=SCORED_LABELS_SCHEMA))]
+    # the realized counts keep the scores of labeled rows only (an unlabeled row counts in ``rows`` alone, the one
+    # figure realized_from_counts reads of it): a night without labels yet costs one count per group
+    labeled_parts = [realized_counts(pl.DataFrame(schema=SCORED_LABELS_SCHEMA))]
+    unlabeled: dict[tuple[object, ...], int] = {}
+    # tonight's scores counted per group and chunk, as numpy arrays (16 bytes a distinct score), merged once
+    estimated_parts: dict[tuple[object, ...], list[ValueCounts]] = {}
     versions: set[str | None] = set()
     for scoring_night in nights:
         labels = _labels_of(connection, [scoring_night], arrived_by=None)
         for rows in _scored_chunks(connection, scoring_night, chunk_rows):
             versions |= set(rows["model_version"].unique())
-            realized_parts.append(realized_counts(scored_with_labels(rows, labels)))
+            scored = scored_with_labels(rows, labels)
+            labeled = scored["label"].is_not_null()
+            labeled_parts.append(realized_counts(scored.filter(labeled)))
+            for *group, count in scored.filter(~labeled).group_by(GROUP_KEY).len().iter_rows():
+                unlabeled[tuple(group)] = unlabeled.get(tuple(group), 0) + count
             if scoring_night in estimate_nights:
-                estimated_parts.append(estimated_counts(rows))
+                for key, scores in _scores_by_group(rows, GROUP_KEY).items():
+                    estimated_parts.setdefault(key, []).append(scores)
     thresholds = card_thresholds(connection, versions)
+    unlabeled_counts = pl.DataFrame(
+        [(*key, None, None, count) for key, count in unlabeled.items()], schema=REALIZED_COUNTS_SCHEMA, orient="row"
+    )
     realized = realized_from_counts(
-        merge_counts(realized_parts), decision, settings.business_value, settings.min_labeled_rows, thresholds
+        pl.concat([merge_counts(labeled_parts), unlabeled_counts]),
+        decision,
+        settings.business_value,
+        settings.min_labeled_rows,
+        thresholds,
     ).to_arrow()
-    estimated = estimated_from_counts(
-        merge_counts(estimated_parts), decision, settings.business_value, thresholds
+    estimated = estimated_of_groups(
+        {key: ValueCounts.merge(parts) for key, parts in estimated_parts.items()},
+        decision,
+        settings.business_value,
+        thresholds,
     ).to_arrow()
     state = counts.to_arrow()
 

@@ -4,8 +4,9 @@ Contributions are LightGBM's ``booster.predict(X, pred_contrib=True)`` values, c
 (the same exact TreeSHAP, equal to LightGBM's to ~1e-14, categorical splits included, ~20x faster; see
 ``benchmarks/reason_codes_engines.py``); a model that engine cannot read (multiclass, linear trees) is explained by
 LightGBM's ``pred_contrib`` itself. They are in the model's raw-score units, i.e. log-odds of the positive class for a
-binary model: for every row, ``shap_base_value + sum(contributions over all features) == raw score``. Batches
-under ``ENGINE_MIN_ROWS`` rows are explained by ``pred_contrib`` too, as compiling the model would cost more.
+binary model: for every row, ``shap_base_value + sum(contributions over all features) == raw score``. A caller's rows
+under ``ENGINE_MIN_ROWS`` in all are explained by ``pred_contrib`` too, as compiling the model would cost more; a
+caller that explains its rows in several calls builds one ``Explainer`` for all of them.
 
 Exact TreeSHAP still costs ~5 predictions per row for the example model (``benchmarks/reason_codes_engines.py``), so
 callers pass only the rows that need reasons (declined, referred and reviewed answers), never a whole night by default.
@@ -19,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
 
 from nightkeeper.encoding import FeatureCard, feature_matrix
-from nightkeeper.treeshap import UnsupportedModel, compile_forest, contributions_of
+from nightkeeper.treeshap import CompiledForest, UnsupportedModel, compile_forest, contributions_of
 
 REASON_STRUCT = pl.Struct({"feature": pl.String(), "value": pl.String(), "contribution": pl.Float64()})
 REASON_SCHEMA: dict[str, pl.DataType] = {
@@ -48,6 +50,30 @@ MISSING = "missing"
 # Compiling a model for nightkeeper.treeshap takes ~1 s (200 trees), what LightGBM's pred_contrib needs for ~1-2k
 # rows on 2 cores: smaller batches (a 2,000-row night has ~300 due rows) are explained by LightGBM directly.
 ENGINE_MIN_ROWS = 2_000
+
+
+@dataclass(frozen=True)
+class Explainer:
+    """A model ready to explain rows (``explain``): its booster, its feature cards and the compiled forest of
+    ``nightkeeper.treeshap`` that explains them (None: LightGBM's own ``pred_contrib``). Built once for every row a
+    caller explains with the model (``for_rows``), so the engine, and so each value to the last bit, does not depend
+    on how those rows are cut into calls."""
+
+    booster: lgb.Booster
+    features: list[FeatureCard]
+    forest: CompiledForest | None
+
+    @classmethod
+    def for_rows(cls, booster: lgb.Booster, features: list[FeatureCard], rows: int) -> Explainer:
+        """The explainer of ``rows`` rows in all: the model compiled here (once) from ``ENGINE_MIN_ROWS`` rows on,
+        unless the engine cannot read it (e.g. linear trees). Raises ValueError when ``features`` do not match the
+        booster's features."""
+        _check_features(booster, features)
+        forest = None
+        if rows >= ENGINE_MIN_ROWS:
+            with contextlib.suppress(UnsupportedModel):  # e.g. linear trees: LightGBM's own pred_contrib explains them
+                forest = compile_forest(booster)
+        return cls(booster, features, forest)
 
 
 def reason_codes(
@@ -76,13 +102,23 @@ def reason_codes(
     engine (0 = one per core, as in scoring). Raises ValueError when ``features`` do not match the booster's
     features, or when ``top_k``/``chunk_rows`` are below 1. An empty ``frame`` gives an empty frame with the schema.
     """
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    _check_features(booster, features)
+    _check_top_k(top_k)
+    return explain(
+        frame, Explainer.for_rows(booster, features, frame.height), top_k, chunk_rows, num_threads=num_threads
+    )
+
+
+def explain(
+    frame: pl.DataFrame, explainer: Explainer, top_k: int = 3, chunk_rows: int = 40_000, *, num_threads: int = 0
+) -> pl.DataFrame:
+    """``reason_codes`` of ``frame``'s rows with an ``explainer`` built for them (and maybe for more rows, explained
+    in other calls): the same rows as one call on all of them gives."""
+    _check_top_k(top_k)
+    features = explainer.features
     names = np.array([feature.name for feature in features], dtype=object)
     k = min(top_k, len(features))
     parts: list[pl.DataFrame] = []
-    for matrix, contributions in _explained_chunks(frame, booster, features, chunk_rows, num_threads):
+    for matrix, contributions in _explained_chunks(frame, explainer, chunk_rows, num_threads):
         per_feature = contributions[:, :-1]
         order = np.argsort(-np.abs(per_feature), axis=1, kind="stable")[:, :k]
         top = np.take_along_axis(per_feature, order, axis=1).ravel()
@@ -159,6 +195,11 @@ def _phrases(amounts: list[str]) -> pl.Expr:
     return pl.when(changed).then(change).otherwise(pl.concat_str(named, pl.lit(" did not change risk")))
 
 
+def _check_top_k(top_k: int) -> None:
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+
+
 def _check_features(booster: lgb.Booster, features: list[FeatureCard]) -> None:
     names = [feature.name for feature in features]
     if booster.feature_name() != names:
@@ -166,24 +207,18 @@ def _check_features(booster: lgb.Booster, features: list[FeatureCard]) -> None:
 
 
 def _explained_chunks(
-    frame: pl.DataFrame, booster: lgb.Booster, features: list[FeatureCard], chunk_rows: int, num_threads: int
+    frame: pl.DataFrame, explainer: Explainer, chunk_rows: int, num_threads: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(encoded matrix, contributions with the base value as last column) per chunk of ``chunk_rows`` rows."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
-    if frame.height == 0:
-        return
-    width = len(features) + 1
-    forest = None
-    if frame.height >= ENGINE_MIN_ROWS:
-        with contextlib.suppress(UnsupportedModel):  # e.g. linear trees: LightGBM's own pred_contrib explains them
-            forest = compile_forest(booster)
+    width = len(explainer.features) + 1
     for start in range(0, frame.height, chunk_rows):
-        matrix = feature_matrix(frame.slice(start, chunk_rows), features)
-        if forest is None:
-            contributions = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=num_threads))
+        matrix = feature_matrix(frame.slice(start, chunk_rows), explainer.features)
+        if explainer.forest is None:
+            contributions = np.asarray(explainer.booster.predict(matrix, pred_contrib=True, num_threads=num_threads))
         else:
-            contributions = contributions_of(forest, matrix, num_threads)
+            contributions = contributions_of(explainer.forest, matrix, num_threads)
         if contributions.shape != (len(matrix), width):
             raise ValueError(
                 f"expected contributions of shape {(len(matrix), width)} from a binary model, got {contributions.shape}"

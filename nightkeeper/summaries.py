@@ -75,7 +75,12 @@ class ValueCounts:
 
     @classmethod
     def merge(cls, parts: Sequence[ValueCounts]) -> ValueCounts:
-        """The counts of all ``parts`` together: equal values add their counts."""
+        """The counts of all ``parts`` together: equal values add their counts (each NaN counts apart, in the parts'
+        order). Two parts of distinct ascending values (a running total and the next chunk's counts) are merged by
+        inserting the second's new values into the first: about twice the result's memory, where sorting every
+        value with its count takes about four times."""
+        if len(parts) == 2 and all(part._distinct_ascending() for part in parts):
+            return parts[0]._merged_with(parts[1])
         values = np.concatenate([np.array([], dtype=np.float64), *(p.values for p in parts)])
         counts = np.concatenate([np.array([], dtype=np.int64), *(p.counts for p in parts)])
         if len(values) == 0:
@@ -85,12 +90,31 @@ class ValueCounts:
         starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
         return cls(values[starts], np.add.reduceat(counts, starts))
 
+    def _distinct_ascending(self) -> bool:
+        return bool(np.all(self.values[1:] > self.values[:-1]))
+
+    def _merged_with(self, other: ValueCounts) -> ValueCounts:
+        """These counts and ``other``'s (both of distinct ascending values): ``other``'s values found here add
+        their counts; the others are inserted in order."""
+        values = np.asarray(self.values, dtype=np.float64)
+        at = np.searchsorted(values, other.values, side="left")
+        found = at < len(values)
+        found[found] = values[at[found]] == other.values[found]
+        counts = self.counts.astype(np.int64)  # a copy: the parts are left as they were
+        counts[at[found]] += other.counts[found]  # distinct values: each index once
+        new = ~found
+        into = np.searchsorted(values, other.values[new], side="right")
+        return ValueCounts(np.insert(values, into, other.values[new]), np.insert(counts, into, other.counts[new]))
+
     @property
     def total(self) -> int:
         return int(self.counts.sum())
 
     def expanded(self) -> np.ndarray:
-        """Every counted value, ascending: the sorted array the counts were taken of."""
+        """Every counted value, ascending: the sorted array the counts were taken of (``values`` itself, not a
+        copy, when every value was counted once, as a continuous number's are: do not write to it)."""
+        if len(self.counts) and self.counts.max() == 1:
+            return self.values
         return np.repeat(self.values, self.counts)
 
 

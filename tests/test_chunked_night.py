@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import lightgbm
 import polars as pl
 import pytest
 import yaml
 from pipeline_harness import FIRST_NIGHT, Project, bootstrap_example_champion, example_config, make_project
 from polars.testing import assert_frame_equal
 
-from nightkeeper import registry, warehouse
+from nightkeeper import reasons, registry, treeshap, warehouse
 from nightkeeper.artifacts import save_artifact
 from nightkeeper.config import ProjectConfig, parse_config
 from nightkeeper.examples import simulator
@@ -44,6 +45,10 @@ REVIEWED = 25
 ANSWERS = {"partition_date": pl.Date(), "entity_id": pl.String()}
 ORDER = {"quarantine": [*ROW_KEY, "column", "rule"]}
 WALL_CLOCK = "latency_ms"  # measured per chunk of predictions: the one stored column two runs differ in
+# fewer rows than either model has due tonight: the compiled TreeSHAP engine explains them (a block of
+# REASON_BLOCK_ROWS rows has fewer: a few due answers each)
+ENGINE_MIN_DUE_ROWS = 20
+REASON_BLOCK_ROWS = 50
 WALL_CLOCK_METADATA = frozenset({"latency_ms", "latency_p50_ms", "latency_p95_ms"})
 
 
@@ -212,19 +217,42 @@ def test_the_review_queue_of_the_night_in_chunks_is_the_whole_nights(
     assert_frame_equal(stored_queue(config), stored_queue(whole_night.project.config))
 
 
-@pytest.mark.parametrize("chunk_rows", CHUNK_SIZES)
-def test_the_reason_codes_of_the_answers_read_in_chunks_are_the_whole_nights(
-    whole_night: WholeNight, tmp_path: Path, chunk_rows: int
+@pytest.mark.parametrize("engine_min_rows", [reasons.ENGINE_MIN_ROWS, ENGINE_MIN_DUE_ROWS])
+@pytest.mark.parametrize("chunk_rows", [REASON_BLOCK_ROWS, 10 * ROWS])
+def test_the_reason_codes_explained_in_chunks_are_the_whole_nights(
+    whole_night: WholeNight, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int, engine_min_rows: int
 ) -> None:
+    # at ENGINE_MIN_DUE_ROWS each version's due rows take the compiled engine, which no block's due rows would alone
+    monkeypatch.setattr(reasons, "ENGINE_MIN_ROWS", engine_min_rows)
     config = chunked_copy(whole_night, tmp_path, chunk_rows)
     outcomes = whole_night.results["outcomes"].tables["outcomes"]
     with warehouse.connect(config.warehouse_path) as connection:
         expected = nightly.explain_stored_night(config, connection, NIGHT, outcomes)
         result = chunked.explain_stored_answers(config, connection, NIGHT)
 
-    assert result.tables["reason_codes"].height > 0
-    assert_frame_equal(result.tables["reason_codes"], expected.tables["reason_codes"])
+    assert expected.tables["reason_codes"].height > 0
+    assert_frame_equal(stored_table(config, "reason_codes"), expected.tables["reason_codes"], check_exact=True)
+    assert result.tables == {}
     assert_same_metadata(result.metadata, expected.metadata, ignore=frozenset({"seconds"}))
+
+
+def test_the_reason_codes_of_a_night_in_chunks_compile_each_model_once(
+    whole_night: WholeNight, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled: list[str] = []
+
+    def counted_compile(booster: lightgbm.Booster) -> treeshap.CompiledForest:
+        compiled.append(booster.model_to_string())
+        return treeshap.compile_forest(booster)
+
+    monkeypatch.setattr(reasons, "ENGINE_MIN_ROWS", ENGINE_MIN_DUE_ROWS)
+    monkeypatch.setattr(reasons, "compile_forest", counted_compile)
+    config = chunked_copy(whole_night, tmp_path, REASON_BLOCK_ROWS)
+    with warehouse.connect(config.warehouse_path) as connection:
+        result = chunked.explain_stored_answers(config, connection, NIGHT)
+
+    assert len(result.metadata["by_version"]) == 2  # the champion's answers and the canary's
+    assert len(compiled) == len(set(compiled)) == 2
 
 
 def stored_queue(config: ProjectConfig) -> pl.DataFrame:

@@ -19,11 +19,12 @@ import pytest
 import yaml
 
 from nightkeeper.config import DriftConfig, ProjectConfig, parse_config
-from nightkeeper.drift import FEATURE_SCHEMA, DriftResult, measure_drift
+from nightkeeper.drift import FEATURE_SCHEMA, DriftResult, measure_drift, numeric_statistics
 from nightkeeper.encoding import FeatureCard, feature_cards, feature_matrix
 from nightkeeper.examples.simulator import simulate_history, simulate_night
 from nightkeeper.profile import (
     ReferenceProfile,
+    confidence_of,
     fit_profile,
     population_stability_index,
     reference_sample,
@@ -202,6 +203,26 @@ def test_score_drift_is_detected_when_scores_shift(
     assert prediction["score_mean_current"] > prediction["score_mean_reference"]
     assert prediction["positive_rate_current"] > prediction["positive_rate_reference"]
     assert result.metrics()["drift.prediction_psi"] == prediction["score_psi"]
+
+
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_prediction_drift_read_from_the_score_counts_is_that_of_every_score(
+    profile: ReferenceProfile, night: pl.DataFrame, booster: lgb.Booster, features: list[FeatureCard], repeats: int
+) -> None:
+    # scores each counted once (a continuous score) or three times (repeated values)
+    scores = np.tile(booster.predict(feature_matrix(night, features)), repeats)
+    prediction = measure_drift(profile, night.sample(len(scores), with_replacement=True, seed=SEED), scores, features)
+    every = {
+        "score": numeric_statistics(profile.score, np.sort(scores)),
+        "confidence": numeric_statistics(
+            profile.confidence, np.sort(confidence_of(scores, profile.decision_threshold))
+        ),
+    }
+
+    for name, statistics in every.items():
+        assert prediction.prediction[f"{name}_psi"] == statistics["psi"]
+        assert prediction.prediction[f"{name}_js_distance"] == statistics["js_distance"]
+    assert prediction.prediction["score_mean_current"] == float(np.sort(scores).mean())
 
 
 def test_fitted_thresholds_respect_the_floor_and_a_config_override_wins(

@@ -29,6 +29,7 @@ from nightkeeper.ingest import RECORD, LandedFile, RawBatch, open_raw, raw_schem
 from nightkeeper.outcomes import OUTCOME_SCHEMA, AnswerSummary, Fallback, assemble_outcomes, summarise_answers
 from nightkeeper.pipeline import monitoring, nightly
 from nightkeeper.pipeline.step import StepResult
+from nightkeeper.reasons import REASON_CODES_SCHEMA
 from nightkeeper.review.queue import build_review_queue
 from nightkeeper.routing import in_canary
 from nightkeeper.scoring import COMPILED_MIN_ROWS, SCORED_SCHEMA, compiled, score_batch, unscored
@@ -425,18 +426,51 @@ def review_stored_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnec
 
 
 def explain_stored_answers(config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date) -> StepResult:
-    """``nightly.explain_stored_night`` with the night's stored ``outcomes`` read a block of rows at a time, keeping
-    only the answers due for reasons (``nightly.due_for_reasons`` per block, merged): the same table and metadata,
-    holding the due answers (and their validated rows) instead of every answer."""
+    """``reason_codes`` stored from the night's stored ``outcomes`` and ``validated_batch``, a block of rows at a
+    time: exactly ``nightly.explain_stored_night``'s table and metadata (no tables in the result: the partition is
+    stored), holding a block's rows and its reasons whatever the night's size.
+
+    A first pass over the night's answers (a few columns, a block at a time) counts each model version's answers
+    due, so each version's model is loaded and compiled once for the night, with the engine its whole night's due
+    rows take (``nightly.night_explainers``); then each block's due answers are explained and stored."""
     started = time.perf_counter()
     columns = nightly.EXPLAINED_OUTCOME_COLUMNS
     blocks = row_blocks(connection, NIGHTLY_SCHEMA, "raw_batch", night, config.scale.chunk_rows)
-    due = nightly.DueForReasons.merge(
-        [
-            nightly.due_for_reasons(
-                config, connection, read_block(connection, NIGHTLY_SCHEMA, "outcomes", night, b, columns)
-            )
-            for b in blocks
-        ]
-    )
-    return nightly.explain_stored_due(config, connection, night, due, started)
+
+    def due_in(block: RowBlock) -> nightly.DueForReasons:
+        return nightly.due_for_reasons(
+            config, connection, read_block(connection, NIGHTLY_SCHEMA, "outcomes", night, block, columns)
+        )
+
+    records: dict[str, registry.ModelRecord] = {}
+    due_rows: dict[str, int] = {}
+    answers = 0
+    unknown: dict[str, str] = {}
+    for block in blocks:
+        due = due_in(block)
+        answers += due.answers
+        unknown |= due.unknown
+        for record, rows in due.by_version:
+            records[record.version] = record
+            due_rows[record.version] = due_rows.get(record.version, 0) + rows.height
+    explainers, unloadable = nightly.night_explainers([(records[v], due_rows[v]) for v in sorted(records)])
+    by_version: dict[str, int] = {}
+    preview = pl.DataFrame(schema=REASON_CODES_SCHEMA).drop("reason_codes")
+
+    def chunks() -> Iterator[dict[str, pl.DataFrame]]:
+        nonlocal by_version, preview
+        by_version, preview = {}, pl.DataFrame(schema=REASON_CODES_SCHEMA).drop("reason_codes")  # afresh on a retry
+        for block in blocks:
+            due = due_in(block)
+            if not any(record.version in explainers for record, _ in due.by_version):
+                continue
+            rows = read_block(connection, NIGHTLY_SCHEMA, "validated_batch", night, block)
+            frame = nightly.explain_due(config, due, rows, explainers)
+            for version, count in frame.group_by("model_version").len().iter_rows():
+                by_version[version] = by_version.get(version, 0) + count
+            if preview.height < nightly.PREVIEW_ROWS:
+                preview = pl.concat([preview, frame.drop("reason_codes").head(nightly.PREVIEW_ROWS - preview.height)])
+            yield {"reason_codes": frame}
+
+    store_chunks(connection, NIGHTLY_SCHEMA, night, {"reason_codes": pl.DataFrame(schema=REASON_CODES_SCHEMA)}, chunks)
+    return nightly.judge_reasons(sum(by_version.values()), answers, by_version, unknown | unloadable, preview, started)

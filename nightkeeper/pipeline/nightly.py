@@ -33,7 +33,7 @@ from nightkeeper.outcomes import AnswerSummary, Fallback, assemble_outcomes, sum
 from nightkeeper.performance import estimate_from_counts
 from nightkeeper.pipeline import metadata_keys as keys
 from nightkeeper.pipeline.step import StepResult
-from nightkeeper.reasons import REASON_CODES_SCHEMA, reason_codes
+from nightkeeper.reasons import REASON_CODES_SCHEMA, Explainer, explain
 from nightkeeper.registry import ModelRecord
 from nightkeeper.routing import in_canary
 from nightkeeper.scoring import SCORED_SCHEMA, latency_percentiles, needs_reasons, score_batch, unscored
@@ -478,14 +478,7 @@ def explain_stored_night(
     """``explain_night`` on the night's stored ``validated_batch``, of which DuckDB reads only the rows due for
     reasons (on a scoped night ~13 %), so the step never loads the rest of the night's rows into memory."""
     started = time.perf_counter()
-    return explain_stored_due(config, connection, night, due_for_reasons(config, connection, outcomes), started)
-
-
-def explain_stored_due(
-    config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date, due: DueForReasons, started: float
-) -> StepResult:
-    """``explain_stored_night`` of the night's answers ``due`` for reasons (``due_for_reasons``), the step timed
-    from ``started`` (``time.perf_counter``)."""
+    due = due_for_reasons(config, connection, outcomes)
     keys = pl.concat(
         [rows.select(ROW_KEY) for _, rows in due.by_version]
         or [pl.DataFrame(schema={"source_file": pl.String, "row_number": pl.Int64})]
@@ -495,27 +488,13 @@ def explain_stored_due(
 
 @dataclass(frozen=True)
 class DueForReasons:
-    """The night's answers due for reasons: per model version the registry knows (in version order), its record and
-    its due answers (``KEY_COLUMNS``, source, model_version); ``answers``, the model and canary answers judged;
-    ``unknown``, the versions the registry does not know (version -> why)."""
+    """The night's answers due for reasons (or some of its rows'): per model version the registry knows (in version
+    order), its record and its due answers (``KEY_COLUMNS``, source, model_version); ``answers``, the model and
+    canary answers judged; ``unknown``, the versions the registry does not know (version -> why)."""
 
     by_version: list[tuple[ModelRecord, pl.DataFrame]]
     answers: int
     unknown: dict[str, str]
-
-    @classmethod
-    def merge(cls, parts: list[DueForReasons]) -> DueForReasons:
-        """The answers due of the union of the parts' answers (each part judged on some of the night's rows)."""
-        records = {record.version: record for part in parts for record, _ in part.by_version}
-        by_version = [
-            (
-                records[version],
-                pl.concat([rows for part in parts for r, rows in part.by_version if r.version == version]),
-            )
-            for version in sorted(records)
-        ]
-        unknown = {version: why for part in parts for version, why in part.unknown.items()}
-        return cls(by_version, sum(part.answers for part in parts), unknown)
 
 
 def due_for_reasons(
@@ -539,35 +518,73 @@ def due_for_reasons(
     return DueForReasons(by_version, answered.height, unknown)
 
 
-def _explained(config: ProjectConfig, due: DueForReasons, validated_batch: pl.DataFrame, started: float) -> StepResult:
-    """The ``reason_codes`` step's result for ``due``, explained from ``validated_batch`` (at least the due rows)."""
-    parts: list[pl.DataFrame] = []
-    unexplained = dict(due.unknown)
-    for record, rows_due in due.by_version:
+def night_explainers(due_rows: list[tuple[ModelRecord, int]]) -> tuple[dict[str, Explainer], dict[str, str]]:
+    """Each model version's explainer of its ``int`` answers due tonight in all (``reasons.Explainer.for_rows``: its
+    model loaded, and compiled when worth it, once for the night however its rows are cut), and the versions whose
+    model cannot be loaded any more (version -> why)."""
+    explainers: dict[str, Explainer] = {}
+    unexplained: dict[str, str] = {}
+    for record, rows in due_rows:
         try:
-            booster = load_verified(record)
+            explainers[record.version] = Explainer.for_rows(load_verified(record), record.card.features, rows)
         except ModelUnavailable as exc:
             unexplained[record.version] = str(exc)
+    return explainers, unexplained
+
+
+def explain_due(
+    config: ProjectConfig, due: DueForReasons, validated_batch: pl.DataFrame, explainers: dict[str, Explainer]
+) -> pl.DataFrame:
+    """The ``reason_codes`` rows (REASON_CODES_SCHEMA, by row key) of the answers ``due``, explained from
+    ``validated_batch`` (at least the due rows) by their version's explainer; a version without one is left out."""
+    parts: list[pl.DataFrame] = []
+    for record, rows_due in due.by_version:
+        if record.version not in explainers:
             continue
         rows = rows_due.select(ROW_KEY).join(validated_batch, on=ROW_KEY, how="left", maintain_order="left")
-        reasons = reason_codes(rows, booster, record.card.features, top_k=config.model.reason_code_count)
+        reasons = explain(rows, explainers[record.version], top_k=config.model.reason_code_count)
         parts.append(pl.concat([rows_due, reasons.select("reason_codes", "reason_text")], how="horizontal"))
-    frame = (
-        conform(pl.concat(parts), REASON_CODES_SCHEMA).sort(ROW_KEY)
-        if parts
-        else pl.DataFrame(schema=REASON_CODES_SCHEMA)
-    )
+    if not parts:
+        return pl.DataFrame(schema=REASON_CODES_SCHEMA)
+    return conform(pl.concat(parts), REASON_CODES_SCHEMA).sort(ROW_KEY)
+
+
+def judge_reasons(
+    rows: int,
+    answers: int,
+    by_version: dict[str, int],
+    unexplained: dict[str, str],
+    preview: pl.DataFrame,
+    started: float,
+) -> StepResult:
+    """The ``reason_codes`` step's metadata (no tables): the explained ``rows`` (``by_version``), the model and
+    canary ``answers`` judged, the versions left ``unexplained`` (version -> why), the first rows explained by row
+    key (``preview``, without ``reason_codes``) and the step's seconds from ``started`` (``time.perf_counter``)."""
     return StepResult(
-        tables={"reason_codes": frame},
         metadata={
-            "rows": frame.height,
-            "answers": due.answers,
-            "by_version": {str(k): int(v) for k, v in frame.group_by("model_version").len().iter_rows()},
+            "rows": rows,
+            "answers": answers,
+            "by_version": dict(sorted(by_version.items())),
             "unexplained_versions": dict(sorted(unexplained.items())),
             "seconds": time.perf_counter() - started,
-            "preview": frame.drop("reason_codes").head(PREVIEW_ROWS),
+            "preview": preview.head(PREVIEW_ROWS),
         },
     )
+
+
+def _explained(config: ProjectConfig, due: DueForReasons, validated_batch: pl.DataFrame, started: float) -> StepResult:
+    """The ``reason_codes`` step's result for ``due``, explained from ``validated_batch`` (at least the due rows)."""
+    explainers, unloadable = night_explainers([(record, rows.height) for record, rows in due.by_version])
+    frame = explain_due(config, due, validated_batch, explainers)
+    judged = judge_reasons(
+        frame.height,
+        due.answers,
+        {str(k): int(v) for k, v in frame.group_by("model_version").len().iter_rows()},
+        due.unknown | unloadable,
+        frame.drop("reason_codes").head(PREVIEW_ROWS),
+        started,
+    )
+    return replace(judged, tables={"reason_codes": frame})
 
 
 def outcomes_conserve_rows(connection: duckdb.DuckDBPyConnection) -> CheckOutcome:
