@@ -108,9 +108,10 @@ def test_improvement_after_concept_drift_goes_through_shadow_and_every_canary_st
     promoted_from = log.filter((pl.col("alias") == "champion") & (pl.col("version") == new_champion))["effective_from"][
         0
     ]
+    served_versions = served(project)  # before the connection below: one process opens the file one way at a time
     with warehouse.connect(project.config.warehouse_path) as connection:
-        by_log = {night: registry.alias_version(connection, registry.CHAMPION, night) for night in served(project)}
-    for night, versions in served(project).items():
+        by_log = {night: registry.alias_version(connection, registry.CHAMPION, night) for night in served_versions}
+    for night, versions in served_versions.items():
         assert by_log[night] in versions  # the alias log answers which version served every night
         if night >= promoted_from:
             assert versions == {new_champion}
