@@ -52,7 +52,7 @@ def command_connection(config: ProjectConfig) -> Iterator[duckdb.DuckDBPyConnect
     announced = False
     while True:
         try:
-            connection = duckdb.connect(str(path))
+            connection = duckdb.connect(str(path), config=warehouse.FILE_CONFIG)
             break
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():

@@ -40,6 +40,9 @@ FILE_MEMORY_LIMIT = "512MB"
 """DuckDB's memory limit for a warehouse file: its cache of the file's blocks and its working memory (sorts, joins
 and aggregates spill to ``<file>.tmp`` beyond it). DuckDB's default, 80 % of the machine, would let its cache grow
 with every block a night's steps read, so a night's memory would grow with its rows."""
+FILE_CONFIG: dict[str, str | bool | int | float | list[str]] = {"memory_limit": FILE_MEMORY_LIMIT}
+"""The configuration every connection to a warehouse file is opened with: DuckDB refuses a second connection to a
+file a process has open with another configuration."""
 LAKE_ALIAS = "lake"
 """The name a DuckLake is attached under; every connection to it uses it as its default database."""
 
@@ -87,7 +90,7 @@ def _open_file(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnection:
     delay = 0.1
     while True:
         try:
-            return duckdb.connect(str(path), config={"memory_limit": FILE_MEMORY_LIMIT})
+            return duckdb.connect(str(path), config=FILE_CONFIG)
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
                 raise

@@ -86,7 +86,7 @@ class Project:
         )
 
     def query(self, sql: str, params: list | dict | None = None) -> pl.DataFrame:
-        with duckdb.connect(str(self.config.warehouse_path)) as connection:
+        with duckdb.connect(str(self.config.warehouse_path), config=warehouse.FILE_CONFIG) as connection:
             return connection.execute(sql, params or []).pl()
 
     def table(self, name: str, night: dt.date) -> pl.DataFrame:
