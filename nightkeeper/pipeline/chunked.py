@@ -204,16 +204,38 @@ def stored_scores(connection: duckdb.DuckDBPyConnection, night: dt.date) -> nigh
     ).fetchone()
     rows, p50, p95 = row if row else (0, None, None)
     decisions = connection.execute(f"select decision, count(*) {where} group by decision", parameters).fetchall()
-    columns = ", ".join(f'"{column}"' for column in SCORED_SCHEMA)
-    preview = connection.execute(
-        f"select {columns} {where} order by source_file, row_number limit {nightly.PREVIEW_ROWS}", parameters
-    ).pl()
     return nightly.ScoreSummary(
         int(rows),
         {"p50_ms": p50, "p95_ms": p95},
         {str(decision): int(count) for decision, count in sorted(decisions, key=lambda d: str(d[0]))},
-        preview,
+        stored_preview(connection, "scored_batch", night, list(SCORED_SCHEMA)),
     )
+
+
+def stored_rows(connection: duckdb.DuckDBPyConnection, table: str, night: dt.date) -> int:
+    """The number of rows of the night's stored ``table``."""
+    row = connection.execute(
+        f"select count(*) from {NIGHTLY_SCHEMA}.{table} where {PARTITION_COLUMN} = $night", {"night": night}
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def stored_preview(
+    connection: duckdb.DuckDBPyConnection,
+    table: str,
+    night: dt.date,
+    columns: list[str],
+    order: list[str] = ROW_KEY,
+) -> pl.DataFrame:
+    """The first ``nightly.PREVIEW_ROWS`` rows of the night's stored ``table`` by ``order`` (the row key), its
+    ``columns`` only: the preview the whole-night step takes of its frame."""
+    selected = ", ".join(f'"{column}"' for column in columns)
+    ordered = ", ".join(f'"{column}"' for column in order)
+    return connection.execute(
+        f"""select {selected} from {NIGHTLY_SCHEMA}.{table} where {PARTITION_COLUMN} = $night
+            order by {ordered} limit {nightly.PREVIEW_ROWS}""",
+        {"night": night},
+    ).pl()
 
 
 def stored_shadow_tally(
@@ -263,24 +285,15 @@ def validate_stored_night(config: ProjectConfig, connection: duckdb.DuckDBPyConn
 
     empty = {"validated_batch": pl.DataFrame(schema=schema), "quarantine": pl.DataFrame(schema=QUARANTINE_SCHEMA)}
     store_chunks(connection, NIGHTLY_SCHEMA, night, empty, chunks)
-    where = f"from {NIGHTLY_SCHEMA}.validated_batch where {PARTITION_COLUMN} = $night"
-    raw_rows = connection.execute(
-        f"select count(*) from {NIGHTLY_SCHEMA}.raw_batch where {PARTITION_COLUMN} = $night", {"night": night}
-    ).fetchone()
-    valid_rows = connection.execute(f"select count(*) {where}", {"night": night}).fetchone()
-    columns = ", ".join(f'"{column}"' for column in schema)
-    preview = connection.execute(
-        f"select {columns} {where} order by source_file, row_number limit {nightly.PREVIEW_ROWS}", {"night": night}
-    ).pl()
     return nightly.judge_validation(
         config,
         connection,
         night,
-        raw_rows[0] if raw_rows else 0,
+        stored_rows(connection, "raw_batch", night),
         null_rates_of(null_counts, judged_rows),
         stored_quarantine(connection, night),
-        valid_rows[0] if valid_rows else 0,
-        preview,
+        stored_rows(connection, "validated_batch", night),
+        stored_preview(connection, "validated_batch", night, list(schema)),
     )
 
 
@@ -317,13 +330,8 @@ def stored_quarantine(connection: duckdb.DuckDBPyConnection, night: dt.date) -> 
             order by rows desc, "column", rule limit {nightly.SUMMARY_ROWS}""",
         {"night": night},
     ).pl()
-    columns = ", ".join(f'"{column}"' for column in QUARANTINE_SCHEMA)
-    preview = connection.execute(
-        f"""select {columns} {where} order by source_file, row_number, "column", rule
-            limit {nightly.PREVIEW_ROWS}""",
-        {"night": night},
-    ).pl()
     rows, broken = row if row else (0, 0)
+    preview = stored_preview(connection, "quarantine", night, list(QUARANTINE_SCHEMA), QUARANTINE_ORDER)
     return nightly.QuarantineSummary(
         int(rows), int(broken), by_rule.with_columns(pl.col("rows").cast(pl.UInt32)), preview
     )
@@ -369,7 +377,6 @@ def ingest_stored_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnec
         except _UnreadableFile as failed:
             unreadable[failed.path] = failed.error
     where = f"from {NIGHTLY_SCHEMA}.raw_batch where {PARTITION_COLUMN} = $night"
-    rows = connection.execute(f"select count(*) {where}", {"night": night}).fetchone()
     repeated = connection.execute(
         f"""select entity_id {where} and entity_id in
             (select entity_id {where} and entity_id is not null group by entity_id having count(*) > 1)""",
@@ -381,7 +388,7 @@ def ingest_stored_night(config: ProjectConfig, connection: duckdb.DuckDBPyConnec
         connection,
         night,
         batch,
-        rows[0] if rows else 0,
+        stored_rows(connection, "raw_batch", night),
         batch_checks.entity_ids_unique(repeated),
         preview.drop(RECORD),
     )
