@@ -61,7 +61,6 @@ from nightkeeper.profile import (
     CategoryProfile,
     NumericProfile,
     ReferenceProfile,
-    bin_counts,
     confidence_of,
     domain_auc,
     domain_chance_std,
@@ -103,6 +102,7 @@ MIN_LEVEL_CHANGE = 0.005  # a level whose share moved less than half a point is 
 DOMAIN_CHANCE_SIGMAS = 2.0  # chance standard errors of tonight's domain AUC above the reference's most distinct night
 WASSERSTEIN_MIN_STD = 0.001
 WASSERSTEIN_CHUNK = 1_000_000  # pieces of the quantile grid evaluated at once
+WASSERSTEIN_GRID = 4096  # equal pieces the Wasserstein integral is cut into at least (with tonight's cells)
 _NAN = float("nan")
 
 
@@ -426,9 +426,9 @@ def drift_of_summary(
     for feature in numeric:
         reference = profile.features[feature.name]
         assert isinstance(reference, NumericProfile)
-        values = summary.numbers[feature.name].expanded()
-        records[feature.name] = _numeric_drift(reference, values, rows)
-        means[feature.name] = (_float(reference.mean), float(values.mean()) if len(values) else _NAN)
+        counts = summary.numbers[feature.name]
+        records[feature.name] = _numeric_drift(reference, counts, rows)
+        means[feature.name] = (_float(reference.mean), counts.mean())
     level_frames = [pl.DataFrame(schema=LEVEL_SCHEMA)]
     for feature in categories:
         reference = profile.features[feature.name]
@@ -477,20 +477,21 @@ def drift_of_summary(
 # --------------------------------------------------------------------------------------------------- statistics
 
 
-def numeric_statistics(reference: NumericProfile, values: np.ndarray) -> dict[str, float]:
-    """PSI, JS distance, normalised Wasserstein and KS of the sorted non-missing ``values`` against ``reference``
-    (all NaN when either side has no value)."""
-    n = len(values)
+def numeric_statistics(reference: NumericProfile, counts: ValueCounts) -> dict[str, float]:
+    """PSI, JS distance, normalised Wasserstein and KS of the values counted in ``counts`` against ``reference``
+    (all NaN when either side has no value); rounded counts are compared with the reference's points rounded alike
+    (``ValueCounts.counted_up_to``)."""
+    n = counts.total
     if n == 0 or not reference.frequencies:
         return {"psi": _NAN, "js_distance": _NAN, "wasserstein_norm": _NAN, "ks": _NAN}
-    psi, js_distance = _binned_shift(reference, bin_counts(values, np.asarray(reference.edges)), n)
-    wasserstein = _wasserstein(reference, values) / max(reference.std or 0.0, WASSERSTEIN_MIN_STD)
+    psi, js_distance = _binned_shift(reference, _bin_counts(reference, counts), n)
+    wasserstein = _wasserstein(reference, counts) / max(reference.std or 0.0, WASSERSTEIN_MIN_STD)
     # KS at the reference's quantiles, comparing right-continuous CDFs and their left limits: exact when the
     # profile is exact (every jump of both CDFs is then bracketed by these points), otherwise a lower bound that
     # misses at most the reference mass strictly between two neighbouring quantiles (<= 0.016)
     knots = np.asarray(reference.quantiles)
-    right = np.abs(np.asarray(reference.cdf) - np.searchsorted(values, knots, side="right") / n)
-    left = np.abs(np.asarray(reference.cdf_below) - np.searchsorted(values, knots, side="left") / n)
+    right = np.abs(np.asarray(reference.cdf) - counts.counted_up_to(knots, inclusive=True) / n)
+    left = np.abs(np.asarray(reference.cdf_below) - counts.counted_up_to(knots, inclusive=False) / n)
     ks = float(max(right.max(), left.max()))
     return {"psi": psi, "js_distance": js_distance, "wasserstein_norm": wasserstein, "ks": ks}
 
@@ -502,43 +503,61 @@ def _binned_shift(reference: NumericProfile, counts: np.ndarray, n: int) -> tupl
     return float(population_stability_index(expected, shares)), float(jensenshannon(expected, shares, base=2))
 
 
-def _counted_shift(reference: NumericProfile, values: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
-    """``numeric_statistics``' PSI and JS distance of the values ``values`` counted ``counts`` times (in any order),
-    from their counts per reference bin: no array of every value is made or sorted."""
-    n = int(counts.sum())
-    if n == 0 or not reference.frequencies:
-        return _NAN, _NAN
+def _bin_counts(reference: NumericProfile, counts: ValueCounts) -> np.ndarray:
+    """The counted values per bin of ``reference`` (``profile.bin_counts``' right-closed bins: (-inf, e0], (e0, e1],
+    ..., (e_last, inf))."""
+    at_most = counts.counted_up_to(np.asarray(reference.edges), inclusive=True)
+    return np.diff(np.r_[np.int64(0), at_most, np.int64(counts.total)])
+
+
+def _confidence_bin_counts(reference: NumericProfile, scores: ValueCounts, threshold: float) -> np.ndarray:
+    """The counted scores per bin of the reference confidence profile, a score's confidence being
+    ``profile.confidence_of`` at ``threshold``. Rounded scores are binned in score space: confidence <= c holds
+    below the threshold for the scores at or above ``threshold - c * threshold`` and from it up for those at or below
+    ``threshold + c * (1 - threshold)``, points rounded as the scores are, so that a score whose confidence equals an
+    edge (an atom of a weak model's scores) stays in its bin as it would unrounded."""
     edges = np.asarray(reference.edges)
-    # bin_counts' right-closed bins: (-inf, e0], (e0, e1], ..., (e_last, inf)
-    binned = np.bincount(np.searchsorted(edges, values, side="left"), weights=counts, minlength=len(edges) + 1)
-    return _binned_shift(reference, binned.astype(np.int64), n)
+    if not scores.is_rounded:
+        confidences = confidence_of(scores.values, threshold)
+        return np.bincount(
+            np.searchsorted(edges, confidences, side="left"), weights=scores.counts, minlength=len(edges) + 1
+        ).astype(np.int64)
+    below = scores.counted_up_to(np.array([threshold]), inclusive=False)[0]
+    close_below = below - scores.counted_up_to(threshold - edges * threshold, inclusive=False)
+    close_above = scores.counted_up_to(threshold + edges * (1 - threshold), inclusive=True) - below
+    at_most = np.maximum(close_below, 0) + np.maximum(close_above, 0)
+    return np.diff(np.r_[np.int64(0), at_most, np.int64(scores.total)])
 
 
-def _wasserstein(reference: NumericProfile, values: np.ndarray) -> float:
+def _wasserstein(reference: NumericProfile, counts: ValueCounts) -> float:
     """W1 = integral over u in [0, 1] of |Q_ref(u) - Q_now(u)|, on the merged grid of the reference's quantile
-    levels and tonight's quantile cells (i/n): both functions are constant on each piece for an exact profile, so
-    the midpoint rule is then exact; for a sketched profile the pieces are at most 1/n wide."""
-    n = len(values)
-    cells = np.arange(n + 1) / n
-    levels = np.asarray(reference.quantile_levels)
-    breaks = np.insert(cells, np.searchsorted(cells, levels), levels)  # sorted merge; repeats give empty pieces
-    del cells
+    levels, tonight's cells (the cumulative shares of its distinct values, on each of which its quantile function is
+    constant) and WASSERSTEIN_GRID equal pieces: both functions are constant on each piece for an exact profile, so
+    the midpoint rule is then exact; for a sketched profile the pieces are at most 1/WASSERSTEIN_GRID wide."""
+    n = counts.total
+    cumulative = np.r_[np.int64(0), np.cumsum(counts.counts, dtype=np.int64)]
+    breaks = np.unique(
+        np.concatenate(
+            [cumulative / n, np.asarray(reference.quantile_levels), np.linspace(0.0, 1.0, WASSERSTEIN_GRID + 1)]
+        )
+    )
     # each piece's term is computed WASSERSTEIN_CHUNK pieces at a time (the quantile function's temporaries are
     # a dozen arrays of the pieces' size) and summed at once: the same terms and the same sum as in one go
     terms = np.empty(len(breaks) - 1)
+    last = len(counts.values) - 1
     for start in range(0, len(terms), WASSERSTEIN_CHUNK):
         stop = min(start + WASSERSTEIN_CHUNK, len(terms))
         left, right = breaks[start:stop], breaks[start + 1 : stop + 1]
         middles = (right + left) / 2
-        tonight = values[np.minimum((middles * n).astype(np.int64), n - 1)]
-        terms[start:stop] = (right - left) * np.abs(reference_quantile(reference, middles) - tonight)
+        cell = np.clip(np.searchsorted(cumulative, middles * n, side="right") - 1, 0, last)
+        terms[start:stop] = (right - left) * np.abs(reference_quantile(reference, middles) - counts.values[cell])
     return float(np.sum(terms))
 
 
-def _numeric_drift(reference: NumericProfile, values: np.ndarray, rows: int) -> dict[str, Any]:
-    current_missing = (rows - len(values)) / rows if rows else _NAN
+def _numeric_drift(reference: NumericProfile, counts: ValueCounts, rows: int) -> dict[str, Any]:
+    current_missing = (rows - counts.total) / rows if rows else _NAN
     return {
-        **numeric_statistics(reference, values),
+        **numeric_statistics(reference, counts),
         "chi2": None,
         "chi2_p_value": None,
         **_missing(reference.missing_rate, current_missing),
@@ -611,25 +630,26 @@ def _prediction_drift(profile: ReferenceProfile, scores: ValueCounts | None) -> 
         "score_mean_reference": _float(profile.score.mean),
         "positive_rate_reference": _float(profile.positive_rate),
     }
-    counted = scores if scores is not None else ValueCounts.of(np.array([], dtype=np.float64))
-    scored = counted.expanded()  # for the mean, summed as ever; the shifts are read from the counts
-    for name, values, reference, threshold in (
-        ("score", counted.values, profile.score, profile.score_threshold),
+    counted = scores if scores is not None else ValueCounts.of(np.array([], dtype=np.float64), bounded=True)
+    n = counted.total
+    for name, reference, threshold, binned in (
+        ("score", profile.score, profile.score_threshold, _bin_counts(profile.score, counted)),
         (
             "confidence",
-            confidence_of(counted.values, profile.decision_threshold),
             profile.confidence,
             profile.confidence_threshold,
+            _confidence_bin_counts(profile.confidence, counted, profile.decision_threshold),
         ),
     ):
-        psi, js_distance = _counted_shift(reference, values, counted.counts)
+        psi, js_distance = _binned_shift(reference, binned, n) if n and reference.frequencies else (_NAN, _NAN)
         out[f"{name}_psi"] = psi
         out[f"{name}_js_distance"] = js_distance
-        out[f"{name}_threshold"] = threshold.psi_for(len(scored))
+        out[f"{name}_threshold"] = threshold.psi_for(n)
         out[f"{name}_drifted"] = _drifted(psi, out[f"{name}_threshold"])
-    out["rows_scored"] = float(len(scored))
-    out["score_mean_current"] = float(scored.mean()) if len(scored) else _NAN
-    out["positive_rate_current"] = float(np.mean(scored >= profile.decision_threshold)) if len(scored) else _NAN
+    out["rows_scored"] = float(n)
+    out["score_mean_current"] = counted.mean()
+    below = counted.counted_up_to(np.array([profile.decision_threshold]), inclusive=False)[0]
+    out["positive_rate_current"] = float((n - below) / n) if n else _NAN
     return out
 
 

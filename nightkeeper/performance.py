@@ -291,15 +291,17 @@ def estimate_performance(scores: np.ndarray, threshold: float, value: BusinessVa
     positive decision, all p = 0 or all p = 1).
     Valid only if the scores are calibrated and there is no concept drift (see the module docstring).
     """
-    return estimate_from_counts(ValueCounts.of(scores), threshold, value)
+    return estimate_from_counts(ValueCounts.of(scores, bounded=True), threshold, value)
 
 
 def estimate_from_counts(scores: ValueCounts, threshold: float, value: BusinessValue) -> dict[str, float | None]:
     """``estimate_performance`` from the counts of each distinct score (``summaries.ValueCounts``): every sum over
-    rows is a sum over distinct scores weighted by their counts, so shards' merged counts give the night's figures."""
+    rows is a sum over distinct scores weighted by their counts, so shards' merged counts give the night's figures.
+    Rounded counts (a bounded ValueCounts of more than ``summaries.EXACT_UP_TO`` scores) are compared with the
+    threshold rounded alike."""
     p, weight = scores.values, scores.counts.astype(np.float64)
     n = scores.total
-    positive = p >= threshold
+    positive = p >= scores.comparable(np.array([threshold]))
     tp, fp = float((weight * p)[positive].sum()), float((weight * (1 - p))[positive].sum())
     fn, tn = float((weight * p)[~positive].sum()), float((weight * (1 - p))[~positive].sum())
     money = value.money(tp, fp, tn, fn)
@@ -355,7 +357,7 @@ def estimated_from_counts(
 ) -> pl.DataFrame:
     """``estimated_performance`` from ``estimated_counts`` (or ``merge_counts`` of the shards' counts)."""
     groups = {
-        tuple(key): ValueCounts.merge([ValueCounts(group["score"].to_numpy(), group["count"].to_numpy())])
+        tuple(key): ValueCounts.merge([ValueCounts(group["score"].to_numpy(), group["count"].to_numpy(), bounded=True)])
         for key, group in counts.sort(*GROUP_KEY, "score").group_by(GROUP_KEY, maintain_order=True)
     }
     return estimated_of_groups(groups, decision, value, thresholds)
@@ -387,14 +389,14 @@ def realized_counts(scored_labels: pl.DataFrame) -> pl.DataFrame:
     (REALIZED_COUNTS_SCHEMA, label null = not arrived): all ``realized_from_counts`` needs. A night split into shards
     by entity id (``nightkeeper.sharding``) keeps each id, its repeats and its label in one shard, so the shards'
     counts merge (``merge_counts``) into the night's."""
-    return _counted(scored_labels, REALIZED_COUNTS_SCHEMA)
+    return _counted(scored_labels, REALIZED_COUNTS_SCHEMA, bounded=False)
 
 
 def estimated_counts(outcomes: pl.DataFrame, sources: Sequence[str] = DEFAULT_SOURCES) -> pl.DataFrame:
     """The scored outcome rows of ``sources`` counted per (partition_date, source, model_version, score)
-    (ESTIMATED_COUNTS_SCHEMA): all ``estimated_from_counts`` needs."""
+    (ESTIMATED_COUNTS_SCHEMA; bounded, see ``summaries.ValueCounts``): all ``estimated_from_counts`` needs."""
     scored = outcomes.filter(pl.col("source").is_in(list(sources)) & pl.col("score").is_not_null())
-    return _counted(scored, ESTIMATED_COUNTS_SCHEMA)
+    return _counted(scored, ESTIMATED_COUNTS_SCHEMA, bounded=True)
 
 
 def merge_counts(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
@@ -404,25 +406,27 @@ def merge_counts(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
         raise ValueError("merge_counts needs at least one table of counts")
     frame = pl.concat(parts)
     keys = [c for c in frame.columns if c not in ("score", "count")]
+    # estimated counts are bounded; realized ones are exact, as each label's scores are ranked against the other's
+    bounded = "label" not in keys
     groups = frame.partition_by(keys, as_dict=True, maintain_order=True)
     counts = {
-        key: ValueCounts.merge([ValueCounts(group["score"].to_numpy(), group["count"].to_numpy())])
+        key: ValueCounts.merge([ValueCounts(group["score"].to_numpy(), group["count"].to_numpy(), bounded)])
         for key, group in groups.items()
     }
     return _score_counts(counts, keys, dict(frame.schema))
 
 
-def _counted(rows: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _counted(rows: pl.DataFrame, schema: dict[str, pl.DataType], bounded: bool) -> pl.DataFrame:
     """``rows`` counted per key of ``schema`` and score."""
     keys = [c for c in schema if c not in ("score", "count")]
-    return _score_counts(_scores_by_group(rows, keys), keys, schema)
+    return _score_counts(_scores_by_group(rows, keys, bounded), keys, schema)
 
 
-def _scores_by_group(rows: pl.DataFrame, keys: list[str]) -> dict[tuple[object, ...], ValueCounts]:
+def _scores_by_group(rows: pl.DataFrame, keys: list[str], bounded: bool) -> dict[tuple[object, ...], ValueCounts]:
     """The counts of ``rows``' scores per group of ``keys`` (numpy per group: a polars group-by over every distinct
     score and a sort of the result cost several times more)."""
     groups = rows.partition_by(keys, as_dict=True, maintain_order=True)
-    return {key: ValueCounts.of_sorted(np.sort(group["score"].to_numpy())) for key, group in groups.items()}
+    return {key: ValueCounts.of_sorted(np.sort(group["score"].to_numpy()), bounded) for key, group in groups.items()}
 
 
 def _score_counts(
@@ -835,8 +839,8 @@ def refresh_performance(
     # figure realized_from_counts reads of it): a night without labels yet costs one count per group
     labeled_parts = [realized_counts(pl.DataFrame(schema=SCORED_LABELS_SCHEMA))]
     unlabeled: dict[tuple[object, ...], int] = {}
-    # tonight's scores counted per group and chunk, as numpy arrays (16 bytes a distinct score), merged once
-    estimated_parts: dict[tuple[object, ...], list[ValueCounts]] = {}
+    # tonight's scores counted per group, each chunk's counts merged into the group's bounded running counts
+    score_counts: dict[tuple[object, ...], ValueCounts] = {}
     versions: set[str | None] = set()
     for scoring_night in nights:
         labels = _labels_of(connection, [scoring_night], arrived_by=None)
@@ -848,8 +852,9 @@ def refresh_performance(
             for *group, count in scored.filter(~labeled).group_by(GROUP_KEY).len().iter_rows():
                 unlabeled[tuple(group)] = unlabeled.get(tuple(group), 0) + count
             if scoring_night in estimate_nights:
-                for key, scores in _scores_by_group(rows, GROUP_KEY).items():
-                    estimated_parts.setdefault(key, []).append(scores)
+                for key, scores in _scores_by_group(rows, GROUP_KEY, bounded=True).items():
+                    running = score_counts.get(key)
+                    score_counts[key] = scores if running is None else ValueCounts.merge([running, scores])
     thresholds = card_thresholds(connection, versions)
     unlabeled_counts = pl.DataFrame(
         [(*key, None, None, count) for key, count in unlabeled.items()], schema=REALIZED_COUNTS_SCHEMA, orient="row"
@@ -862,7 +867,7 @@ def refresh_performance(
         thresholds,
     ).to_arrow()
     estimated = estimated_of_groups(
-        {key: ValueCounts.merge(parts) for key, parts in estimated_parts.items()},
+        score_counts,
         decision,
         settings.business_value,
         thresholds,

@@ -7,10 +7,14 @@ different order), and ``nightkeeper.drift.drift_of_summary`` computes every stat
 night is the one-shard case of the same code.
 
 * ``ValueCounts``: the distinct finite values of a number with their counts. PSI bins, the KS statistic at the
-  reference's quantiles, the Wasserstein distance and the mean all derive from it exactly. Histogram counts on the
-  reference's bin edges would merge too, but the Wasserstein distance integrates tonight's whole quantile function,
-  so only the values themselves give it exactly; its size is the number of distinct values (small for integers,
-  amounts rounded to a grid and bools; up to the rows for a continuous feature).
+  reference's quantiles, the Wasserstein distance and the mean all derive from it. A bounded one (drift's and the
+  performance estimate's) counts up to EXACT_UP_TO values exactly; beyond, every value is rounded to
+  SIGNIFICANT_BITS significant bits (relative error at most 2**-SIGNIFICANT_BITS), so it holds at most
+  2**(SIGNIFICANT_BITS - 1) distinct values per power of two whatever the night's size: memory stays flat from 1M
+  to 10M rows. Whether it is rounded depends only on how many values it counts, so the parts of any split round
+  alike and merge into exactly the whole's counts; points compared with rounded values (bin edges, quantiles, the
+  decision threshold) are rounded alike (``ValueCounts.comparable``), so a value equal to a point stays on its side
+  and only values within the rounding of a point, above or below it, can be counted on the other side.
 * Category counts: per level of the contract, plus one last "other" count (``profile.category_counts``).
 * The domain sample: the ``domain_rows`` rows with the smallest stable entity hash (``sharding.entity_hash``),
   ordered by it. The smallest k of a union are the smallest k of the parts' smallest k, so it merges exactly, and it
@@ -37,6 +41,9 @@ from nightkeeper.validation import ROW_KEY
 
 HASH_COLUMN = "entity_hash"
 CHUNK_ROWS = 500_000  # rows summarised at once: bounds the sorts' working memory whatever the night's size
+EXACT_UP_TO = 100_000  # values a bounded ValueCounts counts exactly (at most 1.6 MB of distinct values)
+SIGNIFICANT_BITS = 15  # kept of each value beyond: 16,384 distinct values per power of two, 3e-5 relative error
+_DROPPED_BITS = 53 - SIGNIFICANT_BITS  # of a float64's 53 significant bits
 # A DriftSummary as a table (``drift_summary_table``), one row per count: ``part`` says what is counted. "rows",
 # "domain_rows" and "scored" (1 or 0) hold the summary's scalars in ``count``; "number" rows a feature's value and
 # its count, "category" rows a feature's level index (the last is "other") and its count, "score" rows a score and
@@ -50,45 +57,100 @@ DRIFT_COUNTS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+def rounded(values: np.ndarray) -> np.ndarray:
+    """``values`` (float64) each rounded to SIGNIFICANT_BITS significant bits, to nearest (halves away from zero):
+    non-decreasing in the value, so sorted values stay sorted and equal values stay equal; integers below
+    2**SIGNIFICANT_BITS and zero are unchanged; NaN and infinities pass through; a finite value never becomes
+    infinite (the largest magnitudes round down)."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    bits = values.view(np.uint64)
+    step = np.uint64(1 << _DROPPED_BITS)
+    near = ((bits + (step >> np.uint64(1))) & ~(step - np.uint64(1))).view(np.float64)
+    finite = np.isfinite(values)
+    largest = np.float64(np.uint64(0x7FEFFFFFFFFFFFFF) & ~(step - np.uint64(1)))  # the largest finite rounded value
+    return np.where(finite & np.isinf(near), np.copysign(largest, values), np.where(finite, near, values))
+
+
 @dataclass(frozen=True)
 class ValueCounts:
     """The distinct values of a number (``values``, ascending float64; finite when made by ``of``) and how often
-    each occurs (``counts``, int64, all > 0)."""
+    each occurs (``counts``, int64, all > 0). ``bounded``: once it counts more than EXACT_UP_TO values, its values
+    are ``rounded`` (see the module docstring); an unbounded one keeps every distinct value exactly."""
 
     values: np.ndarray
     counts: np.ndarray
+    bounded: bool = False
 
     @classmethod
-    def of(cls, values: np.ndarray) -> ValueCounts:
+    def of(cls, values: np.ndarray, bounded: bool = False) -> ValueCounts:
         """The counts of the finite entries of ``values`` (NaN and infinities are missing, not counted)."""
         array = np.asarray(values, dtype=np.float64)
-        return cls.of_sorted(np.sort(array[np.isfinite(array)]))
+        return cls.of_sorted(np.sort(array[np.isfinite(array)]), bounded)
 
     @classmethod
-    def of_sorted(cls, values: np.ndarray) -> ValueCounts:
+    def of_sorted(cls, values: np.ndarray, bounded: bool = False) -> ValueCounts:
         """The counts of ``values``, already sorted ascending (run lengths, no sort; each NaN, sorted last, counts
         apart)."""
         if len(values) == 0:
-            return cls(np.array([], dtype=np.float64), np.array([], dtype=np.int64))
+            return cls(np.array([], dtype=np.float64), np.array([], dtype=np.int64), bounded)
+        if bounded and len(values) > EXACT_UP_TO:
+            values = rounded(values)
         starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-        return cls(values[starts], np.diff(np.r_[starts, len(values)]).astype(np.int64))
+        return cls(values[starts], np.diff(np.r_[starts, len(values)]).astype(np.int64), bounded)
 
     @classmethod
     def merge(cls, parts: Sequence[ValueCounts]) -> ValueCounts:
         """The counts of all ``parts`` together: equal values add their counts (each NaN counts apart, in the parts'
-        order). Two parts of distinct ascending values (a running total and the next chunk's counts) are merged by
-        inserting the second's new values into the first: about twice the result's memory, where sorting every
-        value with its count takes about four times."""
+        order); bounded parts (all or none) give the bounded counts of the whole, rounded when it counts more than
+        EXACT_UP_TO values, whichever parts were. Two parts of distinct ascending values (a running total and the
+        next chunk's counts) are merged by inserting the second's new values into the first: about twice the
+        result's memory, where sorting every value with its count takes about four times. Raises ValueError on
+        bounded and unbounded parts together."""
+        bounded = {part.bounded for part in parts}
+        if len(bounded) > 1:
+            raise ValueError("bounded and unbounded ValueCounts do not merge: their values are not comparable")
+        if bounded == {True} and sum(part.total for part in parts) > EXACT_UP_TO:
+            parts = [part._rounded() for part in parts]
         if len(parts) == 2 and all(part._distinct_ascending() for part in parts):
             return parts[0]._merged_with(parts[1])
         values = np.concatenate([np.array([], dtype=np.float64), *(p.values for p in parts)])
         counts = np.concatenate([np.array([], dtype=np.int64), *(p.counts for p in parts)])
         if len(values) == 0:
-            return cls(values, counts)
+            return cls(values, counts, bounded == {True})
         order = np.argsort(values, kind="stable")
         values, counts = values[order], counts[order]
         starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-        return cls(values[starts], np.add.reduceat(counts, starts))
+        return cls(values[starts], np.add.reduceat(counts, starts), bounded == {True})
+
+    @property
+    def is_rounded(self) -> bool:
+        """Whether the values are rounded (a bounded ValueCounts of more than EXACT_UP_TO values)."""
+        return self.bounded and self.total > EXACT_UP_TO
+
+    def comparable(self, points: np.ndarray) -> np.ndarray:
+        """``points`` (float64) as these values compare with them: rounded alike when the values are, so a value
+        equal to a point compares equal to it."""
+        points = np.asarray(points, dtype=np.float64)
+        return rounded(points) if self.is_rounded else points
+
+    def counted_up_to(self, points: np.ndarray, inclusive: bool) -> np.ndarray:
+        """How many counted values lie below each of ``points`` (at or below it when ``inclusive``), the points
+        compared as ``comparable`` (int64, one per point)."""
+        cumulative = np.r_[np.int64(0), np.cumsum(self.counts, dtype=np.int64)]
+        return cumulative[np.searchsorted(self.values, self.comparable(points), side="right" if inclusive else "left")]
+
+    def mean(self) -> float:
+        """The mean of the counted values (NaN when none)."""
+        total = self.total
+        return float(np.dot(self.values, self.counts) / total) if total else float("nan")
+
+    def _rounded(self) -> ValueCounts:
+        """These counts with every value rounded (equal rounded values add their counts; already rounded: itself)."""
+        values = rounded(self.values)
+        if len(values) == 0:
+            return self
+        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+        return ValueCounts(values[starts], np.add.reduceat(self.counts, starts), self.bounded)
 
     def _distinct_ascending(self) -> bool:
         return bool(np.all(self.values[1:] > self.values[:-1]))
@@ -104,28 +166,24 @@ class ValueCounts:
         counts[at[found]] += other.counts[found]  # distinct values: each index once
         new = ~found
         into = np.searchsorted(values, other.values[new], side="right")
-        return ValueCounts(np.insert(values, into, other.values[new]), np.insert(counts, into, other.counts[new]))
+        return ValueCounts(
+            np.insert(values, into, other.values[new]), np.insert(counts, into, other.counts[new]), self.bounded
+        )
 
     @property
     def total(self) -> int:
         return int(self.counts.sum())
-
-    def expanded(self) -> np.ndarray:
-        """Every counted value, ascending: the sorted array the counts were taken of (``values`` itself, not a
-        copy, when every value was counted once, as a continuous number's are: do not write to it)."""
-        if len(self.counts) and self.counts.max() == 1:
-            return self.values
-        return np.repeat(self.values, self.counts)
 
 
 @dataclass(frozen=True)
 class DriftSummary:
     """What drift needs to know of a night's rows (see the module docstring).
 
-    ``rows``: the rows summarised. ``numbers``: per numeric or bool feature, its ``ValueCounts``. ``categories``: per
-    category feature, int64 counts per contract level plus a last "other" count. ``scores``: the finite scores'
-    ``ValueCounts``, None when the night was not scored. ``domain_sample``: up to ``domain_rows`` rows (the entity
-    id, ``entity_hash`` and the feature columns) with the smallest entity hash, ascending (ties by id).
+    ``rows``: the rows summarised. ``numbers``: per numeric or bool feature, its bounded ``ValueCounts``.
+    ``categories``: per category feature, int64 counts per contract level plus a last "other" count. ``scores``: the
+    finite scores' bounded ``ValueCounts``, None when the night was not scored. ``domain_sample``: up to
+    ``domain_rows`` rows (the entity id, ``entity_hash`` and the feature columns) with the smallest entity hash,
+    ascending (ties by id).
     """
 
     rows: int
@@ -181,9 +239,9 @@ def summarise_drift_chunks(
         raise ValueError("summarise_drift_chunks needs at least one chunk of rows")
     counted = None
     if scores is not None:
-        counted = ValueCounts.of(np.array([], dtype=np.float64))
+        counted = ValueCounts.of(np.array([], dtype=np.float64), bounded=True)
         for chunk in scores:
-            counted = ValueCounts.merge([counted, ValueCounts.of(chunk)])
+            counted = ValueCounts.merge([counted, ValueCounts.of(chunk, bounded=True)])
     return replace(running, scores=counted, domain_sample=running.domain_sample.drop(ROW_KEY, strict=False))
 
 
@@ -199,7 +257,7 @@ def _summarise_rows(
     sorted_values = sorted_numeric_values(current, numeric)
     return DriftSummary(
         rows=current.height,
-        numbers={name: ValueCounts.of_sorted(sorted_values.pop(name)) for name in numeric},
+        numbers={name: ValueCounts.of_sorted(sorted_values.pop(name), bounded=True) for name in numeric},
         categories={
             name: counts.astype(np.int64)
             for name, counts in category_counts(current, [f for f in features if f.dtype == "category"]).items()
@@ -284,7 +342,7 @@ def drift_summary_of(counts: pl.DataFrame, domain_sample: pl.DataFrame, features
 
     def value_counts(part: pl.DataFrame) -> ValueCounts:
         ordered = part.sort("value")
-        return ValueCounts(ordered["value"].to_numpy(), ordered["count"].to_numpy())
+        return ValueCounts(ordered["value"].to_numpy(), ordered["count"].to_numpy(), bounded=True)
 
     numbers = counts.filter(pl.col("part") == "number")
     categories = counts.filter(pl.col("part") == "category")

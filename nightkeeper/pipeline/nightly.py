@@ -668,7 +668,7 @@ class ShadowTally:
     split of the night's rows (``merge``): the challenger's ``rows``, those it could not score (``errors``), the
     champion's failures on the same rows (``champion_errors``), the rows both scored (``both``) and how many of them
     both decided alike (``agreements``), the rows routed to the challenger (``canary_rows``), and both models' scores
-    of the rows both scored, counted per distinct value (``summaries.ValueCounts``)."""
+    of the rows both scored, counted per distinct value (bounded ``summaries.ValueCounts``)."""
 
     rows: int
     errors: int
@@ -696,8 +696,8 @@ class ShadowTally:
             both=both.height,
             agreements=int((both["decision"] == both["decision_champion"]).sum()),
             canary_rows=int(challenger["in_canary"].sum()) if "in_canary" in challenger.columns else 0,
-            challenger_scores=ValueCounts.of(both["score"].to_numpy()),
-            champion_scores=ValueCounts.of(both["score_champion"].to_numpy()),
+            challenger_scores=ValueCounts.of(both["score"].to_numpy(), bounded=True),
+            champion_scores=ValueCounts.of(both["score_champion"].to_numpy(), bounded=True),
         )
 
     @classmethod
