@@ -38,7 +38,7 @@ from nightkeeper.config import BusinessValue, DecisionConfig, PerformanceConfig
 from nightkeeper.frames import conform
 from nightkeeper.labels import LABELS_TABLE
 from nightkeeper.schema import PERFORMANCE_LABEL_STATE as LABEL_STATE_TABLE
-from nightkeeper.summaries import ValueCounts
+from nightkeeper.summaries import EXACT_UP_TO, ValueCounts, rounded
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, create_table_if_missing, read_chunks, run_transaction, table_exists
 
 DEFAULT_SOURCES: tuple[str, ...] = ("model", "canary")
@@ -170,7 +170,10 @@ def realized_from_counts(
     ``auc_from_counts`` per group."""
     n_rows = pl.col("count")
     rows = counts.group_by(GROUP_KEY).agg(n_rows.sum().cast(pl.Int64).alias("rows"))
-    predicted = pl.col("score") >= _threshold_of_version(decision, thresholds)
+    # a group whose scores were rounded (_rounded_groups) is compared with its threshold rounded alike
+    predicted = pl.col("score") >= pl.when(_labeled_rows() > EXACT_UP_TO).then(
+        _threshold_of_version(decision, thresholds, rounded_alike=True)
+    ).otherwise(_threshold_of_version(decision, thresholds))
     actual = pl.col("label") == 1
     labeled = counts.filter(pl.col("label").is_not_null())
     aucs = pl.DataFrame(
@@ -270,9 +273,19 @@ def card_thresholds(connection: duckdb.DuckDBPyConnection, versions: Iterable[st
     return found
 
 
-def _threshold_of_version(decision: DecisionConfig, thresholds: Mapping[str, float] | None) -> pl.Expr:
+def _threshold_of_version(
+    decision: DecisionConfig, thresholds: Mapping[str, float] | None, rounded_alike: bool = False
+) -> pl.Expr:
+    """Each row's model version's threshold (``decision.threshold`` for a version not in ``thresholds``), rounded as
+    ``summaries.rounded`` rounds scores when ``rounded_alike``."""
+
+    def compared(threshold: float) -> float:
+        return float(rounded(np.array([threshold]))[0]) if rounded_alike else threshold
+
     return pl.col("model_version").replace_strict(
-        dict(thresholds or {}), default=decision.threshold, return_dtype=pl.Float64
+        {version: compared(value) for version, value in (thresholds or {}).items()},
+        default=compared(decision.threshold),
+        return_dtype=pl.Float64,
     )
 
 
@@ -388,8 +401,8 @@ def realized_counts(scored_labels: pl.DataFrame) -> pl.DataFrame:
     """The rows of ``scored_with_labels`` counted per (partition_date, source, model_version, score, label)
     (REALIZED_COUNTS_SCHEMA, label null = not arrived): all ``realized_from_counts`` needs. A night split into shards
     by entity id (``nightkeeper.sharding``) keeps each id, its repeats and its label in one shard, so the shards'
-    counts merge (``merge_counts``) into the night's."""
-    return _counted(scored_labels, REALIZED_COUNTS_SCHEMA, bounded=False)
+    counts merge (``merge_counts``) into the night's. Bounded as a group's labeled rows are: see ``_rounded_groups``."""
+    return _rounded_groups(_counted(scored_labels, REALIZED_COUNTS_SCHEMA, bounded=False))
 
 
 def estimated_counts(outcomes: pl.DataFrame, sources: Sequence[str] = DEFAULT_SOURCES) -> pl.DataFrame:
@@ -406,14 +419,40 @@ def merge_counts(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
         raise ValueError("merge_counts needs at least one table of counts")
     frame = pl.concat(parts)
     keys = [c for c in frame.columns if c not in ("score", "count")]
-    # estimated counts are bounded; realized ones are exact, as each label's scores are ranked against the other's
-    bounded = "label" not in keys
+    # estimated counts are bounded ValueCounts; realized ones are rounded per group of both labels (_rounded_groups)
+    realized = "label" in keys
     groups = frame.partition_by(keys, as_dict=True, maintain_order=True)
     counts = {
-        key: ValueCounts.merge([ValueCounts(group["score"].to_numpy(), group["count"].to_numpy(), bounded)])
+        key: ValueCounts.merge([ValueCounts(group["score"].to_numpy(), group["count"].to_numpy(), not realized)])
         for key, group in groups.items()
     }
-    return _score_counts(counts, keys, dict(frame.schema))
+    merged = _score_counts(counts, keys, dict(frame.schema))
+    return _rounded_groups(merged) if realized else merged
+
+
+def _rounded_groups(counts: pl.DataFrame) -> pl.DataFrame:
+    """Realized ``counts`` with the scores of every group (GROUP_KEY) of more than ``summaries.EXACT_UP_TO`` labeled
+    rows rounded (``summaries.rounded``; rows of equal rounded score and label then count together), so their size
+    does not follow the rows. A group's positives and negatives are rounded together, as the AUC ranks one against
+    the other; whether a group is rounded depends only on its labeled rows, so the counts of any split merge into
+    the whole's. The threshold is rounded alike for the confusion counts (``realized_from_counts``)."""
+    large = _labeled_rows() > EXACT_UP_TO
+    if not counts.select(large.any()).item():
+        return counts
+    scores = counts["score"].to_numpy()
+    rounded_scores = pl.Series("score", rounded(scores), dtype=pl.Float64).fill_nan(None)
+    return (
+        counts.with_columns(pl.when(large).then(rounded_scores).otherwise(pl.col("score")).alias("score"))
+        .group_by([c for c in counts.columns if c != "count"])
+        .agg(pl.col("count").sum())
+        .sort([*GROUP_KEY, "label", "score"], nulls_last=True)
+        .select(counts.columns)
+    )
+
+
+def _labeled_rows() -> pl.Expr:
+    """Per row of realized counts, its group's labeled rows."""
+    return pl.col("count").filter(pl.col("label").is_not_null()).sum().over(GROUP_KEY)
 
 
 def _counted(rows: pl.DataFrame, schema: dict[str, pl.DataType], bounded: bool) -> pl.DataFrame:
@@ -816,8 +855,8 @@ def refresh_performance(
     A night's scored rows are read ``chunk_rows`` at a time and only their counts are kept (``realized_counts`` of
     the labeled rows and a count per group of the others; each group's score counts for the estimate), merged: the
     counts of the whole night, as an id is scored at most once a night by a model version, validation quarantining
-    its later rows. So memory follows the distinct scores (16 bytes each) and the labeled rows' distinct scores, not
-    the rows.
+    its later rows. The counts are bounded (rounded beyond ``summaries.EXACT_UP_TO`` rows of a group), so memory does
+    not follow the rows.
     """
     first_time = _ensure_tables(connection)
     counts = connection.execute(
@@ -837,7 +876,7 @@ def refresh_performance(
     nights = sorted({*estimate_nights, *landed})
     # the realized counts keep the scores of labeled rows only (an unlabeled row counts in ``rows`` alone, the one
     # figure realized_from_counts reads of it): a night without labels yet costs one count per group
-    labeled_parts = [realized_counts(pl.DataFrame(schema=SCORED_LABELS_SCHEMA))]
+    labeled_counts = realized_counts(pl.DataFrame(schema=SCORED_LABELS_SCHEMA))
     unlabeled: dict[tuple[object, ...], int] = {}
     # tonight's scores counted per group, each chunk's counts merged into the group's bounded running counts
     score_counts: dict[tuple[object, ...], ValueCounts] = {}
@@ -848,7 +887,7 @@ def refresh_performance(
             versions |= set(rows["model_version"].unique())
             scored = scored_with_labels(rows, labels)
             labeled = scored["label"].is_not_null()
-            labeled_parts.append(realized_counts(scored.filter(labeled)))
+            labeled_counts = merge_counts([labeled_counts, realized_counts(scored.filter(labeled))])
             for *group, count in scored.filter(~labeled).group_by(GROUP_KEY).len().iter_rows():
                 unlabeled[tuple(group)] = unlabeled.get(tuple(group), 0) + count
             if scoring_night in estimate_nights:
@@ -860,7 +899,7 @@ def refresh_performance(
         [(*key, None, None, count) for key, count in unlabeled.items()], schema=REALIZED_COUNTS_SCHEMA, orient="row"
     )
     realized = realized_from_counts(
-        pl.concat([merge_counts(labeled_parts), unlabeled_counts]),
+        pl.concat([labeled_counts, unlabeled_counts]),
         decision,
         settings.business_value,
         settings.min_labeled_rows,

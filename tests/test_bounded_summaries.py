@@ -13,15 +13,29 @@ import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
+from sklearn.metrics import roc_auc_score
 
-from nightkeeper.config import BusinessValue, ProjectConfig
+from nightkeeper.config import BusinessValue, DecisionConfig, ProjectConfig
 from nightkeeper.drift import DriftResult, drift_of_summary
 from nightkeeper.encoding import feature_matrix
-from nightkeeper.examples.simulator import simulate_night
+from nightkeeper.examples.simulator import ENTITY_ID, TARGET, simulate_night
 from nightkeeper.ingest import read_raw_batch
-from nightkeeper.performance import estimate_from_counts
+from nightkeeper.performance import (
+    SCORED_LABELS_SCHEMA,
+    estimate_from_counts,
+    merge_counts,
+    realized_counts,
+    realized_from_counts,
+)
 from nightkeeper.profile import ReferenceProfile, fit_profile
-from nightkeeper.summaries import EXACT_UP_TO, SIGNIFICANT_BITS, DriftSummary, ValueCounts, summarise_drift
+from nightkeeper.summaries import (
+    EXACT_UP_TO,
+    SIGNIFICANT_BITS,
+    DriftSummary,
+    ValueCounts,
+    rounded,
+    summarise_drift,
+)
 from nightkeeper.training import TrainedModel, training_frame
 from nightkeeper.validation import validate
 
@@ -150,3 +164,73 @@ def test_the_estimate_counts_a_weak_models_scores_at_the_threshold_as_decided(
         assert bounded[name] == pytest.approx(unrounded[name], rel=1e-4), name
     decided = (weak >= threshold).sum()
     assert bounded["true_positives"] + bounded["false_positives"] == pytest.approx(decided, rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def labeled_night(large_night: tuple[pl.DataFrame, np.ndarray]) -> pl.DataFrame:
+    """The large night's scored rows with their labels (SCORED_LABELS_SCHEMA), every label arrived."""
+    rows, scores = large_night
+    labels = simulate_night(NIGHT, ROWS, SEED).labels.select(pl.col(ENTITY_ID).cast(pl.String), pl.col(TARGET))
+    frame = rows.select(pl.col("entity_id").cast(pl.String).alias(ENTITY_ID)).with_columns(score=pl.Series(scores))
+    return (
+        frame.join(labels, on=ENTITY_ID)
+        .select(
+            pl.lit(NIGHT).alias("partition_date"),
+            pl.lit("model").alias("source"),
+            pl.lit("v1").alias("model_version"),
+            pl.col(ENTITY_ID).alias("entity_id"),
+            "score",
+            pl.col(TARGET).alias("label"),
+        )
+        .cast(SCORED_LABELS_SCHEMA)
+    )  # type: ignore[arg-type]
+
+
+def realized(frame: pl.DataFrame, threshold: float) -> dict[str, object]:
+    return realized_from_counts(realized_counts(frame), DecisionConfig(threshold=threshold), VALUE, 100).row(
+        0, named=True
+    )
+
+
+def test_realized_counts_of_a_large_labeled_night_are_rounded_and_merge_from_any_split(
+    labeled_night: pl.DataFrame,
+) -> None:
+    whole = realized_counts(labeled_night)
+    parts = [labeled_night.slice(0, 60_000), labeled_night.slice(60_000, 60_000), labeled_night.slice(120_000)]
+
+    merged = merge_counts([realized_counts(part) for part in parts])
+
+    assert whole.height < labeled_night["score"].n_unique()
+    assert np.array_equal(rounded(whole["score"].to_numpy()), whole["score"].to_numpy())
+    assert merged.equals(whole)
+
+
+def test_realized_performance_of_a_large_night_is_within_the_rounding_error_of_the_exact_one(
+    labeled_night: pl.DataFrame,
+) -> None:
+    threshold = 0.2
+    labels, scores = labeled_night["label"].to_numpy(), labeled_night["score"].to_numpy()
+
+    bounded = realized(labeled_night, threshold)
+
+    assert bounded["labeled_rows"] == labeled_night.height
+    assert bounded["auc"] == pytest.approx(roc_auc_score(labels, scores), rel=1e-4)
+    assert bounded["brier"] == pytest.approx(float(np.mean((scores - labels) ** 2)), rel=1e-4)
+    near = int((np.abs(scores - threshold) <= threshold * 2.0**-SIGNIFICANT_BITS).sum())
+    decided = bounded["true_positives"] + bounded["false_positives"]  # type: ignore[operator]
+    assert abs(decided - int((scores >= threshold).sum())) <= near
+
+
+def test_realized_confusion_counts_of_a_weak_models_scores_at_the_threshold_are_exact(
+    labeled_night: pl.DataFrame,
+) -> None:
+    weak = labeled_night.with_columns(pl.col("score").round(WEAK_DECIMALS))
+    scores, labels = weak["score"].to_numpy(), weak["label"].to_numpy()
+    threshold = float(np.median(scores))  # an atom of the scores
+    assert (scores == threshold).sum() > 100
+
+    bounded = realized(weak, threshold)
+
+    assert bounded["true_positives"] == int(((scores >= threshold) & (labels == 1)).sum())
+    assert bounded["false_positives"] == int(((scores >= threshold) & (labels == 0)).sum())
+    assert bounded["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
