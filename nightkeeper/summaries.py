@@ -7,9 +7,9 @@ different order), and ``nightkeeper.drift.drift_of_summary`` computes every stat
 night is the one-shard case of the same code.
 
 * ``ValueCounts``: the distinct finite values of a number with their counts. PSI bins, the KS statistic at the
-  reference's quantiles, the Wasserstein distance and the mean all derive from it. A bounded one (drift's and the
-  performance estimate's) counts up to EXACT_UP_TO values exactly; beyond, every value is rounded to
-  SIGNIFICANT_BITS significant bits (relative error at most 2**-SIGNIFICANT_BITS), so it holds at most
+  reference's quantiles, the Wasserstein distance and the mean all derive from it. A bounded one (drift's, the
+  shadow tally's and the performance estimate's) counts up to EXACT_UP_TO values exactly; beyond, every value is
+  rounded to SIGNIFICANT_BITS significant bits (relative error at most 2**-SIGNIFICANT_BITS), so it holds at most
   2**(SIGNIFICANT_BITS - 1) distinct values per power of two whatever the night's size: memory stays flat from 1M
   to 10M rows. Whether it is rounded depends only on how many values it counts, so the parts of any split round
   alike and merge into exactly the whole's counts; points compared with rounded values (bin edges, quantiles, the
@@ -145,7 +145,8 @@ class ValueCounts:
         return float(np.dot(self.values, self.counts) / total) if total else float("nan")
 
     def _rounded(self) -> ValueCounts:
-        """These counts with every value rounded (equal rounded values add their counts; already rounded: itself)."""
+        """These counts with every value rounded (equal rounded values add their counts; rounding twice changes
+        nothing)."""
         values = rounded(self.values)
         if len(values) == 0:
             return self
