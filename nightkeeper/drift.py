@@ -426,9 +426,9 @@ def drift_of_summary(
     for feature in numeric:
         reference = profile.features[feature.name]
         assert isinstance(reference, NumericProfile)
-        counts = summary.numbers[feature.name]
-        records[feature.name] = _numeric_drift(reference, counts, rows)
-        means[feature.name] = (_float(reference.mean), counts.mean())
+        values = summary.numbers[feature.name]
+        records[feature.name] = _numeric_drift(reference, values, rows)
+        means[feature.name] = (_float(reference.mean), values.mean())
     level_frames = [pl.DataFrame(schema=LEVEL_SCHEMA)]
     for feature in categories:
         reference = profile.features[feature.name]
