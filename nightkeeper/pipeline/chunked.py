@@ -242,12 +242,11 @@ def stored_shadow_tally(
     config: ProjectConfig, connection: duckdb.DuckDBPyConnection, night: dt.date
 ) -> nightly.ShadowTally:
     """The ``ShadowTally`` of the night's stored ``shadow_scores`` against its stored ``scored_batch``, a block of
-    rows at a time."""
-    blocks = row_blocks(connection, NIGHTLY_SCHEMA, "raw_batch", night, config.scale.chunk_rows)
-    judged = nightly.JUDGED_SCORE_COLUMNS
-    return nightly.ShadowTally.merge(
-        [_block_tally(connection, night, block, judged) for block in blocks] or [_empty_tally()]
-    )
+    rows at a time, each block's tally merged into the running one (so only two are held at once)."""
+    tally = _empty_tally()
+    for block in row_blocks(connection, NIGHTLY_SCHEMA, "raw_batch", night, config.scale.chunk_rows):
+        tally = nightly.ShadowTally.merge([tally, _block_tally(connection, night, block, nightly.JUDGED_SCORE_COLUMNS)])
+    return tally
 
 
 def _empty_tally() -> nightly.ShadowTally:
