@@ -6,6 +6,7 @@ and left to the fallback (a half-scored night would mix two regimes without sayi
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -166,9 +167,28 @@ def needs_reasons(decision: DecisionConfig, scope: str, band: float) -> pl.Expr:
     return (pl.col("decision") == decision.at_or_above_threshold) | near
 
 
+LATENCY_QUANTILES = {"p50_ms": 0.5, "p95_ms": 0.95}
+"""The per-row latency percentiles a night reports, by name."""
+
+
 def latency_percentiles(frame: pl.DataFrame) -> dict[str, float | None]:
-    """p50 and p95 of the per-row latency (ms, amortised over each chunk) of scored rows."""
-    latency = frame["latency_ms"].drop_nulls()
-    if latency.is_empty():
-        return {"p50_ms": None, "p95_ms": None}
-    return {"p50_ms": number(latency.quantile(0.5)), "p95_ms": number(latency.quantile(0.95))}
+    """p50 and p95 of the per-row latency (ms, amortised over each chunk) of scored rows: polars' ``quantile``
+    (nearest rank) of the column, None without a scored row."""
+    return latency_percentiles_of_counts(frame.group_by("latency_ms").len("rows"))
+
+
+def latency_percentiles_of_counts(counts: pl.DataFrame) -> dict[str, float | None]:
+    """``latency_percentiles`` of the rows counted in ``counts`` (``latency_ms``: a distinct latency, ``rows``: how
+    many rows have it; a null latency is ignored). A stored night's are read from a ``group by latency_ms``: a
+    row's latency is its predict call's, so a night has about one distinct latency per call, not per row."""
+    counts = counts.filter(pl.col("latency_ms").is_not_null()).sort("latency_ms")
+    total = int(counts["rows"].sum())
+    if total == 0:
+        return dict.fromkeys(LATENCY_QUANTILES)
+    rows_up_to = counts["rows"].cum_sum()
+    percentiles: dict[str, float | None] = {}
+    for name, quantile in LATENCY_QUANTILES.items():
+        position = quantile * (total - 1)
+        rank = math.floor(position) + (position - math.floor(position) >= 0.5)  # half away from zero, as polars
+        percentiles[name] = number(counts["latency_ms"][int((rows_up_to <= rank).sum())])
+    return percentiles

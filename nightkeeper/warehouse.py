@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import duckdb
 import polars as pl
 
+from nightkeeper.allocator import release_freed_memory
 from nightkeeper.schema import migrate, rollback_open
 
 NIGHTLY_SCHEMA = "nightly"
@@ -36,10 +37,12 @@ PARTITION_COLUMN = "partition_date"
 SHARD_COLUMN = "shard"
 """The column of a row-level nightly table stored by shards (``store_shard``): which shard of its night a row is in;
 absent (NULL) in a night stored whole."""
-FILE_MEMORY_LIMIT = "512MB"
+FILE_MEMORY_LIMIT = "128MB"
 """DuckDB's memory limit for a warehouse file: its cache of the file's blocks and its working memory (sorts, joins
-and aggregates spill to ``<file>.tmp`` beyond it). DuckDB's default, 80 % of the machine, would let its cache grow
-with every block a night's steps read, so a night's memory would grow with its rows."""
+and aggregates spill to ``<file>.tmp`` beyond it). DuckDB keeps every block a step reads or writes cached until the
+limit forces it out, so a step's DuckDB memory grows with the night up to this limit: a 1M-row night's tables fit
+in ~130 MB, a 10M-row night's filled 512 MB (a step's RSS ~300 MB above the 1M night's). DuckDB's default, 80 % of
+the machine, would let it grow with every block read."""
 FILE_CONFIG: dict[str, str | bool | int | float | list[str]] = {"memory_limit": FILE_MEMORY_LIMIT}
 """The configuration every connection to a warehouse file is opened with: DuckDB refuses a second connection to a
 file a process has open with another configuration."""
@@ -265,6 +268,7 @@ def read_chunks(
     for batch in reader:
         chunks += 1
         yield pl.DataFrame(pl.from_arrow(batch))
+        release_freed_memory()  # what the chunk's work freed (allocator)
     if not chunks:
         yield pl.DataFrame(pl.from_arrow(reader.schema.empty_table()))
 
@@ -446,7 +450,9 @@ def read_block(
         {"night": night, **bounds},
     ).pl()
     ordered = order or ["source_file", "row_number"]
-    return rows if in_order(rows, ordered) else rows.sort(ordered, nulls_last=True)
+    rows = rows if in_order(rows, ordered) else rows.sort(ordered, nulls_last=True)
+    release_freed_memory()  # what the query and the blocks before this one freed (allocator)
+    return rows
 
 
 def in_order(frame: pl.DataFrame, columns: list[str]) -> bool:
@@ -495,6 +501,7 @@ def store_chunks(
                     frame.write_parquet(
                         files[table][-1], compression="lz4", statistics=False, row_group_size=frame.height
                     )
+            release_freed_memory()  # what the chunk's work freed: else the process grows with the night's blocks
 
         def replace_night() -> None:
             for table, frame in empty.items():

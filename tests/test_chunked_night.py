@@ -31,6 +31,7 @@ from nightkeeper.examples import simulator
 from nightkeeper.pipeline import chunked, monitoring, nightly
 from nightkeeper.pipeline.step import StepResult
 from nightkeeper.review.storage import REVIEW_QUEUE
+from nightkeeper.scoring import latency_percentiles
 from nightkeeper.training import train_model
 from nightkeeper.validation import ROW_KEY
 from nightkeeper.warehouse import NIGHTLY_SCHEMA, RowBlock, read_block, row_blocks, store_chunks, store_partition
@@ -187,6 +188,20 @@ def test_champion_and_challenger_scores_in_chunks_are_the_whole_nights(
         )
         assert_same_metadata(result.metadata, expected.metadata, ignore=WALL_CLOCK_METADATA)
         assert result.checks == expected.checks
+
+
+def test_the_latency_percentiles_of_a_stored_night_are_those_of_its_rows(
+    whole_night: WholeNight, tmp_path: Path
+) -> None:
+    # read from each distinct latency's row count, not from every row: the stored rows' own percentiles
+    config = chunked_copy(whole_night, tmp_path, CHUNK_SIZES[0])
+    with warehouse.connect(config.warehouse_path) as connection:
+        chunked.score_stored_night(config, connection, NIGHT)
+        summary = chunked.stored_scores(connection, NIGHT)
+
+    stored = stored_table(config, "scored_batch")
+    assert stored[WALL_CLOCK].n_unique() > 1
+    assert summary.latency == latency_percentiles(stored)
 
 
 def test_a_model_overrunning_the_nights_budget_leaves_every_row_unscored(

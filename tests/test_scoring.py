@@ -147,3 +147,14 @@ def test_unscored_marks_every_row_with_the_reason(valid: pl.DataFrame) -> None:
     assert frame.height == valid.height
     assert set(frame["model_error"]) == {"no champion model is registered for this night"}
     assert frame["model_version"].null_count() == valid.height
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 10, 11, 20, 101, 1000])
+def test_latency_percentiles_are_the_nearest_rank_quantiles_of_the_rows(rows: int) -> None:
+    # few distinct latencies, as in a night (one a predict call), so ranks fall inside runs of equal values
+    latencies = np.random.default_rng(rows).choice([0.5, 1.25, 2.0, 7.5, None], size=rows)
+    frame = pl.DataFrame({"latency_ms": latencies.tolist()}, schema={"latency_ms": pl.Float64})
+    scored = frame["latency_ms"].drop_nulls()
+
+    expected = {"p50_ms": scored.quantile(0.5, "nearest"), "p95_ms": scored.quantile(0.95, "nearest")}
+    assert latency_percentiles(frame) == expected
