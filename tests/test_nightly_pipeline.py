@@ -187,15 +187,6 @@ def test_empty_night_conserves_zero_rows(project):
     assert check_results(result)["outcomes_conserve_rows"].passed
 
 
-def test_night_without_any_file_succeeds_and_fails_the_schema_check(project):
-    result = project.run_night(NIGHT)
-
-    assert result.success
-    assert project.table("outcomes", NIGHT).height == 0
-    schema = check_results(result)["schema_matches_contract"]
-    assert not schema.passed and "no input file landed" in schema.description
-
-
 def test_rerunning_a_night_replaces_its_partition_without_duplicates(project):
     project.land_night(NIGHT, rows=1500)
     project.land_night(NIGHT + dt.timedelta(days=1), rows=800)
