@@ -169,14 +169,14 @@ def pytest_configure(config: _tmp_pytest.Config) -> None:
 
 # =====================================================================================================================
 # How pytest-xdist shares the tests between workers. Each module runs on one worker, in order, because several build
-# one project in a module fixture and read it test after test; the modules below hold independent integration tests
-# (each builds its own project), and one worker running all of one of them was the default suite's long pole, so
-# their tests are spread over the workers. (xdist's own `--dist loadgroup` marks do not group under pytest 9.2: xdist
-# 3.8 renames a test through an attribute pytest no longer reads; this hook is xdist's public way to schedule.)
+# one project in a module fixture and read it test after test (spread over two workers, such a fixture is built on
+# each); the modules below hold independent integration tests (each builds its own project), and one worker running
+# all of one of them was the default suite's long pole, so their tests are spread over the workers. (xdist's own
+# `--dist loadgroup` marks do not group under pytest 9.2: xdist 3.8 renames a test through an attribute pytest no
+# longer reads; this hook is xdist's public way to schedule.)
 # =====================================================================================================================
 _SPREAD_MODULES = frozenset(
     {
-        "test_nightly_pipeline.py",
         "test_run_and_backfill.py",
         "test_lifecycle_scenarios.py",
         "test_monitoring_scenarios.py",

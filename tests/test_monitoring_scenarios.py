@@ -58,6 +58,8 @@ def test_sudden_shift_alerts_on_its_first_night(tmp_path):
     assert "drift" in set(shift["category"]), alerts
 
 
+@pytest.mark.slow  # two Dagster nights of 2,000 rows. In the default suite: test_report's month (Dagster nights with a
+# bad-data night whose population and prediction drift are attributed to its validation alerts), test_alerts (the rule)
 def test_bad_data_night_alerts_on_validation_not_on_drift(tmp_path):
     project = quiet_project(tmp_path)
     bad = 1

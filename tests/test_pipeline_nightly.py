@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import polars as pl
 import pytest
-from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, make_project
+from pipeline_harness import FIRST_NIGHT, REPO, Project, bootstrap_example_champion, champion_of, make_project
 
 from nightkeeper import warehouse
 from nightkeeper.config import load_config
@@ -105,15 +107,31 @@ def test_a_failed_insert_leaves_the_old_partition_in_place(connection):
     assert connection.execute("select entity_id from nightly.t").fetchall() == [("a",)]
 
 
-def test_the_steps_store_the_same_tables_as_the_dagster_run_of_the_night(tmp_path):
-    project = make_project(tmp_path / "project")
+@dataclass(frozen=True)
+class DagsterNight:
+    """A night of 600 rows run through the Dagster job, and a copy of the project's warehouse from before it ran (the
+    same registry and champion), shared by the tests that only read them."""
+
+    project: Project
+    before: Path
+
+
+@pytest.fixture(scope="module")
+def dagster_night(tmp_path_factory) -> DagsterNight:
+    project = make_project(tmp_path_factory.mktemp("dagster_night") / "project")
     bootstrap_example_champion(project)
     project.land_night(NIGHT, rows=600)
-    config = project.config
-    replay = config.warehouse_path.with_name("replay.duckdb")  # beside it: the registry's model paths are relative
-    shutil.copy(config.warehouse_path, replay)  # the same registry and champion, before the night ran
-
+    before = project.config.warehouse_path.with_name("before.duckdb")  # beside it: the registry's paths are relative
+    shutil.copy(project.config.warehouse_path, before)
     assert project.run_night(NIGHT).success
+    return DagsterNight(project, before)
+
+
+def test_the_steps_store_the_same_tables_as_the_dagster_run_of_the_night(dagster_night):
+    config = dagster_night.project.config
+    replay = config.warehouse_path.with_name("replay.duckdb")
+    shutil.copy(dagster_night.before, replay)
+
     with warehouse.connect(replay) as connection:
         raw = _stored(connection, nightly.ingest_night(config, connection, NIGHT))
         valid = _stored(connection, nightly.validate_night(config, connection, NIGHT, raw["raw_batch"]))
@@ -164,18 +182,21 @@ def _comparable(frame: pl.DataFrame) -> pl.DataFrame:
     return kept.sort([name for name, dtype in kept.schema.items() if not isinstance(dtype, pl.List)], nulls_last=True)
 
 
-def test_the_stored_nights_reasons_are_the_dagster_runs_and_a_lost_model_leaves_its_answers_unexplained(tmp_path):
-    project = make_project(tmp_path / "project")
-    champion = bootstrap_example_champion(project)
-    project.land_night(NIGHT, rows=600)
-    assert project.run_night(NIGHT).success
+def test_the_stored_nights_reasons_are_the_dagster_runs_and_a_lost_model_leaves_its_answers_unexplained(
+    dagster_night, tmp_path
+):
+    project = dagster_night.project
+    champion = champion_of(project)
     config, outcomes, stored = project.config, project.table("outcomes", NIGHT), project.table("reason_codes", NIGHT)
     assert stored.height > 0
+    # the model is lost from a copy of the project (the registry's model paths are relative to the warehouse)
+    copy = load_config(shutil.copytree(project.root, tmp_path / "copy") / project.config_path.name)
+    (copy.root / champion.model_path.relative_to(project.root)).unlink()
 
     with warehouse.connect(config.warehouse_path) as connection:
         explained = nightly.explain_stored_night(config, connection, NIGHT, outcomes)
-        champion.model_path.unlink()
-        lost = nightly.explain_stored_night(config, connection, NIGHT, outcomes)
+    with warehouse.connect(copy.warehouse_path) as connection:
+        lost = nightly.explain_stored_night(copy, connection, NIGHT, outcomes)
 
     assert _comparable(explained.tables["reason_codes"]).equals(_comparable(stored))
     assert lost.tables["reason_codes"].height == 0

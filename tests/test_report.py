@@ -18,7 +18,14 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-from pipeline_harness import FIRST_NIGHT, REPO, bootstrap_example_champion, example_config, make_project
+from pipeline_harness import (
+    FIRST_NIGHT,
+    REPO,
+    alerts_table,
+    bootstrap_example_champion,
+    example_config,
+    make_project,
+)
 
 from nightkeeper import lifecycle, warehouse
 from nightkeeper.config import ReviewConfig
@@ -203,6 +210,21 @@ def test_every_alert_opened_in_the_month_is_listed_under_what_needs_attention(mo
         assert listed, f"alert {alert['alert_id']} is not under what needs attention: {[i.text for i in items]}"
         assert listed[0].level == alert["severity"]
         assert f"{alert['rule']} " in section and str(alert["opened_night"]) in section, alert["alert_id"]
+
+
+def test_the_bad_data_night_alerts_on_validation_not_on_drift(month):
+    project, night = month["project"], FIRST_NIGHT + dt.timedelta(days=BAD_NIGHT)
+    bad = alerts_table(project).filter(pl.col("opened_night") == night)
+    assert {"schema-break", "quarantine-spike"} <= set(bad["rule"])
+    assert "drift" not in set(bad["category"]), bad
+    # the test must tell: the night's drift crossed the population-shift and prediction-drift rules' thresholds (1),
+    # and was attributed to the data-quality alerts instead of paging
+    drifted = project.query(
+        "select metric from monitoring.night_metrics where night = ? and value >= 1 and metric in "
+        "('drift.population_shifted', 'drift.prediction_drifted')",
+        [night],
+    )
+    assert drifted.height > 0
 
 
 @pytest.mark.slow  # a third notebook run; the default suite checks the early snapshot's attention list

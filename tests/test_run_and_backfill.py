@@ -86,6 +86,7 @@ def test_a_night_with_no_landed_file_is_an_empty_night_with_one_warning_not_a_sc
     assert set(failed) - {"estimate_trustworthy"} == {"schema_matches_contract"}
     assert failed["schema_matches_contract"].severity.value == "WARN"
     assert "empty night" in failed["schema_matches_contract"].description
+    assert "no input file landed" in failed["schema_matches_contract"].description
     alerts = project.query("select rule from monitoring.alerts")
     assert "schema-break" not in alerts["rule"].to_list()
     assert project.table("outcomes", FIRST_NIGHT).height == 0
