@@ -37,12 +37,14 @@ PARTITION_COLUMN = "partition_date"
 SHARD_COLUMN = "shard"
 """The column of a row-level nightly table stored by shards (``store_shard``): which shard of its night a row is in;
 absent (NULL) in a night stored whole."""
-FILE_MEMORY_LIMIT = "128MB"
+FILE_MEMORY_LIMIT = "512MB"
 """DuckDB's memory limit for a warehouse file: its cache of the file's blocks and its working memory (sorts, joins
 and aggregates spill to ``<file>.tmp`` beyond it). DuckDB keeps every block a step reads or writes cached until the
 limit forces it out, so a step's DuckDB memory grows with the night up to this limit: a 1M-row night's tables fit
-in ~130 MB, a 10M-row night's filled 512 MB (a step's RSS ~300 MB above the 1M night's). DuckDB's default, 80 % of
-the machine, would let it grow with every block read."""
+in ~130 MB, a 10M-row night's fill it (a step's RSS ~300 MB above the 1M night's). A lower limit holds memory
+flatter but slows every insert: measured quietly at 1M rows (benchmarks/README.md), the answers were stored after
+24.6 s at 512 MB, 29.2 s at 256 MB and 39.5 s at 128 MB against a 14 s floor. DuckDB's default, 80 % of the machine,
+would let it grow with every block read."""
 FILE_CONFIG: dict[str, str | bool | int | float | list[str]] = {"memory_limit": FILE_MEMORY_LIMIT}
 """The configuration every connection to a warehouse file is opened with: DuckDB refuses a second connection to a
 file a process has open with another configuration."""
