@@ -525,7 +525,7 @@ def _confidence_bin_counts(reference: NumericProfile, scores: ValueCounts, thres
     below = scores.counted_up_to(np.array([threshold]), inclusive=False)[0]
     close_below = below - scores.counted_up_to(threshold - edges * threshold, inclusive=False)
     close_above = scores.counted_up_to(threshold + edges * (1 - threshold), inclusive=True) - below
-    at_most = np.maximum(close_below, 0) + np.maximum(close_above, 0)
+    at_most = close_below + close_above  # both >= 0: the points lie at or below, at or above the threshold
     return np.diff(np.r_[np.int64(0), at_most, np.int64(scores.total)])
 
 
@@ -535,7 +535,7 @@ def _wasserstein(reference: NumericProfile, counts: ValueCounts) -> float:
     constant) and WASSERSTEIN_GRID equal pieces: both functions are constant on each piece for an exact profile, so
     the midpoint rule is then exact; for a sketched profile the pieces are at most 1/WASSERSTEIN_GRID wide."""
     n = counts.total
-    cumulative = np.r_[np.int64(0), np.cumsum(counts.counts, dtype=np.int64)]
+    cumulative = counts.cumulative
     breaks = np.unique(
         np.concatenate(
             [cumulative / n, np.asarray(reference.quantile_levels), np.linspace(0.0, 1.0, WASSERSTEIN_GRID + 1)]

@@ -27,6 +27,7 @@ sample; ``drift_summary_of`` reads them back. The performance counts (``nightkee
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -133,11 +134,16 @@ class ValueCounts:
         points = np.asarray(points, dtype=np.float64)
         return rounded(points) if self.is_rounded else points
 
+    @functools.cached_property
+    def cumulative(self) -> np.ndarray:
+        """How many values are counted below each distinct value, then in all: ``r_[0, cumsum(counts)]`` (int64)."""
+        return np.r_[np.int64(0), np.cumsum(self.counts, dtype=np.int64)]
+
     def counted_up_to(self, points: np.ndarray, inclusive: bool) -> np.ndarray:
         """How many counted values lie below each of ``points`` (at or below it when ``inclusive``), the points
         compared as ``comparable`` (int64, one per point)."""
-        cumulative = np.r_[np.int64(0), np.cumsum(self.counts, dtype=np.int64)]
-        return cumulative[np.searchsorted(self.values, self.comparable(points), side="right" if inclusive else "left")]
+        at = np.searchsorted(self.values, self.comparable(points), side="right" if inclusive else "left")
+        return self.cumulative[at]
 
     def mean(self) -> float:
         """The mean of the counted values (NaN when none)."""
