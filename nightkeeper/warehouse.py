@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,14 +37,18 @@ PARTITION_COLUMN = "partition_date"
 SHARD_COLUMN = "shard"
 """The column of a row-level nightly table stored by shards (``store_shard``): which shard of its night a row is in;
 absent (NULL) in a night stored whole."""
-FILE_MEMORY_LIMIT = "512MB"
-"""DuckDB's memory limit for a warehouse file: its cache of the file's blocks and its working memory (sorts, joins
-and aggregates spill to ``<file>.tmp`` beyond it). DuckDB keeps every block a step reads or writes cached until the
-limit forces it out, so a step's DuckDB memory grows with the night up to this limit: a 1M-row night's tables fit
-in ~130 MB, a 10M-row night's fill it (a step's RSS ~300 MB above the 1M night's). A lower limit holds memory
-flatter but slows every insert: measured quietly at 1M rows (benchmarks/README.md), the answers were stored after
-24.6 s at 512 MB, 29.2 s at 256 MB and 39.5 s at 128 MB against a 14 s floor. DuckDB's default, 80 % of the machine,
-would let it grow with every block read."""
+FILE_MEMORY_LIMIT = "128MB"
+"""DuckDB's memory limit for a warehouse file outside a write (``WRITE_MEMORY_LIMIT`` within one): its cache of the
+file's blocks and its working memory (sorts, joins and aggregates spill to ``<file>.tmp`` beyond it). DuckDB keeps
+every block a step reads or writes cached until the limit forces it out, so a step's DuckDB memory grows with the
+night up to its limit: a 1M-row night's tables fit in ~130 MB, a 10M-row night's filled a 512 MB limit (each step's
+RSS ~300-400 MB above the 1M night's). Reading a block needs little of it; DuckDB's default, 80 % of the machine,
+would let every block read stay cached."""
+WRITE_MEMORY_LIMIT = "512MB"
+"""DuckDB's memory limit for a warehouse file while a transaction of ``run_transaction`` writes it; set back to
+``FILE_MEMORY_LIMIT`` after, which evicts the blocks it cached beyond that. Inserts work in this memory: measured
+quietly at 1M rows with one limit for everything (benchmarks/README.md), the answers were stored after 24.6 s at
+512 MB, 29.2 s at 256 MB and 39.5 s at 128 MB against a 14 s floor."""
 FILE_CONFIG: dict[str, str | bool | int | float | list[str]] = {"memory_limit": FILE_MEMORY_LIMIT}
 """The configuration every connection to a warehouse file is opened with: DuckDB refuses a second connection to a
 file a process has open with another configuration."""
@@ -195,16 +199,35 @@ def run_transaction(connection: duckdb.DuckDBPyConnection, body: Callable[[], T]
     an open transaction."""
 
     def attempt() -> T:
-        connection.begin()
-        try:
-            result = body()
-            connection.commit()
-        except BaseException:
-            rollback_open(connection)
-            raise
+        with _write_memory(connection):
+            connection.begin()
+            try:
+                result = body()
+                connection.commit()
+            except BaseException:
+                rollback_open(connection)
+                raise
         return result
 
     return retry_conflicts(attempt, wait_seconds)
+
+
+@contextmanager
+def _write_memory(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Within: a warehouse file's memory limit is ``WRITE_MEMORY_LIMIT``; after, ``FILE_MEMORY_LIMIT`` again, so the
+    blocks the write left cached beyond it are let go. The limit is the process's database's, not the connection's:
+    the steps of a process write one at a time. A DuckLake's in-memory database keeps DuckDB's default."""
+    row = connection.execute("select path from duckdb_databases() where database_name = current_database()").fetchone()
+    if not (row and row[0]):
+        yield
+        return
+    connection.execute(f"set memory_limit = '{WRITE_MEMORY_LIMIT}'")
+    try:
+        yield
+    finally:
+        # blocks still pinned (another thread's query) cannot be let go: the higher limit stays until a write ends
+        with suppress(duckdb.OutOfMemoryException):
+            connection.execute(f"set memory_limit = '{FILE_MEMORY_LIMIT}'")
 
 
 def is_lake_conflict(error: Exception) -> bool:
