@@ -37,6 +37,7 @@ import fnmatch
 import io
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -257,9 +258,9 @@ def open_raw(
     error: str | None = None,
 ) -> RawFile:
     """Open ``path`` for reading into raw rows (``RawFile``), ``slice_rows`` rows a slice. A file that cannot be
-    opened, or that is known unreadable (``error``: why), is one ``FILE_ROW`` row carrying the reason. A Parquet
-    file is read a slice at a time; a CSV file (text, which cannot be cut without reading it) is read whole and typed
-    a slice at a time."""
+    opened, or that is known unreadable (``error``: why), is one ``FILE_ROW`` row carrying the reason. A file is
+    read a slice at a time; a CSV file (text, which cannot be cut without reading it) is first streamed into a
+    temporary Parquet file of its text, removed once its slices are read."""
     source = _source_name(path, root)
     schema = raw_schema(contract, text_columns)
     try:
@@ -402,22 +403,31 @@ def _open_table(path: Path, slice_rows: int) -> tuple[pl.Schema, int, Iterator[t
     with _read_errors(suffix):
         if path.stat().st_size == 0:
             raise ValueError("the file is empty (0 bytes)")
+        spooled = None
         if path.name.lower().endswith(".csv"):
             _check_csv_header(path)
-            table = pl.read_csv(path, infer_schema=False)
-            return (
-                table.schema,
-                table.height,
-                ((o, table.slice(o, slice_rows)) for o in range(0, table.height, slice_rows)),
-            )
+            # Text cannot be cut into rows without reading it: the CSV is streamed once into a Parquet file of its
+            # text (bounded memory; a ragged row or bad UTF-8 fails here, before any slice), read a slice at a time.
+            spooled = tempfile.TemporaryDirectory(prefix="nightkeeper-csv-")
+            text = Path(spooled.name) / "text.parquet"
+            try:
+                pl.scan_csv(path, infer_schema=False).sink_parquet(text, compression="lz4", statistics=False)
+            except BaseException:
+                spooled.cleanup()
+                raise
+            path = text
         lazy = pl.scan_parquet(path)
         columns = lazy.collect_schema()
         rows = int(lazy.select(pl.len()).collect().item())
 
     def parquet_slices() -> Iterator[tuple[int, pl.DataFrame]]:
-        for offset in range(0, rows, slice_rows):
-            with _read_errors(suffix):
-                yield offset, lazy.slice(offset, slice_rows).collect()
+        try:
+            for offset in range(0, rows, slice_rows):
+                with _read_errors(suffix):
+                    yield offset, lazy.slice(offset, slice_rows).collect()
+        finally:
+            if spooled is not None:
+                spooled.cleanup()
 
     return columns, rows, parquet_slices()
 

@@ -5,6 +5,7 @@ rule and the offending value."""
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,20 @@ def test_csv_input_is_read_as_text_and_validates_like_parquet(
     _, from_parquet = run([land(clean, tmp_path)], contract)
     assert from_csv.quarantine.is_empty()
     assert_frame_equal(from_csv.valid.drop("source_file"), from_parquet.valid.drop("source_file"))
+
+
+def test_a_csv_night_is_typed_a_slice_at_a_time_as_its_parquet_twin_and_leaves_no_spooled_text(
+    tmp_path: Path, contract: Contract, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    night = simulate_night(NIGHT, 2_000, SEED, Scenario(bad_data=True)).applications
+    from_csv = read_raw_batch([land(night, tmp_path, "applications.csv")], NIGHT, contract, slice_rows=97).frame
+    from_parquet = read_raw_batch([land(night, tmp_path)], NIGHT, contract).frame
+    assert from_csv.height == night.height
+    assert_frame_equal(from_csv.drop("source_file", "record"), from_parquet.drop("source_file", "record"))
+    assert list(spool.iterdir()) == []
 
 
 def test_bounds_are_inclusive(tmp_path: Path, clean: pl.DataFrame, contract: Contract) -> None:
