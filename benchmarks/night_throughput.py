@@ -89,6 +89,12 @@ ONE_CORE_EACH = ", one core each"
 """Marks a shard layout measured with each process held to one core (``--one-core-each``)."""
 
 
+def one_shard_key(key: str) -> str:
+    """The key of the one-shard layout a shard layout ``key`` (``"<shards>x<processes>"``, maybe ``ONE_CORE_EACH``)
+    is compared with: measured alike, held to one core or not."""
+    return "1x1" + (ONE_CORE_EACH if key.endswith(ONE_CORE_EACH) else "")
+
+
 # ---------------------------------------------------------------------------------------------- memory helpers
 
 
@@ -744,8 +750,8 @@ def target_rows(results: dict) -> list[dict]:
         groups = measured.get("shards", {})
         for key, runs in groups.items():
             pinned = key.endswith(ONE_CORE_EACH)
-            whole = groups.get("1x1" + (ONE_CORE_EACH if pinned else ""), [])
-            if key.startswith("1x1") or not whole:
+            whole = groups.get(one_shard_key(key), [])
+            if key == one_shard_key(key) or not whole:
                 continue
             entries.append(
                 {
@@ -943,7 +949,7 @@ def render(results: dict) -> None:
     for rows, measured in sizes.items():
         groups = measured.get("shards", {})
         for key, runs in groups.items():
-            whole = groups.get("1x1" + (ONE_CORE_EACH if key.endswith(ONE_CORE_EACH) else ""), [])
+            whole = groups.get(one_shard_key(key), [])
             speedup = (
                 fmt_range([one["seconds"] / many["seconds"] for one, many in zip(whole, runs, strict=False)])
                 if whole
@@ -1165,11 +1171,11 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{processes} process(es){ONE_CORE_EACH if one_core_each else ''}: "
                                 f"{group['seconds']:.2f} s, {group['wall_seconds']:.2f} s with interpreter starts"
                             )
-                        if group["outcome_rows"] != rows or group["champion_errors"]:
-                            results["notes"].append(
-                                f"{rows:,} rows, {shards} shards: {group['outcome_rows']:,} outcome rows, champion "
-                                f"errors {group['champion_errors']}"
-                            )
+                            if group["outcome_rows"] != rows or group["champion_errors"]:
+                                results["notes"].append(
+                                    f"{rows:,} rows, {key} shards: {group['outcome_rows']:,} outcome rows, champion "
+                                    f"errors {group['champion_errors']}"
+                                )
             if not args.keep:  # a 1M-row warehouse is a few hundred MB; free it before the next size
                 shutil.rmtree(workdir, ignore_errors=True)
         results["load_after"] = [round(v, 2) for v in os.getloadavg()]
