@@ -29,6 +29,13 @@ def cached_mib(connection: duckdb.DuckDBPyConnection) -> float:
     return float(connection.execute("select sum(memory_usage_bytes) / 2 ** 20 from duckdb_memory()").fetchone()[0])
 
 
+def wide_night(rows: int) -> pl.DataFrame:
+    """``rows`` rows of three columns of incompressible floats (24 bytes a row once stored)."""
+    return pl.DataFrame({"partition_date": pl.repeat(NIGHT, rows, eager=True)}).with_columns(
+        [pl.Series(name, pl.int_range(rows, eager=True).hash(seed).cast(pl.Float64)) for seed, name in enumerate("abc")]
+    )
+
+
 def test_a_write_to_a_file_runs_with_the_write_limit_and_leaves_the_file_limit_after(tmp_path: Path) -> None:
     with warehouse.connect(tmp_path / "warehouse.duckdb") as connection:
         assert memory_limit(connection) == limit_as_shown(warehouse.FILE_MEMORY_LIMIT)
@@ -52,11 +59,8 @@ def test_a_failed_write_leaves_the_file_limit_too(tmp_path: Path) -> None:
 
 def test_the_blocks_a_large_write_cached_beyond_the_file_limit_are_let_go_after_it(tmp_path: Path) -> None:
     rows = 8_000_000  # ~190 MB of incompressible floats: more than FILE_MEMORY_LIMIT, less than WRITE_MEMORY_LIMIT
-    night = pl.DataFrame({"partition_date": pl.repeat(NIGHT, rows, eager=True)}).with_columns(
-        [pl.Series(name, pl.int_range(rows, eager=True).hash(seed).cast(pl.Float64)) for seed, name in enumerate("abc")]
-    )
     with warehouse.connect(tmp_path / "warehouse.duckdb") as connection:
-        warehouse.store_partition(connection, "nightly", "wide", NIGHT, night)
+        warehouse.store_partition(connection, "nightly", "wide", NIGHT, wide_night(rows))
 
         assert connection.execute('select count(*) from "nightly"."wide"').fetchone() == (rows,)
         assert cached_mib(connection) <= int(warehouse.FILE_MEMORY_LIMIT.removesuffix("MB")) * 1e6 / 2**20
