@@ -225,7 +225,8 @@ def _write_memory(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
     try:
         yield
     finally:
-        # blocks still pinned (another thread's query) cannot be let go: the higher limit stays until a write ends
+        # what another cursor's open result holds cannot be let go (DuckDB refuses the lower limit, e.g. while a
+        # 10M-row sort begun under the write's limit is being read): the higher limit stays until a write ends
         with suppress(duckdb.OutOfMemoryException):
             connection.execute(f"set memory_limit = '{FILE_MEMORY_LIMIT}'")
 
